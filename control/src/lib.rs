@@ -1,0 +1,7 @@
+//! `mlcore-control`: the sidecar control plane and the operator CLI.
+//!
+//! - [`cli`]: the command tree (`config check`, ...), parsed with clap.
+//! - [`commands`]: what each command does; `main.rs` only parses and calls.
+
+pub mod cli;
+pub mod commands;

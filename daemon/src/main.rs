@@ -1,0 +1,49 @@
+//! `mlcore-daemon`: parse arguments, run, exit.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mlcore_models::config::ProcessEnv;
+
+/// ml-assets-core inference daemon.
+#[derive(Debug, Parser)]
+#[command(name = "mlcore-daemon", version, about)]
+struct Cli {
+    /// The `configs/` folder.
+    #[arg(long, global = true, env = "MLCORE_CONFIG_DIR", default_value = "configs")]
+    config_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the configuration, load ONNX Runtime and score a canary model.
+    Check {
+        /// Environment: dev, stg or prod.
+        #[arg(long)]
+        env: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { env } => {
+            let pf = mlcore_daemon::preflight::run(&cli.config_dir, &env, &ProcessEnv)
+                .with_context(|| format!("preflight for env {env}"))?;
+            #[allow(clippy::print_stdout)] // the command's report is its output
+            {
+                println!(
+                    "preflight ok: env={} strategies={} onnxruntime={} canary_prob={:.6}",
+                    pf.config.environment,
+                    pf.config.universe.strategies.len(),
+                    pf.config.storage.onnxruntime_library.display(),
+                    pf.canary_probability
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! `redis.yaml`, `database.yaml`, `storage.yaml`: where state lives.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::secret::Secret;
+
+/// The whole of `redis.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:pass@]host:port/db` (a secret: it may hold credentials).
+    pub url: Secret,
+    /// Seed nodes when `mode` is `cluster`.
+    pub cluster_nodes: Vec<String>,
+    /// `standalone` or `cluster`.
+    pub mode: RedisMode,
+    /// Key namespace: every key starts with `<namespace>:`.
+    pub namespace: String,
+    /// Connect timeout.
+    pub connect_timeout_ms: u64,
+    /// Per-command timeout.
+    pub command_timeout_ms: u64,
+    /// Approximate cap of each strategy's signal stream (`XADD MAXLEN ~`).
+    pub stream_maxlen: u64,
+    /// Heartbeat cadence and expiry.
+    pub heartbeat: HeartbeatConfig,
+    /// How often ops state is re-read in case a pub/sub message was missed.
+    pub reconcile_interval_ms: u64,
+    /// Reconnect backoff bounds.
+    pub reconnect: BackoffConfig,
+}
+
+/// Standalone server or Redis Cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisMode {
+    /// One server (or a proxy in front of several).
+    Standalone,
+    /// Redis Cluster; keys of one strategy share a slot through `{S}` hash tags.
+    Cluster,
+}
+
+/// Heartbeat cadence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// Write interval.
+    pub interval_ms: u64,
+    /// Key expiry; a silent daemon disappears after this.
+    pub ttl_ms: u64,
+}
+
+/// Exponential backoff bounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    /// First wait.
+    pub initial_ms: u64,
+    /// Ceiling.
+    pub max_ms: u64,
+}
+
+/// The whole of `database.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgresql://user:pass@host:port/db`.
+    pub dsn: Secret,
+    /// Connection pool.
+    pub pool: PoolConfig,
+    /// Server-side statement timeout.
+    pub statement_timeout_ms: u64,
+    /// Schema search path; must start with `core`, `audit`.
+    pub search_path: Vec<String>,
+    /// Retention of audit events.
+    pub retention: RetentionConfig,
+}
+
+/// Pool sizing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Connections kept open.
+    pub min: u32,
+    /// Upper bound.
+    pub max: u32,
+    /// Wait for a free connection before failing.
+    pub acquire_timeout_ms: u64,
+}
+
+/// How long audit events are kept in the database (the WORM archive keeps all).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Ordinary events.
+    pub audit_days: u32,
+    /// Critical events (ops actions, model activations).
+    pub critical_days: u32,
+}
+
+/// The whole of `storage.yaml`. Relative paths are resolved against the folder
+/// that holds `configs/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Signed model artifacts.
+    pub models_root: PathBuf,
+    /// Write-once audit archive.
+    pub worm_root: PathBuf,
+    /// Backups.
+    pub backups_root: PathBuf,
+    /// Market data partitions.
+    pub datasets_root: PathBuf,
+    /// The ONNX Runtime shared library (`libonnxruntime.so.1.31.1`).
+    pub onnxruntime_library: PathBuf,
+}
+
+impl StorageConfig {
+    pub(crate) fn resolve_relative(&mut self, base: &std::path::Path) {
+        for p in [
+            &mut self.models_root,
+            &mut self.worm_root,
+            &mut self.backups_root,
+            &mut self.datasets_root,
+            &mut self.onnxruntime_library,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+}

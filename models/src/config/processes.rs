@@ -1,0 +1,159 @@
+//! `daemon.yaml` and `control.yaml`: how each process runs.
+
+use serde::{Deserialize, Serialize};
+
+use super::secret::Secret;
+
+/// The whole of `daemon.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Identifies this daemon in heartbeats and metrics.
+    pub instance_id: String,
+    /// Market data ingress.
+    pub ingress: IngressConfig,
+    /// Core pinning.
+    pub threads: ThreadsConfig,
+    /// Queue capacities between stages.
+    pub queues: QueuesConfig,
+    /// What drives decisions.
+    pub decision: DecisionConfig,
+}
+
+/// Market data ingress listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressConfig {
+    /// `host:port` to listen on.
+    pub listen: String,
+    /// Connections beyond this are refused.
+    pub max_connections: u32,
+    /// Frames larger than this close the connection.
+    pub max_frame_bytes: u32,
+}
+
+/// Which cores the hot threads are pinned to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThreadsConfig {
+    /// Ingress (decode + features) thread.
+    pub ingress_core: usize,
+    /// One inference worker per entry.
+    pub worker_cores: Vec<usize>,
+    /// Publisher thread.
+    pub publisher_core: usize,
+    /// Cores for the side runtime (metrics, control, model loading); it avoids
+    /// the hot cores whenever the machine has others.
+    pub side_cores: Vec<usize>,
+}
+
+/// Bounded queue capacities.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueuesConfig {
+    /// Decision requests to workers.
+    pub decisions: usize,
+    /// Decided batches to the publisher.
+    pub publish: usize,
+}
+
+/// What triggers a decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionConfig {
+    /// `trigger` (frames from the feed) or `timer`.
+    pub mode: DecisionMode,
+    /// Period when `mode` is `timer`.
+    pub timer_interval_ms: u64,
+}
+
+/// What triggers a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionMode {
+    /// Decision trigger frames (deterministic replays).
+    Trigger,
+    /// A local timer.
+    Timer,
+}
+
+/// The whole of `control.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// `host:port` of the HTTP API.
+    pub listen: String,
+    /// Requests with larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Two-person approvals.
+    pub approvals: ApprovalsConfig,
+    /// Per-principal limit on mutating requests.
+    pub rate_limit: RateLimitConfig,
+    /// A daemon whose heartbeat is older than this raises a critical alert.
+    pub heartbeat_missing_after_ms: u64,
+    /// Who may call the API.
+    pub principals: Vec<Principal>,
+}
+
+/// Two-person approval settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// A pending request expires after this.
+    pub ttl_s: u64,
+    /// Warn this long before a pending request expires.
+    pub expiry_warning_s: u64,
+}
+
+/// Token bucket per principal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained mutating requests per minute.
+    pub per_minute: u32,
+    /// Burst size.
+    pub burst: u32,
+}
+
+/// A caller of the control API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Principal {
+    /// Name recorded in the audit log.
+    pub name: String,
+    /// Roles held.
+    pub roles: Vec<Role>,
+    /// How the bearer token is checked.
+    pub credential: Credential,
+}
+
+/// Control-plane roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads state.
+    Viewer,
+    /// Requests and applies safety actions.
+    Operator,
+    /// Approves others' requests.
+    Approver,
+    /// Everything, including registry and config administration.
+    Admin,
+}
+
+/// A principal's bearer token: either the token itself (from the environment)
+/// or its sha256, so a config file never has to hold a usable token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", deny_unknown_fields, rename_all = "snake_case")]
+pub enum Credential {
+    /// The token, as a `$VAR` reference: `{kind: token, value: "$VAR"}`.
+    Token {
+        /// The token.
+        value: Secret,
+    },
+    /// Hex sha256 of the token: `{kind: sha256, value: "ab12..."}`.
+    Sha256 {
+        /// 64 hex digits.
+        value: String,
+    },
+}

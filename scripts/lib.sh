@@ -1,0 +1,35 @@
+# Shared helpers for the project's scripts. Source it; do not run it.
+# Everything here says what it does on stderr, prefixed with the script name.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export ROOT
+# Builds live outside the clone so repeated CI runs and fresh clones reuse them.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mlcore-target}"
+export MLCORE_CONFIG_DIR="${MLCORE_CONFIG_DIR:-$ROOT/configs}"
+RUN_DIR="$ROOT/.run"
+mkdir -p "$RUN_DIR"
+
+say() { printf '[%s] %s\n' "$(basename "$0" .sh)" "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# A free TCP port on 127.0.0.1 (the kernel picks it; a race with another
+# process is possible but harmless: the server start then fails loudly).
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Installs Debian packages when a binary is missing and we are root.
+need_binary() {
+  local bin="$1" pkg="$2"
+  if command -v "$bin" >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/"$bin" >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ "$(id -u)" = 0 ]; then
+    say "$bin is missing: installing Debian package $pkg"
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >&2
+  else
+    die "$bin is missing and we are not root: install the Debian package $pkg"
+  fi
+}
