@@ -11,6 +11,7 @@
 //! and PostgreSQL and keep their keys apart.
 
 pub mod config;
+pub mod contract;
 
 pub mod onnx;
 #[cfg(feature = "test-util")]

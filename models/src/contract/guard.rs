@@ -1,0 +1,378 @@
+//! The guard: a Redis Function library every signal write goes through.
+//!
+//! Loaded (or upgraded) at start with `FUNCTION LOAD REPLACE`; in a Cluster
+//! the load goes to every primary. Function names carry the version
+//! (`mlcore_publish_v1`), so a call can only ever reach the guard it was
+//! written for: when the library is gone (restart without persistence,
+//! `FUNCTION FLUSH`, failover to an empty replica) the call fails, the guard is
+//! reloaded once and the call retried, or the publish is refused. There is no
+//! code path that writes a signal key directly.
+
+use redis::{ConnectionLike, Value};
+
+use super::keys::{Keys, StrategyKeys};
+use super::ops::{OpsMode, OpsState};
+use super::signal::{SignalBatch, StoredSignal};
+use super::ContractError;
+
+/// Library name (with its version).
+pub const LIBRARY: &str = "mlcore_guard_v1";
+/// Guard version; part of every function name.
+pub const VERSION: i64 = 1;
+/// The library source.
+pub const SOURCE: &str = include_str!("guard.lua");
+
+const FN_PUBLISH: &str = "mlcore_publish_v1";
+const FN_READ: &str = "mlcore_read_v1";
+const FN_SET_MODE: &str = "mlcore_set_mode_v1";
+const FN_INFO: &str = "mlcore_info_v1";
+
+/// What the guard did with a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PublishOutcome {
+    /// All signals written.
+    Accepted {
+        /// How many.
+        count: usize,
+    },
+    /// `valid_until_ms` was not after Redis' clock.
+    Expired {
+        /// Redis time.
+        now_ms: u64,
+    },
+    /// A symbol already holds this or a later `seq`.
+    Stale {
+        /// The symbol.
+        symbol: String,
+        /// Its stored high-water mark.
+        stored_seq: u64,
+    },
+    /// The strategy's mode forbids the batch.
+    Halted {
+        /// The mode in force.
+        mode: OpsMode,
+        /// The symbol that broke the mode's rule (empty for `halted`).
+        symbol: String,
+    },
+}
+
+impl PublishOutcome {
+    /// A short label for metrics (`accepted`, `expired`, `stale`, `halted`).
+    pub const fn label(&self) -> &'static str {
+        match self {
+            Self::Accepted { .. } => "accepted",
+            Self::Expired { .. } => "expired",
+            Self::Stale { .. } => "stale",
+            Self::Halted { .. } => "halted",
+        }
+    }
+}
+
+/// What a compare-and-set mode change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetModeOutcome {
+    /// Applied; the new version.
+    Applied {
+        /// Version after the change.
+        version: u64,
+    },
+    /// Someone else changed the mode first.
+    Conflict {
+        /// The version now stored.
+        current_version: u64,
+    },
+}
+
+/// A mode change request.
+#[derive(Debug, Clone, Copy)]
+pub struct ModeChange<'a> {
+    /// Strategy id.
+    pub strategy: &'a str,
+    /// The version the caller saw (0 when never set).
+    pub expected_version: u64,
+    /// New mode.
+    pub mode: OpsMode,
+    /// Why.
+    pub reason: &'a str,
+    /// Who.
+    pub actor: &'a str,
+    /// Control-plane request id.
+    pub request_id: &'a str,
+}
+
+/// Client of the guard for one namespace.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    keys: Keys,
+    stream_maxlen: u64,
+}
+
+impl Guard {
+    /// A guard client for `keys`' namespace; signal streams are capped at
+    /// about `stream_maxlen` entries.
+    pub fn new(keys: Keys, stream_maxlen: u64) -> Self {
+        Self { keys, stream_maxlen }
+    }
+
+    /// The key layout.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Loads or upgrades the library (every primary in a Cluster) and checks
+    /// that the loaded guard answers with this version.
+    pub fn load(conn: &mut impl ConnectionLike) -> Result<(), ContractError> {
+        redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(SOURCE)
+            .query::<Value>(conn)
+            .map_err(|e| ContractError::GuardMissing {
+                library: LIBRARY,
+                reason: e.to_string(),
+            })?;
+        Self::check_version(conn)
+    }
+
+    /// Whether this version of the guard answers on `conn`.
+    pub fn check_version(conn: &mut impl ConnectionLike) -> Result<(), ContractError> {
+        let reply: Value = redis::cmd("FCALL_RO")
+            .arg(FN_INFO)
+            .arg(0)
+            .query(conn)
+            .map_err(|e| ContractError::GuardMissing {
+                library: LIBRARY,
+                reason: e.to_string(),
+            })?;
+        match reply_items(&reply).as_deref() {
+            Some([Item::Str(name), Item::Int(v)]) if name == "mlcore_guard" && *v == VERSION => Ok(()),
+            _ => Err(ContractError::GuardMissing {
+                library: LIBRARY,
+                reason: format!("guard answered {reply:?}, expected version {VERSION}"),
+            }),
+        }
+    }
+
+    /// The `FCALL` that publishes `batch` (for callers that pipeline several).
+    pub fn publish_cmd(&self, keys: &StrategyKeys, batch: &SignalBatch) -> redis::Cmd {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(FN_PUBLISH)
+            .arg(3 + batch.signals.len())
+            .arg(&keys.ops)
+            .arg(&keys.hwm)
+            .arg(&keys.signals);
+        for s in &batch.signals {
+            cmd.arg(keys.sig(&s.symbol));
+        }
+        cmd.arg(batch.seq)
+            .arg(batch.generated_at_ms)
+            .arg(batch.valid_until_ms)
+            .arg(self.stream_maxlen)
+            .arg(&batch.model_id)
+            .arg(batch.model_version)
+            .arg(&batch.strategy);
+        for s in &batch.signals {
+            cmd.arg(&s.symbol)
+                .arg(s.side.as_str())
+                .arg(s.weight.to_string())
+                .arg(s.qty.to_string())
+                .arg(s.return_prob.to_string())
+                .arg(s.risk_score.to_string());
+        }
+        cmd
+    }
+
+    /// Publishes one batch atomically. Reloads the guard once if it is gone.
+    pub fn publish(
+        &self,
+        conn: &mut impl ConnectionLike,
+        batch: &SignalBatch,
+    ) -> Result<PublishOutcome, ContractError> {
+        if batch.signals.is_empty() {
+            return Err(ContractError::Invalid {
+                field: "signals",
+                reason: "a batch needs at least one signal".into(),
+            });
+        }
+        let keys = self.keys.strategy(&batch.strategy);
+        let cmd = self.publish_cmd(&keys, batch);
+        let reply = with_guard(conn, |c| cmd.query::<Value>(c))?;
+        parse_publish_reply(&reply)
+    }
+
+    /// The current signal of `symbol`, only while it is valid (Redis time).
+    pub fn read(
+        &self,
+        conn: &mut impl ConnectionLike,
+        strategy: &str,
+        symbol: &str,
+    ) -> Result<Option<StoredSignal>, ContractError> {
+        let key = self.keys.strategy(strategy).sig(symbol);
+        let reply = with_guard(conn, |c| {
+            redis::cmd("FCALL_RO")
+                .arg(FN_READ)
+                .arg(1)
+                .arg(&key)
+                .query::<Value>(c)
+        })?;
+        match reply {
+            Value::Nil => Ok(None),
+            other => {
+                let fields = pairs(&other)?;
+                StoredSignal::from_fields(symbol, &fields).map(Some)
+            }
+        }
+    }
+
+    /// Compare-and-set of a strategy's mode; publishes an `ops_mode` event.
+    pub fn set_mode(
+        &self,
+        conn: &mut impl ConnectionLike,
+        change: &ModeChange<'_>,
+    ) -> Result<SetModeOutcome, ContractError> {
+        let keys = self.keys.strategy(change.strategy);
+        let events = self.keys.events();
+        let reply = with_guard(conn, |c| {
+            redis::cmd("FCALL")
+                .arg(FN_SET_MODE)
+                .arg(1)
+                .arg(&keys.ops)
+                .arg(change.expected_version)
+                .arg(change.mode.as_str())
+                .arg(change.reason)
+                .arg(change.actor)
+                .arg(change.request_id)
+                .arg(change.strategy)
+                .arg(&events)
+                .query::<Value>(c)
+        })?;
+        match reply_items(&reply).as_deref() {
+            Some([Item::Str(s), Item::Int(v)]) if s == "ok" => {
+                Ok(SetModeOutcome::Applied { version: to_u64(*v)? })
+            }
+            Some([Item::Str(s), Item::Int(v)]) if s == "conflict" => Ok(SetModeOutcome::Conflict {
+                current_version: to_u64(*v)?,
+            }),
+            _ => Err(ContractError::Protocol(format!("set_mode replied {reply:?}"))),
+        }
+    }
+
+    /// A strategy's ops state; absent or unreadable state reads as `halted`.
+    pub fn read_mode(
+        &self,
+        conn: &mut impl ConnectionLike,
+        strategy: &str,
+    ) -> Result<OpsState, ContractError> {
+        let key = self.keys.strategy(strategy).ops;
+        let fields: Vec<(String, String)> = redis::cmd("HGETALL").arg(&key).query(conn)?;
+        Ok(OpsState::from_fields(&fields))
+    }
+
+    /// The highest `seq` the guard ever accepted for the strategy (0 if none):
+    /// where a restarted daemon continues its sequence from.
+    pub fn high_water_mark(
+        &self,
+        conn: &mut impl ConnectionLike,
+        strategy: &str,
+    ) -> Result<u64, ContractError> {
+        let key = self.keys.strategy(strategy).hwm;
+        let values: Vec<String> = redis::cmd("HVALS").arg(&key).query(conn)?;
+        values.iter().try_fold(0u64, |max, v| {
+            v.parse::<u64>()
+                .map(|n| max.max(n))
+                .map_err(|_| ContractError::Protocol(format!("{key} holds a non-integer seq {v:?}")))
+        })
+    }
+}
+
+/// Runs `f`; if the guard is missing, reloads it once and runs `f` again.
+fn with_guard<C: ConnectionLike, T>(
+    conn: &mut C,
+    mut f: impl FnMut(&mut C) -> redis::RedisResult<T>,
+) -> Result<T, ContractError> {
+    match f(conn) {
+        Ok(v) => Ok(v),
+        Err(e) if is_function_missing(&e) => {
+            Guard::load(conn)?;
+            f(conn).map_err(classify)
+        }
+        Err(e) => Err(classify(e)),
+    }
+}
+
+fn is_function_missing(e: &redis::RedisError) -> bool {
+    e.to_string().contains("Function not found")
+}
+
+fn classify(e: redis::RedisError) -> ContractError {
+    if e.code() == Some("BADINPUT") {
+        return ContractError::BadInput(e.detail().unwrap_or_default().to_owned());
+    }
+    if is_function_missing(&e) {
+        return ContractError::GuardMissing {
+            library: LIBRARY,
+            reason: e.to_string(),
+        };
+    }
+    ContractError::Redis(e)
+}
+
+fn parse_publish_reply(reply: &Value) -> Result<PublishOutcome, ContractError> {
+    let bad = || ContractError::Protocol(format!("publish replied {reply:?}"));
+    let items = reply_items(reply).ok_or_else(bad)?;
+    match items.as_slice() {
+        [Item::Str(s), Item::Int(n)] if s == "ok" => Ok(PublishOutcome::Accepted {
+            count: usize::try_from(*n).map_err(|_| bad())?,
+        }),
+        [Item::Str(s), Item::Int(now)] if s == "expired" => Ok(PublishOutcome::Expired {
+            now_ms: to_u64(*now)?,
+        }),
+        [Item::Str(s), Item::Str(symbol), Item::Int(seq)] if s == "stale" => Ok(PublishOutcome::Stale {
+            symbol: symbol.clone(),
+            stored_seq: to_u64(*seq)?,
+        }),
+        [Item::Str(s), Item::Str(mode), Item::Str(symbol)] if s == "halted" => Ok(PublishOutcome::Halted {
+            mode: mode.parse().map_err(|_| bad())?,
+            symbol: symbol.clone(),
+        }),
+        _ => Err(bad()),
+    }
+}
+
+enum Item {
+    Str(String),
+    Int(i64),
+}
+
+fn reply_items(v: &Value) -> Option<Vec<Item>> {
+    let Value::Array(items) = v else { return None };
+    items
+        .iter()
+        .map(|i| match i {
+            Value::Int(n) => Some(Item::Int(*n)),
+            Value::BulkString(b) => String::from_utf8(b.clone()).ok().map(Item::Str),
+            Value::SimpleString(s) => Some(Item::Str(s.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pairs(v: &Value) -> Result<Vec<(String, String)>, ContractError> {
+    let items =
+        reply_items(v).ok_or_else(|| ContractError::Protocol(format!("expected field list, got {v:?}")))?;
+    let strs: Vec<String> = items
+        .into_iter()
+        .map(|i| match i {
+            Item::Str(s) => s,
+            Item::Int(n) => n.to_string(),
+        })
+        .collect();
+    Ok(strs
+        .chunks_exact(2)
+        .map(|c| (c[0].clone(), c[1].clone()))
+        .collect())
+}
+
+fn to_u64(n: i64) -> Result<u64, ContractError> {
+    u64::try_from(n).map_err(|_| ContractError::Protocol(format!("negative integer {n} in guard reply")))
+}

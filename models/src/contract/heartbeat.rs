@@ -1,0 +1,129 @@
+//! Daemon heartbeats: `ns:daemon:<instance>:hb` (hash with a TTL) and the
+//! `ns:daemons` sorted set the control plane lists daemons from.
+
+use std::collections::BTreeMap;
+
+use redis::ConnectionLike;
+
+use super::keys::Keys;
+use super::ContractError;
+
+/// What a daemon reports about itself.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Heartbeat {
+    /// `daemon.yaml` instance id.
+    pub instance: String,
+    /// `ok` or `degraded` (e.g. Redis publish failures, no model).
+    pub status: String,
+    /// When this heartbeat was written (ms since epoch).
+    pub at_ms: u64,
+    /// Last decision time (ms since epoch, 0 if none).
+    pub last_decision_ms: u64,
+    /// p99 trigger → acknowledged latency over the last interval, µs.
+    pub p99_us: u64,
+    /// Decisions made since start.
+    pub decisions: u64,
+    /// Signals accepted by the guard since start.
+    pub signals_accepted: u64,
+    /// Decisions dropped by overload since start.
+    pub decisions_dropped: u64,
+    /// Active model per strategy: `model_id@version`.
+    pub models: BTreeMap<String, String>,
+    /// Ops mode the daemon is applying per strategy.
+    pub modes: BTreeMap<String, String>,
+}
+
+impl Heartbeat {
+    /// Writes the heartbeat with a TTL and records the instance in the
+    /// daemons set (two keys in different slots: a pipeline, not a transaction).
+    pub fn write(
+        &self,
+        conn: &mut impl ConnectionLike,
+        keys: &Keys,
+        ttl_ms: u64,
+    ) -> Result<(), ContractError> {
+        let key = keys.heartbeat(&self.instance);
+        let encode = |m: &BTreeMap<String, String>| serde_json::to_string(m).unwrap_or_else(|_| "{}".into());
+        redis::pipe()
+            .cmd("HSET")
+            .arg(&key)
+            .arg("instance")
+            .arg(&self.instance)
+            .arg("status")
+            .arg(&self.status)
+            .arg("at_ms")
+            .arg(self.at_ms)
+            .arg("last_decision_ms")
+            .arg(self.last_decision_ms)
+            .arg("p99_us")
+            .arg(self.p99_us)
+            .arg("decisions")
+            .arg(self.decisions)
+            .arg("signals_accepted")
+            .arg(self.signals_accepted)
+            .arg("decisions_dropped")
+            .arg(self.decisions_dropped)
+            .arg("models")
+            .arg(encode(&self.models))
+            .arg("modes")
+            .arg(encode(&self.modes))
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ttl_ms)
+            .ignore()
+            .cmd("ZADD")
+            .arg(keys.daemons())
+            .arg(self.at_ms)
+            .arg(&self.instance)
+            .ignore()
+            .query::<()>(conn)?;
+        Ok(())
+    }
+
+    /// Reads one daemon's heartbeat; `None` when it has expired.
+    pub fn read(
+        conn: &mut impl ConnectionLike,
+        keys: &Keys,
+        instance: &str,
+    ) -> Result<Option<Self>, ContractError> {
+        let fields: BTreeMap<String, String> =
+            redis::cmd("HGETALL").arg(keys.heartbeat(instance)).query(conn)?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let num = |k: &str| fields.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let map = |k: &str| {
+            fields
+                .get(k)
+                .and_then(|v| serde_json::from_str::<BTreeMap<String, String>>(v).ok())
+                .unwrap_or_default()
+        };
+        Ok(Some(Self {
+            instance: instance.to_owned(),
+            status: fields.get("status").cloned().unwrap_or_default(),
+            at_ms: num("at_ms"),
+            last_decision_ms: num("last_decision_ms"),
+            p99_us: num("p99_us"),
+            decisions: num("decisions"),
+            signals_accepted: num("signals_accepted"),
+            decisions_dropped: num("decisions_dropped"),
+            models: map("models"),
+            modes: map("modes"),
+        }))
+    }
+
+    /// Every instance that ever sent a heartbeat, with its last time (ms).
+    pub fn known_instances(
+        conn: &mut impl ConnectionLike,
+        keys: &Keys,
+    ) -> Result<Vec<(String, u64)>, ContractError> {
+        let v: Vec<(String, u64)> = redis::cmd("ZRANGE")
+            .arg(keys.daemons())
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query(conn)?;
+        Ok(v)
+    }
+}

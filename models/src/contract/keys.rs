@@ -1,0 +1,94 @@
+//! Key layout. `{S}` (the strategy id) is a hash tag: every key one guard
+//! call touches lives in the same Redis Cluster slot.
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `ns:{S}:sig:<SYMBOL>` | hash | current signal; expires at `valid_until_ms` |
+//! | `ns:{S}:signals` | stream | every accepted signal, capped `MAXLEN ~` |
+//! | `ns:{S}:hwm` | hash | symbol → highest `seq` ever accepted (never expires) |
+//! | `ns:{S}:ops` | hash | mode, version, reason, actor, request_id, updated_at_ms |
+//! | `ns:daemon:<instance>:hb` | hash | heartbeat, with a TTL |
+//! | `ns:daemons` | sorted set | instance → last heartbeat time (ms) |
+//! | `ns:events` | pub/sub channel | ops changes, model activations (JSON) |
+
+/// Key builder for one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    ns: String,
+}
+
+impl Keys {
+    /// Keys under `namespace` (from `redis.yaml`).
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            ns: namespace.to_owned(),
+        }
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    /// A strategy's keys, computed once so the hot path formats nothing.
+    pub fn strategy(&self, strategy: &str) -> StrategyKeys {
+        let prefix = format!("{}:{{{strategy}}}", self.ns);
+        StrategyKeys {
+            strategy: strategy.to_owned(),
+            ops: format!("{prefix}:ops"),
+            hwm: format!("{prefix}:hwm"),
+            signals: format!("{prefix}:signals"),
+            sig_prefix: format!("{prefix}:sig:"),
+        }
+    }
+
+    /// The pub/sub channel for events.
+    pub fn events(&self) -> String {
+        format!("{}:events", self.ns)
+    }
+
+    /// A daemon's heartbeat hash.
+    pub fn heartbeat(&self, instance: &str) -> String {
+        format!("{}:daemon:{instance}:hb", self.ns)
+    }
+
+    /// The sorted set of daemons by last heartbeat.
+    pub fn daemons(&self) -> String {
+        format!("{}:daemons", self.ns)
+    }
+}
+
+/// The keys of one strategy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrategyKeys {
+    /// Strategy id.
+    pub strategy: String,
+    /// Ops state hash.
+    pub ops: String,
+    /// High-water marks of `seq` per symbol.
+    pub hwm: String,
+    /// Signal stream.
+    pub signals: String,
+    sig_prefix: String,
+}
+
+impl StrategyKeys {
+    /// The current-signal hash of `symbol`.
+    pub fn sig(&self, symbol: &str) -> String {
+        format!("{}{symbol}", self.sig_prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strategy_keys_share_one_hash_tag() {
+        let k = Keys::new("mlcore").strategy("fx_g10");
+        for key in [k.ops.clone(), k.hwm.clone(), k.signals.clone(), k.sig("EURUSD")] {
+            assert!(key.starts_with("mlcore:{fx_g10}:"), "{key}");
+        }
+        assert_eq!(k.sig("EURUSD"), "mlcore:{fx_g10}:sig:EURUSD");
+    }
+}

@@ -1,0 +1,24 @@
+//! The Redis contract: what trading consumers rely on.
+//!
+//! Key layout ([`keys`]), the guard — a Redis Function library through which
+//! every signal is written and every mode change made ([`guard`], source in
+//! `guard.lua`), the ops modes ([`ops`]), the signal types ([`signal`]) and
+//! daemon heartbeats ([`heartbeat`]). `docs/redis-contract.md` is the
+//! consumer-facing description; keep both in step.
+//!
+//! Everything here works over any [`redis::ConnectionLike`]: a plain
+//! connection or a Cluster connection.
+
+mod error;
+pub mod guard;
+pub mod heartbeat;
+pub mod keys;
+pub mod ops;
+pub mod signal;
+
+pub use error::ContractError;
+pub use guard::{Guard, ModeChange, PublishOutcome, SetModeOutcome};
+pub use heartbeat::Heartbeat;
+pub use keys::{Keys, StrategyKeys};
+pub use ops::{OpsMode, OpsState};
+pub use signal::{Side, Signal, SignalBatch, StoredSignal};

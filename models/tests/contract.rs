@@ -1,0 +1,772 @@
+//! The Redis contract against a real Redis: the guard's refusals, ordering,
+//! expiry, fail-closed modes, compare-and-set, restarts and a real Cluster.
+
+#![allow(clippy::unwrap_used)] // fixture helpers outside #[test] fns: a broken fixture should panic
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mlcore_models::contract::{
+    ContractError, Guard, Keys, ModeChange, OpsMode, PublishOutcome, SetModeOutcome, Side, Signal,
+    SignalBatch,
+};
+use mlcore_models::testutil::{self, RedisCluster, RedisNamespace, RedisServer};
+use proptest::prelude::*;
+use redis::ConnectionLike;
+
+const S: &str = "fx_test";
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn guard(ns: &RedisNamespace) -> Guard {
+    Guard::new(Keys::new(&ns.ns), 1000)
+}
+
+fn signal(symbol: &str, weight: f64) -> Signal {
+    Signal {
+        symbol: symbol.into(),
+        side: Side::of_weight(weight),
+        weight,
+        qty: weight * 1_000_000.0,
+        return_prob: 0.6,
+        risk_score: 0.2,
+    }
+}
+
+fn batch(seq: u64, signals: Vec<Signal>) -> SignalBatch {
+    SignalBatch {
+        strategy: S.into(),
+        seq,
+        generated_at_ms: now_ms(),
+        valid_until_ms: now_ms() + 60_000,
+        model_id: "m1".into(),
+        model_version: 7,
+        signals,
+    }
+}
+
+fn set_mode(g: &Guard, conn: &mut impl ConnectionLike, strategy: &str, mode: OpsMode) -> u64 {
+    let current = g.read_mode(conn, strategy).unwrap().version;
+    let change = ModeChange {
+        strategy,
+        expected_version: current,
+        mode,
+        reason: "test",
+        actor: "tester",
+        request_id: "req-1",
+    };
+    match g.set_mode(conn, &change).unwrap() {
+        SetModeOutcome::Applied { version } => version,
+        other => panic!("set_mode: {other:?}"),
+    }
+}
+
+/// A loaded guard on the shared Redis, in a fresh namespace, strategy active.
+fn active() -> (RedisNamespace, Guard, redis::Connection) {
+    let ns = RedisNamespace::new();
+    let mut conn = testutil::redis_connection();
+    Guard::load(&mut conn).unwrap();
+    let g = guard(&ns);
+    set_mode(&g, &mut conn, S, OpsMode::Active);
+    (ns, g, conn)
+}
+
+fn key_count(conn: &mut redis::Connection, ns: &RedisNamespace) -> usize {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", ns.ns))
+        .query(conn)
+        .unwrap();
+    keys.len()
+}
+
+#[test]
+fn accepted_batch_is_readable_and_streamed() {
+    let (ns, g, mut conn) = active();
+    let b = batch(
+        1,
+        vec![
+            signal("EURUSD", 0.05),
+            signal("USDJPY", -0.03),
+            signal("GBPUSD", 0.0),
+        ],
+    );
+    assert_eq!(
+        g.publish(&mut conn, &b).unwrap(),
+        PublishOutcome::Accepted { count: 3 }
+    );
+
+    let s = g.read(&mut conn, S, "USDJPY").unwrap().unwrap();
+    assert_eq!(
+        (s.seq, s.side, s.weight, s.model_id.as_str(), s.model_version),
+        (1, Side::Short, -0.03, "m1", 7)
+    );
+    assert_eq!(s.valid_until_ms, b.valid_until_ms);
+    let keys = g.keys().strategy(S);
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(keys.sig("EURUSD"))
+        .query(&mut conn)
+        .unwrap();
+    assert!(
+        pttl > 55_000 && pttl <= 60_000,
+        "key expires at valid_until: pttl {pttl}"
+    );
+    let len: u64 = redis::cmd("XLEN").arg(&keys.signals).query(&mut conn).unwrap();
+    assert_eq!(len, 3);
+    assert_eq!(g.high_water_mark(&mut conn, S).unwrap(), 1);
+    drop(ns);
+}
+
+#[test]
+fn stale_sequence_is_refused() {
+    let (_ns, g, mut conn) = active();
+    g.publish(&mut conn, &batch(5, vec![signal("EURUSD", 0.05)]))
+        .unwrap();
+    for seq in [5, 4, 1] {
+        let out = g
+            .publish(&mut conn, &batch(seq, vec![signal("EURUSD", -0.05)]))
+            .unwrap();
+        assert_eq!(
+            out,
+            PublishOutcome::Stale {
+                symbol: "EURUSD".into(),
+                stored_seq: 5
+            }
+        );
+    }
+    assert_eq!(g.read(&mut conn, S, "EURUSD").unwrap().unwrap().weight, 0.05);
+}
+
+#[test]
+fn stale_check_survives_signal_expiry() {
+    // The high-water mark does not expire with the signal, so an old decision
+    // arriving after the current signal expired is still refused.
+    let (_ns, g, mut conn) = active();
+    let mut b = batch(9, vec![signal("EURUSD", 0.05)]);
+    b.valid_until_ms = now_ms() + 150;
+    g.publish(&mut conn, &b).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(g.read(&mut conn, S, "EURUSD").unwrap(), None);
+    let late = g
+        .publish(&mut conn, &batch(8, vec![signal("EURUSD", 0.01)]))
+        .unwrap();
+    assert_eq!(
+        late,
+        PublishOutcome::Stale {
+            symbol: "EURUSD".into(),
+            stored_seq: 9
+        }
+    );
+}
+
+#[test]
+fn expired_signal_is_refused_and_nothing_is_written() {
+    let (ns, g, mut conn) = active();
+    let before = key_count(&mut conn, &ns);
+    let mut b = batch(1, vec![signal("EURUSD", 0.05)]);
+    b.valid_until_ms = now_ms().saturating_sub(1);
+    assert!(matches!(
+        g.publish(&mut conn, &b).unwrap(),
+        PublishOutcome::Expired { .. }
+    ));
+    assert_eq!(key_count(&mut conn, &ns), before);
+}
+
+#[test]
+fn absent_ops_state_is_halted() {
+    let ns = RedisNamespace::new();
+    let mut conn = testutil::redis_connection();
+    Guard::load(&mut conn).unwrap();
+    let g = guard(&ns);
+    let out = g
+        .publish(&mut conn, &batch(1, vec![signal("EURUSD", 0.05)]))
+        .unwrap();
+    assert_eq!(
+        out,
+        PublishOutcome::Halted {
+            mode: OpsMode::Halted,
+            symbol: String::new()
+        }
+    );
+    assert_eq!(key_count(&mut conn, &ns), 0);
+    let state = g.read_mode(&mut conn, S).unwrap();
+    assert!(state.fail_closed && state.mode == OpsMode::Halted);
+}
+
+#[test]
+fn garbled_ops_state_is_halted() {
+    let (_ns, g, mut conn) = active();
+    let _: () = redis::cmd("HSET")
+        .arg(g.keys().strategy(S).ops)
+        .arg("mode")
+        .arg("yolo")
+        .query(&mut conn)
+        .unwrap();
+    let out = g
+        .publish(&mut conn, &batch(1, vec![signal("EURUSD", 0.05)]))
+        .unwrap();
+    assert!(matches!(
+        out,
+        PublishOutcome::Halted {
+            mode: OpsMode::Halted,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn halted_mode_publishes_nothing() {
+    let (_ns, g, mut conn) = active();
+    set_mode(&g, &mut conn, S, OpsMode::Halted);
+    let out = g
+        .publish(&mut conn, &batch(1, vec![signal("EURUSD", 0.0)]))
+        .unwrap();
+    assert_eq!(out.label(), "halted");
+    assert_eq!(g.read(&mut conn, S, "EURUSD").unwrap(), None);
+}
+
+#[test]
+fn reduce_only_accepts_shrinking_and_refuses_growing_or_flipping() {
+    let (_ns, g, mut conn) = active();
+    g.publish(
+        &mut conn,
+        &batch(1, vec![signal("EURUSD", 0.08), signal("USDJPY", -0.04)]),
+    )
+    .unwrap();
+    set_mode(&g, &mut conn, S, OpsMode::ReduceOnly);
+
+    let grow = g
+        .publish(
+            &mut conn,
+            &batch(2, vec![signal("EURUSD", 0.05), signal("USDJPY", -0.06)]),
+        )
+        .unwrap();
+    assert_eq!(
+        grow,
+        PublishOutcome::Halted {
+            mode: OpsMode::ReduceOnly,
+            symbol: "USDJPY".into()
+        }
+    );
+    let flip = g
+        .publish(&mut conn, &batch(3, vec![signal("EURUSD", -0.02)]))
+        .unwrap();
+    assert_eq!(
+        flip,
+        PublishOutcome::Halted {
+            mode: OpsMode::ReduceOnly,
+            symbol: "EURUSD".into()
+        }
+    );
+    let new_position = g
+        .publish(&mut conn, &batch(4, vec![signal("GBPUSD", 0.01)]))
+        .unwrap();
+    assert_eq!(
+        new_position.label(),
+        "halted",
+        "no current position: only flat may pass"
+    );
+
+    let shrink = g
+        .publish(
+            &mut conn,
+            &batch(5, vec![signal("EURUSD", 0.05), signal("USDJPY", 0.0)]),
+        )
+        .unwrap();
+    assert_eq!(shrink, PublishOutcome::Accepted { count: 2 });
+    assert_eq!(g.read(&mut conn, S, "EURUSD").unwrap().unwrap().weight, 0.05);
+}
+
+#[test]
+fn flatten_mode_accepts_only_flat_signals() {
+    let (_ns, g, mut conn) = active();
+    g.publish(&mut conn, &batch(1, vec![signal("EURUSD", 0.08)]))
+        .unwrap();
+    set_mode(&g, &mut conn, S, OpsMode::Flatten);
+    let out = g
+        .publish(&mut conn, &batch(2, vec![signal("EURUSD", 0.01)]))
+        .unwrap();
+    assert_eq!(
+        out,
+        PublishOutcome::Halted {
+            mode: OpsMode::Flatten,
+            symbol: "EURUSD".into()
+        }
+    );
+    let flat = g
+        .publish(&mut conn, &batch(3, vec![signal("EURUSD", 0.0)]))
+        .unwrap();
+    assert_eq!(flat, PublishOutcome::Accepted { count: 1 });
+    assert_eq!(g.read(&mut conn, S, "EURUSD").unwrap().unwrap().side, Side::Flat);
+}
+
+/// Sends a hand-made publish, bypassing the typed client.
+fn raw_publish(
+    conn: &mut redis::Connection,
+    g: &Guard,
+    args: &[&str],
+) -> Result<redis::Value, ContractError> {
+    let keys = g.keys().strategy(S);
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg("mlcore_publish_v1")
+        .arg(4)
+        .arg(&keys.ops)
+        .arg(&keys.hwm)
+        .arg(&keys.signals)
+        .arg(keys.sig("EURUSD"));
+    cmd.arg(args);
+    cmd.query::<redis::Value>(conn).map_err(|e| match e.code() {
+        Some("BADINPUT") => ContractError::BadInput(e.detail().unwrap_or_default().to_owned()),
+        _ => ContractError::Redis(e),
+    })
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_error_and_writes_nothing() {
+    let (ns, g, mut conn) = active();
+    let before = key_count(&mut conn, &ns);
+    let vu = (now_ms() + 60_000).to_string();
+    let good: Vec<String> = [
+        "1", "1", &vu, "100", "m1", "7", S, "EURUSD", "long", "0.05", "1000", "0.6", "0.2",
+    ]
+    .map(String::from)
+    .to_vec();
+    let cases: Vec<(usize, &str, &str)> = vec![
+        (0, "abc", "seq must be a positive integer"),
+        (0, "-3", "seq must be a positive integer"),
+        (9, "NaN", "weight must be a finite number"),
+        (9, "inf", "weight must be a finite number"),
+        (8, "up", "side must be long, short or flat"),
+        (11, "1.5", "return_prob must be in [0, 1]"),
+        (9, "-0.05", "does not match weight"),
+        (2, "soon", "valid_until_ms must be an integer"),
+    ];
+    for (index, value, expected) in cases {
+        let mut args = good.clone();
+        args[index] = value.to_owned();
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        match raw_publish(&mut conn, &g, &refs) {
+            Err(ContractError::BadInput(msg)) => assert!(msg.contains(expected), "{value}: {msg}"),
+            other => panic!("{value}: expected BadInput, got {other:?}"),
+        }
+    }
+    // A missing field: one argument short.
+    let refs: Vec<&str> = good[..good.len() - 1].iter().map(String::as_str).collect();
+    match raw_publish(&mut conn, &g, &refs) {
+        Err(ContractError::BadInput(msg)) => assert!(msg.contains("signal fields"), "{msg}"),
+        other => panic!("expected BadInput, got {other:?}"),
+    }
+    assert_eq!(
+        key_count(&mut conn, &ns),
+        before,
+        "a refused publish writes nothing"
+    );
+    // The typed client passes NaN through to the same refusal.
+    let err = g
+        .publish(&mut conn, &batch(2, vec![signal("EURUSD", f64::NAN)]))
+        .unwrap_err();
+    assert!(matches!(err, ContractError::BadInput(_)), "{err:?}");
+}
+
+#[test]
+fn concurrent_mode_changes_cannot_both_win() {
+    let (ns, g, mut conn) = active();
+    let v = g.read_mode(&mut conn, S).unwrap().version;
+    let handles: Vec<_> = [OpsMode::Halted, OpsMode::Flatten]
+        .into_iter()
+        .map(|mode| {
+            let g = g.clone();
+            std::thread::spawn(move || {
+                let mut conn = testutil::redis_connection();
+                let change = ModeChange {
+                    strategy: S,
+                    expected_version: v,
+                    mode,
+                    reason: "race",
+                    actor: "a",
+                    request_id: "r",
+                };
+                g.set_mode(&mut conn, &change).unwrap()
+            })
+        })
+        .collect();
+    let outcomes: Vec<SetModeOutcome> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let applied = outcomes
+        .iter()
+        .filter(|o| matches!(o, SetModeOutcome::Applied { .. }))
+        .count();
+    assert_eq!(applied, 1, "{outcomes:?}");
+    assert!(outcomes.contains(&SetModeOutcome::Conflict {
+        current_version: v + 1
+    }));
+    assert_eq!(g.read_mode(&mut conn, S).unwrap().version, v + 1);
+    drop(ns);
+}
+
+#[test]
+fn mode_changes_are_announced_on_the_events_channel() {
+    let (_ns, g, mut conn) = active();
+    let client = redis::Client::open(testutil::redis_url()).unwrap();
+    let mut sub_conn = client.get_connection().unwrap();
+    let mut pubsub = sub_conn.as_pubsub();
+    pubsub.subscribe(g.keys().events()).unwrap();
+    pubsub
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let version = set_mode(&g, &mut conn, S, OpsMode::ReduceOnly);
+    let msg = pubsub.get_message().unwrap();
+    let event: serde_json::Value = serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+    assert_eq!(event["type"], "ops_mode");
+    assert_eq!(event["strategy"], S);
+    assert_eq!(event["mode"], "reduce_only");
+    assert_eq!(event["version"], version);
+}
+
+#[test]
+fn read_never_returns_a_signal_past_valid_until_even_before_the_key_expires() {
+    let (_ns, g, mut conn) = active();
+    let key = g.keys().strategy(S).sig("EURUSD");
+    // A hash whose valid_until has passed but which has no TTL (as in the
+    // instant between valid_until and Redis' lazy expiry).
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg(&[
+            "seq",
+            "1",
+            "side",
+            "long",
+            "weight",
+            "0.1",
+            "qty",
+            "1",
+            "return_prob",
+            "0.6",
+            "risk_score",
+            "0.1",
+        ])
+        .arg(&[
+            "model_id",
+            "m",
+            "model_version",
+            "1",
+            "generated_at_ms",
+            "1",
+            "valid_until_ms",
+        ])
+        .arg(now_ms() - 10)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(g.read(&mut conn, S, "EURUSD").unwrap(), None);
+}
+
+#[test]
+fn concurrent_publishers_never_let_a_lower_seq_overwrite_a_higher_one() {
+    let (ns, g, mut conn) = active();
+    let threads = 4;
+    let per_thread = 60u64;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let g = g.clone();
+            std::thread::spawn(move || {
+                let mut conn = testutil::redis_connection();
+                // Thread t publishes seqs t+1, t+1+threads, ... in a scrambled order.
+                let mut seqs: Vec<u64> = (0..per_thread).map(|i| i * threads + t + 1).collect();
+                seqs.sort_by_key(|s| (s * 7919) % 101);
+                for seq in seqs {
+                    g.publish(
+                        &mut conn,
+                        &batch(seq, vec![signal("EURUSD", 0.01 * (seq % 5 + 1) as f64)]),
+                    )
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let max = per_thread * threads;
+    assert_eq!(g.read(&mut conn, S, "EURUSD").unwrap().unwrap().seq, max);
+    // Every accepted publish went to the stream: their seqs strictly increase.
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(g.keys().strategy(S).signals)
+        .arg("-")
+        .arg("+")
+        .query::<redis::streams::StreamRangeReply>(&mut conn)
+        .unwrap()
+        .ids
+        .into_iter()
+        .map(|e| {
+            let fields = e
+                .map
+                .iter()
+                .map(|(k, v)| (k.clone(), redis::from_redis_value_ref::<String>(v).unwrap()))
+                .collect();
+            (e.id, fields)
+        })
+        .collect();
+    let seqs: Vec<u64> = entries
+        .iter()
+        .map(|(_, f)| f.iter().find(|(k, _)| k == "seq").unwrap().1.parse().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "stream seqs not increasing: {seqs:?}"
+    );
+    assert_eq!(*seqs.last().unwrap(), max);
+    drop(ns);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_order_of_publishes_keeps_the_highest_seq(seqs in proptest::collection::vec(1u64..50, 1..25)) {
+        let (_ns, g, mut conn) = active();
+        let mut best = 0u64;
+        for seq in seqs {
+            let out = g.publish(&mut conn, &batch(seq, vec![signal("EURUSD", 0.02)])).unwrap();
+            if seq > best {
+                prop_assert_eq!(out, PublishOutcome::Accepted { count: 1 });
+                best = seq;
+            } else {
+                prop_assert_eq!(out, PublishOutcome::Stale { symbol: "EURUSD".into(), stored_seq: best });
+            }
+            prop_assert_eq!(g.read(&mut conn, S, "EURUSD").unwrap().unwrap().seq, best);
+        }
+    }
+
+    #[test]
+    fn an_expired_signal_is_never_returned(offset in prop_oneof![-5_000i64..-100, 300i64..5_000]) {
+        let (_ns, g, mut conn) = active();
+        let vu = (now_ms() as i64 + offset) as u64;
+        let key = g.keys().strategy(S).sig("EURUSD");
+        let _: () = redis::cmd("HSET").arg(&key)
+            .arg(&["seq", "1", "side", "flat", "weight", "0", "qty", "0", "return_prob", "0.5", "risk_score", "0"])
+            .arg(&["model_id", "m", "model_version", "1", "generated_at_ms", "1", "valid_until_ms"]).arg(vu)
+            .query(&mut conn).unwrap();
+        let read = g.read(&mut conn, S, "EURUSD").unwrap();
+        prop_assert_eq!(read.is_some(), offset > 0);
+    }
+}
+
+#[test]
+fn restart_or_function_flush_reloads_the_guard_and_nothing_unguarded_gets_in() {
+    let mut server = RedisServer::start();
+    let ns = RedisNamespace::on(&server.url());
+    let g = guard(&ns);
+    let mut conn = server.connection();
+    Guard::load(&mut conn).unwrap();
+    set_mode(&g, &mut conn, S, OpsMode::Active);
+    assert_eq!(
+        g.publish(&mut conn, &batch(1, vec![signal("EURUSD", 0.05)]))
+            .unwrap()
+            .label(),
+        "accepted"
+    );
+
+    server.restart();
+    let mut conn = server.connection();
+    // The library and the ops state are gone: the publish reloads the guard,
+    // which then fails closed (no ops state = halted).
+    let out = g
+        .publish(&mut conn, &batch(2, vec![signal("EURUSD", 0.05)]))
+        .unwrap();
+    assert_eq!(
+        out,
+        PublishOutcome::Halted {
+            mode: OpsMode::Halted,
+            symbol: String::new()
+        }
+    );
+    Guard::check_version(&mut conn).unwrap();
+
+    set_mode(&g, &mut conn, S, OpsMode::Active);
+    let _: () = redis::cmd("FUNCTION").arg("FLUSH").query(&mut conn).unwrap();
+    assert_eq!(
+        g.publish(&mut conn, &batch(3, vec![signal("EURUSD", 0.05)]))
+            .unwrap()
+            .label(),
+        "accepted"
+    );
+    assert_eq!(g.read(&mut conn, S, "EURUSD").unwrap().unwrap().seq, 3);
+}
+
+#[test]
+fn a_client_that_cannot_reload_the_guard_refuses_to_publish() {
+    let server = RedisServer::start();
+    let ns = RedisNamespace::on(&server.url());
+    let g = guard(&ns);
+    let mut admin = server.connection();
+    Guard::load(&mut admin).unwrap();
+    set_mode(&g, &mut admin, S, OpsMode::Active);
+    // A publisher allowed to call functions and read keys, but not to load functions.
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "publisher",
+            "on",
+            ">pw",
+            "~*",
+            "&*",
+            "+@all",
+            "-function|load",
+            "-function|flush",
+        ])
+        .query(&mut admin)
+        .unwrap();
+    let mut publisher = redis::Client::open(format!("redis://publisher:pw@127.0.0.1:{}/", server.port))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    assert_eq!(
+        g.publish(&mut publisher, &batch(1, vec![signal("EURUSD", 0.05)]))
+            .unwrap()
+            .label(),
+        "accepted"
+    );
+
+    let _: () = redis::cmd("FUNCTION").arg("FLUSH").query(&mut admin).unwrap();
+    let err = g
+        .publish(&mut publisher, &batch(2, vec![signal("EURUSD", 0.07)]))
+        .unwrap_err();
+    assert!(matches!(err, ContractError::GuardMissing { .. }), "{err:?}");
+    assert_eq!(
+        g.high_water_mark(&mut admin, S).unwrap(),
+        1,
+        "nothing was written"
+    );
+    let weight: String = redis::cmd("HGET")
+        .arg(g.keys().strategy(S).sig("EURUSD"))
+        .arg("weight")
+        .query(&mut admin)
+        .unwrap();
+    assert_eq!(weight, "0.05");
+}
+
+#[test]
+fn a_three_master_cluster_serves_strategies_in_different_slots() {
+    let cluster = RedisCluster::start();
+    let client = redis::cluster::ClusterClient::new(cluster.urls()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    Guard::load(&mut conn).unwrap();
+    // The library is on every master.
+    for node in &cluster.nodes {
+        Guard::check_version(&mut node.connection()).unwrap();
+    }
+    let g = Guard::new(Keys::new("mlcore"), 1000);
+    // Strategies whose hash tags land on different masters.
+    let strategies = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"];
+    for s in strategies {
+        set_mode(&g, &mut conn, s, OpsMode::Active);
+        let mut b = batch(1, vec![signal("EURUSD", 0.05), signal("USDJPY", -0.02)]);
+        b.strategy = s.into();
+        assert_eq!(
+            g.publish(&mut conn, &b).unwrap(),
+            PublishOutcome::Accepted { count: 2 },
+            "{s}"
+        );
+        assert_eq!(g.read(&mut conn, s, "USDJPY").unwrap().unwrap().weight, -0.02);
+        set_mode(&g, &mut conn, s, OpsMode::Halted);
+        b.seq = 2;
+        assert_eq!(g.publish(&mut conn, &b).unwrap().label(), "halted");
+    }
+    // The strategies' keys are spread over several masters.
+    let holding = cluster
+        .nodes
+        .iter()
+        .filter(|n| redis::cmd("DBSIZE").query::<u64>(&mut n.connection()).unwrap() > 0)
+        .count();
+    // CRC16 slots: alpha 865, charlie 1769, foxtrot 3172 | bravo 8623,
+    // delta 9053 | echo 14438 — one group per master of a 3-master split.
+    assert_eq!(holding, 3, "strategies should spread over all three masters");
+}
+
+#[test]
+fn keys_that_do_not_match_the_strategy_or_symbol_are_refused() {
+    let (ns, g, mut conn) = active();
+    let other = g.keys().strategy("other");
+    let mine = g.keys().strategy(S);
+    let vu = (now_ms() + 60_000).to_string();
+    let args = [
+        "1",
+        "1",
+        vu.as_str(),
+        "100",
+        "m1",
+        "7",
+        S,
+        "EURUSD",
+        "long",
+        "0.05",
+        "1000",
+        "0.6",
+        "0.2",
+    ];
+    let attempts = [
+        // Another strategy's ops key: its mode would gate our signal.
+        [
+            other.ops.clone(),
+            mine.hwm.clone(),
+            mine.signals.clone(),
+            mine.sig("EURUSD"),
+        ],
+        // Our ops key but another symbol's signal key.
+        [
+            mine.ops.clone(),
+            mine.hwm.clone(),
+            mine.signals.clone(),
+            mine.sig("USDJPY"),
+        ],
+    ];
+    for keys in attempts {
+        let err = redis::cmd("FCALL")
+            .arg("mlcore_publish_v1")
+            .arg(4)
+            .arg(&keys)
+            .arg(&args)
+            .query::<redis::Value>(&mut conn)
+            .unwrap_err();
+        assert_eq!(err.code(), Some("BADINPUT"), "{err}");
+    }
+    let dup = g
+        .publish(
+            &mut conn,
+            &batch(1, vec![signal("EURUSD", 0.05), signal("EURUSD", 0.06)]),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&dup, ContractError::BadInput(m) if m.contains("twice")),
+        "{dup:?}"
+    );
+    assert_eq!(key_count(&mut conn, &ns), 1, "only the ops key exists");
+}
+
+#[test]
+fn heartbeat_round_trips_and_expires() {
+    let ns = RedisNamespace::new();
+    let keys = Keys::new(&ns.ns);
+    let mut conn = testutil::redis_connection();
+    let hb = mlcore_models::contract::Heartbeat {
+        instance: "daemon-t".into(),
+        status: "ok".into(),
+        at_ms: now_ms(),
+        last_decision_ms: now_ms() - 5,
+        p99_us: 850,
+        decisions: 10,
+        signals_accepted: 320,
+        decisions_dropped: 0,
+        models: [("fx_g10".to_owned(), "m1@7".to_owned())].into(),
+        modes: [("fx_g10".to_owned(), "active".to_owned())].into(),
+    };
+    hb.write(&mut conn, &keys, 300).unwrap();
+    let read = mlcore_models::contract::Heartbeat::read(&mut conn, &keys, "daemon-t").unwrap();
+    assert_eq!(read.as_ref(), Some(&hb));
+    let known = mlcore_models::contract::Heartbeat::known_instances(&mut conn, &keys).unwrap();
+    assert_eq!(known, vec![("daemon-t".to_owned(), hb.at_ms)]);
+    std::thread::sleep(std::time::Duration::from_millis(450));
+    assert_eq!(
+        mlcore_models::contract::Heartbeat::read(&mut conn, &keys, "daemon-t").unwrap(),
+        None
+    );
+}
