@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// ml-assets-core control plane.
 #[derive(Debug, Parser)]
@@ -22,6 +22,14 @@ pub enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Market data tools.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Model artifact tools: keys, signing, verification.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Train ai1/ai2 on a dataset, export to ONNX, sign and verify.
+    Train(TrainArgs),
 }
 
 /// `config ...`
@@ -37,4 +45,130 @@ pub enum ConfigCommand {
         #[arg(long)]
         quiet: bool,
     },
+}
+
+/// `data ...`
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Generate a deterministic synthetic market as Parquet partitions.
+    Synth(SynthArgs),
+}
+
+/// `data synth` arguments.
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// RNG seed.
+    #[arg(long)]
+    pub seed: u64,
+    /// Number of symbols (1-32, in universe order).
+    #[arg(long, default_value_t = 32)]
+    pub symbols: usize,
+    /// Number of weekdays.
+    #[arg(long)]
+    pub days: u32,
+    /// First day, YYYY-MM-DD (weekends are skipped).
+    #[arg(long, default_value = "2026-01-05")]
+    pub start: String,
+    /// Quote interval per symbol, ms.
+    #[arg(long, default_value_t = 5000)]
+    pub interval_ms: u32,
+    /// Output folder (must not hold a dataset already).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `models ...`
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Generate an ed25519 signing key: `<id>.key` (secret, 0600) and `<id>.pub`.
+    Keygen {
+        /// Key id written into signatures and trust.yaml.
+        #[arg(long)]
+        id: String,
+        /// Folder to write the two files into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// (Re)seal an artifact folder: hash its files into manifest.json and sign it.
+    Sign {
+        /// Artifact folder.
+        #[arg(long)]
+        artifact: PathBuf,
+        /// Secret key file.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Verify an artifact (folder or tar) against an environment's trust.yaml.
+    Verify(VerifyArgs),
+    /// Print an artifact's manifest and files without verifying it.
+    Inspect {
+        /// Artifact folder or tar.
+        #[arg(long)]
+        artifact: PathBuf,
+    },
+}
+
+/// `models verify` arguments.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Artifact folder or tar.
+    #[arg(long)]
+    pub artifact: PathBuf,
+    /// Environment whose trust.yaml to use.
+    #[arg(long)]
+    pub env: String,
+    /// Highest version already accepted for the strategy (rollback check).
+    #[arg(long)]
+    pub highest_accepted: Option<u64>,
+    /// A rollback authorisation (JSON) permitting this version.
+    #[arg(long)]
+    pub rollback_auth: Option<PathBuf>,
+}
+
+/// `train` arguments.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Environment (universe, θ, trust and ONNX Runtime come from its config).
+    #[arg(long)]
+    pub env: String,
+    /// Dataset folder (with dataset_index.json).
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Artifact folder to create.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Secret signing key file.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Strategy id from universe.yaml.
+    #[arg(long)]
+    pub strategy: String,
+    /// Model version (monotonic per strategy).
+    #[arg(long, default_value_t = 1)]
+    pub version: u64,
+    /// Creation time in the manifest (ms since the epoch); default
+    /// `$SOURCE_DATE_EPOCH` (seconds) if set, else now.
+    #[arg(long)]
+    pub created_at_ms: Option<u64>,
+    /// Days the model stays valid.
+    #[arg(long, default_value_t = 30)]
+    pub valid_days: u32,
+    /// Decision cadence for training samples, ms.
+    #[arg(long, default_value_t = 60_000)]
+    pub decision_every_ms: u64,
+    /// Label horizon, quotes ahead.
+    #[arg(long, default_value_t = 12)]
+    pub horizon: usize,
+    /// Trees in the ai1 ensemble.
+    #[arg(long, default_value_t = 60)]
+    pub trees: usize,
+    /// Tree depth.
+    #[arg(long, default_value_t = 4)]
+    pub depth: u32,
+    /// Learning rate.
+    #[arg(long, default_value_t = 0.1)]
+    pub learning_rate: f32,
+    /// Minimum rows per leaf.
+    #[arg(long, default_value_t = 50)]
+    pub min_leaf: usize,
 }

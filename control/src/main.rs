@@ -1,21 +1,43 @@
 //! `mlcore-control`: parse arguments, dispatch, exit with the command's code.
 
 use clap::Parser;
-use mlcore_control::cli::{Cli, Command, ConfigCommand};
+use mlcore_control::cli::{Cli, Command, ConfigCommand, DataCommand, ModelsCommand};
 use mlcore_control::commands;
 use mlcore_models::config::ProcessEnv;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let code = match cli.command {
-        Command::Config(ConfigCommand::Check { env, quiet }) => commands::config_check(
-            &cli.config_dir,
-            &env,
-            quiet,
-            &ProcessEnv,
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr().lock(),
-        )?,
+    match run(&cli) {
+        Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            // `{:#}` prints the whole context chain on one line, no backtrace.
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("error: {e:#}");
+            }
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<i32> {
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+    let code = match &cli.command {
+        Command::Config(ConfigCommand::Check { env, quiet }) => {
+            commands::config_check(&cli.config_dir, env, *quiet, &ProcessEnv, &mut out, &mut err)?
+        }
+        Command::Data(DataCommand::Synth(args)) => commands::synth(args, &mut out)?,
+        Command::Models(ModelsCommand::Keygen { id, out: dir }) => {
+            commands::models_keygen(id, dir, &mut out)?
+        }
+        Command::Models(ModelsCommand::Sign { artifact, key }) => {
+            commands::models_sign(artifact, key, &mut out)?
+        }
+        Command::Models(ModelsCommand::Verify(args)) => {
+            commands::models_verify(&cli.config_dir, args, &ProcessEnv, &mut out, &mut err)?
+        }
+        Command::Models(ModelsCommand::Inspect { artifact }) => commands::models_inspect(artifact, &mut out)?,
+        Command::Train(args) => commands::train(&cli.config_dir, args, &ProcessEnv, &mut out)?,
     };
-    std::process::exit(code);
+    Ok(code)
 }

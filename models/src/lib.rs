@@ -13,6 +13,12 @@
 pub mod config;
 pub mod contract;
 
+pub mod artifact;
+pub mod dataset;
+pub mod features;
+pub mod market;
 pub mod onnx;
+pub mod scoring;
+pub mod synth;
 #[cfg(feature = "test-util")]
 pub mod testutil;

@@ -281,3 +281,42 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
+
+/// Writes a small synthetic dataset into `dir` (as `data synth` does) and
+/// returns its index.
+pub fn synth_dataset(
+    dir: &std::path::Path,
+    seed: u64,
+    symbols: usize,
+    days: u32,
+    interval_ms: u32,
+) -> crate::dataset::DatasetIndex {
+    use crate::{dataset, market::civil, synth};
+    let spec = synth::SynthSpec {
+        seed,
+        symbols,
+        start_day: civil::parse("2026-01-05").unwrap_or(20_458),
+        days,
+        interval_ms,
+    };
+    let names = spec.symbol_names();
+    let mut gen = synth::Generator::new(spec.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let mut partitions = Vec::new();
+    for day in spec.trading_days() {
+        let date = civil::format(day);
+        for (i, quotes) in gen.day(day).into_iter().enumerate() {
+            partitions.push(
+                dataset::write_partition(dir, names[i], &date, &quotes).unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+    }
+    let index = dataset::DatasetIndex {
+        format: 1,
+        source: format!("synthetic seed={seed}"),
+        symbols: names.iter().map(|s| (*s).to_owned()).collect(),
+        interval_ms,
+        partitions,
+    };
+    index.write(dir).unwrap_or_else(|e| panic!("{e}"));
+    index
+}

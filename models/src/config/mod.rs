@@ -18,6 +18,7 @@ mod policy;
 mod processes;
 pub mod secret;
 mod sources;
+mod trust;
 mod universe;
 mod validate;
 
@@ -47,6 +48,7 @@ pub use processes::{
 };
 pub use secret::Secret;
 pub use sources::{FailoverConfig, ProviderConfig, ProviderSettings, SourcesConfig};
+pub use trust::{KeyPurpose, TrustConfig, TrustedKeyConfig};
 pub use universe::{BetaSource, StrategyUniverse, SymbolSpec, Universe};
 
 /// A deployment environment.
@@ -99,7 +101,7 @@ impl FromStr for Environment {
 }
 
 /// The files every environment is built from, in load order.
-pub const FILES: [&str; 11] = [
+pub const FILES: [&str; 12] = [
     "core_policy.yaml",
     "universe.yaml",
     "cost_table.yaml",
@@ -111,6 +113,7 @@ pub const FILES: [&str; 11] = [
     "sources.yaml",
     "daemon.yaml",
     "control.yaml",
+    "trust.yaml",
 ];
 
 /// The fully resolved configuration of one environment.
@@ -140,6 +143,8 @@ pub struct AppConfig {
     pub daemon: DaemonConfig,
     /// `control.yaml`.
     pub control: ControlConfig,
+    /// `trust.yaml`.
+    pub trust: TrustConfig,
 }
 
 impl AppConfig {
@@ -183,6 +188,7 @@ pub fn load(root: &Path, env: Environment, vars: &dyn EnvSource) -> Result<AppCo
     let sources = file!("sources.yaml");
     let daemon = file!("daemon.yaml");
     let control = file!("control.yaml");
+    let trust = file!("trust.yaml");
 
     let (
         Some(core_policy),
@@ -196,6 +202,7 @@ pub fn load(root: &Path, env: Environment, vars: &dyn EnvSource) -> Result<AppCo
         Some(sources),
         Some(daemon),
         Some(control),
+        Some(trust),
     ) = (
         core_policy,
         universe,
@@ -208,6 +215,7 @@ pub fn load(root: &Path, env: Environment, vars: &dyn EnvSource) -> Result<AppCo
         sources,
         daemon,
         control,
+        trust,
     )
     else {
         return Err(ConfigError { problems });
@@ -230,6 +238,7 @@ pub fn load(root: &Path, env: Environment, vars: &dyn EnvSource) -> Result<AppCo
         sources,
         daemon,
         control,
+        trust,
     };
     let problems = validate::validate(&config, &|file| loader.base_path(file));
     if problems.is_empty() {

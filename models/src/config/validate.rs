@@ -303,6 +303,45 @@ pub(crate) fn validate(c: &AppConfig, file: &dyn Fn(&str) -> PathBuf) -> Vec<Con
             _ => {}
         }
     }
+
+    // trust.yaml
+    let mut key_ids = BTreeSet::new();
+    for (i, k) in c.trust.keys.iter().enumerate() {
+        let key = |f: &str| format!("keys[{i}].{f}");
+        if !key_ids.insert(k.id.as_str()) {
+            bad("trust.yaml", key("id"), format!("duplicate key id `{}`", k.id));
+        }
+        if k.public_key.len() != 64 || !k.public_key.chars().all(|ch| ch.is_ascii_hexdigit()) {
+            bad(
+                "trust.yaml",
+                key("public_key"),
+                "must be 64 hex digits (an ed25519 public key)".into(),
+            );
+        }
+        let from = crate::market::civil::parse(&k.valid_from);
+        let until = crate::market::civil::parse(&k.valid_until);
+        match (from, until) {
+            (Some(f), Some(u)) if f <= u => {}
+            (None, _) => bad(
+                "trust.yaml",
+                key("valid_from"),
+                format!("`{}` is not a YYYY-MM-DD date", k.valid_from),
+            ),
+            (_, None) => bad(
+                "trust.yaml",
+                key("valid_until"),
+                format!("`{}` is not a YYYY-MM-DD date", k.valid_until),
+            ),
+            _ => bad("trust.yaml", key("valid_until"), "ends before valid_from".into()),
+        }
+        if k.purposes.is_empty() {
+            bad(
+                "trust.yaml",
+                key("purposes"),
+                "a key needs at least one purpose".into(),
+            );
+        }
+    }
     out
 }
 

@@ -6,5 +6,6 @@
 //!   exporters and test fixtures. Serialisation is deterministic, so the same
 //!   model always gives the same bytes.
 
+pub mod export;
 pub mod graph;
 pub mod runtime;

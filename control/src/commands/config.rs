@@ -1,15 +1,13 @@
-//! Command implementations. Each returns a process exit code; output goes to
-//! the writers passed in so tests can capture it.
+//! `config check`.
 
 use std::io::Write;
 use std::path::Path;
 
-use mlcore_models::config::{self, EnvSource, Environment};
+use mlcore_models::config::EnvSource;
 
-/// Exit code for an invalid configuration (distinct from usage errors, 2).
-pub const EXIT_INVALID_CONFIG: i32 = 3;
+use super::{load_config, EXIT_INVALID_CONFIG};
 
-/// `config check`: validates `env` and prints the redacted tree.
+/// Validates `env` and prints the redacted tree.
 pub fn config_check(
     config_dir: &Path,
     env: &str,
@@ -18,10 +16,7 @@ pub fn config_check(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> std::io::Result<i32> {
-    let loaded = env
-        .parse::<Environment>()
-        .and_then(|e| config::load(config_dir, e, vars));
-    match loaded {
+    match load_config(config_dir, env, vars) {
         Ok(cfg) => {
             writeln!(
                 out,

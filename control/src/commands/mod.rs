@@ -1,0 +1,35 @@
+//! Command implementations. Each returns a process exit code and writes to
+//! the writers passed in, so tests can capture output.
+
+mod config;
+mod data;
+mod models;
+mod train;
+
+use std::path::Path;
+
+use mlcore_models::config::{AppConfig, ConfigError, EnvSource, Environment};
+
+pub use self::config::config_check;
+pub use self::data::synth;
+pub use self::models::{models_inspect, models_keygen, models_sign, models_verify};
+pub use self::train::train;
+
+/// Exit code for an invalid configuration (distinct from usage errors, 2).
+pub const EXIT_INVALID_CONFIG: i32 = 3;
+/// Exit code for a refused artifact.
+pub const EXIT_REFUSED: i32 = 4;
+
+/// Loads an environment's configuration.
+pub fn load_config(config_dir: &Path, env: &str, vars: &dyn EnvSource) -> Result<AppConfig, ConfigError> {
+    let env: Environment = env.parse()?;
+    mlcore_models::config::load(config_dir, env, vars)
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,92 @@
+//! `train`.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use mlcore_models::artifact::{SecretKeyFile, ThetaParams, TrustStore};
+use mlcore_models::config::EnvSource;
+use mlcore_models::onnx::runtime;
+
+use super::{load_config, now_ms};
+use crate::cli::TrainArgs;
+use crate::train::{self, GbdtParams, TrainSpec};
+
+/// Trains, signs, verifies and writes an artifact.
+pub fn train(
+    config_dir: &Path,
+    args: &TrainArgs,
+    vars: &dyn EnvSource,
+    out: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    let cfg = load_config(config_dir, &args.env, vars)?;
+    let strategy = cfg
+        .strategy(&args.strategy)
+        .with_context(|| format!("strategy `{}` is not in universe.yaml", args.strategy))?;
+    let symbols: Vec<String> = strategy.symbols.iter().map(|s| s.symbol.clone()).collect();
+    let Some(benchmark) = symbols.iter().position(|s| *s == strategy.benchmark) else {
+        bail!(
+            "benchmark {} is not a symbol of {}",
+            strategy.benchmark,
+            args.strategy
+        );
+    };
+    runtime::init(&cfg.storage.onnxruntime_library)?;
+    let trust = TrustStore::from_config(&cfg.trust)?;
+    let key = SecretKeyFile::read(&args.key)?;
+    let created_at_ms = match args.created_at_ms {
+        Some(ms) => ms,
+        None => match vars.var("SOURCE_DATE_EPOCH") {
+            Some(s) => {
+                s.parse::<u64>()
+                    .context("SOURCE_DATE_EPOCH must be whole seconds")?
+                    * 1000
+            }
+            None => now_ms(),
+        },
+    };
+    let spec = TrainSpec {
+        dataset: args.dataset.clone(),
+        strategy: args.strategy.clone(),
+        symbols,
+        benchmark,
+        version: args.version,
+        created_at_ms,
+        valid_days: args.valid_days,
+        decision_every_ms: args.decision_every_ms,
+        horizon: args.horizon,
+        gbdt: GbdtParams {
+            trees: args.trees,
+            depth: args.depth,
+            learning_rate: args.learning_rate,
+            min_leaf: args.min_leaf,
+        },
+        theta: ThetaParams {
+            theta1: cfg.core_policy.theta.theta1,
+            theta2: cfg.core_policy.theta.theta2,
+        },
+    };
+    let report = train::train(&spec, &key, &trust, now_ms())?;
+    train::write_artifact(&report.files, &args.out)?;
+    for q in &report.quarantined {
+        writeln!(
+            out,
+            "quarantined (excluded): {} {}: {}",
+            q.entry.symbol, q.entry.date, q.reason
+        )?;
+    }
+    let m = &report.manifest;
+    writeln!(out, "rows train/calibration/test: {:?}", report.rows)?;
+    for (k, v) in &m.metrics {
+        writeln!(out, "metric {k} = {v:.6}")?;
+    }
+    writeln!(
+        out,
+        "artifact {} v{} signed by {} and verified: {}",
+        m.model_id,
+        m.version,
+        key.key_id,
+        args.out.display()
+    )?;
+    Ok(0)
+}

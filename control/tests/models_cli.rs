@@ -1,0 +1,180 @@
+//! The model CLI end to end: `data synth` → `train` (dev key, dev trust) →
+//! `models verify` / `inspect`, and refusals with their exit codes.
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns: a broken fixture should panic
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn control(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mlcore-control"))
+        .current_dir(root())
+        .args(args)
+        .env("MLCORE_REDIS_URL", "redis://127.0.0.1:6379/0")
+        .env("MLCORE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn synth_train_verify_inspect_and_refuse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let model = tmp.path().join("model");
+    let (data_s, model_s) = (data.to_str().unwrap(), model.to_str().unwrap());
+
+    let o = control(&[
+        "data",
+        "synth",
+        "--seed",
+        "5",
+        "--symbols",
+        "32",
+        "--days",
+        "1",
+        "--interval-ms",
+        "60000",
+        "--out",
+        data_s,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(data.join("dataset_index.json").exists());
+    let again = control(&["data", "synth", "--seed", "5", "--days", "1", "--out", data_s]);
+    assert!(!again.status.success() && text(&again).contains("already holds a dataset"));
+
+    // One partition is quarantined: training excludes and reports it.
+    let q = data.join("symbol=USDHKD/date=2026-01-05/__quarantine.json");
+    std::fs::write(&q, r#"{"reason": "vendor outage"}"#).unwrap();
+
+    let o = control(&[
+        "train",
+        "--env",
+        "dev",
+        "--dataset",
+        data_s,
+        "--out",
+        model_s,
+        "--key",
+        "deployments/dev-keys/dev-2026.key",
+        "--strategy",
+        "fx_g10",
+        "--version",
+        "4",
+        "--trees",
+        "20",
+        "--depth",
+        "3",
+    ]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("quarantined (excluded): USDHKD 2026-01-05: vendor outage"),
+        "{out}"
+    );
+    assert!(out.contains("signed by dev-2026 and verified"), "{out}");
+
+    let o = control(&["models", "verify", "--env", "dev", "--artifact", model_s]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("verified: fx_g10-v4 v4"));
+
+    // The dev key is not trusted in prod.
+    let o = Command::new(env!("CARGO_BIN_EXE_mlcore-control"))
+        .current_dir(root())
+        .args(["models", "verify", "--env", "prod", "--artifact", model_s])
+        .envs(PROD_VARS.iter().copied())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(
+        text(&o).contains("unknown signing key `dev-2026`"),
+        "{}",
+        text(&o)
+    );
+
+    // Rollback refused without authorisation.
+    let o = control(&[
+        "models",
+        "verify",
+        "--env",
+        "dev",
+        "--artifact",
+        model_s,
+        "--highest-accepted",
+        "4",
+    ]);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(text(&o).contains("rollback refused"), "{}", text(&o));
+
+    let o = control(&["models", "inspect", "--artifact", model_s]);
+    assert!(o.status.success() && text(&o).contains("\"feature_schema_hash\""));
+
+    // Tampering with a head is caught.
+    let mut onnx = std::fs::read(model.join("ai1.onnx")).unwrap();
+    onnx[10] ^= 1;
+    std::fs::write(model.join("ai1.onnx"), onnx).unwrap();
+    let o = control(&["models", "verify", "--env", "dev", "--artifact", model_s]);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(text(&o).contains("file `ai1.onnx` has sha256"), "{}", text(&o));
+
+    // Re-signing makes it verify again (an operator's deliberate act).
+    let o = control(&[
+        "models",
+        "sign",
+        "--artifact",
+        model_s,
+        "--key",
+        "deployments/dev-keys/dev-2026.key",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        control(&["models", "verify", "--env", "dev", "--artifact", model_s])
+            .status
+            .success()
+    );
+}
+
+const PROD_VARS: [(&str, &str); 11] = [
+    ("MLCORE_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    ("MLCORE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
+    ("MLCORE_SLACK_WEBHOOK_URL", "x"),
+    ("MLCORE_PAGERDUTY_ROUTING_KEY", "x"),
+    ("MLCORE_WEBHOOK_HMAC_SECRET", "x"),
+    ("MLCORE_TWELVEDATA_API_KEY", "x"),
+    ("MLCORE_SECONDARY_API_KEY", "x"),
+    ("MLCORE_TOKEN_VIEWER", "viewer-token-0123456789"),
+    ("MLCORE_TOKEN_OPERATOR", "operator-token-0123456789"),
+    ("MLCORE_TOKEN_APPROVER", "approver-token-0123456789"),
+    ("MLCORE_TOKEN_ADMIN", "admin-token-0123456789"),
+];
+
+#[test]
+fn keygen_writes_a_private_key_readable_only_by_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let o = control(&["models", "keygen", "--id", "ops-2027", "--out", dir]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mode = std::fs::metadata(tmp.path().join("ops-2027.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(text(&o).contains("public_key:"));
+    // Never overwrites.
+    assert!(!control(&["models", "keygen", "--id", "ops-2027", "--out", dir])
+        .status
+        .success());
+}

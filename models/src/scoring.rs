@@ -1,0 +1,187 @@
+//! Scoring through ONNX Runtime.
+//!
+//! One [`ModelScorer`] per worker thread (ORT sessions are not shared between
+//! hot threads): sessions built with one intra-op thread and spinning off,
+//! batched runs of N rows per head, output buffers allocated once at
+//! construction and reused, and a warm-up before first use so the first real
+//! decision does not pay for lazy initialisation.
+//!
+//! The input is a view of the caller's feature matrix (no copy). ONNX Runtime
+//! itself allocates the run's output tensor; its values are copied into this
+//! scorer's buffer and the tensor is released at once.
+
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::artifact::{HeadSpec, VerifiedArtifact};
+use crate::onnx::runtime::{self, RuntimeError};
+
+/// Why scoring failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    /// ONNX Runtime refused or failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The head is not what the manifest says.
+    #[error("head `{head}`: {reason}")]
+    Head {
+        /// Head name.
+        head: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Input of the wrong size.
+    #[error("input has {got} values, expected {rows} rows × {features} features")]
+    Shape {
+        /// Values given.
+        got: usize,
+        /// Rows asked.
+        rows: usize,
+        /// Features per row.
+        features: usize,
+    },
+}
+
+fn ort_err(e: ort::Error) -> ScoreError {
+    ScoreError::Runtime(RuntimeError::Ort(e.to_string()))
+}
+
+/// One head's session and output buffer.
+#[derive(Debug)]
+pub struct HeadScorer {
+    name: String,
+    session: Session,
+    input: String,
+    output: String,
+    n_features: usize,
+    out: Vec<f32>,
+}
+
+impl HeadScorer {
+    /// Builds the session for `model` and allocates outputs for `max_rows`.
+    pub fn new(name: &str, model: &[u8], spec: &HeadSpec, max_rows: usize) -> Result<Self, ScoreError> {
+        let session = runtime::hot_path_session(model)?;
+        let head = |reason: String| ScoreError::Head {
+            head: name.to_owned(),
+            reason,
+        };
+        if !session.inputs().iter().any(|i| i.name() == spec.input) {
+            return Err(head(format!("no input named `{}`", spec.input)));
+        }
+        if !session.outputs().iter().any(|o| o.name() == spec.output) {
+            return Err(head(format!("no output named `{}`", spec.output)));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            session,
+            input: spec.input.clone(),
+            output: spec.output.clone(),
+            n_features: spec.n_features,
+            out: vec![0.0; max_rows.max(1)],
+        })
+    }
+
+    /// Scores `rows` rows of `x` (row-major); returns one value per row.
+    pub fn score(&mut self, x: &[f32], rows: usize) -> Result<&[f32], ScoreError> {
+        if x.len() != rows * self.n_features || rows > self.out.len() {
+            return Err(ScoreError::Shape {
+                got: x.len(),
+                rows,
+                features: self.n_features,
+            });
+        }
+        let input = TensorRef::from_array_view(([rows, self.n_features], x)).map_err(ort_err)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input.as_str() => input])
+            .map_err(ort_err)?;
+        let (_, values) = outputs[self.output.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(ort_err)?;
+        if values.len() != rows {
+            return Err(ScoreError::Head {
+                head: self.name.clone(),
+                reason: format!("returned {} values for {rows} rows", values.len()),
+            });
+        }
+        self.out[..rows].copy_from_slice(values);
+        Ok(&self.out[..rows])
+    }
+
+    /// Runs `iterations` batches of zeros of `rows` rows.
+    pub fn warm_up(&mut self, rows: usize, iterations: usize) -> Result<(), ScoreError> {
+        let x = vec![0.0f32; rows * self.n_features];
+        for _ in 0..iterations {
+            self.score(&x, rows)?;
+        }
+        Ok(())
+    }
+}
+
+/// Probabilities for one batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Scores<'a> {
+    /// ai1: probability of an up move.
+    pub ai1: &'a [f32],
+    /// ai2: risk score.
+    pub ai2: &'a [f32],
+    /// ai3: meta-label, when the model has it.
+    pub ai3: Option<&'a [f32]>,
+}
+
+/// All heads of one verified model, for one worker thread.
+#[derive(Debug)]
+pub struct ModelScorer {
+    ai1: HeadScorer,
+    ai2: HeadScorer,
+    ai3: Option<HeadScorer>,
+}
+
+impl ModelScorer {
+    /// Sessions for every head of `artifact`, for batches of up to `max_rows`.
+    pub fn new(artifact: &VerifiedArtifact, max_rows: usize) -> Result<Self, ScoreError> {
+        let head = |name: &str| -> Result<Option<HeadScorer>, ScoreError> {
+            let Some(spec) = artifact.manifest.heads.get(name) else {
+                return Ok(None);
+            };
+            let bytes = artifact.files.get(&spec.file).ok_or_else(|| ScoreError::Head {
+                head: name.to_owned(),
+                reason: format!("file `{}` missing", spec.file),
+            })?;
+            HeadScorer::new(name, bytes, spec, max_rows).map(Some)
+        };
+        let missing = |name: &str| ScoreError::Head {
+            head: name.to_owned(),
+            reason: "not in the manifest".into(),
+        };
+        Ok(Self {
+            ai1: head("ai1")?.ok_or_else(|| missing("ai1"))?,
+            ai2: head("ai2")?.ok_or_else(|| missing("ai2"))?,
+            ai3: head("ai3")?,
+        })
+    }
+
+    /// Scores every head on `rows` rows of `x`.
+    pub fn score(&mut self, x: &[f32], rows: usize) -> Result<Scores<'_>, ScoreError> {
+        self.ai1.score(x, rows)?;
+        self.ai2.score(x, rows)?;
+        if let Some(h) = self.ai3.as_mut() {
+            h.score(x, rows)?;
+        }
+        Ok(Scores {
+            ai1: &self.ai1.out[..rows],
+            ai2: &self.ai2.out[..rows],
+            ai3: self.ai3.as_ref().map(|h| &h.out[..rows]),
+        })
+    }
+
+    /// Warms every head up.
+    pub fn warm_up(&mut self, rows: usize, iterations: usize) -> Result<(), ScoreError> {
+        self.ai1.warm_up(rows, iterations)?;
+        self.ai2.warm_up(rows, iterations)?;
+        if let Some(h) = self.ai3.as_mut() {
+            h.warm_up(rows, iterations)?;
+        }
+        Ok(())
+    }
+}
