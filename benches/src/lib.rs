@@ -1,1 +1,151 @@
-//! Criterion benchmarks and the load generator (see `benches/`).
+//! Shared fixtures for the benchmarks and the load generator.
+//!
+//! - [`sample_model`]: a real model trained on the synthetic market (32
+//!   symbols, GBDT ai1 + logistic ai2), signed with a throwaway key and
+//!   verified; cached under the target dir so repeated runs skip training.
+//! - [`Percentiles`]: p50/p99/p99.9 of per-iteration timings, printed next to
+//!   criterion's figures (criterion reports means and medians, not tails).
+
+#![allow(clippy::print_stdout)] // benchmark helpers print their figures
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mlcore_control::train::{self, GbdtParams, TrainSpec};
+use mlcore_models::artifact::{
+    self, ArtifactFiles, SecretKeyFile, ThetaParams, TrustStore, VerifiedArtifact, VerifyContext,
+};
+use mlcore_models::config::{KeyPurpose, TrustConfig, TrustedKeyConfig};
+use mlcore_models::onnx::runtime;
+use mlcore_models::{features, synth, testutil};
+
+/// Symbols in the sample universe.
+pub const SYMBOLS: usize = 32;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn cache_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| testutil::workspace_root().join("target"));
+    target.join("mlcore-bench-fixtures")
+}
+
+/// Loads ONNX Runtime and returns the sample model (training it on first use).
+pub fn sample_model() -> VerifiedArtifact {
+    runtime::init(&testutil::ort_library()).unwrap_or_else(|e| panic!("{e}"));
+    let dir = cache_dir();
+    let model_dir = dir.join(format!("model-{}", &features::schema().hash()[..12]));
+    let key_path = dir.join("bench.key");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    if !key_path.exists() {
+        SecretKeyFile::generate("bench")
+            .and_then(|k| k.write(&key_path))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let key = SecretKeyFile::read(&key_path).unwrap_or_else(|e| panic!("{e}"));
+    let trust = TrustStore::from_config(&TrustConfig {
+        keys: vec![TrustedKeyConfig {
+            id: key.key_id.clone(),
+            public_key: key.public().unwrap_or_else(|e| panic!("{e}")).public_key,
+            purposes: vec![KeyPurpose::ModelSigning],
+            valid_from: "2020-01-01".into(),
+            valid_until: "2099-12-31".into(),
+        }],
+        revoked: vec![],
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let hash = features::schema().hash();
+    let ctx = VerifyContext {
+        trust: &trust,
+        feature_schema_hash: &hash,
+        now_ms: now_ms(),
+        highest_accepted: None,
+        rollback: None,
+    };
+    if let Ok(v) = ArtifactFiles::read(&model_dir)
+        .map_err(|e| e.to_string())
+        .and_then(|f| artifact::verify(f, &ctx).map_err(|e| e.to_string()))
+    {
+        return v;
+    }
+    println!("training the sample model (once) into {}", model_dir.display());
+    let _ = std::fs::remove_dir_all(&model_dir);
+    let data = dir.join("dataset");
+    if !data.join("dataset_index.json").exists() {
+        let _ = std::fs::remove_dir_all(&data);
+        std::fs::create_dir_all(&data).unwrap_or_else(|e| panic!("{e}"));
+        testutil::synth_dataset(&data, 7, SYMBOLS, 2, 10_000);
+    }
+    let spec = TrainSpec {
+        dataset: data,
+        strategy: "fx_g10".into(),
+        symbols: synth::SYMBOLS[..SYMBOLS].iter().map(|s| s.0.to_owned()).collect(),
+        benchmark: 0,
+        version: 1,
+        created_at_ms: now_ms(),
+        valid_days: 365,
+        decision_every_ms: 60_000,
+        horizon: 12,
+        gbdt: GbdtParams {
+            trees: 60,
+            depth: 4,
+            learning_rate: 0.1,
+            min_leaf: 50,
+        },
+        theta: ThetaParams {
+            theta1: 0.55,
+            theta2: 0.6,
+        },
+    };
+    let report = train::train(&spec, &key, &trust, now_ms()).unwrap_or_else(|e| panic!("{e}"));
+    train::write_artifact(&report.files, &model_dir).unwrap_or_else(|e| panic!("{e}"));
+    artifact::verify(report.files, &ctx).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Tail latencies of a closure, measured per call.
+#[derive(Debug, Clone, Copy)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// 99.9th percentile.
+    pub p999: Duration,
+}
+
+impl Percentiles {
+    /// Calls `f` `warmup` times, then `n` times timing each call.
+    pub fn measure(n: usize, warmup: usize, mut f: impl FnMut()) -> Self {
+        for _ in 0..warmup {
+            f();
+        }
+        let mut t: Vec<Duration> = (0..n)
+            .map(|_| {
+                let s = Instant::now();
+                f();
+                s.elapsed()
+            })
+            .collect();
+        t.sort();
+        let at = |q: f64| t[((t.len() - 1) as f64 * q).round() as usize];
+        Self {
+            p50: at(0.5),
+            p99: at(0.99),
+            p999: at(0.999),
+        }
+    }
+
+    /// Prints one line: `name p50 .. p99 .. p99.9 ..`.
+    pub fn print(&self, name: &str) {
+        println!(
+            "{name:<44} p50 {:>10.3?}  p99 {:>10.3?}  p99.9 {:>10.3?}",
+            self.p50, self.p99, self.p999
+        );
+    }
+}

@@ -17,8 +17,10 @@ use sha2::{Digest, Sha256};
 
 use crate::market::Quote;
 
-/// Log mids kept per symbol (≥ the longest lookback + 1).
+/// Log mids kept per symbol (≥ the longest lookback + 2; a power of two so
+/// ring indexing is a mask).
 pub const HISTORY: usize = 128;
+const MASK: usize = HISTORY - 1;
 /// Quotes a symbol needs before its features are meaningful.
 pub const WARMUP: usize = 101;
 /// Return horizons, in quotes.
@@ -56,6 +58,13 @@ pub const NAMES: [&str; N_FEATURES] = [
     "bench_ret_20_bps",
 ];
 
+/// `1 − 0.5^(1/half_life)` per EWMA, computed once (powf is not const).
+#[inline]
+fn ewma_alphas() -> &'static [f64; 2] {
+    static ALPHAS: std::sync::OnceLock<[f64; 2]> = std::sync::OnceLock::new();
+    ALPHAS.get_or_init(|| EWMA_HALF_LIVES.map(|hl| 1.0 - 0.5f64.powf(1.0 / hl)))
+}
+
 /// One symbol's incremental state. Fixed size: no heap.
 #[derive(Debug, Clone, Copy)]
 pub struct SymbolState {
@@ -64,6 +73,9 @@ pub struct SymbolState {
     count: usize,
     ewma_mean: [f64; 2],
     ewma_var: [f64; 2],
+    /// Running Σr² over each of `VOL_WINDOWS`: O(1) per quote instead of
+    /// O(window) per row.
+    sum_sq: [f64; 2],
     spread_bps: f64,
 }
 
@@ -75,6 +87,7 @@ impl Default for SymbolState {
             count: 0,
             ewma_mean: [0.0; 2],
             ewma_var: [0.0; 2],
+            sum_sq: [0.0; 2],
             spread_bps: 0.0,
         }
     }
@@ -88,13 +101,23 @@ impl SymbolState {
             return;
         }
         let x = q.mid().ln();
-        self.head = (self.head + 1) % HISTORY;
+        let prev = self.log_mids[self.head];
+        self.head = (self.head + 1) & MASK;
         self.log_mids[self.head] = x;
         if self.count == 0 {
             self.ewma_mean = [x; 2];
         } else {
-            for (i, hl) in EWMA_HALF_LIVES.iter().enumerate() {
-                let alpha = 1.0 - 0.5f64.powf(1.0 / hl);
+            let r = x - prev;
+            // Returns now held: `count` (one per quote after the first).
+            for (i, w) in VOL_WINDOWS.iter().enumerate() {
+                self.sum_sq[i] += r * r;
+                if self.count > *w {
+                    let old = self.log_mids[(self.head + HISTORY - w) & MASK]
+                        - self.log_mids[(self.head + HISTORY - w - 1) & MASK];
+                    self.sum_sq[i] -= old * old;
+                }
+            }
+            for (i, alpha) in ewma_alphas().iter().enumerate() {
                 let d = x - self.ewma_mean[i];
                 self.ewma_mean[i] += alpha * d;
                 self.ewma_var[i] = (1.0 - alpha) * (self.ewma_var[i] + alpha * d * d);
@@ -118,8 +141,8 @@ impl SymbolState {
     /// history is shorter.
     #[inline]
     fn lag(&self, lag: usize) -> f64 {
-        let lag = lag.min(self.count.saturating_sub(1)).min(HISTORY - 1);
-        self.log_mids[(self.head + HISTORY - lag) % HISTORY]
+        let lag = lag.min(self.count.saturating_sub(1)).min(MASK);
+        self.log_mids[(self.head + HISTORY - lag) & MASK]
     }
 
     #[inline]
@@ -127,31 +150,26 @@ impl SymbolState {
         self.lag(0) - self.lag(h)
     }
 
+    /// Realised volatility over `VOL_WINDOWS[i]` returns (fewer while warming up).
     #[inline]
-    fn rvol(&self, w: usize) -> f64 {
-        let n = w.min(self.count.saturating_sub(1));
-        let mut sum = 0.0;
-        for k in 0..n {
-            let r = self.lag(k) - self.lag(k + 1);
-            sum += r * r;
-        }
-        sum.sqrt()
+    fn rvol(&self, i: usize) -> f64 {
+        // Subtraction can leave a tiny negative residue.
+        self.sum_sq[i].max(0.0).sqrt()
     }
 
     #[inline]
     fn range(&self, w: usize) -> f64 {
-        let n = w.min(self.count);
+        let n = w.min(self.count).min(HISTORY);
+        if n == 0 {
+            return 0.0;
+        }
         let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
         for k in 0..n {
-            let x = self.lag(k);
+            let x = self.log_mids[(self.head + HISTORY - k) & MASK];
             lo = lo.min(x);
             hi = hi.max(x);
         }
-        if n == 0 {
-            0.0
-        } else {
-            hi - lo
-        }
+        hi - lo
     }
 }
 
@@ -203,10 +221,15 @@ impl FeatureEngine {
     /// Writes `symbol`'s feature row at decision time `ts_ns`. No allocation.
     #[inline]
     pub fn write_row(&self, symbol: usize, ts_ns: i64, out: &mut [f32; N_FEATURES]) {
+        self.write_row_at(symbol, time_of_day(ts_ns), out);
+    }
+
+    #[inline]
+    fn write_row_at(&self, symbol: usize, (tod_sin, tod_cos): (f64, f64), out: &mut [f32; N_FEATURES]) {
         let s = &self.states[symbol];
         let b = &self.states[self.benchmark];
         let bps = 1e4;
-        let rv100 = s.rvol(VOL_WINDOWS[1]);
+        let rv100 = s.rvol(1);
         let z = |i: usize| {
             let sd = s.ewma_var[i].sqrt();
             if sd > 1e-12 {
@@ -221,22 +244,20 @@ impl FeatureEngine {
         } else {
             0.0
         };
-        let sod = ts_ns.rem_euclid(86_400_000_000_000) as f64 / 86_400e9;
-        let angle = std::f64::consts::TAU * sod;
         let row: [f64; N_FEATURES] = [
             s.ret(RETURN_HORIZONS[0]) * bps,
             s.ret(RETURN_HORIZONS[1]) * bps,
             s.ret(RETURN_HORIZONS[2]) * bps,
             s.ret(RETURN_HORIZONS[3]) * bps,
-            s.rvol(VOL_WINDOWS[0]) * bps,
+            s.rvol(0) * bps,
             rv100 * bps,
             z(0),
             z(1),
             s.spread_bps,
             s.range(RANGE_WINDOW) * bps,
             momentum,
-            angle.sin(),
-            angle.cos(),
+            tod_sin,
+            tod_cos,
             b.ret(BENCH_HORIZONS[0]) * bps,
             b.ret(BENCH_HORIZONS[1]) * bps,
         ];
@@ -258,6 +279,13 @@ impl FeatureEngine {
             chunk.copy_from_slice(&row);
         }
     }
+}
+
+/// `(sin, cos)` of the time of day (UTC) of `ts_ns`.
+#[inline]
+fn time_of_day(ts_ns: i64) -> (f64, f64) {
+    let sod = ts_ns.rem_euclid(86_400_000_000_000) as f64 / 86_400e9;
+    (std::f64::consts::TAU * sod).sin_cos()
 }
 
 /// A feature row with where and when it was taken.
@@ -414,7 +442,7 @@ mod tests {
         // A fixed-size, Copy state: 128 log mids + a few moments.
         assert_eq!(
             std::mem::size_of::<SymbolState>(),
-            HISTORY * 8 + 8 * 2 + 8 * 4 + 8
+            HISTORY * 8 + 8 * 2 + 8 * 6 + 8
         );
         assert_eq!(N_FEATURES, NAMES.len());
         assert_eq!(schema().features.len(), N_FEATURES);
@@ -432,6 +460,19 @@ mod tests {
         let expected_ret_5 = ((1.0 + 199e-4f64).ln() - (1.0 + 194e-4f64).ln()) * 1e4;
         assert!((f64::from(row[1]) - expected_ret_5).abs() < 1e-3);
         assert!(row[9] > 0.0 && row[4] > 0.0);
+        // Running Σr² equals the direct sum over the last 20 and 100 returns.
+        for (col, w) in [(4usize, 20usize), (5, 100)] {
+            let direct: f64 = (0..w)
+                .map(|k| (s.lag(k) - s.lag(k + 1)).powi(2))
+                .sum::<f64>()
+                .sqrt()
+                * 1e4;
+            assert!(
+                (f64::from(row[col]) - direct).abs() < 1e-3,
+                "rvol_{w}: {} vs {direct}",
+                row[col]
+            );
+        }
         assert!(s.is_ready());
         // Midnight: time of day sin 0, cos 1.
         assert_eq!((row[11], row[12]), (0.0, 1.0));

@@ -339,3 +339,56 @@ fn artifacts_read_from_folders_and_tars() {
     std::fs::create_dir(folder.join("nested")).unwrap();
     assert!(ArtifactFiles::read(&folder).is_err(), "artifacts are flat");
 }
+
+#[test]
+fn keys_rotate_and_revocations_apply_without_a_restart() {
+    let f = fixture();
+    let new_key = SecretKeyFile::generate("next-key").unwrap();
+    let shared = artifact::SharedTrust::new(f.trust.clone());
+    let by_new_key = sealed(&new_key, manifest(6));
+    let check = |files: &ArtifactFiles| {
+        let trust = shared.snapshot();
+        artifact::verify(
+            files.clone(),
+            &VerifyContext {
+                trust: &trust,
+                ..f.ctx()
+            },
+        )
+    };
+    assert_eq!(
+        check(&by_new_key).unwrap_err(),
+        VerifyError::UnknownKey("next-key".into())
+    );
+    // Rotation: add the new key, revoke the old one.
+    let all = vec![KeyPurpose::ModelSigning, KeyPurpose::Rollback];
+    shared
+        .reload(&TrustConfig {
+            keys: vec![
+                trusted(&f.key, all.clone(), "2026-01-01", "2026-12-31"),
+                trusted(&new_key, all, "2026-01-01", "2026-12-31"),
+            ],
+            revoked: vec!["test-key".into()],
+        })
+        .unwrap();
+    check(&by_new_key).unwrap();
+    assert_eq!(
+        check(&f.files).unwrap_err(),
+        VerifyError::RevokedKey("test-key".into())
+    );
+    // A bad reload keeps the store in force.
+    let mut broken = trusted(
+        &new_key,
+        vec![KeyPurpose::ModelSigning],
+        "2026-01-01",
+        "2026-12-31",
+    );
+    broken.public_key = "zz".into();
+    assert!(shared
+        .reload(&TrustConfig {
+            keys: vec![broken],
+            revoked: vec![]
+        })
+        .is_err());
+    check(&by_new_key).unwrap();
+}

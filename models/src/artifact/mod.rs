@@ -25,7 +25,7 @@ pub use files::ArtifactFiles;
 pub use keys::{KeyFileError, PublicKeyFile, SecretKeyFile};
 pub use manifest::{HeadSpec, Manifest, ThetaParams, TrainingWindow};
 pub use rollback::RollbackAuthorization;
-pub use trust::TrustStore;
+pub use trust::{SharedTrust, TrustStore};
 pub use verify::{seal, verify, VerifiedArtifact, VerifyContext, VerifyError};
 
 /// Manifest file name.

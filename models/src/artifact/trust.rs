@@ -119,3 +119,28 @@ impl TrustStore {
         Ok(&k.key)
     }
 }
+
+/// The trust store as consumers hold it: readers take a snapshot without
+/// locking; a reload of `trust.yaml` swaps in a new store atomically, so keys
+/// rotate (and revocations apply) without restarting the process.
+#[derive(Debug, Default)]
+pub struct SharedTrust(arc_swap::ArcSwap<TrustStore>);
+
+impl SharedTrust {
+    /// Starts with `store`.
+    pub fn new(store: TrustStore) -> Self {
+        Self(arc_swap::ArcSwap::from_pointee(store))
+    }
+
+    /// The current store.
+    pub fn snapshot(&self) -> std::sync::Arc<TrustStore> {
+        self.0.load_full()
+    }
+
+    /// Replaces the store from a freshly loaded `trust.yaml`; on error the
+    /// current store stays in force.
+    pub fn reload(&self, cfg: &TrustConfig) -> Result<(), TrustConfigError> {
+        self.0.store(std::sync::Arc::new(TrustStore::from_config(cfg)?));
+        Ok(())
+    }
+}
