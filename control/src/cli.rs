@@ -30,6 +30,39 @@ pub enum Command {
     Models(ModelsCommand),
     /// Train ai1/ai2 on a dataset, export to ONNX, sign and verify.
     Train(TrainArgs),
+    /// Ops modes, directly through the guard (break-glass; no approvals).
+    #[command(subcommand)]
+    Ops(OpsCommand),
+}
+
+/// `ops ...`
+#[derive(Debug, Subcommand)]
+pub enum OpsCommand {
+    /// Compare-and-set a strategy's mode (active, reduce_only, halted, flatten).
+    SetMode(SetModeArgs),
+}
+
+/// `ops set-mode` arguments.
+#[derive(Debug, Args)]
+pub struct SetModeArgs {
+    /// Environment (Redis address and namespace).
+    #[arg(long)]
+    pub env: String,
+    /// Strategy id.
+    #[arg(long)]
+    pub strategy: Option<String>,
+    /// Every strategy of the universe.
+    #[arg(long)]
+    pub all: bool,
+    /// New mode.
+    #[arg(long)]
+    pub mode: String,
+    /// Why (recorded in the ops hash and the event).
+    #[arg(long)]
+    pub reason: String,
+    /// Who.
+    #[arg(long)]
+    pub actor: String,
 }
 
 /// `config ...`

@@ -1,7 +1,7 @@
 //! `mlcore-control`: parse arguments, dispatch, exit with the command's code.
 
 use clap::Parser;
-use mlcore_control::cli::{Cli, Command, ConfigCommand, DataCommand, ModelsCommand};
+use mlcore_control::cli::{Cli, Command, ConfigCommand, DataCommand, ModelsCommand, OpsCommand};
 use mlcore_control::commands;
 use mlcore_models::config::ProcessEnv;
 
@@ -38,6 +38,9 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
         }
         Command::Models(ModelsCommand::Inspect { artifact }) => commands::models_inspect(artifact, &mut out)?,
         Command::Train(args) => commands::train(&cli.config_dir, args, &ProcessEnv, &mut out)?,
+        Command::Ops(OpsCommand::SetMode(args)) => {
+            commands::ops_set_mode(&cli.config_dir, args, &ProcessEnv, &mut out)?
+        }
     };
     Ok(code)
 }

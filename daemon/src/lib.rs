@@ -1,6 +1,28 @@
 //! `mlcore-daemon`: the inference daemon.
 //!
-//! - [`preflight`]: start-up checks shared by `check` and `run` — configuration,
-//!   ONNX Runtime, and a canary model scored end to end.
+//! Hot path (pinned threads, no allocation or locks per event):
+//! [`ingress`] (mio; [`wire`] decode; feature updates; triggers → [`job`]s)
+//! → [`worker`]s (ONNX Runtime scoring; [`portfolio`]) → [`publisher`]
+//! (ops modes, `seq`, `valid_until`; the Redis guard).
+//!
+//! Side threads: [`loader`] (verify, warm and hand over models; heartbeats
+//! and histogram merging run in the same loop, see [`run`]), [`ops`] (mode
+//! watcher: pub/sub + reconciliation), [`http`] (`/metrics`, `/healthz`,
+//! `/readyz`). [`stats`] holds the counters and per-thread histograms;
+//! [`universe`] the configuration resolved into indexed tables;
+//! [`preflight`] the `check` command.
 
+pub mod http;
+pub mod ingress;
+pub mod job;
+pub mod loader;
+pub mod log;
+pub mod ops;
+pub mod portfolio;
 pub mod preflight;
+pub mod publisher;
+pub mod run;
+pub mod stats;
+pub mod universe;
+pub mod wire;
+pub mod worker;

@@ -25,6 +25,12 @@ enum Command {
         #[arg(long)]
         env: String,
     },
+    /// Run the daemon until stopped (SIGTERM/SIGINT end the process).
+    Run {
+        /// Environment: dev, stg or prod.
+        #[arg(long)]
+        env: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +63,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     pf.canary_probability
                 );
             }
+        }
+        Command::Run { env } => {
+            let pf = mlcore_daemon::preflight::run(&cli.config_dir, &env, &ProcessEnv)
+                .with_context(|| format!("preflight for env {env}"))?;
+            let running = mlcore_daemon::run::start(pf.config).context("starting the daemon")?;
+            #[allow(clippy::print_stdout)] // tells scripts where to connect
+            {
+                println!(
+                    "listening ingress={} http={}",
+                    running.ingress_addr, running.http_addr
+                );
+            }
+            running.wait();
         }
     }
     Ok(())

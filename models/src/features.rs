@@ -132,6 +132,35 @@ impl SymbolState {
         self.count
     }
 
+    /// β of this symbol's 1-quote returns against `bench`'s over the last
+    /// `window` returns (capped by the history kept); `None` until 20 returns.
+    pub fn beta_against(&self, bench: &SymbolState, window: usize) -> Option<f64> {
+        let n = window
+            .min(HISTORY - 2)
+            .min(self.count.saturating_sub(1))
+            .min(bench.count.saturating_sub(1));
+        if n < 20 {
+            return None;
+        }
+        let (mut sx, mut sy, mut sxy, mut sxx) = (0.0, 0.0, 0.0, 0.0);
+        for k in 0..n {
+            let y = self.lag(k) - self.lag(k + 1);
+            let x = bench.lag(k) - bench.lag(k + 1);
+            sx += x;
+            sy += y;
+            sxy += x * y;
+            sxx += x * x;
+        }
+        let nf = n as f64;
+        let var = sxx / nf - (sx / nf) * (sx / nf);
+        (var > 1e-18).then(|| (sxy / nf - (sx / nf) * (sy / nf)) / var)
+    }
+
+    /// Realised volatility over 20 and 100 quotes, bps.
+    pub fn rvols_bps(&self) -> (f64, f64) {
+        (self.rvol(0) * 1e4, self.rvol(1) * 1e4)
+    }
+
     /// Whether every lookback is filled.
     pub fn is_ready(&self) -> bool {
         self.count >= WARMUP

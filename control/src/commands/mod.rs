@@ -4,6 +4,7 @@
 mod config;
 mod data;
 mod models;
+mod ops;
 mod train;
 
 use std::path::Path;
@@ -13,6 +14,7 @@ use mlcore_models::config::{AppConfig, ConfigError, EnvSource, Environment};
 pub use self::config::config_check;
 pub use self::data::synth;
 pub use self::models::{models_inspect, models_keygen, models_sign, models_verify};
+pub use self::ops::{ops_set_mode, EXIT_CONFLICT};
 pub use self::train::train;
 
 /// Exit code for an invalid configuration (distinct from usage errors, 2).

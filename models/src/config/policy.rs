@@ -40,7 +40,7 @@ pub struct Sizing {
     pub target_annual_vol: f64,
     /// Number of returns in the realised-volatility estimate.
     pub vol_lookback: u32,
-    /// Decisions per year, to annualise per-decision volatility.
+    /// Quote periods per year, to annualise per-quote volatility.
     pub periods_per_year: f64,
     /// Whether the ai3 meta-label head (when present) scales the size.
     pub use_ai3: bool,

@@ -9,6 +9,7 @@
 //! Everything here works over any [`redis::ConnectionLike`]: a plain
 //! connection or a Cluster connection.
 
+pub mod conn;
 mod error;
 pub mod guard;
 pub mod heartbeat;
@@ -16,6 +17,7 @@ pub mod keys;
 pub mod ops;
 pub mod signal;
 
+pub use conn::RedisConn;
 pub use error::ContractError;
 pub use guard::{Guard, ModeChange, PublishOutcome, SetModeOutcome};
 pub use heartbeat::Heartbeat;

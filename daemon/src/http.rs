@@ -1,0 +1,231 @@
+//! `/metrics` (Prometheus text), `/healthz`, `/readyz` on a side thread.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mlcore_models::config::MetricsConfig;
+
+use crate::loader::ActiveModels;
+use crate::ops::OpsTable;
+use crate::stats::{Counters, Histograms, Stage, OUTCOMES};
+use crate::universe::Universe;
+use crate::wire::WireError;
+
+/// What the endpoints report on.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// Counters.
+    pub counters: Arc<Counters>,
+    /// Histograms.
+    pub hists: Histograms,
+    /// Active models.
+    pub active: Arc<ActiveModels>,
+    /// Ops modes.
+    pub ops: Arc<OpsTable>,
+    /// Universe.
+    pub universe: Arc<Universe>,
+    /// `metrics.yaml`.
+    pub metrics: MetricsConfig,
+}
+
+impl Observed {
+    /// Ready: a verified, warmed model for every strategy and the guard loaded.
+    pub fn ready(&self) -> bool {
+        let active = self.active.load();
+        self.counters.redis_ok.load(Ordering::Relaxed)
+            && self
+                .universe
+                .strategies
+                .iter()
+                .all(|s| active.contains_key(&s.id))
+    }
+
+    /// `ok` or `degraded`.
+    pub fn status(&self) -> &'static str {
+        if self.counters.redis_ok.load(Ordering::Relaxed) && self.counters.model_ready.load(Ordering::Relaxed)
+        {
+            "ok"
+        } else {
+            "degraded"
+        }
+    }
+
+    /// The Prometheus exposition.
+    pub fn render(&self) -> String {
+        let p = &self.metrics.prefix;
+        // Default labels end with a comma so per-series labels can follow.
+        let labels: String = self
+            .metrics
+            .default_labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{v}\","))
+            .collect();
+        let c = &self.counters;
+        let mut out = String::new();
+        let mut families = std::collections::BTreeSet::new();
+        let mut counter = |name: &str, help: &str, v: u64, extra: &str| {
+            if families.insert(name.to_owned()) {
+                let _ = writeln!(out, "# HELP {p}{name} {help}\n# TYPE {p}{name} counter");
+            }
+            let set = format!("{labels}{extra}");
+            let _ = writeln!(out, "{p}{name}{{{}}} {v}", set.trim_end_matches(','));
+        };
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        counter("frames_total", "Frames decoded.", get(&c.frames), "");
+        counter("quotes_total", "Quotes applied to features.", get(&c.quotes), "");
+        counter(
+            "unknown_symbols_total",
+            "Quotes for symbols outside the universe, dropped.",
+            get(&c.unknown_symbols),
+            "",
+        );
+        counter("decisions_total", "Decisions made.", get(&c.decisions), "");
+        counter(
+            "decisions_dropped_total",
+            "Decisions refused by overload.",
+            get(&c.decisions_dropped),
+            "",
+        );
+        counter(
+            "decisions_without_model_total",
+            "Triggers with no model serving.",
+            get(&c.decisions_without_model),
+            "",
+        );
+        counter(
+            "publish_dropped_total",
+            "Decided batches refused by the publish queue.",
+            get(&c.publish_dropped),
+            "",
+        );
+        counter(
+            "signals_accepted_total",
+            "Signals accepted by the guard.",
+            get(&c.signals_accepted),
+            "",
+        );
+        counter(
+            "held_by_mode_total",
+            "Batches held because of the ops mode.",
+            get(&c.held_by_mode),
+            "",
+        );
+        counter(
+            "redis_errors_total",
+            "Redis connection or command errors.",
+            get(&c.redis_errors),
+            "",
+        );
+        counter(
+            "refused_artifacts_total",
+            "Model artifacts refused.",
+            get(&c.refused_artifacts),
+            "",
+        );
+        counter("model_swaps_total", "Models activated.", get(&c.model_swaps), "");
+        for e in WireError::ALL {
+            counter(
+                "wire_errors_total",
+                "Connections closed for a malformed frame.",
+                get(&c.wire_errors[e.index()]),
+                &format!("reason=\"{}\"", e.label()),
+            );
+        }
+        for (i, o) in OUTCOMES.iter().enumerate() {
+            counter(
+                "batches_total",
+                "Decided batches by publish outcome.",
+                get(&c.outcomes[i]),
+                &format!("outcome=\"{o}\""),
+            );
+        }
+        let _ = writeln!(out, "# TYPE {p}model_version gauge");
+        for (strategy, m) in self.active.load().iter() {
+            let _ = writeln!(
+                out,
+                "{p}model_version{{{labels}strategy=\"{strategy}\",model_id=\"{}\"}} {}",
+                m.model_id, m.version
+            );
+        }
+        let _ = writeln!(out, "# TYPE {p}ops_mode gauge");
+        for (s, strat) in self.universe.strategies.iter().enumerate() {
+            let mode = self.ops.mode(s);
+            let _ = writeln!(
+                out,
+                "{p}ops_mode{{{labels}strategy=\"{}\",mode=\"{mode}\"}} 1",
+                strat.id
+            );
+        }
+        self.hists.drain();
+        if let Ok(merged) = self.hists.merged.lock() {
+            let _ = writeln!(out, "# HELP {p}stage_latency_microseconds Latency per pipeline stage.\n# TYPE {p}stage_latency_microseconds histogram");
+            for stage in Stage::ALL {
+                let h = &merged.stages[stage as usize];
+                let Some(buckets) = self.metrics.latency_buckets_us.get(stage.label()) else {
+                    continue;
+                };
+                let l = format!("{labels}stage=\"{}\"", stage.label());
+                for b in buckets {
+                    let _ = writeln!(
+                        out,
+                        "{p}stage_latency_microseconds_bucket{{{l},le=\"{b}\"}} {}",
+                        h.count_between(0, *b as u64)
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "{p}stage_latency_microseconds_bucket{{{l},le=\"+Inf\"}} {}",
+                    h.len()
+                );
+                let sum: f64 = h
+                    .iter_recorded()
+                    .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
+                    .sum();
+                let _ = writeln!(out, "{p}stage_latency_microseconds_sum{{{l}}} {sum}\n{p}stage_latency_microseconds_count{{{l}}} {}", h.len());
+            }
+        }
+        out
+    }
+}
+
+/// Serves until `shutdown`.
+pub fn serve(listener: TcpListener, observed: Observed, shutdown: Arc<AtomicBool>) {
+    let _ = listener.set_nonblocking(true);
+    while !shutdown.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut buf = [0u8; 2048];
+                let n = stream.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let path = req.split_whitespace().nth(1).unwrap_or("/");
+                let (code, ctype, body) = match path {
+                    "/metrics" => (200, "text/plain; version=0.0.4", observed.render()),
+                    "/healthz" => (
+                        200,
+                        "application/json",
+                        format!("{{\"status\":\"{}\"}}", observed.status()),
+                    ),
+                    "/readyz" if observed.ready() => (200, "application/json", "{\"ready\":true}".to_owned()),
+                    "/readyz" => (503, "application/json", "{\"ready\":false}".to_owned()),
+                    _ => (404, "text/plain", "not found\n".to_owned()),
+                };
+                let reason = match code {
+                    200 => "OK",
+                    503 => "Service Unavailable",
+                    _ => "Not Found",
+                };
+                let _ = write!(stream, "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}

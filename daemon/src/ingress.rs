@@ -1,0 +1,337 @@
+//! The ingress thread: a mio event loop that decodes frames, applies quotes
+//! to the per-strategy feature engines, and turns triggers into decision jobs.
+//!
+//! Quotes never queue: each one updates its symbol's fixed-size state on this
+//! thread, which is the conflation policy (the latest quote per symbol is
+//! what a decision sees). A trigger takes a job buffer from its strategy's
+//! pool, fills the feature matrix and pushes it to the workers; if no buffer
+//! is free or the queue is full, the decision is dropped and counted.
+//! A malformed frame closes that connection only (counted, one log line).
+
+use std::io::{ErrorKind, Read};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use mlcore_models::features::FeatureEngine;
+use mlcore_models::market::Quote;
+
+use crate::job::Job;
+use crate::log::log;
+use crate::stats::{Counters, Histograms, LocalHist, Stage};
+use crate::universe::Universe;
+use crate::wire::{self, Frame};
+
+const LISTENER: Token = Token(usize::MAX);
+const READ_BUF: usize = 64 * 1024;
+
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    buf: Vec<u8>,
+    len: usize,
+}
+
+/// Everything the ingress thread owns.
+pub struct Ingress {
+    listener: TcpListener,
+    poll: Poll,
+    conns: Vec<Option<Conn>>,
+    engines: Vec<FeatureEngine>,
+    universe: Arc<Universe>,
+    pools: Vec<Receiver<Box<Job>>>,
+    pool_returns: Vec<Sender<Box<Job>>>,
+    decisions: Sender<Box<Job>>,
+    counters: Arc<Counters>,
+    decode_hist: LocalHist,
+    features_hist: LocalHist,
+    max_frame: usize,
+    timer: Option<Duration>,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Ingress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingress")
+            .field("conns", &self.conns.iter().flatten().count())
+            .finish()
+    }
+}
+
+/// Construction parameters.
+#[derive(Debug)]
+pub struct IngressParts {
+    /// Bound listener.
+    pub listener: std::net::TcpListener,
+    /// Resolved universe.
+    pub universe: Arc<Universe>,
+    /// Job pools (take side), one per strategy.
+    pub pools: Vec<Receiver<Box<Job>>>,
+    /// Job pools (return side), one per strategy.
+    pub pool_returns: Vec<Sender<Box<Job>>>,
+    /// To the workers.
+    pub decisions: Sender<Box<Job>>,
+    /// Counters.
+    pub counters: Arc<Counters>,
+    /// Histogram pools.
+    pub hists: Histograms,
+    /// `ingress.max_connections`.
+    pub max_connections: usize,
+    /// `ingress.max_frame_bytes`.
+    pub max_frame: usize,
+    /// `Some(period)` in timer mode.
+    pub timer: Option<Duration>,
+    /// Stop flag.
+    pub shutdown: Arc<AtomicBool>,
+}
+
+impl Ingress {
+    /// Registers the listener.
+    pub fn new(p: IngressParts) -> std::io::Result<Self> {
+        p.listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(p.listener);
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let engines = p
+            .universe
+            .strategies
+            .iter()
+            .map(|s| FeatureEngine::new(s.symbols.len(), s.benchmark))
+            .collect();
+        Ok(Self {
+            listener,
+            poll,
+            conns: (0..p.max_connections).map(|_| None).collect(),
+            engines,
+            universe: p.universe,
+            pools: p.pools,
+            pool_returns: p.pool_returns,
+            decisions: p.decisions,
+            counters: p.counters,
+            decode_hist: p.hists.local(Stage::Decode),
+            features_hist: p.hists.local(Stage::Features),
+            max_frame: p.max_frame,
+            timer: p.timer,
+            shutdown: p.shutdown,
+        })
+    }
+
+    /// Runs until the stop flag is set.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        let mut next_timer = self.timer.map(|t| Instant::now() + t);
+        while !self.shutdown.load(Ordering::Relaxed) {
+            let timeout = match next_timer {
+                Some(t) => t
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(50)),
+                None => Duration::from_millis(50),
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    log("error", "ingress poll failed", &[("error", e.to_string().into())]);
+                }
+                continue;
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    Token(i) => self.read(i),
+                }
+            }
+            if let (Some(t), Some(period)) = (next_timer, self.timer) {
+                if Instant::now() >= t {
+                    let now_ns = crate::log::now_ms() as i64 * 1_000_000;
+                    for s in 0..self.engines.len() {
+                        self.trigger(s as u16, now_ns, Instant::now());
+                    }
+                    next_timer = Some(t + period);
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, peer)) => {
+                    let Some(slot) = self.conns.iter().position(Option::is_none) else {
+                        log(
+                            "warn",
+                            "connection refused: max_connections reached",
+                            &[("peer", peer.to_string().into())],
+                        );
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut stream, Token(slot), Interest::READABLE)
+                        .is_ok()
+                    {
+                        self.conns[slot] = Some(Conn {
+                            stream,
+                            peer,
+                            buf: vec![0; READ_BUF],
+                            len: 0,
+                        });
+                        log("info", "feed connected", &[("peer", peer.to_string().into())]);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log("warn", "accept failed", &[("error", e.to_string().into())]);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, i: usize, reason: &str) {
+        if let Some(mut c) = self.conns[i].take() {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            log(
+                "info",
+                "feed connection closed",
+                &[("peer", c.peer.to_string().into()), ("reason", reason.into())],
+            );
+        }
+    }
+
+    fn read(&mut self, i: usize) {
+        loop {
+            let Some(conn) = self.conns.get_mut(i).and_then(Option::as_mut) else {
+                return;
+            };
+            if conn.len == conn.buf.len() {
+                // A full buffer that holds no complete frame cannot happen
+                // with max_frame < READ_BUF; treat it as a protocol error.
+                self.counters.wire_error(wire::WireError::TooLarge);
+                self.close(i, "buffer full");
+                return;
+            }
+            match conn.stream.read(&mut conn.buf[conn.len..]) {
+                Ok(0) => {
+                    self.close(i, "eof");
+                    return;
+                }
+                Ok(n) => {
+                    conn.len += n;
+                    if let Err(e) = self.drain(i) {
+                        self.counters.wire_error(e);
+                        self.close(i, e.label());
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.close(i, &e.to_string());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Decodes and applies every complete frame buffered on connection `i`.
+    fn drain(&mut self, i: usize) -> Result<(), wire::WireError> {
+        let mut offset = 0;
+        loop {
+            let started = Instant::now();
+            let decoded = {
+                let Some(conn) = self.conns[i].as_ref() else {
+                    return Ok(());
+                };
+                wire::decode(&conn.buf[offset..conn.len], self.max_frame)?
+            };
+            let Some((frame, used)) = decoded else { break };
+            offset += used;
+            self.decode_hist.record(started.elapsed());
+            Counters::inc(&self.counters.frames);
+            self.apply(frame, started);
+        }
+        if let Some(conn) = self.conns[i].as_mut() {
+            conn.buf.copy_within(offset..conn.len, 0);
+            conn.len -= offset;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, frame: Frame, decoded_at: Instant) {
+        match frame {
+            Frame::Quote {
+                ts_ns,
+                symbol_id,
+                bid,
+                ask,
+                bid_size,
+                ask_size,
+            } => {
+                let Some(routes) = self.universe.routes.get(&symbol_id) else {
+                    Counters::inc(&self.counters.unknown_symbols);
+                    return;
+                };
+                for &(s, sym) in routes {
+                    let q = Quote {
+                        ts_ns,
+                        symbol: sym,
+                        bid,
+                        ask,
+                        bid_size,
+                        ask_size,
+                    };
+                    self.engines[usize::from(s)].update(&q);
+                }
+                Counters::inc(&self.counters.quotes);
+            }
+            Frame::Trigger { ts_ns, strategy } => self.trigger(strategy, ts_ns, decoded_at),
+            Frame::Heartbeat { .. } => {}
+        }
+    }
+
+    fn trigger(&mut self, strategy: u16, ts_ns: i64, decoded_at: Instant) {
+        let s = usize::from(strategy);
+        let (Some(engine), Some(pool)) = (self.engines.get(s), self.pools.get(s)) else {
+            Counters::inc(&self.counters.unknown_strategies);
+            return;
+        };
+        let Ok(mut job) = pool.try_recv() else {
+            // Every buffer of this strategy is still in flight: overload.
+            Counters::inc(&self.counters.decisions_dropped);
+            return;
+        };
+        let started = Instant::now();
+        let strat = &self.universe.strategies[s];
+        job.strategy = strategy;
+        job.trigger_ts_ns = ts_ns;
+        job.decoded_at = decoded_at;
+        job.model = None;
+        engine.write_matrix(ts_ns, &mut job.features);
+        job.params.copy_from_slice(&strat.params);
+        for (i, input) in job.inputs.iter_mut().enumerate() {
+            let state = engine.state(i);
+            input.ready = engine.is_ready(i);
+            if let Some(st) = state {
+                (input.rvol_20_bps, input.rvol_100_bps) = st.rvols_bps();
+            }
+            if let (Some(window), Some(st), Some(bench)) =
+                (strat.rolling_beta[i], state, engine.state(strat.benchmark))
+            {
+                if let Some(beta) = st.beta_against(bench, window) {
+                    job.params[i].beta = beta;
+                }
+            }
+        }
+        self.features_hist.record(started.elapsed());
+        if let Err(e) = self.decisions.try_send(job) {
+            Counters::inc(&self.counters.decisions_dropped);
+            let _ = self.pool_returns[s].try_send(e.into_inner());
+        }
+    }
+}

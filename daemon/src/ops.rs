@@ -1,0 +1,161 @@
+//! Ops modes as the daemon applies them: a table of atomics written by the
+//! ops watcher (pub/sub events within milliseconds, plus a full
+//! reconciliation every `reconcile_interval_ms`) and read lock-free by the
+//! publisher. Until the first read succeeds every strategy is `halted`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mlcore_models::config::RedisConfig;
+use mlcore_models::contract::{Guard, OpsMode, RedisConn};
+
+use crate::log::log;
+
+/// Mode and version per strategy.
+#[derive(Debug)]
+pub struct OpsTable {
+    modes: Vec<AtomicU8>,
+    versions: Vec<AtomicU64>,
+}
+
+fn to_u8(m: OpsMode) -> u8 {
+    match m {
+        OpsMode::Active => 0,
+        OpsMode::ReduceOnly => 1,
+        OpsMode::Halted => 2,
+        OpsMode::Flatten => 3,
+    }
+}
+
+fn from_u8(v: u8) -> OpsMode {
+    match v {
+        0 => OpsMode::Active,
+        1 => OpsMode::ReduceOnly,
+        3 => OpsMode::Flatten,
+        _ => OpsMode::Halted,
+    }
+}
+
+impl OpsTable {
+    /// All `halted` (fail closed).
+    pub fn new(strategies: usize) -> Self {
+        Self {
+            modes: (0..strategies)
+                .map(|_| AtomicU8::new(to_u8(OpsMode::Halted)))
+                .collect(),
+            versions: (0..strategies).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// The mode of strategy `s`.
+    #[inline]
+    pub fn mode(&self, s: usize) -> OpsMode {
+        self.modes
+            .get(s)
+            .map_or(OpsMode::Halted, |m| from_u8(m.load(Ordering::Acquire)))
+    }
+
+    /// The version of strategy `s`'s mode.
+    #[inline]
+    pub fn version(&self, s: usize) -> u64 {
+        self.versions.get(s).map_or(0, |v| v.load(Ordering::Acquire))
+    }
+
+    fn set(&self, s: usize, mode: OpsMode, version: u64) {
+        // Never go back to an older version (a late reconciliation read).
+        if let (Some(m), Some(v)) = (self.modes.get(s), self.versions.get(s)) {
+            if version >= v.load(Ordering::Acquire) {
+                v.store(version, Ordering::Release);
+                m.store(to_u8(mode), Ordering::Release);
+            }
+        }
+    }
+}
+
+/// Runs the watcher until `shutdown`.
+pub fn watch(
+    cfg: RedisConfig,
+    guard: Guard,
+    strategies: Vec<String>,
+    table: Arc<OpsTable>,
+    shutdown: Arc<AtomicBool>,
+) {
+    let reconcile = Duration::from_millis(cfg.reconcile_interval_ms.max(10));
+    let channel = guard.keys().events();
+    let mut backoff = Duration::from_millis(cfg.reconnect.initial_ms.max(1));
+    while !shutdown.load(Ordering::Relaxed) {
+        let session = (|| -> redis::RedisResult<()> {
+            let mut reader = RedisConn::connect(&cfg)?;
+            let client = redis::Client::open(cfg.url.expose())?;
+            let mut sub_conn = client.get_connection()?;
+            let mut pubsub = sub_conn.as_pubsub();
+            pubsub.subscribe(&channel)?;
+            pubsub.set_read_timeout(Some(Duration::from_millis(50)))?;
+            let mut next_reconcile = Instant::now();
+            backoff = Duration::from_millis(cfg.reconnect.initial_ms.max(1));
+            while !shutdown.load(Ordering::Relaxed) {
+                if Instant::now() >= next_reconcile {
+                    for (s, id) in strategies.iter().enumerate() {
+                        match guard.read_mode(&mut reader, id) {
+                            Ok(state) => table.set(s, state.mode, state.version),
+                            Err(e) => {
+                                return Err(redis::RedisError::from((
+                                    redis::ErrorKind::Io,
+                                    "reconcile",
+                                    e.to_string(),
+                                )))
+                            }
+                        }
+                    }
+                    next_reconcile = Instant::now() + reconcile;
+                }
+                match pubsub.get_message() {
+                    Ok(msg) => {
+                        let payload: String = msg.get_payload().unwrap_or_default();
+                        let Ok(ev) = serde_json::from_str::<serde_json::Value>(&payload) else {
+                            continue;
+                        };
+                        if ev["type"] != "ops_mode" {
+                            continue;
+                        }
+                        let (Some(id), Some(mode), Some(version)) = (
+                            ev["strategy"].as_str(),
+                            ev["mode"].as_str().and_then(|m| m.parse().ok()),
+                            ev["version"].as_u64(),
+                        ) else {
+                            continue;
+                        };
+                        if let Some(s) = strategies.iter().position(|x| x == id) {
+                            table.set(s, mode, version);
+                            log(
+                                "info",
+                                "ops mode changed",
+                                &[
+                                    ("strategy", id.into()),
+                                    ("mode", ev["mode"].clone()),
+                                    ("version", version.into()),
+                                ],
+                            );
+                        }
+                    }
+                    Err(e) if e.is_timeout() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = session {
+            log(
+                "warn",
+                "ops watcher lost Redis; retrying",
+                &[
+                    ("error", e.to_string().into()),
+                    ("backoff_ms", (backoff.as_millis() as u64).into()),
+                ],
+            );
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_millis(cfg.reconnect.max_ms.max(1)));
+        }
+    }
+}

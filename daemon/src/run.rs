@@ -1,0 +1,332 @@
+//! Wiring: builds the queues and pools, starts the pinned hot threads
+//! (ingress, workers, publisher) and the side threads (loader + heartbeat +
+//! histogram merge, ops watcher, HTTP), and stops them on request.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mlcore_models::artifact::{SharedTrust, TrustStore};
+use mlcore_models::config::{AppConfig, DecisionMode};
+use mlcore_models::contract::{Guard, Heartbeat, Keys, RedisConn};
+use mlcore_models::onnx::runtime;
+
+use crate::http::{self, Observed};
+use crate::ingress::{Ingress, IngressParts};
+use crate::job::Job;
+use crate::loader::Loader;
+use crate::log::{log, now_ms};
+use crate::ops::{self, OpsTable};
+use crate::publisher::{self, PublisherParts};
+use crate::stats::{Counters, Histograms};
+use crate::universe::Universe;
+use crate::worker::{self, WorkerParts};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// ONNX Runtime.
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: String,
+        /// Error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// trust.yaml is unusable.
+    #[error(transparent)]
+    Trust(#[from] mlcore_models::artifact::trust::TrustConfigError),
+    /// Thread start failed.
+    #[error("cannot start a thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// A running daemon.
+#[derive(Debug)]
+pub struct Running {
+    /// Set to stop every thread.
+    pub shutdown: Arc<AtomicBool>,
+    /// Where the feed connects.
+    pub ingress_addr: std::net::SocketAddr,
+    /// Where `/metrics` is served.
+    pub http_addr: std::net::SocketAddr,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops every thread and waits for them.
+    pub fn stop(self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Blocks until the threads exit (they do when `shutdown` is set).
+    pub fn wait(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn spawn(
+    name: &str,
+    core: Option<usize>,
+    f: impl FnOnce() + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(name.to_owned()).spawn(move || {
+        if let Some(c) = core {
+            let ids = core_affinity::get_core_ids().unwrap_or_default();
+            match ids.iter().find(|id| id.id == c) {
+                Some(id) if core_affinity::set_for_current(*id) => {}
+                _ => log("warn", "could not pin thread", &[("core", c.into())]),
+            }
+        }
+        f();
+    })
+}
+
+/// Starts the daemon for `cfg`.
+pub fn start(cfg: AppConfig) -> Result<Running, StartError> {
+    runtime::init(&cfg.storage.onnxruntime_library)?;
+    let universe = Arc::new(Universe::from_config(&cfg));
+    let counters = Arc::new(Counters::default());
+    let threads_cfg = &cfg.daemon.threads;
+    let n_workers = threads_cfg.worker_cores.len().max(1);
+    let hists = Histograms::new(2 + 2 * n_workers + 2);
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let keys = Keys::new(&cfg.redis.namespace);
+    let guard = Guard::new(keys.clone(), cfg.redis.stream_maxlen);
+    let ops_table = Arc::new(OpsTable::new(universe.strategies.len()));
+
+    let (decisions_tx, decisions_rx) = crossbeam_channel::bounded::<Box<Job>>(cfg.daemon.queues.decisions);
+    let (publish_tx, publish_rx) = crossbeam_channel::bounded::<Box<Job>>(cfg.daemon.queues.publish);
+    // Every job buffer of a strategy, preallocated: a full pool is overload.
+    let per_strategy = cfg.daemon.queues.decisions + cfg.daemon.queues.publish + n_workers + 2;
+    let (mut pools, mut pool_returns) = (Vec::new(), Vec::new());
+    for (s, strat) in universe.strategies.iter().enumerate() {
+        let (tx, rx) = crossbeam_channel::bounded(per_strategy);
+        for _ in 0..per_strategy {
+            let _ = tx.try_send(Box::new(Job::new(s as u16, &strat.params)));
+        }
+        pools.push(rx);
+        pool_returns.push(tx);
+    }
+
+    let bind = |addr: &str| {
+        TcpListener::bind(addr).map_err(|source| StartError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })
+    };
+    let ingress_listener = bind(&cfg.daemon.ingress.listen)?;
+    let http_listener = bind(&cfg.metrics.listen)?;
+    let ingress_addr = ingress_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    // Side threads share the hot cores only when the machine has no others.
+    let n_cores = core_affinity::get_core_ids().map_or(1, |v| v.len());
+    let hot: Vec<usize> = std::iter::once(threads_cfg.ingress_core)
+        .chain(threads_cfg.worker_cores.iter().copied())
+        .chain(std::iter::once(threads_cfg.publisher_core))
+        .collect();
+    let side_core = threads_cfg
+        .side_cores
+        .iter()
+        .copied()
+        .find(|c| *c < n_cores && (!hot.contains(c) || n_cores <= hot.len()));
+
+    let mut threads = Vec::new();
+    let (retired_tx, retired_rx) = crossbeam_channel::bounded(64);
+    let mut model_txs = Vec::new();
+    for (w, core) in threads_cfg.worker_cores.iter().enumerate() {
+        let (tx, rx) = crossbeam_channel::bounded(8);
+        model_txs.push(tx);
+        let parts = WorkerParts {
+            jobs: decisions_rx.clone(),
+            models: rx,
+            retired: retired_tx.clone(),
+            publish: publish_tx.clone(),
+            pool_returns: pool_returns.clone(),
+            universe: Arc::clone(&universe),
+            counters: Arc::clone(&counters),
+            hists: hists.clone(),
+            shutdown: Arc::clone(&shutdown),
+        };
+        threads.push(spawn(&format!("worker-{w}"), Some(*core), move || {
+            worker::run(parts)
+        })?);
+    }
+
+    let trust = Arc::new(SharedTrust::new(TrustStore::from_config(&cfg.trust)?));
+    let mut loader = Loader::new(
+        &cfg.storage.models_root,
+        &cfg.daemon.instance_id,
+        Arc::clone(&universe),
+        trust,
+        model_txs,
+        retired_rx,
+        Arc::clone(&counters),
+    );
+    // The first scan happens before the feed is accepted, so the first
+    // trigger finds a warmed model when one exists.
+    loader.scan();
+    let active = Arc::clone(&loader.active);
+
+    let ingress = Ingress::new(IngressParts {
+        listener: ingress_listener,
+        universe: Arc::clone(&universe),
+        pools,
+        pool_returns: pool_returns.clone(),
+        decisions: decisions_tx,
+        counters: Arc::clone(&counters),
+        hists: hists.clone(),
+        max_connections: cfg.daemon.ingress.max_connections as usize,
+        max_frame: cfg.daemon.ingress.max_frame_bytes as usize,
+        timer: (cfg.daemon.decision.mode == DecisionMode::Timer)
+            .then(|| Duration::from_millis(cfg.daemon.decision.timer_interval_ms.max(1))),
+        shutdown: Arc::clone(&shutdown),
+    })?;
+    threads.push(spawn("ingress", Some(threads_cfg.ingress_core), move || {
+        ingress.run()
+    })?);
+
+    let publisher_parts = PublisherParts {
+        jobs: publish_rx,
+        pool_returns,
+        redis: cfg.redis.clone(),
+        guard: guard.clone(),
+        universe: Arc::clone(&universe),
+        ops: Arc::clone(&ops_table),
+        counters: Arc::clone(&counters),
+        hists: hists.clone(),
+        shutdown: Arc::clone(&shutdown),
+    };
+    threads.push(spawn("publisher", Some(threads_cfg.publisher_core), move || {
+        publisher::run(publisher_parts)
+    })?);
+
+    {
+        let (redis, guard, table, stop) = (
+            cfg.redis.clone(),
+            guard.clone(),
+            Arc::clone(&ops_table),
+            Arc::clone(&shutdown),
+        );
+        let ids: Vec<String> = universe.strategies.iter().map(|s| s.id.clone()).collect();
+        threads.push(spawn("ops-watch", side_core, move || {
+            ops::watch(redis, guard, ids, table, stop)
+        })?);
+    }
+
+    let observed = Observed {
+        counters: Arc::clone(&counters),
+        hists: hists.clone(),
+        active: Arc::clone(&active),
+        ops: Arc::clone(&ops_table),
+        universe: Arc::clone(&universe),
+        metrics: cfg.metrics.clone(),
+    };
+    {
+        let (obs, stop) = (observed.clone(), Arc::clone(&shutdown));
+        threads.push(spawn("http", side_core, move || {
+            http::serve(http_listener, obs, stop)
+        })?);
+    }
+    {
+        let stop = Arc::clone(&shutdown);
+        let redis = cfg.redis.clone();
+        let instance = cfg.daemon.instance_id.clone();
+        threads.push(spawn("side", side_core, move || {
+            side_loop(loader, observed, redis, keys, instance, stop)
+        })?);
+    }
+    log(
+        "info",
+        "daemon started",
+        &[
+            ("ingress", ingress_addr.to_string().into()),
+            ("http", http_addr.to_string().into()),
+            ("workers", n_workers.into()),
+        ],
+    );
+    Ok(Running {
+        shutdown,
+        ingress_addr,
+        http_addr,
+        threads,
+    })
+}
+
+/// Model scans (every second), histogram merging (every 100 ms), heartbeats.
+fn side_loop(
+    mut loader: Loader,
+    observed: Observed,
+    redis: mlcore_models::config::RedisConfig,
+    keys: Keys,
+    instance: String,
+    shutdown: Arc<AtomicBool>,
+) {
+    let mut next_scan = Instant::now() + Duration::from_secs(1);
+    let mut next_hb = Instant::now();
+    let hb_every = Duration::from_millis(redis.heartbeat.interval_ms.max(10));
+    let mut conn: Option<RedisConn> = None;
+    while !shutdown.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        observed.hists.drain();
+        loader.drop_retired();
+        if Instant::now() >= next_scan {
+            loader.scan();
+            next_scan = Instant::now() + Duration::from_secs(1);
+        }
+        if Instant::now() >= next_hb {
+            next_hb = Instant::now() + hb_every;
+            let c = &observed.counters;
+            let p99 = observed
+                .hists
+                .merged
+                .lock()
+                .map(|m| m.stages[crate::stats::Stage::TriggerToAck as usize].value_at_quantile(0.99))
+                .unwrap_or(0);
+            let hb = Heartbeat {
+                instance: instance.clone(),
+                status: observed.status().to_owned(),
+                at_ms: now_ms(),
+                last_decision_ms: c.last_decision_ms.load(Ordering::Relaxed),
+                p99_us: p99,
+                decisions: c.decisions.load(Ordering::Relaxed),
+                signals_accepted: c.signals_accepted.load(Ordering::Relaxed),
+                decisions_dropped: c.decisions_dropped.load(Ordering::Relaxed),
+                models: observed
+                    .active
+                    .load()
+                    .iter()
+                    .map(|(k, m)| (k.clone(), format!("{}@{}", m.model_id, m.version)))
+                    .collect::<BTreeMap<_, _>>(),
+                modes: observed
+                    .universe
+                    .strategies
+                    .iter()
+                    .enumerate()
+                    .map(|(s, x)| (x.id.clone(), observed.ops.mode(s).to_string()))
+                    .collect(),
+            };
+            if conn.is_none() {
+                conn = RedisConn::connect(&redis).ok();
+            }
+            if let Some(cn) = conn.as_mut() {
+                if hb.write(cn, &keys, redis.heartbeat.ttl_ms).is_err() {
+                    conn = None;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Counters and latency histograms.
+//!
+//! Hot threads only touch relaxed atomics and their own thread-local
+//! [`LocalHist`]s. A `LocalHist` hands its histogram to the aggregator every
+//! [`FLUSH_EVERY`] and takes back a cleared one recycled by the aggregator, so
+//! steady state allocates nothing and takes no lock. The aggregator (a side
+//! thread) merges them into cumulative histograms that `/metrics` renders.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use hdrhistogram::Histogram;
+
+use crate::wire::WireError;
+
+/// How often a thread hands its histogram over.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
+
+/// Pipeline stages with a latency histogram (µs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Frame decode.
+    Decode = 0,
+    /// Feature update + matrix for a decision.
+    Features = 1,
+    /// ONNX Runtime, all heads.
+    Inference = 2,
+    /// θ gate, sizing, portfolio.
+    Portfolio = 3,
+    /// Guard round trip.
+    Publish = 4,
+    /// Trigger decoded → acknowledged by Redis.
+    TriggerToAck = 5,
+}
+
+impl Stage {
+    /// Every stage.
+    pub const ALL: [Stage; 6] = [
+        Self::Decode,
+        Self::Features,
+        Self::Inference,
+        Self::Portfolio,
+        Self::Publish,
+        Self::TriggerToAck,
+    ];
+
+    /// Label (matches `metrics.yaml` bucket keys).
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Decode => "decode",
+            Self::Features => "features",
+            Self::Inference => "inference",
+            Self::Portfolio => "portfolio",
+            Self::Publish => "publish",
+            Self::TriggerToAck => "trigger_to_ack",
+        }
+    }
+}
+
+/// Signal outcomes counted by reason.
+pub const OUTCOMES: [&str; 7] = [
+    "accepted",
+    "stale",
+    "expired",
+    "halted",
+    "expired_before_send",
+    "redis_error",
+    "bad_input",
+];
+
+/// Process-wide counters (relaxed atomics) and health flags.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Frames decoded.
+    pub frames: AtomicU64,
+    /// Quotes applied.
+    pub quotes: AtomicU64,
+    /// Quotes for symbols not in the universe (dropped).
+    pub unknown_symbols: AtomicU64,
+    /// Triggers for unknown strategies (dropped).
+    pub unknown_strategies: AtomicU64,
+    /// Connections closed for a malformed frame, per `WireError::index`.
+    pub wire_errors: [AtomicU64; 4],
+    /// Decisions made by workers.
+    pub decisions: AtomicU64,
+    /// Decisions refused at the decision queue (overload).
+    pub decisions_dropped: AtomicU64,
+    /// Decisions skipped because no model was loaded.
+    pub decisions_without_model: AtomicU64,
+    /// Decided batches refused at the publish queue (overload).
+    pub publish_dropped: AtomicU64,
+    /// Batches by outcome, per `OUTCOMES`.
+    pub outcomes: [AtomicU64; 7],
+    /// Signals accepted by the guard.
+    pub signals_accepted: AtomicU64,
+    /// Batches not published because the strategy is halted (daemon side).
+    pub held_by_mode: AtomicU64,
+    /// Redis errors (connection, command).
+    pub redis_errors: AtomicU64,
+    /// Artifacts refused by verification or loading.
+    pub refused_artifacts: AtomicU64,
+    /// Model swaps done.
+    pub model_swaps: AtomicU64,
+    /// Last decision time, ms since the epoch.
+    pub last_decision_ms: AtomicU64,
+    /// Redis reachable and guard loaded (publisher's view).
+    pub redis_ok: AtomicBool,
+    /// At least one verified, warmed model is serving.
+    pub model_ready: AtomicBool,
+}
+
+impl Counters {
+    /// Adds one to `c`.
+    #[inline]
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a refused frame.
+    #[inline]
+    pub fn wire_error(&self, e: WireError) {
+        Self::inc(&self.wire_errors[e.index()]);
+    }
+
+    /// Counts a batch outcome by label.
+    pub fn outcome(&self, label: &str) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == label) {
+            Self::inc(&self.outcomes[i]);
+        }
+    }
+}
+
+type Hist = Histogram<u64>;
+
+#[allow(clippy::expect_used)] // constant bounds that hdrhistogram accepts (low ≥ 1, high ≥ 2·low, sigfig ≤ 5)
+fn new_hist() -> Hist {
+    // 1 µs .. 60 s, 3 significant digits. Only called at start: histograms
+    // are recycled, never allocated on a hot thread.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// A hot thread's histogram for one stage.
+#[derive(Debug)]
+pub struct LocalHist {
+    stage: Stage,
+    hist: Option<Hist>,
+    last_flush: Instant,
+    to_agg: Sender<(Stage, Hist)>,
+    recycled: Receiver<Hist>,
+}
+
+impl LocalHist {
+    /// Records `d` (saturating at the histogram's bounds).
+    #[inline]
+    pub fn record(&mut self, d: Duration) {
+        if let Some(h) = self.hist.as_mut() {
+            h.saturating_record((d.as_micros() as u64).max(1));
+        }
+        if self.last_flush.elapsed() >= FLUSH_EVERY {
+            self.flush();
+        }
+    }
+
+    /// Hands the histogram over (if a cleared one is available to continue with).
+    pub fn flush(&mut self) {
+        self.last_flush = Instant::now();
+        if let Ok(fresh) = self.recycled.try_recv() {
+            if let Some(full) = self.hist.replace(fresh) {
+                // The aggregator's queue is sized for every histogram in play.
+                let _ = self.to_agg.try_send((self.stage, full));
+            }
+        }
+    }
+}
+
+/// Cumulative histograms per stage, read by `/metrics`.
+#[derive(Debug)]
+pub struct Aggregated {
+    /// One per `Stage::ALL`.
+    pub stages: Vec<Hist>,
+}
+
+/// Where local histograms come from and merge into.
+#[derive(Debug, Clone)]
+pub struct Histograms {
+    to_agg: Sender<(Stage, Hist)>,
+    from_threads: Receiver<(Stage, Hist)>,
+    recycle_tx: Sender<Hist>,
+    recycle_rx: Receiver<Hist>,
+    /// Merged histograms (locked only by the side threads).
+    pub merged: Arc<Mutex<Aggregated>>,
+}
+
+impl Histograms {
+    /// Pools for up to `locals` thread-local histograms.
+    pub fn new(locals: usize) -> Self {
+        let cap = locals * 4 + 8;
+        let (to_agg, from_threads) = crossbeam_channel::bounded(cap);
+        let (recycle_tx, recycle_rx) = crossbeam_channel::bounded(cap);
+        for _ in 0..cap / 2 {
+            let _ = recycle_tx.try_send(new_hist());
+        }
+        let merged = Arc::new(Mutex::new(Aggregated {
+            stages: Stage::ALL.iter().map(|_| new_hist()).collect(),
+        }));
+        Self {
+            to_agg,
+            from_threads,
+            recycle_tx,
+            recycle_rx,
+            merged,
+        }
+    }
+
+    /// A histogram for a hot thread.
+    pub fn local(&self, stage: Stage) -> LocalHist {
+        LocalHist {
+            stage,
+            hist: Some(new_hist()),
+            last_flush: Instant::now(),
+            to_agg: self.to_agg.clone(),
+            recycled: self.recycle_rx.clone(),
+        }
+    }
+
+    /// Merges what threads handed over and recycles the emptied histograms.
+    /// Call from a side thread.
+    pub fn drain(&self) {
+        while let Ok((stage, mut h)) = self.from_threads.try_recv() {
+            if let Ok(mut m) = self.merged.lock() {
+                let _ = m.stages[stage as usize].add(&h);
+            }
+            h.reset();
+            let _ = self.recycle_tx.try_send(h);
+        }
+    }
+}

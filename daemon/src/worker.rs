@@ -1,0 +1,124 @@
+//! Inference workers: score a job's feature matrix with the strategy's
+//! model, then run the portfolio. Each worker owns its ONNX Runtime sessions.
+//!
+//! New models arrive on the worker's own channel, already verified, built and
+//! warmed by the loader; the worker switches between two jobs (an in-flight
+//! decision always finishes on the model it started with) and hands the old
+//! sessions back to the loader to be dropped there, off this thread.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use mlcore_models::scoring::ModelScorer;
+
+use crate::job::{Job, ModelMeta};
+use crate::portfolio::{self, Policy};
+use crate::stats::{Counters, Histograms, LocalHist, Stage};
+use crate::universe::Universe;
+
+/// A verified, warmed model for one strategy, for one worker.
+#[derive(Debug)]
+pub struct ModelUpdate {
+    /// Strategy index.
+    pub strategy: u16,
+    /// Sessions for this worker.
+    pub scorer: Box<ModelScorer>,
+    /// What it is.
+    pub meta: Arc<ModelMeta>,
+}
+
+/// What a worker needs.
+#[derive(Debug)]
+pub struct WorkerParts {
+    /// Jobs from ingress.
+    pub jobs: Receiver<Box<Job>>,
+    /// Model updates from the loader.
+    pub models: Receiver<ModelUpdate>,
+    /// Old sessions back to the loader.
+    pub retired: Sender<Box<ModelScorer>>,
+    /// To the publisher.
+    pub publish: Sender<Box<Job>>,
+    /// Job pools (return side), per strategy.
+    pub pool_returns: Vec<Sender<Box<Job>>>,
+    /// Universe.
+    pub universe: Arc<Universe>,
+    /// Counters.
+    pub counters: Arc<Counters>,
+    /// Histogram pools.
+    pub hists: Histograms,
+    /// Stop flag.
+    pub shutdown: Arc<AtomicBool>,
+}
+
+/// Runs a worker until the stop flag is set.
+pub fn run(p: WorkerParts) {
+    let mut models: Vec<Option<(Box<ModelScorer>, Arc<ModelMeta>)>> =
+        (0..p.universe.strategies.len()).map(|_| None).collect();
+    let mut inference: LocalHist = p.hists.local(Stage::Inference);
+    let mut portfolio_hist: LocalHist = p.hists.local(Stage::Portfolio);
+    while !p.shutdown.load(Ordering::Relaxed) {
+        // Between jobs: take any new model.
+        while let Ok(update) = p.models.try_recv() {
+            if let Some(slot) = models.get_mut(usize::from(update.strategy)) {
+                if let Some((old, _)) = slot.replace((update.scorer, update.meta)) {
+                    let _ = p.retired.try_send(old);
+                }
+            }
+        }
+        let mut job = match p.jobs.recv_timeout(Duration::from_millis(50)) {
+            Ok(j) => j,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let s = usize::from(job.strategy);
+        let Some(Some((scorer, meta))) = models.get_mut(s) else {
+            Counters::inc(&p.counters.decisions_without_model);
+            let _ = p.pool_returns[s].try_send(job);
+            continue;
+        };
+        let n = job.inputs.len();
+        let started = Instant::now();
+        let scored = match scorer.score(&job.features, n) {
+            Ok(scores) => {
+                for (i, input) in job.inputs.iter_mut().enumerate() {
+                    input.prob_up = f64::from(scores.ai1[i]);
+                    input.risk = f64::from(scores.ai2[i]);
+                    input.meta = scores.ai3.map_or(1.0, |m| f64::from(m[i]));
+                }
+                true
+            }
+            Err(_) => false,
+        };
+        inference.record(started.elapsed());
+        if !scored {
+            Counters::inc(&p.counters.decisions_without_model);
+            let _ = p.pool_returns[s].try_send(job);
+            continue;
+        }
+        let started = Instant::now();
+        let policy = Policy {
+            theta1: meta.theta1,
+            theta2: meta.theta2,
+            ..p.universe.policy
+        };
+        let Job {
+            params,
+            inputs,
+            scratch,
+            ..
+        } = &mut *job;
+        job.summary = portfolio::decide(&policy, params, inputs, scratch);
+        job.model = Some(Arc::clone(meta));
+        portfolio_hist.record(started.elapsed());
+        Counters::inc(&p.counters.decisions);
+        p.counters
+            .last_decision_ms
+            .store(crate::log::now_ms(), Ordering::Relaxed);
+        if let Err(e) = p.publish.try_send(job) {
+            Counters::inc(&p.counters.publish_dropped);
+            let _ = p.pool_returns[s].try_send(e.into_inner());
+        }
+    }
+}
