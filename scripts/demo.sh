@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The product's main job on one machine. Today: fetch ONNX Runtime, make sure
-# Redis and PostgreSQL answer, build the binaries, validate the dev
-# configuration, generate the synthetic market, train and sign a model, verify
-# it, and run the daemon's preflight (config + ONNX Runtime scoring a canary).
-# It grows into feed → daemon → signals in Redis as the daemon lands.
+# The product's main job on one machine: fetch ONNX Runtime, make sure Redis
+# and PostgreSQL answer, build, validate the dev configuration, generate the
+# synthetic market, train + sign + verify a model, start the daemon, set the
+# strategy active, replay the market through mlcore-feed, and show the
+# signals arriving in Redis and the latency percentiles.
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
@@ -32,9 +32,35 @@ VERSION=$(( $(find "$MODELS" -mindepth 1 -maxdepth 1 -type d -name 'v*' | wc -l)
 say "training fx_g10 v$VERSION (GBDT ai1 + logistic ai2), signing with the dev key"
 "$CONTROL" train --env dev --dataset "$DATA" --out "$MODELS/v$VERSION" \
   --key deployments/dev-keys/dev-2026.key --strategy fx_g10 --version "$VERSION"
-
 say "verifying the artifact against dev's trust.yaml"
 "$CONTROL" models verify --env dev --artifact "$MODELS/v$VERSION"
 
-say "mlcore-daemon check --env dev"
-"$BIN/mlcore-daemon" check --env dev
+say "starting mlcore-daemon (log: $RUN_DIR/daemon.log)"
+"$BIN/mlcore-daemon" run --env dev > "$RUN_DIR/daemon.out" 2> "$RUN_DIR/daemon.log" &
+DAEMON=$!
+trap 'kill $DAEMON 2>/dev/null || true' EXIT
+for _ in $(seq 100); do grep -q listening "$RUN_DIR/daemon.out" 2>/dev/null && break; sleep 0.1; done
+read -r _ INGRESS HTTP < "$RUN_DIR/daemon.out"
+INGRESS="${INGRESS#ingress=}"; HTTP="${HTTP#http=}"
+for _ in $(seq 100); do curl -fs "http://$HTTP/readyz" >/dev/null && break; sleep 0.2; done
+curl -fs "http://$HTTP/readyz" >/dev/null || die "daemon not ready; see $RUN_DIR/daemon.log"
+say "daemon ready: ingress $INGRESS, metrics http://$HTTP/metrics"
+
+say "setting fx_g10 active (absent ops state means halted)"
+"$CONTROL" ops set-mode --env dev --strategy fx_g10 --mode active --reason "demo run" --actor demo
+
+say "replaying the market for 15 s at 120x, a decision every 100 ms"
+"$BIN/mlcore-feed" --env dev --dataset "$DATA" --addr "$INGRESS" --speed 120 --trigger-every-ms 100 --seconds 15
+
+NS=mlcore
+say "current signals in Redis (${NS}:{fx_g10}:sig:*), read through the guard"
+for s in EURUSD GBPUSD USDJPY AUDUSD USDCAD EURJPY; do
+  printf '  %-7s ' "$s"
+  redis-cli -u "$MLCORE_REDIS_URL" FCALL_RO mlcore_read_v1 1 "${NS}:{fx_g10}:sig:$s" | paste -sd' ' | cut -c1-150
+done
+say "stream length: $(redis-cli -u "$MLCORE_REDIS_URL" XLEN "${NS}:{fx_g10}:signals")"
+
+say "counters and trigger -> acknowledged-by-Redis latency (µs buckets)"
+curl -fs "http://$HTTP/metrics" | grep -E '^ml_assets_core_(decisions_total|signals_accepted_total|batches_total.*accepted|decisions_dropped_total)'
+curl -fs "http://$HTTP/metrics" | grep -E 'stage_latency_microseconds_(bucket|count).*trigger_to_ack' | sed 's/^ml_assets_core_stage_latency_microseconds_/  /'
+say "done; the daemon stops with this script"

@@ -1,0 +1,343 @@
+//! The daemon end to end, as real processes: a trained and signed model in
+//! `models_root`, `mlcore-daemon run` against the real Redis (a private
+//! namespace), `mlcore-feed` replaying the synthetic market. Signals arrive in
+//! Redis through the guard; a halt takes effect within milliseconds; a
+//! malformed frame closes only its own connection; a newer model is swapped
+//! in without a failed decision.
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns: a broken fixture should panic
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mlcore_control::train::{self, GbdtParams, TrainSpec};
+use mlcore_models::artifact::{SecretKeyFile, ThetaParams, TrustStore};
+use mlcore_models::config::{self, Environment, MapEnv};
+use mlcore_models::contract::{Guard, Keys, ModeChange, OpsMode};
+use mlcore_models::testutil::{self, RedisNamespace};
+use mlcore_models::{onnx::runtime, synth};
+
+struct Daemon {
+    child: Child,
+    ingress: String,
+    http: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn get(http: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(http).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    let code = body
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body)
+}
+
+fn metric(http: &str, line_start: &str) -> f64 {
+    let (_, body) = get(http, "/metrics");
+    body.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn train_into(data: &Path, out: &Path, version: u64) {
+    let key =
+        SecretKeyFile::read(&testutil::workspace_root().join("deployments/dev-keys/dev-2026.key")).unwrap();
+    let cfg = config::load(
+        &testutil::workspace_root().join("configs"),
+        Environment::Dev,
+        &vars(),
+    )
+    .unwrap();
+    let trust = TrustStore::from_config(&cfg.trust).unwrap();
+    let spec = TrainSpec {
+        dataset: data.to_owned(),
+        strategy: "fx_g10".into(),
+        symbols: synth::SYMBOLS.iter().map(|s| s.0.to_owned()).collect(),
+        benchmark: 0,
+        version,
+        created_at_ms: now_ms(),
+        valid_days: 2,
+        decision_every_ms: 60_000,
+        horizon: 12,
+        gbdt: GbdtParams {
+            trees: 15,
+            depth: 3,
+            learning_rate: 0.1,
+            min_leaf: 50,
+        },
+        // Low θ1 so the demo market produces positions, not only flats.
+        theta: ThetaParams {
+            theta1: 0.505,
+            theta2: 0.9,
+        },
+    };
+    let report = train::train(&spec, &key, &trust, now_ms()).unwrap();
+    train::write_artifact(&report.files, out).unwrap();
+}
+
+fn vars() -> MapEnv {
+    MapEnv::new()
+        .with("MLCORE_REDIS_URL", &testutil::redis_url())
+        .with("MLCORE_PG_DSN", &testutil::pg_dsn())
+}
+
+fn start_daemon(root: &Path) -> Daemon {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlcore-daemon"))
+        .args([
+            "--config-dir",
+            root.join("configs").to_str().unwrap(),
+            "run",
+            "--env",
+            "dev",
+        ])
+        .env("MLCORE_REDIS_URL", testutil::redis_url())
+        .env("MLCORE_PG_DSN", testutil::pg_dsn())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    // "listening ingress=HOST:PORT http=HOST:PORT"
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap()
+            .to_owned()
+    };
+    Daemon {
+        ingress: field("ingress="),
+        http: field("http="),
+        child,
+    }
+}
+
+#[test]
+fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
+    runtime::init(&testutil::ort_library()).unwrap();
+    let ns = RedisNamespace::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    testutil::copy_tree(&testutil::workspace_root().join("configs"), &root.join("configs")).unwrap();
+    let dev = root.join("configs/envs/dev");
+    std::fs::write(
+        dev.join("redis.yaml"),
+        format!("namespace: {}\nreconcile_interval_ms: 1000\n", ns.ns),
+    )
+    .unwrap();
+    std::fs::write(
+        dev.join("daemon.yaml"),
+        "instance_id: e2e\ningress: {listen: \"127.0.0.1:0\"}\nthreads: {ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dev.join("metrics.yaml"),
+        "listen: \"127.0.0.1:0\"\ndefault_labels: {environment: e2e}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dev.join("storage.yaml"),
+        format!(
+            "models_root: {}\nworm_root: {0}/w\nbackups_root: {0}/b\ndatasets_root: {0}/d\nonnxruntime_library: {}\n",
+            root.join("models").display(),
+            testutil::ort_library().display()
+        ),
+    )
+    .unwrap();
+    let data = root.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    testutil::synth_dataset(&data, 17, 32, 1, 60_000);
+    train_into(&data, &root.join("models/fx_g10/v1"), 1);
+
+    let mut conn = testutil::redis_connection();
+    let guard = Guard::new(Keys::new(&ns.ns), 1000);
+    Guard::load(&mut conn).unwrap();
+    let set = |conn: &mut redis::Connection, mode: OpsMode| {
+        let v = guard.read_mode(conn, "fx_g10").unwrap().version;
+        let change = ModeChange {
+            strategy: "fx_g10",
+            expected_version: v,
+            mode,
+            reason: "e2e",
+            actor: "test",
+            request_id: "r",
+        };
+        guard.set_mode(conn, &change).unwrap();
+    };
+    set(&mut conn, OpsMode::Active);
+
+    let d = start_daemon(root);
+    assert!(
+        wait_until(Duration::from_secs(20), || get(&d.http, "/readyz").0 == 200).is_some(),
+        "daemon never became ready"
+    );
+
+    let feed = |seconds: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mlcore-feed"))
+            .args([
+                "--config-dir",
+                root.join("configs").to_str().unwrap(),
+                "--env",
+                "dev",
+            ])
+            .args([
+                "--dataset",
+                data.to_str().unwrap(),
+                "--addr",
+                &d.ingress,
+                "--speed",
+                "1200",
+                "--trigger-every-ms",
+                "50",
+            ])
+            .args(["--seconds", seconds])
+            .env("MLCORE_REDIS_URL", testutil::redis_url())
+            .env("MLCORE_PG_DSN", testutil::pg_dsn())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "feed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    feed("2");
+    let accepted =
+        r#"ml_assets_core_batches_total{environment="e2e",service="ml-assets-core",outcome="accepted"}"#;
+    assert!(
+        wait_until(Duration::from_secs(5), || metric(&d.http, accepted) >= 10.0).is_some(),
+        "no accepted batches"
+    );
+    let sig = guard
+        .read(&mut conn, "fx_g10", "EURUSD")
+        .unwrap()
+        .expect("a valid EURUSD signal");
+    assert_eq!((sig.model_id.as_str(), sig.model_version), ("fx_g10-v1", 1));
+    assert!(sig.valid_until_ms > now_ms() - 2000 && sig.valid_until_ms <= now_ms() + 1500);
+    let positions: usize = synth::SYMBOLS
+        .iter()
+        .filter_map(|s| guard.read(&mut conn, "fx_g10", s.0).ok().flatten())
+        .filter(|s| s.qty != 0.0)
+        .count();
+    let stream_len: u64 = redis::cmd("XLEN")
+        .arg(guard.keys().strategy("fx_g10").signals)
+        .query(&mut conn)
+        .unwrap();
+    assert!(
+        stream_len >= 320,
+        "stream holds every accepted signal: {stream_len}"
+    );
+    let hb = mlcore_models::contract::Heartbeat::read(&mut conn, guard.keys(), "e2e")
+        .unwrap()
+        .expect("heartbeat");
+    assert_eq!(hb.models.get("fx_g10").map(String::as_str), Some("fx_g10-v1@1"));
+    eprintln!("e2e: {positions} non-flat positions in the last decision, {stream_len} stream entries");
+
+    // A malformed frame closes that connection only.
+    let mut bad = TcpStream::connect(&d.ingress).unwrap();
+    bad.write_all(&[9, 0, 0, 0, 77, 1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+    let mut sink = [0u8; 1];
+    bad.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert_eq!(
+        bad.read(&mut sink).unwrap_or(0),
+        0,
+        "the daemon closes a connection after a bad frame"
+    );
+    let unknown_kind = r#"ml_assets_core_wire_errors_total{environment="e2e",service="ml-assets-core",reason="unknown_kind"}"#;
+    assert_eq!(metric(&d.http, unknown_kind), 1.0);
+
+    // Halt: seen through pub/sub well before the 1 s reconciliation.
+    set(&mut conn, OpsMode::Halted);
+    let halted = r#"ml_assets_core_ops_mode{environment="e2e",service="ml-assets-core",strategy="fx_g10",mode="halted"}"#;
+    let took = wait_until(Duration::from_secs(3), || {
+        get(&d.http, "/metrics").1.contains(halted)
+    })
+    .expect("halt applied");
+    eprintln!("e2e: halt applied after {took:?}");
+    assert!(
+        took < Duration::from_millis(500),
+        "halt took {took:?}: pub/sub path broken?"
+    );
+    let before = metric(&d.http, accepted);
+    feed("1");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        metric(&d.http, accepted),
+        before,
+        "nothing is published while halted"
+    );
+
+    // A newer model is verified, warmed and swapped in while decisions run.
+    set(&mut conn, OpsMode::Active);
+    train_into(&data, &root.join("models/fx_g10/v2"), 2);
+    let version = r#"ml_assets_core_model_version{environment="e2e",service="ml-assets-core",strategy="fx_g10",model_id="fx_g10-v2"} 2"#;
+    let without =
+        r#"ml_assets_core_decisions_without_model_total{environment="e2e",service="ml-assets-core"}"#;
+    let missing_before = metric(&d.http, without);
+    assert!(
+        wait_until(Duration::from_secs(10), || get(&d.http, "/metrics")
+            .1
+            .contains(version))
+        .is_some(),
+        "v2 never activated"
+    );
+    feed("1");
+    assert!(wait_until(Duration::from_secs(5), || {
+        guard
+            .read(&mut conn, "fx_g10", "EURUSD")
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.model_version == 2)
+    })
+    .is_some());
+    assert_eq!(
+        metric(&d.http, without),
+        missing_before,
+        "no decision failed across the swap"
+    );
+
+    // An old artifact dropped into models_root is refused (rollback).
+    let refused = r#"ml_assets_core_refused_artifacts_total{environment="e2e",service="ml-assets-core"}"#;
+    testutil::copy_tree(&root.join("models/fx_g10/v1"), &root.join("models/fx_g10/v3")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || metric(&d.http, refused) >= 1.0).is_some(),
+        "a v1 manifest under v3/ must be refused"
+    );
+    assert!(get(&d.http, "/metrics").1.contains(version), "v2 keeps serving");
+}
