@@ -86,6 +86,32 @@ fn read_csv(path: &PathBuf, names: &[String]) -> anyhow::Result<Vec<Quote>> {
     Ok(out)
 }
 
+/// Trigger frames at a wall-clock cadence.
+struct Triggers {
+    next: Instant,
+    every: Duration,
+    count: u64,
+    strategy: u16,
+}
+
+impl Triggers {
+    /// Encodes a trigger stamped with the wall clock when one is due.
+    fn fire_if_due(&mut self, now: Instant, start: Instant, wall0: i64, buf: &mut Vec<u8>) {
+        if now >= self.next {
+            let ts_ns = wall0 + (now - start).as_nanos() as i64;
+            encode(
+                &Frame::Trigger {
+                    ts_ns,
+                    strategy: self.strategy,
+                },
+                buf,
+            );
+            self.count += 1;
+            self.next += self.every;
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let env = a.env.parse::<config::Environment>()?;
@@ -124,8 +150,14 @@ fn main() -> anyhow::Result<()> {
     let warm = a.warmup_quotes * names.len();
     let data0 = quotes.get(warm).map_or(first, |q| q.ts_ns);
     let mut buf = Vec::with_capacity(64 * 1024);
-    let (mut sent, mut triggers) = (0u64, 0u64);
-    let mut next_trigger = start + Duration::from_millis(a.trigger_every_ms);
+    let mut sent = 0u64;
+    let every = Duration::from_millis(a.trigger_every_ms.max(1));
+    let mut triggers = Triggers {
+        next: start + every,
+        every,
+        count: 0,
+        strategy: s_idx as u16,
+    };
     let deadline = (a.seconds > 0).then(|| start + Duration::from_secs(a.seconds));
     for (i, q) in quotes.iter().enumerate() {
         // Pace data time against wall time after the warm-up.
@@ -134,18 +166,7 @@ fn main() -> anyhow::Result<()> {
             let due = start + Duration::from_nanos((rel_data / a.speed) as u64);
             loop {
                 let now = Instant::now();
-                if now >= next_trigger {
-                    let ts = wall0 + (now - start).as_nanos() as i64;
-                    encode(
-                        &Frame::Trigger {
-                            ts_ns: ts,
-                            strategy: s_idx as u16,
-                        },
-                        &mut buf,
-                    );
-                    triggers += 1;
-                    next_trigger += Duration::from_millis(a.trigger_every_ms);
-                }
+                triggers.fire_if_due(now, start, wall0, &mut buf);
                 if now >= due || deadline.is_some_and(|d| now >= d) {
                     break;
                 }
@@ -154,7 +175,7 @@ fn main() -> anyhow::Result<()> {
                     buf.clear();
                 }
                 std::thread::sleep(
-                    (due.min(next_trigger))
+                    (due.min(triggers.next))
                         .saturating_duration_since(Instant::now())
                         .min(Duration::from_millis(5)),
                 );
@@ -163,7 +184,11 @@ fn main() -> anyhow::Result<()> {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        let ts = wall0 + (rel_data / a.speed.max(1e-9)) as i64;
+        let ts = if a.speed > 0.0 {
+            wall0 + (rel_data / a.speed) as i64
+        } else {
+            wall0 + start.elapsed().as_nanos() as i64
+        };
         let Some(&symbol_id) = ids.get(&q.symbol) else {
             continue;
         };
@@ -179,17 +204,8 @@ fn main() -> anyhow::Result<()> {
             &mut buf,
         );
         sent += 1;
-        if a.speed == 0.0 && Instant::now() >= next_trigger {
-            let ts = wall0 + start.elapsed().as_nanos() as i64;
-            encode(
-                &Frame::Trigger {
-                    ts_ns: ts,
-                    strategy: s_idx as u16,
-                },
-                &mut buf,
-            );
-            triggers += 1;
-            next_trigger += Duration::from_millis(a.trigger_every_ms);
+        if a.speed == 0.0 {
+            triggers.fire_if_due(Instant::now(), start, wall0, &mut buf);
         }
         if buf.len() > 32 * 1024 {
             stream.write_all(&buf)?;
@@ -199,7 +215,8 @@ fn main() -> anyhow::Result<()> {
     stream.write_all(&buf)?;
     stream.flush()?;
     println!(
-        "feed done: {sent} quotes, {triggers} triggers in {:.1} s",
+        "feed done: {sent} quotes, {} triggers in {:.1} s",
+        triggers.count,
         start.elapsed().as_secs_f64()
     );
     Ok(())
