@@ -65,7 +65,7 @@ fn ewma_alphas() -> &'static [f64; 2] {
     ALPHAS.get_or_init(|| EWMA_HALF_LIVES.map(|hl| 1.0 - 0.5f64.powf(1.0 / hl)))
 }
 
-/// One symbol's incremental state. Fixed size: no heap.
+/// One symbol's incremental state. Fixed size (1,640 bytes): no heap.
 #[derive(Debug, Clone, Copy)]
 pub struct SymbolState {
     log_mids: [f64; HISTORY],
@@ -76,7 +76,62 @@ pub struct SymbolState {
     /// Running Σr² over each of `VOL_WINDOWS`: O(1) per quote instead of
     /// O(window) per row.
     sum_sq: [f64; 2],
+    /// Monotonic deques of quote numbers for the range window's max and min
+    /// (amortised O(1) per quote, O(1) per row).
+    max_q: Deque,
+    min_q: Deque,
     spread_bps: f64,
+}
+
+/// A fixed-capacity ring of quote numbers (no heap).
+#[derive(Debug, Clone, Copy)]
+struct Deque {
+    items: [u32; DEQUE_CAP],
+    head: usize,
+    len: usize,
+}
+
+/// Capacity of the range deques (≥ `RANGE_WINDOW`, power of two).
+const DEQUE_CAP: usize = 64;
+
+impl Deque {
+    const EMPTY: Self = Self {
+        items: [0; DEQUE_CAP],
+        head: 0,
+        len: 0,
+    };
+
+    #[inline]
+    fn front(&self) -> Option<u32> {
+        (self.len > 0).then(|| self.items[self.head])
+    }
+
+    #[inline]
+    fn back(&self) -> Option<u32> {
+        (self.len > 0).then(|| self.items[(self.head + self.len - 1) & (DEQUE_CAP - 1)])
+    }
+
+    #[inline]
+    fn pop_front(&mut self) {
+        if self.len > 0 {
+            self.head = (self.head + 1) & (DEQUE_CAP - 1);
+            self.len -= 1;
+        }
+    }
+
+    #[inline]
+    fn pop_back(&mut self) {
+        self.len = self.len.saturating_sub(1);
+    }
+
+    #[inline]
+    fn push_back(&mut self, v: u32) {
+        if self.len == DEQUE_CAP {
+            self.pop_front();
+        }
+        self.items[(self.head + self.len) & (DEQUE_CAP - 1)] = v;
+        self.len += 1;
+    }
 }
 
 impl Default for SymbolState {
@@ -88,6 +143,8 @@ impl Default for SymbolState {
             ewma_mean: [0.0; 2],
             ewma_var: [0.0; 2],
             sum_sq: [0.0; 2],
+            max_q: Deque::EMPTY,
+            min_q: Deque::EMPTY,
             spread_bps: 0.0,
         }
     }
@@ -125,6 +182,24 @@ impl SymbolState {
         }
         self.count += 1;
         self.spread_bps = q.spread_bps();
+        // Quote numbers (wrapping u32) index the log-mid ring by `& MASK`.
+        let n = (self.count - 1) as u32;
+        let at = |k: u32| self.log_mids[(k as usize + 1) & MASK];
+        while self.max_q.back().is_some_and(|b| at(b) <= x) {
+            self.max_q.pop_back();
+        }
+        self.max_q.push_back(n);
+        while self.min_q.back().is_some_and(|b| at(b) >= x) {
+            self.min_q.pop_back();
+        }
+        self.min_q.push_back(n);
+        let window = RANGE_WINDOW as u32;
+        while self.max_q.front().is_some_and(|f| n.wrapping_sub(f) >= window) {
+            self.max_q.pop_front();
+        }
+        while self.min_q.front().is_some_and(|f| n.wrapping_sub(f) >= window) {
+            self.min_q.pop_front();
+        }
     }
 
     /// Quotes seen.
@@ -186,8 +261,21 @@ impl SymbolState {
         self.sum_sq[i].max(0.0).sqrt()
     }
 
+    /// High − low of the log mid over the last `RANGE_WINDOW` quotes, from
+    /// the monotonic deques.
     #[inline]
-    fn range(&self, w: usize) -> f64 {
+    fn range(&self) -> f64 {
+        match (self.max_q.front(), self.min_q.front()) {
+            (Some(hi), Some(lo)) => {
+                self.log_mids[(hi as usize + 1) & MASK] - self.log_mids[(lo as usize + 1) & MASK]
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// The same by scanning the ring (reference for tests).
+    #[cfg(test)]
+    fn range_scan(&self, w: usize) -> f64 {
         let n = w.min(self.count).min(HISTORY);
         if n == 0 {
             return 0.0;
@@ -283,7 +371,7 @@ impl FeatureEngine {
             z(0),
             z(1),
             s.spread_bps,
-            s.range(RANGE_WINDOW) * bps,
+            s.range() * bps,
             momentum,
             tod_sin,
             tod_cos,
@@ -471,7 +559,7 @@ mod tests {
         // A fixed-size, Copy state: 128 log mids + a few moments.
         assert_eq!(
             std::mem::size_of::<SymbolState>(),
-            HISTORY * 8 + 8 * 2 + 8 * 6 + 8
+            HISTORY * 8 + 8 * 2 + 8 * 6 + 2 * (DEQUE_CAP * 4 + 16) + 8
         );
         assert_eq!(N_FEATURES, NAMES.len());
         assert_eq!(schema().features.len(), N_FEATURES);
@@ -505,6 +593,21 @@ mod tests {
         assert!(s.is_ready());
         // Midnight: time of day sin 0, cos 1.
         assert_eq!((row[11], row[12]), (0.0, 1.0));
+    }
+
+    #[test]
+    fn deque_range_equals_a_scan_of_the_window() {
+        let mut s = SymbolState::default();
+        let mut x = 1.0f64;
+        for i in 0..1000u32 {
+            // A wandering, sometimes flat path.
+            x *= 1.0 + ((i * 7919) % 13) as f64 * 1e-4 - 6e-4;
+            s.update(&q(i64::from(i), 0, x));
+            assert!(
+                (s.range() - s.range_scan(RANGE_WINDOW)).abs() < 1e-15,
+                "quote {i}"
+            );
+        }
     }
 
     #[test]

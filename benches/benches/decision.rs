@@ -1,0 +1,108 @@
+//! One decision for a 32-symbol universe with the sample models: feature
+//! matrix → both ONNX heads → portfolio, versus the ONNX Runtime calls
+//! alone. Target: the non-ORT part ≤ 10 % of the decision.
+//!
+//! Run: `cargo bench -p mlcore-benches --bench decision`.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // a benchmark binary: fail loudly, print figures
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::Criterion;
+use mlcore_benches::{sample_model, Percentiles, SYMBOLS};
+use mlcore_daemon::job::Job;
+use mlcore_daemon::portfolio::{self, Policy, SymbolParams};
+use mlcore_models::features::FeatureEngine;
+use mlcore_models::market::Quote;
+use mlcore_models::scoring::ModelScorer;
+use mlcore_models::synth::{Generator, SynthSpec};
+
+fn main() {
+    let model = sample_model();
+    let mut scorer = ModelScorer::new(&model, SYMBOLS).unwrap();
+    scorer.warm_up(SYMBOLS, 100).unwrap();
+    let spec = SynthSpec {
+        seed: 5,
+        symbols: SYMBOLS,
+        start_day: 20_458,
+        days: 1,
+        interval_ms: 5_000,
+    };
+    let mut quotes: Vec<Quote> = Generator::new(spec)
+        .unwrap()
+        .day(20_458)
+        .into_iter()
+        .flatten()
+        .collect();
+    quotes.sort_by_key(|q| (q.ts_ns, q.symbol));
+    let mut engine = FeatureEngine::new(SYMBOLS, 0);
+    for q in &quotes[..SYMBOLS * 300] {
+        engine.update(q);
+    }
+    let params: Vec<SymbolParams> = mlcore_models::synth::SYMBOLS
+        .iter()
+        .map(|s| SymbolParams {
+            beta: s.2,
+            max_weight: 0.1,
+            lot_size: 1000.0,
+            min_qty: 1000.0,
+            notional: 1e7,
+            cost_bps: s.3 + 0.2,
+        })
+        .collect();
+    let policy = Policy {
+        theta1: model.manifest.theta.theta1,
+        theta2: model.manifest.theta.theta2,
+        target_annual_vol: 0.1,
+        periods_per_year: 4_354_560.0,
+        max_gross: 1.0,
+        beta_tolerance: 0.01,
+        min_edge_over_cost_bps: 0.0,
+        use_ai3: true,
+    };
+    let mut job = Job::new(0, &params);
+    let ts = quotes[SYMBOLS * 300].ts_ns;
+
+    let mut full = || {
+        engine.write_matrix(ts, &mut job.features);
+        for (i, input) in job.inputs.iter_mut().enumerate() {
+            input.ready = engine.is_ready(i);
+            (input.rvol_20_bps, input.rvol_100_bps) = engine.state(i).unwrap().rvols_bps();
+        }
+        let scores = scorer.score(&job.features, SYMBOLS).unwrap();
+        for (i, input) in job.inputs.iter_mut().enumerate() {
+            input.prob_up = f64::from(scores.ai1[i]);
+            input.risk = f64::from(scores.ai2[i]);
+        }
+        let Job {
+            params,
+            inputs,
+            scratch,
+            ..
+        } = &mut job;
+        black_box(portfolio::decide(&policy, params, inputs, scratch));
+    };
+    let mut c = Criterion::default()
+        .configure_from_args()
+        .measurement_time(Duration::from_secs(4));
+    c.bench_function("decision_32_symbols_full", |b| b.iter(&mut full));
+    let full_p = Percentiles::measure(20_000, 2_000, &mut full);
+
+    let features = job.features.clone();
+    let mut ort_only = || {
+        black_box(scorer.score(&features, SYMBOLS).unwrap().ai1[0]);
+    };
+    c.bench_function("decision_32_symbols_ort_only", |b| b.iter(&mut ort_only));
+    let ort_p = Percentiles::measure(20_000, 2_000, &mut ort_only);
+    c.final_summary();
+
+    println!("\n== one 32-symbol decision ==");
+    full_p.print("full decision (features + ORT + portfolio)");
+    ort_p.print("ONNX Runtime calls only");
+    let overhead = 1.0 - ort_p.p50.as_secs_f64() / full_p.p50.as_secs_f64();
+    println!(
+        "non-ORT share of the decision at p50: {:.1} % (target ≤ 10 %)",
+        overhead * 100.0
+    );
+}

@@ -1,0 +1,204 @@
+//! The hot path allocates nothing per event: a counting global allocator
+//! counts allocations made on this thread while the per-event work runs —
+//! frame decoding, feature updates, the feature matrix, rolling β, the
+//! portfolio, and the bounded queue hand-offs of pooled job buffers.
+//! ONNX Runtime's own run is measured and reported, not asserted: ORT
+//! allocates its output tensor per run (see docs/performance.md).
+
+#![allow(unsafe_code)] // a counting allocator must implement GlobalAlloc
+#![allow(clippy::unwrap_used)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mlcore_daemon::job::Job;
+use mlcore_daemon::portfolio::{self, Policy, SymbolParams};
+use mlcore_daemon::wire::{self, Frame};
+use mlcore_models::features::FeatureEngine;
+use mlcore_models::market::Quote;
+use mlcore_models::synth::{Generator, SynthSpec};
+
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    static MEASURING: Cell<bool> = const { Cell::new(false) };
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the
+// wrapper only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if MEASURING.with(Cell::get) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if MEASURING.with(Cell::get) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn measured(f: impl FnOnce()) -> u64 {
+    let before = ALLOCS.load(Ordering::Relaxed);
+    MEASURING.with(|m| m.set(true));
+    f();
+    MEASURING.with(|m| m.set(false));
+    ALLOCS.load(Ordering::Relaxed) - before
+}
+
+#[test]
+fn per_event_hot_path_work_allocates_nothing() {
+    const N: usize = 32;
+    let spec = SynthSpec {
+        seed: 1,
+        symbols: N,
+        start_day: 20_458,
+        days: 1,
+        interval_ms: 5_000,
+    };
+    let mut quotes: Vec<Quote> = Generator::new(spec)
+        .unwrap()
+        .day(20_458)
+        .into_iter()
+        .flatten()
+        .collect();
+    quotes.sort_by_key(|q| (q.ts_ns, q.symbol));
+    let mut wire_bytes = Vec::new();
+    for q in &quotes[..N * 400] {
+        let f = Frame::Quote {
+            ts_ns: q.ts_ns,
+            symbol_id: u32::from(q.symbol) + 1,
+            bid: q.bid,
+            ask: q.ask,
+            bid_size: q.bid_size,
+            ask_size: q.ask_size,
+        };
+        wire::encode(&f, &mut wire_bytes);
+    }
+    let params: Vec<SymbolParams> = (0..N)
+        .map(|i| SymbolParams {
+            beta: 0.2 + i as f64 * 0.03,
+            max_weight: 0.1,
+            lot_size: 1000.0,
+            min_qty: 1000.0,
+            notional: 1e7,
+            cost_bps: 0.5,
+        })
+        .collect();
+    let policy = Policy {
+        theta1: 0.51,
+        theta2: 0.9,
+        target_annual_vol: 0.1,
+        periods_per_year: 4_354_560.0,
+        max_gross: 1.0,
+        beta_tolerance: 0.01,
+        min_edge_over_cost_bps: 0.0,
+        use_ai3: false,
+    };
+    // Set-up allocates: engine, pooled jobs, queues.
+    let mut engine = FeatureEngine::new(N, 0);
+    let (pool_tx, pool_rx) = crossbeam_channel::bounded::<Box<Job>>(4);
+    let (work_tx, work_rx) = crossbeam_channel::bounded::<Box<Job>>(4);
+    for _ in 0..4 {
+        pool_tx.send(Box::new(Job::new(0, &params))).unwrap();
+    }
+
+    let allocs = measured(|| {
+        let mut offset = 0;
+        let mut decisions = 0;
+        while let Ok(Some((frame, used))) = wire::decode(&wire_bytes[offset..], 4096) {
+            offset += used;
+            if let Frame::Quote {
+                ts_ns,
+                symbol_id,
+                bid,
+                ask,
+                bid_size,
+                ask_size,
+            } = frame
+            {
+                engine.update(&Quote {
+                    ts_ns,
+                    symbol: (symbol_id - 1) as u16,
+                    bid,
+                    ask,
+                    bid_size,
+                    ask_size,
+                });
+                // A decision every 32 quotes: what ingress, a worker and the
+                // publisher do with a pooled job, minus ONNX Runtime and Redis.
+                if offset % (49 * N) == 0 {
+                    let mut job = pool_rx.try_recv().unwrap();
+                    engine.write_matrix(ts_ns, &mut job.features);
+                    job.params.copy_from_slice(&params);
+                    for (i, input) in job.inputs.iter_mut().enumerate() {
+                        input.ready = engine.is_ready(i);
+                        (input.rvol_20_bps, input.rvol_100_bps) = engine.state(i).unwrap().rvols_bps();
+                        input.prob_up = 0.45 + (i as f64 % 10.0) * 0.01;
+                        input.risk = 0.2;
+                        if let Some(b) = engine
+                            .state(i)
+                            .unwrap()
+                            .beta_against(engine.state(0).unwrap(), 100)
+                        {
+                            job.params[i].beta = b;
+                        }
+                    }
+                    work_tx.try_send(job).unwrap();
+                    let mut job = work_rx.try_recv().unwrap();
+                    let Job {
+                        params,
+                        inputs,
+                        scratch,
+                        ..
+                    } = &mut *job;
+                    job.summary = portfolio::decide(&policy, params, inputs, scratch);
+                    pool_tx.try_send(job).unwrap();
+                    decisions += 1;
+                }
+            }
+        }
+        assert_eq!(offset, wire_bytes.len());
+        assert!(decisions >= 300, "{decisions} decisions");
+    });
+    assert_eq!(allocs, 0, "the per-event hot path allocated {allocs} times");
+}
+
+#[test]
+fn onnx_runtime_allocations_per_run_are_reported() {
+    use mlcore_models::onnx::{graph, runtime};
+    use mlcore_models::testutil;
+    runtime::init(&testutil::ort_library()).unwrap();
+    let model = graph::logistic_regression("m", &[0.1; 15], 0.0).unwrap();
+    let mut session = runtime::hot_path_session(&model).unwrap();
+    let x = vec![0.5f32; 32 * 15];
+    let mut run = || {
+        let input = ort::value::TensorRef::from_array_view(([32usize, 15], &x[..])).unwrap();
+        let out = session.run(ort::inputs!["x" => input]).unwrap();
+        std::hint::black_box(out["prob"].try_extract_tensor::<f32>().unwrap().1[0]);
+    };
+    run();
+    let per_run = measured(|| {
+        for _ in 0..100 {
+            run();
+        }
+    }) / 100;
+    eprintln!("ONNX Runtime (via ort) allocates {per_run} times per 32-row run");
+    assert!(per_run < 100, "{per_run} allocations per run");
+}
