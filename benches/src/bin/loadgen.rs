@@ -1,0 +1,416 @@
+//! `mlcore-loadgen`: drives a running daemon over TCP at a set decision rate
+//! and reads the signals back from Redis.
+//!
+//! Phases: a steady phase, then (with `--swap-every-ms`) a phase during which
+//! a newly signed model version is dropped into `models_root` periodically,
+//! so the daemon verifies, warms and swaps models under load. For each phase
+//! it reports throughput, decisions dropped, the daemon's trigger →
+//! acknowledged-by-Redis histogram (µs buckets from `/metrics`, differenced
+//! per phase) and the client-side trigger → visible-in-the-stream latency
+//! (ms resolution). Baselines measured in the same run: 32 guarded publishes
+//! pipelined by a plain client, and the bare ONNX Runtime time of one decision.
+//!
+//! `mlcore-loadgen --env dev --addr 127.0.0.1:7401 --http 127.0.0.1:9464 --rate 500 --seconds 10`
+
+#![allow(clippy::print_stdout)] // a command-line tool reports on stdout
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use mlcore_benches::Percentiles;
+use mlcore_daemon::wire::{encode, Frame};
+use mlcore_models::artifact::{self, ArtifactFiles, Manifest, SecretKeyFile};
+use mlcore_models::config::{self, ProcessEnv};
+use mlcore_models::contract::{Guard, Keys, Side, Signal, SignalBatch};
+use mlcore_models::market::Quote;
+use mlcore_models::synth::{Generator, SynthSpec};
+
+/// Load the daemon and measure.
+#[derive(Debug, Parser)]
+#[command(name = "mlcore-loadgen", version, about)]
+struct Args {
+    /// The `configs/` folder.
+    #[arg(long, env = "MLCORE_CONFIG_DIR", default_value = "configs")]
+    config_dir: PathBuf,
+    /// Environment of the running daemon.
+    #[arg(long)]
+    env: String,
+    /// Daemon ingress.
+    #[arg(long)]
+    addr: String,
+    /// Daemon metrics (`host:port`).
+    #[arg(long)]
+    http: String,
+    /// Decisions per second.
+    #[arg(long, default_value_t = 500)]
+    rate: u64,
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Drop a new model version every N ms during a second phase (0: no swap phase).
+    #[arg(long, default_value_t = 0)]
+    swap_every_ms: u64,
+    /// Artifact to re-sign as new versions for the swap phase.
+    #[arg(long)]
+    artifact: Option<PathBuf>,
+    /// Signing key for the swap phase.
+    #[arg(long)]
+    key: Option<PathBuf>,
+}
+
+fn metrics(http: &str) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect(http).with_context(|| format!("connecting to {http}"))?;
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+/// `(le, cumulative count)` of the trigger → ack histogram, plus counters.
+fn snapshot(http: &str) -> anyhow::Result<(Vec<(f64, u64)>, BTreeMap<String, u64>)> {
+    let body = metrics(http)?;
+    let mut buckets = Vec::new();
+    let mut counters = BTreeMap::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = value.parse::<f64>() else { continue };
+        if series.contains("stage_latency_microseconds_bucket") && series.contains("trigger_to_ack") {
+            let le = series
+                .split("le=\"")
+                .nth(1)
+                .and_then(|x| x.split('"').next())
+                .unwrap_or("+Inf");
+            buckets.push((le.parse().unwrap_or(f64::INFINITY), v as u64));
+        }
+        for name in [
+            "decisions_total",
+            "decisions_dropped_total",
+            "signals_accepted_total",
+            "model_swaps_total",
+            "publish_dropped_total",
+        ] {
+            if series.starts_with(&format!("ml_assets_core_{name}")) {
+                counters.insert(name.to_owned(), v as u64);
+            }
+        }
+    }
+    Ok((buckets, counters))
+}
+
+/// The bucket bound at quantile `q` of the difference of two snapshots.
+fn bucket_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> f64 {
+    let diff: Vec<(f64, u64)> = after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| (a.0, a.1.saturating_sub(b.1)))
+        .collect();
+    let total = diff.last().map_or(0, |d| d.1);
+    let want = (total as f64 * q).ceil() as u64;
+    diff.iter()
+        .find(|(_, c)| *c >= want)
+        .map_or(f64::INFINITY, |(le, _)| *le)
+}
+
+struct Phase {
+    name: &'static str,
+    decisions: u64,
+    dropped: u64,
+    seconds: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    visible: Option<Percentiles>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let cfg = config::load(&a.config_dir, a.env.parse()?, &ProcessEnv)?;
+    let strat = cfg
+        .universe
+        .strategies
+        .first()
+        .context("no strategy in universe.yaml")?
+        .clone();
+    let n = strat.symbols.len();
+    let ids: Vec<u32> = strat.symbols.iter().map(|s| s.id).collect();
+    let spec = SynthSpec {
+        seed: 99,
+        symbols: n.min(32),
+        start_day: 20_458,
+        days: 1,
+        interval_ms: 1_000,
+    };
+    let mut quotes: Vec<Quote> = Generator::new(spec)?.day(20_458).into_iter().flatten().collect();
+    quotes.sort_by_key(|q| (q.ts_ns, q.symbol));
+
+    // Baselines: one decision's guarded publishes (32, pipelined) by a plain
+    // client, and bare ONNX Runtime for one decision.
+    let guard = Guard::new(
+        Keys::new(&format!("{}-loadgen-baseline", cfg.redis.namespace)),
+        1000,
+    );
+    let mut conn = redis::Client::open(cfg.redis.url.expose())?.get_connection()?;
+    Guard::load(&mut conn)?;
+    let change = mlcore_models::contract::ModeChange {
+        strategy: &strat.id,
+        expected_version: guard.read_mode(&mut conn, &strat.id)?.version,
+        mode: mlcore_models::contract::OpsMode::Active,
+        reason: "loadgen baseline",
+        actor: "loadgen",
+        request_id: "loadgen",
+    };
+    guard.set_mode(&mut conn, &change)?;
+    let mut seq = guard.high_water_mark(&mut conn, &strat.id)?;
+    let names: Vec<String> = strat.symbols.iter().map(|s| s.symbol.clone()).collect();
+    let baseline = Percentiles::measure(500, 50, || {
+        seq += 1;
+        let now = mlcore_daemon::log::now_ms();
+        let batch = SignalBatch {
+            strategy: strat.id.clone(),
+            seq,
+            generated_at_ms: now,
+            valid_until_ms: now + 60_000,
+            model_id: "baseline".into(),
+            model_version: 1,
+            signals: names
+                .iter()
+                .map(|s| Signal {
+                    symbol: s.clone(),
+                    side: Side::Long,
+                    weight: 0.01,
+                    qty: 1e5,
+                    return_prob: 0.6,
+                    risk_score: 0.1,
+                })
+                .collect(),
+        };
+        let _ = guard.publish(&mut conn, &batch);
+    });
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}-loadgen-baseline:*", cfg.redis.namespace))
+        .query(&mut conn)?;
+    if !keys.is_empty() {
+        let _: () = redis::cmd("UNLINK").arg(&keys).query(&mut conn)?;
+    }
+    let ort = {
+        let model = mlcore_benches::sample_model();
+        let mut scorer = mlcore_models::scoring::ModelScorer::new(&model, 32)?;
+        scorer.warm_up(32, 50)?;
+        let x = vec![0.1f32; 32 * mlcore_models::features::N_FEATURES];
+        Percentiles::measure(2000, 200, || {
+            let _ = scorer.score(&x, 32);
+        })
+    };
+
+    // Reader: follow the daemon's stream; visible latency per batch (ms).
+    let stream = format!("{}:{{{}}}:signals", cfg.redis.namespace, strat.id);
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (url, stop, stream) = (
+            cfg.redis.url.expose().to_owned(),
+            Arc::clone(&stop),
+            stream.clone(),
+        );
+        std::thread::spawn(move || -> Vec<Duration> {
+            let mut out = Vec::new();
+            let Ok(mut c) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
+                return out;
+            };
+            let mut last = "$".to_owned();
+            let mut seen_seq = String::new();
+            while !stop.load(Ordering::Relaxed) {
+                let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREAD")
+                    .arg("BLOCK")
+                    .arg(200)
+                    .arg("STREAMS")
+                    .arg(&stream)
+                    .arg(&last)
+                    .query(&mut c)
+                    .ok()
+                    .flatten();
+                let now = mlcore_daemon::log::now_ms();
+                for key in reply.map(|r| r.keys).unwrap_or_default() {
+                    for e in key.ids {
+                        let seq: String = e.get("seq").unwrap_or_default();
+                        if seq != seen_seq {
+                            let gen: u64 = e.get("generated_at_ms").unwrap_or(now);
+                            out.push(Duration::from_millis(now.saturating_sub(gen)));
+                            seen_seq = seq;
+                        }
+                        last = e.id.clone();
+                    }
+                }
+            }
+            out
+        })
+    };
+
+    let mut tcp = TcpStream::connect(&a.addr).with_context(|| format!("connecting to {}", a.addr))?;
+    tcp.set_nodelay(true)?;
+    let mut buf = Vec::with_capacity(1 << 16);
+    let mut qi = 0usize;
+    // Warm the features up.
+    for q in quotes.iter().take(n * 120) {
+        encode(
+            &Frame::Quote {
+                ts_ns: 0,
+                symbol_id: ids[usize::from(q.symbol)],
+                bid: q.bid,
+                ask: q.ask,
+                bid_size: q.bid_size,
+                ask_size: q.ask_size,
+            },
+            &mut buf,
+        );
+        qi += 1;
+    }
+    tcp.write_all(&buf)?;
+    buf.clear();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut run_phase = |name: &'static str, swap: bool, tcp: &mut TcpStream| -> anyhow::Result<Phase> {
+        let (b0, c0) = snapshot(&a.http)?;
+        let start = Instant::now();
+        let period = Duration::from_nanos(1_000_000_000 / a.rate.max(1));
+        let mut next = start;
+        let mut next_swap = start + Duration::from_millis(a.swap_every_ms.max(1));
+        let mut sent = 0u64;
+        while start.elapsed() < Duration::from_secs(a.seconds) {
+            // One quote per symbol between decisions, then a trigger.
+            for _ in 0..n {
+                let q = quotes[qi % quotes.len()];
+                qi += 1;
+                encode(
+                    &Frame::Quote {
+                        ts_ns: 0,
+                        symbol_id: ids[usize::from(q.symbol)],
+                        bid: q.bid,
+                        ask: q.ask,
+                        bid_size: q.bid_size,
+                        ask_size: q.ask_size,
+                    },
+                    &mut buf,
+                );
+            }
+            let ts = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos() as i64;
+            encode(
+                &Frame::Trigger {
+                    ts_ns: ts,
+                    strategy: 0,
+                },
+                &mut buf,
+            );
+            tcp.write_all(&buf)?;
+            buf.clear();
+            sent += 1;
+            if swap && Instant::now() >= next_swap {
+                drop_new_version(&a, &cfg, &strat.id)?;
+                next_swap += Duration::from_millis(a.swap_every_ms);
+            }
+            next += period;
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        std::thread::sleep(Duration::from_millis(300));
+        let (b1, c1) = snapshot(&a.http)?;
+        let d = |k: &str| {
+            c1.get(k)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(c0.get(k).copied().unwrap_or(0))
+        };
+        println!("{name}: sent {sent} triggers, {} swaps", d("model_swaps_total"));
+        Ok(Phase {
+            name,
+            decisions: d("decisions_total"),
+            dropped: d("decisions_dropped_total") + d("publish_dropped_total"),
+            seconds: secs,
+            p50: bucket_quantile(&b0, &b1, 0.5),
+            p99: bucket_quantile(&b0, &b1, 0.99),
+            p999: bucket_quantile(&b0, &b1, 0.999),
+            visible: None,
+        })
+    };
+    let mut phases = vec![run_phase("steady", false, &mut tcp)?];
+    if a.swap_every_ms > 0 {
+        phases.push(run_phase("during swaps", true, &mut tcp)?);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let visible = reader.join().unwrap_or_default();
+    if !visible.is_empty() {
+        let mut v = visible.clone();
+        v.sort();
+        let at = |q: f64| v[((v.len() - 1) as f64 * q) as usize];
+        phases[0].visible = Some(Percentiles {
+            p50: at(0.5),
+            p99: at(0.99),
+            p999: at(0.999),
+        });
+    }
+
+    println!(
+        "\n== mlcore-loadgen: {} decisions/s target, {} symbols ==",
+        a.rate, n
+    );
+    baseline.print("baseline: 32 guarded publishes, pipelined");
+    ort.print("baseline: bare ONNX Runtime, one decision");
+    for p in &phases {
+        println!(
+            "{:<13} {:>8.0} decisions/s  dropped {:>5}  trigger->ack (daemon, bucket bounds) p50 <= {} us  p99 <= {} us  p99.9 <= {} us",
+            p.name,
+            p.decisions as f64 / p.seconds,
+            p.dropped,
+            p.p50,
+            p.p99,
+            p.p999
+        );
+    }
+    if let Some(v) = phases[0].visible {
+        v.print("client: trigger -> visible in stream (ms res.)");
+    }
+    Ok(())
+}
+
+/// Re-signs `--artifact` as the next version under `models_root/<strategy>/`.
+fn drop_new_version(a: &Args, cfg: &config::AppConfig, strategy: &str) -> anyhow::Result<()> {
+    let (Some(src), Some(key)) = (&a.artifact, &a.key) else {
+        anyhow::bail!("--swap-every-ms needs --artifact and --key")
+    };
+    let key = SecretKeyFile::read(key)?;
+    let mut files = ArtifactFiles::read(src)?;
+    let mut manifest: Manifest = serde_json::from_slice(files.get(artifact::MANIFEST).context("manifest")?)?;
+    let dir = cfg.storage.models_root.join(strategy);
+    let next = std::fs::read_dir(&dir)?
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_prefix('v')?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0)
+        + 1;
+    manifest.version = next;
+    manifest.model_id = format!("{strategy}-v{next}");
+    files.0.remove(artifact::MANIFEST);
+    files.0.remove(artifact::SIGNATURE);
+    let (_, files) = artifact::seal(manifest, files, &key).map_err(anyhow::Error::msg)?;
+    files.write(&dir.join(format!("v{next}")))?;
+    Ok(())
+}
