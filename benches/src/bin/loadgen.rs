@@ -73,8 +73,11 @@ fn metrics(http: &str) -> anyhow::Result<String> {
     Ok(body)
 }
 
-/// `(le, cumulative count)` of the trigger → ack histogram, plus counters.
-fn snapshot(http: &str) -> anyhow::Result<(Vec<(f64, u64)>, BTreeMap<String, u64>)> {
+/// `(le, cumulative count)` buckets of a histogram.
+type Buckets = Vec<(f64, u64)>;
+
+/// The trigger → ack histogram and the counters, at one instant.
+fn snapshot(http: &str) -> anyhow::Result<(Buckets, BTreeMap<String, u64>)> {
     let body = metrics(http)?;
     let mut buckets = Vec::new();
     let mut counters = BTreeMap::new();
