@@ -33,6 +33,34 @@ pub enum Command {
     /// Ops modes, directly through the guard (break-glass; no approvals).
     #[command(subcommand)]
     Ops(OpsCommand),
+    /// Database administration.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `db ...`
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Apply pending migrations (schemas core and audit).
+    Migrate {
+        /// Environment.
+        #[arg(long)]
+        env: String,
+    },
+}
+
+/// `audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain and that the WORM archive agrees; names the first bad row.
+    Verify {
+        /// Environment.
+        #[arg(long)]
+        env: String,
+    },
 }
 
 /// `ops ...`

@@ -1,7 +1,9 @@
 //! `mlcore-control`: parse arguments, dispatch, exit with the command's code.
 
 use clap::Parser;
-use mlcore_control::cli::{Cli, Command, ConfigCommand, DataCommand, ModelsCommand, OpsCommand};
+use mlcore_control::cli::{
+    AuditCommand, Cli, Command, ConfigCommand, DataCommand, DbCommand, ModelsCommand, OpsCommand,
+};
 use mlcore_control::commands;
 use mlcore_models::config::ProcessEnv;
 
@@ -40,6 +42,12 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
         Command::Train(args) => commands::train(&cli.config_dir, args, &ProcessEnv, &mut out)?,
         Command::Ops(OpsCommand::SetMode(args)) => {
             commands::ops_set_mode(&cli.config_dir, args, &ProcessEnv, &mut out)?
+        }
+        Command::Db(DbCommand::Migrate { env }) => {
+            commands::db_migrate(&cli.config_dir, env, &ProcessEnv, &mut out)?
+        }
+        Command::Audit(AuditCommand::Verify { env }) => {
+            commands::audit_verify(&cli.config_dir, env, &ProcessEnv, &mut out, &mut err)?
         }
     };
     Ok(code)

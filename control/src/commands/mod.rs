@@ -1,6 +1,7 @@
 //! Command implementations. Each returns a process exit code and writes to
 //! the writers passed in, so tests can capture output.
 
+mod audit_db;
 mod config;
 mod data;
 mod models;
@@ -11,6 +12,7 @@ use std::path::Path;
 
 use mlcore_models::config::{AppConfig, ConfigError, EnvSource, Environment};
 
+pub use self::audit_db::{audit_verify, db_migrate, EXIT_TAMPERED};
 pub use self::config::config_check;
 pub use self::data::synth;
 pub use self::models::{models_inspect, models_keygen, models_sign, models_verify};

@@ -1,0 +1,294 @@
+//! The audit log: append-only, hash-chained events in `audit.events`, each
+//! also written once to the WORM archive.
+//!
+//! Every event's `hash` is sha256 over its `prev_hash` and the canonical JSON
+//! of its fields (keys sorted), so changing, deleting, inserting or
+//! reordering a row breaks the chain at that row; [`verify`] names the first
+//! bad one and also checks that the archive holds exactly the same events.
+//! Appends are serialised by a transaction-scoped advisory lock so `seq` is
+//! contiguous. The database refuses UPDATE, DELETE and TRUNCATE (trigger),
+//! and the application role may only INSERT and SELECT.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::{PgPool, Row};
+
+/// Advisory lock key that serialises appends.
+const APPEND_LOCK: i64 = 0x6d6c_636f_7265_0001;
+
+/// Why an audit operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// Database failure.
+    #[error("audit database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Archive failure.
+    #[error("WORM archive {path}: {source}")]
+    Worm {
+        /// File.
+        path: PathBuf,
+        /// Error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An event to record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    /// When, ms since the epoch.
+    pub at_ms: u64,
+    /// Kind of record (folder in the archive), e.g. `ops_request`.
+    pub record_type: String,
+    /// Kept for the critical retention period.
+    pub critical: bool,
+    /// Principal.
+    pub actor: String,
+    /// What was attempted.
+    pub action: String,
+    /// Strategy id or `global`.
+    pub scope: String,
+    /// State before.
+    pub before: serde_json::Value,
+    /// State after.
+    pub after: serde_json::Value,
+    /// `ok`, `refused: ...`, `error: ...`.
+    pub result: String,
+    /// Request id.
+    pub request_id: String,
+}
+
+/// A recorded event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the chain (1, 2, ...).
+    pub seq: i64,
+    /// The fields.
+    #[serde(flatten)]
+    pub event: NewEvent,
+    /// Hash of the previous event.
+    pub prev_hash: String,
+    /// This event's hash.
+    pub hash: String,
+}
+
+/// The hash of an event given its predecessor's.
+pub fn chain_hash(seq: i64, prev_hash: &str, e: &NewEvent) -> String {
+    let body = serde_json::json!({
+        "seq": seq, "at_ms": e.at_ms, "record_type": e.record_type, "critical": e.critical,
+        "actor": e.actor, "action": e.action, "scope": e.scope, "before": e.before,
+        "after": e.after, "result": e.result, "request_id": e.request_id,
+    });
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(b"\n");
+    h.update(body.to_string().as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// Archive path of an event: `<root>/<record_type>/YYYY/YYYYMM/<seq>-<hash>.json`.
+pub fn worm_path(root: &Path, e: &Event) -> PathBuf {
+    let (y, m, _) = mlcore_models::market::civil::from_days((e.event.at_ms / 86_400_000) as i64);
+    root.join(&e.event.record_type)
+        .join(format!("{y:04}"))
+        .join(format!("{y:04}{m:02}"))
+        .join(format!("{:012}-{}.json", e.seq, &e.hash[..16]))
+}
+
+/// Appends `e`, then archives it (mode 0444, never overwritten).
+pub async fn append(pool: &PgPool, worm_root: &Path, e: NewEvent) -> Result<Event, AuditError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(APPEND_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let last = sqlx::query("SELECT seq, hash FROM audit.events ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut *tx)
+        .await?;
+    let (seq, prev_hash) = match last {
+        Some(row) => (
+            row.try_get::<i64, _>("seq")? + 1,
+            row.try_get::<String, _>("hash")?,
+        ),
+        None => (1, String::new()),
+    };
+    let hash = chain_hash(seq, &prev_hash, &e);
+    sqlx::query(
+        "INSERT INTO audit.events (seq, at_ms, record_type, critical, actor, action, scope, before, after, result, request_id, prev_hash, hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(seq)
+    .bind(e.at_ms as i64)
+    .bind(&e.record_type)
+    .bind(e.critical)
+    .bind(&e.actor)
+    .bind(&e.action)
+    .bind(&e.scope)
+    .bind(&e.before)
+    .bind(&e.after)
+    .bind(&e.result)
+    .bind(&e.request_id)
+    .bind(&prev_hash)
+    .bind(&hash)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let event = Event {
+        seq,
+        event: e,
+        prev_hash,
+        hash,
+    };
+    archive(worm_root, &event)?;
+    Ok(event)
+}
+
+fn archive(root: &Path, e: &Event) -> Result<(), AuditError> {
+    let path = worm_path(root, e);
+    let err = |source| AuditError::Worm {
+        path: path.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let body = serde_json::to_vec(e).map_err(|x| err(std::io::Error::other(x)))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(&path)
+        .map_err(err)?;
+    f.write_all(&body).map_err(err)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o444))
+        .map_err(err)
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Rows read.
+    pub rows: usize,
+    /// The first row whose chain is broken, and why.
+    pub first_bad: Option<(i64, String)>,
+    /// Disagreements between the database and the archive.
+    pub archive: Vec<String>,
+}
+
+impl VerifyReport {
+    /// Whether everything checked out.
+    pub fn ok(&self) -> bool {
+        self.first_bad.is_none() && self.archive.is_empty()
+    }
+}
+
+/// Recomputes the chain and compares it with the archive.
+pub async fn verify(pool: &PgPool, worm_root: &Path) -> Result<VerifyReport, AuditError> {
+    let rows = sqlx::query(
+        "SELECT seq, at_ms, record_type, critical, actor, action, scope, before, after, result, request_id, prev_hash, hash
+         FROM audit.events ORDER BY seq",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut report = VerifyReport {
+        rows: rows.len(),
+        first_bad: None,
+        archive: Vec::new(),
+    };
+    let mut expected_prev = String::new();
+    // The first row kept is the anchor: retention may have removed older ones.
+    let mut expected_seq = match rows.first() {
+        Some(r) => r.try_get::<i64, _>("seq")?,
+        None => 1,
+    };
+    let mut events = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        let e = Event {
+            seq: row.try_get("seq")?,
+            event: NewEvent {
+                at_ms: row.try_get::<i64, _>("at_ms")?.max(0) as u64,
+                record_type: row.try_get("record_type")?,
+                critical: row.try_get("critical")?,
+                actor: row.try_get("actor")?,
+                action: row.try_get("action")?,
+                scope: row.try_get("scope")?,
+                before: row.try_get("before")?,
+                after: row.try_get("after")?,
+                result: row.try_get("result")?,
+                request_id: row.try_get("request_id")?,
+            },
+            prev_hash: row.try_get("prev_hash")?,
+            hash: row.try_get("hash")?,
+        };
+        if report.first_bad.is_none() {
+            let why = if e.seq != expected_seq {
+                Some(format!(
+                    "expected seq {expected_seq}: a row was deleted or inserted"
+                ))
+            } else if i > 0 && e.prev_hash != expected_prev {
+                Some(
+                    "prev_hash does not match the previous row: rows were reordered, deleted or inserted"
+                        .to_owned(),
+                )
+            } else if chain_hash(e.seq, &e.prev_hash, &e.event) != e.hash {
+                Some("content does not match its hash: the row was changed".to_owned())
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                report.first_bad = Some((e.seq, why));
+            }
+        }
+        expected_prev = e.hash.clone();
+        expected_seq = e.seq + 1;
+        events.push(e);
+    }
+    // The archive must hold the same events, byte for byte.
+    let mut archived = 0usize;
+    for e in &events {
+        let path = worm_path(worm_root, e);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                archived += 1;
+                if serde_json::from_slice::<Event>(&bytes).ok().as_ref() != Some(e) {
+                    report
+                        .archive
+                        .push(format!("{} differs from database row {}", path.display(), e.seq));
+                }
+            }
+            Err(_) => report.archive.push(format!(
+                "database row {} has no archive file {}",
+                e.seq,
+                path.display()
+            )),
+        }
+    }
+    let on_disk = count_files(worm_root);
+    if on_disk > archived {
+        report.archive.push(format!(
+            "the archive holds {} file(s) with no database row",
+            on_disk - archived
+        ));
+    }
+    Ok(report)
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        count_files(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
