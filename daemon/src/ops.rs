@@ -62,6 +62,15 @@ impl OpsTable {
         self.versions.get(s).map_or(0, |v| v.load(Ordering::Acquire))
     }
 
+    /// Forces `halted`: the ops state is absent (e.g. Redis restarted empty),
+    /// whatever version was seen before.
+    fn force_halted(&self, s: usize) {
+        if let (Some(m), Some(v)) = (self.modes.get(s), self.versions.get(s)) {
+            m.store(to_u8(OpsMode::Halted), Ordering::Release);
+            v.store(0, Ordering::Release);
+        }
+    }
+
     fn set(&self, s: usize, mode: OpsMode, version: u64) {
         // Never go back to an older version (a late reconciliation read).
         if let (Some(m), Some(v)) = (self.modes.get(s), self.versions.get(s)) {
@@ -98,6 +107,7 @@ pub fn watch(
                 if Instant::now() >= next_reconcile {
                     for (s, id) in strategies.iter().enumerate() {
                         match guard.read_mode(&mut reader, id) {
+                            Ok(state) if state.fail_closed => table.force_halted(s),
                             Ok(state) => table.set(s, state.mode, state.version),
                             Err(e) => {
                                 return Err(redis::RedisError::from((
@@ -157,5 +167,23 @@ pub fn watch(
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_millis(cfg.reconnect.max_ms.max(1)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_never_go_back_a_version_but_absent_state_halts() {
+        let t = OpsTable::new(1);
+        assert_eq!(t.mode(0), OpsMode::Halted, "fail closed before the first read");
+        t.set(0, OpsMode::Active, 3);
+        t.set(0, OpsMode::Flatten, 2); // a late, older read
+        assert_eq!((t.mode(0), t.version(0)), (OpsMode::Active, 3));
+        t.force_halted(0); // Redis came back empty
+        assert_eq!(t.mode(0), OpsMode::Halted);
+        t.set(0, OpsMode::Active, 1);
+        assert_eq!(t.mode(0), OpsMode::Active);
     }
 }
