@@ -33,6 +33,12 @@ pub enum Command {
     /// Ops modes, directly through the guard (break-glass; no approvals).
     #[command(subcommand)]
     Ops(OpsCommand),
+    /// Serve the HTTP API (`control.yaml` `listen`); run `db migrate` first.
+    Serve {
+        /// Environment.
+        #[arg(long)]
+        env: String,
+    },
     /// Database administration.
     #[command(subcommand)]
     Db(DbCommand),

@@ -3,6 +3,7 @@
 //! - [`cli`]: the command tree (`config check`, ...), parsed with clap.
 //! - [`commands`]: what each command does; `main.rs` only parses and calls.
 
+pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod commands;

@@ -43,6 +43,7 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
         Command::Ops(OpsCommand::SetMode(args)) => {
             commands::ops_set_mode(&cli.config_dir, args, &ProcessEnv, &mut out)?
         }
+        Command::Serve { env } => commands::serve(&cli.config_dir, env, &ProcessEnv, &mut out)?,
         Command::Db(DbCommand::Migrate { env }) => {
             commands::db_migrate(&cli.config_dir, env, &ProcessEnv, &mut out)?
         }

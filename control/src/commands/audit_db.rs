@@ -55,3 +55,21 @@ pub fn audit_verify(
     }
     Ok(EXIT_TAMPERED)
 }
+
+/// Serves the API until the process is stopped.
+pub fn serve(config_dir: &Path, env: &str, vars: &dyn EnvSource, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let cfg = load_config(config_dir, env, vars)?;
+    let listen = cfg.control.listen.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let state = crate::api::state(cfg).await?;
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        writeln!(out, "listening http={}", listener.local_addr()?)?;
+        out.flush()?;
+        axum::serve(listener, crate::api::router(state)).await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(0)
+}

@@ -1,0 +1,110 @@
+//! The control-plane HTTP API (axum, JSON, `/v1`). Deny by default: every
+//! handler authenticates and states the roles it admits; mutating routes are
+//! rate-limited per principal and audited.
+
+pub mod auth;
+pub mod error;
+pub mod ops;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use mlcore_models::config::AppConfig;
+use mlcore_models::contract::Guard;
+use sqlx::PgPool;
+
+use self::auth::Principal;
+use self::error::ApiError;
+
+/// Per-principal token buckets for mutating routes.
+#[derive(Debug)]
+pub struct Limiter {
+    per_minute: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl Limiter {
+    /// From `control.yaml`'s `rate_limit`.
+    pub fn new(per_minute: u32, burst: u32) -> Self {
+        Self {
+            per_minute: f64::from(per_minute),
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a token for `who`, or refuses with 429.
+    pub fn check(&self, who: &str) -> Result<(), ApiError> {
+        let mut b = self
+            .buckets
+            .lock()
+            .map_err(|_| ApiError::internal("rate limiting"))?;
+        let now = Instant::now();
+        let entry = b.entry(who.to_owned()).or_insert((self.burst, now));
+        let refill = now.duration_since(entry.1).as_secs_f64() * self.per_minute / 60.0;
+        entry.0 = (entry.0 + refill).min(self.burst);
+        entry.1 = now;
+        if entry.0 >= 1.0 {
+            entry.0 -= 1.0;
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                format!("{who} exceeded {} mutating requests per minute", self.per_minute),
+            ))
+        }
+    }
+}
+
+/// Shared state of the handlers.
+#[derive(Debug)]
+pub struct AppState {
+    /// Resolved configuration.
+    pub config: Arc<AppConfig>,
+    /// PostgreSQL.
+    pub pool: PgPool,
+    /// Callers.
+    pub principals: Vec<Principal>,
+    /// Guard client.
+    pub guard: Guard,
+    /// Rate limits.
+    pub limiter: Limiter,
+}
+
+/// The router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.control.max_body_bytes;
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/v1/ops", get(ops::status))
+        .route("/v1/ops/requests", post(ops::create))
+        .route("/v1/ops/requests/{id}/{verdict}", post(ops::decide))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "ROUTE_NOT_FOUND", "no such route") })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Builds the state: pool (migrations must have run), principals, guard.
+pub async fn state(config: AppConfig) -> Result<Arc<AppState>, crate::db::DbError> {
+    let pool = crate::db::connect(&config.database).await?;
+    Ok(Arc::new(AppState {
+        principals: auth::principals(&config.control),
+        guard: ops::guard_for(&config),
+        limiter: Limiter::new(
+            config.control.rate_limit.per_minute,
+            config.control.rate_limit.burst,
+        ),
+        pool,
+        config: Arc::new(config),
+    }))
+}

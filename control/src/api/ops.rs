@@ -1,0 +1,481 @@
+//! Ops requests: safety actions (`halt`, `reduce_only`) apply at once for an
+//! operator; `flatten`, `resume` and `rollback` wait for a second principal
+//! with `approver`. Applied through the guard's compare-and-set; every
+//! mutating request — refused ones too — is audited.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use mlcore_models::config::Role;
+use mlcore_models::contract::{Guard, Heartbeat, Keys, ModeChange, OpsMode, RedisConn, SetModeOutcome};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::Row;
+
+use super::auth::{authenticate, require, Principal};
+use super::error::ApiError;
+use super::AppState;
+use crate::audit::{self, NewEvent};
+
+/// `POST /v1/ops/requests` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsRequestBody {
+    /// `halt | reduce_only | flatten | resume | rollback`.
+    pub action: String,
+    /// A strategy id or `global`.
+    pub scope: String,
+    /// Why.
+    pub reason: String,
+}
+
+fn now_ms() -> u64 {
+    crate::commands::now_ms()
+}
+
+fn bad_json(r: JsonRejection) -> ApiError {
+    let status = r.status();
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "REQUEST_TOO_LARGE",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "REQUEST_NOT_JSON",
+        _ => "REQUEST_MALFORMED",
+    };
+    ApiError::new(status, code, r.body_text())
+}
+
+/// Audits one request. `after` holds, per strategy, the mode before and
+/// after (`from`, `to`) when something was applied.
+async fn record(
+    state: &AppState,
+    who: &str,
+    action: &str,
+    scope: &str,
+    after: Value,
+    result: &str,
+    request_id: &str,
+) -> Result<(), ApiError> {
+    let e = NewEvent {
+        at_ms: now_ms(),
+        record_type: "ops_request".into(),
+        critical: true,
+        actor: who.into(),
+        action: action.into(),
+        scope: scope.into(),
+        before: Value::Null,
+        after,
+        result: result.into(),
+        request_id: request_id.into(),
+    };
+    audit::append(&state.pool, &state.config.storage.worm_root, e)
+        .await
+        .map(|_| ())
+        .map_err(|_| ApiError::internal("writing the audit log"))
+}
+
+fn target_mode(action: &str) -> Option<OpsMode> {
+    match action {
+        "halt" => Some(OpsMode::Halted),
+        "reduce_only" => Some(OpsMode::ReduceOnly),
+        "flatten" => Some(OpsMode::Flatten),
+        "resume" => Some(OpsMode::Active),
+        _ => None,
+    }
+}
+
+/// Applies `mode` to every strategy of `scope`; the per-strategy results.
+async fn apply(
+    state: &Arc<AppState>,
+    scope: &str,
+    mode: OpsMode,
+    reason: &str,
+    actor: &str,
+    request_id: &str,
+) -> Result<Value, ApiError> {
+    let strategies: Vec<String> = if scope == "global" {
+        state
+            .config
+            .universe
+            .strategies
+            .iter()
+            .map(|s| s.id.clone())
+            .collect()
+    } else {
+        vec![scope.to_owned()]
+    };
+    let (cfg, guard) = (state.config.redis.clone(), state.guard.clone());
+    let (reason, actor, request_id) = (reason.to_owned(), actor.to_owned(), request_id.to_owned());
+    let outcome = tokio::task::spawn_blocking(move || -> Result<Value, String> {
+        let mut conn = RedisConn::connect(&cfg).map_err(|e| e.to_string())?;
+        let mut out = serde_json::Map::new();
+        for s in &strategies {
+            let current = guard.read_mode(&mut conn, s).map_err(|e| e.to_string())?;
+            let change = ModeChange {
+                strategy: s,
+                expected_version: current.version,
+                mode,
+                reason: &reason,
+                actor: &actor,
+                request_id: &request_id,
+            };
+            match guard.set_mode(&mut conn, &change).map_err(|e| e.to_string())? {
+                SetModeOutcome::Applied { version } => {
+                    out.insert(
+                        s.clone(),
+                        json!({"from": current.mode.as_str(), "to": mode.as_str(), "version": version}),
+                    );
+                }
+                SetModeOutcome::Conflict { current_version } => {
+                    out.insert(s.clone(), json!({"conflict": current_version}));
+                }
+            }
+        }
+        Ok(Value::Object(out))
+    })
+    .await
+    .map_err(|_| ApiError::internal("applying the mode"))?
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "OPS_REDIS_UNAVAILABLE",
+            format!("Redis: {e}"),
+        )
+    })?;
+    if outcome
+        .as_object()
+        .is_some_and(|m| m.values().any(|v| v.get("conflict").is_some()))
+    {
+        let mut e = ApiError::new(
+            StatusCode::CONFLICT,
+            "OPS_CONFLICT",
+            "another change to the mode won the compare-and-set",
+        );
+        e.details = outcome;
+        return Err(e);
+    }
+    Ok(outcome)
+}
+
+fn new_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "ops-{:x}-{:x}-{}",
+        now_ms(),
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `POST /v1/ops/requests`.
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<OpsRequestBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let p: Principal = authenticate(&headers, &state.principals)?;
+    require(&p, &[Role::Operator])?;
+    state.limiter.check(&p.name)?;
+    let Json(body) = body.map_err(bad_json)?;
+    let id = new_id();
+    let valid_scope = body.scope == "global" || state.config.strategy(&body.scope).is_some();
+    let known = ["halt", "reduce_only", "flatten", "resume", "rollback"].contains(&body.action.as_str());
+    if !known || !valid_scope || body.reason.trim().is_empty() {
+        let (code, msg) = if !known {
+            (
+                "OPS_ACTION_UNKNOWN",
+                format!(
+                    "unknown action `{}` (halt, reduce_only, flatten, resume, rollback)",
+                    body.action
+                ),
+            )
+        } else if !valid_scope {
+            (
+                "OPS_SCOPE_UNKNOWN",
+                format!("unknown scope `{}` (a strategy id or global)", body.scope),
+            )
+        } else {
+            ("OPS_REASON_MISSING", "a reason is required".to_owned())
+        };
+        record(
+            &state,
+            &p.name,
+            &body.action,
+            &body.scope,
+            Value::Null,
+            &format!("refused: {code}"),
+            &id,
+        )
+        .await?;
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, msg));
+    }
+    if body.action == "rollback" {
+        record(
+            &state,
+            &p.name,
+            "rollback",
+            &body.scope,
+            Value::Null,
+            "refused: OPS_ROLLBACK_NO_REGISTRY",
+            &id,
+        )
+        .await?;
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "OPS_ROLLBACK_NO_REGISTRY",
+            "rollback needs the model registry, which this build does not have yet",
+        ));
+    }
+    let Some(mode) = target_mode(&body.action) else {
+        return Err(ApiError::internal("mapping the action"));
+    };
+    if matches!(mode, OpsMode::Halted | OpsMode::ReduceOnly) {
+        // Safety actions: an operator applies them at once.
+        let result = apply(&state, &body.scope, mode, &body.reason, &p.name, &id).await;
+        let (after, label) = match &result {
+            Ok(v) => (v.clone(), "ok".to_owned()),
+            Err(e) => (e.details.clone(), format!("refused: {}", e.code)),
+        };
+        record(
+            &state,
+            &p.name,
+            &body.action,
+            &body.scope,
+            after.clone(),
+            &label,
+            &id,
+        )
+        .await?;
+        result?;
+        return Ok((
+            StatusCode::CREATED,
+            Json(json!({"id": id, "status": "applied", "result": after})),
+        ));
+    }
+    let expires = now_ms() + state.config.control.approvals.ttl_s * 1000;
+    sqlx::query("INSERT INTO core.ops_requests (id, action, scope, reason, requested_by, requested_at_ms, expires_at_ms, status) VALUES ($1,$2,$3,$4,$5,$6,$7,'pending')")
+        .bind(&id)
+        .bind(&body.action)
+        .bind(&body.scope)
+        .bind(&body.reason)
+        .bind(&p.name)
+        .bind(now_ms() as i64)
+        .bind(expires as i64)
+        .execute(&state.pool)
+        .await
+        .map_err(|_| ApiError::internal("storing the request"))?;
+    record(
+        &state,
+        &p.name,
+        &body.action,
+        &body.scope,
+        json!({"status": "pending"}),
+        "pending approval",
+        &id,
+    )
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "status": "pending", "expires_at_ms": expires})),
+    ))
+}
+
+/// `POST /v1/ops/requests/{id}/approve` and `/reject`.
+pub async fn decide(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((id, verdict)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let p = authenticate(&headers, &state.principals)?;
+    require(&p, &[Role::Approver])?;
+    state.limiter.check(&p.name)?;
+    if verdict != "approve" && verdict != "reject" {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "ROUTE_NOT_FOUND",
+            "use /approve or /reject",
+        ));
+    }
+    let row = sqlx::query("SELECT action, scope, reason, requested_by, expires_at_ms, status FROM core.ops_requests WHERE id = $1")
+        .bind(&id)
+        .fetch_optional(&state.pool)
+        .await
+        .map_err(|_| ApiError::internal("reading the request"))?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "OPS_REQUEST_NOT_FOUND", format!("no request {id}")))?;
+    let get = |c: &str| row.try_get::<String, _>(c).unwrap_or_default();
+    let (action, scope, reason, requester, status) = (
+        get("action"),
+        get("scope"),
+        get("reason"),
+        get("requested_by"),
+        get("status"),
+    );
+    let expires: i64 = row.try_get("expires_at_ms").unwrap_or(0);
+    let refuse =
+        |status: StatusCode, code: &'static str, msg: String| (ApiError::new(status, code, msg), code);
+    let refusal = if status != "pending" {
+        Some(refuse(
+            StatusCode::CONFLICT,
+            "OPS_REQUEST_DECIDED",
+            format!("request {id} is already {status}"),
+        ))
+    } else if now_ms() as i64 >= expires {
+        let _ = sqlx::query("UPDATE core.ops_requests SET status='expired' WHERE id=$1 AND status='pending'")
+            .bind(&id)
+            .execute(&state.pool)
+            .await;
+        Some(refuse(
+            StatusCode::CONFLICT,
+            "OPS_REQUEST_EXPIRED",
+            format!("request {id} expired"),
+        ))
+    } else if requester == p.name {
+        Some(refuse(
+            StatusCode::FORBIDDEN,
+            "OPS_APPROVAL_SELF",
+            "the requester cannot approve or reject their own request".into(),
+        ))
+    } else {
+        None
+    };
+    if let Some((err, code)) = refusal {
+        record(
+            &state,
+            &p.name,
+            &format!("{verdict} {action}"),
+            &scope,
+            Value::Null,
+            &format!("refused: {code}"),
+            &id,
+        )
+        .await?;
+        return Err(err);
+    }
+    // Claim the request atomically: a replayed approval finds it decided.
+    let new_status = if verdict == "approve" {
+        "applying"
+    } else {
+        "rejected"
+    };
+    let claimed = sqlx::query("UPDATE core.ops_requests SET status=$2, decided_by=$3, decided_at_ms=$4 WHERE id=$1 AND status='pending'")
+        .bind(&id)
+        .bind(new_status)
+        .bind(&p.name)
+        .bind(now_ms() as i64)
+        .execute(&state.pool)
+        .await
+        .map_err(|_| ApiError::internal("claiming the request"))?
+        .rows_affected();
+    if claimed == 0 {
+        record(
+            &state,
+            &p.name,
+            &format!("{verdict} {action}"),
+            &scope,
+            Value::Null,
+            "refused: OPS_REQUEST_DECIDED",
+            &id,
+        )
+        .await?;
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "OPS_REQUEST_DECIDED",
+            format!("request {id} was decided concurrently"),
+        ));
+    }
+    if verdict == "reject" {
+        record(
+            &state,
+            &p.name,
+            &format!("reject {action}"),
+            &scope,
+            json!({"status": "rejected"}),
+            "ok",
+            &id,
+        )
+        .await?;
+        return Ok(Json(json!({"id": id, "status": "rejected"})));
+    }
+    let Some(mode) = target_mode(&action) else {
+        return Err(ApiError::internal("mapping the action"));
+    };
+    let result = apply(
+        &state,
+        &scope,
+        mode,
+        &reason,
+        &format!("{requester}+{}", p.name),
+        &id,
+    )
+    .await;
+    let (final_status, after, label) = match &result {
+        Ok(v) => ("applied", v.clone(), "ok".to_owned()),
+        Err(e) => ("failed", e.details.clone(), format!("refused: {}", e.code)),
+    };
+    let _ = sqlx::query("UPDATE core.ops_requests SET status=$2, result=$3 WHERE id=$1")
+        .bind(&id)
+        .bind(final_status)
+        .bind(after.to_string())
+        .execute(&state.pool)
+        .await;
+    record(
+        &state,
+        &p.name,
+        &format!("approve {action}"),
+        &scope,
+        after.clone(),
+        &label,
+        &id,
+    )
+    .await?;
+    result?;
+    Ok(Json(json!({"id": id, "status": "applied", "result": after})))
+}
+
+/// `GET /v1/ops`: each strategy's mode and what the daemons report.
+pub async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let p = authenticate(&headers, &state.principals)?;
+    require(&p, &[Role::Viewer, Role::Operator, Role::Approver])?;
+    let (cfg, guard) = (state.config.clone(), state.guard.clone());
+    let missing_after = cfg.control.heartbeat_missing_after_ms;
+    let out = tokio::task::spawn_blocking(move || -> Result<Value, String> {
+        let mut conn = RedisConn::connect(&cfg.redis).map_err(|e| e.to_string())?;
+        let keys = Keys::new(&cfg.redis.namespace);
+        let daemons = Heartbeat::known_instances(&mut conn, &keys).map_err(|e| e.to_string())?;
+        let mut heartbeats = Vec::new();
+        for (instance, _) in &daemons {
+            heartbeats.push((instance.clone(), Heartbeat::read(&mut conn, &keys, instance).map_err(|e| e.to_string())?));
+        }
+        let now = now_ms();
+        let mut strategies = Vec::new();
+        for s in &cfg.universe.strategies {
+            let st = guard.read_mode(&mut conn, &s.id).map_err(|e| e.to_string())?;
+            let reports: Vec<Value> = heartbeats
+                .iter()
+                .map(|(inst, hb)| match hb {
+                    Some(hb) => {
+                        let seen = hb.modes.get(&s.id).cloned().unwrap_or_default();
+                        json!({"instance": inst, "mode": seen, "model": hb.models.get(&s.id), "disagrees": seen != st.mode.as_str(),
+                               "silent": now.saturating_sub(hb.at_ms) > missing_after})
+                    }
+                    None => json!({"instance": inst, "silent": true}),
+                })
+                .collect();
+            strategies.push(json!({"strategy": s.id, "mode": st.mode.as_str(), "version": st.version, "actor": st.actor,
+                                   "reason": st.reason, "request_id": st.request_id, "updated_at_ms": st.updated_at_ms,
+                                   "fail_closed": st.fail_closed, "daemons": reports}));
+        }
+        Ok(json!({"strategies": strategies}))
+    })
+    .await
+    .map_err(|_| ApiError::internal("reading ops state"))?
+    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "OPS_REDIS_UNAVAILABLE", format!("Redis: {e}")))?;
+    Ok(Json(out))
+}
+
+/// Keeps `Guard` in the signature set used by the router.
+pub fn guard_for(cfg: &mlcore_models::config::AppConfig) -> Guard {
+    Guard::new(Keys::new(&cfg.redis.namespace), cfg.redis.stream_maxlen)
+}

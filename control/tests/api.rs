@@ -1,0 +1,272 @@
+//! The ops API against real PostgreSQL (a fresh database) and Redis (a
+//! private namespace): authentication and roles, two-person approval,
+//! self-approval, replay, expiry, bad input, and the audit trail.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // fixture helpers outside #[test] fns: a broken fixture should panic
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mlcore_control::{api, audit, db};
+use mlcore_models::config::{self, Environment, MapEnv, Secret};
+use mlcore_models::contract::{Guard, Keys, OpsMode};
+use mlcore_models::testutil::{self, RedisNamespace};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const OPERATOR: &str = "dev-operator-token";
+const APPROVER: &str = "dev-approver-token";
+const VIEWER: &str = "dev-viewer-token";
+const ADMIN: &str = "dev-admin-token";
+
+struct Fixture {
+    addr: String,
+    ns: RedisNamespace,
+    db: String,
+    admin_dsn: String,
+    worm: tempfile::TempDir,
+    state: Arc<api::AppState>,
+}
+
+async fn fixture(approval_ttl_s: u64) -> Fixture {
+    let admin_dsn = testutil::pg_dsn();
+    let db_name = testutil::unique_name("mlcore_api");
+    let admin = sqlx::PgPool::connect(&admin_dsn)
+        .await
+        .expect("PostgreSQL must answer");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db_name}\"")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let dsn = format!("{}/{db_name}", admin_dsn.rsplit_once('/').unwrap().0);
+    let vars = MapEnv::new()
+        .with("MLCORE_REDIS_URL", &testutil::redis_url())
+        .with("MLCORE_PG_DSN", &dsn);
+    let mut cfg = config::load(
+        &testutil::workspace_root().join("configs"),
+        Environment::Dev,
+        &vars,
+    )
+    .unwrap();
+    let ns = RedisNamespace::new();
+    let worm = tempfile::tempdir().unwrap();
+    cfg.redis.namespace = ns.ns.clone();
+    cfg.storage.worm_root = worm.path().to_owned();
+    cfg.control.approvals.ttl_s = approval_ttl_s;
+    cfg.database.dsn = Secret::literal(&dsn);
+    db::migrate(&cfg.database).await.unwrap();
+    let state = api::state(cfg).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let router = api::router(Arc::clone(&state));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Fixture {
+        addr,
+        ns,
+        db: db_name,
+        admin_dsn,
+        worm,
+        state,
+    }
+}
+
+impl Fixture {
+    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+        let mut s = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.unwrap();
+        let code = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let json = resp
+            .split_once("\r\n\r\n")
+            .and_then(|(_, b)| serde_json::from_str(b).ok())
+            .unwrap_or(Value::Null);
+        (code, json)
+    }
+
+    fn mode(&self) -> (OpsMode, u64) {
+        let guard = Guard::new(Keys::new(&self.ns.ns), 100);
+        let st = guard
+            .read_mode(&mut testutil::redis_connection(), "fx_g10")
+            .unwrap();
+        (st.mode, st.version)
+    }
+
+    async fn audit_rows(&self) -> usize {
+        audit::verify(&self.state.pool, self.worm.path())
+            .await
+            .unwrap()
+            .rows
+    }
+
+    async fn finish(self) {
+        let report = audit::verify(&self.state.pool, self.worm.path()).await.unwrap();
+        assert!(report.ok(), "audit chain after the test: {report:?}");
+        self.state.pool.close().await;
+        let admin = sqlx::PgPool::connect(&self.admin_dsn).await.unwrap();
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.db
+        )))
+        .execute(&admin)
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn halt_applies_at_once_and_flatten_needs_a_second_principal() {
+    let f = fixture(900).await;
+    // Halt: an operator applies it at once; it is in Redis when the call returns.
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let (code, body) = f
+            .call(
+                "POST",
+                "/v1/ops/requests",
+                Some(OPERATOR),
+                r#"{"action":"halt","scope":"fx_g10","reason":"drill"}"#,
+            )
+            .await;
+        assert_eq!(code, 201, "{body}");
+        assert_eq!(f.mode().0, OpsMode::Halted);
+        best = best.min(t.elapsed());
+    }
+    eprintln!("halt request → visible in Redis: best of 3 {best:?}");
+    assert!(best < Duration::from_millis(100), "halt took {best:?}");
+
+    // Flatten: pending until another principal with `approver` says yes.
+    let (code, body) = f
+        .call(
+            "POST",
+            "/v1/ops/requests",
+            Some(ADMIN),
+            r#"{"action":"flatten","scope":"global","reason":"risk off"}"#,
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    assert_eq!(f.mode().0, OpsMode::Halted, "nothing applied before approval");
+    let approve = format!("/v1/ops/requests/{id}/approve");
+    let (code, body) = f.call("POST", &approve, Some(ADMIN), "").await;
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (403, Some("OPS_APPROVAL_SELF")),
+        "admin cannot approve own request"
+    );
+    let (code, _) = f.call("POST", &approve, Some(OPERATOR), "").await;
+    assert_eq!(code, 403, "operators cannot approve");
+    let (code, body) = f.call("POST", &approve, Some(APPROVER), "").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(f.mode().0, OpsMode::Flatten);
+    let (code, body) = f.call("POST", &approve, Some(APPROVER), "").await;
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (409, Some("OPS_REQUEST_DECIDED")),
+        "a replayed approval is refused"
+    );
+
+    // GET /v1/ops for a viewer.
+    let (code, body) = f.call("GET", "/v1/ops", Some(VIEWER), "").await;
+    assert_eq!(code, 200);
+    assert_eq!(body["strategies"][0]["mode"], "flatten");
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_are_enforced_and_bad_input_writes_nothing() {
+    let f = fixture(900).await;
+    let halt = r#"{"action":"halt","scope":"fx_g10","reason":"x"}"#;
+    assert_eq!(f.call("POST", "/v1/ops/requests", None, halt).await.0, 401);
+    assert_eq!(
+        f.call("POST", "/v1/ops/requests", Some("not-a-token"), halt)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        f.call("POST", "/v1/ops/requests", Some(VIEWER), halt).await.0,
+        403
+    );
+    assert_eq!(
+        f.call("POST", "/v1/ops/requests", Some(APPROVER), halt).await.0,
+        403
+    );
+    assert_eq!(f.call("GET", "/v1/ops", None, "").await.0, 401);
+    assert_eq!(f.call("GET", "/v1/nothing", Some(ADMIN), "").await.0, 404);
+    let before = f.mode();
+    let rows = f.audit_rows().await;
+    let cases: [(&str, u16, &str); 4] = [
+        (
+            r#"{"action":"explode","scope":"fx_g10","reason":"x"}"#,
+            422,
+            "OPS_ACTION_UNKNOWN",
+        ),
+        (
+            r#"{"action":"halt","scope":"nope","reason":"x"}"#,
+            422,
+            "OPS_SCOPE_UNKNOWN",
+        ),
+        (r#"{"action":"halt","scope":"fx_g10""#, 400, "REQUEST_MALFORMED"),
+        (
+            r#"{"action":"halt","scope":"fx_g10","reason":"x","extra":1}"#,
+            422,
+            "REQUEST_MALFORMED",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (got, json) = f.call("POST", "/v1/ops/requests", Some(OPERATOR), body).await;
+        assert_eq!(got, status, "{body}: {json}");
+        assert_eq!(json["code"].as_str(), Some(code), "{body}: {json}");
+    }
+    let huge = format!(
+        r#"{{"action":"halt","scope":"fx_g10","reason":"{}"}}"#,
+        "x".repeat(70_000)
+    );
+    let (code, json) = f.call("POST", "/v1/ops/requests", Some(OPERATOR), &huge).await;
+    assert_eq!((code, json["code"].as_str()), (413, Some("REQUEST_TOO_LARGE")));
+    assert_eq!(f.mode(), before, "refused requests change nothing in Redis");
+    assert_eq!(
+        f.audit_rows().await,
+        rows + 2,
+        "refusals of well-formed requests are audited"
+    );
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_request_cannot_be_approved() {
+    let f = fixture(0).await;
+    let (code, body) = f
+        .call(
+            "POST",
+            "/v1/ops/requests",
+            Some(OPERATOR),
+            r#"{"action":"resume","scope":"fx_g10","reason":"x"}"#,
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let id = body["id"].as_str().unwrap();
+    let (code, body) = f
+        .call(
+            "POST",
+            &format!("/v1/ops/requests/{id}/approve"),
+            Some(APPROVER),
+            "",
+        )
+        .await;
+    assert_eq!((code, body["code"].as_str()), (409, Some("OPS_REQUEST_EXPIRED")));
+    assert_eq!(f.mode().0, OpsMode::Halted, "absent state stays halted");
+    f.finish().await;
+}
