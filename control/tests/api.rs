@@ -177,6 +177,28 @@ async fn halt_applies_at_once_and_flatten_needs_a_second_principal() {
         "a replayed approval is refused"
     );
 
+    // Health, readiness and metrics.
+    assert_eq!(f.call("GET", "/healthz", None, "").await.0, 200);
+    assert_eq!(f.call("GET", "/readyz", None, "").await.0, 200);
+    let mut s = tokio::net::TcpStream::connect(&f.addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    assert!(
+        text.contains("ml_assets_core_control_approvals_pending 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ml_assets_core_control_audit_chain_length 7"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ml_assets_core_control_requests_total{class=\"4xx\"} 3"),
+        "{text}"
+    );
+
     // GET /v1/ops for a viewer.
     let (code, body) = f.call("GET", "/v1/ops", Some(VIEWER), "").await;
     assert_eq!(code, 200);

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod metrics;
 pub mod ops;
 
 use std::collections::HashMap;
@@ -13,7 +14,7 @@ use std::time::Instant;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use mlcore_models::config::AppConfig;
 use mlcore_models::contract::Guard;
 use sqlx::PgPool;
@@ -76,21 +77,26 @@ pub struct AppState {
     pub guard: Guard,
     /// Rate limits.
     pub limiter: Limiter,
+    /// Request and notification metrics.
+    pub http: metrics::HttpMetrics,
 }
 
 /// The router.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.control.max_body_bytes;
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(metrics::healthz))
+        .route("/readyz", get(metrics::readyz))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/ops", get(ops::status))
         .route("/v1/ops/requests", post(ops::create))
         .route("/v1/ops/requests/{id}/{verdict}", post(ops::decide))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "ROUTE_NOT_FOUND", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            metrics::track,
+        ))
         .with_state(state)
 }
 
@@ -104,6 +110,7 @@ pub async fn state(config: AppConfig) -> Result<Arc<AppState>, crate::db::DbErro
             config.control.rate_limit.per_minute,
             config.control.rate_limit.burst,
         ),
+        http: metrics::HttpMetrics::default(),
         pool,
         config: Arc::new(config),
     }))
