@@ -29,13 +29,7 @@ fn main() {
         days: 1,
         interval_ms: 5_000,
     };
-    let mut quotes: Vec<Quote> = Generator::new(spec)
-        .unwrap()
-        .day(20_458)
-        .into_iter()
-        .flatten()
-        .collect();
-    quotes.sort_by_key(|q| (q.ts_ns, q.symbol));
+    let quotes: Vec<Quote> = Generator::new(spec).unwrap().day_merged(20_458);
     let mut engine = FeatureEngine::new(SYMBOLS, 0);
     for q in &quotes[..SYMBOLS * 300] {
         engine.update(q);

@@ -64,13 +64,7 @@ fn main() {
         days: 1,
         interval_ms: 1000,
     };
-    let quotes: Vec<Quote> = {
-        let mut g = Generator::new(spec).unwrap();
-        let day = g.day(20_458);
-        let mut all: Vec<Quote> = day.into_iter().flatten().collect();
-        all.sort_by_key(|q| (q.ts_ns, q.symbol));
-        all
-    };
+    let quotes: Vec<Quote> = Generator::new(spec).unwrap().day_merged(20_458);
     let mut engine = FeatureEngine::new(SYMBOLS, 0);
     for q in &quotes[..SYMBOLS * 200] {
         engine.update(q);

@@ -72,13 +72,7 @@ fn per_event_hot_path_work_allocates_nothing() {
         days: 1,
         interval_ms: 5_000,
     };
-    let mut quotes: Vec<Quote> = Generator::new(spec)
-        .unwrap()
-        .day(20_458)
-        .into_iter()
-        .flatten()
-        .collect();
-    quotes.sort_by_key(|q| (q.ts_ns, q.symbol));
+    let quotes: Vec<Quote> = Generator::new(spec).unwrap().day_merged(20_458);
     let mut wire_bytes = Vec::new();
     for q in &quotes[..N * 400] {
         let f = Frame::Quote {

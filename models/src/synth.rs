@@ -233,6 +233,16 @@ impl Generator {
     }
 }
 
+impl Generator {
+    /// One trading day with every symbol's quotes merged in time order (ties
+    /// by symbol): what a feed would send.
+    pub fn day_merged(&mut self, day: i64) -> Vec<Quote> {
+        let mut all: Vec<Quote> = self.day(day).into_iter().flatten().collect();
+        all.sort_by_key(|q| (q.ts_ns, q.symbol));
+        all
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -152,8 +152,7 @@ fn main() -> anyhow::Result<()> {
         days: 1,
         interval_ms: 1_000,
     };
-    let mut quotes: Vec<Quote> = Generator::new(spec)?.day(20_458).into_iter().flatten().collect();
-    quotes.sort_by_key(|q| (q.ts_ns, q.symbol));
+    let quotes: Vec<Quote> = Generator::new(spec)?.day_merged(20_458);
 
     // Baselines: one decision's guarded publishes (32, pipelined) by a plain
     // client, and bare ONNX Runtime for one decision.

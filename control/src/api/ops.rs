@@ -75,6 +75,22 @@ async fn record(
         .map_err(|_| ApiError::internal("writing the audit log"))
 }
 
+/// Audits a refused request and hands the error back for returning.
+async fn refused(
+    state: &AppState,
+    who: &str,
+    action: &str,
+    scope: &str,
+    request_id: &str,
+    err: ApiError,
+) -> ApiError {
+    let result = format!("refused: {}", err.code);
+    match record(state, who, action, scope, Value::Null, &result, request_id).await {
+        Ok(()) => err,
+        Err(audit_failure) => audit_failure,
+    }
+}
+
 fn target_mode(action: &str) -> Option<OpsMode> {
     match action {
         "halt" => Some(OpsMode::Halted),
@@ -199,34 +215,16 @@ pub async fn create(
         } else {
             ("OPS_REASON_MISSING", "a reason is required".to_owned())
         };
-        record(
-            &state,
-            &p.name,
-            &body.action,
-            &body.scope,
-            Value::Null,
-            &format!("refused: {code}"),
-            &id,
-        )
-        .await?;
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, msg));
+        let err = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, msg);
+        return Err(refused(&state, &p.name, &body.action, &body.scope, &id, err).await);
     }
     if body.action == "rollback" {
-        record(
-            &state,
-            &p.name,
-            "rollback",
-            &body.scope,
-            Value::Null,
-            "refused: OPS_ROLLBACK_NO_REGISTRY",
-            &id,
-        )
-        .await?;
-        return Err(ApiError::new(
+        let err = ApiError::new(
             StatusCode::CONFLICT,
             "OPS_ROLLBACK_NO_REGISTRY",
             "rollback needs the model registry, which this build does not have yet",
-        ));
+        );
+        return Err(refused(&state, &p.name, "rollback", &body.scope, &id, err).await);
     }
     let Some(mode) = target_mode(&body.action) else {
         return Err(ApiError::internal("mapping the action"));
@@ -313,8 +311,7 @@ pub async fn decide(
         get("status"),
     );
     let expires: i64 = row.try_get("expires_at_ms").unwrap_or(0);
-    let refuse =
-        |status: StatusCode, code: &'static str, msg: String| (ApiError::new(status, code, msg), code);
+    let refuse = |status: StatusCode, code: &'static str, msg: String| ApiError::new(status, code, msg);
     let refusal = if status != "pending" {
         Some(refuse(
             StatusCode::CONFLICT,
@@ -340,18 +337,8 @@ pub async fn decide(
     } else {
         None
     };
-    if let Some((err, code)) = refusal {
-        record(
-            &state,
-            &p.name,
-            &format!("{verdict} {action}"),
-            &scope,
-            Value::Null,
-            &format!("refused: {code}"),
-            &id,
-        )
-        .await?;
-        return Err(err);
+    if let Some(err) = refusal {
+        return Err(refused(&state, &p.name, &format!("{verdict} {action}"), &scope, &id, err).await);
     }
     // Claim the request atomically: a replayed approval finds it decided.
     let new_status = if verdict == "approve" {
@@ -369,21 +356,12 @@ pub async fn decide(
         .map_err(|_| ApiError::internal("claiming the request"))?
         .rows_affected();
     if claimed == 0 {
-        record(
-            &state,
-            &p.name,
-            &format!("{verdict} {action}"),
-            &scope,
-            Value::Null,
-            "refused: OPS_REQUEST_DECIDED",
-            &id,
-        )
-        .await?;
-        return Err(ApiError::new(
+        let err = ApiError::new(
             StatusCode::CONFLICT,
             "OPS_REQUEST_DECIDED",
             format!("request {id} was decided concurrently"),
-        ));
+        );
+        return Err(refused(&state, &p.name, &format!("{verdict} {action}"), &scope, &id, err).await);
     }
     if verdict == "reject" {
         record(
