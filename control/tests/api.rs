@@ -29,6 +29,10 @@ struct Fixture {
 }
 
 async fn fixture(approval_ttl_s: u64) -> Fixture {
+    fixture_with(move |cfg| cfg.control.approvals.ttl_s = approval_ttl_s).await
+}
+
+async fn fixture_with(adjust: impl FnOnce(&mut config::AppConfig)) -> Fixture {
     let admin_dsn = testutil::pg_dsn();
     let db_name = testutil::unique_name("mlcore_api");
     let admin = sqlx::PgPool::connect(&admin_dsn)
@@ -52,7 +56,7 @@ async fn fixture(approval_ttl_s: u64) -> Fixture {
     let worm = tempfile::tempdir().unwrap();
     cfg.redis.namespace = ns.ns.clone();
     cfg.storage.worm_root = worm.path().to_owned();
-    cfg.control.approvals.ttl_s = approval_ttl_s;
+    adjust(&mut cfg);
     cfg.database.dsn = Secret::literal(&dsn);
     db::migrate(&cfg.database).await.unwrap();
     let state = api::state(cfg).await.unwrap();
@@ -291,4 +295,68 @@ async fn an_expired_request_cannot_be_approved() {
     assert_eq!((code, body["code"].as_str()), (409, Some("OPS_REQUEST_EXPIRED")));
     assert_eq!(f.mode().0, OpsMode::Halted, "absent state stays halted");
     f.finish().await;
+}
+
+/// A stand-in Slack that always answers `status`; counts what it receives.
+async fn slack_stand_in(status: u16) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::routing::post;
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = Arc::clone(&hits);
+    let app = axum::Router::new().route(
+        "/",
+        post(move || {
+            let h = Arc::clone(&h);
+            async move {
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                axum::http::StatusCode::from_u16(status).unwrap()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mode_changes_alert_and_a_failing_channel_never_fails_the_action() {
+    for (status, expect_metric) in [
+        (200u16, "ml_assets_core_control_notifications_sent_total 1"),
+        (500, "ml_assets_core_control_notifications_failed_total 1"),
+    ] {
+        let (url, hits) = slack_stand_in(status).await;
+        let f = fixture_with(|cfg| {
+            cfg.notifications.slack.enabled = true;
+            cfg.notifications.slack.webhook_url = Secret::literal(&url);
+            cfg.notifications.retry.initial_backoff_ms = 5;
+            cfg.notifications.retry.max_backoff_ms = 10;
+        })
+        .await;
+        let (code, body) = f
+            .call(
+                "POST",
+                "/v1/ops/requests",
+                Some(OPERATOR),
+                r#"{"action":"halt","scope":"fx_g10","reason":"alert test"}"#,
+            )
+            .await;
+        assert_eq!(code, 201, "the action succeeds whatever the channel does: {body}");
+        let mut seen = String::new();
+        for _ in 0..200 {
+            let mut s = tokio::net::TcpStream::connect(&f.addr).await.unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            seen.clear();
+            s.read_to_string(&mut seen).await.unwrap();
+            if seen.contains(expect_metric) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(seen.contains(expect_metric), "{status}: {seen}");
+        let attempts = hits.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(attempts, if status == 200 { 1 } else { 4 }, "retries on 5xx");
+        f.finish().await;
+    }
 }

@@ -79,6 +79,26 @@ pub struct AppState {
     pub limiter: Limiter,
     /// Request and notification metrics.
     pub http: metrics::HttpMetrics,
+    /// Alert delivery.
+    pub notifier: crate::alerts::Notifier,
+}
+
+impl AppState {
+    /// Raises `alert` in the background: delivery is counted and logged and
+    /// never blocks or fails the request that raised it.
+    pub fn alert(self: &Arc<Self>, alert: crate::alerts::Alert) {
+        let state = Arc::clone(self);
+        tokio::spawn(async move {
+            for (_, d) in state.notifier.notify(&alert).await {
+                let counter = match d {
+                    crate::alerts::Delivery::Sent { .. } => &state.http.notifications_sent,
+                    crate::alerts::Delivery::Failed { .. } => &state.http.notifications_failed,
+                    crate::alerts::Delivery::Disabled => continue,
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
 }
 
 /// The router.
@@ -100,9 +120,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// PostgreSQL.
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    /// The HTTP client for alerts.
+    #[error("alert client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
 /// Builds the state: pool (migrations must have run), principals, guard.
-pub async fn state(config: AppConfig) -> Result<Arc<AppState>, crate::db::DbError> {
+pub async fn state(config: AppConfig) -> Result<Arc<AppState>, StartError> {
     let pool = crate::db::connect(&config.database).await?;
+    let notifier = crate::alerts::Notifier::new(config.notifications.clone())?;
     Ok(Arc::new(AppState {
         principals: auth::principals(&config.control),
         guard: ops::guard_for(&config),
@@ -111,6 +143,7 @@ pub async fn state(config: AppConfig) -> Result<Arc<AppState>, crate::db::DbErro
             config.control.rate_limit.burst,
         ),
         http: metrics::HttpMetrics::default(),
+        notifier,
         pool,
         config: Arc::new(config),
     }))

@@ -75,6 +75,18 @@ async fn record(
         .map_err(|_| ApiError::internal("writing the audit log"))
 }
 
+/// Info alert for an applied mode change (fire and forget).
+fn mode_alert(state: &Arc<AppState>, scope: &str, mode: OpsMode, actor: &str, reason: &str) {
+    state.alert(crate::alerts::Alert {
+        severity: mlcore_models::config::Severity::Info,
+        kind: "ops_mode_change".into(),
+        scope: scope.to_owned(),
+        summary: format!("{scope} set to {mode} by {actor}: {reason}"),
+        details: json!({"mode": mode.as_str(), "actor": actor}),
+        resolve: false,
+    });
+}
+
 /// Audits a refused request and hands the error back for returning.
 async fn refused(
     state: &AppState,
@@ -247,6 +259,7 @@ pub async fn create(
         )
         .await?;
         result?;
+        mode_alert(&state, &body.scope, mode, &p.name, &body.reason);
         return Ok((
             StatusCode::CREATED,
             Json(json!({"id": id, "status": "applied", "result": after})),
@@ -409,6 +422,7 @@ pub async fn decide(
     )
     .await?;
     result?;
+    mode_alert(&state, &scope, mode, &format!("{requester}+{}", p.name), &reason);
     Ok(Json(json!({"id": id, "status": "applied", "result": after})))
 }
 
