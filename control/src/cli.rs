@@ -72,8 +72,47 @@ pub enum AuditCommand {
 /// `ops ...`
 #[derive(Debug, Subcommand)]
 pub enum OpsCommand {
-    /// Compare-and-set a strategy's mode (active, reduce_only, halted, flatten).
+    /// Compare-and-set a strategy's mode directly in Redis (break-glass; no approval, no API).
     SetMode(SetModeArgs),
+    /// Ask the API for an action (halt, reduce_only, flatten, resume, rollback).
+    Request {
+        /// API base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long, env = "MLCORE_CONTROL_URL")]
+        url: String,
+        /// Action.
+        #[arg(long)]
+        action: String,
+        /// Strategy id or `global`.
+        #[arg(long)]
+        scope: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Approve a pending request (needs the approver role; not your own).
+    Approve {
+        /// API base URL.
+        #[arg(long, env = "MLCORE_CONTROL_URL")]
+        url: String,
+        /// Request id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Reject a pending request.
+    Reject {
+        /// API base URL.
+        #[arg(long, env = "MLCORE_CONTROL_URL")]
+        url: String,
+        /// Request id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Each strategy's mode and what the daemons report.
+    Status {
+        /// API base URL.
+        #[arg(long, env = "MLCORE_CONTROL_URL")]
+        url: String,
+    },
 }
 
 /// `ops set-mode` arguments.

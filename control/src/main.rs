@@ -43,6 +43,48 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
         Command::Ops(OpsCommand::SetMode(args)) => {
             commands::ops_set_mode(&cli.config_dir, args, &ProcessEnv, &mut out)?
         }
+        Command::Ops(OpsCommand::Request {
+            url,
+            action,
+            scope,
+            reason,
+        }) => {
+            let body = serde_json::json!({"action": action, "scope": scope, "reason": reason});
+            let call = commands::ApiCall {
+                url,
+                method: "POST",
+                path: "/v1/ops/requests".into(),
+                body: Some(body),
+            };
+            commands::ops_api(call, &ProcessEnv, &mut out, &mut err)?
+        }
+        Command::Ops(OpsCommand::Approve { url, id }) => {
+            let call = commands::ApiCall {
+                url,
+                method: "POST",
+                path: format!("/v1/ops/requests/{id}/approve"),
+                body: None,
+            };
+            commands::ops_api(call, &ProcessEnv, &mut out, &mut err)?
+        }
+        Command::Ops(OpsCommand::Reject { url, id }) => {
+            let call = commands::ApiCall {
+                url,
+                method: "POST",
+                path: format!("/v1/ops/requests/{id}/reject"),
+                body: None,
+            };
+            commands::ops_api(call, &ProcessEnv, &mut out, &mut err)?
+        }
+        Command::Ops(OpsCommand::Status { url }) => {
+            let call = commands::ApiCall {
+                url,
+                method: "GET",
+                path: "/v1/ops".into(),
+                body: None,
+            };
+            commands::ops_api(call, &ProcessEnv, &mut out, &mut err)?
+        }
         Command::Serve { env } => commands::serve(&cli.config_dir, env, &ProcessEnv, &mut out)?,
         Command::Db(DbCommand::Migrate { env }) => {
             commands::db_migrate(&cli.config_dir, env, &ProcessEnv, &mut out)?

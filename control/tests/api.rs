@@ -360,3 +360,46 @@ async fn mode_changes_alert_and_a_failing_channel_never_fails_the_action() {
         f.finish().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ops_cli_goes_through_the_api() {
+    let f = fixture(900).await;
+    let url = format!("http://{}", f.addr);
+    let cli = |token: &'static str, args: Vec<String>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_mlcore-control"))
+                .arg("ops")
+                .args(&args)
+                .args(["--url", &url])
+                .env("MLCORE_TOKEN", token)
+                .output()
+                .unwrap()
+        })
+    };
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    let out = cli(
+        OPERATOR,
+        s(&[
+            "request", "--action", "resume", "--scope", "fx_g10", "--reason", "cli",
+        ]),
+    )
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = body["id"].as_str().unwrap().to_owned();
+    let own = cli(OPERATOR, s(&["approve", "--id", &id])).await.unwrap();
+    assert_eq!(
+        own.status.code(),
+        Some(7),
+        "operators cannot approve: {}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+    let ok = cli(APPROVER, s(&["approve", "--id", &id])).await.unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(f.mode().0, OpsMode::Active);
+    let status = cli(VIEWER, s(&["status"])).await.unwrap();
+    assert!(String::from_utf8_lossy(&status.stdout).contains("\"mode\": \"active\""));
+    f.finish().await;
+}

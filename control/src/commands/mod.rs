@@ -6,6 +6,7 @@ mod config;
 mod data;
 mod models;
 mod ops;
+mod ops_api;
 mod train;
 
 use std::path::Path;
@@ -17,6 +18,7 @@ pub use self::config::config_check;
 pub use self::data::synth;
 pub use self::models::{models_inspect, models_keygen, models_sign, models_verify};
 pub use self::ops::{ops_set_mode, EXIT_CONFLICT};
+pub use self::ops_api::{ops_api, ApiCall, EXIT_API_REFUSED};
 pub use self::train::train;
 
 /// Exit code for an invalid configuration (distinct from usage errors, 2).
