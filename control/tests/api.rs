@@ -403,3 +403,44 @@ async fn the_ops_cli_goes_through_the_api() {
     assert!(String::from_utf8_lossy(&status.stdout).contains("\"mode\": \"active\""));
     f.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_matrix_every_route_role_and_method() {
+    let f = fixture(900).await;
+    let halt = r#"{"action":"halt","scope":"fx_g10","reason":"matrix"}"#;
+    let roles: [(&str, Option<&str>); 5] = [
+        ("none", None),
+        ("viewer", Some(VIEWER)),
+        ("operator", Some(OPERATOR)),
+        ("approver", Some(APPROVER)),
+        ("admin", Some(ADMIN)),
+    ];
+    // (method, path, body, expected status per role in `roles` order)
+    let matrix: [(&str, &str, &str, [u16; 5]); 8] = [
+        ("GET", "/v1/ops", "", [401, 200, 200, 200, 200]),
+        ("POST", "/v1/ops/requests", halt, [401, 403, 201, 403, 201]),
+        (
+            "POST",
+            "/v1/ops/requests/nope/approve",
+            "",
+            [401, 403, 403, 404, 404],
+        ),
+        (
+            "POST",
+            "/v1/ops/requests/nope/reject",
+            "",
+            [401, 403, 403, 404, 404],
+        ),
+        ("DELETE", "/v1/ops", "", [405, 405, 405, 405, 405]),
+        ("GET", "/v1/ops/requests", "", [405, 405, 405, 405, 405]),
+        ("GET", "/healthz", "", [200, 200, 200, 200, 200]),
+        ("POST", "/v1/unknown", "", [404, 404, 404, 404, 404]),
+    ];
+    for (method, path, body, expected) in matrix {
+        for ((role, token), want) in roles.iter().zip(expected) {
+            let (got, json) = f.call(method, path, *token, body).await;
+            assert_eq!(got, want, "{method} {path} as {role}: {json}");
+        }
+    }
+    f.finish().await;
+}
