@@ -416,7 +416,7 @@ async fn authorization_matrix_every_route_role_and_method() {
         ("admin", Some(ADMIN)),
     ];
     // (method, path, body, expected status per role in `roles` order)
-    let matrix: [(&str, &str, &str, [u16; 5]); 8] = [
+    let matrix: [(&str, &str, &str, [u16; 5]); 9] = [
         ("GET", "/v1/ops", "", [401, 200, 200, 200, 200]),
         ("POST", "/v1/ops/requests", halt, [401, 403, 201, 403, 201]),
         (
@@ -434,6 +434,7 @@ async fn authorization_matrix_every_route_role_and_method() {
         ("DELETE", "/v1/ops", "", [405, 405, 405, 405, 405]),
         ("GET", "/v1/ops/requests", "", [405, 405, 405, 405, 405]),
         ("GET", "/healthz", "", [200, 200, 200, 200, 200]),
+        ("GET", "/openapi.json", "", [200, 200, 200, 200, 200]),
         ("POST", "/v1/unknown", "", [404, 404, 404, 404, 404]),
     ];
     for (method, path, body, expected) in matrix {
@@ -441,6 +442,13 @@ async fn authorization_matrix_every_route_role_and_method() {
             let (got, json) = f.call(method, path, *token, body).await;
             assert_eq!(got, want, "{method} {path} as {role}: {json}");
         }
+    }
+    let (_, doc) = f.call("GET", "/openapi.json", None, "").await;
+    for path in ["/v1/ops", "/v1/ops/requests", "/v1/ops/requests/{id}/{verdict}"] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
     }
     f.finish().await;
 }

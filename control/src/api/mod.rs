@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod error;
 pub mod metrics;
+pub mod openapi;
 pub mod ops;
 
 use std::collections::HashMap;
@@ -108,6 +109,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(metrics::healthz))
         .route("/readyz", get(metrics::readyz))
         .route("/metrics", get(metrics::metrics))
+        .route("/openapi.json", get(openapi::document))
         .route("/v1/ops", get(ops::status))
         .route("/v1/ops/requests", post(ops::create))
         .route("/v1/ops/requests/{id}/{verdict}", post(ops::decide))

@@ -21,7 +21,7 @@ use super::AppState;
 use crate::audit::{self, NewEvent};
 
 /// `POST /v1/ops/requests` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpsRequestBody {
     /// `halt | reduce_only | flatten | resume | rollback`.
@@ -198,6 +198,17 @@ fn new_id() -> String {
 }
 
 /// `POST /v1/ops/requests`.
+#[utoipa::path(post, path = "/v1/ops/requests", request_body = OpsRequestBody, security(("bearer" = [])),
+    responses(
+        (status = 201, description = "halt / reduce_only applied at once (operator)"),
+        (status = 202, description = "flatten / resume pending approval"),
+        (status = 400, description = "malformed JSON", body = super::openapi::ErrorBody),
+        (status = 401, description = "missing or unknown token", body = super::openapi::ErrorBody),
+        (status = 403, description = "role lacking", body = super::openapi::ErrorBody),
+        (status = 409, description = "compare-and-set conflict", body = super::openapi::ErrorBody),
+        (status = 413, description = "body too large", body = super::openapi::ErrorBody),
+        (status = 422, description = "unknown action or scope", body = super::openapi::ErrorBody),
+        (status = 429, description = "rate limited", body = super::openapi::ErrorBody)))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -294,6 +305,13 @@ pub async fn create(
 }
 
 /// `POST /v1/ops/requests/{id}/approve` and `/reject`.
+#[utoipa::path(post, path = "/v1/ops/requests/{id}/{verdict}", security(("bearer" = [])),
+    params(("id" = String, Path, description = "request id"), ("verdict" = String, Path, description = "approve or reject")),
+    responses(
+        (status = 200, description = "applied or rejected"),
+        (status = 403, description = "self-approval or role lacking", body = super::openapi::ErrorBody),
+        (status = 404, description = "no such request", body = super::openapi::ErrorBody),
+        (status = 409, description = "already decided, expired, or conflict", body = super::openapi::ErrorBody)))]
 pub async fn decide(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -427,6 +445,8 @@ pub async fn decide(
 }
 
 /// `GET /v1/ops`: each strategy's mode and what the daemons report.
+#[utoipa::path(get, path = "/v1/ops", security(("bearer" = [])),
+    responses((status = 200, description = "modes and daemon reports"), (status = 401, description = "missing or unknown token", body = super::openapi::ErrorBody)))]
 pub async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let p = authenticate(&headers, &state.principals)?;
     require(&p, &[Role::Viewer, Role::Operator, Role::Approver])?;
