@@ -9,6 +9,7 @@ pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod db;
+pub mod monitor;
 pub mod train;
 
 /// One structured JSON log line on stderr.

@@ -452,3 +452,79 @@ async fn authorization_matrix_every_route_role_and_method() {
     }
     f.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_alerts_on_silent_daemons_refused_artifacts_and_expiring_approvals() {
+    let f = fixture_with(|cfg| {
+        cfg.control.heartbeat_missing_after_ms = 1000;
+        cfg.control.approvals.ttl_s = 60;
+        cfg.control.approvals.expiry_warning_s = 120;
+    })
+    .await;
+    let keys = Keys::new(&f.ns.ns);
+    let mut conn = testutil::redis_connection();
+    let now = mlcore_control::commands::now_ms();
+    let hb = |instance: &str, at_ms: u64, refused: u64| mlcore_models::contract::Heartbeat {
+        instance: instance.into(),
+        status: "ok".into(),
+        at_ms,
+        last_decision_ms: at_ms,
+        p99_us: 1,
+        decisions: 1,
+        signals_accepted: 1,
+        decisions_dropped: 0,
+        refused_artifacts: refused,
+        models: Default::default(),
+        modes: Default::default(),
+    };
+    hb("d-old", now - 10_000, 0)
+        .write(&mut conn, &keys, 60_000)
+        .unwrap();
+    hb("d-ok", now, 2).write(&mut conn, &keys, 60_000).unwrap();
+    let (code, _) = f
+        .call(
+            "POST",
+            "/v1/ops/requests",
+            Some(OPERATOR),
+            r#"{"action":"resume","scope":"fx_g10","reason":"x"}"#,
+        )
+        .await;
+    assert_eq!(code, 202);
+
+    let mut watch = mlcore_control::monitor::Watch::default();
+    let alerts = mlcore_control::monitor::tick(&f.state, &mut watch).await;
+    let kinds: Vec<(String, String)> = alerts.iter().map(|a| (a.kind.clone(), a.scope.clone())).collect();
+    assert!(
+        kinds.contains(&("heartbeat_missing".into(), "d-old".into())),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("artifact_refused".into(), "d-ok".into())),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("approval_expiring".into(), "fx_g10".into())),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        alerts
+            .iter()
+            .find(|a| a.kind == "heartbeat_missing")
+            .unwrap()
+            .severity,
+        mlcore_models::config::Severity::Critical
+    );
+    // Each condition alerts once; a returning daemon resolves its incident.
+    assert!(mlcore_control::monitor::tick(&f.state, &mut watch)
+        .await
+        .is_empty());
+    hb("d-old", mlcore_control::commands::now_ms(), 0)
+        .write(&mut conn, &keys, 60_000)
+        .unwrap();
+    let again = mlcore_control::monitor::tick(&f.state, &mut watch).await;
+    assert!(
+        again.iter().any(|a| a.kind == "heartbeat_missing" && a.resolve),
+        "{again:?}"
+    );
+    f.finish().await;
+}

@@ -305,6 +305,7 @@ fn side_loop(
                 decisions: c.decisions.load(Ordering::Relaxed),
                 signals_accepted: c.signals_accepted.load(Ordering::Relaxed),
                 decisions_dropped: c.decisions_dropped.load(Ordering::Relaxed),
+                refused_artifacts: c.refused_artifacts.load(Ordering::Relaxed),
                 models: observed
                     .active
                     .load()

@@ -756,6 +756,7 @@ fn heartbeat_round_trips_and_expires() {
         decisions: 10,
         signals_accepted: 320,
         decisions_dropped: 0,
+        refused_artifacts: 0,
         models: [("fx_g10".to_owned(), "m1@7".to_owned())].into(),
         modes: [("fx_g10".to_owned(), "active".to_owned())].into(),
     };

@@ -63,6 +63,14 @@ pub fn serve(config_dir: &Path, env: &str, vars: &dyn EnvSource, out: &mut dyn W
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let state = crate::api::state(cfg).await?;
+        let watched = std::sync::Arc::clone(&state);
+        tokio::spawn(async move {
+            let mut watch = crate::monitor::Watch::default();
+            loop {
+                crate::monitor::tick(&watched, &mut watch).await;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;

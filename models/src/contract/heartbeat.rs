@@ -27,6 +27,8 @@ pub struct Heartbeat {
     pub signals_accepted: u64,
     /// Decisions dropped by overload since start.
     pub decisions_dropped: u64,
+    /// Model artifacts refused since start.
+    pub refused_artifacts: u64,
     /// Active model per strategy: `model_id@version`.
     pub models: BTreeMap<String, String>,
     /// Ops mode the daemon is applying per strategy.
@@ -63,6 +65,8 @@ impl Heartbeat {
             .arg(self.signals_accepted)
             .arg("decisions_dropped")
             .arg(self.decisions_dropped)
+            .arg("refused_artifacts")
+            .arg(self.refused_artifacts)
             .arg("models")
             .arg(encode(&self.models))
             .arg("modes")
@@ -108,6 +112,7 @@ impl Heartbeat {
             decisions: num("decisions"),
             signals_accepted: num("signals_accepted"),
             decisions_dropped: num("decisions_dropped"),
+            refused_artifacts: num("refused_artifacts"),
             models: map("models"),
             modes: map("modes"),
         }))

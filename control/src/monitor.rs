@@ -1,0 +1,114 @@
+//! Alerts the control plane raises by itself, checked every second by
+//! `serve`: a daemon heartbeat missing beyond `heartbeat_missing_after_ms`
+//! (critical; resolved when it returns), a daemon reporting newly refused
+//! artifacts (warning), and pending approvals about to expire (warning).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use mlcore_models::config::Severity;
+use mlcore_models::contract::{Heartbeat, Keys, RedisConn};
+use serde_json::json;
+use sqlx::Row;
+
+use crate::alerts::Alert;
+use crate::api::AppState;
+
+/// What has already been alerted, so each condition alerts once.
+#[derive(Debug, Default)]
+pub struct Watch {
+    silent: BTreeSet<String>,
+    refused: BTreeMap<String, u64>,
+    expiring: BTreeSet<String>,
+}
+
+/// One pass: returns the alerts raised (also sent through the notifier).
+pub async fn tick(state: &Arc<AppState>, watch: &mut Watch) -> Vec<Alert> {
+    let now = crate::commands::now_ms();
+    let mut alerts = Vec::new();
+    let cfg = state.config.clone();
+    let beats = tokio::task::spawn_blocking(move || -> Option<Vec<(String, u64, Option<Heartbeat>)>> {
+        let mut conn = RedisConn::connect(&cfg.redis).ok()?;
+        let keys = Keys::new(&cfg.redis.namespace);
+        let known = Heartbeat::known_instances(&mut conn, &keys).ok()?;
+        Some(
+            known
+                .into_iter()
+                .map(|(i, at)| {
+                    let hb = Heartbeat::read(&mut conn, &keys, &i).ok().flatten();
+                    (i, at, hb)
+                })
+                .collect(),
+        )
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    let limit = state.config.control.heartbeat_missing_after_ms;
+    for (instance, last_ms, hb) in beats {
+        let silent = hb.is_none() || now.saturating_sub(last_ms) > limit;
+        if silent && watch.silent.insert(instance.clone()) {
+            alerts.push(Alert {
+                severity: Severity::Critical,
+                kind: "heartbeat_missing".into(),
+                scope: instance.clone(),
+                summary: format!("daemon {instance} silent for {} ms", now.saturating_sub(last_ms)),
+                details: json!({"last_heartbeat_ms": last_ms}),
+                resolve: false,
+            });
+        } else if !silent && watch.silent.remove(&instance) {
+            alerts.push(Alert {
+                severity: Severity::Critical,
+                kind: "heartbeat_missing".into(),
+                scope: instance.clone(),
+                summary: format!("daemon {instance} is back"),
+                details: json!({"last_heartbeat_ms": last_ms}),
+                resolve: true,
+            });
+        }
+        if let Some(hb) = hb {
+            let seen = watch.refused.entry(instance.clone()).or_insert(0);
+            if hb.refused_artifacts > *seen {
+                alerts.push(Alert {
+                    severity: Severity::Warning,
+                    kind: "artifact_refused".into(),
+                    scope: instance.clone(),
+                    summary: format!(
+                        "daemon {instance} refused {} model artifact(s)",
+                        hb.refused_artifacts - *seen
+                    ),
+                    details: json!({"refused_total": hb.refused_artifacts}),
+                    resolve: false,
+                });
+                *seen = hb.refused_artifacts;
+            }
+        }
+    }
+    let warn_ms = state.config.control.approvals.expiry_warning_s * 1000;
+    let rows = sqlx::query("SELECT id, action, scope, expires_at_ms FROM core.ops_requests WHERE status = 'pending' AND expires_at_ms > $1 AND expires_at_ms <= $2")
+        .bind(now as i64)
+        .bind((now + warn_ms) as i64)
+        .fetch_all(&state.pool)
+        .await
+        .unwrap_or_default();
+    for row in rows {
+        let id: String = row.try_get("id").unwrap_or_default();
+        if watch.expiring.insert(id.clone()) {
+            let action: String = row.try_get("action").unwrap_or_default();
+            let scope: String = row.try_get("scope").unwrap_or_default();
+            alerts.push(Alert {
+                severity: Severity::Warning,
+                kind: "approval_expiring".into(),
+                scope: scope.clone(),
+                summary: format!("{action} on {scope} ({id}) expires soon without approval"),
+                details: json!({"request_id": id, "expires_at_ms": row.try_get::<i64, _>("expires_at_ms").unwrap_or(0)}),
+                resolve: false,
+            });
+        }
+    }
+    for a in &alerts {
+        state.alert(a.clone());
+    }
+    alerts
+}
