@@ -267,7 +267,8 @@ pub async fn verify(pool: &PgPool, worm_root: &Path) -> Result<VerifyReport, Aud
             )),
         }
     }
-    let on_disk = count_files(worm_root);
+    let first_kept = events.first().map_or(i64::MAX, |e| e.seq);
+    let on_disk = count_files_from(worm_root, first_kept);
     if on_disk > archived {
         report.archive.push(format!(
             "the archive holds {} file(s) with no database row",
@@ -277,16 +278,51 @@ pub async fn verify(pool: &PgPool, worm_root: &Path) -> Result<VerifyReport, Aud
     Ok(report)
 }
 
-fn count_files(dir: &Path) -> usize {
+/// Retention: removes the oldest events whose retention has passed
+/// (`audit_days` for ordinary events, `critical_days` for critical ones),
+/// but only a prefix of the chain — an old event that must stay keeps every
+/// later one — so the chain stays verifiable from its first row (the anchor).
+/// The WORM archive keeps everything. Returns the number of rows removed.
+pub async fn retain(
+    pool: &PgPool,
+    now_ms: u64,
+    audit_days: u32,
+    critical_days: u32,
+) -> Result<u64, AuditError> {
+    let day = 86_400_000i64;
+    let ordinary_cutoff = now_ms as i64 - i64::from(audit_days) * day;
+    let critical_cutoff = now_ms as i64 - i64::from(critical_days) * day;
+    // The first event that must be kept bounds the prefix.
+    let keep: Option<i64> = sqlx::query_scalar(
+        "SELECT min(seq) FROM audit.events WHERE (critical AND at_ms >= $2) OR (NOT critical AND at_ms >= $1)",
+    )
+    .bind(ordinary_cutoff)
+    .bind(critical_cutoff)
+    .fetch_one(pool)
+    .await?;
+    // Everything expired: prune_before still keeps the newest row as anchor.
+    let bound = keep.unwrap_or(i64::MAX);
+    let deleted: i64 = sqlx::query_scalar("SELECT audit.prune_before($1)")
+        .bind(bound)
+        .fetch_one(pool)
+        .await?;
+    Ok(deleted.max(0) as u64)
+}
+
+/// Archive files whose seq (the file name's prefix) is at least `from`:
+/// older ones belong to events retention removed from the database.
+fn count_files_from(dir: &Path, from: i64) -> usize {
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
                 .map(|e| {
-                    if e.path().is_dir() {
-                        count_files(&e.path())
-                    } else {
-                        1
+                    let path = e.path();
+                    if path.is_dir() {
+                        return count_files_from(&path, from);
                     }
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let seq = name.split('-').next().and_then(|s| s.parse::<i64>().ok());
+                    usize::from(seq.is_none_or(|s| s >= from))
                 })
                 .sum()
         })

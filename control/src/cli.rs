@@ -67,6 +67,13 @@ pub enum AuditCommand {
         #[arg(long)]
         env: String,
     },
+    /// Apply retention (database.yaml): remove expired events from the
+    /// front of the chain, keeping it verifiable. The WORM archive keeps all.
+    Retain {
+        /// Environment.
+        #[arg(long)]
+        env: String,
+    },
 }
 
 /// `ops ...`

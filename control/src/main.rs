@@ -89,6 +89,9 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
         Command::Db(DbCommand::Migrate { env }) => {
             commands::db_migrate(&cli.config_dir, env, &ProcessEnv, &mut out)?
         }
+        Command::Audit(AuditCommand::Retain { env }) => {
+            commands::audit_retain(&cli.config_dir, env, &ProcessEnv, &mut out)?
+        }
         Command::Audit(AuditCommand::Verify { env }) => {
             commands::audit_verify(&cli.config_dir, env, &ProcessEnv, &mut out, &mut err)?
         }

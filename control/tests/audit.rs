@@ -171,3 +171,48 @@ async fn deleted_rows_and_archive_files_are_detected() {
     pool.close().await;
     t.drop_db().await;
 }
+
+#[tokio::test]
+async fn retention_removes_only_a_prefix_and_the_chain_still_verifies() {
+    let t = TestDb::new().await;
+    let worm = tempfile::tempdir().unwrap();
+    db::migrate(&t.config()).await.unwrap();
+    let pool = db::connect(&t.config()).await.unwrap();
+    let day = 86_400_000u64;
+    let now = 1_795_000_000_000u64;
+    // seq 1-2: ordinary, 200 days old; seq 3: critical, 200 days old;
+    // seq 4: ordinary, 200 days old; seq 5: ordinary, today.
+    for (i, (age_days, critical)) in [(200, false), (200, false), (200, true), (200, false), (0, false)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut e = event(i as u64);
+        e.at_ms = now - age_days * day;
+        e.critical = critical;
+        audit::append(&pool, worm.path(), e).await.unwrap();
+    }
+    // The critical event (5 years) keeps itself and everything after it.
+    let removed = audit::retain(&pool, now, 90, 1825).await.unwrap();
+    assert_eq!(removed, 2);
+    let report = audit::verify(&pool, worm.path()).await.unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.rows, 3);
+    // Years later everything has expired: the newest row stays as the anchor.
+    let removed = audit::retain(&pool, now + 3000 * day, 90, 1825).await.unwrap();
+    assert_eq!(removed, 2);
+    let report = audit::verify(&pool, worm.path()).await.unwrap();
+    assert!(report.ok() && report.rows == 1, "{report:?}");
+    // The application role may prune only through the function.
+    let mut conn = pool.acquire().await.unwrap();
+    conn.execute("SET ROLE mlcore_app").await.unwrap();
+    assert!(conn.execute("DELETE FROM audit.events").await.is_err());
+    conn.execute("SET mlcore.pruning = 'on'").await.unwrap();
+    assert!(
+        conn.execute("DELETE FROM audit.events").await.is_err(),
+        "the flag alone grants nothing"
+    );
+    conn.execute("RESET ROLE").await.unwrap();
+    drop(conn);
+    pool.close().await;
+    t.drop_db().await;
+}

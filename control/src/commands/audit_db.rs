@@ -56,6 +56,26 @@ pub fn audit_verify(
     Ok(EXIT_TAMPERED)
 }
 
+/// Applies audit retention.
+pub fn audit_retain(
+    config_dir: &Path,
+    env: &str,
+    vars: &dyn EnvSource,
+    out: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    let cfg = load_config(config_dir, env, vars)?;
+    let r = &cfg.database.retention;
+    let removed = runtime()?.block_on(async {
+        let pool = db::connect(&cfg.database).await?;
+        Ok::<_, anyhow::Error>(audit::retain(&pool, super::now_ms(), r.audit_days, r.critical_days).await?)
+    })?;
+    writeln!(
+        out,
+        "retention: {removed} events removed from the database (the archive keeps them)"
+    )?;
+    Ok(0)
+}
+
 /// Serves the API until the process is stopped.
 pub fn serve(config_dir: &Path, env: &str, vars: &dyn EnvSource, out: &mut dyn Write) -> anyhow::Result<i32> {
     let cfg = load_config(config_dir, env, vars)?;

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use mlcore_models::config::{AppConfig, ConfigError, EnvSource, Environment};
 
-pub use self::audit_db::{audit_verify, db_migrate, serve, EXIT_TAMPERED};
+pub use self::audit_db::{audit_retain, audit_verify, db_migrate, serve, EXIT_TAMPERED};
 pub use self::config::config_check;
 pub use self::data::synth;
 pub use self::models::{models_inspect, models_keygen, models_sign, models_verify};
