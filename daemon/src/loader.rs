@@ -43,7 +43,8 @@ pub struct Loader {
     models_root: PathBuf,
     state_file: PathBuf,
     universe: Arc<Universe>,
-    trust: Arc<SharedTrust>,
+    /// Trusted keys; swapped when `trust.yaml` is reloaded.
+    pub trust: Arc<SharedTrust>,
     workers: Vec<Sender<ModelUpdate>>,
     retired: Receiver<Box<ModelScorer>>,
     counters: Arc<Counters>,

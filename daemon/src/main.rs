@@ -67,7 +67,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { env } => {
             let pf = mlcore_daemon::preflight::run(&cli.config_dir, &env, &ProcessEnv)
                 .with_context(|| format!("preflight for env {env}"))?;
-            let running = mlcore_daemon::run::start(pf.config).context("starting the daemon")?;
+            let source = mlcore_daemon::run::TrustSource {
+                config_dir: cli.config_dir.clone(),
+                env: pf.config.environment,
+            };
+            let running =
+                mlcore_daemon::run::start(pf.config, Some(source)).context("starting the daemon")?;
             #[allow(clippy::print_stdout)] // tells scripts where to connect
             {
                 println!(

@@ -94,8 +94,19 @@ fn spawn(
     })
 }
 
-/// Starts the daemon for `cfg`.
-pub fn start(cfg: AppConfig) -> Result<Running, StartError> {
+/// Where to re-read `trust.yaml` from while running (keys rotate and
+/// revocations apply without a restart).
+#[derive(Debug, Clone)]
+pub struct TrustSource {
+    /// The `configs/` folder.
+    pub config_dir: std::path::PathBuf,
+    /// The environment.
+    pub env: mlcore_models::config::Environment,
+}
+
+/// Starts the daemon for `cfg`; with `trust_source`, `trust.yaml` is re-read
+/// every 10 s.
+pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Running, StartError> {
     runtime::init(&cfg.storage.onnxruntime_library)?;
     let universe = Arc::new(Universe::from_config(&cfg));
     let counters = Arc::new(Counters::default());
@@ -246,7 +257,7 @@ pub fn start(cfg: AppConfig) -> Result<Running, StartError> {
         let redis = cfg.redis.clone();
         let instance = cfg.daemon.instance_id.clone();
         threads.push(spawn("side", side_core, move || {
-            side_loop(loader, observed, redis, keys, instance, stop)
+            side_loop(loader, observed, redis, keys, instance, trust_source, stop)
         })?);
     }
     log(
@@ -273,8 +284,10 @@ fn side_loop(
     redis: mlcore_models::config::RedisConfig,
     keys: Keys,
     instance: String,
+    trust_source: Option<TrustSource>,
     shutdown: Arc<AtomicBool>,
 ) {
+    let mut next_trust = Instant::now() + Duration::from_secs(10);
     let mut next_scan = Instant::now() + Duration::from_secs(1);
     let mut next_hb = Instant::now();
     let hb_every = Duration::from_millis(redis.heartbeat.interval_ms.max(10));
@@ -283,6 +296,26 @@ fn side_loop(
         std::thread::sleep(Duration::from_millis(100));
         observed.hists.drain();
         loader.drop_retired();
+        if let (Some(src), true) = (&trust_source, Instant::now() >= next_trust) {
+            next_trust = Instant::now() + Duration::from_secs(10);
+            // A broken trust.yaml leaves the current keys in force.
+            match mlcore_models::config::load(&src.config_dir, src.env, &mlcore_models::config::ProcessEnv) {
+                Ok(cfg) => {
+                    if let Err(e) = loader.trust.reload(&cfg.trust) {
+                        log(
+                            "warn",
+                            "trust.yaml reload refused; keeping current keys",
+                            &[("error", e.to_string().into())],
+                        );
+                    }
+                }
+                Err(e) => log(
+                    "warn",
+                    "configuration reload failed; keeping current keys",
+                    &[("error", e.to_string().into())],
+                ),
+            }
+        }
         if Instant::now() >= next_scan {
             loader.scan();
             next_scan = Instant::now() + Duration::from_secs(1);

@@ -340,4 +340,35 @@ fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
         "a v1 manifest under v3/ must be refused"
     );
     assert!(get(&d.http, "/metrics").1.contains(version), "v2 keeps serving");
+
+    // Revoking the signing key in trust.yaml applies without a restart: a
+    // new artifact signed with it is refused once the file is re-read.
+    let dev_trust =
+        std::fs::read_to_string(testutil::workspace_root().join("configs/envs/dev/trust.yaml")).unwrap();
+    std::fs::write(
+        dev.join("trust.yaml"),
+        format!("{dev_trust}revoked: [dev-2026]\n"),
+    )
+    .unwrap();
+    let before = metric(&d.http, refused);
+    std::thread::sleep(Duration::from_secs(11)); // the daemon re-reads trust.yaml every 10 s
+    let key =
+        SecretKeyFile::read(&testutil::workspace_root().join("deployments/dev-keys/dev-2026.key")).unwrap();
+    let mut files = mlcore_models::artifact::ArtifactFiles::read(&root.join("models/fx_g10/v2")).unwrap();
+    let mut manifest: mlcore_models::artifact::Manifest =
+        serde_json::from_slice(files.get("manifest.json").unwrap()).unwrap();
+    manifest.version = 4;
+    manifest.model_id = "fx_g10-v4".into();
+    files.0.remove("manifest.json");
+    files.0.remove("manifest.sig");
+    let (_, files) = mlcore_models::artifact::seal(manifest, files, &key).unwrap();
+    files.write(&root.join("models/fx_g10/v4")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || metric(&d.http, refused) > before).is_some(),
+        "an artifact signed with a revoked key must be refused"
+    );
+    assert!(
+        get(&d.http, "/metrics").1.contains(version),
+        "v2 keeps serving after the revocation"
+    );
 }
