@@ -76,6 +76,21 @@ async fn fixture_with(adjust: impl FnOnce(&mut config::AppConfig)) -> Fixture {
 
 impl Fixture {
     async fn call(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+        let resp = self.raw(method, path, token, body).await;
+        let code = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let json = resp
+            .split_once("\r\n\r\n")
+            .and_then(|(_, b)| serde_json::from_str(b).ok())
+            .unwrap_or(Value::Null);
+        (code, json)
+    }
+
+    /// The whole HTTP response as text.
+    async fn raw(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> String {
         let mut s = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
         let auth = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
@@ -87,16 +102,7 @@ impl Fixture {
         s.write_all(req.as_bytes()).await.unwrap();
         let mut resp = String::new();
         s.read_to_string(&mut resp).await.unwrap();
-        let code = resp
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let json = resp
-            .split_once("\r\n\r\n")
-            .and_then(|(_, b)| serde_json::from_str(b).ok())
-            .unwrap_or(Value::Null);
-        (code, json)
+        resp
     }
 
     fn mode(&self) -> (OpsMode, u64) {
@@ -184,12 +190,7 @@ async fn halt_applies_at_once_and_flatten_needs_a_second_principal() {
     // Health, readiness and metrics.
     assert_eq!(f.call("GET", "/healthz", None, "").await.0, 200);
     assert_eq!(f.call("GET", "/readyz", None, "").await.0, 200);
-    let mut s = tokio::net::TcpStream::connect(&f.addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
+    let text = f.raw("GET", "/metrics", None, "").await;
     assert!(
         text.contains("ml_assets_core_control_approvals_pending 0"),
         "{text}"
@@ -343,12 +344,7 @@ async fn mode_changes_alert_and_a_failing_channel_never_fails_the_action() {
         assert_eq!(code, 201, "the action succeeds whatever the channel does: {body}");
         let mut seen = String::new();
         for _ in 0..200 {
-            let mut s = tokio::net::TcpStream::connect(&f.addr).await.unwrap();
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .await
-                .unwrap();
-            seen.clear();
-            s.read_to_string(&mut seen).await.unwrap();
+            seen = f.raw("GET", "/metrics", None, "").await;
             if seen.contains(expect_metric) {
                 break;
             }

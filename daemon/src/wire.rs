@@ -156,6 +156,20 @@ pub fn decode(buf: &[u8], max_frame: usize) -> Result<Option<(Frame, usize)>, Wi
     Ok(Some((frame, LEN_BYTES + len)))
 }
 
+impl Frame {
+    /// A quote frame for `q` under its wire `symbol_id`, stamped `ts_ns`.
+    pub fn quote(q: &mlcore_models::market::Quote, symbol_id: u32, ts_ns: i64) -> Self {
+        Frame::Quote {
+            ts_ns,
+            symbol_id,
+            bid: q.bid,
+            ask: q.ask,
+            bid_size: q.bid_size,
+            ask_size: q.ask_size,
+        }
+    }
+}
+
 /// Appends the encoding of `frame` to `out` (used by the feed and tests).
 pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
     match *frame {

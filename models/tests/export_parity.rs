@@ -77,32 +77,30 @@ fn logistic() -> LogisticHead {
     }
 }
 
-#[test]
-fn logistic_regression_export_matches_native_on_10000_rows() {
+/// Runs `model` in ONNX Runtime on `x` and checks every row against
+/// `native` within 1e-5; returns the ONNX outputs.
+fn assert_parity(model: &[u8], x: &[f32], native: impl Fn(&[f32]) -> f32) -> Vec<f32> {
     runtime::init(&testutil::ort_library()).unwrap();
-    let head = logistic();
-    let x = rows(1);
-    let onnx = run_onnx(&head.to_onnx("lr").unwrap(), &x);
+    let onnx = run_onnx(model, x);
     let worst = x
         .chunks_exact(N_FEATURES)
         .zip(&onnx)
-        .map(|(r, o)| (head.predict_row(r) - o).abs())
+        .map(|(r, o)| (native(r) - o).abs())
         .fold(0.0, f32::max);
     assert!(worst <= 1e-5, "max abs diff {worst}");
+    onnx
+}
+
+#[test]
+fn logistic_regression_export_matches_native_on_10000_rows() {
+    let head = logistic();
+    assert_parity(&head.to_onnx("lr").unwrap(), &rows(1), |r| head.predict_row(r));
 }
 
 #[test]
 fn tree_ensemble_export_matches_native_on_10000_rows() {
-    runtime::init(&testutil::ort_library()).unwrap();
     let head = ensemble();
-    let x = rows(2);
-    let onnx = run_onnx(&head.to_onnx("gbdt").unwrap(), &x);
-    let worst = x
-        .chunks_exact(N_FEATURES)
-        .zip(&onnx)
-        .map(|(r, o)| (head.predict_row(r) - o).abs())
-        .fold(0.0, f32::max);
-    assert!(worst <= 1e-5, "max abs diff {worst}");
+    let onnx = assert_parity(&head.to_onnx("gbdt").unwrap(), &rows(2), |r| head.predict_row(r));
     // The trees matter: predictions spread out.
     let (lo, hi) = onnx.iter().fold((1f32, 0f32), |(l, h), p| (l.min(*p), h.max(*p)));
     assert!(hi - lo > 0.1, "predictions {lo}..{hi}");

@@ -262,17 +262,7 @@ fn main() -> anyhow::Result<()> {
     let mut qi = 0usize;
     // Warm the features up.
     for q in quotes.iter().take(n * 120) {
-        encode(
-            &Frame::Quote {
-                ts_ns: 0,
-                symbol_id: ids[usize::from(q.symbol)],
-                bid: q.bid,
-                ask: q.ask,
-                bid_size: q.bid_size,
-                ask_size: q.ask_size,
-            },
-            &mut buf,
-        );
+        encode(&Frame::quote(q, ids[usize::from(q.symbol)], 0), &mut buf);
         qi += 1;
     }
     tcp.write_all(&buf)?;
@@ -291,17 +281,7 @@ fn main() -> anyhow::Result<()> {
             for _ in 0..n {
                 let q = quotes[qi % quotes.len()];
                 qi += 1;
-                encode(
-                    &Frame::Quote {
-                        ts_ns: 0,
-                        symbol_id: ids[usize::from(q.symbol)],
-                        bid: q.bid,
-                        ask: q.ask,
-                        bid_size: q.bid_size,
-                        ask_size: q.ask_size,
-                    },
-                    &mut buf,
-                );
+                encode(&Frame::quote(&q, ids[usize::from(q.symbol)], 0), &mut buf);
             }
             let ts = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?

@@ -192,17 +192,7 @@ fn main() -> anyhow::Result<()> {
         let Some(&symbol_id) = ids.get(&q.symbol) else {
             continue;
         };
-        encode(
-            &Frame::Quote {
-                ts_ns: ts,
-                symbol_id,
-                bid: q.bid,
-                ask: q.ask,
-                bid_size: q.bid_size,
-                ask_size: q.ask_size,
-            },
-            &mut buf,
-        );
+        encode(&Frame::quote(q, symbol_id, ts), &mut buf);
         sent += 1;
         if a.speed == 0.0 {
             triggers.fire_if_due(Instant::now(), start, wall0, &mut buf);
