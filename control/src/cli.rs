@@ -219,6 +219,109 @@ pub enum ModelsCommand {
         #[arg(long)]
         artifact: PathBuf,
     },
+    /// Register `models_root/<strategy>/v<version>` in the registry (API; verifies it).
+    Register {
+        /// API base URL.
+        #[arg(long, env = "MLCORE_CONTROL_URL")]
+        url: String,
+        /// Strategy id.
+        #[arg(long)]
+        strategy: String,
+        /// Artifact version.
+        #[arg(long)]
+        version: u64,
+    },
+    /// Every registered version, its status and which daemons loaded it (API).
+    List {
+        /// API base URL.
+        #[arg(long, env = "MLCORE_CONTROL_URL")]
+        url: String,
+    },
+    /// Ask to activate a model (API; an approver decides with `ops approve`).
+    Activate {
+        /// API base URL.
+        #[arg(long, env = "MLCORE_CONTROL_URL")]
+        url: String,
+        /// Model id.
+        #[arg(long)]
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Reject a candidate or approved model (API; approver).
+    Reject {
+        /// API base URL.
+        #[arg(long, env = "MLCORE_CONTROL_URL")]
+        url: String,
+        /// Model id.
+        #[arg(long)]
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Release the pin a rollback set on a strategy (API; approver).
+    ReleasePin {
+        /// API base URL.
+        #[arg(long, env = "MLCORE_CONTROL_URL")]
+        url: String,
+        /// Strategy id.
+        #[arg(long)]
+        strategy: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+impl ModelsCommand {
+    /// The API call of a registry subcommand; `None` for the local ones.
+    pub fn api_call(&self) -> Option<crate::commands::ApiCall<'_>> {
+        use serde_json::json;
+        let (url, method, path, body) = match self {
+            Self::Register {
+                url,
+                strategy,
+                version,
+            } => (
+                url,
+                "POST",
+                "/v1/models".to_owned(),
+                Some(json!({"strategy": strategy, "version": version})),
+            ),
+            Self::List { url } => (url, "GET", "/v1/models".to_owned(), None),
+            Self::Activate { url, id, reason } => (
+                url,
+                "POST",
+                format!("/v1/models/{id}/activate"),
+                Some(json!({"reason": reason})),
+            ),
+            Self::Reject { url, id, reason } => (
+                url,
+                "POST",
+                format!("/v1/models/{id}/reject"),
+                Some(json!({"reason": reason})),
+            ),
+            Self::ReleasePin {
+                url,
+                strategy,
+                reason,
+            } => (
+                url,
+                "POST",
+                format!("/v1/models/pins/{strategy}/release"),
+                Some(json!({"reason": reason})),
+            ),
+            Self::Keygen { .. } | Self::Sign { .. } | Self::Verify(_) | Self::Inspect { .. } => return None,
+        };
+        Some(crate::commands::ApiCall {
+            url,
+            method,
+            path,
+            body,
+        })
+    }
 }
 
 /// `models verify` arguments.

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod db;
 pub mod monitor;
+pub mod registry;
 pub mod train;
 
 /// One structured JSON log line on stderr.

@@ -39,6 +39,10 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
             commands::models_verify(&cli.config_dir, args, &ProcessEnv, &mut out, &mut err)?
         }
         Command::Models(ModelsCommand::Inspect { artifact }) => commands::models_inspect(artifact, &mut out)?,
+        Command::Models(registry) => match registry.api_call() {
+            Some(call) => commands::ops_api(call, &ProcessEnv, &mut out, &mut err)?,
+            None => anyhow::bail!("unhandled models subcommand"),
+        },
         Command::Train(args) => commands::train(&cli.config_dir, args, &ProcessEnv, &mut out)?,
         Command::Ops(OpsCommand::SetMode(args)) => {
             commands::ops_set_mode(&cli.config_dir, args, &ProcessEnv, &mut out)?

@@ -25,6 +25,7 @@ struct Fixture {
     db: String,
     admin_dsn: String,
     worm: tempfile::TempDir,
+    models: tempfile::TempDir,
     state: Arc<api::AppState>,
 }
 
@@ -54,8 +55,10 @@ async fn fixture_with(adjust: impl FnOnce(&mut config::AppConfig)) -> Fixture {
     .unwrap();
     let ns = RedisNamespace::new();
     let worm = tempfile::tempdir().unwrap();
+    let models = tempfile::tempdir().unwrap();
     cfg.redis.namespace = ns.ns.clone();
     cfg.storage.worm_root = worm.path().to_owned();
+    cfg.storage.models_root = models.path().to_owned();
     adjust(&mut cfg);
     cfg.database.dsn = Secret::literal(&dsn);
     db::migrate(&cfg.database).await.unwrap();
@@ -70,6 +73,7 @@ async fn fixture_with(adjust: impl FnOnce(&mut config::AppConfig)) -> Fixture {
         db: db_name,
         admin_dsn,
         worm,
+        models,
         state,
     }
 }
@@ -412,7 +416,9 @@ async fn authorization_matrix_every_route_role_and_method() {
         ("admin", Some(ADMIN)),
     ];
     // (method, path, body, expected status per role in `roles` order)
-    let matrix: [(&str, &str, &str, [u16; 5]); 9] = [
+    let reason = r#"{"reason":"matrix"}"#;
+    let register = r#"{"strategy":"fx_g10","version":77}"#;
+    let matrix: [(&str, &str, &str, [u16; 5]); 15] = [
         ("GET", "/v1/ops", "", [401, 200, 200, 200, 200]),
         ("POST", "/v1/ops/requests", halt, [401, 403, 201, 403, 201]),
         (
@@ -432,6 +438,27 @@ async fn authorization_matrix_every_route_role_and_method() {
         ("GET", "/healthz", "", [200, 200, 200, 200, 200]),
         ("GET", "/openapi.json", "", [200, 200, 200, 200, 200]),
         ("POST", "/v1/unknown", "", [404, 404, 404, 404, 404]),
+        ("GET", "/v1/models", "", [401, 200, 200, 200, 200]),
+        ("POST", "/v1/models", register, [401, 403, 422, 403, 422]),
+        ("DELETE", "/v1/models", "", [405, 405, 405, 405, 405]),
+        (
+            "POST",
+            "/v1/models/nope/activate",
+            reason,
+            [401, 403, 404, 403, 404],
+        ),
+        (
+            "POST",
+            "/v1/models/nope/reject",
+            reason,
+            [401, 403, 403, 404, 404],
+        ),
+        (
+            "POST",
+            "/v1/models/pins/fx_g10/release",
+            reason,
+            [401, 403, 403, 409, 409],
+        ),
     ];
     for (method, path, body, expected) in matrix {
         for ((role, token), want) in roles.iter().zip(expected) {
@@ -440,7 +467,15 @@ async fn authorization_matrix_every_route_role_and_method() {
         }
     }
     let (_, doc) = f.call("GET", "/openapi.json", None, "").await;
-    for path in ["/v1/ops", "/v1/ops/requests", "/v1/ops/requests/{id}/{verdict}"] {
+    for path in [
+        "/v1/ops",
+        "/v1/ops/requests",
+        "/v1/ops/requests/{id}/{verdict}",
+        "/v1/models",
+        "/v1/models/{id}/activate",
+        "/v1/models/{id}/reject",
+        "/v1/models/pins/{strategy}/release",
+    ] {
         assert!(
             doc["paths"].get(path).is_some(),
             "{path} missing from the OpenAPI document"
@@ -522,5 +557,279 @@ async fn the_monitor_alerts_on_silent_daemons_refused_artifacts_and_expiring_app
         again.iter().any(|a| a.kind == "heartbeat_missing" && a.resolve),
         "{again:?}"
     );
+    f.finish().await;
+}
+
+/// Writes a signed `fx_g10` artifact of `version` under the fixture's models_root.
+fn write_artifact(f: &Fixture, version: u64) {
+    let key = mlcore_models::artifact::SecretKeyFile::read(
+        &testutil::workspace_root().join("deployments/dev-keys/dev-2026.key"),
+    )
+    .unwrap();
+    let now = mlcore_control::commands::now_ms();
+    testutil::logistic_artifact(&key, "fx_g10", version, version as f32, now)
+        .write(&f.models.path().join(format!("fx_g10/v{version}")))
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_register_activate_rollback_pin_and_release() {
+    use mlcore_models::contract::{Heartbeat, ModelPointer};
+    let f = fixture_with(|cfg| cfg.control.rate_limit.burst = 100).await;
+    let keys = Keys::new(&f.ns.ns);
+    let pointer = || ModelPointer::read(&mut testutil::redis_connection(), &keys, "fx_g10").unwrap();
+    let register = |v: u64| format!(r#"{{"strategy":"fx_g10","version":{v}}}"#);
+    let reason = r#"{"reason":"registry test"}"#;
+    for v in 1..=3 {
+        write_artifact(&f, v);
+    }
+
+    // Nothing active yet: a rollback has nothing to go back to; global is refused.
+    let rb = r#"{"action":"rollback","scope":"fx_g10","reason":"bad model"}"#;
+    let (code, json) = f.call("POST", "/v1/ops/requests", Some(OPERATOR), rb).await;
+    assert_eq!(
+        (code, json["code"].as_str()),
+        (409, Some("OPS_ROLLBACK_NOTHING_ACTIVE")),
+        "{json}"
+    );
+    let global = r#"{"action":"rollback","scope":"global","reason":"bad model"}"#;
+    let (code, json) = f.call("POST", "/v1/ops/requests", Some(OPERATOR), global).await;
+    assert_eq!(
+        (code, json["code"].as_str()),
+        (422, Some("OPS_ROLLBACK_SCOPE")),
+        "{json}"
+    );
+
+    // Registering verifies: missing, tampered and duplicate artifacts are refused.
+    let (code, json) = f.call("POST", "/v1/models", Some(OPERATOR), &register(1)).await;
+    assert_eq!(
+        (code, json["status"].as_str()),
+        (201, Some("candidate")),
+        "{json}"
+    );
+    let (code, json) = f.call("POST", "/v1/models", Some(OPERATOR), &register(1)).await;
+    assert_eq!(
+        (code, json["code"].as_str()),
+        (409, Some("MODEL_EXISTS")),
+        "{json}"
+    );
+    let (code, json) = f.call("POST", "/v1/models", Some(OPERATOR), &register(9)).await;
+    assert_eq!(
+        (code, json["code"].as_str()),
+        (422, Some("MODEL_ARTIFACT_UNREADABLE")),
+        "{json}"
+    );
+    write_artifact(&f, 4);
+    let onnx = f.models.path().join("fx_g10/v4/ai1.onnx");
+    let mut bytes = std::fs::read(&onnx).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&onnx, bytes).unwrap();
+    let (code, json) = f.call("POST", "/v1/models", Some(OPERATOR), &register(4)).await;
+    assert_eq!(
+        (code, json["code"].as_str()),
+        (422, Some("MODEL_VERIFY_FAILED")),
+        "{json}"
+    );
+    assert!(json["message"].as_str().unwrap().contains("ai1.onnx"), "{json}");
+    let (code, json) = f.call("POST", "/v1/models", Some(VIEWER), &register(2)).await;
+    assert_eq!(code, 403, "{json}");
+
+    // Activation is two-person: the requester cannot approve it.
+    let activate_and_approve = |id: &'static str| {
+        let f = &f;
+        async move {
+            let (code, json) = f
+                .call(
+                    "POST",
+                    &format!("/v1/models/{id}/activate"),
+                    Some(OPERATOR),
+                    reason,
+                )
+                .await;
+            assert_eq!(code, 202, "{json}");
+            let req = json["id"].as_str().unwrap().to_owned();
+            let (code, json) = f
+                .call(
+                    "POST",
+                    &format!("/v1/ops/requests/{req}/approve"),
+                    Some(ADMIN),
+                    "",
+                )
+                .await;
+            assert_eq!(code, 200, "{json}");
+            json
+        }
+    };
+    let (code, json) = f
+        .call("POST", "/v1/models/fx_g10-v1/activate", Some(ADMIN), reason)
+        .await;
+    assert_eq!(code, 202, "{json}");
+    let own = json["id"].as_str().unwrap().to_owned();
+    let (code, json) = f
+        .call(
+            "POST",
+            &format!("/v1/ops/requests/{own}/approve"),
+            Some(ADMIN),
+            "",
+        )
+        .await;
+    assert_eq!(
+        (code, json["code"].as_str()),
+        (403, Some("OPS_APPROVAL_SELF")),
+        "{json}"
+    );
+    assert!(pointer().is_none(), "nothing moves before approval");
+    let (code, json) = f
+        .call(
+            "POST",
+            &format!("/v1/ops/requests/{own}/approve"),
+            Some(APPROVER),
+            "",
+        )
+        .await;
+    assert_eq!(code, 200, "{json}");
+    let p = pointer().expect("the pointer is set");
+    assert_eq!(
+        (p.model_id.as_str(), p.version, p.pinned),
+        ("fx_g10-v1", 1, false)
+    );
+    assert!(p.rollback.is_none(), "going forward needs no authorisation");
+    assert_eq!(p.actor, "dev-admin+dev-approver");
+
+    f.call("POST", "/v1/models", Some(OPERATOR), &register(2)).await;
+    activate_and_approve("fx_g10-v2").await;
+    assert_eq!(pointer().unwrap().version, 2);
+
+    // Rollback: previous version, a signed authorisation the daemon can
+    // check, and a pin.
+    let (code, json) = f.call("POST", "/v1/ops/requests", Some(OPERATOR), rb).await;
+    assert_eq!(code, 202, "{json}");
+    let req = json["id"].as_str().unwrap().to_owned();
+    let (code, json) = f
+        .call(
+            "POST",
+            &format!("/v1/ops/requests/{req}/approve"),
+            Some(APPROVER),
+            "",
+        )
+        .await;
+    assert_eq!(code, 200, "{json}");
+    let p = pointer().unwrap();
+    assert_eq!((p.model_id.as_str(), p.version, p.pinned), ("fx_g10-v1", 1, true));
+    let trust = mlcore_models::artifact::TrustStore::from_config(&f.state.config.trust).unwrap();
+    p.rollback
+        .as_ref()
+        .expect("a rollback carries an authorisation")
+        .check(
+            &trust,
+            "fx_g10",
+            "fx_g10-v1",
+            1,
+            mlcore_control::commands::now_ms(),
+        )
+        .unwrap();
+
+    // Pinned: no activation until an approver releases the pin.
+    f.call("POST", "/v1/models", Some(OPERATOR), &register(3)).await;
+    let (code, json) = f
+        .call("POST", "/v1/models/fx_g10-v3/activate", Some(OPERATOR), reason)
+        .await;
+    assert_eq!(
+        (code, json["code"].as_str()),
+        (409, Some("MODEL_PINNED")),
+        "{json}"
+    );
+    let release = "/v1/models/pins/fx_g10/release";
+    assert_eq!(f.call("POST", release, Some(OPERATOR), reason).await.0, 403);
+    let (code, json) = f.call("POST", release, Some(APPROVER), reason).await;
+    assert_eq!(code, 200, "{json}");
+    assert!(!pointer().unwrap().pinned);
+    let (code, json) = f.call("POST", release, Some(APPROVER), reason).await;
+    assert_eq!(
+        (code, json["code"].as_str()),
+        (409, Some("MODEL_NOT_PINNED")),
+        "{json}"
+    );
+    activate_and_approve("fx_g10-v3").await;
+    let p = pointer().unwrap();
+    assert_eq!((p.version, p.pinned, p.rollback.is_none()), (3, false, true));
+
+    // Re-activating a retired version below the highest is a rollback too.
+    activate_and_approve("fx_g10-v2").await;
+    assert!(
+        pointer().unwrap().rollback.is_some(),
+        "v2 < v3 needs an authorisation"
+    );
+
+    // Rejecting: only candidates and approved models.
+    let (code, json) = f
+        .call("POST", "/v1/models/fx_g10-v2/reject", Some(APPROVER), reason)
+        .await;
+    assert_eq!(
+        (code, json["code"].as_str()),
+        (409, Some("MODEL_NOT_REJECTABLE")),
+        "{json}"
+    );
+
+    // The list shows statuses and what daemons report as loaded.
+    Heartbeat {
+        instance: "d1".into(),
+        status: "ok".into(),
+        at_ms: mlcore_control::commands::now_ms(),
+        last_decision_ms: 0,
+        p99_us: 0,
+        decisions: 0,
+        signals_accepted: 0,
+        decisions_dropped: 0,
+        refused_artifacts: 0,
+        models: [("fx_g10".to_owned(), "fx_g10-v2@2".to_owned())].into(),
+        modes: Default::default(),
+    }
+    .write(&mut testutil::redis_connection(), &keys, 60_000)
+    .unwrap();
+    let (code, json) = f.call("GET", "/v1/models", Some(VIEWER), "").await;
+    assert_eq!(code, 200, "{json}");
+    let status: Vec<(String, String)> = json["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap().into(),
+                m["status"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        status,
+        [
+            ("fx_g10-v1", "retired"),
+            ("fx_g10-v2", "active"),
+            ("fx_g10-v3", "retired")
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    assert_eq!(
+        json["models"][1]["loaded_by"],
+        serde_json::json!(["d1"]),
+        "{json}"
+    );
+    assert_eq!(json["strategies"][0]["active"], "fx_g10-v2");
+    assert_eq!(json["strategies"][0]["daemons"][0]["agrees"], true, "{json}");
+
+    // Each transition is recorded with who did it.
+    let transitions: i64 = sqlx::query_scalar("SELECT count(*) FROM core.model_transitions")
+        .fetch_one(&f.state.pool)
+        .await
+        .unwrap();
+    assert!(transitions >= 10, "{transitions} transitions");
+    let refusals: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit.events WHERE record_type = 'model_registry' AND result LIKE 'refused%'",
+    )
+    .fetch_one(&f.state.pool)
+    .await
+    .unwrap();
+    assert!(refusals >= 5, "refused registry requests are audited: {refusals}");
     f.finish().await;
 }

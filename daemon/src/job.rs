@@ -16,6 +16,8 @@ pub struct ModelMeta {
     pub model_id: String,
     /// Version.
     pub version: u64,
+    /// sha256 of its `manifest.json` (what the registry pointer names).
+    pub manifest_sha256: String,
     /// θ1 of the model.
     pub theta1: f64,
     /// θ2 of the model.

@@ -1,9 +1,19 @@
-//! Model loading, off the hot threads: scan `models_root/<strategy>/v<N>/`,
-//! verify (signature, hashes, feature schema, expiry, rollback against the
-//! persisted highest accepted version), build one scorer per worker, warm
-//! them up, hand them to the workers, then persist the new highest version.
-//! A refused or failing artifact leaves the current model serving and is
-//! counted and logged with its reason.
+//! Model loading, off the hot threads: find the artifact each strategy
+//! should run, verify it (signature, hashes, feature schema, expiry,
+//! rollback against the persisted highest accepted version), build one
+//! scorer per worker, warm them up, hand them to the workers, then persist
+//! what was accepted. A refused or failing artifact leaves the current model
+//! serving and is counted, logged and announced on `ns:events` with its
+//! reason.
+//!
+//! Which artifact: the registry's pointer in Redis (`ns:{S}:model`, set by
+//! the control plane on an approved activation or rollback) when one exists —
+//! exactly that version and manifest, with the rollback authorisation it
+//! carries. Without a pointer (no control plane yet, or a standalone setup)
+//! the highest verified `models_root/<strategy>/v<N>/`. Once a strategy has
+//! followed a pointer it never falls back to the folder scan, even while
+//! Redis is unreachable: an unapproved file must not go live because Redis
+//! blinked.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -12,7 +22,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender};
-use mlcore_models::artifact::{self, ArtifactFiles, SharedTrust, VerifyContext};
+use mlcore_models::artifact::{self, ArtifactFiles, RollbackAuthorization, SharedTrust, VerifyContext};
+use mlcore_models::config::RedisConfig;
+use mlcore_models::contract::{model, Keys, ModelPointer, RedisConn};
 use mlcore_models::features;
 use mlcore_models::scoring::ModelScorer;
 use sha2::Digest;
@@ -26,15 +38,45 @@ use crate::worker::ModelUpdate;
 /// Active model per strategy, for heartbeats and metrics.
 pub type ActiveModels = ArcSwap<BTreeMap<String, Arc<ModelMeta>>>;
 
-/// The highest version accepted for a strategy, and the sha256 of its
-/// manifest: after a restart that exact artifact may load again, nothing at
-/// or below its version otherwise.
+/// What a strategy has accepted, persisted across restarts.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Accepted {
-    /// Version.
-    pub version: u64,
-    /// sha256 of its `manifest.json`.
-    pub manifest_sha256: String,
+    /// Highest version ever accepted: nothing at or below it loads without
+    /// a rollback authorisation.
+    pub highest: u64,
+    /// The version activated last.
+    pub last_version: u64,
+    /// sha256 of the `manifest.json` activated last: after a restart that
+    /// exact artifact may load again, whatever its version (it was verified,
+    /// with its authorisation, when it was accepted).
+    pub last_manifest_sha256: String,
+}
+
+/// Why the loader could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    /// The persisted state exists but cannot be read: starting without it
+    /// would forget the rollback floor.
+    #[error("model state file {path} is unreadable ({reason}); fix or remove it deliberately")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the loader needs from Redis: the pointers, and where to announce
+/// refusals.
+#[derive(Debug, Clone)]
+pub struct RegistryLink {
+    /// Connection settings.
+    pub redis: RedisConfig,
+    /// Key layout.
+    pub keys: Keys,
+    /// This daemon's instance id (in refusal events).
+    pub instance: String,
 }
 
 /// The loader's state.
@@ -50,13 +92,29 @@ pub struct Loader {
     counters: Arc<Counters>,
     /// What is serving.
     pub active: Arc<ActiveModels>,
-    highest: BTreeMap<String, Accepted>,
-    refused: BTreeSet<PathBuf>,
+    accepted: BTreeMap<String, Accepted>,
+    /// Refused `(folder, manifest sha256 the pointer named)`, not retried.
+    refused: BTreeSet<(PathBuf, String)>,
+    link: Option<RegistryLink>,
+    conn: Option<RedisConn>,
+    /// Strategies that have followed a registry pointer.
+    follows_pointer: BTreeSet<String>,
+}
+
+/// The artifact a strategy should run.
+struct Wanted {
+    dir: PathBuf,
+    version: u64,
+    /// From the pointer: the manifest must hash to this.
+    manifest_sha256: Option<String>,
+    rollback: Option<RollbackAuthorization>,
 }
 
 impl Loader {
-    /// A loader for `models_root`; the highest accepted versions persist in
-    /// `models_root/.state/<instance>.json`.
+    /// A loader for `models_root`; what was accepted persists in
+    /// `models_root/.state/<instance>.json`. With `link`, the registry's
+    /// pointers in Redis decide what runs.
+    #[allow(clippy::too_many_arguments)] // wiring, called once
     pub fn new(
         models_root: &Path,
         instance: &str,
@@ -65,13 +123,25 @@ impl Loader {
         workers: Vec<Sender<ModelUpdate>>,
         retired: Receiver<Box<ModelScorer>>,
         counters: Arc<Counters>,
-    ) -> Self {
+        link: Option<RegistryLink>,
+    ) -> Result<Self, LoaderError> {
         let state_file = models_root.join(".state").join(format!("{instance}.json"));
-        let highest = std::fs::read(&state_file)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<BTreeMap<String, Accepted>>(&b).ok())
-            .unwrap_or_default();
-        Self {
+        let accepted = match std::fs::read(&state_file) {
+            Ok(bytes) => serde_json::from_slice::<BTreeMap<String, Accepted>>(&bytes).map_err(|e| {
+                LoaderError::State {
+                    path: state_file.clone(),
+                    reason: e.to_string(),
+                }
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => {
+                return Err(LoaderError::State {
+                    path: state_file.clone(),
+                    reason: e.to_string(),
+                })
+            }
+        };
+        Ok(Self {
             models_root: models_root.to_owned(),
             state_file,
             universe,
@@ -80,9 +150,12 @@ impl Loader {
             retired,
             counters,
             active: Arc::new(ArcSwap::from_pointee(BTreeMap::new())),
-            highest,
+            accepted,
             refused: BTreeSet::new(),
-        }
+            link,
+            conn: None,
+            follows_pointer: BTreeSet::new(),
+        })
     }
 
     /// Drops sessions the workers retired (here, not on a hot thread).
@@ -92,7 +165,84 @@ impl Loader {
         }
     }
 
-    /// Activates any newer verified model per strategy. Returns swaps made.
+    /// The registry's pointer for `strategy`: `Ok(None)` when there is none,
+    /// `Err` when Redis cannot say.
+    fn pointer(&mut self, strategy: &str) -> Result<Option<ModelPointer>, String> {
+        let Some(link) = &self.link else {
+            return Ok(None);
+        };
+        if self.conn.is_none() {
+            self.conn = Some(RedisConn::connect(&link.redis).map_err(|e| e.to_string())?);
+        }
+        let conn = self.conn.as_mut().ok_or("no connection")?;
+        let read = ModelPointer::read(conn, &link.keys, strategy).map_err(|e| e.to_string());
+        if read.is_err() {
+            self.conn = None;
+        }
+        read
+    }
+
+    /// What `strategy` should run, if it is not what runs now.
+    fn wanted(&mut self, id: &str) -> Vec<Wanted> {
+        let active = self.active.load().get(id).cloned();
+        match self.pointer(id) {
+            Ok(Some(p)) => {
+                self.follows_pointer.insert(id.to_owned());
+                let same = active
+                    .as_ref()
+                    .is_some_and(|a| a.version == p.version && a.manifest_sha256 == p.manifest_sha256);
+                if same {
+                    return Vec::new();
+                }
+                vec![Wanted {
+                    dir: self.models_root.join(id).join(format!("v{}", p.version)),
+                    version: p.version,
+                    manifest_sha256: Some(p.manifest_sha256),
+                    rollback: p.rollback,
+                }]
+            }
+            Err(_) if self.follows_pointer.contains(id) => Vec::new(),
+            Err(_) if active.is_none() => {
+                // Redis unreachable at start: the artifact accepted last, if
+                // it is still there; otherwise the folder scan below.
+                if let Some(a) = self.accepted.get(id) {
+                    let dir = self.models_root.join(id).join(format!("v{}", a.last_version));
+                    if dir.is_dir() {
+                        return vec![Wanted {
+                            dir,
+                            version: a.last_version,
+                            manifest_sha256: Some(a.last_manifest_sha256.clone()),
+                            rollback: None,
+                        }];
+                    }
+                }
+                self.scan_folder(id, None)
+            }
+            Ok(None) if !self.follows_pointer.contains(id) => self.scan_folder(id, active.map(|a| a.version)),
+            // The pointer vanished (Redis restarted empty) or Redis is down:
+            // keep serving what runs.
+            _ => Vec::new(),
+        }
+    }
+
+    /// Every `v<N>` above `above`, highest first.
+    fn scan_folder(&self, id: &str, above: Option<u64>) -> Vec<Wanted> {
+        let mut found = versions(&self.models_root.join(id));
+        found.retain(|(v, _)| above.is_none_or(|a| *v > a));
+        found.sort_by_key(|c| std::cmp::Reverse(c.0));
+        found
+            .into_iter()
+            .map(|(version, dir)| Wanted {
+                dir,
+                version,
+                manifest_sha256: None,
+                rollback: None,
+            })
+            .collect()
+    }
+
+    /// Activates what each strategy should run, when it changed. Returns
+    /// swaps made.
     pub fn scan(&mut self) -> usize {
         let mut swaps = 0;
         let strategies: Vec<(usize, String, usize)> = self
@@ -103,16 +253,13 @@ impl Loader {
             .map(|(i, s)| (i, s.id.clone(), s.symbols.len()))
             .collect();
         for (idx, id, n_symbols) in strategies {
-            let active_version = self.active.load().get(&id).map(|m| m.version);
-            let mut candidates = versions(&self.models_root.join(&id));
-            candidates.retain(|(v, _)| active_version.is_none_or(|a| *v > a));
-            // Highest first; fall back to lower ones only at start.
-            candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
-            for (version, dir) in candidates {
-                if self.refused.contains(&dir) {
+            // Highest first; lower ones are tried only when a higher one is refused.
+            for w in self.wanted(&id) {
+                let key = (w.dir.clone(), w.manifest_sha256.clone().unwrap_or_default());
+                if self.refused.contains(&key) {
                     continue;
                 }
-                match self.activate(idx, &id, n_symbols, &dir) {
+                match self.activate(idx, &id, n_symbols, &w) {
                     Ok(meta) => {
                         log(
                             "info",
@@ -120,24 +267,16 @@ impl Loader {
                             &[
                                 ("strategy", id.clone().into()),
                                 ("model_id", meta.model_id.clone().into()),
-                                ("version", version.into()),
+                                ("version", w.version.into()),
+                                ("rollback", w.rollback.is_some().into()),
                             ],
                         );
                         swaps += 1;
                         break;
                     }
                     Err(reason) => {
-                        Counters::inc(&self.counters.refused_artifacts);
-                        log(
-                            "warn",
-                            "model refused",
-                            &[
-                                ("strategy", id.clone().into()),
-                                ("path", dir.display().to_string().into()),
-                                ("reason", reason.into()),
-                            ],
-                        );
-                        self.refused.insert(dir);
+                        self.report_refusal(&id, &w, &reason);
+                        self.refused.insert(key);
                     }
                 }
             }
@@ -145,43 +284,70 @@ impl Loader {
         swaps
     }
 
+    fn report_refusal(&mut self, id: &str, w: &Wanted, reason: &str) {
+        Counters::inc(&self.counters.refused_artifacts);
+        log(
+            "warn",
+            "model refused",
+            &[
+                ("strategy", id.into()),
+                ("path", w.dir.display().to_string().into()),
+                ("reason", reason.into()),
+            ],
+        );
+        if let (Some(link), Some(conn)) = (&self.link, self.conn.as_mut()) {
+            let sent = model::publish_refusal(conn, &link.keys, &link.instance, id, w.version, reason);
+            if sent.is_err() {
+                self.conn = None;
+            }
+        }
+    }
+
     fn activate(
         &mut self,
         idx: usize,
         id: &str,
         n_symbols: usize,
-        dir: &Path,
+        w: &Wanted,
     ) -> Result<Arc<ModelMeta>, String> {
-        let files = ArtifactFiles::read(dir).map_err(|e| e.to_string())?;
+        let files = ArtifactFiles::read(&w.dir).map_err(|e| e.to_string())?;
         let manifest_sha = files
             .get(artifact::MANIFEST)
             .map(|m| hex::encode(sha2::Sha256::digest(m)))
             .unwrap_or_default();
+        if let Some(expected) = &w.manifest_sha256 {
+            if *expected != manifest_sha {
+                return Err(format!(
+                    "manifest.json has sha256 {manifest_sha}, the registry activated {expected}"
+                ));
+            }
+        }
         let trust = self.trust.snapshot();
         let hash = features::schema().hash();
-        let highest = self.highest.get(id).map(|a| {
-            // The very artifact accepted last may load again after a restart.
-            if a.manifest_sha256 == manifest_sha {
-                a.version.saturating_sub(1)
-            } else {
-                a.version
-            }
-        });
+        let accepted = self.accepted.get(id);
+        // The very artifact accepted last may load again after a restart.
+        let highest = accepted
+            .filter(|a| a.last_manifest_sha256 != manifest_sha)
+            .map(|a| a.highest);
         let ctx = VerifyContext {
             trust: &trust,
             feature_schema_hash: &hash,
             now_ms: now_ms(),
             highest_accepted: highest,
-            rollback: None,
+            rollback: w.rollback.as_ref(),
         };
         let verified = artifact::verify(files, &ctx).map_err(|e| e.to_string())?;
         let m = &verified.manifest;
-        if m.strategy != id {
-            return Err(format!("artifact is for strategy `{}`", m.strategy));
+        if m.strategy != id || m.version != w.version {
+            return Err(format!(
+                "artifact is {} v{}, expected {id} v{}",
+                m.strategy, m.version, w.version
+            ));
         }
         let meta = Arc::new(ModelMeta {
             model_id: m.model_id.clone(),
             version: m.version,
+            manifest_sha256: manifest_sha.clone(),
             theta1: m.theta.theta1,
             theta2: m.theta.theta2,
         });
@@ -203,15 +369,18 @@ impl Loader {
         let mut active = (**self.active.load()).clone();
         active.insert(id.to_owned(), Arc::clone(&meta));
         self.active.store(Arc::new(active));
-        if self.highest.get(id).is_none_or(|a| m.version >= a.version) {
-            self.highest.insert(
-                id.to_owned(),
-                Accepted {
-                    version: m.version,
-                    manifest_sha256: manifest_sha,
-                },
-            );
-        }
+        let highest = self
+            .accepted
+            .get(id)
+            .map_or(m.version, |a| a.highest.max(m.version));
+        self.accepted.insert(
+            id.to_owned(),
+            Accepted {
+                highest,
+                last_version: m.version,
+                last_manifest_sha256: manifest_sha,
+            },
+        );
         self.persist();
         Counters::inc(&self.counters.model_swaps);
         self.counters.model_ready.store(true, Ordering::Relaxed);
@@ -224,13 +393,13 @@ impl Loader {
                 std::fs::create_dir_all(dir)?;
             }
             let tmp = self.state_file.with_extension("json.tmp");
-            std::fs::write(&tmp, serde_json::to_vec(&self.highest).unwrap_or_default())?;
+            std::fs::write(&tmp, serde_json::to_vec(&self.accepted).unwrap_or_default())?;
             std::fs::rename(&tmp, &self.state_file)
         })();
         if let Err(e) = result {
             log(
                 "error",
-                "cannot persist the highest accepted model versions",
+                "cannot persist the accepted model versions",
                 &[("error", e.to_string().into())],
             );
         }

@@ -2,6 +2,7 @@
 //! ops watcher (pub/sub events within milliseconds, plus a full
 //! reconciliation every `reconcile_interval_ms`) and read lock-free by the
 //! publisher. Until the first read succeeds every strategy is `halted`.
+//! The same subscription wakes the model loader on `model_activated`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -88,6 +89,7 @@ pub fn watch(
     guard: Guard,
     strategies: Vec<String>,
     table: Arc<OpsTable>,
+    models: crossbeam_channel::Sender<()>,
     shutdown: Arc<AtomicBool>,
 ) {
     let reconcile = Duration::from_millis(cfg.reconcile_interval_ms.max(10));
@@ -126,6 +128,11 @@ pub fn watch(
                         let Ok(ev) = serde_json::from_str::<serde_json::Value>(&payload) else {
                             continue;
                         };
+                        if ev["type"] == "model_activated" {
+                            // The loader re-reads the pointers; one pending wake is enough.
+                            let _ = models.try_send(());
+                            continue;
+                        }
                         if ev["type"] != "ops_mode" {
                             continue;
                         }

@@ -17,7 +17,7 @@ use mlcore_models::onnx::runtime;
 use crate::http::{self, Observed};
 use crate::ingress::{Ingress, IngressParts};
 use crate::job::Job;
-use crate::loader::Loader;
+use crate::loader::{Loader, RegistryLink};
 use crate::log::{log, now_ms};
 use crate::ops::{self, OpsTable};
 use crate::publisher::{self, PublisherParts};
@@ -43,6 +43,9 @@ pub enum StartError {
     /// trust.yaml is unusable.
     #[error(transparent)]
     Trust(#[from] mlcore_models::artifact::trust::TrustConfigError),
+    /// The loader's persisted state is unusable.
+    #[error(transparent)]
+    Loader(#[from] crate::loader::LoaderError),
     /// Thread start failed.
     #[error("cannot start a thread: {0}")]
     Thread(#[from] std::io::Error),
@@ -186,7 +189,12 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
         model_txs,
         retired_rx,
         Arc::clone(&counters),
-    );
+        Some(RegistryLink {
+            redis: cfg.redis.clone(),
+            keys: keys.clone(),
+            instance: cfg.daemon.instance_id.clone(),
+        }),
+    )?;
     // The first scan happens before the feed is accepted, so the first
     // trigger finds a warmed model when one exists.
     loader.scan();
@@ -225,6 +233,8 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
         publisher::run(publisher_parts)
     })?);
 
+    // A `model_activated` event wakes the loader at once.
+    let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
     {
         let (redis, guard, table, stop) = (
             cfg.redis.clone(),
@@ -234,7 +244,7 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
         );
         let ids: Vec<String> = universe.strategies.iter().map(|s| s.id.clone()).collect();
         threads.push(spawn("ops-watch", side_core, move || {
-            ops::watch(redis, guard, ids, table, stop)
+            ops::watch(redis, guard, ids, table, wake_tx, stop)
         })?);
     }
 
@@ -257,7 +267,16 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
         let redis = cfg.redis.clone();
         let instance = cfg.daemon.instance_id.clone();
         threads.push(spawn("side", side_core, move || {
-            side_loop(loader, observed, redis, keys, instance, trust_source, stop)
+            side_loop(
+                loader,
+                observed,
+                redis,
+                keys,
+                instance,
+                trust_source,
+                wake_rx,
+                stop,
+            )
         })?);
     }
     log(
@@ -277,7 +296,9 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
     })
 }
 
-/// Model scans (every second), histogram merging (every 100 ms), heartbeats.
+/// Model scans (every second, and at once on a `model_activated` event),
+/// histogram merging (every 100 ms), heartbeats.
+#[allow(clippy::too_many_arguments)] // wiring, called once
 fn side_loop(
     mut loader: Loader,
     observed: Observed,
@@ -285,6 +306,7 @@ fn side_loop(
     keys: Keys,
     instance: String,
     trust_source: Option<TrustSource>,
+    wake: crossbeam_channel::Receiver<()>,
     shutdown: Arc<AtomicBool>,
 ) {
     let mut next_trust = Instant::now() + Duration::from_secs(10);
@@ -293,7 +315,7 @@ fn side_loop(
     let hb_every = Duration::from_millis(redis.heartbeat.interval_ms.max(10));
     let mut conn: Option<RedisConn> = None;
     while !shutdown.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
+        let woken = wake.recv_timeout(Duration::from_millis(100)).is_ok();
         observed.hists.drain();
         loader.drop_retired();
         if let (Some(src), true) = (&trust_source, Instant::now() >= next_trust) {
@@ -316,7 +338,7 @@ fn side_loop(
                 ),
             }
         }
-        if Instant::now() >= next_scan {
+        if woken || Instant::now() >= next_scan {
             loader.scan();
             next_scan = Instant::now() + Duration::from_secs(1);
         }

@@ -320,3 +320,74 @@ pub fn synth_dataset(
     index.write(dir).unwrap_or_else(|e| panic!("{e}"));
     index
 }
+
+/// A small signed artifact for `strategy` v`version`: logistic heads
+/// (weights from `seed`) exported to ONNX, valid for two days from
+/// `now_ms`, sealed with `key`. Builds in milliseconds, unlike a trained one.
+pub fn logistic_artifact(
+    key: &crate::artifact::SecretKeyFile,
+    strategy: &str,
+    version: u64,
+    seed: f32,
+    now_ms: u64,
+) -> crate::artifact::ArtifactFiles {
+    use crate::artifact::{self, ArtifactFiles, HeadSpec, Manifest, ThetaParams, TrainingWindow};
+    use crate::features::{self, N_FEATURES};
+    use crate::onnx::export::{LogisticHead, Platt};
+    let lr = |s: f32| LogisticHead {
+        weights: (0..N_FEATURES)
+            .map(|i| ((i as f32 + s) * 0.37).sin() * 0.1)
+            .collect(),
+        intercept: 0.05,
+        platt: Platt { a: 1.3, b: -0.1 },
+    };
+    let head = |file: &str| HeadSpec {
+        file: file.into(),
+        input: "x".into(),
+        output: "prob".into(),
+        n_features: N_FEATURES,
+        learner: "logistic".into(),
+        calibration: "platt".into(),
+    };
+    let manifest = Manifest {
+        format: 1,
+        model_id: format!("{strategy}-v{version}"),
+        strategy: strategy.into(),
+        version,
+        created_at_ms: now_ms,
+        expires_at_ms: now_ms + 2 * 86_400_000,
+        feature_schema_hash: features::schema().hash(),
+        heads: [
+            ("ai1".to_owned(), head("ai1.onnx")),
+            ("ai2".to_owned(), head("ai2.onnx")),
+        ]
+        .into(),
+        theta: ThetaParams {
+            theta1: 0.505,
+            theta2: 0.9,
+        },
+        training_window: TrainingWindow {
+            start_ms: 1,
+            test_start_ms: 2,
+            end_ms: 3,
+        },
+        metrics: [("ai1_auc_test".to_owned(), 0.5 + f64::from(seed) / 100.0)].into(),
+        files: std::collections::BTreeMap::new(),
+    };
+    let unwrap =
+        |r: Result<Vec<u8>, _>| r.unwrap_or_else(|e: crate::onnx::export::ExportError| panic!("{e}"));
+    let files = ArtifactFiles(
+        [
+            ("ai1.onnx".to_owned(), unwrap(lr(seed).to_onnx("ai1"))),
+            ("ai2.onnx".to_owned(), unwrap(lr(seed + 1.0).to_onnx("ai2"))),
+            (
+                artifact::FEATURE_SCHEMA.to_owned(),
+                serde_json::to_vec(&features::schema()).unwrap_or_default(),
+            ),
+        ]
+        .into(),
+    );
+    artifact::seal(manifest, files, key)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .1
+}

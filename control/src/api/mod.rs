@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod error;
 pub mod metrics;
+pub mod models;
 pub mod openapi;
 pub mod ops;
 
@@ -113,6 +114,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/ops", get(ops::status))
         .route("/v1/ops/requests", post(ops::create))
         .route("/v1/ops/requests/{id}/{verdict}", post(ops::decide))
+        .route("/v1/models", get(models::list).post(models::register))
+        .route("/v1/models/{id}/activate", post(models::activate))
+        .route("/v1/models/{id}/reject", post(models::reject))
+        .route("/v1/models/pins/{strategy}/release", post(models::release_pin))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "ROUTE_NOT_FOUND", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(

@@ -19,9 +19,11 @@ pub struct ErrorBody {
 /// The API description.
 #[derive(Debug, OpenApi)]
 #[openapi(
-    info(title = "ml-assets-core control plane", description = "Ops modes with RBAC, two-person approval and audit."),
-    paths(super::ops::create, super::ops::decide, super::ops::status),
-    components(schemas(super::ops::OpsRequestBody, ErrorBody)),
+    info(title = "ml-assets-core control plane", description = "Ops modes and the model registry, with RBAC, two-person approval and audit."),
+    paths(super::ops::create, super::ops::decide, super::ops::status,
+          super::models::list, super::models::register, super::models::activate,
+          super::models::reject, super::models::release_pin),
+    components(schemas(super::ops::OpsRequestBody, super::models::RegisterBody, super::models::ReasonBody, ErrorBody)),
     modifiers(&Bearer)
 )]
 pub struct ApiDoc;

@@ -36,7 +36,7 @@ fn now_ms() -> u64 {
     crate::commands::now_ms()
 }
 
-fn bad_json(r: JsonRejection) -> ApiError {
+pub(crate) fn bad_json(r: JsonRejection) -> ApiError {
     let status = r.status();
     let code = match status {
         StatusCode::PAYLOAD_TOO_LARGE => "REQUEST_TOO_LARGE",
@@ -46,7 +46,7 @@ fn bad_json(r: JsonRejection) -> ApiError {
     ApiError::new(status, code, r.body_text())
 }
 
-/// Audits one request. `after` holds, per strategy, the mode before and
+/// Audits one ops request. `after` holds, per strategy, the mode before and
 /// after (`from`, `to`) when something was applied.
 async fn record(
     state: &AppState,
@@ -57,9 +57,34 @@ async fn record(
     result: &str,
     request_id: &str,
 ) -> Result<(), ApiError> {
+    record_as(
+        state,
+        "ops_request",
+        who,
+        action,
+        scope,
+        after,
+        result,
+        request_id,
+    )
+    .await
+}
+
+/// Audits one mutating request of `record_type` (critical: kept 5 years).
+#[allow(clippy::too_many_arguments)] // one audit row's fields
+pub(crate) async fn record_as(
+    state: &AppState,
+    record_type: &str,
+    who: &str,
+    action: &str,
+    scope: &str,
+    after: Value,
+    result: &str,
+    request_id: &str,
+) -> Result<(), ApiError> {
     let e = NewEvent {
         at_ms: now_ms(),
-        record_type: "ops_request".into(),
+        record_type: record_type.into(),
         critical: true,
         actor: who.into(),
         action: action.into(),
@@ -87,7 +112,7 @@ fn mode_alert(state: &Arc<AppState>, scope: &str, mode: OpsMode, actor: &str, re
     });
 }
 
-/// Audits a refused request and hands the error back for returning.
+/// Audits a refused ops request and hands the error back for returning.
 async fn refused(
     state: &AppState,
     who: &str,
@@ -96,8 +121,32 @@ async fn refused(
     request_id: &str,
     err: ApiError,
 ) -> ApiError {
+    refused_as(state, "ops_request", who, action, scope, request_id, err).await
+}
+
+/// Audits a refused request of `record_type` and hands the error back.
+pub(crate) async fn refused_as(
+    state: &AppState,
+    record_type: &str,
+    who: &str,
+    action: &str,
+    scope: &str,
+    request_id: &str,
+    err: ApiError,
+) -> ApiError {
     let result = format!("refused: {}", err.code);
-    match record(state, who, action, scope, Value::Null, &result, request_id).await {
+    match record_as(
+        state,
+        record_type,
+        who,
+        action,
+        scope,
+        Value::Null,
+        &result,
+        request_id,
+    )
+    .await
+    {
         Ok(()) => err,
         Err(audit_failure) => audit_failure,
     }
@@ -186,7 +235,7 @@ async fn apply(
     Ok(outcome)
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     format!(
@@ -242,12 +291,23 @@ pub async fn create(
         return Err(refused(&state, &p.name, &body.action, &body.scope, &id, err).await);
     }
     if body.action == "rollback" {
-        let err = ApiError::new(
-            StatusCode::CONFLICT,
-            "OPS_ROLLBACK_NO_REGISTRY",
-            "rollback needs the model registry, which this build does not have yet",
-        );
-        return Err(refused(&state, &p.name, "rollback", &body.scope, &id, err).await);
+        // Re-activates the previous active version: one strategy, and there
+        // must be something to go back to (checked again on approval).
+        let checked = if body.scope == "global" {
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "OPS_ROLLBACK_SCOPE",
+                "rollback applies to one strategy, not global",
+            ))
+        } else {
+            crate::registry::rollback_target(&state, &body.scope)
+                .await
+                .map(|_| ())
+        };
+        if let Err(err) = checked {
+            return Err(refused(&state, &p.name, "rollback", &body.scope, &id, err).await);
+        }
+        return pending(&state, &p.name, &body, &id).await;
     }
     let Some(mode) = target_mode(&body.action) else {
         return Err(ApiError::internal("mapping the action"));
@@ -276,26 +336,36 @@ pub async fn create(
             Json(json!({"id": id, "status": "applied", "result": after})),
         ));
     }
+    pending(&state, &p.name, &body, &id).await
+}
+
+/// Stores a request that waits for a second principal.
+async fn pending(
+    state: &AppState,
+    who: &str,
+    body: &OpsRequestBody,
+    id: &str,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let expires = now_ms() + state.config.control.approvals.ttl_s * 1000;
     sqlx::query("INSERT INTO core.ops_requests (id, action, scope, reason, requested_by, requested_at_ms, expires_at_ms, status) VALUES ($1,$2,$3,$4,$5,$6,$7,'pending')")
-        .bind(&id)
+        .bind(id)
         .bind(&body.action)
         .bind(&body.scope)
         .bind(&body.reason)
-        .bind(&p.name)
+        .bind(who)
         .bind(now_ms() as i64)
         .bind(expires as i64)
         .execute(&state.pool)
         .await
         .map_err(|_| ApiError::internal("storing the request"))?;
     record(
-        &state,
-        &p.name,
+        state,
+        who,
         &body.action,
         &body.scope,
         json!({"status": "pending"}),
         "pending approval",
-        &id,
+        id,
     )
     .await?;
     Ok((
@@ -327,7 +397,7 @@ pub async fn decide(
             "use /approve or /reject",
         ));
     }
-    let row = sqlx::query("SELECT action, scope, reason, requested_by, expires_at_ms, status FROM core.ops_requests WHERE id = $1")
+    let row = sqlx::query("SELECT action, scope, reason, requested_by, expires_at_ms, status, target FROM core.ops_requests WHERE id = $1")
         .bind(&id)
         .fetch_optional(&state.pool)
         .await
@@ -342,6 +412,7 @@ pub async fn decide(
         get("status"),
     );
     let expires: i64 = row.try_get("expires_at_ms").unwrap_or(0);
+    let target: Option<String> = row.try_get("target").ok().flatten();
     let refuse = |status: StatusCode, code: &'static str, msg: String| ApiError::new(status, code, msg);
     let refusal = if status != "pending" {
         Some(refuse(
@@ -407,18 +478,26 @@ pub async fn decide(
         .await?;
         return Ok(Json(json!({"id": id, "status": "rejected"})));
     }
-    let Some(mode) = target_mode(&action) else {
-        return Err(ApiError::internal("mapping the action"));
+    let actor = format!("{requester}+{}", p.name);
+    let mode = target_mode(&action);
+    let result = match (action.as_str(), mode) {
+        ("activate", _) => activate_target(&state, target.as_deref(), &p.name, &actor, &id).await,
+        ("rollback", _) => match crate::registry::rollback_target(&state, &scope).await {
+            Ok((_, previous)) => {
+                crate::registry::activate(
+                    &state,
+                    &previous,
+                    &actor,
+                    &id,
+                    crate::registry::Activation::Rollback,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        },
+        (_, Some(mode)) => apply(&state, &scope, mode, &reason, &actor, &id).await,
+        (_, None) => Err(ApiError::internal("mapping the action")),
     };
-    let result = apply(
-        &state,
-        &scope,
-        mode,
-        &reason,
-        &format!("{requester}+{}", p.name),
-        &id,
-    )
-    .await;
     let (final_status, after, label) = match &result {
         Ok(v) => ("applied", v.clone(), "ok".to_owned()),
         Err(e) => ("failed", e.details.clone(), format!("refused: {}", e.code)),
@@ -440,8 +519,53 @@ pub async fn decide(
     )
     .await?;
     result?;
-    mode_alert(&state, &scope, mode, &format!("{requester}+{}", p.name), &reason);
+    match mode {
+        Some(mode) => mode_alert(&state, &scope, mode, &actor, &reason),
+        None => model_alert(&state, &scope, &action, &actor, &reason, &after),
+    }
     Ok(Json(json!({"id": id, "status": "applied", "result": after})))
+}
+
+/// Approves and activates the model an `activate` request names.
+async fn activate_target(
+    state: &Arc<AppState>,
+    target: Option<&str>,
+    approver: &str,
+    actor: &str,
+    request_id: &str,
+) -> Result<Value, ApiError> {
+    let model_id = target.ok_or_else(|| ApiError::internal("reading the request's model"))?;
+    let model = crate::registry::get(state, model_id).await?;
+    crate::registry::check_activatable(state, &model).await?;
+    crate::registry::approve(state, &model, approver, request_id).await?;
+    crate::registry::activate(
+        state,
+        &model,
+        actor,
+        request_id,
+        crate::registry::Activation::Normal,
+    )
+    .await
+}
+
+/// Info alert for a model activation or rollback (warning).
+fn model_alert(state: &Arc<AppState>, scope: &str, action: &str, actor: &str, reason: &str, after: &Value) {
+    let severity = if action == "rollback" {
+        mlcore_models::config::Severity::Warning
+    } else {
+        mlcore_models::config::Severity::Info
+    };
+    state.alert(crate::alerts::Alert {
+        severity,
+        kind: format!("model_{action}"),
+        scope: scope.to_owned(),
+        summary: format!(
+            "{scope}: {action} to {} by {actor}: {reason}",
+            after["model_id"].as_str().unwrap_or("?")
+        ),
+        details: after.clone(),
+        resolve: false,
+    });
 }
 
 /// `GET /v1/ops`: each strategy's mode and what the daemons report.

@@ -44,7 +44,7 @@ pub use observability::{
 pub use policy::{CorePolicy, RiskLimits, SignalPolicy, Sizing, Theta};
 pub use processes::{
     ApprovalsConfig, ControlConfig, Credential, DaemonConfig, DecisionConfig, DecisionMode, IngressConfig,
-    Principal, QueuesConfig, RateLimitConfig, Role, ThreadsConfig,
+    Principal, QueuesConfig, RateLimitConfig, Role, RollbackSigningConfig, ThreadsConfig,
 };
 pub use secret::Secret;
 pub use sources::{FailoverConfig, ProviderConfig, ProviderSettings, SourcesConfig};
@@ -225,6 +225,10 @@ pub fn load(root: &Path, env: Environment, vars: &dyn EnvSource) -> Result<AppCo
     }
     let project_root = root.parent().unwrap_or(root);
     storage.resolve_relative(project_root);
+    let mut control: ControlConfig = control;
+    if control.rollback_signing.key_file.is_relative() {
+        control.rollback_signing.key_file = project_root.join(&control.rollback_signing.key_file);
+    }
     let config = AppConfig {
         environment: env,
         core_policy,

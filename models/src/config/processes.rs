@@ -93,6 +93,21 @@ pub struct ControlConfig {
     pub heartbeat_missing_after_ms: u64,
     /// Who may call the API.
     pub principals: Vec<Principal>,
+    /// The key that signs rollback authorisations.
+    pub rollback_signing: RollbackSigningConfig,
+}
+
+/// How the control plane signs rollback authorisations. The key must be
+/// trusted with the `rollback` purpose in `trust.yaml` for daemons to accept
+/// them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackSigningConfig {
+    /// Secret key file (`models keygen` writes one). Relative paths are
+    /// resolved against the folder that holds `configs/`.
+    pub key_file: std::path::PathBuf,
+    /// An authorisation is usable this long after it is issued.
+    pub authorization_ttl_s: u64,
 }
 
 /// Two-person approval settings.

@@ -7,6 +7,7 @@
 //! | `ns:{S}:signals` | stream | every accepted signal, capped `MAXLEN ~` |
 //! | `ns:{S}:hwm` | hash | symbol → highest `seq` ever accepted (never expires) |
 //! | `ns:{S}:ops` | hash | mode, version, reason, actor, request_id, updated_at_ms |
+//! | `ns:{S}:model` | hash | the registry's active model: model_id, version, manifest_sha256, rollback, pinned, actor, request_id, updated_at_ms |
 //! | `ns:daemon:<instance>:hb` | hash | heartbeat, with a TTL |
 //! | `ns:daemons` | sorted set | instance → last heartbeat time (ms) |
 //! | `ns:events` | pub/sub channel | ops changes, model activations (JSON) |
@@ -38,6 +39,7 @@ impl Keys {
             ops: format!("{prefix}:ops"),
             hwm: format!("{prefix}:hwm"),
             signals: format!("{prefix}:signals"),
+            model: format!("{prefix}:model"),
             sig_prefix: format!("{prefix}:sig:"),
         }
     }
@@ -69,6 +71,8 @@ pub struct StrategyKeys {
     pub hwm: String,
     /// Signal stream.
     pub signals: String,
+    /// The registry's active-model pointer.
+    pub model: String,
     sig_prefix: String,
 }
 

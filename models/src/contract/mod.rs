@@ -3,7 +3,8 @@
 //! Key layout ([`keys`]), the guard — a Redis Function library through which
 //! every signal is written and every mode change made ([`guard`], source in
 //! `guard.lua`), the ops modes ([`ops`]), the signal types ([`signal`]) and
-//! daemon heartbeats ([`heartbeat`]). `docs/redis-contract.md` is the
+//! daemon heartbeats ([`heartbeat`]) and the registry's active-model
+//! pointer ([`model`]). `docs/redis-contract.md` is the
 //! consumer-facing description; keep both in step.
 //!
 //! Everything here works over any [`redis::ConnectionLike`]: a plain
@@ -14,6 +15,7 @@ mod error;
 pub mod guard;
 pub mod heartbeat;
 pub mod keys;
+pub mod model;
 pub mod ops;
 pub mod signal;
 
@@ -22,5 +24,6 @@ pub use error::ContractError;
 pub use guard::{Guard, ModeChange, PublishOutcome, SetModeOutcome};
 pub use heartbeat::Heartbeat;
 pub use keys::{Keys, StrategyKeys};
+pub use model::ModelPointer;
 pub use ops::{OpsMode, OpsState};
 pub use signal::{Side, Signal, SignalBatch, StoredSignal};

@@ -1,0 +1,216 @@
+//! Model registry routes. Registering verifies the artifact; activation is a
+//! two-person action (an `activate` ops request an approver decides through
+//! `/v1/ops/requests/{id}/approve`); approvers reject models and release
+//! rollback pins. Every mutating request, refused ones too, is audited.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use mlcore_models::config::Role;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::{authenticate, require};
+use super::error::ApiError;
+use super::ops::{bad_json, new_id, record_as, refused_as};
+use super::AppState;
+use crate::commands::now_ms;
+use crate::registry;
+
+const RECORD: &str = "model_registry";
+
+/// `POST /v1/models` body: the artifact at `models_root/<strategy>/v<version>/`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterBody {
+    /// Strategy id.
+    pub strategy: String,
+    /// Artifact version.
+    pub version: u64,
+}
+
+/// Body of activate, reject and release.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonBody {
+    /// Why.
+    pub reason: String,
+}
+
+fn reason_of(body: Result<Json<ReasonBody>, JsonRejection>) -> Result<String, ApiError> {
+    let Json(b) = body.map_err(bad_json)?;
+    if b.reason.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "MODEL_REASON_MISSING",
+            "a reason is required",
+        ));
+    }
+    Ok(b.reason)
+}
+
+/// `GET /v1/models`.
+#[utoipa::path(get, path = "/v1/models", security(("bearer" = [])),
+    responses((status = 200, description = "every version with status, and what each daemon reports as loaded"),
+        (status = 401, description = "missing or unknown token", body = super::openapi::ErrorBody)))]
+pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let p = authenticate(&headers, &state.principals)?;
+    require(&p, &[Role::Viewer, Role::Operator, Role::Approver])?;
+    registry::list(&state).await.map(Json)
+}
+
+/// `POST /v1/models`: register (verify) an artifact as a candidate.
+#[utoipa::path(post, path = "/v1/models", request_body = RegisterBody, security(("bearer" = [])),
+    responses((status = 201, description = "registered as candidate"),
+        (status = 403, description = "role lacking", body = super::openapi::ErrorBody),
+        (status = 409, description = "already registered", body = super::openapi::ErrorBody),
+        (status = 422, description = "unknown strategy, unreadable or refused artifact", body = super::openapi::ErrorBody)))]
+pub async fn register(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<RegisterBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let p = authenticate(&headers, &state.principals)?;
+    require(&p, &[Role::Operator])?;
+    state.limiter.check(&p.name)?;
+    let Json(body) = body.map_err(bad_json)?;
+    let id = new_id();
+    let scope = format!("{}/v{}", body.strategy, body.version);
+    match registry::register(&state, &p.name, &body.strategy, body.version, &id).await {
+        Ok(v) => {
+            record_as(&state, RECORD, &p.name, "register", &scope, v.clone(), "ok", &id).await?;
+            Ok((StatusCode::CREATED, Json(v)))
+        }
+        Err(e) => Err(refused_as(&state, RECORD, &p.name, "register", &scope, &id, e).await),
+    }
+}
+
+/// `POST /v1/models/{id}/activate`: asks for activation; an approver other
+/// than the requester decides it through `/v1/ops/requests/{id}/approve`.
+#[utoipa::path(post, path = "/v1/models/{id}/activate", request_body = ReasonBody, security(("bearer" = [])),
+    params(("id" = String, Path, description = "model id")),
+    responses((status = 202, description = "activation pending approval"),
+        (status = 404, description = "no such model", body = super::openapi::ErrorBody),
+        (status = 409, description = "not activatable, or the strategy is pinned", body = super::openapi::ErrorBody)))]
+pub async fn activate(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(model_id): Path<String>,
+    body: Result<Json<ReasonBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let p = authenticate(&headers, &state.principals)?;
+    require(&p, &[Role::Operator])?;
+    state.limiter.check(&p.name)?;
+    let id = new_id();
+    let checked = async {
+        let reason = reason_of(body)?;
+        let model = registry::get(&state, &model_id).await?;
+        registry::check_activatable(&state, &model).await?;
+        Ok::<_, ApiError>((reason, model))
+    }
+    .await;
+    let (reason, model) = match checked {
+        Ok(x) => x,
+        Err(e) => return Err(refused_as(&state, RECORD, &p.name, "activate", &model_id, &id, e).await),
+    };
+    let expires = now_ms() + state.config.control.approvals.ttl_s * 1000;
+    sqlx::query("INSERT INTO core.ops_requests (id, action, scope, reason, requested_by, requested_at_ms, expires_at_ms, status, target) VALUES ($1,'activate',$2,$3,$4,$5,$6,'pending',$7)")
+        .bind(&id)
+        .bind(&model.strategy)
+        .bind(&reason)
+        .bind(&p.name)
+        .bind(now_ms() as i64)
+        .bind(expires as i64)
+        .bind(&model.id)
+        .execute(&state.pool)
+        .await
+        .map_err(|_| ApiError::internal("storing the request"))?;
+    record_as(
+        &state,
+        RECORD,
+        &p.name,
+        "activate",
+        &model.id,
+        json!({"status": "pending", "strategy": model.strategy, "version": model.version}),
+        "pending approval",
+        &id,
+    )
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "status": "pending", "model_id": model.id, "expires_at_ms": expires})),
+    ))
+}
+
+/// `POST /v1/models/{id}/reject` (approver).
+#[utoipa::path(post, path = "/v1/models/{id}/reject", request_body = ReasonBody, security(("bearer" = [])),
+    params(("id" = String, Path, description = "model id")),
+    responses((status = 200, description = "rejected"),
+        (status = 404, description = "no such model", body = super::openapi::ErrorBody),
+        (status = 409, description = "active, retired or already rejected", body = super::openapi::ErrorBody)))]
+pub async fn reject(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(model_id): Path<String>,
+    body: Result<Json<ReasonBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let p = authenticate(&headers, &state.principals)?;
+    require(&p, &[Role::Approver])?;
+    state.limiter.check(&p.name)?;
+    let id = new_id();
+    let result = async {
+        let reason = reason_of(body)?;
+        registry::reject(&state, &model_id, &p.name, &reason, &id).await
+    }
+    .await;
+    match result {
+        Ok(v) => {
+            record_as(&state, RECORD, &p.name, "reject", &model_id, v.clone(), "ok", &id).await?;
+            Ok(Json(v))
+        }
+        Err(e) => Err(refused_as(&state, RECORD, &p.name, "reject", &model_id, &id, e).await),
+    }
+}
+
+/// `POST /v1/models/pins/{strategy}/release` (approver): lets activations
+/// through again after a rollback.
+#[utoipa::path(post, path = "/v1/models/pins/{strategy}/release", request_body = ReasonBody, security(("bearer" = [])),
+    params(("strategy" = String, Path, description = "strategy id")),
+    responses((status = 200, description = "released"),
+        (status = 409, description = "not pinned", body = super::openapi::ErrorBody)))]
+pub async fn release_pin(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(strategy): Path<String>,
+    body: Result<Json<ReasonBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let p = authenticate(&headers, &state.principals)?;
+    require(&p, &[Role::Approver])?;
+    state.limiter.check(&p.name)?;
+    let id = new_id();
+    let result = async {
+        reason_of(body)?;
+        registry::release_pin(&state, &strategy, &id).await
+    }
+    .await;
+    match result {
+        Ok(v) => {
+            record_as(
+                &state,
+                RECORD,
+                &p.name,
+                "release_pin",
+                &strategy,
+                v.clone(),
+                "ok",
+                &id,
+            )
+            .await?;
+            Ok(Json(v))
+        }
+        Err(e) => Err(refused_as(&state, RECORD, &p.name, "release_pin", &strategy, &id, e).await),
+    }
+}

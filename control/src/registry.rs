@@ -1,0 +1,731 @@
+//! The model registry (`core.model_registry`, `core.model_active`,
+//! `core.model_transitions`) and the active pointer it keeps in Redis.
+//!
+//! Life of a model: `candidate` (registered: the artifact verified with the
+//! models crate) → `approved` (a second principal approved its activation)
+//! → `active` (the pointer in Redis names it; the daemons load it) →
+//! `retired` (another version became active). An approver may `reject` a
+//! candidate or approved model. Activating a version not above the highest
+//! ever active (a rollback) carries a signed rollback authorisation, which
+//! daemons require to go back a version; an ops `rollback` re-activates the
+//! previous active version and pins it until an approver releases the pin.
+//!
+//! The PostgreSQL row of the strategy's pointer is locked while Redis is
+//! written, so two activations cannot interleave; when Redis refuses, the
+//! transaction rolls back and nothing changed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use mlcore_models::artifact::rollback::RollbackGrant;
+use mlcore_models::artifact::{
+    self, ArtifactFiles, RollbackAuthorization, SecretKeyFile, TrustStore, VerifyContext,
+};
+use mlcore_models::config::KeyPurpose;
+use mlcore_models::contract::{Heartbeat, Keys, ModelPointer, RedisConn};
+use mlcore_models::features;
+use serde_json::{json, Value};
+use sha2::Digest;
+use sqlx::{Postgres, Row, Transaction};
+
+use crate::api::error::ApiError;
+use crate::api::AppState;
+use crate::commands::now_ms;
+
+/// One registry row, as the API shows it.
+#[derive(Debug, Clone)]
+pub struct ModelRow {
+    /// Registry id (the manifest's `model_id`).
+    pub id: String,
+    /// Strategy.
+    pub strategy: String,
+    /// Version.
+    pub version: u64,
+    /// `candidate | approved | active | retired | rejected`.
+    pub status: String,
+    /// sha256 of `manifest.json`.
+    pub manifest_sha256: String,
+}
+
+const COLUMNS: &str = "id, strategy, version, status, artifact_path, manifest_sha256, file_hashes::text AS file_hashes, key_id, metrics::text AS metrics, expires_at_ms, registered_by, registered_at_ms, approved_by, approved_at_ms, activated_by, activated_at_ms, retired_at_ms, rejected_by, rejected_at_ms";
+
+/// `SELECT <every column> FROM core.model_registry <tail>`; `tail` is
+/// always a literal in this module (values go through binds).
+fn select(tail: &'static str) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM core.model_registry {tail}"))
+}
+
+fn db_err(what: &'static str) -> impl Fn(sqlx::Error) -> ApiError {
+    move |e| {
+        crate::log_line(
+            "error",
+            "registry database error",
+            &[("while", what.into()), ("error", e.to_string().into())],
+        );
+        ApiError::internal(what)
+    }
+}
+
+fn redis_unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "MODEL_REDIS_UNAVAILABLE",
+        format!("Redis: {e}; nothing was changed"),
+    )
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "MODEL_NOT_FOUND",
+        format!("no model `{id}` in the registry"),
+    )
+}
+
+fn row_of(r: &sqlx::postgres::PgRow) -> ModelRow {
+    ModelRow {
+        id: r.try_get("id").unwrap_or_default(),
+        strategy: r.try_get("strategy").unwrap_or_default(),
+        version: r.try_get::<i64, _>("version").unwrap_or(0) as u64,
+        status: r.try_get("status").unwrap_or_default(),
+        manifest_sha256: r.try_get("manifest_sha256").unwrap_or_default(),
+    }
+}
+
+fn json_of(r: &sqlx::postgres::PgRow) -> Value {
+    let s = |c: &str| r.try_get::<Option<String>, _>(c).ok().flatten();
+    let n = |c: &str| r.try_get::<Option<i64>, _>(c).ok().flatten();
+    let j = |c: &str| {
+        s(c).and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .unwrap_or(Value::Null)
+    };
+    json!({
+        "id": s("id"), "strategy": s("strategy"), "version": n("version"), "status": s("status"),
+        "artifact_path": s("artifact_path"), "manifest_sha256": s("manifest_sha256"),
+        "file_hashes": j("file_hashes"), "key_id": s("key_id"), "metrics": j("metrics"),
+        "expires_at_ms": n("expires_at_ms"),
+        "registered": {"by": s("registered_by"), "at_ms": n("registered_at_ms")},
+        "approved": {"by": s("approved_by"), "at_ms": n("approved_at_ms")},
+        "activated": {"by": s("activated_by"), "at_ms": n("activated_at_ms")},
+        "retired": {"at_ms": n("retired_at_ms")},
+        "rejected": {"by": s("rejected_by"), "at_ms": n("rejected_at_ms")},
+    })
+}
+
+/// Reads one model.
+pub async fn get(state: &AppState, id: &str) -> Result<ModelRow, ApiError> {
+    sqlx::query(select("WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&state.pool)
+        .await
+        .map_err(db_err("reading the registry"))?
+        .map(|r| row_of(&r))
+        .ok_or_else(|| not_found(id))
+}
+
+async fn transition(
+    tx: &mut Transaction<'_, Postgres>,
+    model: &str,
+    from: Option<&str>,
+    to: &str,
+    actor: &str,
+    request_id: &str,
+    reason: &str,
+) -> Result<(), ApiError> {
+    sqlx::query("INSERT INTO core.model_transitions (model_id, from_status, to_status, actor, at_ms, request_id, reason) VALUES ($1,$2,$3,$4,$5,$6,$7)")
+        .bind(model)
+        .bind(from)
+        .bind(to)
+        .bind(actor)
+        .bind(now_ms() as i64)
+        .bind(request_id)
+        .bind(reason)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err("recording a transition"))?;
+    Ok(())
+}
+
+/// Registers `models_root/<strategy>/v<version>` as a candidate after the
+/// models crate verified it (signature, files, feature schema, expiry).
+pub async fn register(
+    state: &AppState,
+    who: &str,
+    strategy: &str,
+    version: u64,
+    request_id: &str,
+) -> Result<Value, ApiError> {
+    if state.config.strategy(strategy).is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "MODEL_STRATEGY_UNKNOWN",
+            format!("unknown strategy `{strategy}`"),
+        ));
+    }
+    let dir: PathBuf = state
+        .config
+        .storage
+        .models_root
+        .join(strategy)
+        .join(format!("v{version}"));
+    let trust = TrustStore::from_config(&state.config.trust).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "MODEL_TRUST_UNUSABLE",
+            format!("trust.yaml: {e}"),
+        )
+    })?;
+    let read_dir = dir.clone();
+    let files = tokio::task::spawn_blocking(move || ArtifactFiles::read(&read_dir))
+        .await
+        .map_err(|_| ApiError::internal("reading the artifact"))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "MODEL_ARTIFACT_UNREADABLE",
+                format!("{}: {e}", dir.display()),
+            )
+        })?;
+    let manifest_sha = files
+        .get(artifact::MANIFEST)
+        .map(|m| hex::encode(sha2::Sha256::digest(m)))
+        .unwrap_or_default();
+    let hash = features::schema().hash();
+    let ctx = VerifyContext {
+        trust: &trust,
+        feature_schema_hash: &hash,
+        now_ms: now_ms(),
+        highest_accepted: None,
+        rollback: None,
+    };
+    let verified = artifact::verify(files, &ctx).map_err(|e| {
+        let mut err = ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "MODEL_VERIFY_FAILED",
+            format!("{}: {e}", dir.display()),
+        );
+        err.details = json!({"reason": e.to_string()});
+        err
+    })?;
+    let m = &verified.manifest;
+    if m.strategy != strategy || m.version != version {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "MODEL_ARTIFACT_MISPLACED",
+            format!(
+                "{} holds {} v{}, not {strategy} v{version}",
+                dir.display(),
+                m.strategy,
+                m.version
+            ),
+        ));
+    }
+    let mut tx = state
+        .pool
+        .begin()
+        .await
+        .map_err(db_err("opening a transaction"))?;
+    let inserted = sqlx::query("INSERT INTO core.model_registry (id, strategy, version, status, artifact_path, manifest_sha256, file_hashes, key_id, metrics, expires_at_ms, registered_by, registered_at_ms) VALUES ($1,$2,$3,'candidate',$4,$5,$6::jsonb,$7,$8::jsonb,$9,$10,$11) ON CONFLICT DO NOTHING")
+        .bind(&m.model_id)
+        .bind(strategy)
+        .bind(version as i64)
+        .bind(dir.display().to_string())
+        .bind(&manifest_sha)
+        .bind(serde_json::to_string(&m.files).unwrap_or_else(|_| "{}".into()))
+        .bind(&verified.key_id)
+        .bind(serde_json::to_string(&m.metrics).unwrap_or_else(|_| "{}".into()))
+        .bind(m.expires_at_ms as i64)
+        .bind(who)
+        .bind(now_ms() as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("registering"))?
+        .rows_affected();
+    if inserted == 0 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "MODEL_EXISTS",
+            format!("{} ({strategy} v{version}) is already registered", m.model_id),
+        ));
+    }
+    transition(
+        &mut tx,
+        &m.model_id,
+        None,
+        "candidate",
+        who,
+        request_id,
+        "registered",
+    )
+    .await?;
+    tx.commit().await.map_err(db_err("committing"))?;
+    Ok(
+        json!({"id": m.model_id, "strategy": strategy, "version": version, "status": "candidate",
+              "manifest_sha256": manifest_sha, "key_id": verified.key_id}),
+    )
+}
+
+/// Refuses unless `model` may be activated now (for a new request and
+/// again when it is approved).
+pub async fn check_activatable(state: &AppState, model: &ModelRow) -> Result<(), ApiError> {
+    if !["candidate", "approved", "retired"].contains(&model.status.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "MODEL_NOT_ACTIVATABLE",
+            format!(
+                "{} is {}; only candidate, approved or retired models can be activated",
+                model.id, model.status
+            ),
+        ));
+    }
+    let pin: Option<(bool, Option<String>)> =
+        sqlx::query("SELECT pinned, pinned_by FROM core.model_active WHERE strategy = $1")
+            .bind(&model.strategy)
+            .fetch_optional(&state.pool)
+            .await
+            .map_err(db_err("reading the pointer"))?
+            .map(|r| {
+                (
+                    r.try_get("pinned").unwrap_or(false),
+                    r.try_get("pinned_by").ok().flatten(),
+                )
+            });
+    if let Some((true, by)) = pin {
+        return Err(pinned(&model.strategy, by.as_deref()));
+    }
+    Ok(())
+}
+
+fn pinned(strategy: &str, by: Option<&str>) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "MODEL_PINNED",
+        format!(
+            "{strategy} is pinned by a rollback ({}); an approver must release the pin first",
+            by.unwrap_or("unknown")
+        ),
+    )
+}
+
+/// The model a rollback of `strategy` would re-activate: the most recently
+/// retired version below the active one.
+pub async fn rollback_target(state: &AppState, strategy: &str) -> Result<(ModelRow, ModelRow), ApiError> {
+    let current = sqlx::query(select(
+        "WHERE id = (SELECT model_id FROM core.model_active WHERE strategy = $1)",
+    ))
+    .bind(strategy)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(db_err("reading the pointer"))?
+    .map(|r| row_of(&r))
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "OPS_ROLLBACK_NOTHING_ACTIVE",
+            format!("{strategy} has no active model in the registry"),
+        )
+    })?;
+    let previous = sqlx::query(select(
+        "WHERE strategy = $1 AND status = 'retired' AND version < $2 ORDER BY retired_at_ms DESC, version DESC LIMIT 1",
+    ))
+    .bind(strategy)
+    .bind(current.version as i64)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(db_err("reading the registry"))?
+    .map(|r| row_of(&r))
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "OPS_ROLLBACK_NO_PREVIOUS",
+            format!("{strategy} has no earlier version to roll back to (active: {})", current.id),
+        )
+    })?;
+    Ok((current, previous))
+}
+
+/// Marks `model` approved (the second principal agreed).
+pub async fn approve(
+    state: &AppState,
+    model: &ModelRow,
+    approver: &str,
+    request_id: &str,
+) -> Result<(), ApiError> {
+    if model.status != "candidate" {
+        return Ok(());
+    }
+    let mut tx = state
+        .pool
+        .begin()
+        .await
+        .map_err(db_err("opening a transaction"))?;
+    sqlx::query("UPDATE core.model_registry SET status='approved', approved_by=$2, approved_at_ms=$3 WHERE id=$1 AND status='candidate'")
+        .bind(&model.id)
+        .bind(approver)
+        .bind(now_ms() as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("approving"))?;
+    transition(
+        &mut tx,
+        &model.id,
+        Some("candidate"),
+        "approved",
+        approver,
+        request_id,
+        "activation approved",
+    )
+    .await?;
+    tx.commit().await.map_err(db_err("committing"))
+}
+
+/// How an activation came about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// An approved `activate` request: refused while the strategy is pinned.
+    Normal,
+    /// An approved ops `rollback`: pins the version.
+    Rollback,
+}
+
+fn sign_rollback(
+    state: &AppState,
+    model: &ModelRow,
+    request_id: &str,
+) -> Result<RollbackAuthorization, ApiError> {
+    let cfg = &state.config.control.rollback_signing;
+    let unusable = |why: String| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ROLLBACK_KEY_UNUSABLE",
+            format!("rollback signing key {}: {why}", cfg.key_file.display()),
+        )
+    };
+    let key = SecretKeyFile::read(&cfg.key_file).map_err(|e| unusable(e.to_string()))?;
+    let now = now_ms();
+    // A key the daemons would refuse makes an authorisation that cannot work.
+    TrustStore::from_config(&state.config.trust)
+        .map_err(|e| unusable(e.to_string()))?
+        .key_for(&key.key_id, KeyPurpose::Rollback, now)
+        .map_err(|e| unusable(format!("not trusted for rollback in trust.yaml: {e}")))?;
+    RollbackGrant {
+        strategy: model.strategy.clone(),
+        model_id: model.id.clone(),
+        version: model.version,
+        issued_at_ms: now,
+        expires_at_ms: now + cfg.authorization_ttl_s * 1000,
+        request_id: request_id.to_owned(),
+    }
+    .sign(&key)
+    .map_err(unusable)
+}
+
+/// Makes `model` the active version of its strategy: the pointer in Redis
+/// (with a rollback authorisation when the version is not above the highest
+/// ever active), then the registry. Returns what changed.
+pub async fn activate(
+    state: &Arc<AppState>,
+    model: &ModelRow,
+    actor: &str,
+    request_id: &str,
+    how: Activation,
+) -> Result<Value, ApiError> {
+    let mut tx = state
+        .pool
+        .begin()
+        .await
+        .map_err(db_err("opening a transaction"))?;
+    // Serialise activations per strategy (the row may not exist yet).
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('mlcore.model_active.' || $1))")
+        .bind(&model.strategy)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("locking the pointer"))?;
+    let current =
+        sqlx::query("SELECT model_id, pinned, pinned_by FROM core.model_active WHERE strategy = $1")
+            .bind(&model.strategy)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err("reading the pointer"))?;
+    let current_id: Option<String> = current.as_ref().and_then(|r| r.try_get("model_id").ok());
+    if how == Activation::Normal {
+        if let Some(r) = &current {
+            if r.try_get::<bool, _>("pinned").unwrap_or(false) {
+                return Err(pinned(
+                    &model.strategy,
+                    r.try_get::<Option<String>, _>("pinned_by")
+                        .ok()
+                        .flatten()
+                        .as_deref(),
+                ));
+            }
+        }
+    }
+    let status: String = sqlx::query("SELECT status FROM core.model_registry WHERE id = $1 FOR UPDATE")
+        .bind(&model.id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err("reading the model"))?
+        .and_then(|r| r.try_get("status").ok())
+        .ok_or_else(|| not_found(&model.id))?;
+    if !["candidate", "approved", "retired"].contains(&status.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "MODEL_NOT_ACTIVATABLE",
+            format!("{} is {status}", model.id),
+        ));
+    }
+    let highest: Option<i64> = sqlx::query(
+        "SELECT max(version) AS v FROM core.model_registry WHERE strategy = $1 AND activated_at_ms IS NOT NULL",
+    )
+    .bind(&model.strategy)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_err("reading the registry"))?
+    .try_get("v")
+    .ok()
+    .flatten();
+    let going_back = highest.is_some_and(|h| model.version as i64 <= h);
+    let rollback = if going_back {
+        Some(sign_rollback(state, model, request_id)?)
+    } else {
+        None
+    };
+    let now = now_ms();
+    let pointer = ModelPointer {
+        strategy: model.strategy.clone(),
+        model_id: model.id.clone(),
+        version: model.version,
+        manifest_sha256: model.manifest_sha256.clone(),
+        rollback,
+        pinned: how == Activation::Rollback,
+        actor: actor.to_owned(),
+        request_id: request_id.to_owned(),
+        updated_at_ms: now,
+    };
+    let redis = state.config.redis.clone();
+    let to_write = pointer.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let mut conn = RedisConn::connect(&redis).map_err(|e| e.to_string())?;
+        to_write
+            .write(&mut conn, &Keys::new(&redis.namespace))
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|_| ApiError::internal("writing the pointer"))?
+    .map_err(redis_unavailable)?;
+
+    if let Some(old) = current_id.as_deref().filter(|old| *old != model.id) {
+        sqlx::query("UPDATE core.model_registry SET status='retired', retired_at_ms=$2 WHERE id=$1")
+            .bind(old)
+            .bind(now as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("retiring"))?;
+        let why = match how {
+            Activation::Normal => format!("replaced by {}", model.id),
+            Activation::Rollback => format!("rolled back to {}", model.id),
+        };
+        transition(&mut tx, old, Some("active"), "retired", actor, request_id, &why).await?;
+    }
+    sqlx::query("UPDATE core.model_registry SET status='active', activated_by=$2, activated_at_ms=$3, retired_at_ms=NULL WHERE id=$1")
+        .bind(&model.id)
+        .bind(actor)
+        .bind(now as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("activating"))?;
+    let why = match how {
+        Activation::Normal => "activated",
+        Activation::Rollback => "re-activated by rollback (pinned)",
+    };
+    transition(
+        &mut tx,
+        &model.id,
+        Some(&status),
+        "active",
+        actor,
+        request_id,
+        why,
+    )
+    .await?;
+    let pin = how == Activation::Rollback;
+    sqlx::query("INSERT INTO core.model_active (strategy, model_id, pinned, pinned_by, pinned_at_ms, request_id, updated_at_ms) VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (strategy) DO UPDATE SET model_id=EXCLUDED.model_id, pinned=EXCLUDED.pinned, pinned_by=EXCLUDED.pinned_by, pinned_at_ms=EXCLUDED.pinned_at_ms, request_id=EXCLUDED.request_id, updated_at_ms=EXCLUDED.updated_at_ms")
+        .bind(&model.strategy)
+        .bind(&model.id)
+        .bind(pin)
+        .bind(pin.then_some(actor))
+        .bind(pin.then_some(now as i64))
+        .bind(request_id)
+        .bind(now as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("moving the pointer"))?;
+    tx.commit().await.map_err(db_err("committing"))?;
+    Ok(json!({
+        "strategy": model.strategy, "model_id": model.id, "version": model.version,
+        "previous": current_id, "pinned": pin,
+        "rollback_authorization": pointer.rollback.as_ref().map(|a| json!({"key_id": a.key_id, "expires_at_ms": a.grant.expires_at_ms})),
+    }))
+}
+
+/// An approver rejects a candidate or approved model.
+pub async fn reject(
+    state: &AppState,
+    id: &str,
+    who: &str,
+    reason: &str,
+    request_id: &str,
+) -> Result<Value, ApiError> {
+    let mut tx = state
+        .pool
+        .begin()
+        .await
+        .map_err(db_err("opening a transaction"))?;
+    let status: String = sqlx::query("SELECT status FROM core.model_registry WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err("reading the model"))?
+        .and_then(|r| r.try_get("status").ok())
+        .ok_or_else(|| not_found(id))?;
+    if status != "candidate" && status != "approved" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "MODEL_NOT_REJECTABLE",
+            format!("{id} is {status}; only candidate or approved models can be rejected"),
+        ));
+    }
+    sqlx::query(
+        "UPDATE core.model_registry SET status='rejected', rejected_by=$2, rejected_at_ms=$3 WHERE id=$1",
+    )
+    .bind(id)
+    .bind(who)
+    .bind(now_ms() as i64)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err("rejecting"))?;
+    transition(&mut tx, id, Some(&status), "rejected", who, request_id, reason).await?;
+    tx.commit().await.map_err(db_err("committing"))?;
+    Ok(json!({"id": id, "status": "rejected", "from": status}))
+}
+
+/// An approver releases a rollback pin.
+pub async fn release_pin(state: &AppState, strategy: &str, request_id: &str) -> Result<Value, ApiError> {
+    let mut tx = state
+        .pool
+        .begin()
+        .await
+        .map_err(db_err("opening a transaction"))?;
+    let row = sqlx::query("SELECT model_id, pinned FROM core.model_active WHERE strategy = $1 FOR UPDATE")
+        .bind(strategy)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err("reading the pointer"))?;
+    let Some((model_id, true)) = row.map(|r| {
+        (
+            r.try_get::<String, _>("model_id").unwrap_or_default(),
+            r.try_get::<bool, _>("pinned").unwrap_or(false),
+        )
+    }) else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "MODEL_NOT_PINNED",
+            format!("{strategy} is not pinned"),
+        ));
+    };
+    sqlx::query("UPDATE core.model_active SET pinned=false, pinned_by=NULL, pinned_at_ms=NULL, request_id=$2, updated_at_ms=$3 WHERE strategy=$1")
+        .bind(strategy)
+        .bind(request_id)
+        .bind(now_ms() as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("releasing the pin"))?;
+    let (redis, s) = (state.config.redis.clone(), strategy.to_owned());
+    tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let mut conn = RedisConn::connect(&redis).map_err(|e| e.to_string())?;
+        ModelPointer::set_pinned(&mut conn, &Keys::new(&redis.namespace), &s, false)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|_| ApiError::internal("releasing the pin"))?
+    .map_err(redis_unavailable)?;
+    tx.commit().await.map_err(db_err("committing"))?;
+    Ok(json!({"strategy": strategy, "model_id": model_id, "pinned": false}))
+}
+
+/// Every registered model with what each daemon reports as loaded, and each
+/// strategy's pointer.
+pub async fn list(state: &AppState) -> Result<Value, ApiError> {
+    let rows = sqlx::query(select("ORDER BY strategy, version"))
+        .fetch_all(&state.pool)
+        .await
+        .map_err(db_err("listing the registry"))?;
+    let pointers = sqlx::query("SELECT strategy, model_id, pinned, pinned_by, pinned_at_ms, request_id, updated_at_ms FROM core.model_active ORDER BY strategy")
+        .fetch_all(&state.pool)
+        .await
+        .map_err(db_err("reading the pointers"))?;
+    let redis = state.config.redis.clone();
+    let missing_after = state.config.control.heartbeat_missing_after_ms;
+    // What the daemons say; the registry answers even when Redis is down.
+    let daemons: Result<Vec<Heartbeat>, String> = tokio::task::spawn_blocking(move || {
+        let mut conn = RedisConn::connect(&redis).map_err(|e| e.to_string())?;
+        let keys = Keys::new(&redis.namespace);
+        let mut out = Vec::new();
+        for (instance, _) in Heartbeat::known_instances(&mut conn, &keys).map_err(|e| e.to_string())? {
+            if let Some(hb) = Heartbeat::read(&mut conn, &keys, &instance).map_err(|e| e.to_string())? {
+                out.push(hb);
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|_| ApiError::internal("reading heartbeats"))?;
+    let now = now_ms();
+    let (daemons, daemons_error) = match daemons {
+        Ok(d) => (d, None),
+        Err(e) => (Vec::new(), Some(format!("Redis: {e}"))),
+    };
+    let models: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let m = row_of(r);
+            let tag = format!("{}@{}", m.id, m.version);
+            let loaded_by: Vec<&str> = daemons
+                .iter()
+                .filter(|hb| hb.models.get(&m.strategy) == Some(&tag))
+                .map(|hb| hb.instance.as_str())
+                .collect();
+            let mut v = json_of(r);
+            v["loaded_by"] = json!(loaded_by);
+            v
+        })
+        .collect();
+    let strategies: Vec<Value> = pointers
+        .iter()
+        .map(|p| {
+            let strategy: String = p.try_get("strategy").unwrap_or_default();
+            let active: String = p.try_get("model_id").unwrap_or_default();
+            let reports: Vec<Value> = daemons
+                .iter()
+                .map(|hb| {
+                    let loaded = hb.models.get(&strategy).cloned();
+                    let agrees = loaded
+                        .as_deref()
+                        .and_then(|l| l.rsplit_once('@'))
+                        .is_some_and(|(id, _)| id == active);
+                    json!({"instance": hb.instance, "loaded": loaded, "agrees": agrees,
+                           "silent": now.saturating_sub(hb.at_ms) > missing_after})
+                })
+                .collect();
+            json!({"strategy": strategy, "active": active,
+                   "pinned": p.try_get::<bool, _>("pinned").unwrap_or(false),
+                   "pinned_by": p.try_get::<Option<String>, _>("pinned_by").ok().flatten(),
+                   "request_id": p.try_get::<String, _>("request_id").unwrap_or_default(),
+                   "updated_at_ms": p.try_get::<i64, _>("updated_at_ms").unwrap_or(0),
+                   "daemons": reports})
+        })
+        .collect();
+    Ok(json!({"models": models, "strategies": strategies, "daemons_error": daemons_error}))
+}
