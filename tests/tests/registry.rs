@@ -1,0 +1,418 @@
+//! The registry across real processes: `mlcore-control serve` activates and
+//! rolls back models, `mlcore-daemon` follows the pointer (with the signed
+//! rollback authorisation), ignores unapproved files once it follows the
+//! registry, keeps the rolled-back version across a restart, and refuses a
+//! pointer whose manifest does not match — with real PostgreSQL, Redis and
+//! ONNX Runtime.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // fixture helpers outside #[test] fns
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mlcore_models::artifact::SecretKeyFile;
+use mlcore_models::contract::{Heartbeat, Keys, ModelPointer};
+use mlcore_models::testutil::{self, RedisNamespace};
+use serde_json::Value;
+
+const OPERATOR: &str = "dev-operator-token";
+const APPROVER: &str = "dev-approver-token";
+const INSTANCE: &str = "e2e-registry";
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The workspace's binaries, built by `cargo nextest run --workspace`.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests through scripts/test.sh (cargo nextest run --workspace builds every binary)",
+        path.display()
+    );
+    path
+}
+
+/// Starts a binary that prints one `listening ... key=ADDR` line; returns
+/// the process and the line.
+fn start(name: &str, args: &[&str], dsn: &str) -> (Proc, String) {
+    let mut child = Command::new(binary(name))
+        .args(args)
+        .env("MLCORE_REDIS_URL", testutil::redis_url())
+        .env("MLCORE_PG_DSN", dsn)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit()) // nextest shows it when the test fails
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (Proc(child), line)
+}
+
+fn field(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        .to_owned()
+}
+
+/// One HTTP/1.1 request; status and JSON body.
+fn call(addr: &str, method: &str, path: &str, token: &str, body: &str) -> (u16, Value) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let json = resp
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    (code, json)
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    ns: RedisNamespace,
+    dsn: String,
+    db: String,
+}
+
+fn setup(rt: &tokio::runtime::Runtime) -> Setup {
+    let ns = RedisNamespace::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_owned();
+    let repo = testutil::workspace_root();
+    testutil::copy_tree(&repo.join("configs"), &root.join("configs")).unwrap();
+    let dev = root.join("configs/envs/dev");
+    let write = |file: &str, text: String| std::fs::write(dev.join(file), text).unwrap();
+    write("redis.yaml", format!("namespace: {}\n", ns.ns));
+    write(
+        "daemon.yaml",
+        format!("instance_id: {INSTANCE}\ningress: {{listen: \"127.0.0.1:0\"}}\nthreads: {{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}}\n"),
+    );
+    write(
+        "metrics.yaml",
+        "listen: \"127.0.0.1:0\"\ndefault_labels: {environment: e2e}\n".into(),
+    );
+    write(
+        "storage.yaml",
+        format!(
+            "models_root: {0}/models\nworm_root: {0}/worm\nbackups_root: {0}/b\ndatasets_root: {0}/d\nonnxruntime_library: {1}\n",
+            root.display(),
+            testutil::ort_library().display()
+        ),
+    );
+    let control = std::fs::read_to_string(dev.join("control.yaml"))
+        .unwrap()
+        .replace("listen: \"127.0.0.1:8080\"", "listen: \"127.0.0.1:0\"")
+        .replace(
+            "key_file: deployments/dev-keys/dev-2026.key",
+            &format!(
+                "key_file: {}",
+                repo.join("deployments/dev-keys/dev-2026.key").display()
+            ),
+        );
+    write("control.yaml", control);
+
+    let admin_dsn = testutil::pg_dsn();
+    let db = testutil::unique_name("mlcore_e2e_registry");
+    rt.block_on(async {
+        let admin = sqlx::PgPool::connect(&admin_dsn).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
+            .execute(&admin)
+            .await
+            .unwrap();
+    });
+    let dsn = format!("{}/{db}", admin_dsn.rsplit_once('/').unwrap().0);
+    Setup {
+        _tmp: tmp,
+        root,
+        ns,
+        dsn,
+        db,
+    }
+}
+
+impl Setup {
+    fn config_dir(&self) -> String {
+        self.root.join("configs").display().to_string()
+    }
+
+    fn artifact(&self, version: u64) {
+        let key = SecretKeyFile::read(&testutil::workspace_root().join("deployments/dev-keys/dev-2026.key"))
+            .unwrap();
+        testutil::logistic_artifact(&key, "fx_g10", version, version as f32, now_ms())
+            .write(&self.root.join(format!("models/fx_g10/v{version}")))
+            .unwrap();
+    }
+
+    fn daemon(&self) -> Proc {
+        let dir = self.config_dir();
+        start(
+            "mlcore-daemon",
+            &["--config-dir", &dir, "run", "--env", "dev"],
+            &self.dsn,
+        )
+        .0
+    }
+
+    /// What the daemon's heartbeat says it runs for fx_g10.
+    fn loaded(&self) -> Option<String> {
+        Heartbeat::read(
+            &mut testutil::redis_connection(),
+            &Keys::new(&self.ns.ns),
+            INSTANCE,
+        )
+        .ok()
+        .flatten()
+        .and_then(|hb| hb.models.get("fx_g10").cloned())
+    }
+
+    fn refused(&self) -> u64 {
+        Heartbeat::read(
+            &mut testutil::redis_connection(),
+            &Keys::new(&self.ns.ns),
+            INSTANCE,
+        )
+        .ok()
+        .flatten()
+        .map_or(0, |hb| hb.refused_artifacts)
+    }
+
+    fn wait_loaded(&self, want: &str) {
+        assert!(
+            wait_until(Duration::from_secs(20), || self.loaded().as_deref() == Some(want)),
+            "the daemon should run {want}, it reports {:?}",
+            self.loaded()
+        );
+    }
+}
+
+/// Asks to activate `id` as the operator and approves as the approver.
+fn activate(api: &str, id: &str) {
+    let (code, json) = call(
+        api,
+        "POST",
+        &format!("/v1/models/{id}/activate"),
+        OPERATOR,
+        r#"{"reason":"e2e"}"#,
+    );
+    assert_eq!(code, 202, "{json}");
+    approve(api, json["id"].as_str().unwrap());
+}
+
+fn approve(api: &str, request: &str) {
+    let (code, json) = call(
+        api,
+        "POST",
+        &format!("/v1/ops/requests/{request}/approve"),
+        APPROVER,
+        "",
+    );
+    assert_eq!(code, 200, "{json}");
+}
+
+#[test]
+fn the_daemon_follows_registry_activations_and_rollbacks() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = setup(&rt);
+    let dir = s.config_dir();
+    let status = Command::new(binary("mlcore-control"))
+        .args(["--config-dir", &dir, "db", "migrate", "--env", "dev"])
+        .env("MLCORE_REDIS_URL", testutil::redis_url())
+        .env("MLCORE_PG_DSN", &s.dsn)
+        .status()
+        .unwrap();
+    assert!(status.success(), "db migrate");
+    s.artifact(1);
+
+    // No pointer yet: the daemon serves the highest verified folder.
+    let mut daemon = s.daemon();
+    s.wait_loaded("fx_g10-v1@1");
+
+    let (_control, line) = start(
+        "mlcore-control",
+        &["--config-dir", &dir, "serve", "--env", "dev"],
+        &s.dsn,
+    );
+    let api = field(&line, "http=");
+    let register = |v: u64| {
+        let body = format!(r#"{{"strategy":"fx_g10","version":{v}}}"#);
+        let (code, json) = call(&api, "POST", "/v1/models", OPERATOR, &body);
+        assert_eq!(code, 201, "{json}");
+    };
+    register(1);
+    activate(&api, "fx_g10-v1");
+    s.artifact(2);
+    register(2);
+    activate(&api, "fx_g10-v2");
+    s.wait_loaded("fx_g10-v2@2");
+
+    // Rollback through the ops API: the daemon goes back to v1, which it
+    // accepts only with the signed authorisation in the pointer.
+    let (code, json) = call(
+        &api,
+        "POST",
+        "/v1/ops/requests",
+        OPERATOR,
+        r#"{"action":"rollback","scope":"fx_g10","reason":"e2e rollback"}"#,
+    );
+    assert_eq!(code, 202, "{json}");
+    approve(&api, json["id"].as_str().unwrap());
+    s.wait_loaded("fx_g10-v1@1");
+    let (_, list) = call(&api, "GET", "/v1/models", OPERATOR, "");
+    let v1 = list["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "fx_g10-v1")
+        .unwrap();
+    assert_eq!(
+        (v1["status"].as_str(), v1["loaded_by"][0].as_str()),
+        (Some("active"), Some(INSTANCE)),
+        "{list}"
+    );
+
+    // Following the registry, a new file in models_root does not go live.
+    s.artifact(3);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        s.loaded().as_deref(),
+        Some("fx_g10-v1@1"),
+        "v3 was never approved"
+    );
+
+    // A restart keeps the rolled-back version.
+    drop(daemon);
+    daemon = s.daemon();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            Heartbeat::read(&mut testutil::redis_connection(), &Keys::new(&s.ns.ns), INSTANCE)
+                .ok()
+                .flatten()
+                .is_some_and(|hb| {
+                    hb.decisions == 0 && hb.models.get("fx_g10").map(String::as_str) == Some("fx_g10-v1@1")
+                })
+        }),
+        "after a restart the daemon runs v1 again"
+    );
+
+    // Release the pin, then v3 goes through the registry.
+    let (code, json) = call(
+        &api,
+        "POST",
+        "/v1/models/pins/fx_g10/release",
+        APPROVER,
+        r#"{"reason":"fixed"}"#,
+    );
+    assert_eq!(code, 200, "{json}");
+    register(3);
+    activate(&api, "fx_g10-v3");
+    s.wait_loaded("fx_g10-v3@3");
+
+    // A pointer whose manifest does not match is refused, announced, and v3 keeps serving.
+    let keys = Keys::new(&s.ns.ns);
+    let mut sub = testutil::redis_connection();
+    let mut pubsub = sub.as_pubsub();
+    pubsub.subscribe(keys.events()).unwrap();
+    pubsub.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let before = s.refused();
+    let mut bad = ModelPointer::read(&mut testutil::redis_connection(), &keys, "fx_g10")
+        .unwrap()
+        .unwrap();
+    bad.version = 2;
+    bad.model_id = "fx_g10-v2".into();
+    bad.manifest_sha256 = "00".repeat(32);
+    bad.write(&mut testutil::redis_connection(), &keys).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut refusal = None;
+    while refusal.is_none() && Instant::now() < deadline {
+        if let Ok(msg) = pubsub.get_message() {
+            let payload: String = msg.get_payload().unwrap();
+            let ev: Value = serde_json::from_str(&payload).unwrap();
+            if ev["type"] == "model_refused" {
+                refusal = Some(ev);
+            }
+        }
+    }
+    let refusal = refusal.expect("a model_refused event");
+    assert_eq!(
+        (refusal["instance"].as_str(), refusal["version"].as_u64()),
+        (Some(INSTANCE), Some(2))
+    );
+    assert!(
+        refusal["reason"].as_str().unwrap().contains("sha256"),
+        "{refusal}"
+    );
+    assert!(wait_until(Duration::from_secs(5), || s.refused() > before));
+    assert_eq!(s.loaded().as_deref(), Some("fx_g10-v3@3"), "v3 keeps serving");
+
+    // A corrupt state file stops the daemon at start, naming the file:
+    // starting without it would forget the rollback floor.
+    drop(daemon);
+    let state = s.root.join(format!("models/.state/{INSTANCE}.json"));
+    std::fs::write(&state, "{not json").unwrap();
+    let out = Command::new(binary("mlcore-daemon"))
+        .args(["--config-dir", &dir, "run", "--env", "dev"])
+        .env("MLCORE_REDIS_URL", testutil::redis_url())
+        .env("MLCORE_PG_DSN", &s.dsn)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("model state file") && stderr.contains(&state.display().to_string()),
+        "{stderr}"
+    );
+
+    rt.block_on(async {
+        let admin = sqlx::PgPool::connect(&testutil::pg_dsn()).await.unwrap();
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            s.db
+        )))
+        .execute(&admin)
+        .await;
+    });
+}
