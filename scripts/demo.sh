@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The product's main job on one machine: fetch ONNX Runtime, make sure Redis
 # and PostgreSQL answer, build, validate the dev configuration, generate the
-# synthetic market, train + sign + verify a model, start the daemon, set the
-# strategy active, replay the market through mlcore-feed, and show the
-# signals arriving in Redis and the latency percentiles.
+# synthetic market, train + sign + verify a model, start the control plane,
+# register the model and activate it with two principals, start the daemon
+# (it loads what the registry activated), resume the strategy through the
+# API (two principals again), replay the market through mlcore-feed, and show
+# the signals arriving in Redis and the latency percentiles.
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
@@ -35,10 +37,31 @@ say "training fx_g10 v$VERSION (GBDT ai1 + logistic ai2), signing with the dev k
 say "verifying the artifact against dev's trust.yaml"
 "$CONTROL" models verify --env dev --artifact "$MODELS/v$VERSION"
 
+say "mlcore-control db migrate --env dev"
+"$CONTROL" db migrate --env dev
+say "starting mlcore-control serve (log: $RUN_DIR/control.log)"
+"$CONTROL" serve --env dev > "$RUN_DIR/control.out" 2> "$RUN_DIR/control.log" &
+CONTROL_PID=$!
+trap 'kill $CONTROL_PID 2>/dev/null || true' EXIT
+for _ in $(seq 100); do grep -q listening "$RUN_DIR/control.out" 2>/dev/null && break; sleep 0.1; done
+grep -q listening "$RUN_DIR/control.out" || die "control plane did not start; see $RUN_DIR/control.log"
+read -r _ API < "$RUN_DIR/control.out"
+export MLCORE_CONTROL_URL="http://${API#http=}"
+# The dev principals' well-known tokens (docs/config.md); never outside dev.
+as_operator() { MLCORE_TOKEN=dev-operator-token "$CONTROL" "$@"; }
+as_approver() { MLCORE_TOKEN=dev-approver-token "$CONTROL" "$@"; }
+request_id() { sed -n 's/^ *"id": "\(ops-[^"]*\)".*/\1/p' | head -1; }
+
+say "registering fx_g10 v$VERSION (the control plane verifies it) and activating it: operator asks, approver approves"
+as_operator models register --strategy fx_g10 --version "$VERSION" >/dev/null
+REQ=$(as_operator models activate --id "fx_g10-v$VERSION" --reason "demo run" | request_id)
+as_approver ops approve --id "$REQ" >/dev/null
+say "fx_g10-v$VERSION is active in the registry; the pointer is in Redis"
+
 say "starting mlcore-daemon (log: $RUN_DIR/daemon.log)"
 "$BIN/mlcore-daemon" run --env dev > "$RUN_DIR/daemon.out" 2> "$RUN_DIR/daemon.log" &
 DAEMON=$!
-trap 'kill $DAEMON 2>/dev/null || true' EXIT
+trap 'kill $DAEMON $CONTROL_PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q listening "$RUN_DIR/daemon.out" 2>/dev/null && break; sleep 0.1; done
 read -r _ INGRESS HTTP < "$RUN_DIR/daemon.out"
 INGRESS="${INGRESS#ingress=}"; HTTP="${HTTP#http=}"
@@ -46,8 +69,9 @@ for _ in $(seq 100); do curl -fs "http://$HTTP/readyz" >/dev/null && break; slee
 curl -fs "http://$HTTP/readyz" >/dev/null || die "daemon not ready; see $RUN_DIR/daemon.log"
 say "daemon ready: ingress $INGRESS, metrics http://$HTTP/metrics"
 
-say "setting fx_g10 active (absent ops state means halted)"
-"$CONTROL" ops set-mode --env dev --strategy fx_g10 --mode active --reason "demo run" --actor demo
+say "resuming fx_g10 through the API (absent ops state means halted): operator asks, approver approves"
+REQ=$(as_operator ops request --action resume --scope fx_g10 --reason "demo run" | request_id)
+as_approver ops approve --id "$REQ" >/dev/null
 
 say "replaying the market for 15 s at 120x, a decision every 100 ms"
 "$BIN/mlcore-feed" --env dev --dataset "$DATA" --addr "$INGRESS" --speed 120 --trigger-every-ms 100 --seconds 15
@@ -63,4 +87,6 @@ say "stream length: $(redis-cli -u "$MLCORE_REDIS_URL" XLEN "${NS}:{fx_g10}:sign
 say "counters and trigger -> acknowledged-by-Redis latency (µs buckets)"
 curl -fs "http://$HTTP/metrics" | grep -E '^ml_assets_core_(decisions_total|signals_accepted_total|batches_total.*accepted|decisions_dropped_total)'
 curl -fs "http://$HTTP/metrics" | grep -E 'stage_latency_microseconds_(bucket|count).*trigger_to_ack' | sed 's/^ml_assets_core_stage_latency_microseconds_/  /'
-say "done; the daemon stops with this script"
+say "the registry: status and what the daemon reports as loaded"
+as_operator models list | grep -E '"(id|status)"|"loaded_by"' -A1 | grep -vE '^\s*--$' | tail -12
+say "done; the daemon and the control plane stop with this script"

@@ -833,3 +833,69 @@ async fn registry_register_activate_rollback_pin_and_release() {
     assert!(refusals >= 5, "refused registry requests are audited: {refusals}");
     f.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_set_mode_is_audited_or_says_it_is_not() {
+    let f = fixture(900).await;
+    let configs = tempfile::tempdir().unwrap();
+    testutil::copy_tree(&testutil::workspace_root().join("configs"), configs.path()).unwrap();
+    std::fs::write(
+        configs.path().join("envs/dev/redis.yaml"),
+        format!("namespace: {}\n", f.ns.ns),
+    )
+    .unwrap();
+    let storage = std::fs::read_to_string(configs.path().join("envs/dev/storage.yaml")).unwrap();
+    std::fs::write(
+        configs.path().join("envs/dev/storage.yaml"),
+        storage.replace(
+            "worm_root: .run/worm",
+            &format!("worm_root: {}", f.worm.path().display()),
+        ),
+    )
+    .unwrap();
+    let dsn = f.state.config.database.dsn.expose().to_owned();
+    let set_mode = |dsn: String, mode: &'static str| {
+        let dir = configs.path().to_owned();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_mlcore-control"))
+                .arg("--config-dir")
+                .arg(&dir)
+                .args(["ops", "set-mode", "--env", "dev", "--strategy", "fx_g10"])
+                .args(["--mode", mode, "--reason", "break glass", "--actor", "oncall"])
+                .env("MLCORE_REDIS_URL", testutil::redis_url())
+                .env("MLCORE_PG_DSN", dsn)
+                .output()
+                .unwrap()
+        })
+    };
+    let before = f.audit_rows().await;
+    let out = set_mode(dsn, "halted").await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("audited as event"), "{stdout}");
+    assert_eq!(f.mode().0, OpsMode::Halted);
+    assert_eq!(f.audit_rows().await, before + 1);
+    let (actor, action): (String, String) =
+        sqlx::query_as("SELECT actor, action FROM audit.events WHERE record_type = 'ops_break_glass'")
+            .fetch_one(&f.state.pool)
+            .await
+            .unwrap();
+    assert_eq!((actor.as_str(), action.as_str()), ("oncall", "set_mode halted"));
+
+    // PostgreSQL unreachable: the change still applies, loudly unaudited.
+    let dead = format!("postgres://127.0.0.1:{}/nothing", testutil::free_port());
+    let out = set_mode(dead, "active").await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(mlcore_control::commands::EXIT_NOT_AUDITED),
+        "{stdout}"
+    );
+    assert!(stdout.contains("NOT in the audit log"), "{stdout}");
+    assert_eq!(f.mode().0, OpsMode::Active);
+    f.finish().await;
+}
