@@ -26,7 +26,6 @@ use mlcore_models::config::KeyPurpose;
 use mlcore_models::contract::{Heartbeat, Keys, ModelPointer, RedisConn};
 use mlcore_models::features;
 use serde_json::{json, Value};
-use sha2::Digest;
 use sqlx::{Postgres, Row, Transaction};
 
 use crate::api::error::ApiError;
@@ -187,10 +186,7 @@ pub async fn register(
                 format!("{}: {e}", dir.display()),
             )
         })?;
-    let manifest_sha = files
-        .get(artifact::MANIFEST)
-        .map(|m| hex::encode(sha2::Sha256::digest(m)))
-        .unwrap_or_default();
+    let manifest_sha = files.manifest_sha256().unwrap_or_default();
     let hash = features::schema().hash();
     let ctx = VerifyContext {
         trust: &trust,

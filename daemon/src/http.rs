@@ -151,6 +151,13 @@ impl Observed {
                 m.model_id, m.version
             );
         }
+        if let Some(rss) = resident_bytes() {
+            let _ = writeln!(
+                out,
+                "# HELP {p}process_resident_memory_bytes Resident set size (for flat-memory checks across model swaps).\n# TYPE {p}process_resident_memory_bytes gauge\n{p}process_resident_memory_bytes{{{}}} {rss}",
+                labels.trim_end_matches(',')
+            );
+        }
         let _ = writeln!(out, "# TYPE {p}ops_mode gauge");
         for (s, strat) in self.universe.strategies.iter().enumerate() {
             let mode = self.ops.mode(s);
@@ -228,4 +235,18 @@ pub fn serve(listener: TcpListener, observed: Observed, shutdown: Arc<AtomicBool
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     }
+}
+
+/// This process's resident set size, from `/proc/self/status` (Linux).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }

@@ -27,7 +27,6 @@ use mlcore_models::config::RedisConfig;
 use mlcore_models::contract::{model, Keys, ModelPointer, RedisConn};
 use mlcore_models::features;
 use mlcore_models::scoring::ModelScorer;
-use sha2::Digest;
 
 use crate::job::ModelMeta;
 use crate::log::{log, now_ms};
@@ -311,10 +310,7 @@ impl Loader {
         w: &Wanted,
     ) -> Result<Arc<ModelMeta>, String> {
         let files = ArtifactFiles::read(&w.dir).map_err(|e| e.to_string())?;
-        let manifest_sha = files
-            .get(artifact::MANIFEST)
-            .map(|m| hex::encode(sha2::Sha256::digest(m)))
-            .unwrap_or_default();
+        let manifest_sha = files.manifest_sha256().unwrap_or_default();
         if let Some(expected) = &w.manifest_sha256 {
             if *expected != manifest_sha {
                 return Err(format!(

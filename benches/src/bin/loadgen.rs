@@ -2,8 +2,11 @@
 //! and reads the signals back from Redis.
 //!
 //! Phases: a steady phase, then (with `--swap-every-ms`) a phase during which
-//! a newly signed model version is dropped into `models_root` periodically,
-//! so the daemon verifies, warms and swaps models under load. For each phase
+//! a newly signed model version is dropped into `models_root` periodically
+//! and the registry pointer in Redis moved to it (standing in for the control
+//! plane's activation, so a daemon that follows the registry swaps too), so
+//! the daemon verifies, warms and swaps models under load. The daemon's
+//! resident memory is reported at each phase's start and end. For each phase
 //! it reports throughput, decisions dropped, the daemon's trigger →
 //! acknowledged-by-Redis histogram (µs buckets from `/metrics`, differenced
 //! per phase) and the client-side trigger → visible-in-the-stream latency
@@ -100,6 +103,7 @@ fn snapshot(http: &str) -> anyhow::Result<(Buckets, BTreeMap<String, u64>)> {
             "signals_accepted_total",
             "model_swaps_total",
             "publish_dropped_total",
+            "process_resident_memory_bytes",
         ] {
             if series.starts_with(&format!("ml_assets_core_{name}")) {
                 counters.insert(name.to_owned(), v as u64);
@@ -315,7 +319,15 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or(0)
                 .saturating_sub(c0.get(k).copied().unwrap_or(0))
         };
-        println!("{name}: sent {sent} triggers, {} swaps", d("model_swaps_total"));
+        let mib = |c: &BTreeMap<String, u64>| {
+            c.get("process_resident_memory_bytes").copied().unwrap_or(0) as f64 / 1048576.0
+        };
+        println!(
+            "{name}: sent {sent} triggers, {} swaps, daemon RSS {:.1} MiB -> {:.1} MiB",
+            d("model_swaps_total"),
+            mib(&c0),
+            mib(&c1)
+        );
         Ok(Phase {
             name,
             decisions: d("decisions_total"),
@@ -394,5 +406,26 @@ fn drop_new_version(a: &Args, cfg: &config::AppConfig, strategy: &str) -> anyhow
     files.0.remove(artifact::SIGNATURE);
     let (_, files) = artifact::seal(manifest, files, &key).map_err(anyhow::Error::msg)?;
     files.write(&dir.join(format!("v{next}")))?;
+    let manifest_sha256 = files
+        .manifest_sha256()
+        .context("sealed artifact has no manifest")?;
+    let pointer = mlcore_models::contract::ModelPointer {
+        strategy: strategy.to_owned(),
+        model_id: format!("{strategy}-v{next}"),
+        version: next,
+        manifest_sha256,
+        rollback: None,
+        pinned: false,
+        actor: "mlcore-loadgen".into(),
+        request_id: format!("loadgen-{next}"),
+        updated_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as u64,
+    };
+    let mut conn = mlcore_models::contract::RedisConn::connect(&cfg.redis)?;
+    pointer.write(
+        &mut conn,
+        &mlcore_models::contract::Keys::new(&cfg.redis.namespace),
+    )?;
     Ok(())
 }

@@ -35,6 +35,14 @@ pub enum FilesError {
 pub struct ArtifactFiles(pub BTreeMap<String, Vec<u8>>);
 
 impl ArtifactFiles {
+    /// sha256 (hex) of `manifest.json`: what the registry pointer names and
+    /// the daemon's state file remembers.
+    pub fn manifest_sha256(&self) -> Option<String> {
+        use sha2::Digest;
+        self.get(super::MANIFEST)
+            .map(|m| hex::encode(sha2::Sha256::digest(m)))
+    }
+
     /// Reads a folder, or a `.tar` file, into memory.
     pub fn read(path: &Path) -> Result<Self, FilesError> {
         let io = |source| FilesError::Io {
