@@ -1,5 +1,11 @@
 //! The publisher: applies the ops mode, stamps `seq` and `valid_until`, and
-//! writes each decision through the guard in one round trip.
+//! writes each decision through the guard.
+//!
+//! - One round trip per decision when decisions arrive one at a time; when
+//!   they queue up behind the round trip (load), up to [`MAX_PIPELINE`]
+//!   waiting decisions go in one pipeline — each still its own atomic guard
+//!   call with its own outcome — so throughput is bound by Redis' work, not
+//!   by the network round trip. Nothing waits to fill a pipeline.
 //!
 //! - `seq` per strategy = max(last + 1, now in µs), starting above the guard's
 //!   high-water mark: monotonic across restarts without local state.
@@ -66,6 +72,20 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// Most decisions sent in one pipeline.
+pub const MAX_PIPELINE: usize = 16;
+
+/// Decisions taken from the queue together, and their batches.
+struct Round {
+    /// Boxed: jobs travel between threads and pools as boxes; unboxing here
+    /// would move whole buffers.
+    #[allow(clippy::vec_box)]
+    jobs: Vec<Box<Job>>,
+    labels: Vec<Option<&'static str>>,
+    /// `(index in jobs, batch)` waiting to be sent.
+    pending: Vec<(usize, SignalBatch)>,
+}
+
 /// Runs the publisher until the stop flag is set.
 pub fn run(p: PublisherParts) {
     let n = p.universe.strategies.len();
@@ -84,25 +104,68 @@ pub fn run(p: PublisherParts) {
     };
     let mut publish_hist = p.hists.local(Stage::Publish);
     let mut ack_hist = p.hists.local(Stage::TriggerToAck);
+    let mut round = Round {
+        jobs: Vec::with_capacity(MAX_PIPELINE),
+        labels: Vec::with_capacity(MAX_PIPELINE),
+        pending: Vec::with_capacity(MAX_PIPELINE),
+    };
     while !p.shutdown.load(Ordering::Relaxed) {
         ensure_connected(&p, &mut st);
         flatten_if_asked(&p, &mut st);
-        let job = match p.jobs.recv_timeout(Duration::from_millis(20)) {
-            Ok(j) => j,
+        match p.jobs.recv_timeout(Duration::from_millis(20)) {
+            Ok(j) => round.jobs.push(j),
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
-        };
-        let s = usize::from(job.strategy);
-        let started = Instant::now();
-        let outcome = publish_job(&p, &mut st, &job);
-        if let Some(label) = outcome {
-            p.counters.outcome(label);
-            if label == "accepted" {
-                publish_hist.record(started.elapsed());
-                ack_hist.record(job.decoded_at.elapsed());
+        }
+        // Whatever else is already waiting rides along.
+        while round.jobs.len() < MAX_PIPELINE {
+            match p.jobs.try_recv() {
+                Ok(j) => round.jobs.push(j),
+                Err(_) => break,
             }
         }
-        let _ = p.pool_returns[s].try_send(job);
+        let started = Instant::now();
+        round.labels.clear();
+        round.labels.resize(round.jobs.len(), None);
+        for i in 0..round.jobs.len() {
+            let s = usize::from(round.jobs[i].strategy);
+            // reduce_only clamps against the last accepted weights: send what
+            // is pending first, and this batch alone.
+            let alone = p.ops.mode(s) == OpsMode::ReduceOnly;
+            if alone {
+                flush(&p, &mut st, &mut round);
+            }
+            match prepare(&p, &mut st, &round.jobs[i]) {
+                Prepared::Done(label) => round.labels[i] = label,
+                Prepared::Send(batch) => round.pending.push((i, batch)),
+            }
+            if alone {
+                flush(&p, &mut st, &mut round);
+            }
+        }
+        flush(&p, &mut st, &mut round);
+        for (job, label) in round.jobs.drain(..).zip(&round.labels) {
+            if let Some(label) = *label {
+                p.counters.outcome(label);
+                if label == "accepted" {
+                    publish_hist.record(started.elapsed());
+                    ack_hist.record(job.decoded_at.elapsed());
+                }
+            }
+            let _ = p.pool_returns[usize::from(job.strategy)].try_send(job);
+        }
+    }
+}
+
+/// Sends the pending batches of `round` in one pipeline and records their
+/// outcomes.
+fn flush(p: &PublisherParts, st: &mut State, round: &mut Round) {
+    if round.pending.is_empty() {
+        return;
+    }
+    let (slots, batches): (Vec<usize>, Vec<SignalBatch>) = round.pending.drain(..).unzip();
+    for (slot, label) in slots.into_iter().zip(send(p, st, &batches)) {
+        round.labels[slot] = Some(label);
     }
 }
 
@@ -150,35 +213,14 @@ fn next_seq(st: &mut State, s: usize) -> u64 {
     seq
 }
 
-/// Sends a batch; returns the outcome label.
-fn send(p: &PublisherParts, st: &mut State, s: usize, batch: &SignalBatch) -> &'static str {
+/// Sends `batches` (one pipeline); returns one outcome label per batch.
+fn send(p: &PublisherParts, st: &mut State, batches: &[SignalBatch]) -> Vec<&'static str> {
     let Some(conn) = st.conn.as_mut() else {
         Counters::inc(&p.counters.redis_errors);
-        return "redis_error";
+        return vec!["redis_error"; batches.len()];
     };
-    match p.guard.publish(conn, batch) {
-        Ok(PublishOutcome::Accepted { count }) => {
-            p.counters
-                .signals_accepted
-                .fetch_add(count as u64, Ordering::Relaxed);
-            for (w, sig) in st.weights[s].iter_mut().zip(&batch.signals) {
-                *w = sig.weight;
-            }
-            "accepted"
-        }
-        Ok(PublishOutcome::Stale { stored_seq, .. }) => {
-            st.last_seq[s] = st.last_seq[s].max(stored_seq);
-            "stale"
-        }
-        Ok(other) => other.label(),
-        Err(ContractError::BadInput(msg)) => {
-            log(
-                "error",
-                "guard refused a batch as malformed",
-                &[("error", msg.into())],
-            );
-            "bad_input"
-        }
+    let outcomes = match p.guard.publish_many(conn, batches) {
+        Ok(o) => o,
         Err(e) => {
             Counters::inc(&p.counters.redis_errors);
             p.counters.redis_ok.store(false, Ordering::Relaxed);
@@ -189,22 +231,73 @@ fn send(p: &PublisherParts, st: &mut State, s: usize, batch: &SignalBatch) -> &'
             );
             st.conn = None;
             st.next_attempt = Instant::now() + st.backoff;
-            "redis_error"
+            return vec!["redis_error"; batches.len()];
         }
-    }
+    };
+    batches
+        .iter()
+        .zip(outcomes)
+        .map(|(batch, outcome)| {
+            let s = p
+                .universe
+                .strategies
+                .iter()
+                .position(|x| x.id == batch.strategy)
+                .unwrap_or(0);
+            match outcome {
+                Ok(PublishOutcome::Accepted { count }) => {
+                    p.counters
+                        .signals_accepted
+                        .fetch_add(count as u64, Ordering::Relaxed);
+                    for (w, sig) in st.weights[s].iter_mut().zip(&batch.signals) {
+                        *w = sig.weight;
+                    }
+                    "accepted"
+                }
+                Ok(PublishOutcome::Stale { stored_seq, .. }) => {
+                    st.last_seq[s] = st.last_seq[s].max(stored_seq);
+                    "stale"
+                }
+                Ok(other) => other.label(),
+                Err(ContractError::BadInput(msg)) => {
+                    log(
+                        "error",
+                        "guard refused a batch as malformed",
+                        &[("error", msg.into())],
+                    );
+                    "bad_input"
+                }
+                Err(e) => {
+                    Counters::inc(&p.counters.redis_errors);
+                    log("warn", "publish failed", &[("error", e.to_string().into())]);
+                    "redis_error"
+                }
+            }
+        })
+        .collect()
 }
 
-fn publish_job(p: &PublisherParts, st: &mut State, job: &Job) -> Option<&'static str> {
+/// What to do with one decided job.
+enum Prepared {
+    /// Nothing to send: the outcome label (`None`: no model yet).
+    Done(Option<&'static str>),
+    /// A batch for the guard.
+    Send(SignalBatch),
+}
+
+fn prepare(p: &PublisherParts, st: &mut State, job: &Job) -> Prepared {
     let s = usize::from(job.strategy);
-    let meta = job.model.as_ref()?;
+    let Some(meta) = job.model.as_ref() else {
+        return Prepared::Done(None);
+    };
     let mode = p.ops.mode(s);
     if matches!(mode, OpsMode::Halted | OpsMode::Flatten) {
         Counters::inc(&p.counters.held_by_mode);
-        return None;
+        return Prepared::Done(None);
     }
     let valid_until_ms = (job.trigger_ts_ns / 1_000_000).max(0) as u64 + p.universe.ttl_ms;
     if valid_until_ms <= now_ms() {
-        return Some("expired_before_send");
+        return Prepared::Done(Some("expired_before_send"));
     }
     let strat = &p.universe.strategies[s];
     let signals = strat
@@ -244,7 +337,7 @@ fn publish_job(p: &PublisherParts, st: &mut State, job: &Job) -> Option<&'static
         model_version: meta.version,
         signals,
     };
-    Some(send(p, st, s, &batch))
+    Prepared::Send(batch)
 }
 
 fn flatten_if_asked(p: &PublisherParts, st: &mut State) {
@@ -277,7 +370,10 @@ fn flatten_if_asked(p: &PublisherParts, st: &mut State) {
                 })
                 .collect(),
         };
-        let label = send(p, st, s, &batch);
+        let label = send(p, st, std::slice::from_ref(&batch))
+            .first()
+            .copied()
+            .unwrap_or("redis_error");
         p.counters.outcome(label);
         if label == "accepted" {
             st.flattened_version[s] = Some(version);

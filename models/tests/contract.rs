@@ -593,6 +593,46 @@ fn restart_or_function_flush_reloads_the_guard_and_nothing_unguarded_gets_in() {
 }
 
 #[test]
+fn pipelined_batches_get_one_outcome_each_and_reload_a_flushed_guard() {
+    let server = RedisServer::start();
+    let ns = RedisNamespace::on(&server.url());
+    let g = guard(&ns);
+    let mut conn = server.connection();
+    Guard::load(&mut conn).unwrap();
+    set_mode(&g, &mut conn, S, OpsMode::Active);
+    let mut bad = batch(12, vec![signal("GBPUSD", 0.01)]);
+    bad.signals[0].return_prob = 1.5;
+    let batches = [
+        batch(10, vec![signal("EURUSD", 0.05), signal("USDJPY", -0.02)]),
+        batch(9, vec![signal("EURUSD", 0.07)]), // below the first: stale
+        bad,
+        batch(11, vec![signal("EURUSD", 0.03)]),
+    ];
+    // A flushed library is reloaded once for the whole pipeline.
+    let _: () = redis::cmd("FUNCTION").arg("FLUSH").query(&mut conn).unwrap();
+    let out = g.publish_many(&mut conn, &batches).unwrap();
+    assert_eq!(out.len(), 4);
+    assert_eq!(out[0].as_ref().unwrap(), &PublishOutcome::Accepted { count: 2 });
+    assert_eq!(out[1].as_ref().unwrap().label(), "stale");
+    assert!(
+        matches!(&out[2], Err(ContractError::BadInput(m)) if m.contains("return_prob")),
+        "{:?}",
+        out[2]
+    );
+    assert_eq!(out[3].as_ref().unwrap(), &PublishOutcome::Accepted { count: 1 });
+    let stored = g.read(&mut conn, S, "EURUSD").unwrap().unwrap();
+    assert_eq!((stored.seq, stored.weight), (11, 0.03));
+    assert!(
+        g.read(&mut conn, S, "GBPUSD").unwrap().is_none(),
+        "a refused batch writes nothing"
+    );
+    assert!(matches!(
+        g.publish_many(&mut conn, &[batch(13, vec![])]),
+        Err(ContractError::Invalid { field: "signals", .. })
+    ));
+}
+
+#[test]
 fn a_client_that_cannot_reload_the_guard_refuses_to_publish() {
     let server = RedisServer::start();
     let ns = RedisNamespace::on(&server.url());

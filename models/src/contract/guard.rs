@@ -200,6 +200,44 @@ impl Guard {
         parse_publish_reply(&reply)
     }
 
+    /// Publishes several batches in one round trip (a pipeline of `FCALL`s,
+    /// each atomic on its own): one outcome per batch, in order. The daemon
+    /// uses it when decisions queue up behind the network round trip. An
+    /// `Err` from the whole call means nothing can be said about any batch
+    /// (connection lost); a missing guard is reloaded once and the pipeline
+    /// retried (nothing ran: every `FCALL` failed the same way).
+    pub fn publish_many(
+        &self,
+        conn: &mut impl ConnectionLike,
+        batches: &[SignalBatch],
+    ) -> Result<Vec<Result<PublishOutcome, ContractError>>, ContractError> {
+        if let Some(i) = batches.iter().position(|b| b.signals.is_empty()) {
+            return Err(ContractError::Invalid {
+                field: "signals",
+                reason: format!("batch {i} has no signal"),
+            });
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for b in batches {
+            pipe.add_command(self.publish_cmd(&self.keys.strategy(&b.strategy), b));
+        }
+        let replies = with_guard(conn, |c| {
+            let replies: Vec<redis::RedisResult<Value>> = pipe.query(c)?;
+            match replies
+                .iter()
+                .find_map(|r| r.as_ref().err().filter(|e| is_function_missing(e)))
+            {
+                Some(missing) => Err(missing.clone()),
+                None => Ok(replies),
+            }
+        })?;
+        Ok(replies
+            .into_iter()
+            .map(|r| r.map_err(classify).and_then(|v| parse_publish_reply(&v)))
+            .collect())
+    }
+
     /// The current signal of `symbol`, only while it is valid (Redis time).
     pub fn read(
         &self,
