@@ -3,6 +3,7 @@ safely, then follow the stream.
 
     python3 docs/examples/signal_consumer.py redis://127.0.0.1:6379/0 mlcore fx_g10 EURUSD
 """
+import json
 import sys
 import time
 
@@ -18,7 +19,7 @@ def main(url: str, ns: str, strategy: str, symbol: str) -> None:
 
     # 2. The current signal, only while valid (compared with Redis time by the
     #    guard). None means: no valid signal, make no new trades.
-    fields = r.fcall_ro("mlcore_read_v1", 1, f"{ns}:{{{strategy}}}:sig:{symbol}")
+    fields = r.fcall_ro("mlcore_read_v2", 1, f"{ns}:{{{strategy}}}:sig:{symbol}")
     if fields is None:
         print(f"{symbol}: no valid signal")
     else:
@@ -26,15 +27,17 @@ def main(url: str, ns: str, strategy: str, symbol: str) -> None:
         print(f"{symbol}: seq={sig['seq']} side={sig['side']} weight={sig['weight']} "
               f"valid_until_ms={sig['valid_until_ms']}")
 
-    # 3. Follow the stream from now on.
+    # 3. Follow the stream from now on: one entry per decision, its signals
+    #    as a JSON array.
     stream, last_id = f"{ns}:{{{strategy}}}:signals", "$"
     for _ in range(3):
         for _key, entries in r.xread({stream: last_id}, block=5000) or []:
             for entry_id, e in entries:
-                if int(e["valid_until_ms"]) <= time.time() * 1000:
-                    continue  # never act on an expired signal
-                print(entry_id, e["symbol"], "seq", e["seq"], e["side"], e["weight"])
                 last_id = entry_id
+                if int(e["valid_until_ms"]) <= time.time() * 1000:
+                    continue  # never act on an expired decision
+                for s in json.loads(e["signals"]):
+                    print(entry_id, "seq", e["seq"], s["symbol"], s["side"], s["weight"])
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ fn main() -> redis::RedisResult<()> {
     //    time). Nil means: no valid signal, make no new trades.
     let sig_key = format!("{ns}:{{{strategy}}}:sig:{symbol}");
     let fields: Option<Vec<String>> = redis::cmd("FCALL_RO")
-        .arg("mlcore_read_v1")
+        .arg("mlcore_read_v2")
         .arg(1)
         .arg(&sig_key)
         .query(&mut conn)?;
@@ -56,18 +56,23 @@ fn main() -> redis::RedisResult<()> {
             .arg(&last_id)
             .query(&mut conn)?;
         for key in reply.map(|r| r.keys).unwrap_or_default() {
+            // One entry per decision; its signals are a JSON array.
             for entry in key.ids {
                 let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
-                // Check validity against your clock too: never act on a signal past valid_until_ms.
-                println!(
-                    "{} {} seq={} side={} weight={}",
-                    entry.id,
-                    field("symbol"),
-                    field("seq"),
-                    field("side"),
-                    field("weight")
-                );
                 last_id = entry.id.clone();
+                // Check validity against your clock too: never act on a decision past valid_until_ms.
+                let signals: Vec<serde_json::Value> =
+                    serde_json::from_str(&field("signals")).unwrap_or_default();
+                for s in signals {
+                    println!(
+                        "{} seq={} {} side={} weight={}",
+                        entry.id,
+                        field("seq"),
+                        s["symbol"].as_str().unwrap_or_default(),
+                        s["side"].as_str().unwrap_or_default(),
+                        s["weight"]
+                    );
+                }
             }
         }
     }

@@ -112,7 +112,35 @@ fn accepted_batch_is_readable_and_streamed() {
         "key expires at valid_until: pttl {pttl}"
     );
     let len: u64 = redis::cmd("XLEN").arg(&keys.signals).query(&mut conn).unwrap();
-    assert_eq!(len, 3);
+    assert_eq!(len, 1, "one stream entry per decision");
+    let entry = redis::cmd("XRANGE")
+        .arg(&keys.signals)
+        .arg("-")
+        .arg("+")
+        .query::<redis::streams::StreamRangeReply>(&mut conn)
+        .unwrap()
+        .ids
+        .remove(0);
+    let field = |name: &str| entry.get::<String>(name).unwrap();
+    assert_eq!(
+        (field("strategy"), field("seq"), field("n"), field("model_id")),
+        (S.to_owned(), "1".to_owned(), "3".to_owned(), "m1".to_owned())
+    );
+    let signals: Vec<serde_json::Value> = serde_json::from_str(&field("signals")).unwrap();
+    let usdjpy = &signals[1];
+    assert_eq!(
+        (
+            usdjpy["symbol"].as_str(),
+            usdjpy["side"].as_str(),
+            usdjpy["weight"].as_f64()
+        ),
+        (Some("USDJPY"), Some("short"), Some(-0.03))
+    );
+    assert_eq!(
+        usdjpy["qty"].as_f64(),
+        Some(s.qty),
+        "stream and hash carry the same numbers"
+    );
     assert_eq!(g.high_water_mark(&mut conn, S).unwrap(), 1);
     drop(ns);
 }
@@ -308,7 +336,7 @@ fn raw_publish(
 ) -> Result<redis::Value, ContractError> {
     let keys = g.keys().strategy(S);
     let mut cmd = redis::cmd("FCALL");
-    cmd.arg("mlcore_publish_v1")
+    cmd.arg("mlcore_publish_v2")
         .arg(4)
         .arg(&keys.ops)
         .arg(&keys.hwm)
@@ -336,6 +364,9 @@ fn bad_input_is_refused_with_a_clear_error_and_writes_nothing() {
         (0, "-3", "seq must be a positive integer"),
         (9, "NaN", "weight must be a finite number"),
         (9, "inf", "weight must be a finite number"),
+        (9, "0x10", "weight must be a finite number"),
+        (10, " 1000", "qty must be a finite number"),
+        (12, ".2", "risk_score must be a finite number"),
         (8, "up", "side must be long, short or flat"),
         (11, "1.5", "return_prob must be in [0, 1]"),
         (9, "-0.05", "does not match weight"),
@@ -761,7 +792,7 @@ fn keys_that_do_not_match_the_strategy_or_symbol_are_refused() {
     ];
     for keys in attempts {
         let err = redis::cmd("FCALL")
-            .arg("mlcore_publish_v1")
+            .arg("mlcore_publish_v2")
             .arg(4)
             .arg(&keys)
             .arg(&args)

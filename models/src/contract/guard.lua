@@ -1,10 +1,10 @@
-#!lua name=mlcore_guard_v1
+#!lua name=mlcore_guard_v2
 --[[
-ml-assets-core signal guard, version 1.
+ml-assets-core signal guard, version 2 (one stream entry per decision).
 
-Every write of a trading signal goes through `mlcore_publish_v1`; consumers
-read through `mlcore_read_v1`; the control plane changes modes through
-`mlcore_set_mode_v1`. Function names carry the version, so a daemon can never
+Every write of a trading signal goes through `mlcore_publish_v2`; consumers
+read through `mlcore_read_v2`; the control plane changes modes through
+`mlcore_set_mode_v2`. Function names carry the version, so a daemon can never
 call a guard of another version by accident: the call fails with "Function
 not found" and the daemon reloads or refuses.
 
@@ -12,7 +12,7 @@ Every key a call touches shares the `{strategy}` hash tag (one Cluster slot).
 Time comes from Redis (`TIME`), never from the caller.
 ]]
 
-local VERSION = 1
+local VERSION = 2
 local MODES = { active = true, reduce_only = true, halted = true, flatten = true }
 local SIDES = { long = true, short = true, flat = true }
 local MAX_INT = 9007199254740992 -- 2^53: integers above lose precision in Lua
@@ -34,9 +34,14 @@ local function int_arg(s)
   return n
 end
 
--- A finite number, or nil (rejects nan, inf and anything tonumber refuses).
+-- A finite number written as a JSON number (it is copied verbatim into the
+-- stream entry's JSON), or nil: rejects nan, inf, hex, spaces, '1.' and '.5'.
 local function num_arg(s)
   if type(s) ~= 'string' then return nil end
+  if not (string.match(s, '^%-?%d+$') or string.match(s, '^%-?%d+%.%d+$')
+      or string.match(s, '^%-?%d+[eE][-+]?%d+$') or string.match(s, '^%-?%d+%.%d+[eE][-+]?%d+$')) then
+    return nil
+  end
   local n = tonumber(s)
   if n == nil or n ~= n or n == math.huge or n == -math.huge then return nil end
   return n
@@ -130,8 +135,9 @@ local function publish(keys, args)
     end
   end
 
-  -- 3. Apply.
-  local hwm = {}
+  -- 3. Apply: each signal's hash, then one stream entry for the decision
+  --    (its signals as a JSON array, numbers copied verbatim).
+  local hwm, json = {}, {}
   for i = 1, n do
     local s, b = sigs[i], sigs[i].b
     redis.call('HSET', s.key,
@@ -142,13 +148,14 @@ local function publish(keys, args)
     redis.call('PEXPIREAT', s.key, valid_until)
     hwm[#hwm + 1] = s.symbol
     hwm[#hwm + 1] = args[1]
-    redis.call('XADD', keys[3], 'MAXLEN', '~', maxlen, '*',
-      'strategy', strategy, 'symbol', s.symbol, 'seq', args[1], 'side', s.side,
-      'weight', args[b + 3], 'qty', args[b + 4], 'return_prob', args[b + 5], 'risk_score', args[b + 6],
-      'model_id', model_id, 'model_version', model_version,
-      'generated_at_ms', args[2], 'valid_until_ms', args[3])
+    json[i] = '{"symbol":' .. cjson.encode(s.symbol) .. ',"side":"' .. s.side .. '","weight":' .. args[b + 3]
+      .. ',"qty":' .. args[b + 4] .. ',"return_prob":' .. args[b + 5] .. ',"risk_score":' .. args[b + 6] .. '}'
   end
   redis.call('HSET', keys[2], unpack(hwm))
+  redis.call('XADD', keys[3], 'MAXLEN', '~', maxlen, '*',
+    'strategy', strategy, 'seq', args[1], 'model_id', model_id, 'model_version', model_version,
+    'generated_at_ms', args[2], 'valid_until_ms', args[3], 'n', n,
+    'signals', '[' .. table.concat(json, ',') .. ']')
   return { 'ok', n }
 end
 
@@ -193,7 +200,7 @@ local function info(keys, args)
   return { 'mlcore_guard', VERSION }
 end
 
-redis.register_function { function_name = 'mlcore_publish_v1', callback = publish }
-redis.register_function { function_name = 'mlcore_read_v1', callback = read, flags = { 'no-writes' } }
-redis.register_function { function_name = 'mlcore_set_mode_v1', callback = set_mode }
-redis.register_function { function_name = 'mlcore_info_v1', callback = info, flags = { 'no-writes' } }
+redis.register_function { function_name = 'mlcore_publish_v2', callback = publish }
+redis.register_function { function_name = 'mlcore_read_v2', callback = read, flags = { 'no-writes' } }
+redis.register_function { function_name = 'mlcore_set_mode_v2', callback = set_mode }
+redis.register_function { function_name = 'mlcore_info_v2', callback = info, flags = { 'no-writes' } }

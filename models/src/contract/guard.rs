@@ -2,7 +2,7 @@
 //!
 //! Loaded (or upgraded) at start with `FUNCTION LOAD REPLACE`; in a Cluster
 //! the load goes to every primary. Function names carry the version
-//! (`mlcore_publish_v1`), so a call can only ever reach the guard it was
+//! (`mlcore_publish_v2`), so a call can only ever reach the guard it was
 //! written for: when the library is gone (restart without persistence,
 //! `FUNCTION FLUSH`, failover to an empty replica) the call fails, the guard is
 //! reloaded once and the call retried, or the publish is refused. There is no
@@ -16,16 +16,16 @@ use super::signal::{SignalBatch, StoredSignal};
 use super::ContractError;
 
 /// Library name (with its version).
-pub const LIBRARY: &str = "mlcore_guard_v1";
+pub const LIBRARY: &str = "mlcore_guard_v2";
 /// Guard version; part of every function name.
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 /// The library source.
 pub const SOURCE: &str = include_str!("guard.lua");
 
-const FN_PUBLISH: &str = "mlcore_publish_v1";
-const FN_READ: &str = "mlcore_read_v1";
-const FN_SET_MODE: &str = "mlcore_set_mode_v1";
-const FN_INFO: &str = "mlcore_info_v1";
+const FN_PUBLISH: &str = "mlcore_publish_v2";
+const FN_READ: &str = "mlcore_read_v2";
+const FN_SET_MODE: &str = "mlcore_set_mode_v2";
+const FN_INFO: &str = "mlcore_info_v2";
 
 /// What the guard did with a batch.
 #[derive(Debug, Clone, PartialEq)]
