@@ -367,6 +367,7 @@ fn bad_input_is_refused_with_a_clear_error_and_writes_nothing() {
         (9, "0x10", "weight must be a finite number"),
         (10, " 1000", "qty must be a finite number"),
         (12, ".2", "risk_score must be a finite number"),
+        (7, "EUR\"USD", "symbol must be 1-16 characters"),
         (8, "up", "side must be long, short or flat"),
         (11, "1.5", "return_prob must be in [0, 1]"),
         (9, "-0.05", "does not match weight"),
