@@ -1,11 +1,15 @@
-//! `/metrics` (Prometheus text), `/healthz`, `/readyz` on a side thread.
+//! `/metrics` (Prometheus text), `/healthz`, `/readyz`, served by axum on
+//! the side runtime (never on a hot core when the machine has others).
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
 
 use mlcore_models::config::MetricsConfig;
 
@@ -199,41 +203,57 @@ impl Observed {
     }
 }
 
-/// Serves until `shutdown`.
-pub fn serve(listener: TcpListener, observed: Observed, shutdown: Arc<AtomicBool>) {
-    let _ = listener.set_nonblocking(true);
-    while !shutdown.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((mut stream, _)) => {
-                let _ = stream.set_nonblocking(false);
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut buf = [0u8; 2048];
-                let n = stream.read(&mut buf).unwrap_or(0);
-                let req = String::from_utf8_lossy(&buf[..n]);
-                let path = req.split_whitespace().nth(1).unwrap_or("/");
-                let (code, ctype, body) = match path {
-                    "/metrics" => (200, "text/plain; version=0.0.4", observed.render()),
-                    "/healthz" => (
-                        200,
-                        "application/json",
-                        format!("{{\"status\":\"{}\"}}", observed.status()),
-                    ),
-                    "/readyz" if observed.ready() => (200, "application/json", "{\"ready\":true}".to_owned()),
-                    "/readyz" => (503, "application/json", "{\"ready\":false}".to_owned()),
-                    _ => (404, "text/plain", "not found\n".to_owned()),
-                };
-                let reason = match code {
-                    200 => "OK",
-                    503 => "Service Unavailable",
-                    _ => "Not Found",
-                };
-                let _ = write!(stream, "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+/// The routes.
+pub fn router(observed: Observed) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(observed)
+}
+
+async fn metrics(State(o): State<Observed>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], o.render())
+}
+
+async fn healthz(State(o): State<Observed>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{{\"status\":\"{}\"}}", o.status()),
+    )
+}
+
+async fn readyz(State(o): State<Observed>) -> impl IntoResponse {
+    let ready = o.ready();
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{{\"ready\":{ready}}}"),
+    )
+}
+
+/// Serves until `shutdown` is set (checked every 50 ms), then lets
+/// in-flight requests finish.
+pub async fn serve(listener: tokio::net::TcpListener, observed: Observed, shutdown: Arc<AtomicBool>) {
+    let stop = async move {
+        while !shutdown.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    };
+    if let Err(e) = axum::serve(listener, router(observed))
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        crate::log::log(
+            "error",
+            "metrics endpoint stopped",
+            &[("error", e.to_string().into())],
+        );
     }
 }
 

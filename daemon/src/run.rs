@@ -1,6 +1,9 @@
 //! Wiring: builds the queues and pools, starts the pinned hot threads
-//! (ingress, workers, publisher) and the side threads (loader + heartbeat +
-//! histogram merge, ops watcher, HTTP), and stops them on request.
+//! (ingress, workers, publisher) and the side runtime — a tokio runtime
+//! whose threads are pinned to a side core — running the HTTP endpoints
+//! (async) and the loader + heartbeat + histogram merge and ops watcher
+//! loops (blocking tasks: sync Redis pub/sub, file reads, ONNX session
+//! builds), and stops them on request.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -46,6 +49,9 @@ pub enum StartError {
     /// The loader's persisted state is unusable.
     #[error(transparent)]
     Loader(#[from] crate::loader::LoaderError),
+    /// The side runtime could not be built.
+    #[error("cannot start the side runtime: {0}")]
+    SideRuntime(#[source] std::io::Error),
     /// Thread start failed.
     #[error("cannot start a thread: {0}")]
     Thread(#[from] std::io::Error),
@@ -61,21 +67,33 @@ pub struct Running {
     /// Where `/metrics` is served.
     pub http_addr: std::net::SocketAddr,
     threads: Vec<JoinHandle<()>>,
+    side: tokio::runtime::Runtime,
 }
 
 impl Running {
     /// Stops every thread and waits for them.
     pub fn stop(self) {
         self.shutdown.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            let _ = t.join();
-        }
+        self.wait();
     }
 
-    /// Blocks until the threads exit (they do when `shutdown` is set).
+    /// Blocks until the threads exit (they do when `shutdown` is set), then
+    /// winds the side runtime down (its loops watch the same flag).
     pub fn wait(self) {
         for t in self.threads {
             let _ = t.join();
+        }
+        self.side.shutdown_timeout(Duration::from_secs(5));
+    }
+}
+
+/// Pins the calling thread to `core`, when given.
+fn pin(core: Option<usize>) {
+    if let Some(c) = core {
+        let ids = core_affinity::get_core_ids().unwrap_or_default();
+        match ids.iter().find(|id| id.id == c) {
+            Some(id) if core_affinity::set_for_current(*id) => {}
+            _ => log("warn", "could not pin thread", &[("core", c.into())]),
         }
     }
 }
@@ -86,13 +104,7 @@ fn spawn(
     f: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(name.to_owned()).spawn(move || {
-        if let Some(c) = core {
-            let ids = core_affinity::get_core_ids().unwrap_or_default();
-            match ids.iter().find(|id| id.id == c) {
-                Some(id) if core_affinity::set_for_current(*id) => {}
-                _ => log("warn", "could not pin thread", &[("core", c.into())]),
-            }
-        }
+        pin(core);
         f();
     })
 }
@@ -157,6 +169,17 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
         .iter()
         .copied()
         .find(|c| *c < n_cores && (!hot.contains(c) || n_cores <= hot.len()));
+
+    // Side work: one async worker for the endpoints, blocking threads for
+    // the loops; every thread of it on the side core.
+    let side = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(4)
+        .thread_name("side")
+        .on_thread_start(move || pin(side_core))
+        .enable_all()
+        .build()
+        .map_err(StartError::SideRuntime)?;
 
     let mut threads = Vec::new();
     let (retired_tx, retired_rx) = crossbeam_channel::bounded(64);
@@ -243,9 +266,7 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
             Arc::clone(&shutdown),
         );
         let ids: Vec<String> = universe.strategies.iter().map(|s| s.id.clone()).collect();
-        threads.push(spawn("ops-watch", side_core, move || {
-            ops::watch(redis, guard, ids, table, wake_tx, stop)
-        })?);
+        side.spawn_blocking(move || ops::watch(redis, guard, ids, table, wake_tx, stop));
     }
 
     let observed = Observed {
@@ -258,15 +279,18 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
     };
     {
         let (obs, stop) = (observed.clone(), Arc::clone(&shutdown));
-        threads.push(spawn("http", side_core, move || {
-            http::serve(http_listener, obs, stop)
-        })?);
+        http_listener.set_nonblocking(true)?;
+        let listener = {
+            let _in_runtime = side.enter();
+            tokio::net::TcpListener::from_std(http_listener)?
+        };
+        side.spawn(http::serve(listener, obs, stop));
     }
     {
         let stop = Arc::clone(&shutdown);
         let redis = cfg.redis.clone();
         let instance = cfg.daemon.instance_id.clone();
-        threads.push(spawn("side", side_core, move || {
+        side.spawn_blocking(move || {
             side_loop(
                 loader,
                 observed,
@@ -277,7 +301,7 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
                 wake_rx,
                 stop,
             )
-        })?);
+        });
     }
     log(
         "info",
@@ -293,6 +317,7 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
         ingress_addr,
         http_addr,
         threads,
+        side,
     })
 }
 

@@ -35,7 +35,7 @@ impl Drop for Daemon {
 
 fn get(http: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(http).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     let code = body
@@ -206,6 +206,20 @@ fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
     assert!(
         wait_until(Duration::from_secs(20), || get(&d.http, "/readyz").0 == 200).is_some(),
         "daemon never became ready"
+    );
+    // Hot threads by name; side work (endpoints, loader, ops watcher) on the
+    // side runtime's threads.
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", d.child.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect();
+    for hot in ["ingress", "worker-0", "publisher"] {
+        assert!(names.iter().any(|n| n == hot), "{hot} missing: {names:?}");
+    }
+    assert!(
+        names.iter().filter(|n| *n == "side").count() >= 3,
+        "side runtime: an async worker and the two blocking loops: {names:?}"
     );
 
     let feed = |seconds: &str| {

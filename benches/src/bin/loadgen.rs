@@ -70,7 +70,7 @@ struct Args {
 
 fn metrics(http: &str) -> anyhow::Result<String> {
     let mut s = TcpStream::connect(http).with_context(|| format!("connecting to {http}"))?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
     let mut body = String::new();
     s.read_to_string(&mut body)?;
     Ok(body)
