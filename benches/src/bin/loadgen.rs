@@ -376,6 +376,30 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = phases[0].visible {
         v.print("client: trigger -> visible in stream (ms res.)");
     }
+    // The targets, judged on this run's own baselines. Daemon
+    // figures are bucket upper bounds, so "met" is conservative.
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let steady = &phases[0];
+    let bound = 2.0 * (baseline.p99 + ort.p99).as_secs_f64() * 1e6;
+    println!(
+        "target p99 <= 2 x (publish p99 + ONNX Runtime p99) = {bound:.0} us: steady p99 <= {} us -> {}",
+        steady.p99,
+        verdict(steady.p99 <= bound)
+    );
+    println!(
+        "target no dropped decision at {} decisions/s: {} dropped -> {}",
+        a.rate,
+        steady.dropped,
+        verdict(steady.dropped == 0)
+    );
+    if let Some(swaps) = phases.get(1) {
+        println!(
+            "target p99.9 during swaps <= 2 x steady p99.9 = {} us: {} us -> {}",
+            2.0 * steady.p999,
+            swaps.p999,
+            verdict(swaps.p999 <= 2.0 * steady.p999 && swaps.dropped == 0)
+        );
+    }
     Ok(())
 }
 
