@@ -82,7 +82,8 @@ for s in EURUSD GBPUSD USDJPY AUDUSD USDCAD EURJPY; do
   printf '  %-7s ' "$s"
   redis-cli -u "$MLCORE_REDIS_URL" FCALL_RO mlcore_read_v2 1 "${NS}:{fx_g10}:sig:$s" | paste -sd' ' | cut -c1-150
 done
-say "stream length (one entry per accepted decision): $(redis-cli -u "$MLCORE_REDIS_URL" XLEN "${NS}:{fx_g10}:signals")"
+say "the newest stream entry (one per accepted decision, its signals as JSON):"
+redis-cli -u "$MLCORE_REDIS_URL" XREVRANGE "${NS}:{fx_g10}:signals" + - COUNT 1 | paste -sd' ' | cut -c1-400
 
 say "counters and trigger -> acknowledged-by-Redis latency (µs buckets)"
 curl -fs "http://$HTTP/metrics" | grep -E '^ml_assets_core_(decisions_total|signals_accepted_total|batches_total.*accepted|decisions_dropped_total)'
