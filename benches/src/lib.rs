@@ -60,14 +60,7 @@ pub fn sample_model() -> VerifiedArtifact {
         revoked: vec![],
     })
     .unwrap_or_else(|e| panic!("{e}"));
-    let hash = features::schema().hash();
-    let ctx = VerifyContext {
-        trust: &trust,
-        feature_schema_hash: &hash,
-        now_ms: now_ms(),
-        highest_accepted: None,
-        rollback: None,
-    };
+    let ctx = VerifyContext::new(&trust, now_ms());
     if let Ok(v) = ArtifactFiles::read(&model_dir)
         .map_err(|e| e.to_string())
         .and_then(|f| artifact::verify(f, &ctx).map_err(|e| e.to_string()))

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use mlcore_models::config::Severity;
-use mlcore_models::contract::{Heartbeat, Keys, RedisConn};
+use mlcore_models::contract::Heartbeat;
 use serde_json::json;
 use sqlx::Row;
 
@@ -26,25 +26,7 @@ pub struct Watch {
 pub async fn tick(state: &Arc<AppState>, watch: &mut Watch) -> Vec<Alert> {
     let now = crate::commands::now_ms();
     let mut alerts = Vec::new();
-    let cfg = state.config.clone();
-    let beats = tokio::task::spawn_blocking(move || -> Option<Vec<(String, u64, Option<Heartbeat>)>> {
-        let mut conn = RedisConn::connect(&cfg.redis).ok()?;
-        let keys = Keys::new(&cfg.redis.namespace);
-        let known = Heartbeat::known_instances(&mut conn, &keys).ok()?;
-        Some(
-            known
-                .into_iter()
-                .map(|(i, at)| {
-                    let hb = Heartbeat::read(&mut conn, &keys, &i).ok().flatten();
-                    (i, at, hb)
-                })
-                .collect(),
-        )
-    })
-    .await
-    .ok()
-    .flatten()
-    .unwrap_or_default();
+    let beats = state.redis(Heartbeat::read_all).await.unwrap_or_default();
     let limit = state.config.control.heartbeat_missing_after_ms;
     for (instance, last_ms, hb) in beats {
         let silent = hb.is_none() || now.saturating_sub(last_ms) > limit;

@@ -23,8 +23,7 @@ use mlcore_models::artifact::{
     self, ArtifactFiles, RollbackAuthorization, SecretKeyFile, TrustStore, VerifyContext,
 };
 use mlcore_models::config::KeyPurpose;
-use mlcore_models::contract::{Heartbeat, Keys, ModelPointer, RedisConn};
-use mlcore_models::features;
+use mlcore_models::contract::{Heartbeat, ModelPointer};
 use serde_json::{json, Value};
 use sqlx::{Postgres, Row, Transaction};
 
@@ -112,6 +111,21 @@ fn json_of(r: &sqlx::postgres::PgRow) -> Value {
     })
 }
 
+async fn begin(state: &AppState) -> Result<Transaction<'static, Postgres>, ApiError> {
+    state.pool.begin().await.map_err(db_err("opening a transaction"))
+}
+
+/// Locks a model's row for the transaction and reads its status.
+async fn lock_status(tx: &mut Transaction<'_, Postgres>, id: &str) -> Result<String, ApiError> {
+    sqlx::query("SELECT status FROM core.model_registry WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_err("reading the model"))?
+        .and_then(|r| r.try_get("status").ok())
+        .ok_or_else(|| not_found(id))
+}
+
 /// Reads one model.
 pub async fn get(state: &AppState, id: &str) -> Result<ModelRow, ApiError> {
     sqlx::query(select("WHERE id = $1"))
@@ -187,14 +201,7 @@ pub async fn register(
             )
         })?;
     let manifest_sha = files.manifest_sha256().unwrap_or_default();
-    let hash = features::schema().hash();
-    let ctx = VerifyContext {
-        trust: &trust,
-        feature_schema_hash: &hash,
-        now_ms: now_ms(),
-        highest_accepted: None,
-        rollback: None,
-    };
+    let ctx = VerifyContext::new(&trust, now_ms());
     let verified = artifact::verify(files, &ctx).map_err(|e| {
         let mut err = ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -217,11 +224,7 @@ pub async fn register(
             ),
         ));
     }
-    let mut tx = state
-        .pool
-        .begin()
-        .await
-        .map_err(db_err("opening a transaction"))?;
+    let mut tx = begin(state).await?;
     let inserted = sqlx::query("INSERT INTO core.model_registry (id, strategy, version, status, artifact_path, manifest_sha256, file_hashes, key_id, metrics, expires_at_ms, registered_by, registered_at_ms) VALUES ($1,$2,$3,'candidate',$4,$5,$6::jsonb,$7,$8::jsonb,$9,$10,$11) ON CONFLICT DO NOTHING")
         .bind(&m.model_id)
         .bind(strategy)
@@ -351,11 +354,7 @@ pub async fn approve(
     if model.status != "candidate" {
         return Ok(());
     }
-    let mut tx = state
-        .pool
-        .begin()
-        .await
-        .map_err(db_err("opening a transaction"))?;
+    let mut tx = begin(state).await?;
     sqlx::query("UPDATE core.model_registry SET status='approved', approved_by=$2, approved_at_ms=$3 WHERE id=$1 AND status='candidate'")
         .bind(&model.id)
         .bind(approver)
@@ -427,11 +426,7 @@ pub async fn activate(
     request_id: &str,
     how: Activation,
 ) -> Result<Value, ApiError> {
-    let mut tx = state
-        .pool
-        .begin()
-        .await
-        .map_err(db_err("opening a transaction"))?;
+    let mut tx = begin(state).await?;
     // Serialise activations per strategy (the row may not exist yet).
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('mlcore.model_active.' || $1))")
         .bind(&model.strategy)
@@ -458,13 +453,7 @@ pub async fn activate(
             }
         }
     }
-    let status: String = sqlx::query("SELECT status FROM core.model_registry WHERE id = $1 FOR UPDATE")
-        .bind(&model.id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err("reading the model"))?
-        .and_then(|r| r.try_get("status").ok())
-        .ok_or_else(|| not_found(&model.id))?;
+    let status = lock_status(&mut tx, &model.id).await?;
     if !["candidate", "approved", "retired"].contains(&status.as_str()) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -500,17 +489,11 @@ pub async fn activate(
         request_id: request_id.to_owned(),
         updated_at_ms: now,
     };
-    let redis = state.config.redis.clone();
     let to_write = pointer.clone();
-    tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let mut conn = RedisConn::connect(&redis).map_err(|e| e.to_string())?;
-        to_write
-            .write(&mut conn, &Keys::new(&redis.namespace))
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|_| ApiError::internal("writing the pointer"))?
-    .map_err(redis_unavailable)?;
+    state
+        .redis(move |conn, keys| to_write.write(conn, keys))
+        .await
+        .map_err(redis_unavailable)?;
 
     if let Some(old) = current_id.as_deref().filter(|old| *old != model.id) {
         sqlx::query("UPDATE core.model_registry SET status='retired', retired_at_ms=$2 WHERE id=$1")
@@ -574,18 +557,8 @@ pub async fn reject(
     reason: &str,
     request_id: &str,
 ) -> Result<Value, ApiError> {
-    let mut tx = state
-        .pool
-        .begin()
-        .await
-        .map_err(db_err("opening a transaction"))?;
-    let status: String = sqlx::query("SELECT status FROM core.model_registry WHERE id = $1 FOR UPDATE")
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err("reading the model"))?
-        .and_then(|r| r.try_get("status").ok())
-        .ok_or_else(|| not_found(id))?;
+    let mut tx = begin(state).await?;
+    let status = lock_status(&mut tx, id).await?;
     if status != "candidate" && status != "approved" {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -609,11 +582,7 @@ pub async fn reject(
 
 /// An approver releases a rollback pin.
 pub async fn release_pin(state: &AppState, strategy: &str, request_id: &str) -> Result<Value, ApiError> {
-    let mut tx = state
-        .pool
-        .begin()
-        .await
-        .map_err(db_err("opening a transaction"))?;
+    let mut tx = begin(state).await?;
     let row = sqlx::query("SELECT model_id, pinned FROM core.model_active WHERE strategy = $1 FOR UPDATE")
         .bind(strategy)
         .fetch_optional(&mut *tx)
@@ -638,15 +607,11 @@ pub async fn release_pin(state: &AppState, strategy: &str, request_id: &str) -> 
         .execute(&mut *tx)
         .await
         .map_err(db_err("releasing the pin"))?;
-    let (redis, s) = (state.config.redis.clone(), strategy.to_owned());
-    tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let mut conn = RedisConn::connect(&redis).map_err(|e| e.to_string())?;
-        ModelPointer::set_pinned(&mut conn, &Keys::new(&redis.namespace), &s, false)
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|_| ApiError::internal("releasing the pin"))?
-    .map_err(redis_unavailable)?;
+    let s = strategy.to_owned();
+    state
+        .redis(move |conn, keys| ModelPointer::set_pinned(conn, keys, &s, false))
+        .await
+        .map_err(redis_unavailable)?;
     tx.commit().await.map_err(db_err("committing"))?;
     Ok(json!({"strategy": strategy, "model_id": model_id, "pinned": false}))
 }
@@ -662,22 +627,12 @@ pub async fn list(state: &AppState) -> Result<Value, ApiError> {
         .fetch_all(&state.pool)
         .await
         .map_err(db_err("reading the pointers"))?;
-    let redis = state.config.redis.clone();
     let missing_after = state.config.control.heartbeat_missing_after_ms;
     // What the daemons say; the registry answers even when Redis is down.
-    let daemons: Result<Vec<Heartbeat>, String> = tokio::task::spawn_blocking(move || {
-        let mut conn = RedisConn::connect(&redis).map_err(|e| e.to_string())?;
-        let keys = Keys::new(&redis.namespace);
-        let mut out = Vec::new();
-        for (instance, _) in Heartbeat::known_instances(&mut conn, &keys).map_err(|e| e.to_string())? {
-            if let Some(hb) = Heartbeat::read(&mut conn, &keys, &instance).map_err(|e| e.to_string())? {
-                out.push(hb);
-            }
-        }
-        Ok(out)
-    })
-    .await
-    .map_err(|_| ApiError::internal("reading heartbeats"))?;
+    let daemons: Result<Vec<Heartbeat>, String> = state
+        .redis(Heartbeat::read_all)
+        .await
+        .map(|all| all.into_iter().filter_map(|(_, _, hb)| hb).collect());
     let now = now_ms();
     let (daemons, daemons_error) = match daemons {
         Ok(d) => (d, None),

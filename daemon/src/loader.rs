@@ -25,7 +25,6 @@ use crossbeam_channel::{Receiver, Sender};
 use mlcore_models::artifact::{self, ArtifactFiles, RollbackAuthorization, SharedTrust, VerifyContext};
 use mlcore_models::config::RedisConfig;
 use mlcore_models::contract::{model, Keys, ModelPointer, RedisConn};
-use mlcore_models::features;
 use mlcore_models::scoring::ModelScorer;
 
 use crate::job::ModelMeta;
@@ -319,18 +318,15 @@ impl Loader {
             }
         }
         let trust = self.trust.snapshot();
-        let hash = features::schema().hash();
         let accepted = self.accepted.get(id);
         // The very artifact accepted last may load again after a restart.
         let highest = accepted
             .filter(|a| a.last_manifest_sha256 != manifest_sha)
             .map(|a| a.highest);
         let ctx = VerifyContext {
-            trust: &trust,
-            feature_schema_hash: &hash,
-            now_ms: now_ms(),
             highest_accepted: highest,
             rollback: w.rollback.as_ref(),
+            ..VerifyContext::new(&trust, now_ms())
         };
         let verified = artifact::verify(files, &ctx).map_err(|e| e.to_string())?;
         let m = &verified.manifest;

@@ -82,8 +82,17 @@ struct Round {
     #[allow(clippy::vec_box)]
     jobs: Vec<Box<Job>>,
     labels: Vec<Option<&'static str>>,
-    /// `(index in jobs, batch)` waiting to be sent.
-    pending: Vec<(usize, SignalBatch)>,
+    /// Batches waiting to be sent.
+    pending: Vec<Pending>,
+}
+
+/// A batch waiting to be sent, and where its outcome goes.
+struct Pending {
+    /// Index of its job in the round (and of its label).
+    slot: usize,
+    /// Strategy index.
+    strategy: usize,
+    batch: SignalBatch,
 }
 
 /// Runs the publisher until the stop flag is set.
@@ -137,7 +146,11 @@ pub fn run(p: PublisherParts) {
             }
             match prepare(&p, &mut st, &round.jobs[i]) {
                 Prepared::Done(label) => round.labels[i] = label,
-                Prepared::Send(batch) => round.pending.push((i, batch)),
+                Prepared::Send(batch) => round.pending.push(Pending {
+                    slot: i,
+                    strategy: s,
+                    batch,
+                }),
             }
             if alone {
                 flush(&p, &mut st, &mut round);
@@ -160,12 +173,9 @@ pub fn run(p: PublisherParts) {
 /// Sends the pending batches of `round` in one pipeline and records their
 /// outcomes.
 fn flush(p: &PublisherParts, st: &mut State, round: &mut Round) {
-    if round.pending.is_empty() {
-        return;
-    }
-    let (slots, batches): (Vec<usize>, Vec<SignalBatch>) = round.pending.drain(..).unzip();
-    for (slot, label) in slots.into_iter().zip(send(p, st, &batches)) {
-        round.labels[slot] = Some(label);
+    if !round.pending.is_empty() {
+        send(p, st, &round.pending, &mut round.labels);
+        round.pending.clear();
     }
 }
 
@@ -213,13 +223,19 @@ fn next_seq(st: &mut State, s: usize) -> u64 {
     seq
 }
 
-/// Sends `batches` (one pipeline); returns one outcome label per batch.
-fn send(p: &PublisherParts, st: &mut State, batches: &[SignalBatch]) -> Vec<&'static str> {
+/// Sends `pending` in one pipeline; writes each outcome label to
+/// `labels[slot]`.
+fn send(p: &PublisherParts, st: &mut State, pending: &[Pending], labels: &mut [Option<&'static str>]) {
+    let mut label_all = |label| {
+        for x in pending {
+            labels[x.slot] = Some(label);
+        }
+    };
     let Some(conn) = st.conn.as_mut() else {
         Counters::inc(&p.counters.redis_errors);
-        return vec!["redis_error"; batches.len()];
+        return label_all("redis_error");
     };
-    let outcomes = match p.guard.publish_many(conn, batches) {
+    let outcomes = match p.guard.publish_many(conn, pending.iter().map(|x| &x.batch)) {
         Ok(o) => o,
         Err(e) => {
             Counters::inc(&p.counters.redis_errors);
@@ -231,50 +247,41 @@ fn send(p: &PublisherParts, st: &mut State, batches: &[SignalBatch]) -> Vec<&'st
             );
             st.conn = None;
             st.next_attempt = Instant::now() + st.backoff;
-            return vec!["redis_error"; batches.len()];
+            return label_all("redis_error");
         }
     };
-    batches
-        .iter()
-        .zip(outcomes)
-        .map(|(batch, outcome)| {
-            let s = p
-                .universe
-                .strategies
-                .iter()
-                .position(|x| x.id == batch.strategy)
-                .unwrap_or(0);
-            match outcome {
-                Ok(PublishOutcome::Accepted { count }) => {
-                    p.counters
-                        .signals_accepted
-                        .fetch_add(count as u64, Ordering::Relaxed);
-                    for (w, sig) in st.weights[s].iter_mut().zip(&batch.signals) {
-                        *w = sig.weight;
-                    }
-                    "accepted"
+    for (x, outcome) in pending.iter().zip(outcomes) {
+        let s = x.strategy;
+        labels[x.slot] = Some(match outcome {
+            Ok(PublishOutcome::Accepted { count }) => {
+                p.counters
+                    .signals_accepted
+                    .fetch_add(count as u64, Ordering::Relaxed);
+                for (w, sig) in st.weights[s].iter_mut().zip(&x.batch.signals) {
+                    *w = sig.weight;
                 }
-                Ok(PublishOutcome::Stale { stored_seq, .. }) => {
-                    st.last_seq[s] = st.last_seq[s].max(stored_seq);
-                    "stale"
-                }
-                Ok(other) => other.label(),
-                Err(ContractError::BadInput(msg)) => {
-                    log(
-                        "error",
-                        "guard refused a batch as malformed",
-                        &[("error", msg.into())],
-                    );
-                    "bad_input"
-                }
-                Err(e) => {
-                    Counters::inc(&p.counters.redis_errors);
-                    log("warn", "publish failed", &[("error", e.to_string().into())]);
-                    "redis_error"
-                }
+                "accepted"
             }
-        })
-        .collect()
+            Ok(PublishOutcome::Stale { stored_seq, .. }) => {
+                st.last_seq[s] = st.last_seq[s].max(stored_seq);
+                "stale"
+            }
+            Ok(other) => other.label(),
+            Err(ContractError::BadInput(msg)) => {
+                log(
+                    "error",
+                    "guard refused a batch as malformed",
+                    &[("error", msg.into())],
+                );
+                "bad_input"
+            }
+            Err(e) => {
+                Counters::inc(&p.counters.redis_errors);
+                log("warn", "publish failed", &[("error", e.to_string().into())]);
+                "redis_error"
+            }
+        });
+    }
 }
 
 /// What to do with one decided job.
@@ -350,30 +357,33 @@ fn flatten_if_asked(p: &PublisherParts, st: &mut State) {
             continue;
         }
         let now = now_ms();
-        let batch = SignalBatch {
-            strategy: strat.id.clone(),
-            seq: next_seq(st, s),
-            generated_at_ms: now,
-            valid_until_ms: now + p.universe.ttl_ms,
-            model_id: "flatten".into(),
-            model_version: 0,
-            signals: strat
-                .symbols
-                .iter()
-                .map(|sym| Signal {
-                    symbol: sym.clone(),
-                    side: Side::Flat,
-                    weight: 0.0,
-                    qty: 0.0,
-                    return_prob: 0.5,
-                    risk_score: 0.0,
-                })
-                .collect(),
+        let flat = Pending {
+            slot: 0,
+            strategy: s,
+            batch: SignalBatch {
+                strategy: strat.id.clone(),
+                seq: next_seq(st, s),
+                generated_at_ms: now,
+                valid_until_ms: now + p.universe.ttl_ms,
+                model_id: "flatten".into(),
+                model_version: 0,
+                signals: strat
+                    .symbols
+                    .iter()
+                    .map(|sym| Signal {
+                        symbol: sym.clone(),
+                        side: Side::Flat,
+                        weight: 0.0,
+                        qty: 0.0,
+                        return_prob: 0.5,
+                        risk_score: 0.0,
+                    })
+                    .collect(),
+            },
         };
-        let label = send(p, st, std::slice::from_ref(&batch))
-            .first()
-            .copied()
-            .unwrap_or("redis_error");
+        let mut labels = [None];
+        send(p, st, std::slice::from_ref(&flat), &mut labels);
+        let label = labels[0].unwrap_or("redis_error");
         p.counters.outcome(label);
         if label == "accepted" {
             st.flattened_version[s] = Some(version);

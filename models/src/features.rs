@@ -495,6 +495,12 @@ impl FeatureSchema {
     }
 }
 
+/// The hash of [`schema`], computed once: what every artifact must match.
+pub fn schema_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| schema().hash())
+}
+
 /// The schema this build computes.
 pub fn schema() -> FeatureSchema {
     let p = |pairs: &[(&str, f64)]| {

@@ -752,6 +752,43 @@ fn a_three_master_cluster_serves_strategies_in_different_slots() {
     // CRC16 slots: alpha 865, charlie 1769, foxtrot 3172 | bravo 8623,
     // delta 9053 | echo 14438 — one group per master of a 3-master split.
     assert_eq!(holding, 3, "strategies should spread over all three masters");
+
+    // Batches of strategies on different masters in one call, and a
+    // heartbeat (keys in different slots): a Cluster connection cannot
+    // pipeline across nodes, so these go one by one.
+    let batches: Vec<SignalBatch> = ["alpha", "bravo"]
+        .iter()
+        .map(|s| {
+            set_mode(&g, &mut conn, s, OpsMode::Active);
+            let mut b = batch(3, vec![signal("EURUSD", 0.01)]);
+            b.strategy = (*s).into();
+            b
+        })
+        .collect();
+    let out = g.publish_many(&mut conn, &batches).unwrap();
+    assert!(
+        out.iter().all(|o| o.as_ref().unwrap().label() == "accepted"),
+        "{out:?}"
+    );
+    let hb = mlcore_models::contract::Heartbeat {
+        instance: "daemon-c".into(),
+        status: "ok".into(),
+        at_ms: now_ms(),
+        last_decision_ms: 0,
+        p99_us: 0,
+        decisions: 0,
+        signals_accepted: 0,
+        decisions_dropped: 0,
+        refused_artifacts: 0,
+        models: Default::default(),
+        modes: Default::default(),
+    };
+    hb.write(&mut conn, g.keys(), 5_000).unwrap();
+    assert!(
+        mlcore_models::contract::Heartbeat::read(&mut conn, g.keys(), "daemon-c")
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[test]

@@ -10,7 +10,6 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use mlcore_models::contract::RedisConn;
 
 use super::AppState;
 
@@ -61,10 +60,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// `GET /readyz`: PostgreSQL and Redis answer.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let db = sqlx::query("SELECT 1").execute(&state.pool).await.is_ok();
-    let cfg = state.config.redis.clone();
-    let redis = tokio::task::spawn_blocking(move || RedisConn::connect(&cfg).is_ok())
-        .await
-        .unwrap_or(false);
+    let redis = state.redis(|_, _| Ok(())).await.is_ok();
     let body = Json(serde_json::json!({"ready": db && redis, "postgres": db, "redis": redis}));
     if db && redis {
         (StatusCode::OK, body).into_response()

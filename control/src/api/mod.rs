@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 use mlcore_models::config::AppConfig;
-use mlcore_models::contract::Guard;
+use mlcore_models::contract::{ContractError, Guard, Keys, RedisConn};
 use sqlx::PgPool;
 
 use self::auth::Principal;
@@ -86,6 +86,35 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The caller of a mutating route: authenticated, holding one of
+    /// `roles`, within its rate limit.
+    pub fn mutating(
+        &self,
+        headers: &axum::http::HeaderMap,
+        roles: &[mlcore_models::config::Role],
+    ) -> Result<Principal, ApiError> {
+        let p = auth::authenticate(headers, &self.principals)?;
+        auth::require(&p, roles)?;
+        self.limiter.check(&p.name)?;
+        Ok(p)
+    }
+
+    /// Runs `f` on a fresh Redis connection, on the blocking pool (the
+    /// `redis` client is synchronous); every failure comes back as text.
+    pub async fn redis<T, F>(&self, f: F) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut RedisConn, &Keys) -> Result<T, ContractError> + Send + 'static,
+    {
+        let cfg = self.config.redis.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = RedisConn::connect(&cfg).map_err(|e| e.to_string())?;
+            f(&mut conn, &Keys::new(&cfg.namespace)).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("Redis task failed: {e}"))?
+    }
+
     /// Raises `alert` in the background: delivery is counted and logged and
     /// never blocks or fails the request that raised it.
     pub fn alert(self: &Arc<Self>, alert: crate::alerts::Alert) {

@@ -15,9 +15,8 @@ use serde_json::{json, Value};
 
 use super::auth::{authenticate, require};
 use super::error::ApiError;
-use super::ops::{bad_json, new_id, record_as, refused_as};
+use super::ops::{bad_json, new_id, record_as, refused_as, store_pending};
 use super::AppState;
-use crate::commands::now_ms;
 use crate::registry;
 
 const RECORD: &str = "model_registry";
@@ -52,6 +51,24 @@ fn reason_of(body: Result<Json<ReasonBody>, JsonRejection>) -> Result<String, Ap
     Ok(b.reason)
 }
 
+/// Audits a registry request's result (or its refusal) and hands it back.
+async fn audited(
+    state: &AppState,
+    who: &str,
+    action: &str,
+    scope: &str,
+    request_id: &str,
+    result: Result<Value, ApiError>,
+) -> Result<Value, ApiError> {
+    match result {
+        Ok(v) => {
+            record_as(state, RECORD, who, action, scope, v.clone(), "ok", request_id).await?;
+            Ok(v)
+        }
+        Err(e) => Err(refused_as(state, RECORD, who, action, scope, request_id, e).await),
+    }
+}
+
 /// `GET /v1/models`.
 #[utoipa::path(get, path = "/v1/models", security(("bearer" = [])),
     responses((status = 200, description = "every version with status, and what each daemon reports as loaded"),
@@ -73,19 +90,13 @@ pub async fn register(
     headers: HeaderMap,
     body: Result<Json<RegisterBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let p = authenticate(&headers, &state.principals)?;
-    require(&p, &[Role::Operator])?;
-    state.limiter.check(&p.name)?;
+    let p = state.mutating(&headers, &[Role::Operator])?;
     let Json(body) = body.map_err(bad_json)?;
     let id = new_id();
     let scope = format!("{}/v{}", body.strategy, body.version);
-    match registry::register(&state, &p.name, &body.strategy, body.version, &id).await {
-        Ok(v) => {
-            record_as(&state, RECORD, &p.name, "register", &scope, v.clone(), "ok", &id).await?;
-            Ok((StatusCode::CREATED, Json(v)))
-        }
-        Err(e) => Err(refused_as(&state, RECORD, &p.name, "register", &scope, &id, e).await),
-    }
+    let result = registry::register(&state, &p.name, &body.strategy, body.version, &id).await;
+    let v = audited(&state, &p.name, "register", &scope, &id, result).await?;
+    Ok((StatusCode::CREATED, Json(v)))
 }
 
 /// `POST /v1/models/{id}/activate`: asks for activation; an approver other
@@ -101,9 +112,7 @@ pub async fn activate(
     Path(model_id): Path<String>,
     body: Result<Json<ReasonBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let p = authenticate(&headers, &state.principals)?;
-    require(&p, &[Role::Operator])?;
-    state.limiter.check(&p.name)?;
+    let p = state.mutating(&headers, &[Role::Operator])?;
     let id = new_id();
     let checked = async {
         let reason = reason_of(body)?;
@@ -116,18 +125,16 @@ pub async fn activate(
         Ok(x) => x,
         Err(e) => return Err(refused_as(&state, RECORD, &p.name, "activate", &model_id, &id, e).await),
     };
-    let expires = now_ms() + state.config.control.approvals.ttl_s * 1000;
-    sqlx::query("INSERT INTO core.ops_requests (id, action, scope, reason, requested_by, requested_at_ms, expires_at_ms, status, target) VALUES ($1,'activate',$2,$3,$4,$5,$6,'pending',$7)")
-        .bind(&id)
-        .bind(&model.strategy)
-        .bind(&reason)
-        .bind(&p.name)
-        .bind(now_ms() as i64)
-        .bind(expires as i64)
-        .bind(&model.id)
-        .execute(&state.pool)
-        .await
-        .map_err(|_| ApiError::internal("storing the request"))?;
+    let expires = store_pending(
+        &state,
+        &id,
+        "activate",
+        &model.strategy,
+        &reason,
+        &p.name,
+        Some(&model.id),
+    )
+    .await?;
     record_as(
         &state,
         RECORD,
@@ -157,22 +164,16 @@ pub async fn reject(
     Path(model_id): Path<String>,
     body: Result<Json<ReasonBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = authenticate(&headers, &state.principals)?;
-    require(&p, &[Role::Approver])?;
-    state.limiter.check(&p.name)?;
+    let p = state.mutating(&headers, &[Role::Approver])?;
     let id = new_id();
     let result = async {
         let reason = reason_of(body)?;
         registry::reject(&state, &model_id, &p.name, &reason, &id).await
     }
     .await;
-    match result {
-        Ok(v) => {
-            record_as(&state, RECORD, &p.name, "reject", &model_id, v.clone(), "ok", &id).await?;
-            Ok(Json(v))
-        }
-        Err(e) => Err(refused_as(&state, RECORD, &p.name, "reject", &model_id, &id, e).await),
-    }
+    audited(&state, &p.name, "reject", &model_id, &id, result)
+        .await
+        .map(Json)
 }
 
 /// `POST /v1/models/pins/{strategy}/release` (approver): lets activations
@@ -187,30 +188,14 @@ pub async fn release_pin(
     Path(strategy): Path<String>,
     body: Result<Json<ReasonBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = authenticate(&headers, &state.principals)?;
-    require(&p, &[Role::Approver])?;
-    state.limiter.check(&p.name)?;
+    let p = state.mutating(&headers, &[Role::Approver])?;
     let id = new_id();
     let result = async {
         reason_of(body)?;
         registry::release_pin(&state, &strategy, &id).await
     }
     .await;
-    match result {
-        Ok(v) => {
-            record_as(
-                &state,
-                RECORD,
-                &p.name,
-                "release_pin",
-                &strategy,
-                v.clone(),
-                "ok",
-                &id,
-            )
-            .await?;
-            Ok(Json(v))
-        }
-        Err(e) => Err(refused_as(&state, RECORD, &p.name, "release_pin", &strategy, &id, e).await),
-    }
+    audited(&state, &p.name, "release_pin", &strategy, &id, result)
+        .await
+        .map(Json)
 }

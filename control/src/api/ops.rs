@@ -10,12 +10,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use mlcore_models::config::Role;
-use mlcore_models::contract::{Guard, Heartbeat, Keys, ModeChange, OpsMode, RedisConn, SetModeOutcome};
+use mlcore_models::contract::{Guard, Heartbeat, Keys, ModeChange, OpsMode, SetModeOutcome};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::Row;
 
-use super::auth::{authenticate, require, Principal};
+use super::auth::{authenticate, require};
 use super::error::ApiError;
 use super::AppState;
 use crate::audit::{self, NewEvent};
@@ -182,44 +182,43 @@ async fn apply(
     } else {
         vec![scope.to_owned()]
     };
-    let (cfg, guard) = (state.config.redis.clone(), state.guard.clone());
+    let guard = state.guard.clone();
     let (reason, actor, request_id) = (reason.to_owned(), actor.to_owned(), request_id.to_owned());
-    let outcome = tokio::task::spawn_blocking(move || -> Result<Value, String> {
-        let mut conn = RedisConn::connect(&cfg).map_err(|e| e.to_string())?;
-        let mut out = serde_json::Map::new();
-        for s in &strategies {
-            let current = guard.read_mode(&mut conn, s).map_err(|e| e.to_string())?;
-            let change = ModeChange {
-                strategy: s,
-                expected_version: current.version,
-                mode,
-                reason: &reason,
-                actor: &actor,
-                request_id: &request_id,
-            };
-            match guard.set_mode(&mut conn, &change).map_err(|e| e.to_string())? {
-                SetModeOutcome::Applied { version } => {
-                    out.insert(
-                        s.clone(),
-                        json!({"from": current.mode.as_str(), "to": mode.as_str(), "version": version}),
-                    );
-                }
-                SetModeOutcome::Conflict { current_version } => {
-                    out.insert(s.clone(), json!({"conflict": current_version}));
+    let outcome = state
+        .redis(move |conn, _| {
+            let mut out = serde_json::Map::new();
+            for s in &strategies {
+                let current = guard.read_mode(conn, s)?;
+                let change = ModeChange {
+                    strategy: s,
+                    expected_version: current.version,
+                    mode,
+                    reason: &reason,
+                    actor: &actor,
+                    request_id: &request_id,
+                };
+                match guard.set_mode(conn, &change)? {
+                    SetModeOutcome::Applied { version } => {
+                        out.insert(
+                            s.clone(),
+                            json!({"from": current.mode.as_str(), "to": mode.as_str(), "version": version}),
+                        );
+                    }
+                    SetModeOutcome::Conflict { current_version } => {
+                        out.insert(s.clone(), json!({"conflict": current_version}));
+                    }
                 }
             }
-        }
-        Ok(Value::Object(out))
-    })
-    .await
-    .map_err(|_| ApiError::internal("applying the mode"))?
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "OPS_REDIS_UNAVAILABLE",
-            format!("Redis: {e}"),
-        )
-    })?;
+            Ok(Value::Object(out))
+        })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "OPS_REDIS_UNAVAILABLE",
+                format!("Redis: {e}"),
+            )
+        })?;
     if outcome
         .as_object()
         .is_some_and(|m| m.values().any(|v| v.get("conflict").is_some()))
@@ -263,9 +262,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Json<OpsRequestBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let p: Principal = authenticate(&headers, &state.principals)?;
-    require(&p, &[Role::Operator])?;
-    state.limiter.check(&p.name)?;
+    let p = state.mutating(&headers, &[Role::Operator])?;
     let Json(body) = body.map_err(bad_json)?;
     let id = new_id();
     let valid_scope = body.scope == "global" || state.config.strategy(&body.scope).is_some();
@@ -339,25 +336,41 @@ pub async fn create(
     pending(&state, &p.name, &body, &id).await
 }
 
-/// Stores a request that waits for a second principal.
+/// Stores a request that waits for a second principal (`target`: the model
+/// an `activate` names); returns when it expires.
+pub(crate) async fn store_pending(
+    state: &AppState,
+    id: &str,
+    action: &str,
+    scope: &str,
+    reason: &str,
+    who: &str,
+    target: Option<&str>,
+) -> Result<u64, ApiError> {
+    let expires = now_ms() + state.config.control.approvals.ttl_s * 1000;
+    sqlx::query("INSERT INTO core.ops_requests (id, action, scope, reason, requested_by, requested_at_ms, expires_at_ms, status, target) VALUES ($1,$2,$3,$4,$5,$6,$7,'pending',$8)")
+        .bind(id)
+        .bind(action)
+        .bind(scope)
+        .bind(reason)
+        .bind(who)
+        .bind(now_ms() as i64)
+        .bind(expires as i64)
+        .bind(target)
+        .execute(&state.pool)
+        .await
+        .map_err(|_| ApiError::internal("storing the request"))?;
+    Ok(expires)
+}
+
+/// Stores an ops request that waits for a second principal, audited.
 async fn pending(
     state: &AppState,
     who: &str,
     body: &OpsRequestBody,
     id: &str,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let expires = now_ms() + state.config.control.approvals.ttl_s * 1000;
-    sqlx::query("INSERT INTO core.ops_requests (id, action, scope, reason, requested_by, requested_at_ms, expires_at_ms, status) VALUES ($1,$2,$3,$4,$5,$6,$7,'pending')")
-        .bind(id)
-        .bind(&body.action)
-        .bind(&body.scope)
-        .bind(&body.reason)
-        .bind(who)
-        .bind(now_ms() as i64)
-        .bind(expires as i64)
-        .execute(&state.pool)
-        .await
-        .map_err(|_| ApiError::internal("storing the request"))?;
+    let expires = store_pending(state, id, &body.action, &body.scope, &body.reason, who, None).await?;
     record(
         state,
         who,
@@ -387,9 +400,7 @@ pub async fn decide(
     headers: HeaderMap,
     Path((id, verdict)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = authenticate(&headers, &state.principals)?;
-    require(&p, &[Role::Approver])?;
-    state.limiter.check(&p.name)?;
+    let p = state.mutating(&headers, &[Role::Approver])?;
     if verdict != "approve" && verdict != "reject" {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -482,19 +493,7 @@ pub async fn decide(
     let mode = target_mode(&action);
     let result = match (action.as_str(), mode) {
         ("activate", _) => activate_target(&state, target.as_deref(), &p.name, &actor, &id).await,
-        ("rollback", _) => match crate::registry::rollback_target(&state, &scope).await {
-            Ok((_, previous)) => {
-                crate::registry::activate(
-                    &state,
-                    &previous,
-                    &actor,
-                    &id,
-                    crate::registry::Activation::Rollback,
-                )
-                .await
-            }
-            Err(e) => Err(e),
-        },
+        ("rollback", _) => rollback(&state, &scope, &actor, &id).await,
         (_, Some(mode)) => apply(&state, &scope, mode, &reason, &actor, &id).await,
         (_, None) => Err(ApiError::internal("mapping the action")),
     };
@@ -548,7 +547,25 @@ async fn activate_target(
     .await
 }
 
-/// Info alert for a model activation or rollback (warning).
+/// Re-activates the previous active version of `strategy`, pinned.
+async fn rollback(
+    state: &Arc<AppState>,
+    strategy: &str,
+    actor: &str,
+    request_id: &str,
+) -> Result<Value, ApiError> {
+    let (_, previous) = crate::registry::rollback_target(state, strategy).await?;
+    crate::registry::activate(
+        state,
+        &previous,
+        actor,
+        request_id,
+        crate::registry::Activation::Rollback,
+    )
+    .await
+}
+
+/// Alert for a model activation (info) or rollback (warning).
 fn model_alert(state: &Arc<AppState>, scope: &str, action: &str, actor: &str, reason: &str, after: &Value) {
     let severity = if action == "rollback" {
         mlcore_models::config::Severity::Warning
@@ -576,38 +593,32 @@ pub async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
     require(&p, &[Role::Viewer, Role::Operator, Role::Approver])?;
     let (cfg, guard) = (state.config.clone(), state.guard.clone());
     let missing_after = cfg.control.heartbeat_missing_after_ms;
-    let out = tokio::task::spawn_blocking(move || -> Result<Value, String> {
-        let mut conn = RedisConn::connect(&cfg.redis).map_err(|e| e.to_string())?;
-        let keys = Keys::new(&cfg.redis.namespace);
-        let daemons = Heartbeat::known_instances(&mut conn, &keys).map_err(|e| e.to_string())?;
-        let mut heartbeats = Vec::new();
-        for (instance, _) in &daemons {
-            heartbeats.push((instance.clone(), Heartbeat::read(&mut conn, &keys, instance).map_err(|e| e.to_string())?));
-        }
-        let now = now_ms();
-        let mut strategies = Vec::new();
-        for s in &cfg.universe.strategies {
-            let st = guard.read_mode(&mut conn, &s.id).map_err(|e| e.to_string())?;
-            let reports: Vec<Value> = heartbeats
-                .iter()
-                .map(|(inst, hb)| match hb {
-                    Some(hb) => {
-                        let seen = hb.modes.get(&s.id).cloned().unwrap_or_default();
-                        json!({"instance": inst, "mode": seen, "model": hb.models.get(&s.id), "disagrees": seen != st.mode.as_str(),
-                               "silent": now.saturating_sub(hb.at_ms) > missing_after})
-                    }
-                    None => json!({"instance": inst, "silent": true}),
-                })
-                .collect();
-            strategies.push(json!({"strategy": s.id, "mode": st.mode.as_str(), "version": st.version, "actor": st.actor,
-                                   "reason": st.reason, "request_id": st.request_id, "updated_at_ms": st.updated_at_ms,
-                                   "fail_closed": st.fail_closed, "daemons": reports}));
-        }
-        Ok(json!({"strategies": strategies}))
-    })
-    .await
-    .map_err(|_| ApiError::internal("reading ops state"))?
-    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "OPS_REDIS_UNAVAILABLE", format!("Redis: {e}")))?;
+    let out = state
+        .redis(move |conn, keys| {
+            let heartbeats = Heartbeat::read_all(conn, keys)?;
+            let now = now_ms();
+            let mut strategies = Vec::new();
+            for s in &cfg.universe.strategies {
+                let st = guard.read_mode(conn, &s.id)?;
+                let reports: Vec<Value> = heartbeats
+                    .iter()
+                    .map(|(inst, _, hb)| match hb {
+                        Some(hb) => {
+                            let seen = hb.modes.get(&s.id).cloned().unwrap_or_default();
+                            json!({"instance": inst, "mode": seen, "model": hb.models.get(&s.id), "disagrees": seen != st.mode.as_str(),
+                                   "silent": now.saturating_sub(hb.at_ms) > missing_after})
+                        }
+                        None => json!({"instance": inst, "silent": true}),
+                    })
+                    .collect();
+                strategies.push(json!({"strategy": s.id, "mode": st.mode.as_str(), "version": st.version, "actor": st.actor,
+                                       "reason": st.reason, "request_id": st.request_id, "updated_at_ms": st.updated_at_ms,
+                                       "fail_closed": st.fail_closed, "daemons": reports}));
+            }
+            Ok(json!({"strategies": strategies}))
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "OPS_REDIS_UNAVAILABLE", format!("Redis: {e}")))?;
     Ok(Json(out))
 }
 

@@ -8,7 +8,6 @@ use mlcore_models::artifact::{
     self, ArtifactFiles, Manifest, RollbackAuthorization, SecretKeyFile, TrustStore, VerifyContext,
 };
 use mlcore_models::config::EnvSource;
-use mlcore_models::features;
 
 use super::{load_config, now_ms, EXIT_REFUSED};
 use crate::cli::VerifyArgs;
@@ -74,13 +73,10 @@ pub fn models_verify(
         None => None,
     };
     let files = ArtifactFiles::read(&args.artifact)?;
-    let hash = features::schema().hash();
     let ctx = VerifyContext {
-        trust: &trust,
-        feature_schema_hash: &hash,
-        now_ms: now_ms(),
         highest_accepted: args.highest_accepted,
         rollback: auth.as_ref(),
+        ..VerifyContext::new(&trust, now_ms())
     };
     match artifact::verify(files, &ctx) {
         Ok(v) => {

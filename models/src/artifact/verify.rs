@@ -91,6 +91,20 @@ pub struct VerifyContext<'a> {
     pub rollback: Option<&'a RollbackAuthorization>,
 }
 
+impl<'a> VerifyContext<'a> {
+    /// A first acceptance at `now_ms`: this build's feature schema, no
+    /// rollback floor, no authorisation (set those fields when they apply).
+    pub fn new(trust: &'a TrustStore, now_ms: u64) -> Self {
+        Self {
+            trust,
+            feature_schema_hash: crate::features::schema_hash(),
+            now_ms,
+            highest_accepted: None,
+            rollback: None,
+        }
+    }
+}
+
 /// An artifact that passed every check.
 #[derive(Debug, Clone)]
 pub struct VerifiedArtifact {

@@ -54,7 +54,44 @@ impl RedisConn {
     }
 }
 
+/// Runs `pipe`'s commands and returns each one's reply or error: in one
+/// round trip on a connection that pipelines, one by one on a Cluster
+/// connection (a Cluster pipeline goes to a single node, and the commands of
+/// one call may live in different slots). A lost connection ends the call
+/// with `Err`; a command the server refuses is an `Err` in its slot.
+pub fn run_pipeline(
+    conn: &mut impl ConnectionLike,
+    pipe: &redis::Pipeline,
+) -> RedisResult<Vec<RedisResult<Value>>> {
+    if conn.supports_pipelining() {
+        let mut p = pipe.clone();
+        p.ignore_errors();
+        return p.query(conn);
+    }
+    pipe.cmd_iter()
+        .map(|c| match c.query::<Value>(conn) {
+            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => Err(e),
+            reply => Ok(reply),
+        })
+        .collect()
+}
+
+/// Like [`run_pipeline`], for commands whose replies do not matter: the
+/// first refusal is the error.
+pub fn run_all(conn: &mut impl ConnectionLike, pipe: &redis::Pipeline) -> RedisResult<()> {
+    run_pipeline(conn, pipe)?
+        .into_iter()
+        .try_for_each(|r| r.map(|_| ()))
+}
+
 impl ConnectionLike for RedisConn {
+    fn supports_pipelining(&self) -> bool {
+        match self {
+            Self::Single(c) => c.supports_pipelining(),
+            Self::Cluster(c) => c.supports_pipelining(),
+        }
+    }
+
     fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),

@@ -188,42 +188,35 @@ impl Guard {
         conn: &mut impl ConnectionLike,
         batch: &SignalBatch,
     ) -> Result<PublishOutcome, ContractError> {
-        if batch.signals.is_empty() {
-            return Err(ContractError::Invalid {
-                field: "signals",
-                reason: "a batch needs at least one signal".into(),
-            });
-        }
-        let keys = self.keys.strategy(&batch.strategy);
-        let cmd = self.publish_cmd(&keys, batch);
-        let reply = with_guard(conn, |c| cmd.query::<Value>(c))?;
-        parse_publish_reply(&reply)
+        self.publish_many(conn, [batch])?
+            .pop()
+            .unwrap_or_else(|| Err(ContractError::Protocol("no reply to the publish".into())))
     }
 
     /// Publishes several batches in one round trip (a pipeline of `FCALL`s,
-    /// each atomic on its own): one outcome per batch, in order. The daemon
+    /// each atomic on its own; one by one on a Cluster connection): one
+    /// outcome per batch, in order. The daemon
     /// uses it when decisions queue up behind the network round trip. An
     /// `Err` from the whole call means nothing can be said about any batch
     /// (connection lost); a missing guard is reloaded once and the pipeline
     /// retried (nothing ran: every `FCALL` failed the same way).
-    pub fn publish_many(
+    pub fn publish_many<'b>(
         &self,
         conn: &mut impl ConnectionLike,
-        batches: &[SignalBatch],
+        batches: impl IntoIterator<Item = &'b SignalBatch>,
     ) -> Result<Vec<Result<PublishOutcome, ContractError>>, ContractError> {
-        if let Some(i) = batches.iter().position(|b| b.signals.is_empty()) {
-            return Err(ContractError::Invalid {
-                field: "signals",
-                reason: format!("batch {i} has no signal"),
-            });
-        }
         let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for b in batches {
+        for (i, b) in batches.into_iter().enumerate() {
+            if b.signals.is_empty() {
+                return Err(ContractError::Invalid {
+                    field: "signals",
+                    reason: format!("batch {i} has no signal"),
+                });
+            }
             pipe.add_command(self.publish_cmd(&self.keys.strategy(&b.strategy), b));
         }
         let replies = with_guard(conn, |c| {
-            let replies: Vec<redis::RedisResult<Value>> = pipe.query(c)?;
+            let replies = super::conn::run_pipeline(c, &pipe)?;
             match replies
                 .iter()
                 .find_map(|r| r.as_ref().err().filter(|e| is_function_missing(e)))

@@ -46,8 +46,8 @@ impl Heartbeat {
     ) -> Result<(), ContractError> {
         let key = keys.heartbeat(&self.instance);
         let encode = |m: &BTreeMap<String, String>| serde_json::to_string(m).unwrap_or_else(|_| "{}".into());
-        redis::pipe()
-            .cmd("HSET")
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
             .arg(&key)
             .arg("instance")
             .arg(&self.instance)
@@ -71,17 +71,14 @@ impl Heartbeat {
             .arg(encode(&self.models))
             .arg("modes")
             .arg(encode(&self.modes))
-            .ignore()
             .cmd("PEXPIRE")
             .arg(&key)
             .arg(ttl_ms)
-            .ignore()
             .cmd("ZADD")
             .arg(keys.daemons())
             .arg(self.at_ms)
-            .arg(&self.instance)
-            .ignore()
-            .query::<()>(conn)?;
+            .arg(&self.instance);
+        super::conn::run_all(conn, &pipe)?;
         Ok(())
     }
 
@@ -130,5 +127,20 @@ impl Heartbeat {
             .arg("WITHSCORES")
             .query(conn)?;
         Ok(v)
+    }
+
+    /// Every known instance with its last heartbeat time (ms) and its
+    /// heartbeat, `None` once the heartbeat's TTL ran out (a silent daemon).
+    pub fn read_all(
+        conn: &mut impl ConnectionLike,
+        keys: &Keys,
+    ) -> Result<Vec<(String, u64, Option<Self>)>, ContractError> {
+        Self::known_instances(conn, keys)?
+            .into_iter()
+            .map(|(instance, at)| {
+                let hb = Self::read(conn, keys, &instance)?;
+                Ok((instance, at, hb))
+            })
+            .collect()
     }
 }

@@ -82,8 +82,9 @@ impl ModelPointer {
         }))
     }
 
-    /// Replaces the pointer and announces it on `ns:events`, in one
-    /// transaction (the pointer key alone; `PUBLISH` names no key).
+    /// Replaces the pointer (every field is written, so nothing of the
+    /// previous one survives) and then announces it on `ns:events`; a lost
+    /// event only delays daemons until their next periodic read.
     pub fn write(&self, conn: &mut impl ConnectionLike, keys: &Keys) -> Result<(), ContractError> {
         let key = keys.strategy(&self.strategy).model;
         let rollback = match &self.rollback {
@@ -103,12 +104,8 @@ impl ModelPointer {
             "actor": self.actor,
             "request_id": self.request_id,
         });
-        redis::pipe()
-            .atomic()
-            .cmd("DEL")
-            .arg(&key)
-            .ignore()
-            .cmd("HSET")
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
             .arg(&key)
             .arg("model_id")
             .arg(&self.model_id)
@@ -126,12 +123,10 @@ impl ModelPointer {
             .arg(&self.request_id)
             .arg("updated_at_ms")
             .arg(self.updated_at_ms)
-            .ignore()
             .cmd("PUBLISH")
             .arg(keys.events())
-            .arg(event.to_string())
-            .ignore()
-            .query::<()>(conn)?;
+            .arg(event.to_string());
+        super::conn::run_all(conn, &pipe)?;
         Ok(())
     }
 
