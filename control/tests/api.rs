@@ -93,6 +93,21 @@ impl Fixture {
         (code, json)
     }
 
+    /// Calls and checks the answer's status and error code; returns the body.
+    async fn expect_code(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+        status: u16,
+        code: &str,
+    ) -> Value {
+        let (got, json) = self.call(method, path, token, body).await;
+        assert_eq!((got, json["code"].as_str()), (status, Some(code)), "{json}");
+        json
+    }
+
     /// The whole HTTP response as text.
     async fn raw(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> String {
         let mut s = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
@@ -586,19 +601,25 @@ async fn registry_register_activate_rollback_pin_and_release() {
 
     // Nothing active yet: a rollback has nothing to go back to; global is refused.
     let rb = r#"{"action":"rollback","scope":"fx_g10","reason":"bad model"}"#;
-    let (code, json) = f.call("POST", "/v1/ops/requests", Some(OPERATOR), rb).await;
-    assert_eq!(
-        (code, json["code"].as_str()),
-        (409, Some("OPS_ROLLBACK_NOTHING_ACTIVE")),
-        "{json}"
-    );
+    f.expect_code(
+        "POST",
+        "/v1/ops/requests",
+        Some(OPERATOR),
+        rb,
+        409,
+        "OPS_ROLLBACK_NOTHING_ACTIVE",
+    )
+    .await;
     let global = r#"{"action":"rollback","scope":"global","reason":"bad model"}"#;
-    let (code, json) = f.call("POST", "/v1/ops/requests", Some(OPERATOR), global).await;
-    assert_eq!(
-        (code, json["code"].as_str()),
-        (422, Some("OPS_ROLLBACK_SCOPE")),
-        "{json}"
-    );
+    f.expect_code(
+        "POST",
+        "/v1/ops/requests",
+        Some(OPERATOR),
+        global,
+        422,
+        "OPS_ROLLBACK_SCOPE",
+    )
+    .await;
 
     // Registering verifies: missing, tampered and duplicate artifacts are refused.
     let (code, json) = f.call("POST", "/v1/models", Some(OPERATOR), &register(1)).await;
@@ -607,30 +628,40 @@ async fn registry_register_activate_rollback_pin_and_release() {
         (201, Some("candidate")),
         "{json}"
     );
-    let (code, json) = f.call("POST", "/v1/models", Some(OPERATOR), &register(1)).await;
-    assert_eq!(
-        (code, json["code"].as_str()),
-        (409, Some("MODEL_EXISTS")),
-        "{json}"
-    );
-    let (code, json) = f.call("POST", "/v1/models", Some(OPERATOR), &register(9)).await;
-    assert_eq!(
-        (code, json["code"].as_str()),
-        (422, Some("MODEL_ARTIFACT_UNREADABLE")),
-        "{json}"
-    );
+    f.expect_code(
+        "POST",
+        "/v1/models",
+        Some(OPERATOR),
+        &register(1),
+        409,
+        "MODEL_EXISTS",
+    )
+    .await;
+    f.expect_code(
+        "POST",
+        "/v1/models",
+        Some(OPERATOR),
+        &register(9),
+        422,
+        "MODEL_ARTIFACT_UNREADABLE",
+    )
+    .await;
     write_artifact(&f, 4);
     let onnx = f.models.path().join("fx_g10/v4/ai1.onnx");
     let mut bytes = std::fs::read(&onnx).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&onnx, bytes).unwrap();
-    let (code, json) = f.call("POST", "/v1/models", Some(OPERATOR), &register(4)).await;
-    assert_eq!(
-        (code, json["code"].as_str()),
-        (422, Some("MODEL_VERIFY_FAILED")),
-        "{json}"
-    );
+    let json = f
+        .expect_code(
+            "POST",
+            "/v1/models",
+            Some(OPERATOR),
+            &register(4),
+            422,
+            "MODEL_VERIFY_FAILED",
+        )
+        .await;
     assert!(json["message"].as_str().unwrap().contains("ai1.onnx"), "{json}");
     let (code, json) = f.call("POST", "/v1/models", Some(VIEWER), &register(2)).await;
     assert_eq!(code, 403, "{json}");
@@ -666,19 +697,15 @@ async fn registry_register_activate_rollback_pin_and_release() {
         .await;
     assert_eq!(code, 202, "{json}");
     let own = json["id"].as_str().unwrap().to_owned();
-    let (code, json) = f
-        .call(
-            "POST",
-            &format!("/v1/ops/requests/{own}/approve"),
-            Some(ADMIN),
-            "",
-        )
-        .await;
-    assert_eq!(
-        (code, json["code"].as_str()),
-        (403, Some("OPS_APPROVAL_SELF")),
-        "{json}"
-    );
+    f.expect_code(
+        "POST",
+        &format!("/v1/ops/requests/{own}/approve"),
+        Some(ADMIN),
+        "",
+        403,
+        "OPS_APPROVAL_SELF",
+    )
+    .await;
     assert!(pointer().is_none(), "nothing moves before approval");
     let (code, json) = f
         .call(
@@ -732,25 +759,22 @@ async fn registry_register_activate_rollback_pin_and_release() {
 
     // Pinned: no activation until an approver releases the pin.
     f.call("POST", "/v1/models", Some(OPERATOR), &register(3)).await;
-    let (code, json) = f
-        .call("POST", "/v1/models/fx_g10-v3/activate", Some(OPERATOR), reason)
-        .await;
-    assert_eq!(
-        (code, json["code"].as_str()),
-        (409, Some("MODEL_PINNED")),
-        "{json}"
-    );
+    f.expect_code(
+        "POST",
+        "/v1/models/fx_g10-v3/activate",
+        Some(OPERATOR),
+        reason,
+        409,
+        "MODEL_PINNED",
+    )
+    .await;
     let release = "/v1/models/pins/fx_g10/release";
     assert_eq!(f.call("POST", release, Some(OPERATOR), reason).await.0, 403);
     let (code, json) = f.call("POST", release, Some(APPROVER), reason).await;
     assert_eq!(code, 200, "{json}");
     assert!(!pointer().unwrap().pinned);
-    let (code, json) = f.call("POST", release, Some(APPROVER), reason).await;
-    assert_eq!(
-        (code, json["code"].as_str()),
-        (409, Some("MODEL_NOT_PINNED")),
-        "{json}"
-    );
+    f.expect_code("POST", release, Some(APPROVER), reason, 409, "MODEL_NOT_PINNED")
+        .await;
     activate_and_approve("fx_g10-v3").await;
     let p = pointer().unwrap();
     assert_eq!((p.version, p.pinned, p.rollback.is_none()), (3, false, true));
@@ -763,14 +787,15 @@ async fn registry_register_activate_rollback_pin_and_release() {
     );
 
     // Rejecting: only candidates and approved models.
-    let (code, json) = f
-        .call("POST", "/v1/models/fx_g10-v2/reject", Some(APPROVER), reason)
-        .await;
-    assert_eq!(
-        (code, json["code"].as_str()),
-        (409, Some("MODEL_NOT_REJECTABLE")),
-        "{json}"
-    );
+    f.expect_code(
+        "POST",
+        "/v1/models/fx_g10-v2/reject",
+        Some(APPROVER),
+        reason,
+        409,
+        "MODEL_NOT_REJECTABLE",
+    )
+    .await;
 
     // The list shows statuses and what daemons report as loaded.
     Heartbeat {

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mlcore_control::train::{self, GbdtParams, TrainSpec};
 use mlcore_models::artifact::{SecretKeyFile, ThetaParams, TrustStore};
@@ -34,16 +34,7 @@ impl Drop for Daemon {
 }
 
 fn get(http: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(http).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    let code = body
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, body)
+    testutil::http(http, "GET", path, None, "")
 }
 
 fn metric(http: &str, line_start: &str) -> f64 {
@@ -53,24 +44,6 @@ fn metric(http: &str, line_start: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    None
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 fn train_into(data: &Path, out: &Path, version: u64) {
@@ -89,7 +62,7 @@ fn train_into(data: &Path, out: &Path, version: u64) {
         symbols: synth::SYMBOLS.iter().map(|s| s.0.to_owned()).collect(),
         benchmark: 0,
         version,
-        created_at_ms: now_ms(),
+        created_at_ms: testutil::now_ms(),
         valid_days: 2,
         decision_every_ms: 60_000,
         horizon: 12,
@@ -105,7 +78,7 @@ fn train_into(data: &Path, out: &Path, version: u64) {
             theta2: 0.9,
         },
     };
-    let report = train::train(&spec, &key, &trust, now_ms()).unwrap();
+    let report = train::train(&spec, &key, &trust, testutil::now_ms()).unwrap();
     train::write_artifact(&report.files, out).unwrap();
 }
 
@@ -204,7 +177,7 @@ fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
 
     let d = start_daemon(root);
     assert!(
-        wait_until(Duration::from_secs(20), || get(&d.http, "/readyz").0 == 200).is_some(),
+        testutil::wait_until(Duration::from_secs(20), || get(&d.http, "/readyz").0 == 200).is_some(),
         "daemon never became ready"
     );
     // Hot threads by name; side work (endpoints, loader, ops watcher) on the
@@ -255,7 +228,7 @@ fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
     let accepted =
         r#"ml_assets_core_batches_total{environment="e2e",service="ml-assets-core",outcome="accepted"}"#;
     assert!(
-        wait_until(Duration::from_secs(5), || metric(&d.http, accepted) >= 10.0).is_some(),
+        testutil::wait_until(Duration::from_secs(5), || metric(&d.http, accepted) >= 10.0).is_some(),
         "no accepted batches"
     );
     let sig = guard
@@ -263,7 +236,9 @@ fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
         .unwrap()
         .expect("a valid EURUSD signal");
     assert_eq!((sig.model_id.as_str(), sig.model_version), ("fx_g10-v1", 1));
-    assert!(sig.valid_until_ms > now_ms() - 2000 && sig.valid_until_ms <= now_ms() + 1500);
+    assert!(
+        sig.valid_until_ms > testutil::now_ms() - 2000 && sig.valid_until_ms <= testutil::now_ms() + 1500
+    );
     let positions: usize = synth::SYMBOLS
         .iter()
         .filter_map(|s| guard.read(&mut conn, "fx_g10", s.0).ok().flatten())
@@ -301,7 +276,7 @@ fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
     // Halt: seen through pub/sub well before the 1 s reconciliation.
     set(&mut conn, OpsMode::Halted);
     let halted = r#"ml_assets_core_ops_mode{environment="e2e",service="ml-assets-core",strategy="fx_g10",mode="halted"}"#;
-    let took = wait_until(Duration::from_secs(3), || {
+    let took = testutil::wait_until(Duration::from_secs(3), || {
         get(&d.http, "/metrics").1.contains(halted)
     })
     .expect("halt applied");
@@ -327,14 +302,14 @@ fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
         r#"ml_assets_core_decisions_without_model_total{environment="e2e",service="ml-assets-core"}"#;
     let missing_before = metric(&d.http, without);
     assert!(
-        wait_until(Duration::from_secs(10), || get(&d.http, "/metrics")
+        testutil::wait_until(Duration::from_secs(10), || get(&d.http, "/metrics")
             .1
             .contains(version))
         .is_some(),
         "v2 never activated"
     );
     feed("1");
-    assert!(wait_until(Duration::from_secs(5), || {
+    assert!(testutil::wait_until(Duration::from_secs(5), || {
         guard
             .read(&mut conn, "fx_g10", "EURUSD")
             .ok()
@@ -352,7 +327,7 @@ fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
     let refused = r#"ml_assets_core_refused_artifacts_total{environment="e2e",service="ml-assets-core"}"#;
     testutil::copy_tree(&root.join("models/fx_g10/v1"), &root.join("models/fx_g10/v3")).unwrap();
     assert!(
-        wait_until(Duration::from_secs(5), || metric(&d.http, refused) >= 1.0).is_some(),
+        testutil::wait_until(Duration::from_secs(5), || metric(&d.http, refused) >= 1.0).is_some(),
         "a v1 manifest under v3/ must be refused"
     );
     assert!(get(&d.http, "/metrics").1.contains(version), "v2 keeps serving");
@@ -380,7 +355,7 @@ fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
     let (_, files) = mlcore_models::artifact::seal(manifest, files, &key).unwrap();
     files.write(&root.join("models/fx_g10/v4")).unwrap();
     assert!(
-        wait_until(Duration::from_secs(5), || metric(&d.http, refused) > before).is_some(),
+        testutil::wait_until(Duration::from_secs(5), || metric(&d.http, refused) > before).is_some(),
         "an artifact signed with a revoked key must be refused"
     );
     assert!(

@@ -391,3 +391,49 @@ pub fn logistic_artifact(
         .unwrap_or_else(|e| panic!("{e}"))
         .1
 }
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Polls `f` every 5 ms for up to `limit`: how long it took to hold, or
+/// `None` if it never did.
+pub fn wait_until(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> Option<std::time::Duration> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    None
+}
+
+/// One HTTP/1.1 request (`Connection: close`, JSON body, optional bearer
+/// token): the status code and the whole response text.
+pub fn http(addr: &str, method: &str, path: &str, bearer: Option<&str>, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap_or_else(|e| panic!("writing to {addr}: {e}"));
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)
+        .unwrap_or_else(|e| panic!("reading from {addr}: {e}"));
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, resp)
+}

@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // fixture helpers outside #[test] fns
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,22 +69,9 @@ fn field(line: &str, key: &str) -> String {
         .to_owned()
 }
 
-/// One HTTP/1.1 request; status and JSON body.
+/// One API call as `token`: status and JSON body.
 fn call(addr: &str, method: &str, path: &str, token: &str, body: &str) -> (u16, Value) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let code = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
+    let (code, resp) = testutil::http(addr, method, path, Some(token), body);
     let json = resp
         .split_once("\r\n\r\n")
         .and_then(|(_, b)| serde_json::from_str(b).ok())
@@ -92,22 +79,8 @@ fn call(addr: &str, method: &str, path: &str, token: &str, body: &str) -> (u16, 
     (code, json)
 }
 
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+fn wait_until(limit: Duration, f: impl FnMut() -> bool) -> bool {
+    testutil::wait_until(limit, f).is_some()
 }
 
 struct Setup {
@@ -182,7 +155,7 @@ impl Setup {
     fn artifact(&self, version: u64) {
         let key = SecretKeyFile::read(&testutil::workspace_root().join("deployments/dev-keys/dev-2026.key"))
             .unwrap();
-        testutil::logistic_artifact(&key, "fx_g10", version, version as f32, now_ms())
+        testutil::logistic_artifact(&key, "fx_g10", version, version as f32, testutil::now_ms())
             .write(&self.root.join(format!("models/fx_g10/v{version}")))
             .unwrap();
     }
@@ -197,8 +170,7 @@ impl Setup {
         .0
     }
 
-    /// What the daemon's heartbeat says it runs for fx_g10.
-    fn loaded(&self) -> Option<String> {
+    fn heartbeat(&self) -> Option<Heartbeat> {
         Heartbeat::read(
             &mut testutil::redis_connection(),
             &Keys::new(&self.ns.ns),
@@ -206,18 +178,15 @@ impl Setup {
         )
         .ok()
         .flatten()
-        .and_then(|hb| hb.models.get("fx_g10").cloned())
+    }
+
+    /// What the daemon's heartbeat says it runs for fx_g10.
+    fn loaded(&self) -> Option<String> {
+        self.heartbeat().and_then(|hb| hb.models.get("fx_g10").cloned())
     }
 
     fn refused(&self) -> u64 {
-        Heartbeat::read(
-            &mut testutil::redis_connection(),
-            &Keys::new(&self.ns.ns),
-            INSTANCE,
-        )
-        .ok()
-        .flatten()
-        .map_or(0, |hb| hb.refused_artifacts)
+        self.heartbeat().map_or(0, |hb| hb.refused_artifacts)
     }
 
     fn wait_loaded(&self, want: &str) {
@@ -328,12 +297,9 @@ fn the_daemon_follows_registry_activations_and_rollbacks() {
     daemon = s.daemon();
     assert!(
         wait_until(Duration::from_secs(20), || {
-            Heartbeat::read(&mut testutil::redis_connection(), &Keys::new(&s.ns.ns), INSTANCE)
-                .ok()
-                .flatten()
-                .is_some_and(|hb| {
-                    hb.decisions == 0 && hb.models.get("fx_g10").map(String::as_str) == Some("fx_g10-v1@1")
-                })
+            s.heartbeat().is_some_and(|hb| {
+                hb.decisions == 0 && hb.models.get("fx_g10").map(String::as_str) == Some("fx_g10-v1@1")
+            })
         }),
         "after a restart the daemon runs v1 again"
     );
