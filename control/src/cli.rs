@@ -238,29 +238,9 @@ pub enum ModelsCommand {
         url: String,
     },
     /// Ask to activate a model (API; an approver decides with `ops approve`).
-    Activate {
-        /// API base URL.
-        #[arg(long, env = "MLCORE_CONTROL_URL")]
-        url: String,
-        /// Model id.
-        #[arg(long)]
-        id: String,
-        /// Why.
-        #[arg(long)]
-        reason: String,
-    },
+    Activate(ModelDecision),
     /// Reject a candidate or approved model (API; approver).
-    Reject {
-        /// API base URL.
-        #[arg(long, env = "MLCORE_CONTROL_URL")]
-        url: String,
-        /// Model id.
-        #[arg(long)]
-        id: String,
-        /// Why.
-        #[arg(long)]
-        reason: String,
-    },
+    Reject(ModelDecision),
     /// Release the pin a rollback set on a strategy (API; approver).
     ReleasePin {
         /// API base URL.
@@ -273,6 +253,20 @@ pub enum ModelsCommand {
         #[arg(long)]
         reason: String,
     },
+}
+
+/// `models activate | reject` arguments.
+#[derive(Debug, Args)]
+pub struct ModelDecision {
+    /// API base URL.
+    #[arg(long, env = "MLCORE_CONTROL_URL")]
+    pub url: String,
+    /// Model id.
+    #[arg(long)]
+    pub id: String,
+    /// Why.
+    #[arg(long)]
+    pub reason: String,
 }
 
 impl ModelsCommand {
@@ -291,18 +285,19 @@ impl ModelsCommand {
                 Some(json!({"strategy": strategy, "version": version})),
             ),
             Self::List { url } => (url, "GET", "/v1/models".to_owned(), None),
-            Self::Activate { url, id, reason } => (
-                url,
-                "POST",
-                format!("/v1/models/{id}/activate"),
-                Some(json!({"reason": reason})),
-            ),
-            Self::Reject { url, id, reason } => (
-                url,
-                "POST",
-                format!("/v1/models/{id}/reject"),
-                Some(json!({"reason": reason})),
-            ),
+            Self::Activate(d) | Self::Reject(d) => {
+                let verb = if matches!(self, Self::Activate(_)) {
+                    "activate"
+                } else {
+                    "reject"
+                };
+                (
+                    &d.url,
+                    "POST",
+                    format!("/v1/models/{}/{verb}", d.id),
+                    Some(json!({"reason": d.reason})),
+                )
+            }
             Self::ReleasePin {
                 url,
                 strategy,

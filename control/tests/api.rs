@@ -93,6 +93,24 @@ impl Fixture {
         (code, json)
     }
 
+    /// A two-person action: `requester` POSTs `body` to `path` (202), then
+    /// `approver` approves the request (200); returns the approval's body.
+    async fn request_and_approve(&self, path: &str, requester: &str, body: &str, approver: &str) -> Value {
+        let (code, json) = self.call("POST", path, Some(requester), body).await;
+        assert_eq!(code, 202, "{json}");
+        let req = json["id"].as_str().unwrap().to_owned();
+        let (code, json) = self
+            .call(
+                "POST",
+                &format!("/v1/ops/requests/{req}/approve"),
+                Some(approver),
+                "",
+            )
+            .await;
+        assert_eq!(code, 200, "{json}");
+        json
+    }
+
     /// Calls and checks the answer's status and error code; returns the body.
     async fn expect_code(
         &self,
@@ -670,26 +688,8 @@ async fn registry_register_activate_rollback_pin_and_release() {
     let activate_and_approve = |id: &'static str| {
         let f = &f;
         async move {
-            let (code, json) = f
-                .call(
-                    "POST",
-                    &format!("/v1/models/{id}/activate"),
-                    Some(OPERATOR),
-                    reason,
-                )
-                .await;
-            assert_eq!(code, 202, "{json}");
-            let req = json["id"].as_str().unwrap().to_owned();
-            let (code, json) = f
-                .call(
-                    "POST",
-                    &format!("/v1/ops/requests/{req}/approve"),
-                    Some(ADMIN),
-                    "",
-                )
-                .await;
-            assert_eq!(code, 200, "{json}");
-            json
+            let path = format!("/v1/models/{id}/activate");
+            f.request_and_approve(&path, OPERATOR, reason, ADMIN).await
         }
     };
     let (code, json) = f
@@ -730,18 +730,8 @@ async fn registry_register_activate_rollback_pin_and_release() {
 
     // Rollback: previous version, a signed authorisation the daemon can
     // check, and a pin.
-    let (code, json) = f.call("POST", "/v1/ops/requests", Some(OPERATOR), rb).await;
-    assert_eq!(code, 202, "{json}");
-    let req = json["id"].as_str().unwrap().to_owned();
-    let (code, json) = f
-        .call(
-            "POST",
-            &format!("/v1/ops/requests/{req}/approve"),
-            Some(APPROVER),
-            "",
-        )
+    f.request_and_approve("/v1/ops/requests", OPERATOR, rb, APPROVER)
         .await;
-    assert_eq!(code, 200, "{json}");
     let p = pointer().unwrap();
     assert_eq!((p.model_id.as_str(), p.version, p.pinned), ("fx_g10-v1", 1, true));
     let trust = mlcore_models::artifact::TrustStore::from_config(&f.state.config.trust).unwrap();
