@@ -140,11 +140,14 @@ pub fn run(p: PublisherParts) {
             let s = usize::from(round.jobs[i].strategy);
             // reduce_only clamps against the last accepted weights: send what
             // is pending first, and this batch alone.
-            let alone = p.ops.mode(s) == OpsMode::ReduceOnly;
+            // One read of the mode per decision: the flush choice and the
+            // clamping below must agree.
+            let mode = p.ops.mode(s);
+            let alone = mode == OpsMode::ReduceOnly;
             if alone {
                 flush(&p, &mut st, &mut round);
             }
-            match prepare(&p, &mut st, &round.jobs[i]) {
+            match prepare(&p, &mut st, &round.jobs[i], mode) {
                 Prepared::Done(label) => round.labels[i] = label,
                 Prepared::Send(batch) => round.pending.push(Pending {
                     slot: i,
@@ -292,12 +295,11 @@ enum Prepared {
     Send(SignalBatch),
 }
 
-fn prepare(p: &PublisherParts, st: &mut State, job: &Job) -> Prepared {
+fn prepare(p: &PublisherParts, st: &mut State, job: &Job, mode: OpsMode) -> Prepared {
     let s = usize::from(job.strategy);
     let Some(meta) = job.model.as_ref() else {
         return Prepared::Done(None);
     };
-    let mode = p.ops.mode(s);
     if matches!(mode, OpsMode::Halted | OpsMode::Flatten) {
         Counters::inc(&p.counters.held_by_mode);
         return Prepared::Done(None);
