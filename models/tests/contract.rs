@@ -362,14 +362,22 @@ fn bad_input_is_refused_with_a_clear_error_and_writes_nothing() {
     let cases: Vec<(usize, &str, &str)> = vec![
         (0, "abc", "seq must be a positive integer"),
         (0, "-3", "seq must be a positive integer"),
-        (9, "NaN", "weight must be a finite number"),
-        (9, "inf", "weight must be a finite number"),
-        (9, "0x10", "weight must be a finite number"),
-        (10, " 1000", "qty must be a finite number"),
-        (12, ".2", "risk_score must be a finite number"),
+        (0, "007", "seq must be a positive integer"),
+        (9, "NaN", "weight must be a finite JSON number"),
+        (9, "inf", "weight must be a finite JSON number"),
+        (9, "0x10", "weight must be a finite JSON number"),
+        (9, "05", "weight must be a finite JSON number"),
+        (9, "5.", "weight must be a finite JSON number"),
+        (9, "+0.05", "weight must be a finite JSON number"),
+        (10, " 1000", "qty must be a finite JSON number"),
+        (10, "1e999", "qty must be a finite JSON number"),
+        (10, "1.e3", "qty must be a finite JSON number"),
+        (12, ".2", "risk_score must be a finite JSON number"),
         (7, "EUR\"USD", "symbol must be 1-16 characters"),
         (8, "up", "side must be long, short or flat"),
-        (11, "1.5", "return_prob must be in [0, 1]"),
+        (11, "1.5", "return_prob must be a JSON number in [0, 1]"),
+        (11, "-0.5", "return_prob must be a JSON number in [0, 1]"),
+        (11, "10", "return_prob must be a JSON number in [0, 1]"),
         (9, "-0.05", "does not match weight"),
         (2, "soon", "valid_until_ms must be an integer"),
     ];
@@ -398,6 +406,53 @@ fn bad_input_is_refused_with_a_clear_error_and_writes_nothing() {
         .publish(&mut conn, &batch(2, vec![signal("EURUSD", f64::NAN)]))
         .unwrap_err();
     assert!(matches!(err, ContractError::BadInput(_)), "{err:?}");
+}
+
+#[test]
+fn every_json_number_form_is_accepted_and_copied_verbatim() {
+    let (_ns, g, mut conn) = active();
+    let vu = (now_ms() + 60_000).to_string();
+    let keys = g.keys().strategy(S);
+    for (seq, side, weight, qty, prob, risk) in [
+        ("1", "long", "5e-2", "1E3", "1", "0"),
+        ("2", "flat", "-0", "0", "0.0", "-1.25e+2"),
+        ("3", "long", "12.5", "-7", "1.000", "3"),
+        ("4", "short", "-0.125", "9007199254740993", "0.5", "1e2"),
+    ] {
+        let args = [
+            seq, "1", &vu, "100", "m1", "7", S, "EURUSD", side, weight, qty, prob, risk,
+        ];
+        let reply = raw_publish(&mut conn, &g, &args).unwrap();
+        assert_eq!(
+            reply,
+            redis::Value::Array(vec![
+                redis::Value::BulkString(b"ok".to_vec()),
+                redis::Value::Int(1)
+            ]),
+            "{args:?}"
+        );
+        let stored: Vec<String> = redis::cmd("HMGET")
+            .arg(keys.sig("EURUSD"))
+            .arg(&["weight", "qty", "return_prob", "risk_score"])
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(stored, [weight, qty, prob, risk]);
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(&keys.signals)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query(&mut conn)
+            .unwrap();
+        let text: String = entries.ids[0].get("signals").unwrap();
+        assert!(text.contains(&format!("\"weight\":{weight},")), "{text}");
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            parsed[0]["weight"].as_f64().unwrap(),
+            weight.parse::<f64>().unwrap()
+        );
+    }
 }
 
 #[test]

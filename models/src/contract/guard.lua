@@ -26,27 +26,37 @@ local function bad(what)
   return redis.error_reply('BADINPUT ' .. what)
 end
 
--- A non-negative integer given as decimal digits, or nil.
+-- A non-negative integer in canonical decimal (no sign, no leading zero),
+-- or nil.
 local function int_arg(s)
-  if type(s) ~= 'string' or not string.match(s, '^%d+$') or #s > 16 then return nil end
+  local find, byte = string.find, string.byte
+  if type(s) ~= 'string' or #s > 16 or not find(s, '^%d+$') or (#s > 1 and byte(s, 1) == 48) then return nil end
   local n = tonumber(s)
   if n == nil or n > MAX_INT then return nil end
   return n
 end
 
--- A finite number written as a JSON number (it is copied verbatim into the
--- stream entry's JSON), or nil: rejects nan, inf, hex, spaces, '1.' and '.5'.
--- The common decimal form is tried first: this runs 4 times per signal.
-local function num_arg(s)
-  if type(s) ~= 'string' then return nil end
+--[[
+Numbers are copied verbatim into the stream entry's JSON, so each must be
+written as JSON writes it. `json_number` answers 'plain' for '0', '-12',
+'0.5', '12.25' (at most 300 characters, so below 1e300: finite), 'exp' for the
+exponent form ('1.5e-7', converted to check that it is finite: 1e999 is not),
+else nil: nan, inf, hex, spaces, '1.', '.5', '01', '+1'. Each form is one
+anchored pattern, tried most common first: in Redis' Lua every string.find
+or tonumber call costs ~0.2 µs, and a decision has 4 numbers × 32 signals.
+]]
+local function json_number(s)
   local find = string.find
-  if not (find(s, '^%-?%d+%.%d+$') or find(s, '^%-?%d+$')
-      or find(s, '^%-?%d+%.?%d*[eE][-+]?%d+$')) then
-    return nil
+  if type(s) ~= 'string' or #s > 300 then return nil end
+  if find(s, '^%-?0%.%d+$') or find(s, '^%-?[1-9]%d*%.%d+$') or find(s, '^%-?[1-9]%d*$')
+      or find(s, '^%-?0$') then
+    return 'plain'
   end
-  local n = tonumber(s)
-  if n == nil or n ~= n or n == math.huge or n == -math.huge then return nil end
-  return n
+  if find(s, '^%-?%d+%.?%d*[eE][-+]?%d+$') and not find(s, '^%-?0%d') and not find(s, '%.[eE]') then
+    local n = tonumber(s)
+    if n and n == n and n ~= math.huge and n ~= -math.huge then return 'exp' end
+  end
+  return nil
 end
 
 -- The current signal's weight, 0 when absent or no longer valid.
@@ -54,6 +64,40 @@ local function current_weight(key, now)
   local v = redis.call('HMGET', key, 'weight', 'valid_until_ms')
   if not v[1] or not v[2] or tonumber(v[2]) <= now then return 0 end
   return tonumber(v[1]) or 0
+end
+
+local function at(i, symbol, what)
+  return 'signal ' .. i .. ' (' .. tostring(symbol) .. '): ' .. what
+end
+
+-- Why signal i is unacceptable, or nil. Runs once per signal, so the error
+-- text is built only when there is an error.
+local function signal_error(keys, args, i, b, sig_prefix, seen)
+  local find = string.find
+  local symbol, side = args[b + 1], args[b + 2]
+  if not symbol or symbol == '' then return at(i, symbol, 'symbol is missing') end
+  -- The market's symbol syntax; it also makes the symbol JSON-safe as is.
+  if #symbol > 16 or not find(symbol, '^[A-Z0-9%._]+$') then
+    return at(i, symbol, 'symbol must be 1-16 characters of A-Z, 0-9, . or _')
+  end
+  if seen[symbol] then return at(i, symbol, 'symbol appears twice in the batch') end
+  seen[symbol] = true
+  if keys[3 + i] ~= sig_prefix .. symbol then
+    return at(i, symbol, 'key ' .. keys[3 + i] .. ' is not the signal key of ' .. symbol)
+  end
+  if not SIDES[side] then return at(i, symbol, 'side must be long, short or flat, got ' .. tostring(side)) end
+  local weight, prob = args[b + 3], args[b + 5]
+  if not json_number(weight) then return at(i, symbol, 'weight must be a finite JSON number, got ' .. tostring(weight)) end
+  if not json_number(args[b + 4]) then return at(i, symbol, 'qty must be a finite JSON number, got ' .. tostring(args[b + 4])) end
+  if not json_number(prob) or prob + 0 < 0 or prob + 0 > 1 then
+    return at(i, symbol, 'return_prob must be a JSON number in [0, 1], got ' .. tostring(prob))
+  end
+  if not json_number(args[b + 6]) then return at(i, symbol, 'risk_score must be a finite JSON number, got ' .. tostring(args[b + 6])) end
+  local w = weight + 0 -- a JSON number now, so arithmetic converts it
+  if (side == 'long' and w <= 0) or (side == 'short' and w >= 0) or (side == 'flat' and w ~= 0) then
+    return at(i, symbol, 'side ' .. side .. ' does not match weight ' .. weight)
+  end
+  return nil
 end
 
 --[[
@@ -89,78 +133,62 @@ local function publish(keys, args)
   if #args ~= 7 + 6 * n then
     return bad(string.format('expected %d signal fields for %d signal keys, got %d', 6 * n, n, #args - 7))
   end
-  local sigs, seen, sig_prefix, find = {}, {}, base .. ':sig:', string.find
+  local seen, sig_prefix = {}, base .. ':sig:'
   for i = 1, n do
-    local b = 7 + (i - 1) * 6
-    local symbol, side = args[b + 1], args[b + 2]
-    local weight, qty = num_arg(args[b + 3]), num_arg(args[b + 4])
-    local prob, risk = num_arg(args[b + 5]), num_arg(args[b + 6])
-    local where = 'signal ' .. i .. ' (' .. tostring(symbol) .. '): '
-    if not symbol or symbol == '' then return bad(where .. 'symbol is missing') end
-    -- The market's symbol syntax; it also makes the symbol JSON-safe as is.
-    if #symbol > 16 or not find(symbol, '^[A-Z0-9%._]+$') then
-      return bad(where .. 'symbol must be 1-16 characters of A-Z, 0-9, . or _')
-    end
-    if seen[symbol] then return bad(where .. 'symbol appears twice in the batch') end
-    seen[symbol] = true
-    if keys[3 + i] ~= sig_prefix .. symbol then
-      return bad(where .. 'key ' .. keys[3 + i] .. ' is not the signal key of ' .. symbol)
-    end
-    if not SIDES[side] then return bad(where .. 'side must be long, short or flat, got ' .. tostring(side)) end
-    if not weight then return bad(where .. 'weight must be a finite number, got ' .. tostring(args[b + 3])) end
-    if not qty then return bad(where .. 'qty must be a finite number, got ' .. tostring(args[b + 4])) end
-    if not prob or prob < 0 or prob > 1 then return bad(where .. 'return_prob must be in [0, 1]') end
-    if not risk then return bad(where .. 'risk_score must be a finite number') end
-    if (side == 'long' and weight <= 0) or (side == 'short' and weight >= 0) or (side == 'flat' and weight ~= 0) then
-      return bad(where .. 'side ' .. side .. ' does not match weight ' .. args[b + 3])
-    end
-    sigs[i] = { key = keys[3 + i], symbol = symbol, side = side, weight = weight, b = b }
+    local err = signal_error(keys, args, i, 1 + i * 6, sig_prefix, seen)
+    if err then return bad(err) end
   end
 
-  -- 2. Refusals, checked against Redis' own clock and state.
+  -- 2. Refusals, checked against Redis' own clock and state. Signal i's
+  --    fields start at args[1 + 6i + 1] (symbol) .. args[1 + 6i + 6].
   local now = now_ms()
   if valid_until <= now then return { 'expired', now } end
   local symbols = {}
-  for i = 1, n do symbols[i] = sigs[i].symbol end
+  for i = 1, n do symbols[i] = args[2 + i * 6] end
   local stored = redis.call('HMGET', keys[2], unpack(symbols))
   for i = 1, n do
     local hwm = tonumber(stored[i] or '0') or 0
-    if hwm >= seq then return { 'stale', sigs[i].symbol, hwm } end
+    if hwm >= seq then return { 'stale', symbols[i], hwm } end
   end
   local mode = redis.call('HGET', keys[1], 'mode')
   if not MODES[mode] then mode = 'halted' end -- absent or unreadable: fail closed
   if mode == 'halted' then return { 'halted', mode, '' } end
-  for i = 1, n do
-    local s = sigs[i]
-    if mode == 'flatten' and s.side ~= 'flat' then return { 'halted', mode, s.symbol } end
-    if mode == 'reduce_only' then
-      local cur = current_weight(s.key, now)
-      local grows = math.abs(s.weight) > math.abs(cur)
-      local flips = s.weight ~= 0 and (s.weight > 0) ~= (cur > 0)
-      if grows or flips then return { 'halted', mode, s.symbol } end
+  if mode ~= 'active' then
+    for i = 1, n do
+      local b = 1 + i * 6
+      local weight = tonumber(args[b + 3])
+      if mode == 'flatten' and args[b + 2] ~= 'flat' then return { 'halted', mode, symbols[i] } end
+      if mode == 'reduce_only' then
+        local cur = current_weight(keys[3 + i], now)
+        local grows = math.abs(weight) > math.abs(cur)
+        local flips = weight ~= 0 and (weight > 0) ~= (cur > 0)
+        if grows or flips then return { 'halted', mode, symbols[i] } end
+      end
     end
   end
 
   -- 3. Apply: each signal's hash, then one stream entry for the decision
   --    (its signals as a JSON array, numbers copied verbatim).
-  local hwm, json = {}, {}
+  local hwm, json, call = {}, {}, redis.call
+  local s_seq, s_gen, s_valid = args[1], args[2], args[3]
   for i = 1, n do
-    local s, b = sigs[i], sigs[i].b
-    redis.call('HSET', s.key,
-      'seq', args[1], 'side', s.side, 'weight', args[b + 3], 'qty', args[b + 4],
-      'return_prob', args[b + 5], 'risk_score', args[b + 6],
+    local b, key = 1 + i * 6, keys[3 + i]
+    local symbol, side, weight, qty, prob, risk = args[b + 1], args[b + 2], args[b + 3], args[b + 4], args[b + 5], args[b + 6]
+    call('HSET', key,
+      'seq', s_seq, 'side', side, 'weight', weight, 'qty', qty,
+      'return_prob', prob, 'risk_score', risk,
       'model_id', model_id, 'model_version', model_version,
-      'generated_at_ms', args[2], 'valid_until_ms', args[3])
-    redis.call('PEXPIREAT', s.key, valid_until)
-    hwm[#hwm + 1] = s.symbol
-    hwm[#hwm + 1] = args[1]
-    json[i] = '{"symbol":"' .. s.symbol .. '","side":"' .. s.side .. '","weight":' .. args[b + 3]
-      .. ',"qty":' .. args[b + 4] .. ',"return_prob":' .. args[b + 5] .. ',"risk_score":' .. args[b + 6] .. '}'
+      'generated_at_ms', s_gen, 'valid_until_ms', s_valid)
+    call('PEXPIREAT', key, s_valid)
+    hwm[2 * i - 1] = symbol
+    hwm[2 * i] = s_seq
+    json[i] = '{"symbol":"' .. symbol .. '","side":"' .. side .. '","weight":' .. weight
+      .. ',"qty":' .. qty .. ',"return_prob":' .. prob .. ',"risk_score":' .. risk .. '}'
   end
-  redis.call('HSET', keys[2], unpack(hwm))
-  redis.call('XADD', keys[3], 'MAXLEN', '~', maxlen, '*',
-    'strategy', strategy, 'seq', args[1], 'model_id', model_id, 'model_version', model_version,
-    'generated_at_ms', args[2], 'valid_until_ms', args[3], 'n', n,
+  call('HSET', keys[2], unpack(hwm))
+  call('XADD', keys[3], 'MAXLEN', '~', maxlen, '*',
+    'strategy', strategy, 'seq', s_seq, 'model_id', model_id, 'model_version', model_version,
+    'generated_at_ms', s_gen, 'valid_until_ms', s_valid, 'n', n,
     'signals', '[' .. table.concat(json, ',') .. ']')
   return { 'ok', n }
 end
