@@ -24,14 +24,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use mlcore_models::config::RedisConfig;
 use mlcore_models::contract::{
-    ContractError, Guard, OpsMode, PublishOutcome, RedisConn, Side, Signal, SignalBatch,
+    ContractError, Guard, OpsMode, PublishBuffers, PublishOutcome, RedisConn, Side, Signal, SignalBatch,
 };
 
 use crate::job::Job;
 use crate::log::{log, now_ms};
 use crate::ops::OpsTable;
 use crate::stats::{Counters, Histograms, Stage};
-use crate::universe::Universe;
+use crate::universe::{Strategy, Universe};
 
 /// What the publisher needs.
 #[derive(Debug)]
@@ -63,6 +63,12 @@ struct State {
     last_seq: Vec<u64>,
     weights: Vec<Vec<f64>>,
     flattened_version: Vec<Option<u64>>,
+    /// Batches being built or sent, reused decision after decision (index =
+    /// position in the round's pending list), and the guard client's
+    /// encoding buffers: after warm-up a decision allocates only the Redis
+    /// client's reply values.
+    batches: Vec<SignalBatch>,
+    bufs: PublishBuffers,
 }
 
 fn now_us() -> u64 {
@@ -92,7 +98,8 @@ struct Pending {
     slot: usize,
     /// Strategy index.
     strategy: usize,
-    batch: SignalBatch,
+    /// Its batch in `State::batches`.
+    batch: usize,
 }
 
 /// Runs the publisher until the stop flag is set.
@@ -110,6 +117,8 @@ pub fn run(p: PublisherParts) {
             .map(|s| vec![0.0; s.symbols.len()])
             .collect(),
         flattened_version: vec![None; n],
+        batches: Vec::with_capacity(MAX_PIPELINE),
+        bufs: PublishBuffers::default(),
     };
     let mut publish_hist = p.hists.local(Stage::Publish);
     let mut ack_hist = p.hists.local(Stage::TriggerToAck);
@@ -147,9 +156,10 @@ pub fn run(p: PublisherParts) {
             if alone {
                 flush(&p, &mut st, &mut round);
             }
-            match prepare(&p, &mut st, &round.jobs[i], mode) {
-                Prepared::Done(label) => round.labels[i] = label,
-                Prepared::Send(batch) => round.pending.push(Pending {
+            let batch = round.pending.len();
+            match prepare(&p, &mut st, &round.jobs[i], mode, batch) {
+                Some(label) => round.labels[i] = label,
+                None => round.pending.push(Pending {
                     slot: i,
                     strategy: s,
                     batch,
@@ -238,21 +248,26 @@ fn send(p: &PublisherParts, st: &mut State, pending: &[Pending], labels: &mut [O
         Counters::inc(&p.counters.redis_errors);
         return label_all("redis_error");
     };
-    let outcomes = match p.guard.publish_many(conn, pending.iter().map(|x| &x.batch)) {
-        Ok(o) => o,
-        Err(e) => {
-            Counters::inc(&p.counters.redis_errors);
-            p.counters.redis_ok.store(false, Ordering::Relaxed);
-            log(
-                "warn",
-                "publish failed; reconnecting",
-                &[("error", e.to_string().into())],
-            );
-            st.conn = None;
-            st.next_attempt = Instant::now() + st.backoff;
-            return label_all("redis_error");
-        }
-    };
+    let batches = &st.batches;
+    let outcomes =
+        match p
+            .guard
+            .publish_many_with(conn, pending.iter().map(|x| &batches[x.batch]), &mut st.bufs)
+        {
+            Ok(o) => o,
+            Err(e) => {
+                Counters::inc(&p.counters.redis_errors);
+                p.counters.redis_ok.store(false, Ordering::Relaxed);
+                log(
+                    "warn",
+                    "publish failed; reconnecting",
+                    &[("error", e.to_string().into())],
+                );
+                st.conn = None;
+                st.next_attempt = Instant::now() + st.backoff;
+                return label_all("redis_error");
+            }
+        };
     for (x, outcome) in pending.iter().zip(outcomes) {
         let s = x.strategy;
         labels[x.slot] = Some(match outcome {
@@ -260,7 +275,7 @@ fn send(p: &PublisherParts, st: &mut State, pending: &[Pending], labels: &mut [O
                 p.counters
                     .signals_accepted
                     .fetch_add(count as u64, Ordering::Relaxed);
-                for (w, sig) in st.weights[s].iter_mut().zip(&x.batch.signals) {
+                for (w, sig) in st.weights[s].iter_mut().zip(&st.batches[x.batch].signals) {
                     *w = sig.weight;
                 }
                 "accepted"
@@ -287,66 +302,90 @@ fn send(p: &PublisherParts, st: &mut State, pending: &[Pending], labels: &mut [O
     }
 }
 
-/// What to do with one decided job.
-enum Prepared {
-    /// Nothing to send: the outcome label (`None`: no model yet).
-    Done(Option<&'static str>),
-    /// A batch for the guard.
-    Send(SignalBatch),
+/// Pooled batch `idx`, shaped for `strat` (built once per slot and
+/// strategy; afterwards only its values change).
+fn pooled_batch<'a>(st: &'a mut State, idx: usize, strat: &Strategy) -> &'a mut SignalBatch {
+    while st.batches.len() <= idx {
+        st.batches.push(SignalBatch {
+            strategy: String::new(),
+            seq: 0,
+            generated_at_ms: 0,
+            valid_until_ms: 0,
+            model_id: String::new(),
+            model_version: 0,
+            signals: Vec::new(),
+        });
+    }
+    let batch = &mut st.batches[idx];
+    if batch.strategy != strat.id {
+        batch.strategy.clone_from(&strat.id);
+        batch.signals = strat
+            .symbols
+            .iter()
+            .map(|sym| Signal {
+                symbol: sym.clone(),
+                side: Side::Flat,
+                weight: 0.0,
+                qty: 0.0,
+                return_prob: 0.5,
+                risk_score: 0.0,
+            })
+            .collect();
+    }
+    batch
 }
 
-fn prepare(p: &PublisherParts, st: &mut State, job: &Job, mode: OpsMode) -> Prepared {
+/// Fills pooled batch `idx` from a decided job; `Some(label)` when there is
+/// nothing to send (`None` inside: no model yet).
+fn prepare(
+    p: &PublisherParts,
+    st: &mut State,
+    job: &Job,
+    mode: OpsMode,
+    idx: usize,
+) -> Option<Option<&'static str>> {
     let s = usize::from(job.strategy);
     let Some(meta) = job.model.as_ref() else {
-        return Prepared::Done(None);
+        return Some(None);
     };
     if matches!(mode, OpsMode::Halted | OpsMode::Flatten) {
         Counters::inc(&p.counters.held_by_mode);
-        return Prepared::Done(None);
+        return Some(None);
     }
     let valid_until_ms = (job.trigger_ts_ns / 1_000_000).max(0) as u64 + p.universe.ttl_ms;
     if valid_until_ms <= now_ms() {
-        return Prepared::Done(Some("expired_before_send"));
+        return Some(Some("expired_before_send"));
     }
     let strat = &p.universe.strategies[s];
-    let signals = strat
-        .symbols
-        .iter()
-        .enumerate()
-        .map(|(i, sym)| {
-            let t = job.scratch.targets[i];
-            let (mut weight, mut qty) = (t.weight, t.qty);
-            if mode == OpsMode::ReduceOnly {
-                let cur = st.weights[s][i];
-                let grows = weight.abs() > cur.abs();
-                let flips = weight != 0.0 && (weight > 0.0) != (cur > 0.0);
-                if flips || cur == 0.0 {
-                    (weight, qty) = (0.0, 0.0);
-                } else if grows {
-                    let notional = strat.params[i].notional;
-                    (weight, qty) = (cur, cur * notional);
-                }
+    let seq = next_seq(st, s);
+    pooled_batch(st, idx, strat);
+    let batch = &mut st.batches[idx];
+    for (i, sig) in batch.signals.iter_mut().enumerate() {
+        let t = job.scratch.targets[i];
+        let (mut weight, mut qty) = (t.weight, t.qty);
+        if mode == OpsMode::ReduceOnly {
+            let cur = st.weights[s][i];
+            let grows = weight.abs() > cur.abs();
+            let flips = weight != 0.0 && (weight > 0.0) != (cur > 0.0);
+            if flips || cur == 0.0 {
+                (weight, qty) = (0.0, 0.0);
+            } else if grows {
+                let notional = strat.params[i].notional;
+                (weight, qty) = (cur, cur * notional);
             }
-            Signal {
-                symbol: sym.clone(),
-                side: Side::of_weight(weight),
-                weight,
-                qty,
-                return_prob: job.inputs[i].prob_up.clamp(0.0, 1.0),
-                risk_score: job.inputs[i].risk,
-            }
-        })
-        .collect();
-    let batch = SignalBatch {
-        strategy: strat.id.clone(),
-        seq: next_seq(st, s),
-        generated_at_ms: (job.trigger_ts_ns / 1_000_000).max(0) as u64,
-        valid_until_ms,
-        model_id: meta.model_id.clone(),
-        model_version: meta.version,
-        signals,
-    };
-    Prepared::Send(batch)
+        }
+        sig.side = Side::of_weight(weight);
+        sig.weight = weight;
+        sig.qty = qty;
+        sig.return_prob = job.inputs[i].prob_up.clamp(0.0, 1.0);
+        sig.risk_score = job.inputs[i].risk;
+    }
+    batch.seq = seq;
+    batch.generated_at_ms = (job.trigger_ts_ns / 1_000_000).max(0) as u64;
+    batch.valid_until_ms = valid_until_ms;
+    batch.model_id.clone_from(&meta.model_id);
+    batch.model_version = meta.version;
+    None
 }
 
 fn flatten_if_asked(p: &PublisherParts, st: &mut State) {
@@ -359,29 +398,21 @@ fn flatten_if_asked(p: &PublisherParts, st: &mut State) {
             continue;
         }
         let now = now_ms();
+        let seq = next_seq(st, s);
+        // Between rounds: no batch is pending, so slot 0 is free.
+        let batch = pooled_batch(st, 0, strat);
+        for sig in &mut batch.signals {
+            (sig.side, sig.weight, sig.qty) = (Side::Flat, 0.0, 0.0);
+            (sig.return_prob, sig.risk_score) = (0.5, 0.0);
+        }
+        (batch.seq, batch.generated_at_ms, batch.valid_until_ms) = (seq, now, now + p.universe.ttl_ms);
+        batch.model_id.clear();
+        batch.model_id.push_str("flatten");
+        batch.model_version = 0;
         let flat = Pending {
             slot: 0,
             strategy: s,
-            batch: SignalBatch {
-                strategy: strat.id.clone(),
-                seq: next_seq(st, s),
-                generated_at_ms: now,
-                valid_until_ms: now + p.universe.ttl_ms,
-                model_id: "flatten".into(),
-                model_version: 0,
-                signals: strat
-                    .symbols
-                    .iter()
-                    .map(|sym| Signal {
-                        symbol: sym.clone(),
-                        side: Side::Flat,
-                        weight: 0.0,
-                        qty: 0.0,
-                        return_prob: 0.5,
-                        risk_score: 0.0,
-                    })
-                    .collect(),
-            },
+            batch: 0,
         };
         let mut labels = [None];
         send(p, st, std::slice::from_ref(&flat), &mut labels);

@@ -196,3 +196,76 @@ fn onnx_runtime_allocations_per_run_are_reported() {
     eprintln!("ONNX Runtime (via ort) allocates {per_run} times per 32-row run");
     assert!(per_run < 100, "{per_run} allocations per run");
 }
+
+/// Publishing: with reused buffers, encoding a decision's `FCALL` allocates
+/// nothing; what is left is the Redis client's reply values (an array and
+/// its `ok` string per decision, the list of replies per pipeline) and the
+/// outcome list. Against the real guard on the test Redis, in a fresh
+/// namespace.
+#[test]
+fn publishing_a_decision_allocates_only_the_replies() {
+    use mlcore_models::contract::{
+        Guard, Keys, ModeChange, OpsMode, PublishBuffers, PublishOutcome, Side, Signal, SignalBatch,
+    };
+    use mlcore_models::testutil::{self, RedisNamespace};
+
+    let ns = RedisNamespace::new();
+    let mut conn = testutil::redis_connection();
+    Guard::load(&mut conn).unwrap();
+    let guard = Guard::new(Keys::new(&ns.ns), 100);
+    let change = ModeChange {
+        strategy: "fx",
+        expected_version: 0,
+        mode: OpsMode::Active,
+        reason: "test",
+        actor: "tester",
+        request_id: "r",
+    };
+    guard.set_mode(&mut conn, &change).unwrap();
+    let now = testutil::now_ms();
+    let mut batches: Vec<SignalBatch> = (0..4)
+        .map(|_| SignalBatch {
+            strategy: "fx".into(),
+            seq: 0,
+            generated_at_ms: now,
+            valid_until_ms: now + 600_000,
+            model_id: "fx-v1".into(),
+            model_version: 1,
+            signals: (0..32)
+                .map(|i| Signal {
+                    symbol: format!("SYM{i:02}"),
+                    side: Side::Long,
+                    weight: 0.012_345_678_901_234_5 + f64::from(i),
+                    qty: 12_000.0,
+                    return_prob: 0.512_345_678_901_234_5,
+                    risk_score: 0.25,
+                })
+                .collect(),
+        })
+        .collect();
+    let mut bufs = PublishBuffers::default();
+    let mut seq = 0;
+    let mut round = |batches: &mut Vec<SignalBatch>, bufs: &mut PublishBuffers| {
+        for b in batches.iter_mut() {
+            seq += 1;
+            b.seq = seq;
+        }
+        let outcomes = guard.publish_many_with(&mut conn, batches.iter(), bufs).unwrap();
+        for o in &outcomes {
+            assert!(matches!(o, Ok(PublishOutcome::Accepted { count: 32 })), "{o:?}");
+        }
+    };
+    for _ in 0..3 {
+        round(&mut batches, &mut bufs);
+    }
+    let rounds = 20;
+    let allocs = measured(|| {
+        for _ in 0..rounds {
+            round(&mut batches, &mut bufs);
+        }
+    });
+    let per_decision = allocs as f64 / f64::from(rounds * 4);
+    eprintln!("publishing allocates {per_decision:.2} times per 32-signal decision (pipelines of 4)");
+    // 2 reply values per decision, 3 lists per pipeline of 4.
+    assert!(per_decision <= 3.0, "{per_decision} allocations per decision");
+}

@@ -155,14 +155,24 @@ impl Guard {
 
     /// The `FCALL` that publishes `batch` (for callers that pipeline several).
     pub fn publish_cmd(&self, keys: &StrategyKeys, batch: &SignalBatch) -> redis::Cmd {
-        let mut cmd = redis::cmd("FCALL");
-        cmd.arg(FN_PUBLISH)
+        let mut cmd = redis::Cmd::new();
+        self.fill_publish_cmd(&mut cmd, keys, batch);
+        cmd
+    }
+
+    /// Writes the publish `FCALL` into `cmd` (cleared first). Arguments are
+    /// written in place — numbers as `Display` prints them, keys from their
+    /// parts — so a reused `cmd` allocates nothing once it has grown.
+    fn fill_publish_cmd(&self, cmd: &mut redis::Cmd, keys: &StrategyKeys, batch: &SignalBatch) {
+        cmd.clear();
+        cmd.arg("FCALL")
+            .arg(FN_PUBLISH)
             .arg(3 + batch.signals.len())
             .arg(&keys.ops)
             .arg(&keys.hwm)
             .arg(&keys.signals);
         for s in &batch.signals {
-            cmd.arg(keys.sig(&s.symbol));
+            cmd.arg(keys.sig_arg(&s.symbol));
         }
         cmd.arg(batch.seq)
             .arg(batch.generated_at_ms)
@@ -174,12 +184,11 @@ impl Guard {
         for s in &batch.signals {
             cmd.arg(&s.symbol)
                 .arg(s.side.as_str())
-                .arg(s.weight.to_string())
-                .arg(s.qty.to_string())
-                .arg(s.return_prob.to_string())
-                .arg(s.risk_score.to_string());
+                .arg(Num(s.weight))
+                .arg(Num(s.qty))
+                .arg(Num(s.return_prob))
+                .arg(Num(s.risk_score));
         }
-        cmd
     }
 
     /// Publishes one batch atomically. Reloads the guard once if it is gone.
@@ -205,7 +214,21 @@ impl Guard {
         conn: &mut impl ConnectionLike,
         batches: impl IntoIterator<Item = &'b SignalBatch>,
     ) -> Result<Vec<Result<PublishOutcome, ContractError>>, ContractError> {
-        let mut pipe = redis::pipe();
+        self.publish_many_with(conn, batches, &mut PublishBuffers::default())
+    }
+
+    /// [`Guard::publish_many`] with buffers the caller keeps between calls:
+    /// once they have grown, encoding allocates nothing, and what is left
+    /// per batch is the Redis client's reply values (the daemon's publisher
+    /// calls this for every decision).
+    pub fn publish_many_with<'b>(
+        &self,
+        conn: &mut impl ConnectionLike,
+        batches: impl IntoIterator<Item = &'b SignalBatch>,
+        bufs: &mut PublishBuffers,
+    ) -> Result<Vec<Result<PublishOutcome, ContractError>>, ContractError> {
+        bufs.packed.clear();
+        bufs.ends.clear();
         for (i, b) in batches.into_iter().enumerate() {
             if b.signals.is_empty() {
                 return Err(ContractError::Invalid {
@@ -213,10 +236,19 @@ impl Guard {
                     reason: format!("batch {i} has no signal"),
                 });
             }
-            pipe.add_command(self.publish_cmd(&self.keys.strategy(&b.strategy), b));
+            let k = match bufs.keys.iter().position(|k| k.strategy == b.strategy) {
+                Some(k) => k,
+                None => {
+                    bufs.keys.push(self.keys.strategy(&b.strategy));
+                    bufs.keys.len() - 1
+                }
+            };
+            self.fill_publish_cmd(&mut bufs.cmd, &bufs.keys[k], b);
+            bufs.cmd.write_packed_command(&mut bufs.packed);
+            bufs.ends.push(bufs.packed.len());
         }
         let replies = with_guard(conn, |c| {
-            let replies = super::conn::run_pipeline(c, &pipe)?;
+            let replies = send_packed(c, &bufs.packed, &bufs.ends)?;
             match replies
                 .iter()
                 .find_map(|r| r.as_ref().err().filter(|e| is_function_missing(e)))
@@ -316,6 +348,59 @@ impl Guard {
     }
 }
 
+/// Buffers [`Guard::publish_many_with`] reuses between calls: the command
+/// being encoded, the packed pipeline, and the key layout of each strategy
+/// seen so far.
+#[derive(Debug, Default)]
+pub struct PublishBuffers {
+    cmd: redis::Cmd,
+    packed: Vec<u8>,
+    /// Where each packed command ends in `packed`.
+    ends: Vec<usize>,
+    keys: Vec<StrategyKeys>,
+}
+
+/// A number as a Redis argument, written as `Display` prints it (the
+/// shortest form that reads back to the same `f64`, never an exponent).
+struct Num(f64);
+
+impl redis::ToRedisArgs for Num {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        out.write_arg_fmt(self.0);
+    }
+}
+
+/// Sends packed commands (`ends`: where each ends) and returns each one's
+/// reply or error: in one round trip where the connection pipelines, one by
+/// one on a Cluster connection (see [`super::conn::run_pipeline`]).
+fn send_packed(
+    conn: &mut impl ConnectionLike,
+    packed: &[u8],
+    ends: &[usize],
+) -> redis::RedisResult<Vec<redis::RedisResult<Value>>> {
+    if conn.supports_pipelining() {
+        return Ok(conn
+            .req_packed_commands(packed, 0, ends.len())?
+            .into_iter()
+            .map(|v| match v {
+                Value::ServerError(e) => Err(e.into()),
+                v => Ok(v),
+            })
+            .collect());
+    }
+    let mut start = 0;
+    ends.iter()
+        .map(|&end| {
+            let one = &packed[start..end];
+            start = end;
+            match conn.req_packed_command(one) {
+                Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => Err(e),
+                reply => Ok(reply),
+            }
+        })
+        .collect()
+}
+
 /// Runs `f`; if the guard is missing, reloads it once and runs `f` again.
 fn with_guard<C: ConnectionLike, T>(
     conn: &mut C,
@@ -349,6 +434,16 @@ fn classify(e: redis::RedisError) -> ContractError {
 }
 
 fn parse_publish_reply(reply: &Value) -> Result<PublishOutcome, ContractError> {
+    // The common reply, read without building strings.
+    if let Value::Array(items) = reply {
+        if let [Value::BulkString(ok), Value::Int(n)] = items.as_slice() {
+            if ok == b"ok" {
+                if let Ok(count) = usize::try_from(*n) {
+                    return Ok(PublishOutcome::Accepted { count });
+                }
+            }
+        }
+    }
     let bad = || ContractError::Protocol(format!("publish replied {reply:?}"));
     let items = reply_items(reply).ok_or_else(bad)?;
     match items.as_slice() {

@@ -81,7 +81,31 @@ impl StrategyKeys {
     pub fn sig(&self, symbol: &str) -> String {
         format!("{}{symbol}", self.sig_prefix)
     }
+
+    /// The signal key of `symbol` as a Redis argument written in place (no
+    /// `String` built): what the publisher sends 32 times per decision.
+    pub(super) fn sig_arg<'a>(&'a self, symbol: &'a str) -> SigKey<'a> {
+        SigKey {
+            prefix: &self.sig_prefix,
+            symbol,
+        }
+    }
 }
+
+/// A signal key as a Redis argument (see [`StrategyKeys::sig_arg`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SigKey<'a> {
+    prefix: &'a str,
+    symbol: &'a str,
+}
+
+impl redis::ToRedisArgs for SigKey<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        out.write_arg_fmt(format_args!("{}{}", self.prefix, self.symbol));
+    }
+}
+
+impl redis::ToSingleRedisArg for SigKey<'_> {}
 
 #[cfg(test)]
 mod tests {
@@ -94,5 +118,11 @@ mod tests {
             assert!(key.starts_with("mlcore:{fx_g10}:"), "{key}");
         }
         assert_eq!(k.sig("EURUSD"), "mlcore:{fx_g10}:sig:EURUSD");
+        let mut cmd = redis::cmd("X");
+        cmd.arg(k.sig_arg("EURUSD"));
+        assert_eq!(
+            cmd.get_packed_command(),
+            redis::cmd("X").arg(k.sig("EURUSD")).get_packed_command()
+        );
     }
 }

@@ -21,7 +21,7 @@ pub mod signal;
 
 pub use conn::RedisConn;
 pub use error::ContractError;
-pub use guard::{Guard, ModeChange, PublishOutcome, SetModeOutcome};
+pub use guard::{Guard, ModeChange, PublishBuffers, PublishOutcome, SetModeOutcome};
 pub use heartbeat::Heartbeat;
 pub use keys::{Keys, StrategyKeys};
 pub use model::ModelPointer;
