@@ -63,8 +63,8 @@ struct State {
     last_seq: Vec<u64>,
     weights: Vec<Vec<f64>>,
     flattened_version: Vec<Option<u64>>,
-    /// Batches being built or sent, reused decision after decision (index =
-    /// position in the round's pending list), and the guard client's
+    /// Batches being built or sent, reused decision after decision (batch i
+    /// belongs to the round's i-th pending entry), and the guard client's
     /// encoding buffers: after warm-up a decision allocates only the Redis
     /// client's reply values.
     batches: Vec<SignalBatch>,
@@ -98,8 +98,6 @@ struct Pending {
     slot: usize,
     /// Strategy index.
     strategy: usize,
-    /// Its batch in `State::batches`.
-    batch: usize,
 }
 
 /// Runs the publisher until the stop flag is set.
@@ -156,26 +154,22 @@ pub fn run(p: PublisherParts) {
             if alone {
                 flush(&p, &mut st, &mut round);
             }
-            let batch = round.pending.len();
-            match prepare(&p, &mut st, &round.jobs[i], mode, batch) {
-                Some(label) => round.labels[i] = label,
-                None => round.pending.push(Pending {
-                    slot: i,
-                    strategy: s,
-                    batch,
-                }),
+            match prepare(&p, &mut st, &round.jobs[i], mode, round.pending.len()) {
+                Prepared::Done(label) => round.labels[i] = label,
+                Prepared::Ready => round.pending.push(Pending { slot: i, strategy: s }),
             }
             if alone {
                 flush(&p, &mut st, &mut round);
             }
         }
         flush(&p, &mut st, &mut round);
+        let done = Instant::now();
         for (job, label) in round.jobs.drain(..).zip(&round.labels) {
             if let Some(label) = *label {
                 p.counters.outcome(label);
                 if label == "accepted" {
-                    publish_hist.record(started.elapsed());
-                    ack_hist.record(job.decoded_at.elapsed());
+                    publish_hist.record(done - started);
+                    ack_hist.record(done - job.decoded_at);
                 }
             }
             let _ = p.pool_returns[usize::from(job.strategy)].try_send(job);
@@ -248,34 +242,32 @@ fn send(p: &PublisherParts, st: &mut State, pending: &[Pending], labels: &mut [O
         Counters::inc(&p.counters.redis_errors);
         return label_all("redis_error");
     };
-    let batches = &st.batches;
-    let outcomes =
-        match p
-            .guard
-            .publish_many_with(conn, pending.iter().map(|x| &batches[x.batch]), &mut st.bufs)
-        {
-            Ok(o) => o,
-            Err(e) => {
-                Counters::inc(&p.counters.redis_errors);
-                p.counters.redis_ok.store(false, Ordering::Relaxed);
-                log(
-                    "warn",
-                    "publish failed; reconnecting",
-                    &[("error", e.to_string().into())],
-                );
-                st.conn = None;
-                st.next_attempt = Instant::now() + st.backoff;
-                return label_all("redis_error");
-            }
-        };
-    for (x, outcome) in pending.iter().zip(outcomes) {
+    let outcomes = match p
+        .guard
+        .publish_many_with(conn, &st.batches[..pending.len()], &mut st.bufs)
+    {
+        Ok(o) => o,
+        Err(e) => {
+            Counters::inc(&p.counters.redis_errors);
+            p.counters.redis_ok.store(false, Ordering::Relaxed);
+            log(
+                "warn",
+                "publish failed; reconnecting",
+                &[("error", e.to_string().into())],
+            );
+            st.conn = None;
+            st.next_attempt = Instant::now() + st.backoff;
+            return label_all("redis_error");
+        }
+    };
+    for ((x, outcome), batch) in pending.iter().zip(outcomes).zip(&st.batches) {
         let s = x.strategy;
         labels[x.slot] = Some(match outcome {
             Ok(PublishOutcome::Accepted { count }) => {
                 p.counters
                     .signals_accepted
                     .fetch_add(count as u64, Ordering::Relaxed);
-                for (w, sig) in st.weights[s].iter_mut().zip(&st.batches[x.batch].signals) {
+                for (w, sig) in st.weights[s].iter_mut().zip(&batch.signals) {
                     *w = sig.weight;
                 }
                 "accepted"
@@ -302,11 +294,19 @@ fn send(p: &PublisherParts, st: &mut State, pending: &[Pending], labels: &mut [O
     }
 }
 
+/// What `prepare` made of a decided job.
+enum Prepared {
+    /// Its batch is filled and goes out with the next flush.
+    Ready,
+    /// Nothing to send: the outcome label (`None`: none to count).
+    Done(Option<&'static str>),
+}
+
 /// Pooled batch `idx`, shaped for `strat` (built once per slot and
 /// strategy; afterwards only its values change).
-fn pooled_batch<'a>(st: &'a mut State, idx: usize, strat: &Strategy) -> &'a mut SignalBatch {
-    while st.batches.len() <= idx {
-        st.batches.push(SignalBatch {
+fn pooled_batch<'a>(batches: &'a mut Vec<SignalBatch>, idx: usize, strat: &Strategy) -> &'a mut SignalBatch {
+    while batches.len() <= idx {
+        batches.push(SignalBatch {
             strategy: String::new(),
             seq: 0,
             generated_at_ms: 0,
@@ -316,7 +316,7 @@ fn pooled_batch<'a>(st: &'a mut State, idx: usize, strat: &Strategy) -> &'a mut 
             signals: Vec::new(),
         });
     }
-    let batch = &mut st.batches[idx];
+    let batch = &mut batches[idx];
     if batch.strategy != strat.id {
         batch.strategy.clone_from(&strat.id);
         batch.signals = strat
@@ -335,31 +335,24 @@ fn pooled_batch<'a>(st: &'a mut State, idx: usize, strat: &Strategy) -> &'a mut 
     batch
 }
 
-/// Fills pooled batch `idx` from a decided job; `Some(label)` when there is
-/// nothing to send (`None` inside: no model yet).
-fn prepare(
-    p: &PublisherParts,
-    st: &mut State,
-    job: &Job,
-    mode: OpsMode,
-    idx: usize,
-) -> Option<Option<&'static str>> {
+/// Fills pooled batch `idx` from a decided job, unless there is nothing to
+/// send.
+fn prepare(p: &PublisherParts, st: &mut State, job: &Job, mode: OpsMode, idx: usize) -> Prepared {
     let s = usize::from(job.strategy);
     let Some(meta) = job.model.as_ref() else {
-        return Some(None);
+        return Prepared::Done(None); // no model yet
     };
     if matches!(mode, OpsMode::Halted | OpsMode::Flatten) {
         Counters::inc(&p.counters.held_by_mode);
-        return Some(None);
+        return Prepared::Done(None);
     }
     let valid_until_ms = (job.trigger_ts_ns / 1_000_000).max(0) as u64 + p.universe.ttl_ms;
     if valid_until_ms <= now_ms() {
-        return Some(Some("expired_before_send"));
+        return Prepared::Done(Some("expired_before_send"));
     }
     let strat = &p.universe.strategies[s];
     let seq = next_seq(st, s);
-    pooled_batch(st, idx, strat);
-    let batch = &mut st.batches[idx];
+    let batch = pooled_batch(&mut st.batches, idx, strat);
     for (i, sig) in batch.signals.iter_mut().enumerate() {
         let t = job.scratch.targets[i];
         let (mut weight, mut qty) = (t.weight, t.qty);
@@ -385,7 +378,7 @@ fn prepare(
     batch.valid_until_ms = valid_until_ms;
     batch.model_id.clone_from(&meta.model_id);
     batch.model_version = meta.version;
-    None
+    Prepared::Ready
 }
 
 fn flatten_if_asked(p: &PublisherParts, st: &mut State) {
@@ -400,7 +393,7 @@ fn flatten_if_asked(p: &PublisherParts, st: &mut State) {
         let now = now_ms();
         let seq = next_seq(st, s);
         // Between rounds: no batch is pending, so slot 0 is free.
-        let batch = pooled_batch(st, 0, strat);
+        let batch = pooled_batch(&mut st.batches, 0, strat);
         for sig in &mut batch.signals {
             (sig.side, sig.weight, sig.qty) = (Side::Flat, 0.0, 0.0);
             (sig.return_prob, sig.risk_score) = (0.5, 0.0);
@@ -409,11 +402,7 @@ fn flatten_if_asked(p: &PublisherParts, st: &mut State) {
         batch.model_id.clear();
         batch.model_id.push_str("flatten");
         batch.model_version = 0;
-        let flat = Pending {
-            slot: 0,
-            strategy: s,
-            batch: 0,
-        };
+        let flat = Pending { slot: 0, strategy: s };
         let mut labels = [None];
         send(p, st, std::slice::from_ref(&flat), &mut labels);
         let label = labels[0].unwrap_or("redis_error");

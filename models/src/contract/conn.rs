@@ -54,34 +54,67 @@ impl RedisConn {
     }
 }
 
-/// Runs `pipe`'s commands and returns each one's reply or error: in one
-/// round trip on a connection that pipelines, one by one on a Cluster
-/// connection (a Cluster pipeline goes to a single node, and the commands of
-/// one call may live in different slots). A lost connection ends the call
-/// with `Err`; a command the server refuses is an `Err` in its slot.
-pub fn run_pipeline(
-    conn: &mut impl ConnectionLike,
-    pipe: &redis::Pipeline,
-) -> RedisResult<Vec<RedisResult<Value>>> {
-    if conn.supports_pipelining() {
-        let mut p = pipe.clone();
-        p.ignore_errors();
-        return p.query(conn);
-    }
-    pipe.cmd_iter()
-        .map(|c| match c.query::<Value>(conn) {
-            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => Err(e),
-            reply => Ok(reply),
-        })
-        .collect()
+/// Commands packed for the wire, sent together by [`PackedCommands::run`].
+/// Kept and refilled by callers that send on every decision: once its
+/// buffers have grown, packing allocates nothing.
+#[derive(Debug, Default)]
+pub struct PackedCommands {
+    bytes: Vec<u8>,
+    /// Where each command ends in `bytes`.
+    ends: Vec<usize>,
 }
 
-/// Like [`run_pipeline`], for commands whose replies do not matter: the
-/// first refusal is the error.
+impl PackedCommands {
+    /// Empties it, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    /// Appends one command.
+    pub fn push(&mut self, cmd: &Cmd) {
+        cmd.write_packed_command(&mut self.bytes);
+        self.ends.push(self.bytes.len());
+    }
+
+    /// Sends the commands and returns each one's reply or error: in one
+    /// round trip on a connection that pipelines, one by one on a Cluster
+    /// connection (a Cluster pipeline goes to a single node, and the
+    /// commands of one call may live in different slots). A lost connection
+    /// ends the call with `Err`; a command the server refuses is an `Err` in
+    /// its slot.
+    pub fn run(&self, conn: &mut impl ConnectionLike) -> RedisResult<Vec<RedisResult<Value>>> {
+        if conn.supports_pipelining() {
+            return Ok(conn
+                .req_packed_commands(&self.bytes, 0, self.ends.len())?
+                .into_iter()
+                .map(|v| match v {
+                    Value::ServerError(e) => Err(e.into()),
+                    v => Ok(v),
+                })
+                .collect());
+        }
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                let one = &self.bytes[start..end];
+                start = end;
+                match conn.req_packed_command(one) {
+                    Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => Err(e),
+                    reply => Ok(reply),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Runs `pipe`'s commands as [`PackedCommands::run`] does, for commands
+/// whose replies do not matter: the first refusal is the error.
 pub fn run_all(conn: &mut impl ConnectionLike, pipe: &redis::Pipeline) -> RedisResult<()> {
-    run_pipeline(conn, pipe)?
-        .into_iter()
-        .try_for_each(|r| r.map(|_| ()))
+    let mut packed = PackedCommands::default();
+    pipe.cmd_iter().for_each(|c| packed.push(c));
+    packed.run(conn)?.into_iter().try_for_each(|r| r.map(|_| ()))
 }
 
 impl ConnectionLike for RedisConn {

@@ -10,6 +10,7 @@
 
 use redis::{ConnectionLike, Value};
 
+use super::conn::PackedCommands;
 use super::keys::{Keys, StrategyKeys};
 use super::ops::{OpsMode, OpsState};
 use super::signal::{SignalBatch, StoredSignal};
@@ -228,7 +229,6 @@ impl Guard {
         bufs: &mut PublishBuffers,
     ) -> Result<Vec<Result<PublishOutcome, ContractError>>, ContractError> {
         bufs.packed.clear();
-        bufs.ends.clear();
         for (i, b) in batches.into_iter().enumerate() {
             if b.signals.is_empty() {
                 return Err(ContractError::Invalid {
@@ -244,11 +244,10 @@ impl Guard {
                 }
             };
             self.fill_publish_cmd(&mut bufs.cmd, &bufs.keys[k], b);
-            bufs.cmd.write_packed_command(&mut bufs.packed);
-            bufs.ends.push(bufs.packed.len());
+            bufs.packed.push(&bufs.cmd);
         }
         let replies = with_guard(conn, |c| {
-            let replies = send_packed(c, &bufs.packed, &bufs.ends)?;
+            let replies = bufs.packed.run(c)?;
             match replies
                 .iter()
                 .find_map(|r| r.as_ref().err().filter(|e| is_function_missing(e)))
@@ -354,9 +353,7 @@ impl Guard {
 #[derive(Debug, Default)]
 pub struct PublishBuffers {
     cmd: redis::Cmd,
-    packed: Vec<u8>,
-    /// Where each packed command ends in `packed`.
-    ends: Vec<usize>,
+    packed: PackedCommands,
     keys: Vec<StrategyKeys>,
 }
 
@@ -368,37 +365,6 @@ impl redis::ToRedisArgs for Num {
     fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
         out.write_arg_fmt(self.0);
     }
-}
-
-/// Sends packed commands (`ends`: where each ends) and returns each one's
-/// reply or error: in one round trip where the connection pipelines, one by
-/// one on a Cluster connection (see [`super::conn::run_pipeline`]).
-fn send_packed(
-    conn: &mut impl ConnectionLike,
-    packed: &[u8],
-    ends: &[usize],
-) -> redis::RedisResult<Vec<redis::RedisResult<Value>>> {
-    if conn.supports_pipelining() {
-        return Ok(conn
-            .req_packed_commands(packed, 0, ends.len())?
-            .into_iter()
-            .map(|v| match v {
-                Value::ServerError(e) => Err(e.into()),
-                v => Ok(v),
-            })
-            .collect());
-    }
-    let mut start = 0;
-    ends.iter()
-        .map(|&end| {
-            let one = &packed[start..end];
-            start = end;
-            match conn.req_packed_command(one) {
-                Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => Err(e),
-                reply => Ok(reply),
-            }
-        })
-        .collect()
 }
 
 /// Runs `f`; if the guard is missing, reloads it once and runs `f` again.
