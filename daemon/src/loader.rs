@@ -65,8 +65,9 @@ pub enum LoaderError {
     },
 }
 
-/// What the loader needs from Redis: the pointers, and where to announce
-/// refusals.
+/// Where this daemon meets Redis off the hot path: the loader reads the
+/// registry's pointers and announces refusals there, the side loop writes
+/// heartbeats.
 #[derive(Debug, Clone)]
 pub struct RegistryLink {
     /// Connection settings.

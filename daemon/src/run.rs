@@ -129,8 +129,14 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
     let n_workers = threads_cfg.worker_cores.len().max(1);
     let hists = Histograms::new(2 + 2 * n_workers + 2);
     let shutdown = Arc::new(AtomicBool::new(false));
-    let keys = Keys::new(&cfg.redis.namespace);
-    let guard = Guard::new(keys.clone(), cfg.redis.stream_maxlen);
+    // Redis settings, key layout and instance id: the loader (pointers,
+    // refusal events) and the heartbeat use the same.
+    let link = RegistryLink {
+        redis: cfg.redis.clone(),
+        keys: Keys::new(&cfg.redis.namespace),
+        instance: cfg.daemon.instance_id.clone(),
+    };
+    let guard = Guard::new(link.keys.clone(), cfg.redis.stream_maxlen);
     let ops_table = Arc::new(OpsTable::new(universe.strategies.len()));
 
     let (decisions_tx, decisions_rx) = crossbeam_channel::bounded::<Box<Job>>(cfg.daemon.queues.decisions);
@@ -212,11 +218,7 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
         model_txs,
         retired_rx,
         Arc::clone(&counters),
-        Some(RegistryLink {
-            redis: cfg.redis.clone(),
-            keys: keys.clone(),
-            instance: cfg.daemon.instance_id.clone(),
-        }),
+        Some(link.clone()),
     )?;
     // The first scan happens before the feed is accepted, so the first
     // trigger finds a warmed model when one exists.
@@ -288,20 +290,7 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
     }
     {
         let stop = Arc::clone(&shutdown);
-        let redis = cfg.redis.clone();
-        let instance = cfg.daemon.instance_id.clone();
-        side.spawn_blocking(move || {
-            side_loop(
-                loader,
-                observed,
-                redis,
-                keys,
-                instance,
-                trust_source,
-                wake_rx,
-                stop,
-            )
-        });
+        side.spawn_blocking(move || side_loop(loader, observed, link, trust_source, wake_rx, stop));
     }
     log(
         "info",
@@ -323,13 +312,10 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
 
 /// Model scans (every second, and at once on a `model_activated` event),
 /// histogram merging (every 100 ms), heartbeats.
-#[allow(clippy::too_many_arguments)] // wiring, called once
 fn side_loop(
     mut loader: Loader,
     observed: Observed,
-    redis: mlcore_models::config::RedisConfig,
-    keys: Keys,
-    instance: String,
+    link: RegistryLink,
     trust_source: Option<TrustSource>,
     wake: crossbeam_channel::Receiver<()>,
     shutdown: Arc<AtomicBool>,
@@ -337,6 +323,11 @@ fn side_loop(
     let mut next_trust = Instant::now() + Duration::from_secs(10);
     let mut next_scan = Instant::now() + Duration::from_secs(1);
     let mut next_hb = Instant::now();
+    let RegistryLink {
+        redis,
+        keys,
+        instance,
+    } = link;
     let hb_every = Duration::from_millis(redis.heartbeat.interval_ms.max(10));
     let mut conn: Option<RedisConn> = None;
     while !shutdown.load(Ordering::Relaxed) {
