@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::auth::{authenticate, require};
 use super::error::ApiError;
-use super::ops::{bad_json, new_id, record_as, refused_as, store_pending};
+use super::ops::{bad_json, new_id, record, refused, store_pending};
 use super::AppState;
 use crate::registry;
 
@@ -62,10 +62,10 @@ async fn audited(
 ) -> Result<Value, ApiError> {
     match result {
         Ok(v) => {
-            record_as(state, RECORD, who, action, scope, v.clone(), "ok", request_id).await?;
+            record(state, RECORD, who, action, scope, v.clone(), "ok", request_id).await?;
             Ok(v)
         }
-        Err(e) => Err(refused_as(state, RECORD, who, action, scope, request_id, e).await),
+        Err(e) => Err(refused(state, RECORD, who, action, scope, request_id, e).await),
     }
 }
 
@@ -123,7 +123,7 @@ pub async fn activate(
     .await;
     let (reason, model) = match checked {
         Ok(x) => x,
-        Err(e) => return Err(refused_as(&state, RECORD, &p.name, "activate", &model_id, &id, e).await),
+        Err(e) => return Err(refused(&state, RECORD, &p.name, "activate", &model_id, &id, e).await),
     };
     let expires = store_pending(
         &state,
@@ -135,7 +135,7 @@ pub async fn activate(
         Some(&model.id),
     )
     .await?;
-    record_as(
+    record(
         &state,
         RECORD,
         &p.name,

@@ -20,6 +20,9 @@ use super::error::ApiError;
 use super::AppState;
 use crate::audit::{self, NewEvent};
 
+/// Audit record type of ops requests.
+const RECORD: &str = "ops_request";
+
 /// `POST /v1/ops/requests` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -46,33 +49,11 @@ pub(crate) fn bad_json(r: JsonRejection) -> ApiError {
     ApiError::new(status, code, r.body_text())
 }
 
-/// Audits one ops request. `after` holds, per strategy, the mode before and
-/// after (`from`, `to`) when something was applied.
-async fn record(
-    state: &AppState,
-    who: &str,
-    action: &str,
-    scope: &str,
-    after: Value,
-    result: &str,
-    request_id: &str,
-) -> Result<(), ApiError> {
-    record_as(
-        state,
-        "ops_request",
-        who,
-        action,
-        scope,
-        after,
-        result,
-        request_id,
-    )
-    .await
-}
-
 /// Audits one mutating request of `record_type` (critical: kept 5 years).
+/// `after` holds what changed (for ops: per strategy, the mode before and
+/// after, `from` and `to`).
 #[allow(clippy::too_many_arguments)] // one audit row's fields
-pub(crate) async fn record_as(
+pub(crate) async fn record(
     state: &AppState,
     record_type: &str,
     who: &str,
@@ -112,20 +93,8 @@ fn mode_alert(state: &Arc<AppState>, scope: &str, mode: OpsMode, actor: &str, re
     });
 }
 
-/// Audits a refused ops request and hands the error back for returning.
-async fn refused(
-    state: &AppState,
-    who: &str,
-    action: &str,
-    scope: &str,
-    request_id: &str,
-    err: ApiError,
-) -> ApiError {
-    refused_as(state, "ops_request", who, action, scope, request_id, err).await
-}
-
 /// Audits a refused request of `record_type` and hands the error back.
-pub(crate) async fn refused_as(
+pub(crate) async fn refused(
     state: &AppState,
     record_type: &str,
     who: &str,
@@ -135,7 +104,7 @@ pub(crate) async fn refused_as(
     err: ApiError,
 ) -> ApiError {
     let result = format!("refused: {}", err.code);
-    match record_as(
+    match record(
         state,
         record_type,
         who,
@@ -285,7 +254,7 @@ pub async fn create(
             ("OPS_REASON_MISSING", "a reason is required".to_owned())
         };
         let err = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, msg);
-        return Err(refused(&state, &p.name, &body.action, &body.scope, &id, err).await);
+        return Err(refused(&state, RECORD, &p.name, &body.action, &body.scope, &id, err).await);
     }
     if body.action == "rollback" {
         // Re-activates the previous active version: one strategy, and there
@@ -302,7 +271,7 @@ pub async fn create(
                 .map(|_| ())
         };
         if let Err(err) = checked {
-            return Err(refused(&state, &p.name, "rollback", &body.scope, &id, err).await);
+            return Err(refused(&state, RECORD, &p.name, "rollback", &body.scope, &id, err).await);
         }
         return pending(&state, &p.name, &body, &id).await;
     }
@@ -318,6 +287,7 @@ pub async fn create(
         };
         record(
             &state,
+            RECORD,
             &p.name,
             &body.action,
             &body.scope,
@@ -373,6 +343,7 @@ async fn pending(
     let expires = store_pending(state, id, &body.action, &body.scope, &body.reason, who, None).await?;
     record(
         state,
+        RECORD,
         who,
         &body.action,
         &body.scope,
@@ -451,7 +422,16 @@ pub async fn decide(
         None
     };
     if let Some(err) = refusal {
-        return Err(refused(&state, &p.name, &format!("{verdict} {action}"), &scope, &id, err).await);
+        return Err(refused(
+            &state,
+            RECORD,
+            &p.name,
+            &format!("{verdict} {action}"),
+            &scope,
+            &id,
+            err,
+        )
+        .await);
     }
     // Claim the request atomically: a replayed approval finds it decided.
     let new_status = if verdict == "approve" {
@@ -474,11 +454,21 @@ pub async fn decide(
             "OPS_REQUEST_DECIDED",
             format!("request {id} was decided concurrently"),
         );
-        return Err(refused(&state, &p.name, &format!("{verdict} {action}"), &scope, &id, err).await);
+        return Err(refused(
+            &state,
+            RECORD,
+            &p.name,
+            &format!("{verdict} {action}"),
+            &scope,
+            &id,
+            err,
+        )
+        .await);
     }
     if verdict == "reject" {
         record(
             &state,
+            RECORD,
             &p.name,
             &format!("reject {action}"),
             &scope,
@@ -509,6 +499,7 @@ pub async fn decide(
         .await;
     record(
         &state,
+        RECORD,
         &p.name,
         &format!("approve {action}"),
         &scope,
