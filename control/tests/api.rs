@@ -529,17 +529,12 @@ async fn the_monitor_alerts_on_silent_daemons_refused_artifacts_and_expiring_app
     let mut conn = testutil::redis_connection();
     let now = mlcore_control::commands::now_ms();
     let hb = |instance: &str, at_ms: u64, refused: u64| mlcore_models::contract::Heartbeat {
-        instance: instance.into(),
-        status: "ok".into(),
-        at_ms,
         last_decision_ms: at_ms,
         p99_us: 1,
         decisions: 1,
         signals_accepted: 1,
-        decisions_dropped: 0,
         refused_artifacts: refused,
-        models: Default::default(),
-        modes: Default::default(),
+        ..testutil::heartbeat(instance, at_ms)
     };
     hb("d-old", now - 10_000, 0)
         .write(&mut conn, &keys, 60_000)
@@ -789,17 +784,8 @@ async fn registry_register_activate_rollback_pin_and_release() {
 
     // The list shows statuses and what daemons report as loaded.
     Heartbeat {
-        instance: "d1".into(),
-        status: "ok".into(),
-        at_ms: mlcore_control::commands::now_ms(),
-        last_decision_ms: 0,
-        p99_us: 0,
-        decisions: 0,
-        signals_accepted: 0,
-        decisions_dropped: 0,
-        refused_artifacts: 0,
         models: [("fx_g10".to_owned(), "fx_g10-v2@2".to_owned())].into(),
-        modes: Default::default(),
+        ..testutil::heartbeat("d1", mlcore_control::commands::now_ms())
     }
     .write(&mut testutil::redis_connection(), &keys, 60_000)
     .unwrap();

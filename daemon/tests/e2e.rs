@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns: a broken fixture should panic
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -89,34 +89,23 @@ fn vars() -> MapEnv {
 }
 
 fn start_daemon(root: &Path) -> Daemon {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mlcore-daemon"))
-        .args([
-            "--config-dir",
-            root.join("configs").to_str().unwrap(),
-            "run",
-            "--env",
-            "dev",
-        ])
-        .env("MLCORE_REDIS_URL", testutil::redis_url())
-        .env("MLCORE_PG_DSN", testutil::pg_dsn())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let (child, line) = testutil::spawn_announcing(
+        Command::new(env!("CARGO_BIN_EXE_mlcore-daemon"))
+            .args([
+                "--config-dir",
+                root.join("configs").to_str().unwrap(),
+                "run",
+                "--env",
+                "dev",
+            ])
+            .env("MLCORE_REDIS_URL", testutil::redis_url())
+            .env("MLCORE_PG_DSN", testutil::pg_dsn())
+            .stderr(Stdio::null()),
+    );
     // "listening ingress=HOST:PORT http=HOST:PORT"
-    let field = |k: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .unwrap()
-            .to_owned()
-    };
     Daemon {
-        ingress: field("ingress="),
-        http: field("http="),
+        ingress: testutil::announced(&line, "ingress="),
+        http: testutil::announced(&line, "http="),
         child,
     }
 }

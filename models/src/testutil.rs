@@ -437,3 +437,47 @@ pub fn http(addr: &str, method: &str, path: &str, bearer: Option<&str>, body: &s
         .unwrap_or(0);
     (code, resp)
 }
+
+/// Spawns `cmd` with its stdout piped and returns the process with the first
+/// line it prints: the project's servers announce their addresses that way
+/// (`listening key=ADDR ...`, read with [`announced`]).
+pub fn spawn_announcing(cmd: &mut std::process::Command) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        std::io::BufReader::new(out)
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("reading the first line of {cmd:?}: {e}"));
+    }
+    (child, line)
+}
+
+/// The value of `key` (e.g. `http=`) in an announcement line.
+pub fn announced(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        .to_owned()
+}
+
+/// A heartbeat from `instance` written at `at_ms`: status `ok`, counters
+/// zero, no model, no mode. Tests set what they look at.
+pub fn heartbeat(instance: &str, at_ms: u64) -> crate::contract::Heartbeat {
+    crate::contract::Heartbeat {
+        instance: instance.into(),
+        status: "ok".into(),
+        at_ms,
+        last_decision_ms: 0,
+        p99_us: 0,
+        decisions: 0,
+        signals_accepted: 0,
+        decisions_dropped: 0,
+        refused_artifacts: 0,
+        models: Default::default(),
+        modes: Default::default(),
+    }
+}

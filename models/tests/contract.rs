@@ -825,19 +825,7 @@ fn a_three_master_cluster_serves_strategies_in_different_slots() {
         out.iter().all(|o| o.as_ref().unwrap().label() == "accepted"),
         "{out:?}"
     );
-    let hb = mlcore_models::contract::Heartbeat {
-        instance: "daemon-c".into(),
-        status: "ok".into(),
-        at_ms: now_ms(),
-        last_decision_ms: 0,
-        p99_us: 0,
-        decisions: 0,
-        signals_accepted: 0,
-        decisions_dropped: 0,
-        refused_artifacts: 0,
-        models: Default::default(),
-        modes: Default::default(),
-    };
+    let hb = testutil::heartbeat("daemon-c", now_ms());
     hb.write(&mut conn, g.keys(), 5_000).unwrap();
     assert!(
         mlcore_models::contract::Heartbeat::read(&mut conn, g.keys(), "daemon-c")

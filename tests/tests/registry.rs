@@ -7,7 +7,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // fixture helpers outside #[test] fns
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -47,26 +46,14 @@ fn binary(name: &str) -> PathBuf {
 /// Starts a binary that prints one `listening ... key=ADDR` line; returns
 /// the process and the line.
 fn start(name: &str, args: &[&str], dsn: &str) -> (Proc, String) {
-    let mut child = Command::new(binary(name))
-        .args(args)
-        .env("MLCORE_REDIS_URL", testutil::redis_url())
-        .env("MLCORE_PG_DSN", dsn)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit()) // nextest shows it when the test fails
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let (child, line) = testutil::spawn_announcing(
+        Command::new(binary(name))
+            .args(args)
+            .env("MLCORE_REDIS_URL", testutil::redis_url())
+            .env("MLCORE_PG_DSN", dsn)
+            .stderr(Stdio::inherit()), // nextest shows it when the test fails
+    );
     (Proc(child), line)
-}
-
-fn field(line: &str, key: &str) -> String {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-        .to_owned()
 }
 
 /// One API call as `token`: status and JSON body.
@@ -245,7 +232,7 @@ fn the_daemon_follows_registry_activations_and_rollbacks() {
         &["--config-dir", &dir, "serve", "--env", "dev"],
         &s.dsn,
     );
-    let api = field(&line, "http=");
+    let api = testutil::announced(&line, "http=");
     let register = |v: u64| {
         let body = format!(r#"{{"strategy":"fx_g10","version":{v}}}"#);
         let (code, json) = call(&api, "POST", "/v1/models", OPERATOR, &body);
