@@ -421,49 +421,36 @@ pub async fn decide(
     } else {
         None
     };
-    if let Some(err) = refusal {
-        return Err(refused(
-            &state,
-            RECORD,
-            &p.name,
-            &format!("{verdict} {action}"),
-            &scope,
-            &id,
-            err,
-        )
-        .await);
-    }
-    // Claim the request atomically: a replayed approval finds it decided.
-    let new_status = if verdict == "approve" {
-        "applying"
-    } else {
-        "rejected"
+    let refusal = match refusal {
+        Some(err) => Some(err),
+        None => {
+            // Claim the request atomically: a replayed approval finds it decided.
+            let new_status = if verdict == "approve" {
+                "applying"
+            } else {
+                "rejected"
+            };
+            let claimed = sqlx::query("UPDATE core.ops_requests SET status=$2, decided_by=$3, decided_at_ms=$4 WHERE id=$1 AND status='pending'")
+                .bind(&id)
+                .bind(new_status)
+                .bind(&p.name)
+                .bind(now_ms() as i64)
+                .execute(&state.pool)
+                .await
+                .map_err(|_| ApiError::internal("claiming the request"))?
+                .rows_affected();
+            (claimed == 0).then(|| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "OPS_REQUEST_DECIDED",
+                    format!("request {id} was decided concurrently"),
+                )
+            })
+        }
     };
-    let claimed = sqlx::query("UPDATE core.ops_requests SET status=$2, decided_by=$3, decided_at_ms=$4 WHERE id=$1 AND status='pending'")
-        .bind(&id)
-        .bind(new_status)
-        .bind(&p.name)
-        .bind(now_ms() as i64)
-        .execute(&state.pool)
-        .await
-        .map_err(|_| ApiError::internal("claiming the request"))?
-        .rows_affected();
-    if claimed == 0 {
-        let err = ApiError::new(
-            StatusCode::CONFLICT,
-            "OPS_REQUEST_DECIDED",
-            format!("request {id} was decided concurrently"),
-        );
-        return Err(refused(
-            &state,
-            RECORD,
-            &p.name,
-            &format!("{verdict} {action}"),
-            &scope,
-            &id,
-            err,
-        )
-        .await);
+    if let Some(err) = refusal {
+        let what = format!("{verdict} {action}");
+        return Err(refused(&state, RECORD, &p.name, &what, &scope, &id, err).await);
     }
     if verdict == "reject" {
         record(
