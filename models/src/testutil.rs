@@ -321,6 +321,30 @@ pub fn synth_dataset(
     index
 }
 
+/// A small logistic head over the feature vector, different per `seed`,
+/// with Platt calibration.
+pub fn logistic_head(seed: f32) -> crate::onnx::export::LogisticHead {
+    crate::onnx::export::LogisticHead {
+        weights: (0..crate::features::N_FEATURES)
+            .map(|i| ((i as f32 + seed) * 0.37).sin() * 0.1)
+            .collect(),
+        intercept: 0.05,
+        platt: crate::onnx::export::Platt { a: 1.3, b: -0.1 },
+    }
+}
+
+/// The manifest entry of a [`logistic_head`] exported to `file`.
+pub fn logistic_head_spec(file: &str) -> crate::artifact::HeadSpec {
+    crate::artifact::HeadSpec {
+        file: file.into(),
+        input: "x".into(),
+        output: "prob".into(),
+        n_features: crate::features::N_FEATURES,
+        learner: "logistic".into(),
+        calibration: "platt".into(),
+    }
+}
+
 /// A small signed artifact for `strategy` v`version`: logistic heads
 /// (weights from `seed`) exported to ONNX, valid for two days from
 /// `now_ms`, sealed with `key`. Builds in milliseconds, unlike a trained one.
@@ -331,24 +355,8 @@ pub fn logistic_artifact(
     seed: f32,
     now_ms: u64,
 ) -> crate::artifact::ArtifactFiles {
-    use crate::artifact::{self, ArtifactFiles, HeadSpec, Manifest, ThetaParams, TrainingWindow};
-    use crate::features::{self, N_FEATURES};
-    use crate::onnx::export::{LogisticHead, Platt};
-    let lr = |s: f32| LogisticHead {
-        weights: (0..N_FEATURES)
-            .map(|i| ((i as f32 + s) * 0.37).sin() * 0.1)
-            .collect(),
-        intercept: 0.05,
-        platt: Platt { a: 1.3, b: -0.1 },
-    };
-    let head = |file: &str| HeadSpec {
-        file: file.into(),
-        input: "x".into(),
-        output: "prob".into(),
-        n_features: N_FEATURES,
-        learner: "logistic".into(),
-        calibration: "platt".into(),
-    };
+    use crate::artifact::{self, ArtifactFiles, Manifest, ThetaParams, TrainingWindow};
+    use crate::features;
     let manifest = Manifest {
         format: 1,
         model_id: format!("{strategy}-v{version}"),
@@ -358,8 +366,8 @@ pub fn logistic_artifact(
         expires_at_ms: now_ms + 2 * 86_400_000,
         feature_schema_hash: features::schema().hash(),
         heads: [
-            ("ai1".to_owned(), head("ai1.onnx")),
-            ("ai2".to_owned(), head("ai2.onnx")),
+            ("ai1".to_owned(), logistic_head_spec("ai1.onnx")),
+            ("ai2".to_owned(), logistic_head_spec("ai2.onnx")),
         ]
         .into(),
         theta: ThetaParams {
@@ -378,8 +386,11 @@ pub fn logistic_artifact(
         |r: Result<Vec<u8>, _>| r.unwrap_or_else(|e: crate::onnx::export::ExportError| panic!("{e}"));
     let files = ArtifactFiles(
         [
-            ("ai1.onnx".to_owned(), unwrap(lr(seed).to_onnx("ai1"))),
-            ("ai2.onnx".to_owned(), unwrap(lr(seed + 1.0).to_onnx("ai2"))),
+            ("ai1.onnx".to_owned(), unwrap(logistic_head(seed).to_onnx("ai1"))),
+            (
+                "ai2.onnx".to_owned(),
+                unwrap(logistic_head(seed + 1.0).to_onnx("ai2")),
+            ),
             (
                 artifact::FEATURE_SCHEMA.to_owned(),
                 serde_json::to_vec(&features::schema()).unwrap_or_default(),

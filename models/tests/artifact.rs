@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 
 use mlcore_models::artifact::rollback::RollbackGrant;
 use mlcore_models::artifact::{
-    self, ArtifactFiles, HeadSpec, Manifest, SecretKeyFile, ThetaParams, TrainingWindow, TrustStore,
-    VerifyContext, VerifyError,
+    self, ArtifactFiles, Manifest, SecretKeyFile, ThetaParams, TrainingWindow, TrustStore, VerifyContext,
+    VerifyError,
 };
 use mlcore_models::config::{KeyPurpose, TrustConfig, TrustedKeyConfig};
-use mlcore_models::features::{self, N_FEATURES};
-use mlcore_models::onnx::export::{LogisticHead, Platt};
+use mlcore_models::features;
+use mlcore_models::testutil::{logistic_head, logistic_head_spec};
 
 const NOW: u64 = 1_790_000_000_000; // 2026-09-21
 
@@ -33,17 +33,6 @@ fn trusted(key: &SecretKeyFile, purposes: Vec<KeyPurpose>, from: &str, until: &s
     }
 }
 
-fn head(file: &str) -> HeadSpec {
-    HeadSpec {
-        file: file.into(),
-        input: "x".into(),
-        output: "prob".into(),
-        n_features: N_FEATURES,
-        learner: "logistic".into(),
-        calibration: "platt".into(),
-    }
-}
-
 fn manifest(version: u64) -> Manifest {
     Manifest {
         format: 1,
@@ -54,8 +43,8 @@ fn manifest(version: u64) -> Manifest {
         expires_at_ms: NOW + 86_400_000,
         feature_schema_hash: features::schema().hash(),
         heads: [
-            ("ai1".to_owned(), head("ai1.onnx")),
-            ("ai2".to_owned(), head("ai2.onnx")),
+            ("ai1".to_owned(), logistic_head_spec("ai1.onnx")),
+            ("ai2".to_owned(), logistic_head_spec("ai2.onnx")),
         ]
         .into(),
         theta: ThetaParams {
@@ -72,22 +61,12 @@ fn manifest(version: u64) -> Manifest {
     }
 }
 
-fn lr(seed: f32) -> LogisticHead {
-    LogisticHead {
-        weights: (0..N_FEATURES)
-            .map(|i| ((i as f32 + seed) * 0.37).sin() * 0.1)
-            .collect(),
-        intercept: 0.05,
-        platt: Platt { a: 1.3, b: -0.1 },
-    }
-}
-
 fn sealed(key: &SecretKeyFile, m: Manifest) -> ArtifactFiles {
     let schema = serde_json::to_vec(&features::schema()).unwrap();
     let files = ArtifactFiles(
         [
-            ("ai1.onnx".to_owned(), lr(1.0).to_onnx("ai1").unwrap()),
-            ("ai2.onnx".to_owned(), lr(2.0).to_onnx("ai2").unwrap()),
+            ("ai1.onnx".to_owned(), logistic_head(1.0).to_onnx("ai1").unwrap()),
+            ("ai2.onnx".to_owned(), logistic_head(2.0).to_onnx("ai2").unwrap()),
             (artifact::FEATURE_SCHEMA.to_owned(), schema),
         ]
         .into(),
