@@ -19,6 +19,8 @@ use mlcore_models::testutil::{self, RedisNamespace};
 const STRATEGY: &str = "bench";
 const PIPELINE: usize = 256;
 const DECISION_SYMBOLS: usize = 32;
+/// Decisions per folded call (the guard client's limit).
+const FOLD: usize = mlcore_models::contract::MAX_DECISIONS_PER_CALL;
 
 struct Bench {
     guard: Guard,
@@ -136,6 +138,35 @@ impl Bench {
         black_box(self.guard.publish(&mut self.conn, &b).unwrap());
     }
 
+    /// `FOLD` 32-signal decisions in one round trip: `FOLD` separate guard
+    /// calls pipelined, or (`folded`) one `mlcore_publish_many_v2` call, as
+    /// the daemon sends them when decisions queue up.
+    fn decisions(&mut self, folded: bool) {
+        let batches: Vec<SignalBatch> = (0..FOLD).map(|_| self.batch(DECISION_SYMBOLS)).collect();
+        if folded {
+            black_box(self.guard.publish_many(&mut self.conn, &batches).unwrap());
+        } else {
+            let keys = self.guard.keys().strategy(STRATEGY);
+            let mut pipe = redis::pipe();
+            for b in &batches {
+                pipe.add_command(self.guard.publish_cmd(&keys, b));
+            }
+            black_box(pipe.query::<Vec<redis::Value>>(&mut self.conn).unwrap());
+        }
+    }
+
+    /// Redis' own time in `FCALL` so far, µs (`INFO commandstats`).
+    fn fcall_usec(&mut self) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.conn)
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_fcall:"))
+            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("usec=")))
+            .map_or(0, |u| u.parse().unwrap())
+    }
+
     /// One signal, one round trip.
     fn single_round_trip(&mut self) {
         let b = self.batch(1);
@@ -173,6 +204,9 @@ fn main() {
         g.bench_function("single_signal", |x| x.iter(|| b.single_round_trip()));
         g.throughput(Throughput::Elements(DECISION_SYMBOLS as u64));
         g.bench_function("decision_32_signals", |x| x.iter(|| b.decision_round_trip()));
+        g.throughput(Throughput::Elements(FOLD as u64));
+        g.bench_function("decisions_separate_calls", |x| x.iter(|| b.decisions(false)));
+        g.bench_function("decisions_folded", |x| x.iter(|| b.decisions(true)));
         g.finish();
     }
     c.final_summary();
@@ -212,4 +246,25 @@ fn main() {
     );
     println!("single-signal round trip p50: {single:?}");
     println!("32-signal decision round trip p50: {decision:?}");
+
+    // Folding, interleaved: round trip and Redis' own FCALL time (INFO
+    // commandstats; other clients' FCALLs on a shared server would count
+    // too) per decision.
+    let (mut rt, mut server) = ([Vec::new(), Vec::new()], [0u64, 0u64]);
+    for _ in 0..runs {
+        for (i, folded) in [false, true].into_iter().enumerate() {
+            let before = b.fcall_usec();
+            rt[i].push(median(|| b.decisions(folded), 1));
+            server[i] += b.fcall_usec() - before;
+        }
+    }
+    for (i, what) in ["separate calls", "one folded call"].iter().enumerate() {
+        rt[i].sort();
+        println!(
+            "{FOLD} decisions x 32 signals, {what:<15}: round trip p50 {:?} ({:?} per decision), Redis FCALL time {} us per decision",
+            rt[i][runs / 2],
+            rt[i][runs / 2] / FOLD as u32,
+            server[i] / (runs * FOLD) as u64
+        );
+    }
 }

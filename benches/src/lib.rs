@@ -118,20 +118,32 @@ impl Percentiles {
         for _ in 0..warmup {
             f();
         }
-        let mut t: Vec<Duration> = (0..n)
+        let t: Vec<Duration> = (0..n.max(1))
             .map(|_| {
                 let s = Instant::now();
                 f();
                 s.elapsed()
             })
             .collect();
-        t.sort();
-        let at = |q: f64| t[((t.len() - 1) as f64 * q).round() as usize];
-        Self {
+        Self::of(t).unwrap_or(Self {
+            p50: Duration::ZERO,
+            p99: Duration::ZERO,
+            p999: Duration::ZERO,
+        })
+    }
+
+    /// Percentiles of `samples` (nearest rank); `None` when there are none.
+    pub fn of(mut samples: Vec<Duration>) -> Option<Self> {
+        if samples.is_empty() {
+            return None;
+        }
+        samples.sort();
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        Some(Self {
             p50: at(0.5),
             p99: at(0.99),
             p999: at(0.999),
-        }
+        })
     }
 
     /// Prints one line: `name p50 .. p99 .. p99.9 ..`.

@@ -144,6 +144,8 @@ impl Ingress {
                     Token(i) => self.read(i),
                 }
             }
+            self.decode_hist.tick();
+            self.features_hist.tick();
             if let (Some(t), Some(period)) = (next_timer, self.timer) {
                 if Instant::now() >= t {
                     let now_ns = crate::log::now_ms() as i64 * 1_000_000;

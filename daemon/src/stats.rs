@@ -158,7 +158,16 @@ impl LocalHist {
         if let Some(h) = self.hist.as_mut() {
             h.saturating_record((d.as_micros() as u64).max(1));
         }
-        if self.last_flush.elapsed() >= FLUSH_EVERY {
+        self.tick();
+    }
+
+    /// Hands the histogram over if it holds samples and [`FLUSH_EVERY`] has
+    /// passed. Hot threads call it when idle too, so the last samples before
+    /// traffic stops reach `/metrics` within `FLUSH_EVERY` rather than with
+    /// the next decision (which would count them in the next load's window).
+    #[inline]
+    pub fn tick(&mut self) {
+        if self.last_flush.elapsed() >= FLUSH_EVERY && self.hist.as_ref().is_some_and(|h| !h.is_empty()) {
             self.flush();
         }
     }
@@ -235,5 +244,31 @@ impl Histograms {
             h.reset();
             let _ = self.recycle_tx.try_send(h);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn merged_count(h: &Histograms, stage: Stage) -> u64 {
+        h.drain();
+        h.merged
+            .lock()
+            .map(|m| m.stages[stage as usize].len())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn an_idle_thread_hands_over_its_last_samples() {
+        let h = Histograms::new(1);
+        let mut local = h.local(Stage::Publish);
+        local.record(Duration::from_micros(300));
+        std::thread::sleep(FLUSH_EVERY + Duration::from_millis(10));
+        local.tick(); // no new sample: the thread is idle
+        assert_eq!(merged_count(&h, Stage::Publish), 1);
+        std::thread::sleep(FLUSH_EVERY + Duration::from_millis(10));
+        local.tick(); // nothing new: nothing handed over
+        assert_eq!(merged_count(&h, Stage::Publish), 1);
     }
 }

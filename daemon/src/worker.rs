@@ -69,7 +69,11 @@ pub fn run(p: WorkerParts) {
         }
         let mut job = match p.jobs.recv_timeout(Duration::from_millis(50)) {
             Ok(j) => j,
-            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Timeout) => {
+                inference.tick();
+                portfolio_hist.tick();
+                continue;
+            }
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let s = usize::from(job.strategy);

@@ -199,9 +199,10 @@ fn onnx_runtime_allocations_per_run_are_reported() {
 
 /// Publishing: with reused buffers, encoding a decision's `FCALL` allocates
 /// nothing; what is left is the Redis client's reply values (an array and
-/// its `ok` string per decision, the list of replies per pipeline) and the
-/// outcome list. Against the real guard on the test Redis, in a fresh
-/// namespace.
+/// its `ok` string per decision; the folded call's reply array and the list
+/// of replies per pipeline) and the outcome list. Against the real guard on
+/// the test Redis, in a fresh namespace; the 4 decisions of a round are
+/// folded into one guard call, as the daemon's are under load.
 #[test]
 fn publishing_a_decision_allocates_only_the_replies() {
     use mlcore_models::contract::{
@@ -250,7 +251,7 @@ fn publishing_a_decision_allocates_only_the_replies() {
             seq += 1;
             b.seq = seq;
         }
-        let outcomes = guard.publish_many_with(&mut conn, batches.iter(), bufs).unwrap();
+        let outcomes = guard.publish_many_with(&mut conn, batches, bufs).unwrap();
         for o in &outcomes {
             assert!(matches!(o, Ok(PublishOutcome::Accepted { count: 32 })), "{o:?}");
         }
@@ -266,6 +267,7 @@ fn publishing_a_decision_allocates_only_the_replies() {
     });
     let per_decision = allocs as f64 / f64::from(rounds * 4);
     eprintln!("publishing allocates {per_decision:.2} times per 32-signal decision (pipelines of 4)");
-    // 2 reply values per decision, 3 lists per pipeline of 4.
+    // 2 reply values per decision; 4 lists per pipeline (the replies as read
+    // and as results, the folded call's reply array, the outcomes).
     assert!(per_decision <= 3.0, "{per_decision} allocations per decision");
 }

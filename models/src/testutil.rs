@@ -129,6 +129,23 @@ impl Drop for RedisNamespace {
     }
 }
 
+/// How many times `command` (lower case, e.g. `fcall`) ran on the server
+/// since its start or the last `CONFIG RESETSTAT`: meaningful on a private
+/// server only.
+pub fn command_calls(conn: &mut impl redis::ConnectionLike, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(conn)
+        .unwrap_or_else(|e| panic!("INFO commandstats: {e}"));
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| {
+            n.parse().unwrap_or_else(|e| panic!("calls in {info}: {e}"))
+        })
+}
+
 /// A private `redis-server` this test owns (free port, temp dir, no
 /// persistence), stopped on drop. For tests that restart or flush Redis,
 /// which must never happen to the shared server.

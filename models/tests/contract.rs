@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use mlcore_models::contract::{
     ContractError, Guard, Keys, ModeChange, OpsMode, PublishOutcome, SetModeOutcome, Side, Signal,
-    SignalBatch,
+    SignalBatch, MAX_DECISIONS_PER_CALL,
 };
 use mlcore_models::testutil::{self, RedisCluster, RedisNamespace, RedisServer};
 use proptest::prelude::*;
@@ -922,4 +922,288 @@ fn heartbeat_round_trips_and_expires() {
         mlcore_models::contract::Heartbeat::read(&mut conn, &keys, "daemon-t").unwrap(),
         None
     );
+}
+
+/// What consumers can see of strategy `S`: each symbol's stored hash and
+/// its expiry time, the high-water marks, and the stream entries' fields
+/// (without their ids, which carry the time they were written).
+type Visible = (
+    Vec<(Vec<(String, String)>, i64)>,
+    Vec<(String, String)>,
+    Vec<Vec<(String, String)>>,
+);
+
+fn visible(conn: &mut impl ConnectionLike, g: &Guard, symbols: &[&str]) -> Visible {
+    let keys = g.keys().strategy(S);
+    let sorted = |mut v: Vec<(String, String)>| {
+        v.sort();
+        v
+    };
+    let sigs = symbols
+        .iter()
+        .map(|sym| {
+            let key = keys.sig(sym);
+            let fields: Vec<(String, String)> = redis::cmd("HGETALL").arg(&key).query(conn).unwrap();
+            let expires: i64 = redis::cmd("PEXPIRETIME").arg(&key).query(conn).unwrap();
+            (sorted(fields), expires)
+        })
+        .collect();
+    let hwm: Vec<(String, String)> = redis::cmd("HGETALL").arg(&keys.hwm).query(conn).unwrap();
+    let stream = redis::cmd("XRANGE")
+        .arg(&keys.signals)
+        .arg("-")
+        .arg("+")
+        .query::<redis::streams::StreamRangeReply>(conn)
+        .unwrap()
+        .ids
+        .into_iter()
+        .map(|e| {
+            sorted(
+                e.map
+                    .iter()
+                    .map(|(k, v)| (k.clone(), redis::from_redis_value_ref::<String>(v).unwrap()))
+                    .collect(),
+            )
+        })
+        .collect();
+    (sigs, sorted(hwm), stream)
+}
+
+/// An outcome with what may differ between two runs (Redis' clock) left out.
+fn comparable(o: &Result<PublishOutcome, ContractError>) -> String {
+    match o {
+        Ok(PublishOutcome::Expired { .. }) => "expired".into(),
+        Ok(other) => format!("{other:?}"),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+/// One generated decision: seq step (≤ 0 repeats or goes back: stale),
+/// whether it is already expired or malformed, and its weights.
+type Gen = (i64, bool, bool, Vec<f64>);
+
+fn decision_gen() -> impl Strategy<Value = Gen> {
+    let weight = prop_oneof![Just(0.0), Just(0.02), Just(0.05), Just(-0.03), Just(-0.01)];
+    (
+        -2i64..4,
+        proptest::bool::weighted(0.15),
+        proptest::bool::weighted(0.1),
+        proptest::collection::vec(weight, 3),
+    )
+}
+
+const SYMBOLS: [&str; 3] = ["EURUSD", "USDJPY", "GBPUSD"];
+
+fn generated_batches(gens: &[Gen]) -> Vec<SignalBatch> {
+    let mut seq = 10i64;
+    gens.iter()
+        .map(|(step, expired, malformed, weights)| {
+            seq = (seq + step).max(1);
+            let mut b = batch(
+                seq as u64,
+                SYMBOLS.iter().zip(weights).map(|(s, w)| signal(s, *w)).collect(),
+            );
+            if *expired {
+                b.valid_until_ms = now_ms() - 1_000;
+            }
+            if *malformed {
+                b.signals[1].return_prob = 1.5;
+            }
+            b
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Folding consecutive decisions into one guard call is invisible: the
+    /// outcomes and everything a consumer can see are those of publishing
+    /// the decisions one by one, in every mode, with stale, expired and
+    /// malformed decisions mixed in, across the fold limit.
+    #[test]
+    fn folded_decisions_leave_what_one_by_one_publishes_leave(
+        mode in prop_oneof![Just(OpsMode::Active), Just(OpsMode::ReduceOnly), Just(OpsMode::Flatten), Just(OpsMode::Halted)],
+        gens in proptest::collection::vec(decision_gen(), 1..12),
+    ) {
+        let server = RedisServer::start();
+        let mut conn = server.connection();
+        Guard::load(&mut conn).unwrap();
+        let batches = generated_batches(&gens);
+        let start = batch(5, SYMBOLS.iter().zip([0.04, -0.04, 0.0]).map(|(s, w)| signal(s, w)).collect());
+        let mut runs = Vec::new();
+        for folded in [false, true] {
+            let ns = RedisNamespace::on(&server.url());
+            let g = guard(&ns);
+            set_mode(&g, &mut conn, S, OpsMode::Active);
+            prop_assert_eq!(g.publish(&mut conn, &start).unwrap().label(), "accepted");
+            set_mode(&g, &mut conn, S, mode);
+            let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut conn).unwrap();
+            let outcomes: Vec<String> = if folded {
+                g.publish_many(&mut conn, &batches).unwrap().iter().map(comparable).collect()
+            } else {
+                batches.iter().map(|b| comparable(&g.publish(&mut conn, b))).collect()
+            };
+            let calls = testutil::command_calls(&mut conn, "fcall");
+            runs.push((outcomes, visible(&mut conn, &g, &SYMBOLS), calls));
+        }
+        let (one_by_one, folded) = (&runs[0], &runs[1]);
+        prop_assert_eq!(&folded.0, &one_by_one.0, "outcomes");
+        prop_assert_eq!(&folded.1, &one_by_one.1, "what consumers see");
+        prop_assert_eq!(one_by_one.2, batches.len() as u64);
+        prop_assert_eq!(folded.2, batches.len().div_ceil(MAX_DECISIONS_PER_CALL) as u64, "guard calls when folded");
+    }
+}
+
+/// Sends a hand-made `mlcore_publish_many_v2` for EURUSD.
+fn raw_publish_many(
+    conn: &mut redis::Connection,
+    g: &Guard,
+    count: &str,
+    blocks: &[Vec<String>],
+) -> redis::RedisResult<redis::Value> {
+    let keys = g.keys().strategy(S);
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg("mlcore_publish_many_v2")
+        .arg(4)
+        .arg(&keys.ops)
+        .arg(&keys.hwm)
+        .arg(&keys.signals)
+        .arg(keys.sig("EURUSD"))
+        .arg(count);
+    for b in blocks {
+        cmd.arg(b);
+    }
+    cmd.query(conn)
+}
+
+#[test]
+fn publish_many_refuses_a_malformed_call_whole_and_a_malformed_decision_alone() {
+    let (ns, g, mut conn) = active();
+    let before = key_count(&mut conn, &ns);
+    let vu = (now_ms() + 60_000).to_string();
+    let block = |seq: &str, strategy: &str, symbol: &str| -> Vec<String> {
+        [
+            seq, "1", &vu, "100", "m1", "7", strategy, symbol, "long", "0.05", "1000", "0.6", "0.2",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let whole_call_refusals: Vec<(&str, Vec<Vec<String>>, &str)> = vec![
+        (
+            "0",
+            vec![block("1", S, "EURUSD")],
+            "count must be a positive integer",
+        ),
+        (
+            "2",
+            vec![block("1", S, "EURUSD")],
+            "expected 2 decisions of 13 fields",
+        ),
+        (
+            "2",
+            vec![block("1", S, "GBPUSD"), block("2", S, "GBPUSD")],
+            "decision 1: signal 1 (GBPUSD): key",
+        ),
+        (
+            "2",
+            vec![block("1", "other", "EURUSD"), block("2", S, "EURUSD")],
+            "decision 1: ops key",
+        ),
+    ];
+    for (count, blocks, expected) in whole_call_refusals {
+        let err = raw_publish_many(&mut conn, &g, count, &blocks).unwrap_err();
+        assert_eq!(err.code(), Some("BADINPUT"), "{err}");
+        assert!(
+            err.detail().unwrap_or_default().contains(expected),
+            "{expected}: {err}"
+        );
+    }
+    assert_eq!(key_count(&mut conn, &ns), before, "a refused call writes nothing");
+
+    // Decisions 2-4 are malformed (another symbol, another strategy, a
+    // probability out of range); 1 and 5 go through, as separate calls would.
+    let mut bad_prob = block("4", S, "EURUSD");
+    bad_prob[11] = "1.5".into();
+    let blocks = vec![
+        block("1", S, "EURUSD"),
+        block("2", S, "GBPUSD"),
+        block("3", "other", "EURUSD"),
+        bad_prob,
+        block("5", S, "EURUSD"),
+    ];
+    let reply = raw_publish_many(&mut conn, &g, "5", &blocks).unwrap();
+    let replies: Vec<Vec<String>> = redis::from_redis_value_ref::<Vec<redis::Value>>(&reply)
+        .unwrap()
+        .iter()
+        .map(|r| {
+            redis::from_redis_value_ref::<Vec<redis::Value>>(r)
+                .unwrap()
+                .iter()
+                .map(|v| redis::from_redis_value_ref::<String>(v).unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(replies[0], ["ok", "1"]);
+    assert_eq!(replies[1][0], "bad_input");
+    assert!(
+        replies[1][1].contains("signal 1 (GBPUSD): symbol differs from the first decision's EURUSD"),
+        "{replies:?}"
+    );
+    assert!(replies[2][1].contains("strategy other differs"), "{replies:?}");
+    assert!(
+        replies[3][1].contains("return_prob must be a JSON number in [0, 1]"),
+        "{replies:?}"
+    );
+    assert_eq!(replies[4], ["ok", "1"]);
+    assert_eq!(replies.len(), 5);
+    assert_eq!(g.read(&mut conn, S, "EURUSD").unwrap().unwrap().seq, 5);
+    let entries: usize = redis::cmd("XLEN")
+        .arg(g.keys().strategy(S).signals)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(entries, 2, "one stream entry per accepted decision");
+}
+
+#[test]
+fn an_older_guard_library_is_upgraded_and_only_the_calls_that_failed_are_retried() {
+    let server = RedisServer::start();
+    let ns = RedisNamespace::on(&server.url());
+    let g = guard(&ns);
+    let mut conn = server.connection();
+    // Revision 1 of v2: the same library without `mlcore_publish_many_v2`.
+    let registration =
+        "redis.register_function { function_name = 'mlcore_publish_many_v2', callback = publish_many }\n";
+    assert!(mlcore_models::contract::guard::SOURCE.contains(registration));
+    let older = mlcore_models::contract::guard::SOURCE
+        .replace(registration, "")
+        .replace("local REVISION = 2", "local REVISION = 1");
+    let _: () = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(&older)
+        .query(&mut conn)
+        .unwrap();
+    assert!(
+        Guard::check_version(&mut conn).is_err(),
+        "revision 1 is older than this client"
+    );
+    set_mode(&g, &mut conn, S, OpsMode::Active);
+    // One call the old library runs (a lone decision) and one it cannot (two
+    // decisions folded): only the second is retried after the upgrade, so
+    // the first is not refused as stale by its own earlier run.
+    let batches = [
+        batch(1, vec![signal("EURUSD", 0.05)]),
+        batch(2, vec![signal("EURUSD", 0.04), signal("USDJPY", -0.02)]),
+        batch(3, vec![signal("EURUSD", 0.03), signal("USDJPY", -0.01)]),
+    ];
+    let out = g.publish_many(&mut conn, &batches).unwrap();
+    let labels: Vec<&str> = out.iter().map(|o| o.as_ref().unwrap().label()).collect();
+    assert_eq!(labels, ["accepted", "accepted", "accepted"]);
+    Guard::check_version(&mut conn).unwrap();
+    let entries: usize = redis::cmd("XLEN")
+        .arg(g.keys().strategy(S).signals)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(entries, 3);
+    assert_eq!(g.read(&mut conn, S, "USDJPY").unwrap().unwrap().weight, -0.01);
 }

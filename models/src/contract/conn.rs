@@ -77,6 +77,20 @@ impl PackedCommands {
         self.ends.push(self.bytes.len());
     }
 
+    /// The commands whose index passes `keep`, in order (for retrying a few).
+    pub fn only(&self, keep: impl Fn(usize) -> bool) -> Self {
+        let mut out = Self::default();
+        let mut start = 0;
+        for (i, &end) in self.ends.iter().enumerate() {
+            if keep(i) {
+                out.bytes.extend_from_slice(&self.bytes[start..end]);
+                out.ends.push(out.bytes.len());
+            }
+            start = end;
+        }
+        out
+    }
+
     /// Sends the commands and returns each one's reply or error: in one
     /// round trip on a connection that pipelines, one by one on a Cluster
     /// connection (a Cluster pipeline goes to a single node, and the

@@ -13,6 +13,9 @@ Time comes from Redis (`TIME`), never from the caller.
 ]]
 
 local VERSION = 2
+-- Functions added within a version, compatibly (2: mlcore_publish_many_v2).
+-- A client checks that the loaded library's revision is at least its own.
+local REVISION = 2
 local MODES = { active = true, reduce_only = true, halted = true, flatten = true }
 local SIDES = { long = true, short = true, flat = true }
 local MAX_INT = 9007199254740992 -- 2^53: integers above lose precision in Lua
@@ -70,14 +73,13 @@ local function at(i, symbol, what)
   return 'signal ' .. i .. ' (' .. tostring(symbol) .. '): ' .. what
 end
 
--- Why signal i is unacceptable, or nil. Runs once per signal, so the error
--- text is built only when there is an error.
-local function signal_error(keys, args, i, b, sig_prefix, seen)
-  local find = string.find
-  local symbol, side = args[b + 1], args[b + 2]
+-- Why signal i's symbol (and key) is unacceptable, or nil. Checked on a
+-- call's first decision; later decisions must name the same symbols.
+local function symbol_error(keys, args, i, b, sig_prefix, seen)
+  local symbol = args[b + 1]
   if not symbol or symbol == '' then return at(i, symbol, 'symbol is missing') end
   -- The market's symbol syntax; it also makes the symbol JSON-safe as is.
-  if #symbol > 16 or not find(symbol, '^[A-Z0-9%._]+$') then
+  if #symbol > 16 or not string.find(symbol, '^[A-Z0-9%._]+$') then
     return at(i, symbol, 'symbol must be 1-16 characters of A-Z, 0-9, . or _')
   end
   if seen[symbol] then return at(i, symbol, 'symbol appears twice in the batch') end
@@ -85,8 +87,14 @@ local function signal_error(keys, args, i, b, sig_prefix, seen)
   if keys[3 + i] ~= sig_prefix .. symbol then
     return at(i, symbol, 'key ' .. keys[3 + i] .. ' is not the signal key of ' .. symbol)
   end
+  return nil
+end
+
+-- Why signal i's values are unacceptable, or nil. Runs once per signal, so
+-- the error text is built only when there is an error.
+local function values_error(args, i, b)
+  local symbol, side, weight, prob = args[b + 1], args[b + 2], args[b + 3], args[b + 5]
   if not SIDES[side] then return at(i, symbol, 'side must be long, short or flat, got ' .. tostring(side)) end
-  local weight, prob = args[b + 3], args[b + 5]
   if not json_number(weight) then return at(i, symbol, 'weight must be a finite JSON number, got ' .. tostring(weight)) end
   if not json_number(args[b + 4]) then return at(i, symbol, 'qty must be a finite JSON number, got ' .. tostring(args[b + 4])) end
   if not json_number(prob) or prob + 0 < 0 or prob + 0 > 1 then
@@ -101,96 +109,213 @@ local function signal_error(keys, args, i, b, sig_prefix, seen)
 end
 
 --[[
-KEYS: ops, hwm, stream, sig_1 .. sig_n
-ARGV: seq, generated_at_ms, valid_until_ms, stream_maxlen, model_id,
-      model_version, strategy, then per signal:
-      symbol, side, weight, qty, return_prob, risk_score
-Reply: {'ok', n} | {'expired', now_ms} | {'stale', symbol, stored_seq}
-     | {'halted', mode, symbol}; errors: BADINPUT <what>
+A decision is a block of 7 + 6n arguments starting after args[o]:
+seq, generated_at_ms, valid_until_ms, stream_maxlen, model_id,
+model_version, strategy, then per signal symbol, side, weight, qty,
+return_prob, risk_score. Signal i's fields are args[o + 6i + 2 .. o + 6i + 7],
+so its base (the index before its symbol) is o + 1 + 6i.
 ]]
-local function publish(keys, args)
-  -- 1. Validate everything before the first write.
-  local seq = int_arg(args[1])
-  if not seq or seq == 0 then return bad('seq must be a positive integer, got ' .. tostring(args[1])) end
-  local generated = int_arg(args[2])
-  if not generated then return bad('generated_at_ms must be an integer, got ' .. tostring(args[2])) end
-  local valid_until = int_arg(args[3])
-  if not valid_until then return bad('valid_until_ms must be an integer, got ' .. tostring(args[3])) end
-  local maxlen = int_arg(args[4])
-  if not maxlen or maxlen == 0 then return bad('stream_maxlen must be a positive integer') end
-  local model_id, model_version, strategy = args[5], args[6], args[7]
-  if not model_id or model_id == '' then return bad('model_id is missing') end
-  if not int_arg(model_version) then return bad('model_version must be an integer') end
-  if not strategy or strategy == '' then return bad('strategy is missing') end
-  if #keys < 4 then return bad('need the ops, hwm and stream keys and at least one signal key') end
+local HEAD, PER = 7, 6
+
+-- Why the keys do not fit the decision at offset o (its strategy and
+-- symbols), or nil. Checked once per call: a call's decisions share its keys.
+local function layout_error(keys, args, o, n)
+  local strategy = args[o + 7]
+  if not strategy or strategy == '' then return 'strategy is missing' end
+  if #keys < 4 then return 'need the ops, hwm and stream keys and at least one signal key' end
   -- Keys must follow the layout of the strategy named in ARGV, so a caller
   -- cannot write one strategy's signals under another's mode.
   local base = '{' .. strategy .. '}'
-  if keys[1]:sub(-#base - 4) ~= base .. ':ops' then return bad('ops key ' .. keys[1] .. ' is not strategy ' .. strategy .. "'s") end
+  if keys[1]:sub(-#base - 4) ~= base .. ':ops' then return 'ops key ' .. keys[1] .. ' is not strategy ' .. strategy .. "'s" end
   base = keys[1]:sub(1, -5)
-  if keys[2] ~= base .. ':hwm' or keys[3] ~= base .. ':signals' then return bad('hwm/stream keys do not match ' .. base) end
-  local n = #keys - 3
-  if #args ~= 7 + 6 * n then
-    return bad(string.format('expected %d signal fields for %d signal keys, got %d', 6 * n, n, #args - 7))
-  end
+  if keys[2] ~= base .. ':hwm' or keys[3] ~= base .. ':signals' then return 'hwm/stream keys do not match ' .. base end
   local seen, sig_prefix = {}, base .. ':sig:'
   for i = 1, n do
-    local err = signal_error(keys, args, i, 1 + i * 6, sig_prefix, seen)
-    if err then return bad(err) end
+    local err = symbol_error(keys, args, i, o + 1 + i * PER, sig_prefix, seen)
+    if err then return err end
   end
+  return nil
+end
 
-  -- 2. Refusals, checked against Redis' own clock and state. Signal i's
-  --    fields start at args[1 + 6i + 1] (symbol) .. args[1 + 6i + 6].
-  local now = now_ms()
-  if valid_until <= now then return { 'expired', now } end
-  local symbols = {}
-  for i = 1, n do symbols[i] = args[2 + i * 6] end
-  local stored = redis.call('HMGET', keys[2], unpack(symbols))
-  for i = 1, n do
-    local hwm = tonumber(stored[i] or '0') or 0
-    if hwm >= seq then return { 'stale', symbols[i], hwm } end
-  end
-  local mode = redis.call('HGET', keys[1], 'mode')
-  if not MODES[mode] then mode = 'halted' end -- absent or unreadable: fail closed
-  if mode == 'halted' then return { 'halted', mode, '' } end
-  if mode ~= 'active' then
+-- Why the decision at offset o is unacceptable, or nil. A decision after
+-- the call's first (at offset `first`) must be for the same strategy and
+-- symbols, which `layout_error` checked against the keys.
+local function decision_error(args, o, n, first)
+  local seq = int_arg(args[o + 1])
+  if not seq or seq == 0 then return 'seq must be a positive integer, got ' .. tostring(args[o + 1]) end
+  if not int_arg(args[o + 2]) then return 'generated_at_ms must be an integer, got ' .. tostring(args[o + 2]) end
+  if not int_arg(args[o + 3]) then return 'valid_until_ms must be an integer, got ' .. tostring(args[o + 3]) end
+  local maxlen = int_arg(args[o + 4])
+  if not maxlen or maxlen == 0 then return 'stream_maxlen must be a positive integer' end
+  local model_id = args[o + 5]
+  if not model_id or model_id == '' then return 'model_id is missing' end
+  if not int_arg(args[o + 6]) then return 'model_version must be an integer' end
+  if o ~= first then
+    if args[o + 7] ~= args[first + 7] then
+      return 'strategy ' .. tostring(args[o + 7]) .. ' differs from the first decision\'s ' .. args[first + 7]
+    end
     for i = 1, n do
-      local b = 1 + i * 6
-      local weight = tonumber(args[b + 3])
-      if mode == 'flatten' and args[b + 2] ~= 'flat' then return { 'halted', mode, symbols[i] } end
-      if mode == 'reduce_only' then
-        local cur = current_weight(keys[3 + i], now)
-        local grows = math.abs(weight) > math.abs(cur)
-        local flips = weight ~= 0 and (weight > 0) ~= (cur > 0)
-        if grows or flips then return { 'halted', mode, symbols[i] } end
+      local b = o + 1 + i * PER
+      if args[b + 1] ~= args[first + 2 + i * PER] then
+        return at(i, args[b + 1], 'symbol differs from the first decision\'s ' .. tostring(args[first + 2 + i * PER]))
       end
     end
   end
-
-  -- 3. Apply: each signal's hash, then one stream entry for the decision
-  --    (its signals as a JSON array, numbers copied verbatim).
-  local hwm, json, call = {}, {}, redis.call
-  local s_seq, s_gen, s_valid = args[1], args[2], args[3]
   for i = 1, n do
-    local b, key = 1 + i * 6, keys[3 + i]
-    local symbol, side, weight, qty, prob, risk = args[b + 1], args[b + 2], args[b + 3], args[b + 4], args[b + 5], args[b + 6]
-    call('HSET', key,
-      'seq', s_seq, 'side', side, 'weight', weight, 'qty', qty,
-      'return_prob', prob, 'risk_score', risk,
-      'model_id', model_id, 'model_version', model_version,
-      'generated_at_ms', s_gen, 'valid_until_ms', s_valid)
-    call('PEXPIREAT', key, s_valid)
-    hwm[2 * i - 1] = symbol
-    hwm[2 * i] = s_seq
-    json[i] = '{"symbol":"' .. symbol .. '","side":"' .. side .. '","weight":' .. weight
-      .. ',"qty":' .. qty .. ',"return_prob":' .. prob .. ',"risk_score":' .. risk .. '}'
+    local err = values_error(args, i, o + 1 + i * PER)
+    if err then return err end
   end
-  call('HSET', keys[2], unpack(hwm))
-  call('XADD', keys[3], 'MAXLEN', '~', maxlen, '*',
-    'strategy', strategy, 'seq', s_seq, 'model_id', model_id, 'model_version', model_version,
-    'generated_at_ms', s_gen, 'valid_until_ms', s_valid, 'n', n,
-    'signals', '[' .. table.concat(json, ',') .. ']')
-  return { 'ok', n }
+  return nil
+end
+
+-- The stream entry's JSON object of the signal whose base is b.
+local function signal_json(args, b)
+  return '{"symbol":"' .. args[b + 1] .. '","side":"' .. args[b + 2] .. '","weight":' .. args[b + 3]
+    .. ',"qty":' .. args[b + 4] .. ',"return_prob":' .. args[b + 5] .. ',"risk_score":' .. args[b + 6] .. '}'
+end
+
+--[[
+Publishes the validated decisions at `offsets`, in order, as if each were
+its own call, atomically: each is refused or accepted against Redis' clock,
+the mode, the high-water marks and the signals the ones before it in this
+call left. Every accepted decision gets its stream entry; the signal hashes,
+their expiry and the high-water marks are written once, for the last
+accepted decision, which is what consecutive calls would have left (no one
+can observe the state between two decisions of one call).
+Reply per decision: {'ok', n} | {'expired', now_ms} | {'stale', symbol,
+stored_seq} | {'halted', mode, symbol}.
+]]
+local function apply(keys, args, offsets, n)
+  local call, first = redis.call, offsets[1]
+  local now = now_ms()
+  local symbols = {}
+  for i = 1, n do symbols[i] = args[first + 2 + i * PER] end
+  local stored = call('HMGET', keys[2], unpack(symbols))
+  local hwm = {}
+  for i = 1, n do hwm[i] = tonumber(stored[i] or '0') or 0 end
+  local mode = call('HGET', keys[1], 'mode')
+  if not MODES[mode] then mode = 'halted' end -- absent or unreadable: fail closed
+  local replies, last, cur = {}, nil, nil
+  for d, o in ipairs(offsets) do
+    local seq, reply = tonumber(args[o + 1]), nil
+    if tonumber(args[o + 3]) <= now then reply = { 'expired', now } end
+    for i = 1, n do
+      if reply then break end
+      if hwm[i] >= seq then reply = { 'stale', symbols[i], hwm[i] } end
+    end
+    if not reply and mode == 'halted' then reply = { 'halted', mode, '' } end
+    if not reply and mode ~= 'active' then
+      -- reduce_only compares with the current signal: the stored one, or
+      -- the one an earlier decision of this call left.
+      if mode == 'reduce_only' and not cur then
+        cur = {}
+        for i = 1, n do cur[i] = current_weight(keys[3 + i], now) end
+      end
+      for i = 1, n do
+        local b = o + 1 + i * PER
+        local weight = tonumber(args[b + 3])
+        if mode == 'flatten' and args[b + 2] ~= 'flat' then reply = { 'halted', mode, symbols[i] } break end
+        if mode == 'reduce_only' then
+          local grows = math.abs(weight) > math.abs(cur[i])
+          local flips = weight ~= 0 and (weight > 0) ~= (cur[i] > 0)
+          if grows or flips then reply = { 'halted', mode, symbols[i] } break end
+        end
+      end
+    end
+    if not reply then
+      local json = {}
+      for i = 1, n do
+        hwm[i] = seq
+        local b = o + 1 + i * PER
+        if cur then cur[i] = tonumber(args[b + 3]) end
+        json[i] = signal_json(args, b)
+      end
+      call('XADD', keys[3], 'MAXLEN', '~', args[o + 4], '*',
+        'strategy', args[o + 7], 'seq', args[o + 1], 'model_id', args[o + 5], 'model_version', args[o + 6],
+        'generated_at_ms', args[o + 2], 'valid_until_ms', args[o + 3], 'n', n,
+        'signals', '[' .. table.concat(json, ',') .. ']')
+      last, reply = o, { 'ok', n }
+    end
+    replies[d] = reply
+  end
+  if last then
+    local s_seq, model_id, model_version = args[last + 1], args[last + 5], args[last + 6]
+    local s_gen, s_valid = args[last + 2], args[last + 3]
+    local marks = {}
+    for i = 1, n do
+      local b, key = last + 1 + i * PER, keys[3 + i]
+      call('HSET', key,
+        'seq', s_seq, 'side', args[b + 2], 'weight', args[b + 3], 'qty', args[b + 4],
+        'return_prob', args[b + 5], 'risk_score', args[b + 6],
+        'model_id', model_id, 'model_version', model_version,
+        'generated_at_ms', s_gen, 'valid_until_ms', s_valid)
+      call('PEXPIREAT', key, s_valid)
+      marks[2 * i - 1] = symbols[i]
+      marks[2 * i] = s_seq
+    end
+    call('HSET', keys[2], unpack(marks))
+  end
+  return replies
+end
+
+--[[
+KEYS: ops, hwm, stream, sig_1 .. sig_n
+ARGV: one decision (seq, generated_at_ms, valid_until_ms, stream_maxlen,
+      model_id, model_version, strategy, then per signal: symbol, side,
+      weight, qty, return_prob, risk_score)
+Reply: {'ok', n} | {'expired', now_ms} | {'stale', symbol, stored_seq}
+     | {'halted', mode, symbol}; errors: BADINPUT <what>
+Everything is validated before the first write.
+]]
+local function publish(keys, args)
+  local n = #keys - 3
+  if n >= 1 and #args ~= HEAD + PER * n then
+    return bad(string.format('expected %d signal fields for %d signal keys, got %d', PER * n, n, #args - HEAD))
+  end
+  local err = decision_error(args, 0, n, 0) or layout_error(keys, args, 0, n)
+  if err then return bad(err) end
+  return apply(keys, args, { 0 }, n)[1]
+end
+
+--[[
+Several decisions of one strategy, for the same symbols, in one call: what
+a publisher sends when decisions queue up. The signal hashes are written
+once per call instead of once per decision.
+KEYS: as `publish`.
+ARGV: count, then `count` decision blocks as `publish`'s ARGV, seq
+      increasing.
+Reply: one reply per decision, in order: `publish`'s replies, and
+{'bad_input', what} for a malformed decision, which writes nothing (the
+others go on, as separate calls would). Error BADINPUT <what> when the call
+itself is malformed (keys, counts, the first decision's strategy or
+symbols): nothing is written.
+]]
+local function publish_many(keys, args)
+  local count, n = int_arg(args[1]), #keys - 3
+  if not count or count == 0 then return bad('count must be a positive integer, got ' .. tostring(args[1])) end
+  if n < 1 then return bad('need the ops, hwm and stream keys and at least one signal key') end
+  local size = HEAD + PER * n
+  if #args ~= 1 + count * size then
+    return bad(string.format('expected %d decisions of %d fields for %d signal keys, got %d fields',
+      count, size, n, #args - 1))
+  end
+  local err = layout_error(keys, args, 1, n)
+  if err then return bad('decision 1: ' .. err) end
+  local replies, offsets, positions = {}, {}, {}
+  for d = 1, count do
+    local o = 1 + (d - 1) * size
+    err = decision_error(args, o, n, 1)
+    if err then
+      replies[d] = { 'bad_input', err }
+    else
+      offsets[#offsets + 1], positions[#positions + 1] = o, d
+    end
+  end
+  if #offsets > 0 then
+    local applied = apply(keys, args, offsets, n)
+    for k, d in ipairs(positions) do replies[d] = applied[k] end
+  end
+  return replies
 end
 
 -- KEYS: sig. Reply: the signal as a flat field/value array while it is
@@ -231,10 +356,11 @@ local function set_mode(keys, args)
 end
 
 local function info(keys, args)
-  return { 'mlcore_guard', VERSION }
+  return { 'mlcore_guard', VERSION, REVISION }
 end
 
 redis.register_function { function_name = 'mlcore_publish_v2', callback = publish }
+redis.register_function { function_name = 'mlcore_publish_many_v2', callback = publish_many }
 redis.register_function { function_name = 'mlcore_read_v2', callback = read, flags = { 'no-writes' } }
 redis.register_function { function_name = 'mlcore_set_mode_v2', callback = set_mode }
 redis.register_function { function_name = 'mlcore_info_v2', callback = info, flags = { 'no-writes' } }

@@ -21,7 +21,7 @@ pub mod signal;
 
 pub use conn::RedisConn;
 pub use error::ContractError;
-pub use guard::{Guard, ModeChange, PublishBuffers, PublishOutcome, SetModeOutcome};
+pub use guard::{Guard, ModeChange, PublishBuffers, PublishOutcome, SetModeOutcome, MAX_DECISIONS_PER_CALL};
 pub use heartbeat::Heartbeat;
 pub use keys::{Keys, StrategyKeys};
 pub use model::ModelPointer;
