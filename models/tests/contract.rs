@@ -328,20 +328,26 @@ fn flatten_mode_accepts_only_flat_signals() {
     assert_eq!(g.read(&mut conn, S, "EURUSD").unwrap().unwrap().side, Side::Flat);
 }
 
+/// An `FCALL` of `function` with the keys of a EURUSD-only publish.
+fn eurusd_fcall(g: &Guard, function: &str) -> redis::Cmd {
+    let keys = g.keys().strategy(S);
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg(function)
+        .arg(4)
+        .arg(&keys.ops)
+        .arg(&keys.hwm)
+        .arg(&keys.signals)
+        .arg(keys.sig("EURUSD"));
+    cmd
+}
+
 /// Sends a hand-made publish, bypassing the typed client.
 fn raw_publish(
     conn: &mut redis::Connection,
     g: &Guard,
     args: &[&str],
 ) -> Result<redis::Value, ContractError> {
-    let keys = g.keys().strategy(S);
-    let mut cmd = redis::cmd("FCALL");
-    cmd.arg("mlcore_publish_v2")
-        .arg(4)
-        .arg(&keys.ops)
-        .arg(&keys.hwm)
-        .arg(&keys.signals)
-        .arg(keys.sig("EURUSD"));
+    let mut cmd = eurusd_fcall(g, "mlcore_publish_v2");
     cmd.arg(args);
     cmd.query::<redis::Value>(conn).map_err(|e| match e.code() {
         Some("BADINPUT") => ContractError::BadInput(e.detail().unwrap_or_default().to_owned()),
@@ -1062,15 +1068,8 @@ fn raw_publish_many(
     count: &str,
     blocks: &[Vec<String>],
 ) -> redis::RedisResult<redis::Value> {
-    let keys = g.keys().strategy(S);
-    let mut cmd = redis::cmd("FCALL");
-    cmd.arg("mlcore_publish_many_v2")
-        .arg(4)
-        .arg(&keys.ops)
-        .arg(&keys.hwm)
-        .arg(&keys.signals)
-        .arg(keys.sig("EURUSD"))
-        .arg(count);
+    let mut cmd = eurusd_fcall(g, "mlcore_publish_many_v2");
+    cmd.arg(count);
     for b in blocks {
         cmd.arg(b);
     }
