@@ -33,6 +33,14 @@ use crate::stats::Counters;
 use crate::universe::Universe;
 use crate::worker::ModelUpdate;
 
+/// Warm-up runs of a new model's sessions before workers switch to it ...
+const WARM_UP_RUNS: usize = 20;
+/// ... in this many slices.
+const WARM_UP_SLICES: usize = 4;
+/// Sleep between the slices of loading a model (verification, each head's
+/// session build, each warm-up slice).
+const LOAD_PAUSE: std::time::Duration = std::time::Duration::from_micros(500);
+
 /// Active model per strategy, for heartbeats and metrics.
 pub type ActiveModels = ArcSwap<BTreeMap<String, Arc<ModelMeta>>>;
 
@@ -346,9 +354,17 @@ impl Loader {
         });
         // Build and warm every worker's sessions before any worker switches.
         let mut scorers = Vec::with_capacity(self.workers.len());
+        // In slices with pauses: on a machine whose cores the hot threads
+        // share, one long burst of CPU delays whatever decision is waiting
+        // behind it (measured: a swap delayed about one decision by ~2 ms).
+        let pause = || std::thread::sleep(LOAD_PAUSE);
         for _ in &self.workers {
-            let mut s = ModelScorer::new(&verified, n_symbols).map_err(|e| e.to_string())?;
-            s.warm_up(n_symbols, 20).map_err(|e| e.to_string())?;
+            let mut s = ModelScorer::new_paced(&verified, n_symbols, pause).map_err(|e| e.to_string())?;
+            for _ in 0..WARM_UP_SLICES {
+                pause();
+                s.warm_up(n_symbols, WARM_UP_RUNS / WARM_UP_SLICES)
+                    .map_err(|e| e.to_string())?;
+            }
             scorers.push(Box::new(s));
         }
         for (tx, scorer) in self.workers.iter().zip(scorers) {

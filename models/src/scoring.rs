@@ -140,10 +140,23 @@ pub struct ModelScorer {
 impl ModelScorer {
     /// Sessions for every head of `artifact`, for batches of up to `max_rows`.
     pub fn new(artifact: &VerifiedArtifact, max_rows: usize) -> Result<Self, ScoreError> {
-        let head = |name: &str| -> Result<Option<HeadScorer>, ScoreError> {
+        Self::new_paced(artifact, max_rows, || {})
+    }
+
+    /// [`ModelScorer::new`], calling `pause` before each head's session is
+    /// built: a session build is a millisecond of CPU in one piece, and a
+    /// loader that shares a core with hot threads sleeps in between so that
+    /// no decision waits behind the whole model.
+    pub fn new_paced(
+        artifact: &VerifiedArtifact,
+        max_rows: usize,
+        mut pause: impl FnMut(),
+    ) -> Result<Self, ScoreError> {
+        let mut head = |name: &str| -> Result<Option<HeadScorer>, ScoreError> {
             let Some(spec) = artifact.manifest.heads.get(name) else {
                 return Ok(None);
             };
+            pause();
             let bytes = artifact.files.get(&spec.file).ok_or_else(|| ScoreError::Head {
                 head: name.to_owned(),
                 reason: format!("file `{}` missing", spec.file),

@@ -168,7 +168,10 @@ fn the_scorer_runs_every_head_of_a_verified_artifact_in_batches() {
         files,
         key_id: "k".into(),
     };
-    let mut scorer = ModelScorer::new(&verified, 32).unwrap();
+    // The paced build pauses before each head's session (two heads here).
+    let mut pauses = 0;
+    let mut scorer = ModelScorer::new_paced(&verified, 32, || pauses += 1).unwrap();
+    assert_eq!(pauses, 2);
     scorer.warm_up(32, 3).unwrap();
     let x = &rows(3)[..32 * N_FEATURES];
     let scores = scorer.score(x, 32).unwrap();

@@ -456,6 +456,7 @@ fn swap_until(
     start: Instant,
     over: &AtomicBool,
 ) -> anyhow::Result<()> {
+    let mut swapper = Swapper::new(a, cfg, strategy)?;
     let every = Duration::from_millis(a.swap_every_ms.max(1));
     let mut next_swap = start + every;
     while !over.load(Ordering::Relaxed) {
@@ -464,59 +465,106 @@ fn swap_until(
             std::thread::sleep((next_swap - now).min(Duration::from_millis(20)));
             continue;
         }
-        drop_new_version(a, cfg, strategy)?;
+        swapper.drop_next()?;
         next_swap += every;
     }
     Ok(())
 }
 
-/// Re-signs `--artifact` as the next version under `models_root/<strategy>/`.
-fn drop_new_version(a: &Args, cfg: &config::AppConfig, strategy: &str) -> anyhow::Result<()> {
-    let (Some(src), Some(key)) = (&a.artifact, &a.key) else {
-        anyhow::bail!("--swap-every-ms needs --artifact and --key")
-    };
-    let key = SecretKeyFile::read(key)?;
-    let mut files = ArtifactFiles::read(src)?;
-    let mut manifest: Manifest = serde_json::from_slice(files.get(artifact::MANIFEST).context("manifest")?)?;
-    let dir = cfg.storage.models_root.join(strategy);
-    let next = std::fs::read_dir(&dir)?
-        .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .strip_prefix('v')?
-                .parse::<u64>()
-                .ok()
+/// Versions this run created that stay on disk; older ones are removed so
+/// repeated swap runs do not fill `models_root` (the daemon only ever loads
+/// the newest).
+const KEEP_VERSIONS: usize = 32;
+
+/// Re-signs `--artifact` as successive versions under
+/// `models_root/<strategy>/` and moves the registry pointer to each. What
+/// does not change between versions (key, source files, the directory's
+/// highest version, the Redis connection) is read once, so that a swap
+/// costs the load generator only the sealing and the writes: it stands in
+/// for a control plane that in production runs on another machine, and a
+/// heavy swap step here (a directory scan of thousands of versions, a new
+/// connection per swap) measured as milliseconds of the shared cores taken
+/// from the daemon and Redis.
+struct Swapper {
+    strategy: String,
+    key: SecretKeyFile,
+    files: ArtifactFiles,
+    manifest: Manifest,
+    dir: PathBuf,
+    next: u64,
+    created: std::collections::VecDeque<PathBuf>,
+    conn: mlcore_models::contract::RedisConn,
+    keys: mlcore_models::contract::Keys,
+}
+
+impl Swapper {
+    fn new(a: &Args, cfg: &config::AppConfig, strategy: &str) -> anyhow::Result<Self> {
+        let (Some(src), Some(key)) = (&a.artifact, &a.key) else {
+            anyhow::bail!("--swap-every-ms needs --artifact and --key")
+        };
+        let key = SecretKeyFile::read(key)?;
+        let mut files = ArtifactFiles::read(src)?;
+        let manifest: Manifest = serde_json::from_slice(files.get(artifact::MANIFEST).context("manifest")?)?;
+        files.0.remove(artifact::MANIFEST);
+        files.0.remove(artifact::SIGNATURE);
+        let dir = cfg.storage.models_root.join(strategy);
+        let highest = std::fs::read_dir(&dir)?
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .strip_prefix('v')?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0);
+        Ok(Self {
+            strategy: strategy.to_owned(),
+            key,
+            files,
+            manifest,
+            dir,
+            next: highest + 1,
+            created: std::collections::VecDeque::new(),
+            conn: mlcore_models::contract::RedisConn::connect(&cfg.redis)?,
+            keys: mlcore_models::contract::Keys::new(&cfg.redis.namespace),
         })
-        .max()
-        .unwrap_or(0)
-        + 1;
-    manifest.version = next;
-    manifest.model_id = format!("{strategy}-v{next}");
-    files.0.remove(artifact::MANIFEST);
-    files.0.remove(artifact::SIGNATURE);
-    let (_, files) = artifact::seal(manifest, files, &key).map_err(anyhow::Error::msg)?;
-    files.write(&dir.join(format!("v{next}")))?;
-    let manifest_sha256 = files
-        .manifest_sha256()
-        .context("sealed artifact has no manifest")?;
-    let pointer = mlcore_models::contract::ModelPointer {
-        strategy: strategy.to_owned(),
-        model_id: format!("{strategy}-v{next}"),
-        version: next,
-        manifest_sha256,
-        rollback: None,
-        pinned: false,
-        actor: "mlcore-loadgen".into(),
-        request_id: format!("loadgen-{next}"),
-        updated_at_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_millis() as u64,
-    };
-    let mut conn = mlcore_models::contract::RedisConn::connect(&cfg.redis)?;
-    pointer.write(
-        &mut conn,
-        &mlcore_models::contract::Keys::new(&cfg.redis.namespace),
-    )?;
-    Ok(())
+    }
+
+    /// Writes the next version and points the registry at it.
+    fn drop_next(&mut self) -> anyhow::Result<()> {
+        let (version, strategy) = (self.next, &self.strategy);
+        self.next += 1;
+        let mut manifest = self.manifest.clone();
+        manifest.version = version;
+        manifest.model_id = format!("{strategy}-v{version}");
+        let (_, files) =
+            artifact::seal(manifest, self.files.clone(), &self.key).map_err(anyhow::Error::msg)?;
+        let path = self.dir.join(format!("v{version}"));
+        files.write(&path)?;
+        self.created.push_back(path);
+        while self.created.len() > KEEP_VERSIONS {
+            if let Some(old) = self.created.pop_front() {
+                std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+            }
+        }
+        let pointer = mlcore_models::contract::ModelPointer {
+            strategy: strategy.clone(),
+            model_id: format!("{strategy}-v{version}"),
+            version,
+            manifest_sha256: files
+                .manifest_sha256()
+                .context("sealed artifact has no manifest")?,
+            rollback: None,
+            pinned: false,
+            actor: "mlcore-loadgen".into(),
+            request_id: format!("loadgen-{version}"),
+            updated_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as u64,
+        };
+        pointer.write(&mut self.conn, &self.keys)?;
+        Ok(())
+    }
 }
