@@ -72,6 +72,16 @@ fn active() -> (RedisNamespace, Guard, redis::Connection) {
     (ns, g, conn)
 }
 
+/// A private `redis-server` (for tests that flush, restart or reconfigure
+/// Redis), a namespace on it, its guard client and a connection.
+fn private() -> (RedisServer, RedisNamespace, Guard, redis::Connection) {
+    let server = RedisServer::start();
+    let ns = RedisNamespace::on(&server.url());
+    let g = guard(&ns);
+    let conn = server.connection();
+    (server, ns, g, conn)
+}
+
 fn key_count(conn: &mut redis::Connection, ns: &RedisNamespace) -> usize {
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{}:*", ns.ns))
@@ -645,10 +655,7 @@ proptest! {
 
 #[test]
 fn restart_or_function_flush_reloads_the_guard_and_nothing_unguarded_gets_in() {
-    let mut server = RedisServer::start();
-    let ns = RedisNamespace::on(&server.url());
-    let g = guard(&ns);
-    let mut conn = server.connection();
+    let (mut server, _ns, g, mut conn) = private();
     Guard::load(&mut conn).unwrap();
     set_mode(&g, &mut conn, S, OpsMode::Active);
     assert_eq!(
@@ -687,10 +694,7 @@ fn restart_or_function_flush_reloads_the_guard_and_nothing_unguarded_gets_in() {
 
 #[test]
 fn pipelined_batches_get_one_outcome_each_and_reload_a_flushed_guard() {
-    let server = RedisServer::start();
-    let ns = RedisNamespace::on(&server.url());
-    let g = guard(&ns);
-    let mut conn = server.connection();
+    let (_server, _ns, g, mut conn) = private();
     Guard::load(&mut conn).unwrap();
     set_mode(&g, &mut conn, S, OpsMode::Active);
     let mut bad = batch(12, vec![signal("GBPUSD", 0.01)]);
@@ -1166,10 +1170,7 @@ fn publish_many_refuses_a_malformed_call_whole_and_a_malformed_decision_alone() 
 
 #[test]
 fn an_older_guard_library_is_upgraded_and_only_the_calls_that_failed_are_retried() {
-    let server = RedisServer::start();
-    let ns = RedisNamespace::on(&server.url());
-    let g = guard(&ns);
-    let mut conn = server.connection();
+    let (_server, _ns, g, mut conn) = private();
     // Revision 1 of v2: the same library without `mlcore_publish_many_v2`.
     let registration =
         "redis.register_function { function_name = 'mlcore_publish_many_v2', callback = publish_many }\n";
