@@ -30,7 +30,20 @@ fi
 
 MODELS="$RUN_DIR/models/fx_g10"
 mkdir -p "$MODELS"
-VERSION=$(( $(find "$MODELS" -mindepth 1 -maxdepth 1 -type d -name 'v*' | wc -l) + 1 ))
+# The next version: above every version on disk and every version a daemon
+# here has accepted (it refuses anything at or below that as a rollback;
+# load runs with --swap-every-ms accept thousands and prune their folders).
+HIGHEST=0
+for d in "$MODELS"/v*; do
+  n=${d##*/v}
+  if [[ $n =~ ^[0-9]+$ ]] && (( n > HIGHEST )); then HIGHEST=$n; fi
+done
+for f in "$RUN_DIR"/models/.state/*.json; do
+  [ -f "$f" ] || continue
+  n=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("fx_g10", {}).get("highest", 0))' "$f")
+  if [[ $n =~ ^[0-9]+$ ]] && (( n > HIGHEST )); then HIGHEST=$n; fi
+done
+VERSION=$(( HIGHEST + 1 ))
 say "training fx_g10 v$VERSION (GBDT ai1 + logistic ai2), signing with the dev key"
 "$CONTROL" train --env dev --dataset "$DATA" --out "$MODELS/v$VERSION" \
   --key deployments/dev-keys/dev-2026.key --strategy fx_g10 --version "$VERSION"
