@@ -36,7 +36,7 @@ use crate::job::Job;
 use crate::log::{log, now_ms};
 use crate::ops::OpsTable;
 use crate::stats::{Counters, Histograms, Stage};
-use crate::universe::{Strategy, Universe};
+use crate::universe::Universe;
 
 /// What the publisher needs.
 #[derive(Debug)]
@@ -68,11 +68,10 @@ struct State {
     last_seq: Vec<u64>,
     weights: Vec<Vec<f64>>,
     flattened_version: Vec<Option<u64>>,
-    /// Batches being built or sent, reused decision after decision (batch i
-    /// belongs to the round's i-th pending entry), and the guard client's
-    /// encoding buffers: after warm-up a decision allocates only the Redis
-    /// client's reply values.
-    batches: Vec<SignalBatch>,
+    /// Batches being built or sent, and the guard client's encoding
+    /// buffers: after warm-up a decision allocates only the Redis client's
+    /// reply values.
+    batches: BatchPool,
     bufs: PublishBuffers,
 }
 
@@ -120,7 +119,7 @@ pub fn run(p: PublisherParts) {
             .map(|s| vec![0.0; s.symbols.len()])
             .collect(),
         flattened_version: vec![None; n],
-        batches: Vec::with_capacity(MAX_PIPELINE),
+        batches: BatchPool::new(n),
         bufs: PublishBuffers::default(),
     };
     let mut publish_hist = p.hists.local(Stage::Publish);
@@ -253,7 +252,7 @@ fn send(p: &PublisherParts, st: &mut State, pending: &[Pending], labels: &mut [O
     };
     let outcomes = match p
         .guard
-        .publish_many_with(conn, &st.batches[..pending.len()], &mut st.bufs)
+        .publish_many_with(conn, &st.batches.slots[..pending.len()], &mut st.bufs)
     {
         Ok(o) => o,
         Err(e) => {
@@ -269,7 +268,7 @@ fn send(p: &PublisherParts, st: &mut State, pending: &[Pending], labels: &mut [O
             return label_all("redis_error");
         }
     };
-    for ((x, outcome), batch) in pending.iter().zip(outcomes).zip(&st.batches) {
+    for ((x, outcome), batch) in pending.iter().zip(outcomes).zip(&st.batches.slots) {
         let s = x.strategy;
         labels[x.slot] = Some(match outcome {
             Ok(PublishOutcome::Accepted { count }) => {
@@ -311,37 +310,73 @@ enum Prepared {
     Done(Option<&'static str>),
 }
 
-/// Pooled batch `idx`, shaped for `strat` (built once per slot and
-/// strategy; afterwards only its values change).
-fn pooled_batch<'a>(batches: &'a mut Vec<SignalBatch>, idx: usize, strat: &Strategy) -> &'a mut SignalBatch {
-    while batches.len() <= idx {
-        batches.push(SignalBatch {
-            strategy: String::new(),
-            seq: 0,
-            generated_at_ms: 0,
-            valid_until_ms: 0,
-            model_id: String::new(),
-            model_version: 0,
-            signals: Vec::new(),
-        });
+/// The batches being built or sent, reused decision after decision (slot i
+/// belongs to the round's i-th pending entry), and spare batches per
+/// strategy: a slot taken by another strategy swaps its batch for one of
+/// that strategy's instead of rebuilding it, so interleaved strategies
+/// allocate nothing once every strategy has had its batches built.
+struct BatchPool {
+    slots: Vec<SignalBatch>,
+    /// Strategy index each slot is shaped for.
+    owners: Vec<Option<usize>>,
+    /// Per strategy index.
+    spares: Vec<Vec<SignalBatch>>,
+}
+
+impl BatchPool {
+    fn new(strategies: usize) -> Self {
+        Self {
+            slots: Vec::with_capacity(MAX_PIPELINE),
+            owners: Vec::with_capacity(MAX_PIPELINE),
+            spares: (0..strategies)
+                .map(|_| Vec::with_capacity(MAX_PIPELINE))
+                .collect(),
+        }
     }
-    let batch = &mut batches[idx];
-    if batch.strategy != strat.id {
-        batch.strategy.clone_from(&strat.id);
-        batch.signals = strat
-            .symbols
-            .iter()
-            .map(|sym| Signal {
-                symbol: sym.clone(),
-                side: Side::Flat,
-                weight: 0.0,
-                qty: 0.0,
-                return_prob: 0.5,
-                risk_score: 0.0,
-            })
-            .collect();
+
+    /// Slot `idx`, shaped for strategy `s` (`id`, `symbols`); afterwards only
+    /// its values change.
+    fn slot(&mut self, idx: usize, s: usize, id: &str, symbols: &[String]) -> &mut SignalBatch {
+        while self.slots.len() <= idx {
+            self.slots.push(SignalBatch {
+                strategy: String::new(),
+                seq: 0,
+                generated_at_ms: 0,
+                valid_until_ms: 0,
+                model_id: String::new(),
+                model_version: 0,
+                signals: Vec::new(),
+            });
+            self.owners.push(None);
+        }
+        if self.owners[idx] != Some(s) {
+            let fresh = self.spares[s].pop().unwrap_or_else(|| SignalBatch {
+                strategy: id.to_owned(),
+                seq: 0,
+                generated_at_ms: 0,
+                valid_until_ms: 0,
+                model_id: String::new(),
+                model_version: 0,
+                signals: symbols
+                    .iter()
+                    .map(|sym| Signal {
+                        symbol: sym.clone(),
+                        side: Side::Flat,
+                        weight: 0.0,
+                        qty: 0.0,
+                        return_prob: 0.5,
+                        risk_score: 0.0,
+                    })
+                    .collect(),
+            });
+            let old = std::mem::replace(&mut self.slots[idx], fresh);
+            if let Some(o) = self.owners[idx] {
+                self.spares[o].push(old);
+            }
+            self.owners[idx] = Some(s);
+        }
+        &mut self.slots[idx]
     }
-    batch
 }
 
 /// Fills pooled batch `idx` from a decided job, unless there is nothing to
@@ -361,7 +396,7 @@ fn prepare(p: &PublisherParts, st: &mut State, job: &Job, mode: OpsMode, idx: us
     }
     let strat = &p.universe.strategies[s];
     let seq = next_seq(st, s);
-    let batch = pooled_batch(&mut st.batches, idx, strat);
+    let batch = st.batches.slot(idx, s, &strat.id, &strat.symbols);
     for (i, sig) in batch.signals.iter_mut().enumerate() {
         let t = job.scratch.targets[i];
         let (mut weight, mut qty) = (t.weight, t.qty);
@@ -402,7 +437,7 @@ fn flatten_if_asked(p: &PublisherParts, st: &mut State) {
         let now = now_ms();
         let seq = next_seq(st, s);
         // Between rounds: no batch is pending, so slot 0 is free.
-        let batch = pooled_batch(&mut st.batches, 0, strat);
+        let batch = st.batches.slot(0, s, &strat.id, &strat.symbols);
         for sig in &mut batch.signals {
             (sig.side, sig.weight, sig.qty) = (Side::Flat, 0.0, 0.0);
             (sig.return_prob, sig.risk_score) = (0.5, 0.0);
@@ -426,6 +461,45 @@ fn flatten_if_asked(p: &PublisherParts, st: &mut State) {
                     ("ops_version", version.into()),
                 ],
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interleaved_strategies_reuse_their_batches() {
+        let symbols = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        let (fx, eq) = (symbols(&["EURUSD", "USDJPY"]), symbols(&["SPY", "QQQ", "IWM"]));
+        let mut pool = BatchPool::new(2);
+        // Two rounds of three slots, strategies alternating differently, so
+        // every slot changes strategy.
+        let rounds = [[0, 1, 0], [1, 0, 1]];
+        // Each batch built is marked (its first signal's qty), as a
+        // rebuilt one would not be.
+        let mut marks = 0.0;
+        for round in rounds {
+            for (idx, s) in round.into_iter().enumerate() {
+                let (id, syms) = if s == 0 { ("fx", &fx) } else { ("eq", &eq) };
+                marks += 1.0;
+                pool.slot(idx, s, id, syms).signals[0].qty = marks;
+            }
+        }
+        // From now on every slot gets one of those batches, rightly shaped.
+        for _ in 0..10 {
+            for round in rounds {
+                for (idx, s) in round.into_iter().enumerate() {
+                    let (id, syms) = if s == 0 { ("fx", &fx) } else { ("eq", &eq) };
+                    let b = pool.slot(idx, s, id, syms);
+                    assert_eq!(b.strategy, id);
+                    let names: Vec<&str> = b.signals.iter().map(|x| x.symbol.as_str()).collect();
+                    assert_eq!(names, *syms);
+                    let mark = b.signals[0].qty;
+                    assert!(mark >= 1.0 && mark <= marks, "a batch was rebuilt");
+                }
+            }
         }
     }
 }
