@@ -33,12 +33,10 @@ use crate::stats::Counters;
 use crate::universe::Universe;
 use crate::worker::ModelUpdate;
 
-/// Warm-up runs of a new model's sessions before workers switch to it ...
+/// Warm-up runs of each head of a new model before workers switch to it.
 const WARM_UP_RUNS: usize = 20;
-/// ... in this many slices.
-const WARM_UP_SLICES: usize = 4;
-/// Sleep between the slices of loading a model (verification, each head's
-/// session build, each warm-up slice).
+/// Sleep before each slice of loading a model (each head's session build,
+/// each head's warm-up).
 const LOAD_PAUSE: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// Active model per strategy, for heartbeats and metrics.
@@ -360,11 +358,8 @@ impl Loader {
         let pause = || std::thread::sleep(LOAD_PAUSE);
         for _ in &self.workers {
             let mut s = ModelScorer::new_paced(&verified, n_symbols, pause).map_err(|e| e.to_string())?;
-            for _ in 0..WARM_UP_SLICES {
-                pause();
-                s.warm_up(n_symbols, WARM_UP_RUNS / WARM_UP_SLICES)
-                    .map_err(|e| e.to_string())?;
-            }
+            s.warm_up_paced(n_symbols, WARM_UP_RUNS, pause)
+                .map_err(|e| e.to_string())?;
             scorers.push(Box::new(s));
         }
         for (tx, scorer) in self.workers.iter().zip(scorers) {

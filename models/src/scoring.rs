@@ -129,6 +129,11 @@ pub struct Scores<'a> {
     pub ai3: Option<&'a [f32]>,
 }
 
+/// Warm-up runs of one head between two pauses of
+/// [`ModelScorer::warm_up_paced`]: about 0.1 ms for the sample 60-tree head
+/// on 32 rows, no longer than a session build.
+pub const WARM_UP_RUNS_PER_PAUSE: usize = 5;
+
 /// All heads of one verified model, for one worker thread.
 #[derive(Debug)]
 pub struct ModelScorer {
@@ -190,10 +195,29 @@ impl ModelScorer {
 
     /// Warms every head up.
     pub fn warm_up(&mut self, rows: usize, iterations: usize) -> Result<(), ScoreError> {
-        self.ai1.warm_up(rows, iterations)?;
-        self.ai2.warm_up(rows, iterations)?;
-        if let Some(h) = self.ai3.as_mut() {
-            h.warm_up(rows, iterations)?;
+        self.warm_up_paced(rows, iterations, || {})
+    }
+
+    /// [`ModelScorer::warm_up`], calling `pause` before every
+    /// [`WARM_UP_RUNS_PER_PAUSE`] runs of a head, as
+    /// [`ModelScorer::new_paced`] does before each build.
+    pub fn warm_up_paced(
+        &mut self,
+        rows: usize,
+        iterations: usize,
+        mut pause: impl FnMut(),
+    ) -> Result<(), ScoreError> {
+        for h in [Some(&mut self.ai1), Some(&mut self.ai2), self.ai3.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let mut left = iterations;
+            while left > 0 {
+                let runs = left.min(WARM_UP_RUNS_PER_PAUSE);
+                pause();
+                h.warm_up(rows, runs)?;
+                left -= runs;
+            }
         }
         Ok(())
     }

@@ -172,7 +172,8 @@ fn the_scorer_runs_every_head_of_a_verified_artifact_in_batches() {
     let mut pauses = 0;
     let mut scorer = ModelScorer::new_paced(&verified, 32, || pauses += 1).unwrap();
     assert_eq!(pauses, 2);
-    scorer.warm_up(32, 3).unwrap();
+    scorer.warm_up_paced(32, 3, || pauses += 1).unwrap();
+    assert_eq!(pauses, 4, "and before each head's warm-up");
     let x = &rows(3)[..32 * N_FEATURES];
     let scores = scorer.score(x, 32).unwrap();
     assert!(scores.ai3.is_none());
