@@ -155,16 +155,9 @@ impl Bench {
         }
     }
 
-    /// Redis' own time in `FCALL` so far, µs (`INFO commandstats`).
+    /// Redis' own time in `FCALL` so far, µs.
     fn fcall_usec(&mut self) -> u64 {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut self.conn)
-            .unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_fcall:"))
-            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("usec=")))
-            .map_or(0, |u| u.parse().unwrap())
+        testutil::command_stats(&mut self.conn, "fcall").usec
     }
 
     /// One signal, one round trip.

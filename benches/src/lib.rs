@@ -102,7 +102,7 @@ pub fn sample_model() -> VerifiedArtifact {
 }
 
 /// Tail latencies of a closure, measured per call.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Percentiles {
     /// Median.
     pub p50: Duration,
@@ -125,11 +125,7 @@ impl Percentiles {
                 s.elapsed()
             })
             .collect();
-        Self::of(t).unwrap_or(Self {
-            p50: Duration::ZERO,
-            p99: Duration::ZERO,
-            p999: Duration::ZERO,
-        })
+        Self::of(t).unwrap_or_default()
     }
 
     /// Percentiles of `samples` (nearest rank); `None` when there are none.

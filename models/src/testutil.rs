@@ -129,21 +129,39 @@ impl Drop for RedisNamespace {
     }
 }
 
-/// How many times `command` (lower case, e.g. `fcall`) ran on the server
-/// since its start or the last `CONFIG RESETSTAT`: meaningful on a private
-/// server only.
-pub fn command_calls(conn: &mut impl redis::ConnectionLike, command: &str) -> u64 {
+/// What the server counted for one command since its start or the last
+/// `CONFIG RESETSTAT` (`INFO commandstats`): server-wide, so exact only on a
+/// private server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommandStats {
+    /// Times it ran.
+    pub calls: u64,
+    /// Redis' own time in it, µs.
+    pub usec: u64,
+}
+
+/// [`CommandStats`] of `command` (lower case, e.g. `fcall`); zero when it
+/// never ran.
+pub fn command_stats(conn: &mut impl redis::ConnectionLike, command: &str) -> CommandStats {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query(conn)
         .unwrap_or_else(|e| panic!("INFO commandstats: {e}"));
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| {
-            n.parse().unwrap_or_else(|e| panic!("calls in {info}: {e}"))
-        })
+    let prefix = format!("cmdstat_{command}:");
+    let Some(line) = info.lines().find_map(|l| l.strip_prefix(&prefix)) else {
+        return CommandStats::default();
+    };
+    let field = |name: &str| -> u64 {
+        line.split(',')
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+            .map_or(0, |n| {
+                n.parse().unwrap_or_else(|e| panic!("{name} in {line}: {e}"))
+            })
+    };
+    CommandStats {
+        calls: field("calls"),
+        usec: field("usec"),
+    }
 }
 
 /// A private `redis-server` this test owns (free port, temp dir, no

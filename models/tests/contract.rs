@@ -591,26 +591,9 @@ fn concurrent_publishers_never_let_a_lower_seq_overwrite_a_higher_one() {
     let max = per_thread * threads;
     assert_eq!(g.read(&mut conn, S, "EURUSD").unwrap().unwrap().seq, max);
     // Every accepted publish went to the stream: their seqs strictly increase.
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(g.keys().strategy(S).signals)
-        .arg("-")
-        .arg("+")
-        .query::<redis::streams::StreamRangeReply>(&mut conn)
-        .unwrap()
-        .ids
-        .into_iter()
-        .map(|e| {
-            let fields = e
-                .map
-                .iter()
-                .map(|(k, v)| (k.clone(), redis::from_redis_value_ref::<String>(v).unwrap()))
-                .collect();
-            (e.id, fields)
-        })
-        .collect();
-    let seqs: Vec<u64> = entries
+    let seqs: Vec<u64> = stream_entries(&mut conn, &g)
         .iter()
-        .map(|(_, f)| f.iter().find(|(k, _)| k == "seq").unwrap().1.parse().unwrap())
+        .map(|f| f.iter().find(|(k, _)| k == "seq").unwrap().1.parse().unwrap())
         .collect();
     assert!(
         seqs.windows(2).all(|w| w[0] < w[1]),
@@ -959,8 +942,14 @@ fn visible(conn: &mut impl ConnectionLike, g: &Guard, symbols: &[&str]) -> Visib
         })
         .collect();
     let hwm: Vec<(String, String)> = redis::cmd("HGETALL").arg(&keys.hwm).query(conn).unwrap();
-    let stream = redis::cmd("XRANGE")
-        .arg(&keys.signals)
+    (sigs, sorted(hwm), stream_entries(conn, g))
+}
+
+/// Strategy `S`'s stream entries, oldest first: each one's fields, sorted
+/// (ids left out: they carry the time they were written).
+fn stream_entries(conn: &mut impl ConnectionLike, g: &Guard) -> Vec<Vec<(String, String)>> {
+    redis::cmd("XRANGE")
+        .arg(g.keys().strategy(S).signals)
         .arg("-")
         .arg("+")
         .query::<redis::streams::StreamRangeReply>(conn)
@@ -968,15 +957,15 @@ fn visible(conn: &mut impl ConnectionLike, g: &Guard, symbols: &[&str]) -> Visib
         .ids
         .into_iter()
         .map(|e| {
-            sorted(
-                e.map
-                    .iter()
-                    .map(|(k, v)| (k.clone(), redis::from_redis_value_ref::<String>(v).unwrap()))
-                    .collect(),
-            )
+            let mut fields: Vec<(String, String)> = e
+                .map
+                .iter()
+                .map(|(k, v)| (k.clone(), redis::from_redis_value_ref::<String>(v).unwrap()))
+                .collect();
+            fields.sort();
+            fields
         })
-        .collect();
-    (sigs, sorted(hwm), stream)
+        .collect()
 }
 
 /// An outcome with what may differ between two runs (Redis' clock) left out.
@@ -1054,7 +1043,7 @@ proptest! {
             } else {
                 batches.iter().map(|b| comparable(&g.publish(&mut conn, b))).collect()
             };
-            let calls = testutil::command_calls(&mut conn, "fcall");
+            let calls = testutil::command_stats(&mut conn, "fcall").calls;
             runs.push((outcomes, visible(&mut conn, &g, &SYMBOLS), calls));
         }
         let (one_by_one, folded) = (&runs[0], &runs[1]);
