@@ -358,6 +358,34 @@ async fn pending(
     ))
 }
 
+/// Claims a pending request for `who`'s verdict, atomically: a replayed
+/// or concurrent decision finds it decided (the refusal to return).
+async fn claim(state: &AppState, id: &str, verdict: &str, who: &str) -> Result<Option<ApiError>, ApiError> {
+    let new_status = if verdict == "approve" {
+        "applying"
+    } else {
+        "rejected"
+    };
+    let claimed = sqlx::query(
+        "UPDATE core.ops_requests SET status=$2, decided_by=$3, decided_at_ms=$4 WHERE id=$1 AND status='pending'",
+    )
+    .bind(id)
+    .bind(new_status)
+    .bind(who)
+    .bind(now_ms() as i64)
+    .execute(&state.pool)
+    .await
+    .map_err(|_| ApiError::internal("claiming the request"))?
+    .rows_affected();
+    Ok((claimed == 0).then(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "OPS_REQUEST_DECIDED",
+            format!("request {id} was decided concurrently"),
+        )
+    }))
+}
+
 /// `POST /v1/ops/requests/{id}/approve` and `/reject`.
 #[utoipa::path(post, path = "/v1/ops/requests/{id}/{verdict}", security(("bearer" = [])),
     params(("id" = String, Path, description = "request id"), ("verdict" = String, Path, description = "approve or reject")),
@@ -419,34 +447,7 @@ pub async fn decide(
             "the requester cannot approve or reject their own request".into(),
         ))
     } else {
-        None
-    };
-    let refusal = match refusal {
-        Some(err) => Some(err),
-        None => {
-            // Claim the request atomically: a replayed approval finds it decided.
-            let new_status = if verdict == "approve" {
-                "applying"
-            } else {
-                "rejected"
-            };
-            let claimed = sqlx::query("UPDATE core.ops_requests SET status=$2, decided_by=$3, decided_at_ms=$4 WHERE id=$1 AND status='pending'")
-                .bind(&id)
-                .bind(new_status)
-                .bind(&p.name)
-                .bind(now_ms() as i64)
-                .execute(&state.pool)
-                .await
-                .map_err(|_| ApiError::internal("claiming the request"))?
-                .rows_affected();
-            (claimed == 0).then(|| {
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    "OPS_REQUEST_DECIDED",
-                    format!("request {id} was decided concurrently"),
-                )
-            })
-        }
+        claim(&state, &id, &verdict, &p.name).await?
     };
     if let Some(err) = refusal {
         let what = format!("{verdict} {action}");
