@@ -116,13 +116,14 @@ return_prob, risk_score. Signal i's fields are args[o + 6i + 2 .. o + 6i + 7],
 so its base (the index before its symbol) is o + 1 + 6i.
 ]]
 local HEAD, PER = 7, 6
+local NEED_KEYS = 'need the ops, hwm and stream keys and at least one signal key'
 
 -- Why the keys do not fit the decision at offset o (its strategy and
 -- symbols), or nil. Checked once per call: a call's decisions share its keys.
 local function layout_error(keys, args, o, n)
   local strategy = args[o + 7]
   if not strategy or strategy == '' then return 'strategy is missing' end
-  if #keys < 4 then return 'need the ops, hwm and stream keys and at least one signal key' end
+  if #keys < 4 then return NEED_KEYS end
   -- Keys must follow the layout of the strategy named in ARGV, so a caller
   -- cannot write one strategy's signals under another's mode.
   local base = '{' .. strategy .. '}'
@@ -293,7 +294,7 @@ symbols): nothing is written.
 local function publish_many(keys, args)
   local count, n = int_arg(args[1]), #keys - 3
   if not count or count == 0 then return bad('count must be a positive integer, got ' .. tostring(args[1])) end
-  if n < 1 then return bad('need the ops, hwm and stream keys and at least one signal key') end
+  if n < 1 then return bad(NEED_KEYS) end
   local size = HEAD + PER * n
   if #args ~= 1 + count * size then
     return bad(string.format('expected %d decisions of %d fields for %d signal keys, got %d fields',
