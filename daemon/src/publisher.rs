@@ -338,36 +338,14 @@ impl BatchPool {
     /// its values change.
     fn slot(&mut self, idx: usize, s: usize, id: &str, symbols: &[String]) -> &mut SignalBatch {
         while self.slots.len() <= idx {
-            self.slots.push(SignalBatch {
-                strategy: String::new(),
-                seq: 0,
-                generated_at_ms: 0,
-                valid_until_ms: 0,
-                model_id: String::new(),
-                model_version: 0,
-                signals: Vec::new(),
-            });
+            self.slots.push(SignalBatch::default());
             self.owners.push(None);
         }
         if self.owners[idx] != Some(s) {
             let fresh = self.spares[s].pop().unwrap_or_else(|| SignalBatch {
                 strategy: id.to_owned(),
-                seq: 0,
-                generated_at_ms: 0,
-                valid_until_ms: 0,
-                model_id: String::new(),
-                model_version: 0,
-                signals: symbols
-                    .iter()
-                    .map(|sym| Signal {
-                        symbol: sym.clone(),
-                        side: Side::Flat,
-                        weight: 0.0,
-                        qty: 0.0,
-                        return_prob: 0.5,
-                        risk_score: 0.0,
-                    })
-                    .collect(),
+                signals: symbols.iter().map(Signal::flat).collect(),
+                ..SignalBatch::default()
             });
             let old = std::mem::replace(&mut self.slots[idx], fresh);
             if let Some(o) = self.owners[idx] {

@@ -561,7 +561,7 @@ fn to_u64(n: i64) -> Result<u64, ContractError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::{Side, Signal};
+    use crate::contract::Signal;
 
     fn batch(strategy: &str, symbols: &[&str]) -> SignalBatch {
         SignalBatch {
@@ -571,17 +571,7 @@ mod tests {
             valid_until_ms: 2,
             model_id: "m".into(),
             model_version: 1,
-            signals: symbols
-                .iter()
-                .map(|s| Signal {
-                    symbol: (*s).into(),
-                    side: Side::Flat,
-                    weight: 0.0,
-                    qty: 0.0,
-                    return_prob: 0.5,
-                    risk_score: 0.0,
-                })
-                .collect(),
+            signals: symbols.iter().map(|s| Signal::flat(*s)).collect(),
         }
     }
 

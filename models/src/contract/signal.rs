@@ -74,8 +74,22 @@ pub struct Signal {
     pub risk_score: f64,
 }
 
+impl Signal {
+    /// A flat signal for `symbol`: no position, neutral probability, no risk.
+    pub fn flat(symbol: impl Into<String>) -> Self {
+        Self {
+            symbol: symbol.into(),
+            side: Side::Flat,
+            weight: 0.0,
+            qty: 0.0,
+            return_prob: 0.5,
+            risk_score: 0.0,
+        }
+    }
+}
+
 /// All signals of one decision of one strategy: published atomically.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SignalBatch {
     /// Strategy id.
     pub strategy: String,
