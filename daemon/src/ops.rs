@@ -65,14 +65,14 @@ impl OpsTable {
 
     /// Forces `halted`: the ops state is absent (e.g. Redis restarted empty),
     /// whatever version was seen before.
-    fn force_halted(&self, s: usize) {
+    pub(crate) fn force_halted(&self, s: usize) {
         if let (Some(m), Some(v)) = (self.modes.get(s), self.versions.get(s)) {
             m.store(to_u8(OpsMode::Halted), Ordering::Release);
             v.store(0, Ordering::Release);
         }
     }
 
-    fn set(&self, s: usize, mode: OpsMode, version: u64) {
+    pub(crate) fn set(&self, s: usize, mode: OpsMode, version: u64) {
         // Never go back to an older version (a late reconciliation read).
         if let (Some(m), Some(v)) = (self.modes.get(s), self.versions.get(s)) {
             if version >= v.load(Ordering::Acquire) {

@@ -1,17 +1,21 @@
 //! The publisher: applies the ops mode, stamps `seq` and `valid_until`, and
 //! writes each decision through the guard.
 //!
-//! - One round trip per decision when decisions arrive one at a time; when
-//!   they queue up behind the round trip (load), up to [`MAX_PIPELINE`]
-//!   waiting decisions go in one pipeline, so throughput is bound by Redis'
-//!   work, not by the network round trip. Consecutive decisions of one
-//!   strategy in it share one guard call (`Guard::publish_many_with` folds
-//!   up to `MAX_DECISIONS_PER_CALL`): each keeps its own outcome and stream
-//!   entry, and Redis writes the signal hashes once for them, which about
-//!   halves its work per decision at 8. The more Redis falls behind, the
-//!   more decisions wait and the cheaper each becomes. Nothing waits to
-//!   fill a pipeline.
-//!
+//! - Decisions waiting in the queue (up to [`MAX_PIPELINE`]) go out
+//!   together in one pipeline, and the next pipeline goes out as soon as
+//!   there are decisions for it, while the previous one is still in Redis
+//!   (up to `MAX_IN_FLIGHT`, on the publisher's own connection,
+//!   [`PublishPipe`]): Redis finds the next decision queued when it
+//!   finishes one instead of idling while the reply travels and the
+//!   publisher wakes up. Consecutive decisions of one strategy in a
+//!   pipeline share one guard call (`Guard` folds up to
+//!   `MAX_DECISIONS_PER_CALL`): each keeps its own outcome and stream entry,
+//!   and Redis writes the signal hashes once for them. The more Redis falls
+//!   behind, the more decisions wait and the cheaper each becomes. Nothing
+//!   waits to fill a pipeline.
+//! - A pipeline with a `reduce_only` decision goes out only after every
+//!   reply is in (it clamps against the last accepted weights), and flat
+//!   signals for `flatten` go out alone: both see the state the guard has.
 //! - `seq` per strategy = max(last + 1, now in µs), starting above the guard's
 //!   high-water mark: monotonic across restarts without local state.
 //! - `valid_until` = trigger time + `signal.ttl_ms`; a batch already past it
@@ -26,16 +30,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use mlcore_models::config::RedisConfig;
 use mlcore_models::contract::{
-    ContractError, Guard, OpsMode, PublishBuffers, PublishOutcome, RedisConn, Side, Signal, SignalBatch,
+    ContractError, Guard, OpsMode, PublishOutcome, PublishPipe, Side, Signal, SignalBatch, MAX_IN_FLIGHT,
 };
 
 use crate::job::Job;
 use crate::log::{log, now_ms};
 use crate::ops::OpsTable;
-use crate::stats::{Counters, Histograms, Stage};
+use crate::stats::{Counters, Histograms, LocalHist, Stage};
 use crate::universe::Universe;
 
 /// What the publisher needs.
@@ -62,17 +66,22 @@ pub struct PublisherParts {
 }
 
 struct State {
-    conn: Option<RedisConn>,
+    conn: Option<PublishPipe>,
     next_attempt: Instant,
     backoff: Duration,
     last_seq: Vec<u64>,
     weights: Vec<Vec<f64>>,
     flattened_version: Vec<Option<u64>>,
-    /// Batches being built or sent, and the guard client's encoding
-    /// buffers: after warm-up a decision allocates only the Redis client's
-    /// reply values.
+    /// Batches being built or sent: after warm-up a decision allocates
+    /// nothing (the pipe reads replies into reused buffers).
     batches: BatchPool,
-    bufs: PublishBuffers,
+    /// Decisions taken from the queue, oldest first from `head`: the first
+    /// `in_flight` were sent and wait for their replies.
+    rounds: Vec<Round>,
+    head: usize,
+    in_flight: usize,
+    publish_hist: LocalHist,
+    ack_hist: LocalHist,
 }
 
 fn now_us() -> u64 {
@@ -85,15 +94,21 @@ fn now_us() -> u64 {
 /// Most decisions sent in one pipeline.
 pub const MAX_PIPELINE: usize = 16;
 
-/// Decisions taken from the queue together, and their batches.
+/// Decisions taken from the queue together, sent in one pipeline, and
+/// their batches.
 struct Round {
     /// Boxed: jobs travel between threads and pools as boxes; unboxing here
     /// would move whole buffers.
     #[allow(clippy::vec_box)]
     jobs: Vec<Box<Job>>,
+    /// The mode each job was decided under (read once per decision).
+    modes: Vec<OpsMode>,
     labels: Vec<Option<&'static str>>,
-    /// Batches waiting to be sent.
+    /// Batches waiting to be sent or for their replies.
     pending: Vec<Pending>,
+    /// First batch slot of this round in the pool.
+    base: usize,
+    started: Instant,
 }
 
 /// A batch waiting to be sent, and where its outcome goes.
@@ -120,77 +135,358 @@ pub fn run(p: PublisherParts) {
             .collect(),
         flattened_version: vec![None; n],
         batches: BatchPool::new(n),
-        bufs: PublishBuffers::default(),
-    };
-    let mut publish_hist = p.hists.local(Stage::Publish);
-    let mut ack_hist = p.hists.local(Stage::TriggerToAck);
-    let mut round = Round {
-        jobs: Vec::with_capacity(MAX_PIPELINE),
-        labels: Vec::with_capacity(MAX_PIPELINE),
-        pending: Vec::with_capacity(MAX_PIPELINE),
+        rounds: (0..MAX_IN_FLIGHT)
+            .map(|r| Round {
+                jobs: Vec::with_capacity(MAX_PIPELINE),
+                modes: Vec::with_capacity(MAX_PIPELINE),
+                labels: Vec::with_capacity(MAX_PIPELINE),
+                pending: Vec::with_capacity(MAX_PIPELINE),
+                base: r * MAX_PIPELINE,
+                started: Instant::now(),
+            })
+            .collect(),
+        head: 0,
+        in_flight: 0,
+        publish_hist: p.hists.local(Stage::Publish),
+        ack_hist: p.hists.local(Stage::TriggerToAck),
     };
     while !p.shutdown.load(Ordering::Relaxed) {
-        ensure_connected(&p, &mut st);
-        flatten_if_asked(&p, &mut st);
-        match p.jobs.recv_timeout(Duration::from_millis(20)) {
-            Ok(j) => round.jobs.push(j),
-            Err(RecvTimeoutError::Timeout) => {
-                publish_hist.tick();
-                ack_hist.tick();
-                continue;
+        if st.in_flight == 0 {
+            ensure_connected(&p, &mut st);
+            flatten_if_asked(&p, &mut st);
+        } else if flatten_due(&p, &st) {
+            // Flat signals go out alone, after what is in flight.
+            while st.in_flight > 0 {
+                receive(&p, &mut st);
             }
-            Err(RecvTimeoutError::Disconnected) => return,
+            continue;
         }
-        // Whatever else is already waiting rides along.
-        while round.jobs.len() < MAX_PIPELINE {
-            match p.jobs.try_recv() {
-                Ok(j) => round.jobs.push(j),
-                Err(_) => break,
-            }
-        }
-        let started = Instant::now();
-        round.labels.clear();
-        round.labels.resize(round.jobs.len(), None);
-        for i in 0..round.jobs.len() {
-            let s = usize::from(round.jobs[i].strategy);
-            // reduce_only clamps against the last accepted weights: send what
-            // is pending first, and this batch alone.
-            // One read of the mode per decision: the flush choice and the
-            // clamping below must agree.
-            let mode = p.ops.mode(s);
-            let alone = mode == OpsMode::ReduceOnly;
-            if alone {
-                flush(&p, &mut st, &mut round);
-            }
-            match prepare(&p, &mut st, &round.jobs[i], mode, round.pending.len()) {
-                Prepared::Done(label) => round.labels[i] = label,
-                Prepared::Ready => round.pending.push(Pending { slot: i, strategy: s }),
-            }
-            if alone {
-                flush(&p, &mut st, &mut round);
-            }
-        }
-        flush(&p, &mut st, &mut round);
-        let done = Instant::now();
-        for (job, label) in round.jobs.drain(..).zip(&round.labels) {
-            if let Some(label) = *label {
-                p.counters.outcome(label);
-                if label == "accepted" {
-                    publish_hist.record(done - started);
-                    ack_hist.record(done - job.decoded_at);
+        // Send the next decisions as soon as there are any, while earlier
+        // ones are still in Redis (up to MAX_IN_FLIGHT pipelines); wait for
+        // a reply only when nothing can be sent.
+        let sendable = st.in_flight < MAX_IN_FLIGHT && st.conn.as_ref().is_none_or(PublishPipe::overlaps);
+        if st.in_flight == 0 || sendable {
+            let wait = if st.in_flight == 0 {
+                Duration::from_millis(20)
+            } else {
+                Duration::ZERO
+            };
+            match take(&p, &mut st, wait) {
+                Taken::Some => {
+                    start(&p, &mut st);
+                    continue;
                 }
+                Taken::Disconnected => break,
+                Taken::None if st.in_flight == 0 => {
+                    st.publish_hist.tick();
+                    st.ack_hist.tick();
+                    continue;
+                }
+                Taken::None => {}
             }
-            let _ = p.pool_returns[usize::from(job.strategy)].try_send(job);
+        }
+        receive(&p, &mut st);
+    }
+    while st.in_flight > 0 {
+        receive(&p, &mut st);
+    }
+}
+
+enum Taken {
+    /// The next round holds jobs.
+    Some,
+    None,
+    Disconnected,
+}
+
+/// Takes waiting jobs into the next round (waiting up to `wait` for the
+/// first).
+fn take(p: &PublisherParts, st: &mut State, wait: Duration) -> Taken {
+    let r = (st.head + st.in_flight) % MAX_IN_FLIGHT;
+    let round = &mut st.rounds[r];
+    let first = if wait.is_zero() {
+        p.jobs.try_recv().map_err(|e| e.is_disconnected())
+    } else {
+        p.jobs.recv_timeout(wait).map_err(|e| e.is_disconnected())
+    };
+    match first {
+        Ok(j) => round.jobs.push(j),
+        Err(true) => return Taken::Disconnected,
+        Err(false) => return Taken::None,
+    }
+    // Whatever else is already waiting rides along.
+    while round.jobs.len() < MAX_PIPELINE {
+        match p.jobs.try_recv() {
+            Ok(j) => round.jobs.push(j),
+            Err(_) => break,
+        }
+    }
+    Taken::Some
+}
+
+/// Prepares the round just taken and sends it; a round with a
+/// `reduce_only` decision goes out only after everything in flight
+/// (it clamps against the last accepted weights) and waits for its own
+/// replies.
+fn start(p: &PublisherParts, st: &mut State) {
+    let r = (st.head + st.in_flight) % MAX_IN_FLIGHT;
+    let round = &mut st.rounds[r];
+    round.started = Instant::now();
+    round.labels.clear();
+    round.labels.resize(round.jobs.len(), None);
+    round.modes.clear();
+    round
+        .modes
+        .extend(round.jobs.iter().map(|j| p.ops.mode(usize::from(j.strategy))));
+    if round.modes.contains(&OpsMode::ReduceOnly) {
+        while st.in_flight > 0 {
+            receive(p, st);
+        }
+        // Nothing in flight: the round now sits at the head.
+        let r = st.head;
+        for i in 0..st.rounds[r].jobs.len() {
+            let alone = st.rounds[r].modes[i] == OpsMode::ReduceOnly;
+            if alone {
+                flush_now(p, st, r);
+            }
+            prepare_into(p, st, r, i);
+            if alone {
+                flush_now(p, st, r);
+            }
+        }
+        flush_now(p, st, r);
+        return finish(p, st, r);
+    }
+    for i in 0..st.rounds[r].jobs.len() {
+        prepare_into(p, st, r, i);
+    }
+    if st.rounds[r].pending.is_empty() {
+        return finish(p, st, r);
+    }
+    let (head, before) = (st.head, st.in_flight);
+    if !send(p, st, r) {
+        // Not sent, or the connection was lost with it: every round that
+        // was in flight has its labels.
+        for k in 0..=before {
+            finish(p, st, (head + k) % MAX_IN_FLIGHT);
         }
     }
 }
 
-/// Sends the pending batches of `round` in one pipeline and records their
-/// outcomes.
-fn flush(p: &PublisherParts, st: &mut State, round: &mut Round) {
-    if !round.pending.is_empty() {
-        send(p, st, &round.pending, &mut round.labels);
+/// Fills job `i` of round `r` into the round's next batch slot, or labels it.
+fn prepare_into(p: &PublisherParts, st: &mut State, r: usize, i: usize) {
+    let State {
+        rounds,
+        batches,
+        last_seq,
+        weights,
+        ..
+    } = st;
+    let round = &mut rounds[r];
+    let job = &round.jobs[i];
+    let s = usize::from(job.strategy);
+    let idx = round.base + round.pending.len();
+    match prepare(p, last_seq, weights, batches, job, round.modes[i], idx) {
+        Prepared::Done(label) => round.labels[i] = label,
+        Prepared::Ready => round.pending.push(Pending { slot: i, strategy: s }),
+    }
+}
+
+/// Sends round `r`'s pending batches without waiting. `true` when the
+/// round is in flight; otherwise it and every round that was in flight
+/// carry their labels (`redis_error`) and wait to be finished.
+fn send(p: &PublisherParts, st: &mut State, r: usize) -> bool {
+    let round = &mut st.rounds[r];
+    let batches = &st.batches.slots[round.base..round.base + round.pending.len()];
+    let Some(conn) = st.conn.as_mut() else {
+        Counters::inc(&p.counters.redis_errors);
+        label_all(round, "redis_error");
+        return false;
+    };
+    let sent = conn.send(&p.guard, batches);
+    st.in_flight += 1;
+    match sent {
+        Ok(()) => true,
+        Err(e) => {
+            lost(p, st, &e);
+            false
+        }
+    }
+}
+
+/// Sends round `r`'s pending batches and waits for their outcomes; nothing
+/// else may be in flight. The round stays taken (`finish` returns its jobs).
+fn flush_now(p: &PublisherParts, st: &mut State, r: usize) {
+    let State {
+        conn,
+        rounds,
+        batches,
+        last_seq,
+        weights,
+        ..
+    } = st;
+    let round = &mut rounds[r];
+    if round.pending.is_empty() {
+        return;
+    }
+    let sent = &batches.slots[round.base..round.base + round.pending.len()];
+    let result = match conn.as_mut() {
+        Some(c) => c.send(&p.guard, sent).and_then(|()| {
+            let outcomes = c.recv()?;
+            for ((x, o), batch) in round.pending.iter().zip(outcomes).zip(sent) {
+                round.labels[x.slot] = Some(apply(p, last_seq, weights, x.strategy, o, batch));
+            }
+            Ok(())
+        }),
+        None => Err(ContractError::Protocol("not connected to Redis".into())),
+    };
+    if let Err(e) = result {
+        label_all(round, "redis_error");
+        if conn.is_some() {
+            disconnect(p, st, &e);
+        } else {
+            Counters::inc(&p.counters.redis_errors);
+        }
+    }
+    st.rounds[r].pending.clear();
+}
+
+/// Reads the oldest round's outcomes and finishes it (or, when the
+/// connection is lost, every round that was in flight).
+fn receive(p: &PublisherParts, st: &mut State) {
+    let (head, before) = (st.head, st.in_flight);
+    if receive_outcomes(p, st) {
+        finish(p, st, head);
+    } else {
+        for k in 0..before {
+            finish(p, st, (head + k) % MAX_IN_FLIGHT);
+        }
+    }
+}
+
+/// Reads the oldest round's outcomes into its labels. `false` when the
+/// connection was lost: every round that was in flight has its labels.
+fn receive_outcomes(p: &PublisherParts, st: &mut State) -> bool {
+    let r = st.head;
+    let State {
+        conn,
+        rounds,
+        batches,
+        last_seq,
+        weights,
+        ..
+    } = st;
+    let round = &mut rounds[r];
+    let result = match conn.as_mut() {
+        Some(c) => c.recv().map(|outcomes| {
+            let sent = &batches.slots[round.base..];
+            for ((x, o), batch) in round.pending.iter().zip(outcomes).zip(sent) {
+                round.labels[x.slot] = Some(apply(p, last_seq, weights, x.strategy, o, batch));
+            }
+        }),
+        None => Err(ContractError::Protocol("not connected to Redis".into())),
+    };
+    match result {
+        Ok(()) => {
+            round.pending.clear();
+            st.in_flight -= 1;
+            st.head = (st.head + 1) % MAX_IN_FLIGHT;
+            true
+        }
+        Err(e) => {
+            lost(p, st, &e);
+            false
+        }
+    }
+}
+
+/// What an outcome means for the publisher's state, and its label.
+fn apply(
+    p: &PublisherParts,
+    last_seq: &mut [u64],
+    weights: &mut [Vec<f64>],
+    s: usize,
+    outcome: &Result<PublishOutcome, ContractError>,
+    batch: &SignalBatch,
+) -> &'static str {
+    match outcome {
+        Ok(PublishOutcome::Accepted { count }) => {
+            p.counters
+                .signals_accepted
+                .fetch_add(*count as u64, Ordering::Relaxed);
+            for (w, sig) in weights[s].iter_mut().zip(&batch.signals) {
+                *w = sig.weight;
+            }
+            "accepted"
+        }
+        Ok(PublishOutcome::Stale { stored_seq, .. }) => {
+            last_seq[s] = last_seq[s].max(*stored_seq);
+            "stale"
+        }
+        Ok(other) => other.label(),
+        Err(ContractError::BadInput(msg)) => {
+            log(
+                "error",
+                "guard refused a batch as malformed",
+                &[("error", msg.clone().into())],
+            );
+            "bad_input"
+        }
+        Err(e) => {
+            Counters::inc(&p.counters.redis_errors);
+            log("warn", "publish failed", &[("error", e.to_string().into())]);
+            "redis_error"
+        }
+    }
+}
+
+/// The connection is lost with rounds in flight: each is labelled
+/// `redis_error` (nothing can be said of them) and left for `finish`,
+/// from the head on; nothing is in flight afterwards.
+fn lost(p: &PublisherParts, st: &mut State, e: &ContractError) {
+    disconnect(p, st, e);
+    for k in 0..st.in_flight {
+        let round = &mut st.rounds[(st.head + k) % MAX_IN_FLIGHT];
+        label_all(round, "redis_error");
         round.pending.clear();
+    }
+    st.in_flight = 0;
+}
+
+/// Drops the connection; the next attempt comes after the backoff.
+fn disconnect(p: &PublisherParts, st: &mut State, e: &ContractError) {
+    Counters::inc(&p.counters.redis_errors);
+    p.counters.redis_ok.store(false, Ordering::Relaxed);
+    log(
+        "warn",
+        "publish failed; reconnecting",
+        &[("error", e.to_string().into())],
+    );
+    st.conn = None;
+    st.next_attempt = Instant::now() + st.backoff;
+}
+
+fn label_all(round: &mut Round, label: &'static str) {
+    for x in &round.pending {
+        round.labels[x.slot] = Some(label);
+    }
+}
+
+/// Counts round `r`'s outcomes, records its latencies and returns its jobs
+/// to their pools.
+fn finish(p: &PublisherParts, st: &mut State, r: usize) {
+    let done = Instant::now();
+    let round = &mut st.rounds[r];
+    round.pending.clear();
+    for (job, label) in round.jobs.drain(..).zip(&round.labels) {
+        if let Some(label) = *label {
+            p.counters.outcome(label);
+            if label == "accepted" {
+                st.publish_hist.record(done - round.started);
+                st.ack_hist.record(done - job.decoded_at);
+            }
+        }
+        let _ = p.pool_returns[usize::from(job.strategy)].try_send(job);
     }
 }
 
@@ -198,16 +494,14 @@ fn ensure_connected(p: &PublisherParts, st: &mut State) {
     if st.conn.is_some() || Instant::now() < st.next_attempt {
         return;
     }
-    let attempt = RedisConn::connect(&p.redis)
-        .map_err(ContractError::from)
-        .and_then(|mut c| {
-            Guard::load(&mut c)?;
-            for (s, strat) in p.universe.strategies.iter().enumerate() {
-                let hwm = p.guard.high_water_mark(&mut c, &strat.id)?;
-                st.last_seq[s] = st.last_seq[s].max(hwm);
-            }
-            Ok(c)
-        });
+    let attempt = PublishPipe::connect(&p.redis).and_then(|mut c| {
+        Guard::load(&mut c)?;
+        for (s, strat) in p.universe.strategies.iter().enumerate() {
+            let hwm = p.guard.high_water_mark(&mut c, &strat.id)?;
+            st.last_seq[s] = st.last_seq[s].max(hwm);
+        }
+        Ok(c)
+    });
     match attempt {
         Ok(c) => {
             st.conn = Some(c);
@@ -232,74 +526,10 @@ fn ensure_connected(p: &PublisherParts, st: &mut State) {
     }
 }
 
-fn next_seq(st: &mut State, s: usize) -> u64 {
-    let seq = (st.last_seq[s] + 1).max(now_us());
-    st.last_seq[s] = seq;
+fn next_seq(last_seq: &mut [u64], s: usize) -> u64 {
+    let seq = (last_seq[s] + 1).max(now_us());
+    last_seq[s] = seq;
     seq
-}
-
-/// Sends `pending` in one pipeline; writes each outcome label to
-/// `labels[slot]`.
-fn send(p: &PublisherParts, st: &mut State, pending: &[Pending], labels: &mut [Option<&'static str>]) {
-    let mut label_all = |label| {
-        for x in pending {
-            labels[x.slot] = Some(label);
-        }
-    };
-    let Some(conn) = st.conn.as_mut() else {
-        Counters::inc(&p.counters.redis_errors);
-        return label_all("redis_error");
-    };
-    let outcomes = match p
-        .guard
-        .publish_many_with(conn, &st.batches.slots[..pending.len()], &mut st.bufs)
-    {
-        Ok(o) => o,
-        Err(e) => {
-            Counters::inc(&p.counters.redis_errors);
-            p.counters.redis_ok.store(false, Ordering::Relaxed);
-            log(
-                "warn",
-                "publish failed; reconnecting",
-                &[("error", e.to_string().into())],
-            );
-            st.conn = None;
-            st.next_attempt = Instant::now() + st.backoff;
-            return label_all("redis_error");
-        }
-    };
-    for ((x, outcome), batch) in pending.iter().zip(outcomes).zip(&st.batches.slots) {
-        let s = x.strategy;
-        labels[x.slot] = Some(match outcome {
-            Ok(PublishOutcome::Accepted { count }) => {
-                p.counters
-                    .signals_accepted
-                    .fetch_add(count as u64, Ordering::Relaxed);
-                for (w, sig) in st.weights[s].iter_mut().zip(&batch.signals) {
-                    *w = sig.weight;
-                }
-                "accepted"
-            }
-            Ok(PublishOutcome::Stale { stored_seq, .. }) => {
-                st.last_seq[s] = st.last_seq[s].max(stored_seq);
-                "stale"
-            }
-            Ok(other) => other.label(),
-            Err(ContractError::BadInput(msg)) => {
-                log(
-                    "error",
-                    "guard refused a batch as malformed",
-                    &[("error", msg.into())],
-                );
-                "bad_input"
-            }
-            Err(e) => {
-                Counters::inc(&p.counters.redis_errors);
-                log("warn", "publish failed", &[("error", e.to_string().into())]);
-                "redis_error"
-            }
-        });
-    }
 }
 
 /// What `prepare` made of a decided job.
@@ -310,8 +540,8 @@ enum Prepared {
     Done(Option<&'static str>),
 }
 
-/// The batches being built or sent, reused decision after decision (slot i
-/// belongs to the round's i-th pending entry), and spare batches per
+/// The batches being built or sent, reused decision after decision (slot
+/// `base + i` belongs to the i-th pending entry of the round at `base`), and spare batches per
 /// strategy: a slot taken by another strategy swaps its batch for one of
 /// that strategy's instead of rebuilding it, so interleaved strategies
 /// allocate nothing once every strategy has had its batches built.
@@ -326,8 +556,8 @@ struct BatchPool {
 impl BatchPool {
     fn new(strategies: usize) -> Self {
         Self {
-            slots: Vec::with_capacity(MAX_PIPELINE),
-            owners: Vec::with_capacity(MAX_PIPELINE),
+            slots: Vec::with_capacity(MAX_IN_FLIGHT * MAX_PIPELINE),
+            owners: Vec::with_capacity(MAX_IN_FLIGHT * MAX_PIPELINE),
             spares: (0..strategies)
                 .map(|_| Vec::with_capacity(MAX_PIPELINE))
                 .collect(),
@@ -359,7 +589,15 @@ impl BatchPool {
 
 /// Fills pooled batch `idx` from a decided job, unless there is nothing to
 /// send.
-fn prepare(p: &PublisherParts, st: &mut State, job: &Job, mode: OpsMode, idx: usize) -> Prepared {
+fn prepare(
+    p: &PublisherParts,
+    last_seq: &mut [u64],
+    weights: &[Vec<f64>],
+    batches: &mut BatchPool,
+    job: &Job,
+    mode: OpsMode,
+    idx: usize,
+) -> Prepared {
     let s = usize::from(job.strategy);
     let Some(meta) = job.model.as_ref() else {
         return Prepared::Done(None); // no model yet
@@ -373,13 +611,13 @@ fn prepare(p: &PublisherParts, st: &mut State, job: &Job, mode: OpsMode, idx: us
         return Prepared::Done(Some("expired_before_send"));
     }
     let strat = &p.universe.strategies[s];
-    let seq = next_seq(st, s);
-    let batch = st.batches.slot(idx, s, &strat.id, &strat.symbols);
+    let seq = next_seq(last_seq, s);
+    let batch = batches.slot(idx, s, &strat.id, &strat.symbols);
     for (i, sig) in batch.signals.iter_mut().enumerate() {
         let t = job.scratch.targets[i];
         let (mut weight, mut qty) = (t.weight, t.qty);
         if mode == OpsMode::ReduceOnly {
-            let cur = st.weights[s][i];
+            let cur = weights[s][i];
             let grows = weight.abs() > cur.abs();
             let flips = weight != 0.0 && (weight > 0.0) != (cur > 0.0);
             if flips || cur == 0.0 {
@@ -403,6 +641,14 @@ fn prepare(p: &PublisherParts, st: &mut State, job: &Job, mode: OpsMode, idx: us
     Prepared::Ready
 }
 
+/// Whether a strategy waits for its flat signals.
+fn flatten_due(p: &PublisherParts, st: &State) -> bool {
+    (0..p.universe.strategies.len())
+        .any(|s| p.ops.mode(s) == OpsMode::Flatten && st.flattened_version[s] != Some(p.ops.version(s)))
+}
+
+/// Publishes flat signals once per `flatten` order (nothing in flight: the
+/// head round is free and carries them).
 fn flatten_if_asked(p: &PublisherParts, st: &mut State) {
     for (s, strat) in p.universe.strategies.iter().enumerate() {
         if p.ops.mode(s) != OpsMode::Flatten {
@@ -413,9 +659,9 @@ fn flatten_if_asked(p: &PublisherParts, st: &mut State) {
             continue;
         }
         let now = now_ms();
-        let seq = next_seq(st, s);
-        // Between rounds: no batch is pending, so slot 0 is free.
-        let batch = st.batches.slot(0, s, &strat.id, &strat.symbols);
+        let seq = next_seq(&mut st.last_seq, s);
+        let r = st.head;
+        let batch = st.batches.slot(st.rounds[r].base, s, &strat.id, &strat.symbols);
         for sig in &mut batch.signals {
             (sig.side, sig.weight, sig.qty) = (Side::Flat, 0.0, 0.0);
             (sig.return_prob, sig.risk_score) = (0.5, 0.0);
@@ -424,10 +670,12 @@ fn flatten_if_asked(p: &PublisherParts, st: &mut State) {
         batch.model_id.clear();
         batch.model_id.push_str("flatten");
         batch.model_version = 0;
-        let flat = Pending { slot: 0, strategy: s };
-        let mut labels = [None];
-        send(p, st, std::slice::from_ref(&flat), &mut labels);
-        let label = labels[0].unwrap_or("redis_error");
+        let round = &mut st.rounds[r];
+        round.labels.clear();
+        round.labels.push(None);
+        round.pending.push(Pending { slot: 0, strategy: s });
+        flush_now(p, st, r);
+        let label = st.rounds[r].labels.pop().flatten().unwrap_or("redis_error");
         p.counters.outcome(label);
         if label == "accepted" {
             st.flattened_version[s] = Some(version);
@@ -479,5 +727,208 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The publisher against a private Redis: a burst of decisions sent
+    /// with pipelines in flight lands whole and in order; `reduce_only`
+    /// clamps what would grow or flip (the guard would refuse it);
+    /// `flatten` publishes flat signals once and holds; a Redis restart
+    /// counts errors, reconnects, reloads the guard and publishes again.
+    #[test]
+    fn publishes_in_order_applies_modes_and_survives_a_redis_restart() {
+        use mlcore_models::contract::{Keys, ModeChange, SetModeOutcome};
+        use mlcore_models::testutil::{RedisNamespace, RedisServer};
+
+        use crate::job::ModelMeta;
+        use crate::portfolio::{Policy, SymbolParams};
+        use crate::stats::OUTCOMES;
+        use crate::universe::Strategy;
+
+        let mut server = RedisServer::start();
+        let ns = RedisNamespace::on(&server.url());
+        let mut admin = server.connection();
+        let guard = Guard::new(Keys::new(&ns.ns), 1000);
+        let symbols = vec!["EURUSD".to_owned(), "USDJPY".to_owned()];
+        let params: Vec<SymbolParams> = (0..2)
+            .map(|_| SymbolParams {
+                beta: 1.0,
+                max_weight: 0.1,
+                lot_size: 1.0,
+                min_qty: 0.0,
+                notional: 1e6,
+                cost_bps: 0.0,
+            })
+            .collect();
+        let universe = Arc::new(Universe {
+            strategies: vec![Strategy {
+                id: "fx".into(),
+                symbols: symbols.clone(),
+                params: params.clone(),
+                rolling_beta: vec![None, None],
+                benchmark: 0,
+            }],
+            routes: std::collections::HashMap::new(),
+            policy: Policy {
+                theta1: 0.5,
+                theta2: 0.9,
+                target_annual_vol: 0.1,
+                periods_per_year: 1e6,
+                max_gross: 1.0,
+                beta_tolerance: 0.01,
+                min_edge_over_cost_bps: 0.0,
+                use_ai3: false,
+            },
+            ttl_ms: 60_000,
+        });
+        let ops = Arc::new(OpsTable::new(1));
+        let counters = Arc::new(Counters::default());
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Box<Job>>(64);
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<Box<Job>>(64);
+        let mut redis_cfg = mlcore_models::config::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs"),
+            mlcore_models::config::Environment::Dev,
+            &mlcore_models::config::MapEnv::new()
+                .with("MLCORE_REDIS_URL", &server.url())
+                .with("MLCORE_PG_DSN", &mlcore_models::testutil::pg_dsn()),
+        )
+        .unwrap()
+        .redis;
+        redis_cfg.namespace.clone_from(&ns.ns);
+        redis_cfg.reconnect.initial_ms = 50;
+        redis_cfg.reconnect.max_ms = 200;
+        let parts = PublisherParts {
+            jobs: jobs_rx,
+            pool_returns: vec![done_tx],
+            redis: redis_cfg,
+            guard: guard.clone(),
+            universe,
+            ops: Arc::clone(&ops),
+            counters: Arc::clone(&counters),
+            hists: Histograms::new(2),
+            shutdown: Arc::clone(&shutdown),
+        };
+        let publisher = std::thread::spawn(move || run(parts));
+
+        let set_mode = |conn: &mut redis::Connection, mode: OpsMode| {
+            let current = guard.read_mode(conn, "fx").unwrap().version;
+            let change = ModeChange {
+                strategy: "fx",
+                expected_version: current,
+                mode,
+                reason: "test",
+                actor: "tester",
+                request_id: "r",
+            };
+            let SetModeOutcome::Applied { version } = guard.set_mode(conn, &change).unwrap() else {
+                panic!("mode change lost");
+            };
+            ops.set(0, mode, version);
+        };
+        let meta = Arc::new(ModelMeta {
+            model_id: "fx-v1".into(),
+            version: 1,
+            manifest_sha256: String::new(),
+            theta1: 0.5,
+            theta2: 0.9,
+        });
+        let job = |weights: [f64; 2]| {
+            let mut j = Box::new(Job::new(0, &params));
+            j.model = Some(Arc::clone(&meta));
+            j.trigger_ts_ns = (now_ms() * 1_000_000) as i64;
+            for (t, w) in j.scratch.targets.iter_mut().zip(weights) {
+                (t.weight, t.qty) = (w, w * 1e6);
+            }
+            j
+        };
+        let outcome = |label: &str| {
+            let i = OUTCOMES.iter().position(|o| *o == label).unwrap();
+            counters.outcomes[i].load(Ordering::Relaxed)
+        };
+        let publish = |batch: &[[f64; 2]]| {
+            for w in batch {
+                jobs_tx.send(job(*w)).unwrap();
+            }
+            for _ in batch {
+                done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            }
+        };
+        let stored = |conn: &mut redis::Connection| -> Vec<(f64, String)> {
+            symbols
+                .iter()
+                .map(|s| {
+                    let sig = guard.read(conn, "fx", s).unwrap().unwrap();
+                    (sig.weight, sig.model_id)
+                })
+                .collect()
+        };
+
+        set_mode(&mut admin, OpsMode::Active);
+        // A burst: rounds queue behind each other with pipelines in flight.
+        let burst: Vec<[f64; 2]> = (1..=40).map(|i| [0.001 * f64::from(i), -0.05]).collect();
+        publish(&burst);
+        assert_eq!(outcome("accepted"), 40);
+        let seqs: Vec<u64> = redis::cmd("XRANGE")
+            .arg(guard.keys().strategy("fx").signals)
+            .arg("-")
+            .arg("+")
+            .query::<redis::streams::StreamRangeReply>(&mut admin)
+            .unwrap()
+            .ids
+            .iter()
+            .map(|e| e.get::<u64>("seq").unwrap())
+            .collect();
+        assert_eq!(seqs.len(), 40, "one stream entry per decision");
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+        assert_eq!(
+            stored(&mut admin)[0].0,
+            0.04,
+            "the last decision is what is stored"
+        );
+
+        // reduce_only: growing EURUSD and flipping USDJPY are clamped to the
+        // last accepted weight and to flat, so the guard accepts.
+        set_mode(&mut admin, OpsMode::ReduceOnly);
+        publish(&[[0.08, 0.02], [0.01, -0.01]]);
+        assert_eq!((outcome("accepted"), outcome("halted")), (42, 0));
+        assert_eq!(
+            stored(&mut admin),
+            [(0.01, "fx-v1".into()), (0.0, "fx-v1".into())]
+        );
+
+        // flatten: flat signals once, then nothing.
+        set_mode(&mut admin, OpsMode::Flatten);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stored(&mut admin)[0].1 != "flatten" {
+            assert!(Instant::now() < deadline, "no flat signals");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            stored(&mut admin),
+            [(0.0, "flatten".into()), (0.0, "flatten".into())]
+        );
+        publish(&[[0.05, 0.05]]);
+        assert_eq!(counters.held_by_mode.load(Ordering::Relaxed), 1);
+        assert_eq!(outcome("accepted"), 43, "40 + 2 + the flat batch");
+
+        // Redis restarts empty: errors are counted, the publisher reconnects,
+        // reloads the guard and publishes again.
+        server.restart();
+        // What the ops watcher does when it finds the ops state gone.
+        ops.force_halted(0);
+        let mut admin = server.connection();
+        set_mode(&mut admin, OpsMode::Active);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while outcome("accepted") == 43 {
+            assert!(Instant::now() < deadline, "never published again");
+            publish(&[[0.03, -0.03]]);
+        }
+        assert!(counters.redis_errors.load(Ordering::Relaxed) >= 1);
+        assert!(outcome("redis_error") >= 1);
+        assert!(counters.redis_ok.load(Ordering::Relaxed));
+        assert_eq!(stored(&mut admin)[0], (0.03, "fx-v1".into()));
+
+        shutdown.store(true, Ordering::Relaxed);
+        publisher.join().unwrap();
     }
 }

@@ -197,16 +197,22 @@ fn onnx_runtime_allocations_per_run_are_reported() {
     assert!(per_run < 100, "{per_run} allocations per run");
 }
 
-/// Publishing: with reused buffers, encoding a decision's `FCALL` allocates
-/// nothing; what is left is the Redis client's reply values (an array and
-/// its `ok` string per decision; the folded call's reply array and the list
-/// of replies per pipeline) and the outcome list. Against the real guard on
-/// the test Redis, in a fresh namespace; the 4 decisions of a round are
-/// folded into one guard call, as the daemon's are under load.
+/// Publishing, against the real guard on the test Redis in a fresh
+/// namespace, rounds of 4 decisions folded into one guard call as the
+/// daemon's are under load. Through the publisher's own connection
+/// (`PublishPipe`, two rounds in flight) a decision allocates nothing once
+/// its buffers have grown: asserted. Through the Redis client (the path a
+/// Redis Cluster takes) what is left is the client's reply values (an array
+/// and its `ok` string per decision; the folded call's reply array and the
+/// list of replies per pipeline) and the outcome list: reported, and held
+/// to that.
 #[test]
-fn publishing_a_decision_allocates_only_the_replies() {
+fn publishing_a_decision_allocates_nothing_through_the_pipe() {
+    use std::time::Duration;
+
     use mlcore_models::contract::{
-        Guard, Keys, ModeChange, OpsMode, PublishBuffers, PublishOutcome, Side, Signal, SignalBatch,
+        Guard, Keys, ModeChange, OpsMode, PublishBuffers, PublishOutcome, PublishPipe, Side, Signal,
+        SignalBatch, MAX_IN_FLIGHT,
     };
     use mlcore_models::testutil::{self, RedisNamespace};
 
@@ -244,29 +250,65 @@ fn publishing_a_decision_allocates_only_the_replies() {
                 .collect(),
         })
         .collect();
-    let mut bufs = PublishBuffers::default();
     let mut seq = 0;
-    let mut round = |batches: &mut Vec<SignalBatch>, bufs: &mut PublishBuffers| {
+    let mut renumber = |batches: &mut Vec<SignalBatch>| {
         for b in batches.iter_mut() {
             seq += 1;
             b.seq = seq;
         }
-        let outcomes = guard.publish_many_with(&mut conn, batches, bufs).unwrap();
-        for o in &outcomes {
-            assert!(matches!(o, Ok(PublishOutcome::Accepted { count: 32 })), "{o:?}");
-        }
     };
-    for _ in 0..3 {
-        round(&mut batches, &mut bufs);
-    }
+    let accepted = |o: &Result<PublishOutcome, _>| matches!(o, Ok(PublishOutcome::Accepted { count: 32 }));
     let rounds = 20;
+
+    let mut pipe = PublishPipe::connect_url(
+        &testutil::redis_url(),
+        Duration::from_secs(2),
+        Duration::from_secs(5),
+    )
+    .unwrap()
+    .unwrap();
+    let mut piped = |batches: &mut Vec<SignalBatch>, pipe: &mut PublishPipe| {
+        renumber(batches);
+        if pipe.in_flight() == MAX_IN_FLIGHT {
+            assert!(pipe.recv().unwrap().iter().all(accepted));
+        }
+        pipe.send(&guard, batches).unwrap();
+    };
+    // Warm-up: every round slot sent and read once.
+    for _ in 0..2 * MAX_IN_FLIGHT {
+        piped(&mut batches, &mut pipe);
+    }
     let allocs = measured(|| {
         for _ in 0..rounds {
-            round(&mut batches, &mut bufs);
+            piped(&mut batches, &mut pipe);
+        }
+    });
+    while pipe.in_flight() > 0 {
+        assert!(pipe.recv().unwrap().iter().all(accepted));
+    }
+    let per_decision = allocs as f64 / f64::from(rounds * 4);
+    eprintln!("publishing through the pipe allocates {per_decision:.2} times per 32-signal decision (rounds of 4, 2 in flight)");
+    assert_eq!(
+        allocs, 0,
+        "{allocs} allocations in {rounds} rounds of 4 decisions"
+    );
+
+    let mut bufs = PublishBuffers::default();
+    let mut client = |batches: &mut Vec<SignalBatch>, bufs: &mut PublishBuffers| {
+        renumber(batches);
+        let outcomes = guard.publish_many_with(&mut conn, batches, bufs).unwrap();
+        assert!(outcomes.iter().all(accepted), "{outcomes:?}");
+    };
+    for _ in 0..3 {
+        client(&mut batches, &mut bufs);
+    }
+    let allocs = measured(|| {
+        for _ in 0..rounds {
+            client(&mut batches, &mut bufs);
         }
     });
     let per_decision = allocs as f64 / f64::from(rounds * 4);
-    eprintln!("publishing allocates {per_decision:.2} times per 32-signal decision (pipelines of 4)");
+    eprintln!("publishing through the Redis client allocates {per_decision:.2} times per 32-signal decision (pipelines of 4)");
     // 2 reply values per decision; 4 lists per pipeline (the replies as read
     // and as results, the folded call's reply array, the outcomes).
     assert!(per_decision <= 3.0, "{per_decision} allocations per decision");

@@ -3,11 +3,11 @@
 
 #![allow(clippy::unwrap_used)] // fixture helpers outside #[test] fns: a broken fixture should panic
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mlcore_models::contract::{
-    ContractError, Guard, Keys, ModeChange, OpsMode, PublishOutcome, SetModeOutcome, Side, Signal,
-    SignalBatch, MAX_DECISIONS_PER_CALL,
+    ContractError, Guard, Keys, ModeChange, OpsMode, PublishOutcome, PublishPipe, SetModeOutcome, Side,
+    Signal, SignalBatch, MAX_DECISIONS_PER_CALL, MAX_IN_FLIGHT,
 };
 use mlcore_models::testutil::{self, RedisCluster, RedisNamespace, RedisServer};
 use proptest::prelude::*;
@@ -1195,4 +1195,161 @@ fn an_older_guard_library_is_upgraded_and_only_the_calls_that_failed_are_retried
         .unwrap();
     assert_eq!(entries, 3);
     assert_eq!(g.read(&mut conn, S, "USDJPY").unwrap().unwrap().weight, -0.01);
+}
+
+fn pipe(url: &str) -> PublishPipe {
+    PublishPipe::connect_url(url, Duration::from_secs(2), Duration::from_secs(5))
+        .unwrap()
+        .unwrap_or_else(|| panic!("{url}: a TCP address opens its own socket"))
+}
+
+/// Publishes `rounds` through `pipe` with up to `MAX_IN_FLIGHT` pipelines
+/// in flight (each sent before the oldest is read), collecting every
+/// outcome in order.
+fn through_pipe(pipe: &mut PublishPipe, g: &Guard, rounds: &[&[SignalBatch]]) -> Vec<String> {
+    let mut out = Vec::new();
+    for round in rounds {
+        if pipe.in_flight() == MAX_IN_FLIGHT {
+            out.extend(pipe.recv().unwrap().iter().map(comparable));
+        }
+        pipe.send(g, round).unwrap();
+    }
+    while pipe.in_flight() > 0 {
+        out.extend(pipe.recv().unwrap().iter().map(comparable));
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Pipelines in flight on the publisher's own connection are
+    /// invisible: outcomes and everything a consumer can see are those of
+    /// publishing the decisions one by one, whatever the rounds' sizes.
+    #[test]
+    fn the_pipe_leaves_what_one_by_one_publishes_leave(
+        mode in prop_oneof![Just(OpsMode::Active), Just(OpsMode::ReduceOnly), Just(OpsMode::Halted)],
+        gens in proptest::collection::vec(decision_gen(), 1..24),
+        cuts in proptest::collection::vec(1usize..6, 24),
+    ) {
+        let url = testutil::redis_url();
+        let mut conn = testutil::redis_connection();
+        Guard::load(&mut conn).unwrap();
+        let batches = generated_batches(&gens);
+        let mut rounds: Vec<&[SignalBatch]> = Vec::new();
+        let mut rest = &batches[..];
+        for cut in cuts {
+            if rest.is_empty() {
+                break;
+            }
+            let (round, tail) = rest.split_at(cut.min(rest.len()));
+            rounds.push(round);
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            rounds.push(rest);
+        }
+        let start = batch(5, SYMBOLS.iter().zip([0.04, -0.04, 0.0]).map(|(s, w)| signal(s, w)).collect());
+        let mut runs = Vec::new();
+        for piped in [false, true] {
+            let ns = RedisNamespace::on(&url);
+            let g = guard(&ns);
+            set_mode(&g, &mut conn, S, OpsMode::Active);
+            prop_assert_eq!(g.publish(&mut conn, &start).unwrap().label(), "accepted");
+            set_mode(&g, &mut conn, S, mode);
+            let outcomes: Vec<String> = if piped {
+                through_pipe(&mut pipe(&url), &g, &rounds)
+            } else {
+                batches.iter().map(|b| comparable(&g.publish(&mut conn, b))).collect()
+            };
+            runs.push((outcomes, visible(&mut conn, &g, &SYMBOLS)));
+        }
+        prop_assert_eq!(&runs[1].0, &runs[0].0, "outcomes");
+        prop_assert_eq!(&runs[1].1, &runs[0].1, "what consumers see");
+    }
+}
+
+#[test]
+fn the_pipe_reloads_a_flushed_guard_and_resends_only_what_failed_in_every_pipeline() {
+    let (server, _ns, g, mut admin) = private();
+    Guard::load(&mut admin).unwrap();
+    set_mode(&g, &mut admin, S, OpsMode::Active);
+    let mut p = pipe(&server.url());
+    let eur = |seq| batch(seq, vec![signal("EURUSD", 0.01 * seq as f64)]);
+    let jpy = |seq| SignalBatch {
+        strategy: "fx_other".into(),
+        ..batch(seq, vec![signal("USDJPY", 0.02)])
+    };
+    set_mode(&g, &mut admin, "fx_other", OpsMode::Active);
+    // One pipeline before the flush runs on the loaded guard.
+    p.send(&g, &[eur(1)]).unwrap();
+    assert_eq!(p.recv().unwrap()[0].as_ref().unwrap().label(), "accepted");
+
+    let _: () = redis::cmd("FUNCTION").arg("FLUSH").query(&mut admin).unwrap();
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut admin).unwrap();
+    // Two pipelines in flight, three guard calls each (EURUSD folded,
+    // then the other strategy, then EURUSD again): all six find it gone.
+    p.send(&g, &[eur(2), eur(3), jpy(1), eur(4)]).unwrap();
+    p.send(&g, &[eur(5), jpy(2), eur(6), eur(7)]).unwrap();
+    assert_eq!(p.in_flight(), 2);
+    assert!(matches!(
+        p.send(&g, &[eur(8)]),
+        Err(ContractError::Invalid {
+            field: "in_flight",
+            ..
+        })
+    ));
+    let first: Vec<String> = p.recv().unwrap().iter().map(comparable).collect();
+    let second: Vec<String> = p.recv().unwrap().iter().map(comparable).collect();
+    let ok = |n| format!("{:?}", PublishOutcome::Accepted { count: n });
+    assert_eq!(first, [ok(1), ok(1), ok(1), ok(1)]);
+    assert_eq!(second, [ok(1), ok(1), ok(1), ok(1)]);
+    assert!(
+        matches!(p.recv(), Err(ContractError::Invalid { .. })),
+        "nothing in flight"
+    );
+    // 6 calls failed, the guard was loaded and checked once, 6 were resent.
+    assert_eq!(testutil::command_stats(&mut admin, "fcall").calls, 12);
+    assert_eq!(testutil::command_stats(&mut admin, "function|load").calls, 1);
+    // Each decision left one stream entry, in order.
+    let seqs: Vec<String> = stream_entries(&mut admin, &g)
+        .iter()
+        .map(|e| e.iter().find(|(k, _)| k == "seq").unwrap().1.clone())
+        .collect();
+    assert_eq!(seqs, ["1", "2", "3", "4", "5", "6", "7"]);
+    assert_eq!(g.read(&mut admin, S, "EURUSD").unwrap().unwrap().seq, 7);
+    assert_eq!(g.high_water_mark(&mut admin, "fx_other").unwrap(), 2);
+}
+
+#[test]
+fn the_pipe_authenticates_selects_the_database_and_reports_a_lost_connection() {
+    let (mut server, _ns, g, mut admin) = private();
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "publisher", "on", ">pw", "~*", "&*", "+@all"])
+        .query(&mut admin)
+        .unwrap();
+    let url = |pw: &str| format!("redis://publisher:{pw}@127.0.0.1:{}/3", server.port);
+    let refused =
+        PublishPipe::connect_url(&url("wrong"), Duration::from_secs(2), Duration::from_secs(5)).unwrap_err();
+    assert!(refused.to_string().contains("WRONGPASS"), "{refused}");
+
+    let mut p = pipe(&url("pw"));
+    assert_eq!(p.get_db(), 3);
+    Guard::load(&mut p).unwrap();
+    set_mode(&g, &mut p, S, OpsMode::Active);
+    p.send(&g, &[batch(1, vec![signal("EURUSD", 0.05)])]).unwrap();
+    assert_eq!(p.recv().unwrap()[0].as_ref().unwrap().label(), "accepted");
+    let _: () = redis::cmd("SELECT").arg(3).query(&mut admin).unwrap();
+    assert_eq!(
+        g.read(&mut admin, S, "EURUSD").unwrap().unwrap().seq,
+        1,
+        "written in db 3"
+    );
+
+    server.restart();
+    let lost = p
+        .send(&g, &[batch(2, vec![signal("EURUSD", 0.05)])])
+        .and_then(|()| p.recv().map(|_| ()));
+    assert!(matches!(lost, Err(ContractError::Redis(_))), "{lost:?}");
+    assert!(!p.is_open());
 }

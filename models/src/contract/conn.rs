@@ -71,6 +71,11 @@ impl PackedCommands {
         self.ends.clear();
     }
 
+    /// The commands as they go on the wire.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Appends one command.
     pub fn push(&mut self, cmd: &Cmd) {
         cmd.write_packed_command(&mut self.bytes);

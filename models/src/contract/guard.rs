@@ -15,6 +15,7 @@ use redis::{ConnectionLike, Value};
 use super::conn::PackedCommands;
 use super::keys::{Keys, StrategyKeys};
 use super::ops::{OpsMode, OpsState};
+use super::resp::{Kind, Reply};
 use super::signal::{SignalBatch, StoredSignal};
 use super::ContractError;
 
@@ -258,20 +259,7 @@ impl Guard {
         batches: &[SignalBatch],
         bufs: &mut PublishBuffers,
     ) -> Result<Vec<Result<PublishOutcome, ContractError>>, ContractError> {
-        if let Some(i) = batches.iter().position(|b| b.signals.is_empty()) {
-            return Err(ContractError::Invalid {
-                field: "signals",
-                reason: format!("batch {i} has no signal"),
-            });
-        }
-        group_calls(batches, &mut bufs.groups);
-        bufs.packed.clear();
-        for g in &bufs.groups {
-            let group = &batches[g.clone()];
-            let k = strategy_keys(&mut bufs.keys, &self.keys, &group[0].strategy);
-            self.fill_publish_cmd(&mut bufs.cmd, &bufs.keys[k], group);
-            bufs.packed.push(&bufs.cmd);
-        }
+        self.encode(batches, bufs)?;
         let mut replies = bufs.packed.run(conn).map_err(classify)?;
         let missing = |r: &redis::RedisResult<Value>| matches!(r, Err(e) if is_function_missing(e));
         if replies.iter().any(missing) {
@@ -307,6 +295,64 @@ impl Guard {
             }
         }
         Ok(out)
+    }
+
+    /// Encodes the guard calls that publish `batches` into `bufs` (the
+    /// calls in `bufs.packed`, the batches each carries in `bufs.groups`).
+    pub(crate) fn encode(
+        &self,
+        batches: &[SignalBatch],
+        bufs: &mut PublishBuffers,
+    ) -> Result<(), ContractError> {
+        if let Some(i) = batches.iter().position(|b| b.signals.is_empty()) {
+            return Err(ContractError::Invalid {
+                field: "signals",
+                reason: format!("batch {i} has no signal"),
+            });
+        }
+        group_calls(batches, &mut bufs.groups);
+        bufs.packed.clear();
+        for g in &bufs.groups {
+            let group = &batches[g.clone()];
+            let k = strategy_keys(&mut bufs.keys, &self.keys, &group[0].strategy);
+            self.fill_publish_cmd(&mut bufs.cmd, &bufs.keys[k], group);
+            bufs.packed.push(&bufs.cmd);
+        }
+        Ok(())
+    }
+
+    /// Appends the outcomes of one guard call's reply, carrying `n`
+    /// batches, to `out`: what [`Guard::publish_many`] makes of the same
+    /// reply. The accepted reply is read off the frames; anything else
+    /// goes through the Redis client's parser (refusals and errors are
+    /// rare and may allocate).
+    pub(crate) fn push_outcomes(
+        reply: Reply<'_>,
+        n: usize,
+        out: &mut Vec<Result<PublishOutcome, ContractError>>,
+    ) {
+        let root = reply.frame(0);
+        if n == 1 {
+            return out.push(outcome_of(reply, 0));
+        }
+        match root {
+            Some(f) if f.kind == Kind::Array && usize::try_from(f.int) == Ok(n) => {
+                out.extend(reply.children(0).map(|i| outcome_of(reply, i)));
+            }
+            _ => match reply.value(0) {
+                Ok(Value::ServerError(e)) => {
+                    let e = redis::RedisError::from(e);
+                    out.extend((0..n).map(|_| Err(classify(e.clone()))));
+                }
+                other => {
+                    let what = match other {
+                        Ok(v) => format!("publish_many replied {v:?} for {n} decisions"),
+                        Err(e) => format!("publish_many reply unreadable: {e}"),
+                    };
+                    out.extend((0..n).map(|_| Err(ContractError::Protocol(what.clone()))));
+                }
+            },
+        }
     }
 
     /// The current signal of `symbol`, only while it is valid (Redis time).
@@ -400,8 +446,8 @@ impl Guard {
 #[derive(Debug, Default)]
 pub struct PublishBuffers {
     cmd: redis::Cmd,
-    packed: PackedCommands,
-    groups: Vec<Range<usize>>,
+    pub(crate) packed: PackedCommands,
+    pub(crate) groups: Vec<Range<usize>>,
     keys: Vec<StrategyKeys>,
 }
 
@@ -484,6 +530,27 @@ fn classify(e: redis::RedisError) -> ContractError {
         };
     }
     ContractError::Redis(e)
+}
+
+/// The outcome in element `i` of `reply`: the accepted reply read off the
+/// frames, anything else as [`parse_publish_reply`] reads it.
+fn outcome_of(reply: Reply<'_>, i: usize) -> Result<PublishOutcome, ContractError> {
+    let accepted = match (reply.frame(i), reply.frame(i + 1), reply.frame(i + 2)) {
+        (Some(a), Some(ok), Some(n))
+            if a.kind == Kind::Array && a.int == 2 && ok.kind == Kind::Bulk && n.kind == Kind::Int =>
+        {
+            (reply.payload(i + 1) == b"ok").then_some(n.int)
+        }
+        _ => None,
+    };
+    if let Some(count) = accepted.and_then(|n| usize::try_from(n).ok()) {
+        return Ok(PublishOutcome::Accepted { count });
+    }
+    match reply.value(i) {
+        Ok(Value::ServerError(e)) => Err(classify(e.into())),
+        Ok(v) => parse_publish_reply(&v),
+        Err(e) => Err(ContractError::Protocol(format!("publish reply unreadable: {e}"))),
+    }
 }
 
 fn parse_publish_reply(reply: &Value) -> Result<PublishOutcome, ContractError> {

@@ -17,6 +17,8 @@ pub mod heartbeat;
 pub mod keys;
 pub mod model;
 pub mod ops;
+pub mod pipe;
+pub mod resp;
 pub mod signal;
 
 pub use conn::RedisConn;
@@ -26,4 +28,5 @@ pub use heartbeat::Heartbeat;
 pub use keys::{Keys, StrategyKeys};
 pub use model::ModelPointer;
 pub use ops::{OpsMode, OpsState};
+pub use pipe::{PublishPipe, MAX_IN_FLIGHT};
 pub use signal::{Side, Signal, SignalBatch, StoredSignal};
