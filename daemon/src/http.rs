@@ -119,6 +119,12 @@ impl Observed {
             "",
         );
         counter(
+            "publish_overlapped_total",
+            "Guard pipelines sent while the previous one was still in Redis.",
+            get(&c.publish_overlapped),
+            "",
+        );
+        counter(
             "redis_errors_total",
             "Redis connection or command errors.",
             get(&c.redis_errors),

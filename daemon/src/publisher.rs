@@ -304,6 +304,9 @@ fn send(p: &PublisherParts, st: &mut State, r: usize) -> bool {
         return false;
     };
     let sent = conn.send(&p.guard, batches);
+    if st.in_flight > 0 {
+        Counters::inc(&p.counters.publish_overlapped);
+    }
     st.in_flight += 1;
     match sent {
         Ok(()) => true,
@@ -441,8 +444,9 @@ fn apply(
 }
 
 /// The connection is lost with rounds in flight: each is labelled
-/// `redis_error` (nothing can be said of them) and left for `finish`,
-/// from the head on; nothing is in flight afterwards.
+/// `redis_error` (nothing can be said of them) and left for the caller to
+/// `finish`; nothing is in flight afterwards, and the head is the round
+/// after them.
 fn lost(p: &PublisherParts, st: &mut State, e: &ContractError) {
     disconnect(p, st, e);
     for k in 0..st.in_flight {
@@ -450,6 +454,9 @@ fn lost(p: &PublisherParts, st: &mut State, e: &ContractError) {
         label_all(round, "redis_error");
         round.pending.clear();
     }
+    // The next round goes after them (the caller finishes them from the
+    // old head).
+    st.head = (st.head + st.in_flight) % MAX_IN_FLIGHT;
     st.in_flight = 0;
 }
 
@@ -730,7 +737,9 @@ mod tests {
     }
 
     /// The publisher against a private Redis: a burst of decisions sent
-    /// with pipelines in flight lands whole and in order; `reduce_only`
+    /// with pipelines in flight lands whole and in order; decisions that
+    /// queue up while Redis is busy go out in pipelines, one sent before
+    /// the previous one's replies; `reduce_only`
     /// clamps what would grow or flip (the guard would refuse it);
     /// `flatten` publishes flat signals once and holds; a Redis restart
     /// counts errors, reconnects, reloads the guard and publishes again.
@@ -744,7 +753,7 @@ mod tests {
         use crate::stats::OUTCOMES;
         use crate::universe::Strategy;
 
-        let mut server = RedisServer::start();
+        let mut server = RedisServer::start_with(&["--enable-debug-command", "yes"]);
         let ns = RedisNamespace::on(&server.url());
         let mut admin = server.connection();
         let guard = Guard::new(Keys::new(&ns.ns), 1000);
@@ -845,9 +854,10 @@ mod tests {
             let i = OUTCOMES.iter().position(|o| *o == label).unwrap();
             counters.outcomes[i].load(Ordering::Relaxed)
         };
+        let queue = |w: [f64; 2]| jobs_tx.send(job(w)).unwrap();
         let publish = |batch: &[[f64; 2]]| {
             for w in batch {
-                jobs_tx.send(job(*w)).unwrap();
+                queue(*w);
             }
             for _ in batch {
                 done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -886,11 +896,44 @@ mod tests {
             "the last decision is what is stored"
         );
 
+        // Decisions that queue up while a pipeline is in Redis (asleep
+        // here) go out 16 to a pipeline, the next pipeline before the
+        // previous one's replies.
+        let overlapped = || counters.publish_overlapped.load(Ordering::Relaxed);
+        let before = overlapped();
+        let url = server.url();
+        let sleeper = std::thread::spawn(move || {
+            let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+            redis::cmd("DEBUG").arg("SLEEP").arg("0.3").exec(&mut c).unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let queued: Vec<[f64; 2]> = (1..=20).map(|i| [0.04 + 0.0001 * f64::from(i), -0.05]).collect();
+        queue(queued[0]);
+        std::thread::sleep(Duration::from_millis(50));
+        for w in &queued[1..] {
+            queue(*w);
+        }
+        for _ in &queued {
+            done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        sleeper.join().unwrap();
+        assert_eq!(
+            overlapped(),
+            before + 1,
+            "1 + 16 + 3: the third pipeline went out before the second's replies"
+        );
+        assert_eq!(outcome("accepted"), 60);
+        assert_eq!(
+            stored(&mut admin)[0].0,
+            0.042,
+            "the last decision is what is stored"
+        );
+
         // reduce_only: growing EURUSD and flipping USDJPY are clamped to the
         // last accepted weight and to flat, so the guard accepts.
         set_mode(&mut admin, OpsMode::ReduceOnly);
         publish(&[[0.08, 0.02], [0.01, -0.01]]);
-        assert_eq!((outcome("accepted"), outcome("halted")), (42, 0));
+        assert_eq!((outcome("accepted"), outcome("halted")), (62, 0));
         assert_eq!(
             stored(&mut admin),
             [(0.01, "fx-v1".into()), (0.0, "fx-v1".into())]
@@ -909,7 +952,7 @@ mod tests {
         );
         publish(&[[0.05, 0.05]]);
         assert_eq!(counters.held_by_mode.load(Ordering::Relaxed), 1);
-        assert_eq!(outcome("accepted"), 43, "40 + 2 + the flat batch");
+        assert_eq!(outcome("accepted"), 63, "40 + 20 + 2 + the flat batch");
 
         // Redis restarts empty: errors are counted, the publisher reconnects,
         // reloads the guard and publishes again.
@@ -919,7 +962,7 @@ mod tests {
         let mut admin = server.connection();
         set_mode(&mut admin, OpsMode::Active);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while outcome("accepted") == 43 {
+        while outcome("accepted") == 63 {
             assert!(Instant::now() < deadline, "never published again");
             publish(&[[0.03, -0.03]]);
         }

@@ -97,6 +97,8 @@ pub struct Counters {
     pub signals_accepted: AtomicU64,
     /// Batches not published because the strategy is halted (daemon side).
     pub held_by_mode: AtomicU64,
+    /// Guard pipelines sent while another was still in Redis.
+    pub publish_overlapped: AtomicU64,
     /// Redis errors (connection, command).
     pub redis_errors: AtomicU64,
     /// Artifacts refused by verification or loading.
