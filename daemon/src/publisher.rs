@@ -264,13 +264,28 @@ fn start(p: &PublisherParts, st: &mut State) {
         return finish(p, st, r);
     }
     let (head, before) = (st.head, st.in_flight);
-    if !send(p, st, r) {
-        // Not sent, or the connection was lost with it: every round that
-        // was in flight has its labels.
-        for k in 0..=before {
-            finish(p, st, (head + k) % MAX_IN_FLIGHT);
+    match send(p, st, r) {
+        Sent::InFlight => {}
+        Sent::Refused => finish(p, st, r),
+        // Every round that was in flight, and this one, has its labels.
+        Sent::Lost => {
+            for k in 0..=before {
+                finish(p, st, (head + k) % MAX_IN_FLIGHT);
+            }
         }
     }
+}
+
+/// What became of a round `send` was asked to send.
+enum Sent {
+    /// Sent; its replies come with `receive`.
+    InFlight,
+    /// Not sent (no connection, or refused before sending): it alone has
+    /// its labels; what was in flight still is.
+    Refused,
+    /// The connection was lost: it and every round that was in flight have
+    /// their labels, and nothing is in flight.
+    Lost,
 }
 
 /// Fills job `i` of round `r` into the round's next batch slot, or labels it.
@@ -292,27 +307,33 @@ fn prepare_into(p: &PublisherParts, st: &mut State, r: usize, i: usize) {
     }
 }
 
-/// Sends round `r`'s pending batches without waiting. `true` when the
-/// round is in flight; otherwise it and every round that was in flight
-/// carry their labels (`redis_error`) and wait to be finished.
-fn send(p: &PublisherParts, st: &mut State, r: usize) -> bool {
+/// Sends round `r`'s pending batches without waiting.
+fn send(p: &PublisherParts, st: &mut State, r: usize) -> Sent {
     let round = &mut st.rounds[r];
     let batches = &st.batches.slots[round.base..round.base + round.pending.len()];
     let Some(conn) = st.conn.as_mut() else {
         Counters::inc(&p.counters.redis_errors);
         label_all(round, "redis_error");
-        return false;
+        return Sent::Refused;
     };
-    let sent = conn.send(&p.guard, batches);
-    if st.in_flight > 0 {
-        Counters::inc(&p.counters.publish_overlapped);
-    }
-    st.in_flight += 1;
-    match sent {
-        Ok(()) => true,
+    match conn.send(&p.guard, batches) {
+        Ok(()) => {
+            if st.in_flight > 0 {
+                Counters::inc(&p.counters.publish_overlapped);
+            }
+            st.in_flight += 1;
+            Sent::InFlight
+        }
+        // Checked before anything was written: the connection is fine.
+        Err(e @ ContractError::Invalid { .. }) => {
+            refused_before_sending(&e);
+            label_all(round, "bad_input");
+            Sent::Refused
+        }
         Err(e) => {
+            st.in_flight += 1;
             lost(p, st, &e);
-            false
+            Sent::Lost
         }
     }
 }
@@ -320,35 +341,29 @@ fn send(p: &PublisherParts, st: &mut State, r: usize) -> bool {
 /// Sends round `r`'s pending batches and waits for their outcomes; nothing
 /// else may be in flight. The round stays taken (`finish` returns its jobs).
 fn flush_now(p: &PublisherParts, st: &mut State, r: usize) {
-    let State {
-        conn,
-        rounds,
-        batches,
-        last_seq,
-        weights,
-        ..
-    } = st;
-    let round = &mut rounds[r];
+    let round = &st.rounds[r];
     if round.pending.is_empty() {
         return;
     }
-    let sent = &batches.slots[round.base..round.base + round.pending.len()];
-    let result = match conn.as_mut() {
-        Some(c) => c.send(&p.guard, sent).and_then(|()| {
-            let outcomes = c.recv()?;
-            for ((x, o), batch) in round.pending.iter().zip(outcomes).zip(sent) {
-                round.labels[x.slot] = Some(apply(p, last_seq, weights, x.strategy, o, batch));
+    let sent = &st.batches.slots[round.base..round.base + round.pending.len()];
+    let result = match st.conn.as_mut() {
+        Some(c) => c.send(&p.guard, sent),
+        None => Err(not_connected()),
+    }
+    .and_then(|()| read_outcomes(p, st, r));
+    match result {
+        Ok(()) => {}
+        Err(e @ ContractError::Invalid { .. }) => {
+            refused_before_sending(&e);
+            label_all(&mut st.rounds[r], "bad_input");
+        }
+        Err(e) => {
+            label_all(&mut st.rounds[r], "redis_error");
+            if st.conn.is_some() {
+                disconnect(p, st, &e);
+            } else {
+                Counters::inc(&p.counters.redis_errors);
             }
-            Ok(())
-        }),
-        None => Err(ContractError::Protocol("not connected to Redis".into())),
-    };
-    if let Err(e) = result {
-        label_all(round, "redis_error");
-        if conn.is_some() {
-            disconnect(p, st, &e);
-        } else {
-            Counters::inc(&p.counters.redis_errors);
         }
     }
     st.rounds[r].pending.clear();
@@ -371,27 +386,9 @@ fn receive(p: &PublisherParts, st: &mut State) {
 /// connection was lost: every round that was in flight has its labels.
 fn receive_outcomes(p: &PublisherParts, st: &mut State) -> bool {
     let r = st.head;
-    let State {
-        conn,
-        rounds,
-        batches,
-        last_seq,
-        weights,
-        ..
-    } = st;
-    let round = &mut rounds[r];
-    let result = match conn.as_mut() {
-        Some(c) => c.recv().map(|outcomes| {
-            let sent = &batches.slots[round.base..];
-            for ((x, o), batch) in round.pending.iter().zip(outcomes).zip(sent) {
-                round.labels[x.slot] = Some(apply(p, last_seq, weights, x.strategy, o, batch));
-            }
-        }),
-        None => Err(ContractError::Protocol("not connected to Redis".into())),
-    };
-    match result {
+    match read_outcomes(p, st, r) {
         Ok(()) => {
-            round.pending.clear();
+            st.rounds[r].pending.clear();
             st.in_flight -= 1;
             st.head = (st.head + 1) % MAX_IN_FLIGHT;
             true
@@ -401,6 +398,40 @@ fn receive_outcomes(p: &PublisherParts, st: &mut State) -> bool {
             false
         }
     }
+}
+
+/// Reads the connection's oldest pipeline's outcomes into round `r`'s
+/// labels (the round that pipeline carried).
+fn read_outcomes(p: &PublisherParts, st: &mut State, r: usize) -> Result<(), ContractError> {
+    let State {
+        conn,
+        rounds,
+        batches,
+        last_seq,
+        weights,
+        ..
+    } = st;
+    let outcomes = conn.as_mut().ok_or_else(not_connected)?.recv()?;
+    let round = &mut rounds[r];
+    let sent = &batches.slots[round.base..];
+    for ((x, o), batch) in round.pending.iter().zip(outcomes).zip(sent) {
+        round.labels[x.slot] = Some(apply(p, last_seq, weights, x.strategy, o, batch));
+    }
+    Ok(())
+}
+
+/// Logs a batch the guard client refused before writing anything (the
+/// connection is fine).
+fn refused_before_sending(e: &ContractError) {
+    log(
+        "error",
+        "a batch was refused before sending",
+        &[("error", e.to_string().into())],
+    );
+}
+
+fn not_connected() -> ContractError {
+    ContractError::Protocol("not connected to Redis".into())
 }
 
 /// What an outcome means for the publisher's state, and its label.
