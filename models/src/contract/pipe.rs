@@ -186,6 +186,11 @@ impl PublishPipe {
                 reason: format!("{MAX_IN_FLIGHT} pipelines already wait for their replies"),
             });
         }
+        if self.broken {
+            return Err(ContractError::Redis(
+                io::Error::new(io::ErrorKind::NotConnected, "the connection broke earlier").into(),
+            ));
+        }
         let slot = (self.head + self.in_flight) % MAX_IN_FLIGHT;
         let round = &mut self.rounds[slot];
         round.outcomes.clear();
