@@ -16,6 +16,10 @@ use mlcore_models::artifact::{SharedTrust, TrustStore};
 use mlcore_models::config::{AppConfig, DecisionMode};
 use mlcore_models::contract::{Guard, Heartbeat, Keys, RedisConn};
 use mlcore_models::onnx::runtime;
+use thread_priority::{
+    set_thread_priority_and_policy, thread_native_id, RealtimeThreadSchedulePolicy, ThreadPriority,
+    ThreadPriorityValue, ThreadSchedulePolicy,
+};
 
 use crate::http::{self, Observed};
 use crate::ingress::{Ingress, IngressParts};
@@ -98,13 +102,43 @@ fn pin(core: Option<usize>) {
     }
 }
 
+/// Puts the calling hot thread under `SCHED_FIFO` at `priority` (0: leaves
+/// it alone). Refused (no `CAP_SYS_NICE`) or not, the daemon runs; the log
+/// says which.
+fn realtime(name: &str, priority: u8) {
+    if priority == 0 {
+        return;
+    }
+    let set = ThreadPriorityValue::try_from(priority).and_then(|p| {
+        set_thread_priority_and_policy(
+            thread_native_id(),
+            ThreadPriority::Crossplatform(p),
+            ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
+        )
+        .map_err(|e| format!("{e:?}"))
+    });
+    let fields = [("thread", name.into()), ("priority", u64::from(priority).into())];
+    match set {
+        Ok(()) => log("info", "hot thread runs SCHED_FIFO", &fields),
+        Err(e) => log(
+            "warn",
+            "hot thread could not get real-time priority (needs CAP_SYS_NICE); it runs with normal scheduling",
+            &[fields[0].clone(), fields[1].clone(), ("error", e.into())],
+        ),
+    }
+}
+
+/// Starts a hot thread: named, pinned to `core`, at `priority`.
 fn spawn(
     name: &str,
     core: Option<usize>,
+    priority: u8,
     f: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
+    let thread = name.to_owned();
     std::thread::Builder::new().name(name.to_owned()).spawn(move || {
         pin(core);
+        realtime(&thread, priority);
         f();
     })
 }
@@ -126,6 +160,7 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
     let universe = Arc::new(Universe::from_config(&cfg));
     let counters = Arc::new(Counters::default());
     let threads_cfg = &cfg.daemon.threads;
+    let rt = threads_cfg.realtime_priority;
     let n_workers = threads_cfg.worker_cores.len().max(1);
     let hists = Histograms::new(2 + 2 * n_workers + 2);
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -204,7 +239,7 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
             hists: hists.clone(),
             shutdown: Arc::clone(&shutdown),
         };
-        threads.push(spawn(&format!("worker-{w}"), Some(*core), move || {
+        threads.push(spawn(&format!("worker-{w}"), Some(*core), rt, move || {
             worker::run(parts)
         })?);
     }
@@ -239,7 +274,7 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
             .then(|| Duration::from_millis(cfg.daemon.decision.timer_interval_ms.max(1))),
         shutdown: Arc::clone(&shutdown),
     })?;
-    threads.push(spawn("ingress", Some(threads_cfg.ingress_core), move || {
+    threads.push(spawn("ingress", Some(threads_cfg.ingress_core), rt, move || {
         ingress.run()
     })?);
 
@@ -254,9 +289,12 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
         hists: hists.clone(),
         shutdown: Arc::clone(&shutdown),
     };
-    threads.push(spawn("publisher", Some(threads_cfg.publisher_core), move || {
-        publisher::run(publisher_parts)
-    })?);
+    threads.push(spawn(
+        "publisher",
+        Some(threads_cfg.publisher_core),
+        rt,
+        move || publisher::run(publisher_parts),
+    )?);
 
     // A `model_activated` event wakes the loader at once.
     let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);

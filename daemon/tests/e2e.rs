@@ -110,10 +110,10 @@ fn start_daemon(root: &Path) -> Daemon {
     }
 }
 
-#[test]
-fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
-    runtime::init(&testutil::ort_library()).unwrap();
-    let ns = RedisNamespace::new();
+/// A folder with the repository's configs, the dev environment pointed at
+/// namespace `ns`, free ports, the test's ONNX Runtime and models under
+/// the folder, and `threads` as daemon.yaml's threads.
+fn config_root(ns: &RedisNamespace, threads: &str) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     testutil::copy_tree(&testutil::workspace_root().join("configs"), &root.join("configs")).unwrap();
@@ -125,7 +125,7 @@ fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
     .unwrap();
     std::fs::write(
         dev.join("daemon.yaml"),
-        "instance_id: e2e\ningress: {listen: \"127.0.0.1:0\"}\nthreads: {ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}\n",
+        format!("instance_id: e2e\ningress: {{listen: \"127.0.0.1:0\"}}\nthreads: {threads}\n"),
     )
     .unwrap();
     std::fs::write(
@@ -142,6 +142,96 @@ fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
         ),
     )
     .unwrap();
+    tmp
+}
+
+/// Scheduling policy and real-time priority of each of `pid`'s threads,
+/// by name (`/proc/<pid>/task/<tid>/stat` fields 41 and 40).
+fn thread_policies(pid: u32) -> Vec<(String, u32, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+        // Fields after the command's closing parenthesis start at field 3.
+        let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        out.push((name, rest[41 - 3].parse().unwrap(), rest[40 - 3].parse().unwrap()));
+    }
+    out
+}
+
+#[test]
+fn hot_threads_run_sched_fifo_when_configured_and_permitted() {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, RealtimeThreadSchedulePolicy, ThreadPriority,
+        ThreadPriorityValue, ThreadSchedulePolicy,
+    };
+    // Whether this process may use SCHED_FIFO at all (root or
+    // CAP_SYS_NICE): the daemon should then, and otherwise warn and go on.
+    let permitted = std::thread::spawn(|| {
+        set_thread_priority_and_policy(
+            thread_native_id(),
+            ThreadPriority::Crossplatform(ThreadPriorityValue::try_from(10u8).unwrap()),
+            ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
+        )
+        .is_ok()
+    })
+    .join()
+    .unwrap();
+    let ns = RedisNamespace::new();
+    let tmp = config_root(
+        &ns,
+        "{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0], realtime_priority: 10}",
+    );
+    let daemon = start_daemon(tmp.path());
+    const SCHED_FIFO: u32 = 1;
+    let expected = if permitted { (SCHED_FIFO, 10) } else { (0, 0) };
+    // Each hot thread sets its own policy as it starts, which may be just
+    // after the daemon announces its addresses.
+    let hot_names = ["ingress", "worker-0", "publisher"];
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let threads = loop {
+        let threads = thread_policies(daemon.child.id());
+        let settled = hot_names
+            .iter()
+            .all(|hot| threads.iter().any(|(n, p, r)| n == hot && (*p, *r) == expected));
+        if settled || std::time::Instant::now() > deadline {
+            break threads;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for hot in hot_names {
+        let (_, policy, priority) = threads
+            .iter()
+            .find(|(n, ..)| n == hot)
+            .unwrap_or_else(|| panic!("no thread {hot} in {threads:?}"));
+        if permitted {
+            assert_eq!((*policy, *priority), (SCHED_FIFO, 10), "{hot}");
+        } else {
+            assert_eq!((*policy, *priority), (0, 0), "{hot} without permission");
+        }
+    }
+    let side: Vec<_> = threads.iter().filter(|(n, ..)| n.starts_with("side")).collect();
+    assert!(!side.is_empty(), "{threads:?}");
+    assert!(
+        side.iter().all(|(_, policy, _)| *policy == 0),
+        "side threads stay normal: {side:?}"
+    );
+}
+
+#[test]
+fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
+    runtime::init(&testutil::ort_library()).unwrap();
+    let ns = RedisNamespace::new();
+    let tmp = config_root(
+        &ns,
+        "{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}",
+    );
+    let root = tmp.path();
+    let dev = root.join("configs/envs/dev");
     let data = root.join("data");
     std::fs::create_dir_all(&data).unwrap();
     testutil::synth_dataset(&data, 17, 32, 1, 60_000);

@@ -114,6 +114,27 @@ fn missing_key_is_refused_naming_file_and_key() {
 }
 
 #[test]
+fn a_realtime_priority_outside_sched_fifo_is_refused() {
+    let f = Fixture::new();
+    f.edit(
+        "envs/dev/daemon.yaml",
+        "realtime_priority: 10",
+        "realtime_priority: 120",
+    );
+    let err = f.load(Environment::Dev, &full_env()).unwrap_err();
+    let p = only_problem(&err, ConfigCode::ValueInvalid);
+    assert_eq!(p.key, "threads.realtime_priority");
+    assert!(p.to_string().contains("1-99"), "{p}");
+    f.edit(
+        "envs/dev/daemon.yaml",
+        "realtime_priority: 120",
+        "realtime_priority: 99",
+    );
+    let cfg = f.load(Environment::Dev, &full_env()).unwrap();
+    assert_eq!(cfg.daemon.threads.realtime_priority, 99);
+}
+
+#[test]
 fn unknown_key_is_refused_naming_the_override_that_added_it() {
     let f = Fixture::new();
     f.write("envs/dev/core_policy.yaml", "theta:\n  theta3: 0.1\n");

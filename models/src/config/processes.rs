@@ -45,6 +45,13 @@ pub struct ThreadsConfig {
     /// Cores for the side runtime (metrics, control, model loading); it avoids
     /// the hot cores whenever the machine has others.
     pub side_cores: Vec<usize>,
+    /// `SCHED_FIFO` priority (1-99) for the hot threads, so that a woken hot
+    /// thread runs at once instead of waiting for a normal task's slice; 0
+    /// keeps the normal scheduler. The hot threads block between events,
+    /// and the kernel's real-time throttling bounds them if one ever spun.
+    /// Needs `CAP_SYS_NICE` or an `RLIMIT_RTPRIO` that allows it; without,
+    /// the daemon says so and runs them normally.
+    pub realtime_priority: u8,
 }
 
 /// Bounded queue capacities.

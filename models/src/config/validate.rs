@@ -258,6 +258,16 @@ pub(crate) fn validate(c: &AppConfig, file: &dyn Fn(&str) -> PathBuf) -> Vec<Con
             "at least one inference worker is needed".into(),
         );
     }
+    if th.realtime_priority > 99 {
+        bad(
+            "daemon.yaml",
+            "threads.realtime_priority".into(),
+            format!(
+                "{} is not a SCHED_FIFO priority: 0 (normal scheduling) or 1-99",
+                th.realtime_priority
+            ),
+        );
+    }
     if c.daemon.queues.decisions == 0 || c.daemon.queues.publish == 0 {
         bad(
             "daemon.yaml",
