@@ -6,12 +6,18 @@
 //! construction and reused, and a warm-up before first use so the first real
 //! decision does not pay for lazy initialisation.
 //!
-//! The input is a view of the caller's feature matrix (no copy). ONNX Runtime
-//! itself allocates the run's output tensor; its values are copied into this
-//! scorer's buffer and the tensor is released at once.
+//! A full batch (the universe's rows, what the daemon scores) runs without
+//! a single allocation: the features are copied into an input tensor the
+//! scorer owns, the head's input is passed by position (naming it would
+//! build a list), and ONNX Runtime writes the head's output into a tensor
+//! preallocated once (`OutputSelector::preallocate`), whose values are then
+//! copied into this scorer's buffer. Any other batch size takes the plain
+//! path: a view of the caller's matrix, and an output tensor ONNX Runtime
+//! allocates per run.
 
-use ort::session::Session;
-use ort::value::TensorRef;
+use ort::memory::Allocator;
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
+use ort::value::{Tensor, TensorRef};
 
 use crate::artifact::{HeadSpec, VerifiedArtifact};
 use crate::onnx::runtime::{self, RuntimeError};
@@ -55,6 +61,25 @@ pub struct HeadScorer {
     output: String,
     n_features: usize,
     out: Vec<f32>,
+    /// The allocation-free run of a full batch.
+    full: FullBatch,
+}
+
+/// What a full batch runs with: the input tensor the features are copied
+/// into, and run options that name the head's output alone and hand ONNX
+/// Runtime a preallocated tensor for it.
+struct FullBatch {
+    input: Tensor<f32>,
+    options: RunOptions<HasSelectedOutputs>,
+}
+
+impl std::fmt::Debug for FullBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `RunOptions<HasSelectedOutputs>` has no `Debug` of its own.
+        f.debug_struct("FullBatch")
+            .field("input", &self.input)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HeadScorer {
@@ -71,14 +96,46 @@ impl HeadScorer {
         if !session.outputs().iter().any(|o| o.name() == spec.output) {
             return Err(head(format!("no output named `{}`", spec.output)));
         }
+        if session.inputs().len() != 1 {
+            return Err(head(format!(
+                "{} inputs; a head takes one, `{}`",
+                session.inputs().len(),
+                spec.input
+            )));
+        }
+        let mut session = session;
+        let rows = max_rows.max(1);
+        let full =
+            Self::full_batch(&mut session, spec, rows).map_err(|e| head(format!("full batch: {e}")))?;
         Ok(Self {
             name: name.to_owned(),
             session,
             input: spec.input.clone(),
             output: spec.output.clone(),
             n_features: spec.n_features,
-            out: vec![0.0; max_rows.max(1)],
+            out: vec![0.0; rows],
+            full,
         })
+    }
+
+    /// The input tensor and run options of a full batch of `rows`: one run
+    /// on zeros learns the output's shape, and a tensor of that shape is
+    /// preallocated for it.
+    fn full_batch(session: &mut Session, spec: &HeadSpec, rows: usize) -> ort::Result<FullBatch> {
+        let allocator = Allocator::default();
+        let mut input = Tensor::<f32>::new(&allocator, [rows, spec.n_features])?;
+        input.extract_tensor_mut().1.fill(0.0);
+        let shape = {
+            let probe = session.run(ort::inputs![&input])?;
+            probe[spec.output.as_str()].shape().clone()
+        };
+        let output = Tensor::<f32>::new(&allocator, shape)?;
+        let options = RunOptions::new()?.with_outputs(
+            OutputSelector::no_default()
+                .with(spec.output.as_str())
+                .preallocate(spec.output.as_str(), output),
+        );
+        Ok(FullBatch { input, options })
     }
 
     /// Scores `rows` rows of `x` (row-major); returns one value per row.
@@ -90,11 +147,18 @@ impl HeadScorer {
                 features: self.n_features,
             });
         }
-        let input = TensorRef::from_array_view(([rows, self.n_features], x)).map_err(ort_err)?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input.as_str() => input])
-            .map_err(ort_err)?;
+        let outputs = if rows == self.out.len() {
+            let full = &mut self.full;
+            full.input.extract_tensor_mut().1.copy_from_slice(x);
+            self.session
+                .run_with_options(ort::inputs![&full.input], &full.options)
+                .map_err(ort_err)?
+        } else {
+            let input = TensorRef::from_array_view(([rows, self.n_features], x)).map_err(ort_err)?;
+            self.session
+                .run(ort::inputs![self.input.as_str() => input])
+                .map_err(ort_err)?
+        };
         let (_, values) = outputs[self.output.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(ort_err)?;
