@@ -776,7 +776,7 @@ mod tests {
     /// counts errors, reconnects, reloads the guard and publishes again.
     #[test]
     fn publishes_in_order_applies_modes_and_survives_a_redis_restart() {
-        use mlcore_models::contract::{Keys, ModeChange, SetModeOutcome};
+        use mlcore_models::contract::Keys;
         use mlcore_models::testutil::{RedisNamespace, RedisServer};
 
         use crate::job::ModelMeta;
@@ -851,19 +851,11 @@ mod tests {
         let publisher = std::thread::spawn(move || run(parts));
 
         let set_mode = |conn: &mut redis::Connection, mode: OpsMode| {
-            let current = guard.read_mode(conn, "fx").unwrap().version;
-            let change = ModeChange {
-                strategy: "fx",
-                expected_version: current,
+            ops.set(
+                0,
                 mode,
-                reason: "test",
-                actor: "tester",
-                request_id: "r",
-            };
-            let SetModeOutcome::Applied { version } = guard.set_mode(conn, &change).unwrap() else {
-                panic!("mode change lost");
-            };
-            ops.set(0, mode, version);
+                mlcore_models::testutil::set_mode(&guard, conn, "fx", mode),
+            );
         };
         let meta = Arc::new(ModelMeta {
             model_id: "fx-v1".into(),

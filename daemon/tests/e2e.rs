@@ -16,7 +16,7 @@ use std::time::Duration;
 use mlcore_control::train::{self, GbdtParams, TrainSpec};
 use mlcore_models::artifact::{SecretKeyFile, ThetaParams, TrustStore};
 use mlcore_models::config::{self, Environment, MapEnv};
-use mlcore_models::contract::{Guard, Keys, ModeChange, OpsMode};
+use mlcore_models::contract::{Guard, Keys, OpsMode};
 use mlcore_models::testutil::{self, RedisNamespace};
 use mlcore_models::{onnx::runtime, synth};
 
@@ -241,16 +241,7 @@ fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
     let guard = Guard::new(Keys::new(&ns.ns), 1000);
     Guard::load(&mut conn).unwrap();
     let set = |conn: &mut redis::Connection, mode: OpsMode| {
-        let v = guard.read_mode(conn, "fx_g10").unwrap().version;
-        let change = ModeChange {
-            strategy: "fx_g10",
-            expected_version: v,
-            mode,
-            reason: "e2e",
-            actor: "test",
-            request_id: "r",
-        };
-        guard.set_mode(conn, &change).unwrap();
+        testutil::set_mode(&guard, conn, "fx_g10", mode);
     };
     set(&mut conn, OpsMode::Active);
 

@@ -181,20 +181,13 @@ fn per_event_hot_path_work_allocates_nothing() {
 /// allocates makes 4; reported for comparison.)
 #[test]
 fn a_full_batch_onnx_runtime_run_allocates_nothing() {
-    use mlcore_models::artifact::HeadSpec;
-    use mlcore_models::onnx::{graph, runtime};
+    use mlcore_models::onnx::runtime;
     use mlcore_models::scoring::HeadScorer;
     use mlcore_models::testutil;
     runtime::init(&testutil::ort_library()).unwrap();
-    let model = graph::logistic_regression("m", &[0.1; 15], 0.0).unwrap();
-    let spec = HeadSpec {
-        file: "ai1.onnx".into(),
-        input: "x".into(),
-        output: "prob".into(),
-        n_features: 15,
-        learner: "logistic".into(),
-        calibration: "none".into(),
-    };
+    let model = testutil::logistic_head(1.0).to_onnx("ai1").unwrap();
+    let spec = testutil::logistic_head_spec("ai1.onnx");
+    assert_eq!(spec.n_features, 15);
     let mut head = HeadScorer::new("ai1", &model, &spec, 32).unwrap();
     let x: Vec<f32> = (0..32 * 15).map(|i| (i % 7) as f32 * 0.1).collect();
     let first = head.score(&x, 32).unwrap().to_vec();

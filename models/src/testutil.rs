@@ -438,6 +438,32 @@ pub fn logistic_artifact(
         .1
 }
 
+/// Sets `strategy`'s mode through the guard, from the version stored now;
+/// the new version. Panics if someone else changed it in between.
+pub fn set_mode(
+    guard: &crate::contract::Guard,
+    conn: &mut impl redis::ConnectionLike,
+    strategy: &str,
+    mode: crate::contract::OpsMode,
+) -> u64 {
+    let current = guard
+        .read_mode(conn, strategy)
+        .unwrap_or_else(|e| panic!("read {strategy}'s mode: {e}"))
+        .version;
+    let change = crate::contract::ModeChange {
+        strategy,
+        expected_version: current,
+        mode,
+        reason: "test",
+        actor: "tester",
+        request_id: "req-1",
+    };
+    match guard.set_mode(conn, &change) {
+        Ok(crate::contract::SetModeOutcome::Applied { version }) => version,
+        other => panic!("set {strategy} {mode}: {other:?}"),
+    }
+}
+
 /// Milliseconds since the epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()

@@ -47,19 +47,7 @@ fn batch(seq: u64, signals: Vec<Signal>) -> SignalBatch {
 }
 
 fn set_mode(g: &Guard, conn: &mut impl ConnectionLike, strategy: &str, mode: OpsMode) -> u64 {
-    let current = g.read_mode(conn, strategy).unwrap().version;
-    let change = ModeChange {
-        strategy,
-        expected_version: current,
-        mode,
-        reason: "test",
-        actor: "tester",
-        request_id: "req-1",
-    };
-    match g.set_mode(conn, &change).unwrap() {
-        SetModeOutcome::Applied { version } => version,
-        other => panic!("set_mode: {other:?}"),
-    }
+    testutil::set_mode(g, conn, strategy, mode)
 }
 
 /// A loaded guard on the shared Redis, in a fresh namespace, strategy active.
