@@ -1341,3 +1341,22 @@ fn the_pipe_authenticates_selects_the_database_and_reports_a_lost_connection() {
     assert!(matches!(lost, Err(ContractError::Redis(_))), "{lost:?}");
     assert!(!p.is_open());
 }
+
+#[test]
+fn the_pipe_answers_plain_requests_with_large_replies() {
+    let (ns, _g, mut conn) = active();
+    let key = format!("{}:big", ns.ns);
+    let mut fields: Vec<(String, String)> = (0..5_000)
+        .map(|i| (format!("f{i:05}"), format!("{i}-{}", "x".repeat(60))))
+        .collect();
+    redis::cmd("HSET").arg(&key).arg(&fields).exec(&mut conn).unwrap();
+    // ≈ 370 KB in one reply: read in many pieces into a growing buffer.
+    let mut p = pipe(&testutil::redis_url());
+    let mut got: Vec<(String, String)> = redis::cmd("HGETALL").arg(&key).query(&mut p).unwrap();
+    got.sort();
+    fields.sort();
+    assert_eq!(got, fields);
+    // The next request on the same pipe reads from where that one ended.
+    let n: usize = redis::cmd("HLEN").arg(&key).query(&mut p).unwrap();
+    assert_eq!(n, 5_000);
+}

@@ -168,7 +168,9 @@ impl ReplyReader {
     }
 
     /// Reads the next complete reply from `src`. Bytes past it stay
-    /// buffered for the next call.
+    /// buffered for the next call. A reply that arrives in pieces is parsed
+    /// again from its start after each read: the replies read here are a
+    /// few dozen bytes, for which that is cheaper than keeping parser state.
     pub fn read(&mut self, src: &mut impl Read) -> io::Result<Reply<'_>> {
         self.start += self.last;
         self.last = 0;
@@ -198,7 +200,10 @@ impl ReplyReader {
             self.start = 0;
         }
         if self.buf.len() - self.end < READ_CHUNK / 2 {
-            self.buf.resize(self.end + READ_CHUNK, 0);
+            // Doubling keeps a large reply (a rare `HGETALL`) from being
+            // copied over and over as it grows.
+            let len = (self.end + READ_CHUNK).max(self.buf.len() * 2);
+            self.buf.resize(len, 0);
         }
         loop {
             match src.read(&mut self.buf[self.end..]) {
