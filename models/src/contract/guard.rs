@@ -280,19 +280,7 @@ impl Guard {
         }
         let mut out = Vec::with_capacity(batches.len());
         for (g, reply) in bufs.groups.iter().zip(replies) {
-            let n = g.len();
-            match reply {
-                Ok(v) if n == 1 => out.push(parse_publish_reply(&v)),
-                Ok(Value::Array(items)) if items.len() == n => {
-                    out.extend(items.iter().map(parse_publish_reply))
-                }
-                Ok(v) => out.extend((0..n).map(|_| {
-                    Err(ContractError::Protocol(format!(
-                        "publish_many replied {v:?} for {n} decisions"
-                    )))
-                })),
-                Err(e) => out.extend((0..n).map(|_| Err(classify(e.clone())))),
-            }
+            push_value_outcomes(reply, g.len(), &mut out);
         }
         Ok(out)
     }
@@ -323,35 +311,31 @@ impl Guard {
 
     /// Appends the outcomes of one guard call's reply, carrying `n`
     /// batches, to `out`: what [`Guard::publish_many`] makes of the same
-    /// reply. The accepted reply is read off the frames; anything else
-    /// goes through the Redis client's parser (refusals and errors are
-    /// rare and may allocate).
+    /// reply. When every decision was accepted (the common reply) the
+    /// outcomes are read off the frames; anything else is read as the Redis
+    /// client would read it, by [`push_value_outcomes`] (refusals and
+    /// errors are rare and may allocate).
     pub(crate) fn push_outcomes(
         reply: Reply<'_>,
         n: usize,
         out: &mut Vec<Result<PublishOutcome, ContractError>>,
     ) {
-        let root = reply.frame(0);
-        if n == 1 {
-            return out.push(outcome_of(reply, 0));
-        }
-        match root {
-            Some(f) if f.kind == Kind::Array && usize::try_from(f.int) == Ok(n) => {
-                out.extend(reply.children(0).map(|i| outcome_of(reply, i)));
+        let start = out.len();
+        let all_accepted = if n == 1 {
+            accepted(reply, 0).map(|count| out.push(Ok(PublishOutcome::Accepted { count })))
+        } else {
+            match reply.frame(0) {
+                Some(f) if f.kind == Kind::Array && usize::try_from(f.int) == Ok(n) => {
+                    reply.children(0).try_for_each(|i| {
+                        accepted(reply, i).map(|count| out.push(Ok(PublishOutcome::Accepted { count })))
+                    })
+                }
+                _ => None,
             }
-            _ => match reply.value(0) {
-                Ok(Value::ServerError(e)) => {
-                    let e = redis::RedisError::from(e);
-                    out.extend((0..n).map(|_| Err(classify(e.clone()))));
-                }
-                other => {
-                    let what = match other {
-                        Ok(v) => format!("publish_many replied {v:?} for {n} decisions"),
-                        Err(e) => format!("publish_many reply unreadable: {e}"),
-                    };
-                    out.extend((0..n).map(|_| Err(ContractError::Protocol(what.clone()))));
-                }
-            },
+        };
+        if all_accepted.is_none() {
+            out.truncate(start);
+            push_value_outcomes(reply.value(0), n, out);
         }
     }
 
@@ -532,24 +516,44 @@ fn classify(e: redis::RedisError) -> ContractError {
     ContractError::Redis(e)
 }
 
-/// The outcome in element `i` of `reply`: the accepted reply read off the
-/// frames, anything else as [`parse_publish_reply`] reads it.
-fn outcome_of(reply: Reply<'_>, i: usize) -> Result<PublishOutcome, ContractError> {
-    let accepted = match (reply.frame(i), reply.frame(i + 1), reply.frame(i + 2)) {
+/// The signal count of element `i` of `reply` when it is the accepted
+/// reply `["ok", n]`, read off the frames.
+fn accepted(reply: Reply<'_>, i: usize) -> Option<usize> {
+    match (reply.frame(i), reply.frame(i + 1), reply.frame(i + 2)) {
         (Some(a), Some(ok), Some(n))
-            if a.kind == Kind::Array && a.int == 2 && ok.kind == Kind::Bulk && n.kind == Kind::Int =>
+            if a.kind == Kind::Array
+                && a.int == 2
+                && ok.kind == Kind::Bulk
+                && n.kind == Kind::Int
+                && reply.payload(i + 1) == b"ok" =>
         {
-            (reply.payload(i + 1) == b"ok").then_some(n.int)
+            usize::try_from(n.int).ok()
         }
         _ => None,
-    };
-    if let Some(count) = accepted.and_then(|n| usize::try_from(n).ok()) {
-        return Ok(PublishOutcome::Accepted { count });
     }
-    match reply.value(i) {
-        Ok(Value::ServerError(e)) => Err(classify(e.into())),
-        Ok(v) => parse_publish_reply(&v),
-        Err(e) => Err(ContractError::Protocol(format!("publish reply unreadable: {e}"))),
+}
+
+/// Appends the outcomes of one guard call's reply, carrying `n` batches,
+/// to `out`: one reply for `mlcore_publish_v2`, a list of `n` for
+/// `mlcore_publish_many_v2`; an error, or a reply of the wrong shape, is
+/// every batch's outcome.
+fn push_value_outcomes(
+    reply: redis::RedisResult<Value>,
+    n: usize,
+    out: &mut Vec<Result<PublishOutcome, ContractError>>,
+) {
+    let reply = match reply {
+        Ok(Value::ServerError(e)) => Err(redis::RedisError::from(e)),
+        other => other,
+    };
+    match reply {
+        Ok(v) if n == 1 => out.push(parse_publish_reply(&v)),
+        Ok(Value::Array(items)) if items.len() == n => out.extend(items.iter().map(parse_publish_reply)),
+        Ok(v) => {
+            let what = format!("publish_many replied {v:?} for {n} decisions");
+            out.extend((0..n).map(|_| Err(ContractError::Protocol(what.clone()))));
+        }
+        Err(e) => out.extend((0..n).map(|_| Err(classify(e.clone())))),
     }
 }
 
