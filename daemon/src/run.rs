@@ -135,10 +135,9 @@ fn spawn(
     priority: u8,
     f: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
-    let thread = name.to_owned();
     std::thread::Builder::new().name(name.to_owned()).spawn(move || {
         pin(core);
-        realtime(&thread, priority);
+        realtime(std::thread::current().name().unwrap_or("hot"), priority);
         f();
     })
 }

@@ -169,7 +169,9 @@ impl LocalHist {
     /// the next decision (which would count them in the next load's window).
     #[inline]
     pub fn tick(&mut self) {
-        if self.last_flush.elapsed() >= FLUSH_EVERY && self.hist.as_ref().is_some_and(|h| !h.is_empty()) {
+        // Emptiness first: an idle thread with nothing to hand over reads
+        // no clock.
+        if self.hist.as_ref().is_some_and(|h| !h.is_empty()) && self.last_flush.elapsed() >= FLUSH_EVERY {
             self.flush();
         }
     }

@@ -85,7 +85,7 @@ impl std::fmt::Debug for FullBatch {
 impl HeadScorer {
     /// Builds the session for `model` and allocates outputs for `max_rows`.
     pub fn new(name: &str, model: &[u8], spec: &HeadSpec, max_rows: usize) -> Result<Self, ScoreError> {
-        let session = runtime::hot_path_session(model)?;
+        let mut session = runtime::hot_path_session(model)?;
         let head = |reason: String| ScoreError::Head {
             head: name.to_owned(),
             reason,
@@ -103,7 +103,6 @@ impl HeadScorer {
                 spec.input
             )));
         }
-        let mut session = session;
         let rows = max_rows.max(1);
         let full =
             Self::full_batch(&mut session, spec, rows).map_err(|e| head(format!("full batch: {e}")))?;
