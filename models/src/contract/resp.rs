@@ -162,11 +162,6 @@ impl ReplyReader {
         self.frames.clear();
     }
 
-    /// Whether bytes beyond the last reply are buffered.
-    pub fn has_buffered(&self) -> bool {
-        self.start + self.last < self.end
-    }
-
     /// Reads the next complete reply from `src`. Bytes past it stay
     /// buffered for the next call. A reply that arrives in pieces is parsed
     /// again from its start after each read: the replies read here are a
@@ -432,7 +427,7 @@ mod tests {
                 let reply = r.read(&mut src).unwrap();
                 assert_eq!(reply.frames[2].int, i);
             }
-            assert!(!r.has_buffered());
+            assert_eq!(r.start + r.last, r.end, "nothing left buffered");
             let err = r.read(&mut src).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         }
