@@ -2,12 +2,14 @@
 //! writes each decision through the guard.
 //!
 //! - Decisions waiting in the queue (up to [`MAX_PIPELINE`]) go out
-//!   together in one pipeline, and the next pipeline goes out as soon as
-//!   there are decisions for it, while the previous one is still in Redis
-//!   (up to `MAX_IN_FLIGHT`, on the publisher's own connection,
-//!   [`PublishPipe`]): Redis finds the next decision queued when it
-//!   finishes one instead of idling while the reply travels and the
-//!   publisher wakes up. Consecutive decisions of one strategy in a
+//!   together in one pipeline. Decisions already queued when a pipeline
+//!   has just gone out go out at once in the next one, before the first
+//!   one's replies are read (up to `MAX_IN_FLIGHT`, on the publisher's own
+//!   connection, [`PublishPipe`]): Redis then finds them queued when it
+//!   finishes instead of idling while the reply travels and the publisher
+//!   wakes up. A decision that arrives while the publisher waits for a
+//!   reply waits with it and may fold with others (waking the publisher
+//!   for it was measured and did not help; docs/performance.md). Consecutive decisions of one strategy in a
 //!   pipeline share one guard call (`Guard` folds up to
 //!   `MAX_DECISIONS_PER_CALL`): each keeps its own outcome and stream entry,
 //!   and Redis writes the signal hashes once for them. The more Redis falls
@@ -161,9 +163,9 @@ pub fn run(p: PublisherParts) {
             }
             continue;
         }
-        // Send the next decisions as soon as there are any, while earlier
-        // ones are still in Redis (up to MAX_IN_FLIGHT pipelines); wait for
-        // a reply only when nothing can be sent.
+        // Send decisions that are already waiting, even while earlier ones
+        // are still in Redis (up to MAX_IN_FLIGHT pipelines); otherwise wait
+        // for the oldest reply.
         let sendable = st.in_flight < MAX_IN_FLIGHT && st.conn.as_ref().is_none_or(PublishPipe::overlaps);
         if st.in_flight == 0 || sendable {
             let wait = if st.in_flight == 0 {
