@@ -875,6 +875,135 @@ fn keys_that_do_not_match_the_strategy_or_symbol_are_refused() {
     assert_eq!(key_count(&mut conn, &ns), 1, "only the ops key exists");
 }
 
+/// A raw guard call for two symbols: `publish` or, with `many`, a
+/// `publish_many` of one decision.
+fn two_symbol_call(many: bool, keys: &[String], symbols: [&str; 2], strategy: &str, seq: u64) -> redis::Cmd {
+    let vu = now_ms() + 60_000;
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg(if many {
+        "mlcore_publish_many_v2"
+    } else {
+        "mlcore_publish_v2"
+    })
+    .arg(keys.len())
+    .arg(keys);
+    if many {
+        cmd.arg(1);
+    }
+    cmd.arg(seq)
+        .arg(now_ms())
+        .arg(vu)
+        .arg(100)
+        .arg("m1")
+        .arg(7)
+        .arg(strategy);
+    for sym in symbols {
+        cmd.arg(sym)
+            .arg("long")
+            .arg("0.05")
+            .arg("1000")
+            .arg("0.6")
+            .arg("0.2");
+    }
+    cmd
+}
+
+/// The guard remembers the layouts (keys, strategy, symbols) it accepted, to
+/// skip checking them again; a call that differs in any of them is checked in
+/// full, in both publish functions, and a layout forgotten when the memory
+/// starts over is checked again.
+#[test]
+fn a_remembered_layout_never_lets_a_changed_one_through() {
+    let (ns, g, mut conn) = active();
+    let mine = g.keys().strategy(S);
+    let other = g.keys().strategy("other");
+    let good = vec![
+        mine.ops.clone(),
+        mine.hwm.clone(),
+        mine.signals.clone(),
+        mine.sig("EURUSD"),
+        mine.sig("USDJPY"),
+    ];
+    let with = |i: usize, key: String| {
+        let mut k = good.clone();
+        k[i] = key;
+        k
+    };
+    let accept = |conn: &mut redis::Connection, many: bool, seq: &mut u64| {
+        *seq += 1;
+        let v: redis::Value = two_symbol_call(many, &good, ["EURUSD", "USDJPY"], S, *seq)
+            .query(conn)
+            .unwrap();
+        assert!(format!("{v:?}").contains("ok"), "{v:?}");
+    };
+    type Case = (Vec<String>, [&'static str; 2], &'static str, &'static str);
+    let changed: Vec<Case> = vec![
+        (
+            with(4, mine.sig("GBPUSD")),
+            ["EURUSD", "USDJPY"],
+            S,
+            "is not the signal key",
+        ),
+        (good.clone(), ["EURUSD", "GBPUSD"], S, "is not the signal key"),
+        (
+            good.clone(),
+            ["EURUSD", "USDJPY"],
+            "other",
+            "is not strategy other",
+        ),
+        (
+            with(1, other.hwm.clone()),
+            ["EURUSD", "USDJPY"],
+            S,
+            "do not match",
+        ),
+        (with(4, mine.sig("EURUSD")), ["EURUSD", "EURUSD"], S, "twice"),
+    ];
+    let mut seq = 0;
+    for many in [false, true] {
+        for (keys, symbols, strategy, why) in &changed {
+            accept(&mut conn, many, &mut seq);
+            let err = two_symbol_call(many, keys, *symbols, strategy, seq + 1)
+                .query::<redis::Value>(&mut conn)
+                .unwrap_err();
+            assert_eq!(err.code(), Some("BADINPUT"), "{keys:?} {symbols:?}: {err}");
+            assert!(err.to_string().contains(why), "{keys:?} {symbols:?}: {err}");
+        }
+    }
+    let hwm: Vec<Option<u64>> = redis::cmd("HMGET")
+        .arg(&mine.hwm)
+        .arg(&["EURUSD", "USDJPY", "GBPUSD"])
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(
+        hwm,
+        vec![Some(seq), Some(seq), None],
+        "only the good layout wrote"
+    );
+    let entries: u64 = redis::cmd("XLEN").arg(&mine.signals).query(&mut conn).unwrap();
+    assert_eq!(entries, seq);
+
+    // More layouts than the guard keeps: the memory starts over, and the
+    // first layout is checked (and refused when changed) as before.
+    for k in 0..70 {
+        let strategy = format!("churn{k}");
+        set_mode(&g, &mut conn, &strategy, OpsMode::Active);
+        let mut b = batch(1, vec![signal("EURUSD", 0.05)]);
+        b.strategy = strategy;
+        assert_eq!(
+            g.publish(&mut conn, &b).unwrap(),
+            PublishOutcome::Accepted { count: 1 }
+        );
+    }
+    accept(&mut conn, false, &mut seq);
+    let (keys, symbols, strategy, why) = &changed[1];
+    let err = two_symbol_call(false, keys, *symbols, strategy, seq + 1)
+        .query::<redis::Value>(&mut conn)
+        .unwrap_err();
+    assert!(err.to_string().contains(why), "{err}");
+    drop(ns);
+}
+
 #[test]
 fn heartbeat_round_trips_and_expires() {
     let ns = RedisNamespace::new();
