@@ -128,6 +128,27 @@ impl Percentiles {
         Self::of(t).unwrap_or_default()
     }
 
+    /// As [`Percentiles::measure`], but one call every `period` (the thread
+    /// sleeps in between, as a thread serving paced events does), so what
+    /// the calls cost from cold caches and a sleeping core shows.
+    pub fn measure_paced(n: usize, warmup: usize, period: Duration, mut f: impl FnMut()) -> Self {
+        let mut next = Instant::now();
+        let mut timed = Vec::with_capacity(n.max(1));
+        for i in 0..warmup + n.max(1) {
+            next += period;
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+            let s = Instant::now();
+            f();
+            if i >= warmup {
+                timed.push(s.elapsed());
+            }
+        }
+        Self::of(timed).unwrap_or_default()
+    }
+
     /// Percentiles of `samples` (nearest rank); `None` when there are none.
     pub fn of(mut samples: Vec<Duration>) -> Option<Self> {
         if samples.is_empty() {
