@@ -5,6 +5,9 @@
 //!   verified; cached under the target dir so repeated runs skip training.
 //! - [`Percentiles`]: p50/p99/p99.9 of per-iteration timings, printed next to
 //!   criterion's figures (criterion reports means and medians, not tails).
+//! - [`stalls`]: how much of each core a spinning thread loses to stalls
+//!   (the machine's noise, printed by the load generator before a load).
+//! - [`redis_stats`]: Redis' time in guard calls from `INFO commandstats`.
 
 #![allow(clippy::print_stdout)] // benchmark helpers print their figures
 
@@ -18,6 +21,9 @@ use mlcore_models::artifact::{
 use mlcore_models::config::{KeyPurpose, TrustConfig, TrustedKeyConfig};
 use mlcore_models::onnx::runtime;
 use mlcore_models::{features, synth, testutil};
+
+pub mod redis_stats;
+pub mod stalls;
 
 /// Symbols in the sample universe.
 pub const SYMBOLS: usize = 32;

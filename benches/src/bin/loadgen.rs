@@ -17,6 +17,11 @@
 //! judged on that figure. Baselines measured in the same run: one decision's
 //! 32 guarded publishes in one call by a plain client, and the bare ONNX
 //! Runtime time of one decision on feature rows of the quotes it sends.
+//! Beside them, what explains a tail the daemon does not cause: before the
+//! load, how much a spinning thread on each core loses to stalls (the
+//! machine's noise, [`mlcore_benches::stalls`]); per phase, Redis' own time
+//! in guard calls and the share of its core they took
+//! ([`mlcore_benches::redis_stats`]).
 //!
 //! `mlcore-loadgen --env dev --addr 127.0.0.1:7401 --http 127.0.0.1:9464 --rate 500 --seconds 10`
 
@@ -32,7 +37,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use mlcore_benches::Percentiles;
+use mlcore_benches::redis_stats::CommandStats;
+use mlcore_benches::{stalls, Percentiles};
 use mlcore_daemon::wire::{encode, Frame};
 use mlcore_models::artifact::{self, ArtifactFiles, Manifest, SecretKeyFile};
 use mlcore_models::config::{self, ProcessEnv};
@@ -71,6 +77,9 @@ struct Args {
     /// Signing key for the swap phase.
     #[arg(long)]
     key: Option<PathBuf>,
+    /// Seconds to probe each core's stalls before the load (0: skip).
+    #[arg(long, default_value_t = 1.0)]
+    probe_seconds: f64,
 }
 
 fn metrics(http: &str) -> anyhow::Result<String> {
@@ -143,6 +152,14 @@ struct Phase {
     visible: Option<Percentiles>,
     /// Decisions matched to their trigger in the stream.
     seen: usize,
+    /// Redis' guard calls (`FCALL`) during the phase.
+    redis: CommandStats,
+}
+
+/// The server's `FCALL` totals so far.
+fn fcall_stats(conn: &mut redis::Connection) -> anyhow::Result<CommandStats> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(conn)?;
+    CommandStats::from_info(&info, "fcall").map_err(anyhow::Error::msg)
 }
 
 /// A trigger as the reader needs it: its phase, its time as the daemon
@@ -168,6 +185,12 @@ fn main() -> anyhow::Result<()> {
         interval_ms: 1_000,
     };
     let quotes: Vec<Quote> = Generator::new(spec)?.day_merged(20_458);
+    // The machine's noise, before anything of ours loads it.
+    let stalls = if a.probe_seconds > 0.0 {
+        stalls::probe_cores(Duration::from_secs_f64(a.probe_seconds))
+    } else {
+        Vec::new()
+    };
 
     // Baselines: one decision's guarded publishes (32, pipelined) by a plain
     // client, and bare ONNX Runtime for one decision.
@@ -300,6 +323,7 @@ fn main() -> anyhow::Result<()> {
     let mut run_phase = |phase: usize, swap: bool, tcp: &mut TcpStream| -> anyhow::Result<Phase> {
         let name = ["steady", "during swaps"][phase];
         let (b0, c0) = snapshot(&a.http)?;
+        let redis0 = fcall_stats(&mut conn)?;
         let start = Instant::now();
         let period = Duration::from_nanos(1_000_000_000 / a.rate.max(1));
         let mut next = start;
@@ -350,6 +374,7 @@ fn main() -> anyhow::Result<()> {
         let secs = start.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_millis(300));
         let (b1, c1) = snapshot(&a.http)?;
+        let redis = fcall_stats(&mut conn)?.since(&redis0);
         let d = |k: &str| {
             c1.get(k)
                 .copied()
@@ -375,6 +400,7 @@ fn main() -> anyhow::Result<()> {
             p999: bucket_quantile(&b0, &b1, 0.999),
             visible: None,
             seen: 0,
+            redis,
         })
     };
     let mut phases = vec![run_phase(0, false, &mut tcp)?];
@@ -392,6 +418,9 @@ fn main() -> anyhow::Result<()> {
         "\n== mlcore-loadgen: {} decisions/s target, {} symbols ==",
         a.rate, n
     );
+    for (core, s) in &stalls {
+        println!("machine: {}", s.summary(*core));
+    }
     baseline.print("baseline: one decision's 32 guarded publishes");
     ort.print("baseline: bare ONNX Runtime, one decision");
     ort_constant.print("  (for reference: the same on one constant row)");
@@ -422,6 +451,7 @@ fn main() -> anyhow::Result<()> {
             )),
             None => println!("{}: no decision seen in the stream", p.name),
         }
+        println!("{}: {}", p.name, p.redis.guard_summary(p.decisions, p.seconds));
     }
     // The targets, judged on this run's own baselines and the
     // client-side trigger -> visible figures (one clock, µs resolution).
