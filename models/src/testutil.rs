@@ -140,28 +140,47 @@ pub struct CommandStats {
     pub usec: u64,
 }
 
-/// [`CommandStats`] of `command` (lower case, e.g. `fcall`); zero when it
-/// never ran.
+impl CommandStats {
+    /// `command`'s line (lower case, e.g. `fcall`, `function|load`) of an
+    /// `INFO commandstats` reply; zero when it never ran (it then has no
+    /// line). A line that does not read as Redis writes it is an error that
+    /// quotes it.
+    pub fn from_info(info: &str, command: &str) -> Result<Self, String> {
+        let prefix = format!("cmdstat_{command}:");
+        let Some(line) = info.lines().find_map(|l| l.trim().strip_prefix(prefix.as_str())) else {
+            return Ok(Self::default());
+        };
+        let field = |name: &str| -> Result<u64, String> {
+            line.split(',')
+                .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+                .ok_or_else(|| format!("cmdstat_{command} has no {name}: {line}"))?
+                .parse()
+                .map_err(|e| format!("cmdstat_{command} {name}: {e}: {line}"))
+        };
+        Ok(Self {
+            calls: field("calls")?,
+            usec: field("usec")?,
+        })
+    }
+
+    /// What happened between `earlier` and `self` (zero if the counters
+    /// were reset in between).
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            calls: self.calls.saturating_sub(earlier.calls),
+            usec: self.usec.saturating_sub(earlier.usec),
+        }
+    }
+}
+
+/// [`CommandStats`] of `command` on `conn`'s server (see
+/// [`CommandStats::from_info`]).
 pub fn command_stats(conn: &mut impl redis::ConnectionLike, command: &str) -> CommandStats {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query(conn)
         .unwrap_or_else(|e| panic!("INFO commandstats: {e}"));
-    let prefix = format!("cmdstat_{command}:");
-    let Some(line) = info.lines().find_map(|l| l.strip_prefix(&prefix)) else {
-        return CommandStats::default();
-    };
-    let field = |name: &str| -> u64 {
-        line.split(',')
-            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
-            .map_or(0, |n| {
-                n.parse().unwrap_or_else(|e| panic!("{name} in {line}: {e}"))
-            })
-    };
-    CommandStats {
-        calls: field("calls"),
-        usec: field("usec"),
-    }
+    CommandStats::from_info(&info, command).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A private `redis-server` this test owns (free port, temp dir, no
@@ -551,5 +570,59 @@ pub fn heartbeat(instance: &str, at_ms: u64) -> crate::contract::Heartbeat {
         refused_artifacts: 0,
         models: Default::default(),
         modes: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CommandStats;
+
+    const INFO: &str = "# Commandstats\r\n\
+        cmdstat_xread:calls=17786,usec=178768,usec_per_call=10.05,rejected_calls=0,failed_calls=0\r\n\
+        cmdstat_fcall:calls=19148,usec=6536852,usec_per_call=341.39,rejected_calls=0,failed_calls=0\r\n\
+        cmdstat_fcall_ro:calls=1,usec=13,usec_per_call=13.00,rejected_calls=0,failed_calls=0\r\n";
+
+    #[test]
+    fn a_commands_line_is_read_and_not_its_prefixed_neighbour() {
+        assert_eq!(
+            CommandStats::from_info(INFO, "fcall"),
+            Ok(CommandStats {
+                calls: 19148,
+                usec: 6536852
+            })
+        );
+        assert_eq!(
+            CommandStats::from_info(INFO, "fcall_ro"),
+            Ok(CommandStats { calls: 1, usec: 13 })
+        );
+        assert_eq!(CommandStats::from_info(INFO, "hset"), Ok(CommandStats::default()));
+    }
+
+    #[test]
+    fn a_malformed_line_is_an_error_that_quotes_it() {
+        let err = CommandStats::from_info("cmdstat_fcall:calls=x,usec=1", "fcall").unwrap_err();
+        assert!(err.contains("calls") && err.contains("calls=x,usec=1"), "{err}");
+        let err = CommandStats::from_info("cmdstat_fcall:calls=3", "fcall").unwrap_err();
+        assert!(err.contains("no usec"), "{err}");
+    }
+
+    #[test]
+    fn since_is_the_difference_and_zero_across_a_reset() {
+        let before = CommandStats {
+            calls: 100,
+            usec: 30_000,
+        };
+        let after = CommandStats {
+            calls: 20_100,
+            usec: 6_530_000,
+        };
+        assert_eq!(
+            after.since(&before),
+            CommandStats {
+                calls: 20_000,
+                usec: 6_500_000
+            }
+        );
+        assert_eq!(before.since(&after), CommandStats::default());
     }
 }

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use mlcore_benches::redis_stats::CommandStats;
+use mlcore_benches::redis_stats::{self, CommandStats};
 use mlcore_benches::{stalls, Percentiles};
 use mlcore_daemon::wire::{encode, Frame};
 use mlcore_models::artifact::{self, ArtifactFiles, Manifest, SecretKeyFile};
@@ -451,7 +451,11 @@ fn main() -> anyhow::Result<()> {
             )),
             None => println!("{}: no decision seen in the stream", p.name),
         }
-        println!("{}: {}", p.name, p.redis.guard_summary(p.decisions, p.seconds));
+        println!(
+            "{}: {}",
+            p.name,
+            redis_stats::guard_summary(&p.redis, p.decisions, p.seconds)
+        );
     }
     // The targets, judged on this run's own baselines and the
     // client-side trigger -> visible figures (one clock, µs resolution).
