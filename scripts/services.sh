@@ -50,8 +50,10 @@ else
   port="$(free_port)"
   say "Redis not reachable at $REDIS_URL: starting a private redis-server on 127.0.0.1:$port (data in $SVC/redis)"
   mkdir -p "$SVC/redis"
+  # hash-max-listpack-entries 9: the guard's hashes as hash tables, as
+  # deployments/redis/README.md advises for a Redis that serves signals.
   redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
-    --dir "$SVC/redis" --logfile "$SVC/redis/redis.log" --pidfile "$SVC/redis/redis.pid" >&2
+    --hash-max-listpack-entries 9 --dir "$SVC/redis" --logfile "$SVC/redis/redis.log" --pidfile "$SVC/redis/redis.pid" >&2
   REDIS_URL="redis://127.0.0.1:$port/0"
   for _ in $(seq 50); do redis_ok "$REDIS_URL" && break; sleep 0.1; done
   redis_ok "$REDIS_URL" || die "private Redis did not start; see $SVC/redis/redis.log"

@@ -1489,3 +1489,75 @@ fn the_pipe_answers_plain_requests_with_large_replies() {
     let n: usize = redis::cmd("HLEN").arg(&key).query(&mut p).unwrap();
     assert_eq!(n, 5_000);
 }
+
+/// `OBJECT ENCODING` of the signal hash of `symbol` and of the hwm hash.
+fn encodings(conn: &mut redis::Connection, g: &Guard, symbol: &str) -> (String, String) {
+    let keys = g.keys().strategy(S);
+    let mut enc =
+        |key: String| -> String { redis::cmd("OBJECT").arg("ENCODING").arg(key).query(conn).unwrap() };
+    (enc(keys.sig(symbol)), enc(keys.hwm.clone()))
+}
+
+#[test]
+fn the_listpack_setting_is_read_and_at_its_advised_value_the_guards_hashes_are_hash_tables() {
+    use mlcore_models::contract::tuning;
+    // 12 symbols: the hwm hash has more fields than the advised value too.
+    let symbols: Vec<String> = (0..12).map(|i| format!("S{i:02}")).collect();
+    let decision = |seq| batch(seq, symbols.iter().map(|s| signal(s, 0.01)).collect());
+    let publish = |conn: &mut redis::Connection, g: &Guard| {
+        Guard::load(conn).unwrap();
+        set_mode(g, conn, S, OpsMode::Active);
+        assert_eq!(
+            g.publish(conn, &decision(1)).unwrap(),
+            PublishOutcome::Accepted { count: 12 }
+        );
+    };
+
+    // Redis' default (512 built in, 128 in the shipped redis.conf): advice
+    // given; the hashes are listpacks.
+    let (_default, _ns, g, mut conn) = private();
+    let entries = tuning::hash_listpack_entries(&mut conn).unwrap().unwrap();
+    assert!(tuning::advice(entries).is_some(), "{entries}");
+    publish(&mut conn, &g);
+    assert_eq!(
+        encodings(&mut conn, &g, "S03"),
+        ("listpack".into(), "listpack".into())
+    );
+
+    // At the advised value: no advice; both hashes the guard rewrites per
+    // decision are hash tables (a signal hash has 10 fields).
+    let advised = tuning::ADVISED_MAX.to_string();
+    let tuned = RedisServer::start_with(&["--hash-max-listpack-entries", &advised]);
+    let g = guard(&RedisNamespace::on(&tuned.url()));
+    let mut conn = tuned.connection();
+    assert_eq!(
+        tuning::hash_listpack_entries(&mut conn).unwrap(),
+        Some(tuning::ADVISED_MAX)
+    );
+    assert_eq!(tuning::advice(tuning::ADVISED_MAX), None);
+    publish(&mut conn, &g);
+    assert_eq!(
+        encodings(&mut conn, &g, "S03"),
+        ("hashtable".into(), "hashtable".into())
+    );
+
+    // A user that may not run CONFIG: the setting is unknown, not an error.
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "publisher",
+            "on",
+            ">pw",
+            "~*",
+            "&*",
+            "+@all",
+            "-config",
+        ])
+        .query(&mut conn)
+        .unwrap();
+    let mut limited = redis::Client::open(format!("redis://publisher:pw@127.0.0.1:{}/", tuned.port))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    assert_eq!(tuning::hash_listpack_entries(&mut limited).unwrap(), None);
+}

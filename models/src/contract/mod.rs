@@ -4,7 +4,8 @@
 //! every signal is written and every mode change made ([`guard`], source in
 //! `guard.lua`), the ops modes ([`ops`]), the signal types ([`signal`]) and
 //! daemon heartbeats ([`heartbeat`]) and the registry's active-model
-//! pointer ([`model`]). `docs/redis-contract.md` is the
+//! pointer ([`model`]); the one Redis setting that changes what the guard
+//! costs ([`tuning`]). `docs/redis-contract.md` is the
 //! consumer-facing description; keep both in step.
 //!
 //! Everything here works over any [`redis::ConnectionLike`]: a plain
@@ -20,6 +21,7 @@ pub mod ops;
 pub mod pipe;
 pub mod resp;
 pub mod signal;
+pub mod tuning;
 
 pub use conn::RedisConn;
 pub use error::ContractError;
