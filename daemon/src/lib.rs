@@ -10,8 +10,10 @@
 //! watcher: pub/sub + reconciliation), [`http`] (`/metrics`, `/healthz`,
 //! `/readyz`). [`stats`] holds the counters and per-thread histograms;
 //! [`universe`] the configuration resolved into indexed tables;
-//! [`preflight`] the `check` command.
+//! [`preflight`] the `check` command; [`colocation`] whether a local Redis
+//! may run on the hot cores (said when the side thread connects).
 
+pub mod colocation;
 pub mod http;
 pub mod ingress;
 pub mod job;

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -21,6 +22,7 @@ use thread_priority::{
     ThreadPriorityValue, ThreadSchedulePolicy,
 };
 
+use crate::colocation;
 use crate::http::{self, Observed};
 use crate::ingress::{Ingress, IngressParts};
 use crate::job::Job;
@@ -327,7 +329,8 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
     }
     {
         let stop = Arc::clone(&shutdown);
-        side.spawn_blocking(move || side_loop(loader, observed, link, trust_source, wake_rx, stop));
+        let hot = hot.clone();
+        side.spawn_blocking(move || side_loop(loader, observed, link, trust_source, wake_rx, stop, hot));
     }
     log(
         "info",
@@ -348,7 +351,8 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
 }
 
 /// Model scans (every second, and at once on a `model_activated` event),
-/// histogram merging (every 100 ms), heartbeats.
+/// histogram merging (every 100 ms), heartbeats; on each new Redis
+/// connection, whether a local Redis may run on the `hot` cores.
 fn side_loop(
     mut loader: Loader,
     observed: Observed,
@@ -356,6 +360,7 @@ fn side_loop(
     trust_source: Option<TrustSource>,
     wake: crossbeam_channel::Receiver<()>,
     shutdown: Arc<AtomicBool>,
+    hot: Vec<usize>,
 ) {
     let mut next_trust = Instant::now() + Duration::from_secs(10);
     let mut next_scan = Instant::now() + Duration::from_secs(1);
@@ -430,6 +435,13 @@ fn side_loop(
             };
             if conn.is_none() {
                 conn = RedisConn::connect(&redis).ok();
+                if let Some(cn) = conn.as_mut().filter(|_| colocation::is_local(redis.url.expose())) {
+                    let said = colocation::redis_cores(cn, Path::new("/proc"))
+                        .and_then(|(pid, cores)| colocation::advice(pid, &cores, &hot));
+                    if let Some(advice) = said {
+                        log("warn", &advice, &[]);
+                    }
+                }
             }
             if let Some(cn) = conn.as_mut() {
                 if hb.write(cn, &keys, redis.heartbeat.ttl_ms).is_err() {
