@@ -6,8 +6,9 @@
 //! when configured) preempt it for every decision, so each guard call takes
 //! as long as Redis' work plus everything the hot core does meanwhile. On
 //! the 2-core dev machine, with the hot threads on core 1, pinning Redis to
-//! core 0 took the 2,000/s p99 from 4.9–10.9 ms to 1.6–4.0 ms and Redis'
-//! time per call from 421–631 to 292–429 µs (`docs/performance.md`).
+//! core 0 took the 2,000/s p99 from 3.2–10.9 ms to 1.6–4.0 ms and Redis'
+//! time per call from 300–631 to 292–429 µs, six runs each, interleaved
+//! (`docs/performance.md`).
 //!
 //! The daemon cannot pin a server it does not own; when its side thread
 //! connects it looks whether Redis is a process on this host (a loopback or

@@ -700,6 +700,18 @@ fn pipelined_batches_get_one_outcome_each_and_reload_a_flushed_guard() {
     ));
 }
 
+/// A connection to `server` as user `publisher`, allowed everything but
+/// the `denied` ACL rules (`-config`, ...), which `admin` sets up.
+fn limited_user(server: &RedisServer, admin: &mut redis::Connection, denied: &[&str]) -> redis::Connection {
+    let mut rules = vec!["SETUSER", "publisher", "on", ">pw", "~*", "&*", "+@all"];
+    rules.extend_from_slice(denied);
+    let _: () = redis::cmd("ACL").arg(&rules).query(admin).unwrap();
+    redis::Client::open(format!("redis://publisher:pw@127.0.0.1:{}/", server.port))
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
 #[test]
 fn a_client_that_cannot_reload_the_guard_refuses_to_publish() {
     let server = RedisServer::start();
@@ -709,24 +721,7 @@ fn a_client_that_cannot_reload_the_guard_refuses_to_publish() {
     Guard::load(&mut admin).unwrap();
     set_mode(&g, &mut admin, S, OpsMode::Active);
     // A publisher allowed to call functions and read keys, but not to load functions.
-    let _: () = redis::cmd("ACL")
-        .arg(&[
-            "SETUSER",
-            "publisher",
-            "on",
-            ">pw",
-            "~*",
-            "&*",
-            "+@all",
-            "-function|load",
-            "-function|flush",
-        ])
-        .query(&mut admin)
-        .unwrap();
-    let mut publisher = redis::Client::open(format!("redis://publisher:pw@127.0.0.1:{}/", server.port))
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut publisher = limited_user(&server, &mut admin, &["-function|load", "-function|flush"]);
     assert_eq!(
         g.publish(&mut publisher, &batch(1, vec![signal("EURUSD", 0.05)]))
             .unwrap()
@@ -1542,22 +1537,6 @@ fn the_listpack_setting_is_read_and_at_its_advised_value_the_guards_hashes_are_h
     );
 
     // A user that may not run CONFIG: the setting is unknown, not an error.
-    let _: () = redis::cmd("ACL")
-        .arg(&[
-            "SETUSER",
-            "publisher",
-            "on",
-            ">pw",
-            "~*",
-            "&*",
-            "+@all",
-            "-config",
-        ])
-        .query(&mut conn)
-        .unwrap();
-    let mut limited = redis::Client::open(format!("redis://publisher:pw@127.0.0.1:{}/", tuned.port))
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut limited = limited_user(&tuned, &mut conn, &["-config"]);
     assert_eq!(tuning::hash_listpack_entries(&mut limited).unwrap(), None);
 }
