@@ -35,8 +35,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use mlcore_models::config::RedisConfig;
 use mlcore_models::contract::{
-    tuning, ContractError, Guard, OpsMode, PublishOutcome, PublishPipe, Side, Signal, SignalBatch,
-    MAX_IN_FLIGHT,
+    ContractError, Guard, OpsMode, PublishOutcome, PublishPipe, Side, Signal, SignalBatch, MAX_IN_FLIGHT,
 };
 
 use crate::job::Job;
@@ -541,20 +540,14 @@ fn ensure_connected(p: &PublisherParts, st: &mut State) {
             let hwm = p.guard.high_water_mark(&mut c, &strat.id)?;
             st.last_seq[s] = st.last_seq[s].max(hwm);
         }
-        // Advisory: a server that will not say (ACL) or says something odd
-        // is served all the same.
-        let entries = tuning::hash_listpack_entries(&mut c).ok().flatten();
-        Ok((c, entries))
+        Ok(c)
     });
     match attempt {
-        Ok((c, entries)) => {
+        Ok(c) => {
             st.conn = Some(c);
             st.backoff = Duration::from_millis(p.redis.reconnect.initial_ms.max(1));
             p.counters.redis_ok.store(true, Ordering::Relaxed);
             log("info", "publisher connected; guard loaded", &[]);
-            if let Some(advice) = entries.and_then(tuning::advice) {
-                log("info", &advice, &[(tuning::SETTING, entries.into())]);
-            }
         }
         Err(e) => {
             Counters::inc(&p.counters.redis_errors);

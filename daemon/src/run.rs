@@ -14,8 +14,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mlcore_models::artifact::{SharedTrust, TrustStore};
-use mlcore_models::config::{AppConfig, DecisionMode};
-use mlcore_models::contract::{Guard, Heartbeat, Keys, RedisConn};
+use mlcore_models::config::{AppConfig, DecisionMode, RedisConfig};
+use mlcore_models::contract::{tuning, Guard, Heartbeat, Keys, RedisConn};
 use mlcore_models::onnx::runtime;
 use thread_priority::{
     set_thread_priority_and_policy, thread_native_id, RealtimeThreadSchedulePolicy, ThreadPriority,
@@ -329,7 +329,6 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
     }
     {
         let stop = Arc::clone(&shutdown);
-        let hot = hot.clone();
         side.spawn_blocking(move || side_loop(loader, observed, link, trust_source, wake_rx, stop, hot));
     }
     log(
@@ -352,7 +351,7 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
 
 /// Model scans (every second, and at once on a `model_activated` event),
 /// histogram merging (every 100 ms), heartbeats; on each new Redis
-/// connection, whether a local Redis may run on the `hot` cores.
+/// connection, [`advise_on_server`].
 fn side_loop(
     mut loader: Loader,
     observed: Observed,
@@ -435,12 +434,8 @@ fn side_loop(
             };
             if conn.is_none() {
                 conn = RedisConn::connect(&redis).ok();
-                if let Some(cn) = conn.as_mut().filter(|_| colocation::is_local(redis.url.expose())) {
-                    let said = colocation::redis_cores(cn, Path::new("/proc"))
-                        .and_then(|(pid, cores)| colocation::advice(pid, &cores, &hot));
-                    if let Some(advice) = said {
-                        log("warn", &advice, &[]);
-                    }
+                if let Some(cn) = conn.as_mut() {
+                    advise_on_server(cn, &redis, &hot);
                 }
             }
             if let Some(cn) = conn.as_mut() {
@@ -448,6 +443,27 @@ fn side_loop(
                     conn = None;
                 }
             }
+        }
+    }
+}
+
+/// Says what about the Redis server on `conn` costs the daemon latency and
+/// is the operator's to change: a `hash-max-listpack-entries` above the
+/// guard's advice ([`tuning`]), and — for a Redis on this host — cores it
+/// shares with the `hot` threads ([`colocation`]). Runs on the side thread,
+/// once per connection, so no hot thread waits for these round trips.
+fn advise_on_server(conn: &mut RedisConn, redis: &RedisConfig, hot: &[usize]) {
+    // A server that will not say (an ACL) or says something odd is served
+    // all the same: these are advice, not checks.
+    let entries = tuning::hash_listpack_entries(conn).ok().flatten();
+    if let Some(advice) = entries.and_then(tuning::advice) {
+        log("info", &advice, &[(tuning::SETTING, entries.into())]);
+    }
+    if colocation::is_local(redis.url.expose()) {
+        let said = colocation::redis_cores(conn, Path::new("/proc"))
+            .and_then(|(pid, cores)| colocation::advice(pid, &cores, hot));
+        if let Some(advice) = said {
+            log("warn", &advice, &[]);
         }
     }
 }

@@ -12,8 +12,8 @@
 //! (6 fields) and the model pointer (8) stay listpacks.
 //!
 //! The setting is the server's, shared with whatever else it stores, so the
-//! daemon never changes it: it reads it when it connects and says what it
-//! would save (`deployments/redis/README.md`).
+//! daemon never changes it: its side thread reads it when it connects and
+//! says what it would save (`deployments/redis/README.md`).
 
 use redis::ConnectionLike;
 
