@@ -54,16 +54,20 @@ pub fn is_local(url: &str) -> bool {
     }
 }
 
+/// The pid Redis reports for itself (`INFO server`).
+pub fn redis_pid(conn: &mut impl ConnectionLike) -> Option<u32> {
+    let info: String = redis::cmd("INFO").arg("server").query(conn).ok()?;
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("process_id:"))?
+        .parse()
+        .ok()
+}
+
 /// The cores the Redis process behind `conn` may run on, read from
 /// `proc` (`/proc`), with its pid; `None` when the pid Redis reports is not
 /// a Redis process here (another host or a container).
 pub fn redis_cores(conn: &mut impl ConnectionLike, proc: &Path) -> Option<(u32, Vec<usize>)> {
-    let info: String = redis::cmd("INFO").arg("server").query(conn).ok()?;
-    let pid: u32 = info
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("process_id:"))?
-        .parse()
-        .ok()?;
+    let pid = redis_pid(conn)?;
     let dir = proc.join(pid.to_string());
     let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
     if !matches!(comm.trim(), "redis-server" | "valkey-server") {
@@ -138,19 +142,11 @@ mod tests {
         };
         // What the Redis the tests use reports as its pid, faked in /proc.
         let mut conn = mlcore_models::testutil::redis_connection();
-        let info: String = redis::cmd("INFO").arg("server").query(&mut conn).unwrap();
-        let pid = info
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("process_id:"))
-            .unwrap()
-            .to_owned();
-        write(&pid, "redis-server");
-        assert_eq!(
-            redis_cores(&mut conn, proc.path()),
-            Some((pid.parse().unwrap(), vec![0, 1]))
-        );
+        let pid = redis_pid(&mut conn).unwrap();
+        write(&pid.to_string(), "redis-server");
+        assert_eq!(redis_cores(&mut conn, proc.path()), Some((pid, vec![0, 1])));
         // Another process with that pid (a container's Redis): not Redis.
-        write(&pid, "postgres");
+        write(&pid.to_string(), "postgres");
         assert_eq!(redis_cores(&mut conn, proc.path()), None);
     }
 }

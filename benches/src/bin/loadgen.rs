@@ -325,7 +325,6 @@ fn main() -> anyhow::Result<()> {
         let (b0, c0) = snapshot(&a.http)?;
         let redis0 = fcall_stats(&mut conn)?;
         let start = Instant::now();
-        let period = Duration::from_nanos(1_000_000_000 / a.rate.max(1));
         let mut next = start;
         let mut sent = 0u64;
         let phase_over = AtomicBool::new(false);
@@ -524,14 +523,12 @@ fn ort_baselines(
     let mut scorer = mlcore_models::scoring::ModelScorer::new(&model, n)?;
     scorer.warm_up(n, 50)?;
     let mut k = 0usize;
-    let real = Percentiles::measure(2000, 200, || {
+    let mut score_next = || {
         k += 1;
         let _ = scorer.score(&matrices[k % matrices.len()], n);
-    });
-    let paced = Percentiles::measure_paced(1000, 20, period, || {
-        k += 1;
-        let _ = scorer.score(&matrices[k % matrices.len()], n);
-    });
+    };
+    let real = Percentiles::measure(2000, 200, &mut score_next);
+    let paced = Percentiles::measure_paced(1000, 20, period, &mut score_next);
     let constant = vec![0.1f32; n * N_FEATURES];
     let constant = Percentiles::measure(2000, 200, || {
         let _ = scorer.score(&constant, n);

@@ -1,8 +1,8 @@
 //! A Redis setting that changes what the guard costs, never what it does.
 //!
 //! Redis keeps a hash of at most `hash-max-listpack-entries` fields (512
-//! built in, 128 in the `redis.conf` Redis ships) as a listpack: one flat buffer, searched field by field and
-//! rewritten on every change. A guard call rewrites every signal hash of
+//! built in, 128 in the `redis.conf` Redis ships) as a listpack: one flat
+//! buffer, searched field by field and rewritten on every change. A guard call rewrites every signal hash of
 //! the decision (10 fields each) and the strategy's high-water-mark hash
 //! (one field per symbol). With the setting at [`ADVISED_MAX`] or below
 //! those hashes are hash tables, and a 32-signal call costs Redis ≈ 15 %
