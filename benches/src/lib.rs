@@ -8,6 +8,8 @@
 //! - [`stalls`]: how much of each core a spinning thread loses to stalls
 //!   (the machine's noise, printed by the load generator before a load).
 //! - [`redis_stats`]: Redis' time in guard calls from `INFO commandstats`.
+//! - [`bursts`]: whether a run's slow decisions were scattered or came in
+//!   bursts (the machine slowing down for a stretch).
 
 #![allow(clippy::print_stdout)] // benchmark helpers print their figures
 
@@ -22,6 +24,7 @@ use mlcore_models::config::{KeyPurpose, TrustConfig, TrustedKeyConfig};
 use mlcore_models::onnx::runtime;
 use mlcore_models::{features, synth, testutil};
 
+pub mod bursts;
 pub mod redis_stats;
 pub mod stalls;
 
