@@ -11,7 +11,8 @@
 //! `/readyz`). [`stats`] holds the counters and per-thread histograms;
 //! [`universe`] the configuration resolved into indexed tables;
 //! [`preflight`] the `check` command; [`colocation`] whether a local Redis
-//! may run on the hot cores (said when the side thread connects).
+//! may run on the hot cores (said when the side thread connects);
+//! [`mailbox`] the side → hot hand-off that never makes a hot thread wait.
 
 pub mod colocation;
 pub mod http;
@@ -19,6 +20,7 @@ pub mod ingress;
 pub mod job;
 pub mod loader;
 pub mod log;
+pub mod mailbox;
 pub mod ops;
 pub mod portfolio;
 pub mod preflight;

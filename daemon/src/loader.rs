@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use mlcore_models::artifact::{self, ArtifactFiles, RollbackAuthorization, SharedTrust, VerifyContext};
 use mlcore_models::config::RedisConfig;
 use mlcore_models::contract::{model, Keys, ModelPointer, RedisConn};
@@ -29,6 +29,7 @@ use mlcore_models::scoring::ModelScorer;
 
 use crate::job::ModelMeta;
 use crate::log::{log, now_ms};
+use crate::mailbox::Mailbox;
 use crate::stats::Counters;
 use crate::universe::Universe;
 use crate::worker::ModelUpdate;
@@ -92,8 +93,9 @@ pub struct Loader {
     universe: Arc<Universe>,
     /// Trusted keys; swapped when `trust.yaml` is reloaded.
     pub trust: Arc<SharedTrust>,
-    workers: Vec<Sender<ModelUpdate>>,
-    retired: Receiver<Box<ModelScorer>>,
+    /// Each worker's mailboxes, by strategy index.
+    workers: Vec<Arc<[Mailbox<ModelUpdate>]>>,
+    retired: Receiver<Box<ModelUpdate>>,
     counters: Arc<Counters>,
     /// What is serving.
     pub active: Arc<ActiveModels>,
@@ -125,8 +127,8 @@ impl Loader {
         instance: &str,
         universe: Arc<Universe>,
         trust: Arc<SharedTrust>,
-        workers: Vec<Sender<ModelUpdate>>,
-        retired: Receiver<Box<ModelScorer>>,
+        workers: Vec<Arc<[Mailbox<ModelUpdate>]>>,
+        retired: Receiver<Box<ModelUpdate>>,
         counters: Arc<Counters>,
         link: Option<RegistryLink>,
     ) -> Result<Self, LoaderError> {
@@ -362,13 +364,16 @@ impl Loader {
                 .map_err(|e| e.to_string())?;
             scorers.push(Box::new(s));
         }
-        for (tx, scorer) in self.workers.iter().zip(scorers) {
-            tx.send(ModelUpdate {
-                strategy: idx as u16,
+        for (mailboxes, scorer) in self.workers.iter().zip(scorers) {
+            let update = Box::new(ModelUpdate {
                 scorer,
                 meta: Arc::clone(&meta),
-            })
-            .map_err(|e| e.to_string())?;
+            });
+            let mailbox = mailboxes
+                .get(idx)
+                .ok_or_else(|| format!("no mailbox for strategy {id} (index {idx})"))?;
+            // One the worker has not taken yet is superseded: dropped here.
+            drop(mailbox.put(update));
         }
         let mut active = (**self.active.load()).clone();
         active.insert(id.to_owned(), Arc::clone(&meta));

@@ -28,11 +28,12 @@ use crate::ingress::{Ingress, IngressParts};
 use crate::job::Job;
 use crate::loader::{Loader, RegistryLink};
 use crate::log::{log, now_ms};
+use crate::mailbox::Mailbox;
 use crate::ops::{self, OpsTable};
 use crate::publisher::{self, PublisherParts};
 use crate::stats::{Counters, Histograms};
 use crate::universe::Universe;
-use crate::worker::{self, WorkerParts};
+use crate::worker::{self, ModelUpdate, WorkerParts};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -225,13 +226,14 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
 
     let mut threads = Vec::new();
     let (retired_tx, retired_rx) = crossbeam_channel::bounded(64);
-    let mut model_txs = Vec::new();
+    let mut mailboxes = Vec::new();
     for (w, core) in threads_cfg.worker_cores.iter().enumerate() {
-        let (tx, rx) = crossbeam_channel::bounded(8);
-        model_txs.push(tx);
+        let models: Arc<[Mailbox<ModelUpdate>]> =
+            universe.strategies.iter().map(|_| Mailbox::new()).collect();
+        mailboxes.push(Arc::clone(&models));
         let parts = WorkerParts {
             jobs: decisions_rx.clone(),
-            models: rx,
+            models,
             retired: retired_tx.clone(),
             publish: publish_tx.clone(),
             pool_returns: pool_returns.clone(),
@@ -251,7 +253,7 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
         &cfg.daemon.instance_id,
         Arc::clone(&universe),
         trust,
-        model_txs,
+        mailboxes,
         retired_rx,
         Arc::clone(&counters),
         Some(link.clone()),

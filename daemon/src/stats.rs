@@ -1,10 +1,13 @@
 //! Counters and latency histograms.
 //!
 //! Hot threads only touch relaxed atomics and their own thread-local
-//! [`LocalHist`]s. A `LocalHist` hands its histogram to the aggregator every
-//! [`FLUSH_EVERY`] and takes back a cleared one recycled by the aggregator, so
-//! steady state allocates nothing and takes no lock. The aggregator (a side
-//! thread) merges them into cumulative histograms that `/metrics` renders.
+//! [`LocalHist`]s. A `LocalHist` owns two histograms: it records into one
+//! and, every [`FLUSH_EVERY`], hands it to the aggregator and goes on with
+//! the other, which the aggregator has merged, cleared and put back in the
+//! `LocalHist`'s [`Mailbox`] — so steady state allocates nothing, takes no
+//! lock and never waits for the aggregator (a side thread, preempted at any
+//! moment). The aggregator merges them into cumulative histograms that
+//! `/metrics` renders.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +16,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
 
+use crate::mailbox::Mailbox;
 use crate::wire::WireError;
 
 /// How often a thread hands its histogram over.
@@ -138,8 +142,9 @@ type Hist = Histogram<u64>;
 
 #[allow(clippy::expect_used)] // constant bounds that hdrhistogram accepts (low ≥ 1, high ≥ 2·low, sigfig ≤ 5)
 fn new_hist() -> Hist {
-    // 1 µs .. 60 s, 3 significant digits. Only called at start: histograms
-    // are recycled, never allocated on a hot thread.
+    // 1 µs .. 60 s, 3 significant digits. Only called when a thread takes
+    // its `LocalHist`: histograms are recycled, never allocated on a hot
+    // thread.
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
@@ -147,11 +152,15 @@ fn new_hist() -> Hist {
 #[derive(Debug)]
 pub struct LocalHist {
     stage: Stage,
-    hist: Option<Hist>,
+    hist: Option<Box<Hist>>,
     last_flush: Instant,
-    to_agg: Sender<(Stage, Hist)>,
-    recycled: Receiver<Hist>,
+    to_agg: Sender<Handed>,
+    /// Where the aggregator puts the histogram back, cleared.
+    back: Arc<Mailbox<Hist>>,
 }
+
+/// A histogram handed to the aggregator, and where to put it back.
+type Handed = (Stage, Box<Hist>, Arc<Mailbox<Hist>>);
 
 impl LocalHist {
     /// Records `d` (saturating at the histogram's bounds).
@@ -176,13 +185,20 @@ impl LocalHist {
         }
     }
 
-    /// Hands the histogram over (if a cleared one is available to continue with).
+    /// Hands the histogram over, if the other one is back to continue with
+    /// (else it keeps recording into this one until it is).
     pub fn flush(&mut self) {
         self.last_flush = Instant::now();
-        if let Ok(fresh) = self.recycled.try_recv() {
+        if let Some(fresh) = self.back.take() {
             if let Some(full) = self.hist.replace(fresh) {
-                // The aggregator's queue is sized for every histogram in play.
-                let _ = self.to_agg.try_send((self.stage, full));
+                if let Err(e) = self.to_agg.try_send((self.stage, full, Arc::clone(&self.back))) {
+                    // The aggregator's queue is full (sized for every
+                    // LocalHist, so only with more than `Histograms::new`
+                    // was told): keep the samples for the next flush rather
+                    // than drop them (and free memory) here.
+                    let (_, full, _) = e.into_inner();
+                    let _ = self.back.put(full);
+                }
             }
         }
     }
@@ -198,55 +214,50 @@ pub struct Aggregated {
 /// Where local histograms come from and merge into.
 #[derive(Debug, Clone)]
 pub struct Histograms {
-    to_agg: Sender<(Stage, Hist)>,
-    from_threads: Receiver<(Stage, Hist)>,
-    recycle_tx: Sender<Hist>,
-    recycle_rx: Receiver<Hist>,
+    to_agg: Sender<Handed>,
+    from_threads: Receiver<Handed>,
     /// Merged histograms (locked only by the side threads).
     pub merged: Arc<Mutex<Aggregated>>,
 }
 
 impl Histograms {
-    /// Pools for up to `locals` thread-local histograms.
+    /// Room for up to `locals` thread-local histograms in flight at once.
     pub fn new(locals: usize) -> Self {
-        let cap = locals * 4 + 8;
-        let (to_agg, from_threads) = crossbeam_channel::bounded(cap);
-        let (recycle_tx, recycle_rx) = crossbeam_channel::bounded(cap);
-        for _ in 0..cap / 2 {
-            let _ = recycle_tx.try_send(new_hist());
-        }
+        // A LocalHist has at most one histogram with the aggregator.
+        let (to_agg, from_threads) = crossbeam_channel::bounded(locals * 2 + 8);
         let merged = Arc::new(Mutex::new(Aggregated {
             stages: Stage::ALL.iter().map(|_| new_hist()).collect(),
         }));
         Self {
             to_agg,
             from_threads,
-            recycle_tx,
-            recycle_rx,
             merged,
         }
     }
 
-    /// A histogram for a hot thread.
+    /// A histogram for a hot thread (allocates its two; call before the
+    /// thread's hot loop).
     pub fn local(&self, stage: Stage) -> LocalHist {
         LocalHist {
             stage,
-            hist: Some(new_hist()),
+            hist: Some(Box::new(new_hist())),
             last_flush: Instant::now(),
             to_agg: self.to_agg.clone(),
-            recycled: self.recycle_rx.clone(),
+            back: Arc::new(Mailbox::with(Box::new(new_hist()))),
         }
     }
 
-    /// Merges what threads handed over and recycles the emptied histograms.
-    /// Call from a side thread.
+    /// Merges what threads handed over and puts each histogram back,
+    /// cleared, in its thread's mailbox. Call from a side thread.
     pub fn drain(&self) {
-        while let Ok((stage, mut h)) = self.from_threads.try_recv() {
+        while let Ok((stage, mut h, back)) = self.from_threads.try_recv() {
             if let Ok(mut m) = self.merged.lock() {
-                let _ = m.stages[stage as usize].add(&h);
+                let _ = m.stages[stage as usize].add(&*h);
             }
             h.reset();
-            let _ = self.recycle_tx.try_send(h);
+            // Nothing else is in that mailbox: its thread took the other
+            // histogram out before handing this one over.
+            let _ = back.put(h);
         }
     }
 }

@@ -1,10 +1,12 @@
 //! Inference workers: score a job's feature matrix with the strategy's
 //! model, then run the portfolio. Each worker owns its ONNX Runtime sessions.
 //!
-//! New models arrive on the worker's own channel, already verified, built and
-//! warmed by the loader; the worker switches between two jobs (an in-flight
-//! decision always finishes on the model it started with) and hands the old
-//! sessions back to the loader to be dropped there, off this thread.
+//! New models arrive in the worker's own [`Mailbox`]es (one per strategy),
+//! already verified, built and warmed by the loader; the worker switches
+//! between two jobs (an in-flight decision always finishes on the model it
+//! started with) and hands the old sessions back to the loader to be dropped
+//! there, off this thread. A mailbox rather than a channel: taking from it
+//! never waits for the loader, whatever the scheduler does to the loader.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use mlcore_models::scoring::ModelScorer;
 
 use crate::job::{Job, ModelMeta};
+use crate::mailbox::Mailbox;
 use crate::portfolio::{self, Policy};
 use crate::stats::{Counters, Histograms, LocalHist, Stage};
 use crate::universe::Universe;
@@ -21,8 +24,6 @@ use crate::universe::Universe;
 /// A verified, warmed model for one strategy, for one worker.
 #[derive(Debug)]
 pub struct ModelUpdate {
-    /// Strategy index.
-    pub strategy: u16,
     /// Sessions for this worker.
     pub scorer: Box<ModelScorer>,
     /// What it is.
@@ -34,10 +35,10 @@ pub struct ModelUpdate {
 pub struct WorkerParts {
     /// Jobs from ingress.
     pub jobs: Receiver<Box<Job>>,
-    /// Model updates from the loader.
-    pub models: Receiver<ModelUpdate>,
-    /// Old sessions back to the loader.
-    pub retired: Sender<Box<ModelScorer>>,
+    /// Model updates from the loader, by strategy index.
+    pub models: Arc<[Mailbox<ModelUpdate>]>,
+    /// Replaced models back to the loader, to be dropped there.
+    pub retired: Sender<Box<ModelUpdate>>,
     /// To the publisher.
     pub publish: Sender<Box<Job>>,
     /// Job pools (return side), per strategy.
@@ -54,15 +55,14 @@ pub struct WorkerParts {
 
 /// Runs a worker until the stop flag is set.
 pub fn run(p: WorkerParts) {
-    let mut models: Vec<Option<(Box<ModelScorer>, Arc<ModelMeta>)>> =
-        (0..p.universe.strategies.len()).map(|_| None).collect();
+    let mut models: Vec<Option<Box<ModelUpdate>>> = (0..p.universe.strategies.len()).map(|_| None).collect();
     let mut inference: LocalHist = p.hists.local(Stage::Inference);
     let mut portfolio_hist: LocalHist = p.hists.local(Stage::Portfolio);
     while !p.shutdown.load(Ordering::Relaxed) {
-        // Between jobs: take any new model.
-        while let Ok(update) = p.models.try_recv() {
-            if let Some(slot) = models.get_mut(usize::from(update.strategy)) {
-                if let Some((old, _)) = slot.replace((update.scorer, update.meta)) {
+        // Between jobs: take any new model (a load per strategy when none).
+        for (slot, mailbox) in models.iter_mut().zip(p.models.iter()) {
+            if let Some(update) = mailbox.take() {
+                if let Some(old) = slot.replace(update) {
                     let _ = p.retired.try_send(old);
                 }
             }
@@ -77,13 +77,14 @@ pub fn run(p: WorkerParts) {
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let s = usize::from(job.strategy);
-        let Some(Some((scorer, meta))) = models.get_mut(s) else {
+        let Some(Some(model)) = models.get_mut(s) else {
             Counters::inc(&p.counters.decisions_without_model);
             let _ = p.pool_returns[s].try_send(job);
             continue;
         };
         let n = job.inputs.len();
         let started = Instant::now();
+        let ModelUpdate { scorer, meta } = &mut **model;
         let scored = match scorer.score(&job.features, n) {
             Ok(scores) => {
                 for (i, input) in job.inputs.iter_mut().enumerate() {

@@ -3,7 +3,8 @@
 //! frame decoding, feature updates, the feature matrix, rolling β, the
 //! portfolio, and the bounded queue hand-offs of pooled job buffers.
 //! ONNX Runtime's run on a full batch (what the worker does) and publishing
-//! a decision through the guard are asserted too.
+//! a decision through the guard are asserted too, and so are the side ↔ hot
+//! hand-offs of histograms and models (`mailbox`).
 
 #![allow(unsafe_code)] // a counting allocator must implement GlobalAlloc
 #![allow(clippy::unwrap_used)]
@@ -335,4 +336,69 @@ fn publishing_a_decision_allocates_nothing_through_the_pipe() {
     // 2 reply values per decision; 4 lists per pipeline (the replies as read
     // and as results, the folded call's reply array, the outcomes).
     assert!(per_decision <= 3.0, "{per_decision} allocations per decision");
+}
+
+/// A hot thread's histograms go to the aggregator and come back cleared
+/// through the thread's mailbox, and a new model is taken from the worker's
+/// mailbox: no allocation on the hot thread, and every sample recorded
+/// reaches the merged histogram.
+#[test]
+fn histogram_and_model_hand_offs_allocate_nothing_and_lose_no_sample() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use mlcore_daemon::mailbox::Mailbox;
+    use mlcore_daemon::stats::{Histograms, Stage};
+
+    let hists = Histograms::new(1);
+    let mut local = hists.local(Stage::Inference);
+    let stop = Arc::new(AtomicBool::new(false));
+    let aggregator = {
+        let (hists, stop) = (hists.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                hists.drain();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let models: Mailbox<Vec<u8>> = Mailbox::with(Box::new(vec![1, 2, 3]));
+    let mut taken = None;
+    let mut recorded = 0u64;
+    let allocs = measured(|| {
+        taken = models.take();
+        // Twenty hand-overs, each after the aggregator had time to put the
+        // other histogram back.
+        for _ in 0..20 {
+            for us in 1..=50u64 {
+                local.record(Duration::from_micros(us));
+                recorded += 1;
+            }
+            local.flush();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    assert_eq!(
+        allocs, 0,
+        "the hand-offs allocated {allocs} times on the hot thread"
+    );
+    assert_eq!(taken.as_deref(), Some(&vec![1, 2, 3]));
+    // The histograms went round: each flush found the other one back, so
+    // everything but (at most) the last round is merged already.
+    std::thread::sleep(Duration::from_millis(20));
+    let merged_so_far = hists.merged.lock().unwrap().stages[Stage::Inference as usize].len();
+    assert!(
+        merged_so_far >= recorded - 50,
+        "{merged_so_far} of {recorded} merged"
+    );
+    // Whatever the last flush could not hand over goes with the next one.
+    std::thread::sleep(Duration::from_millis(20));
+    local.flush();
+    std::thread::sleep(Duration::from_millis(20));
+    stop.store(true, Ordering::Relaxed);
+    aggregator.join().unwrap();
+    hists.drain();
+    let merged = hists.merged.lock().unwrap().stages[Stage::Inference as usize].len();
+    assert_eq!(merged, recorded, "every sample reached the merged histogram");
 }
