@@ -152,7 +152,7 @@ fn new_hist() -> Hist {
 #[derive(Debug)]
 pub struct LocalHist {
     stage: Stage,
-    hist: Option<Box<Hist>>,
+    hist: Box<Hist>,
     last_flush: Instant,
     to_agg: Sender<Handed>,
     /// Where the aggregator puts the histogram back, cleared.
@@ -166,9 +166,7 @@ impl LocalHist {
     /// Records `d` (saturating at the histogram's bounds).
     #[inline]
     pub fn record(&mut self, d: Duration) {
-        if let Some(h) = self.hist.as_mut() {
-            h.saturating_record((d.as_micros() as u64).max(1));
-        }
+        self.hist.saturating_record((d.as_micros() as u64).max(1));
         self.tick();
     }
 
@@ -180,7 +178,7 @@ impl LocalHist {
     pub fn tick(&mut self) {
         // Emptiness first: an idle thread with nothing to hand over reads
         // no clock.
-        if self.hist.as_ref().is_some_and(|h| !h.is_empty()) && self.last_flush.elapsed() >= FLUSH_EVERY {
+        if !self.hist.is_empty() && self.last_flush.elapsed() >= FLUSH_EVERY {
             self.flush();
         }
     }
@@ -190,15 +188,14 @@ impl LocalHist {
     pub fn flush(&mut self) {
         self.last_flush = Instant::now();
         if let Some(fresh) = self.back.take() {
-            if let Some(full) = self.hist.replace(fresh) {
-                if let Err(e) = self.to_agg.try_send((self.stage, full, Arc::clone(&self.back))) {
-                    // The aggregator's queue is full (sized for every
-                    // LocalHist, so only with more than `Histograms::new`
-                    // was told): keep the samples for the next flush rather
-                    // than drop them (and free memory) here.
-                    let (_, full, _) = e.into_inner();
-                    let _ = self.back.put(full);
-                }
+            let full = std::mem::replace(&mut self.hist, fresh);
+            if let Err(e) = self.to_agg.try_send((self.stage, full, Arc::clone(&self.back))) {
+                // The aggregator's queue is full (sized for every
+                // LocalHist, so only with more than `Histograms::new` was
+                // told): keep the samples for the next flush rather than
+                // drop them (and free memory) here.
+                let (_, full, _) = e.into_inner();
+                let _ = self.back.put(full);
             }
         }
     }
@@ -240,7 +237,7 @@ impl Histograms {
     pub fn local(&self, stage: Stage) -> LocalHist {
         LocalHist {
             stage,
-            hist: Some(Box::new(new_hist())),
+            hist: Box::new(new_hist()),
             last_flush: Instant::now(),
             to_agg: self.to_agg.clone(),
             back: Arc::new(Mailbox::with(Box::new(new_hist()))),

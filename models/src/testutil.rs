@@ -163,6 +163,15 @@ impl CommandStats {
         })
     }
 
+    /// `command`'s stats on `conn`'s server (see [`CommandStats::from_info`]).
+    pub fn read(conn: &mut impl redis::ConnectionLike, command: &str) -> Result<Self, String> {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(conn)
+            .map_err(|e| format!("INFO commandstats: {e}"))?;
+        Self::from_info(&info, command)
+    }
+
     /// What happened between `earlier` and `self` (zero if the counters
     /// were reset in between).
     pub fn since(&self, earlier: &Self) -> Self {
@@ -173,14 +182,9 @@ impl CommandStats {
     }
 }
 
-/// [`CommandStats`] of `command` on `conn`'s server (see
-/// [`CommandStats::from_info`]).
+/// [`CommandStats::read`], for tests: panics on an error.
 pub fn command_stats(conn: &mut impl redis::ConnectionLike, command: &str) -> CommandStats {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(conn)
-        .unwrap_or_else(|e| panic!("INFO commandstats: {e}"));
-    CommandStats::from_info(&info, command).unwrap_or_else(|e| panic!("{e}"))
+    CommandStats::read(conn, command).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A private `redis-server` this test owns (free port, temp dir, no

@@ -168,8 +168,7 @@ struct Phase {
 
 /// The server's `FCALL` totals so far.
 fn fcall_stats(conn: &mut redis::Connection) -> anyhow::Result<CommandStats> {
-    let info: String = redis::cmd("INFO").arg("commandstats").query(conn)?;
-    CommandStats::from_info(&info, "fcall").map_err(anyhow::Error::msg)
+    CommandStats::read(conn, "fcall").map_err(anyhow::Error::msg)
 }
 
 /// A trigger as the reader needs it: its phase, its time as the daemon
