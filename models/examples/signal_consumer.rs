@@ -60,6 +60,18 @@ fn main() -> redis::RedisResult<()> {
             for entry in key.ids {
                 let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
                 last_id = entry.id.clone();
+                // When the decision became visible (Redis' clock, µs), and how
+                // long after that this consumer read it: its own lag.
+                let written_us: u64 = field("written_at_us").parse().unwrap_or(0);
+                let now_us = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as u64);
+                println!(
+                    "{} seq={} visible at {written_us} us, read {} us later",
+                    entry.id,
+                    field("seq"),
+                    now_us.saturating_sub(written_us)
+                );
                 // Check validity against your clock too: never act on a decision past valid_until_ms.
                 let signals: Vec<serde_json::Value> =
                     serde_json::from_str(&field("signals")).unwrap_or_default();

@@ -143,6 +143,84 @@ fn accepted_batch_is_readable_and_streamed() {
     drop(ns);
 }
 
+/// Redis' clock in µs since the epoch.
+fn redis_time_us(conn: &mut impl ConnectionLike) -> u64 {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(conn).unwrap();
+    secs * 1_000_000 + micros
+}
+
+/// Every entry's `written_at_us`, oldest first.
+fn written_at(conn: &mut impl ConnectionLike, g: &Guard) -> Vec<u64> {
+    redis::cmd("XRANGE")
+        .arg(g.keys().strategy(S).signals)
+        .arg("-")
+        .arg("+")
+        .query::<redis::streams::StreamRangeReply>(conn)
+        .unwrap()
+        .ids
+        .iter()
+        .map(|e| e.get::<String>("written_at_us").unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn every_stream_entry_carries_redis_clock_at_the_write_in_microseconds() {
+    let (_ns, g, mut conn) = active();
+    // Decisions folded into one call become visible together: one stamp,
+    // within the call.
+    let before = redis_time_us(&mut conn);
+    let batches = [
+        batch(1, vec![signal("EURUSD", 0.05)]),
+        batch(2, vec![signal("EURUSD", 0.04)]),
+    ];
+    let out = g.publish_many(&mut conn, &batches).unwrap();
+    assert!(out.iter().all(|o| o.as_ref().unwrap().label() == "accepted"));
+    let after = redis_time_us(&mut conn);
+    let stamps = written_at(&mut conn, &g);
+    assert_eq!(stamps.len(), 2);
+    assert_eq!(stamps[0], stamps[1], "one call, one moment of visibility");
+    assert!(
+        (before..=after).contains(&stamps[0]),
+        "{} not within the call ({before}..={after})",
+        stamps[0]
+    );
+    // Until a stamp falls in the first 100 ms of a second (µs below 100000,
+    // which must be zero-padded): every stamp lies within its call.
+    let deadline = std::time::Instant::now() + Duration::from_millis(1_500);
+    let mut seq = 2;
+    let mut padded = false;
+    while !padded && std::time::Instant::now() < deadline {
+        seq += 1;
+        let before = redis_time_us(&mut conn);
+        assert_eq!(
+            g.publish(&mut conn, &batch(seq, vec![signal("EURUSD", 0.01)]))
+                .unwrap()
+                .label(),
+            "accepted"
+        );
+        let after = redis_time_us(&mut conn);
+        let latest: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(g.keys().strategy(S).signals)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query(&mut conn)
+            .unwrap();
+        let stamp: u64 = latest.ids[0]
+            .get::<String>("written_at_us")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            (before..=after).contains(&stamp),
+            "{stamp} not within the call ({before}..={after})"
+        );
+        padded = stamp % 1_000_000 < 100_000;
+    }
+    assert!(padded, "no stamp in the first 100 ms of a second within 1.5 s");
+}
+
 #[test]
 fn stale_sequence_is_refused() {
     let (_ns, g, mut conn) = active();
@@ -1058,7 +1136,8 @@ fn visible(conn: &mut impl ConnectionLike, g: &Guard, symbols: &[&str]) -> Visib
 }
 
 /// Strategy `S`'s stream entries, oldest first: each one's fields, sorted
-/// (ids left out: they carry the time they were written).
+/// (ids and `written_at_us` left out: they carry the time they were
+/// written).
 fn stream_entries(conn: &mut impl ConnectionLike, g: &Guard) -> Vec<Vec<(String, String)>> {
     redis::cmd("XRANGE")
         .arg(g.keys().strategy(S).signals)
@@ -1072,6 +1151,7 @@ fn stream_entries(conn: &mut impl ConnectionLike, g: &Guard) -> Vec<Vec<(String,
             let mut fields: Vec<(String, String)> = e
                 .map
                 .iter()
+                .filter(|(k, _)| k.as_str() != "written_at_us")
                 .map(|(k, v)| (k.clone(), redis::from_redis_value_ref::<String>(v).unwrap()))
                 .collect();
             fields.sort();
@@ -1278,7 +1358,7 @@ fn an_older_guard_library_is_upgraded_and_only_the_calls_that_failed_are_retried
     assert!(mlcore_models::contract::guard::SOURCE.contains(registration));
     let older = mlcore_models::contract::guard::SOURCE
         .replace(registration, "")
-        .replace("local REVISION = 2", "local REVISION = 1");
+        .replace("local REVISION = 3", "local REVISION = 1");
     let _: () = redis::cmd("FUNCTION")
         .arg("LOAD")
         .arg(&older)

@@ -13,9 +13,10 @@ Time comes from Redis (`TIME`), never from the caller.
 ]]
 
 local VERSION = 2
--- Functions added within a version, compatibly (2: mlcore_publish_many_v2).
--- A client checks that the loaded library's revision is at least its own.
-local REVISION = 2
+-- What was added within a version, compatibly (2: mlcore_publish_many_v2;
+-- 3: the stream entry's written_at_us). A client checks that the loaded
+-- library's revision is at least its own.
+local REVISION = 3
 local MODES = { active = true, reduce_only = true, halted = true, flatten = true }
 local SIDES = { long = true, short = true, flat = true }
 local MAX_INT = 9007199254740992 -- 2^53: integers above lose precision in Lua
@@ -23,6 +24,13 @@ local MAX_INT = 9007199254740992 -- 2^53: integers above lose precision in Lua
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Redis' clock in µs since the epoch, as the decimal string a stream entry
+-- carries (seconds and µs concatenated: no float, whatever the magnitude).
+local function now_us_string()
+  local t = redis.call('TIME')
+  return t[1] .. string.format('%06d', tonumber(t[2]))
 end
 
 local function bad(what)
@@ -231,6 +239,12 @@ call left. Every accepted decision gets its stream entry; the signal hashes,
 their expiry and the high-water marks are written once, for the last
 accepted decision, which is what consecutive calls would have left (no one
 can observe the state between two decisions of one call).
+The stream entries are appended last, after the hashes, each stamped with
+`written_at_us`: Redis' clock once everything else of the call is written.
+Nothing of a call is visible to anyone before the call returns (a function
+runs atomically), so the stamp is when the decision became visible, short
+only of the appends themselves — what lets a consumer, or a load test, tell
+pipeline latency from its own lag in reading.
 Reply per decision: {'ok', n} | {'expired', now_ms} | {'stale', symbol,
 stored_seq} | {'halted', mode, symbol}.
 ]]
@@ -244,7 +258,7 @@ local function apply(keys, args, offsets, n)
   for i = 1, n do hwm[i] = tonumber(stored[i] or '0') or 0 end
   local mode = call('HGET', keys[1], 'mode')
   if not MODES[mode] then mode = 'halted' end -- absent or unreadable: fail closed
-  local replies, last, cur = {}, nil, nil
+  local replies, entries, last, cur = {}, {}, nil, nil
   for d, o in ipairs(offsets) do
     local seq, reply = tonumber(args[o + 1]), nil
     if tonumber(args[o + 3]) <= now then reply = { 'expired', now } end
@@ -279,10 +293,7 @@ local function apply(keys, args, offsets, n)
         if cur then cur[i] = tonumber(args[b + 3]) end
         json[i] = signal_json(args, b)
       end
-      call('XADD', keys[3], 'MAXLEN', '~', args[o + 4], '*',
-        'strategy', args[o + 7], 'seq', args[o + 1], 'model_id', args[o + 5], 'model_version', args[o + 6],
-        'generated_at_ms', args[o + 2], 'valid_until_ms', args[o + 3], 'n', n,
-        'signals', '[' .. table.concat(json, ',') .. ']')
+      entries[#entries + 1] = { o, '[' .. table.concat(json, ',') .. ']' }
       last, reply = o, { 'ok', n }
     end
     replies[d] = reply
@@ -303,6 +314,14 @@ local function apply(keys, args, offsets, n)
       marks[2 * i] = s_seq
     end
     call('HSET', keys[2], unpack(marks))
+    local written = now_us_string()
+    for _, e in ipairs(entries) do
+      local o = e[1]
+      call('XADD', keys[3], 'MAXLEN', '~', args[o + 4], '*',
+        'strategy', args[o + 7], 'seq', args[o + 1], 'model_id', args[o + 5], 'model_version', args[o + 6],
+        'generated_at_ms', args[o + 2], 'valid_until_ms', args[o + 3], 'n', n,
+        'signals', e[2], 'written_at_us', written)
+    end
   end
   return replies
 end
