@@ -10,6 +10,8 @@
 //! - [`redis_stats`]: Redis' time in guard calls from `INFO commandstats`.
 //! - [`bursts`]: whether a run's slow decisions were scattered or came in
 //!   bursts (the machine slowing down for a stretch).
+//! - [`matching`]: the daemon's stream entries matched to the load
+//!   generator's triggers (trigger → `written_at_us`, trigger → read).
 
 #![allow(clippy::print_stdout)] // benchmark helpers print their figures
 
@@ -25,6 +27,7 @@ use mlcore_models::onnx::runtime;
 use mlcore_models::{features, synth, testutil};
 
 pub mod bursts;
+pub mod matching;
 pub mod redis_stats;
 pub mod stalls;
 

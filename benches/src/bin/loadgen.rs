@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use mlcore_benches::bursts::{self, Bursts, Sample};
+use mlcore_benches::matching::{Matcher, Trigger};
 use mlcore_benches::redis_stats::{self, CommandStats};
 use mlcore_benches::{stalls, Percentiles};
 use mlcore_daemon::wire::{encode, Frame};
@@ -179,16 +180,6 @@ fn fcall_stats(conn: &mut redis::Connection) -> anyhow::Result<CommandStats> {
     CommandStats::read(conn, "fcall").map_err(anyhow::Error::msg)
 }
 
-/// A trigger as the reader needs it.
-#[derive(Clone, Copy)]
-struct Sent {
-    phase: usize,
-    /// Its time in µs since the epoch; in ms, the decision's `generated_at_ms`.
-    ts_us: u64,
-    /// Just before its frame was written, on the load generator's clock.
-    at: Instant,
-}
-
 /// What the reader saw of one phase's decisions, in trigger order.
 #[derive(Default)]
 struct Seen {
@@ -203,7 +194,7 @@ struct Seen {
 fn read_stream(
     url: String,
     stream: String,
-    sent: std::sync::mpsc::Receiver<Sent>,
+    sent: std::sync::mpsc::Receiver<Trigger>,
     stop: Arc<AtomicBool>,
     load_start: Instant,
 ) -> anyhow::Result<[Seen; 2]> {
@@ -223,8 +214,7 @@ fn read_stream(
         .ids
         .first()
         .map_or_else(|| "0-0".to_owned(), |e| e.id.clone());
-    let mut seen_seq = String::new();
-    let mut pending = std::collections::VecDeque::<Sent>::new();
+    let mut matcher = Matcher::new(load_start);
     // A blocked read per entry: reading in batches every few ms was tried,
     // and the reader's bursts of parsing took Redis' core in ms-long
     // stretches (guard calls 20-40 % slower, decisions queueing).
@@ -240,41 +230,26 @@ fn read_stream(
             .query(&mut c)
             .context("reading the daemon's stream")?;
         let read_at = Instant::now();
-        pending.extend(sent.try_iter());
+        for t in sent.try_iter() {
+            matcher.sent(t);
+        }
         for key in reply.map(|r| r.keys).unwrap_or_default() {
             for e in key.ids {
                 last = e.id.clone();
-                let seq: String = e.get("seq").unwrap_or_default();
-                if seq == seen_seq {
-                    continue;
-                }
-                seen_seq = seq;
-                let (Some(generated), Some(written)) =
-                    (e.get::<u64>("generated_at_ms"), e.get::<u64>("written_at_us"))
-                else {
+                let (Some(seq), Some(generated), Some(written)) = (
+                    e.get::<String>("seq"),
+                    e.get::<u64>("generated_at_ms"),
+                    e.get::<u64>("written_at_us"),
+                ) else {
                     anyhow::bail!(
-                        "stream entry {} has no generated_at_ms or written_at_us: is the guard older than revision 3?",
+                        "stream entry {} lacks seq, generated_at_ms or written_at_us: is the guard older than revision 3?",
                         e.id
                     );
                 };
-                // Triggers whose decision never showed (dropped, refused)
-                // are passed over; several triggers in one ms are matched in
-                // order.
-                while let Some(&t) = pending.front() {
-                    let ts_ms = t.ts_us / 1000;
-                    if ts_ms > generated {
-                        break;
-                    }
-                    pending.pop_front();
-                    if ts_ms == generated {
-                        let phase = &mut out[t.phase];
-                        phase.visible.push(Sample {
-                            sent: t.at.saturating_duration_since(load_start),
-                            latency: Duration::from_micros(written.saturating_sub(t.ts_us)),
-                        });
-                        phase.read.push(read_at.saturating_duration_since(t.at));
-                        break;
-                    }
+                if let Some(m) = matcher.entry(&seq, generated, written, read_at) {
+                    let phase = &mut out[m.phase];
+                    phase.visible.push(m.visible);
+                    phase.read.push(m.read);
                 }
             }
         }
@@ -383,7 +358,7 @@ fn main() -> anyhow::Result<()> {
     let stream = format!("{}:{{{}}}:signals", cfg.redis.namespace, strat.id);
     let stop = Arc::new(AtomicBool::new(false));
     let load_start = Instant::now();
-    let (sent_tx, sent_rx) = std::sync::mpsc::channel::<Sent>();
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel::<Trigger>();
     let reader = {
         let (url, stop) = (cfg.redis.url.expose().to_owned(), Arc::clone(&stop));
         std::thread::spawn(move || read_stream(url, stream, sent_rx, stop, load_start))
@@ -435,7 +410,7 @@ fn main() -> anyhow::Result<()> {
                 );
                 // Recorded before the write, so the reader always knows the
                 // trigger by the time its entry can appear.
-                let _ = sent_tx.send(Sent {
+                let _ = sent_tx.send(Trigger {
                     phase,
                     ts_us: (ts / 1_000) as u64,
                     at: Instant::now(),
@@ -682,6 +657,17 @@ fn swap_until(
     start: Instant,
     over: &AtomicBool,
 ) -> anyhow::Result<()> {
+    // The swapper stands in for a control plane that runs elsewhere in
+    // production: it takes the cores only when the daemon and Redis leave
+    // them idle, so what the phase measures is the daemon's own swaps.
+    let idle = thread_priority::set_thread_priority_and_policy(
+        thread_priority::thread_native_id(),
+        thread_priority::ThreadPriority::Min,
+        thread_priority::ThreadSchedulePolicy::Normal(thread_priority::NormalThreadSchedulePolicy::Idle),
+    );
+    if let Err(e) = idle {
+        println!("swap thread: could not run SCHED_IDLE ({e:?}); it competes with the daemon and Redis");
+    }
     let mut swapper = Swapper::new(a, cfg, strategy)?;
     let every = Duration::from_millis(a.swap_every_ms.max(1));
     let mut next_swap = start + every;
