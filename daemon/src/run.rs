@@ -225,7 +225,13 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
         .map_err(StartError::SideRuntime)?;
 
     let mut threads = Vec::new();
-    let (retired_tx, retired_rx) = crossbeam_channel::bounded(64);
+    // Never full, so a worker never drops a replaced model (and its ONNX
+    // sessions) on its own thread: the loader empties this before every
+    // scan, a scan puts at most one model per strategy into each worker's
+    // mailbox, and a mailbox holds one — so between two emptyings a worker
+    // retires at most two models per strategy.
+    let retired_cap = (2 * threads_cfg.worker_cores.len() * universe.strategies.len()).max(64);
+    let (retired_tx, retired_rx) = crossbeam_channel::bounded(retired_cap);
     let mut mailboxes = Vec::new();
     for (w, core) in threads_cfg.worker_cores.iter().enumerate() {
         let models: Arc<[Mailbox<ModelUpdate>]> =

@@ -63,6 +63,8 @@ pub fn run(p: WorkerParts) {
         for (slot, mailbox) in models.iter_mut().zip(p.models.iter()) {
             if let Some(update) = mailbox.take() {
                 if let Some(old) = slot.replace(update) {
+                    // Sized never to be full (`run`); it fails only once the
+                    // loader is gone, at shutdown.
                     let _ = p.retired.try_send(old);
                 }
             }
