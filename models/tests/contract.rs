@@ -111,14 +111,7 @@ fn accepted_batch_is_readable_and_streamed() {
     );
     let len: u64 = redis::cmd("XLEN").arg(&keys.signals).query(&mut conn).unwrap();
     assert_eq!(len, 1, "one stream entry per decision");
-    let entry = redis::cmd("XRANGE")
-        .arg(&keys.signals)
-        .arg("-")
-        .arg("+")
-        .query::<redis::streams::StreamRangeReply>(&mut conn)
-        .unwrap()
-        .ids
-        .remove(0);
+    let entry = stream(&mut conn, &g).remove(0);
     let field = |name: &str| entry.get::<String>(name).unwrap();
     assert_eq!(
         (field("strategy"), field("seq"), field("n"), field("model_id")),
@@ -149,8 +142,8 @@ fn redis_time_us(conn: &mut impl ConnectionLike) -> u64 {
     secs * 1_000_000 + micros
 }
 
-/// Every entry's `written_at_us`, oldest first.
-fn written_at(conn: &mut impl ConnectionLike, g: &Guard) -> Vec<u64> {
+/// Strategy `S`'s stream entries, oldest first.
+fn stream(conn: &mut impl ConnectionLike, g: &Guard) -> Vec<redis::streams::StreamId> {
     redis::cmd("XRANGE")
         .arg(g.keys().strategy(S).signals)
         .arg("-")
@@ -158,6 +151,11 @@ fn written_at(conn: &mut impl ConnectionLike, g: &Guard) -> Vec<u64> {
         .query::<redis::streams::StreamRangeReply>(conn)
         .unwrap()
         .ids
+}
+
+/// Every entry's `written_at_us`, oldest first.
+fn written_at(conn: &mut impl ConnectionLike, g: &Guard) -> Vec<u64> {
+    stream(conn, g)
         .iter()
         .map(|e| e.get::<String>("written_at_us").unwrap().parse().unwrap())
         .collect()
@@ -199,19 +197,7 @@ fn every_stream_entry_carries_redis_clock_at_the_write_in_microseconds() {
             "accepted"
         );
         let after = redis_time_us(&mut conn);
-        let latest: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-            .arg(g.keys().strategy(S).signals)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query(&mut conn)
-            .unwrap();
-        let stamp: u64 = latest.ids[0]
-            .get::<String>("written_at_us")
-            .unwrap()
-            .parse()
-            .unwrap();
+        let stamp = *written_at(&mut conn, &g).last().unwrap();
         assert!(
             (before..=after).contains(&stamp),
             "{stamp} not within the call ({before}..={after})"
@@ -1139,13 +1125,7 @@ fn visible(conn: &mut impl ConnectionLike, g: &Guard, symbols: &[&str]) -> Visib
 /// (ids and `written_at_us` left out: they carry the time they were
 /// written).
 fn stream_entries(conn: &mut impl ConnectionLike, g: &Guard) -> Vec<Vec<(String, String)>> {
-    redis::cmd("XRANGE")
-        .arg(g.keys().strategy(S).signals)
-        .arg("-")
-        .arg("+")
-        .query::<redis::streams::StreamRangeReply>(conn)
-        .unwrap()
-        .ids
+    stream(conn, g)
         .into_iter()
         .map(|e| {
             let mut fields: Vec<(String, String)> = e
