@@ -18,9 +18,8 @@
 //! that figure. Beside it, when this load generator's reader got the entry
 //! (its monotonic clock): the same plus the reader's own lag — waking on a
 //! core shared with Redis or the daemon — which a consumer on its own core
-//! would not pay. Baselines measured in
-//! the same run: one decision's
-//! 32 guarded publishes in one call by a plain client, and the bare ONNX
+//! would not pay. Baselines measured in the same run: one decision's 32
+//! guarded publishes in one call by a plain client, and the bare ONNX
 //! Runtime time of one decision on feature rows of the quotes it sends.
 //! Beside them, what explains a tail the daemon does not cause: before the
 //! load, how much a spinning thread on each core loses to stalls (the
@@ -200,8 +199,8 @@ fn read_stream(
 ) -> anyhow::Result<[Seen; 2]> {
     let mut out = [Seen::default(), Seen::default()];
     let mut c = redis::Client::open(url)?.get_connection()?;
-    // From the newest entry now (`$` would skip whatever the daemon writes
-    // between this read and the next while the reader polls).
+    // From the newest entry now, by its id: `$` would miss an entry written
+    // before the first read is under way.
     let newest: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
         .arg(&stream)
         .arg("+")
