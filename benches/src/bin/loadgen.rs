@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use mlcore_benches::bursts::{self, Bursts, Sample};
-use mlcore_benches::matching::{Matcher, Trigger};
+use mlcore_benches::matching::{Matched, Matcher, Trigger};
 use mlcore_benches::redis_stats::{self, CommandStats};
 use mlcore_benches::{stalls, Percentiles};
 use mlcore_daemon::wire::{encode, Frame};
@@ -179,25 +179,17 @@ fn fcall_stats(conn: &mut redis::Connection) -> anyhow::Result<CommandStats> {
     CommandStats::read(conn, "fcall").map_err(anyhow::Error::msg)
 }
 
-/// What the reader saw of one phase's decisions, in trigger order.
-#[derive(Default)]
-struct Seen {
-    /// Trigger → `written_at_us`, the decision visible in Redis.
-    visible: Vec<Sample>,
-    /// Trigger → the reader got the entry.
-    read: Vec<Duration>,
-}
-
 /// Reads the daemon's stream until `stop`, matching each decision's entry
-/// to its trigger from `sent`; per phase, what it saw.
+/// to its trigger from `sent`; per phase, the decisions seen, in trigger
+/// order.
 fn read_stream(
     url: String,
     stream: String,
     sent: std::sync::mpsc::Receiver<Trigger>,
     stop: Arc<AtomicBool>,
     load_start: Instant,
-) -> anyhow::Result<[Seen; 2]> {
-    let mut out = [Seen::default(), Seen::default()];
+) -> anyhow::Result<[Vec<Matched>; 2]> {
+    let mut out = [Vec::new(), Vec::new()];
     let mut c = redis::Client::open(url)?.get_connection()?;
     // From the newest entry now, by its id: `$` would miss an entry written
     // before the first read is under way.
@@ -246,9 +238,7 @@ fn read_stream(
                     );
                 };
                 if let Some(m) = matcher.entry(&seq, generated, written, read_at) {
-                    let phase = &mut out[m.phase];
-                    phase.visible.push(m.visible);
-                    phase.read.push(m.read);
+                    out[m.phase].push(m);
                 }
             }
         }
@@ -477,11 +467,12 @@ fn main() -> anyhow::Result<()> {
         write_latencies(path, &phases, &seen)?;
     }
     let bound = 2 * (baseline.p99 + ort.p99);
-    for (p, s) in phases.iter_mut().zip(seen) {
-        p.seen = s.visible.len();
-        p.tail = bursts::bursts(&s.visible, bound, BURST_GAP);
-        p.visible = Percentiles::of(s.visible.iter().map(|s| s.latency).collect());
-        p.read = Percentiles::of(s.read);
+    for (p, matched) in phases.iter_mut().zip(seen) {
+        let visible: Vec<Sample> = matched.iter().map(|m| m.visible).collect();
+        p.seen = visible.len();
+        p.tail = bursts::bursts(&visible, bound, BURST_GAP);
+        p.visible = Percentiles::of(visible.iter().map(|s| s.latency).collect());
+        p.read = Percentiles::of(matched.iter().map(|m| m.read).collect());
     }
 
     println!(
@@ -571,18 +562,18 @@ const BURST_GAP: Duration = Duration::from_millis(5);
 
 /// `--latencies-out`: one row per decision seen,
 /// `phase,sent_us,latency_us,read_us`.
-fn write_latencies(path: &std::path::Path, phases: &[Phase], seen: &[Seen; 2]) -> anyhow::Result<()> {
+fn write_latencies(path: &std::path::Path, phases: &[Phase], seen: &[Vec<Matched>; 2]) -> anyhow::Result<()> {
     use std::fmt::Write as _;
     let mut csv = String::from("phase,sent_us,latency_us,read_us\n");
-    for (p, s) in phases.iter().zip(seen) {
-        for (v, r) in s.visible.iter().zip(&s.read) {
+    for (p, matched) in phases.iter().zip(seen) {
+        for m in matched {
             let _ = writeln!(
                 csv,
                 "{},{},{},{}",
                 p.name,
-                v.sent.as_micros(),
-                v.latency.as_micros(),
-                r.as_micros()
+                m.visible.sent.as_micros(),
+                m.visible.latency.as_micros(),
+                m.read.as_micros()
             );
         }
     }

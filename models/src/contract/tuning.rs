@@ -2,14 +2,15 @@
 //!
 //! Redis keeps a hash of at most `hash-max-listpack-entries` fields (512
 //! built in, 128 in the `redis.conf` Redis ships) as a listpack: one flat
-//! buffer, searched field by field and rewritten on every change. A guard call rewrites every signal hash of
-//! the decision (10 fields each) and the strategy's high-water-mark hash
-//! (one field per symbol). With the setting at [`ADVISED_MAX`] or below
-//! those hashes are hash tables, and a 32-signal call costs Redis ≈ 15 %
-//! fewer instructions (2.12 M → 1.79 M, `docs/performance.md`) for ≈ 0.5 KB
-//! more memory per signal key. Consumers cannot tell: the encoding is
-//! Redis' own business, every command answers the same. The ops hash
-//! (6 fields) and the model pointer (8) stay listpacks.
+//! buffer, searched field by field and rewritten on every change. A guard
+//! call rewrites every signal hash of the decision (10 fields each) and the
+//! strategy's high-water-mark hash (one field per symbol). With the setting
+//! at [`ADVISED_MAX`] or below those hashes are hash tables, and a 32-signal
+//! call costs Redis ≈ 15 % fewer instructions (2.12 M → 1.79 M,
+//! `docs/performance.md`) for ≈ 0.5 KB more memory per signal key.
+//! Consumers cannot tell: the encoding is Redis' own business, every
+//! command answers the same. The ops hash (6 fields) and the model pointer
+//! (8) stay listpacks.
 //!
 //! The setting is the server's, shared with whatever else it stores, so the
 //! daemon never changes it: its side thread reads it when it connects and
