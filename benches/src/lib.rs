@@ -12,6 +12,8 @@
 //!   bursts (the machine slowing down for a stretch).
 //! - [`matching`]: the daemon's stream entries matched to the load
 //!   generator's triggers (trigger → `written_at_us`, trigger → read).
+//! - [`swaps`]: whether memory and latency stay flat across a swap phase
+//!   (window by window, and its two halves compared).
 
 #![allow(clippy::print_stdout)] // benchmark helpers print their figures
 
@@ -30,6 +32,7 @@ pub mod bursts;
 pub mod matching;
 pub mod redis_stats;
 pub mod stalls;
+pub mod swaps;
 
 /// Symbols in the sample universe.
 pub const SYMBOLS: usize = 32;
@@ -114,7 +117,7 @@ pub fn sample_model() -> VerifiedArtifact {
 }
 
 /// Tail latencies of a closure, measured per call.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Percentiles {
     /// Median.
     pub p50: Duration,

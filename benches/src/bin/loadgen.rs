@@ -6,7 +6,13 @@
 //! and the registry pointer in Redis moved to it (standing in for the control
 //! plane's activation, so a daemon that follows the registry swaps too), so
 //! the daemon verifies, warms and swaps models under load. The daemon's
-//! resident memory is reported at each phase's start and end. For each phase
+//! resident memory is reported at each phase's start and end; during the
+//! swaps the load generator also reads the daemon's swap count and memory at
+//! eight points, and prints per window the swaps, the memory and the
+//! latency of the decisions triggered in it, then whether memory and
+//! latency stayed flat from the first half of the swaps to the second
+//! ([`mlcore_benches::swaps`]; the issue asks it across 1,000 swaps:
+//! `--seconds 45 --swap-every-ms 40`). For each phase
 //! it reports throughput, decisions dropped, the daemon's trigger →
 //! acknowledged-by-Redis histogram (µs buckets from `/metrics`, differenced
 //! per phase) and the trigger → visible-in-Redis latency: from the
@@ -47,6 +53,7 @@ use clap::Parser;
 use mlcore_benches::bursts::{self, Bursts, Sample};
 use mlcore_benches::matching::{Matched, Matcher, Trigger};
 use mlcore_benches::redis_stats::{self, CommandStats};
+use mlcore_benches::swaps::{self, Flatness, Reading};
 use mlcore_benches::{stalls, Percentiles};
 use mlcore_daemon::wire::{encode, Frame};
 use mlcore_models::artifact::{self, ArtifactFiles, Manifest, SecretKeyFile};
@@ -172,6 +179,12 @@ struct Phase {
     seen: usize,
     /// Redis' guard calls (`FCALL`) during the phase.
     redis: CommandStats,
+    /// The daemon's swaps and memory read during a swap phase.
+    readings: Vec<Reading>,
+    /// The swap phase between consecutive readings.
+    windows: Vec<swaps::Window>,
+    /// The swap phase's halves compared.
+    flat: Option<Flatness>,
 }
 
 /// The server's `FCALL` totals so far.
@@ -374,12 +387,14 @@ fn main() -> anyhow::Result<()> {
         let mut next = start;
         let mut sent = 0u64;
         let phase_over = AtomicBool::new(false);
+        let mut readings = Vec::new();
         // Swaps come from their own thread: re-signing and writing an
         // artifact takes milliseconds, and doing it between triggers would
         // delay them and then send them in a burst — load-generator latency,
         // not the daemon's.
         std::thread::scope(|scope| -> anyhow::Result<()> {
-            let swaps = swap.then(|| scope.spawn(|| swap_until(&a, &cfg, &strat.id, start, &phase_over)));
+            let swapper = swap
+                .then(|| scope.spawn(|| swap_until(&a, &cfg, &strat.id, (start, load_start), &phase_over)));
             while start.elapsed() < Duration::from_secs(a.seconds) {
                 // One quote per symbol between decisions, then a trigger.
                 for _ in 0..n {
@@ -414,11 +429,12 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             phase_over.store(true, Ordering::Relaxed);
-            match swaps.map(|h| h.join()) {
-                Some(Ok(result)) => result,
+            match swapper.map(|h| h.join()) {
+                Some(Ok(result)) => readings = result?,
                 Some(Err(_)) => anyhow::bail!("the swap thread panicked"),
-                None => Ok(()),
+                None => {}
             }
+            Ok(())
         })?;
         let secs = start.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_millis(300));
@@ -452,6 +468,9 @@ fn main() -> anyhow::Result<()> {
             tail: Bursts::default(),
             seen: 0,
             redis,
+            readings,
+            windows: Vec::new(),
+            flat: None,
         })
     };
     let mut phases = vec![run_phase(0, false, &mut tcp)?];
@@ -473,6 +492,8 @@ fn main() -> anyhow::Result<()> {
         p.tail = bursts::bursts(&visible, bound, BURST_GAP);
         p.visible = Percentiles::of(visible.iter().map(|s| s.latency).collect());
         p.read = Percentiles::of(matched.iter().map(|m| m.read).collect());
+        p.windows = swaps::windows(&p.readings, &visible);
+        p.flat = Flatness::of(&p.readings, &visible);
     }
 
     println!(
@@ -521,6 +542,13 @@ fn main() -> anyhow::Result<()> {
             p.name,
             redis_stats::guard_summary(&p.redis, p.decisions, p.seconds)
         );
+        if !p.windows.is_empty() {
+            print_windows(p.name, &p.windows);
+        }
+        if let Some(f) = &p.flat {
+            println!("{}: memory: {}", p.name, f.memory_summary());
+            println!("{}: latency: {}", p.name, f.latency_summary());
+        }
     }
     // The issue's targets, judged on this run's own baselines and the
     // trigger -> visible figures (one machine's clock, µs resolution).
@@ -543,17 +571,59 @@ fn main() -> anyhow::Result<()> {
         steady.dropped,
         verdict(steady.dropped == 0)
     );
-    if let Some(swaps) = phases.get(1) {
+    if let Some(swap_phase) = phases.get(1) {
         let limit = steady.visible.map(|v| v.p999.saturating_mul(2));
-        let during = swaps.visible.map(|v| v.p999);
+        let during = swap_phase.visible.map(|v| v.p999);
         println!(
             "target p99.9 during swaps <= 2 x steady p99.9 = {}: {} -> {}",
             us(limit),
             us(during),
-            verdict(limit.zip(during).is_some_and(|(l, d)| d <= l) && swaps.dropped == 0)
+            verdict(limit.zip(during).is_some_and(|(l, d)| d <= l) && swap_phase.dropped == 0)
         );
+        match &swap_phase.flat {
+            Some(f) => println!(
+                "target memory and latency flat across {} swaps: {} swaps, memory {}, latency {} -> {}{}",
+                swaps::SWAPS_ASKED,
+                f.swaps,
+                if f.memory_flat() { "flat" } else { "GROWING" },
+                if f.latency_flat() { "flat" } else { "CLIMBING" },
+                verdict(f.memory_flat() && f.latency_flat() && f.swaps >= swaps::SWAPS_ASKED),
+                if f.swaps < swaps::SWAPS_ASKED {
+                    " (fewer swaps than asked: --seconds 45 --swap-every-ms 40 makes ≈ 1,100)"
+                } else {
+                    ""
+                }
+            ),
+            None => println!(
+                "target memory and latency flat across swaps: the daemon swapped no model -> NOT met"
+            ),
+        }
     }
     Ok(())
+}
+
+/// The swap phase window by window: swaps, memory, and the latency of the
+/// decisions triggered in the window.
+fn print_windows(name: &str, windows: &[swaps::Window]) {
+    println!(
+        "{name}: by window, from the phase's start (trigger -> visible of the decisions triggered in it):"
+    );
+    let origin = windows.first().map_or(Duration::ZERO, |w| w.from);
+    for w in windows {
+        let latency = w.latency.map_or("no decision seen".to_owned(), |p| {
+            format!(
+                "p50 {:>10.3?}  p99 {:>10.3?}  p99.9 {:>10.3?}",
+                p.p50, p.p99, p.p999
+            )
+        });
+        println!(
+            "  {:>6.1} - {:>6.1} s  {:>5} swaps  RSS {:>6.1} MiB  {latency}",
+            w.from.saturating_sub(origin).as_secs_f64(),
+            w.to.saturating_sub(origin).as_secs_f64(),
+            w.swaps,
+            w.rss_bytes as f64 / 1_048_576.0
+        );
+    }
 }
 
 /// Slow decisions whose triggers were at most this far apart are one burst
@@ -639,14 +709,20 @@ fn ort_baselines(
     Ok((real, constant, paced))
 }
 
-/// Drops a new version every `--swap-every-ms` from `start` until `over`.
+/// Readings of the daemon per swap phase (so seven windows between them).
+const READINGS: u32 = 8;
+
+/// Drops a new version every `--swap-every-ms` from `start` (the phase's)
+/// until `over`, and reads the daemon's swap count and memory at the start,
+/// `READINGS - 2` times in between and at the end (times from
+/// `load_start`).
 fn swap_until(
     a: &Args,
     cfg: &config::AppConfig,
     strategy: &str,
-    start: Instant,
+    (start, load_start): (Instant, Instant),
     over: &AtomicBool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Reading>> {
     // The swapper stands in for a control plane that runs elsewhere in
     // production: it takes the cores only when the daemon and Redis leave
     // them idle, so what the phase measures is the daemon's own swaps.
@@ -658,11 +734,33 @@ fn swap_until(
     if let Err(e) = idle {
         println!("swap thread: could not run SCHED_IDLE ({e:?}); it competes with the daemon and Redis");
     }
+    let read = |readings: &mut Vec<Reading>| -> anyhow::Result<()> {
+        let at = load_start.elapsed();
+        let (_, c) = snapshot(&a.http)?;
+        let get = |k: &str| {
+            c.get(k)
+                .copied()
+                .with_context(|| format!("the daemon's /metrics has no {k}"))
+        };
+        readings.push(Reading {
+            at,
+            swaps: get("model_swaps_total")?,
+            rss_bytes: get("process_resident_memory_bytes")?,
+        });
+        Ok(())
+    };
+    let mut readings = Vec::with_capacity(READINGS as usize);
+    read(&mut readings)?;
     let mut swapper = Swapper::new(a, cfg, strategy)?;
     let every = Duration::from_millis(a.swap_every_ms.max(1));
-    let mut next_swap = start + every;
+    let read_every = Duration::from_secs(a.seconds) / (READINGS - 1);
+    let (mut next_swap, mut next_read) = (start + every, start + read_every);
     while !over.load(Ordering::Relaxed) {
         let now = Instant::now();
+        if now >= next_read && readings.len() < READINGS as usize - 1 {
+            read(&mut readings)?;
+            next_read += read_every;
+        }
         if now < next_swap {
             std::thread::sleep((next_swap - now).min(Duration::from_millis(20)));
             continue;
@@ -670,7 +768,8 @@ fn swap_until(
         swapper.drop_next()?;
         next_swap += every;
     }
-    Ok(())
+    read(&mut readings)?;
+    Ok(readings)
 }
 
 /// Versions this run created that stay on disk; older ones are removed so
