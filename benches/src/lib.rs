@@ -143,6 +143,33 @@ impl Percentiles {
         Self::of(t).unwrap_or_default()
     }
 
+    /// As [`Percentiles::measure`] for two closures, their calls alternated
+    /// (`f`, `g`, `f`, `g`, ...): a machine whose speed wanders (a slower
+    /// stretch of a few seconds on a shared VM) slows both alike, so their
+    /// ratio holds where two measurements one after the other can disagree
+    /// by more than what they compare.
+    pub fn measure_alternating(
+        n: usize,
+        warmup: usize,
+        mut f: impl FnMut(),
+        mut g: impl FnMut(),
+    ) -> (Self, Self) {
+        for _ in 0..warmup {
+            f();
+            g();
+        }
+        let (mut tf, mut tg) = (Vec::with_capacity(n.max(1)), Vec::with_capacity(n.max(1)));
+        for _ in 0..n.max(1) {
+            let s = Instant::now();
+            f();
+            tf.push(s.elapsed());
+            let s = Instant::now();
+            g();
+            tg.push(s.elapsed());
+        }
+        (Self::of(tf).unwrap_or_default(), Self::of(tg).unwrap_or_default())
+    }
+
     /// As [`Percentiles::measure`], but one call every `period` (the thread
     /// sleeps in between, as a thread serving paced events does), so what
     /// the calls cost from cold caches and a sleeping core shows.
@@ -184,5 +211,38 @@ impl Percentiles {
             "{name:<44} p50 {:>10.3?}  p99 {:>10.3?}  p99.9 {:>10.3?}",
             self.p50, self.p99, self.p999
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    #[test]
+    fn alternating_calls_take_turns_and_are_timed_apart() {
+        let log = RefCell::new(Vec::new());
+        let (f, g) = Percentiles::measure_alternating(
+            3,
+            2,
+            || log.borrow_mut().push('f'),
+            || {
+                log.borrow_mut().push('g');
+                // Slower than `f` by far more than any timer's granularity.
+                std::thread::sleep(Duration::from_millis(2));
+            },
+        );
+        assert_eq!(log.into_inner().iter().collect::<String>(), "fgfgfgfgfg");
+        assert!(g.p50 >= Duration::from_millis(2), "g timed as {g:?}");
+        assert!(f.p50 < g.p50, "f {f:?} not timed apart from g {g:?}");
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let p = Percentiles::of((1..=1000).map(Duration::from_micros).collect()).expect("samples");
+        assert_eq!(p.p50, Duration::from_micros(501));
+        assert_eq!(p.p99, Duration::from_micros(990));
+        assert_eq!(p.p999, Duration::from_micros(999));
+        assert_eq!(Percentiles::of(Vec::new()), None);
     }
 }
