@@ -393,8 +393,8 @@ fn main() -> anyhow::Result<()> {
         // delay them and then send them in a burst — load-generator latency,
         // not the daemon's.
         std::thread::scope(|scope| -> anyhow::Result<()> {
-            let swapper = swap
-                .then(|| scope.spawn(|| swap_until(&a, &cfg, &strat.id, (start, load_start), &phase_over)));
+            let swapper =
+                swap.then(|| scope.spawn(|| swap_until(&a, &cfg, &strat.id, start, load_start, &phase_over)));
             while start.elapsed() < Duration::from_secs(a.seconds) {
                 // One quote per symbol between decisions, then a trigger.
                 for _ in 0..n {
@@ -720,7 +720,8 @@ fn swap_until(
     a: &Args,
     cfg: &config::AppConfig,
     strategy: &str,
-    (start, load_start): (Instant, Instant),
+    start: Instant,
+    load_start: Instant,
     over: &AtomicBool,
 ) -> anyhow::Result<Vec<Reading>> {
     // The swapper stands in for a control plane that runs elsewhere in
