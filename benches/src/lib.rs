@@ -207,10 +207,18 @@ impl Percentiles {
 
     /// Prints one line: `name p50 .. p99 .. p99.9 ..`.
     pub fn print(&self, name: &str) {
-        println!(
-            "{name:<44} p50 {:>10.3?}  p99 {:>10.3?}  p99.9 {:>10.3?}",
+        println!("{name:<44} {self}");
+    }
+}
+
+/// `p50 .. p99 .. p99.9 ..`, each right-aligned, so lines of them align.
+impl std::fmt::Display for Percentiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:>10.3?}  p99 {:>10.3?}  p99.9 {:>10.3?}",
             self.p50, self.p99, self.p999
-        );
+        )
     }
 }
 
@@ -244,5 +252,6 @@ mod tests {
         assert_eq!(p.p99, Duration::from_micros(990));
         assert_eq!(p.p999, Duration::from_micros(999));
         assert_eq!(Percentiles::of(Vec::new()), None);
+        assert_eq!(p.to_string(), "p50  501.000µs  p99  990.000µs  p99.9  999.000µs");
     }
 }

@@ -139,7 +139,7 @@ mod tests {
                 taken.push(*v);
             }
         }
-        let mut back = putter.join().unwrap();
+        let mut back = putter.join().expect("the putter thread panicked");
         if let Some(v) = m.take() {
             taken.push(*v);
         }

@@ -610,12 +610,7 @@ fn print_windows(name: &str, windows: &[swaps::Window]) {
     );
     let origin = windows.first().map_or(Duration::ZERO, |w| w.from);
     for w in windows {
-        let latency = w.latency.map_or("no decision seen".to_owned(), |p| {
-            format!(
-                "p50 {:>10.3?}  p99 {:>10.3?}  p99.9 {:>10.3?}",
-                p.p50, p.p99, p.p999
-            )
-        });
+        let latency = w.latency.map_or("no decision seen".to_owned(), |p| p.to_string());
         println!(
             "  {:>6.1} - {:>6.1} s  {:>5} swaps  RSS {:>6.1} MiB  {latency}",
             w.from.saturating_sub(origin).as_secs_f64(),
