@@ -523,6 +523,175 @@ fn every_json_number_form_is_accepted_and_copied_verbatim() {
     }
 }
 
+/// JSON's number grammar (RFC 8259), as the guard must apply it: optional
+/// minus, an integer part without leading zeros, optional fraction and
+/// exponent, each with at least one digit; finite as an `f64`; at most 300
+/// characters (the guard's cap). The value, when acceptable.
+fn json_number(s: &str) -> Option<f64> {
+    fn digits(b: &[u8], mut i: usize) -> usize {
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        i
+    }
+    let b = s.as_bytes();
+    if b.is_empty() || b.len() > 300 {
+        return None;
+    }
+    let mut i = usize::from(b[0] == b'-');
+    match b.get(i) {
+        Some(b'0') => i += 1,
+        Some(c) if c.is_ascii_digit() => i = digits(b, i),
+        _ => return None,
+    }
+    if b.get(i) == Some(&b'.') {
+        let end = digits(b, i + 1);
+        if end == i + 1 {
+            return None;
+        }
+        i = end;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let end = digits(b, i);
+        if end == i {
+            return None;
+        }
+        i = end;
+    }
+    let v: f64 = s.parse().ok()?;
+    (i == b.len() && v.is_finite()).then_some(v)
+}
+
+/// Strings a number check must get right: every string of up to 3
+/// characters over digits, sign, dot, exponent and a space; valid numbers
+/// in every form a model or a sizing step writes; and each of those with
+/// one character changed, dropped or added.
+fn number_candidates() -> Vec<String> {
+    let alphabet = ["0", "1", "9", ".", "-", "+", "e", "E", " ", "x"];
+    let mut out: Vec<String> = vec![String::new()];
+    let mut level = vec![String::new()];
+    for _ in 0..3 {
+        level = level
+            .iter()
+            .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+            .collect();
+        out.extend(level.iter().cloned());
+    }
+    // A deterministic xorshift: the same candidates in every run.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut valid = vec![
+        "0.5123456716537476".to_owned(),
+        "1.000".into(),
+        "-0".into(),
+        "0e0".into(),
+        "1E+05".into(),
+        "9007199254740993".into(),
+        format!("0.{}", "1".repeat(299)),
+        format!("0.{}", "1".repeat(298)),
+        "1e308".into(),
+        "1e309".into(),
+        "0x1p3".into(),
+        "infinity".into(),
+        "1\0".into(),
+    ];
+    for _ in 0..200 {
+        let unit = (next() >> 11) as f64 / (1u64 << 53) as f64;
+        let f = unit as f32;
+        let scale = 10f64.powi((next() % 13) as i32 - 6);
+        valid.push(f64::from(f).to_string());
+        valid.push(f.to_string());
+        valid.push((unit * scale).to_string());
+        valid.push(format!("{:e}", -unit * scale));
+        valid.push(((next() % 2_000_000) as i64 - 1_000_000).to_string());
+    }
+    let changes = [b'0', b'5', b'.', b'-', b'+', b'e', b' ', b'x'];
+    for v in &valid {
+        let len = v.len().max(1);
+        let at = (next() as usize) % len;
+        let c = changes[(next() as usize) % changes.len()] as char;
+        let mut replaced = v.clone();
+        if at < v.len() && v.is_char_boundary(at) && v.is_char_boundary(at + 1) {
+            replaced.replace_range(at..at + 1, &c.to_string());
+            let mut dropped = v.clone();
+            dropped.remove(at);
+            out.push(dropped);
+        }
+        let mut added = v.clone();
+        added.insert(at.min(v.len()), c);
+        out.extend([replaced, added]);
+    }
+    out.extend(valid);
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The guard's number checks (fast paths for the common forms, patterns for
+/// the rest) accept exactly JSON's finite numbers of at most 300 characters
+/// in every numeric field, `return_prob` only within [0, 1].
+#[test]
+fn number_checks_accept_exactly_json_numbers() {
+    let (_ns, g, mut conn) = active();
+    let vu = (now_ms() + 60_000).to_string();
+    let candidates = number_candidates();
+    assert!(candidates.len() > 4_000, "{} candidates", candidates.len());
+    let (mut seq, mut accepted) = (0u64, 0usize);
+    for s in &candidates {
+        let value = json_number(s);
+        // (index in the arguments, field, whether the value is acceptable there)
+        let fields = [
+            (9, "weight", value.is_some()),
+            (10, "qty", value.is_some()),
+            (11, "return_prob", value.is_some_and(|v| (0.0..=1.0).contains(&v))),
+            (12, "risk_score", value.is_some()),
+        ];
+        for (index, field, ok) in fields {
+            seq += 1;
+            let seq_s = seq.to_string();
+            let side = match value {
+                Some(v) if index == 9 && v > 0.0 => "long",
+                Some(v) if index == 9 && v < 0.0 => "short",
+                _ if index == 9 => "flat",
+                _ => "long",
+            };
+            let mut args = [
+                seq_s.as_str(),
+                "1",
+                &vu,
+                "100",
+                "m1",
+                "7",
+                S,
+                "EURUSD",
+                side,
+                "0.05",
+                "1000",
+                "0.6",
+                "0.2",
+            ];
+            args[index] = s;
+            match raw_publish(&mut conn, &g, &args) {
+                Ok(_) if ok => accepted += 1,
+                Err(ContractError::BadInput(msg)) if !ok => {
+                    assert!(msg.contains(&format!("{field} must be")), "{field} {s:?}: {msg}")
+                }
+                other => panic!("{field} {s:?}: acceptable: {ok}, got {other:?}"),
+            }
+        }
+    }
+    assert!(accepted > 1_000, "only {accepted} accepted");
+}
+
 #[test]
 fn concurrent_mode_changes_cannot_both_win() {
     let (ns, g, mut conn) = active();

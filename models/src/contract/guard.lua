@@ -58,12 +58,14 @@ or tonumber call costs ~0.2 µs, and a decision has 4 numbers × 32 signals.
 '0' — the weight and qty of every flat signal, often most of a decision —
 is one string comparison (Lua strings are interned: a pointer compare);
 then fractions below 1 (weights, probabilities, risk scores), integers
-(quantities), larger fractions and '-0'.
+(quantities), larger fractions and '-0'. Its argument is always a string:
+FCALL's arguments are, and callers check the argument count first (a
+`type` check here was 2.4 % of a call).
 ]]
 local function json_number(s)
   if s == '0' then return 'plain' end
   local find = string.find
-  if type(s) ~= 'string' or #s > 300 then return nil end
+  if #s > 300 then return nil end
   if find(s, '^%-?0%.%d+$') or find(s, '^%-?[1-9]%d*$') or find(s, '^%-?[1-9]%d*%.%d+$')
       or find(s, '^%-?0$') then
     return 'plain'
@@ -103,18 +105,37 @@ local function symbol_error(keys, args, i, b, sig_prefix, seen)
   return nil
 end
 
+-- A fraction in [0, 1) written '0.<digits>': what a model's probability
+-- and risk score nearly always are. One pattern, and no conversion: the
+-- form alone bounds the value (a conversion of 17 digits is `strtod`'s slow
+-- path). Any other form goes through `json_number`.
+local UNIT_FRACTION = '^0%.%d+$'
+
 -- Why signal i's values are unacceptable, or nil. Runs once per signal, so
--- the error text is built only when there is an error.
+-- the error text is built only when there is an error. The common forms
+-- ('0' weights and quantities, '0.<digits>' probabilities and risk scores)
+-- are checked inline, without a function call: with them a 32-signal
+-- call takes 12 % fewer instructions in Redis (docs/performance.md).
 local function values_error(args, i, b)
-  local symbol, side, weight, prob = args[b + 1], args[b + 2], args[b + 3], args[b + 5]
+  local find = string.find
+  local symbol, side, weight, qty = args[b + 1], args[b + 2], args[b + 3], args[b + 4]
+  local prob, risk = args[b + 5], args[b + 6]
   if not SIDES[side] then return at(i, symbol, 'side must be long, short or flat, got ' .. tostring(side)) end
-  if not json_number(weight) then return at(i, symbol, 'weight must be a finite JSON number, got ' .. tostring(weight)) end
-  if not json_number(args[b + 4]) then return at(i, symbol, 'qty must be a finite JSON number, got ' .. tostring(args[b + 4])) end
-  local p = json_number(prob) and prob + 0
-  if not p or p < 0 or p > 1 then
-    return at(i, symbol, 'return_prob must be a JSON number in [0, 1], got ' .. tostring(prob))
+  if weight ~= '0' and not json_number(weight) then
+    return at(i, symbol, 'weight must be a finite JSON number, got ' .. tostring(weight))
   end
-  if not json_number(args[b + 6]) then return at(i, symbol, 'risk_score must be a finite JSON number, got ' .. tostring(args[b + 6])) end
+  if qty ~= '0' and not json_number(qty) then
+    return at(i, symbol, 'qty must be a finite JSON number, got ' .. tostring(qty))
+  end
+  if #prob > 300 or not find(prob, UNIT_FRACTION) then
+    local p = json_number(prob) and prob + 0
+    if not p or p < 0 or p > 1 then
+      return at(i, symbol, 'return_prob must be a JSON number in [0, 1], got ' .. tostring(prob))
+    end
+  end
+  if (#risk > 300 or not find(risk, UNIT_FRACTION)) and not json_number(risk) then
+    return at(i, symbol, 'risk_score must be a finite JSON number, got ' .. tostring(risk))
+  end
   -- A JSON number now, so arithmetic converts it ('0', every flat signal's
   -- weight, without the conversion).
   local w = weight == '0' and 0 or weight + 0
@@ -255,7 +276,14 @@ local function apply(keys, args, offsets, n)
   for i = 1, n do symbols[i] = args[first + 2 + i * PER] end
   local stored = call('HMGET', keys[2], unpack(symbols))
   local hwm = {}
-  for i = 1, n do hwm[i] = tonumber(stored[i] or '0') or 0 end
+  -- The marks are usually all one value (the last decision's seq, one
+  -- interned string): converted once, not 32 times (16 digits each).
+  local prev, prev_n = nil, 0
+  for i = 1, n do
+    local s = stored[i]
+    if s ~= prev then prev, prev_n = s, tonumber(s or '0') or 0 end
+    hwm[i] = prev_n
+  end
   local mode = call('HGET', keys[1], 'mode')
   if not MODES[mode] then mode = 'halted' end -- absent or unreadable: fail closed
   local replies, entries, last, cur = {}, {}, nil, nil
