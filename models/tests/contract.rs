@@ -1541,7 +1541,7 @@ fn an_older_guard_library_is_upgraded_and_only_the_calls_that_failed_are_retried
 fn pipe(url: &str) -> PublishPipe {
     PublishPipe::connect_url(url, Duration::from_secs(2), Duration::from_secs(5))
         .unwrap()
-        .unwrap_or_else(|| panic!("{url}: a TCP address opens its own socket"))
+        .unwrap_or_else(|| panic!("{url}: a TCP or Unix address opens its own socket"))
 }
 
 /// Publishes `rounds` through `pipe` with up to `MAX_IN_FLIGHT` pipelines
@@ -1693,6 +1693,49 @@ fn the_pipe_authenticates_selects_the_database_and_reports_a_lost_connection() {
         .and_then(|()| p.recv().map(|_| ()));
     assert!(matches!(lost, Err(ContractError::Redis(_))), "{lost:?}");
     assert!(!p.is_open());
+}
+
+/// A Redis on the daemon's host is best reached over its Unix socket
+/// (deployments/redis/README.md): the publisher's pipe and the Redis client
+/// both take a `unix://` URL, database included.
+#[test]
+fn over_a_unix_socket_the_pipe_and_the_client_publish_set_modes_and_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("redis.sock");
+    let socket_arg = socket.to_str().unwrap();
+    let server = RedisServer::start_with(&["--unixsocket", socket_arg, "--unixsocketperm", "700"]);
+    let ns = RedisNamespace::on(&server.url());
+    let g = guard(&ns);
+    let url = format!("unix://{socket_arg}?db=2");
+    let mut client = redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection())
+        .unwrap();
+    let mut p = pipe(&url);
+    assert_eq!(p.get_db(), 2);
+    Guard::load(&mut p).unwrap();
+    set_mode(&g, &mut client, S, OpsMode::Active);
+    p.send(
+        &g,
+        &[
+            batch(1, vec![signal("EURUSD", 0.05)]),
+            batch(2, vec![signal("EURUSD", 0.04)]),
+        ],
+    )
+    .unwrap();
+    let outcomes: Vec<&str> = p
+        .recv()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_ref().unwrap().label())
+        .collect();
+    assert_eq!(outcomes, ["accepted", "accepted"]);
+    let read = g.read(&mut client, S, "EURUSD").unwrap().unwrap();
+    assert_eq!((read.seq, read.weight), (2, 0.04));
+    // The same database over TCP: the socket is only a way in.
+    let mut tcp = redis::Client::open(format!("{}2", server.url()))
+        .and_then(|c| c.get_connection())
+        .unwrap();
+    assert_eq!(g.read(&mut tcp, S, "EURUSD").unwrap().unwrap().seq, 2);
 }
 
 #[test]
