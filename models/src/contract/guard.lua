@@ -115,7 +115,7 @@ local UNIT_FRACTION = '^0%.%d+$'
 -- the error text is built only when there is an error. The common forms
 -- ('0' weights and quantities, '0.<digits>' probabilities and risk scores)
 -- are checked inline, without a function call: with them a 32-signal
--- call takes 12 % fewer instructions in Redis (docs/performance.md).
+-- call takes ≈ 11 % fewer instructions in Redis (docs/performance.md).
 local function values_error(args, i, b)
   local find = string.find
   local symbol, side, weight, qty = args[b + 1], args[b + 2], args[b + 3], args[b + 4]
