@@ -62,9 +62,12 @@ use mlcore_models::contract::{Guard, Keys, PublishOutcome, Side, Signal, SignalB
 use mlcore_models::market::Quote;
 use mlcore_models::synth::{Generator, SynthSpec};
 
-/// Load the daemon and measure.
+/// Drives a running mlcore-daemon over TCP at a set rate, reads its
+/// signals back from Redis, and judges the latency, throughput and swap
+/// targets (docs/performance.md) against
+/// baselines measured in the same run.
 #[derive(Debug, Parser)]
-#[command(name = "mlcore-loadgen", version, about)]
+#[command(name = "mlcore-loadgen", version)]
 struct Args {
     /// The `configs/` folder.
     #[arg(long, env = "MLCORE_CONFIG_DIR", default_value = "configs")]
@@ -78,11 +81,11 @@ struct Args {
     /// Daemon metrics (`host:port`).
     #[arg(long)]
     http: String,
-    /// Decisions per second.
-    #[arg(long, default_value_t = 500)]
+    /// Decisions per second (1-100000).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     rate: u64,
-    /// Seconds per phase.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds per phase (1-3600).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     seconds: u64,
     /// Drop a new model version every N ms during a second phase (0: no swap phase).
     #[arg(long, default_value_t = 0)]
@@ -93,14 +96,46 @@ struct Args {
     /// Signing key for the swap phase.
     #[arg(long)]
     key: Option<PathBuf>,
-    /// Seconds to probe each core's stalls before the load (0: skip).
-    #[arg(long, default_value_t = 1.0)]
+    /// Seconds to probe each core's stalls before the load (0: skip; at most 60).
+    #[arg(long, default_value_t = 1.0, value_parser = probe_seconds)]
     probe_seconds: f64,
     /// Write every decision's trigger time (µs from the load's start),
     /// trigger -> visible latency and trigger -> read by this load generator
     /// (µs) to this CSV file, to plot the tail.
     #[arg(long)]
     latencies_out: Option<PathBuf>,
+}
+
+fn probe_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=60.0).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("{v} is not between 0 and 60")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl Args {
+    /// What clap cannot say alone: a swap phase needs what it swaps, and
+    /// finding out after the steady phase would waste the run.
+    fn check(&self) -> anyhow::Result<()> {
+        if self.swap_every_ms == 0 {
+            return Ok(());
+        }
+        let (Some(artifact), Some(key)) = (&self.artifact, &self.key) else {
+            anyhow::bail!("--swap-every-ms needs --artifact (a model folder) and --key (its signing key)");
+        };
+        if !artifact.join(artifact::MANIFEST).is_file() {
+            anyhow::bail!(
+                "--artifact {}: no {} there",
+                artifact.display(),
+                artifact::MANIFEST
+            );
+        }
+        if !key.is_file() {
+            anyhow::bail!("--key {}: no such file", key.display());
+        }
+        Ok(())
+    }
 }
 
 fn metrics(http: &str) -> anyhow::Result<String> {
@@ -261,6 +296,7 @@ fn read_stream(
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    a.check()?;
     let cfg = config::load(&a.config_dir, a.env.parse()?, &ProcessEnv)?;
     let strat = cfg
         .universe
@@ -862,6 +898,82 @@ impl Swapper {
                 .as_millis() as u64,
         };
         pointer.write(&mut self.conn, &self.keys)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Args, String> {
+        let base = [
+            "mlcore-loadgen",
+            "--env",
+            "dev",
+            "--addr",
+            "127.0.0.1:7401",
+            "--http",
+            "127.0.0.1:9464",
+        ];
+        Args::try_parse_from(base.iter().chain(extra)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn rates_seconds_and_probes_out_of_range_are_refused_by_name() {
+        for (args, names) in [
+            (&["--rate", "0"][..], "--rate"),
+            (&["--rate", "100001"][..], "--rate"),
+            (&["--seconds", "0"][..], "--seconds"),
+            (&["--probe-seconds=-1"][..], "--probe-seconds"),
+            (&["--probe-seconds", "inf"][..], "--probe-seconds"),
+            (&["--probe-seconds", "NaN"][..], "--probe-seconds"),
+        ] {
+            let err = parse(args).err().unwrap_or_else(|| panic!("{args:?} accepted"));
+            assert!(err.contains(names), "{args:?}: {err}");
+        }
+        let ok =
+            parse(&["--rate", "2000", "--seconds", "45", "--probe-seconds", "0"]).map_err(|e| e.to_string());
+        assert!(
+            matches!(
+                ok,
+                Ok(Args {
+                    rate: 2000,
+                    seconds: 45,
+                    ..
+                })
+            ),
+            "{ok:?}"
+        );
+    }
+
+    #[test]
+    fn a_swap_phase_needs_an_artifact_and_a_key_before_anything_runs() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let key = dir.path().join("k.key");
+        std::fs::write(&key, "x")?;
+        let dir_s = dir.path().to_string_lossy().into_owned();
+        let key_s = key.to_string_lossy().into_owned();
+        let check = |extra: &[&str]| parse(extra).map_err(anyhow::Error::msg).and_then(|a| a.check());
+        let err = check(&["--swap-every-ms", "40"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("--artifact"), "{err}");
+        let err = check(&["--swap-every-ms", "40", "--artifact", &dir_s, "--key", &key_s])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("manifest.json"), "{err}");
+        std::fs::write(dir.path().join(artifact::MANIFEST), "{}")?;
+        let missing = dir.path().join("none.key").to_string_lossy().into_owned();
+        let err = check(&["--swap-every-ms", "40", "--artifact", &dir_s, "--key", &missing])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("none.key"), "{err}");
+        check(&["--swap-every-ms", "40", "--artifact", &dir_s, "--key", &key_s])?;
+        check(&[])?;
         Ok(())
     }
 }
