@@ -20,9 +20,11 @@ use mlcore_models::config::{self, ProcessEnv};
 use mlcore_models::dataset::Dataset;
 use mlcore_models::market::Quote;
 
-/// Replay market data to the daemon.
+/// Replays market data (the synthetic Parquet dataset or a CSV of quotes)
+/// to a running mlcore-daemon as wire frames, with decision triggers at a
+/// chosen cadence.
 #[derive(Debug, Parser)]
-#[command(name = "mlcore-feed", version, about)]
+#[command(name = "mlcore-feed", version)]
 struct Args {
     /// The `configs/` folder.
     #[arg(long, env = "MLCORE_CONFIG_DIR", default_value = "configs")]
@@ -43,10 +45,10 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:7401")]
     addr: String,
     /// Replay speed (data seconds per wall second); 0 = as fast as possible.
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, default_value_t = 60.0, value_parser = speed)]
     speed: f64,
-    /// Trigger cadence, wall-clock ms.
-    #[arg(long, default_value_t = 500)]
+    /// Trigger cadence, wall-clock ms (at least 1).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     trigger_every_ms: u64,
     /// Quotes per symbol sent at full speed first, so features warm up.
     #[arg(long, default_value_t = 110)]
@@ -54,6 +56,14 @@ struct Args {
     /// Stop after this many wall seconds (0 = until the data ends).
     #[arg(long, default_value_t = 0)]
     seconds: u64,
+}
+
+fn speed(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        Ok(v) => Err(format!("{v} is not a finite speed of 0 or more")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn read_csv(path: &PathBuf, names: &[String]) -> anyhow::Result<Vec<Quote>> {
@@ -210,4 +220,43 @@ fn main() -> anyhow::Result<()> {
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speeds_and_cadences_that_mean_nothing_are_refused_by_name() {
+        for (args, name) in [
+            (&["--speed=-1"][..], "--speed"),
+            (&["--speed", "inf"][..], "--speed"),
+            (&["--speed", "NaN"][..], "--speed"),
+            (&["--speed", "fast"][..], "--speed"),
+            (&["--trigger-every-ms", "0"][..], "--trigger-every-ms"),
+        ] {
+            let parsed = Args::try_parse_from(["mlcore-feed", "--env", "dev"].iter().chain(args));
+            let err = parsed.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(name), "{args:?}: {err:?}");
+        }
+        let ok = Args::try_parse_from([
+            "mlcore-feed",
+            "--env",
+            "dev",
+            "--speed",
+            "0",
+            "--trigger-every-ms",
+            "1",
+        ]);
+        assert!(
+            matches!(
+                ok,
+                Ok(Args {
+                    trigger_every_ms: 1,
+                    ..
+                })
+            ),
+            "{ok:?}"
+        );
+    }
 }
