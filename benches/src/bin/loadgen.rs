@@ -64,8 +64,8 @@ use mlcore_models::synth::{Generator, SynthSpec};
 
 /// Drives a running mlcore-daemon over TCP at a set rate, reads its
 /// signals back from Redis, and judges the latency, throughput and swap
-/// targets (docs/performance.md) against
-/// baselines measured in the same run.
+/// targets (docs/performance.md) against baselines measured in the same
+/// run.
 #[derive(Debug, Parser)]
 #[command(name = "mlcore-loadgen", version)]
 struct Args {
@@ -921,7 +921,7 @@ mod tests {
 
     #[test]
     fn rates_seconds_and_probes_out_of_range_are_refused_by_name() {
-        for (args, names) in [
+        for (args, name) in [
             (&["--rate", "0"][..], "--rate"),
             (&["--rate", "100001"][..], "--rate"),
             (&["--seconds", "0"][..], "--seconds"),
@@ -930,10 +930,9 @@ mod tests {
             (&["--probe-seconds", "NaN"][..], "--probe-seconds"),
         ] {
             let err = parse(args).err().unwrap_or_else(|| panic!("{args:?} accepted"));
-            assert!(err.contains(names), "{args:?}: {err}");
+            assert!(err.contains(name), "{args:?}: {err}");
         }
-        let ok =
-            parse(&["--rate", "2000", "--seconds", "45", "--probe-seconds", "0"]).map_err(|e| e.to_string());
+        let ok = parse(&["--rate", "2000", "--seconds", "45", "--probe-seconds", "0"]);
         assert!(
             matches!(
                 ok,
