@@ -28,28 +28,6 @@ else
   "$CONTROL" data synth --seed 7 --symbols 32 --days 3 --out "$DATA"
 fi
 
-MODELS="$RUN_DIR/models/fx_g10"
-mkdir -p "$MODELS"
-# The next version: above every version on disk and every version a daemon
-# here has accepted (it refuses anything at or below that as a rollback;
-# load runs with --swap-every-ms accept thousands and prune their folders).
-HIGHEST=0
-for d in "$MODELS"/v*; do
-  n=${d##*/v}
-  if [[ $n =~ ^[0-9]+$ ]] && (( n > HIGHEST )); then HIGHEST=$n; fi
-done
-for f in "$RUN_DIR"/models/.state/*.json; do
-  [ -f "$f" ] || continue
-  n=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("fx_g10", {}).get("highest", 0))' "$f")
-  if [[ $n =~ ^[0-9]+$ ]] && (( n > HIGHEST )); then HIGHEST=$n; fi
-done
-VERSION=$(( HIGHEST + 1 ))
-say "training fx_g10 v$VERSION (GBDT ai1 + logistic ai2), signing with the dev key"
-"$CONTROL" train --env dev --dataset "$DATA" --out "$MODELS/v$VERSION" \
-  --key deployments/dev-keys/dev-2026.key --strategy fx_g10 --version "$VERSION"
-say "verifying the artifact against dev's trust.yaml"
-"$CONTROL" models verify --env dev --artifact "$MODELS/v$VERSION"
-
 say "mlcore-control db migrate --env dev"
 "$CONTROL" db migrate --env dev
 say "starting mlcore-control serve (log: $RUN_DIR/control.log)"
@@ -64,6 +42,35 @@ export MLCORE_CONTROL_URL="http://${API#http=}"
 as_operator() { MLCORE_TOKEN=dev-operator-token "$CONTROL" "$@"; }
 as_approver() { MLCORE_TOKEN=dev-approver-token "$CONTROL" "$@"; }
 request_id() { sed -n 's/^ *"id": "\(ops-[^"]*\)".*/\1/p' | head -1; }
+
+MODELS="$RUN_DIR/models/fx_g10"
+mkdir -p "$MODELS"
+# The next version: above every version on disk, every version a daemon
+# here has accepted (it refuses anything at or below that as a rollback;
+# load runs with --swap-every-ms accept thousands and prune their folders),
+# and every version in the registry (a database another checkout, or an
+# earlier run, may have filled: a version registers once).
+HIGHEST=0
+for d in "$MODELS"/v*; do
+  n=${d##*/v}
+  if [[ $n =~ ^[0-9]+$ ]] && (( n > HIGHEST )); then HIGHEST=$n; fi
+done
+for f in "$RUN_DIR"/models/.state/*.json; do
+  [ -f "$f" ] || continue
+  n=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("fx_g10", {}).get("highest", 0))' "$f")
+  if [[ $n =~ ^[0-9]+$ ]] && (( n > HIGHEST )); then HIGHEST=$n; fi
+done
+n=$(as_operator models list | python3 -c '
+import json, sys
+models = json.load(sys.stdin).get("models", [])
+print(max([m["version"] for m in models if m.get("strategy") == "fx_g10"], default=0))')
+if [[ $n =~ ^[0-9]+$ ]] && (( n > HIGHEST )); then HIGHEST=$n; fi
+VERSION=$(( HIGHEST + 1 ))
+say "training fx_g10 v$VERSION (GBDT ai1 + logistic ai2), signing with the dev key"
+"$CONTROL" train --env dev --dataset "$DATA" --out "$MODELS/v$VERSION" \
+  --key deployments/dev-keys/dev-2026.key --strategy fx_g10 --version "$VERSION"
+say "verifying the artifact against dev's trust.yaml"
+"$CONTROL" models verify --env dev --artifact "$MODELS/v$VERSION"
 
 say "registering fx_g10 v$VERSION (the control plane verifies it) and activating it: operator asks, approver approves"
 as_operator models register --strategy fx_g10 --version "$VERSION" >/dev/null
