@@ -6,8 +6,9 @@
 //! call rewrites every signal hash of the decision (10 fields each) and the
 //! strategy's high-water-mark hash (one field per symbol). With the setting
 //! at [`ADVISED_MAX`] or below those hashes are hash tables, and a 32-signal
-//! call costs Redis ≈ 15 % fewer instructions (2.12 M → 1.79 M,
-//! `docs/performance.md`) for ≈ 0.5 KB more memory per signal key.
+//! call costs Redis ≈ 17 % fewer instructions (2.01 M → 1.66 M with the
+//! current guard, counted by `mlcore-guard-cost`; `docs/performance.md`)
+//! for ≈ 0.5 KB more memory per signal key.
 //! Consumers cannot tell: the encoding is Redis' own business, every
 //! command answers the same. The ops hash (6 fields) and the model pointer
 //! (8) stay listpacks.
@@ -55,7 +56,7 @@ pub fn advice(entries: u64) -> Option<String> {
     (entries > ADVISED_MAX).then(|| {
         format!(
             "Redis {SETTING} is {entries}: the guard's signal and high-water-mark hashes are listpacks; \
-             at {ADVISED_MAX} or less each guard call costs Redis about 15 % less (deployments/redis/README.md)"
+             at {ADVISED_MAX} or less each guard call costs Redis about 17 % less (deployments/redis/README.md)"
         )
     })
 }
