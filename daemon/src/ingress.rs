@@ -89,6 +89,22 @@ pub struct IngressParts {
     pub shutdown: Arc<AtomicBool>,
 }
 
+/// The timer's next tick after the one due at `due` fired at `now`: the
+/// first of `due + k·period` (k ≥ 1) after `now`. Ticks missed while the
+/// thread could not run (a stall, a long burst of frames) are skipped, not
+/// fired back to back: a decision is made from the market as it is now, so
+/// catching up would publish the same decision several times over and
+/// queue the ones after it.
+fn next_tick(due: Instant, period: Duration, now: Instant) -> Instant {
+    let mut next = due + period;
+    if next <= now && !period.is_zero() {
+        let behind = now.duration_since(next).as_nanos() / period.as_nanos();
+        let skip = u32::try_from(behind + 1).unwrap_or(u32::MAX);
+        next += period.saturating_mul(skip);
+    }
+    next
+}
+
 impl Ingress {
     /// Registers the listener.
     pub fn new(p: IngressParts) -> std::io::Result<Self> {
@@ -147,12 +163,13 @@ impl Ingress {
             self.decode_hist.tick();
             self.features_hist.tick();
             if let (Some(t), Some(period)) = (next_timer, self.timer) {
-                if Instant::now() >= t {
+                let now = Instant::now();
+                if now >= t {
                     let now_ns = crate::log::now_ms() as i64 * 1_000_000;
                     for s in 0..self.engines.len() {
                         self.trigger(s as u16, now_ns, Instant::now());
                     }
-                    next_timer = Some(t + period);
+                    next_timer = Some(next_tick(t, period, now));
                 }
             }
         }
@@ -335,5 +352,28 @@ impl Ingress {
             Counters::inc(&self.counters.decisions_dropped);
             let _ = self.pool_returns[s].try_send(e.into_inner());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_tick_follows_the_period_and_skips_what_was_missed() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // On time (or a little late): the next tick one period after the due one.
+        assert_eq!(next_tick(t0, ms(100), t0), t0 + ms(100));
+        assert_eq!(next_tick(t0, ms(100), t0 + ms(30)), t0 + ms(100));
+        // Stalled for 350 ms: ticks at 100, 200 and 300 ms are gone; the
+        // next is at 400 ms, on the original phase, not now.
+        assert_eq!(next_tick(t0, ms(100), t0 + ms(350)), t0 + ms(400));
+        // Exactly on a missed tick: that one is in the past too.
+        assert_eq!(next_tick(t0, ms(100), t0 + ms(300)), t0 + ms(400));
+        // Always in the future, whatever the stall.
+        let now = t0 + Duration::from_secs(3600);
+        let next = next_tick(t0, ms(7), now);
+        assert!(next > now && next <= now + ms(7), "{:?}", next - now);
     }
 }

@@ -11,12 +11,12 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mlcore_control::train::{self, GbdtParams, TrainSpec};
 use mlcore_models::artifact::{SecretKeyFile, ThetaParams, TrustStore};
 use mlcore_models::config::{self, Environment, MapEnv};
-use mlcore_models::contract::{Guard, Keys, OpsMode};
+use mlcore_models::contract::{Guard, Keys, OpsMode, Side};
 use mlcore_models::testutil::{self, RedisNamespace};
 use mlcore_models::{onnx::runtime, synth};
 
@@ -219,6 +219,71 @@ fn hot_threads_run_sched_fifo_when_configured_and_permitted() {
     assert!(
         side.iter().all(|(_, policy, _)| *policy == 0),
         "side threads stay normal: {side:?}"
+    );
+}
+
+/// `decision.mode: timer`: the daemon decides on its own clock, every
+/// `timer_interval_ms`, for every strategy, with no trigger frame and no
+/// feed at all. The symbols have no quotes, so every signal is flat (not
+/// ready) — published through the guard all the same, with a fresh
+/// `valid_until`: "no valid signal" would tell consumers nothing.
+#[test]
+fn timer_mode_decides_on_the_daemons_clock_without_triggers() {
+    runtime::init(&testutil::ort_library()).unwrap();
+    let ns = RedisNamespace::new();
+    let threads = "{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}";
+    let tmp = config_root(&ns, threads);
+    let root = tmp.path();
+    std::fs::write(
+        root.join("configs/envs/dev/daemon.yaml"),
+        format!(
+            "instance_id: e2e-timer\ningress: {{listen: \"127.0.0.1:0\"}}\nthreads: {threads}\n\
+             decision: {{mode: timer, timer_interval_ms: 100}}\n"
+        ),
+    )
+    .unwrap();
+    let key =
+        SecretKeyFile::read(&testutil::workspace_root().join("deployments/dev-keys/dev-2026.key")).unwrap();
+    testutil::logistic_artifact(&key, "fx_g10", 1, 1.0, testutil::now_ms())
+        .write(&root.join("models/fx_g10/v1"))
+        .unwrap();
+    let mut conn = testutil::redis_connection();
+    let guard = Guard::new(Keys::new(&ns.ns), 1000);
+    Guard::load(&mut conn).unwrap();
+    testutil::set_mode(&guard, &mut conn, "fx_g10", OpsMode::Active);
+
+    let d = start_daemon(root);
+    assert!(
+        testutil::wait_until(Duration::from_secs(20), || get(&d.http, "/readyz").0 == 200).is_some(),
+        "daemon never became ready"
+    );
+    let accepted =
+        r#"ml_assets_core_batches_total{environment="e2e",service="ml-assets-core",outcome="accepted"}"#;
+    assert!(
+        testutil::wait_until(Duration::from_secs(10), || metric(&d.http, accepted) >= 5.0).is_some(),
+        "no decision accepted without triggers"
+    );
+    let sig = guard
+        .read(&mut conn, "fx_g10", "EURUSD")
+        .unwrap()
+        .expect("a valid EURUSD signal");
+    assert_eq!((sig.side, sig.model_id.as_str()), (Side::Flat, "fx_g10-v1"));
+    assert!(sig.valid_until_ms > testutil::now_ms());
+
+    // At the configured cadence, on the daemon's clock: about one decision
+    // per 100 ms (a wide band: a stalled machine skips ticks rather than
+    // firing them late in a burst, so only far too many would be wrong).
+    let decisions = r#"ml_assets_core_decisions_total{environment="e2e",service="ml-assets-core"}"#;
+    let (before, from) = (metric(&d.http, decisions), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let (after, ticks) = (
+        metric(&d.http, decisions),
+        from.elapsed().as_millis() as f64 / 100.0,
+    );
+    let made = after - before;
+    assert!(
+        made >= ticks * 0.4 && made <= ticks + 3.0,
+        "{made} decisions in {ticks:.1} timer periods"
     );
 }
 

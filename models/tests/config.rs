@@ -135,6 +135,20 @@ fn a_realtime_priority_outside_sched_fifo_is_refused() {
 }
 
 #[test]
+fn a_zero_timer_interval_is_refused() {
+    let f = Fixture::new();
+    f.edit(
+        "base/daemon.yaml",
+        "timer_interval_ms: 500",
+        "timer_interval_ms: 0",
+    );
+    let err = f.load(Environment::Dev, &full_env()).unwrap_err();
+    let p = only_problem(&err, ConfigCode::ValueInvalid);
+    assert_eq!(p.key, "decision.timer_interval_ms");
+    assert!(p.file.ends_with("base/daemon.yaml"), "{}", p.file.display());
+}
+
+#[test]
 fn unknown_key_is_refused_naming_the_override_that_added_it() {
     let f = Fixture::new();
     f.write("envs/dev/core_policy.yaml", "theta:\n  theta3: 0.1\n");

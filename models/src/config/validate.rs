@@ -268,6 +268,13 @@ pub(crate) fn validate(c: &AppConfig, file: &dyn Fn(&str) -> PathBuf) -> Vec<Con
             ),
         );
     }
+    if c.daemon.decision.timer_interval_ms == 0 {
+        bad(
+            "daemon.yaml",
+            "decision.timer_interval_ms".into(),
+            "must be at least 1 (a decision every N ms in timer mode)".into(),
+        );
+    }
     if c.daemon.queues.decisions == 0 || c.daemon.queues.publish == 0 {
         bad(
             "daemon.yaml",
