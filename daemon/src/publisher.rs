@@ -921,6 +921,15 @@ mod tests {
             "the last decision is what is stored"
         );
 
+        // A decision whose valid_until (trigger + ttl, 60 s here) has passed
+        // when it reaches the publisher is never sent, and says so.
+        let mut late = job([0.07, -0.05]);
+        late.trigger_ts_ns = ((now_ms() - 61_000) * 1_000_000) as i64;
+        jobs_tx.send(late).unwrap();
+        done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!((outcome("expired_before_send"), outcome("accepted")), (1, 40));
+        assert_eq!(stored(&mut admin)[0].0, 0.04, "nothing of it written");
+
         // Decisions that queue up while a pipeline is in Redis (asleep
         // here) go out 16 to a pipeline, the next pipeline before the
         // previous one's replies.

@@ -226,7 +226,8 @@ fn hot_threads_run_sched_fifo_when_configured_and_permitted() {
 /// `timer_interval_ms`, for every strategy, with no trigger frame and no
 /// feed at all. The symbols have no quotes, so every signal is flat (not
 /// ready) — published through the guard all the same, with a fresh
-/// `valid_until`: "no valid signal" would tell consumers nothing.
+/// `valid_until`: "no valid signal" would tell consumers nothing. Then
+/// quotes from a CSV through `mlcore-feed`, and one for an unknown symbol.
 #[test]
 fn timer_mode_decides_on_the_daemons_clock_without_triggers() {
     runtime::init(&testutil::ort_library()).unwrap();
@@ -285,6 +286,72 @@ fn timer_mode_decides_on_the_daemons_clock_without_triggers() {
         made >= ticks * 0.4 && made <= ticks + 3.0,
         "{made} decisions in {ticks:.1} timer periods"
     );
+
+    // Quotes from a CSV through mlcore-feed: the strategy's rows are
+    // applied, another symbol's rows are left out and reported.
+    let quotes = r#"ml_assets_core_quotes_total{environment="e2e",service="ml-assets-core"}"#;
+    let unknown = r#"ml_assets_core_unknown_symbols_total{environment="e2e",service="ml-assets-core"}"#;
+    let csv = root.join("quotes.csv");
+    std::fs::write(
+        &csv,
+        "ts_ns,symbol,bid,ask,bid_size,ask_size\n\
+         1000000000,EURUSD,1.1000,1.1002,1e6,1e6\n\
+         1000000000,XAUUSD,2400,2401,10,10\n\
+         2000000000,USDJPY,150.10,150.12,1e6,1e6\n\
+         3000000000,EURUSD,1.1001,1.1003,1e6,1e6\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mlcore-feed"))
+        .args([
+            "--config-dir",
+            root.join("configs").to_str().unwrap(),
+            "--env",
+            "dev",
+        ])
+        .args([
+            "--csv",
+            csv.to_str().unwrap(),
+            "--addr",
+            &d.ingress,
+            "--speed",
+            "0",
+        ])
+        .env("MLCORE_REDIS_URL", testutil::redis_url())
+        .env("MLCORE_PG_DSN", testutil::pg_dsn())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "feed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("XAUUSD (1)"), "{stdout}");
+    assert!(
+        testutil::wait_until(Duration::from_secs(5), || metric(&d.http, quotes) >= 3.0).is_some(),
+        "the CSV's 3 quotes were not applied"
+    );
+    assert_eq!(metric(&d.http, unknown), 0.0);
+
+    // A quote for a wire id outside the universe is counted and dropped;
+    // the connection stays open.
+    let mut raw = TcpStream::connect(&d.ingress).unwrap();
+    let mut buf = Vec::new();
+    let q = mlcore_models::market::Quote {
+        ts_ns: 0,
+        symbol: 0,
+        bid: 1.0,
+        ask: 1.1,
+        bid_size: 1.0,
+        ask_size: 1.0,
+    };
+    mlcore_daemon::wire::encode(&mlcore_daemon::wire::Frame::quote(&q, 999_999, 1), &mut buf);
+    raw.write_all(&buf).unwrap();
+    assert!(
+        testutil::wait_until(Duration::from_secs(5), || metric(&d.http, unknown) == 1.0).is_some(),
+        "the unknown symbol was not counted"
+    );
+    assert_eq!(metric(&d.http, quotes), 3.0, "and not applied");
 }
 
 #[test]

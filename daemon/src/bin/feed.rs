@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -66,33 +66,75 @@ fn speed(s: &str) -> Result<f64, String> {
     }
 }
 
-fn read_csv(path: &PathBuf, names: &[String]) -> anyhow::Result<Vec<Quote>> {
+/// The CSV's header, exactly: columns are found by position.
+const CSV_HEADER: &str = "ts_ns,symbol,bid,ask,bid_size,ask_size";
+
+/// Quotes read from a CSV, and what was left out of them.
+#[derive(Debug, Default, PartialEq)]
+struct CsvQuotes {
+    quotes: Vec<Quote>,
+    /// Rows per symbol that the strategy does not trade (not sent).
+    other_symbols: std::collections::BTreeMap<String, u64>,
+    /// Rows sent that the daemon will ignore, as it would live: a crossed
+    /// book or a price that is not positive.
+    unusable: u64,
+}
+
+/// Reads `ts_ns,symbol,bid,ask,bid_size,ask_size` rows (after exactly that
+/// header; blank lines skipped) for the strategy's `names`, sorted by time.
+/// A row that cannot be read stops the replay with its line and field:
+/// replaying part of a file as if it were all of it would mislead.
+fn read_csv(path: &Path, names: &[String]) -> anyhow::Result<CsvQuotes> {
+    let at = |n: usize| format!("{}:{}", path.display(), n + 1);
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate().skip(1) {
+    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    match lines.next() {
+        Some((_, header)) if header.trim().replace(' ', "") == CSV_HEADER => {}
+        Some((n, header)) => bail!(
+            "{}: the header must be `{CSV_HEADER}`, found `{}`",
+            at(n),
+            header.trim()
+        ),
+        None => bail!(
+            "{}: empty; expected the header `{CSV_HEADER}` and quotes",
+            path.display()
+        ),
+    }
+    let mut out = CsvQuotes::default();
+    for (n, line) in lines {
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
         let [ts, sym, bid, ask, bs, asz] = f.as_slice() else {
-            bail!("{}:{}: expected 6 fields", path.display(), n + 1)
+            bail!("{}: expected 6 fields, found {}", at(n), f.len())
         };
         let Some(idx) = names.iter().position(|x| x == sym) else {
+            *out.other_symbols.entry((*sym).to_owned()).or_default() += 1;
             continue;
         };
-        let num = |v: &str| {
-            v.parse::<f64>()
-                .with_context(|| format!("{}:{}: `{v}` is not a number", path.display(), n + 1))
+        let num = |field: &str, v: &str| -> anyhow::Result<f64> {
+            match v.parse::<f64>() {
+                Ok(x) if x.is_finite() => Ok(x),
+                _ => bail!("{}: {field} `{v}` is not a finite number", at(n)),
+            }
         };
-        out.push(Quote {
-            ts_ns: ts
-                .parse()
-                .with_context(|| format!("{}:{}: bad ts_ns", path.display(), n + 1))?,
+        let quote = Quote {
+            ts_ns: ts.parse().with_context(|| {
+                format!("{}: ts_ns `{ts}` is not an integer of ns since the epoch", at(n))
+            })?,
             symbol: idx as u16,
-            bid: num(bid)?,
-            ask: num(ask)?,
-            bid_size: num(bs)?,
-            ask_size: num(asz)?,
-        });
+            bid: num("bid", bid)?,
+            ask: num("ask", ask)?,
+            bid_size: num("bid_size", bs)?,
+            ask_size: num("ask_size", asz)?,
+        };
+        if quote.bid_size < 0.0 || quote.ask_size < 0.0 {
+            bail!("{}: sizes cannot be negative", at(n));
+        }
+        if !quote.is_sane() {
+            out.unusable += 1;
+        }
+        out.quotes.push(quote);
     }
-    out.sort_by_key(|q| (q.ts_ns, q.symbol));
+    out.quotes.sort_by_key(|q| (q.ts_ns, q.symbol));
     Ok(out)
 }
 
@@ -145,7 +187,28 @@ fn main() -> anyhow::Result<()> {
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
             Dataset::open(d)?.load_quotes(&refs)?
         }
-        (None, Some(c)) => read_csv(c, &names)?,
+        (None, Some(c)) => {
+            let read = read_csv(c, &names)?;
+            if !read.other_symbols.is_empty() {
+                let skipped: Vec<String> = read
+                    .other_symbols
+                    .iter()
+                    .map(|(s, n)| format!("{s} ({n})"))
+                    .collect();
+                println!(
+                    "skipped rows of symbols {} does not trade: {}",
+                    a.strategy,
+                    skipped.join(", ")
+                );
+            }
+            if read.unusable > 0 {
+                println!(
+                    "{} quotes are crossed or not positive: sent, and ignored by the daemon as it would live",
+                    read.unusable
+                );
+            }
+            read.quotes
+        }
         (None, None) => bail!("give --dataset or --csv"),
     };
     let Some(first) = quotes.first().map(|q| q.ts_ns) else {
@@ -258,5 +321,63 @@ mod tests {
             ),
             "{ok:?}"
         );
+    }
+
+    fn csv(text: &str) -> anyhow::Result<CsvQuotes> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("quotes.csv");
+        std::fs::write(&path, text)?;
+        read_csv(&path, &["EURUSD".to_owned(), "USDJPY".to_owned()])
+    }
+
+    #[test]
+    fn a_csv_is_read_in_time_order_with_what_was_left_out_reported() -> anyhow::Result<()> {
+        let read = csv("ts_ns, symbol, bid, ask, bid_size, ask_size\n\
+             2000,USDJPY,150.1,150.2,1e6,2e6\n\
+             \n\
+             1000,EURUSD,1.1,1.1002,1e6,1e6\n\
+             1500,XAUUSD,2400,2401,10,10\n\
+             3000,EURUSD,1.2,1.1,1e6,1e6\n")?;
+        let order: Vec<(i64, u16)> = read.quotes.iter().map(|q| (q.ts_ns, q.symbol)).collect();
+        assert_eq!(order, [(1000, 0), (2000, 1), (3000, 0)]);
+        assert_eq!(read.quotes[1].ask_size, 2e6);
+        assert_eq!(
+            read.other_symbols.into_iter().collect::<Vec<_>>(),
+            [("XAUUSD".to_owned(), 1)]
+        );
+        assert_eq!(read.unusable, 1, "the crossed EURUSD quote");
+        Ok(())
+    }
+
+    #[test]
+    fn a_csv_that_cannot_be_read_whole_is_refused_naming_line_and_field() {
+        let header = "ts_ns,symbol,bid,ask,bid_size,ask_size\n";
+        for (text, expected) in [
+            (String::new(), "empty"),
+            (
+                "symbol,ts_ns,bid,ask,bid_size,ask_size\n1,EURUSD,1,1,1,1\n".to_owned(),
+                "quotes.csv:1: the header must be",
+            ),
+            ("1000,EURUSD,1.1,1.2,1,1\n".to_owned(), "the header must be"),
+            (
+                format!("{header}1000,EURUSD,1.1,1.2,1\n"),
+                "quotes.csv:2: expected 6 fields, found 5",
+            ),
+            (
+                format!("{header}1000,EURUSD,1.1,NaN,1,1\n"),
+                "quotes.csv:2: ask `NaN` is not a finite number",
+            ),
+            (
+                format!("{header}1000,EURUSD,1.1,1.2,1,1\n1.5e9,EURUSD,1.1,1.2,1,1\n"),
+                "quotes.csv:3: ts_ns `1.5e9`",
+            ),
+            (
+                format!("{header}1000,USDJPY,150,151,-5,1\n"),
+                "quotes.csv:2: sizes cannot be negative",
+            ),
+        ] {
+            let err = csv(&text).err().map(|e| format!("{e:#}")).unwrap_or_default();
+            assert!(err.contains(expected), "{text:?}: {err:?}");
+        }
     }
 }
