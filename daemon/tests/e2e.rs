@@ -354,6 +354,114 @@ fn timer_mode_decides_on_the_daemons_clock_without_triggers() {
     assert_eq!(metric(&d.http, quotes), 3.0, "and not applied");
 }
 
+/// Decisions are deterministic given the frames (docs/wire-protocol.md):
+/// two daemons fed the same frames, with the same model, publish the same
+/// signals — features and `valid_until` come from the frames' timestamps,
+/// not from when each daemon happened to process them.
+#[test]
+fn the_same_frames_and_model_give_the_same_signals() {
+    runtime::init(&testutil::ort_library()).unwrap();
+    let threads = "{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}";
+    let key =
+        SecretKeyFile::read(&testutil::workspace_root().join("deployments/dev-keys/dev-2026.key")).unwrap();
+    let artifact = testutil::logistic_artifact(&key, "fx_g10", 1, 3.0, testutil::now_ms());
+    let mut conn = testutil::redis_connection();
+    Guard::load(&mut conn).unwrap();
+    let setups: Vec<(RedisNamespace, tempfile::TempDir, Guard)> = (0..2)
+        .map(|_| {
+            let ns = RedisNamespace::new();
+            let tmp = config_root(&ns, threads);
+            artifact.write(&tmp.path().join("models/fx_g10/v1")).unwrap();
+            let guard = Guard::new(Keys::new(&ns.ns), 1000);
+            testutil::set_mode(&guard, &mut conn, "fx_g10", OpsMode::Active);
+            (ns, tmp, guard)
+        })
+        .collect();
+    let daemons: Vec<Daemon> = setups
+        .iter()
+        .map(|(_, tmp, _)| start_daemon(tmp.path()))
+        .collect();
+    for d in &daemons {
+        assert!(
+            testutil::wait_until(Duration::from_secs(20), || get(&d.http, "/readyz").0 == 200).is_some(),
+            "daemon never became ready"
+        );
+    }
+
+    // 150 minutes of the synthetic market for the universe, moved to end
+    // now, then one trigger at the last quote's time.
+    let cfg = config::load(&setups[0].1.path().join("configs"), Environment::Dev, &vars()).unwrap();
+    let ids: Vec<u32> = cfg.universe.strategies[0].symbols.iter().map(|s| s.id).collect();
+    let spec = synth::SynthSpec {
+        seed: 5,
+        symbols: ids.len(),
+        start_day: 20_458,
+        days: 1,
+        interval_ms: 60_000,
+    };
+    let day = synth::Generator::new(spec).unwrap().day_merged(20_458);
+    let quotes = &day[..150 * ids.len()];
+    let now_ns = testutil::now_ms() as i64 * 1_000_000;
+    let last = quotes[quotes.len() - 1].ts_ns;
+    let mut frames = Vec::new();
+    for q in quotes {
+        let frame =
+            mlcore_daemon::wire::Frame::quote(q, ids[usize::from(q.symbol)], now_ns - (last - q.ts_ns));
+        mlcore_daemon::wire::encode(&frame, &mut frames);
+    }
+    let trigger = mlcore_daemon::wire::Frame::Trigger {
+        ts_ns: now_ns,
+        strategy: 0,
+    };
+    mlcore_daemon::wire::encode(&trigger, &mut frames);
+    let _streams: Vec<TcpStream> = daemons
+        .iter()
+        .map(|d| {
+            let mut s = TcpStream::connect(&d.ingress).unwrap();
+            s.write_all(&frames).unwrap();
+            s
+        })
+        .collect();
+
+    let accepted =
+        r#"ml_assets_core_batches_total{environment="e2e",service="ml-assets-core",outcome="accepted"}"#;
+    let entries: Vec<redis::streams::StreamId> = daemons
+        .iter()
+        .zip(&setups)
+        .map(|(d, (_, _, guard))| {
+            assert!(
+                testutil::wait_until(Duration::from_secs(10), || metric(&d.http, accepted) >= 1.0).is_some(),
+                "the trigger's decision was not accepted"
+            );
+            let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(guard.keys().strategy("fx_g10").signals)
+                .arg("-")
+                .arg("+")
+                .query(&mut conn)
+                .unwrap();
+            assert_eq!(reply.ids.len(), 1, "one decision, one stream entry");
+            reply.ids.into_iter().next().unwrap()
+        })
+        .collect();
+    let field = |e: &redis::streams::StreamId, name: &str| -> String { e.get(name).unwrap() };
+    for name in ["signals", "valid_until_ms", "model_id", "model_version", "n"] {
+        assert_eq!(field(&entries[0], name), field(&entries[1], name), "{name}");
+    }
+    assert_eq!(
+        field(&entries[0], "valid_until_ms").parse::<i64>().unwrap(),
+        now_ns / 1_000_000 + 1500,
+        "the trigger's time + signal.ttl_ms"
+    );
+    let signals: serde_json::Value = serde_json::from_str(&field(&entries[0], "signals")).unwrap();
+    assert_eq!(signals.as_array().map(Vec::len), Some(ids.len()));
+    // Not a comparison of empty decisions: every symbol was scored.
+    assert!(signals
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["return_prob"].as_f64().is_some_and(|p| p > 0.0 && p < 1.0)));
+}
+
 #[test]
 fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
     runtime::init(&testutil::ort_library()).unwrap();
