@@ -12,10 +12,13 @@
 //! - Cost: the expected edge `|2p − 1| · rvol_20` (bps) must exceed the
 //!   symbol's spread + commission from `cost_table.yaml` plus
 //!   `risk.min_edge_over_cost_bps`, else the position goes flat.
-//! - β-neutral: active weights are projected onto Σ wᵢβᵢ = 0, capped (per
-//!   symbol, then gross), repeated until within `beta_tolerance`; then rounded
-//!   to lots (below `min_qty` → 0) and, if rounding broke neutrality, nudged a
-//!   lot at a time on the highest-|β| symbols. The residual β is reported.
+//! - β-neutral: the side of the book carrying the excess β shrinks toward
+//!   zero (never past it: no published side contradicts the gate, and flat
+//!   symbols stay flat; a book with all its β on one side goes flat), the
+//!   gross is capped; then weights are rounded to lots (toward zero; below
+//!   `min_qty` → 0) and, if rounding broke neutrality, nudged a lot at a
+//!   time on the highest-|β| held symbols, without crossing zero. The
+//!   residual β is reported.
 
 /// Static per-symbol inputs, from `universe.yaml` and `cost_table.yaml`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -95,6 +98,9 @@ pub enum FlatReason {
     Cost,
     /// Rounded below a lot or `min_qty`.
     Rounding,
+    /// Shrunk to zero to make the book β-neutral (its side carried all the
+    /// excess β).
+    Neutrality,
 }
 
 /// Reusable buffers for one strategy.
@@ -177,35 +183,20 @@ pub fn decide(
         scratch.w[i] = side * size.min(s.max_weight) * meta;
         scratch.active[i] = scratch.w[i] != 0.0;
     }
-    // 2. β-neutralise and cap, until both hold.
-    for _ in 0..20 {
-        let (mut b, mut s2) = (0.0, 0.0);
-        for i in 0..n {
-            if scratch.active[i] {
-                b += scratch.w[i] * symbols[i].beta;
-                s2 += symbols[i].beta * symbols[i].beta;
-            }
+    // 2. β-neutralise without turning any position against its gate, then
+    //    cap the gross (scaling every weight alike keeps Σ wᵢβᵢ = 0; no
+    //    weight grew, so the per-symbol caps still hold).
+    neutralise(&mut scratch.w[..n], &symbols[..n]);
+    for i in 0..n {
+        if scratch.active[i] && scratch.w[i] == 0.0 {
+            scratch.flat[i] = FlatReason::Neutrality;
         }
-        if s2 > 0.0 {
-            for i in 0..n {
-                if scratch.active[i] {
-                    scratch.w[i] -= b / s2 * symbols[i].beta;
-                }
-            }
-        }
-        let mut gross = 0.0;
-        for i in 0..n {
-            scratch.w[i] = scratch.w[i].clamp(-symbols[i].max_weight, symbols[i].max_weight);
-            gross += scratch.w[i].abs();
-        }
-        if gross > policy.max_gross {
-            let k = policy.max_gross / gross;
-            for w in scratch.w.iter_mut().take(n) {
-                *w *= k;
-            }
-        }
-        if beta_of(&scratch.w[..n], symbols).abs() <= policy.beta_tolerance * 0.5 {
-            break;
+    }
+    let gross: f64 = scratch.w[..n].iter().map(|w| w.abs()).sum();
+    if gross > policy.max_gross {
+        let k = policy.max_gross / gross;
+        for w in scratch.w.iter_mut().take(n) {
+            *w *= k;
         }
     }
     // 3. Lots.
@@ -214,7 +205,7 @@ pub fn decide(
         // Toward zero: rounding never grows a position past its caps.
         let qty = (scratch.w[i] * s.notional / s.lot_size).trunc() * s.lot_size;
         let qty = if qty.abs() < s.min_qty { 0.0 } else { qty };
-        if qty == 0.0 && scratch.active[i] {
+        if qty == 0.0 && scratch.active[i] && scratch.flat[i] == FlatReason::None {
             scratch.flat[i] = FlatReason::Rounding;
         }
         scratch.targets[i] = Target {
@@ -261,6 +252,76 @@ pub fn decide(
         residual_beta,
         gross: scratch.targets[..n].iter().map(|t| t.weight.abs()).sum(),
         positions: scratch.targets[..n].iter().filter(|t| t.qty != 0.0).count(),
+    }
+}
+
+/// `w` made β-neutral (Σ wᵢβᵢ = 0) by shrinking positions toward zero,
+/// never past it: the closest such weights to `w`,
+/// `wᵢ' = clamp(wᵢ − λβᵢ, min(0, wᵢ), max(0, wᵢ))` for the λ at which
+/// Σ wᵢ'βᵢ = 0. The side carrying the excess β gives it up, each position
+/// in proportion to its β; flat symbols stay flat. A plain projection onto Σ wᵢβᵢ = 0 would
+/// hedge with whatever had β — publishing `short` for a symbol the model
+/// gave p = 0.99 (an end-to-end run did, before this). A book whose β
+/// is all on one side therefore goes flat: it cannot be neutral without a
+/// position the model did not ask for.
+///
+/// Σ wᵢ'βᵢ falls piecewise linearly as λ grows, so a Newton step lands on
+/// the root once λ is in the root's piece; a bracket and bisection keep
+/// the steps that leave it from wandering. A few passes over the symbols.
+fn neutralise(w: &mut [f64], symbols: &[SymbolParams]) {
+    let shrunk = |w: f64, beta: f64, lambda: f64| (w - lambda * beta).clamp(w.min(0.0), w.max(0.0));
+    // Σ wᵢ'βᵢ at λ, and its slope there (−Σ βᵢ² over the weights not at a bound).
+    let at = |w: &[f64], lambda: f64| {
+        let (mut f, mut slope) = (0.0, 0.0);
+        for (&wi, s) in w.iter().zip(symbols) {
+            let v = wi - lambda * s.beta;
+            if v > wi.min(0.0) && v < wi.max(0.0) {
+                slope -= s.beta * s.beta;
+            }
+            f += shrunk(wi, s.beta, lambda) * s.beta;
+        }
+        (f, slope)
+    };
+    let excess = beta_of(w, symbols);
+    if excess == 0.0 {
+        return;
+    }
+    // At |λ| = max |wᵢ/βᵢ| every weight on the excess side is at zero.
+    let reach = w
+        .iter()
+        .zip(symbols)
+        .filter(|(_, s)| s.beta != 0.0)
+        .map(|(wi, s)| (wi / s.beta).abs())
+        .fold(0.0, f64::max);
+    // f(lo) ≥ 0 ≥ f(hi) throughout.
+    let (mut lo, mut hi) = if excess > 0.0 { (0.0, reach) } else { (-reach, 0.0) };
+    let mut lambda = 0.0;
+    for _ in 0..64 {
+        let (f, slope) = at(w, lambda);
+        if f.abs() <= 1e-12 {
+            break;
+        }
+        if f > 0.0 {
+            lo = lambda;
+        } else {
+            hi = lambda;
+        }
+        let newton = if slope < 0.0 { lambda - f / slope } else { f64::NAN };
+        lambda = if newton > lo && newton < hi {
+            newton
+        } else {
+            0.5 * (lo + hi)
+        };
+    }
+    let (f_lo, f_hi) = (at(w, lo).0, at(w, hi).0);
+    let (f, _) = at(w, lambda);
+    // The best of the last step and the bracket's ends.
+    let best = [(lambda, f.abs()), (lo, f_lo.abs()), (hi, f_hi.abs())]
+        .into_iter()
+        .fold((lambda, f64::INFINITY), |a, b| if b.1 < a.1 { b } else { a })
+        .0;
+    for (wi, s) in w.iter_mut().zip(symbols) {
+        *wi = shrunk(*wi, s.beta, best);
     }
 }
 
@@ -330,6 +391,42 @@ mod tests {
     }
 
     #[test]
+    fn the_side_with_the_excess_beta_shrinks_and_a_one_sided_book_goes_flat() {
+        // Two longs (β 1.0, 0.5) against one short (β 1.0): the longs carry
+        // the excess and shrink, the largest β most; the short is untouched.
+        let syms = [sym(1.0), sym(0.5), sym(1.0)];
+        let mut w = [0.08, 0.06, -0.05];
+        neutralise(&mut w, &syms);
+        assert_eq!(w[2], -0.05);
+        assert!(w[0] > 0.0 && w[0] < 0.08 && w[1] > 0.0 && w[1] < 0.06, "{w:?}");
+        assert!(0.08 - w[0] > 0.06 - w[1], "the larger β gives up more: {w:?}");
+        assert!(beta_of(&w, &syms).abs() < 1e-12);
+
+        // Only longs with positive β: nothing can offset them without a
+        // short the model did not ask for, so the book goes flat, and says why.
+        let syms = [sym(1.0), sym(0.8), sym(0.6)];
+        let mut s = Scratch::new(3);
+        let summary = decide(
+            &policy(),
+            &syms,
+            &[input(0.9, 0.1), input(0.8, 0.1), input(0.9, 0.1)],
+            &mut s,
+        );
+        assert_eq!(summary.positions, 0);
+        assert_eq!(s.flat, [FlatReason::Neutrality; 3]);
+        // A zero-β long needs no offset and stays.
+        let mut s = Scratch::new(2);
+        let summary = decide(
+            &policy(),
+            &[sym(0.0), sym(1.0)],
+            &[input(0.9, 0.1), input(0.9, 0.1)],
+            &mut s,
+        );
+        assert_eq!((summary.positions, s.flat[1]), (1, FlatReason::Neutrality));
+        assert!(s.targets[0].qty > 0.0);
+    }
+
+    #[test]
     fn edge_below_cost_goes_flat() {
         let mut expensive = sym(1.0);
         expensive.cost_bps = 50.0;
@@ -366,6 +463,31 @@ mod tests {
             if summary.positions >= 2 {
                 prop_assert!(residual.abs() <= 0.01 + 1e-12, "residual {residual}");
             }
+            // Every position keeps the side the gate gave it; gated-flat stays flat.
+            let theta1 = policy().theta1;
+            for (i, (t, x)) in s.targets.iter().zip(&ins).enumerate() {
+                let gate = if x.prob_up > theta1 { 1.0 } else if x.prob_up < 1.0 - theta1 { -1.0 } else { 0.0 };
+                prop_assert!(
+                    t.qty == 0.0 || t.qty.signum() == gate,
+                    "symbol {i}: p {} beta {} gave qty {}", x.prob_up, syms[i].beta, t.qty
+                );
+            }
+        }
+
+        #[test]
+        fn neutralising_only_shrinks_and_leaves_no_beta(
+            w in proptest::collection::vec(-0.1f64..0.1, 1..32),
+            betas in proptest::collection::vec(-1.5f64..1.5, 32),
+        ) {
+            let syms: Vec<SymbolParams> = betas[..w.len()].iter().map(|b| sym(*b)).collect();
+            let mut out = w.clone();
+            neutralise(&mut out, &syms);
+            for (before, after) in w.iter().zip(&out) {
+                prop_assert!(after * before >= 0.0 && after.abs() <= before.abs() + 1e-15, "{before} -> {after}");
+            }
+            // Neutral, unless one side had all the β (then that side is gone).
+            let residual = beta_of(&out, &syms);
+            prop_assert!(residual.abs() <= 1e-9, "residual {residual} from {w:?}");
         }
     }
 }

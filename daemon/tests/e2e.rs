@@ -460,6 +460,16 @@ fn the_same_frames_and_model_give_the_same_signals() {
         .unwrap()
         .iter()
         .all(|s| s["return_prob"].as_f64().is_some_and(|p| p > 0.0 && p < 1.0)));
+    // And no published side contradicts the model (θ1 0.505 in this
+    // artifact): β-neutrality shrinks positions, it never turns one around.
+    for s in signals.as_array().unwrap() {
+        let p = s["return_prob"].as_f64().unwrap();
+        match s["side"].as_str().unwrap() {
+            "long" => assert!(p > 0.505, "{s}"),
+            "short" => assert!(p < 0.495, "{s}"),
+            _ => {}
+        }
+    }
 }
 
 #[test]
