@@ -46,6 +46,17 @@ fn metric(http: &str, line_start: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Accepted guard batches, as the e2e configuration labels the series.
+const ACCEPTED: &str =
+    r#"ml_assets_core_batches_total{environment="e2e",service="ml-assets-core",outcome="accepted"}"#;
+
+fn wait_ready(d: &Daemon) {
+    assert!(
+        testutil::wait_until(Duration::from_secs(20), || get(&d.http, "/readyz").0 == 200).is_some(),
+        "daemon never became ready"
+    );
+}
+
 fn train_into(data: &Path, out: &Path, version: u64) {
     let key =
         SecretKeyFile::read(&testutil::workspace_root().join("deployments/dev-keys/dev-2026.key")).unwrap();
@@ -254,14 +265,9 @@ fn timer_mode_decides_on_the_daemons_clock_without_triggers() {
     testutil::set_mode(&guard, &mut conn, "fx_g10", OpsMode::Active);
 
     let d = start_daemon(root);
+    wait_ready(&d);
     assert!(
-        testutil::wait_until(Duration::from_secs(20), || get(&d.http, "/readyz").0 == 200).is_some(),
-        "daemon never became ready"
-    );
-    let accepted =
-        r#"ml_assets_core_batches_total{environment="e2e",service="ml-assets-core",outcome="accepted"}"#;
-    assert!(
-        testutil::wait_until(Duration::from_secs(10), || metric(&d.http, accepted) >= 5.0).is_some(),
+        testutil::wait_until(Duration::from_secs(10), || metric(&d.http, ACCEPTED) >= 5.0).is_some(),
         "no decision accepted without triggers"
     );
     let sig = guard
@@ -382,10 +388,7 @@ fn the_same_frames_and_model_give_the_same_signals() {
         .map(|(_, tmp, _)| start_daemon(tmp.path()))
         .collect();
     for d in &daemons {
-        assert!(
-            testutil::wait_until(Duration::from_secs(20), || get(&d.http, "/readyz").0 == 200).is_some(),
-            "daemon never became ready"
-        );
+        wait_ready(d);
     }
 
     // 150 minutes of the synthetic market for the universe, moved to end
@@ -423,14 +426,12 @@ fn the_same_frames_and_model_give_the_same_signals() {
         })
         .collect();
 
-    let accepted =
-        r#"ml_assets_core_batches_total{environment="e2e",service="ml-assets-core",outcome="accepted"}"#;
     let entries: Vec<redis::streams::StreamId> = daemons
         .iter()
         .zip(&setups)
         .map(|(d, (_, _, guard))| {
             assert!(
-                testutil::wait_until(Duration::from_secs(10), || metric(&d.http, accepted) >= 1.0).is_some(),
+                testutil::wait_until(Duration::from_secs(10), || metric(&d.http, ACCEPTED) >= 1.0).is_some(),
                 "the trigger's decision was not accepted"
             );
             let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
@@ -496,10 +497,7 @@ fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
     set(&mut conn, OpsMode::Active);
 
     let d = start_daemon(root);
-    assert!(
-        testutil::wait_until(Duration::from_secs(20), || get(&d.http, "/readyz").0 == 200).is_some(),
-        "daemon never became ready"
-    );
+    wait_ready(&d);
     // Hot threads by name; side work (endpoints, loader, ops watcher) on the
     // side runtime's threads.
     let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", d.child.id()))
@@ -545,10 +543,8 @@ fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
         );
     };
     feed("2");
-    let accepted =
-        r#"ml_assets_core_batches_total{environment="e2e",service="ml-assets-core",outcome="accepted"}"#;
     assert!(
-        testutil::wait_until(Duration::from_secs(5), || metric(&d.http, accepted) >= 10.0).is_some(),
+        testutil::wait_until(Duration::from_secs(5), || metric(&d.http, ACCEPTED) >= 10.0).is_some(),
         "no accepted batches"
     );
     let sig = guard
@@ -571,7 +567,7 @@ fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
         .unwrap();
     assert_eq!(
         stream_len,
-        metric(&d.http, accepted) as u64,
+        metric(&d.http, ACCEPTED) as u64,
         "the stream holds one entry per accepted decision"
     );
     let hb = mlcore_models::contract::Heartbeat::read(&mut conn, guard.keys(), "e2e")
@@ -605,11 +601,11 @@ fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
         took < Duration::from_millis(500),
         "halt took {took:?}: pub/sub path broken?"
     );
-    let before = metric(&d.http, accepted);
+    let before = metric(&d.http, ACCEPTED);
     feed("1");
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
-        metric(&d.http, accepted),
+        metric(&d.http, ACCEPTED),
         before,
         "nothing is published while halted"
     );
