@@ -165,7 +165,8 @@ pub fn decide(
             continue;
         };
         let edge_bps = (2.0 * x.prob_up - 1.0).abs() * x.rvol_20_bps;
-        if edge_bps < s.cost_bps + policy.min_edge_over_cost_bps {
+        // An edge that is not a number does not cover the cost either.
+        if edge_bps.is_nan() || edge_bps < s.cost_bps + policy.min_edge_over_cost_bps {
             scratch.flat[i] = FlatReason::Cost;
             continue;
         }
@@ -175,10 +176,14 @@ pub fn decide(
         } else {
             0.0
         };
-        let meta = if policy.use_ai3 {
-            x.meta.clamp(0.0, 1.0)
-        } else {
-            1.0
+        let meta = match (policy.use_ai3, x.meta.is_finite()) {
+            (false, _) => 1.0,
+            (true, true) => x.meta.clamp(0.0, 1.0),
+            (true, false) => {
+                // A meta-label that is not a number sizes nothing.
+                scratch.flat[i] = FlatReason::Gate;
+                continue;
+            }
         };
         scratch.w[i] = side * size.min(s.max_weight) * meta;
         scratch.active[i] = scratch.w[i] != 0.0;
@@ -424,6 +429,43 @@ mod tests {
         );
         assert_eq!((summary.positions, s.flat[1]), (1, FlatReason::Neutrality));
         assert!(s.targets[0].qty > 0.0);
+    }
+
+    #[test]
+    fn inputs_that_are_not_numbers_give_flat_targets_not_nan() {
+        let nan = f64::NAN;
+        let syms = [sym(1.0), sym(0.8), sym(-0.5), sym(0.3), sym(0.9), sym(1.2)];
+        let ins = [
+            input(nan, 0.1),
+            input(0.9, nan),
+            SymbolInput {
+                rvol_20_bps: nan,
+                ..input(0.9, 0.1)
+            },
+            SymbolInput {
+                rvol_100_bps: nan,
+                ..input(0.9, 0.1)
+            },
+            SymbolInput {
+                meta: nan,
+                ..input(0.9, 0.1)
+            },
+            SymbolInput {
+                rvol_100_bps: f64::INFINITY,
+                ..input(0.1, 0.1)
+            },
+        ];
+        let mut s = Scratch::new(6);
+        let summary = decide(&policy(), &syms, &ins, &mut s);
+        for (i, t) in s.targets.iter().enumerate() {
+            assert_eq!((t.weight, t.qty), (0.0, 0.0), "symbol {i}: {t:?}");
+        }
+        assert!(summary.residual_beta.is_finite() && summary.gross == 0.0);
+        assert_eq!(
+            s.flat[..3],
+            [FlatReason::Gate, FlatReason::Gate, FlatReason::Cost]
+        );
+        assert_eq!(s.flat[4], FlatReason::Gate, "the meta-label");
     }
 
     #[test]
