@@ -264,8 +264,8 @@ pub fn decide(
 /// never past it: the closest such weights to `w`,
 /// `wᵢ' = clamp(wᵢ − λβᵢ, min(0, wᵢ), max(0, wᵢ))` for the λ at which
 /// Σ wᵢ'βᵢ = 0. The side carrying the excess β gives it up, each position
-/// in proportion to its β; flat symbols stay flat. A plain projection onto Σ wᵢβᵢ = 0 would
-/// hedge with whatever had β — publishing `short` for a symbol the model
+/// in proportion to its β; flat symbols stay flat. A plain projection onto
+/// Σ wᵢβᵢ = 0 would hedge with whatever had β — publishing `short` for a symbol the model
 /// gave p = 0.99 (an end-to-end run did, before this). A book whose β
 /// is all on one side therefore goes flat: it cannot be neutral without a
 /// position the model did not ask for.
@@ -274,16 +274,18 @@ pub fn decide(
 /// the root once λ is in the root's piece; a bracket and bisection keep
 /// the steps that leave it from wandering. A few passes over the symbols.
 fn neutralise(w: &mut [f64], symbols: &[SymbolParams]) {
-    let shrunk = |w: f64, beta: f64, lambda: f64| (w - lambda * beta).clamp(w.min(0.0), w.max(0.0));
-    // Σ wᵢ'βᵢ at λ, and its slope there (−Σ βᵢ² over the weights not at a bound).
+    // wᵢ − λβᵢ, kept between 0 and wᵢ.
+    let shrunk = |wi: f64, beta: f64, lambda: f64| (wi - lambda * beta).clamp(wi.min(0.0), wi.max(0.0));
+    // f = Σ wᵢ'βᵢ at λ, and its slope: −Σ βᵢ² over the weights strictly
+    // inside their range (at 0 or at wᵢ a weight no longer moves).
     let at = |w: &[f64], lambda: f64| {
         let (mut f, mut slope) = (0.0, 0.0);
         for (&wi, s) in w.iter().zip(symbols) {
-            let v = wi - lambda * s.beta;
-            if v > wi.min(0.0) && v < wi.max(0.0) {
+            let v = shrunk(wi, s.beta, lambda);
+            if v != 0.0 && v != wi {
                 slope -= s.beta * s.beta;
             }
-            f += shrunk(wi, s.beta, lambda) * s.beta;
+            f += v * s.beta;
         }
         (f, slope)
     };
@@ -291,18 +293,24 @@ fn neutralise(w: &mut [f64], symbols: &[SymbolParams]) {
     if excess == 0.0 {
         return;
     }
-    // At |λ| = max |wᵢ/βᵢ| every weight on the excess side is at zero.
+    // At |λ| = max |wᵢ/βᵢ| every weight on the excess side is exactly zero:
+    // the answer when that side carries all the β.
     let reach = w
         .iter()
         .zip(symbols)
         .filter(|(_, s)| s.beta != 0.0)
         .map(|(wi, s)| (wi / s.beta).abs())
         .fold(0.0, f64::max);
-    // f(lo) ≥ 0 ≥ f(hi) throughout.
+    // f(lo) ≥ 0 ≥ f(hi) throughout; the best λ evaluated, and its |f|.
     let (mut lo, mut hi) = if excess > 0.0 { (0.0, reach) } else { (-reach, 0.0) };
+    let far = if excess > 0.0 { hi } else { lo };
+    let mut best = (far, at(w, far).0.abs());
     let mut lambda = 0.0;
     for _ in 0..64 {
         let (f, slope) = at(w, lambda);
+        if f.abs() < best.1 {
+            best = (lambda, f.abs());
+        }
         if f.abs() <= 1e-12 {
             break;
         }
@@ -311,6 +319,7 @@ fn neutralise(w: &mut [f64], symbols: &[SymbolParams]) {
         } else {
             hi = lambda;
         }
+        // A flat piece (slope 0) gives no Newton step: bisect.
         let newton = if slope < 0.0 { lambda - f / slope } else { f64::NAN };
         lambda = if newton > lo && newton < hi {
             newton
@@ -318,15 +327,8 @@ fn neutralise(w: &mut [f64], symbols: &[SymbolParams]) {
             0.5 * (lo + hi)
         };
     }
-    let (f_lo, f_hi) = (at(w, lo).0, at(w, hi).0);
-    let (f, _) = at(w, lambda);
-    // The best of the last step and the bracket's ends.
-    let best = [(lambda, f.abs()), (lo, f_lo.abs()), (hi, f_hi.abs())]
-        .into_iter()
-        .fold((lambda, f64::INFINITY), |a, b| if b.1 < a.1 { b } else { a })
-        .0;
     for (wi, s) in w.iter_mut().zip(symbols) {
-        *wi = shrunk(*wi, s.beta, best);
+        *wi = shrunk(*wi, s.beta, best.0);
     }
 }
 
