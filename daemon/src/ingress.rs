@@ -167,7 +167,7 @@ impl Ingress {
                 if now >= t {
                     let now_ns = crate::log::now_ms() as i64 * 1_000_000;
                     for s in 0..self.engines.len() {
-                        self.trigger(s as u16, now_ns, Instant::now());
+                        self.trigger(s as u16, now_ns, now);
                     }
                     next_timer = Some(next_tick(t, period, now));
                 }
