@@ -51,20 +51,21 @@ mkdir -p "$MODELS"
 # and every version in the registry (a database another checkout, or an
 # earlier run, may have filled: a version registers once).
 HIGHEST=0
+raise_highest() { if [[ $1 =~ ^[0-9]+$ ]] && (( $1 > HIGHEST )); then HIGHEST=$1; fi; }
 for d in "$MODELS"/v*; do
   n=${d##*/v}
-  if [[ $n =~ ^[0-9]+$ ]] && (( n > HIGHEST )); then HIGHEST=$n; fi
+  raise_highest "$n"
 done
 for f in "$RUN_DIR"/models/.state/*.json; do
   [ -f "$f" ] || continue
   n=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("fx_g10", {}).get("highest", 0))' "$f")
-  if [[ $n =~ ^[0-9]+$ ]] && (( n > HIGHEST )); then HIGHEST=$n; fi
+  raise_highest "$n"
 done
 n=$(as_operator models list | python3 -c '
 import json, sys
 models = json.load(sys.stdin).get("models", [])
 print(max([m["version"] for m in models if m.get("strategy") == "fx_g10"], default=0))')
-if [[ $n =~ ^[0-9]+$ ]] && (( n > HIGHEST )); then HIGHEST=$n; fi
+raise_highest "$n"
 VERSION=$(( HIGHEST + 1 ))
 say "training fx_g10 v$VERSION (GBDT ai1 + logistic ai2), signing with the dev key"
 "$CONTROL" train --env dev --dataset "$DATA" --out "$MODELS/v$VERSION" \
