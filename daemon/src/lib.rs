@@ -11,11 +11,13 @@
 //! `/readyz`). [`stats`] holds the counters and per-thread histograms;
 //! [`universe`] the configuration resolved into indexed tables;
 //! [`preflight`] the `check` command; [`colocation`] whether a local Redis
-//! may run on the hot cores (said when the side thread connects);
+//! may run on the hot cores (said when the side thread connects); [`idle`]
+//! whether this host's idle cores halt at once (said at start);
 //! [`mailbox`] the side → hot hand-off that never makes a hot thread wait.
 
 pub mod colocation;
 pub mod http;
+pub mod idle;
 pub mod ingress;
 pub mod job;
 pub mod loader;

@@ -24,6 +24,7 @@ use thread_priority::{
 
 use crate::colocation;
 use crate::http::{self, Observed};
+use crate::idle::IdleReading;
 use crate::ingress::{Ingress, IngressParts};
 use crate::job::Job;
 use crate::loader::{Loader, RegistryLink};
@@ -212,6 +213,11 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
         .iter()
         .copied()
         .find(|c| *c < n_cores && (!hot.contains(c) || n_cores <= hot.len()));
+    // Advice, not a check: a host whose idle cores halt at once serves all
+    // the same, slower per hand-off.
+    if let Some(advice) = IdleReading::read(Path::new("/sys")).and_then(|r| r.advice()) {
+        log("info", &advice, &[]);
+    }
 
     // Side work: one async worker for the endpoints, blocking threads for
     // the loops; every thread of it on the side core.

@@ -29,7 +29,8 @@
 //! Runtime time of one decision on feature rows of the quotes it sends.
 //! Beside them, what explains a tail the daemon does not cause: before the
 //! load, how much a spinning thread on each core loses to stalls (the
-//! machine's noise, [`mlcore_benches::stalls`]); per phase, Redis' own time
+//! machine's noise, [`mlcore_benches::stalls`]) and whether its idle cores
+//! halt at once ([`mlcore_daemon::idle`]); per phase, Redis' own time
 //! in guard calls and the share of its core they took
 //! ([`mlcore_benches::redis_stats`]), and whether the decisions slower than
 //! the p99 target's bound were scattered or came in bursts
@@ -538,6 +539,11 @@ fn main() -> anyhow::Result<()> {
     );
     for (core, s) in &stalls {
         println!("machine: {}", s.summary(*core));
+    }
+    // How idle cores wake changes every hand-off's cost: said beside the
+    // figures so that runs on differently set machines are not compared.
+    if let Some(idle) = mlcore_daemon::idle::IdleReading::read(std::path::Path::new("/sys")) {
+        println!("machine: {}", idle.summary());
     }
     baseline.print("baseline: one decision's 32 guarded publishes");
     ort.print("baseline: bare ONNX Runtime, one decision");
