@@ -8,6 +8,8 @@
 //! - [`stalls`]: how much of each core a spinning thread loses to stalls
 //!   (the machine's noise, printed by the load generator before a load).
 //! - [`redis_stats`]: Redis' time in guard calls from `INFO commandstats`.
+//! - [`steal`]: what the hypervisor took from each core during a phase
+//!   (`/proc/stat`'s steal column).
 //! - [`bursts`]: whether a run's slow decisions were scattered or came in
 //!   bursts (the machine slowing down for a stretch).
 //! - [`matching`]: the daemon's stream entries matched to the load
@@ -32,6 +34,7 @@ pub mod bursts;
 pub mod matching;
 pub mod redis_stats;
 pub mod stalls;
+pub mod steal;
 pub mod swaps;
 
 /// Symbols in the sample universe.

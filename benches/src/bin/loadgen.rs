@@ -32,7 +32,8 @@
 //! machine's noise, [`mlcore_benches::stalls`]) and whether its idle cores
 //! halt at once ([`mlcore_daemon::idle`]); per phase, Redis' own time
 //! in guard calls and the share of its core they took
-//! ([`mlcore_benches::redis_stats`]), and whether the decisions slower than
+//! ([`mlcore_benches::redis_stats`]), what the host took from each core
+//! (steal time, [`mlcore_benches::steal`]), and whether the decisions slower than
 //! the p99 target's bound were scattered or came in bursts
 //! ([`mlcore_benches::bursts`]). `--latencies-out FILE` writes every
 //! decision's trigger time and latency as CSV, to plot.
@@ -55,7 +56,7 @@ use mlcore_benches::bursts::{self, Bursts, Sample};
 use mlcore_benches::matching::{Matched, Matcher, Trigger};
 use mlcore_benches::redis_stats::{self, CommandStats};
 use mlcore_benches::swaps::{self, Flatness, Reading};
-use mlcore_benches::{stalls, Percentiles};
+use mlcore_benches::{stalls, steal, Percentiles};
 use mlcore_daemon::wire::{encode, Frame};
 use mlcore_models::artifact::{self, ArtifactFiles, Manifest, SecretKeyFile};
 use mlcore_models::config::{self, ProcessEnv};
@@ -215,6 +216,9 @@ struct Phase {
     seen: usize,
     /// Redis' guard calls (`FCALL`) during the phase.
     redis: CommandStats,
+    /// What the host took from each core during the phase (or why that
+    /// could not be read).
+    host: Result<Vec<steal::CoreShare>, String>,
     /// The daemon's swaps and memory read during a swap phase.
     readings: Vec<Reading>,
     /// The swap phase between consecutive readings.
@@ -376,7 +380,9 @@ fn main() -> anyhow::Result<()> {
     };
     // 2,000 calls (≈ 0.7 s): with 500 the p99 was the 5th-worst call, and
     // one stall of the machine moved the target by a third between runs.
+    let cpu_before_baseline = steal::CpuTimes::read();
     let baseline = Percentiles::measure(2000, 50, &mut publish_once);
+    let baseline_host = cpu_before_baseline.and_then(|c0| Ok(steal::CpuTimes::read()?.since(&c0)));
     let period = Duration::from_nanos(1_000_000_000 / a.rate.max(1));
     let baseline_paced = Percentiles::measure_paced(500, 20, period, &mut publish_once);
     if let Some(why) = refused {
@@ -420,6 +426,7 @@ fn main() -> anyhow::Result<()> {
         let name = ["steady", "during swaps"][phase];
         let (b0, c0) = snapshot(&a.http)?;
         let redis0 = fcall_stats(&mut conn)?;
+        let cpu0 = steal::CpuTimes::read();
         let start = Instant::now();
         let mut next = start;
         let mut sent = 0u64;
@@ -477,6 +484,7 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(300));
         let (b1, c1) = snapshot(&a.http)?;
         let redis = fcall_stats(&mut conn)?.since(&redis0);
+        let host = cpu0.and_then(|c0| Ok(steal::CpuTimes::read()?.since(&c0)));
         let d = |k: &str| {
             c1.get(k)
                 .copied()
@@ -505,6 +513,7 @@ fn main() -> anyhow::Result<()> {
             tail: Bursts::default(),
             seen: 0,
             redis,
+            host,
             readings,
             windows: Vec::new(),
             flat: None,
@@ -546,6 +555,10 @@ fn main() -> anyhow::Result<()> {
         println!("machine: {}", idle.summary());
     }
     baseline.print("baseline: one decision's 32 guarded publishes");
+    match &baseline_host {
+        Ok(shares) => println!("  (while it ran, {})", steal::summary(shares)),
+        Err(why) => println!("  (while it ran, steal time unknown: {why})"),
+    }
     ort.print("baseline: bare ONNX Runtime, one decision");
     ort_constant.print("  (for reference: the same on one constant row)");
     // Not the target's baselines: the same work paced at the load's rate,
@@ -584,6 +597,10 @@ fn main() -> anyhow::Result<()> {
             p.name,
             redis_stats::guard_summary(&p.redis, p.decisions, p.seconds)
         );
+        match &p.host {
+            Ok(shares) => println!("{}: machine: {}", p.name, steal::summary(shares)),
+            Err(why) => println!("{}: machine: steal time unknown ({why})", p.name),
+        }
         if !p.windows.is_empty() {
             print_windows(p.name, &p.windows);
         }
