@@ -117,6 +117,20 @@ impl CpuTimes {
     }
 }
 
+/// The shares from `start` (a reading taken earlier, or why it could not
+/// be) to now.
+pub fn since(start: Result<CpuTimes, String>) -> Result<Vec<CoreShare>, String> {
+    Ok(CpuTimes::read()?.since(&start?))
+}
+
+/// One line for a window, or why there is none.
+pub fn describe(window: &Result<Vec<CoreShare>, String>) -> String {
+    match window {
+        Ok(shares) => summary(shares),
+        Err(why) => format!("steal time unknown ({why})"),
+    }
+}
+
 /// One line: per core, the host's share and the guest's busy share.
 pub fn summary(shares: &[CoreShare]) -> String {
     if shares.is_empty() {
@@ -211,5 +225,18 @@ cpu1 145649 0 19840 133867 968 0 2665 2475 0 0
         let t = CpuTimes::read().unwrap();
         assert!(!t.cores.is_empty());
         assert!(t.cores.iter().all(|c| c.busy + c.idle > 0), "{t:?}");
+        // A window from that reading to now has one share per core.
+        let cores = t.cores.len();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let window = since(Ok(t));
+        assert!(window.as_ref().is_ok_and(|w| w.len() <= cores), "{window:?}");
+        let said = describe(&window);
+        assert!(
+            said.starts_with("taken by the host (steal): core ") || said == "the kernel counted no ticks",
+            "{said}"
+        );
+        // A start that could not be read says why, not a share of nothing.
+        let unknown = since(Err("/proc/stat: gone".to_owned()));
+        assert_eq!(describe(&unknown), "steal time unknown (/proc/stat: gone)");
     }
 }

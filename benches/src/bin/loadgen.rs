@@ -33,8 +33,8 @@
 //! halt at once ([`mlcore_daemon::idle`]); per phase, Redis' own time
 //! in guard calls and the share of its core they took
 //! ([`mlcore_benches::redis_stats`]), what the host took from each core
-//! (steal time, [`mlcore_benches::steal`]), and whether the decisions slower than
-//! the p99 target's bound were scattered or came in bursts
+//! (steal time, [`mlcore_benches::steal`]), and whether the decisions
+//! slower than the p99 target's bound were scattered or came in bursts
 //! ([`mlcore_benches::bursts`]). `--latencies-out FILE` writes every
 //! decision's trigger time and latency as CSV, to plot.
 //!
@@ -382,7 +382,7 @@ fn main() -> anyhow::Result<()> {
     // one stall of the machine moved the target by a third between runs.
     let cpu_before_baseline = steal::CpuTimes::read();
     let baseline = Percentiles::measure(2000, 50, &mut publish_once);
-    let baseline_host = cpu_before_baseline.and_then(|c0| Ok(steal::CpuTimes::read()?.since(&c0)));
+    let baseline_host = steal::since(cpu_before_baseline);
     let period = Duration::from_nanos(1_000_000_000 / a.rate.max(1));
     let baseline_paced = Percentiles::measure_paced(500, 20, period, &mut publish_once);
     if let Some(why) = refused {
@@ -484,7 +484,7 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(300));
         let (b1, c1) = snapshot(&a.http)?;
         let redis = fcall_stats(&mut conn)?.since(&redis0);
-        let host = cpu0.and_then(|c0| Ok(steal::CpuTimes::read()?.since(&c0)));
+        let host = steal::since(cpu0);
         let d = |k: &str| {
             c1.get(k)
                 .copied()
@@ -555,10 +555,7 @@ fn main() -> anyhow::Result<()> {
         println!("machine: {}", idle.summary());
     }
     baseline.print("baseline: one decision's 32 guarded publishes");
-    match &baseline_host {
-        Ok(shares) => println!("  (while it ran, {})", steal::summary(shares)),
-        Err(why) => println!("  (while it ran, steal time unknown: {why})"),
-    }
+    println!("  (while it ran, {})", steal::describe(&baseline_host));
     ort.print("baseline: bare ONNX Runtime, one decision");
     ort_constant.print("  (for reference: the same on one constant row)");
     // Not the target's baselines: the same work paced at the load's rate,
@@ -597,10 +594,7 @@ fn main() -> anyhow::Result<()> {
             p.name,
             redis_stats::guard_summary(&p.redis, p.decisions, p.seconds)
         );
-        match &p.host {
-            Ok(shares) => println!("{}: machine: {}", p.name, steal::summary(shares)),
-            Err(why) => println!("{}: machine: steal time unknown ({why})", p.name),
-        }
+        println!("{}: machine: {}", p.name, steal::describe(&p.host));
         if !p.windows.is_empty() {
             print_windows(p.name, &p.windows);
         }
