@@ -12,14 +12,14 @@
 //! file). On a host that does not report steal the column reads 0.
 
 /// Clock ticks per core since boot, as `/proc/stat` lists them.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpuTimes {
     /// One per `cpuN` line, in the file's order.
     pub cores: Vec<CoreTimes>,
 }
 
 /// One core's ticks: what it did, idled, and lost to the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CoreTimes {
     /// N of `cpuN`.
     pub core: usize,
@@ -132,7 +132,7 @@ pub fn describe(window: &Result<Vec<CoreShare>, String>) -> String {
 }
 
 /// One line: per core, the host's share and the guest's busy share.
-pub fn summary(shares: &[CoreShare]) -> String {
+fn summary(shares: &[CoreShare]) -> String {
     if shares.is_empty() {
         return "the kernel counted no ticks".to_owned();
     }

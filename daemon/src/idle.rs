@@ -51,6 +51,12 @@ impl IdleReading {
         })
     }
 
+    /// [`IdleReading::read`] of this host's `/sys` (the daemon at start,
+    /// the load generator beside its figures).
+    pub fn of_this_host() -> Option<Self> {
+        Self::read(Path::new("/sys"))
+    }
+
     /// Whether an idle core halts the moment it has nothing to run: the
     /// haltpoll driver with a zero window. (Other drivers are the
     /// hardware's or the kernel's choice; nothing was measured about them
@@ -64,7 +70,11 @@ impl IdleReading {
         match self.halt_poll_ns {
             Some(ns) if self.driver == "haltpoll" => format!(
                 "cpuidle driver haltpoll, guest_halt_poll_ns {ns}{}",
-                if ns == 0 { " (idle vCPUs halt at once)" } else { "" }
+                if self.halts_at_once() {
+                    " (idle vCPUs halt at once)"
+                } else {
+                    ""
+                }
             ),
             _ => format!("cpuidle driver {}", self.driver),
         }

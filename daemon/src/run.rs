@@ -215,7 +215,7 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
         .find(|c| *c < n_cores && (!hot.contains(c) || n_cores <= hot.len()));
     // Advice, not a check: a host whose idle cores halt at once serves all
     // the same, slower per hand-off.
-    if let Some(advice) = IdleReading::read(Path::new("/sys")).and_then(|r| r.advice()) {
+    if let Some(advice) = IdleReading::of_this_host().and_then(|r| r.advice()) {
         log("info", &advice, &[]);
     }
 

@@ -551,7 +551,7 @@ fn main() -> anyhow::Result<()> {
     }
     // How idle cores wake changes every hand-off's cost: said beside the
     // figures so that runs on differently set machines are not compared.
-    if let Some(idle) = mlcore_daemon::idle::IdleReading::read(std::path::Path::new("/sys")) {
+    if let Some(idle) = mlcore_daemon::idle::IdleReading::of_this_host() {
         println!("machine: {}", idle.summary());
     }
     baseline.print("baseline: one decision's 32 guarded publishes");
