@@ -5,6 +5,8 @@
 //!   verified; cached under the target dir so repeated runs skip training.
 //! - [`Percentiles`]: p50/p99/p99.9 of per-iteration timings, printed next to
 //!   criterion's figures (criterion reports means and medians, not tails).
+//! - [`baseline`]: one decision published through the guard by a plain
+//!   client, as one call and as 32 pipelined single-signal calls.
 //! - [`stalls`]: how much of each core a spinning thread loses to stalls
 //!   (the machine's noise, printed by the load generator before a load).
 //! - [`redis_stats`]: Redis' time in guard calls from `INFO commandstats`.
@@ -30,6 +32,7 @@ use mlcore_models::config::{KeyPurpose, TrustConfig, TrustedKeyConfig};
 use mlcore_models::onnx::runtime;
 use mlcore_models::{features, synth, testutil};
 
+pub mod baseline;
 pub mod bursts;
 pub mod matching;
 pub mod redis_stats;

@@ -131,6 +131,27 @@ pub fn describe(window: &Result<Vec<CoreShare>, String>) -> String {
     }
 }
 
+/// The host's share of a core above which a phase's p99 says more about
+/// the host than about the daemon: a p99 leaves 1 % of decisions to be slow,
+/// and a core that lost 1 % of a phase to the host lost that much time in
+/// stalls, each of which delays every decision triggered during it (and the
+/// burst that drains after it). Steal is counted in clock ticks (10 ms), so
+/// below this a window's figure is also within a tick or two of nothing.
+pub const QUIET_STEAL_PCT: f64 = 1.0;
+
+/// What the host took beyond [`QUIET_STEAL_PCT`] in `window`, as "core N
+/// X %" for each such core; `None` when it took no more than that, or when
+/// steal time could not be read (a host that does not report it reads 0).
+pub fn disturbance(window: &Result<Vec<CoreShare>, String>) -> Option<String> {
+    let shares = window.as_ref().ok()?;
+    let over: Vec<String> = shares
+        .iter()
+        .filter(|s| s.steal_pct > QUIET_STEAL_PCT)
+        .map(|s| format!("core {} {:.1} %", s.core, s.steal_pct))
+        .collect();
+    (!over.is_empty()).then(|| over.join(", "))
+}
+
 /// One line: per core, the host's share and the guest's busy share.
 fn summary(shares: &[CoreShare]) -> String {
     if shares.is_empty() {
@@ -207,6 +228,27 @@ cpu1 145649 0 19840 133867 968 0 2665 2475 0 0
         // No tick between two readings: nothing to say, not a division by 0.
         assert_eq!(before.since(&before), vec![]);
         assert_eq!(summary(&[]), "the kernel counted no ticks");
+    }
+
+    #[test]
+    fn only_cores_the_host_took_more_than_the_quiet_share_of_are_named() {
+        let share = |core, steal_pct| CoreShare {
+            core,
+            steal_pct,
+            busy_pct: 50.0,
+        };
+        assert_eq!(disturbance(&Ok(vec![share(0, 0.4), share(1, 1.0)])), None);
+        assert_eq!(
+            disturbance(&Ok(vec![share(0, 0.4), share(1, 4.14)])).as_deref(),
+            Some("core 1 4.1 %")
+        );
+        assert_eq!(
+            disturbance(&Ok(vec![share(0, 13.0), share(1, 17.5)])).as_deref(),
+            Some("core 0 13.0 %, core 1 17.5 %")
+        );
+        // Unknown is not disturbed: the verdict stands as measured.
+        assert_eq!(disturbance(&Err("/proc/stat: gone".to_owned())), None);
+        assert_eq!(disturbance(&Ok(vec![])), None);
     }
 
     #[test]
