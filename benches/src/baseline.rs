@@ -142,15 +142,16 @@ impl PublishBaseline {
         self.refused.as_deref()
     }
 
-    /// Deletes every key of the baseline's namespace.
-    pub fn clean(mut self) -> redis::RedisResult<()> {
+    /// Deletes every key of the baseline's namespace, and hands its
+    /// connection back for the rest of the run.
+    pub fn clean(mut self) -> redis::RedisResult<redis::Connection> {
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}:*", self.namespace))
             .query(&mut self.conn)?;
         if !keys.is_empty() {
             redis::cmd("UNLINK").arg(&keys).query::<()>(&mut self.conn)?;
         }
-        Ok(())
+        Ok(self.conn)
     }
 }
 
@@ -201,7 +202,7 @@ mod tests {
         let mut b = PublishBaseline::new(redis_connection(), &ns.ns, "base", &names).expect("baseline");
         let mut conn = redis_connection();
         let guard = Guard::new(Keys::new(&ns.ns), 1000);
-        let calls = |conn: &mut redis::Connection| -> usize {
+        let entries = |conn: &mut redis::Connection| -> usize {
             redis::cmd("XLEN")
                 .arg(Keys::new(&ns.ns).strategy("base").signals)
                 .query(conn)
@@ -211,11 +212,11 @@ mod tests {
         b.one_call();
         assert_eq!(b.refused(), None);
         // One call: one stream entry for the decision.
-        assert_eq!(calls(&mut conn), 1);
+        assert_eq!(entries(&mut conn), 1);
         b.pipelined();
         assert_eq!(b.refused(), None);
         // 32 single-signal calls: one stream entry each.
-        assert_eq!(calls(&mut conn), 33);
+        assert_eq!(entries(&mut conn), 33);
         for s in &names {
             let sig = guard
                 .read(&mut conn, "base", s)
@@ -224,9 +225,9 @@ mod tests {
             assert_eq!(sig.seq, 2, "{s} carries the pipelined decision's seq");
         }
         b.one_call();
-        assert_eq!(calls(&mut conn), 34);
+        assert_eq!(entries(&mut conn), 34);
         b.clean().expect("clean");
-        assert_eq!(calls(&mut conn), 0);
+        assert_eq!(entries(&mut conn), 0);
     }
 
     #[test]

@@ -364,8 +364,7 @@ fn main() -> anyhow::Result<()> {
             "the baseline's guarded publish was not accepted ({why}); its timings would flatter the target"
         );
     }
-    base.clean()?;
-    let mut conn = redis::Client::open(cfg.redis.url.expose())?.get_connection()?;
+    let mut conn = base.clean()?;
     let (ort, ort_constant, ort_paced) = ort_baselines(&strat, &quotes, period)?;
 
     // Reader: follow the daemon's stream; per phase, the latency from each
