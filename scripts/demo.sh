@@ -13,7 +13,7 @@ bash scripts/setup-ort.sh
 eval "$(bash scripts/services.sh)"
 
 say "building release binaries into $CARGO_TARGET_DIR"
-cargo build --release --locked -p mlcore-daemon -p mlcore-control
+cargo build --release --locked -p mlcore-daemon -p mlcore-feed -p mlcore-control
 BIN="$CARGO_TARGET_DIR/release"
 CONTROL="$BIN/mlcore-control"
 

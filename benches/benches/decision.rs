@@ -12,11 +12,11 @@ use std::time::Duration;
 use criterion::Criterion;
 use mlcore_benches::{sample_model, Percentiles, SYMBOLS};
 use mlcore_daemon::job::Job;
-use mlcore_daemon::portfolio::{self, Policy, SymbolParams};
-use mlcore_models::features::FeatureEngine;
-use mlcore_models::market::Quote;
+use mlcore_decision::{Policy, SymbolParams};
+use mlcore_features::FeatureEngine;
+use mlcore_market::Quote;
 use mlcore_models::scoring::ModelScorer;
-use mlcore_models::synth::{Generator, SynthSpec};
+use mlcore_research::synth::{Generator, SynthSpec};
 
 fn main() {
     let model = sample_model();
@@ -34,7 +34,7 @@ fn main() {
     for q in &quotes[..SYMBOLS * 300] {
         engine.update(q);
     }
-    let params: Vec<SymbolParams> = mlcore_models::synth::SYMBOLS
+    let params: Vec<SymbolParams> = mlcore_research::synth::SYMBOLS
         .iter()
         .map(|s| SymbolParams {
             beta: s.2,
@@ -79,7 +79,7 @@ fn main() {
             scratch,
             ..
         } = &mut job;
-        black_box(portfolio::decide(&policy, params, inputs, scratch));
+        black_box(mlcore_decision::decide(&policy, params, inputs, scratch));
     };
     let mut c = Criterion::default()
         .configure_from_args()

@@ -13,14 +13,14 @@ use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::{Criterion, Throughput};
-use mlcore_models::contract::{Guard, Keys, ModeChange, OpsMode, Side, Signal, SignalBatch};
-use mlcore_models::testutil::{self, RedisNamespace};
+use mlcore_contract::{Guard, Keys, ModeChange, OpsMode, Side, Signal, SignalBatch};
+use mlcore_testkit::{self as testutil, RedisNamespace};
 
 const STRATEGY: &str = "bench";
 const PIPELINE: usize = 256;
 const DECISION_SYMBOLS: usize = 32;
 /// Decisions per folded call (the guard client's limit).
-const FOLD: usize = mlcore_models::contract::MAX_DECISIONS_PER_CALL;
+const FOLD: usize = mlcore_contract::MAX_DECISIONS_PER_CALL;
 
 struct Bench {
     guard: Guard,

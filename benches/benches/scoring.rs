@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion};
 use mlcore_benches::{sample_model, Percentiles, SYMBOLS};
-use mlcore_models::features::{FeatureEngine, N_FEATURES};
-use mlcore_models::market::Quote;
+use mlcore_features::{FeatureEngine, N_FEATURES};
+use mlcore_market::Quote;
 use mlcore_models::scoring::HeadScorer;
-use mlcore_models::synth::{Generator, SynthSpec};
+use mlcore_research::synth::{Generator, SynthSpec};
 
 fn main() {
     let model = sample_model();

@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use crate::Percentiles;
-use mlcore_models::contract::{Guard, Keys, ModeChange, OpsMode, PublishOutcome, Side, Signal, SignalBatch};
+use mlcore_contract::{Guard, Keys, ModeChange, OpsMode, PublishOutcome, Side, Signal, SignalBatch};
 
 /// Publishes one decision's signals for one strategy under a namespace of
 /// its own, remembering the first refusal or error: a refused publish costs
@@ -54,7 +54,7 @@ impl PublishBaseline {
         namespace: &str,
         strategy: &str,
         symbols: &[String],
-    ) -> Result<Self, mlcore_models::contract::ContractError> {
+    ) -> Result<Self, mlcore_contract::ContractError> {
         let guard = Guard::new(Keys::new(namespace), 1000);
         Guard::load(&mut conn)?;
         let change = ModeChange {
@@ -177,7 +177,7 @@ impl Bounds {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mlcore_models::testutil::{redis_connection, RedisNamespace};
+    use mlcore_testkit::{redis_connection, RedisNamespace};
 
     fn symbols(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("SYM{i}")).collect()

@@ -7,37 +7,34 @@
 //!   criterion's figures (criterion reports means and medians, not tails).
 //! - [`baseline`]: one decision published through the guard by a plain
 //!   client, as one call and as 32 pipelined single-signal calls.
-//! - [`stalls`]: how much of each core a spinning thread loses to stalls
-//!   (the machine's noise, printed by the load generator before a load).
 //! - [`redis_stats`]: Redis' time in guard calls from `INFO commandstats`.
-//! - [`steal`]: what the hypervisor took from each core during a phase
-//!   (`/proc/stat`'s steal column).
-//! - [`bursts`]: whether a run's slow decisions were scattered or came in
-//!   bursts (the machine slowing down for a stretch).
 //! - [`matching`]: the daemon's stream entries matched to the load
 //!   generator's triggers (trigger → `written_at_us`, trigger → read).
 //! - [`swaps`]: whether memory and latency stay flat across a swap phase
 //!   (window by window, and its two halves compared).
+//!
+//! What the machine does meanwhile (stalls, steal time, bursts, idle
+//! settings) is `mlcore-host`'s: the load generator records it beside its
+//! figures.
 
 #![allow(clippy::print_stdout)] // benchmark helpers print their figures
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use mlcore_control::train::{self, GbdtParams, TrainSpec};
+use mlcore_config::{KeyPurpose, TrustConfig, TrustedKeyConfig};
+use mlcore_features as features;
 use mlcore_models::artifact::{
     self, ArtifactFiles, SecretKeyFile, ThetaParams, TrustStore, VerifiedArtifact, VerifyContext,
 };
-use mlcore_models::config::{KeyPurpose, TrustConfig, TrustedKeyConfig};
-use mlcore_models::onnx::runtime;
-use mlcore_models::{features, synth, testutil};
+use mlcore_models::runtime;
+use mlcore_research::synth;
+use mlcore_research::train::{self, GbdtParams, TrainSpec};
+use mlcore_testkit as testutil;
 
 pub mod baseline;
-pub mod bursts;
 pub mod matching;
 pub mod redis_stats;
-pub mod stalls;
-pub mod steal;
 pub mod swaps;
 
 /// Symbols in the sample universe.

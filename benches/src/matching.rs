@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::bursts::Sample;
+use mlcore_host::bursts::Sample;
 
 /// A trigger the load generator sent.
 #[derive(Clone, Copy, Debug)]

@@ -8,7 +8,7 @@
 //! it per phase. `INFO` counts the whole server: another client's `FCALL`s
 //! during a run count too.
 
-pub use mlcore_models::testutil::CommandStats;
+pub use mlcore_testkit::CommandStats;
 
 /// One line: `stats`' guard calls for `decisions` over `seconds`, their
 /// mean time in Redis and the share of Redis' core they took.

@@ -11,13 +11,13 @@
 //! stays put), so the two halves of the swaps are compared: memory over the
 //! second half, and the median latency of the decisions triggered in each
 //! half. The median, not the tail: the tail is the machine's (its slow
-//! stretches come and go, see [`crate::bursts`]), a cost that builds up per
+//! stretches come and go, see [`mlcore_host::bursts`]), a cost that builds up per
 //! swap moves every decision.
 
 use std::time::Duration;
 
-use crate::bursts::Sample;
 use crate::Percentiles;
+use mlcore_host::bursts::Sample;
 
 /// Resident memory the second half of the swaps may add: a leak of 2 KiB
 /// per swap over 500 swaps. A retired model leaking would add hundreds of

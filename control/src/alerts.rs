@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use mlcore_models::config::{Channel, NotificationsConfig, Severity};
+use mlcore_config::{Channel, NotificationsConfig, Severity};
 use serde_json::{json, Value};
 use sha2::Sha256;
 

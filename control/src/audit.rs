@@ -92,7 +92,7 @@ pub fn chain_hash(seq: i64, prev_hash: &str, e: &NewEvent) -> String {
 
 /// Archive path of an event: `<root>/<record_type>/YYYY/YYYYMM/<seq>-<hash>.json`.
 pub fn worm_path(root: &Path, e: &Event) -> PathBuf {
-    let (y, m, _) = mlcore_models::market::civil::from_days((e.event.at_ms / 86_400_000) as i64);
+    let (y, m, _) = mlcore_market::civil::from_days((e.event.at_ms / 86_400_000) as i64);
     root.join(&e.event.record_type)
         .join(format!("{y:04}"))
         .join(format!("{y:04}{m:02}"))

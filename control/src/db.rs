@@ -4,7 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use mlcore_models::config::DatabaseConfig;
+use mlcore_config::DatabaseConfig;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 /// Why the database could not be used.

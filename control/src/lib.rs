@@ -11,7 +11,6 @@ pub mod commands;
 pub mod db;
 pub mod monitor;
 pub mod registry;
-pub mod train;
 
 /// One structured JSON log line on stderr.
 pub fn log_line(level: &str, msg: &str, fields: &[(&str, serde_json::Value)]) {

@@ -1,11 +1,11 @@
 //! `mlcore-control`: parse arguments, dispatch, exit with the command's code.
 
 use clap::Parser;
+use mlcore_config::ProcessEnv;
 use mlcore_control::cli::{
     AuditCommand, Cli, Command, ConfigCommand, DataCommand, DbCommand, ModelsCommand, OpsCommand,
 };
 use mlcore_control::commands;
-use mlcore_models::config::ProcessEnv;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

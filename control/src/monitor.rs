@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use mlcore_models::config::Severity;
-use mlcore_models::contract::Heartbeat;
+use mlcore_config::Severity;
+use mlcore_contract::Heartbeat;
 use serde_json::json;
 use sqlx::Row;
 

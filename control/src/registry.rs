@@ -18,12 +18,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
+use mlcore_config::KeyPurpose;
+use mlcore_contract::{Heartbeat, ModelPointer};
 use mlcore_models::artifact::rollback::RollbackGrant;
 use mlcore_models::artifact::{
     self, ArtifactFiles, RollbackAuthorization, SecretKeyFile, TrustStore, VerifyContext,
 };
-use mlcore_models::config::KeyPurpose;
-use mlcore_models::contract::{Heartbeat, ModelPointer};
 use serde_json::{json, Value};
 use sqlx::{Postgres, Row, Transaction};
 
@@ -404,16 +404,15 @@ fn sign_rollback(
         .map_err(|e| unusable(e.to_string()))?
         .key_for(&key.key_id, KeyPurpose::Rollback, now)
         .map_err(|e| unusable(format!("not trusted for rollback in trust.yaml: {e}")))?;
-    RollbackGrant {
+    let grant = RollbackGrant {
         strategy: model.strategy.clone(),
         model_id: model.id.clone(),
         version: model.version,
         issued_at_ms: now,
         expires_at_ms: now + cfg.authorization_ttl_s * 1000,
         request_id: request_id.to_owned(),
-    }
-    .sign(&key)
-    .map_err(unusable)
+    };
+    artifact::rollback::sign(grant, &key).map_err(unusable)
 }
 
 /// Makes `model` the active version of its strategy: the pointer in Redis

@@ -10,9 +10,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
+use mlcore_config::{self as config, Channel, Environment, MapEnv, Secret, Severity};
 use mlcore_control::alerts::{signature, Alert, Delivery, Notifier};
-use mlcore_models::config::{self, Channel, Environment, MapEnv, Secret, Severity};
-use mlcore_models::testutil;
+use mlcore_testkit as testutil;
 
 /// A stand-in receiver: answers with the scripted statuses (then 200) and
 /// records every request.
@@ -47,7 +47,7 @@ async fn serve(script: Vec<u16>) -> (String, Receiver) {
     (url, r)
 }
 
-fn notifications() -> mlcore_models::config::NotificationsConfig {
+fn notifications() -> mlcore_config::NotificationsConfig {
     let vars = MapEnv::new()
         .with("MLCORE_REDIS_URL", "redis://x")
         .with("MLCORE_PG_DSN", "postgresql://x");

@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mlcore_config::{self as config, Environment, MapEnv, Secret};
+use mlcore_contract::{Guard, Keys, OpsMode};
 use mlcore_control::{api, audit, db};
-use mlcore_models::config::{self, Environment, MapEnv, Secret};
-use mlcore_models::contract::{Guard, Keys, OpsMode};
-use mlcore_models::testutil::{self, RedisNamespace};
+use mlcore_testkit::{self as testutil, RedisNamespace};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -528,7 +528,7 @@ async fn the_monitor_alerts_on_silent_daemons_refused_artifacts_and_expiring_app
     let keys = Keys::new(&f.ns.ns);
     let mut conn = testutil::redis_connection();
     let now = mlcore_control::commands::now_ms();
-    let hb = |instance: &str, at_ms: u64, refused: u64| mlcore_models::contract::Heartbeat {
+    let hb = |instance: &str, at_ms: u64, refused: u64| mlcore_contract::Heartbeat {
         last_decision_ms: at_ms,
         p99_us: 1,
         decisions: 1,
@@ -571,7 +571,7 @@ async fn the_monitor_alerts_on_silent_daemons_refused_artifacts_and_expiring_app
             .find(|a| a.kind == "heartbeat_missing")
             .unwrap()
             .severity,
-        mlcore_models::config::Severity::Critical
+        mlcore_config::Severity::Critical
     );
     // Each condition alerts once; a returning daemon resolves its incident.
     assert!(mlcore_control::monitor::tick(&f.state, &mut watch)
@@ -602,7 +602,7 @@ fn write_artifact(f: &Fixture, version: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_register_activate_rollback_pin_and_release() {
-    use mlcore_models::contract::{Heartbeat, ModelPointer};
+    use mlcore_contract::{Heartbeat, ModelPointer};
     let f = fixture_with(|cfg| cfg.control.rate_limit.burst = 100).await;
     let keys = Keys::new(&f.ns.ns);
     let pointer = || ModelPointer::read(&mut testutil::redis_connection(), &keys, "fx_g10").unwrap();
@@ -730,17 +730,16 @@ async fn registry_register_activate_rollback_pin_and_release() {
     let p = pointer().unwrap();
     assert_eq!((p.model_id.as_str(), p.version, p.pinned), ("fx_g10-v1", 1, true));
     let trust = mlcore_models::artifact::TrustStore::from_config(&f.state.config.trust).unwrap();
-    p.rollback
-        .as_ref()
-        .expect("a rollback carries an authorisation")
-        .check(
-            &trust,
-            "fx_g10",
-            "fx_g10-v1",
-            1,
-            mlcore_control::commands::now_ms(),
-        )
-        .unwrap();
+    let auth = p.rollback.as_ref().expect("a rollback carries an authorisation");
+    mlcore_models::artifact::rollback::check(
+        auth,
+        &trust,
+        "fx_g10",
+        "fx_g10-v1",
+        1,
+        mlcore_control::commands::now_ms(),
+    )
+    .unwrap();
 
     // Pinned: no activation until an approver releases the pin.
     f.call("POST", "/v1/models", Some(OPERATOR), &register(3)).await;

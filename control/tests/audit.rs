@@ -4,9 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // fixture helpers outside #[test] fns: a broken fixture should panic
 
+use mlcore_config::{DatabaseConfig, PoolConfig, RetentionConfig, Secret};
 use mlcore_control::{audit, db};
-use mlcore_models::config::{DatabaseConfig, PoolConfig, RetentionConfig, Secret};
-use mlcore_models::testutil;
+use mlcore_testkit as testutil;
 use sqlx::Executor;
 
 /// A database of its own, dropped at the end.

@@ -11,7 +11,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use mlcore_models::config::MetricsConfig;
+use mlcore_config::MetricsConfig;
 
 use crate::loader::ActiveModels;
 use crate::ops::OpsTable;

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use mlcore_models::features::FeatureEngine;
-use mlcore_models::market::Quote;
+use mlcore_features::FeatureEngine;
+use mlcore_market::Quote;
 
 use crate::job::Job;
 use crate::log::log;

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use mlcore_models::features::N_FEATURES;
+use mlcore_features::N_FEATURES;
 
-use crate::portfolio::{Scratch, Summary, SymbolInput, SymbolParams};
+use mlcore_decision::{Scratch, Summary, SymbolInput, SymbolParams};
 
 /// What the worker decided with.
 #[derive(Debug, Clone, PartialEq)]

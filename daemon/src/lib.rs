@@ -2,31 +2,29 @@
 //!
 //! Hot path (pinned threads, no allocation or locks per event):
 //! [`ingress`] (mio; [`wire`] decode; feature updates; triggers → [`job`]s)
-//! → [`worker`]s (ONNX Runtime scoring; [`portfolio`]) → [`publisher`]
-//! (ops modes, `seq`, `valid_until`; the Redis guard).
+//! → [`worker`]s (ONNX Runtime scoring; the decision crate
+//! `mlcore-decision`) → [`publisher`] (ops modes, `seq`, `valid_until`; the
+//! Redis guard through [`redis_io`]'s pipe).
 //!
 //! Side threads: [`loader`] (verify, warm and hand over models; heartbeats
 //! and histogram merging run in the same loop, see [`run`]), [`ops`] (mode
 //! watcher: pub/sub + reconciliation), [`http`] (`/metrics`, `/healthz`,
 //! `/readyz`). [`stats`] holds the counters and per-thread histograms;
 //! [`universe`] the configuration resolved into indexed tables;
-//! [`preflight`] the `check` command; [`colocation`] whether a local Redis
-//! may run on the hot cores (said when the side thread connects); [`idle`]
-//! whether this host's idle cores halt at once (said at start);
-//! [`mailbox`] the side → hot hand-off that never makes a hot thread wait.
+//! [`preflight`] the `check` command (it also prints what `mlcore-host`
+//! advises about this host); [`mailbox`] the side → hot hand-off that
+//! never makes a hot thread wait.
 
-pub mod colocation;
 pub mod http;
-pub mod idle;
 pub mod ingress;
 pub mod job;
 pub mod loader;
 pub mod log;
 pub mod mailbox;
 pub mod ops;
-pub mod portfolio;
 pub mod preflight;
 pub mod publisher;
+pub mod redis_io;
 pub mod run;
 pub mod stats;
 pub mod universe;

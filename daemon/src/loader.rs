@@ -22,9 +22,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::Receiver;
+use mlcore_config::RedisConfig;
+use mlcore_contract::{model, Keys, ModelPointer, RedisConn};
 use mlcore_models::artifact::{self, ArtifactFiles, RollbackAuthorization, SharedTrust, VerifyContext};
-use mlcore_models::config::RedisConfig;
-use mlcore_models::contract::{model, Keys, ModelPointer, RedisConn};
 use mlcore_models::scoring::ModelScorer;
 
 use crate::job::ModelMeta;
@@ -179,7 +179,7 @@ impl Loader {
             return Ok(None);
         };
         if self.conn.is_none() {
-            self.conn = Some(RedisConn::connect(&link.redis).map_err(|e| e.to_string())?);
+            self.conn = Some(RedisConn::connect(&(&link.redis).into()).map_err(|e| e.to_string())?);
         }
         let conn = self.conn.as_mut().ok_or("no connection")?;
         let read = ModelPointer::read(conn, &link.keys, strategy).map_err(|e| e.to_string());

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mlcore_models::config::ProcessEnv;
+use mlcore_config::ProcessEnv;
 
 /// ml-assets-core inference daemon.
 #[derive(Debug, Parser)]
@@ -62,6 +62,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     pf.config.storage.onnxruntime_library.display(),
                     pf.canary_probability
                 );
+                for line in mlcore_daemon::preflight::host_advice(&pf.config) {
+                    println!("advice: {line}");
+                }
             }
         }
         Command::Run { env } => {

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mlcore_models::config::RedisConfig;
-use mlcore_models::contract::{Guard, OpsMode, RedisConn};
+use mlcore_config::RedisConfig;
+use mlcore_contract::{Guard, OpsMode, RedisConn};
 
 use crate::log::log;
 
@@ -97,7 +97,7 @@ pub fn watch(
     let mut backoff = Duration::from_millis(cfg.reconnect.initial_ms.max(1));
     while !shutdown.load(Ordering::Relaxed) {
         let session = (|| -> redis::RedisResult<()> {
-            let mut reader = RedisConn::connect(&cfg)?;
+            let mut reader = RedisConn::connect(&(&cfg).into())?;
             let client = redis::Client::open(cfg.url.expose())?;
             let mut sub_conn = client.get_connection()?;
             let mut pubsub = sub_conn.as_pubsub();

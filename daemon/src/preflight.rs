@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use mlcore_models::config::{self, AppConfig, EnvSource, Environment};
-use mlcore_models::onnx::{graph, runtime};
+use mlcore_config::{self as config, AppConfig, EnvSource, Environment};
+use mlcore_models::runtime;
 
 /// What a successful preflight found.
 #[derive(Debug)]
@@ -20,12 +20,9 @@ pub enum PreflightError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
-    /// ONNX Runtime could not be loaded or failed to score.
+    /// ONNX Runtime could not be loaded or failed to score the canary.
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
-    /// The canary model could not be built or scored.
-    #[error("canary model: {0}")]
-    Canary(String),
 }
 
 /// Loads the configuration and proves ONNX Runtime scores a model.
@@ -33,29 +30,26 @@ pub fn run(config_dir: &Path, env: &str, vars: &dyn EnvSource) -> Result<Preflig
     let env: Environment = env.parse()?;
     let config = config::load(config_dir, env, vars)?;
     runtime::init(&config.storage.onnxruntime_library)?;
-    let canary_probability = score_canary()?;
+    let canary_probability = runtime::score_canary()?;
     Ok(Preflight {
         config,
         canary_probability,
     })
 }
 
-/// Builds a two-feature logistic model in memory and scores one row:
-/// σ(1·0.25 + 1·0.25 + 0) = σ(0.5).
-fn score_canary() -> Result<f32, PreflightError> {
-    let bytes = graph::logistic_regression("canary", &[1.0, 1.0], 0.0)
-        .map_err(|e| PreflightError::Canary(e.to_string()))?;
-    let mut session = runtime::hot_path_session(&bytes)?;
-    let input = ort::value::TensorRef::from_array_view(([1usize, 2], &[0.25f32, 0.25][..]))
-        .map_err(|e| PreflightError::Canary(e.to_string()))?;
-    let outputs = session
-        .run(ort::inputs!["x" => input])
-        .map_err(|e| PreflightError::Canary(e.to_string()))?;
-    let (_, probs) = outputs["prob"]
-        .try_extract_tensor::<f32>()
-        .map_err(|e| PreflightError::Canary(e.to_string()))?;
-    probs
-        .first()
-        .copied()
-        .ok_or_else(|| PreflightError::Canary("empty output".into()))
+/// What `mlcore-host` advises about this host for this configuration: the
+/// idle setting, and whether the configured Redis (when it answers and is
+/// on this host) may run on the daemon's hot cores. Advice, never a
+/// refusal: a Redis that does not answer is `run`'s problem, not `check`'s.
+pub fn host_advice(config: &AppConfig) -> Vec<String> {
+    let t = &config.daemon.threads;
+    let hot: Vec<usize> = std::iter::once(t.ingress_core)
+        .chain(t.worker_cores.iter().copied())
+        .chain(std::iter::once(t.publisher_core))
+        .collect();
+    let url = config.redis.url.expose();
+    let mut conn = redis::Client::open(url)
+        .and_then(|c| c.get_connection_with_timeout(std::time::Duration::from_millis(500)))
+        .ok();
+    mlcore_host::advice(conn.as_mut().map(|c| (c, url)), &hot)
 }

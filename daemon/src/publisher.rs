@@ -33,14 +33,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use mlcore_models::config::RedisConfig;
-use mlcore_models::contract::{
-    ContractError, Guard, OpsMode, PublishOutcome, PublishPipe, Side, Signal, SignalBatch, MAX_IN_FLIGHT,
-};
+use mlcore_config::RedisConfig;
+use mlcore_contract::{ContractError, Guard, OpsMode, PublishOutcome, Side, Signal, SignalBatch};
 
 use crate::job::Job;
 use crate::log::{log, now_ms};
 use crate::ops::OpsTable;
+use crate::redis_io::{PublishPipe, MAX_IN_FLIGHT};
 use crate::stats::{Counters, Histograms, LocalHist, Stage};
 use crate::universe::Universe;
 
@@ -778,13 +777,13 @@ mod tests {
     /// counts errors, reconnects, reloads the guard and publishes again.
     #[test]
     fn publishes_in_order_applies_modes_and_survives_a_redis_restart() {
-        use mlcore_models::contract::Keys;
-        use mlcore_models::testutil::{RedisNamespace, RedisServer};
+        use mlcore_contract::Keys;
+        use mlcore_testkit::{RedisNamespace, RedisServer};
 
         use crate::job::ModelMeta;
-        use crate::portfolio::{Policy, SymbolParams};
         use crate::stats::OUTCOMES;
         use crate::universe::Strategy;
+        use mlcore_decision::{Policy, SymbolParams};
 
         let mut server = RedisServer::start_with(&["--enable-debug-command", "yes"]);
         let ns = RedisNamespace::on(&server.url());
@@ -827,12 +826,12 @@ mod tests {
         let shutdown = Arc::new(AtomicBool::new(false));
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Box<Job>>(64);
         let (done_tx, done_rx) = crossbeam_channel::bounded::<Box<Job>>(64);
-        let mut redis_cfg = mlcore_models::config::load(
+        let mut redis_cfg = mlcore_config::load(
             &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs"),
-            mlcore_models::config::Environment::Dev,
-            &mlcore_models::config::MapEnv::new()
+            mlcore_config::Environment::Dev,
+            &mlcore_config::MapEnv::new()
                 .with("MLCORE_REDIS_URL", &server.url())
-                .with("MLCORE_PG_DSN", &mlcore_models::testutil::pg_dsn()),
+                .with("MLCORE_PG_DSN", &mlcore_testkit::pg_dsn()),
         )
         .unwrap()
         .redis;
@@ -853,11 +852,7 @@ mod tests {
         let publisher = std::thread::spawn(move || run(parts));
 
         let set_mode = |conn: &mut redis::Connection, mode: OpsMode| {
-            ops.set(
-                0,
-                mode,
-                mlcore_models::testutil::set_mode(&guard, conn, "fx", mode),
-            );
+            ops.set(0, mode, mlcore_testkit::set_mode(&guard, conn, "fx", mode));
         };
         let meta = Arc::new(ModelMeta {
             model_id: "fx-v1".into(),

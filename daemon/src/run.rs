@@ -7,24 +7,21 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use mlcore_config::{AppConfig, DecisionMode};
+use mlcore_contract::{Guard, Heartbeat, Keys, RedisConn};
 use mlcore_models::artifact::{SharedTrust, TrustStore};
-use mlcore_models::config::{AppConfig, DecisionMode, RedisConfig};
-use mlcore_models::contract::{tuning, Guard, Heartbeat, Keys, RedisConn};
-use mlcore_models::onnx::runtime;
+use mlcore_models::runtime;
 use thread_priority::{
     set_thread_priority_and_policy, thread_native_id, RealtimeThreadSchedulePolicy, ThreadPriority,
     ThreadPriorityValue, ThreadSchedulePolicy,
 };
 
-use crate::colocation;
 use crate::http::{self, Observed};
-use crate::idle::IdleReading;
 use crate::ingress::{Ingress, IngressParts};
 use crate::job::Job;
 use crate::loader::{Loader, RegistryLink};
@@ -32,6 +29,7 @@ use crate::log::{log, now_ms};
 use crate::mailbox::Mailbox;
 use crate::ops::{self, OpsTable};
 use crate::publisher::{self, PublisherParts};
+use crate::redis_io::tuning;
 use crate::stats::{Counters, Histograms};
 use crate::universe::Universe;
 use crate::worker::{self, ModelUpdate, WorkerParts};
@@ -153,7 +151,7 @@ pub struct TrustSource {
     /// The `configs/` folder.
     pub config_dir: std::path::PathBuf,
     /// The environment.
-    pub env: mlcore_models::config::Environment,
+    pub env: mlcore_config::Environment,
 }
 
 /// Starts the daemon for `cfg`; with `trust_source`, `trust.yaml` is re-read
@@ -213,11 +211,6 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
         .iter()
         .copied()
         .find(|c| *c < n_cores && (!hot.contains(c) || n_cores <= hot.len()));
-    // Advice, not a check: a host whose idle cores halt at once serves all
-    // the same, slower per hand-off.
-    if let Some(advice) = IdleReading::of_this_host().and_then(|r| r.advice()) {
-        log("info", &advice, &[]);
-    }
 
     // Side work: one async worker for the endpoints, blocking threads for
     // the loops; every thread of it on the side core.
@@ -343,7 +336,7 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
     }
     {
         let stop = Arc::clone(&shutdown);
-        side.spawn_blocking(move || side_loop(loader, observed, link, trust_source, wake_rx, stop, hot));
+        side.spawn_blocking(move || side_loop(loader, observed, link, trust_source, wake_rx, stop));
     }
     log(
         "info",
@@ -373,7 +366,6 @@ fn side_loop(
     trust_source: Option<TrustSource>,
     wake: crossbeam_channel::Receiver<()>,
     shutdown: Arc<AtomicBool>,
-    hot: Vec<usize>,
 ) {
     let mut next_trust = Instant::now() + Duration::from_secs(10);
     let mut next_scan = Instant::now() + Duration::from_secs(1);
@@ -392,7 +384,7 @@ fn side_loop(
         if let (Some(src), true) = (&trust_source, Instant::now() >= next_trust) {
             next_trust = Instant::now() + Duration::from_secs(10);
             // A broken trust.yaml leaves the current keys in force.
-            match mlcore_models::config::load(&src.config_dir, src.env, &mlcore_models::config::ProcessEnv) {
+            match mlcore_config::load(&src.config_dir, src.env, &mlcore_config::ProcessEnv) {
                 Ok(cfg) => {
                     if let Err(e) = loader.trust.reload(&cfg.trust) {
                         log(
@@ -447,9 +439,9 @@ fn side_loop(
                     .collect(),
             };
             if conn.is_none() {
-                conn = RedisConn::connect(&redis).ok();
+                conn = RedisConn::connect(&(&redis).into()).ok();
                 if let Some(cn) = conn.as_mut() {
-                    advise_on_server(cn, &redis, &hot);
+                    advise_on_server(cn);
                 }
             }
             if let Some(cn) = conn.as_mut() {
@@ -461,23 +453,17 @@ fn side_loop(
     }
 }
 
-/// Says what about the Redis server on `conn` costs the daemon latency and
-/// is the operator's to change: a `hash-max-listpack-entries` above the
-/// guard's advice ([`tuning`]), and — for a Redis on this host — cores it
-/// shares with the `hot` threads ([`colocation`]). Runs on the side thread,
-/// once per connection, so no hot thread waits for these round trips.
-fn advise_on_server(conn: &mut RedisConn, redis: &RedisConfig, hot: &[usize]) {
+/// Says what about the Redis server on `conn` costs every guard call and is
+/// the operator's to change: a `hash-max-listpack-entries` above the
+/// guard's advice ([`tuning`]). Runs on the side thread, once per
+/// connection, so no hot thread waits for the round trip. (What the host
+/// itself costs — idle settings, Redis on the hot cores — is `check`'s to
+/// say, through `mlcore-host`.)
+fn advise_on_server(conn: &mut RedisConn) {
     // A server that will not say (an ACL) or says something odd is served
-    // all the same: these are advice, not checks.
+    // all the same: this is advice, not a check.
     let entries = tuning::hash_listpack_entries(conn).ok().flatten();
     if let Some(advice) = entries.and_then(tuning::advice) {
         log("info", &advice, &[(tuning::SETTING, entries.into())]);
-    }
-    if colocation::is_local(redis.url.expose()) {
-        let said = colocation::redis_cores(conn, Path::new("/proc"))
-            .and_then(|(pid, cores)| colocation::advice(pid, &cores, hot));
-        if let Some(advice) = said {
-            log("warn", &advice, &[]);
-        }
     }
 }

@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
-use mlcore_models::config::{AppConfig, BetaSource};
+use mlcore_config::{AppConfig, BetaSource};
 
-use crate::portfolio::{Policy, SymbolParams};
+use mlcore_decision::{Policy, SymbolParams};
 
 /// One strategy, ready for the hot path.
 #[derive(Debug, Clone)]
@@ -39,16 +39,7 @@ impl Universe {
     /// Resolves the configuration.
     pub fn from_config(cfg: &AppConfig) -> Self {
         let p = &cfg.core_policy;
-        let policy = Policy {
-            theta1: p.theta.theta1,
-            theta2: p.theta.theta2,
-            target_annual_vol: p.sizing.target_annual_vol,
-            periods_per_year: p.sizing.periods_per_year,
-            max_gross: p.risk.max_gross,
-            beta_tolerance: p.risk.beta_tolerance,
-            min_edge_over_cost_bps: p.risk.min_edge_over_cost_bps,
-            use_ai3: p.sizing.use_ai3,
-        };
+        let policy = mlcore_decision::policy(p);
         let mut routes: HashMap<u32, Vec<(u16, u16)>> = HashMap::new();
         let strategies = cfg
             .universe
@@ -56,29 +47,7 @@ impl Universe {
             .iter()
             .enumerate()
             .map(|(si, s)| {
-                let params = s
-                    .symbols
-                    .iter()
-                    .map(|sym| {
-                        let cost = cfg
-                            .cost_table
-                            .symbols
-                            .get(&sym.symbol)
-                            .map_or(0.0, |c| c.spread_bps + c.commission_bps);
-                        SymbolParams {
-                            beta: match sym.beta {
-                                BetaSource::Static { value } => value,
-                                // Until the window fills, assume β = 1.
-                                BetaSource::Rolling { .. } => 1.0,
-                            },
-                            max_weight: sym.max_weight.min(p.risk.max_symbol_weight),
-                            lot_size: sym.lot_size,
-                            min_qty: sym.min_qty,
-                            notional: sym.notional_per_unit_weight,
-                            cost_bps: cost,
-                        }
-                    })
-                    .collect();
+                let params = mlcore_decision::symbol_params(cfg, s);
                 for (i, sym) in s.symbols.iter().enumerate() {
                     routes.entry(sym.id).or_default().push((si as u16, i as u16));
                 }

@@ -158,7 +158,7 @@ pub fn decode(buf: &[u8], max_frame: usize) -> Result<Option<(Frame, usize)>, Wi
 
 impl Frame {
     /// A quote frame for `q` under its wire `symbol_id`, stamped `ts_ns`.
-    pub fn quote(q: &mlcore_models::market::Quote, symbol_id: u32, ts_ns: i64) -> Self {
+    pub fn quote(q: &mlcore_market::Quote, symbol_id: u32, ts_ns: i64) -> Self {
         Frame::Quote {
             ts_ns,
             symbol_id,

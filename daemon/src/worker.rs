@@ -17,9 +17,9 @@ use mlcore_models::scoring::ModelScorer;
 
 use crate::job::{Job, ModelMeta};
 use crate::mailbox::Mailbox;
-use crate::portfolio::{self, Policy};
 use crate::stats::{Counters, Histograms, LocalHist, Stage};
 use crate::universe::Universe;
+use mlcore_decision::Policy;
 
 /// A verified, warmed model for one strategy, for one worker.
 #[derive(Debug)]
@@ -116,7 +116,7 @@ pub fn run(p: WorkerParts) {
             scratch,
             ..
         } = &mut *job;
-        job.summary = portfolio::decide(&policy, params, inputs, scratch);
+        job.summary = mlcore_decision::decide(&policy, params, inputs, scratch);
         job.model = Some(Arc::clone(meta));
         portfolio_hist.record(started.elapsed());
         Counters::inc(&p.counters.decisions);

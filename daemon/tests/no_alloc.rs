@@ -14,11 +14,11 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use mlcore_daemon::job::Job;
-use mlcore_daemon::portfolio::{self, Policy, SymbolParams};
 use mlcore_daemon::wire::{self, Frame};
-use mlcore_models::features::FeatureEngine;
-use mlcore_models::market::Quote;
-use mlcore_models::synth::{Generator, SynthSpec};
+use mlcore_decision::{Policy, SymbolParams};
+use mlcore_features::FeatureEngine;
+use mlcore_market::Quote;
+use mlcore_research::synth::{Generator, SynthSpec};
 
 struct Counting;
 
@@ -163,7 +163,7 @@ fn per_event_hot_path_work_allocates_nothing() {
                         scratch,
                         ..
                     } = &mut *job;
-                    job.summary = portfolio::decide(&policy, params, inputs, scratch);
+                    job.summary = mlcore_decision::decide(&policy, params, inputs, scratch);
                     pool_tx.try_send(job).unwrap();
                     decisions += 1;
                 }
@@ -182,9 +182,9 @@ fn per_event_hot_path_work_allocates_nothing() {
 /// allocates makes 4; reported for comparison.)
 #[test]
 fn a_full_batch_onnx_runtime_run_allocates_nothing() {
-    use mlcore_models::onnx::runtime;
+    use mlcore_models::runtime;
     use mlcore_models::scoring::HeadScorer;
-    use mlcore_models::testutil;
+    use mlcore_testkit as testutil;
     runtime::init(&testutil::ort_library()).unwrap();
     let model = testutil::logistic_head(1.0).to_onnx("ai1").unwrap();
     let spec = testutil::logistic_head_spec("ai1.onnx");
@@ -234,11 +234,11 @@ fn a_full_batch_onnx_runtime_run_allocates_nothing() {
 fn publishing_a_decision_allocates_nothing_through_the_pipe() {
     use std::time::Duration;
 
-    use mlcore_models::contract::{
-        Guard, Keys, ModeChange, OpsMode, PublishBuffers, PublishOutcome, PublishPipe, Side, Signal,
-        SignalBatch, MAX_IN_FLIGHT,
+    use mlcore_contract::{
+        Guard, Keys, ModeChange, OpsMode, PublishBuffers, PublishOutcome, Side, Signal, SignalBatch,
     };
-    use mlcore_models::testutil::{self, RedisNamespace};
+    use mlcore_daemon::redis_io::{PublishPipe, MAX_IN_FLIGHT};
+    use mlcore_testkit::{self as testutil, RedisNamespace};
 
     let ns = RedisNamespace::new();
     let mut conn = testutil::redis_connection();

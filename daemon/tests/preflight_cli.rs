@@ -28,7 +28,7 @@ fn check_scores_the_canary_through_onnx_runtime() {
 fn check_refuses_when_the_library_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    mlcore_models::testutil::copy_tree(&root.join("configs"), &dir.path().join("configs")).unwrap();
+    mlcore_testkit::copy_tree(&root.join("configs"), &dir.path().join("configs")).unwrap();
     std::fs::write(
         dir.path().join("configs/envs/dev/storage.yaml"),
         "onnxruntime_library: missing/libonnxruntime.so\n",

@@ -1,24 +1,18 @@
-//! `mlcore-models`: what the daemon and the control plane share.
+//! `mlcore-models`: signed model artifacts and their scoring.
 //!
-//! - [`config`]: the strict YAML configuration (base + environment overrides,
-//!   `$VAR` secrets, every problem reported with a `CONFIG_*` code).
-//! - [`onnx`]: loading ONNX Runtime from its shared library, building ONNX
-//!   graphs from Rust (for export), and running sessions.
-//! - [`contract`]: the Redis contract trading consumers rely on — key layout,
-//!   the guard (a Redis Function library), ops modes, heartbeats.
+//! - [`artifact`]: an artifact's files, manifest, signing keys, the trusted
+//!   keys of `trust.yaml`, verification (every refusal its own error) and
+//!   rollback authorisations (signing and checking; their shape is the
+//!   contract's, `mlcore_contract::RollbackAuthorization`).
+//! - [`runtime`]: loading ONNX Runtime from its shared library once per
+//!   process, sessions tuned for the hot path, and the canary model the
+//!   daemon's preflight scores.
+//! - [`scoring`]: one [`scoring::ModelScorer`] per worker thread: batched,
+//!   allocation-free runs of every head.
 //!
-//! Feature `test-util` exposes [`testutil`]: how tests find the shared Redis
-//! and PostgreSQL and keep their keys apart.
-
-pub mod config;
-pub mod contract;
+//! Exporting models (the ONNX graph writer, protobuf) and training live in
+//! `mlcore-research`, which the daemon never links.
 
 pub mod artifact;
-pub mod dataset;
-pub mod features;
-pub mod market;
-pub mod onnx;
+pub mod runtime;
 pub mod scoring;
-pub mod synth;
-#[cfg(feature = "test-util")]
-pub mod testutil;

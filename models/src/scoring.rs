@@ -20,7 +20,7 @@ use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
 use ort::value::{Tensor, TensorRef};
 
 use crate::artifact::{HeadSpec, VerifiedArtifact};
-use crate::onnx::runtime::{self, RuntimeError};
+use crate::runtime::{self, RuntimeError};
 
 /// Why scoring failed.
 #[derive(Debug, thiserror::Error)]

@@ -5,14 +5,14 @@
 
 use std::collections::BTreeMap;
 
-use mlcore_models::artifact::rollback::RollbackGrant;
+use mlcore_config::{KeyPurpose, TrustConfig, TrustedKeyConfig};
+use mlcore_features as features;
+use mlcore_models::artifact::rollback::{self, RollbackGrant};
 use mlcore_models::artifact::{
     self, ArtifactFiles, Manifest, SecretKeyFile, ThetaParams, TrainingWindow, TrustStore, VerifyContext,
     VerifyError,
 };
-use mlcore_models::config::{KeyPurpose, TrustConfig, TrustedKeyConfig};
-use mlcore_models::features;
-use mlcore_models::testutil::{logistic_head, logistic_head_spec};
+use mlcore_testkit::{logistic_head, logistic_head_spec};
 
 const NOW: u64 = 1_790_000_000_000; // 2026-09-21
 
@@ -266,7 +266,7 @@ fn rollback_needs_an_authorisation_naming_exactly_that_model_and_version() {
         expires_at_ms: expires,
         request_id: "req-9".into(),
     };
-    let good = grant(3, NOW + 60_000).sign(&f.key).unwrap();
+    let good = rollback::sign(grant(3, NOW + 60_000), &f.key).unwrap();
     artifact::verify(
         old.clone(),
         &VerifyContext {
@@ -276,13 +276,11 @@ fn rollback_needs_an_authorisation_naming_exactly_that_model_and_version() {
     )
     .unwrap();
 
-    let wrong_version = grant(4, NOW + 60_000).sign(&f.key).unwrap();
-    let expired = grant(3, NOW).sign(&f.key).unwrap();
+    let wrong_version = rollback::sign(grant(4, NOW + 60_000), &f.key).unwrap();
+    let expired = rollback::sign(grant(3, NOW), &f.key).unwrap();
     let mut forged = good.clone();
     forged.grant.version = 2;
-    let stranger = grant(3, NOW + 60_000)
-        .sign(&SecretKeyFile::generate("x").unwrap())
-        .unwrap();
+    let stranger = rollback::sign(grant(3, NOW + 60_000), &SecretKeyFile::generate("x").unwrap()).unwrap();
     for auth in [wrong_version, expired, forged, stranger] {
         let err = artifact::verify(
             old.clone(),

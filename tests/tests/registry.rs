@@ -7,13 +7,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // fixture helpers outside #[test] fns
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mlcore_contract::{Heartbeat, Keys, ModelPointer};
 use mlcore_models::artifact::SecretKeyFile;
-use mlcore_models::contract::{Heartbeat, Keys, ModelPointer};
-use mlcore_models::testutil::{self, RedisNamespace};
+use mlcore_testkit::{self as testutil, RedisNamespace};
 use serde_json::Value;
 
 const OPERATOR: &str = "dev-operator-token";
@@ -30,24 +30,11 @@ impl Drop for Proc {
     }
 }
 
-/// The workspace's binaries, built by `cargo nextest run --workspace`.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests through scripts/test.sh (cargo nextest run --workspace builds every binary)",
-        path.display()
-    );
-    path
-}
-
 /// Starts a binary that prints one `listening ... key=ADDR` line; returns
 /// the process and the line.
 fn start(name: &str, args: &[&str], dsn: &str) -> (Proc, String) {
     let (child, line) = testutil::spawn_announcing(
-        Command::new(binary(name))
+        Command::new(testutil::binary(name))
             .args(args)
             .env("MLCORE_REDIS_URL", testutil::redis_url())
             .env("MLCORE_PG_DSN", dsn)
@@ -214,7 +201,7 @@ fn the_daemon_follows_registry_activations_and_rollbacks() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let s = setup(&rt);
     let dir = s.config_dir();
-    let status = Command::new(binary("mlcore-control"))
+    let status = Command::new(testutil::binary("mlcore-control"))
         .args(["--config-dir", &dir, "db", "migrate", "--env", "dev"])
         .env("MLCORE_REDIS_URL", testutil::redis_url())
         .env("MLCORE_PG_DSN", &s.dsn)
@@ -346,7 +333,7 @@ fn the_daemon_follows_registry_activations_and_rollbacks() {
     drop(daemon);
     let state = s.root.join(format!("models/.state/{INSTANCE}.json"));
     std::fs::write(&state, "{not json").unwrap();
-    let out = Command::new(binary("mlcore-daemon"))
+    let out = Command::new(testutil::binary("mlcore-daemon"))
         .args(["--config-dir", &dir, "run", "--env", "dev"])
         .env("MLCORE_REDIS_URL", testutil::redis_url())
         .env("MLCORE_PG_DSN", &s.dsn)

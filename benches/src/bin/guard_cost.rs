@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use mlcore_models::contract::{Guard, Keys, ModeChange, OpsMode, Side, Signal, SignalBatch};
+use mlcore_contract::{Guard, Keys, ModeChange, OpsMode, Side, Signal, SignalBatch};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -69,7 +69,7 @@ impl Drop for Profiled {
 
 impl Profiled {
     fn start(dir: &Path, listpack_entries: u32) -> Result<Self> {
-        let port = mlcore_models::testutil::free_port();
+        let port = mlcore_testkit::free_port();
         let child = Command::new("valgrind")
             .arg("--tool=callgrind")
             .arg(format!(

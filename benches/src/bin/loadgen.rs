@@ -31,7 +31,7 @@
 //! the verdict; [`mlcore_benches::baseline`]), and the bare ONNX Runtime
 //! time of one decision on feature rows of the quotes it sends. Before the
 //! verdicts it says whether the host took more than 1 % of a core during
-//! the baselines or a phase ([`mlcore_benches::steal::QUIET_STEAL_PCT`]):
+//! the baselines or a phase ([`mlcore_host::steal::QUIET_STEAL_PCT`]):
 //! then the run measured the host as much as the daemon.
 //! Beside them, what explains a tail the daemon does not cause: before the
 //! load, how much a spinning thread on each core loses to stalls (the
@@ -59,16 +59,17 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use mlcore_benches::baseline::{Bounds, PublishBaseline};
-use mlcore_benches::bursts::{self, Bursts, Sample};
 use mlcore_benches::matching::{Matched, Matcher, Trigger};
 use mlcore_benches::redis_stats::{self, CommandStats};
 use mlcore_benches::swaps::{self, Flatness, Reading};
-use mlcore_benches::{stalls, steal, Percentiles};
+use mlcore_benches::Percentiles;
+use mlcore_config::{self as config, ProcessEnv};
 use mlcore_daemon::wire::{encode, Frame};
+use mlcore_host::bursts::{self, Bursts, Sample};
+use mlcore_host::{stalls, steal};
+use mlcore_market::Quote;
 use mlcore_models::artifact::{self, ArtifactFiles, Manifest, SecretKeyFile};
-use mlcore_models::config::{self, ProcessEnv};
-use mlcore_models::market::Quote;
-use mlcore_models::synth::{Generator, SynthSpec};
+use mlcore_research::synth::{Generator, SynthSpec};
 
 /// Drives a running mlcore-daemon over TCP at a set rate, reads its
 /// signals back from Redis, and judges the latency, throughput and swap
@@ -526,7 +527,7 @@ fn main() -> anyhow::Result<()> {
     }
     // How idle cores wake changes every hand-off's cost: said beside the
     // figures so that runs on differently set machines are not compared.
-    if let Some(idle) = mlcore_daemon::idle::IdleReading::of_this_host() {
+    if let Some(idle) = mlcore_host::idle::IdleReading::of_this_host() {
         println!("machine: {}", idle.summary());
     }
     one_call.print("baseline: one decision's 32 signals as one guard call (the daemon's form)");
@@ -705,11 +706,11 @@ fn write_latencies(path: &std::path::Path, phases: &[Phase], seen: &[Vec<Matched
 /// row takes the same path through every tree, so the CPU predicts every
 /// branch — no decision on market data does that.
 fn ort_baselines(
-    strat: &mlcore_models::config::StrategyUniverse,
+    strat: &mlcore_config::StrategyUniverse,
     quotes: &[Quote],
     period: Duration,
 ) -> anyhow::Result<(Percentiles, Percentiles, Percentiles)> {
-    use mlcore_models::features::{FeatureEngine, N_FEATURES};
+    use mlcore_features::{FeatureEngine, N_FEATURES};
     let n = strat.symbols.len().min(mlcore_benches::SYMBOLS);
     let benchmark = strat
         .symbols
@@ -842,8 +843,8 @@ struct Swapper {
     dir: PathBuf,
     next: u64,
     created: std::collections::VecDeque<PathBuf>,
-    conn: mlcore_models::contract::RedisConn,
-    keys: mlcore_models::contract::Keys,
+    conn: mlcore_contract::RedisConn,
+    keys: mlcore_contract::Keys,
 }
 
 impl Swapper {
@@ -876,8 +877,8 @@ impl Swapper {
             dir,
             next: highest + 1,
             created: std::collections::VecDeque::new(),
-            conn: mlcore_models::contract::RedisConn::connect(&cfg.redis)?,
-            keys: mlcore_models::contract::Keys::new(&cfg.redis.namespace),
+            conn: mlcore_contract::RedisConn::connect(&(&cfg.redis).into())?,
+            keys: mlcore_contract::Keys::new(&cfg.redis.namespace),
         })
     }
 
@@ -898,7 +899,7 @@ impl Swapper {
                 std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
             }
         }
-        let pointer = mlcore_models::contract::ModelPointer {
+        let pointer = mlcore_contract::ModelPointer {
             strategy: strategy.clone(),
             model_id: format!("{strategy}-v{version}"),
             version,

@@ -1,7 +1,7 @@
 //! Bearer tokens → principals, compared in constant time; roles per route.
 
 use axum::http::{HeaderMap, StatusCode};
-use mlcore_models::config::{ControlConfig, Credential, Role};
+use mlcore_config::{ControlConfig, Credential, Role};
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;

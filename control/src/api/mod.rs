@@ -17,8 +17,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
-use mlcore_models::config::AppConfig;
-use mlcore_models::contract::{ContractError, Guard, Keys, RedisConn};
+use mlcore_config::AppConfig;
+use mlcore_contract::{ContractError, Guard, Keys, RedisConn};
 use sqlx::PgPool;
 
 use self::auth::Principal;
@@ -91,7 +91,7 @@ impl AppState {
     pub fn mutating(
         &self,
         headers: &axum::http::HeaderMap,
-        roles: &[mlcore_models::config::Role],
+        roles: &[mlcore_config::Role],
     ) -> Result<Principal, ApiError> {
         let p = auth::authenticate(headers, &self.principals)?;
         auth::require(&p, roles)?;
@@ -108,7 +108,7 @@ impl AppState {
     {
         let cfg = self.config.redis.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = RedisConn::connect(&cfg).map_err(|e| e.to_string())?;
+            let mut conn = RedisConn::connect(&(&cfg).into()).map_err(|e| e.to_string())?;
             f(&mut conn, &Keys::new(&cfg.namespace)).map_err(|e| e.to_string())
         })
         .await

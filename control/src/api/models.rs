@@ -9,7 +9,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use mlcore_models::config::Role;
+use mlcore_config::Role;
 use serde::Deserialize;
 use serde_json::{json, Value};
 

@@ -9,8 +9,8 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use mlcore_models::config::Role;
-use mlcore_models::contract::{Guard, Heartbeat, Keys, ModeChange, OpsMode, SetModeOutcome};
+use mlcore_config::Role;
+use mlcore_contract::{Guard, Heartbeat, Keys, ModeChange, OpsMode, SetModeOutcome};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::Row;
@@ -84,7 +84,7 @@ pub(crate) async fn record(
 /// Info alert for an applied mode change (fire and forget).
 fn mode_alert(state: &Arc<AppState>, scope: &str, mode: OpsMode, actor: &str, reason: &str) {
     state.alert(crate::alerts::Alert {
-        severity: mlcore_models::config::Severity::Info,
+        severity: mlcore_config::Severity::Info,
         kind: "ops_mode_change".into(),
         scope: scope.to_owned(),
         summary: format!("{scope} set to {mode} by {actor}: {reason}"),
@@ -547,9 +547,9 @@ async fn rollback(
 /// Alert for a model activation (info) or rollback (warning).
 fn model_alert(state: &Arc<AppState>, scope: &str, action: &str, actor: &str, reason: &str, after: &Value) {
     let severity = if action == "rollback" {
-        mlcore_models::config::Severity::Warning
+        mlcore_config::Severity::Warning
     } else {
-        mlcore_models::config::Severity::Info
+        mlcore_config::Severity::Info
     };
     state.alert(crate::alerts::Alert {
         severity,
@@ -602,6 +602,6 @@ pub async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
 }
 
 /// Keeps `Guard` in the signature set used by the router.
-pub fn guard_for(cfg: &mlcore_models::config::AppConfig) -> Guard {
+pub fn guard_for(cfg: &mlcore_config::AppConfig) -> Guard {
     Guard::new(Keys::new(&cfg.redis.namespace), cfg.redis.stream_maxlen)
 }

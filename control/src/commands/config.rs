@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use mlcore_models::config::EnvSource;
+use mlcore_config::EnvSource;
 
 use super::{load_config, EXIT_INVALID_CONFIG};
 

@@ -3,9 +3,9 @@
 use std::io::Write;
 
 use anyhow::{bail, Context};
-use mlcore_models::dataset::{self, DatasetIndex, INDEX_FILE};
-use mlcore_models::market::civil;
-use mlcore_models::synth::{Generator, SynthSpec};
+use mlcore_market::civil;
+use mlcore_research::dataset::{self, DatasetIndex, INDEX_FILE};
+use mlcore_research::synth::{Generator, SynthSpec};
 
 use crate::cli::SynthArgs;
 

@@ -11,7 +11,7 @@ mod train;
 
 use std::path::Path;
 
-use mlcore_models::config::{AppConfig, ConfigError, EnvSource, Environment};
+use mlcore_config::{AppConfig, ConfigError, EnvSource, Environment};
 
 pub use self::audit_db::{audit_retain, audit_verify, db_migrate, serve, EXIT_TAMPERED};
 pub use self::config::config_check;
@@ -29,7 +29,7 @@ pub const EXIT_REFUSED: i32 = 4;
 /// Loads an environment's configuration.
 pub fn load_config(config_dir: &Path, env: &str, vars: &dyn EnvSource) -> Result<AppConfig, ConfigError> {
     let env: Environment = env.parse()?;
-    mlcore_models::config::load(config_dir, env, vars)
+    mlcore_config::load(config_dir, env, vars)
 }
 
 /// Milliseconds since the epoch.

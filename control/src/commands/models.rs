@@ -4,10 +4,10 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
+use mlcore_config::EnvSource;
 use mlcore_models::artifact::{
     self, ArtifactFiles, Manifest, RollbackAuthorization, SecretKeyFile, TrustStore, VerifyContext,
 };
-use mlcore_models::config::EnvSource;
 
 use super::{load_config, now_ms, EXIT_REFUSED};
 use crate::cli::VerifyArgs;

@@ -10,8 +10,8 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
-use mlcore_models::config::EnvSource;
-use mlcore_models::contract::{Guard, Keys, ModeChange, OpsMode, RedisConn, SetModeOutcome};
+use mlcore_config::EnvSource;
+use mlcore_contract::{Guard, Keys, ModeChange, OpsMode, RedisConn, SetModeOutcome};
 
 use super::load_config;
 use crate::cli::SetModeArgs;
@@ -30,7 +30,7 @@ pub fn ops_set_mode(
 ) -> anyhow::Result<i32> {
     let cfg = load_config(config_dir, &args.env, vars)?;
     let mode: OpsMode = args.mode.parse().map_err(anyhow::Error::msg)?;
-    let mut conn = RedisConn::connect(&cfg.redis).context("connecting to Redis")?;
+    let mut conn = RedisConn::connect(&(&cfg.redis).into()).context("connecting to Redis")?;
     Guard::load(&mut conn)?;
     let guard = Guard::new(Keys::new(&cfg.redis.namespace), cfg.redis.stream_maxlen);
     let strategies: Vec<String> = match (&args.strategy, args.all) {

@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use anyhow::Context;
-use mlcore_models::config::EnvSource;
+use mlcore_config::EnvSource;
 
 /// Exit code when the API refused (4xx/5xx); the body is printed.
 pub const EXIT_API_REFUSED: i32 = 7;

@@ -4,13 +4,13 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use mlcore_config::EnvSource;
 use mlcore_models::artifact::{SecretKeyFile, ThetaParams, TrustStore};
-use mlcore_models::config::EnvSource;
-use mlcore_models::onnx::runtime;
+use mlcore_models::runtime;
 
 use super::{load_config, now_ms};
 use crate::cli::TrainArgs;
-use crate::train::{self, GbdtParams, TrainSpec};
+use mlcore_research::train::{self, GbdtParams, TrainSpec};
 
 /// Trains, signs, verifies and writes an artifact.
 pub fn train(

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ed25519_dalek::VerifyingKey;
 
-use crate::config::{KeyPurpose, TrustConfig};
-use crate::market::civil;
+use mlcore_config::{KeyPurpose, TrustConfig};
+use mlcore_market::civil;
 
 /// One trusted key.
 #[derive(Debug, Clone)]

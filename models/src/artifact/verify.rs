@@ -12,7 +12,7 @@ use super::manifest::Manifest;
 use super::rollback::RollbackAuthorization;
 use super::trust::{KeyRefusal, TrustStore};
 use super::{FEATURE_SCHEMA, MANIFEST, SIGNATURE};
-use crate::config::KeyPurpose;
+use mlcore_config::KeyPurpose;
 
 /// Why an artifact is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,7 +97,7 @@ impl<'a> VerifyContext<'a> {
     pub fn new(trust: &'a TrustStore, now_ms: u64) -> Self {
         Self {
             trust,
-            feature_schema_hash: crate::features::schema_hash(),
+            feature_schema_hash: mlcore_features::schema_hash(),
             now_ms,
             highest_accepted: None,
             rollback: None,
@@ -203,7 +203,7 @@ pub fn verify(files: ArtifactFiles, ctx: &VerifyContext<'_>) -> Result<VerifiedA
         });
     }
     if let Some(schema) = files.get(FEATURE_SCHEMA) {
-        let shipped = serde_json::from_slice::<crate::features::FeatureSchema>(schema)
+        let shipped = serde_json::from_slice::<mlcore_features::FeatureSchema>(schema)
             .map(|s| s.hash())
             .map_err(|e| VerifyError::Malformed(format!("{FEATURE_SCHEMA}: {e}")))?;
         if shipped != manifest.feature_schema_hash {
@@ -227,7 +227,8 @@ pub fn verify(files: ArtifactFiles, ctx: &VerifyContext<'_>) -> Result<VerifiedA
         if manifest.version <= highest {
             let reason = match ctx.rollback {
                 None => "no rollback authorisation".to_owned(),
-                Some(auth) => match auth.check(
+                Some(auth) => match super::rollback::check(
+                    auth,
                     ctx.trust,
                     &manifest.strategy,
                     &manifest.model_id,

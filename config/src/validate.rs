@@ -1,0 +1,368 @@
+//! Cross-field and cross-file rules that types alone cannot express.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use super::{AppConfig, ConfigCode, ConfigProblem, Credential, Environment};
+
+/// Every rule violation in `c`; `file` maps a config file name to its path.
+pub(crate) fn validate(c: &AppConfig, file: &dyn Fn(&str) -> PathBuf) -> Vec<ConfigProblem> {
+    let mut out = Vec::new();
+    let mut bad = |f: &str, key: String, message: String| {
+        out.push(ConfigProblem {
+            code: ConfigCode::ValueInvalid,
+            file: file(f),
+            key,
+            message,
+        });
+    };
+
+    // core_policy.yaml
+    let t = &c.core_policy.theta;
+    if !(t.theta1 > 0.5 && t.theta1 < 1.0) {
+        bad(
+            "core_policy.yaml",
+            "theta.theta1".into(),
+            format!("must be in (0.5, 1), got {}", t.theta1),
+        );
+    }
+    if !(t.theta2 > 0.0 && t.theta2 <= 1.0) {
+        bad(
+            "core_policy.yaml",
+            "theta.theta2".into(),
+            format!("must be in (0, 1], got {}", t.theta2),
+        );
+    }
+    for (key, [lo, hi], v) in [
+        ("theta1_bounds", t.theta1_bounds, t.theta1),
+        ("theta2_bounds", t.theta2_bounds, t.theta2),
+    ] {
+        if !(lo <= v && v <= hi) {
+            bad(
+                "core_policy.yaml",
+                format!("theta.{key}"),
+                format!("[{lo}, {hi}] does not contain the current value {v}"),
+            );
+        }
+    }
+    if !(t.max_step > 0.0 && t.max_step.is_finite()) {
+        bad(
+            "core_policy.yaml",
+            "theta.max_step".into(),
+            "must be a positive number".into(),
+        );
+    }
+    let r = &c.core_policy.risk;
+    for (key, v) in [
+        ("risk.max_gross", r.max_gross),
+        ("risk.max_symbol_weight", r.max_symbol_weight),
+        ("risk.beta_tolerance", r.beta_tolerance),
+        ("sizing.target_annual_vol", c.core_policy.sizing.target_annual_vol),
+        ("sizing.periods_per_year", c.core_policy.sizing.periods_per_year),
+    ] {
+        if !(v > 0.0 && v.is_finite()) {
+            bad(
+                "core_policy.yaml",
+                key.into(),
+                format!("must be a positive number, got {v}"),
+            );
+        }
+    }
+    if c.core_policy.signal.ttl_ms == 0 {
+        bad(
+            "core_policy.yaml",
+            "signal.ttl_ms".into(),
+            "must be positive".into(),
+        );
+    }
+
+    // universe.yaml and cost_table.yaml
+    let mut strategy_ids = BTreeSet::new();
+    for (si, s) in c.universe.strategies.iter().enumerate() {
+        let valid_id = !s.id.is_empty()
+            && s.id.len() <= 32
+            && s.id
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_');
+        if !valid_id {
+            bad(
+                "universe.yaml",
+                format!("strategies[{si}].id"),
+                format!("`{}` must be 1-32 chars of [a-z0-9_]", s.id),
+            );
+        }
+        if !strategy_ids.insert(s.id.as_str()) {
+            bad(
+                "universe.yaml",
+                format!("strategies[{si}].id"),
+                format!("duplicate strategy id `{}`", s.id),
+            );
+        }
+        if s.symbols.is_empty() {
+            bad(
+                "universe.yaml",
+                format!("strategies[{si}].symbols"),
+                "a strategy needs at least one symbol".into(),
+            );
+        }
+        let mut names = BTreeSet::new();
+        let mut ids = BTreeSet::new();
+        for (i, sym) in s.symbols.iter().enumerate() {
+            let key = |f: &str| format!("strategies[{si}].symbols[{i}].{f}");
+            if !names.insert(sym.symbol.as_str()) {
+                bad(
+                    "universe.yaml",
+                    key("symbol"),
+                    format!("duplicate symbol `{}`", sym.symbol),
+                );
+            }
+            if !ids.insert(sym.id) {
+                bad(
+                    "universe.yaml",
+                    key("id"),
+                    format!("duplicate symbol id {}", sym.id),
+                );
+            }
+            if !(sym.max_weight > 0.0 && sym.max_weight <= r.max_symbol_weight) {
+                bad(
+                    "universe.yaml",
+                    key("max_weight"),
+                    format!("must be in (0, risk.max_symbol_weight = {}]", r.max_symbol_weight),
+                );
+            }
+            if !positive(sym.lot_size) || sym.min_qty < 0.0 || !positive(sym.notional_per_unit_weight) {
+                bad(
+                    "universe.yaml",
+                    key("lot_size"),
+                    "lot_size and notional_per_unit_weight must be positive, min_qty non-negative".into(),
+                );
+            }
+            if !c.cost_table.symbols.contains_key(&sym.symbol) {
+                bad(
+                    "cost_table.yaml",
+                    format!("symbols.{}", sym.symbol),
+                    format!("no cost entry for universe symbol `{}`", sym.symbol),
+                );
+            }
+        }
+        if !names.contains(s.benchmark.as_str()) {
+            bad(
+                "universe.yaml",
+                format!("strategies[{si}].benchmark"),
+                format!("benchmark `{}` is not one of the strategy's symbols", s.benchmark),
+            );
+        }
+    }
+    for (sym, cost) in &c.cost_table.symbols {
+        if cost.spread_bps < 0.0
+            || cost.commission_bps < 0.0
+            || !cost.spread_bps.is_finite()
+            || !cost.commission_bps.is_finite()
+        {
+            bad(
+                "cost_table.yaml",
+                format!("symbols.{sym}"),
+                "costs must be finite and non-negative".into(),
+            );
+        }
+    }
+
+    // redis.yaml / database.yaml
+    if c.redis.namespace.is_empty() || c.redis.namespace.contains(['{', '}', ':', ' ']) {
+        bad(
+            "redis.yaml",
+            "namespace".into(),
+            "must be non-empty without `{`, `}`, `:` or spaces".into(),
+        );
+    }
+    if c.redis.mode == super::RedisMode::Cluster && c.redis.cluster_nodes.is_empty() {
+        bad(
+            "redis.yaml",
+            "cluster_nodes".into(),
+            "cluster mode needs at least one seed node".into(),
+        );
+    }
+    if c.redis.heartbeat.ttl_ms <= c.redis.heartbeat.interval_ms {
+        bad(
+            "redis.yaml",
+            "heartbeat.ttl_ms".into(),
+            "must exceed heartbeat.interval_ms".into(),
+        );
+    }
+    let p = &c.database.pool;
+    if p.max == 0 || p.min > p.max {
+        bad(
+            "database.yaml",
+            "pool".into(),
+            format!(
+                "need 0 <= min <= max and max > 0, got min {} max {}",
+                p.min, p.max
+            ),
+        );
+    }
+    if c.database.search_path.first().map(String::as_str) != Some("core")
+        || !c.database.search_path.iter().any(|s| s == "audit")
+    {
+        bad(
+            "database.yaml",
+            "search_path".into(),
+            "must start with `core` and include `audit`".into(),
+        );
+    }
+    if c.database.retention.critical_days < c.database.retention.audit_days {
+        bad(
+            "database.yaml",
+            "retention.critical_days".into(),
+            "critical events cannot be kept shorter than ordinary ones".into(),
+        );
+    }
+
+    // notifications.yaml / metrics.yaml / sources.yaml
+    let n = &c.notifications;
+    if n.retry.max_attempts == 0 {
+        bad(
+            "notifications.yaml",
+            "retry.max_attempts".into(),
+            "must be at least 1".into(),
+        );
+    }
+    for (stage, buckets) in &c.metrics.latency_buckets_us {
+        if buckets.is_empty()
+            || buckets.windows(2).any(|w| w[0] >= w[1])
+            || buckets.iter().any(|b| !positive(*b))
+        {
+            bad(
+                "metrics.yaml",
+                format!("latency_buckets_us.{stage}"),
+                "buckets must be positive and strictly increasing".into(),
+            );
+        }
+    }
+    let mut priorities = BTreeSet::new();
+    for (i, prov) in c.sources.providers.iter().enumerate() {
+        if !priorities.insert(prov.priority) {
+            bad(
+                "sources.yaml",
+                format!("providers[{i}].priority"),
+                format!("priority {} is used twice", prov.priority),
+            );
+        }
+    }
+
+    // daemon.yaml
+    let th = &c.daemon.threads;
+    if th.worker_cores.is_empty() {
+        bad(
+            "daemon.yaml",
+            "threads.worker_cores".into(),
+            "at least one inference worker is needed".into(),
+        );
+    }
+    if th.realtime_priority > 99 {
+        bad(
+            "daemon.yaml",
+            "threads.realtime_priority".into(),
+            format!(
+                "{} is not a SCHED_FIFO priority: 0 (normal scheduling) or 1-99",
+                th.realtime_priority
+            ),
+        );
+    }
+    if c.daemon.decision.timer_interval_ms == 0 {
+        bad(
+            "daemon.yaml",
+            "decision.timer_interval_ms".into(),
+            "must be at least 1 (a decision every N ms in timer mode)".into(),
+        );
+    }
+    if c.daemon.queues.decisions == 0 || c.daemon.queues.publish == 0 {
+        bad(
+            "daemon.yaml",
+            "queues".into(),
+            "queue capacities must be positive".into(),
+        );
+    }
+
+    // control.yaml
+    let mut principal_names = BTreeSet::new();
+    for (i, pr) in c.control.principals.iter().enumerate() {
+        if !principal_names.insert(pr.name.as_str()) {
+            bad(
+                "control.yaml",
+                format!("principals[{i}].name"),
+                format!("duplicate principal `{}`", pr.name),
+            );
+        }
+        if pr.roles.is_empty() {
+            bad(
+                "control.yaml",
+                format!("principals[{i}].roles"),
+                "a principal needs at least one role".into(),
+            );
+        }
+        match &pr.credential {
+            Credential::Sha256 { value: h }
+                if h.len() != 64 || !h.chars().all(|ch| ch.is_ascii_hexdigit()) =>
+            {
+                bad(
+                    "control.yaml",
+                    format!("principals[{i}].credential.value"),
+                    "must be 64 hex digits".into(),
+                );
+            }
+            Credential::Token { value: s } if s.expose().len() < 16 && c.environment != Environment::Dev => {
+                bad(
+                    "control.yaml",
+                    format!("principals[{i}].credential.value"),
+                    "tokens must be at least 16 characters".into(),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    // trust.yaml
+    let mut key_ids = BTreeSet::new();
+    for (i, k) in c.trust.keys.iter().enumerate() {
+        let key = |f: &str| format!("keys[{i}].{f}");
+        if !key_ids.insert(k.id.as_str()) {
+            bad("trust.yaml", key("id"), format!("duplicate key id `{}`", k.id));
+        }
+        if k.public_key.len() != 64 || !k.public_key.chars().all(|ch| ch.is_ascii_hexdigit()) {
+            bad(
+                "trust.yaml",
+                key("public_key"),
+                "must be 64 hex digits (an ed25519 public key)".into(),
+            );
+        }
+        let from = mlcore_market::civil::parse(&k.valid_from);
+        let until = mlcore_market::civil::parse(&k.valid_until);
+        match (from, until) {
+            (Some(f), Some(u)) if f <= u => {}
+            (None, _) => bad(
+                "trust.yaml",
+                key("valid_from"),
+                format!("`{}` is not a YYYY-MM-DD date", k.valid_from),
+            ),
+            (_, None) => bad(
+                "trust.yaml",
+                key("valid_until"),
+                format!("`{}` is not a YYYY-MM-DD date", k.valid_until),
+            ),
+            _ => bad("trust.yaml", key("valid_until"), "ends before valid_from".into()),
+        }
+        if k.purposes.is_empty() {
+            bad(
+                "trust.yaml",
+                key("purposes"),
+                "a key needs at least one purpose".into(),
+            );
+        }
+    }
+    out
+}
+
+/// Strictly positive and finite (NaN is not positive).
+fn positive(v: f64) -> bool {
+    v > 0.0 && v.is_finite()
+}

@@ -1,0 +1,648 @@
+//! The guard: a Redis Function library every signal write goes through.
+//!
+//! Loaded (or upgraded) at start with `FUNCTION LOAD REPLACE`; in a Cluster
+//! the load goes to every primary. Function names carry the version
+//! (`mlcore_publish_v2`), so a call can only ever reach the guard it was
+//! written for: when the library is gone (restart without persistence,
+//! `FUNCTION FLUSH`, failover to an empty replica) the call fails, the guard is
+//! reloaded once and the call retried, or the publish is refused. There is no
+//! code path that writes a signal key directly.
+
+use std::ops::Range;
+
+use redis::{ConnectionLike, Value};
+
+use super::conn::PackedCommands;
+use super::keys::{Keys, StrategyKeys};
+use super::ops::{OpsMode, OpsState};
+use super::signal::{SignalBatch, StoredSignal};
+use super::ContractError;
+
+/// Library name (with its version).
+pub const LIBRARY: &str = "mlcore_guard_v2";
+/// Guard version; part of every function name.
+pub const VERSION: i64 = 2;
+/// What was added to this version compatibly (2: `mlcore_publish_many_v2`;
+/// 3: `written_at_us` in every stream entry). A loaded library must answer
+/// at least this revision.
+pub const REVISION: i64 = 3;
+/// Most decisions folded into one guard call. More would save little (the
+/// per-decision checks dominate from about 8 on) and would hold Redis for
+/// longer in one go: about 1.2 ms at 8 on this machine.
+pub const MAX_DECISIONS_PER_CALL: usize = 8;
+/// The library source.
+pub const SOURCE: &str = include_str!("guard.lua");
+
+const FN_PUBLISH: &str = "mlcore_publish_v2";
+const FN_PUBLISH_MANY: &str = "mlcore_publish_many_v2";
+const FN_READ: &str = "mlcore_read_v2";
+const FN_SET_MODE: &str = "mlcore_set_mode_v2";
+const FN_INFO: &str = "mlcore_info_v2";
+
+/// What the guard did with a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PublishOutcome {
+    /// All signals written.
+    Accepted {
+        /// How many.
+        count: usize,
+    },
+    /// `valid_until_ms` was not after Redis' clock.
+    Expired {
+        /// Redis time.
+        now_ms: u64,
+    },
+    /// A symbol already holds this or a later `seq`.
+    Stale {
+        /// The symbol.
+        symbol: String,
+        /// Its stored high-water mark.
+        stored_seq: u64,
+    },
+    /// The strategy's mode forbids the batch.
+    Halted {
+        /// The mode in force.
+        mode: OpsMode,
+        /// The symbol that broke the mode's rule (empty for `halted`).
+        symbol: String,
+    },
+}
+
+impl PublishOutcome {
+    /// A short label for metrics (`accepted`, `expired`, `stale`, `halted`).
+    pub const fn label(&self) -> &'static str {
+        match self {
+            Self::Accepted { .. } => "accepted",
+            Self::Expired { .. } => "expired",
+            Self::Stale { .. } => "stale",
+            Self::Halted { .. } => "halted",
+        }
+    }
+}
+
+/// What a compare-and-set mode change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetModeOutcome {
+    /// Applied; the new version.
+    Applied {
+        /// Version after the change.
+        version: u64,
+    },
+    /// Someone else changed the mode first.
+    Conflict {
+        /// The version now stored.
+        current_version: u64,
+    },
+}
+
+/// A mode change request.
+#[derive(Debug, Clone, Copy)]
+pub struct ModeChange<'a> {
+    /// Strategy id.
+    pub strategy: &'a str,
+    /// The version the caller saw (0 when never set).
+    pub expected_version: u64,
+    /// New mode.
+    pub mode: OpsMode,
+    /// Why.
+    pub reason: &'a str,
+    /// Who.
+    pub actor: &'a str,
+    /// Control-plane request id.
+    pub request_id: &'a str,
+}
+
+/// Client of the guard for one namespace.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    keys: Keys,
+    stream_maxlen: u64,
+}
+
+impl Guard {
+    /// A guard client for `keys`' namespace; signal streams are capped at
+    /// about `stream_maxlen` entries.
+    pub fn new(keys: Keys, stream_maxlen: u64) -> Self {
+        Self { keys, stream_maxlen }
+    }
+
+    /// The key layout.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Loads or upgrades the library (every primary in a Cluster) and checks
+    /// that the loaded guard answers with this version.
+    pub fn load(conn: &mut impl ConnectionLike) -> Result<(), ContractError> {
+        redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(SOURCE)
+            .query::<Value>(conn)
+            .map_err(|e| ContractError::GuardMissing {
+                library: LIBRARY,
+                reason: e.to_string(),
+            })?;
+        Self::check_version(conn)
+    }
+
+    /// Whether this version of the guard, at this revision or later, answers
+    /// on `conn`.
+    pub fn check_version(conn: &mut impl ConnectionLike) -> Result<(), ContractError> {
+        let reply: Value = redis::cmd("FCALL_RO")
+            .arg(FN_INFO)
+            .arg(0)
+            .query(conn)
+            .map_err(|e| ContractError::GuardMissing {
+                library: LIBRARY,
+                reason: e.to_string(),
+            })?;
+        match reply_items(&reply).as_deref() {
+            Some([Item::Str(name), Item::Int(v), Item::Int(rev)])
+                if name == "mlcore_guard" && *v == VERSION && *rev >= REVISION =>
+            {
+                Ok(())
+            }
+            _ => Err(ContractError::GuardMissing {
+                library: LIBRARY,
+                reason: format!("guard answered {reply:?}, expected version {VERSION} revision ≥ {REVISION}"),
+            }),
+        }
+    }
+
+    /// The `FCALL` that publishes `batch` (for callers that pipeline several).
+    pub fn publish_cmd(&self, keys: &StrategyKeys, batch: &SignalBatch) -> redis::Cmd {
+        let mut cmd = redis::Cmd::new();
+        self.fill_publish_cmd(&mut cmd, keys, std::slice::from_ref(batch));
+        cmd
+    }
+
+    /// Writes the `FCALL` that publishes `group` into `cmd` (cleared first):
+    /// `mlcore_publish_v2` for one batch, `mlcore_publish_many_v2` for
+    /// several of one strategy and symbol list. Arguments are written in
+    /// place — numbers as `Display` prints them, keys from their parts — so
+    /// a reused `cmd` allocates nothing once it has grown.
+    fn fill_publish_cmd(&self, cmd: &mut redis::Cmd, keys: &StrategyKeys, group: &[SignalBatch]) {
+        cmd.clear();
+        let Some(first) = group.first() else { return };
+        let many = group.len() > 1;
+        cmd.arg("FCALL")
+            .arg(if many { FN_PUBLISH_MANY } else { FN_PUBLISH })
+            .arg(3 + first.signals.len())
+            .arg(&keys.ops)
+            .arg(&keys.hwm)
+            .arg(&keys.signals);
+        for s in &first.signals {
+            cmd.arg(keys.sig_arg(&s.symbol));
+        }
+        if many {
+            cmd.arg(group.len());
+        }
+        for batch in group {
+            cmd.arg(batch.seq)
+                .arg(batch.generated_at_ms)
+                .arg(batch.valid_until_ms)
+                .arg(self.stream_maxlen)
+                .arg(&batch.model_id)
+                .arg(batch.model_version)
+                .arg(&batch.strategy);
+            for s in &batch.signals {
+                cmd.arg(&s.symbol)
+                    .arg(s.side.as_str())
+                    .arg(Num(s.weight))
+                    .arg(Num(s.qty))
+                    .arg(Num(s.return_prob))
+                    .arg(Num(s.risk_score));
+            }
+        }
+    }
+
+    /// Publishes one batch atomically. Reloads the guard once if it is gone.
+    pub fn publish(
+        &self,
+        conn: &mut impl ConnectionLike,
+        batch: &SignalBatch,
+    ) -> Result<PublishOutcome, ContractError> {
+        self.publish_many(conn, std::slice::from_ref(batch))?
+            .pop()
+            .unwrap_or_else(|| Err(ContractError::Protocol("no reply to the publish".into())))
+    }
+
+    /// Publishes several batches in one round trip: one outcome per batch,
+    /// in order, each exactly what publishing the batches one after the
+    /// other would have given. The daemon uses it when decisions queue up
+    /// behind the network round trip.
+    ///
+    /// Consecutive batches of one strategy with the same symbols (up to
+    /// [`MAX_DECISIONS_PER_CALL`]) go in one `mlcore_publish_many_v2` call:
+    /// Redis then writes the signal hashes once for them instead of once
+    /// per batch, which is most of a decision's cost inside Redis. The
+    /// calls go in one pipeline (one by one on a Cluster connection). An
+    /// `Err` from the whole call means nothing can be said about any batch
+    /// (connection lost). A missing or older guard library is reloaded once
+    /// and the calls that failed on it are retried (the others ran).
+    pub fn publish_many(
+        &self,
+        conn: &mut impl ConnectionLike,
+        batches: &[SignalBatch],
+    ) -> Result<Vec<Result<PublishOutcome, ContractError>>, ContractError> {
+        self.publish_many_with(conn, batches, &mut PublishBuffers::default())
+    }
+
+    /// [`Guard::publish_many`] with buffers the caller keeps between calls:
+    /// once they have grown, encoding allocates nothing, and what is left
+    /// per call is the Redis client's reply values (the daemon's publisher
+    /// calls this for every decision).
+    pub fn publish_many_with(
+        &self,
+        conn: &mut impl ConnectionLike,
+        batches: &[SignalBatch],
+        bufs: &mut PublishBuffers,
+    ) -> Result<Vec<Result<PublishOutcome, ContractError>>, ContractError> {
+        self.encode(batches, bufs)?;
+        let mut replies = bufs.packed.run(conn).map_err(classify)?;
+        let missing = |r: &redis::RedisResult<Value>| matches!(r, Err(e) if is_function_missing(e));
+        if replies.iter().any(missing) {
+            // Gone (restart, FUNCTION FLUSH) or an older revision without
+            // `publish_many`: reload, then retry only the calls that failed
+            // on it — the others ran, and sending them again would make
+            // them stale.
+            Self::load(conn)?;
+            let again: Vec<usize> = (0..replies.len()).filter(|&i| missing(&replies[i])).collect();
+            let retried = bufs
+                .packed
+                .only(|i| again.contains(&i))
+                .run(conn)
+                .map_err(classify)?;
+            for (i, r) in again.into_iter().zip(retried) {
+                replies[i] = r;
+            }
+        }
+        let mut out = Vec::with_capacity(batches.len());
+        for (g, reply) in bufs.groups.iter().zip(replies) {
+            push_value_outcomes(reply, g.len(), &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Encodes the guard calls that publish `batches` into `bufs` (the
+    /// calls in `bufs.packed`, the batches each carries in `bufs.groups`).
+    pub fn encode(&self, batches: &[SignalBatch], bufs: &mut PublishBuffers) -> Result<(), ContractError> {
+        if let Some(i) = batches.iter().position(|b| b.signals.is_empty()) {
+            return Err(ContractError::Invalid {
+                field: "signals",
+                reason: format!("batch {i} has no signal"),
+            });
+        }
+        group_calls(batches, &mut bufs.groups);
+        bufs.packed.clear();
+        for g in &bufs.groups {
+            let group = &batches[g.clone()];
+            let k = strategy_keys(&mut bufs.keys, &self.keys, &group[0].strategy);
+            self.fill_publish_cmd(&mut bufs.cmd, &bufs.keys[k], group);
+            bufs.packed.push(&bufs.cmd);
+        }
+        Ok(())
+    }
+
+    /// The current signal of `symbol`, only while it is valid (Redis time).
+    pub fn read(
+        &self,
+        conn: &mut impl ConnectionLike,
+        strategy: &str,
+        symbol: &str,
+    ) -> Result<Option<StoredSignal>, ContractError> {
+        let key = self.keys.strategy(strategy).sig(symbol);
+        let reply = with_guard(conn, |c| {
+            redis::cmd("FCALL_RO")
+                .arg(FN_READ)
+                .arg(1)
+                .arg(&key)
+                .query::<Value>(c)
+        })?;
+        match reply {
+            Value::Nil => Ok(None),
+            other => {
+                let fields = pairs(&other)?;
+                StoredSignal::from_fields(symbol, &fields).map(Some)
+            }
+        }
+    }
+
+    /// Compare-and-set of a strategy's mode; publishes an `ops_mode` event.
+    pub fn set_mode(
+        &self,
+        conn: &mut impl ConnectionLike,
+        change: &ModeChange<'_>,
+    ) -> Result<SetModeOutcome, ContractError> {
+        let keys = self.keys.strategy(change.strategy);
+        let events = self.keys.events();
+        let reply = with_guard(conn, |c| {
+            redis::cmd("FCALL")
+                .arg(FN_SET_MODE)
+                .arg(1)
+                .arg(&keys.ops)
+                .arg(change.expected_version)
+                .arg(change.mode.as_str())
+                .arg(change.reason)
+                .arg(change.actor)
+                .arg(change.request_id)
+                .arg(change.strategy)
+                .arg(&events)
+                .query::<Value>(c)
+        })?;
+        match reply_items(&reply).as_deref() {
+            Some([Item::Str(s), Item::Int(v)]) if s == "ok" => {
+                Ok(SetModeOutcome::Applied { version: to_u64(*v)? })
+            }
+            Some([Item::Str(s), Item::Int(v)]) if s == "conflict" => Ok(SetModeOutcome::Conflict {
+                current_version: to_u64(*v)?,
+            }),
+            _ => Err(ContractError::Protocol(format!("set_mode replied {reply:?}"))),
+        }
+    }
+
+    /// A strategy's ops state; absent or unreadable state reads as `halted`.
+    pub fn read_mode(
+        &self,
+        conn: &mut impl ConnectionLike,
+        strategy: &str,
+    ) -> Result<OpsState, ContractError> {
+        let key = self.keys.strategy(strategy).ops;
+        let fields: Vec<(String, String)> = redis::cmd("HGETALL").arg(&key).query(conn)?;
+        Ok(OpsState::from_fields(&fields))
+    }
+
+    /// The highest `seq` the guard ever accepted for the strategy (0 if none):
+    /// where a restarted daemon continues its sequence from.
+    pub fn high_water_mark(
+        &self,
+        conn: &mut impl ConnectionLike,
+        strategy: &str,
+    ) -> Result<u64, ContractError> {
+        let key = self.keys.strategy(strategy).hwm;
+        let values: Vec<String> = redis::cmd("HVALS").arg(&key).query(conn)?;
+        values.iter().try_fold(0u64, |max, v| {
+            v.parse::<u64>()
+                .map(|n| max.max(n))
+                .map_err(|_| ContractError::Protocol(format!("{key} holds a non-integer seq {v:?}")))
+        })
+    }
+}
+
+/// Buffers [`Guard::publish_many_with`] reuses between calls: the command
+/// being encoded, the packed pipeline, the batches each call carries, and
+/// the key layout of each strategy seen so far.
+#[derive(Debug, Default)]
+pub struct PublishBuffers {
+    cmd: redis::Cmd,
+    packed: PackedCommands,
+    groups: Vec<Range<usize>>,
+    keys: Vec<StrategyKeys>,
+}
+
+impl PublishBuffers {
+    /// The guard calls [`Guard::encode`] wrote, packed for the wire.
+    pub fn packed(&self) -> &PackedCommands {
+        &self.packed
+    }
+
+    /// The batches each encoded call carries (ranges of the batches given
+    /// to [`Guard::encode`]), in call order.
+    pub fn groups(&self) -> &[Range<usize>] {
+        &self.groups
+    }
+}
+
+/// Index of `strategy`'s key layout in `known`, built on first sight.
+fn strategy_keys(known: &mut Vec<StrategyKeys>, keys: &Keys, strategy: &str) -> usize {
+    match known.iter().position(|k| k.strategy == strategy) {
+        Some(k) => k,
+        None => {
+            known.push(keys.strategy(strategy));
+            known.len() - 1
+        }
+    }
+}
+
+/// Splits `batches` into guard calls (ranges of `batches`): a run of
+/// consecutive batches of one strategy with the same symbols in the same
+/// order, up to [`MAX_DECISIONS_PER_CALL`], is one call. Only consecutive
+/// batches are folded, so the calls keep the batches' order.
+fn group_calls(batches: &[SignalBatch], groups: &mut Vec<Range<usize>>) {
+    groups.clear();
+    let mut start = 0;
+    for i in 1..=batches.len() {
+        let ends = i == batches.len()
+            || i - start == MAX_DECISIONS_PER_CALL
+            || !same_layout(&batches[start], &batches[i]);
+        if ends {
+            groups.push(start..i);
+            start = i;
+        }
+    }
+}
+
+/// Whether two batches touch the same keys in the same order.
+fn same_layout(a: &SignalBatch, b: &SignalBatch) -> bool {
+    a.strategy == b.strategy
+        && a.signals.len() == b.signals.len()
+        && a.signals
+            .iter()
+            .zip(&b.signals)
+            .all(|(x, y)| x.symbol == y.symbol)
+}
+
+/// A number as a Redis argument, written as `Display` prints it (the
+/// shortest form that reads back to the same `f64`, never an exponent).
+struct Num(f64);
+
+impl redis::ToRedisArgs for Num {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        out.write_arg_fmt(self.0);
+    }
+}
+
+/// Runs `f`; if the guard is missing, reloads it once and runs `f` again.
+fn with_guard<C: ConnectionLike, T>(
+    conn: &mut C,
+    mut f: impl FnMut(&mut C) -> redis::RedisResult<T>,
+) -> Result<T, ContractError> {
+    match f(conn) {
+        Ok(v) => Ok(v),
+        Err(e) if is_function_missing(&e) => {
+            Guard::load(conn)?;
+            f(conn).map_err(classify)
+        }
+        Err(e) => Err(classify(e)),
+    }
+}
+
+fn is_function_missing(e: &redis::RedisError) -> bool {
+    e.to_string().contains("Function not found")
+}
+
+fn classify(e: redis::RedisError) -> ContractError {
+    if e.code() == Some("BADINPUT") {
+        return ContractError::BadInput(e.detail().unwrap_or_default().to_owned());
+    }
+    if is_function_missing(&e) {
+        return ContractError::GuardMissing {
+            library: LIBRARY,
+            reason: e.to_string(),
+        };
+    }
+    ContractError::Redis(e)
+}
+
+/// Appends the outcomes of one guard call's reply, carrying `n` batches,
+/// to `out`: one reply for `mlcore_publish_v2`, a list of `n` for
+/// `mlcore_publish_many_v2`; an error, or a reply of the wrong shape, is
+/// every batch's outcome.
+pub fn push_value_outcomes(
+    reply: redis::RedisResult<Value>,
+    n: usize,
+    out: &mut Vec<Result<PublishOutcome, ContractError>>,
+) {
+    let reply = match reply {
+        Ok(Value::ServerError(e)) => Err(redis::RedisError::from(e)),
+        other => other,
+    };
+    match reply {
+        Ok(v) if n == 1 => out.push(parse_publish_reply(&v)),
+        Ok(Value::Array(items)) if items.len() == n => out.extend(items.iter().map(parse_publish_reply)),
+        Ok(v) => {
+            let what = format!("publish_many replied {v:?} for {n} decisions");
+            out.extend((0..n).map(|_| Err(ContractError::Protocol(what.clone()))));
+        }
+        Err(e) => out.extend((0..n).map(|_| Err(classify(e.clone())))),
+    }
+}
+
+fn parse_publish_reply(reply: &Value) -> Result<PublishOutcome, ContractError> {
+    // The common reply, read without building strings.
+    if let Value::Array(items) = reply {
+        if let [Value::BulkString(ok), Value::Int(n)] = items.as_slice() {
+            if ok == b"ok" {
+                if let Ok(count) = usize::try_from(*n) {
+                    return Ok(PublishOutcome::Accepted { count });
+                }
+            }
+        }
+    }
+    let bad = || ContractError::Protocol(format!("publish replied {reply:?}"));
+    let items = reply_items(reply).ok_or_else(bad)?;
+    match items.as_slice() {
+        [Item::Str(s), Item::Int(n)] if s == "ok" => Ok(PublishOutcome::Accepted {
+            count: usize::try_from(*n).map_err(|_| bad())?,
+        }),
+        [Item::Str(s), Item::Int(now)] if s == "expired" => Ok(PublishOutcome::Expired {
+            now_ms: to_u64(*now)?,
+        }),
+        [Item::Str(s), Item::Str(symbol), Item::Int(seq)] if s == "stale" => Ok(PublishOutcome::Stale {
+            symbol: symbol.clone(),
+            stored_seq: to_u64(*seq)?,
+        }),
+        [Item::Str(s), Item::Str(mode), Item::Str(symbol)] if s == "halted" => Ok(PublishOutcome::Halted {
+            mode: mode.parse().map_err(|_| bad())?,
+            symbol: symbol.clone(),
+        }),
+        // One malformed decision of a `publish_many` call.
+        [Item::Str(s), Item::Str(what)] if s == "bad_input" => Err(ContractError::BadInput(what.clone())),
+        _ => Err(bad()),
+    }
+}
+
+enum Item {
+    Str(String),
+    Int(i64),
+}
+
+fn reply_items(v: &Value) -> Option<Vec<Item>> {
+    let Value::Array(items) = v else { return None };
+    items
+        .iter()
+        .map(|i| match i {
+            Value::Int(n) => Some(Item::Int(*n)),
+            Value::BulkString(b) => String::from_utf8(b.clone()).ok().map(Item::Str),
+            Value::SimpleString(s) => Some(Item::Str(s.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pairs(v: &Value) -> Result<Vec<(String, String)>, ContractError> {
+    let items =
+        reply_items(v).ok_or_else(|| ContractError::Protocol(format!("expected field list, got {v:?}")))?;
+    let strs: Vec<String> = items
+        .into_iter()
+        .map(|i| match i {
+            Item::Str(s) => s,
+            Item::Int(n) => n.to_string(),
+        })
+        .collect();
+    Ok(strs
+        .chunks_exact(2)
+        .map(|c| (c[0].clone(), c[1].clone()))
+        .collect())
+}
+
+fn to_u64(n: i64) -> Result<u64, ContractError> {
+    u64::try_from(n).map_err(|_| ContractError::Protocol(format!("negative integer {n} in guard reply")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Signal;
+
+    fn batch(strategy: &str, symbols: &[&str]) -> SignalBatch {
+        SignalBatch {
+            strategy: strategy.into(),
+            seq: 1,
+            generated_at_ms: 1,
+            valid_until_ms: 2,
+            model_id: "m".into(),
+            model_version: 1,
+            signals: symbols.iter().map(|s| Signal::flat(*s)).collect(),
+        }
+    }
+
+    fn groups(batches: &[SignalBatch]) -> Vec<Range<usize>> {
+        let mut g = Vec::from([3..4, 5..6]); // stale content is cleared
+        group_calls(batches, &mut g);
+        g
+    }
+
+    #[test]
+    fn consecutive_batches_of_one_layout_share_a_call_up_to_the_limit() {
+        let a = batch("fx", &["EURUSD", "USDJPY"]);
+        assert_eq!(groups(&[]), Vec::<Range<usize>>::new());
+        let one: Vec<Range<usize>> = std::iter::once(0..1).collect();
+        assert_eq!(groups(std::slice::from_ref(&a)), one);
+        let twenty = vec![a.clone(); 20];
+        assert_eq!(groups(&twenty), [0..8, 8..16, 16..20]);
+        assert_eq!(MAX_DECISIONS_PER_CALL, 8);
+    }
+
+    #[test]
+    fn another_strategy_or_symbol_list_starts_a_new_call_and_order_is_kept() {
+        let a = batch("fx", &["EURUSD", "USDJPY"]);
+        let other_strategy = batch("eq", &["EURUSD", "USDJPY"]);
+        let reordered = batch("fx", &["USDJPY", "EURUSD"]);
+        let fewer = batch("fx", &["EURUSD"]);
+        let batches = [
+            a.clone(),
+            a.clone(),
+            other_strategy,
+            a.clone(),
+            reordered,
+            fewer,
+            a.clone(),
+            a,
+        ];
+        // The fourth is not folded into the first call: that would send it
+        // before the third's call, out of order.
+        assert_eq!(groups(&batches), [0..2, 2..3, 3..4, 4..5, 5..6, 6..8]);
+    }
+}

@@ -1,0 +1,16 @@
+//! `mlcore-research`: where signals get their meaning. Used by the control
+//! plane's commands; never linked by the daemon (learners, Parquet and the
+//! ONNX writer stay out of the serving binary).
+//!
+//! - [`synth`]: a deterministic synthetic market with a planted effect.
+//! - [`dataset`]: market data as Parquet partitions, the dataset index with
+//!   checksums, and quarantine.
+//! - [`onnx`]: the ONNX graph writer and the exporters of fitted heads, with
+//!   the native predictors each export is checked against.
+//! - [`train`]: dataset → features → labels → split → fit → calibrate →
+//!   export → parity check against ONNX Runtime → sign → verify.
+
+pub mod dataset;
+pub mod onnx;
+pub mod synth;
+pub mod train;

@@ -1,0 +1,268 @@
+//! The first trainer: dataset → features → labels → time-ordered split →
+//! fit (ai1: gradient-boosted trees, ai2: logistic regression) → Platt
+//! calibration → ONNX export → parity check against ONNX Runtime → sign →
+//! verify.
+//!
+//! Deterministic: the same dataset, parameters and `created_at_ms` give a
+//! byte-identical artifact. (Purged CV, walk-forward, backtest and θ search
+//! belong to the retraining pipeline, which builds on this.)
+
+mod learners;
+mod metrics;
+mod samples;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::dataset::{Dataset, DatasetError, Quarantined};
+use mlcore_features::{self as features, N_FEATURES};
+use mlcore_models::artifact::{
+    self, ArtifactFiles, HeadSpec, Manifest, SecretKeyFile, ThetaParams, TrainingWindow, TrustStore,
+    VerifyContext,
+};
+use mlcore_models::runtime;
+
+pub use learners::{FitError, GbdtParams};
+pub use metrics::auc;
+
+/// What to train.
+#[derive(Debug)]
+pub struct TrainSpec {
+    /// Dataset root (with `dataset_index.json`).
+    pub dataset: PathBuf,
+    /// Strategy id.
+    pub strategy: String,
+    /// Symbols in universe order.
+    pub symbols: Vec<String>,
+    /// Index of the benchmark symbol.
+    pub benchmark: usize,
+    /// Model version (monotonic per strategy).
+    pub version: u64,
+    /// Creation time written into the manifest, ms.
+    pub created_at_ms: u64,
+    /// Validity from creation, days.
+    pub valid_days: u32,
+    /// Decision cadence for samples, ms.
+    pub decision_every_ms: u64,
+    /// Label horizon, quotes.
+    pub horizon: usize,
+    /// Tree parameters for ai1.
+    pub gbdt: GbdtParams,
+    /// θ written into the manifest.
+    pub theta: ThetaParams,
+}
+
+/// What training produced.
+#[derive(Debug)]
+pub struct TrainReport {
+    /// The sealed manifest.
+    pub manifest: Manifest,
+    /// The artifact's files (written to the output folder).
+    pub files: ArtifactFiles,
+    /// Partitions excluded by quarantine markers.
+    pub quarantined: Vec<Quarantined>,
+    /// Rows per segment (train, calibration, test).
+    pub rows: (usize, usize, usize),
+}
+
+/// Why training failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The dataset could not be read.
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    /// Too little data.
+    #[error("not enough data: {0}")]
+    NotEnoughData(String),
+    /// A learner failed.
+    #[error(transparent)]
+    Fit(#[from] FitError),
+    /// Export, parity or sealing failed.
+    #[error("{0}")]
+    Export(String),
+    /// The fresh artifact did not verify.
+    #[error("the trained artifact does not verify: {0}")]
+    Verify(#[from] artifact::VerifyError),
+}
+
+/// Trains, exports, signs with `key` and verifies against `trust`.
+pub fn train(
+    spec: &TrainSpec,
+    key: &SecretKeyFile,
+    trust: &TrustStore,
+    now_ms: u64,
+) -> Result<TrainReport, TrainError> {
+    let dataset = Dataset::open(&spec.dataset)?;
+    let names: Vec<&str> = spec.symbols.iter().map(String::as_str).collect();
+    let quotes = dataset.load_quotes(&names)?;
+    if quotes.is_empty() {
+        return Err(TrainError::NotEnoughData(format!(
+            "no quotes for {} in {}",
+            names.join(","),
+            spec.dataset.display()
+        )));
+    }
+    let every_ns = i64::try_from(spec.decision_every_ms).unwrap_or(i64::MAX / 2_000_000) * 1_000_000;
+    let split = samples::build(
+        &quotes,
+        names.len(),
+        spec.benchmark,
+        every_ns,
+        spec.horizon,
+        (0.7, 0.1),
+    );
+    let rows = (split.train.rows(), split.calibration.rows(), split.test.rows());
+    if rows.0 < 200 || rows.1 < 50 || rows.2 < 50 {
+        return Err(TrainError::NotEnoughData(format!(
+            "train/calibration/test rows {rows:?}; need at least 200/50/50 (more days or a faster cadence)"
+        )));
+    }
+
+    // ai1: up-move probability.
+    let mut ai1 = learners::fit_gbdt(&split.train.x, &split.train.up, spec.gbdt)?;
+    let cal_margins: Vec<f32> = (0..split.calibration.rows())
+        .map(|i| ai1.margin_row(split.calibration.row(i)))
+        .collect();
+    ai1.platt = learners::fit_platt(&cal_margins, &split.calibration.up)?;
+
+    // ai2: risk score = probability the move is in the training top quartile.
+    let threshold = samples::quantile(&split.train.abs_move, 0.75);
+    let mut ai2 = learners::fit_logistic(&split.train.x, &split.train.risky(threshold), 1.0)?;
+    let margins2: Vec<f32> = (0..split.calibration.rows())
+        .map(|i| {
+            let row = split.calibration.row(i);
+            ai2.weights.iter().zip(row).map(|(w, v)| w * v).sum::<f32>() + ai2.intercept
+        })
+        .collect();
+    ai2.platt = learners::fit_platt(&margins2, &split.calibration.risky(threshold))?;
+
+    // Test metrics.
+    let test = &split.test;
+    let p1: Vec<f32> = (0..test.rows()).map(|i| ai1.predict_row(test.row(i))).collect();
+    let p2: Vec<f32> = (0..test.rows()).map(|i| ai2.predict_row(test.row(i))).collect();
+    let risky = test.risky(threshold);
+    let mut metrics = BTreeMap::new();
+    metrics.insert(
+        "ai1_auc_test".to_owned(),
+        metrics::auc(&p1, &test.up).unwrap_or(0.5),
+    );
+    metrics.insert("ai1_logloss_test".to_owned(), metrics::log_loss(&p1, &test.up));
+    metrics.insert("ai1_base_rate_test".to_owned(), rate(&test.up));
+    metrics.insert(
+        "ai2_auc_test".to_owned(),
+        metrics::auc(&p2, &risky).unwrap_or(0.5),
+    );
+    metrics.insert("ai2_logloss_test".to_owned(), metrics::log_loss(&p2, &risky));
+    metrics.insert("ai2_move_threshold".to_owned(), threshold);
+    metrics.insert("rows_train".to_owned(), rows.0 as f64);
+    metrics.insert("rows_calibration".to_owned(), rows.1 as f64);
+    metrics.insert("rows_test".to_owned(), rows.2 as f64);
+
+    // Export, and check ONNX Runtime agrees with the native heads.
+    let export = |e: crate::onnx::export::ExportError| TrainError::Export(e.to_string());
+    let ai1_onnx = ai1.to_onnx("ai1").map_err(export)?;
+    let ai2_onnx = ai2.to_onnx("ai2").map_err(export)?;
+    let parity_rows = test.rows().min(10_000);
+    let x = &test.x[..parity_rows * N_FEATURES];
+    for (name, bytes, native) in [("ai1", &ai1_onnx, &p1), ("ai2", &ai2_onnx, &p2)] {
+        let worst = onnx_max_abs_diff(bytes, x, &native[..parity_rows])?;
+        if worst > 1e-5 {
+            return Err(TrainError::Export(format!(
+                "{name}: ONNX Runtime differs from the native model by {worst:e}"
+            )));
+        }
+        metrics.insert(format!("{name}_onnx_parity_max_abs"), f64::from(worst));
+    }
+
+    let schema = features::schema();
+    let head = |file: &str, learner: &str| HeadSpec {
+        file: file.into(),
+        input: "x".into(),
+        output: "prob".into(),
+        n_features: N_FEATURES,
+        learner: learner.into(),
+        calibration: "platt".into(),
+    };
+    let manifest = Manifest {
+        format: 1,
+        model_id: format!("{}-v{}", spec.strategy, spec.version),
+        strategy: spec.strategy.clone(),
+        version: spec.version,
+        created_at_ms: spec.created_at_ms,
+        expires_at_ms: spec.created_at_ms + u64::from(spec.valid_days) * 86_400_000,
+        feature_schema_hash: schema.hash(),
+        heads: [
+            ("ai1".to_owned(), head("ai1.onnx", "gbdt")),
+            ("ai2".to_owned(), head("ai2.onnx", "logistic")),
+        ]
+        .into(),
+        theta: spec.theta,
+        training_window: TrainingWindow {
+            start_ms: split.start_ms,
+            test_start_ms: split.test_start_ms,
+            end_ms: split.end_ms,
+        },
+        metrics,
+        files: BTreeMap::new(),
+    };
+    let schema_json =
+        serde_json::to_string_pretty(&schema).map_err(|e| TrainError::Export(e.to_string()))? + "\n";
+    let files = ArtifactFiles(
+        [
+            ("ai1.onnx".to_owned(), ai1_onnx),
+            ("ai2.onnx".to_owned(), ai2_onnx),
+            (artifact::FEATURE_SCHEMA.to_owned(), schema_json.into_bytes()),
+        ]
+        .into(),
+    );
+    let (manifest, files) = artifact::seal(manifest, files, key).map_err(TrainError::Export)?;
+    let ctx = VerifyContext {
+        trust,
+        feature_schema_hash: &schema.hash(),
+        now_ms,
+        highest_accepted: None,
+        rollback: None,
+    };
+    artifact::verify(files.clone(), &ctx)?;
+    Ok(TrainReport {
+        manifest,
+        files,
+        quarantined: dataset.quarantined,
+        rows,
+    })
+}
+
+fn rate(labels: &[bool]) -> f64 {
+    labels.iter().filter(|l| **l).count() as f64 / labels.len().max(1) as f64
+}
+
+fn onnx_max_abs_diff(model: &[u8], x: &[f32], native: &[f32]) -> Result<f32, TrainError> {
+    let ort = |e: String| TrainError::Export(format!("ONNX Runtime: {e}"));
+    let mut session = runtime::hot_path_session(model).map_err(|e| ort(e.to_string()))?;
+    let rows = native.len();
+    let input =
+        ort::value::TensorRef::from_array_view(([rows, N_FEATURES], x)).map_err(|e| ort(e.to_string()))?;
+    let out = session
+        .run(ort::inputs!["x" => input])
+        .map_err(|e| ort(e.to_string()))?;
+    let (_, probs) = out["prob"]
+        .try_extract_tensor::<f32>()
+        .map_err(|e| ort(e.to_string()))?;
+    Ok(probs
+        .iter()
+        .zip(native)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max))
+}
+
+/// Writes the artifact into `out`, which must not exist yet (never overwrite
+/// a model).
+pub fn write_artifact(files: &ArtifactFiles, out: &Path) -> Result<(), TrainError> {
+    if out.exists() {
+        return Err(TrainError::Export(format!(
+            "{} already exists; refusing to overwrite an artifact",
+            out.display()
+        )));
+    }
+    files.write(out).map_err(|e| TrainError::Export(e.to_string()))
+}

@@ -1,0 +1,690 @@
+//! The daemon end to end, as real processes: a trained and signed model in
+//! `models_root`, `mlcore-daemon run` against the real Redis (a private
+//! namespace), `mlcore-feed` replaying the synthetic market. Signals arrive in
+//! Redis through the guard; a halt takes effect within milliseconds; a
+//! malformed frame closes only its own connection; a newer model is swapped
+//! in without a failed decision.
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns: a broken fixture should panic
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mlcore_config::{self as config, Environment, MapEnv};
+use mlcore_contract::{Guard, Keys, OpsMode, Side};
+use mlcore_models::artifact::{SecretKeyFile, ThetaParams, TrustStore};
+use mlcore_models::runtime;
+use mlcore_research::synth;
+use mlcore_research::train::{self, GbdtParams, TrainSpec};
+use mlcore_testkit::{self as testutil, RedisNamespace};
+
+struct Daemon {
+    child: Child,
+    ingress: String,
+    http: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn get(http: &str, path: &str) -> (u16, String) {
+    testutil::http(http, "GET", path, None, "")
+}
+
+fn metric(http: &str, line_start: &str) -> f64 {
+    let (_, body) = get(http, "/metrics");
+    body.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Accepted guard batches, as the e2e configuration labels the series.
+const ACCEPTED: &str =
+    r#"ml_assets_core_batches_total{environment="e2e",service="ml-assets-core",outcome="accepted"}"#;
+
+fn wait_ready(d: &Daemon) {
+    assert!(
+        testutil::wait_until(Duration::from_secs(20), || get(&d.http, "/readyz").0 == 200).is_some(),
+        "daemon never became ready"
+    );
+}
+
+/// Runs `mlcore-feed` with the test's configuration and `args`; its
+/// stdout, once it exited successfully.
+fn run_feed(root: &Path, args: &[&str]) -> String {
+    let out = Command::new(testutil::binary("mlcore-feed"))
+        .args([
+            "--config-dir",
+            root.join("configs").to_str().unwrap(),
+            "--env",
+            "dev",
+        ])
+        .args(args)
+        .env("MLCORE_REDIS_URL", testutil::redis_url())
+        .env("MLCORE_PG_DSN", testutil::pg_dsn())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "feed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn train_into(data: &Path, out: &Path, version: u64) {
+    let key =
+        SecretKeyFile::read(&testutil::workspace_root().join("deployments/dev-keys/dev-2026.key")).unwrap();
+    let cfg = config::load(
+        &testutil::workspace_root().join("configs"),
+        Environment::Dev,
+        &vars(),
+    )
+    .unwrap();
+    let trust = TrustStore::from_config(&cfg.trust).unwrap();
+    let spec = TrainSpec {
+        dataset: data.to_owned(),
+        strategy: "fx_g10".into(),
+        symbols: synth::SYMBOLS.iter().map(|s| s.0.to_owned()).collect(),
+        benchmark: 0,
+        version,
+        created_at_ms: testutil::now_ms(),
+        valid_days: 2,
+        decision_every_ms: 60_000,
+        horizon: 12,
+        gbdt: GbdtParams {
+            trees: 15,
+            depth: 3,
+            learning_rate: 0.1,
+            min_leaf: 50,
+        },
+        // Low θ1 so the demo market produces positions, not only flats.
+        theta: ThetaParams {
+            theta1: 0.505,
+            theta2: 0.9,
+        },
+    };
+    let report = train::train(&spec, &key, &trust, testutil::now_ms()).unwrap();
+    train::write_artifact(&report.files, out).unwrap();
+}
+
+fn vars() -> MapEnv {
+    MapEnv::new()
+        .with("MLCORE_REDIS_URL", &testutil::redis_url())
+        .with("MLCORE_PG_DSN", &testutil::pg_dsn())
+}
+
+fn start_daemon(root: &Path) -> Daemon {
+    let (child, line) = testutil::spawn_announcing(
+        Command::new(testutil::binary("mlcore-daemon"))
+            .args([
+                "--config-dir",
+                root.join("configs").to_str().unwrap(),
+                "run",
+                "--env",
+                "dev",
+            ])
+            .env("MLCORE_REDIS_URL", testutil::redis_url())
+            .env("MLCORE_PG_DSN", testutil::pg_dsn())
+            .stderr(Stdio::null()),
+    );
+    // "listening ingress=HOST:PORT http=HOST:PORT"
+    Daemon {
+        ingress: testutil::announced(&line, "ingress="),
+        http: testutil::announced(&line, "http="),
+        child,
+    }
+}
+
+/// A folder with the repository's configs, the dev environment pointed at
+/// namespace `ns`, free ports, the test's ONNX Runtime and models under
+/// the folder, and `threads` as daemon.yaml's threads.
+fn config_root(ns: &RedisNamespace, threads: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    testutil::copy_tree(&testutil::workspace_root().join("configs"), &root.join("configs")).unwrap();
+    let dev = root.join("configs/envs/dev");
+    std::fs::write(
+        dev.join("redis.yaml"),
+        format!("namespace: {}\nreconcile_interval_ms: 1000\n", ns.ns),
+    )
+    .unwrap();
+    std::fs::write(
+        dev.join("daemon.yaml"),
+        format!("instance_id: e2e\ningress: {{listen: \"127.0.0.1:0\"}}\nthreads: {threads}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dev.join("metrics.yaml"),
+        "listen: \"127.0.0.1:0\"\ndefault_labels: {environment: e2e}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dev.join("storage.yaml"),
+        format!(
+            "models_root: {}\nworm_root: {0}/w\nbackups_root: {0}/b\ndatasets_root: {0}/d\nonnxruntime_library: {}\n",
+            root.join("models").display(),
+            testutil::ort_library().display()
+        ),
+    )
+    .unwrap();
+    tmp
+}
+
+/// Scheduling policy and real-time priority of each of `pid`'s threads,
+/// by name (`/proc/<pid>/task/<tid>/stat` fields 41 and 40).
+fn thread_policies(pid: u32) -> Vec<(String, u32, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+        // Fields after the command's closing parenthesis start at field 3.
+        let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        out.push((name, rest[41 - 3].parse().unwrap(), rest[40 - 3].parse().unwrap()));
+    }
+    out
+}
+
+#[test]
+fn hot_threads_run_sched_fifo_when_configured_and_permitted() {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, RealtimeThreadSchedulePolicy, ThreadPriority,
+        ThreadPriorityValue, ThreadSchedulePolicy,
+    };
+    // Whether this process may use SCHED_FIFO at all (root or
+    // CAP_SYS_NICE): the daemon should then, and otherwise warn and go on.
+    let permitted = std::thread::spawn(|| {
+        set_thread_priority_and_policy(
+            thread_native_id(),
+            ThreadPriority::Crossplatform(ThreadPriorityValue::try_from(10u8).unwrap()),
+            ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
+        )
+        .is_ok()
+    })
+    .join()
+    .unwrap();
+    let ns = RedisNamespace::new();
+    let tmp = config_root(
+        &ns,
+        "{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0], realtime_priority: 10}",
+    );
+    let daemon = start_daemon(tmp.path());
+    const SCHED_FIFO: u32 = 1;
+    let expected = if permitted { (SCHED_FIFO, 10) } else { (0, 0) };
+    // Each hot thread sets its own policy as it starts, which may be just
+    // after the daemon announces its addresses.
+    let hot_names = ["ingress", "worker-0", "publisher"];
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let threads = loop {
+        let threads = thread_policies(daemon.child.id());
+        let settled = hot_names
+            .iter()
+            .all(|hot| threads.iter().any(|(n, p, r)| n == hot && (*p, *r) == expected));
+        if settled || std::time::Instant::now() > deadline {
+            break threads;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for hot in hot_names {
+        let (_, policy, priority) = threads
+            .iter()
+            .find(|(n, ..)| n == hot)
+            .unwrap_or_else(|| panic!("no thread {hot} in {threads:?}"));
+        if permitted {
+            assert_eq!((*policy, *priority), (SCHED_FIFO, 10), "{hot}");
+        } else {
+            assert_eq!((*policy, *priority), (0, 0), "{hot} without permission");
+        }
+    }
+    let side: Vec<_> = threads.iter().filter(|(n, ..)| n.starts_with("side")).collect();
+    assert!(!side.is_empty(), "{threads:?}");
+    assert!(
+        side.iter().all(|(_, policy, _)| *policy == 0),
+        "side threads stay normal: {side:?}"
+    );
+}
+
+/// `decision.mode: timer`: the daemon decides on its own clock, every
+/// `timer_interval_ms`, for every strategy, with no trigger frame and no
+/// feed at all. The symbols have no quotes, so every signal is flat (not
+/// ready) — published through the guard all the same, with a fresh
+/// `valid_until`: "no valid signal" would tell consumers nothing. Then
+/// quotes from a CSV through `mlcore-feed`, and one for an unknown symbol.
+#[test]
+fn timer_mode_decides_on_the_daemons_clock_without_triggers() {
+    runtime::init(&testutil::ort_library()).unwrap();
+    let ns = RedisNamespace::new();
+    let threads = "{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}";
+    let tmp = config_root(&ns, threads);
+    let root = tmp.path();
+    std::fs::write(
+        root.join("configs/envs/dev/daemon.yaml"),
+        format!(
+            "instance_id: e2e-timer\ningress: {{listen: \"127.0.0.1:0\"}}\nthreads: {threads}\n\
+             decision: {{mode: timer, timer_interval_ms: 100}}\n"
+        ),
+    )
+    .unwrap();
+    let key =
+        SecretKeyFile::read(&testutil::workspace_root().join("deployments/dev-keys/dev-2026.key")).unwrap();
+    testutil::logistic_artifact(&key, "fx_g10", 1, 1.0, testutil::now_ms())
+        .write(&root.join("models/fx_g10/v1"))
+        .unwrap();
+    let mut conn = testutil::redis_connection();
+    let guard = Guard::new(Keys::new(&ns.ns), 1000);
+    Guard::load(&mut conn).unwrap();
+    testutil::set_mode(&guard, &mut conn, "fx_g10", OpsMode::Active);
+
+    let d = start_daemon(root);
+    wait_ready(&d);
+    assert!(
+        testutil::wait_until(Duration::from_secs(10), || metric(&d.http, ACCEPTED) >= 5.0).is_some(),
+        "no decision accepted without triggers"
+    );
+    let sig = guard
+        .read(&mut conn, "fx_g10", "EURUSD")
+        .unwrap()
+        .expect("a valid EURUSD signal");
+    assert_eq!((sig.side, sig.model_id.as_str()), (Side::Flat, "fx_g10-v1"));
+    assert!(sig.valid_until_ms > testutil::now_ms());
+
+    // At the configured cadence, on the daemon's clock: about one decision
+    // per 100 ms. Only far too many would be wrong (ticks fired late in a
+    // burst); a machine busy with the other tests skips ticks, so the lower
+    // bound only says the timer goes on.
+    let decisions = r#"ml_assets_core_decisions_total{environment="e2e",service="ml-assets-core"}"#;
+    let (before, from) = (metric(&d.http, decisions), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let (after, ticks) = (
+        metric(&d.http, decisions),
+        from.elapsed().as_millis() as f64 / 100.0,
+    );
+    let made = after - before;
+    assert!(
+        made >= 3.0 && made <= ticks + 3.0,
+        "{made} decisions in {ticks:.1} timer periods"
+    );
+
+    // Quotes from a CSV through mlcore-feed: the strategy's rows are
+    // applied, another symbol's rows are left out and reported.
+    let quotes = r#"ml_assets_core_quotes_total{environment="e2e",service="ml-assets-core"}"#;
+    let unknown = r#"ml_assets_core_unknown_symbols_total{environment="e2e",service="ml-assets-core"}"#;
+    let csv = root.join("quotes.csv");
+    std::fs::write(
+        &csv,
+        "ts_ns,symbol,bid,ask,bid_size,ask_size\n\
+         1000000000,EURUSD,1.1000,1.1002,1e6,1e6\n\
+         1000000000,XAUUSD,2400,2401,10,10\n\
+         2000000000,USDJPY,150.10,150.12,1e6,1e6\n\
+         3000000000,EURUSD,1.1001,1.1003,1e6,1e6\n",
+    )
+    .unwrap();
+    let stdout = run_feed(
+        root,
+        &[
+            "--csv",
+            csv.to_str().unwrap(),
+            "--addr",
+            &d.ingress,
+            "--speed",
+            "0",
+        ],
+    );
+    assert!(stdout.contains("XAUUSD (1)"), "{stdout}");
+    assert!(
+        testutil::wait_until(Duration::from_secs(5), || metric(&d.http, quotes) >= 3.0).is_some(),
+        "the CSV's 3 quotes were not applied"
+    );
+    assert_eq!(metric(&d.http, unknown), 0.0);
+
+    // A quote for a wire id outside the universe is counted and dropped;
+    // the connection stays open.
+    let mut raw = TcpStream::connect(&d.ingress).unwrap();
+    let mut buf = Vec::new();
+    let q = mlcore_market::Quote {
+        ts_ns: 0,
+        symbol: 0,
+        bid: 1.0,
+        ask: 1.1,
+        bid_size: 1.0,
+        ask_size: 1.0,
+    };
+    mlcore_daemon::wire::encode(&mlcore_daemon::wire::Frame::quote(&q, 999_999, 1), &mut buf);
+    raw.write_all(&buf).unwrap();
+    assert!(
+        testutil::wait_until(Duration::from_secs(5), || metric(&d.http, unknown) == 1.0).is_some(),
+        "the unknown symbol was not counted"
+    );
+    assert_eq!(metric(&d.http, quotes), 3.0, "and not applied");
+}
+
+/// Decisions are deterministic given the frames (docs/wire-protocol.md):
+/// two daemons fed the same frames, with the same model, publish the same
+/// signals — features and `valid_until` come from the frames' timestamps,
+/// not from when each daemon happened to process them.
+#[test]
+fn the_same_frames_and_model_give_the_same_signals() {
+    runtime::init(&testutil::ort_library()).unwrap();
+    let threads = "{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}";
+    let key =
+        SecretKeyFile::read(&testutil::workspace_root().join("deployments/dev-keys/dev-2026.key")).unwrap();
+    let artifact = testutil::logistic_artifact(&key, "fx_g10", 1, 3.0, testutil::now_ms());
+    let mut conn = testutil::redis_connection();
+    Guard::load(&mut conn).unwrap();
+    let setups: Vec<(RedisNamespace, tempfile::TempDir, Guard)> = (0..2)
+        .map(|_| {
+            let ns = RedisNamespace::new();
+            let tmp = config_root(&ns, threads);
+            // A long validity, so a machine busy with the other tests cannot
+            // expire the one decision before it is published.
+            std::fs::write(
+                tmp.path().join("configs/envs/dev/core_policy.yaml"),
+                "signal: {ttl_ms: 600000}\n",
+            )
+            .unwrap();
+            artifact.write(&tmp.path().join("models/fx_g10/v1")).unwrap();
+            let guard = Guard::new(Keys::new(&ns.ns), 1000);
+            testutil::set_mode(&guard, &mut conn, "fx_g10", OpsMode::Active);
+            (ns, tmp, guard)
+        })
+        .collect();
+    let daemons: Vec<Daemon> = setups
+        .iter()
+        .map(|(_, tmp, _)| start_daemon(tmp.path()))
+        .collect();
+    for d in &daemons {
+        wait_ready(d);
+    }
+
+    // 150 minutes of the synthetic market for the universe, moved to end
+    // now, then one trigger at the last quote's time.
+    let cfg = config::load(&setups[0].1.path().join("configs"), Environment::Dev, &vars()).unwrap();
+    let ids: Vec<u32> = cfg.universe.strategies[0].symbols.iter().map(|s| s.id).collect();
+    let spec = synth::SynthSpec {
+        seed: 5,
+        symbols: ids.len(),
+        start_day: 20_458,
+        days: 1,
+        interval_ms: 60_000,
+    };
+    let day = synth::Generator::new(spec).unwrap().day_merged(20_458);
+    let quotes = &day[..150 * ids.len()];
+    let now_ns = testutil::now_ms() as i64 * 1_000_000;
+    let last = quotes[quotes.len() - 1].ts_ns;
+    let mut frames = Vec::new();
+    for q in quotes {
+        let frame =
+            mlcore_daemon::wire::Frame::quote(q, ids[usize::from(q.symbol)], now_ns - (last - q.ts_ns));
+        mlcore_daemon::wire::encode(&frame, &mut frames);
+    }
+    let trigger = mlcore_daemon::wire::Frame::Trigger {
+        ts_ns: now_ns,
+        strategy: 0,
+    };
+    mlcore_daemon::wire::encode(&trigger, &mut frames);
+    let _streams: Vec<TcpStream> = daemons
+        .iter()
+        .map(|d| {
+            let mut s = TcpStream::connect(&d.ingress).unwrap();
+            s.write_all(&frames).unwrap();
+            s
+        })
+        .collect();
+
+    let entries: Vec<redis::streams::StreamId> = daemons
+        .iter()
+        .zip(&setups)
+        .map(|(d, (_, _, guard))| {
+            assert!(
+                testutil::wait_until(Duration::from_secs(10), || metric(&d.http, ACCEPTED) >= 1.0).is_some(),
+                "the trigger's decision was not accepted"
+            );
+            let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(guard.keys().strategy("fx_g10").signals)
+                .arg("-")
+                .arg("+")
+                .query(&mut conn)
+                .unwrap();
+            assert_eq!(reply.ids.len(), 1, "one decision, one stream entry");
+            reply.ids.into_iter().next().unwrap()
+        })
+        .collect();
+    let field = |e: &redis::streams::StreamId, name: &str| -> String { e.get(name).unwrap() };
+    for name in ["signals", "valid_until_ms", "model_id", "model_version", "n"] {
+        assert_eq!(field(&entries[0], name), field(&entries[1], name), "{name}");
+    }
+    assert_eq!(
+        field(&entries[0], "valid_until_ms").parse::<i64>().unwrap(),
+        now_ns / 1_000_000 + 600_000,
+        "the trigger's time + signal.ttl_ms"
+    );
+    let signals: serde_json::Value = serde_json::from_str(&field(&entries[0], "signals")).unwrap();
+    assert_eq!(signals.as_array().map(Vec::len), Some(ids.len()));
+    // Not a comparison of empty decisions: every symbol was scored (a
+    // probability each, and not one default for all; a saturated logistic
+    // head can give exactly 0 or 1, depending on the frames' time of day).
+    let probs: Vec<f64> = signals
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["return_prob"].as_f64().unwrap())
+        .collect();
+    assert!(probs.iter().all(|p| (0.0..=1.0).contains(p)), "{probs:?}");
+    assert!(probs.iter().any(|p| *p != probs[0]), "{probs:?}");
+    // And no published side contradicts the model (θ1 0.505 in this
+    // artifact): β-neutrality shrinks positions, it never turns one around.
+    for s in signals.as_array().unwrap() {
+        let p = s["return_prob"].as_f64().unwrap();
+        match s["side"].as_str().unwrap() {
+            "long" => assert!(p > 0.505, "{s}"),
+            "short" => assert!(p < 0.495, "{s}"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
+    runtime::init(&testutil::ort_library()).unwrap();
+    let ns = RedisNamespace::new();
+    let tmp = config_root(
+        &ns,
+        "{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}",
+    );
+    let root = tmp.path();
+    let dev = root.join("configs/envs/dev");
+    let data = root.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    testutil::synth_dataset(&data, 17, 32, 1, 60_000);
+    train_into(&data, &root.join("models/fx_g10/v1"), 1);
+
+    let mut conn = testutil::redis_connection();
+    let guard = Guard::new(Keys::new(&ns.ns), 1000);
+    Guard::load(&mut conn).unwrap();
+    let set = |conn: &mut redis::Connection, mode: OpsMode| {
+        testutil::set_mode(&guard, conn, "fx_g10", mode);
+    };
+    set(&mut conn, OpsMode::Active);
+
+    let d = start_daemon(root);
+    wait_ready(&d);
+    // Hot threads by name; side work (endpoints, loader, ops watcher) on the
+    // side runtime's threads.
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", d.child.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect();
+    for hot in ["ingress", "worker-0", "publisher"] {
+        assert!(names.iter().any(|n| n == hot), "{hot} missing: {names:?}");
+    }
+    assert!(
+        names.iter().filter(|n| *n == "side").count() >= 3,
+        "side runtime: an async worker and the two blocking loops: {names:?}"
+    );
+
+    let feed = |seconds: &str| {
+        let args = [
+            "--dataset",
+            data.to_str().unwrap(),
+            "--addr",
+            &d.ingress,
+            "--speed",
+            "1200",
+            "--trigger-every-ms",
+            "50",
+            "--seconds",
+            seconds,
+        ];
+        run_feed(root, &args);
+    };
+    feed("2");
+    assert!(
+        testutil::wait_until(Duration::from_secs(5), || metric(&d.http, ACCEPTED) >= 10.0).is_some(),
+        "no accepted batches"
+    );
+    let sig = guard
+        .read(&mut conn, "fx_g10", "EURUSD")
+        .unwrap()
+        .expect("a valid EURUSD signal");
+    assert_eq!((sig.model_id.as_str(), sig.model_version), ("fx_g10-v1", 1));
+    assert!(
+        sig.valid_until_ms > testutil::now_ms() - 2000 && sig.valid_until_ms <= testutil::now_ms() + 1500
+    );
+    let positions: usize = synth::SYMBOLS
+        .iter()
+        .filter_map(|s| guard.read(&mut conn, "fx_g10", s.0).ok().flatten())
+        .filter(|s| s.qty != 0.0)
+        .count();
+    std::thread::sleep(Duration::from_millis(300)); // the last decisions land
+    let stream_len: u64 = redis::cmd("XLEN")
+        .arg(guard.keys().strategy("fx_g10").signals)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(
+        stream_len,
+        metric(&d.http, ACCEPTED) as u64,
+        "the stream holds one entry per accepted decision"
+    );
+    let hb = mlcore_contract::Heartbeat::read(&mut conn, guard.keys(), "e2e")
+        .unwrap()
+        .expect("heartbeat");
+    assert_eq!(hb.models.get("fx_g10").map(String::as_str), Some("fx_g10-v1@1"));
+    eprintln!("e2e: {positions} non-flat positions in the last decision, {stream_len} stream entries");
+
+    // A malformed frame closes that connection only.
+    let mut bad = TcpStream::connect(&d.ingress).unwrap();
+    bad.write_all(&[9, 0, 0, 0, 77, 1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+    let mut sink = [0u8; 1];
+    bad.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert_eq!(
+        bad.read(&mut sink).unwrap_or(0),
+        0,
+        "the daemon closes a connection after a bad frame"
+    );
+    let unknown_kind = r#"ml_assets_core_wire_errors_total{environment="e2e",service="ml-assets-core",reason="unknown_kind"}"#;
+    assert_eq!(metric(&d.http, unknown_kind), 1.0);
+
+    // Halt: seen through pub/sub well before the 1 s reconciliation.
+    set(&mut conn, OpsMode::Halted);
+    let halted = r#"ml_assets_core_ops_mode{environment="e2e",service="ml-assets-core",strategy="fx_g10",mode="halted"}"#;
+    let took = testutil::wait_until(Duration::from_secs(3), || {
+        get(&d.http, "/metrics").1.contains(halted)
+    })
+    .expect("halt applied");
+    eprintln!("e2e: halt applied after {took:?}");
+    assert!(
+        took < Duration::from_millis(500),
+        "halt took {took:?}: pub/sub path broken?"
+    );
+    let before = metric(&d.http, ACCEPTED);
+    feed("1");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        metric(&d.http, ACCEPTED),
+        before,
+        "nothing is published while halted"
+    );
+
+    // A newer model is verified, warmed and swapped in while decisions run.
+    set(&mut conn, OpsMode::Active);
+    train_into(&data, &root.join("models/fx_g10/v2"), 2);
+    let version = r#"ml_assets_core_model_version{environment="e2e",service="ml-assets-core",strategy="fx_g10",model_id="fx_g10-v2"} 2"#;
+    let without =
+        r#"ml_assets_core_decisions_without_model_total{environment="e2e",service="ml-assets-core"}"#;
+    let missing_before = metric(&d.http, without);
+    assert!(
+        testutil::wait_until(Duration::from_secs(10), || get(&d.http, "/metrics")
+            .1
+            .contains(version))
+        .is_some(),
+        "v2 never activated"
+    );
+    feed("1");
+    assert!(testutil::wait_until(Duration::from_secs(5), || {
+        guard
+            .read(&mut conn, "fx_g10", "EURUSD")
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.model_version == 2)
+    })
+    .is_some());
+    assert_eq!(
+        metric(&d.http, without),
+        missing_before,
+        "no decision failed across the swap"
+    );
+
+    // An old artifact dropped into models_root is refused (rollback).
+    let refused = r#"ml_assets_core_refused_artifacts_total{environment="e2e",service="ml-assets-core"}"#;
+    testutil::copy_tree(&root.join("models/fx_g10/v1"), &root.join("models/fx_g10/v3")).unwrap();
+    assert!(
+        testutil::wait_until(Duration::from_secs(5), || metric(&d.http, refused) >= 1.0).is_some(),
+        "a v1 manifest under v3/ must be refused"
+    );
+    assert!(get(&d.http, "/metrics").1.contains(version), "v2 keeps serving");
+
+    // Revoking the signing key in trust.yaml applies without a restart: a
+    // new artifact signed with it is refused once the file is re-read.
+    let dev_trust =
+        std::fs::read_to_string(testutil::workspace_root().join("configs/envs/dev/trust.yaml")).unwrap();
+    std::fs::write(
+        dev.join("trust.yaml"),
+        format!("{dev_trust}revoked: [dev-2026]\n"),
+    )
+    .unwrap();
+    let before = metric(&d.http, refused);
+    std::thread::sleep(Duration::from_secs(11)); // the daemon re-reads trust.yaml every 10 s
+    let key =
+        SecretKeyFile::read(&testutil::workspace_root().join("deployments/dev-keys/dev-2026.key")).unwrap();
+    let mut files = mlcore_models::artifact::ArtifactFiles::read(&root.join("models/fx_g10/v2")).unwrap();
+    let mut manifest: mlcore_models::artifact::Manifest =
+        serde_json::from_slice(files.get("manifest.json").unwrap()).unwrap();
+    manifest.version = 4;
+    manifest.model_id = "fx_g10-v4".into();
+    files.0.remove("manifest.json");
+    files.0.remove("manifest.sig");
+    let (_, files) = mlcore_models::artifact::seal(manifest, files, &key).unwrap();
+    files.write(&root.join("models/fx_g10/v4")).unwrap();
+    assert!(
+        testutil::wait_until(Duration::from_secs(5), || metric(&d.http, refused) > before).is_some(),
+        "an artifact signed with a revoked key must be refused"
+    );
+    assert!(
+        get(&d.http, "/metrics").1.contains(version),
+        "v2 keeps serving after the revocation"
+    );
+}
