@@ -33,3 +33,15 @@ need_binary() {
     die "$bin is missing and we are not root: install the Debian package $pkg"
   fi
 }
+
+# Makes sure the cargo subcommand `bin` (crate `crate`) is at `version`,
+# installing that version with `cargo install --locked` when it is missing
+# or another version. Built outside the project's target dir.
+ensure_cargo_tool() {
+  local bin="$1" crate="$2" version="$3"
+  if "$bin" --version 2>/dev/null | grep -qw "$version"; then
+    return 0
+  fi
+  say "$crate $version is missing: installing it with cargo (once per machine)"
+  (unset CARGO_TARGET_DIR; cargo install --locked --quiet "$crate" --version "$version") >&2
+}

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every check and every test, against real Redis, PostgreSQL and ONNX Runtime:
-# formatting, clippy with -D warnings, then all tests with cargo-nextest.
-# Installs or starts what it needs first and says so.
+# formatting, clippy with -D warnings, dependency hygiene (cargo-deny:
+# licenses, bans, sources; cargo-machete: no unused dependency), then all
+# tests with cargo-nextest. Installs or starts what it needs first (pinned
+# tool versions) and says so.
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
@@ -13,10 +15,17 @@ say "cargo fmt --check"
 cargo fmt --all --check
 say "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-if ! cargo nextest --version >/dev/null 2>&1; then
-  say "cargo-nextest is missing: installing it with cargo"
-  cargo install --locked cargo-nextest >&2
-fi
+# Tool versions, pinned: a new release cannot change what CI checks.
+NEXTEST_VERSION=0.9.143
+DENY_VERSION=0.20.2
+MACHETE_VERSION=0.9.2
+ensure_cargo_tool cargo-nextest cargo-nextest "$NEXTEST_VERSION"
+ensure_cargo_tool cargo-deny cargo-deny "$DENY_VERSION"
+ensure_cargo_tool cargo-machete cargo-machete "$MACHETE_VERSION"
+say "cargo deny check bans licenses sources"
+cargo deny --offline --locked check bans licenses sources
+say "cargo machete (unused dependencies)"
+cargo machete
 # Doc tests first: nextest does not run them, and its summary should be the
 # last line of the run.
 say "doc tests"

@@ -58,7 +58,7 @@ fn cache_dir() -> PathBuf {
 pub fn sample_model() -> VerifiedArtifact {
     runtime::init(&testutil::ort_library()).unwrap_or_else(|e| panic!("{e}"));
     let dir = cache_dir();
-    let model_dir = dir.join(format!("model-{}", &features::schema().hash()[..12]));
+    let model_dir = dir.join(format!("model-{}", &features::schema_hash()[..12]));
     let key_path = dir.join("bench.key");
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
     if !key_path.exists() {

@@ -28,7 +28,7 @@ use std::str::FromStr;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_yaml::Value;
+use serde_norway::Value;
 
 pub use costs::{CostTable, SymbolCost};
 pub use env::{EnvSource, MapEnv, ProcessEnv};
@@ -152,7 +152,7 @@ impl AppConfig {
     pub fn to_redacted_yaml(&self) -> String {
         // Serialising plain data structs to YAML cannot fail: every map key is
         // a string and no custom serializer returns an error.
-        serde_yaml::to_string(self).unwrap_or_else(|e| format!("# could not render config: {e}\n"))
+        serde_norway::to_string(self).unwrap_or_else(|e| format!("# could not render config: {e}\n"))
     }
 
     /// A strategy's universe by id.
@@ -161,11 +161,89 @@ impl AppConfig {
     }
 }
 
-/// Loads `<root>/base` merged with `<root>/envs/<env>`, resolving secrets
-/// from `vars`. `root` is the `configs/` folder; relative storage paths are
-/// resolved against its parent.
+/// Which process loads the configuration, and so which secrets it must
+/// have. Every file is read and checked by every process (the tree is one
+/// piece: cross-file rules need it whole); only the secrets differ. A
+/// process does not need the PostgreSQL DSN, API tokens or alerting keys
+/// it never uses: their `$VAR`s may be unset there, and stay unresolved
+/// (empty), never read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Process {
+    /// Every secret (`config check`).
+    All,
+    /// `mlcore-daemon`: Redis.
+    Daemon,
+    /// `mlcore-control serve`: Redis, PostgreSQL, API tokens, alerting.
+    Control,
+    /// The break-glass `ops set-mode`: Redis.
+    BreakGlass,
+    /// `db migrate`, `audit verify|retain`: PostgreSQL.
+    Database,
+    /// Commands that touch no service: `mlcore-feed`, `train`, `models verify`.
+    Offline,
+}
+
+impl Process {
+    /// Every process, with the name `config check --process` takes.
+    pub const ALL: [(&'static str, Self); 6] = [
+        ("all", Self::All),
+        ("daemon", Self::Daemon),
+        ("control", Self::Control),
+        ("break-glass", Self::BreakGlass),
+        ("database", Self::Database),
+        ("offline", Self::Offline),
+    ];
+
+    /// Whether this process needs the secrets `file` references.
+    pub fn needs_secrets_of(self, file: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Daemon | Self::BreakGlass => file == "redis.yaml",
+            Self::Control => matches!(
+                file,
+                "redis.yaml" | "database.yaml" | "control.yaml" | "notifications.yaml"
+            ),
+            Self::Database => file == "database.yaml",
+            Self::Offline => false,
+        }
+    }
+}
+
+impl FromStr for Process {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|(_, p)| *p)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|(n, _)| *n).collect();
+                format!("unknown process `{s}` (expected one of: {})", names.join(", "))
+            })
+    }
+}
+
+/// Loads `<root>/base` merged with `<root>/envs/<env>`, resolving every
+/// secret from `vars` ([`Process::All`]). `root` is the `configs/` folder;
+/// relative storage paths are resolved against its parent.
 pub fn load(root: &Path, env: Environment, vars: &dyn EnvSource) -> Result<AppConfig, ConfigError> {
-    let loader = Loader { root, env, vars };
+    load_for(root, env, vars, Process::All)
+}
+
+/// [`load`] for one process: only the secrets it uses must be set.
+pub fn load_for(
+    root: &Path,
+    env: Environment,
+    vars: &dyn EnvSource,
+    process: Process,
+) -> Result<AppConfig, ConfigError> {
+    let loader = Loader {
+        root,
+        env,
+        vars,
+        process,
+    };
     let mut problems = Vec::new();
     loader.check_env_folder(&mut problems);
 
@@ -256,6 +334,7 @@ struct Loader<'a> {
     root: &'a Path,
     env: Environment,
     vars: &'a dyn EnvSource,
+    process: Process,
 }
 
 impl Loader<'_> {
@@ -315,7 +394,7 @@ impl Loader<'_> {
                 });
             }
         };
-        serde_yaml::from_str::<Value>(&text)
+        serde_norway::from_str::<Value>(&text)
             .map(Some)
             .map_err(|e| ConfigProblem {
                 code: ConfigCode::YamlInvalid,
@@ -348,9 +427,10 @@ impl Loader<'_> {
             Some(over) if merge::has_path(over, key) => env_path.clone(),
             _ => base_path.clone(),
         };
+        let needed = self.process.needs_secrets_of(name);
         let mut problems: Vec<ConfigProblem> = secret::references(&merged)
             .into_iter()
-            .filter(|(_, name)| unset.contains(name))
+            .filter(|(_, name)| needed && unset.contains(name))
             .map(|(key, name)| ConfigProblem {
                 code: ConfigCode::SecretUnset,
                 file: file_of(&key),

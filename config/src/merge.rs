@@ -2,7 +2,7 @@
 //! scalars) is replaced by the override. Lists replace rather than append so an
 //! environment can shrink a list (fewer symbols in `dev`) without tricks.
 
-use serde_yaml::Value;
+use serde_norway::Value;
 
 /// Merges `overlay` into `base` in place.
 pub fn deep_merge(base: &mut Value, overlay: Value) {
@@ -63,7 +63,7 @@ mod tests {
     use super::*;
 
     fn yaml(s: &str) -> Value {
-        serde_yaml::from_str(s).unwrap()
+        serde_norway::from_str(s).unwrap()
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub(crate) const CODE_SEP: char = '\u{1f}';
 pub struct Secret {
     reference: Option<String>,
     value: String,
+    /// False for a `$VAR` the environment does not set: the loader reports
+    /// it when the process needs the file, and leaves it unresolved (empty)
+    /// when it does not (`Process`).
+    resolved: bool,
 }
 
 impl Secret {
@@ -43,7 +47,13 @@ impl Secret {
         Self {
             reference: None,
             value: value.to_owned(),
+            resolved: true,
         }
+    }
+
+    /// Whether it holds a value (a literal, or a variable that is set).
+    pub fn is_resolved(&self) -> bool {
+        self.resolved
     }
 
     fn redacted(&self) -> String {
@@ -91,7 +101,7 @@ pub(crate) struct ResolveScope(());
 impl ResolveScope {
     /// Looks up every `$NAME` string in `tree` and installs the answers for the
     /// deserialisation that follows on this thread.
-    pub(crate) fn enter(env: Environment, vars: &dyn EnvSource, tree: &serde_yaml::Value) -> Self {
+    pub(crate) fn enter(env: Environment, vars: &dyn EnvSource, tree: &serde_norway::Value) -> Self {
         let vars = references(tree)
             .into_iter()
             .map(|(_, n)| {
@@ -122,20 +132,20 @@ impl Drop for ResolveScope {
 }
 
 /// Every `$NAME` string in `tree` with its dotted key path.
-pub(crate) fn references(tree: &serde_yaml::Value) -> Vec<(String, String)> {
-    fn walk(v: &serde_yaml::Value, path: String, out: &mut Vec<(String, String)>) {
+pub(crate) fn references(tree: &serde_norway::Value) -> Vec<(String, String)> {
+    fn walk(v: &serde_norway::Value, path: String, out: &mut Vec<(String, String)>) {
         match v {
-            serde_yaml::Value::String(s) => {
+            serde_norway::Value::String(s) => {
                 if let Some(name) = s.strip_prefix('$') {
                     out.push((path, name.to_owned()));
                 }
             }
-            serde_yaml::Value::Sequence(seq) => {
+            serde_norway::Value::Sequence(seq) => {
                 for (i, x) in seq.iter().enumerate() {
                     walk(x, format!("{path}[{i}]"), out);
                 }
             }
-            serde_yaml::Value::Mapping(m) => {
+            serde_norway::Value::Mapping(m) => {
                 for (k, x) in m {
                     let key = k.as_str().map(str::to_owned).unwrap_or_else(|| format!("{k:?}"));
                     let p = if path.is_empty() {
@@ -146,7 +156,7 @@ pub(crate) fn references(tree: &serde_yaml::Value) -> Vec<(String, String)> {
                     walk(x, p, out);
                 }
             }
-            serde_yaml::Value::Tagged(t) => walk(&t.value, path, out),
+            serde_norway::Value::Tagged(t) => walk(&t.value, path, out),
             _ => {}
         }
     }
@@ -186,18 +196,21 @@ impl<'de> Deserialize<'de> for Secret {
                     Some(value) => Ok(Secret {
                         reference: Some(name.to_owned()),
                         value,
+                        resolved: true,
                     }),
                     None => {
                         unset.push(name.to_owned());
                         Ok(Secret {
                             reference: Some(name.to_owned()),
                             value: String::new(),
+                            resolved: false,
                         })
                     }
                 },
                 None if *env == Environment::Dev => Ok(Secret {
                     reference: None,
                     value: raw,
+                    resolved: true,
                 }),
                 None => Err(fail(
                     ConfigCode::SecretLiteral,

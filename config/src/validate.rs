@@ -17,6 +17,18 @@ pub(crate) fn validate(c: &AppConfig, file: &dyn Fn(&str) -> PathBuf) -> Vec<Con
         });
     };
 
+    // Listen addresses: a port that cannot exist is a config error, not a
+    // surprise at bind time (or an OS-chosen port nobody looks for).
+    for (f, key, addr) in [
+        ("daemon.yaml", "ingress.listen", &c.daemon.ingress.listen),
+        ("metrics.yaml", "listen", &c.metrics.listen),
+        ("control.yaml", "listen", &c.control.listen),
+    ] {
+        if let Err(why) = listen_address(addr) {
+            bad(f, key.into(), format!("`{addr}` is not a listen address: {why}"));
+        }
+    }
+
     // core_policy.yaml
     let t = &c.core_policy.theta;
     if !(t.theta1 > 0.5 && t.theta1 < 1.0) {
@@ -310,7 +322,9 @@ pub(crate) fn validate(c: &AppConfig, file: &dyn Fn(&str) -> PathBuf) -> Vec<Con
                     "must be 64 hex digits".into(),
                 );
             }
-            Credential::Token { value: s } if s.expose().len() < 16 && c.environment != Environment::Dev => {
+            Credential::Token { value: s }
+                if s.is_resolved() && s.expose().len() < 16 && c.environment != Environment::Dev =>
+            {
                 bad(
                     "control.yaml",
                     format!("principals[{i}].credential.value"),
@@ -365,4 +379,25 @@ pub(crate) fn validate(c: &AppConfig, file: &dyn Fn(&str) -> PathBuf) -> Vec<Con
 /// Strictly positive and finite (NaN is not positive).
 fn positive(v: f64) -> bool {
     v > 0.0 && v.is_finite()
+}
+
+/// Why `addr` is not `host:port` with a port of 0-65535 (0: the OS picks
+/// one, which the process then announces), or `Ok`.
+fn listen_address(addr: &str) -> Result<(), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| "expected host:port".to_owned())?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err("the host is empty".into());
+    }
+    if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
+        return Err(format!("`{host}` is not an IPv6 address (write it in brackets)"));
+    }
+    port.parse::<u16>()
+        .map(|_| ())
+        .map_err(|_| format!("port `{port}` is not a number from 0 to 65535"))
 }

@@ -306,10 +306,85 @@ fn the_full_example_matches_the_base_files() {
     for (doc, file) in docs.iter().zip(config::FILES) {
         let (name, body) = doc.split_once('\n').unwrap();
         assert_eq!(name.trim(), file);
-        let example: serde_yaml::Value = serde_yaml::from_str(body).unwrap();
-        let base: serde_yaml::Value =
-            serde_yaml::from_str(&fs::read_to_string(repo_configs().join("base").join(file)).unwrap())
+        let example: serde_norway::Value = serde_norway::from_str(body).unwrap();
+        let base: serde_norway::Value =
+            serde_norway::from_str(&fs::read_to_string(repo_configs().join("base").join(file)).unwrap())
                 .unwrap();
         assert_eq!(example, base, "configs/examples/full.yaml is stale for {file}");
     }
+}
+
+/// Each process loads the whole tree but needs only its own secrets: the
+/// daemon runs in prod with the Redis URL alone; the control plane needs
+/// Redis, PostgreSQL, the API tokens and alerting, never the market-data
+/// keys; commands that touch no service need none. `All` needs every one.
+#[test]
+fn each_process_needs_only_the_secrets_it_uses() {
+    use config::Process;
+    let only = |names: &[&str]| {
+        names.iter().fold(MapEnv::new(), |e, n| {
+            e.with(n, &format!("value-of-{n}-0123456789"))
+        })
+    };
+    let load = |p: Process, vars: &MapEnv| config::load_for(&repo_configs(), Environment::Prod, vars, p);
+
+    let cfg = load(Process::Daemon, &only(&["MLCORE_REDIS_URL"])).unwrap();
+    assert_eq!(cfg.redis.url.expose(), "value-of-MLCORE_REDIS_URL-0123456789");
+    assert!(
+        !cfg.database.dsn.is_resolved(),
+        "an unneeded secret stays unresolved"
+    );
+    load(Process::BreakGlass, &only(&["MLCORE_REDIS_URL"])).unwrap();
+    load(Process::Database, &only(&["MLCORE_PG_DSN"])).unwrap();
+    load(Process::Offline, &MapEnv::new()).unwrap();
+
+    // The daemon without Redis: only that is missing.
+    let err = load(Process::Daemon, &MapEnv::new()).unwrap_err();
+    let unset: Vec<_> = err.problems.iter().map(|p| p.message.clone()).collect();
+    assert_eq!(unset.len(), 1, "{err}");
+    assert!(unset[0].contains("MLCORE_REDIS_URL"), "{err}");
+
+    let control = [
+        "MLCORE_REDIS_URL",
+        "MLCORE_PG_DSN",
+        "MLCORE_SLACK_WEBHOOK_URL",
+        "MLCORE_PAGERDUTY_ROUTING_KEY",
+        "MLCORE_WEBHOOK_HMAC_SECRET",
+        "MLCORE_TOKEN_VIEWER",
+        "MLCORE_TOKEN_OPERATOR",
+        "MLCORE_TOKEN_APPROVER",
+        "MLCORE_TOKEN_ADMIN",
+    ];
+    load(Process::Control, &only(&control)).unwrap();
+    let err = load(Process::Control, &only(&control[1..])).unwrap_err();
+    assert!(err.to_string().contains("MLCORE_REDIS_URL"), "{err}");
+    // Everything: the market-data keys too.
+    let err = load(Process::All, &only(&control)).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("MLCORE_TWELVEDATA_API_KEY") && text.contains("MLCORE_SECONDARY_API_KEY"),
+        "{text}"
+    );
+    assert_eq!("break-glass".parse::<Process>().unwrap(), Process::BreakGlass);
+    assert!("nobody".parse::<Process>().unwrap_err().contains("daemon"));
+}
+
+#[test]
+fn a_listen_address_with_an_impossible_port_is_a_config_error() {
+    for (file, bad) in [
+        ("daemon.yaml", "ingress: {listen: \"127.0.0.1:99999\"}\n"),
+        ("metrics.yaml", "listen: \"127.0.0.1:-1\"\n"),
+        ("control.yaml", "listen: \"127.0.0.1\"\n"),
+    ] {
+        let f = Fixture::new();
+        f.write(&format!("envs/dev/{file}"), bad);
+        let err = f.load(Environment::Dev, &full_env()).unwrap_err();
+        let p = only_problem(&err, ConfigCode::ValueInvalid);
+        assert!(p.key.ends_with("listen"), "{file}: {err}");
+        assert!(p.message.contains("is not a listen address"), "{file}: {err}");
+    }
+    // Port 0 (the OS picks one, the process announces it) and IPv6 are fine.
+    let f = Fixture::new();
+    f.write("envs/dev/daemon.yaml", "ingress: {listen: \"[::1]:0\"}\n");
+    f.load(Environment::Dev, &full_env()).unwrap();
 }

@@ -157,6 +157,10 @@ pub enum ConfigCommand {
         /// Print only the verdict, not the resolved tree.
         #[arg(long)]
         quiet: bool,
+        /// Check one process's view: only the secrets it uses must be set
+        /// (all, daemon, control, break-glass, database, offline).
+        #[arg(long, default_value = "all")]
+        process: mlcore_config::Process,
     },
 }
 

@@ -23,11 +23,20 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<i32> {
-    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+    // Not locked for the whole command: `serve` runs for the life of the
+    // process, and its worker threads log to stderr (a held lock would
+    // block the first of them forever).
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     let code = match &cli.command {
-        Command::Config(ConfigCommand::Check { env, quiet }) => {
-            commands::config_check(&cli.config_dir, env, *quiet, &ProcessEnv, &mut out, &mut err)?
-        }
+        Command::Config(ConfigCommand::Check { env, quiet, process }) => commands::config_check(
+            &cli.config_dir,
+            env,
+            *quiet,
+            *process,
+            &ProcessEnv,
+            &mut out,
+            &mut err,
+        )?,
         Command::Data(DataCommand::Synth(args)) => commands::synth(args, &mut out)?,
         Command::Models(ModelsCommand::Keygen { id, out: dir }) => {
             commands::models_keygen(id, dir, &mut out)?

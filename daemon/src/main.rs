@@ -25,7 +25,8 @@ enum Command {
         #[arg(long)]
         env: String,
     },
-    /// Run the daemon until stopped (SIGTERM/SIGINT end the process).
+    /// Run the daemon until SIGTERM or SIGINT, then stop cleanly: stop
+    /// accepting, finish what is in flight, write the final heartbeat, exit 0.
     Run {
         /// Environment: dev, stg or prod.
         #[arg(long)]
@@ -76,6 +77,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let running =
                 mlcore_daemon::run::start(pf.config, Some(source)).context("starting the daemon")?;
+            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(signal, std::sync::Arc::clone(&running.shutdown))
+                    .context("handling SIGTERM and SIGINT")?;
+            }
             #[allow(clippy::print_stdout)] // tells scripts where to connect
             {
                 println!(

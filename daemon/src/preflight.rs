@@ -28,7 +28,7 @@ pub enum PreflightError {
 /// Loads the configuration and proves ONNX Runtime scores a model.
 pub fn run(config_dir: &Path, env: &str, vars: &dyn EnvSource) -> Result<Preflight, PreflightError> {
     let env: Environment = env.parse()?;
-    let config = config::load(config_dir, env, vars)?;
+    let config = config::load_for(config_dir, env, vars, config::Process::Daemon)?;
     runtime::init(&config.storage.onnxruntime_library)?;
     let canary_probability = runtime::score_canary()?;
     Ok(Preflight {

@@ -74,6 +74,8 @@ pub struct Running {
     pub http_addr: std::net::SocketAddr,
     threads: Vec<JoinHandle<()>>,
     side: tokio::runtime::Runtime,
+    observed: Observed,
+    link: RegistryLink,
 }
 
 impl Running {
@@ -83,13 +85,70 @@ impl Running {
         self.wait();
     }
 
-    /// Blocks until the threads exit (they do when `shutdown` is set), then
-    /// winds the side runtime down (its loops watch the same flag).
+    /// Blocks until the hot threads exit (they do when `shutdown` is set:
+    /// ingress stops accepting, workers finish their decision, the
+    /// publisher reads the replies of what it sent), writes the final
+    /// heartbeat (`stopped`, with the final counters), then winds the side
+    /// runtime down (its loops watch the same flag).
     pub fn wait(self) {
         for t in self.threads {
             let _ = t.join();
         }
+        let hb = heartbeat(&self.observed, &self.link.instance, "stopped");
+        let written = RedisConn::connect(&(&self.link.redis).into())
+            .map_err(mlcore_contract::ContractError::from)
+            .and_then(|mut conn| hb.write(&mut conn, &self.link.keys, self.link.redis.heartbeat.ttl_ms));
+        if let Err(e) = written {
+            log(
+                "warn",
+                "final heartbeat not written",
+                &[("error", e.to_string().into())],
+            );
+        }
         self.side.shutdown_timeout(Duration::from_secs(5));
+        log(
+            "info",
+            "daemon stopped",
+            &[
+                ("decisions", hb.decisions.into()),
+                ("signals_accepted", hb.signals_accepted.into()),
+            ],
+        );
+    }
+}
+
+/// What the daemon reports about itself now, with `status`.
+fn heartbeat(observed: &Observed, instance: &str, status: &str) -> Heartbeat {
+    let c = &observed.counters;
+    let p99 = observed
+        .hists
+        .merged
+        .lock()
+        .map(|m| m.stages[crate::stats::Stage::TriggerToAck as usize].value_at_quantile(0.99))
+        .unwrap_or(0);
+    Heartbeat {
+        instance: instance.to_owned(),
+        status: status.to_owned(),
+        at_ms: now_ms(),
+        last_decision_ms: c.last_decision_ms.load(Ordering::Relaxed),
+        p99_us: p99,
+        decisions: c.decisions.load(Ordering::Relaxed),
+        signals_accepted: c.signals_accepted.load(Ordering::Relaxed),
+        decisions_dropped: c.decisions_dropped.load(Ordering::Relaxed),
+        refused_artifacts: c.refused_artifacts.load(Ordering::Relaxed),
+        models: observed
+            .active
+            .load()
+            .iter()
+            .map(|(k, m)| (k.clone(), format!("{}@{}", m.model_id, m.version)))
+            .collect::<BTreeMap<_, _>>(),
+        modes: observed
+            .universe
+            .strategies
+            .iter()
+            .enumerate()
+            .map(|(s, x)| (x.id.clone(), observed.ops.mode(s).to_string()))
+            .collect(),
     }
 }
 
@@ -335,7 +394,7 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
         side.spawn(http::serve(listener, obs, stop));
     }
     {
-        let stop = Arc::clone(&shutdown);
+        let (observed, link, stop) = (observed.clone(), link.clone(), Arc::clone(&shutdown));
         side.spawn_blocking(move || side_loop(loader, observed, link, trust_source, wake_rx, stop));
     }
     log(
@@ -353,6 +412,8 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
         http_addr,
         threads,
         side,
+        observed,
+        link,
     })
 }
 
@@ -384,7 +445,12 @@ fn side_loop(
         if let (Some(src), true) = (&trust_source, Instant::now() >= next_trust) {
             next_trust = Instant::now() + Duration::from_secs(10);
             // A broken trust.yaml leaves the current keys in force.
-            match mlcore_config::load(&src.config_dir, src.env, &mlcore_config::ProcessEnv) {
+            match mlcore_config::load_for(
+                &src.config_dir,
+                src.env,
+                &mlcore_config::ProcessEnv,
+                mlcore_config::Process::Daemon,
+            ) {
                 Ok(cfg) => {
                     if let Err(e) = loader.trust.reload(&cfg.trust) {
                         log(
@@ -407,37 +473,7 @@ fn side_loop(
         }
         if Instant::now() >= next_hb {
             next_hb = Instant::now() + hb_every;
-            let c = &observed.counters;
-            let p99 = observed
-                .hists
-                .merged
-                .lock()
-                .map(|m| m.stages[crate::stats::Stage::TriggerToAck as usize].value_at_quantile(0.99))
-                .unwrap_or(0);
-            let hb = Heartbeat {
-                instance: instance.clone(),
-                status: observed.status().to_owned(),
-                at_ms: now_ms(),
-                last_decision_ms: c.last_decision_ms.load(Ordering::Relaxed),
-                p99_us: p99,
-                decisions: c.decisions.load(Ordering::Relaxed),
-                signals_accepted: c.signals_accepted.load(Ordering::Relaxed),
-                decisions_dropped: c.decisions_dropped.load(Ordering::Relaxed),
-                refused_artifacts: c.refused_artifacts.load(Ordering::Relaxed),
-                models: observed
-                    .active
-                    .load()
-                    .iter()
-                    .map(|(k, m)| (k.clone(), format!("{}@{}", m.model_id, m.version)))
-                    .collect::<BTreeMap<_, _>>(),
-                modes: observed
-                    .universe
-                    .strategies
-                    .iter()
-                    .enumerate()
-                    .map(|(s, x)| (x.id.clone(), observed.ops.mode(s).to_string()))
-                    .collect(),
-            };
+            let hb = heartbeat(&observed, &instance, observed.status());
             if conn.is_none() {
                 conn = RedisConn::connect(&(&redis).into()).ok();
                 if let Some(cn) = conn.as_mut() {

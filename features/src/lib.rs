@@ -480,25 +480,36 @@ pub struct FeatureSchema {
 }
 
 impl FeatureSchema {
-    /// Canonical JSON: keys sorted, no whitespace. What the hash covers.
-    pub fn canonical_json(&self) -> String {
-        // serde_json maps are ordered (no `preserve_order`), so `Value`
-        // serialises with sorted keys.
-        serde_json::to_value(self)
-            .map(|v| v.to_string())
-            .unwrap_or_default()
+    /// The canonical JSON (RFC 8785, JCS) the hash covers. Fails only for
+    /// a parameter that is not a finite number, which JSON cannot carry.
+    pub fn canonical_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        // serde_json would write such a number as `null`: refuse it by name.
+        for f in &self.features {
+            if let Some((k, v)) = f.params.iter().find(|(_, v)| !v.is_finite()) {
+                let what = format!("feature {} parameter {k} is {v}, not a finite number", f.name);
+                return Err(serde::ser::Error::custom(what));
+            }
+        }
+        serde_json_canonicalizer::to_vec(self)
     }
 
     /// sha256 (hex) of the canonical form.
-    pub fn hash(&self) -> String {
-        hex::encode(Sha256::digest(self.canonical_json().as_bytes()))
+    pub fn hash(&self) -> Result<String, serde_json::Error> {
+        Ok(hex::encode(Sha256::digest(self.canonical_json()?)))
     }
 }
 
 /// The hash of [`schema`], computed once: what every artifact must match.
+/// This build's schema has only finite parameters; were one not, the hash
+/// would be a text no artifact declares, so every artifact is refused
+/// rather than matched against the hash of nothing.
 pub fn schema_hash() -> &'static str {
     static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HASH.get_or_init(|| schema().hash())
+    HASH.get_or_init(|| {
+        schema()
+            .hash()
+            .unwrap_or_else(|e| format!("unhashable feature schema: {e}"))
+    })
 }
 
 /// The schema this build computes.
@@ -633,10 +644,13 @@ mod tests {
     #[test]
     fn schema_hash_is_stable_and_sensitive() {
         let a = schema();
-        assert_eq!(a.hash(), schema().hash());
+        assert_eq!(a.hash().unwrap(), schema().hash().unwrap());
         let mut b = schema();
         b.features[0].params.insert("horizon".into(), 2.0);
-        assert_ne!(a.hash(), b.hash());
-        assert!(!a.canonical_json().contains(' '));
+        assert_ne!(a.hash().unwrap(), b.hash().unwrap());
+        // A parameter JSON cannot carry is an error, never the hash of nothing.
+        b.features[0].params.insert("horizon".into(), f64::NAN);
+        assert!(b.hash().is_err());
+        assert!(!a.canonical_json().unwrap().contains(&b' '));
     }
 }

@@ -167,7 +167,7 @@ impl Triggers {
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let env = a.env.parse::<config::Environment>()?;
-    let cfg = config::load(&a.config_dir, env, &ProcessEnv)?;
+    let cfg = config::load_for(&a.config_dir, env, &ProcessEnv, config::Process::Offline)?;
     let (s_idx, strat) = cfg
         .universe
         .strategies

@@ -41,7 +41,7 @@ fn manifest(version: u64) -> Manifest {
         version,
         created_at_ms: NOW - 1000,
         expires_at_ms: NOW + 86_400_000,
-        feature_schema_hash: features::schema().hash(),
+        feature_schema_hash: features::schema_hash().to_owned(),
         heads: [
             ("ai1".to_owned(), logistic_head_spec("ai1.onnx")),
             ("ai2".to_owned(), logistic_head_spec("ai2.onnx")),
@@ -91,7 +91,7 @@ fn fixture() -> Fixture {
         key,
         trust,
         files,
-        schema_hash: features::schema().hash(),
+        schema_hash: features::schema_hash().to_owned(),
     }
 }
 

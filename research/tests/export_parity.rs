@@ -137,7 +137,7 @@ fn the_scorer_runs_every_head_of_a_verified_artifact_in_batches() {
         version: 1,
         created_at_ms: 0,
         expires_at_ms: u64::MAX,
-        feature_schema_hash: features::schema().hash(),
+        feature_schema_hash: features::schema_hash().to_owned(),
         heads: [
             ("ai1".to_owned(), spec("ai1.onnx", "gbdt")),
             ("ai2".to_owned(), spec("ai2.onnx", "logistic")),

@@ -84,7 +84,7 @@ fn trainer_learns_exports_with_parity_and_is_byte_for_byte_reproducible() {
     );
     assert!(m.metrics["ai1_onnx_parity_max_abs"] <= 1e-5);
     assert!(m.metrics["ai2_onnx_parity_max_abs"] <= 1e-5);
-    assert_eq!(m.feature_schema_hash, features::schema().hash());
+    assert_eq!(m.feature_schema_hash, features::schema_hash());
     assert!(m.training_window.start_ms < m.training_window.test_start_ms);
 
     let b = train::train(&spec(data.path(), created), &key, &trust, now_ms()).unwrap();
@@ -101,7 +101,7 @@ fn trainer_learns_exports_with_parity_and_is_byte_for_byte_reproducible() {
         "never overwrite an artifact"
     );
     let files = artifact::ArtifactFiles::read(&dir).unwrap();
-    let hash = features::schema().hash();
+    let hash = features::schema_hash().to_owned();
     let ctx = VerifyContext {
         trust: &trust,
         feature_schema_hash: &hash,

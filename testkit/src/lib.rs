@@ -426,7 +426,7 @@ pub fn logistic_artifact(
         version,
         created_at_ms: now_ms,
         expires_at_ms: now_ms + 2 * 86_400_000,
-        feature_schema_hash: features::schema().hash(),
+        feature_schema_hash: features::schema_hash().to_owned(),
         heads: [
             ("ai1".to_owned(), logistic_head_spec("ai1.onnx")),
             ("ai2".to_owned(), logistic_head_spec("ai2.onnx")),
@@ -599,6 +599,30 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Sends `signal` (`TERM`, `INT`, ...) to `child` and waits up to `limit`
+/// for it to exit; its exit status, or a panic naming what did not happen.
+pub fn stop_with_signal(
+    child: &mut std::process::Child,
+    signal: &str,
+    limit: std::time::Duration,
+) -> std::process::ExitStatus {
+    let sent = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap_or_else(|e| panic!("kill -{signal}: {e}"));
+    assert!(sent.success(), "kill -{signal} {} failed", child.id());
+    let started = std::time::Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status,
+            Ok(None) if started.elapsed() < limit => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Ok(None) => panic!("pid {} still running {limit:?} after SIG{signal}", child.id()),
+            Err(e) => panic!("waiting for pid {}: {e}", child.id()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -688,3 +688,49 @@ fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
         "v2 keeps serving after the revocation"
     );
 }
+
+/// SIGTERM: the daemon stops accepting, finishes what is in flight, writes
+/// a last heartbeat that says `stopped` (with its final counts) and exits 0.
+#[test]
+fn sigterm_stops_the_daemon_cleanly_and_its_last_heartbeat_says_stopped() {
+    let ns = RedisNamespace::new();
+    let threads = "{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}";
+    let tmp = config_root(&ns, threads);
+    let root = tmp.path();
+    std::fs::write(
+        root.join("configs/envs/dev/daemon.yaml"),
+        format!(
+            "instance_id: e2e-stop\ningress: {{listen: \"127.0.0.1:0\"}}\nthreads: {threads}\n\
+             decision: {{mode: timer, timer_interval_ms: 50}}\n"
+        ),
+    )
+    .unwrap();
+    let key =
+        SecretKeyFile::read(&testutil::workspace_root().join("deployments/dev-keys/dev-2026.key")).unwrap();
+    testutil::logistic_artifact(&key, "fx_g10", 1, 1.0, testutil::now_ms())
+        .write(&root.join("models/fx_g10/v1"))
+        .unwrap();
+    let mut conn = testutil::redis_connection();
+    let keys = Keys::new(&ns.ns);
+    let guard = Guard::new(keys.clone(), 1000);
+    Guard::load(&mut conn).unwrap();
+    testutil::set_mode(&guard, &mut conn, "fx_g10", OpsMode::Active);
+
+    let mut d = start_daemon(root);
+    wait_ready(&d);
+    assert!(
+        testutil::wait_until(Duration::from_secs(10), || metric(&d.http, ACCEPTED) >= 3.0).is_some(),
+        "no decision accepted"
+    );
+    let status = testutil::stop_with_signal(&mut d.child, "TERM", Duration::from_secs(15));
+    assert!(status.success(), "the daemon exited with {status} on SIGTERM");
+    let hb = mlcore_contract::Heartbeat::read(&mut conn, &keys, "e2e-stop")
+        .unwrap()
+        .expect("a last heartbeat");
+    assert_eq!(hb.status, "stopped");
+    assert!(hb.decisions >= 3 && hb.signals_accepted >= 3, "{hb:?}");
+    assert!(
+        TcpStream::connect(&d.ingress).is_err(),
+        "ingress still accepts after stopping"
+    );
+}

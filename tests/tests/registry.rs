@@ -356,3 +356,38 @@ fn the_daemon_follows_registry_activations_and_rollbacks() {
         .await;
     });
 }
+
+/// SIGINT (and SIGTERM alike): the control plane stops accepting, finishes
+/// the requests in progress and exits 0.
+#[test]
+fn the_control_plane_stops_cleanly_on_a_signal() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = setup(&rt);
+    let dir = s.config_dir();
+    let status = Command::new(testutil::binary("mlcore-control"))
+        .args(["--config-dir", &dir, "db", "migrate", "--env", "dev"])
+        .env("MLCORE_REDIS_URL", testutil::redis_url())
+        .env("MLCORE_PG_DSN", &s.dsn)
+        .status()
+        .unwrap();
+    assert!(status.success(), "db migrate");
+    for signal in ["INT", "TERM"] {
+        let (mut control, line) = start(
+            "mlcore-control",
+            &["--config-dir", &dir, "serve", "--env", "dev"],
+            &s.dsn,
+        );
+        let api = testutil::announced(&line, "http=");
+        let (code, _) = call(&api, "GET", "/v1/models", OPERATOR, "");
+        assert_eq!(code, 200);
+        let status = testutil::stop_with_signal(&mut control.0, signal, Duration::from_secs(10));
+        assert!(
+            status.success(),
+            "mlcore-control serve exited with {status} on SIG{signal}"
+        );
+        assert!(
+            std::net::TcpStream::connect(&api).is_err(),
+            "still listening after SIG{signal}"
+        );
+    }
+}

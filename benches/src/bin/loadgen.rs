@@ -311,7 +311,12 @@ fn read_stream(
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     a.check()?;
-    let cfg = config::load(&a.config_dir, a.env.parse()?, &ProcessEnv)?;
+    let cfg = config::load_for(
+        &a.config_dir,
+        a.env.parse()?,
+        &ProcessEnv,
+        config::Process::Daemon,
+    )?;
     let strat = cfg
         .universe
         .strategies

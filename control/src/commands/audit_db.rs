@@ -24,7 +24,7 @@ pub fn db_migrate(
     vars: &dyn EnvSource,
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
-    let cfg = load_config(config_dir, env, vars)?;
+    let cfg = load_config(config_dir, env, vars, mlcore_config::Process::Database)?;
     let n = runtime()?.block_on(db::migrate(&cfg.database))?;
     writeln!(out, "database migrated ({n} migrations known)")?;
     Ok(0)
@@ -38,7 +38,7 @@ pub fn audit_verify(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<i32> {
-    let cfg = load_config(config_dir, env, vars)?;
+    let cfg = load_config(config_dir, env, vars, mlcore_config::Process::Database)?;
     let report = runtime()?.block_on(async {
         let pool = db::connect(&cfg.database).await?;
         Ok::<_, anyhow::Error>(audit::verify(&pool, &cfg.storage.worm_root).await?)
@@ -63,7 +63,7 @@ pub fn audit_retain(
     vars: &dyn EnvSource,
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
-    let cfg = load_config(config_dir, env, vars)?;
+    let cfg = load_config(config_dir, env, vars, mlcore_config::Process::Database)?;
     let r = &cfg.database.retention;
     let removed = runtime()?.block_on(async {
         let pool = db::connect(&cfg.database).await?;
@@ -76,15 +76,18 @@ pub fn audit_retain(
     Ok(0)
 }
 
-/// Serves the API until the process is stopped.
+/// Serves the API until SIGTERM or SIGINT, then stops cleanly: no new
+/// connections, requests in progress finish (their audit rows written),
+/// the monitor stops, the database pool closes; exit 0.
 pub fn serve(config_dir: &Path, env: &str, vars: &dyn EnvSource, out: &mut dyn Write) -> anyhow::Result<i32> {
-    let cfg = load_config(config_dir, env, vars)?;
+    let cfg = load_config(config_dir, env, vars, mlcore_config::Process::Control)?;
     let listen = cfg.control.listen.clone();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
+        let stop = stop_signal()?;
         let state = crate::api::state(cfg).await?;
         let watched = std::sync::Arc::clone(&state);
-        tokio::spawn(async move {
+        let monitor = tokio::spawn(async move {
             let mut watch = crate::monitor::Watch::default();
             loop {
                 crate::monitor::tick(&watched, &mut watch).await;
@@ -96,8 +99,33 @@ pub fn serve(config_dir: &Path, env: &str, vars: &dyn EnvSource, out: &mut dyn W
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
         writeln!(out, "listening http={}", listener.local_addr()?)?;
         out.flush()?;
-        axum::serve(listener, crate::api::router(state)).await?;
+        axum::serve(listener, crate::api::router(std::sync::Arc::clone(&state)))
+            .with_graceful_shutdown(stop)
+            .await?;
+        monitor.abort();
+        state.pool.close().await;
+        crate::log_line("info", "control plane stopped", &[]);
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(0)
+}
+
+/// Resolves on the first SIGTERM or SIGINT. The handlers are installed
+/// before the server starts, so a signal that arrives during start-up is
+/// not lost.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        crate::log_line(
+            "info",
+            "stopping on a signal: finishing requests in progress",
+            &[],
+        );
+    })
 }

@@ -11,7 +11,7 @@ mod train;
 
 use std::path::Path;
 
-use mlcore_config::{AppConfig, ConfigError, EnvSource, Environment};
+use mlcore_config::{AppConfig, ConfigError, EnvSource, Environment, Process};
 
 pub use self::audit_db::{audit_retain, audit_verify, db_migrate, serve, EXIT_TAMPERED};
 pub use self::config::config_check;
@@ -26,10 +26,16 @@ pub const EXIT_INVALID_CONFIG: i32 = 3;
 /// Exit code for a refused artifact.
 pub const EXIT_REFUSED: i32 = 4;
 
-/// Loads an environment's configuration.
-pub fn load_config(config_dir: &Path, env: &str, vars: &dyn EnvSource) -> Result<AppConfig, ConfigError> {
+/// Loads an environment's configuration as `process` needs it (only its
+/// secrets must be set).
+pub fn load_config(
+    config_dir: &Path,
+    env: &str,
+    vars: &dyn EnvSource,
+    process: Process,
+) -> Result<AppConfig, ConfigError> {
     let env: Environment = env.parse()?;
-    mlcore_config::load(config_dir, env, vars)
+    mlcore_config::load_for(config_dir, env, vars, process)
 }
 
 /// Milliseconds since the epoch.

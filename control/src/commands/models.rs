@@ -63,7 +63,7 @@ pub fn models_verify(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<i32> {
-    let cfg = load_config(config_dir, &args.env, vars)?;
+    let cfg = load_config(config_dir, &args.env, vars, mlcore_config::Process::Offline)?;
     let trust = TrustStore::from_config(&cfg.trust)?;
     let auth: Option<RollbackAuthorization> = match &args.rollback_auth {
         Some(p) => Some(

@@ -28,7 +28,7 @@ pub fn ops_set_mode(
     vars: &dyn EnvSource,
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
-    let cfg = load_config(config_dir, &args.env, vars)?;
+    let cfg = load_config(config_dir, &args.env, vars, mlcore_config::Process::BreakGlass)?;
     let mode: OpsMode = args.mode.parse().map_err(anyhow::Error::msg)?;
     let mut conn = RedisConn::connect(&(&cfg.redis).into()).context("connecting to Redis")?;
     Guard::load(&mut conn)?;

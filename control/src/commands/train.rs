@@ -19,7 +19,7 @@ pub fn train(
     vars: &dyn EnvSource,
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
-    let cfg = load_config(config_dir, &args.env, vars)?;
+    let cfg = load_config(config_dir, &args.env, vars, mlcore_config::Process::Offline)?;
     let strategy = cfg
         .strategy(&args.strategy)
         .with_context(|| format!("strategy `{}` is not in universe.yaml", args.strategy))?;

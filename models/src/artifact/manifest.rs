@@ -75,12 +75,23 @@ pub struct TrainingWindow {
 }
 
 impl Manifest {
-    /// The signed bytes: compact JSON with keys in sorted order.
-    pub fn canonical_bytes(&self) -> Vec<u8> {
-        // serde_json's map is ordered (no `preserve_order`), so a `Value`
-        // serialises with sorted keys at every level.
-        serde_json::to_value(self)
-            .map(|v| v.to_string().into_bytes())
-            .unwrap_or_default()
+    /// The signed bytes: the manifest's canonical JSON (RFC 8785, JCS:
+    /// keys sorted by code unit, no whitespace, numbers as ECMAScript
+    /// prints them). Fails for a metric that is not a finite number, which
+    /// JSON cannot carry: such a manifest cannot be signed or verified.
+    pub fn canonical_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        // serde_json would write such a number as `null`, which reads back
+        // as no number at all: refuse it here, by name.
+        let theta = [
+            ("theta.theta1", self.theta.theta1),
+            ("theta.theta2", self.theta.theta2),
+        ];
+        let metrics = self.metrics.iter().map(|(k, v)| (k.as_str(), *v));
+        if let Some((name, v)) = theta.into_iter().chain(metrics).find(|(_, v)| !v.is_finite()) {
+            return Err(serde::ser::Error::custom(format!(
+                "{name} is {v}, not a finite number"
+            )));
+        }
+        serde_json_canonicalizer::to_vec(self)
     }
 }

@@ -13,15 +13,14 @@ use super::keys::SecretKeyFile;
 use super::trust::{KeyRefusal, TrustStore};
 use mlcore_config::KeyPurpose;
 
-fn canonical_bytes(grant: &RollbackGrant) -> Vec<u8> {
-    serde_json::to_value(grant)
-        .map(|v| v.to_string().into_bytes())
-        .unwrap_or_default()
+/// The signed bytes of a grant: its canonical JSON (RFC 8785, JCS).
+pub fn canonical_bytes(grant: &RollbackGrant) -> Result<Vec<u8>, String> {
+    serde_json_canonicalizer::to_vec(grant).map_err(|e| format!("rollback grant cannot be serialised: {e}"))
 }
 
 /// Signs `grant` with `key`.
 pub fn sign(grant: RollbackGrant, key: &SecretKeyFile) -> Result<RollbackAuthorization, String> {
-    let signature = key.sign_hex(&canonical_bytes(&grant))?;
+    let signature = key.sign_hex(&canonical_bytes(&grant)?)?;
     Ok(RollbackAuthorization {
         grant,
         key_id: key.key_id.clone(),
@@ -45,7 +44,7 @@ pub fn check(
         .map_err(|e| format!("signature is not hex: {e}"))?
         .try_into()
         .map_err(|_| "signature must be 64 bytes".to_owned())?;
-    key.verify(&canonical_bytes(&auth.grant), &Signature::from_bytes(&sig_bytes))
+    key.verify(&canonical_bytes(&auth.grant)?, &Signature::from_bytes(&sig_bytes))
         .map_err(|_| "signature does not verify".to_owned())?;
     let g = &auth.grant;
     if g.strategy != strategy || g.model_id != model_id || g.version != version {

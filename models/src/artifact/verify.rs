@@ -156,7 +156,10 @@ pub fn verify(files: ArtifactFiles, ctx: &VerifyContext<'_>) -> Result<VerifiedA
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| VerifyError::BadSignature(sig.key_id.clone()))?;
-    key.verify(&manifest.canonical_bytes(), &Signature::from_bytes(&raw))
+    let signed = manifest
+        .canonical_bytes()
+        .map_err(|e| VerifyError::Malformed(format!("{MANIFEST} has no canonical form: {e}")))?;
+    key.verify(&signed, &Signature::from_bytes(&raw))
         .map_err(|_| VerifyError::BadSignature(sig.key_id.clone()))?;
 
     // 2. Files: exactly the listed ones, with the listed hashes.
@@ -204,7 +207,7 @@ pub fn verify(files: ArtifactFiles, ctx: &VerifyContext<'_>) -> Result<VerifiedA
     }
     if let Some(schema) = files.get(FEATURE_SCHEMA) {
         let shipped = serde_json::from_slice::<mlcore_features::FeatureSchema>(schema)
-            .map(|s| s.hash())
+            .and_then(|s| s.hash())
             .map_err(|e| VerifyError::Malformed(format!("{FEATURE_SCHEMA}: {e}")))?;
         if shipped != manifest.feature_schema_hash {
             return Err(VerifyError::FeatureSchemaMismatch {
@@ -269,7 +272,10 @@ pub fn seal(
         .iter()
         .map(|(n, b)| (n.clone(), hex::encode(Sha256::digest(b))))
         .collect();
-    let signature = key.sign_hex(&manifest.canonical_bytes())?;
+    let signed = manifest
+        .canonical_bytes()
+        .map_err(|e| format!("{MANIFEST} has no canonical form: {e}"))?;
+    let signature = key.sign_hex(&signed)?;
     let pretty = serde_json::to_string_pretty(&manifest).map_err(|e| e.to_string())? + "\n";
     let sig = serde_json::json!({"key_id": key.key_id, "algorithm": "ed25519", "signature": signature});
     files.0.insert(MANIFEST.into(), pretty.into_bytes());

@@ -190,7 +190,9 @@ pub fn train(
         version: spec.version,
         created_at_ms: spec.created_at_ms,
         expires_at_ms: spec.created_at_ms + u64::from(spec.valid_days) * 86_400_000,
-        feature_schema_hash: schema.hash(),
+        feature_schema_hash: schema
+            .hash()
+            .map_err(|e| TrainError::Export(format!("feature schema: {e}")))?,
         heads: [
             ("ai1".to_owned(), head("ai1.onnx", "gbdt")),
             ("ai2".to_owned(), head("ai2.onnx", "logistic")),
@@ -218,7 +220,7 @@ pub fn train(
     let (manifest, files) = artifact::seal(manifest, files, key).map_err(TrainError::Export)?;
     let ctx = VerifyContext {
         trust,
-        feature_schema_hash: &schema.hash(),
+        feature_schema_hash: features::schema_hash(),
         now_ms,
         highest_accepted: None,
         rollback: None,
