@@ -15,7 +15,7 @@ use mlcore_config::MetricsConfig;
 
 use crate::loader::ActiveModels;
 use crate::ops::OpsTable;
-use crate::stats::{Counters, Histograms, Stage, OUTCOMES};
+use crate::stats::{Counters, Histograms, Outcome, Stage};
 use crate::universe::Universe;
 use crate::wire::WireError;
 
@@ -101,6 +101,12 @@ impl Observed {
             "",
         );
         counter(
+            "decisions_scoring_failed_total",
+            "Decisions lost because ONNX Runtime failed to score the serving model.",
+            get(&c.decisions_scoring_failed),
+            "",
+        );
+        counter(
             "publish_dropped_total",
             "Decided batches refused by the publish queue.",
             get(&c.publish_dropped),
@@ -145,12 +151,12 @@ impl Observed {
                 &format!("reason=\"{}\"", e.label()),
             );
         }
-        for (i, o) in OUTCOMES.iter().enumerate() {
+        for o in Outcome::ALL {
             counter(
                 "batches_total",
                 "Decided batches by publish outcome.",
-                get(&c.outcomes[i]),
-                &format!("outcome=\"{o}\""),
+                c.outcomes_of(o),
+                &format!("outcome=\"{}\"", o.label()),
             );
         }
         let _ = writeln!(out, "# TYPE {p}model_version gauge");

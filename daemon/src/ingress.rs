@@ -260,26 +260,39 @@ impl Ingress {
 
     /// Decodes and applies every complete frame buffered on connection `i`.
     fn drain(&mut self, i: usize) -> Result<(), wire::WireError> {
+        let Some(conn) = self.conns[i].as_mut() else {
+            return Ok(());
+        };
+        // Taken out while the frames are applied (an empty `Vec` in its
+        // place allocates nothing), put back after.
+        let (buf, len) = (std::mem::take(&mut conn.buf), conn.len);
+        let fed = self.feed(&buf[..len]);
+        if let Some(conn) = self.conns[i].as_mut() {
+            conn.buf = buf;
+            if let Ok(used) = fed {
+                conn.buf.copy_within(used..len, 0);
+                conn.len = len - used;
+            }
+        }
+        fed.map(|_| ())
+    }
+
+    /// Decodes and applies every complete frame at the start of `bytes`
+    /// (quotes update the features, triggers become jobs for the workers);
+    /// how many bytes that was. What a connection's reads go through; the
+    /// allocation test drives it directly.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<usize, wire::WireError> {
         let mut offset = 0;
         loop {
             let started = Instant::now();
-            let decoded = {
-                let Some(conn) = self.conns[i].as_ref() else {
-                    return Ok(());
-                };
-                wire::decode(&conn.buf[offset..conn.len], self.max_frame)?
+            let Some((frame, used)) = wire::decode(&bytes[offset..], self.max_frame)? else {
+                return Ok(offset);
             };
-            let Some((frame, used)) = decoded else { break };
             offset += used;
             self.decode_hist.record(started.elapsed());
             Counters::inc(&self.counters.frames);
             self.apply(frame, started);
         }
-        if let Some(conn) = self.conns[i].as_mut() {
-            conn.buf.copy_within(offset..conn.len, 0);
-            conn.len -= offset;
-        }
-        Ok(())
     }
 
     fn apply(&mut self, frame: Frame, decoded_at: Instant) {

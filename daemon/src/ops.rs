@@ -72,7 +72,9 @@ impl OpsTable {
         }
     }
 
-    pub(crate) fn set(&self, s: usize, mode: OpsMode, version: u64) {
+    /// Sets strategy `s`'s mode at `version` (never back to an older one).
+    /// The watcher's; tests set modes directly.
+    pub fn set(&self, s: usize, mode: OpsMode, version: u64) {
         // Never go back to an older version (a late reconciliation read).
         if let (Some(m), Some(v)) = (self.modes.get(s), self.versions.get(s)) {
             if version >= v.load(Ordering::Acquire) {

@@ -40,7 +40,7 @@ use crate::job::Job;
 use crate::log::{log, now_ms};
 use crate::ops::OpsTable;
 use crate::redis_io::{PublishPipe, MAX_IN_FLIGHT};
-use crate::stats::{Counters, Histograms, LocalHist, Stage};
+use crate::stats::{Counters, Histograms, LocalHist, Outcome, Stage};
 use crate::universe::Universe;
 
 /// What the publisher needs.
@@ -104,7 +104,7 @@ struct Round {
     jobs: Vec<Box<Job>>,
     /// The mode each job was decided under (read once per decision).
     modes: Vec<OpsMode>,
-    labels: Vec<Option<&'static str>>,
+    labels: Vec<Option<Outcome>>,
     /// Batches waiting to be sent or for their replies.
     pending: Vec<Pending>,
     /// First batch slot of this round in the pool.
@@ -120,47 +120,84 @@ struct Pending {
     strategy: usize,
 }
 
-/// Runs the publisher until the stop flag is set.
+/// Runs the publisher until the stop flag is set, then reads the replies
+/// of what it already sent.
 pub fn run(p: PublisherParts) {
-    let n = p.universe.strategies.len();
-    let mut st = State {
-        conn: None,
-        next_attempt: Instant::now(),
-        backoff: Duration::from_millis(p.redis.reconnect.initial_ms.max(1)),
-        last_seq: vec![0; n],
-        weights: p
-            .universe
-            .strategies
-            .iter()
-            .map(|s| vec![0.0; s.symbols.len()])
-            .collect(),
-        flattened_version: vec![None; n],
-        batches: BatchPool::new(n),
-        rounds: (0..MAX_IN_FLIGHT)
-            .map(|r| Round {
-                jobs: Vec::with_capacity(MAX_PIPELINE),
-                modes: Vec::with_capacity(MAX_PIPELINE),
-                labels: Vec::with_capacity(MAX_PIPELINE),
-                pending: Vec::with_capacity(MAX_PIPELINE),
-                base: r * MAX_PIPELINE,
-                started: Instant::now(),
-            })
-            .collect(),
-        head: 0,
-        in_flight: 0,
-        publish_hist: p.hists.local(Stage::Publish),
-        ack_hist: p.hists.local(Stage::TriggerToAck),
-    };
-    while !p.shutdown.load(Ordering::Relaxed) {
+    let mut publisher = Publisher::new(p);
+    while !publisher.p.shutdown.load(Ordering::Relaxed) {
+        if !publisher.step() {
+            break;
+        }
+    }
+    publisher.drain();
+}
+
+/// The publisher's state. [`run`] calls [`Publisher::step`] until stopped;
+/// tests call it directly (the allocation test drives this very code).
+pub struct Publisher {
+    p: PublisherParts,
+    st: State,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("connected", &self.st.conn.is_some())
+            .field("in_flight", &self.st.in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// A publisher that connects on its first step.
+    pub fn new(p: PublisherParts) -> Self {
+        let n = p.universe.strategies.len();
+        let st = State {
+            conn: None,
+            next_attempt: Instant::now(),
+            backoff: Duration::from_millis(p.redis.reconnect.initial_ms.max(1)),
+            last_seq: vec![0; n],
+            weights: p
+                .universe
+                .strategies
+                .iter()
+                .map(|s| vec![0.0; s.symbols.len()])
+                .collect(),
+            flattened_version: vec![None; n],
+            batches: BatchPool::new(n),
+            rounds: (0..MAX_IN_FLIGHT)
+                .map(|r| Round {
+                    jobs: Vec::with_capacity(MAX_PIPELINE),
+                    modes: Vec::with_capacity(MAX_PIPELINE),
+                    labels: Vec::with_capacity(MAX_PIPELINE),
+                    pending: Vec::with_capacity(MAX_PIPELINE),
+                    base: r * MAX_PIPELINE,
+                    started: Instant::now(),
+                })
+                .collect(),
+            head: 0,
+            in_flight: 0,
+            publish_hist: p.hists.local(Stage::Publish),
+            ack_hist: p.hists.local(Stage::TriggerToAck),
+        };
+        Self { p, st }
+    }
+
+    /// One turn: (re)connect and flatten when nothing is in flight, send
+    /// the decisions that wait (up to `MAX_IN_FLIGHT` pipelines), or read
+    /// the oldest reply. Waits up to 20 ms for a decision when idle.
+    /// `false` once the decision queue is closed.
+    pub fn step(&mut self) -> bool {
+        let (p, st) = (&self.p, &mut self.st);
         if st.in_flight == 0 {
-            ensure_connected(&p, &mut st);
-            flatten_if_asked(&p, &mut st);
-        } else if flatten_due(&p, &st) {
+            ensure_connected(p, st);
+            flatten_if_asked(p, st);
+        } else if flatten_due(p, st) {
             // Flat signals go out alone, after what is in flight.
             while st.in_flight > 0 {
-                receive(&p, &mut st);
+                receive(p, st);
             }
-            continue;
+            return true;
         }
         // Send decisions that are already waiting, even while earlier ones
         // are still in Redis (up to MAX_IN_FLIGHT pipelines); otherwise wait
@@ -172,24 +209,29 @@ pub fn run(p: PublisherParts) {
             } else {
                 Duration::ZERO
             };
-            match take(&p, &mut st, wait) {
+            match take(p, st, wait) {
                 Taken::Some => {
-                    start(&p, &mut st);
-                    continue;
+                    start(p, st);
+                    return true;
                 }
-                Taken::Disconnected => break,
+                Taken::Disconnected => return false,
                 Taken::None if st.in_flight == 0 => {
                     st.publish_hist.tick();
                     st.ack_hist.tick();
-                    continue;
+                    return true;
                 }
                 Taken::None => {}
             }
         }
-        receive(&p, &mut st);
+        receive(p, st);
+        true
     }
-    while st.in_flight > 0 {
-        receive(&p, &mut st);
+
+    /// Reads the replies of every pipeline still in flight.
+    pub fn drain(&mut self) {
+        while self.st.in_flight > 0 {
+            receive(&self.p, &mut self.st);
+        }
     }
 }
 
@@ -314,7 +356,7 @@ fn send(p: &PublisherParts, st: &mut State, r: usize) -> Sent {
     let batches = &st.batches.slots[round.base..round.base + round.pending.len()];
     let Some(conn) = st.conn.as_mut() else {
         Counters::inc(&p.counters.redis_errors);
-        label_all(round, "redis_error");
+        label_all(round, Outcome::RedisError);
         return Sent::Refused;
     };
     match conn.send(&p.guard, batches) {
@@ -328,7 +370,7 @@ fn send(p: &PublisherParts, st: &mut State, r: usize) -> Sent {
         // Checked before anything was written: the connection is fine.
         Err(e @ ContractError::Invalid { .. }) => {
             refused_before_sending(&e);
-            label_all(round, "bad_input");
+            label_all(round, Outcome::BadInput);
             Sent::Refused
         }
         Err(e) => {
@@ -356,10 +398,10 @@ fn flush_now(p: &PublisherParts, st: &mut State, r: usize) {
         Ok(()) => {}
         Err(e @ ContractError::Invalid { .. }) => {
             refused_before_sending(&e);
-            label_all(&mut st.rounds[r], "bad_input");
+            label_all(&mut st.rounds[r], Outcome::BadInput);
         }
         Err(e) => {
-            label_all(&mut st.rounds[r], "redis_error");
+            label_all(&mut st.rounds[r], Outcome::RedisError);
             if st.conn.is_some() {
                 disconnect(p, st, &e);
             } else {
@@ -435,7 +477,7 @@ fn not_connected() -> ContractError {
     ContractError::Protocol("not connected to Redis".into())
 }
 
-/// What an outcome means for the publisher's state, and its label.
+/// What an outcome means for the publisher's state, and the outcome counted.
 fn apply(
     p: &PublisherParts,
     last_seq: &mut [u64],
@@ -443,7 +485,7 @@ fn apply(
     s: usize,
     outcome: &Result<PublishOutcome, ContractError>,
     batch: &SignalBatch,
-) -> &'static str {
+) -> Outcome {
     match outcome {
         Ok(PublishOutcome::Accepted { count }) => {
             p.counters
@@ -452,25 +494,25 @@ fn apply(
             for (w, sig) in weights[s].iter_mut().zip(&batch.signals) {
                 *w = sig.weight;
             }
-            "accepted"
+            Outcome::Accepted
         }
         Ok(PublishOutcome::Stale { stored_seq, .. }) => {
             last_seq[s] = last_seq[s].max(*stored_seq);
-            "stale"
+            Outcome::Stale
         }
-        Ok(other) => other.label(),
+        Ok(other) => Outcome::of(other),
         Err(ContractError::BadInput(msg)) => {
             log(
                 "error",
                 "guard refused a batch as malformed",
                 &[("error", msg.clone().into())],
             );
-            "bad_input"
+            Outcome::BadInput
         }
         Err(e) => {
             Counters::inc(&p.counters.redis_errors);
             log("warn", "publish failed", &[("error", e.to_string().into())]);
-            "redis_error"
+            Outcome::RedisError
         }
     }
 }
@@ -483,7 +525,7 @@ fn lost(p: &PublisherParts, st: &mut State, e: &ContractError) {
     disconnect(p, st, e);
     for k in 0..st.in_flight {
         let round = &mut st.rounds[(st.head + k) % MAX_IN_FLIGHT];
-        label_all(round, "redis_error");
+        label_all(round, Outcome::RedisError);
         round.pending.clear();
     }
     // The next round goes after them (the caller finishes them from the
@@ -505,7 +547,7 @@ fn disconnect(p: &PublisherParts, st: &mut State, e: &ContractError) {
     st.next_attempt = Instant::now() + st.backoff;
 }
 
-fn label_all(round: &mut Round, label: &'static str) {
+fn label_all(round: &mut Round, label: Outcome) {
     for x in &round.pending {
         round.labels[x.slot] = Some(label);
     }
@@ -520,7 +562,7 @@ fn finish(p: &PublisherParts, st: &mut State, r: usize) {
     for (job, label) in round.jobs.drain(..).zip(&round.labels) {
         if let Some(label) = *label {
             p.counters.outcome(label);
-            if label == "accepted" {
+            if label == Outcome::Accepted {
                 st.publish_hist.record(done - round.started);
                 st.ack_hist.record(done - job.decoded_at);
             }
@@ -575,8 +617,8 @@ fn next_seq(last_seq: &mut [u64], s: usize) -> u64 {
 enum Prepared {
     /// Its batch is filled and goes out with the next flush.
     Ready,
-    /// Nothing to send: the outcome label (`None`: none to count).
-    Done(Option<&'static str>),
+    /// Nothing to send: the outcome (`None`: none to count).
+    Done(Option<Outcome>),
 }
 
 /// The batches being built or sent, reused decision after decision (slot
@@ -647,7 +689,7 @@ fn prepare(
     }
     let valid_until_ms = (job.trigger_ts_ns / 1_000_000).max(0) as u64 + p.universe.ttl_ms;
     if valid_until_ms <= now_ms() {
-        return Prepared::Done(Some("expired_before_send"));
+        return Prepared::Done(Some(Outcome::ExpiredBeforeSend));
     }
     let strat = &p.universe.strategies[s];
     let seq = next_seq(last_seq, s);
@@ -714,9 +756,9 @@ fn flatten_if_asked(p: &PublisherParts, st: &mut State) {
         round.labels.push(None);
         round.pending.push(Pending { slot: 0, strategy: s });
         flush_now(p, st, r);
-        let label = st.rounds[r].labels.pop().flatten().unwrap_or("redis_error");
+        let label = st.rounds[r].labels.pop().flatten().unwrap_or(Outcome::RedisError);
         p.counters.outcome(label);
-        if label == "accepted" {
+        if label == Outcome::Accepted {
             st.flattened_version[s] = Some(version);
             log(
                 "info",
@@ -781,7 +823,7 @@ mod tests {
         use mlcore_testkit::{RedisNamespace, RedisServer};
 
         use crate::job::ModelMeta;
-        use crate::stats::OUTCOMES;
+
         use crate::universe::Strategy;
         use mlcore_decision::{Policy, SymbolParams};
 
@@ -871,7 +913,7 @@ mod tests {
             j
         };
         let outcome = |label: &str| {
-            let i = OUTCOMES.iter().position(|o| *o == label).unwrap();
+            let i = Outcome::ALL.iter().position(|o| o.label() == label).unwrap();
             counters.outcomes[i].load(Ordering::Relaxed)
         };
         let queue = |w: [f64; 2]| jobs_tx.send(job(w)).unwrap();

@@ -431,6 +431,9 @@ fn side_loop(
     let mut next_trust = Instant::now() + Duration::from_secs(10);
     let mut next_scan = Instant::now() + Duration::from_secs(1);
     let mut next_hb = Instant::now();
+    // Workers count scoring failures (no logging on a hot thread); this
+    // loop says how many there were since it last looked.
+    let mut scoring_failed = 0;
     let RegistryLink {
         redis,
         keys,
@@ -473,6 +476,18 @@ fn side_loop(
         }
         if Instant::now() >= next_hb {
             next_hb = Instant::now() + hb_every;
+            let failed = observed.counters.decisions_scoring_failed.load(Ordering::Relaxed);
+            if failed > scoring_failed {
+                log(
+                    "error",
+                    "ONNX Runtime failed to score decisions with the serving model",
+                    &[
+                        ("failed", (failed - scoring_failed).into()),
+                        ("total", failed.into()),
+                    ],
+                );
+                scoring_failed = failed;
+            }
             let hb = heartbeat(&observed, &instance, observed.status());
             if conn.is_none() {
                 conn = RedisConn::connect(&(&redis).into()).ok();

@@ -63,16 +63,62 @@ impl Stage {
     }
 }
 
-/// Signal outcomes counted by reason.
-pub const OUTCOMES: [&str; 7] = [
-    "accepted",
-    "stale",
-    "expired",
-    "halted",
-    "expired_before_send",
-    "redis_error",
-    "bad_input",
-];
+/// What became of a decided batch: the guard's answer, or why it never
+/// got one. Counted per outcome (`Counters::outcomes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Written by the guard.
+    Accepted,
+    /// A symbol already held this or a later `seq`.
+    Stale,
+    /// Past `valid_until` by Redis' clock.
+    Expired,
+    /// Refused by the strategy's mode.
+    Halted,
+    /// Past `valid_until` before it could be sent: never sent.
+    ExpiredBeforeSend,
+    /// Redis unreachable or failing: nothing can be said of the batch.
+    RedisError,
+    /// Refused as malformed (by the client's checks or the guard's).
+    BadInput,
+}
+
+impl Outcome {
+    /// Every outcome, in counter order.
+    pub const ALL: [Self; 7] = [
+        Self::Accepted,
+        Self::Stale,
+        Self::Expired,
+        Self::Halted,
+        Self::ExpiredBeforeSend,
+        Self::RedisError,
+        Self::BadInput,
+    ];
+
+    /// The metrics label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Stale => "stale",
+            Self::Expired => "expired",
+            Self::Halted => "halted",
+            Self::ExpiredBeforeSend => "expired_before_send",
+            Self::RedisError => "redis_error",
+            Self::BadInput => "bad_input",
+        }
+    }
+
+    /// The guard's answer as an outcome.
+    pub fn of(answer: &mlcore_contract::PublishOutcome) -> Self {
+        use mlcore_contract::PublishOutcome as P;
+        match answer {
+            P::Accepted { .. } => Self::Accepted,
+            P::Stale { .. } => Self::Stale,
+            P::Expired { .. } => Self::Expired,
+            P::Halted { .. } => Self::Halted,
+        }
+    }
+}
 
 /// Process-wide counters (relaxed atomics) and health flags.
 #[derive(Debug, Default)]
@@ -93,10 +139,12 @@ pub struct Counters {
     pub decisions_dropped: AtomicU64,
     /// Decisions skipped because no model was loaded.
     pub decisions_without_model: AtomicU64,
+    /// Decisions lost because ONNX Runtime failed to score the loaded model.
+    pub decisions_scoring_failed: AtomicU64,
     /// Decided batches refused at the publish queue (overload).
     pub publish_dropped: AtomicU64,
-    /// Batches by outcome, per `OUTCOMES`.
-    pub outcomes: [AtomicU64; 7],
+    /// Batches by outcome, indexed by `Outcome as usize`.
+    pub outcomes: [AtomicU64; Outcome::ALL.len()],
     /// Signals accepted by the guard.
     pub signals_accepted: AtomicU64,
     /// Batches not published because the strategy is halted (daemon side).
@@ -130,11 +178,15 @@ impl Counters {
         Self::inc(&self.wire_errors[e.index()]);
     }
 
-    /// Counts a batch outcome by label.
-    pub fn outcome(&self, label: &str) {
-        if let Some(i) = OUTCOMES.iter().position(|o| *o == label) {
-            Self::inc(&self.outcomes[i]);
-        }
+    /// Counts a batch outcome.
+    #[inline]
+    pub fn outcome(&self, o: Outcome) {
+        Self::inc(&self.outcomes[o as usize]);
+    }
+
+    /// How many batches had outcome `o`.
+    pub fn outcomes_of(&self, o: Outcome) -> u64 {
+        self.outcomes[o as usize].load(Ordering::Relaxed)
     }
 }
 

@@ -55,12 +55,41 @@ pub struct WorkerParts {
 
 /// Runs a worker until the stop flag is set.
 pub fn run(p: WorkerParts) {
-    let mut models: Vec<Option<Box<ModelUpdate>>> = (0..p.universe.strategies.len()).map(|_| None).collect();
-    let mut inference: LocalHist = p.hists.local(Stage::Inference);
-    let mut portfolio_hist: LocalHist = p.hists.local(Stage::Portfolio);
-    while !p.shutdown.load(Ordering::Relaxed) {
-        // Between jobs: take any new model (a load per strategy when none).
-        for (slot, mailbox) in models.iter_mut().zip(p.models.iter()) {
+    let mut w = Worker::new(p);
+    while !w.p.shutdown.load(Ordering::Relaxed) {
+        if !w.step(Duration::from_millis(50)) {
+            return;
+        }
+    }
+}
+
+/// One worker's state: its models (one slot per strategy) and its
+/// histograms. [`run`] calls [`Worker::step`] until stopped; tests call it
+/// directly (the allocation test drives this very code).
+#[derive(Debug)]
+pub struct Worker {
+    p: WorkerParts,
+    models: Vec<Option<Box<ModelUpdate>>>,
+    inference: LocalHist,
+    portfolio: LocalHist,
+}
+
+impl Worker {
+    /// A worker with no model yet.
+    pub fn new(p: WorkerParts) -> Self {
+        Self {
+            models: (0..p.universe.strategies.len()).map(|_| None).collect(),
+            inference: p.hists.local(Stage::Inference),
+            portfolio: p.hists.local(Stage::Portfolio),
+            p,
+        }
+    }
+
+    /// Takes any new model (between jobs), waits up to `wait` for a job and
+    /// decides it. `false` once the job queue is closed.
+    pub fn step(&mut self, wait: Duration) -> bool {
+        let p = &self.p;
+        for (slot, mailbox) in self.models.iter_mut().zip(p.models.iter()) {
             if let Some(update) = mailbox.take() {
                 if let Some(old) = slot.replace(update) {
                     // Sized never to be full (`run`); it fails only once the
@@ -69,20 +98,20 @@ pub fn run(p: WorkerParts) {
                 }
             }
         }
-        let mut job = match p.jobs.recv_timeout(Duration::from_millis(50)) {
+        let mut job = match p.jobs.recv_timeout(wait) {
             Ok(j) => j,
             Err(RecvTimeoutError::Timeout) => {
-                inference.tick();
-                portfolio_hist.tick();
-                continue;
+                self.inference.tick();
+                self.portfolio.tick();
+                return true;
             }
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => return false,
         };
         let s = usize::from(job.strategy);
-        let Some(Some(model)) = models.get_mut(s) else {
+        let Some(Some(model)) = self.models.get_mut(s) else {
             Counters::inc(&p.counters.decisions_without_model);
             let _ = p.pool_returns[s].try_send(job);
-            continue;
+            return true;
         };
         let n = job.inputs.len();
         let started = Instant::now();
@@ -98,11 +127,13 @@ pub fn run(p: WorkerParts) {
             }
             Err(_) => false,
         };
-        inference.record(started.elapsed());
+        self.inference.record(started.elapsed());
         if !scored {
-            Counters::inc(&p.counters.decisions_without_model);
+            // The model is there and ONNX Runtime failed on it: not "no
+            // model", which would send an operator looking for a pointer.
+            Counters::inc(&p.counters.decisions_scoring_failed);
             let _ = p.pool_returns[s].try_send(job);
-            continue;
+            return true;
         }
         let started = Instant::now();
         let policy = Policy {
@@ -118,7 +149,7 @@ pub fn run(p: WorkerParts) {
         } = &mut *job;
         job.summary = mlcore_decision::decide(&policy, params, inputs, scratch);
         job.model = Some(Arc::clone(meta));
-        portfolio_hist.record(started.elapsed());
+        self.portfolio.record(started.elapsed());
         Counters::inc(&p.counters.decisions);
         p.counters
             .last_decision_ms
@@ -127,5 +158,6 @@ pub fn run(p: WorkerParts) {
             Counters::inc(&p.counters.publish_dropped);
             let _ = p.pool_returns[s].try_send(e.into_inner());
         }
+        true
     }
 }

@@ -1,10 +1,10 @@
 //! The hot path allocates nothing per event: a counting global allocator
-//! counts allocations made on this thread while the per-event work runs —
-//! frame decoding, feature updates, the feature matrix, rolling β, the
-//! portfolio, and the bounded queue hand-offs of pooled job buffers.
-//! ONNX Runtime's run on a full batch (what the worker does) and publishing
-//! a decision through the guard are asserted too, and so are the side ↔ hot
-//! hand-offs of histograms and models (`mailbox`).
+//! counts allocations made on this thread while the daemon's own ingress,
+//! worker and publisher code decide (driven step by step on this thread,
+//! against the real Redis and ONNX Runtime). ONNX Runtime's run on a full
+//! batch and publishing through the pipe are asserted on their own too,
+//! and so are the side ↔ hot hand-offs of histograms and models
+//! (`mailbox`).
 
 #![allow(unsafe_code)] // a counting allocator must implement GlobalAlloc
 #![allow(clippy::unwrap_used)]
@@ -15,8 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use mlcore_daemon::job::Job;
 use mlcore_daemon::wire::{self, Frame};
-use mlcore_decision::{Policy, SymbolParams};
-use mlcore_features::FeatureEngine;
 use mlcore_market::Quote;
 use mlcore_research::synth::{Generator, SynthSpec};
 
@@ -63,116 +61,270 @@ fn measured(f: impl FnOnce()) -> u64 {
     ALLOCS.load(Ordering::Relaxed) - before
 }
 
+/// The daemon's own hot-path code, driven one decision at a time on this
+/// thread: `Ingress::feed` (frames decoded, quotes into the features,
+/// triggers into pooled jobs), `Worker::step` (ONNX Runtime on the full
+/// batch, the decision crate) and `Publisher::step` (mode, seq,
+/// valid_until, the guard through the publisher's own pipe, against the
+/// real Redis), with a real signed model. After a warm-up that lets every
+/// buffer grow, a whole decision — quotes to accepted signals — allocates
+/// nothing: an allocation added to any of them fails this test.
 #[test]
-fn per_event_hot_path_work_allocates_nothing() {
-    const N: usize = 32;
+fn a_decision_through_the_daemons_hot_path_allocates_nothing() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use mlcore_config::{self as config, Environment, MapEnv};
+    use mlcore_contract::{Guard, Keys, OpsMode};
+    use mlcore_daemon::ingress::{Ingress, IngressParts};
+    use mlcore_daemon::job::ModelMeta;
+    use mlcore_daemon::mailbox::Mailbox;
+    use mlcore_daemon::ops::OpsTable;
+    use mlcore_daemon::publisher::{Publisher, PublisherParts};
+    use mlcore_daemon::stats::{Counters, Histograms, Outcome};
+    use mlcore_daemon::universe::Universe;
+    use mlcore_daemon::worker::{ModelUpdate, Worker, WorkerParts};
+    use mlcore_models::artifact::{self, SecretKeyFile, TrustStore, VerifyContext};
+    use mlcore_models::runtime;
+    use mlcore_models::scoring::ModelScorer;
+    use mlcore_testkit::{self as testutil, RedisNamespace};
+
+    runtime::init(&testutil::ort_library()).unwrap();
+    let ns = RedisNamespace::new();
+    let vars = MapEnv::new().with("MLCORE_REDIS_URL", &testutil::redis_url());
+    let mut cfg = config::load_for(
+        &testutil::workspace_root().join("configs"),
+        Environment::Dev,
+        &vars,
+        config::Process::Daemon,
+    )
+    .unwrap();
+    cfg.redis.namespace = ns.ns.clone();
+    let universe = Arc::new(Universe::from_config(&cfg));
+    let strategy = &universe.strategies[0];
+    let n = strategy.symbols.len();
+
+    // Redis: the guard loaded, the strategy active (in Redis and in the
+    // daemon's table, which the ops watcher would fill).
+    let mut conn = testutil::redis_connection();
+    Guard::load(&mut conn).unwrap();
+    let guard = Guard::new(Keys::new(&ns.ns), cfg.redis.stream_maxlen);
+    testutil::set_mode(&guard, &mut conn, &strategy.id, OpsMode::Active);
+    let ops = Arc::new(OpsTable::new(universe.strategies.len()));
+    ops.set(0, OpsMode::Active, 1);
+
+    // A real signed model, verified, scored by a worker's sessions.
+    let key =
+        SecretKeyFile::read(&testutil::workspace_root().join("deployments/dev-keys/dev-2026.key")).unwrap();
+    let files = testutil::logistic_artifact(&key, &strategy.id, 1, 1.0, testutil::now_ms());
+    let trust = TrustStore::from_config(&cfg.trust).unwrap();
+    let verified = artifact::verify(files, &VerifyContext::new(&trust, testutil::now_ms())).unwrap();
+    let mut scorer = ModelScorer::new(&verified, n).unwrap();
+    scorer.warm_up(n, 5).unwrap();
+    let meta = Arc::new(ModelMeta {
+        model_id: verified.manifest.model_id.clone(),
+        version: verified.manifest.version,
+        manifest_sha256: String::new(),
+        theta1: 0.501,
+        theta2: 0.99,
+    });
+
+    // The wiring `run::start` does, minus threads.
+    let counters = Arc::new(Counters::default());
+    let hists = Histograms::new(8);
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let (decisions_tx, decisions_rx) = crossbeam_channel::bounded(8);
+    let (publish_tx, publish_rx) = crossbeam_channel::bounded(8);
+    let (pool_tx, pool_rx) = crossbeam_channel::bounded(8);
+    for _ in 0..8 {
+        pool_tx.send(Box::new(Job::new(0, &strategy.params))).unwrap();
+    }
+    let mut ingress = Ingress::new(IngressParts {
+        listener: std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        universe: Arc::clone(&universe),
+        pools: vec![pool_rx],
+        pool_returns: vec![pool_tx.clone()],
+        decisions: decisions_tx,
+        counters: Arc::clone(&counters),
+        hists: hists.clone(),
+        max_connections: 1,
+        max_frame: 4096,
+        timer: None,
+        shutdown: Arc::clone(&shutdown),
+    })
+    .unwrap();
+    let models: Arc<[Mailbox<ModelUpdate>]> = std::iter::once(Mailbox::new()).collect();
+    assert!(models[0]
+        .put(Box::new(ModelUpdate {
+            scorer: Box::new(scorer),
+            meta,
+        }))
+        .is_none());
+    let (retired_tx, _retired_rx) = crossbeam_channel::bounded(4);
+    let mut worker = Worker::new(WorkerParts {
+        jobs: decisions_rx,
+        models,
+        retired: retired_tx,
+        publish: publish_tx,
+        pool_returns: vec![pool_tx.clone()],
+        universe: Arc::clone(&universe),
+        counters: Arc::clone(&counters),
+        hists: hists.clone(),
+        shutdown: Arc::clone(&shutdown),
+    });
+    let mut publisher = Publisher::new(PublisherParts {
+        jobs: publish_rx,
+        pool_returns: vec![pool_tx],
+        redis: cfg.redis.clone(),
+        guard,
+        universe: Arc::clone(&universe),
+        ops,
+        counters: Arc::clone(&counters),
+        hists,
+        shutdown,
+    });
+
+    // The market as frames: quotes of every symbol, a trigger after every
+    // 40 rounds of quotes (timestamps of now, so nothing is expired).
     let spec = SynthSpec {
         seed: 1,
-        symbols: N,
+        symbols: n,
         start_day: 20_458,
         days: 1,
         interval_ms: 5_000,
     };
     let quotes: Vec<Quote> = Generator::new(spec).unwrap().day_merged(20_458);
-    let mut wire_bytes = Vec::new();
-    for q in &quotes[..N * 400] {
-        let f = Frame::Quote {
-            ts_ns: q.ts_ns,
-            symbol_id: u32::from(q.symbol) + 1,
-            bid: q.bid,
-            ask: q.ask,
-            bid_size: q.bid_size,
-            ask_size: q.ask_size,
-        };
-        wire::encode(&f, &mut wire_bytes);
-    }
-    let params: Vec<SymbolParams> = (0..N)
-        .map(|i| SymbolParams {
-            beta: 0.2 + i as f64 * 0.03,
-            max_weight: 0.1,
-            lot_size: 1000.0,
-            min_qty: 1000.0,
-            notional: 1e7,
-            cost_bps: 0.5,
-        })
-        .collect();
-    let policy = Policy {
-        theta1: 0.51,
-        theta2: 0.9,
-        target_annual_vol: 0.1,
-        periods_per_year: 4_354_560.0,
-        max_gross: 1.0,
-        beta_tolerance: 0.01,
-        min_edge_over_cost_bps: 0.0,
-        use_ai3: false,
-    };
-    // Set-up allocates: engine, pooled jobs, queues.
-    let mut engine = FeatureEngine::new(N, 0);
-    let (pool_tx, pool_rx) = crossbeam_channel::bounded::<Box<Job>>(4);
-    let (work_tx, work_rx) = crossbeam_channel::bounded::<Box<Job>>(4);
-    for _ in 0..4 {
-        pool_tx.send(Box::new(Job::new(0, &params))).unwrap();
+    let ids: Vec<u32> = cfg.universe.strategies[0].symbols.iter().map(|s| s.id).collect();
+    let t0 = i64::try_from(testutil::now_ms()).unwrap() * 1_000_000 - 3_600_000_000_000;
+    let mut decisions: Vec<Vec<u8>> = Vec::new();
+    for (k, chunk) in quotes.chunks(n * 40).take(60).enumerate() {
+        let mut bytes = Vec::new();
+        let mut last = 0;
+        for (j, q) in chunk.iter().enumerate() {
+            last = t0 + (k * n * 40 + j) as i64 * 1_000_000;
+            let f = Frame::Quote {
+                ts_ns: last,
+                symbol_id: ids[usize::from(q.symbol)],
+                bid: q.bid,
+                ask: q.ask,
+                bid_size: q.bid_size,
+                ask_size: q.ask_size,
+            };
+            wire::encode(&f, &mut bytes);
+        }
+        let now = i64::try_from(testutil::now_ms()).unwrap() * 1_000_000;
+        wire::encode(
+            &Frame::Trigger {
+                ts_ns: now.max(last),
+                strategy: 0,
+            },
+            &mut bytes,
+        );
+        decisions.push(bytes);
     }
 
-    let allocs = measured(|| {
-        let mut offset = 0;
-        let mut decisions = 0;
-        while let Ok(Some((frame, used))) = wire::decode(&wire_bytes[offset..], 4096) {
-            offset += used;
-            if let Frame::Quote {
-                ts_ns,
-                symbol_id,
-                bid,
-                ask,
-                bid_size,
-                ask_size,
-            } = frame
-            {
-                engine.update(&Quote {
-                    ts_ns,
-                    symbol: (symbol_id - 1) as u16,
-                    bid,
-                    ask,
-                    bid_size,
-                    ask_size,
-                });
-                // A decision every 32 quotes: what ingress, a worker and the
-                // publisher do with a pooled job, minus ONNX Runtime and Redis.
-                if offset % (49 * N) == 0 {
-                    let mut job = pool_rx.try_recv().unwrap();
-                    engine.write_matrix(ts_ns, &mut job.features);
-                    job.params.copy_from_slice(&params);
-                    for (i, input) in job.inputs.iter_mut().enumerate() {
-                        input.ready = engine.is_ready(i);
-                        (input.rvol_20_bps, input.rvol_100_bps) = engine.state(i).unwrap().rvols_bps();
-                        input.prob_up = 0.45 + (i as f64 % 10.0) * 0.01;
-                        input.risk = 0.2;
-                        if let Some(b) = engine
-                            .state(i)
-                            .unwrap()
-                            .beta_against(engine.state(0).unwrap(), 100)
-                        {
-                            job.params[i].beta = b;
-                        }
-                    }
-                    work_tx.try_send(job).unwrap();
-                    let mut job = work_rx.try_recv().unwrap();
-                    let Job {
-                        params,
-                        inputs,
-                        scratch,
-                        ..
-                    } = &mut *job;
-                    job.summary = mlcore_decision::decide(&policy, params, inputs, scratch);
-                    pool_tx.try_send(job).unwrap();
-                    decisions += 1;
-                }
-            }
+    // One decision, quotes to accepted signals.
+    let mut decide = |bytes: &[u8]| {
+        assert_eq!(ingress.feed(bytes).unwrap(), bytes.len());
+        assert!(worker.step(Duration::from_secs(1)));
+        let before = counters.outcomes_of(Outcome::Accepted);
+        let started = Instant::now();
+        while counters.outcomes_of(Outcome::Accepted) == before {
+            assert!(publisher.step());
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "never accepted: {counters:?}"
+            );
         }
-        assert_eq!(offset, wire_bytes.len());
-        assert!(decisions >= 300, "{decisions} decisions");
+    };
+    let (warm, measured_part) = decisions.split_at(20);
+    for d in warm {
+        decide(d);
+    }
+    let allocs = measured(|| {
+        for d in measured_part {
+            decide(d);
+        }
     });
-    assert_eq!(allocs, 0, "the per-event hot path allocated {allocs} times");
+    let n_decisions = counters.outcomes_of(Outcome::Accepted);
+    assert_eq!(n_decisions, 60, "{counters:?}");
+    assert!(counters.signals_accepted.load(Ordering::Relaxed) >= 60 * n as u64);
+    assert_eq!(
+        allocs, 0,
+        "40 decisions through ingress, worker and publisher allocated {allocs} times"
+    );
+}
+
+/// A model that fails to score (here: sessions built for fewer rows than
+/// the universe has) is counted as a scoring failure, not as "no model".
+#[test]
+fn a_scoring_failure_is_counted_as_such() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use mlcore_config::{self as config, Environment, MapEnv};
+    use mlcore_daemon::job::ModelMeta;
+    use mlcore_daemon::mailbox::Mailbox;
+    use mlcore_daemon::stats::{Counters, Histograms};
+    use mlcore_daemon::universe::Universe;
+    use mlcore_daemon::worker::{ModelUpdate, Worker, WorkerParts};
+    use mlcore_models::artifact::{self, SecretKeyFile, TrustStore, VerifyContext};
+    use mlcore_models::runtime;
+    use mlcore_models::scoring::ModelScorer;
+    use mlcore_testkit as testutil;
+
+    runtime::init(&testutil::ort_library()).unwrap();
+    let vars = MapEnv::new().with("MLCORE_REDIS_URL", &testutil::redis_url());
+    let cfg = config::load_for(
+        &testutil::workspace_root().join("configs"),
+        Environment::Dev,
+        &vars,
+        config::Process::Daemon,
+    )
+    .unwrap();
+    let universe = Arc::new(Universe::from_config(&cfg));
+    let strategy = &universe.strategies[0];
+    let key =
+        SecretKeyFile::read(&testutil::workspace_root().join("deployments/dev-keys/dev-2026.key")).unwrap();
+    let files = testutil::logistic_artifact(&key, &strategy.id, 1, 1.0, testutil::now_ms());
+    let trust = TrustStore::from_config(&cfg.trust).unwrap();
+    let verified = artifact::verify(files, &VerifyContext::new(&trust, testutil::now_ms())).unwrap();
+    let models: Arc<[Mailbox<ModelUpdate>]> = std::iter::once(Mailbox::new()).collect();
+    let update = ModelUpdate {
+        scorer: Box::new(ModelScorer::new(&verified, 2).unwrap()),
+        meta: Arc::new(ModelMeta {
+            model_id: "m".into(),
+            version: 1,
+            manifest_sha256: String::new(),
+            theta1: 0.55,
+            theta2: 0.6,
+        }),
+    };
+    assert!(models[0].put(Box::new(update)).is_none());
+    let counters = Arc::new(Counters::default());
+    let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(2);
+    let (publish_tx, publish_rx) = crossbeam_channel::bounded(2);
+    let (pool_tx, pool_rx) = crossbeam_channel::bounded(2);
+    let (retired_tx, _retired_rx) = crossbeam_channel::bounded(2);
+    let mut worker = Worker::new(WorkerParts {
+        jobs: jobs_rx,
+        models,
+        retired: retired_tx,
+        publish: publish_tx,
+        pool_returns: vec![pool_tx],
+        universe: Arc::clone(&universe),
+        counters: Arc::clone(&counters),
+        hists: Histograms::new(2),
+        shutdown: Arc::new(AtomicBool::new(false)),
+    });
+    jobs_tx.send(Box::new(Job::new(0, &strategy.params))).unwrap();
+    assert!(worker.step(Duration::from_secs(1)));
+    assert_eq!(counters.decisions_scoring_failed.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.decisions_without_model.load(Ordering::Relaxed), 0);
+    assert!(publish_rx.try_recv().is_err(), "nothing decided");
+    assert!(pool_rx.try_recv().is_ok(), "the job went back to its pool");
 }
 
 /// A head's run on a full batch, as the worker scores the universe:
