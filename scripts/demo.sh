@@ -106,9 +106,9 @@ done
 say "the newest stream entry (one per accepted decision, its signals as JSON):"
 redis-cli -u "$MLCORE_REDIS_URL" XREVRANGE "${NS}:{fx_g10}:signals" + - COUNT 1 | paste -sd' ' | cut -c1-400
 
-say "counters and trigger -> acknowledged-by-Redis latency (µs buckets)"
+say "counters and trigger -> acknowledged-by-Redis latency (buckets in seconds)"
 curl -fs "http://$HTTP/metrics" | grep -E '^ml_assets_core_(decisions_total|signals_accepted_total|batches_total.*accepted|decisions_dropped_total)'
-curl -fs "http://$HTTP/metrics" | grep -E 'stage_latency_microseconds_(bucket|count).*trigger_to_ack' | sed 's/^ml_assets_core_stage_latency_microseconds_/  /'
+curl -fs "http://$HTTP/metrics" | grep -E 'stage_latency_seconds_(bucket|count).*trigger_to_ack' | sed 's/^ml_assets_core_stage_latency_seconds_/  /'
 say "the registry: status and what the daemon reports as loaded"
 as_operator models list | grep -E '"(id|status)"|"loaded_by"' -A1 | grep -vE '^\s*--$' | tail -12
 say "done; the daemon and the control plane stop with this script"

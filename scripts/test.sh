@@ -8,6 +8,8 @@ source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 bash scripts/setup-ort.sh
+# promtool (Debian's prometheus package) checks the processes' /metrics.
+need_binary promtool prometheus
 eval "$(bash scripts/services.sh)"
 export ORT_DYLIB_PATH="$ROOT/.ort/lib/libonnxruntime.so.1.31.1"
 
@@ -30,5 +32,9 @@ cargo machete
 # last line of the run.
 say "doc tests"
 cargo test --workspace --locked --doc --quiet
+# End-to-end tests start the workspace's binaries (mlcore-feed, ...) from
+# the target dir; a package without tests of its own would not be built.
+say "cargo build --bins"
+cargo build --workspace --bins --locked --quiet
 say "cargo nextest run (Redis $MLCORE_TEST_REDIS_URL, PostgreSQL $MLCORE_TEST_PG_DSN)"
 cargo nextest run --workspace --locked --no-fail-fast "$@"

@@ -112,7 +112,7 @@ impl PublishBaseline {
             return;
         }
         self.seq += 1;
-        let now = mlcore_daemon::log::now_ms();
+        let now = mlcore_daemon::clock::now_ms();
         let batches = if singles {
             &mut self.singles
         } else {

@@ -38,8 +38,8 @@ pub use infra::{
     StorageConfig,
 };
 pub use observability::{
-    Channel, MetricsConfig, NotificationsConfig, PagerDutyConfig, RetryConfig, Severity, SlackConfig,
-    WebhookConfig,
+    Channel, LogLevel, MetricsConfig, NotificationsConfig, PagerDutyConfig, RetryConfig, Severity,
+    SlackConfig, WebhookConfig,
 };
 pub use policy::{CorePolicy, RiskLimits, SignalPolicy, Sizing, Theta};
 pub use processes::{

@@ -108,17 +108,53 @@ pub struct RetryConfig {
     pub max_backoff_ms: u64,
 }
 
-/// The whole of `metrics.yaml`.
+/// The whole of `metrics.yaml`: how the processes report (metrics and logs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Where the daemon serves `/metrics`, `/healthz`, `/readyz`.
     pub listen: String,
-    /// Metric name prefix (`ml_assets_core_`).
+    /// Metric name prefix (`ml_assets_core`: names are `<prefix>_<name>`;
+    /// the control plane's are `<prefix>_control_<name>`).
     pub prefix: String,
-    /// Histogram bucket upper bounds in microseconds, per stage. Fixed buckets
+    /// Histogram bucket upper bounds in seconds, per stage. Fixed buckets
     /// make histograms from several instances combinable.
-    pub latency_buckets_us: BTreeMap<String, Vec<f64>>,
+    pub latency_buckets_seconds: BTreeMap<String, Vec<f64>>,
     /// Labels added to every series.
     pub default_labels: BTreeMap<String, String>,
+    /// Log level of both processes; `RUST_LOG`, when set, wins (and may
+    /// name targets: `info,sqlx=debug`).
+    pub log_level: LogLevel,
+}
+
+/// How much the processes log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    /// Everything.
+    Trace,
+    /// Diagnostics.
+    Debug,
+    /// What happened.
+    Info,
+    /// What went wrong and was handled.
+    Warn,
+    /// What failed.
+    Error,
+    /// Nothing.
+    Off,
+}
+
+impl LogLevel {
+    /// The level as a `tracing` filter directive.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Trace => "trace",
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error => "error",
+            Self::Off => "off",
+        }
+    }
 }

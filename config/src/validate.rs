@@ -238,14 +238,14 @@ pub(crate) fn validate(c: &AppConfig, file: &dyn Fn(&str) -> PathBuf) -> Vec<Con
             "must be at least 1".into(),
         );
     }
-    for (stage, buckets) in &c.metrics.latency_buckets_us {
+    for (stage, buckets) in &c.metrics.latency_buckets_seconds {
         if buckets.is_empty()
             || buckets.windows(2).any(|w| w[0] >= w[1])
             || buckets.iter().any(|b| !positive(*b))
         {
             bad(
                 "metrics.yaml",
-                format!("latency_buckets_us.{stage}"),
+                format!("latency_buckets_seconds.{stage}"),
                 "buckets must be positive and strictly increasing".into(),
             );
         }

@@ -93,15 +93,7 @@ impl Notifier {
                 Channel::Webhook => self.webhook(alert).await,
             };
             if let Delivery::Failed { error, attempts } = &d {
-                crate::log_line(
-                    "warn",
-                    "notification failed",
-                    &[
-                        ("channel", format!("{ch:?}").into()),
-                        ("attempts", (*attempts).into()),
-                        ("error", error.clone().into()),
-                    ],
-                );
+                tracing::warn!(channel = ?ch, attempts = *attempts, error = %error, "notification failed");
             }
             out.push((ch, d));
         }

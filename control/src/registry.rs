@@ -56,11 +56,7 @@ fn select(tail: &'static str) -> sqlx::AssertSqlSafe<String> {
 
 fn db_err(what: &'static str) -> impl Fn(sqlx::Error) -> ApiError {
     move |e| {
-        crate::log_line(
-            "error",
-            "registry database error",
-            &[("while", what.into()), ("error", e.to_string().into())],
-        );
+        tracing::error!(during = what, error = %e, "registry database error");
         ApiError::internal(what)
     }
 }

@@ -228,16 +228,25 @@ async fn halt_applies_at_once_and_flatten_needs_a_second_principal() {
     assert_eq!(f.call("GET", "/healthz", None, "").await.0, 200);
     assert_eq!(f.call("GET", "/readyz", None, "").await.0, 200);
     let text = f.raw("GET", "/metrics", None, "").await;
-    assert!(
-        text.contains("ml_assets_core_control_approvals_pending 0"),
+    let body = text.split("\r\n\r\n").last().unwrap_or_default();
+    testutil::promtool_check_metrics(body);
+    assert_eq!(
+        series(&text, "ml_assets_core_control_approvals_pending", &[]),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        series(&text, "ml_assets_core_control_audit_head_seq", &[]),
+        Some(7.0),
+        "{text}"
+    );
+    assert_eq!(
+        series(&text, "ml_assets_core_control_requests_total", &["class=\"4xx\""]),
+        Some(3.0),
         "{text}"
     );
     assert!(
-        text.contains("ml_assets_core_control_audit_chain_length 7"),
-        "{text}"
-    );
-    assert!(
-        text.contains("ml_assets_core_control_requests_total{class=\"4xx\"} 3"),
+        series(&text, "process_resident_memory_bytes", &[]).is_some(),
         "{text}"
     );
 
@@ -359,8 +368,8 @@ async fn slack_stand_in(status: u16) -> (String, Arc<std::sync::atomic::AtomicUs
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mode_changes_alert_and_a_failing_channel_never_fails_the_action() {
     for (status, expect_metric) in [
-        (200u16, "ml_assets_core_control_notifications_sent_total 1"),
-        (500, "ml_assets_core_control_notifications_failed_total 1"),
+        (200u16, "ml_assets_core_control_notifications_sent_total"),
+        (500, "ml_assets_core_control_notifications_failed_total"),
     ] {
         let (url, hits) = slack_stand_in(status).await;
         let f = fixture_with(|cfg| {
@@ -382,12 +391,12 @@ async fn mode_changes_alert_and_a_failing_channel_never_fails_the_action() {
         let mut seen = String::new();
         for _ in 0..200 {
             seen = f.raw("GET", "/metrics", None, "").await;
-            if seen.contains(expect_metric) {
+            if series(&seen, expect_metric, &[]) == Some(1.0) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(seen.contains(expect_metric), "{status}: {seen}");
+        assert_eq!(series(&seen, expect_metric, &[]), Some(1.0), "{status}: {seen}");
         let attempts = hits.load(std::sync::atomic::Ordering::SeqCst);
         assert_eq!(attempts, if status == 200 { 1 } else { 4 }, "retries on 5xx");
         f.finish().await;
@@ -898,4 +907,16 @@ async fn break_glass_set_mode_is_audited_or_says_it_is_not() {
     assert!(stdout.contains("NOT in the audit log"), "{stdout}");
     assert_eq!(f.mode().0, OpsMode::Active);
     f.finish().await;
+}
+
+/// The value of the series `name` whose labels include every one of
+/// `labels` (`key="value"`), whatever else they carry.
+fn series(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        if !(rest.starts_with('{') || rest.starts_with(' ')) || !labels.iter().all(|x| rest.contains(x)) {
+            return None;
+        }
+        l.rsplit(' ').next()?.parse().ok()
+    })
 }

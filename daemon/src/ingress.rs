@@ -21,7 +21,6 @@ use mlcore_features::FeatureEngine;
 use mlcore_market::Quote;
 
 use crate::job::Job;
-use crate::log::log;
 use crate::stats::{Counters, Histograms, LocalHist, Stage};
 use crate::universe::Universe;
 use crate::wire::{self, Frame};
@@ -150,7 +149,7 @@ impl Ingress {
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != ErrorKind::Interrupted {
-                    log("error", "ingress poll failed", &[("error", e.to_string().into())]);
+                    tracing::error!(error = %e, "ingress poll failed");
                 }
                 continue;
             }
@@ -165,7 +164,7 @@ impl Ingress {
             if let (Some(t), Some(period)) = (next_timer, self.timer) {
                 let now = Instant::now();
                 if now >= t {
-                    let now_ns = crate::log::now_ms() as i64 * 1_000_000;
+                    let now_ns = crate::clock::now_ms() as i64 * 1_000_000;
                     for s in 0..self.engines.len() {
                         self.trigger(s as u16, now_ns, now);
                     }
@@ -180,11 +179,7 @@ impl Ingress {
             match self.listener.accept() {
                 Ok((mut stream, peer)) => {
                     let Some(slot) = self.conns.iter().position(Option::is_none) else {
-                        log(
-                            "warn",
-                            "connection refused: max_connections reached",
-                            &[("peer", peer.to_string().into())],
-                        );
+                        tracing::warn!(peer = %peer, "connection refused: max_connections reached");
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
@@ -200,12 +195,12 @@ impl Ingress {
                             buf: vec![0; READ_BUF],
                             len: 0,
                         });
-                        log("info", "feed connected", &[("peer", peer.to_string().into())]);
+                        tracing::info!(peer = %peer, "feed connected");
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    log("warn", "accept failed", &[("error", e.to_string().into())]);
+                    tracing::warn!(error = %e, "accept failed");
                     return;
                 }
             }
@@ -215,11 +210,7 @@ impl Ingress {
     fn close(&mut self, i: usize, reason: &str) {
         if let Some(mut c) = self.conns[i].take() {
             let _ = self.poll.registry().deregister(&mut c.stream);
-            log(
-                "info",
-                "feed connection closed",
-                &[("peer", c.peer.to_string().into()), ("reason", reason.into())],
-            );
+            tracing::info!(peer = %c.peer, reason = reason, "feed connection closed");
         }
     }
 

@@ -15,12 +15,14 @@
 //! advises about this host); [`mailbox`] the side → hot hand-off that
 //! never makes a hot thread wait.
 
+pub mod clock;
 pub mod http;
 pub mod ingress;
 pub mod job;
 pub mod loader;
-pub mod log;
+
 pub mod mailbox;
+pub mod metrics;
 pub mod ops;
 pub mod preflight;
 pub mod publisher;

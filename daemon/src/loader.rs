@@ -27,8 +27,8 @@ use mlcore_contract::{model, Keys, ModelPointer, RedisConn};
 use mlcore_models::artifact::{self, ArtifactFiles, RollbackAuthorization, SharedTrust, VerifyContext};
 use mlcore_models::scoring::ModelScorer;
 
+use crate::clock::now_ms;
 use crate::job::ModelMeta;
-use crate::log::{log, now_ms};
 use crate::mailbox::Mailbox;
 use crate::stats::Counters;
 use crate::universe::Universe;
@@ -268,16 +268,7 @@ impl Loader {
                 }
                 match self.activate(idx, &id, n_symbols, &w) {
                     Ok(meta) => {
-                        log(
-                            "info",
-                            "model activated",
-                            &[
-                                ("strategy", id.clone().into()),
-                                ("model_id", meta.model_id.clone().into()),
-                                ("version", w.version.into()),
-                                ("rollback", w.rollback.is_some().into()),
-                            ],
-                        );
+                        tracing::info!(strategy = %id, model_id = %meta.model_id, version = w.version, rollback = %w.rollback.is_some(), "model activated");
                         swaps += 1;
                         break;
                     }
@@ -293,15 +284,7 @@ impl Loader {
 
     fn report_refusal(&mut self, id: &str, w: &Wanted, reason: &str) {
         Counters::inc(&self.counters.refused_artifacts);
-        log(
-            "warn",
-            "model refused",
-            &[
-                ("strategy", id.into()),
-                ("path", w.dir.display().to_string().into()),
-                ("reason", reason.into()),
-            ],
-        );
+        tracing::warn!(strategy = id, path = %w.dir.display(), reason = reason, "model refused");
         if let (Some(link), Some(conn)) = (&self.link, self.conn.as_mut()) {
             let sent = model::publish_refusal(conn, &link.keys, &link.instance, id, w.version, reason);
             if sent.is_err() {
@@ -406,11 +389,7 @@ impl Loader {
             std::fs::rename(&tmp, &self.state_file)
         })();
         if let Err(e) = result {
-            log(
-                "error",
-                "cannot persist the accepted model versions",
-                &[("error", e.to_string().into())],
-            );
+            tracing::error!(error = %e, "cannot persist the accepted model versions");
         }
     }
 }

@@ -75,6 +75,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config_dir: cli.config_dir.clone(),
                 env: pf.config.environment,
             };
+            let _logging = mlcore_telemetry::logging::init(pf.config.metrics.log_level.as_str())
+                .context("setting up logging")?;
             let running =
                 mlcore_daemon::run::start(pf.config, Some(source)).context("starting the daemon")?;
             for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

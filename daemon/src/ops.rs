@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 use mlcore_config::RedisConfig;
 use mlcore_contract::{Guard, OpsMode, RedisConn};
 
-use crate::log::log;
-
 /// Mode and version per strategy.
 #[derive(Debug)]
 pub struct OpsTable {
@@ -147,15 +145,7 @@ pub fn watch(
                         };
                         if let Some(s) = strategies.iter().position(|x| x == id) {
                             table.set(s, mode, version);
-                            log(
-                                "info",
-                                "ops mode changed",
-                                &[
-                                    ("strategy", id.into()),
-                                    ("mode", ev["mode"].clone()),
-                                    ("version", version.into()),
-                                ],
-                            );
+                            tracing::info!(strategy = id, mode = %ev["mode"], version = version, "ops mode changed");
                         }
                     }
                     Err(e) if e.is_timeout() => {}
@@ -165,14 +155,7 @@ pub fn watch(
             Ok(())
         })();
         if let Err(e) = session {
-            log(
-                "warn",
-                "ops watcher lost Redis; retrying",
-                &[
-                    ("error", e.to_string().into()),
-                    ("backoff_ms", (backoff.as_millis() as u64).into()),
-                ],
-            );
+            tracing::warn!(error = %e, backoff_ms = (backoff.as_millis() as u64), "ops watcher lost Redis; retrying");
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_millis(cfg.reconnect.max_ms.max(1)));
         }

@@ -36,8 +36,8 @@ use crossbeam_channel::{Receiver, Sender};
 use mlcore_config::RedisConfig;
 use mlcore_contract::{ContractError, Guard, OpsMode, PublishOutcome, Side, Signal, SignalBatch};
 
+use crate::clock::now_ms;
 use crate::job::Job;
-use crate::log::{log, now_ms};
 use crate::ops::OpsTable;
 use crate::redis_io::{PublishPipe, MAX_IN_FLIGHT};
 use crate::stats::{Counters, Histograms, LocalHist, Outcome, Stage};
@@ -466,11 +466,7 @@ fn read_outcomes(p: &PublisherParts, st: &mut State, r: usize) -> Result<(), Con
 /// Logs a batch the guard client refused before writing anything (the
 /// connection is fine).
 fn refused_before_sending(e: &ContractError) {
-    log(
-        "error",
-        "a batch was refused before sending",
-        &[("error", e.to_string().into())],
-    );
+    tracing::error!(error = %e, "a batch was refused before sending");
 }
 
 fn not_connected() -> ContractError {
@@ -502,16 +498,12 @@ fn apply(
         }
         Ok(other) => Outcome::of(other),
         Err(ContractError::BadInput(msg)) => {
-            log(
-                "error",
-                "guard refused a batch as malformed",
-                &[("error", msg.clone().into())],
-            );
+            tracing::error!(error = %msg, "guard refused a batch as malformed");
             Outcome::BadInput
         }
         Err(e) => {
             Counters::inc(&p.counters.redis_errors);
-            log("warn", "publish failed", &[("error", e.to_string().into())]);
+            tracing::warn!(error = %e, "publish failed");
             Outcome::RedisError
         }
     }
@@ -538,11 +530,7 @@ fn lost(p: &PublisherParts, st: &mut State, e: &ContractError) {
 fn disconnect(p: &PublisherParts, st: &mut State, e: &ContractError) {
     Counters::inc(&p.counters.redis_errors);
     p.counters.redis_ok.store(false, Ordering::Relaxed);
-    log(
-        "warn",
-        "publish failed; reconnecting",
-        &[("error", e.to_string().into())],
-    );
+    tracing::warn!(error = %e, "publish failed; reconnecting");
     st.conn = None;
     st.next_attempt = Instant::now() + st.backoff;
 }
@@ -588,19 +576,12 @@ fn ensure_connected(p: &PublisherParts, st: &mut State) {
             st.conn = Some(c);
             st.backoff = Duration::from_millis(p.redis.reconnect.initial_ms.max(1));
             p.counters.redis_ok.store(true, Ordering::Relaxed);
-            log("info", "publisher connected; guard loaded", &[]);
+            tracing::info!("publisher connected; guard loaded");
         }
         Err(e) => {
             Counters::inc(&p.counters.redis_errors);
             p.counters.redis_ok.store(false, Ordering::Relaxed);
-            log(
-                "warn",
-                "publisher cannot reach Redis; will retry",
-                &[
-                    ("error", e.to_string().into()),
-                    ("backoff_ms", (st.backoff.as_millis() as u64).into()),
-                ],
-            );
+            tracing::warn!(error = %e, backoff_ms = (st.backoff.as_millis() as u64), "publisher cannot reach Redis; will retry");
             st.next_attempt = Instant::now() + st.backoff;
             st.backoff = (st.backoff * 2).min(Duration::from_millis(p.redis.reconnect.max_ms.max(1)));
         }
@@ -760,14 +741,7 @@ fn flatten_if_asked(p: &PublisherParts, st: &mut State) {
         p.counters.outcome(label);
         if label == Outcome::Accepted {
             st.flattened_version[s] = Some(version);
-            log(
-                "info",
-                "flattened",
-                &[
-                    ("strategy", strat.id.clone().into()),
-                    ("ops_version", version.into()),
-                ],
-            );
+            tracing::info!(strategy = %strat.id, ops_version = version, "flattened");
         }
     }
 }

@@ -21,11 +21,11 @@ use thread_priority::{
     ThreadPriorityValue, ThreadSchedulePolicy,
 };
 
+use crate::clock::now_ms;
 use crate::http::{self, Observed};
 use crate::ingress::{Ingress, IngressParts};
 use crate::job::Job;
 use crate::loader::{Loader, RegistryLink};
-use crate::log::{log, now_ms};
 use crate::mailbox::Mailbox;
 use crate::ops::{self, OpsTable};
 use crate::publisher::{self, PublisherParts};
@@ -99,20 +99,13 @@ impl Running {
             .map_err(mlcore_contract::ContractError::from)
             .and_then(|mut conn| hb.write(&mut conn, &self.link.keys, self.link.redis.heartbeat.ttl_ms));
         if let Err(e) = written {
-            log(
-                "warn",
-                "final heartbeat not written",
-                &[("error", e.to_string().into())],
-            );
+            tracing::warn!(error = %e, "final heartbeat not written");
         }
         self.side.shutdown_timeout(Duration::from_secs(5));
-        log(
-            "info",
-            "daemon stopped",
-            &[
-                ("decisions", hb.decisions.into()),
-                ("signals_accepted", hb.signals_accepted.into()),
-            ],
+        tracing::info!(
+            decisions = hb.decisions,
+            signals_accepted = hb.signals_accepted,
+            "daemon stopped"
         );
     }
 }
@@ -124,7 +117,7 @@ fn heartbeat(observed: &Observed, instance: &str, status: &str) -> Heartbeat {
         .hists
         .merged
         .lock()
-        .map(|m| m.stages[crate::stats::Stage::TriggerToAck as usize].value_at_quantile(0.99))
+        .map(|m| m.stages[crate::stats::Stage::TriggerToAck as usize].value_at_quantile(0.99) / 1_000)
         .unwrap_or(0);
     Heartbeat {
         instance: instance.to_owned(),
@@ -158,7 +151,7 @@ fn pin(core: Option<usize>) {
         let ids = core_affinity::get_core_ids().unwrap_or_default();
         match ids.iter().find(|id| id.id == c) {
             Some(id) if core_affinity::set_for_current(*id) => {}
-            _ => log("warn", "could not pin thread", &[("core", c.into())]),
+            _ => tracing::warn!(core = c, "could not pin thread"),
         }
     }
 }
@@ -178,13 +171,13 @@ fn realtime(name: &str, priority: u8) {
         )
         .map_err(|e| format!("{e:?}"))
     });
-    let fields = [("thread", name.into()), ("priority", u64::from(priority).into())];
     match set {
-        Ok(()) => log("info", "hot thread runs SCHED_FIFO", &fields),
-        Err(e) => log(
-            "warn",
-            "hot thread could not get real-time priority (needs CAP_SYS_NICE); it runs with normal scheduling",
-            &[fields[0].clone(), fields[1].clone(), ("error", e.into())],
+        Ok(()) => tracing::info!(thread = name, priority, "hot thread runs SCHED_FIFO"),
+        Err(e) => tracing::warn!(
+            thread = name,
+            priority,
+            error = %e,
+            "hot thread could not get real-time priority (needs CAP_SYS_NICE); it runs with normal scheduling"
         ),
     }
 }
@@ -397,15 +390,7 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
         let (observed, link, stop) = (observed.clone(), link.clone(), Arc::clone(&shutdown));
         side.spawn_blocking(move || side_loop(loader, observed, link, trust_source, wake_rx, stop));
     }
-    log(
-        "info",
-        "daemon started",
-        &[
-            ("ingress", ingress_addr.to_string().into()),
-            ("http", http_addr.to_string().into()),
-            ("workers", n_workers.into()),
-        ],
-    );
+    tracing::info!(ingress = %ingress_addr, http = %http_addr, workers = n_workers, "daemon started");
     Ok(Running {
         shutdown,
         ingress_addr,
@@ -456,18 +441,10 @@ fn side_loop(
             ) {
                 Ok(cfg) => {
                     if let Err(e) = loader.trust.reload(&cfg.trust) {
-                        log(
-                            "warn",
-                            "trust.yaml reload refused; keeping current keys",
-                            &[("error", e.to_string().into())],
-                        );
+                        tracing::warn!(error = %e, "trust.yaml reload refused; keeping current keys");
                     }
                 }
-                Err(e) => log(
-                    "warn",
-                    "configuration reload failed; keeping current keys",
-                    &[("error", e.to_string().into())],
-                ),
+                Err(e) => tracing::warn!(error = %e, "configuration reload failed; keeping current keys"),
             }
         }
         if woken || Instant::now() >= next_scan {
@@ -478,13 +455,10 @@ fn side_loop(
             next_hb = Instant::now() + hb_every;
             let failed = observed.counters.decisions_scoring_failed.load(Ordering::Relaxed);
             if failed > scoring_failed {
-                log(
-                    "error",
-                    "ONNX Runtime failed to score decisions with the serving model",
-                    &[
-                        ("failed", (failed - scoring_failed).into()),
-                        ("total", failed.into()),
-                    ],
+                tracing::error!(
+                    failed = (failed - scoring_failed),
+                    total = failed,
+                    "ONNX Runtime failed to score decisions with the serving model"
                 );
                 scoring_failed = failed;
             }
@@ -514,7 +488,7 @@ fn advise_on_server(conn: &mut RedisConn) {
     // A server that will not say (an ACL) or says something odd is served
     // all the same: this is advice, not a check.
     let entries = tuning::hash_listpack_entries(conn).ok().flatten();
-    if let Some(advice) = entries.and_then(tuning::advice) {
-        log("info", &advice, &[(tuning::SETTING, entries.into())]);
+    if let Some((entries, advice)) = entries.and_then(|e| tuning::advice(e).map(|a| (e, a))) {
+        tracing::info!(hash_max_listpack_entries = entries, "{advice}");
     }
 }

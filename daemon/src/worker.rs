@@ -153,7 +153,7 @@ impl Worker {
         Counters::inc(&p.counters.decisions);
         p.counters
             .last_decision_ms
-            .store(crate::log::now_ms(), Ordering::Relaxed);
+            .store(crate::clock::now_ms(), Ordering::Relaxed);
         if let Err(e) = p.publish.try_send(job) {
             Counters::inc(&p.counters.publish_dropped);
             let _ = p.pool_returns[s].try_send(e.into_inner());

@@ -625,6 +625,36 @@ pub fn stop_with_signal(
     }
 }
 
+/// Checks a Prometheus exposition with `promtool check metrics` (the
+/// Prometheus project's own parser and linter: naming rules, HELP and TYPE,
+/// counter suffixes, units). Panics with promtool's findings, or when
+/// promtool is missing (`scripts/test.sh` installs it).
+pub fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("promtool: {e} (scripts/test.sh installs Debian's prometheus package)"));
+    child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(text.as_bytes()))
+        .unwrap_or_else(|| panic!("promtool has no stdin"))
+        .unwrap_or_else(|e| panic!("writing to promtool: {e}"));
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("promtool: {e}"));
+    assert!(
+        out.status.success(),
+        "promtool check metrics refused the exposition:\n{}{}\n--- exposition ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::CommandStats;

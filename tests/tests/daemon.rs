@@ -734,3 +734,31 @@ fn sigterm_stops_the_daemon_cleanly_and_its_last_heartbeat_says_stopped() {
         "ingress still accepts after stopping"
     );
 }
+
+/// The daemon's `/metrics` is valid Prometheus text by the Prometheus
+/// project's own parser and linter, with base units, `_total` counters,
+/// HELP and TYPE everywhere, and the standard process metrics.
+#[test]
+fn the_daemons_metrics_pass_promtool() {
+    let ns = RedisNamespace::new();
+    let threads = "{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}";
+    let tmp = config_root(&ns, threads);
+    let d = start_daemon(tmp.path());
+    assert!(
+        testutil::wait_until(Duration::from_secs(10), || get(&d.http, "/healthz").0 == 200).is_some(),
+        "daemon never answered"
+    );
+    let (code, response) = get(&d.http, "/metrics");
+    assert_eq!(code, 200);
+    let text = response.split("\r\n\r\n").last().unwrap_or_default();
+    testutil::promtool_check_metrics(text);
+    for family in [
+        "# TYPE ml_assets_core_decisions_total counter",
+        "# TYPE ml_assets_core_stage_latency_seconds histogram",
+        "# TYPE process_cpu_seconds_total counter",
+        "# TYPE process_resident_memory_bytes gauge",
+    ] {
+        assert!(text.contains(family), "{family} missing:\n{text}");
+    }
+    assert!(!text.contains("microseconds"), "{text}");
+}

@@ -391,3 +391,56 @@ fn the_control_plane_stops_cleanly_on_a_signal() {
         );
     }
 }
+
+/// Logs are JSON lines (timestamp, level, target, fields) through
+/// `tracing`; `RUST_LOG` overrides the configured level, and the records
+/// of libraries (sqlx here) come through instead of being dropped.
+#[test]
+fn logs_are_json_lines_and_rust_log_lets_library_records_through() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = setup(&rt);
+    let dir = s.config_dir();
+    let status = Command::new(testutil::binary("mlcore-control"))
+        .args(["--config-dir", &dir, "db", "migrate", "--env", "dev"])
+        .env("MLCORE_REDIS_URL", testutil::redis_url())
+        .env("MLCORE_PG_DSN", &s.dsn)
+        .status()
+        .unwrap();
+    assert!(status.success(), "db migrate");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let (child, line) = testutil::spawn_announcing(
+        Command::new(testutil::binary("mlcore-control"))
+            .args(["--config-dir", &dir, "serve", "--env", "dev"])
+            .env("MLCORE_REDIS_URL", testutil::redis_url())
+            .env("MLCORE_PG_DSN", &s.dsn)
+            .env("RUST_LOG", "info,sqlx=debug")
+            .stderr(log.reopen().unwrap()),
+    );
+    let mut control = Proc(child);
+    let api = testutil::announced(&line, "http=");
+    assert_eq!(call(&api, "GET", "/v1/models", OPERATOR, "").0, 200);
+    assert!(testutil::stop_with_signal(&mut control.0, "TERM", Duration::from_secs(10)).success());
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    for l in &lines {
+        assert!(
+            l["timestamp"].is_string() && l["level"].is_string() && l["target"].is_string(),
+            "{l}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["target"].as_str().is_some_and(|t| t.starts_with("sqlx"))),
+        "no sqlx record with RUST_LOG=sqlx=debug:\n{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "control plane stopped" && l["level"] == "INFO"),
+        "{text}"
+    );
+}

@@ -175,7 +175,7 @@ fn decision(seq: u64, long: bool, rng: &mut u64) -> SignalBatch {
         *rng ^= *rng << 17;
         f64::from((*rng >> 40) as f32 / (1u64 << 24) as f32)
     };
-    let now = mlcore_daemon::log::now_ms();
+    let now = mlcore_daemon::clock::now_ms();
     SignalBatch {
         strategy: STRATEGY.into(),
         seq,
@@ -259,7 +259,7 @@ fn main() -> Result<()> {
             request_id: "mlcore-guard-cost",
         },
     )?;
-    let mut seq = mlcore_daemon::log::now_ms() * 1000;
+    let mut seq = mlcore_daemon::clock::now_ms() * 1000;
     let library = a
         .library
         .as_ref()

@@ -155,7 +155,7 @@ fn metrics(http: &str) -> anyhow::Result<String> {
     Ok(body)
 }
 
-/// `(le, cumulative count)` buckets of a histogram.
+/// `(le in µs, cumulative count)` buckets of a histogram.
 type Buckets = Vec<(f64, u64)>;
 
 /// The trigger → ack histogram and the counters, at one instant.
@@ -168,13 +168,14 @@ fn snapshot(http: &str) -> anyhow::Result<(Buckets, BTreeMap<String, u64>)> {
             continue;
         };
         let Ok(v) = value.parse::<f64>() else { continue };
-        if series.contains("stage_latency_microseconds_bucket") && series.contains("trigger_to_ack") {
+        if series.contains("stage_latency_seconds_bucket") && series.contains("trigger_to_ack") {
             let le = series
                 .split("le=\"")
                 .nth(1)
                 .and_then(|x| x.split('"').next())
                 .unwrap_or("+Inf");
-            buckets.push((le.parse().unwrap_or(f64::INFINITY), v as u64));
+            let le_s: f64 = le.parse().unwrap_or(f64::INFINITY);
+            buckets.push(((le_s * 1e6).round(), v as u64));
         }
         for name in [
             "decisions_total",
@@ -184,7 +185,9 @@ fn snapshot(http: &str) -> anyhow::Result<(Buckets, BTreeMap<String, u64>)> {
             "publish_dropped_total",
             "process_resident_memory_bytes",
         ] {
-            if series.starts_with(&format!("ml_assets_core_{name}")) {
+            // The standard process metrics are unprefixed.
+            let prefixed = format!("ml_assets_core_{name}");
+            if series.starts_with(&prefixed) || (name.starts_with("process_") && series.starts_with(name)) {
                 counters.insert(name.to_owned(), v as u64);
             }
         }

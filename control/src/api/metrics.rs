@@ -1,6 +1,11 @@
 //! `/healthz`, `/readyz` and `/metrics` of the control plane.
+//!
+//! `/metrics` is Prometheus text through the Prometheus client: request
+//! counts and latency (atomics updated by a middleware, no lock per
+//! request), notifications, approvals pending and the audit log's head
+//! (one indexed read each per scrape, never a `count(*)` over the log),
+//! and the standard process metrics.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,37 +15,117 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+
+use mlcore_telemetry::exposition::{encode_counter, encode_gauge, Exposition, CONTENT_TYPE};
 
 use super::AppState;
 
-/// Request latency bucket bounds, ms.
-const BUCKETS_MS: [f64; 9] = [1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0];
+/// Request latency bucket bounds, seconds.
+const BUCKETS_S: [f64; 9] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 
-/// Request counters and a latency histogram (atomics: no lock per request).
+/// Request counters and a latency histogram (atomics: no lock per request),
+/// and the gauges a scrape refreshes.
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
     by_class: [AtomicU64; 5],
-    buckets: [AtomicU64; BUCKETS_MS.len()],
+    /// Requests per latency bucket (not cumulative; the encoder sums).
+    buckets: [AtomicU64; BUCKETS_S.len()],
     count: AtomicU64,
-    sum_us: AtomicU64,
+    sum_ns: AtomicU64,
     /// Notifications delivered.
     pub notifications_sent: AtomicU64,
     /// Notifications that failed after every retry.
     pub notifications_failed: AtomicU64,
+    /// Approval requests pending and not expired, at the last scrape.
+    approvals_pending: AtomicU64,
+    /// The audit log's newest `seq`, at the last scrape.
+    audit_head_seq: AtomicU64,
 }
 
 impl HttpMetrics {
     fn observe(&self, status: StatusCode, started: Instant) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.by_class[class].fetch_add(1, Ordering::Relaxed);
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
-        for (b, bound) in self.buckets.iter().zip(BUCKETS_MS) {
-            if ms <= bound {
-                b.fetch_add(1, Ordering::Relaxed);
-            }
+        let elapsed = started.elapsed();
+        let s = elapsed.as_secs_f64();
+        if let Some(b) = BUCKETS_S.iter().position(|bound| s <= *bound) {
+            self.buckets[b].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add((ms * 1000.0) as u64, Ordering::Relaxed);
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+}
+
+/// The control plane's registry (prefix `<metrics.yaml prefix>_control`).
+pub fn exposition(cfg: &mlcore_config::MetricsConfig, http: Arc<HttpMetrics>) -> Exposition {
+    let labels = cfg.default_labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    Exposition::new(
+        &format!("{}_control", cfg.prefix),
+        labels,
+        vec![Box::new(ControlCollector { http })],
+    )
+}
+
+#[derive(Debug)]
+struct ControlCollector {
+    http: Arc<HttpMetrics>,
+}
+
+impl Collector for ControlCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = &self.http;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        encode_counter(
+            &mut e,
+            "requests",
+            "API requests answered, by status class.",
+            CLASSES
+                .iter()
+                .zip(&m.by_class)
+                .map(|(class, c)| ([("class", *class)], get(c))),
+        )?;
+        let buckets: Vec<(f64, u64)> = BUCKETS_S
+            .iter()
+            .zip(&m.buckets)
+            .map(|(b, c)| (*b, get(c)))
+            .collect();
+        let mut family = e.encode_descriptor(
+            "request_duration_seconds",
+            "API request latency, from the request read to the response written.",
+            None,
+            MetricType::Histogram,
+        )?;
+        family.encode_histogram::<NoLabelSet>(get(&m.sum_ns) as f64 / 1e9, get(&m.count), &buckets, None)?;
+        let none: [(&str, &str); 0] = [];
+        encode_counter(
+            &mut e,
+            "notifications_sent",
+            "Alert notifications delivered.",
+            [(none, get(&m.notifications_sent))],
+        )?;
+        encode_counter(
+            &mut e,
+            "notifications_failed",
+            "Alert notifications that failed after every retry.",
+            [(none, get(&m.notifications_failed))],
+        )?;
+        encode_gauge(
+            &mut e,
+            "approvals_pending",
+            "Approval requests pending and not expired.",
+            [(none, get(&m.approvals_pending) as f64)],
+        )?;
+        encode_gauge(
+            &mut e,
+            "audit_head_seq",
+            "Sequence number of the newest audit event.",
+            [(none, get(&m.audit_head_seq) as f64)],
+        )
     }
 }
 
@@ -69,65 +154,33 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus text.
+/// `GET /metrics`: Prometheus text. The two database gauges are read
+/// first (indexed reads), then everything is encoded from memory.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let p = "ml_assets_core_control_";
-    let m = &state.http;
-    let mut out = String::new();
-    let _ = writeln!(out, "# TYPE {p}requests_total counter");
-    for (i, c) in m.by_class.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "{p}requests_total{{class=\"{}xx\"}} {}",
-            i + 1,
-            c.load(Ordering::Relaxed)
-        );
-    }
-    let _ = writeln!(out, "# TYPE {p}request_duration_ms histogram");
-    for (b, bound) in m.buckets.iter().zip(BUCKETS_MS) {
-        let _ = writeln!(
-            out,
-            "{p}request_duration_ms_bucket{{le=\"{bound}\"}} {}",
-            b.load(Ordering::Relaxed)
-        );
-    }
-    let count = m.count.load(Ordering::Relaxed);
-    let _ = writeln!(out, "{p}request_duration_ms_bucket{{le=\"+Inf\"}} {count}");
-    let _ = writeln!(
-        out,
-        "{p}request_duration_ms_sum {}",
-        m.sum_us.load(Ordering::Relaxed) as f64 / 1000.0
-    );
-    let _ = writeln!(out, "{p}request_duration_ms_count {count}");
-    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM core.ops_requests WHERE status = 'pending'")
-        .fetch_one(&state.pool)
-        .await
-        .unwrap_or(-1);
-    let chain: i64 = sqlx::query_scalar("SELECT count(*) FROM audit.events")
-        .fetch_one(&state.pool)
-        .await
-        .unwrap_or(-1);
-    let _ = writeln!(
-        out,
-        "# TYPE {p}approvals_pending gauge\n{p}approvals_pending {pending}"
-    );
-    let _ = writeln!(
-        out,
-        "# TYPE {p}audit_chain_length gauge\n{p}audit_chain_length {chain}"
-    );
-    let _ = writeln!(
-        out,
-        "# TYPE {p}notifications_sent_total counter\n{p}notifications_sent_total {}",
-        m.notifications_sent.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# TYPE {p}notifications_failed_total counter\n{p}notifications_failed_total {}",
-        m.notifications_failed.load(Ordering::Relaxed)
-    );
-    (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        out,
+    let now = crate::commands::now_ms() as i64;
+    let pending: Option<i64> = sqlx::query_scalar(
+        "SELECT count(*) FROM core.ops_requests WHERE status = 'pending' AND expires_at_ms > $1",
     )
-        .into_response()
+    .bind(now)
+    .fetch_one(&state.pool)
+    .await
+    .ok();
+    let head: Option<i64> = sqlx::query_scalar("SELECT seq FROM audit.events ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&state.pool)
+        .await
+        .ok()
+        .map(|s| s.unwrap_or(0));
+    let m = &state.http;
+    if let Some(n) = pending {
+        m.approvals_pending
+            .store(u64::try_from(n).unwrap_or(0), Ordering::Relaxed);
+    }
+    if let Some(n) = head {
+        m.audit_head_seq
+            .store(u64::try_from(n).unwrap_or(0), Ordering::Relaxed);
+    }
+    match state.exposition.encode() {
+        Ok(text) => ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }

@@ -80,7 +80,9 @@ pub struct AppState {
     /// Rate limits.
     pub limiter: Limiter,
     /// Request and notification metrics.
-    pub http: metrics::HttpMetrics,
+    pub http: Arc<metrics::HttpMetrics>,
+    /// The `/metrics` registry over them.
+    pub exposition: mlcore_telemetry::exposition::Exposition,
     /// Alert delivery.
     pub notifier: crate::alerts::Notifier,
 }
@@ -171,6 +173,7 @@ pub enum StartError {
 pub async fn state(config: AppConfig) -> Result<Arc<AppState>, StartError> {
     let pool = crate::db::connect(&config.database).await?;
     let notifier = crate::alerts::Notifier::new(config.notifications.clone())?;
+    let http = Arc::new(metrics::HttpMetrics::default());
     Ok(Arc::new(AppState {
         principals: auth::principals(&config.control),
         guard: ops::guard_for(&config),
@@ -178,7 +181,8 @@ pub async fn state(config: AppConfig) -> Result<Arc<AppState>, StartError> {
             config.control.rate_limit.per_minute,
             config.control.rate_limit.burst,
         ),
-        http: metrics::HttpMetrics::default(),
+        exposition: metrics::exposition(&config.metrics, Arc::clone(&http)),
+        http,
         notifier,
         pool,
         config: Arc::new(config),

@@ -82,6 +82,7 @@ pub fn audit_retain(
 pub fn serve(config_dir: &Path, env: &str, vars: &dyn EnvSource, out: &mut dyn Write) -> anyhow::Result<i32> {
     let cfg = load_config(config_dir, env, vars, mlcore_config::Process::Control)?;
     let listen = cfg.control.listen.clone();
+    let _logging = mlcore_telemetry::logging::init(cfg.metrics.log_level.as_str())?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let stop = stop_signal()?;
@@ -104,7 +105,7 @@ pub fn serve(config_dir: &Path, env: &str, vars: &dyn EnvSource, out: &mut dyn W
             .await?;
         monitor.abort();
         state.pool.close().await;
-        crate::log_line("info", "control plane stopped", &[]);
+        tracing::info!("control plane stopped");
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(0)
@@ -122,10 +123,6 @@ fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        crate::log_line(
-            "info",
-            "stopping on a signal: finishing requests in progress",
-            &[],
-        );
+        tracing::info!("stopping on a signal: finishing requests in progress");
     })
 }
