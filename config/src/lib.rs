@@ -480,6 +480,13 @@ fn classify(path: &str, message: &str) -> ConfigProblem {
         };
         return mk(code, path.to_owned(), detail.to_owned());
     }
+    // A checked identifier (`mlcore_market::IdError`) that broke its rule.
+    if ["invalid symbol `", "invalid strategy id `", "invalid model id `"]
+        .iter()
+        .any(|p| message.starts_with(p))
+    {
+        return mk(ConfigCode::ValueInvalid, path.to_owned(), message.to_owned());
+    }
     if message.starts_with("missing field") {
         let field = backticked(message).unwrap_or_default();
         return mk(

@@ -1,5 +1,6 @@
 //! `universe.yaml`: the strategies and the symbols each one trades.
 
+use mlcore_market::{StrategyId, Symbol};
 use serde::{Deserialize, Serialize};
 
 /// The whole of `universe.yaml`.
@@ -14,10 +15,11 @@ pub struct Universe {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StrategyUniverse {
-    /// Strategy id (`[a-z0-9_]`, also the Redis hash tag).
-    pub id: String,
+    /// Strategy id (checked at load: 1-32 of `[a-z0-9_]`, so it is safe as
+    /// the Redis hash tag).
+    pub id: StrategyId,
     /// The benchmark symbol rolling betas are estimated against.
-    pub benchmark: String,
+    pub benchmark: Symbol,
     /// Symbols, in feature-row order.
     pub symbols: Vec<SymbolSpec>,
 }
@@ -26,8 +28,8 @@ pub struct StrategyUniverse {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SymbolSpec {
-    /// Ticker, e.g. `EURUSD`.
-    pub symbol: String,
+    /// Ticker, e.g. `EURUSD` (checked at load: 1-16 of `[A-Z0-9._]`).
+    pub symbol: Symbol,
     /// Numeric id used on the wire (frames carry ids, not strings).
     pub id: u32,
     /// Where β comes from.

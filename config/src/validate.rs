@@ -90,19 +90,8 @@ pub(crate) fn validate(c: &AppConfig, file: &dyn Fn(&str) -> PathBuf) -> Vec<Con
 
     // universe.yaml and cost_table.yaml
     let mut strategy_ids = BTreeSet::new();
+    // The ids' syntax is checked when they are read (`StrategyId`, `Symbol`).
     for (si, s) in c.universe.strategies.iter().enumerate() {
-        let valid_id = !s.id.is_empty()
-            && s.id.len() <= 32
-            && s.id
-                .chars()
-                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_');
-        if !valid_id {
-            bad(
-                "universe.yaml",
-                format!("strategies[{si}].id"),
-                format!("`{}` must be 1-32 chars of [a-z0-9_]", s.id),
-            );
-        }
         if !strategy_ids.insert(s.id.as_str()) {
             bad(
                 "universe.yaml",
@@ -149,7 +138,7 @@ pub(crate) fn validate(c: &AppConfig, file: &dyn Fn(&str) -> PathBuf) -> Vec<Con
                     "lot_size and notional_per_unit_weight must be positive, min_qty non-negative".into(),
                 );
             }
-            if !c.cost_table.symbols.contains_key(&sym.symbol) {
+            if !c.cost_table.symbols.contains_key(sym.symbol.as_str()) {
                 bad(
                     "cost_table.yaml",
                     format!("symbols.{}", sym.symbol),

@@ -388,3 +388,23 @@ fn a_listen_address_with_an_impossible_port_is_a_config_error() {
     f.write("envs/dev/daemon.yaml", "ingress: {listen: \"[::1]:0\"}\n");
     f.load(Environment::Dev, &full_env()).unwrap();
 }
+
+/// Strategy ids and symbols are checked identifiers: a strategy id that
+/// would break the Redis hash tag, or a symbol outside the market's syntax,
+/// is refused when read, naming the key.
+#[test]
+fn identifiers_are_checked_when_read() {
+    let f = Fixture::new();
+    f.edit("base/universe.yaml", "- id: fx_g10", "- id: \"fx}{g10\"");
+    let err = f.load(Environment::Dev, &full_env()).unwrap_err();
+    let p = only_problem(&err, ConfigCode::ValueInvalid);
+    assert_eq!(p.key, "strategies[0].id", "{err}");
+    assert!(p.message.contains("invalid strategy id `fx}{g10`"), "{err}");
+
+    let f = Fixture::new();
+    f.edit("base/universe.yaml", "{symbol: GBPUSD,", "{symbol: gbp-usd,");
+    let err = f.load(Environment::Dev, &full_env()).unwrap_err();
+    let p = only_problem(&err, ConfigCode::ValueInvalid);
+    assert!(p.key.ends_with(".symbol"), "{err}");
+    assert!(p.message.contains("invalid symbol `gbp-usd`"), "{err}");
+}

@@ -44,7 +44,7 @@ impl Observed {
                 .universe
                 .strategies
                 .iter()
-                .all(|s| active.contains_key(&s.id))
+                .all(|s| active.contains_key(s.id.as_str()))
     }
 
     /// `ok` or `degraded`.

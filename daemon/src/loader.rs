@@ -257,7 +257,7 @@ impl Loader {
             .strategies
             .iter()
             .enumerate()
-            .map(|(i, s)| (i, s.id.clone(), s.symbols.len()))
+            .map(|(i, s)| (i, s.id.to_string(), s.symbols.len()))
             .collect();
         for (idx, id, n_symbols) in strategies {
             // Highest first; lower ones are tried only when a higher one is refused.

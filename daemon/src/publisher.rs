@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use mlcore_config::RedisConfig;
 use mlcore_contract::{ContractError, Guard, OpsMode, PublishOutcome, Side, Signal, SignalBatch};
+use mlcore_market::Symbol;
 
 use crate::clock::now_ms;
 use crate::job::Job;
@@ -628,7 +629,7 @@ impl BatchPool {
 
     /// Slot `idx`, shaped for strategy `s` (`id`, `symbols`); afterwards only
     /// its values change.
-    fn slot(&mut self, idx: usize, s: usize, id: &str, symbols: &[String]) -> &mut SignalBatch {
+    fn slot(&mut self, idx: usize, s: usize, id: &str, symbols: &[Symbol]) -> &mut SignalBatch {
         while self.slots.len() <= idx {
             self.slots.push(SignalBatch::default());
             self.owners.push(None);
@@ -636,7 +637,7 @@ impl BatchPool {
         if self.owners[idx] != Some(s) {
             let fresh = self.spares[s].pop().unwrap_or_else(|| SignalBatch {
                 strategy: id.to_owned(),
-                signals: symbols.iter().map(Signal::flat).collect(),
+                signals: symbols.iter().map(|x| Signal::flat(x.as_str())).collect(),
                 ..SignalBatch::default()
             });
             let old = std::mem::replace(&mut self.slots[idx], fresh);
@@ -752,7 +753,7 @@ mod tests {
 
     #[test]
     fn interleaved_strategies_reuse_their_batches() {
-        let symbols = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        let symbols = |names: &[&str]| names.iter().map(|n| Symbol::new(n).unwrap()).collect::<Vec<_>>();
         let (fx, eq) = (symbols(&["EURUSD", "USDJPY"]), symbols(&["SPY", "QQQ", "IWM"]));
         let mut pool = BatchPool::new(2);
         // Two rounds of three slots, strategies alternating differently, so
@@ -776,7 +777,8 @@ mod tests {
                     let b = pool.slot(idx, s, id, syms);
                     assert_eq!(b.strategy, id);
                     let names: Vec<&str> = b.signals.iter().map(|x| x.symbol.as_str()).collect();
-                    assert_eq!(names, *syms);
+                    let expected: Vec<&str> = syms.iter().map(|x| x.as_str()).collect();
+                    assert_eq!(names, expected);
                     let mark = b.signals[0].qty;
                     assert!(mark >= 1.0 && mark <= marks, "a batch was rebuilt");
                 }
@@ -805,7 +807,7 @@ mod tests {
         let ns = RedisNamespace::on(&server.url());
         let mut admin = server.connection();
         let guard = Guard::new(Keys::new(&ns.ns), 1000);
-        let symbols = vec!["EURUSD".to_owned(), "USDJPY".to_owned()];
+        let symbols = vec![Symbol::new("EURUSD").unwrap(), Symbol::new("USDJPY").unwrap()];
         let params: Vec<SymbolParams> = (0..2)
             .map(|_| SymbolParams {
                 beta: 1.0,
@@ -818,7 +820,7 @@ mod tests {
             .collect();
         let universe = Arc::new(Universe {
             strategies: vec![Strategy {
-                id: "fx".into(),
+                id: mlcore_market::StrategyId::new("fx").unwrap(),
                 symbols: symbols.clone(),
                 params: params.clone(),
                 rolling_beta: vec![None, None],

@@ -140,7 +140,7 @@ fn heartbeat(observed: &Observed, instance: &str, status: &str) -> Heartbeat {
             .strategies
             .iter()
             .enumerate()
-            .map(|(s, x)| (x.id.clone(), observed.ops.mode(s).to_string()))
+            .map(|(s, x)| (x.id.to_string(), observed.ops.mode(s).to_string()))
             .collect(),
     }
 }
@@ -365,7 +365,7 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
             Arc::clone(&ops_table),
             Arc::clone(&shutdown),
         );
-        let ids: Vec<String> = universe.strategies.iter().map(|s| s.id.clone()).collect();
+        let ids: Vec<String> = universe.strategies.iter().map(|s| s.id.to_string()).collect();
         side.spawn_blocking(move || ops::watch(redis, guard, ids, table, wake_tx, stop));
     }
 

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use mlcore_config::{AppConfig, BetaSource};
+use mlcore_market::{StrategyId, Symbol};
 
 use mlcore_decision::{Policy, SymbolParams};
 
@@ -11,9 +12,9 @@ use mlcore_decision::{Policy, SymbolParams};
 #[derive(Debug, Clone)]
 pub struct Strategy {
     /// Strategy id.
-    pub id: String,
+    pub id: StrategyId,
     /// Symbols in universe order.
-    pub symbols: Vec<String>,
+    pub symbols: Vec<Symbol>,
     /// Per-symbol portfolio parameters.
     pub params: Vec<SymbolParams>,
     /// Symbols whose β is estimated (rolling window), by index.

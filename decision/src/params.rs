@@ -33,7 +33,7 @@ pub fn symbol_params(cfg: &AppConfig, strategy: &StrategyUniverse) -> Vec<Symbol
             let cost = cfg
                 .cost_table
                 .symbols
-                .get(&sym.symbol)
+                .get(sym.symbol.as_str())
                 .map_or(0.0, |c| c.spread_bps + c.commission_bps);
             SymbolParams {
                 beta: match sym.beta {

@@ -175,7 +175,7 @@ fn main() -> anyhow::Result<()> {
         .enumerate()
         .find(|(_, s)| s.id == a.strategy)
         .with_context(|| format!("strategy {} not in universe.yaml", a.strategy))?;
-    let names: Vec<String> = strat.symbols.iter().map(|s| s.symbol.clone()).collect();
+    let names: Vec<String> = strat.symbols.iter().map(|s| s.symbol.to_string()).collect();
     let ids: HashMap<u16, u32> = strat
         .symbols
         .iter()

@@ -350,7 +350,7 @@ fn main() -> anyhow::Result<()> {
     // which would loosen the stricter bound; and bare ONNX Runtime for one
     // decision.
     let conn = redis::Client::open(cfg.redis.url.expose())?.get_connection()?;
-    let names: Vec<String> = strat.symbols.iter().map(|s| s.symbol.clone()).collect();
+    let names: Vec<String> = strat.symbols.iter().map(|s| s.symbol.to_string()).collect();
     let mut base = PublishBaseline::new(
         conn,
         &format!("{}-loadgen-baseline", cfg.redis.namespace),

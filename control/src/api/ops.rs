@@ -146,7 +146,7 @@ async fn apply(
             .universe
             .strategies
             .iter()
-            .map(|s| s.id.clone())
+            .map(|s| s.id.to_string())
             .collect()
     } else {
         vec![scope.to_owned()]
@@ -583,8 +583,8 @@ pub async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
                     .iter()
                     .map(|(inst, _, hb)| match hb {
                         Some(hb) => {
-                            let seen = hb.modes.get(&s.id).cloned().unwrap_or_default();
-                            json!({"instance": inst, "mode": seen, "model": hb.models.get(&s.id), "disagrees": seen != st.mode.as_str(),
+                            let seen = hb.modes.get(s.id.as_str()).cloned().unwrap_or_default();
+                            json!({"instance": inst, "mode": seen, "model": hb.models.get(s.id.as_str()), "disagrees": seen != st.mode.as_str(),
                                    "silent": now.saturating_sub(hb.at_ms) > missing_after})
                         }
                         None => json!({"instance": inst, "silent": true}),

@@ -35,7 +35,7 @@ pub fn ops_set_mode(
     let guard = Guard::new(Keys::new(&cfg.redis.namespace), cfg.redis.stream_maxlen);
     let strategies: Vec<String> = match (&args.strategy, args.all) {
         (Some(s), false) => vec![s.clone()],
-        (None, true) => cfg.universe.strategies.iter().map(|s| s.id.clone()).collect(),
+        (None, true) => cfg.universe.strategies.iter().map(|s| s.id.to_string()).collect(),
         _ => anyhow::bail!("give exactly one of --strategy or --all"),
     };
     let request_id = format!("cli-{}", super::now_ms());

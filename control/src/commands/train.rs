@@ -23,8 +23,8 @@ pub fn train(
     let strategy = cfg
         .strategy(&args.strategy)
         .with_context(|| format!("strategy `{}` is not in universe.yaml", args.strategy))?;
-    let symbols: Vec<String> = strategy.symbols.iter().map(|s| s.symbol.clone()).collect();
-    let Some(benchmark) = symbols.iter().position(|s| *s == strategy.benchmark) else {
+    let symbols: Vec<String> = strategy.symbols.iter().map(|s| s.symbol.to_string()).collect();
+    let Some(benchmark) = symbols.iter().position(|s| strategy.benchmark == *s) else {
         bail!(
             "benchmark {} is not a symbol of {}",
             strategy.benchmark,
