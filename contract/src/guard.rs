@@ -134,10 +134,7 @@ impl Guard {
     /// Loads or upgrades the library (every primary in a Cluster) and checks
     /// that the loaded guard answers with this version.
     pub fn load(conn: &mut impl ConnectionLike) -> Result<(), ContractError> {
-        redis::cmd("FUNCTION")
-            .arg("LOAD")
-            .arg("REPLACE")
-            .arg(SOURCE)
+        Self::load_cmd()
             .query::<Value>(conn)
             .map_err(|e| ContractError::GuardMissing {
                 library: LIBRARY,
@@ -146,18 +143,38 @@ impl Guard {
         Self::check_version(conn)
     }
 
+    /// The command that loads or upgrades the library (for callers with
+    /// their own, e.g. asynchronous, connection).
+    pub fn load_cmd() -> redis::Cmd {
+        let mut cmd = redis::cmd("FUNCTION");
+        cmd.arg("LOAD").arg("REPLACE").arg(SOURCE);
+        cmd
+    }
+
+    /// The command that asks the loaded guard its version; its reply goes
+    /// to [`Guard::check_info`].
+    pub fn info_cmd() -> redis::Cmd {
+        let mut cmd = redis::cmd("FCALL_RO");
+        cmd.arg(FN_INFO).arg(0);
+        cmd
+    }
+
     /// Whether this version of the guard, at this revision or later, answers
     /// on `conn`.
     pub fn check_version(conn: &mut impl ConnectionLike) -> Result<(), ContractError> {
-        let reply: Value = redis::cmd("FCALL_RO")
-            .arg(FN_INFO)
-            .arg(0)
+        let reply: Value = Self::info_cmd()
             .query(conn)
             .map_err(|e| ContractError::GuardMissing {
                 library: LIBRARY,
                 reason: e.to_string(),
             })?;
-        match reply_items(&reply).as_deref() {
+        Self::check_info(&reply)
+    }
+
+    /// Whether `reply` (to [`Guard::info_cmd`]) is this version of the
+    /// guard, at this revision or later.
+    pub fn check_info(reply: &Value) -> Result<(), ContractError> {
+        match reply_items(reply).as_deref() {
             Some([Item::Str(name), Item::Int(v), Item::Int(rev)])
                 if name == "mlcore_guard" && *v == VERSION && *rev >= REVISION =>
             {
@@ -335,23 +352,32 @@ impl Guard {
         conn: &mut impl ConnectionLike,
         change: &ModeChange<'_>,
     ) -> Result<SetModeOutcome, ContractError> {
+        let cmd = self.set_mode_cmd(change);
+        let reply = with_guard(conn, |c| cmd.query::<Value>(c))?;
+        Self::set_mode_outcome(&reply)
+    }
+
+    /// The `FCALL` of [`Guard::set_mode`] (for callers with their own
+    /// connection); its reply goes to [`Guard::set_mode_outcome`].
+    pub fn set_mode_cmd(&self, change: &ModeChange<'_>) -> redis::Cmd {
         let keys = self.keys.strategy(change.strategy);
-        let events = self.keys.events();
-        let reply = with_guard(conn, |c| {
-            redis::cmd("FCALL")
-                .arg(FN_SET_MODE)
-                .arg(1)
-                .arg(&keys.ops)
-                .arg(change.expected_version)
-                .arg(change.mode.as_str())
-                .arg(change.reason)
-                .arg(change.actor)
-                .arg(change.request_id)
-                .arg(change.strategy)
-                .arg(&events)
-                .query::<Value>(c)
-        })?;
-        match reply_items(&reply).as_deref() {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(FN_SET_MODE)
+            .arg(1)
+            .arg(&keys.ops)
+            .arg(change.expected_version)
+            .arg(change.mode.as_str())
+            .arg(change.reason)
+            .arg(change.actor)
+            .arg(change.request_id)
+            .arg(change.strategy)
+            .arg(self.keys.events());
+        cmd
+    }
+
+    /// What the guard's reply to [`Guard::set_mode_cmd`] says.
+    pub fn set_mode_outcome(reply: &Value) -> Result<SetModeOutcome, ContractError> {
+        match reply_items(reply).as_deref() {
             Some([Item::Str(s), Item::Int(v)]) if s == "ok" => {
                 Ok(SetModeOutcome::Applied { version: to_u64(*v)? })
             }
@@ -368,9 +394,16 @@ impl Guard {
         conn: &mut impl ConnectionLike,
         strategy: &str,
     ) -> Result<OpsState, ContractError> {
-        let key = self.keys.strategy(strategy).ops;
-        let fields: Vec<(String, String)> = redis::cmd("HGETALL").arg(&key).query(conn)?;
+        let fields: Vec<(String, String)> = self.read_mode_cmd(strategy).query(conn)?;
         Ok(OpsState::from_fields(&fields))
+    }
+
+    /// The read of [`Guard::read_mode`]: its reply, as `(field, value)`
+    /// pairs, goes to [`OpsState::from_fields`].
+    pub fn read_mode_cmd(&self, strategy: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(self.keys.strategy(strategy).ops);
+        cmd
     }
 
     /// The highest `seq` the guard ever accepted for the strategy (0 if none):
@@ -478,7 +511,9 @@ fn with_guard<C: ConnectionLike, T>(
     }
 }
 
-fn is_function_missing(e: &redis::RedisError) -> bool {
+/// Whether `e` says the guard library is not loaded (restart without
+/// persistence, `FUNCTION FLUSH`, an empty replica after failover).
+pub fn is_function_missing(e: &redis::RedisError) -> bool {
     e.to_string().contains("Function not found")
 }
 

@@ -88,10 +88,31 @@ impl Heartbeat {
         keys: &Keys,
         instance: &str,
     ) -> Result<Option<Self>, ContractError> {
-        let fields: BTreeMap<String, String> =
-            redis::cmd("HGETALL").arg(keys.heartbeat(instance)).query(conn)?;
+        let fields: BTreeMap<String, String> = Self::read_cmd(keys, instance).query(conn)?;
+        Ok(Self::from_fields(instance, &fields))
+    }
+
+    /// The read of [`Heartbeat::read`]; its reply goes to
+    /// [`Heartbeat::from_fields`].
+    pub fn read_cmd(keys: &Keys, instance: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(keys.heartbeat(instance));
+        cmd
+    }
+
+    /// The list of daemons by last heartbeat time (a `ZRANGE ... WITHSCORES`,
+    /// read as `(instance, ms)` pairs).
+    pub fn known_instances_cmd(keys: &Keys) -> redis::Cmd {
+        let mut cmd = redis::cmd("ZRANGE");
+        cmd.arg(keys.daemons()).arg(0).arg(-1).arg("WITHSCORES");
+        cmd
+    }
+
+    /// A heartbeat from its hash's fields; `None` when there are none (the
+    /// key expired).
+    pub fn from_fields(instance: &str, fields: &BTreeMap<String, String>) -> Option<Self> {
         if fields.is_empty() {
-            return Ok(None);
+            return None;
         }
         let num = |k: &str| fields.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         let map = |k: &str| {
@@ -100,7 +121,7 @@ impl Heartbeat {
                 .and_then(|v| serde_json::from_str::<BTreeMap<String, String>>(v).ok())
                 .unwrap_or_default()
         };
-        Ok(Some(Self {
+        Some(Self {
             instance: instance.to_owned(),
             status: fields.get("status").cloned().unwrap_or_default(),
             at_ms: num("at_ms"),
@@ -112,7 +133,7 @@ impl Heartbeat {
             refused_artifacts: num("refused_artifacts"),
             models: map("models"),
             modes: map("modes"),
-        }))
+        })
     }
 
     /// Every instance that ever sent a heartbeat, with its last time (ms).
@@ -120,13 +141,7 @@ impl Heartbeat {
         conn: &mut impl ConnectionLike,
         keys: &Keys,
     ) -> Result<Vec<(String, u64)>, ContractError> {
-        let v: Vec<(String, u64)> = redis::cmd("ZRANGE")
-            .arg(keys.daemons())
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .query(conn)?;
-        Ok(v)
+        Ok(Self::known_instances_cmd(keys).query(conn)?)
     }
 
     /// Every known instance with its last heartbeat time (ms) and its

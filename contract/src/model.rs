@@ -46,8 +46,25 @@ impl ModelPointer {
         keys: &Keys,
         strategy: &str,
     ) -> Result<Option<Self>, ContractError> {
+        let h: HashMap<String, String> = Self::read_cmd(keys, strategy).query(conn)?;
+        Self::from_hash(keys, strategy, &h)
+    }
+
+    /// The read of [`ModelPointer::read`]; its reply goes to
+    /// [`ModelPointer::from_hash`].
+    pub fn read_cmd(keys: &Keys, strategy: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(keys.strategy(strategy).model);
+        cmd
+    }
+
+    /// The pointer from its hash; `None` when the registry never set one.
+    pub fn from_hash(
+        keys: &Keys,
+        strategy: &str,
+        h: &HashMap<String, String>,
+    ) -> Result<Option<Self>, ContractError> {
         let key = keys.strategy(strategy).model;
-        let h: HashMap<String, String> = redis::cmd("HGETALL").arg(&key).query(conn)?;
         if h.is_empty() {
             return Ok(None);
         }
@@ -85,6 +102,12 @@ impl ModelPointer {
     /// previous one survives) and then announces it on `ns:events`; a lost
     /// event only delays daemons until their next periodic read.
     pub fn write(&self, conn: &mut impl ConnectionLike, keys: &Keys) -> Result<(), ContractError> {
+        super::conn::run_all(conn, &self.write_pipeline(keys)?)?;
+        Ok(())
+    }
+
+    /// The commands of [`ModelPointer::write`]: every field, then the event.
+    pub fn write_pipeline(&self, keys: &Keys) -> Result<redis::Pipeline, ContractError> {
         let key = keys.strategy(&self.strategy).model;
         let rollback = match &self.rollback {
             Some(a) => serde_json::to_string(a).map_err(|e| ContractError::Invalid {
@@ -125,8 +148,7 @@ impl ModelPointer {
             .cmd("PUBLISH")
             .arg(keys.events())
             .arg(event.to_string());
-        super::conn::run_all(conn, &pipe)?;
-        Ok(())
+        Ok(pipe)
     }
 
     /// Sets or clears the pin without changing the version (an approver
@@ -137,13 +159,17 @@ impl ModelPointer {
         strategy: &str,
         pinned: bool,
     ) -> Result<(), ContractError> {
-        let key = keys.strategy(strategy).model;
-        redis::cmd("HSET")
-            .arg(&key)
-            .arg("pinned")
-            .arg(if pinned { "1" } else { "0" })
-            .query::<()>(conn)?;
+        Self::set_pinned_cmd(keys, strategy, pinned).query::<()>(conn)?;
         Ok(())
+    }
+
+    /// The write of [`ModelPointer::set_pinned`].
+    pub fn set_pinned_cmd(keys: &Keys, strategy: &str, pinned: bool) -> redis::Cmd {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(keys.strategy(strategy).model)
+            .arg("pinned")
+            .arg(if pinned { "1" } else { "0" });
+        cmd
     }
 }
 

@@ -6,6 +6,8 @@
 //! notification is counted and logged; callers fire and forget, so it never
 //! blocks or fails the action that raised it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -186,5 +188,50 @@ impl Notifier {
             attempts: r.max_attempts,
             error: last,
         }
+    }
+}
+
+/// Raises alerts in the background and counts what became of them: a
+/// delivery never blocks or fails the action that raised it.
+#[derive(Debug)]
+pub struct Alerter {
+    notifier: Notifier,
+    sent: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Alerter {
+    /// Raises through `notifier`.
+    pub fn new(notifier: Notifier) -> Self {
+        Self {
+            notifier,
+            sent: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
+
+    /// Sends `alert` to its channels on a task of its own.
+    pub fn raise(self: &Arc<Self>, alert: Alert) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            for (_, d) in me.notifier.notify(&alert).await {
+                let counter = match d {
+                    Delivery::Sent { .. } => &me.sent,
+                    Delivery::Failed { .. } => &me.failed,
+                    Delivery::Disabled => continue,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+
+    /// Notifications delivered so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Notifications that failed after every retry so far.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
     }
 }

@@ -275,7 +275,7 @@ pub struct ModelDecision {
 
 impl ModelsCommand {
     /// The API call of a registry subcommand; `None` for the local ones.
-    pub fn api_call(&self) -> Option<crate::commands::ApiCall<'_>> {
+    pub fn api_call(&self) -> Option<ApiCall<'_>> {
         use serde_json::json;
         let (url, method, path, body) = match self {
             Self::Register {
@@ -314,7 +314,7 @@ impl ModelsCommand {
             ),
             Self::Keygen { .. } | Self::Sign { .. } | Self::Verify(_) | Self::Inspect { .. } => return None,
         };
-        Some(crate::commands::ApiCall {
+        Some(ApiCall {
             url,
             method,
             path,
@@ -386,4 +386,17 @@ pub struct TrainArgs {
     /// Minimum rows per leaf.
     #[arg(long, default_value_t = 50)]
     pub min_leaf: usize,
+}
+
+/// One API call: method, path, JSON body.
+#[derive(Debug)]
+pub struct ApiCall<'a> {
+    /// Base URL.
+    pub url: &'a str,
+    /// `GET` or `POST`.
+    pub method: &'a str,
+    /// Path under the base URL.
+    pub path: String,
+    /// JSON body, if any.
+    pub body: Option<serde_json::Value>,
 }

@@ -4,7 +4,6 @@
 //! artifacts (warning), and pending approvals about to expire (warning).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use mlcore_config::Severity;
 use mlcore_contract::Heartbeat;
@@ -12,7 +11,7 @@ use serde_json::json;
 use sqlx::Row;
 
 use crate::alerts::Alert;
-use crate::api::AppState;
+use crate::services::Services;
 
 /// What has already been alerted, so each condition alerts once.
 #[derive(Debug, Default)]
@@ -23,11 +22,11 @@ pub struct Watch {
 }
 
 /// One pass: returns the alerts raised (also sent through the notifier).
-pub async fn tick(state: &Arc<AppState>, watch: &mut Watch) -> Vec<Alert> {
-    let now = crate::commands::now_ms();
+pub async fn tick(svc: &Services, watch: &mut Watch) -> Vec<Alert> {
+    let now = svc.now_ms();
     let mut alerts = Vec::new();
-    let beats = state.redis(Heartbeat::read_all).await.unwrap_or_default();
-    let limit = state.config.control.heartbeat_missing_after_ms;
+    let beats: Vec<(String, u64, Option<Heartbeat>)> = svc.redis.heartbeats().await.unwrap_or_default();
+    let limit = svc.config.control.heartbeat_missing_after_ms;
     for (instance, last_ms, hb) in beats {
         let silent = hb.is_none() || now.saturating_sub(last_ms) > limit;
         if silent && watch.silent.insert(instance.clone()) {
@@ -67,11 +66,11 @@ pub async fn tick(state: &Arc<AppState>, watch: &mut Watch) -> Vec<Alert> {
             }
         }
     }
-    let warn_ms = state.config.control.approvals.expiry_warning_s * 1000;
+    let warn_ms = svc.config.control.approvals.expiry_warning_s * 1000;
     let rows = sqlx::query("SELECT id, action, scope, expires_at_ms FROM core.ops_requests WHERE status = 'pending' AND expires_at_ms > $1 AND expires_at_ms <= $2")
         .bind(now as i64)
         .bind((now + warn_ms) as i64)
-        .fetch_all(&state.pool)
+        .fetch_all(&svc.pool)
         .await
         .unwrap_or_default();
     for row in rows {
@@ -90,7 +89,7 @@ pub async fn tick(state: &Arc<AppState>, watch: &mut Watch) -> Vec<Alert> {
         }
     }
     for a in &alerts {
-        state.alert(a.clone());
+        svc.alerts.raise(a.clone());
     }
     alerts
 }

@@ -15,9 +15,7 @@
 //! transaction rolls back and nothing changed.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use axum::http::StatusCode;
 use mlcore_config::KeyPurpose;
 use mlcore_contract::{Heartbeat, ModelPointer};
 use mlcore_models::artifact::rollback::RollbackGrant;
@@ -27,9 +25,8 @@ use mlcore_models::artifact::{
 use serde_json::{json, Value};
 use sqlx::{Postgres, Row, Transaction};
 
-use crate::api::error::ApiError;
-use crate::api::AppState;
 use crate::commands::now_ms;
+use crate::services::Services;
 
 /// One registry row, as the API shows it.
 #[derive(Debug, Clone)]
@@ -54,27 +51,108 @@ fn select(tail: &'static str) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM core.model_registry {tail}"))
 }
 
-fn db_err(what: &'static str) -> impl Fn(sqlx::Error) -> ApiError {
-    move |e| {
-        tracing::error!(during = what, error = %e, "registry database error");
-        ApiError::internal(what)
+/// Why the registry refused (each with a stable code the API maps to a
+/// status), or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The request cannot be done as asked.
+    #[error("{message}")]
+    Refused {
+        /// Which refusal.
+        code: RegistryCode,
+        /// What was wrong, for the caller.
+        message: String,
+        /// Structured detail.
+        details: Value,
+    },
+    /// Redis did not take the pointer: nothing was changed.
+    #[error("Redis: {0}; nothing was changed")]
+    Redis(#[from] mlcore_contract::ContractError),
+    /// PostgreSQL failed.
+    #[error("registry database while {during}: {source}")]
+    Db {
+        /// What was being done.
+        during: &'static str,
+        /// The error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A blocking task (artifact reading) did not finish.
+    #[error("registry task failed while {0}")]
+    Task(&'static str),
+}
+
+/// The registry's refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistryCode {
+    /// Not a strategy of the universe.
+    StrategyUnknown,
+    /// `trust.yaml` cannot be used.
+    TrustUnusable,
+    /// The artifact folder cannot be read.
+    ArtifactUnreadable,
+    /// The artifact failed verification.
+    VerifyFailed,
+    /// The folder holds another strategy's or version's artifact.
+    ArtifactMisplaced,
+    /// Already registered.
+    Exists,
+    /// No such model.
+    NotFound,
+    /// Not in a state that can be activated.
+    NotActivatable,
+    /// The strategy is pinned by a rollback.
+    Pinned,
+    /// Not in a state that can be rejected.
+    NotRejectable,
+    /// The strategy is not pinned.
+    NotPinned,
+    /// Nothing is active to roll back from.
+    RollbackNothingActive,
+    /// No earlier version to roll back to.
+    RollbackNoPrevious,
+    /// The rollback signing key cannot be used.
+    RollbackKeyUnusable,
+}
+
+impl RegistryCode {
+    /// The stable machine code.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::StrategyUnknown => "MODEL_STRATEGY_UNKNOWN",
+            Self::TrustUnusable => "MODEL_TRUST_UNUSABLE",
+            Self::ArtifactUnreadable => "MODEL_ARTIFACT_UNREADABLE",
+            Self::VerifyFailed => "MODEL_VERIFY_FAILED",
+            Self::ArtifactMisplaced => "MODEL_ARTIFACT_MISPLACED",
+            Self::Exists => "MODEL_EXISTS",
+            Self::NotFound => "MODEL_NOT_FOUND",
+            Self::NotActivatable => "MODEL_NOT_ACTIVATABLE",
+            Self::Pinned => "MODEL_PINNED",
+            Self::NotRejectable => "MODEL_NOT_REJECTABLE",
+            Self::NotPinned => "MODEL_NOT_PINNED",
+            Self::RollbackNothingActive => "OPS_ROLLBACK_NOTHING_ACTIVE",
+            Self::RollbackNoPrevious => "OPS_ROLLBACK_NO_PREVIOUS",
+            Self::RollbackKeyUnusable => "ROLLBACK_KEY_UNUSABLE",
+        }
     }
 }
 
-fn redis_unavailable(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "MODEL_REDIS_UNAVAILABLE",
-        format!("Redis: {e}; nothing was changed"),
-    )
+impl RegistryError {
+    fn refused(code: RegistryCode, message: impl Into<String>) -> Self {
+        Self::Refused {
+            code,
+            message: message.into(),
+            details: Value::Null,
+        }
+    }
 }
 
-fn not_found(id: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "MODEL_NOT_FOUND",
-        format!("no model `{id}` in the registry"),
-    )
+fn db_err(during: &'static str) -> impl Fn(sqlx::Error) -> RegistryError {
+    move |source| RegistryError::Db { during, source }
+}
+
+fn not_found(id: &str) -> RegistryError {
+    RegistryError::refused(RegistryCode::NotFound, format!("no model `{id}` in the registry"))
 }
 
 fn row_of(r: &sqlx::postgres::PgRow) -> ModelRow {
@@ -107,12 +185,12 @@ fn json_of(r: &sqlx::postgres::PgRow) -> Value {
     })
 }
 
-async fn begin(state: &AppState) -> Result<Transaction<'static, Postgres>, ApiError> {
-    state.pool.begin().await.map_err(db_err("opening a transaction"))
+async fn begin(svc: &Services) -> Result<Transaction<'static, Postgres>, RegistryError> {
+    svc.pool.begin().await.map_err(db_err("opening a transaction"))
 }
 
 /// Locks a model's row for the transaction and reads its status.
-async fn lock_status(tx: &mut Transaction<'_, Postgres>, id: &str) -> Result<String, ApiError> {
+async fn lock_status(tx: &mut Transaction<'_, Postgres>, id: &str) -> Result<String, RegistryError> {
     sqlx::query("SELECT status FROM core.model_registry WHERE id = $1 FOR UPDATE")
         .bind(id)
         .fetch_optional(&mut **tx)
@@ -123,10 +201,10 @@ async fn lock_status(tx: &mut Transaction<'_, Postgres>, id: &str) -> Result<Str
 }
 
 /// Reads one model.
-pub async fn get(state: &AppState, id: &str) -> Result<ModelRow, ApiError> {
+pub async fn get(svc: &Services, id: &str) -> Result<ModelRow, RegistryError> {
     sqlx::query(select("WHERE id = $1"))
         .bind(id)
-        .fetch_optional(&state.pool)
+        .fetch_optional(&svc.pool)
         .await
         .map_err(db_err("reading the registry"))?
         .map(|r| row_of(&r))
@@ -141,7 +219,7 @@ async fn transition(
     actor: &str,
     request_id: &str,
     reason: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), RegistryError> {
     sqlx::query("INSERT INTO core.model_transitions (model_id, from_status, to_status, actor, at_ms, request_id, reason) VALUES ($1,$2,$3,$4,$5,$6,$7)")
         .bind(model)
         .bind(from)
@@ -159,59 +237,47 @@ async fn transition(
 /// Registers `models_root/<strategy>/v<version>` as a candidate after the
 /// models crate verified it (signature, files, feature schema, expiry).
 pub async fn register(
-    state: &AppState,
+    svc: &Services,
     who: &str,
     strategy: &str,
     version: u64,
     request_id: &str,
-) -> Result<Value, ApiError> {
-    if state.config.strategy(strategy).is_none() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "MODEL_STRATEGY_UNKNOWN",
+) -> Result<Value, RegistryError> {
+    if svc.config.strategy(strategy).is_none() {
+        return Err(RegistryError::refused(
+            RegistryCode::StrategyUnknown,
             format!("unknown strategy `{strategy}`"),
         ));
     }
-    let dir: PathBuf = state
+    let dir: PathBuf = svc
         .config
         .storage
         .models_root
         .join(strategy)
         .join(format!("v{version}"));
-    let trust = TrustStore::from_config(&state.config.trust).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "MODEL_TRUST_UNUSABLE",
-            format!("trust.yaml: {e}"),
-        )
-    })?;
+    let trust = TrustStore::from_config(&svc.config.trust)
+        .map_err(|e| RegistryError::refused(RegistryCode::TrustUnusable, format!("trust.yaml: {e}")))?;
     let read_dir = dir.clone();
     let files = tokio::task::spawn_blocking(move || ArtifactFiles::read(&read_dir))
         .await
-        .map_err(|_| ApiError::internal("reading the artifact"))?
+        .map_err(|_| RegistryError::Task("reading the artifact"))?
         .map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "MODEL_ARTIFACT_UNREADABLE",
+            RegistryError::refused(
+                RegistryCode::ArtifactUnreadable,
                 format!("{}: {e}", dir.display()),
             )
         })?;
     let manifest_sha = files.manifest_sha256().unwrap_or_default();
     let ctx = VerifyContext::new(&trust, now_ms());
-    let verified = artifact::verify(files, &ctx).map_err(|e| {
-        let mut err = ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "MODEL_VERIFY_FAILED",
-            format!("{}: {e}", dir.display()),
-        );
-        err.details = json!({"reason": e.to_string()});
-        err
+    let verified = artifact::verify(files, &ctx).map_err(|e| RegistryError::Refused {
+        code: RegistryCode::VerifyFailed,
+        message: format!("{}: {e}", dir.display()),
+        details: json!({"reason": e.to_string()}),
     })?;
     let m = &verified.manifest;
     if m.strategy != strategy || m.version != version {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "MODEL_ARTIFACT_MISPLACED",
+        return Err(RegistryError::refused(
+            RegistryCode::ArtifactMisplaced,
             format!(
                 "{} holds {} v{}, not {strategy} v{version}",
                 dir.display(),
@@ -220,7 +286,7 @@ pub async fn register(
             ),
         ));
     }
-    let mut tx = begin(state).await?;
+    let mut tx = begin(svc).await?;
     let inserted = sqlx::query("INSERT INTO core.model_registry (id, strategy, version, status, artifact_path, manifest_sha256, file_hashes, key_id, metrics, expires_at_ms, registered_by, registered_at_ms) VALUES ($1,$2,$3,'candidate',$4,$5,$6::jsonb,$7,$8::jsonb,$9,$10,$11) ON CONFLICT DO NOTHING")
         .bind(&m.model_id)
         .bind(strategy)
@@ -238,9 +304,8 @@ pub async fn register(
         .map_err(db_err("registering"))?
         .rows_affected();
     if inserted == 0 {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "MODEL_EXISTS",
+        return Err(RegistryError::refused(
+            RegistryCode::Exists,
             format!("{} ({strategy} v{version}) is already registered", m.model_id),
         ));
     }
@@ -263,11 +328,10 @@ pub async fn register(
 
 /// Refuses unless `model` may be activated now (for a new request and
 /// again when it is approved).
-pub async fn check_activatable(state: &AppState, model: &ModelRow) -> Result<(), ApiError> {
+pub async fn check_activatable(svc: &Services, model: &ModelRow) -> Result<(), RegistryError> {
     if !["candidate", "approved", "retired"].contains(&model.status.as_str()) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "MODEL_NOT_ACTIVATABLE",
+        return Err(RegistryError::refused(
+            RegistryCode::NotActivatable,
             format!(
                 "{} is {}; only candidate, approved or retired models can be activated",
                 model.id, model.status
@@ -277,7 +341,7 @@ pub async fn check_activatable(state: &AppState, model: &ModelRow) -> Result<(),
     let pin: Option<(bool, Option<String>)> =
         sqlx::query("SELECT pinned, pinned_by FROM core.model_active WHERE strategy = $1")
             .bind(&model.strategy)
-            .fetch_optional(&state.pool)
+            .fetch_optional(&svc.pool)
             .await
             .map_err(db_err("reading the pointer"))?
             .map(|r| {
@@ -292,10 +356,9 @@ pub async fn check_activatable(state: &AppState, model: &ModelRow) -> Result<(),
     Ok(())
 }
 
-fn pinned(strategy: &str, by: Option<&str>) -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        "MODEL_PINNED",
+fn pinned(strategy: &str, by: Option<&str>) -> RegistryError {
+    RegistryError::refused(
+        RegistryCode::Pinned,
         format!(
             "{strategy} is pinned by a rollback ({}); an approver must release the pin first",
             by.unwrap_or("unknown")
@@ -305,19 +368,18 @@ fn pinned(strategy: &str, by: Option<&str>) -> ApiError {
 
 /// The model a rollback of `strategy` would re-activate: the most recently
 /// retired version below the active one.
-pub async fn rollback_target(state: &AppState, strategy: &str) -> Result<(ModelRow, ModelRow), ApiError> {
+pub async fn rollback_target(svc: &Services, strategy: &str) -> Result<(ModelRow, ModelRow), RegistryError> {
     let current = sqlx::query(select(
         "WHERE id = (SELECT model_id FROM core.model_active WHERE strategy = $1)",
     ))
     .bind(strategy)
-    .fetch_optional(&state.pool)
+    .fetch_optional(&svc.pool)
     .await
     .map_err(db_err("reading the pointer"))?
     .map(|r| row_of(&r))
     .ok_or_else(|| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "OPS_ROLLBACK_NOTHING_ACTIVE",
+        RegistryError::refused(
+            RegistryCode::RollbackNothingActive,
             format!("{strategy} has no active model in the registry"),
         )
     })?;
@@ -326,14 +388,13 @@ pub async fn rollback_target(state: &AppState, strategy: &str) -> Result<(ModelR
     ))
     .bind(strategy)
     .bind(current.version as i64)
-    .fetch_optional(&state.pool)
+    .fetch_optional(&svc.pool)
     .await
     .map_err(db_err("reading the registry"))?
     .map(|r| row_of(&r))
     .ok_or_else(|| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "OPS_ROLLBACK_NO_PREVIOUS",
+        RegistryError::refused(
+            RegistryCode::RollbackNoPrevious,
             format!("{strategy} has no earlier version to roll back to (active: {})", current.id),
         )
     })?;
@@ -342,15 +403,15 @@ pub async fn rollback_target(state: &AppState, strategy: &str) -> Result<(ModelR
 
 /// Marks `model` approved (the second principal agreed).
 pub async fn approve(
-    state: &AppState,
+    svc: &Services,
     model: &ModelRow,
     approver: &str,
     request_id: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), RegistryError> {
     if model.status != "candidate" {
         return Ok(());
     }
-    let mut tx = begin(state).await?;
+    let mut tx = begin(svc).await?;
     sqlx::query("UPDATE core.model_registry SET status='approved', approved_by=$2, approved_at_ms=$3 WHERE id=$1 AND status='candidate'")
         .bind(&model.id)
         .bind(approver)
@@ -381,22 +442,21 @@ pub enum Activation {
 }
 
 fn sign_rollback(
-    state: &AppState,
+    svc: &Services,
     model: &ModelRow,
     request_id: &str,
-) -> Result<RollbackAuthorization, ApiError> {
-    let cfg = &state.config.control.rollback_signing;
+) -> Result<RollbackAuthorization, RegistryError> {
+    let cfg = &svc.config.control.rollback_signing;
     let unusable = |why: String| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ROLLBACK_KEY_UNUSABLE",
+        RegistryError::refused(
+            RegistryCode::RollbackKeyUnusable,
             format!("rollback signing key {}: {why}", cfg.key_file.display()),
         )
     };
     let key = SecretKeyFile::read(&cfg.key_file).map_err(|e| unusable(e.to_string()))?;
     let now = now_ms();
     // A key the daemons would refuse makes an authorisation that cannot work.
-    TrustStore::from_config(&state.config.trust)
+    TrustStore::from_config(&svc.config.trust)
         .map_err(|e| unusable(e.to_string()))?
         .key_for(&key.key_id, KeyPurpose::Rollback, now)
         .map_err(|e| unusable(format!("not trusted for rollback in trust.yaml: {e}")))?;
@@ -415,13 +475,13 @@ fn sign_rollback(
 /// (with a rollback authorisation when the version is not above the highest
 /// ever active), then the registry. Returns what changed.
 pub async fn activate(
-    state: &Arc<AppState>,
+    svc: &Services,
     model: &ModelRow,
     actor: &str,
     request_id: &str,
     how: Activation,
-) -> Result<Value, ApiError> {
-    let mut tx = begin(state).await?;
+) -> Result<Value, RegistryError> {
+    let mut tx = begin(svc).await?;
     // Serialise activations per strategy (the row may not exist yet).
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('mlcore.model_active.' || $1))")
         .bind(&model.strategy)
@@ -450,9 +510,8 @@ pub async fn activate(
     }
     let status = lock_status(&mut tx, &model.id).await?;
     if !["candidate", "approved", "retired"].contains(&status.as_str()) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "MODEL_NOT_ACTIVATABLE",
+        return Err(RegistryError::refused(
+            RegistryCode::NotActivatable,
             format!("{} is {status}", model.id),
         ));
     }
@@ -468,7 +527,7 @@ pub async fn activate(
     .flatten();
     let going_back = highest.is_some_and(|h| model.version as i64 <= h);
     let rollback = if going_back {
-        Some(sign_rollback(state, model, request_id)?)
+        Some(sign_rollback(svc, model, request_id)?)
     } else {
         None
     };
@@ -484,11 +543,7 @@ pub async fn activate(
         request_id: request_id.to_owned(),
         updated_at_ms: now,
     };
-    let to_write = pointer.clone();
-    state
-        .redis(move |conn, keys| to_write.write(conn, keys))
-        .await
-        .map_err(redis_unavailable)?;
+    svc.redis.write_pointer(&pointer).await?;
 
     if let Some(old) = current_id.as_deref().filter(|old| *old != model.id) {
         sqlx::query("UPDATE core.model_registry SET status='retired', retired_at_ms=$2 WHERE id=$1")
@@ -546,18 +601,17 @@ pub async fn activate(
 
 /// An approver rejects a candidate or approved model.
 pub async fn reject(
-    state: &AppState,
+    svc: &Services,
     id: &str,
     who: &str,
     reason: &str,
     request_id: &str,
-) -> Result<Value, ApiError> {
-    let mut tx = begin(state).await?;
+) -> Result<Value, RegistryError> {
+    let mut tx = begin(svc).await?;
     let status = lock_status(&mut tx, id).await?;
     if status != "candidate" && status != "approved" {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "MODEL_NOT_REJECTABLE",
+        return Err(RegistryError::refused(
+            RegistryCode::NotRejectable,
             format!("{id} is {status}; only candidate or approved models can be rejected"),
         ));
     }
@@ -576,8 +630,8 @@ pub async fn reject(
 }
 
 /// An approver releases a rollback pin.
-pub async fn release_pin(state: &AppState, strategy: &str, request_id: &str) -> Result<Value, ApiError> {
-    let mut tx = begin(state).await?;
+pub async fn release_pin(svc: &Services, strategy: &str, request_id: &str) -> Result<Value, RegistryError> {
+    let mut tx = begin(svc).await?;
     let row = sqlx::query("SELECT model_id, pinned FROM core.model_active WHERE strategy = $1 FOR UPDATE")
         .bind(strategy)
         .fetch_optional(&mut *tx)
@@ -589,9 +643,8 @@ pub async fn release_pin(state: &AppState, strategy: &str, request_id: &str) -> 
             r.try_get::<bool, _>("pinned").unwrap_or(false),
         )
     }) else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "MODEL_NOT_PINNED",
+        return Err(RegistryError::refused(
+            RegistryCode::NotPinned,
             format!("{strategy} is not pinned"),
         ));
     };
@@ -602,32 +655,30 @@ pub async fn release_pin(state: &AppState, strategy: &str, request_id: &str) -> 
         .execute(&mut *tx)
         .await
         .map_err(db_err("releasing the pin"))?;
-    let s = strategy.to_owned();
-    state
-        .redis(move |conn, keys| ModelPointer::set_pinned(conn, keys, &s, false))
-        .await
-        .map_err(redis_unavailable)?;
+    svc.redis.set_pinned(strategy, false).await?;
     tx.commit().await.map_err(db_err("committing"))?;
     Ok(json!({"strategy": strategy, "model_id": model_id, "pinned": false}))
 }
 
 /// Every registered model with what each daemon reports as loaded, and each
 /// strategy's pointer.
-pub async fn list(state: &AppState) -> Result<Value, ApiError> {
+pub async fn list(svc: &Services) -> Result<Value, RegistryError> {
     let rows = sqlx::query(select("ORDER BY strategy, version"))
-        .fetch_all(&state.pool)
+        .fetch_all(&svc.pool)
         .await
         .map_err(db_err("listing the registry"))?;
     let pointers = sqlx::query("SELECT strategy, model_id, pinned, pinned_by, pinned_at_ms, request_id, updated_at_ms FROM core.model_active ORDER BY strategy")
-        .fetch_all(&state.pool)
+        .fetch_all(&svc.pool)
         .await
         .map_err(db_err("reading the pointers"))?;
-    let missing_after = state.config.control.heartbeat_missing_after_ms;
+    let missing_after = svc.config.control.heartbeat_missing_after_ms;
     // What the daemons say; the registry answers even when Redis is down.
-    let daemons: Result<Vec<Heartbeat>, String> = state
-        .redis(Heartbeat::read_all)
+    let daemons: Result<Vec<Heartbeat>, String> = svc
+        .redis
+        .heartbeats()
         .await
-        .map(|all| all.into_iter().filter_map(|(_, _, hb)| hb).collect());
+        .map(|all| all.into_iter().filter_map(|(_, _, hb)| hb).collect())
+        .map_err(|e| e.to_string());
     let now = now_ms();
     let (daemons, daemons_error) = match daemons {
         Ok(d) => (d, None),

@@ -151,16 +151,18 @@ impl Fixture {
     }
 
     async fn audit_rows(&self) -> usize {
-        audit::verify(&self.state.pool, self.worm.path())
+        audit::verify(&self.state.services.pool, self.worm.path())
             .await
             .unwrap()
             .rows
     }
 
     async fn finish(self) {
-        let report = audit::verify(&self.state.pool, self.worm.path()).await.unwrap();
+        let report = audit::verify(&self.state.services.pool, self.worm.path())
+            .await
+            .unwrap();
         assert!(report.ok(), "audit chain after the test: {report:?}");
-        self.state.pool.close().await;
+        self.state.services.pool.close().await;
         let admin = sqlx::PgPool::connect(&self.admin_dsn).await.unwrap();
         let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
@@ -560,7 +562,7 @@ async fn the_monitor_alerts_on_silent_daemons_refused_artifacts_and_expiring_app
     assert_eq!(code, 202);
 
     let mut watch = mlcore_control::monitor::Watch::default();
-    let alerts = mlcore_control::monitor::tick(&f.state, &mut watch).await;
+    let alerts = mlcore_control::monitor::tick(&f.state.services, &mut watch).await;
     let kinds: Vec<(String, String)> = alerts.iter().map(|a| (a.kind.clone(), a.scope.clone())).collect();
     assert!(
         kinds.contains(&("heartbeat_missing".into(), "d-old".into())),
@@ -583,13 +585,13 @@ async fn the_monitor_alerts_on_silent_daemons_refused_artifacts_and_expiring_app
         mlcore_config::Severity::Critical
     );
     // Each condition alerts once; a returning daemon resolves its incident.
-    assert!(mlcore_control::monitor::tick(&f.state, &mut watch)
+    assert!(mlcore_control::monitor::tick(&f.state.services, &mut watch)
         .await
         .is_empty());
     hb("d-old", mlcore_control::commands::now_ms(), 0)
         .write(&mut conn, &keys, 60_000)
         .unwrap();
-    let again = mlcore_control::monitor::tick(&f.state, &mut watch).await;
+    let again = mlcore_control::monitor::tick(&f.state.services, &mut watch).await;
     assert!(
         again.iter().any(|a| a.kind == "heartbeat_missing" && a.resolve),
         "{again:?}"
@@ -738,7 +740,7 @@ async fn registry_register_activate_rollback_pin_and_release() {
         .await;
     let p = pointer().unwrap();
     assert_eq!((p.model_id.as_str(), p.version, p.pinned), ("fx_g10-v1", 1, true));
-    let trust = mlcore_models::artifact::TrustStore::from_config(&f.state.config.trust).unwrap();
+    let trust = mlcore_models::artifact::TrustStore::from_config(&f.state.services.config.trust).unwrap();
     let auth = p.rollback.as_ref().expect("a rollback carries an authorisation");
     mlcore_models::artifact::rollback::check(
         auth,
@@ -829,14 +831,14 @@ async fn registry_register_activate_rollback_pin_and_release() {
 
     // Each transition is recorded with who did it.
     let transitions: i64 = sqlx::query_scalar("SELECT count(*) FROM core.model_transitions")
-        .fetch_one(&f.state.pool)
+        .fetch_one(&f.state.services.pool)
         .await
         .unwrap();
     assert!(transitions >= 10, "{transitions} transitions");
     let refusals: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM audit.events WHERE record_type = 'model_registry' AND result LIKE 'refused%'",
     )
-    .fetch_one(&f.state.pool)
+    .fetch_one(&f.state.services.pool)
     .await
     .unwrap();
     assert!(refusals >= 5, "refused registry requests are audited: {refusals}");
@@ -862,7 +864,7 @@ async fn break_glass_set_mode_is_audited_or_says_it_is_not() {
         ),
     )
     .unwrap();
-    let dsn = f.state.config.database.dsn.expose().to_owned();
+    let dsn = f.state.services.config.database.dsn.expose().to_owned();
     let set_mode = |dsn: String, mode: &'static str| {
         let dir = configs.path().to_owned();
         tokio::task::spawn_blocking(move || {
@@ -890,7 +892,7 @@ async fn break_glass_set_mode_is_audited_or_says_it_is_not() {
     assert_eq!(f.audit_rows().await, before + 1);
     let (actor, action): (String, String) =
         sqlx::query_as("SELECT actor, action FROM audit.events WHERE record_type = 'ops_break_glass'")
-            .fetch_one(&f.state.pool)
+            .fetch_one(&f.state.services.pool)
             .await
             .unwrap();
     assert_eq!((actor.as_str(), action.as_str()), ("oncall", "set_mode halted"));

@@ -45,3 +45,93 @@ impl IntoResponse for ApiError {
         (self.status, Json(body)).into_response()
     }
 }
+
+impl From<crate::registry::RegistryError> for ApiError {
+    fn from(e: crate::registry::RegistryError) -> Self {
+        use crate::registry::{RegistryCode as C, RegistryError as E};
+        match e {
+            E::Refused {
+                code,
+                message,
+                details,
+            } => {
+                let status = match code {
+                    C::NotFound => StatusCode::NOT_FOUND,
+                    C::StrategyUnknown | C::ArtifactUnreadable | C::VerifyFailed | C::ArtifactMisplaced => {
+                        StatusCode::UNPROCESSABLE_ENTITY
+                    }
+                    C::Exists
+                    | C::NotActivatable
+                    | C::Pinned
+                    | C::NotRejectable
+                    | C::NotPinned
+                    | C::RollbackNothingActive
+                    | C::RollbackNoPrevious => StatusCode::CONFLICT,
+                    C::TrustUnusable | C::RollbackKeyUnusable => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                let mut err = Self::new(status, code.as_str(), message);
+                err.details = details;
+                err
+            }
+            E::Redis(e) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "MODEL_REDIS_UNAVAILABLE",
+                format!("Redis: {e}; nothing was changed"),
+            ),
+            E::Db { during, source } => {
+                tracing::error!(during, error = %source, "registry database error");
+                Self::internal(during)
+            }
+            E::Task(during) => Self::internal(during),
+        }
+    }
+}
+
+impl From<crate::ops::OpsError> for ApiError {
+    fn from(e: crate::ops::OpsError) -> Self {
+        use crate::ops::OpsError as E;
+        match e {
+            E::UnknownScope(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "OPS_SCOPE_UNKNOWN",
+                e.to_string(),
+            ),
+            E::Redis(e) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "OPS_REDIS_UNAVAILABLE",
+                format!("Redis: {e}"),
+            ),
+            E::Conflict {
+                ref applied,
+                ref conflicts,
+            } => {
+                let mut err = Self::new(StatusCode::CONFLICT, "OPS_CONFLICT", e.to_string());
+                let mut details = serde_json::Map::new();
+                for (s, c) in applied {
+                    details.insert(s.clone(), serde_json::to_value(c).unwrap_or_default());
+                }
+                for (s, v) in conflicts {
+                    details.insert(s.clone(), serde_json::json!({ "conflict": v }));
+                }
+                err.details = serde_json::Value::Object(details);
+                err
+            }
+        }
+    }
+}
+
+impl From<crate::approvals::ApprovalError> for ApiError {
+    fn from(e: crate::approvals::ApprovalError) -> Self {
+        use crate::approvals::ApprovalError as E;
+        match e {
+            E::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "OPS_REQUEST_NOT_FOUND", e.to_string()),
+            E::Decided { .. } => Self::new(StatusCode::CONFLICT, "OPS_REQUEST_DECIDED", e.to_string()),
+            E::Expired(_) => Self::new(StatusCode::CONFLICT, "OPS_REQUEST_EXPIRED", e.to_string()),
+            E::SelfApproval => Self::new(StatusCode::FORBIDDEN, "OPS_APPROVAL_SELF", e.to_string()),
+            E::Db { during, source } => {
+                tracing::error!(during, error = %source, "approvals database error");
+                Self::internal(during)
+            }
+        }
+    }
+}

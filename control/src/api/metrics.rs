@@ -22,6 +22,7 @@ use prometheus_client::metrics::MetricType;
 use mlcore_telemetry::exposition::{encode_counter, encode_gauge, Exposition, CONTENT_TYPE};
 
 use super::AppState;
+use crate::alerts::Alerter;
 
 /// Request latency bucket bounds, seconds.
 const BUCKETS_S: [f64; 9] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
@@ -35,10 +36,6 @@ pub struct HttpMetrics {
     buckets: [AtomicU64; BUCKETS_S.len()],
     count: AtomicU64,
     sum_ns: AtomicU64,
-    /// Notifications delivered.
-    pub notifications_sent: AtomicU64,
-    /// Notifications that failed after every retry.
-    pub notifications_failed: AtomicU64,
     /// Approval requests pending and not expired, at the last scrape.
     approvals_pending: AtomicU64,
     /// The audit log's newest `seq`, at the last scrape.
@@ -61,18 +58,23 @@ impl HttpMetrics {
 }
 
 /// The control plane's registry (prefix `<metrics.yaml prefix>_control`).
-pub fn exposition(cfg: &mlcore_config::MetricsConfig, http: Arc<HttpMetrics>) -> Exposition {
+pub fn exposition(
+    cfg: &mlcore_config::MetricsConfig,
+    http: Arc<HttpMetrics>,
+    alerts: Arc<Alerter>,
+) -> Exposition {
     let labels = cfg.default_labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
     Exposition::new(
         &format!("{}_control", cfg.prefix),
         labels,
-        vec![Box::new(ControlCollector { http })],
+        vec![Box::new(ControlCollector { http, alerts })],
     )
 }
 
 #[derive(Debug)]
 struct ControlCollector {
     http: Arc<HttpMetrics>,
+    alerts: Arc<Alerter>,
 }
 
 impl Collector for ControlCollector {
@@ -106,13 +108,13 @@ impl Collector for ControlCollector {
             &mut e,
             "notifications_sent",
             "Alert notifications delivered.",
-            [(none, get(&m.notifications_sent))],
+            [(none, self.alerts.sent())],
         )?;
         encode_counter(
             &mut e,
             "notifications_failed",
             "Alert notifications that failed after every retry.",
-            [(none, get(&m.notifications_failed))],
+            [(none, self.alerts.failed())],
         )?;
         encode_gauge(
             &mut e,
@@ -144,8 +146,9 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 /// `GET /readyz`: PostgreSQL and Redis answer.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let db = sqlx::query("SELECT 1").execute(&state.pool).await.is_ok();
-    let redis = state.redis(|_, _| Ok(())).await.is_ok();
+    let svc = &state.services;
+    let db = sqlx::query("SELECT 1").execute(&svc.pool).await.is_ok();
+    let redis = svc.redis.ping().await.is_ok();
     let body = Json(serde_json::json!({"ready": db && redis, "postgres": db, "redis": redis}));
     if db && redis {
         (StatusCode::OK, body).into_response()
@@ -157,16 +160,17 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 /// `GET /metrics`: Prometheus text. The two database gauges are read
 /// first (indexed reads), then everything is encoded from memory.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let now = crate::commands::now_ms() as i64;
+    let svc = &state.services;
+    let now = svc.now_ms() as i64;
     let pending: Option<i64> = sqlx::query_scalar(
         "SELECT count(*) FROM core.ops_requests WHERE status = 'pending' AND expires_at_ms > $1",
     )
     .bind(now)
-    .fetch_one(&state.pool)
+    .fetch_one(&svc.pool)
     .await
     .ok();
     let head: Option<i64> = sqlx::query_scalar("SELECT seq FROM audit.events ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&state.pool)
+        .fetch_optional(&svc.pool)
         .await
         .ok()
         .map(|s| s.unwrap_or(0));

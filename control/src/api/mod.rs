@@ -1,6 +1,8 @@
-//! The control-plane HTTP API (axum, JSON, `/v1`). Deny by default: every
-//! handler authenticates and states the roles it admits; mutating routes are
-//! rate-limited per principal and audited.
+//! The control-plane HTTP API (axum, JSON, `/v1`): the transport over the
+//! domain modules (`ops`, `approvals`, `registry`, `audit`). Handlers
+//! authenticate (deny by default; each states the roles it admits), parse
+//! requests into typed calls, audit, and map domain errors to responses
+//! (`error`). Mutating routes are rate-limited per principal.
 
 pub mod auth;
 pub mod error;
@@ -15,14 +17,18 @@ use std::time::Instant;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::Router;
-use mlcore_config::AppConfig;
-use mlcore_contract::{ContractError, Guard, Keys, RedisConn};
-use sqlx::PgPool;
+use axum::routing::get;
+use axum::{Json, Router};
+use mlcore_config::{AppConfig, Role};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use self::auth::Principal;
 use self::error::ApiError;
+use crate::audit::NewEvent;
+use crate::services::Services;
+pub use crate::services::StartError;
 
 /// Per-principal token buckets for mutating routes.
 #[derive(Debug)]
@@ -66,89 +72,124 @@ impl Limiter {
     }
 }
 
-/// Shared state of the handlers.
+/// Shared state of the handlers: the domain's services, and what only
+/// HTTP needs (who may call, rate limits, request metrics).
 #[derive(Debug)]
 pub struct AppState {
-    /// Resolved configuration.
-    pub config: Arc<AppConfig>,
-    /// PostgreSQL.
-    pub pool: PgPool,
+    /// The domain's dependencies.
+    pub services: Arc<Services>,
     /// Callers.
     pub principals: Vec<Principal>,
-    /// Guard client.
-    pub guard: Guard,
     /// Rate limits.
     pub limiter: Limiter,
-    /// Request and notification metrics.
+    /// Request metrics.
     pub http: Arc<metrics::HttpMetrics>,
-    /// The `/metrics` registry over them.
+    /// The `/metrics` registry.
     pub exposition: mlcore_telemetry::exposition::Exposition,
-    /// Alert delivery.
-    pub notifier: crate::alerts::Notifier,
 }
 
 impl AppState {
     /// The caller of a mutating route: authenticated, holding one of
     /// `roles`, within its rate limit.
-    pub fn mutating(
-        &self,
-        headers: &axum::http::HeaderMap,
-        roles: &[mlcore_config::Role],
-    ) -> Result<Principal, ApiError> {
+    pub fn mutating(&self, headers: &axum::http::HeaderMap, roles: &[Role]) -> Result<Principal, ApiError> {
         let p = auth::authenticate(headers, &self.principals)?;
         auth::require(&p, roles)?;
         self.limiter.check(&p.name)?;
         Ok(p)
     }
 
-    /// Runs `f` on a fresh Redis connection, on the blocking pool (the
-    /// `redis` client is synchronous); every failure comes back as text.
-    pub async fn redis<T, F>(&self, f: F) -> Result<T, String>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut RedisConn, &Keys) -> Result<T, ContractError> + Send + 'static,
-    {
-        let cfg = self.config.redis.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = RedisConn::connect(&(&cfg).into()).map_err(|e| e.to_string())?;
-            f(&mut conn, &Keys::new(&cfg.namespace)).map_err(|e| e.to_string())
+    /// Audits one request of `record_type` (critical: kept 5 years).
+    /// `after` holds what changed.
+    #[allow(clippy::too_many_arguments)] // one audit row's fields
+    pub async fn record(
+        &self,
+        record_type: &str,
+        who: &str,
+        action: &str,
+        scope: &str,
+        after: serde_json::Value,
+        result: &str,
+        request_id: &str,
+    ) -> Result<(), ApiError> {
+        let e = NewEvent {
+            at_ms: self.services.now_ms(),
+            record_type: record_type.into(),
+            critical: true,
+            actor: who.into(),
+            action: action.into(),
+            scope: scope.into(),
+            before: serde_json::Value::Null,
+            after,
+            result: result.into(),
+            request_id: request_id.into(),
+        };
+        self.services.audit(e).await.map(|_| ()).map_err(|e| {
+            tracing::error!(error = %e, "audit log write failed");
+            ApiError::internal("writing the audit log")
         })
-        .await
-        .map_err(|e| format!("Redis task failed: {e}"))?
     }
 
-    /// Raises `alert` in the background: delivery is counted and logged and
-    /// never blocks or fails the request that raised it.
-    pub fn alert(self: &Arc<Self>, alert: crate::alerts::Alert) {
-        let state = Arc::clone(self);
-        tokio::spawn(async move {
-            for (_, d) in state.notifier.notify(&alert).await {
-                let counter = match d {
-                    crate::alerts::Delivery::Sent { .. } => &state.http.notifications_sent,
-                    crate::alerts::Delivery::Failed { .. } => &state.http.notifications_failed,
-                    crate::alerts::Delivery::Disabled => continue,
-                };
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        });
+    /// Audits a refused request of `record_type` and hands the error back
+    /// (or the audit failure, which is worse).
+    pub async fn refused(
+        &self,
+        record_type: &str,
+        who: &str,
+        action: &str,
+        scope: &str,
+        request_id: &str,
+        err: ApiError,
+    ) -> ApiError {
+        let result = format!("refused: {}", err.code);
+        match self
+            .record(
+                record_type,
+                who,
+                action,
+                scope,
+                serde_json::Value::Null,
+                &result,
+                request_id,
+            )
+            .await
+        {
+            Ok(()) => err,
+            Err(audit_failure) => audit_failure,
+        }
     }
 }
 
-/// The router.
+/// Every route of the API under `/v1`, each with its OpenAPI
+/// description: one list builds both the router and the document.
+fn api_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(ops::status))
+        .routes(routes!(ops::create))
+        .routes(routes!(ops::decide))
+        .routes(routes!(models::list, models::register))
+        .routes(routes!(models::activate))
+        .routes(routes!(models::reject))
+        .routes(routes!(models::release_pin))
+}
+
+/// The OpenAPI document of [`router`]'s `/v1` routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_routes().into_openapi()
+}
+
+/// The router: the `/v1` API, its document at `/openapi.json`, health,
+/// readiness and metrics.
 pub fn router(state: Arc<AppState>) -> Router {
-    let limit = state.config.control.max_body_bytes;
-    Router::new()
-        .route("/healthz", get(metrics::healthz))
+    let limit = state.services.config.control.max_body_bytes;
+    let (api, doc) = api_routes().split_for_parts();
+    let doc = Arc::new(doc);
+    api.route("/healthz", get(metrics::healthz))
         .route("/readyz", get(metrics::readyz))
         .route("/metrics", get(metrics::metrics))
-        .route("/openapi.json", get(openapi::document))
-        .route("/v1/ops", get(ops::status))
-        .route("/v1/ops/requests", post(ops::create))
-        .route("/v1/ops/requests/{id}/{verdict}", post(ops::decide))
-        .route("/v1/models", get(models::list).post(models::register))
-        .route("/v1/models/{id}/activate", post(models::activate))
-        .route("/v1/models/{id}/reject", post(models::reject))
-        .route("/v1/models/pins/{strategy}/release", post(models::release_pin))
+        .route(
+            "/openapi.json",
+            get(move || std::future::ready(Json(Arc::clone(&doc)))),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "ROUTE_NOT_FOUND", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
@@ -158,33 +199,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Why the API could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// PostgreSQL.
-    #[error(transparent)]
-    Db(#[from] crate::db::DbError),
-    /// The HTTP client for alerts.
-    #[error("alert client: {0}")]
-    Http(#[from] reqwest::Error),
-}
-
-/// Builds the state: pool (migrations must have run), principals, guard.
+/// Builds the state: the services (migrations must have run), principals,
+/// limits and metrics.
 pub async fn state(config: AppConfig) -> Result<Arc<AppState>, StartError> {
-    let pool = crate::db::connect(&config.database).await?;
-    let notifier = crate::alerts::Notifier::new(config.notifications.clone())?;
+    let services = Services::connect(config).await?;
     let http = Arc::new(metrics::HttpMetrics::default());
+    let cfg = &services.config;
     Ok(Arc::new(AppState {
-        principals: auth::principals(&config.control),
-        guard: ops::guard_for(&config),
-        limiter: Limiter::new(
-            config.control.rate_limit.per_minute,
-            config.control.rate_limit.burst,
-        ),
-        exposition: metrics::exposition(&config.metrics, Arc::clone(&http)),
+        principals: auth::principals(&cfg.control),
+        limiter: Limiter::new(cfg.control.rate_limit.per_minute, cfg.control.rate_limit.burst),
+        exposition: metrics::exposition(&cfg.metrics, Arc::clone(&http), Arc::clone(&services.alerts)),
         http,
-        notifier,
-        pool,
-        config: Arc::new(config),
+        services,
     }))
 }

@@ -15,8 +15,9 @@ use serde_json::{json, Value};
 
 use super::auth::{authenticate, require};
 use super::error::ApiError;
-use super::ops::{bad_json, new_id, record, refused, store_pending};
+use super::ops::bad_json;
 use super::AppState;
+use crate::approvals::{self, new_id};
 use crate::registry;
 
 const RECORD: &str = "model_registry";
@@ -62,10 +63,12 @@ async fn audited(
 ) -> Result<Value, ApiError> {
     match result {
         Ok(v) => {
-            record(state, RECORD, who, action, scope, v.clone(), "ok", request_id).await?;
+            state
+                .record(RECORD, who, action, scope, v.clone(), "ok", request_id)
+                .await?;
             Ok(v)
         }
-        Err(e) => Err(refused(state, RECORD, who, action, scope, request_id, e).await),
+        Err(e) => Err(state.refused(RECORD, who, action, scope, request_id, e).await),
     }
 }
 
@@ -76,7 +79,7 @@ async fn audited(
 pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let p = authenticate(&headers, &state.principals)?;
     require(&p, &[Role::Viewer, Role::Operator, Role::Approver])?;
-    registry::list(&state).await.map(Json)
+    Ok(Json(registry::list(&state.services).await?))
 }
 
 /// `POST /v1/models`: register (verify) an artifact as a candidate.
@@ -94,7 +97,9 @@ pub async fn register(
     let Json(body) = body.map_err(bad_json)?;
     let id = new_id();
     let scope = format!("{}/v{}", body.strategy, body.version);
-    let result = registry::register(&state, &p.name, &body.strategy, body.version, &id).await;
+    let result = registry::register(&state.services, &p.name, &body.strategy, body.version, &id)
+        .await
+        .map_err(ApiError::from);
     let v = audited(&state, &p.name, "register", &scope, &id, result).await?;
     Ok((StatusCode::CREATED, Json(v)))
 }
@@ -116,17 +121,21 @@ pub async fn activate(
     let id = new_id();
     let checked = async {
         let reason = reason_of(body)?;
-        let model = registry::get(&state, &model_id).await?;
-        registry::check_activatable(&state, &model).await?;
+        let model = registry::get(&state.services, &model_id).await?;
+        registry::check_activatable(&state.services, &model).await?;
         Ok::<_, ApiError>((reason, model))
     }
     .await;
     let (reason, model) = match checked {
         Ok(x) => x,
-        Err(e) => return Err(refused(&state, RECORD, &p.name, "activate", &model_id, &id, e).await),
+        Err(e) => {
+            return Err(state
+                .refused(RECORD, &p.name, "activate", &model_id, &id, e)
+                .await)
+        }
     };
-    let expires = store_pending(
-        &state,
+    let expires = approvals::store(
+        &state.services,
         &id,
         "activate",
         &model.strategy,
@@ -135,17 +144,17 @@ pub async fn activate(
         Some(&model.id),
     )
     .await?;
-    record(
-        &state,
-        RECORD,
-        &p.name,
-        "activate",
-        &model.id,
-        json!({"status": "pending", "strategy": model.strategy, "version": model.version}),
-        "pending approval",
-        &id,
-    )
-    .await?;
+    state
+        .record(
+            RECORD,
+            &p.name,
+            "activate",
+            &model.id,
+            json!({"status": "pending", "strategy": model.strategy, "version": model.version}),
+            "pending approval",
+            &id,
+        )
+        .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"id": id, "status": "pending", "model_id": model.id, "expires_at_ms": expires})),
@@ -168,7 +177,7 @@ pub async fn reject(
     let id = new_id();
     let result = async {
         let reason = reason_of(body)?;
-        registry::reject(&state, &model_id, &p.name, &reason, &id).await
+        Ok(registry::reject(&state.services, &model_id, &p.name, &reason, &id).await?)
     }
     .await;
     audited(&state, &p.name, "reject", &model_id, &id, result)
@@ -192,7 +201,7 @@ pub async fn release_pin(
     let id = new_id();
     let result = async {
         reason_of(body)?;
-        registry::release_pin(&state, &strategy, &id).await
+        Ok(registry::release_pin(&state.services, &strategy, &id).await?)
     }
     .await;
     audited(&state, &p.name, "release_pin", &strategy, &id, result)

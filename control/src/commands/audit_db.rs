@@ -87,7 +87,7 @@ pub fn serve(config_dir: &Path, env: &str, vars: &dyn EnvSource, out: &mut dyn W
     rt.block_on(async {
         let stop = stop_signal()?;
         let state = crate::api::state(cfg).await?;
-        let watched = std::sync::Arc::clone(&state);
+        let watched = std::sync::Arc::clone(&state.services);
         let monitor = tokio::spawn(async move {
             let mut watch = crate::monitor::Watch::default();
             loop {
@@ -104,7 +104,7 @@ pub fn serve(config_dir: &Path, env: &str, vars: &dyn EnvSource, out: &mut dyn W
             .with_graceful_shutdown(stop)
             .await?;
         monitor.abort();
-        state.pool.close().await;
+        state.services.pool.close().await;
         tracing::info!("control plane stopped");
         Ok::<_, anyhow::Error>(())
     })?;

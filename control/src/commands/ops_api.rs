@@ -10,18 +10,7 @@ use mlcore_config::EnvSource;
 /// Exit code when the API refused (4xx/5xx); the body is printed.
 pub const EXIT_API_REFUSED: i32 = 7;
 
-/// One API call: method, path, JSON body.
-#[derive(Debug)]
-pub struct ApiCall<'a> {
-    /// Base URL.
-    pub url: &'a str,
-    /// `GET` or `POST`.
-    pub method: &'a str,
-    /// Path under the base URL.
-    pub path: String,
-    /// JSON body, if any.
-    pub body: Option<serde_json::Value>,
-}
+pub use crate::cli::ApiCall;
 
 /// Runs `call` with the token from `$MLCORE_TOKEN` and prints the JSON answer.
 pub fn ops_api(

@@ -1,0 +1,210 @@
+//! The control plane's Redis: one asynchronous, multiplexed, reconnecting
+//! connection shared by every request (`redis`'s `ConnectionManager`; on a
+//! Cluster, the asynchronous cluster client), speaking the contract through
+//! its commands (`mlcore-contract`'s `*_cmd` and reply readers). Nothing
+//! blocks a runtime thread and no request opens a connection of its own.
+//!
+//! The link connects lazily: the control plane starts, and answers what
+//! needs only PostgreSQL, while Redis is down; requests that need Redis get
+//! an error (`503` at the API) until it is back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use mlcore_config::{RedisConfig, RedisMode};
+use mlcore_contract::guard::is_function_missing;
+use mlcore_contract::{
+    ContractError, Guard, Heartbeat, Keys, ModeChange, ModelPointer, OpsState, SetModeOutcome,
+};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, RedisFuture, Value};
+use tokio::sync::OnceCell;
+
+/// A shared asynchronous connection and the namespace's key layout.
+#[derive(Clone)]
+pub struct RedisLink {
+    conn: Conn,
+    guard: Guard,
+}
+
+impl std::fmt::Debug for RedisLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLink")
+            .field("namespace", &self.guard.keys().namespace())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(std::sync::Arc<ClusterLink>),
+}
+
+/// A Cluster connection made on first use (and again after a failed try).
+struct ClusterLink {
+    client: redis::cluster::ClusterClient,
+    conn: OnceCell<redis::cluster_async::ClusterConnection>,
+}
+
+impl RedisLink {
+    /// A link to `redis.yaml`'s Redis; connects on first use.
+    pub fn new(cfg: &RedisConfig) -> redis::RedisResult<Self> {
+        let connect = Duration::from_millis(cfg.connect_timeout_ms.max(1));
+        let command = Duration::from_millis(cfg.command_timeout_ms.max(1));
+        let conn = match cfg.mode {
+            RedisMode::Standalone => {
+                let client = redis::Client::open(cfg.url.expose())?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(connect))
+                    .set_response_timeout(Some(command))
+                    .set_number_of_retries(2);
+                Conn::Single(ConnectionManager::new_lazy_with_config(client, config)?)
+            }
+            RedisMode::Cluster => {
+                let nodes: Vec<String> = cfg
+                    .cluster_nodes
+                    .iter()
+                    .map(|n| format!("redis://{n}/"))
+                    .collect();
+                let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                    .connection_timeout(connect)
+                    .response_timeout(command)
+                    .build()?;
+                Conn::Cluster(std::sync::Arc::new(ClusterLink {
+                    client,
+                    conn: OnceCell::new(),
+                }))
+            }
+        };
+        Ok(Self {
+            conn,
+            guard: Guard::new(Keys::new(&cfg.namespace), cfg.stream_maxlen),
+        })
+    }
+
+    /// The key layout.
+    pub fn keys(&self) -> &Keys {
+        self.guard.keys()
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, ContractError> {
+        let mut conn = self.conn.clone();
+        Ok(cmd.query_async(&mut conn).await?)
+    }
+
+    /// Runs `cmd`, a guard call; if the guard is not loaded, loads it once
+    /// and runs `cmd` again.
+    async fn with_guard(&self, cmd: &Cmd) -> Result<Value, ContractError> {
+        let mut conn = self.conn.clone();
+        match cmd.query_async::<Value>(&mut conn).await {
+            Err(e) if is_function_missing(&e) => {
+                Guard::load_cmd()
+                    .query_async::<Value>(&mut conn)
+                    .await
+                    .map_err(|e| ContractError::GuardMissing {
+                        library: mlcore_contract::guard::LIBRARY,
+                        reason: e.to_string(),
+                    })?;
+                Ok(cmd.query_async(&mut conn).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// Whether Redis answers.
+    pub async fn ping(&self) -> Result<(), ContractError> {
+        self.query::<Value>(&redis::cmd("PING")).await.map(|_| ())
+    }
+
+    /// A strategy's ops state (absent or unreadable: halted).
+    pub async fn read_mode(&self, strategy: &str) -> Result<OpsState, ContractError> {
+        let fields: Vec<(String, String)> = self.query(&self.guard.read_mode_cmd(strategy)).await?;
+        Ok(OpsState::from_fields(&fields))
+    }
+
+    /// Compare-and-set of a strategy's mode through the guard.
+    pub async fn set_mode(&self, change: &ModeChange<'_>) -> Result<SetModeOutcome, ContractError> {
+        let reply = self.with_guard(&self.guard.set_mode_cmd(change)).await?;
+        Guard::set_mode_outcome(&reply)
+    }
+
+    /// Every daemon that ever sent a heartbeat, its last time, and its
+    /// heartbeat while it has not expired.
+    pub async fn heartbeats(&self) -> Result<Vec<(String, u64, Option<Heartbeat>)>, ContractError> {
+        let keys = self.keys();
+        let known: Vec<(String, u64)> = self.query(&Heartbeat::known_instances_cmd(keys)).await?;
+        let mut out = Vec::with_capacity(known.len());
+        for (instance, at) in known {
+            let fields: BTreeMap<String, String> = self.query(&Heartbeat::read_cmd(keys, &instance)).await?;
+            let hb = Heartbeat::from_fields(&instance, &fields);
+            out.push((instance, at, hb));
+        }
+        Ok(out)
+    }
+
+    /// The registry's pointer for `strategy`, if set.
+    pub async fn read_pointer(&self, strategy: &str) -> Result<Option<ModelPointer>, ContractError> {
+        let h: HashMap<String, String> = self.query(&ModelPointer::read_cmd(self.keys(), strategy)).await?;
+        ModelPointer::from_hash(self.keys(), strategy, &h)
+    }
+
+    /// Replaces the pointer and announces it. The commands go one by one
+    /// (a Cluster routes each to its slot), the announcement last.
+    pub async fn write_pointer(&self, pointer: &ModelPointer) -> Result<(), ContractError> {
+        for cmd in pointer.write_pipeline(self.keys())?.cmd_iter() {
+            self.query::<Value>(cmd).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets or clears the pin on `strategy`'s pointer.
+    pub async fn set_pinned(&self, strategy: &str, pinned: bool) -> Result<(), ContractError> {
+        self.query::<Value>(&ModelPointer::set_pinned_cmd(self.keys(), strategy, pinned))
+            .await
+            .map(|_| ())
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(link) => Box::pin(async move {
+                let mut c = link.connection().await?;
+                c.req_packed_command(cmd).await
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(link) => Box::pin(async move {
+                let mut c = link.connection().await?;
+                c.req_packed_commands(cmd, offset, count).await
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(_) => 0,
+        }
+    }
+}
+
+impl ClusterLink {
+    async fn connection(&self) -> redis::RedisResult<redis::cluster_async::ClusterConnection> {
+        self.conn
+            .get_or_try_init(|| self.client.get_async_connection())
+            .await
+            .cloned()
+    }
+}
