@@ -14,9 +14,10 @@ Time comes from Redis (`TIME`), never from the caller.
 
 local VERSION = 2
 -- What was added within a version, compatibly (2: mlcore_publish_many_v2;
--- 3: the stream entry's written_at_us). A client checks that the loaded
--- library's revision is at least its own.
-local REVISION = 3
+-- 3: the stream entry's written_at_us; 4: every key's type checked before
+-- the first write). A client checks that the loaded library's revision is
+-- at least its own.
+local REVISION = 4
 local MODES = { active = true, reduce_only = true, halted = true, flatten = true }
 local SIDES = { long = true, short = true, flat = true }
 local MAX_INT = 9007199254740992 -- 2^53: integers above lose precision in Lua
@@ -253,6 +254,39 @@ local function signal_json(args, b)
 end
 
 --[[
+Why the call's keys cannot all be written as the guard writes them, or
+nil. Redis does not roll a function back: a write that fails leaves the
+ones before it in place. So everything that could make a write fail is
+checked here, before the first one: the ops, high-water-mark and signal
+keys must be hashes (or absent), the stream key a stream (or absent), and
+the stream must have room for new IDs (`XADD *` fails only when its last
+ID is at the largest millisecond). After this, HSET, PEXPIREAT and XADD
+cannot fail, and a refused call leaves every key as it was.
+]]
+local STREAM_ID_END = '18446744073709551615-'
+local function keys_error(keys, n)
+  local call = redis.call
+  local function wrong(i, want)
+    local t = call('TYPE', keys[i])['ok']
+    if t ~= want and t ~= 'none' then
+      return 'key ' .. keys[i] .. ' holds a ' .. t .. ', not a ' .. want .. ': nothing was written'
+    end
+    return nil
+  end
+  local err = wrong(1, 'hash') or wrong(2, 'hash') or wrong(3, 'stream')
+  if err then return err end
+  for i = 4, n + 3 do
+    err = wrong(i, 'hash')
+    if err then return err end
+  end
+  local top = call('XREVRANGE', keys[3], '+', '-', 'COUNT', 1)[1]
+  if top and string.sub(top[1], 1, #STREAM_ID_END) == STREAM_ID_END then
+    return 'stream ' .. keys[3] .. ' has no stream IDs left after ' .. top[1] .. ': nothing was written'
+  end
+  return nil
+end
+
+--[[
 Publishes the validated decisions at `offsets`, in order, as if each were
 its own call, atomically: each is refused or accepted against Redis' clock,
 the mode, the high-water marks and the signals the ones before it in this
@@ -361,14 +395,16 @@ ARGV: one decision (seq, generated_at_ms, valid_until_ms, stream_maxlen,
       weight, qty, return_prob, risk_score)
 Reply: {'ok', n} | {'expired', now_ms} | {'stale', symbol, stored_seq}
      | {'halted', mode, symbol}; errors: BADINPUT <what>
-Everything is validated before the first write.
+Everything is validated before the first write: the arguments, the keys'
+layout, and the keys' types (`keys_error`), so an error never leaves a
+half-written call.
 ]]
 local function publish(keys, args)
   local n = #keys - 3
   if n >= 1 and #args ~= HEAD + PER * n then
     return bad(string.format('expected %d signal fields for %d signal keys, got %d', PER * n, n, #args - HEAD))
   end
-  local err = decision_error(args, 0, n, 0) or checked_layout_error(keys, args, 0, n)
+  local err = decision_error(args, 0, n, 0) or checked_layout_error(keys, args, 0, n) or keys_error(keys, n)
   if err then return bad(err) end
   return apply(keys, args, { 0 }, n)[1]
 end
@@ -397,6 +433,8 @@ local function publish_many(keys, args)
   end
   local err = checked_layout_error(keys, args, 1, n)
   if err then return bad('decision 1: ' .. err) end
+  err = keys_error(keys, n)
+  if err then return bad(err) end
   local replies, offsets, positions = {}, {}, {}
   for d = 1, count do
     local o = 1 + (d - 1) * size
@@ -439,6 +477,10 @@ local function set_mode(keys, args)
   if not MODES[args[2]] then return bad('mode must be active, reduce_only, halted or flatten, got ' .. tostring(args[2])) end
   for i, name in ipairs({ 'reason', 'actor', 'request_id', 'strategy', 'events_channel' }) do
     if not args[i + 2] or args[i + 2] == '' then return bad(name .. ' is missing') end
+  end
+  local t = redis.call('TYPE', keys[1])['ok']
+  if t ~= 'hash' and t ~= 'none' then
+    return bad('key ' .. keys[1] .. ' holds a ' .. t .. ', not a hash: nothing was written')
   end
   local current = tonumber(redis.call('HGET', keys[1], 'version') or '0') or 0
   if current ~= expected then return { 'conflict', current } end

@@ -23,9 +23,10 @@ pub const LIBRARY: &str = "mlcore_guard_v2";
 /// Guard version; part of every function name.
 pub const VERSION: i64 = 2;
 /// What was added to this version compatibly (2: `mlcore_publish_many_v2`;
-/// 3: `written_at_us` in every stream entry). A loaded library must answer
-/// at least this revision.
-pub const REVISION: i64 = 3;
+/// 3: `written_at_us` in every stream entry; 4: every key's type checked
+/// before the first write, so no error leaves a half-written call). A
+/// loaded library must answer at least this revision.
+pub const REVISION: i64 = 4;
 /// Most decisions folded into one guard call. More would save little (the
 /// per-decision checks dominate from about 8 on) and would hold Redis for
 /// longer in one go: about 1.2 ms at 8 on this machine.

@@ -1334,9 +1334,10 @@ fn an_older_guard_library_is_upgraded_and_only_the_calls_that_failed_are_retried
     let registration =
         "redis.register_function { function_name = 'mlcore_publish_many_v2', callback = publish_many }\n";
     assert!(mlcore_contract::guard::SOURCE.contains(registration));
-    let older = mlcore_contract::guard::SOURCE
-        .replace(registration, "")
-        .replace("local REVISION = 3", "local REVISION = 1");
+    let older = mlcore_contract::guard::SOURCE.replace(registration, "").replace(
+        &format!("local REVISION = {}", mlcore_contract::guard::REVISION),
+        "local REVISION = 1",
+    );
     let _: () = redis::cmd("FUNCTION")
         .arg("LOAD")
         .arg(&older)
@@ -1365,4 +1366,247 @@ fn an_older_guard_library_is_upgraded_and_only_the_calls_that_failed_are_retried
         .unwrap();
     assert_eq!(entries, 3);
     assert_eq!(g.read(&mut conn, S, "USDJPY").unwrap().unwrap().weight, -0.01);
+}
+
+/// Every key of strategy `S`'s namespace with its type, serialised value
+/// and expiry: what a refused call must leave exactly as it was.
+fn snapshot(conn: &mut redis::Connection, ns: &RedisNamespace) -> Vec<(String, String, Vec<u8>, i64)> {
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", ns.ns))
+        .query(conn)
+        .unwrap();
+    keys.sort();
+    keys.into_iter()
+        .map(|k| {
+            let t: String = redis::cmd("TYPE").arg(&k).query(conn).unwrap();
+            let dump: Vec<u8> = redis::cmd("DUMP").arg(&k).query(conn).unwrap();
+            let pttl: i64 = redis::cmd("PEXPIRETIME").arg(&k).query(conn).unwrap();
+            (k, t, dump, pttl)
+        })
+        .collect()
+}
+
+/// The arguments of one valid three-signal decision with sequence `seq`.
+fn decision_args(seq: u64) -> Vec<String> {
+    let vu = (now_ms() + 60_000).to_string();
+    let mut args: Vec<String> = [&seq.to_string(), "1", &vu, "100", "m1", "7", S]
+        .map(String::from)
+        .to_vec();
+    for (sym, w) in SYMBOLS.iter().zip(["0.05", "-0.03", "0"]) {
+        let side = if w.starts_with('-') {
+            "short"
+        } else if w == "0" {
+            "flat"
+        } else {
+            "long"
+        };
+        args.extend([*sym, side, w, "1000", "0.6", "0.2"].map(String::from));
+    }
+    args
+}
+
+/// A hand-made call of `function` over strategy `S`'s keys and `SYMBOLS`.
+fn three_symbol_call(g: &Guard, function: &str, args: &[String]) -> redis::Cmd {
+    let keys = g.keys().strategy(S);
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg(function)
+        .arg(3 + SYMBOLS.len())
+        .arg(&keys.ops)
+        .arg(&keys.hwm)
+        .arg(&keys.signals);
+    for s in SYMBOLS {
+        cmd.arg(keys.sig(s));
+    }
+    cmd.arg(args);
+    cmd
+}
+
+/// Redis does not roll a function back, so the guard checks everything
+/// that could make a write fail before its first write. Each key the guard
+/// touches is broken in turn (another type in its place; a stream with no
+/// IDs left), and each argument position of a call is broken in turn
+/// (empty, missing, one too many): every such call is refused with a
+/// readable error and leaves every key of the namespace — types, values,
+/// expiries — exactly as it was. (Before, a signal key holding a string
+/// failed the call after the signal hashes before it were overwritten, and
+/// a stream key of another type after the hashes and marks were written.)
+#[test]
+fn a_refused_call_leaves_every_key_exactly_as_it_was() {
+    let (server, ns, g, mut conn) = private();
+    let _ = &server;
+    Guard::load(&mut conn).unwrap();
+    set_mode(&g, &mut conn, S, OpsMode::Active);
+    let keys = g.keys().strategy(S);
+    let accepted = three_symbol_call(&g, "mlcore_publish_v2", &decision_args(10))
+        .query::<redis::Value>(&mut conn)
+        .unwrap();
+    assert!(format!("{accepted:?}").contains("ok"), "{accepted:?}");
+    let refused = |conn: &mut redis::Connection, cmd: &redis::Cmd| -> String {
+        match cmd.query::<redis::Value>(conn) {
+            Err(e) if e.code() == Some("BADINPUT") => e.detail().unwrap_or_default().to_owned(),
+            other => panic!("expected a BADINPUT refusal, got {other:?}"),
+        }
+    };
+    let many_args = |seq: u64| {
+        let mut a = vec!["2".to_owned()];
+        a.extend(decision_args(seq));
+        a.extend(decision_args(seq + 1));
+        a
+    };
+
+    // 1. Every key, of another type.
+    let mut wrong_type: Vec<String> = vec![keys.ops.clone(), keys.hwm.clone(), keys.signals.clone()];
+    wrong_type.extend(SYMBOLS.iter().map(|s| keys.sig(s)));
+    for (i, key) in wrong_type.iter().enumerate() {
+        let saved: Vec<u8> = redis::cmd("DUMP").arg(key).query(&mut conn).unwrap();
+        let _: () = redis::cmd("DEL").arg(key).query(&mut conn).unwrap();
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg("intruder")
+            .query(&mut conn)
+            .unwrap();
+        let before = snapshot(&mut conn, &ns);
+        for (function, args) in [
+            ("mlcore_publish_v2", decision_args(20 + i as u64)),
+            ("mlcore_publish_many_v2", many_args(40 + 2 * i as u64)),
+        ] {
+            let why = refused(&mut conn, &three_symbol_call(&g, function, &args));
+            assert!(
+                why.contains(key) && why.contains("holds a string"),
+                "{function}, {key}: {why}"
+            );
+            assert_eq!(
+                snapshot(&mut conn, &ns),
+                before,
+                "{function} with {key} a string changed something"
+            );
+        }
+        if i == 0 {
+            let change = ModeChange {
+                strategy: S,
+                expected_version: 1,
+                mode: OpsMode::Halted,
+                reason: "r",
+                actor: "a",
+                request_id: "q",
+            };
+            let err = g.set_mode(&mut conn, &change).unwrap_err().to_string();
+            assert!(err.contains("holds a string"), "{err}");
+            assert_eq!(snapshot(&mut conn, &ns), before, "set_mode changed something");
+        }
+        let _: () = redis::cmd("DEL").arg(key).query(&mut conn).unwrap();
+        let _: () = redis::cmd("RESTORE")
+            .arg(key)
+            .arg(0)
+            .arg(saved)
+            .query(&mut conn)
+            .unwrap();
+    }
+
+    // 2. A stream with no IDs left for `XADD *`.
+    let saved: Vec<u8> = redis::cmd("DUMP").arg(&keys.signals).query(&mut conn).unwrap();
+    let _: () = redis::cmd("DEL").arg(&keys.signals).query(&mut conn).unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&keys.signals)
+        .arg("18446744073709551615-7")
+        .arg("f")
+        .arg("v")
+        .query(&mut conn)
+        .unwrap();
+    let before = snapshot(&mut conn, &ns);
+    let why = refused(
+        &mut conn,
+        &three_symbol_call(&g, "mlcore_publish_v2", &decision_args(60)),
+    );
+    assert!(why.contains("no stream IDs left"), "{why}");
+    assert_eq!(snapshot(&mut conn, &ns), before);
+    let _: () = redis::cmd("DEL").arg(&keys.signals).query(&mut conn).unwrap();
+    let _: () = redis::cmd("RESTORE")
+        .arg(&keys.signals)
+        .arg(0)
+        .arg(saved)
+        .query(&mut conn)
+        .unwrap();
+
+    // 3. Every argument position: empty; and the call one argument short
+    //    or long.
+    let before = snapshot(&mut conn, &ns);
+    let good = decision_args(70);
+    for i in 0..good.len() {
+        let mut args = good.clone();
+        args[i] = String::new();
+        let why = refused(&mut conn, &three_symbol_call(&g, "mlcore_publish_v2", &args));
+        assert!(!why.is_empty(), "argument {i}");
+        assert_eq!(
+            snapshot(&mut conn, &ns),
+            before,
+            "argument {i} empty changed something"
+        );
+        // In a many call, a malformed decision is refused on its own
+        // (`bad_input`; the others go on, as separate calls would), unless
+        // it breaks the call's layout (strategy, symbols): then the whole
+        // call is refused and nothing changes.
+        for d in 0..2 {
+            let mut many = many_args(80);
+            many[1 + d * good.len() + i] = String::new();
+            match three_symbol_call(&g, "mlcore_publish_many_v2", &many).query::<redis::Value>(&mut conn) {
+                Err(e) => {
+                    assert_eq!(e.code(), Some("BADINPUT"), "decision {d}, argument {i}: {e}");
+                    assert_eq!(
+                        snapshot(&mut conn, &ns),
+                        before,
+                        "decision {d}, argument {i} changed something"
+                    );
+                }
+                Ok(v) => assert!(
+                    format!("{v:?}").contains("bad_input"),
+                    "decision {d}, argument {i}: {v:?}"
+                ),
+            }
+            let _: () = redis::cmd("DEL")
+                .arg(ns_keys(&mut conn, &ns))
+                .query(&mut conn)
+                .unwrap();
+            restore(&mut conn, &before);
+        }
+    }
+    let mut short = good.clone();
+    short.pop();
+    let mut long = good.clone();
+    long.push("0".into());
+    for args in [short, long] {
+        let why = refused(&mut conn, &three_symbol_call(&g, "mlcore_publish_v2", &args));
+        assert!(why.contains("signal fields"), "{why}");
+    }
+    for count in ["", "0", "3", "x"] {
+        let mut many = many_args(90);
+        many[0] = count.into();
+        refused(&mut conn, &three_symbol_call(&g, "mlcore_publish_many_v2", &many));
+    }
+    assert_eq!(
+        snapshot(&mut conn, &ns),
+        before,
+        "a refused call changed something"
+    );
+}
+
+fn ns_keys(conn: &mut redis::Connection, ns: &RedisNamespace) -> Vec<String> {
+    redis::cmd("KEYS")
+        .arg(format!("{}:*", ns.ns))
+        .query(conn)
+        .unwrap()
+}
+
+/// Puts back every key of `snapshot` as it was (the namespace emptied first).
+fn restore(conn: &mut redis::Connection, snapshot: &[(String, String, Vec<u8>, i64)]) {
+    for (k, _, dump, expire_at) in snapshot {
+        let mut cmd = redis::cmd("RESTORE");
+        cmd.arg(k)
+            .arg(if *expire_at > 0 { *expire_at } else { 0 })
+            .arg(dump.as_slice());
+        if *expire_at > 0 {
+            cmd.arg("ABSTTL");
+        }
+        let _: () = cmd.query(conn).unwrap();
+    }
 }
