@@ -18,7 +18,9 @@ use std::path::PathBuf;
 
 use mlcore_config::KeyPurpose;
 use mlcore_contract::{Heartbeat, ModelPointer};
+use mlcore_models::artifact::files::FilesError;
 use mlcore_models::artifact::rollback::RollbackGrant;
+use mlcore_models::artifact::KeyFileError;
 use mlcore_models::artifact::{
     self, ArtifactFiles, RollbackAuthorization, SecretKeyFile, TrustStore, VerifyContext,
 };
@@ -262,16 +264,22 @@ pub async fn register(
         .await
         .map_err(|_| RegistryError::Task("reading the artifact"))?
         .map_err(|e| {
+            // The server's paths stay in its log, not in the answer.
+            tracing::warn!(path = %dir.display(), error = %e, "artifact unreadable");
+            let why = match &e {
+                FilesError::Layout { reason, .. } => reason.clone(),
+                FilesError::Io { source, .. } => source.kind().to_string(),
+            };
             RegistryError::refused(
                 RegistryCode::ArtifactUnreadable,
-                format!("{}: {e}", dir.display()),
+                format!("{strategy} v{version} cannot be read: {why}"),
             )
         })?;
     let manifest_sha = files.manifest_sha256().unwrap_or_default();
     let ctx = VerifyContext::new(&trust, now_ms());
     let verified = artifact::verify(files, &ctx).map_err(|e| RegistryError::Refused {
         code: RegistryCode::VerifyFailed,
-        message: format!("{}: {e}", dir.display()),
+        message: format!("{strategy} v{version}: {e}"),
         details: json!({"reason": e.to_string()}),
     })?;
     let m = &verified.manifest;
@@ -279,10 +287,8 @@ pub async fn register(
         return Err(RegistryError::refused(
             RegistryCode::ArtifactMisplaced,
             format!(
-                "{} holds {} v{}, not {strategy} v{version}",
-                dir.display(),
-                m.strategy,
-                m.version
+                "the folder of {strategy} v{version} holds {} v{}",
+                m.strategy, m.version
             ),
         ));
     }
@@ -448,12 +454,19 @@ fn sign_rollback(
 ) -> Result<RollbackAuthorization, RegistryError> {
     let cfg = &svc.config.control.rollback_signing;
     let unusable = |why: String| {
+        tracing::error!(key_file = %cfg.key_file.display(), error = %why, "rollback signing key unusable");
         RegistryError::refused(
             RegistryCode::RollbackKeyUnusable,
-            format!("rollback signing key {}: {why}", cfg.key_file.display()),
+            format!("the rollback signing key cannot be used: {why}"),
         )
     };
-    let key = SecretKeyFile::read(&cfg.key_file).map_err(|e| unusable(e.to_string()))?;
+    let key = SecretKeyFile::read(&cfg.key_file).map_err(|e| {
+        unusable(match e {
+            KeyFileError::Io { source, .. } => source.kind().to_string(),
+            KeyFileError::Format { reason, .. } => format!("not a key file: {reason}"),
+            KeyFileError::Random(reason) => reason,
+        })
+    })?;
     let now = now_ms();
     // A key the daemons would refuse makes an authorisation that cannot work.
     TrustStore::from_config(&svc.config.trust)

@@ -922,3 +922,74 @@ fn series(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
         l.rsplit(' ').next()?.parse().ok()
     })
 }
+
+/// A NUL (or any control character) in a text field is refused with 400
+/// naming the field, before anything is stored; the refusal is audited
+/// with the character made printable (PostgreSQL cannot store a NUL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_are_refused_naming_the_field_before_anything_is_written() {
+    let f = fixture(600).await;
+    let requests = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM core.ops_requests")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let pool = f.state.services.pool.clone();
+    for (path, token, body, field) in [
+        (
+            "/v1/ops/requests",
+            OPERATOR,
+            r#"{"action":"flatten","scope":"fx_g10","reason":"a\u0000b"}"#,
+            "reason",
+        ),
+        (
+            "/v1/ops/requests",
+            OPERATOR,
+            r#"{"action":"flatten","scope":"fx\u0000g10","reason":"r"}"#,
+            "scope",
+        ),
+        (
+            "/v1/ops/requests",
+            OPERATOR,
+            r#"{"action":"fla\u0007tten","scope":"fx_g10","reason":"r"}"#,
+            "action",
+        ),
+        (
+            "/v1/models",
+            OPERATOR,
+            r#"{"strategy":"fx\u0000","version":1}"#,
+            "strategy",
+        ),
+        (
+            "/v1/models/fx_g10-v1/activate",
+            OPERATOR,
+            r#"{"reason":"\u0000"}"#,
+            "reason",
+        ),
+        ("/v1/models/fx%00g10/reject", APPROVER, r#"{"reason":"r"}"#, "id"),
+        ("/v1/ops/requests/ops%00x/approve", APPROVER, "", "id"),
+    ] {
+        let (code, body) = f.call("POST", path, Some(token), body).await;
+        assert_eq!(code, 400, "{path}: {body}");
+        assert_eq!(body["code"], "REQUEST_FIELD_INVALID", "{path}: {body}");
+        let msg = body["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(&format!("`{field}`")) && msg.contains("U+00"),
+            "{path}: {msg}"
+        );
+    }
+    assert_eq!(requests(pool.clone()).await, 0, "nothing was stored");
+    // Multi-line reasons are fine.
+    let (code, body) = f
+        .call(
+            "POST",
+            "/v1/ops/requests",
+            Some(OPERATOR),
+            r#"{"action":"flatten","scope":"fx_g10","reason":"line one\nline two\tand a tab"}"#,
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(requests(pool).await, 1);
+    f.finish().await;
+}

@@ -178,3 +178,48 @@ fn keygen_writes_a_private_key_readable_only_by_its_owner() {
         .status
         .success());
 }
+
+/// A tar that is not a flat artifact — an entry with `../`, a sub-folder —
+/// is refused with the refusal's exit code (4), like a bad signature, not
+/// treated as an error (1).
+#[test]
+fn a_tar_that_is_not_a_flat_artifact_is_refused_with_exit_code_4() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, entry) in [("escape", "../evil.onnx"), ("nested", "a/b/ai1.onnx")] {
+        let path = tmp.path().join(format!("{name}.tar"));
+        // A tar header written by hand: the `tar` crate refuses to write
+        // such names, which is the point of refusing to read them.
+        let mut header = [0u8; 512];
+        header[..entry.len()].copy_from_slice(entry.as_bytes());
+        header[100..108].copy_from_slice(b"0000644\0");
+        header[108..116].copy_from_slice(b"0000000\0");
+        header[116..124].copy_from_slice(b"0000000\0");
+        header[124..136].copy_from_slice(b"00000000004\0");
+        header[136..148].copy_from_slice(b"00000000000\0");
+        header[156] = b'0';
+        header[257..263].copy_from_slice(b"ustar\0");
+        header[263..265].copy_from_slice(b"00");
+        header[148..156].copy_from_slice(b"        ");
+        let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
+        header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        let mut bytes = header.to_vec();
+        bytes.extend_from_slice(b"evil");
+        bytes.resize(512 * 2, 0);
+        bytes.resize(512 * 4, 0);
+        std::fs::write(&path, bytes).unwrap();
+        let o = control(&[
+            "models",
+            "verify",
+            "--env",
+            "dev",
+            "--artifact",
+            path.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(4), "{name}: {}", text(&o));
+        assert!(
+            text(&o).contains("refused") && text(&o).contains("not a flat artifact file"),
+            "{name}: {}",
+            text(&o)
+        );
+    }
+}

@@ -71,7 +71,7 @@ pub fn require(p: &Principal, roles: &[Role]) -> Result<(), ApiError> {
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "AUTH_FORBIDDEN",
-            format!("{} lacks a role for this route ({roles:?})", p.name),
+            format!("{} lacks a role this route requires", p.name),
         ))
     }
 }

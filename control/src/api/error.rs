@@ -39,6 +39,38 @@ impl ApiError {
     }
 }
 
+/// Refuses a request's text field that holds a control character (NUL
+/// above all: PostgreSQL cannot store it, and no id or reason needs one):
+/// `400 REQUEST_FIELD_INVALID` naming the field, before anything is
+/// written. Multi-line fields (reasons) may hold newlines and tabs.
+pub fn text_field(field: &str, value: &str, multiline: bool) -> Result<(), ApiError> {
+    let bad = value
+        .chars()
+        .find(|c| c.is_control() && !(multiline && matches!(c, '\n' | '\t' | '\r')));
+    match bad {
+        None => Ok(()),
+        Some(c) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "REQUEST_FIELD_INVALID",
+            format!("`{field}` holds the control character U+{:04X}", u32::from(c)),
+        )),
+    }
+}
+
+/// `s` with every control character but newlines and tabs replaced, for
+/// the audit log of a refused request (whose fields are not trusted).
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() && !matches!(c, '\n' | '\t') {
+                '\u{FFFD}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"code": self.code, "message": self.message, "details": self.details});

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::{authenticate, require};
-use super::error::ApiError;
+use super::error::{text_field, ApiError};
 use super::ops::bad_json;
 use super::AppState;
 use crate::approvals::{self, new_id};
@@ -27,8 +27,10 @@ const RECORD: &str = "model_registry";
 #[serde(deny_unknown_fields)]
 pub struct RegisterBody {
     /// Strategy id.
+    #[schema(min_length = 1, max_length = 32)]
     pub strategy: String,
     /// Artifact version.
+    #[schema(minimum = 1)]
     pub version: u64,
 }
 
@@ -36,12 +38,14 @@ pub struct RegisterBody {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonBody {
-    /// Why.
+    /// Why (not blank; no control characters but newlines and tabs).
+    #[schema(min_length = 1, max_length = 2000)]
     pub reason: String,
 }
 
 fn reason_of(body: Result<Json<ReasonBody>, JsonRejection>) -> Result<String, ApiError> {
     let Json(b) = body.map_err(bad_json)?;
+    text_field("reason", &b.reason, true)?;
     if b.reason.trim().is_empty() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -84,7 +88,9 @@ pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
 
 /// `POST /v1/models`: register (verify) an artifact as a candidate.
 #[utoipa::path(post, path = "/v1/models", request_body = RegisterBody, security(("bearer" = [])),
-    responses((status = 201, description = "registered as candidate"),
+    responses(
+        (status = 400, description = "malformed JSON, or a field with a control character", body = super::openapi::ErrorBody),
+        (status = 201, description = "registered as candidate"),
         (status = 403, description = "role lacking", body = super::openapi::ErrorBody),
         (status = 409, description = "already registered", body = super::openapi::ErrorBody),
         (status = 422, description = "unknown strategy, unreadable or refused artifact", body = super::openapi::ErrorBody)))]
@@ -95,6 +101,7 @@ pub async fn register(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let p = state.mutating(&headers, &[Role::Operator])?;
     let Json(body) = body.map_err(bad_json)?;
+    text_field("strategy", &body.strategy, false)?;
     let id = new_id();
     let scope = format!("{}/v{}", body.strategy, body.version);
     let result = registry::register(&state.services, &p.name, &body.strategy, body.version, &id)
@@ -108,7 +115,9 @@ pub async fn register(
 /// than the requester decides it through `/v1/ops/requests/{id}/approve`.
 #[utoipa::path(post, path = "/v1/models/{id}/activate", request_body = ReasonBody, security(("bearer" = [])),
     params(("id" = String, Path, description = "model id")),
-    responses((status = 202, description = "activation pending approval"),
+    responses(
+        (status = 400, description = "malformed JSON, or a field with a control character", body = super::openapi::ErrorBody),
+        (status = 202, description = "activation pending approval"),
         (status = 404, description = "no such model", body = super::openapi::ErrorBody),
         (status = 409, description = "not activatable, or the strategy is pinned", body = super::openapi::ErrorBody)))]
 pub async fn activate(
@@ -118,6 +127,7 @@ pub async fn activate(
     body: Result<Json<ReasonBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let p = state.mutating(&headers, &[Role::Operator])?;
+    text_field("id", &model_id, false)?;
     let id = new_id();
     let checked = async {
         let reason = reason_of(body)?;
@@ -164,7 +174,9 @@ pub async fn activate(
 /// `POST /v1/models/{id}/reject` (approver).
 #[utoipa::path(post, path = "/v1/models/{id}/reject", request_body = ReasonBody, security(("bearer" = [])),
     params(("id" = String, Path, description = "model id")),
-    responses((status = 200, description = "rejected"),
+    responses(
+        (status = 400, description = "malformed JSON, or a field with a control character", body = super::openapi::ErrorBody),
+        (status = 200, description = "rejected"),
         (status = 404, description = "no such model", body = super::openapi::ErrorBody),
         (status = 409, description = "active, retired or already rejected", body = super::openapi::ErrorBody)))]
 pub async fn reject(
@@ -174,6 +186,7 @@ pub async fn reject(
     body: Result<Json<ReasonBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let p = state.mutating(&headers, &[Role::Approver])?;
+    text_field("id", &model_id, false)?;
     let id = new_id();
     let result = async {
         let reason = reason_of(body)?;
@@ -189,7 +202,9 @@ pub async fn reject(
 /// through again after a rollback.
 #[utoipa::path(post, path = "/v1/models/pins/{strategy}/release", request_body = ReasonBody, security(("bearer" = [])),
     params(("strategy" = String, Path, description = "strategy id")),
-    responses((status = 200, description = "released"),
+    responses(
+        (status = 400, description = "malformed JSON, or a field with a control character", body = super::openapi::ErrorBody),
+        (status = 200, description = "released"),
         (status = 409, description = "not pinned", body = super::openapi::ErrorBody)))]
 pub async fn release_pin(
     State(state): State<Arc<AppState>>,
@@ -198,6 +213,7 @@ pub async fn release_pin(
     body: Result<Json<ReasonBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let p = state.mutating(&headers, &[Role::Approver])?;
+    text_field("strategy", &strategy, false)?;
     let id = new_id();
     let result = async {
         reason_of(body)?;

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::{authenticate, require};
-use super::error::ApiError;
+use super::error::{text_field, ApiError};
 use super::AppState;
 use crate::approvals::{self, Verdict};
 use crate::ops::{self, OpsAction, Scope, StrategyStatus};
@@ -29,10 +29,13 @@ const RECORD: &str = "ops_request";
 #[serde(deny_unknown_fields)]
 pub struct OpsRequestBody {
     /// `halt | reduce_only | flatten | resume | rollback`.
+    #[schema(min_length = 1, max_length = 32)]
     pub action: String,
     /// A strategy id or `global`.
+    #[schema(min_length = 1, max_length = 64)]
     pub scope: String,
-    /// Why.
+    /// Why (not blank; no control characters but newlines and tabs).
+    #[schema(min_length = 1, max_length = 2000)]
     pub reason: String,
 }
 
@@ -61,6 +64,9 @@ fn mode_alert(state: &AppState, scope: &str, mode: OpsMode, actor: &str, reason:
 
 /// The body checked: a known action, a scope of the universe, a reason.
 fn checked(state: &AppState, body: &OpsRequestBody) -> Result<(OpsAction, Scope), ApiError> {
+    text_field("action", &body.action, false)?;
+    text_field("scope", &body.scope, false)?;
+    text_field("reason", &body.reason, true)?;
     let action: OpsAction = body
         .action
         .parse()
@@ -88,7 +94,7 @@ fn checked(state: &AppState, body: &OpsRequestBody) -> Result<(OpsAction, Scope)
     responses(
         (status = 201, description = "halt / reduce_only applied at once (operator)"),
         (status = 202, description = "flatten / resume / rollback pending approval"),
-        (status = 400, description = "malformed JSON", body = super::openapi::ErrorBody),
+        (status = 400, description = "a field with a control character", body = super::openapi::ErrorBody),
         (status = 401, description = "missing or unknown token", body = super::openapi::ErrorBody),
         (status = 403, description = "role lacking", body = super::openapi::ErrorBody),
         (status = 409, description = "compare-and-set conflict, or nothing to roll back to", body = super::openapi::ErrorBody),
@@ -191,6 +197,7 @@ async fn pending(
 #[utoipa::path(post, path = "/v1/ops/requests/{id}/{verdict}", security(("bearer" = [])),
     params(("id" = String, Path, description = "request id"), ("verdict" = String, Path, description = "approve or reject")),
     responses(
+        (status = 400, description = "a field with a control character", body = super::openapi::ErrorBody),
         (status = 200, description = "applied or rejected"),
         (status = 401, description = "missing or unknown token", body = super::openapi::ErrorBody),
         (status = 403, description = "self-approval or role lacking", body = super::openapi::ErrorBody),
@@ -204,6 +211,7 @@ pub async fn decide(
     Path((id, verdict)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let p = state.mutating(&headers, &[Role::Approver])?;
+    text_field("id", &id, false)?;
     let Ok(verdict) = verdict.parse::<Verdict>() else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use mlcore_config::EnvSource;
+use mlcore_models::artifact::files::FilesError;
 use mlcore_models::artifact::{
     self, ArtifactFiles, Manifest, RollbackAuthorization, SecretKeyFile, TrustStore, VerifyContext,
 };
@@ -72,7 +73,17 @@ pub fn models_verify(
         ),
         None => None,
     };
-    let files = ArtifactFiles::read(&args.artifact)?;
+    // An artifact that is not one (a tar with `../` or sub-folders, a
+    // special file) is a refusal like any other, with its exit code; only
+    // an artifact that cannot be read at all is an error.
+    let files = match ArtifactFiles::read(&args.artifact) {
+        Ok(f) => f,
+        Err(e @ FilesError::Layout { .. }) => {
+            writeln!(err, "refused: {e}")?;
+            return Ok(EXIT_REFUSED);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let ctx = VerifyContext {
         highest_accepted: args.highest_accepted,
         rollback: auth.as_ref(),

@@ -85,9 +85,12 @@ impl ArtifactFiles {
                 if kind.is_dir() && (name.is_empty() || !name.trim_end_matches('/').contains('/')) {
                     continue;
                 }
-                // Accept `name` or `<folder>/name`; nothing deeper, no `..`.
+                // Accept `name` or `<folder>/name`; nothing deeper, nothing
+                // absolute, no `.` or `..` anywhere.
+                let plain = |part: &str| !part.is_empty() && part != "." && part != "..";
                 let base = match name.split('/').collect::<Vec<_>>().as_slice() {
-                    [n] | [_, n] if !n.is_empty() && *n != ".." => (*n).to_owned(),
+                    [n] if plain(n) => (*n).to_owned(),
+                    [dir, n] if plain(dir) && plain(n) => (*n).to_owned(),
                     _ => return Err(layout(format!("tar entry `{name}` is not a flat artifact file"))),
                 };
                 if !kind.is_file() {
