@@ -44,6 +44,14 @@ impl Endpoint {
     pub fn is_cluster(&self) -> bool {
         !self.cluster_nodes.is_empty()
     }
+
+    /// The Cluster's seed nodes as URLs.
+    pub fn cluster_urls(&self) -> Vec<String> {
+        self.cluster_nodes
+            .iter()
+            .map(|n| format!("redis://{n}/"))
+            .collect()
+    }
 }
 
 /// `redis.yaml` as an endpoint (feature `config`).
@@ -85,12 +93,7 @@ impl RedisConn {
     pub fn connect(endpoint: &Endpoint) -> RedisResult<Self> {
         let (connect, command) = (endpoint.connect_timeout, endpoint.command_timeout);
         if endpoint.is_cluster() {
-            let nodes: Vec<String> = endpoint
-                .cluster_nodes
-                .iter()
-                .map(|n| format!("redis://{n}/"))
-                .collect();
-            let client = redis::cluster::ClusterClientBuilder::new(nodes)
+            let client = redis::cluster::ClusterClientBuilder::new(endpoint.cluster_urls())
                 .connection_timeout(connect)
                 .response_timeout(command)
                 .build()?;

@@ -9,12 +9,11 @@
 //! an error (`503` at the API) until it is back.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 
-use mlcore_config::{RedisConfig, RedisMode};
+use mlcore_config::RedisConfig;
 use mlcore_contract::guard::is_function_missing;
 use mlcore_contract::{
-    ContractError, Guard, Heartbeat, Keys, ModeChange, ModelPointer, OpsState, SetModeOutcome,
+    ContractError, Endpoint, Guard, Heartbeat, Keys, ModeChange, ModelPointer, OpsState, SetModeOutcome,
 };
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, RedisFuture, Value};
@@ -50,32 +49,24 @@ struct ClusterLink {
 impl RedisLink {
     /// A link to `redis.yaml`'s Redis; connects on first use.
     pub fn new(cfg: &RedisConfig) -> redis::RedisResult<Self> {
-        let connect = Duration::from_millis(cfg.connect_timeout_ms.max(1));
-        let command = Duration::from_millis(cfg.command_timeout_ms.max(1));
-        let conn = match cfg.mode {
-            RedisMode::Standalone => {
-                let client = redis::Client::open(cfg.url.expose())?;
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(connect))
-                    .set_response_timeout(Some(command))
-                    .set_number_of_retries(2);
-                Conn::Single(ConnectionManager::new_lazy_with_config(client, config)?)
-            }
-            RedisMode::Cluster => {
-                let nodes: Vec<String> = cfg
-                    .cluster_nodes
-                    .iter()
-                    .map(|n| format!("redis://{n}/"))
-                    .collect();
-                let client = redis::cluster::ClusterClientBuilder::new(nodes)
-                    .connection_timeout(connect)
-                    .response_timeout(command)
-                    .build()?;
-                Conn::Cluster(std::sync::Arc::new(ClusterLink {
-                    client,
-                    conn: OnceCell::new(),
-                }))
-            }
+        let endpoint = Endpoint::from(cfg);
+        let (connect, command) = (endpoint.connect_timeout, endpoint.command_timeout);
+        let conn = if endpoint.is_cluster() {
+            let client = redis::cluster::ClusterClientBuilder::new(endpoint.cluster_urls())
+                .connection_timeout(connect)
+                .response_timeout(command)
+                .build()?;
+            Conn::Cluster(std::sync::Arc::new(ClusterLink {
+                client,
+                conn: OnceCell::new(),
+            }))
+        } else {
+            let client = redis::Client::open(endpoint.url.as_str())?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(connect))
+                .set_response_timeout(Some(command))
+                .set_number_of_retries(2);
+            Conn::Single(ConnectionManager::new_lazy_with_config(client, config)?)
         };
         Ok(Self {
             conn,

@@ -180,6 +180,33 @@ fn config_root(ns: &RedisNamespace, threads: &str) -> tempfile::TempDir {
     tmp
 }
 
+/// A daemon folder (`config_root`, one shared core) in timer mode every
+/// `interval_ms` as `instance`, with a signed logistic model for `fx_g10`,
+/// the guard loaded and the strategy active.
+fn timer_root(ns: &RedisNamespace, instance: &str, interval_ms: u64) -> tempfile::TempDir {
+    let threads = "{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}";
+    let tmp = config_root(ns, threads);
+    let root = tmp.path();
+    std::fs::write(
+        root.join("configs/envs/dev/daemon.yaml"),
+        format!(
+            "instance_id: {instance}\ningress: {{listen: \"127.0.0.1:0\"}}\nthreads: {threads}\n\
+             decision: {{mode: timer, timer_interval_ms: {interval_ms}}}\n"
+        ),
+    )
+    .unwrap();
+    let key =
+        SecretKeyFile::read(&testutil::workspace_root().join("deployments/dev-keys/dev-2026.key")).unwrap();
+    testutil::logistic_artifact(&key, "fx_g10", 1, 1.0, testutil::now_ms())
+        .write(&root.join("models/fx_g10/v1"))
+        .unwrap();
+    let mut conn = testutil::redis_connection();
+    let guard = Guard::new(Keys::new(&ns.ns), 1000);
+    Guard::load(&mut conn).unwrap();
+    testutil::set_mode(&guard, &mut conn, "fx_g10", OpsMode::Active);
+    tmp
+}
+
 /// Scheduling policy and real-time priority of each of `pid`'s threads,
 /// by name (`/proc/<pid>/task/<tid>/stat` fields 41 and 40).
 fn thread_policies(pid: u32) -> Vec<(String, u32, u32)> {
@@ -267,26 +294,10 @@ fn hot_threads_run_sched_fifo_when_configured_and_permitted() {
 fn timer_mode_decides_on_the_daemons_clock_without_triggers() {
     runtime::init(&testutil::ort_library()).unwrap();
     let ns = RedisNamespace::new();
-    let threads = "{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}";
-    let tmp = config_root(&ns, threads);
+    let tmp = timer_root(&ns, "e2e-timer", 100);
     let root = tmp.path();
-    std::fs::write(
-        root.join("configs/envs/dev/daemon.yaml"),
-        format!(
-            "instance_id: e2e-timer\ningress: {{listen: \"127.0.0.1:0\"}}\nthreads: {threads}\n\
-             decision: {{mode: timer, timer_interval_ms: 100}}\n"
-        ),
-    )
-    .unwrap();
-    let key =
-        SecretKeyFile::read(&testutil::workspace_root().join("deployments/dev-keys/dev-2026.key")).unwrap();
-    testutil::logistic_artifact(&key, "fx_g10", 1, 1.0, testutil::now_ms())
-        .write(&root.join("models/fx_g10/v1"))
-        .unwrap();
     let mut conn = testutil::redis_connection();
     let guard = Guard::new(Keys::new(&ns.ns), 1000);
-    Guard::load(&mut conn).unwrap();
-    testutil::set_mode(&guard, &mut conn, "fx_g10", OpsMode::Active);
 
     let d = start_daemon(root);
     wait_ready(&d);
@@ -694,27 +705,10 @@ fn feed_to_guarded_signals_with_halt_swap_and_bad_frames() {
 #[test]
 fn sigterm_stops_the_daemon_cleanly_and_its_last_heartbeat_says_stopped() {
     let ns = RedisNamespace::new();
-    let threads = "{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}";
-    let tmp = config_root(&ns, threads);
+    let tmp = timer_root(&ns, "e2e-stop", 50);
     let root = tmp.path();
-    std::fs::write(
-        root.join("configs/envs/dev/daemon.yaml"),
-        format!(
-            "instance_id: e2e-stop\ningress: {{listen: \"127.0.0.1:0\"}}\nthreads: {threads}\n\
-             decision: {{mode: timer, timer_interval_ms: 50}}\n"
-        ),
-    )
-    .unwrap();
-    let key =
-        SecretKeyFile::read(&testutil::workspace_root().join("deployments/dev-keys/dev-2026.key")).unwrap();
-    testutil::logistic_artifact(&key, "fx_g10", 1, 1.0, testutil::now_ms())
-        .write(&root.join("models/fx_g10/v1"))
-        .unwrap();
     let mut conn = testutil::redis_connection();
     let keys = Keys::new(&ns.ns);
-    let guard = Guard::new(keys.clone(), 1000);
-    Guard::load(&mut conn).unwrap();
-    testutil::set_mode(&guard, &mut conn, "fx_g10", OpsMode::Active);
 
     let mut d = start_daemon(root);
     wait_ready(&d);

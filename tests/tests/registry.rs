@@ -30,6 +30,17 @@ impl Drop for Proc {
     }
 }
 
+/// `mlcore-control db migrate` on the test's database.
+fn migrate(config_dir: &str, dsn: &str) {
+    let status = Command::new(testutil::binary("mlcore-control"))
+        .args(["--config-dir", config_dir, "db", "migrate", "--env", "dev"])
+        .env("MLCORE_REDIS_URL", testutil::redis_url())
+        .env("MLCORE_PG_DSN", dsn)
+        .status()
+        .unwrap();
+    assert!(status.success(), "db migrate");
+}
+
 /// Starts a binary that prints one `listening ... key=ADDR` line; returns
 /// the process and the line.
 fn start(name: &str, args: &[&str], dsn: &str) -> (Proc, String) {
@@ -201,13 +212,7 @@ fn the_daemon_follows_registry_activations_and_rollbacks() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let s = setup(&rt);
     let dir = s.config_dir();
-    let status = Command::new(testutil::binary("mlcore-control"))
-        .args(["--config-dir", &dir, "db", "migrate", "--env", "dev"])
-        .env("MLCORE_REDIS_URL", testutil::redis_url())
-        .env("MLCORE_PG_DSN", &s.dsn)
-        .status()
-        .unwrap();
-    assert!(status.success(), "db migrate");
+    migrate(&dir, &s.dsn);
     s.artifact(1);
 
     // No pointer yet: the daemon serves the highest verified folder.
@@ -364,13 +369,7 @@ fn the_control_plane_stops_cleanly_on_a_signal() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let s = setup(&rt);
     let dir = s.config_dir();
-    let status = Command::new(testutil::binary("mlcore-control"))
-        .args(["--config-dir", &dir, "db", "migrate", "--env", "dev"])
-        .env("MLCORE_REDIS_URL", testutil::redis_url())
-        .env("MLCORE_PG_DSN", &s.dsn)
-        .status()
-        .unwrap();
-    assert!(status.success(), "db migrate");
+    migrate(&dir, &s.dsn);
     for signal in ["INT", "TERM"] {
         let (mut control, line) = start(
             "mlcore-control",
@@ -400,13 +399,7 @@ fn logs_are_json_lines_and_rust_log_lets_library_records_through() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let s = setup(&rt);
     let dir = s.config_dir();
-    let status = Command::new(testutil::binary("mlcore-control"))
-        .args(["--config-dir", &dir, "db", "migrate", "--env", "dev"])
-        .env("MLCORE_REDIS_URL", testutil::redis_url())
-        .env("MLCORE_PG_DSN", &s.dsn)
-        .status()
-        .unwrap();
-    assert!(status.success(), "db migrate");
+    migrate(&dir, &s.dsn);
     let log = tempfile::NamedTempFile::new().unwrap();
     let (child, line) = testutil::spawn_announcing(
         Command::new(testutil::binary("mlcore-control"))
