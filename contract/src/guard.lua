@@ -154,6 +154,9 @@ return_prob, risk_score. Signal i's fields are args[o + 6i + 2 .. o + 6i + 7],
 so its base (the index before its symbol) is o + 1 + 6i.
 ]]
 local HEAD, PER = 7, 6
+-- Most signals a call may carry: a call's symbols are unpacked into one
+-- Lua call (`HMGET`, `HSET`), which Lua bounds at a few thousand values.
+local MAX_SIGNALS = 1024
 local NEED_KEYS = 'need the ops, hwm and stream keys and at least one signal key'
 
 -- Why the keys do not fit the decision at offset o (its strategy and
@@ -260,8 +263,15 @@ ones before it in place. So everything that could make a write fail is
 checked here, before the first one: the ops, high-water-mark and signal
 keys must be hashes (or absent), the stream key a stream (or absent), and
 the stream must have room for new IDs (`XADD *` fails only when its last
-ID is at the largest millisecond). After this, HSET, PEXPIREAT and XADD
-cannot fail, and a refused call leaves every key as it was.
+generated ID is at the largest millisecond and sequence). After this,
+HSET and PEXPIREAT cannot fail. `XADD *` is checked against the newest
+entry, not the last generated ID (that one only `XINFO STREAM` gives, at
+a price paid on every call); so `apply` appends the entries first: a first
+`XADD` that fails leaves nothing behind. What remains is a stream whose
+last generated ID was set by hand (`XSETID`) to the largest millisecond
+with its newest entry deleted, and a call folding several decisions whose
+first entry takes the very last ID: its later entries fail after the
+first. That takes a deliberate `XSETID` on the stream.
 ]]
 local STREAM_ID_END = '18446744073709551615-'
 local function keys_error(keys, n)
@@ -294,12 +304,12 @@ call left. Every accepted decision gets its stream entry; the signal hashes,
 their expiry and the high-water marks are written once, for the last
 accepted decision, which is what consecutive calls would have left (no one
 can observe the state between two decisions of one call).
-The stream entries are appended last, after the hashes, each stamped with
-`written_at_us`: Redis' clock once everything else of the call is written.
-Nothing of a call is visible to anyone before the call returns (a function
-runs atomically), so the stamp is when the decision became visible, short
-only of the appends themselves — what lets a consumer, or a load test, tell
-pipeline latency from its own lag in reading.
+The stream entries are appended first, each stamped with `written_at_us`:
+Redis' clock at the write. Nothing of a call is visible to anyone before
+the call returns (a function runs atomically), so the stamp is when the
+decision became visible, short only of the call's own writes — what lets a
+consumer, or a load test, tell pipeline latency from its own lag in
+reading.
 Reply per decision: {'ok', n} | {'expired', now_ms} | {'stale', symbol,
 stored_seq} | {'halted', mode, symbol}.
 ]]
@@ -361,6 +371,17 @@ local function apply(keys, args, offsets, n)
     replies[d] = reply
   end
   if last then
+    -- The stream entries first: an `XADD *` is the one write whose failure
+    -- `keys_error` cannot rule out entirely (see there), and the first
+    -- write of a call that fails leaves nothing behind.
+    local written = now_us_string()
+    for _, e in ipairs(entries) do
+      local o = e[1]
+      call('XADD', keys[3], 'MAXLEN', '~', args[o + 4], '*',
+        'strategy', args[o + 7], 'seq', args[o + 1], 'model_id', args[o + 5], 'model_version', args[o + 6],
+        'generated_at_ms', args[o + 2], 'valid_until_ms', args[o + 3], 'n', n,
+        'signals', e[2], 'written_at_us', written)
+    end
     local s_seq, model_id, model_version = args[last + 1], args[last + 5], args[last + 6]
     local s_gen, s_valid = args[last + 2], args[last + 3]
     local marks = {}
@@ -376,14 +397,6 @@ local function apply(keys, args, offsets, n)
       marks[2 * i] = s_seq
     end
     call('HSET', keys[2], unpack(marks))
-    local written = now_us_string()
-    for _, e in ipairs(entries) do
-      local o = e[1]
-      call('XADD', keys[3], 'MAXLEN', '~', args[o + 4], '*',
-        'strategy', args[o + 7], 'seq', args[o + 1], 'model_id', args[o + 5], 'model_version', args[o + 6],
-        'generated_at_ms', args[o + 2], 'valid_until_ms', args[o + 3], 'n', n,
-        'signals', e[2], 'written_at_us', written)
-    end
   end
   return replies
 end
@@ -401,6 +414,7 @@ half-written call.
 ]]
 local function publish(keys, args)
   local n = #keys - 3
+  if n > MAX_SIGNALS then return bad('at most ' .. MAX_SIGNALS .. ' signals per call, got ' .. n) end
   if n >= 1 and #args ~= HEAD + PER * n then
     return bad(string.format('expected %d signal fields for %d signal keys, got %d', PER * n, n, #args - HEAD))
   end
@@ -424,6 +438,7 @@ symbols): nothing is written.
 ]]
 local function publish_many(keys, args)
   local count, n = int_arg(args[1]), #keys - 3
+  if n > MAX_SIGNALS then return bad('at most ' .. MAX_SIGNALS .. ' signals per call, got ' .. n) end
   if not count or count == 0 then return bad('count must be a positive integer, got ' .. tostring(args[1])) end
   if n < 1 then return bad(NEED_KEYS) end
   local size = HEAD + PER * n

@@ -69,7 +69,7 @@ pub enum ApprovalError {
     #[error("no request {0}")]
     NotFound(String),
     /// Already decided (or being applied).
-    #[error("request {id} is already {status}")]
+    #[error("request {id} is {status}")]
     Decided {
         /// Request id.
         id: String,
@@ -103,7 +103,7 @@ pub fn new_id() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     format!(
         "ops-{:x}-{:x}-{}",
-        crate::commands::now_ms(),
+        crate::services::now_ms(),
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
@@ -171,7 +171,7 @@ pub async fn claim(svc: &Services, p: &Pending, verdict: Verdict, who: &str) -> 
     if p.status != "pending" {
         return Err(ApprovalError::Decided {
             id: p.id.clone(),
-            status: p.status.clone(),
+            status: format!("already {}", p.status),
         });
     }
     let now = svc.now_ms();
@@ -204,7 +204,7 @@ pub async fn claim(svc: &Services, p: &Pending, verdict: Verdict, who: &str) -> 
     if claimed == 0 {
         return Err(ApprovalError::Decided {
             id: p.id.clone(),
-            status: "decided concurrently".into(),
+            status: "was decided concurrently".into(),
         });
     }
     Ok(())

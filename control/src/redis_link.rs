@@ -8,7 +8,7 @@
 //! needs only PostgreSQL, while Redis is down; requests that need Redis get
 //! an error (`503` at the API) until it is back.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use mlcore_config::RedisConfig;
 use mlcore_contract::guard::is_function_missing;
@@ -132,12 +132,6 @@ impl RedisLink {
             out.push((instance, at, hb));
         }
         Ok(out)
-    }
-
-    /// The registry's pointer for `strategy`, if set.
-    pub async fn read_pointer(&self, strategy: &str) -> Result<Option<ModelPointer>, ContractError> {
-        let h: HashMap<String, String> = self.query(&ModelPointer::read_cmd(self.keys(), strategy)).await?;
-        ModelPointer::from_hash(self.keys(), strategy, &h)
     }
 
     /// Replaces the pointer and announces it. The commands go one by one

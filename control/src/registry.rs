@@ -14,6 +14,7 @@
 //! written, so two activations cannot interleave; when Redis refuses, the
 //! transaction rolls back and nothing changed.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use mlcore_config::KeyPurpose;
@@ -27,7 +28,7 @@ use mlcore_models::artifact::{
 use serde_json::{json, Value};
 use sqlx::{Postgres, Row, Transaction};
 
-use crate::commands::now_ms;
+use crate::services::now_ms;
 use crate::services::Services;
 
 /// One registry row, as the API shows it.
@@ -149,6 +150,167 @@ impl RegistryError {
     }
 }
 
+/// What registering a model did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Registered {
+    /// Registry id (the manifest's `model_id`).
+    pub id: String,
+    /// Strategy.
+    pub strategy: String,
+    /// Version.
+    pub version: u64,
+    /// Always `candidate`.
+    pub status: String,
+    /// sha256 of `manifest.json`.
+    pub manifest_sha256: String,
+    /// The key that signed it.
+    pub key_id: String,
+}
+
+/// The rollback authorisation an activation carried.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct AuthorizationSummary {
+    /// The key that signed it.
+    pub key_id: String,
+    /// Not usable after this, ms since the epoch.
+    pub expires_at_ms: u64,
+}
+
+/// What an activation (or a rollback) did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Activated {
+    /// Strategy.
+    pub strategy: String,
+    /// The model now active.
+    pub model_id: String,
+    /// Its version.
+    pub version: u64,
+    /// The model it replaced.
+    pub previous: Option<String>,
+    /// Whether the strategy is now pinned (a rollback pins).
+    pub pinned: bool,
+    /// Present when the activation went back a version.
+    pub rollback_authorization: Option<AuthorizationSummary>,
+}
+
+/// What a rejection did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Rejected {
+    /// Model id.
+    pub id: String,
+    /// Always `rejected`.
+    pub status: String,
+    /// The status it had.
+    pub from: String,
+}
+
+/// What releasing a pin did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct PinReleased {
+    /// Strategy.
+    pub strategy: String,
+    /// The model that stays active.
+    pub model_id: String,
+    /// Always `false`.
+    pub pinned: bool,
+}
+
+/// Who did something to a model, and when.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Stamp {
+    /// Principal.
+    pub by: Option<String>,
+    /// ms since the epoch.
+    pub at_ms: Option<i64>,
+}
+
+/// When a model was retired.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Retired {
+    /// ms since the epoch.
+    pub at_ms: Option<i64>,
+}
+
+/// One registered model, as `GET /v1/models` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct ModelRecord {
+    /// Registry id.
+    pub id: String,
+    /// Strategy.
+    pub strategy: String,
+    /// Version.
+    pub version: Option<i64>,
+    /// `candidate | approved | active | retired | rejected`.
+    pub status: String,
+    /// Where the artifact lies on the control plane's host.
+    pub artifact_path: Option<String>,
+    /// sha256 of `manifest.json`.
+    pub manifest_sha256: Option<String>,
+    /// sha256 of every other file.
+    pub file_hashes: BTreeMap<String, String>,
+    /// The key that signed it.
+    pub key_id: Option<String>,
+    /// Evaluation metrics from the manifest.
+    pub metrics: BTreeMap<String, f64>,
+    /// When it stops serving, ms since the epoch.
+    pub expires_at_ms: Option<i64>,
+    /// Registration.
+    pub registered: Stamp,
+    /// Approval of its activation.
+    pub approved: Stamp,
+    /// Activation.
+    pub activated: Stamp,
+    /// Retirement.
+    pub retired: Retired,
+    /// Rejection.
+    pub rejected: Stamp,
+    /// Daemons that report it loaded.
+    pub loaded_by: Vec<String>,
+}
+
+/// What one daemon serves for a strategy.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct DaemonLoad {
+    /// Daemon instance.
+    pub instance: String,
+    /// `model_id@version` it serves.
+    pub loaded: Option<String>,
+    /// Whether that is the active model.
+    pub agrees: bool,
+    /// No heartbeat for longer than `heartbeat_missing_after_ms`.
+    pub silent: bool,
+}
+
+/// A strategy's pointer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct StrategyPointer {
+    /// Strategy.
+    pub strategy: String,
+    /// The active model.
+    pub active: String,
+    /// Pinned by a rollback.
+    pub pinned: bool,
+    /// Who pinned it.
+    pub pinned_by: Option<String>,
+    /// The request that set the pointer.
+    pub request_id: String,
+    /// When, ms since the epoch.
+    pub updated_at_ms: i64,
+    /// What each daemon serves.
+    pub daemons: Vec<DaemonLoad>,
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct Listing {
+    /// Every registered model.
+    pub models: Vec<ModelRecord>,
+    /// Every strategy's pointer.
+    pub strategies: Vec<StrategyPointer>,
+    /// Why the daemons' reports are missing (Redis down), if they are.
+    pub daemons_error: Option<String>,
+}
+
 fn db_err(during: &'static str) -> impl Fn(sqlx::Error) -> RegistryError {
     move |source| RegistryError::Db { during, source }
 }
@@ -167,24 +329,37 @@ fn row_of(r: &sqlx::postgres::PgRow) -> ModelRow {
     }
 }
 
-fn json_of(r: &sqlx::postgres::PgRow) -> Value {
+fn record_of(r: &sqlx::postgres::PgRow, loaded_by: Vec<String>) -> ModelRecord {
     let s = |c: &str| r.try_get::<Option<String>, _>(c).ok().flatten();
     let n = |c: &str| r.try_get::<Option<i64>, _>(c).ok().flatten();
-    let j = |c: &str| {
-        s(c).and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .unwrap_or(Value::Null)
+    let stamp = |by: &str, at: &str| Stamp {
+        by: s(by),
+        at_ms: n(at),
     };
-    json!({
-        "id": s("id"), "strategy": s("strategy"), "version": n("version"), "status": s("status"),
-        "artifact_path": s("artifact_path"), "manifest_sha256": s("manifest_sha256"),
-        "file_hashes": j("file_hashes"), "key_id": s("key_id"), "metrics": j("metrics"),
-        "expires_at_ms": n("expires_at_ms"),
-        "registered": {"by": s("registered_by"), "at_ms": n("registered_at_ms")},
-        "approved": {"by": s("approved_by"), "at_ms": n("approved_at_ms")},
-        "activated": {"by": s("activated_by"), "at_ms": n("activated_at_ms")},
-        "retired": {"at_ms": n("retired_at_ms")},
-        "rejected": {"by": s("rejected_by"), "at_ms": n("rejected_at_ms")},
-    })
+    ModelRecord {
+        id: s("id").unwrap_or_default(),
+        strategy: s("strategy").unwrap_or_default(),
+        version: n("version"),
+        status: s("status").unwrap_or_default(),
+        artifact_path: s("artifact_path"),
+        manifest_sha256: s("manifest_sha256"),
+        file_hashes: s("file_hashes")
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default(),
+        key_id: s("key_id"),
+        metrics: s("metrics")
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default(),
+        expires_at_ms: n("expires_at_ms"),
+        registered: stamp("registered_by", "registered_at_ms"),
+        approved: stamp("approved_by", "approved_at_ms"),
+        activated: stamp("activated_by", "activated_at_ms"),
+        retired: Retired {
+            at_ms: n("retired_at_ms"),
+        },
+        rejected: stamp("rejected_by", "rejected_at_ms"),
+        loaded_by,
+    }
 }
 
 async fn begin(svc: &Services) -> Result<Transaction<'static, Postgres>, RegistryError> {
@@ -244,7 +419,7 @@ pub async fn register(
     strategy: &str,
     version: u64,
     request_id: &str,
-) -> Result<Value, RegistryError> {
+) -> Result<Registered, RegistryError> {
     if svc.config.strategy(strategy).is_none() {
         return Err(RegistryError::refused(
             RegistryCode::StrategyUnknown,
@@ -326,10 +501,14 @@ pub async fn register(
     )
     .await?;
     tx.commit().await.map_err(db_err("committing"))?;
-    Ok(
-        json!({"id": m.model_id, "strategy": strategy, "version": version, "status": "candidate",
-              "manifest_sha256": manifest_sha, "key_id": verified.key_id}),
-    )
+    Ok(Registered {
+        id: m.model_id.clone(),
+        strategy: strategy.to_owned(),
+        version,
+        status: "candidate".into(),
+        manifest_sha256: manifest_sha,
+        key_id: verified.key_id.clone(),
+    })
 }
 
 /// Refuses unless `model` may be activated now (for a new request and
@@ -493,7 +672,7 @@ pub async fn activate(
     actor: &str,
     request_id: &str,
     how: Activation,
-) -> Result<Value, RegistryError> {
+) -> Result<Activated, RegistryError> {
     let mut tx = begin(svc).await?;
     // Serialise activations per strategy (the row may not exist yet).
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('mlcore.model_active.' || $1))")
@@ -605,11 +784,17 @@ pub async fn activate(
         .await
         .map_err(db_err("moving the pointer"))?;
     tx.commit().await.map_err(db_err("committing"))?;
-    Ok(json!({
-        "strategy": model.strategy, "model_id": model.id, "version": model.version,
-        "previous": current_id, "pinned": pin,
-        "rollback_authorization": pointer.rollback.as_ref().map(|a| json!({"key_id": a.key_id, "expires_at_ms": a.grant.expires_at_ms})),
-    }))
+    Ok(Activated {
+        strategy: model.strategy.clone(),
+        model_id: model.id.clone(),
+        version: model.version,
+        previous: current_id,
+        pinned: pin,
+        rollback_authorization: pointer.rollback.as_ref().map(|a| AuthorizationSummary {
+            key_id: a.key_id.clone(),
+            expires_at_ms: a.grant.expires_at_ms,
+        }),
+    })
 }
 
 /// An approver rejects a candidate or approved model.
@@ -619,7 +804,7 @@ pub async fn reject(
     who: &str,
     reason: &str,
     request_id: &str,
-) -> Result<Value, RegistryError> {
+) -> Result<Rejected, RegistryError> {
     let mut tx = begin(svc).await?;
     let status = lock_status(&mut tx, id).await?;
     if status != "candidate" && status != "approved" {
@@ -639,11 +824,19 @@ pub async fn reject(
     .map_err(db_err("rejecting"))?;
     transition(&mut tx, id, Some(&status), "rejected", who, request_id, reason).await?;
     tx.commit().await.map_err(db_err("committing"))?;
-    Ok(json!({"id": id, "status": "rejected", "from": status}))
+    Ok(Rejected {
+        id: id.to_owned(),
+        status: "rejected".into(),
+        from: status,
+    })
 }
 
 /// An approver releases a rollback pin.
-pub async fn release_pin(svc: &Services, strategy: &str, request_id: &str) -> Result<Value, RegistryError> {
+pub async fn release_pin(
+    svc: &Services,
+    strategy: &str,
+    request_id: &str,
+) -> Result<PinReleased, RegistryError> {
     let mut tx = begin(svc).await?;
     let row = sqlx::query("SELECT model_id, pinned FROM core.model_active WHERE strategy = $1 FOR UPDATE")
         .bind(strategy)
@@ -670,12 +863,16 @@ pub async fn release_pin(svc: &Services, strategy: &str, request_id: &str) -> Re
         .map_err(db_err("releasing the pin"))?;
     svc.redis.set_pinned(strategy, false).await?;
     tx.commit().await.map_err(db_err("committing"))?;
-    Ok(json!({"strategy": strategy, "model_id": model_id, "pinned": false}))
+    Ok(PinReleased {
+        strategy: strategy.to_owned(),
+        model_id,
+        pinned: false,
+    })
 }
 
 /// Every registered model with what each daemon reports as loaded, and each
 /// strategy's pointer.
-pub async fn list(svc: &Services) -> Result<Value, RegistryError> {
+pub async fn list(svc: &Services) -> Result<Listing, RegistryError> {
     let rows = sqlx::query(select("ORDER BY strategy, version"))
         .fetch_all(&svc.pool)
         .await
@@ -697,27 +894,25 @@ pub async fn list(svc: &Services) -> Result<Value, RegistryError> {
         Ok(d) => (d, None),
         Err(e) => (Vec::new(), Some(format!("Redis: {e}"))),
     };
-    let models: Vec<Value> = rows
+    let models: Vec<ModelRecord> = rows
         .iter()
         .map(|r| {
             let m = row_of(r);
             let tag = format!("{}@{}", m.id, m.version);
-            let loaded_by: Vec<&str> = daemons
+            let loaded_by = daemons
                 .iter()
                 .filter(|hb| hb.models.get(&m.strategy) == Some(&tag))
-                .map(|hb| hb.instance.as_str())
+                .map(|hb| hb.instance.clone())
                 .collect();
-            let mut v = json_of(r);
-            v["loaded_by"] = json!(loaded_by);
-            v
+            record_of(r, loaded_by)
         })
         .collect();
-    let strategies: Vec<Value> = pointers
+    let strategies: Vec<StrategyPointer> = pointers
         .iter()
         .map(|p| {
             let strategy: String = p.try_get("strategy").unwrap_or_default();
             let active: String = p.try_get("model_id").unwrap_or_default();
-            let reports: Vec<Value> = daemons
+            let reports = daemons
                 .iter()
                 .map(|hb| {
                     let loaded = hb.models.get(&strategy).cloned();
@@ -725,17 +920,28 @@ pub async fn list(svc: &Services) -> Result<Value, RegistryError> {
                         .as_deref()
                         .and_then(|l| l.rsplit_once('@'))
                         .is_some_and(|(id, _)| id == active);
-                    json!({"instance": hb.instance, "loaded": loaded, "agrees": agrees,
-                           "silent": now.saturating_sub(hb.at_ms) > missing_after})
+                    DaemonLoad {
+                        instance: hb.instance.clone(),
+                        loaded,
+                        agrees,
+                        silent: now.saturating_sub(hb.at_ms) > missing_after,
+                    }
                 })
                 .collect();
-            json!({"strategy": strategy, "active": active,
-                   "pinned": p.try_get::<bool, _>("pinned").unwrap_or(false),
-                   "pinned_by": p.try_get::<Option<String>, _>("pinned_by").ok().flatten(),
-                   "request_id": p.try_get::<String, _>("request_id").unwrap_or_default(),
-                   "updated_at_ms": p.try_get::<i64, _>("updated_at_ms").unwrap_or(0),
-                   "daemons": reports})
+            StrategyPointer {
+                pinned: p.try_get::<bool, _>("pinned").unwrap_or(false),
+                pinned_by: p.try_get::<Option<String>, _>("pinned_by").ok().flatten(),
+                request_id: p.try_get::<String, _>("request_id").unwrap_or_default(),
+                updated_at_ms: p.try_get::<i64, _>("updated_at_ms").unwrap_or(0),
+                daemons: reports,
+                strategy,
+                active,
+            }
         })
         .collect();
-    Ok(json!({"models": models, "strategies": strategies, "daemons_error": daemons_error}))
+    Ok(Listing {
+        models,
+        strategies,
+        daemons_error,
+    })
 }

@@ -60,7 +60,7 @@ impl Services {
 
     /// Milliseconds since the epoch.
     pub fn now_ms(&self) -> u64 {
-        crate::commands::now_ms()
+        now_ms()
     }
 
     /// The WORM archive's root.
@@ -72,4 +72,12 @@ impl Services {
     pub async fn audit(&self, e: NewEvent) -> Result<Event, AuditError> {
         audit::append(&self.pool, self.worm_root(), e).await
     }
+}
+
+/// Milliseconds since the epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

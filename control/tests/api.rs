@@ -980,6 +980,33 @@ async fn control_characters_are_refused_naming_the_field_before_anything_is_writ
         );
     }
     assert_eq!(requests(pool.clone()).await, 0, "nothing was stored");
+    // Each refusal is audited, the control character made printable.
+    let refusals: Vec<String> = sqlx::query_scalar(
+        "SELECT scope FROM audit.events WHERE result = 'refused: REQUEST_FIELD_INVALID' ORDER BY seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(refusals.len(), 7, "{refusals:?}");
+    assert!(refusals.contains(&"fx\u{FFFD}g10".to_owned()), "{refusals:?}");
+    // Too long is refused the same way.
+    let long = format!(
+        r#"{{"action":"flatten","scope":"fx_g10","reason":"{}"}}"#,
+        "x".repeat(2001)
+    );
+    let (code, body) = f.call("POST", "/v1/ops/requests", Some(OPERATOR), &long).await;
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (400, Some("REQUEST_FIELD_INVALID")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("longer than 2000"),
+        "{body}"
+    );
     // Multi-line reasons are fine.
     let (code, body) = f
         .call(

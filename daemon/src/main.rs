@@ -77,12 +77,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let _logging = mlcore_telemetry::logging::init(pf.config.metrics.log_level.as_str())
                 .context("setting up logging")?;
-            let running =
-                mlcore_daemon::run::start(pf.config, Some(source)).context("starting the daemon")?;
+            // Handled from before the start: a stop while models warm up
+            // is a clean stop too.
+            let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-                signal_hook::flag::register(signal, std::sync::Arc::clone(&running.shutdown))
+                signal_hook::flag::register(signal, std::sync::Arc::clone(&shutdown))
                     .context("handling SIGTERM and SIGINT")?;
             }
+            let running = mlcore_daemon::run::start(pf.config, Some(source), shutdown)
+                .context("starting the daemon")?;
             #[allow(clippy::print_stdout)] // tells scripts where to connect
             {
                 println!(

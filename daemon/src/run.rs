@@ -94,6 +94,9 @@ impl Running {
         for t in self.threads {
             let _ = t.join();
         }
+        // The side loops first: the heartbeat loop could otherwise write
+        // `ok` over `stopped`.
+        self.side.shutdown_timeout(Duration::from_secs(5));
         let hb = heartbeat(&self.observed, &self.link.instance, "stopped");
         let written = RedisConn::connect(&(&self.link.redis).into())
             .map_err(mlcore_contract::ContractError::from)
@@ -101,7 +104,6 @@ impl Running {
         if let Err(e) = written {
             tracing::warn!(error = %e, "final heartbeat not written");
         }
-        self.side.shutdown_timeout(Duration::from_secs(5));
         tracing::info!(
             decisions = hb.decisions,
             signals_accepted = hb.signals_accepted,
@@ -207,8 +209,13 @@ pub struct TrustSource {
 }
 
 /// Starts the daemon for `cfg`; with `trust_source`, `trust.yaml` is re-read
-/// every 10 s.
-pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Running, StartError> {
+/// every 10 s. Setting `shutdown` stops it (a signal handler may hold it
+/// before the daemon starts, so a stop during start-up is not lost).
+pub fn start(
+    cfg: AppConfig,
+    trust_source: Option<TrustSource>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<Running, StartError> {
     runtime::init(&cfg.storage.onnxruntime_library)?;
     let universe = Arc::new(Universe::from_config(&cfg));
     let counters = Arc::new(Counters::default());
@@ -216,7 +223,6 @@ pub fn start(cfg: AppConfig, trust_source: Option<TrustSource>) -> Result<Runnin
     let rt = threads_cfg.realtime_priority;
     let n_workers = threads_cfg.worker_cores.len().max(1);
     let hists = Histograms::new(2 + 2 * n_workers + 2);
-    let shutdown = Arc::new(AtomicBool::new(false));
     // Redis settings, key layout and instance id: the loader (pointers,
     // refusal events) and the heartbeat use the same.
     let link = RegistryLink {

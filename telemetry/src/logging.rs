@@ -57,23 +57,3 @@ pub fn init(default_level: &str) -> Result<Logging, LoggingError> {
         .map_err(|e| LoggingError::Installed(e.to_string()))?;
     Ok(Logging { _writer: guard })
 }
-
-/// Whether `directive` would be accepted by [`init`] (for config checks).
-pub fn check_level(directive: &str) -> Result<(), String> {
-    EnvFilter::builder()
-        .parse(directive)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn levels_and_per_target_directives_are_filters() {
-        assert!(check_level("info").is_ok());
-        assert!(check_level("warn,sqlx=debug,mlcore_daemon=trace").is_ok());
-        assert!(check_level("info,=[").is_err());
-    }
-}

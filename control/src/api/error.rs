@@ -39,22 +39,42 @@ impl ApiError {
     }
 }
 
+/// Longest id, scope or action a request may carry, in characters.
+pub const ID_MAX: usize = 128;
+/// Longest reason a request may carry, in characters.
+pub const REASON_MAX: usize = 2000;
+
+/// The control characters a multi-line field (a reason) may hold.
+fn layout_char(c: char) -> bool {
+    matches!(c, '\n' | '\t' | '\r')
+}
+
 /// Refuses a request's text field that holds a control character (NUL
-/// above all: PostgreSQL cannot store it, and no id or reason needs one):
-/// `400 REQUEST_FIELD_INVALID` naming the field, before anything is
-/// written. Multi-line fields (reasons) may hold newlines and tabs.
-pub fn text_field(field: &str, value: &str, multiline: bool) -> Result<(), ApiError> {
-    let bad = value
-        .chars()
-        .find(|c| c.is_control() && !(multiline && matches!(c, '\n' | '\t' | '\r')));
-    match bad {
-        None => Ok(()),
-        Some(c) => Err(ApiError::new(
+/// above all: PostgreSQL cannot store it, and no id or reason needs one)
+/// or is longer than `max` characters: `400 REQUEST_FIELD_INVALID` naming
+/// the field, before anything is written. Multi-line fields (reasons) may
+/// hold newlines and tabs.
+pub fn text_field(field: &str, value: &str, multiline: bool, max: usize) -> Result<(), ApiError> {
+    let invalid = |message: String| {
+        Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "REQUEST_FIELD_INVALID",
-            format!("`{field}` holds the control character U+{:04X}", u32::from(c)),
-        )),
+            message,
+        ))
+    };
+    if let Some(c) = value
+        .chars()
+        .find(|c| c.is_control() && !(multiline && layout_char(*c)))
+    {
+        return invalid(format!(
+            "`{field}` holds the control character U+{:04X}",
+            u32::from(c)
+        ));
     }
+    if value.chars().count() > max {
+        return invalid(format!("`{field}` is longer than {max} characters"));
+    }
+    Ok(())
 }
 
 /// `s` with every control character but newlines and tabs replaced, for
@@ -62,7 +82,7 @@ pub fn text_field(field: &str, value: &str, multiline: bool) -> Result<(), ApiEr
 pub fn printable(s: &str) -> String {
     s.chars()
         .map(|c| {
-            if c.is_control() && !matches!(c, '\n' | '\t') {
+            if c.is_control() && !layout_char(c) {
                 '\u{FFFD}'
             } else {
                 c

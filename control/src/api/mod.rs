@@ -121,7 +121,7 @@ impl AppState {
             before: serde_json::Value::Null,
             after,
             result: result.into(),
-            request_id: request_id.into(),
+            request_id: error::printable(request_id),
         };
         self.services.audit(e).await.map(|_| ()).map_err(|e| {
             tracing::error!(error = %e, "audit log write failed");

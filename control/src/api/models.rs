@@ -14,11 +14,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::{authenticate, require};
-use super::error::{text_field, ApiError};
+use super::error::{text_field, ApiError, ID_MAX, REASON_MAX};
 use super::ops::bad_json;
 use super::AppState;
 use crate::approvals::{self, new_id};
-use crate::registry;
+use crate::registry::{self, Listing, PinReleased, Registered, Rejected};
 
 const RECORD: &str = "model_registry";
 
@@ -27,7 +27,7 @@ const RECORD: &str = "model_registry";
 #[serde(deny_unknown_fields)]
 pub struct RegisterBody {
     /// Strategy id.
-    #[schema(min_length = 1, max_length = 32)]
+    #[schema(min_length = 1, max_length = 128)]
     pub strategy: String,
     /// Artifact version.
     #[schema(minimum = 1)]
@@ -45,7 +45,7 @@ pub struct ReasonBody {
 
 fn reason_of(body: Result<Json<ReasonBody>, JsonRejection>) -> Result<String, ApiError> {
     let Json(b) = body.map_err(bad_json)?;
-    text_field("reason", &b.reason, true)?;
+    text_field("reason", &b.reason, true, REASON_MAX)?;
     if b.reason.trim().is_empty() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -57,18 +57,19 @@ fn reason_of(body: Result<Json<ReasonBody>, JsonRejection>) -> Result<String, Ap
 }
 
 /// Audits a registry request's result (or its refusal) and hands it back.
-async fn audited(
+async fn audited<T: serde::Serialize>(
     state: &AppState,
     who: &str,
     action: &str,
     scope: &str,
     request_id: &str,
-    result: Result<Value, ApiError>,
-) -> Result<Value, ApiError> {
+    result: Result<T, ApiError>,
+) -> Result<T, ApiError> {
     match result {
         Ok(v) => {
+            let after = serde_json::to_value(&v).unwrap_or(Value::Null);
             state
-                .record(RECORD, who, action, scope, v.clone(), "ok", request_id)
+                .record(RECORD, who, action, scope, after, "ok", request_id)
                 .await?;
             Ok(v)
         }
@@ -78,9 +79,10 @@ async fn audited(
 
 /// `GET /v1/models`.
 #[utoipa::path(get, path = "/v1/models", security(("bearer" = [])),
-    responses((status = 200, description = "every version with status, and what each daemon reports as loaded"),
-        (status = 401, description = "missing or unknown token", body = super::openapi::ErrorBody)))]
-pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    responses((status = 200, description = "every version with status, and what each daemon reports as loaded", body = Listing),
+        (status = 401, description = "missing or unknown token", body = super::openapi::ErrorBody),
+        (status = 403, description = "role lacking", body = super::openapi::ErrorBody)))]
+pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Listing>, ApiError> {
     let p = authenticate(&headers, &state.principals)?;
     require(&p, &[Role::Viewer, Role::Operator, Role::Approver])?;
     Ok(Json(registry::list(&state.services).await?))
@@ -90,7 +92,7 @@ pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
 #[utoipa::path(post, path = "/v1/models", request_body = RegisterBody, security(("bearer" = [])),
     responses(
         (status = 400, description = "malformed JSON, or a field with a control character", body = super::openapi::ErrorBody),
-        (status = 201, description = "registered as candidate"),
+        (status = 201, description = "registered as candidate", body = Registered),
         (status = 403, description = "role lacking", body = super::openapi::ErrorBody),
         (status = 409, description = "already registered", body = super::openapi::ErrorBody),
         (status = 422, description = "unknown strategy, unreadable or refused artifact", body = super::openapi::ErrorBody)))]
@@ -98,12 +100,14 @@ pub async fn register(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Json<RegisterBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Registered>), ApiError> {
     let p = state.mutating(&headers, &[Role::Operator])?;
     let Json(body) = body.map_err(bad_json)?;
-    text_field("strategy", &body.strategy, false)?;
     let id = new_id();
     let scope = format!("{}/v{}", body.strategy, body.version);
+    if let Err(e) = text_field("strategy", &body.strategy, false, ID_MAX) {
+        return Err(state.refused(RECORD, &p.name, "register", &scope, &id, e).await);
+    }
     let result = registry::register(&state.services, &p.name, &body.strategy, body.version, &id)
         .await
         .map_err(ApiError::from);
@@ -127,8 +131,12 @@ pub async fn activate(
     body: Result<Json<ReasonBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let p = state.mutating(&headers, &[Role::Operator])?;
-    text_field("id", &model_id, false)?;
     let id = new_id();
+    if let Err(e) = text_field("id", &model_id, false, ID_MAX) {
+        return Err(state
+            .refused(RECORD, &p.name, "activate", &model_id, &id, e)
+            .await);
+    }
     let checked = async {
         let reason = reason_of(body)?;
         let model = registry::get(&state.services, &model_id).await?;
@@ -176,7 +184,7 @@ pub async fn activate(
     params(("id" = String, Path, description = "model id")),
     responses(
         (status = 400, description = "malformed JSON, or a field with a control character", body = super::openapi::ErrorBody),
-        (status = 200, description = "rejected"),
+        (status = 200, description = "rejected", body = Rejected),
         (status = 404, description = "no such model", body = super::openapi::ErrorBody),
         (status = 409, description = "active, retired or already rejected", body = super::openapi::ErrorBody)))]
 pub async fn reject(
@@ -184,10 +192,12 @@ pub async fn reject(
     headers: HeaderMap,
     Path(model_id): Path<String>,
     body: Result<Json<ReasonBody>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Rejected>, ApiError> {
     let p = state.mutating(&headers, &[Role::Approver])?;
-    text_field("id", &model_id, false)?;
     let id = new_id();
+    if let Err(e) = text_field("id", &model_id, false, ID_MAX) {
+        return Err(state.refused(RECORD, &p.name, "reject", &model_id, &id, e).await);
+    }
     let result = async {
         let reason = reason_of(body)?;
         Ok(registry::reject(&state.services, &model_id, &p.name, &reason, &id).await?)
@@ -204,17 +214,21 @@ pub async fn reject(
     params(("strategy" = String, Path, description = "strategy id")),
     responses(
         (status = 400, description = "malformed JSON, or a field with a control character", body = super::openapi::ErrorBody),
-        (status = 200, description = "released"),
+        (status = 200, description = "released", body = PinReleased),
         (status = 409, description = "not pinned", body = super::openapi::ErrorBody)))]
 pub async fn release_pin(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(strategy): Path<String>,
     body: Result<Json<ReasonBody>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PinReleased>, ApiError> {
     let p = state.mutating(&headers, &[Role::Approver])?;
-    text_field("strategy", &strategy, false)?;
     let id = new_id();
+    if let Err(e) = text_field("strategy", &strategy, false, ID_MAX) {
+        return Err(state
+            .refused(RECORD, &p.name, "release_pin", &strategy, &id, e)
+            .await);
+    }
     let result = async {
         reason_of(body)?;
         Ok(registry::release_pin(&state.services, &strategy, &id).await?)

@@ -16,10 +16,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::{authenticate, require};
-use super::error::{text_field, ApiError};
+use super::error::{text_field, ApiError, ID_MAX, REASON_MAX};
 use super::AppState;
 use crate::approvals::{self, Verdict};
 use crate::ops::{self, OpsAction, Scope, StrategyStatus};
+use crate::registry::Activation;
 
 /// Audit record type of ops requests.
 const RECORD: &str = "ops_request";
@@ -29,10 +30,10 @@ const RECORD: &str = "ops_request";
 #[serde(deny_unknown_fields)]
 pub struct OpsRequestBody {
     /// `halt | reduce_only | flatten | resume | rollback`.
-    #[schema(min_length = 1, max_length = 32)]
+    #[schema(min_length = 1, max_length = 128)]
     pub action: String,
     /// A strategy id or `global`.
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(min_length = 1, max_length = 128)]
     pub scope: String,
     /// Why (not blank; no control characters but newlines and tabs).
     #[schema(min_length = 1, max_length = 2000)]
@@ -64,9 +65,9 @@ fn mode_alert(state: &AppState, scope: &str, mode: OpsMode, actor: &str, reason:
 
 /// The body checked: a known action, a scope of the universe, a reason.
 fn checked(state: &AppState, body: &OpsRequestBody) -> Result<(OpsAction, Scope), ApiError> {
-    text_field("action", &body.action, false)?;
-    text_field("scope", &body.scope, false)?;
-    text_field("reason", &body.reason, true)?;
+    text_field("action", &body.action, false, ID_MAX)?;
+    text_field("scope", &body.scope, false, ID_MAX)?;
+    text_field("reason", &body.reason, true, REASON_MAX)?;
     let action: OpsAction = body
         .action
         .parse()
@@ -211,7 +212,10 @@ pub async fn decide(
     Path((id, verdict)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let p = state.mutating(&headers, &[Role::Approver])?;
-    text_field("id", &id, false)?;
+    if let Err(e) = text_field("id", &id, false, ID_MAX) {
+        let what = format!("{verdict} ?");
+        return Err(state.refused(RECORD, &p.name, &what, "?", &id, e).await);
+    }
     let Ok(verdict) = verdict.parse::<Verdict>() else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -260,7 +264,11 @@ pub async fn decide(
         Ok(v) => (v.clone(), "ok".to_owned()),
         Err(e) => (e.details.clone(), format!("refused: {}", e.code)),
     };
-    approvals::finish(svc, &id, result.is_ok(), &after).await?;
+    // The audit record below matters more than the request's own row: a
+    // failure here is logged, never a reason to leave the change unaudited.
+    if let Err(e) = approvals::finish(svc, &id, result.is_ok(), &after).await {
+        tracing::error!(request = %id, error = %e, "could not record how an approved request ended");
+    }
     state
         .record(
             RECORD,
@@ -293,14 +301,8 @@ async fn activate_target(
     let model = crate::registry::get(svc, model_id).await?;
     crate::registry::check_activatable(svc, &model).await?;
     crate::registry::approve(svc, &model, approver, request_id).await?;
-    Ok(crate::registry::activate(
-        svc,
-        &model,
-        actor,
-        request_id,
-        crate::registry::Activation::Normal,
-    )
-    .await?)
+    let done = crate::registry::activate(svc, &model, actor, request_id, Activation::Normal).await?;
+    Ok(json!(done))
 }
 
 /// Re-activates the previous active version of `strategy`, pinned.
@@ -312,14 +314,8 @@ async fn rollback(
 ) -> Result<Value, ApiError> {
     let svc = &state.services;
     let (_, previous) = crate::registry::rollback_target(svc, strategy).await?;
-    Ok(crate::registry::activate(
-        svc,
-        &previous,
-        actor,
-        request_id,
-        crate::registry::Activation::Rollback,
-    )
-    .await?)
+    let done = crate::registry::activate(svc, &previous, actor, request_id, Activation::Rollback).await?;
+    Ok(json!(done))
 }
 
 /// Alert for a model activation (info) or rollback (warning).

@@ -38,10 +38,4 @@ pub fn load_config(
     mlcore_config::load_for(config_dir, env, vars, process)
 }
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::services::now_ms;
