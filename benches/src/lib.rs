@@ -1,17 +1,12 @@
-//! Shared fixtures for the benchmarks and the load generator.
+//! Fixtures shared by the criterion benches (`benches/benches/`),
+//! `mlcore-guard-cost` and the load generator (`benches/loadgen/`, a crate
+//! of its own).
 //!
 //! - [`sample_model`]: a real model trained on the synthetic market (32
 //!   symbols, GBDT ai1 + logistic ai2), signed with a throwaway key and
 //!   verified; cached under the target dir so repeated runs skip training.
 //! - [`Percentiles`]: p50/p99/p99.9 of per-iteration timings, printed next to
 //!   criterion's figures (criterion reports means and medians, not tails).
-//! - [`baseline`]: one decision published through the guard by a plain
-//!   client, as one call and as 32 pipelined single-signal calls.
-//! - [`redis_stats`]: Redis' time in guard calls from `INFO commandstats`.
-//! - [`matching`]: the daemon's stream entries matched to the load
-//!   generator's triggers (trigger → `written_at_us`, trigger → read).
-//! - [`swaps`]: whether memory and latency stay flat across a swap phase
-//!   (window by window, and its two halves compared).
 //!
 //! What the machine does meanwhile (stalls, steal time, bursts, idle
 //! settings) is `mlcore-host`'s: the load generator records it beside its
@@ -31,11 +26,6 @@ use mlcore_models::runtime;
 use mlcore_research::synth;
 use mlcore_research::train::{self, GbdtParams, TrainSpec};
 use mlcore_testkit as testutil;
-
-pub mod baseline;
-pub mod matching;
-pub mod redis_stats;
-pub mod swaps;
 
 /// Symbols in the sample universe.
 pub const SYMBOLS: usize = 32;

@@ -11,7 +11,7 @@
 //! eight points, and prints per window the swaps, the memory and the
 //! latency of the decisions triggered in it, then whether memory and
 //! latency stayed flat from the first half of the swaps to the second
-//! ([`mlcore_benches::swaps`]; the issue asks it across 1,000 swaps:
+//! ([`crate::swaps`]; the issue asks it across 1,000 swaps:
 //! `--seconds 45 --swap-every-ms 40`). For each phase
 //! it reports throughput, decisions dropped, the daemon's trigger →
 //! acknowledged-by-Redis histogram (µs buckets from `/metrics`, differenced
@@ -28,20 +28,20 @@
 //! one decision's 32 guarded publishes pipelined (single-signal calls, as
 //! the issue words the p99 target's baseline) and the same 32 signals as
 //! the one guard call the daemon sends (a stricter bound, printed beside
-//! the verdict; [`mlcore_benches::baseline`]), and the bare ONNX Runtime
+//! the verdict; [`crate::baseline`]), and the bare ONNX Runtime
 //! time of one decision on feature rows of the quotes it sends. Before the
 //! verdicts it says whether the host took more than 1 % of a core during
 //! the baselines or a phase ([`mlcore_host::steal::QUIET_STEAL_PCT`]):
 //! then the run measured the host as much as the daemon.
 //! Beside them, what explains a tail the daemon does not cause: before the
 //! load, how much a spinning thread on each core loses to stalls (the
-//! machine's noise, [`mlcore_benches::stalls`]) and whether its idle cores
-//! halt at once ([`mlcore_daemon::idle`]); per phase, Redis' own time
+//! machine's noise, [`mlcore_host::stalls`]) and whether its idle cores
+//! halt at once ([`mlcore_host::idle`]); per phase, Redis' own time
 //! in guard calls and the share of its core they took
-//! ([`mlcore_benches::redis_stats`]), what the host took from each core
-//! (steal time, [`mlcore_benches::steal`]), and whether the decisions
+//! ([`crate::redis_stats`]), what the host took from each core
+//! (steal time, [`mlcore_host::steal`]), and whether the decisions
 //! slower than the p99 target's bound were scattered or came in bursts
-//! ([`mlcore_benches::bursts`]). `--latencies-out FILE` writes every
+//! ([`mlcore_host::bursts`]). `--latencies-out FILE` writes every
 //! decision's trigger time and latency as CSV, to plot.
 //!
 //! `mlcore-loadgen --env dev --addr 127.0.0.1:7401 --http 127.0.0.1:9464 --rate 500 --seconds 10`
@@ -56,12 +56,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod baseline;
+mod matching;
+mod redis_stats;
+mod swaps;
+
 use anyhow::Context;
+use baseline::{Bounds, PublishBaseline};
 use clap::Parser;
-use mlcore_benches::baseline::{Bounds, PublishBaseline};
-use mlcore_benches::matching::{Matched, Matcher, Trigger};
-use mlcore_benches::redis_stats::{self, CommandStats};
-use mlcore_benches::swaps::{self, Flatness, Reading};
+use matching::{Matched, Matcher, Trigger};
 use mlcore_benches::Percentiles;
 use mlcore_config::{self as config, ProcessEnv};
 use mlcore_daemon::wire::{encode, Frame};
@@ -70,6 +73,8 @@ use mlcore_host::{stalls, steal};
 use mlcore_market::Quote;
 use mlcore_models::artifact::{self, ArtifactFiles, Manifest, SecretKeyFile};
 use mlcore_research::synth::{Generator, SynthSpec};
+use redis_stats::CommandStats;
+use swaps::{Flatness, Reading};
 
 /// Drives a running mlcore-daemon over TCP at a set rate, reads its
 /// signals back from Redis, and judges the latency, throughput and swap

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use crate::Percentiles;
+use mlcore_benches::Percentiles;
 use mlcore_contract::{Guard, Keys, ModeChange, OpsMode, PublishOutcome, Side, Signal, SignalBatch};
 
 /// Publishes one decision's signals for one strategy under a namespace of

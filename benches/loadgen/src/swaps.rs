@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use crate::Percentiles;
+use mlcore_benches::Percentiles;
 use mlcore_host::bursts::Sample;
 
 /// Resident memory the second half of the swaps may add: a leak of 2 KiB
