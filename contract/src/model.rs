@@ -207,11 +207,19 @@ pub struct RollbackGrant {
     pub model_id: String,
     /// Exact version allowed back.
     pub version: u64,
+    /// sha256 of that version's `manifest.json`: the very artifact.
+    pub manifest_sha256: String,
+    /// The version it goes back from: a daemon running anything else (a
+    /// later activation happened) refuses the authorisation.
+    pub from_version: u64,
+    /// sha256 of the `manifest.json` it goes back from.
+    pub from_manifest_sha256: String,
     /// When issued, ms since the epoch.
     pub issued_at_ms: u64,
     /// Not usable after this, ms since the epoch.
     pub expires_at_ms: u64,
-    /// Control-plane request that approved it.
+    /// Control-plane request that approved it: the authorisation's id; a
+    /// daemon uses each one once.
     pub request_id: String,
 }
 

@@ -626,9 +626,12 @@ pub enum Activation {
     Rollback,
 }
 
+/// Signs the authorisation for going back from `from` (what is active) to
+/// `model`: that transition and no other, usable once.
 fn sign_rollback(
     svc: &Services,
     model: &ModelRow,
+    from: &ModelRow,
     request_id: &str,
 ) -> Result<RollbackAuthorization, RegistryError> {
     let cfg = &svc.config.control.rollback_signing;
@@ -656,6 +659,9 @@ fn sign_rollback(
         strategy: model.strategy.clone(),
         model_id: model.id.clone(),
         version: model.version,
+        manifest_sha256: model.manifest_sha256.clone(),
+        from_version: from.version,
+        from_manifest_sha256: from.manifest_sha256.clone(),
         issued_at_ms: now,
         expires_at_ms: now + cfg.authorization_ttl_s * 1000,
         request_id: request_id.to_owned(),
@@ -719,7 +725,17 @@ pub async fn activate(
     .flatten();
     let going_back = highest.is_some_and(|h| model.version as i64 <= h);
     let rollback = if going_back {
-        Some(sign_rollback(svc, model, request_id)?)
+        // Bound to the transition from what is active now.
+        let from = match current_id.as_deref() {
+            Some(id) => get(svc, id).await?,
+            None => {
+                return Err(RegistryError::refused(
+                    RegistryCode::RollbackNothingActive,
+                    format!("{} has no active model to go back from", model.strategy),
+                ))
+            }
+        };
+        Some(sign_rollback(svc, model, &from, request_id)?)
     } else {
         None
     };

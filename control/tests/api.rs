@@ -748,9 +748,16 @@ async fn registry_register_activate_rollback_pin_and_release() {
         "fx_g10",
         "fx_g10-v1",
         1,
+        &p.manifest_sha256,
         mlcore_control::commands::now_ms(),
     )
     .unwrap();
+    // Bound to the transition it allows: from v2, to exactly v1's manifest.
+    assert_eq!(
+        (auth.grant.from_version, auth.grant.manifest_sha256.as_str()),
+        (2, p.manifest_sha256.as_str())
+    );
+    assert_eq!(auth.grant.from_manifest_sha256.len(), 64);
 
     // Pinned: no activation until an approver releases the pin.
     f.call("POST", "/v1/models", Some(OPERATOR), &register(3)).await;

@@ -56,6 +56,11 @@ pub struct Accepted {
     /// exact artifact may load again, whatever its version (it was verified,
     /// with its authorisation, when it was accepted).
     pub last_manifest_sha256: String,
+    /// Ids (`request_id`) of the rollback authorisations this daemon has
+    /// used: each goes back once, so a captured pointer written again is
+    /// refused. (Absent in files written before this was kept.)
+    #[serde(default)]
+    pub used_rollbacks: BTreeSet<String>,
 }
 
 /// Why the loader could not start.
@@ -100,8 +105,10 @@ pub struct Loader {
     /// What is serving.
     pub active: Arc<ActiveModels>,
     accepted: BTreeMap<String, Accepted>,
-    /// Refused `(folder, manifest sha256 the pointer named)`, not retried.
-    refused: BTreeSet<(PathBuf, String)>,
+    /// Refused `(folder, manifest sha256 the pointer named, rollback
+    /// authorisation id)`, not retried: another authorisation for the same
+    /// artifact (a fresh one after an expired one) is tried.
+    refused: BTreeSet<(PathBuf, String, Option<String>)>,
     link: Option<RegistryLink>,
     conn: Option<RedisConn>,
     /// Strategies that have followed a registry pointer.
@@ -262,7 +269,11 @@ impl Loader {
         for (idx, id, n_symbols) in strategies {
             // Highest first; lower ones are tried only when a higher one is refused.
             for w in self.wanted(&id) {
-                let key = (w.dir.clone(), w.manifest_sha256.clone().unwrap_or_default());
+                let key = (
+                    w.dir.clone(),
+                    w.manifest_sha256.clone().unwrap_or_default(),
+                    w.rollback.as_ref().map(|a| a.grant.request_id.clone()),
+                );
                 if self.refused.contains(&key) {
                     continue;
                 }
@@ -322,6 +333,31 @@ impl Loader {
         };
         let verified = artifact::verify(files, &ctx).map_err(|e| e.to_string())?;
         let m = &verified.manifest;
+        // Going back (at or below the floor): the authorisation verified
+        // above must be for going back from what this daemon runs, and
+        // unused. A later activation, or a replay of a captured pointer,
+        // finds either another `from` or a used id.
+        let rollback_used = match (highest, w.rollback.as_ref()) {
+            (Some(floor), Some(auth)) if m.version <= floor => {
+                let g = &auth.grant;
+                let (runs, runs_sha) =
+                    accepted.map_or((0, ""), |a| (a.last_version, a.last_manifest_sha256.as_str()));
+                if g.from_version != runs || g.from_manifest_sha256 != runs_sha {
+                    return Err(format!(
+                        "rollback authorisation {} is for going back from v{}, and this daemon runs v{runs}: a later activation replaced it",
+                        g.request_id, g.from_version
+                    ));
+                }
+                if accepted.is_some_and(|a| a.used_rollbacks.contains(&g.request_id)) {
+                    return Err(format!(
+                        "rollback authorisation {} was already used: each goes back once",
+                        g.request_id
+                    ));
+                }
+                Some(g.request_id.clone())
+            }
+            _ => None,
+        };
         if m.strategy != id || m.version != w.version {
             return Err(format!(
                 "artifact is {} v{}, expected {id} v{}",
@@ -361,16 +397,17 @@ impl Loader {
         let mut active = (**self.active.load()).clone();
         active.insert(id.to_owned(), Arc::clone(&meta));
         self.active.store(Arc::new(active));
-        let highest = self
-            .accepted
-            .get(id)
-            .map_or(m.version, |a| a.highest.max(m.version));
+        let previous = self.accepted.get(id);
+        let highest = previous.map_or(m.version, |a| a.highest.max(m.version));
+        let mut used_rollbacks = previous.map(|a| a.used_rollbacks.clone()).unwrap_or_default();
+        used_rollbacks.extend(rollback_used);
         self.accepted.insert(
             id.to_owned(),
             Accepted {
                 highest,
                 last_version: m.version,
                 last_manifest_sha256: manifest_sha,
+                used_rollbacks,
             },
         );
         self.persist();

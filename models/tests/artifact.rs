@@ -258,10 +258,14 @@ fn rollback_needs_an_authorisation_naming_exactly_that_model_and_version() {
     let same = artifact::verify(f.files.clone(), &ctx).unwrap_err();
     assert!(matches!(same, VerifyError::Rollback { version: 5, .. }));
 
+    let old_sha = old.manifest_sha256().unwrap();
     let grant = |version: u64, expires: u64| RollbackGrant {
         strategy: "fx_g10".into(),
         model_id: "fx_g10-v3".into(),
         version,
+        manifest_sha256: old_sha.clone(),
+        from_version: 5,
+        from_manifest_sha256: "ab".repeat(32),
         issued_at_ms: NOW - 10,
         expires_at_ms: expires,
         request_id: "req-9".into(),
@@ -280,8 +284,11 @@ fn rollback_needs_an_authorisation_naming_exactly_that_model_and_version() {
     let expired = rollback::sign(grant(3, NOW), &f.key).unwrap();
     let mut forged = good.clone();
     forged.grant.version = 2;
+    let mut other_manifest = grant(3, NOW + 60_000);
+    other_manifest.manifest_sha256 = "cd".repeat(32);
+    let other_manifest = rollback::sign(other_manifest, &f.key).unwrap();
     let stranger = rollback::sign(grant(3, NOW + 60_000), &SecretKeyFile::generate("x").unwrap()).unwrap();
-    for auth in [wrong_version, expired, forged, stranger] {
+    for auth in [wrong_version, expired, forged, other_manifest, stranger] {
         let err = artifact::verify(
             old.clone(),
             &VerifyContext {

@@ -76,6 +76,9 @@ fn a_rollback_grant_is_signed_over_its_jcs_bytes() {
         strategy: "fx_g10".into(),
         model_id: "fx_g10-v2".into(),
         version: 2,
+        manifest_sha256: "12".repeat(32),
+        from_version: 3,
+        from_manifest_sha256: "34".repeat(32),
         issued_at_ms: 1_767_225_600_000,
         expires_at_ms: 1_767_225_900_000,
         request_id: "ops-1".into(),
@@ -83,7 +86,12 @@ fn a_rollback_grant_is_signed_over_its_jcs_bytes() {
     let bytes = String::from_utf8(rollback::canonical_bytes(&grant).unwrap()).unwrap();
     assert_eq!(
         bytes,
-        r#"{"expires_at_ms":1767225900000,"issued_at_ms":1767225600000,"model_id":"fx_g10-v2","request_id":"ops-1","strategy":"fx_g10","version":2}"#
+        concat!(
+            r#"{"expires_at_ms":1767225900000,"from_manifest_sha256":"3434343434343434343434343434343434343434343434343434343434343434","#,
+            r#""from_version":3,"issued_at_ms":1767225600000,"#,
+            r#""manifest_sha256":"1212121212121212121212121212121212121212121212121212121212121212","#,
+            r#""model_id":"fx_g10-v2","request_id":"ops-1","strategy":"fx_g10","version":2}"#
+        )
     );
 }
 

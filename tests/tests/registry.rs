@@ -249,6 +249,13 @@ fn the_daemon_follows_registry_activations_and_rollbacks() {
     assert_eq!(code, 202, "{json}");
     approve(&api, json["id"].as_str().unwrap());
     s.wait_loaded("fx_g10-v1@1");
+    // What an attacker with write access to Redis could capture: the
+    // rollback pointer with its signed authorisation.
+    let keys = Keys::new(&s.ns.ns);
+    let captured = ModelPointer::read(&mut testutil::redis_connection(), &keys, "fx_g10")
+        .unwrap()
+        .unwrap();
+    assert!(captured.rollback.is_some());
     let (_, list) = call(&api, "GET", "/v1/models", OPERATOR, "");
     let v1 = list["models"]
         .as_array()
@@ -292,12 +299,71 @@ fn the_daemon_follows_registry_activations_and_rollbacks() {
         r#"{"reason":"fixed"}"#,
     );
     assert_eq!(code, 200, "{json}");
+    // v2 again (at or below the highest version ever active, so with an
+    // authorisation from v1), then the captured v2 → v1 pointer replayed:
+    // it goes back from what runs, but it was used already. Refused.
+    activate(&api, "fx_g10-v2");
+    s.wait_loaded("fx_g10-v2@2");
+    let refused_before = s.refused();
+    captured.write(&mut testutil::redis_connection(), &keys).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || s.refused() > refused_before),
+        "a used rollback authorisation was accepted again"
+    );
+    assert_eq!(s.loaded().as_deref(), Some("fx_g10-v2@2"));
     register(3);
     activate(&api, "fx_g10-v3");
     s.wait_loaded("fx_g10-v3@3");
 
+    // The captured rollback pointer written back after v3 was activated:
+    // refused above already (this daemon remembers the refusal and does
+    // not retry it), and v3 keeps serving.
+    captured.write(&mut testutil::redis_connection(), &keys).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        s.loaded().as_deref(),
+        Some("fx_g10-v3@3"),
+        "a replayed rollback moved the daemon back"
+    );
+    // The same transition (v2 → v1), freshly signed with the rollback key
+    // and never used: refused all the same, since the daemon no longer
+    // runs v2 — an authorisation is bound to where it goes back from. (A
+    // fresh folder, so the daemon does not skip it as refused before.)
+    let key =
+        SecretKeyFile::read(&testutil::workspace_root().join("deployments/dev-keys/dev-2026.key")).unwrap();
+    let mut fresh = captured.clone();
+    let mut grant = captured.rollback.clone().unwrap().grant;
+    grant.request_id = "ops-never-used".into();
+    grant.issued_at_ms = testutil::now_ms();
+    grant.expires_at_ms = testutil::now_ms() + 600_000;
+    fresh.rollback = Some(mlcore_models::artifact::rollback::sign(grant, &key).unwrap());
+    let refused_before = s.refused();
+    fresh.write(&mut testutil::redis_connection(), &keys).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || s.refused() > refused_before),
+        "a rollback from a version the daemon does not run was not refused"
+    );
+    assert_eq!(s.loaded().as_deref(), Some("fx_g10-v3@3"));
+    // The registry's pointer goes back to v3 for the rest of the test.
+    let mut current = captured.clone();
+    (
+        current.model_id,
+        current.version,
+        current.rollback,
+        current.pinned,
+    ) = ("fx_g10-v3".into(), 3, None, false);
+    let (_, list) = call(&api, "GET", "/v1/models", OPERATOR, "");
+    current.manifest_sha256 = list["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "fx_g10-v3")
+        .and_then(|m| m["manifest_sha256"].as_str())
+        .unwrap()
+        .to_owned();
+    current.write(&mut testutil::redis_connection(), &keys).unwrap();
+
     // A pointer whose manifest does not match is refused, announced, and v3 keeps serving.
-    let keys = Keys::new(&s.ns.ns);
     let mut sub = testutil::redis_connection();
     let mut pubsub = sub.as_pubsub();
     pubsub.subscribe(keys.events()).unwrap();

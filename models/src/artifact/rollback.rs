@@ -28,13 +28,17 @@ pub fn sign(grant: RollbackGrant, key: &SecretKeyFile) -> Result<RollbackAuthori
     })
 }
 
-/// Checks that `auth` allows exactly `(strategy, model_id, version)` at `now_ms`.
+/// Checks that `auth` is signed by a key trusted for rollbacks and allows
+/// exactly `(strategy, model_id, version)` with that `manifest_sha256` at
+/// `now_ms`. Where it goes back from (`grant.from_version`) and whether it
+/// was used before is the consumer's to check: only it knows what it runs.
 pub fn check(
     auth: &RollbackAuthorization,
     trust: &TrustStore,
     strategy: &str,
     model_id: &str,
     version: u64,
+    manifest_sha256: &str,
     now_ms: u64,
 ) -> Result<(), String> {
     let key = trust
@@ -51,6 +55,12 @@ pub fn check(
         return Err(format!(
             "it authorises {}/{} v{}, not {strategy}/{model_id} v{version}",
             g.strategy, g.model_id, g.version
+        ));
+    }
+    if g.manifest_sha256 != manifest_sha256 {
+        return Err(format!(
+            "it authorises the manifest {}, this artifact's is {manifest_sha256}",
+            g.manifest_sha256
         ));
     }
     if now_ms >= g.expires_at_ms {

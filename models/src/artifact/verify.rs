@@ -126,6 +126,7 @@ struct SignatureFile {
 
 /// Verifies `files` as an artifact.
 pub fn verify(files: ArtifactFiles, ctx: &VerifyContext<'_>) -> Result<VerifiedArtifact, VerifyError> {
+    let manifest_sha256 = files.manifest_sha256().unwrap_or_default();
     let manifest_bytes = files
         .get(MANIFEST)
         .ok_or_else(|| VerifyError::Malformed(format!("{MANIFEST} is missing")))?;
@@ -236,6 +237,7 @@ pub fn verify(files: ArtifactFiles, ctx: &VerifyContext<'_>) -> Result<VerifiedA
                     &manifest.strategy,
                     &manifest.model_id,
                     manifest.version,
+                    &manifest_sha256,
                     ctx.now_ms,
                 ) {
                     Ok(()) => String::new(),
