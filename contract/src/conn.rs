@@ -124,6 +124,12 @@ impl PackedCommands {
         self.ends.clear();
     }
 
+    /// Makes room for `bytes` more bytes in `commands` more commands.
+    pub fn reserve(&mut self, bytes: usize, commands: usize) {
+        self.bytes.reserve(bytes);
+        self.ends.reserve(commands);
+    }
+
     /// The commands as they go on the wire.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes

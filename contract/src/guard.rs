@@ -201,6 +201,7 @@ impl Guard {
     /// place — numbers as `Display` prints them, keys from their parts — so
     /// a reused `cmd` allocates nothing once it has grown.
     fn fill_publish_cmd(&self, cmd: &mut redis::Cmd, keys: &StrategyKeys, group: &[SignalBatch]) {
+        // `call_bound` must follow every argument written here.
         cmd.clear();
         let Some(first) = group.first() else { return };
         let many = group.len() > 1;
@@ -314,6 +315,22 @@ impl Guard {
         }
         group_calls(batches, &mut bufs.groups);
         bufs.packed.clear();
+        // Room for the largest these calls can encode to, whatever their
+        // numbers print as: buffers grow when the shape of the calls
+        // changes, never because a float printed longer than before.
+        let (mut packed_bytes, mut widest) = (0, (0, 0));
+        for g in &bufs.groups {
+            let group = &batches[g.clone()];
+            let k = strategy_keys(&mut bufs.keys, &self.keys, &group[0].strategy);
+            let (args, data) = call_bound(&bufs.keys[k], group);
+            packed_bytes += data + args * ARG_FRAMING + ARG_FRAMING;
+            widest = (widest.0.max(args), widest.1.max(data));
+        }
+        bufs.packed.reserve(packed_bytes, bufs.groups.len());
+        if widest.0 > bufs.cmd_room.0 || widest.1 > bufs.cmd_room.1 {
+            bufs.cmd = redis::Cmd::with_capacity(widest.0, widest.1);
+            bufs.cmd_room = widest;
+        }
         for g in &bufs.groups {
             let group = &batches[g.clone()];
             let k = strategy_keys(&mut bufs.keys, &self.keys, &group[0].strategy);
@@ -424,12 +441,70 @@ impl Guard {
     }
 }
 
+/// The most bytes an integer argument takes (`u64::MAX` has 20 digits).
+const INT_MAX_BYTES: usize = 20;
+/// The most bytes `Num` prints `x` as. `Display` never uses an exponent,
+/// so 1e-300 takes 300 bytes; between 1e-6 and 1e15 (every weight,
+/// quantity and probability the daemon makes) at most 17 significant
+/// digits, five leading zeros, a point and a sign fit in 32. Two
+/// comparisons, not a formatting, on the hot path.
+fn num_bound(x: f64) -> usize {
+    let a = x.abs();
+    if a == 0.0 || !a.is_finite() || (1e-6..1e15).contains(&a) {
+        32
+    } else {
+        // 309 integer digits, or "0." with 307 zeros and 17 digits, and a sign.
+        340
+    }
+}
+/// RESP framing of one argument (`$<len>\r\n` … `\r\n`) or of a
+/// command's header (`*<n>\r\n`), at most.
+const ARG_FRAMING: usize = 16;
+
+/// An upper bound of what [`Guard::fill_publish_cmd`] writes for `group`:
+/// (arguments, bytes of argument data).
+fn call_bound(keys: &StrategyKeys, group: &[SignalBatch]) -> (usize, usize) {
+    let Some(first) = group.first() else { return (0, 0) };
+    let sig_key = keys.sig_arg("").byte_len();
+    let mut args = 6 + first.signals.len() + 1;
+    let mut data = "FCALL".len()
+        + FN_PUBLISH_MANY.len().max(FN_PUBLISH.len())
+        + 2 * INT_MAX_BYTES
+        + keys.ops.len()
+        + keys.hwm.len()
+        + keys.signals.len();
+    data += first
+        .signals
+        .iter()
+        .map(|s| sig_key + s.symbol.len())
+        .sum::<usize>();
+    for batch in group {
+        args += 7 + 6 * batch.signals.len();
+        data += 5 * INT_MAX_BYTES + batch.model_id.len() + batch.strategy.len();
+        data += batch
+            .signals
+            .iter()
+            .map(|s| {
+                s.symbol.len()
+                    + s.side.as_str().len()
+                    + num_bound(s.weight)
+                    + num_bound(s.qty)
+                    + num_bound(s.return_prob)
+                    + num_bound(s.risk_score)
+            })
+            .sum::<usize>();
+    }
+    (args, data)
+}
+
 /// Buffers [`Guard::publish_many_with`] reuses between calls: the command
 /// being encoded, the packed pipeline, the batches each call carries, and
 /// the key layout of each strategy seen so far.
 #[derive(Debug, Default)]
 pub struct PublishBuffers {
     cmd: redis::Cmd,
+    /// The (arguments, data bytes) `cmd` was made with room for.
+    cmd_room: (usize, usize),
     packed: PackedCommands,
     groups: Vec<Range<usize>>,
     keys: Vec<StrategyKeys>,
@@ -648,6 +723,57 @@ mod tests {
         let mut g = Vec::from([3..4, 5..6]); // stale content is cleared
         group_calls(batches, &mut g);
         g
+    }
+
+    #[test]
+    fn the_room_made_before_encoding_holds_whatever_the_numbers_print_as() {
+        let guard = Guard::new(Keys::new("ns-room"), 10_000);
+        let values = [
+            0.0,
+            1.0,
+            -0.5,
+            0.1 + 0.2,
+            1e-6,
+            9.99e-7,
+            -1e-300,
+            5e-324,
+            1e15,
+            -1.7976931348623157e308,
+            123_456.789,
+            f64::NAN,
+            f64::INFINITY,
+        ];
+        let mut bufs = PublishBuffers::default();
+        for (i, v) in values.iter().enumerate() {
+            let mut batches = vec![batch("fx", &["EURUSD", "USDJPY", "AUDUSD"]); 1 + i % 9];
+            batches.push(batch("eq", &["SPY"]));
+            for (j, b) in batches.iter_mut().enumerate() {
+                b.seq = u64::MAX - j as u64;
+                for s in &mut b.signals {
+                    (s.weight, s.qty, s.return_prob, s.risk_score) = (*v, -*v, *v / 3.0, *v * 7.0);
+                }
+            }
+            guard.encode(&batches, &mut bufs).unwrap();
+            let mut bound = 0;
+            for g in bufs.groups() {
+                let group = &batches[g.clone()];
+                let keys = guard.keys.strategy(&group[0].strategy);
+                let (args, data) = call_bound(&keys, group);
+                let mut cmd = redis::Cmd::new();
+                guard.fill_publish_cmd(&mut cmd, &keys, group);
+                assert!(cmd.args_iter().count() <= args, "{v}: arguments");
+                let written: usize = cmd
+                    .args_iter()
+                    .map(|a| match a {
+                        redis::Arg::Simple(b) => b.len(),
+                        _ => 0,
+                    })
+                    .sum();
+                assert!(written <= data, "{v}: {written} bytes > {data}");
+                bound += data + args * ARG_FRAMING + ARG_FRAMING;
+            }
+            assert!(bufs.packed().bytes().len() <= bound, "{v}: packed");
+        }
     }
 
     #[test]

@@ -99,6 +99,13 @@ pub(super) struct SigKey<'a> {
     symbol: &'a str,
 }
 
+impl SigKey<'_> {
+    /// Its length as an argument.
+    pub(super) fn byte_len(&self) -> usize {
+        self.prefix.len() + self.symbol.len()
+    }
+}
+
 impl redis::ToRedisArgs for SigKey<'_> {
     fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
         out.write_arg_fmt(format_args!("{}{}", self.prefix, self.symbol));

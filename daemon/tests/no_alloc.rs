@@ -21,17 +21,32 @@ use mlcore_research::synth::{Generator, SynthSpec};
 struct Counting;
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
+/// Where the first counted allocation came from, for the failure message.
+static FIRST: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 thread_local! {
     static MEASURING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Counts an allocation made while measuring; the first one's stack is
+/// kept (captured with measuring off: the capture allocates itself).
+fn count() {
+    if MEASURING.with(Cell::get) {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        MEASURING.with(|m| m.set(false));
+        if let Ok(mut first) = FIRST.lock() {
+            if first.is_none() {
+                *first = Some(std::backtrace::Backtrace::force_capture().to_string());
+            }
+        }
+        MEASURING.with(|m| m.set(true));
+    }
 }
 
 // SAFETY: every call is forwarded unchanged to the system allocator; the
 // wrapper only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if MEASURING.with(Cell::get) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
+        count();
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
     }
@@ -42,9 +57,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if MEASURING.with(Cell::get) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
+        count();
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -257,7 +270,8 @@ fn a_decision_through_the_daemons_hot_path_allocates_nothing() {
     assert!(counters.signals_accepted.load(Ordering::Relaxed) >= 60 * n as u64);
     assert_eq!(
         allocs, 0,
-        "40 decisions through ingress, worker and publisher allocated {allocs} times ({counters:?})"
+        "40 decisions through ingress, worker and publisher allocated {allocs} times ({counters:?}); the first at:\n{}",
+        FIRST.lock().map(|f| f.clone().unwrap_or_default()).unwrap_or_default()
     );
 }
 
