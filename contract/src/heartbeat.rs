@@ -33,6 +33,25 @@ pub struct Heartbeat {
     pub models: BTreeMap<String, String>,
     /// Ops mode the daemon is applying per strategy.
     pub modes: BTreeMap<String, String>,
+    /// The last artifact refused per strategy since start: the registry
+    /// records it against that version (and alerts), so a model every
+    /// daemon refused does not pass for one that serves. Kept in the
+    /// heartbeat rather than only in the `model_refused` event because a
+    /// control plane that was down when the event went out still learns it.
+    pub refusals: BTreeMap<String, ModelRefusal>,
+}
+
+/// A daemon's refusal of one artifact.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModelRefusal {
+    /// The refused version.
+    pub version: u64,
+    /// The manifest the registry's pointer asked for, when it named one.
+    pub manifest_sha256: Option<String>,
+    /// Why, as the daemon logged it.
+    pub reason: String,
+    /// When (ms since epoch).
+    pub at_ms: u64,
 }
 
 impl Heartbeat {
@@ -71,6 +90,8 @@ impl Heartbeat {
             .arg(encode(&self.models))
             .arg("modes")
             .arg(encode(&self.modes))
+            .arg("refusals")
+            .arg(serde_json::to_string(&self.refusals).unwrap_or_else(|_| "{}".into()))
             .cmd("PEXPIRE")
             .arg(&key)
             .arg(ttl_ms)
@@ -133,6 +154,11 @@ impl Heartbeat {
             refused_artifacts: num("refused_artifacts"),
             models: map("models"),
             modes: map("modes"),
+            // Absent from daemons older than this field: no refusals known.
+            refusals: fields
+                .get("refusals")
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or_default(),
         })
     }
 

@@ -31,7 +31,7 @@ pub mod signal;
 pub use conn::{Endpoint, PackedCommands, RedisConn};
 pub use error::ContractError;
 pub use guard::{Guard, ModeChange, PublishBuffers, PublishOutcome, SetModeOutcome, MAX_DECISIONS_PER_CALL};
-pub use heartbeat::Heartbeat;
+pub use heartbeat::{Heartbeat, ModelRefusal};
 pub use keys::{Keys, StrategyKeys};
 pub use model::{ModelPointer, RollbackAuthorization, RollbackGrant};
 pub use ops::{OpsMode, OpsState};

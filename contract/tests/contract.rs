@@ -1170,6 +1170,16 @@ fn heartbeat_round_trips_and_expires() {
         refused_artifacts: 0,
         models: [("fx_g10".to_owned(), "m1@7".to_owned())].into(),
         modes: [("fx_g10".to_owned(), "active".to_owned())].into(),
+        refusals: [(
+            "fx_g10".to_owned(),
+            mlcore_contract::ModelRefusal {
+                version: 8,
+                manifest_sha256: Some("ab".repeat(32)),
+                reason: "signature: unknown key".into(),
+                at_ms: now_ms(),
+            },
+        )]
+        .into(),
     };
     hb.write(&mut conn, &keys, 300).unwrap();
     let read = mlcore_contract::Heartbeat::read(&mut conn, &keys, "daemon-t").unwrap();

@@ -5,7 +5,8 @@
 //! - [`ops`]: typed ops actions and scopes, mode changes through the guard,
 //!   each strategy's state beside what its daemons report.
 //! - [`approvals`]: requests that wait for a second principal.
-//! - [`registry`]: the model registry and the Redis pointer it keeps.
+//! - [`registry`]: the model registry and the Redis pointer it keeps;
+//!   [`model_loads`]: what the daemons served and refused of it.
 //! - [`audit`]: the append-only, hash-chained audit log and its archive.
 //! - [`alerts`]: Slack, PagerDuty and webhook delivery, raised in the
 //!   background; [`monitor`]: the alerts the control plane raises itself.
@@ -23,6 +24,7 @@ pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod db;
+pub mod model_loads;
 pub mod monitor;
 pub mod ops;
 pub mod redis_link;

@@ -1,7 +1,10 @@
 //! Alerts the control plane raises by itself, checked every second by
 //! `serve`: a daemon heartbeat missing beyond `heartbeat_missing_after_ms`
 //! (critical; resolved when it returns), a daemon reporting newly refused
-//! artifacts (warning), and pending approvals about to expire (warning).
+//! artifacts (warning), a registered model a daemon refused (critical when
+//! it is the registry's active model, else warning; recorded in
+//! `core.model_loads` with what the daemons served), and pending approvals
+//! about to expire (warning).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -27,18 +30,18 @@ pub async fn tick(svc: &Services, watch: &mut Watch) -> Vec<Alert> {
     let mut alerts = Vec::new();
     let beats: Vec<(String, u64, Option<Heartbeat>)> = svc.redis.heartbeats().await.unwrap_or_default();
     let limit = svc.config.control.heartbeat_missing_after_ms;
-    for (instance, last_ms, hb) in beats {
-        let silent = hb.is_none() || now.saturating_sub(last_ms) > limit;
+    for (instance, last_ms, hb) in &beats {
+        let silent = hb.is_none() || now.saturating_sub(*last_ms) > limit;
         if silent && watch.silent.insert(instance.clone()) {
             alerts.push(Alert {
                 severity: Severity::Critical,
                 kind: "heartbeat_missing".into(),
                 scope: instance.clone(),
-                summary: format!("daemon {instance} silent for {} ms", now.saturating_sub(last_ms)),
+                summary: format!("daemon {instance} silent for {} ms", now.saturating_sub(*last_ms)),
                 details: json!({"last_heartbeat_ms": last_ms}),
                 resolve: false,
             });
-        } else if !silent && watch.silent.remove(&instance) {
+        } else if !silent && watch.silent.remove(instance) {
             alerts.push(Alert {
                 severity: Severity::Critical,
                 kind: "heartbeat_missing".into(),
@@ -65,6 +68,39 @@ pub async fn tick(svc: &Services, watch: &mut Watch) -> Vec<Alert> {
                 *seen = hb.refused_artifacts;
             }
         }
+    }
+    let live: Vec<Heartbeat> = beats.into_iter().filter_map(|(_, _, hb)| hb).collect();
+    match crate::model_loads::record(svc, &live).await {
+        Ok(fresh) => alerts.extend(fresh.into_iter().map(|r| Alert {
+            severity: if r.active {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            },
+            kind: "model_refused".into(),
+            scope: r.strategy.clone(),
+            summary: format!(
+                "daemon {} refused {} (v{}){}: {}",
+                r.instance,
+                r.model_id,
+                r.version,
+                if r.active {
+                    ", the registry's active model"
+                } else {
+                    ""
+                },
+                r.reason
+            ),
+            details: json!({
+                "instance": r.instance,
+                "model_id": r.model_id,
+                "version": r.version,
+                "active": r.active,
+                "reason": r.reason,
+            }),
+            resolve: false,
+        })),
+        Err(e) => tracing::warn!(error = %e, "daemon model reports not recorded"),
     }
     let warn_ms = svc.config.control.approvals.expiry_warning_s * 1000;
     let rows = sqlx::query("SELECT id, action, scope, expires_at_ms FROM core.ops_requests WHERE status = 'pending' AND expires_at_ms > $1 AND expires_at_ms <= $2")

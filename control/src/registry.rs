@@ -264,8 +264,13 @@ pub struct ModelRecord {
     pub retired: Retired,
     /// Rejection.
     pub rejected: Stamp,
-    /// Daemons that report it loaded.
+    /// Daemons that report it loaded now.
     pub loaded_by: Vec<String>,
+    /// Daemons that ever reported it loaded (what a rollback may go back to).
+    pub served_by: Vec<String>,
+    /// Daemons that refused the artifact, with why: a model can be the
+    /// registry's active one while every daemon refused it.
+    pub refused_by: Vec<crate::model_loads::Refusal>,
 }
 
 /// What one daemon serves for a strategy.
@@ -277,6 +282,9 @@ pub struct DaemonLoad {
     pub loaded: Option<String>,
     /// Whether that is the active model.
     pub agrees: bool,
+    /// Why this daemon refused the active model, when it did (its status
+    /// for that model is then `refused`).
+    pub refused: Option<String>,
     /// No heartbeat for longer than `heartbeat_missing_after_ms`.
     pub silent: bool,
 }
@@ -311,7 +319,7 @@ pub struct Listing {
     pub daemons_error: Option<String>,
 }
 
-fn db_err(during: &'static str) -> impl Fn(sqlx::Error) -> RegistryError {
+pub(crate) fn db_err(during: &'static str) -> impl Fn(sqlx::Error) -> RegistryError {
     move |source| RegistryError::Db { during, source }
 }
 
@@ -329,7 +337,11 @@ fn row_of(r: &sqlx::postgres::PgRow) -> ModelRow {
     }
 }
 
-fn record_of(r: &sqlx::postgres::PgRow, loaded_by: Vec<String>) -> ModelRecord {
+fn record_of(
+    r: &sqlx::postgres::PgRow,
+    loaded_by: Vec<String>,
+    loads: crate::model_loads::Loads,
+) -> ModelRecord {
     let s = |c: &str| r.try_get::<Option<String>, _>(c).ok().flatten();
     let n = |c: &str| r.try_get::<Option<i64>, _>(c).ok().flatten();
     let stamp = |by: &str, at: &str| Stamp {
@@ -359,6 +371,8 @@ fn record_of(r: &sqlx::postgres::PgRow, loaded_by: Vec<String>) -> ModelRecord {
         },
         rejected: stamp("rejected_by", "rejected_at_ms"),
         loaded_by,
+        served_by: loads.served_by,
+        refused_by: loads.refused_by,
     }
 }
 
@@ -551,8 +565,9 @@ fn pinned(strategy: &str, by: Option<&str>) -> RegistryError {
     )
 }
 
-/// The model a rollback of `strategy` would re-activate: the most recently
-/// retired version below the active one.
+/// The model a rollback of `strategy` would re-activate: the newest retired
+/// version below the active one that some daemon actually served (a version
+/// every daemon refused, or that never reached one, is no way back).
 pub async fn rollback_target(svc: &Services, strategy: &str) -> Result<(ModelRow, ModelRow), RegistryError> {
     let current = sqlx::query(select(
         "WHERE id = (SELECT model_id FROM core.model_active WHERE strategy = $1)",
@@ -568,8 +583,15 @@ pub async fn rollback_target(svc: &Services, strategy: &str) -> Result<(ModelRow
             format!("{strategy} has no active model in the registry"),
         )
     })?;
+    // What the daemons report now counts too, not only what the monitor
+    // recorded by its last tick.
+    if let Err(e) = crate::model_loads::record_live(svc).await {
+        tracing::warn!(error = %e, "daemon reports not recorded before choosing a rollback target");
+    }
     let previous = sqlx::query(select(
-        "WHERE strategy = $1 AND status = 'retired' AND version < $2 ORDER BY retired_at_ms DESC, version DESC LIMIT 1",
+        "WHERE strategy = $1 AND status = 'retired' AND version < $2 \
+         AND EXISTS (SELECT 1 FROM core.model_loads l WHERE l.model_id = core.model_registry.id AND l.outcome = 'served') \
+         ORDER BY version DESC LIMIT 1",
     ))
     .bind(strategy)
     .bind(current.version as i64)
@@ -580,7 +602,10 @@ pub async fn rollback_target(svc: &Services, strategy: &str) -> Result<(ModelRow
     .ok_or_else(|| {
         RegistryError::refused(
             RegistryCode::RollbackNoPrevious,
-            format!("{strategy} has no earlier version to roll back to (active: {})", current.id),
+            format!(
+                "{strategy} has no earlier version that a daemon served to roll back to (active: {})",
+                current.id
+            ),
         )
     })?;
     Ok((current, previous))
@@ -679,6 +704,11 @@ pub async fn activate(
     request_id: &str,
     how: Activation,
 ) -> Result<Activated, RegistryError> {
+    // What the daemons run now, recorded before the pointer moves on: a
+    // version served for less than a monitor tick still counts as served.
+    if let Err(e) = crate::model_loads::record_live(svc).await {
+        tracing::warn!(error = %e, "daemon reports not recorded before an activation");
+    }
     let mut tx = begin(svc).await?;
     // Serialise activations per strategy (the row may not exist yet).
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('mlcore.model_active.' || $1))")
@@ -910,6 +940,9 @@ pub async fn list(svc: &Services) -> Result<Listing, RegistryError> {
         Ok(d) => (d, None),
         Err(e) => (Vec::new(), Some(format!("Redis: {e}"))),
     };
+    // Up to the moment: what the heartbeats just read say is recorded first.
+    crate::model_loads::record(svc, &daemons).await?;
+    let mut loads = crate::model_loads::all(svc).await?;
     let models: Vec<ModelRecord> = rows
         .iter()
         .map(|r| {
@@ -920,7 +953,8 @@ pub async fn list(svc: &Services) -> Result<Listing, RegistryError> {
                 .filter(|hb| hb.models.get(&m.strategy) == Some(&tag))
                 .map(|hb| hb.instance.clone())
                 .collect();
-            record_of(r, loaded_by)
+            let recorded = loads.remove(&m.id).unwrap_or_default();
+            record_of(r, loaded_by, recorded)
         })
         .collect();
     let strategies: Vec<StrategyPointer> = pointers
@@ -928,6 +962,11 @@ pub async fn list(svc: &Services) -> Result<Listing, RegistryError> {
         .map(|p| {
             let strategy: String = p.try_get("strategy").unwrap_or_default();
             let active: String = p.try_get("model_id").unwrap_or_default();
+            let active_version = rows
+                .iter()
+                .map(row_of)
+                .find(|m| m.id == active)
+                .map(|m| m.version);
             let reports = daemons
                 .iter()
                 .map(|hb| {
@@ -936,10 +975,16 @@ pub async fn list(svc: &Services) -> Result<Listing, RegistryError> {
                         .as_deref()
                         .and_then(|l| l.rsplit_once('@'))
                         .is_some_and(|(id, _)| id == active);
+                    let refused = hb
+                        .refusals
+                        .get(&strategy)
+                        .filter(|r| !agrees && Some(r.version) == active_version)
+                        .map(|r| r.reason.clone());
                     DaemonLoad {
                         instance: hb.instance.clone(),
                         loaded,
                         agrees,
+                        refused,
                         silent: now.saturating_sub(hb.at_ms) > missing_after,
                     }
                 })

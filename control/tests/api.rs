@@ -729,6 +729,14 @@ async fn registry_register_activate_rollback_pin_and_release() {
     );
     assert!(p.rollback.is_none(), "going forward needs no authorisation");
     assert_eq!(p.actor, "dev-admin+dev-approver");
+    // A daemon serves v1: a version a rollback may go back to.
+    let now = mlcore_control::commands::now_ms;
+    Heartbeat {
+        models: [("fx_g10".to_owned(), "fx_g10-v1@1".to_owned())].into(),
+        ..testutil::heartbeat("d1", now())
+    }
+    .write(&mut testutil::redis_connection(), &keys, 60_000)
+    .unwrap();
 
     f.call("POST", "/v1/models", Some(OPERATOR), &register(2)).await;
     activate_and_approve("fx_g10-v2").await;
@@ -780,6 +788,74 @@ async fn registry_register_activate_rollback_pin_and_release() {
     activate_and_approve("fx_g10-v3").await;
     let p = pointer().unwrap();
     assert_eq!((p.version, p.pinned, p.rollback.is_none()), (3, false, true));
+
+    // v2 was active but no daemon ever served it: a rollback from v3 goes
+    // to v1, the newest version a daemon served.
+    let svc = &f.state.services;
+    let (from, to) = mlcore_control::registry::rollback_target(svc, "fx_g10")
+        .await
+        .unwrap();
+    assert_eq!((from.id.as_str(), to.id.as_str()), ("fx_g10-v3", "fx_g10-v1"));
+
+    // A daemon refuses v3: recorded against v3, alerted once (critical: it
+    // is the registry's active model), shown by GET /v1/models.
+    Heartbeat {
+        models: [("fx_g10".to_owned(), "fx_g10-v1@1".to_owned())].into(),
+        refusals: [(
+            "fx_g10".to_owned(),
+            mlcore_contract::ModelRefusal {
+                version: 3,
+                manifest_sha256: Some(p.manifest_sha256.clone()),
+                reason: "signature by untrusted key `k9`".into(),
+                at_ms: now(),
+            },
+        )]
+        .into(),
+        ..testutil::heartbeat("d2", now())
+    }
+    .write(&mut testutil::redis_connection(), &keys, 60_000)
+    .unwrap();
+    let mut watch = mlcore_control::monitor::Watch::default();
+    let refused_alerts = |alerts: Vec<mlcore_control::alerts::Alert>| {
+        alerts
+            .into_iter()
+            .filter(|a| a.kind == "model_refused")
+            .collect::<Vec<_>>()
+    };
+    let alerts = refused_alerts(mlcore_control::monitor::tick(svc, &mut watch).await);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(
+        (alerts[0].severity, alerts[0].scope.as_str()),
+        (config::Severity::Critical, "fx_g10")
+    );
+    assert_eq!(alerts[0].details["model_id"], "fx_g10-v3");
+    assert!(
+        alerts[0].summary.contains("untrusted key"),
+        "{}",
+        alerts[0].summary
+    );
+    let again = refused_alerts(mlcore_control::monitor::tick(svc, &mut watch).await);
+    assert!(again.is_empty(), "the same refusal alerts once: {again:?}");
+    let (_, json) = f.call("GET", "/v1/models", Some(VIEWER), "").await;
+    let v3 = json["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "fx_g10-v3")
+        .unwrap();
+    assert_eq!(v3["status"], "active", "the registry's decision stands");
+    assert_eq!(v3["refused_by"][0]["instance"], "d2", "{v3}");
+    assert_eq!(v3["served_by"], serde_json::json!([]), "{v3}");
+    let d2 = json["strategies"][0]["daemons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["instance"] == "d2")
+        .unwrap();
+    assert_eq!(
+        (d2["agrees"].as_bool(), d2["refused"].as_str()),
+        (Some(false), Some("signature by untrusted key `k9`"))
+    );
 
     // Re-activating a retired version below the highest is a rollback too.
     activate_and_approve("fx_g10-v2").await;
@@ -834,7 +910,17 @@ async fn registry_register_activate_rollback_pin_and_release() {
         "{json}"
     );
     assert_eq!(json["strategies"][0]["active"], "fx_g10-v2");
-    assert_eq!(json["strategies"][0]["daemons"][0]["agrees"], true, "{json}");
+    let d1 = json["strategies"][0]["daemons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["instance"] == "d1")
+        .unwrap();
+    assert_eq!(
+        (d1["agrees"].as_bool(), &d1["refused"]),
+        (Some(true), &Value::Null),
+        "{json}"
+    );
 
     // Each transition is recorded with who did it.
     let transitions: i64 = sqlx::query_scalar("SELECT count(*) FROM core.model_transitions")

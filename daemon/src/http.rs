@@ -27,6 +27,8 @@ pub struct Observed {
     pub hists: Histograms,
     /// Active models.
     pub active: Arc<ActiveModels>,
+    /// The last refused artifact per strategy.
+    pub refusals: Arc<crate::loader::Refusals>,
     /// Ops modes.
     pub ops: Arc<OpsTable>,
     /// Universe.

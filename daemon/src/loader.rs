@@ -23,7 +23,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use crossbeam_channel::Receiver;
 use mlcore_config::RedisConfig;
-use mlcore_contract::{model, Keys, ModelPointer, RedisConn};
+use mlcore_contract::{model, Keys, ModelPointer, ModelRefusal, RedisConn};
 use mlcore_models::artifact::{self, ArtifactFiles, RollbackAuthorization, SharedTrust, VerifyContext};
 use mlcore_models::scoring::ModelScorer;
 
@@ -104,6 +104,8 @@ pub struct Loader {
     counters: Arc<Counters>,
     /// What is serving.
     pub active: Arc<ActiveModels>,
+    /// The last refusal per strategy, reported in heartbeats.
+    pub refusals: Arc<Refusals>,
     accepted: BTreeMap<String, Accepted>,
     /// Refused `(folder, manifest sha256 the pointer named, rollback
     /// authorisation id)`, not retried: another authorisation for the same
@@ -114,6 +116,9 @@ pub struct Loader {
     /// Strategies that have followed a registry pointer.
     follows_pointer: BTreeSet<String>,
 }
+
+/// The last artifact refused per strategy (side threads only).
+pub type Refusals = ArcSwap<BTreeMap<String, ModelRefusal>>;
 
 /// The artifact a strategy should run.
 struct Wanted {
@@ -164,6 +169,7 @@ impl Loader {
             retired,
             counters,
             active: Arc::new(ArcSwap::from_pointee(BTreeMap::new())),
+            refusals: Arc::new(ArcSwap::from_pointee(BTreeMap::new())),
             accepted,
             refused: BTreeSet::new(),
             link,
@@ -296,6 +302,17 @@ impl Loader {
     fn report_refusal(&mut self, id: &str, w: &Wanted, reason: &str) {
         Counters::inc(&self.counters.refused_artifacts);
         tracing::warn!(strategy = id, path = %w.dir.display(), reason = reason, "model refused");
+        let refusal = ModelRefusal {
+            version: w.version,
+            manifest_sha256: w.manifest_sha256.clone(),
+            reason: reason.to_owned(),
+            at_ms: now_ms(),
+        };
+        self.refusals.rcu(|all| {
+            let mut all = BTreeMap::clone(all);
+            all.insert(id.to_owned(), refusal.clone());
+            all
+        });
         if let (Some(link), Some(conn)) = (&self.link, self.conn.as_mut()) {
             let sent = model::publish_refusal(conn, &link.keys, &link.instance, id, w.version, reason);
             if sent.is_err() {

@@ -144,6 +144,7 @@ fn heartbeat(observed: &Observed, instance: &str, status: &str) -> Heartbeat {
             .enumerate()
             .map(|(s, x)| (x.id.to_string(), observed.ops.mode(s).to_string()))
             .collect(),
+        refusals: BTreeMap::clone(&observed.refusals.load()),
     }
 }
 
@@ -325,6 +326,7 @@ pub fn start(
     // trigger finds a warmed model when one exists.
     loader.scan();
     let active = Arc::clone(&loader.active);
+    let refusals = Arc::clone(&loader.refusals);
 
     let ingress = Ingress::new(IngressParts {
         listener: ingress_listener,
@@ -379,6 +381,7 @@ pub fn start(
         counters: Arc::clone(&counters),
         hists: hists.clone(),
         active: Arc::clone(&active),
+        refusals,
         ops: Arc::clone(&ops_table),
         universe: Arc::clone(&universe),
         metrics: cfg.metrics.clone(),

@@ -579,6 +579,7 @@ pub fn heartbeat(instance: &str, at_ms: u64) -> mlcore_contract::Heartbeat {
         refused_artifacts: 0,
         models: Default::default(),
         modes: Default::default(),
+        refusals: Default::default(),
     }
 }
 

@@ -398,6 +398,29 @@ fn the_daemon_follows_registry_activations_and_rollbacks() {
     );
     assert!(wait_until(Duration::from_secs(5), || s.refused() > before));
     assert_eq!(s.loaded().as_deref(), Some("fx_g10-v3@3"), "v3 keeps serving");
+    // The registry learns the refusal from the heartbeat and shows it
+    // against v2, with the daemon's reason.
+    let refused_by = || {
+        let (_, list) = call(&api, "GET", "/v1/models", OPERATOR, "");
+        list["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == "fx_g10-v2")
+            .map(|m| m["refused_by"].clone())
+            .unwrap()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || refused_by()[0]["instance"]
+            == INSTANCE),
+        "{}",
+        refused_by()
+    );
+    assert!(
+        refused_by()[0]["reason"].as_str().unwrap().contains("sha256"),
+        "{}",
+        refused_by()
+    );
 
     // A corrupt state file stops the daemon at start, naming the file:
     // starting without it would forget the rollback floor.
