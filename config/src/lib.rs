@@ -43,8 +43,8 @@ pub use observability::{
 };
 pub use policy::{CorePolicy, RiskLimits, SignalPolicy, Sizing, Theta};
 pub use processes::{
-    ApprovalsConfig, ControlConfig, Credential, DaemonConfig, DecisionConfig, DecisionMode, IngressConfig,
-    Principal, QueuesConfig, RateLimitConfig, Role, RollbackSigningConfig, ThreadsConfig,
+    ApprovalsConfig, ControlConfig, Credential, DaemonConfig, DecisionConfig, DecisionMode, FailedAuthConfig,
+    IngressConfig, Principal, QueuesConfig, RateLimitConfig, Role, RollbackSigningConfig, ThreadsConfig,
 };
 pub use secret::Secret;
 pub use sources::{FailoverConfig, ProviderConfig, ProviderSettings, SourcesConfig};

@@ -96,6 +96,13 @@ pub struct ControlConfig {
     pub approvals: ApprovalsConfig,
     /// Per-principal limit on mutating requests.
     pub rate_limit: RateLimitConfig,
+    /// Failed authentication, per source address: throttled, and a burst
+    /// alerted.
+    pub failed_auth: FailedAuthConfig,
+    /// Refused requests the handlers did not audit themselves (401, 404,
+    /// malformed bodies, 429...) are audited aggregated: one row per
+    /// source, route, status and code per this many seconds.
+    pub refused_audit_window_s: u64,
     /// A daemon whose heartbeat is older than this raises a critical alert.
     pub heartbeat_missing_after_ms: u64,
     /// Who may call the API.
@@ -135,6 +142,18 @@ pub struct RateLimitConfig {
     pub per_minute: u32,
     /// Burst size.
     pub burst: u32,
+}
+
+/// Failed authentication per source address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailedAuthConfig {
+    /// Failures a source may make in a row before it is throttled.
+    pub burst: u32,
+    /// Failures per minute it may keep making after that.
+    pub per_minute: u32,
+    /// Failures from one source within a minute that raise an alert.
+    pub alert_after: u32,
 }
 
 /// A caller of the control API.

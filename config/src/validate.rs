@@ -285,6 +285,22 @@ pub(crate) fn validate(c: &AppConfig, file: &dyn Fn(&str) -> PathBuf) -> Vec<Con
     }
 
     // control.yaml
+    let fa = &c.control.failed_auth;
+    for (key, v) in [
+        ("failed_auth.burst", fa.burst),
+        ("failed_auth.alert_after", fa.alert_after),
+    ] {
+        if v == 0 {
+            bad("control.yaml", key.into(), "must be at least 1".into());
+        }
+    }
+    if c.control.refused_audit_window_s == 0 {
+        bad(
+            "control.yaml",
+            "refused_audit_window_s".into(),
+            "must be at least 1 second".into(),
+        );
+    }
     let mut principal_names = BTreeSet::new();
     for (i, pr) in c.control.principals.iter().enumerate() {
         if !principal_names.insert(pr.name.as_str()) {

@@ -18,8 +18,8 @@ use sqlx::Row;
 use crate::registry::{db_err, RegistryError};
 use crate::services::Services;
 
-/// A refusal recorded for the first time (or a newer one by the same
-/// daemon): what the monitor alerts on.
+/// A refusal not alerted yet (the first by a daemon for a model, or a
+/// newer one): what the monitor alerts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRefusal {
     /// Registry id of the refused model.
@@ -56,79 +56,119 @@ pub struct Loads {
     pub refused_by: Vec<Refusal>,
 }
 
-/// Records what `beats` report: each loaded `model_id@version` as served,
-/// each refusal against the registered model of that strategy and version
+/// Longest refusal reason kept, in characters.
+const REASON_MAX: usize = 2000;
+
+/// Records what `beats` report: each loaded `model_id@version` as served
+/// when the registry holds that model for that strategy and version, each
+/// refusal against the registered model of that strategy and version
 /// (refusals of artifacts the registry does not know are only counted, by
-/// the daemon and the `artifact_refused` alert).
-/// Returns the refusals not recorded before.
-pub async fn record(svc: &Services, beats: &[Heartbeat]) -> Result<Vec<NewRefusal>, RegistryError> {
-    let mut fresh = Vec::new();
+/// the daemon and the `artifact_refused` alert). A heartbeat is written by
+/// whoever can write Redis: nothing here names a model the registry does
+/// not hold, and a row that cannot be stored is logged and skipped, never
+/// in the way of the others.
+pub async fn record(svc: &Services, beats: &[Heartbeat]) {
     for hb in beats {
-        for tag in hb.models.values() {
-            // `model_id@version`; the model id names the artifact (a
-            // version served before it was registered counts once it is).
-            let Some((id, _)) = tag.rsplit_once('@') else {
+        for (strategy, tag) in &hb.models {
+            let Some((id, version)) = tag.rsplit_once('@') else {
                 continue;
             };
-            sqlx::query(
+            let Ok(version) = version.parse::<i64>() else {
+                continue;
+            };
+            let done = sqlx::query(
                 "INSERT INTO core.model_loads (model_id, instance, outcome, first_at_ms, last_at_ms) \
-                 VALUES ($1, $2, 'served', $3, $3) \
-                 ON CONFLICT (model_id, instance, outcome) DO UPDATE \
-                 SET last_at_ms = GREATEST(core.model_loads.last_at_ms, excluded.last_at_ms)",
+                 SELECT id, $4, 'served', $5, $5 FROM core.model_registry \
+                 WHERE id = $1 AND strategy = $2 AND version = $3 \
+                 ON CONFLICT (model_id, instance, outcome) DO NOTHING",
             )
             .bind(id)
+            .bind(strategy)
+            .bind(version)
             .bind(&hb.instance)
             .bind(hb.at_ms as i64)
             .execute(&svc.pool)
-            .await
-            .map_err(db_err("recording a served model"))?;
+            .await;
+            if let Err(e) = done {
+                tracing::warn!(error = %e, instance = %hb.instance, model = %tag, "served model not recorded");
+            }
         }
         for (strategy, refusal) in &hb.refusals {
-            // Inserted, or updated by a newer refusal: returned; the same
-            // refusal seen in the next heartbeat: nothing.
-            let row = sqlx::query(
+            // A newer refusal replaces the reason; the same one seen in the
+            // next heartbeat changes nothing.
+            // PostgreSQL refuses a NUL; no reason needs a control character.
+            let reason: String = refusal
+                .reason
+                .chars()
+                .take(REASON_MAX)
+                .map(|c| {
+                    if c.is_control() && !matches!(c, '\n' | '\t') {
+                        '\u{FFFD}'
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            let done = sqlx::query(
                 "INSERT INTO core.model_loads (model_id, instance, outcome, reason, first_at_ms, last_at_ms) \
                  SELECT id, $3, 'refused', $4, $5, $5 FROM core.model_registry WHERE strategy = $1 AND version = $2 \
                  ON CONFLICT (model_id, instance, outcome) DO UPDATE \
                  SET reason = excluded.reason, last_at_ms = excluded.last_at_ms \
-                 WHERE core.model_loads.last_at_ms < excluded.last_at_ms \
-                 RETURNING model_id, \
-                   EXISTS (SELECT 1 FROM core.model_active a WHERE a.model_id = core.model_loads.model_id) AS active",
+                 WHERE core.model_loads.last_at_ms < excluded.last_at_ms",
             )
             .bind(strategy)
             .bind(refusal.version as i64)
             .bind(&hb.instance)
-            .bind(&refusal.reason)
+            .bind(&reason)
             .bind(refusal.at_ms as i64)
-            .fetch_optional(&svc.pool)
-            .await
-            .map_err(db_err("recording a refused model"))?;
-            if let Some(row) = row {
-                fresh.push(NewRefusal {
-                    model_id: row.try_get("model_id").unwrap_or_default(),
-                    strategy: strategy.clone(),
-                    version: refusal.version,
-                    instance: hb.instance.clone(),
-                    reason: refusal.reason.clone(),
-                    active: row.try_get("active").unwrap_or(false),
-                });
+            .execute(&svc.pool)
+            .await;
+            if let Err(e) = done {
+                tracing::warn!(error = %e, instance = %hb.instance, strategy = %strategy, "refused model not recorded");
             }
         }
     }
-    Ok(fresh)
 }
 
 /// Records what the live daemons report now (best effort: with Redis down
 /// there is nothing new to learn, and what was recorded stands).
-pub async fn record_live(svc: &Services) -> Result<Vec<NewRefusal>, RegistryError> {
-    let beats: Vec<Heartbeat> = match svc.redis.heartbeats().await {
-        Ok(all) => all.into_iter().filter_map(|(_, _, hb)| hb).collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, "daemon heartbeats unreadable; model loads not refreshed");
-            Vec::new()
+pub async fn record_live(svc: &Services) {
+    match svc.redis.heartbeats().await {
+        Ok(all) => {
+            let beats: Vec<Heartbeat> = all.into_iter().filter_map(|(_, _, hb)| hb).collect();
+            record(svc, &beats).await;
         }
-    };
-    record(svc, &beats).await
+        Err(e) => tracing::warn!(error = %e, "daemon heartbeats unreadable; model loads not refreshed"),
+    }
+}
+
+/// The refusals recorded since the last call, marked alerted: whoever
+/// recorded them (the monitor, a listing, an activation), each is handed
+/// out once, to the monitor that alerts on it.
+pub async fn unalerted(svc: &Services) -> Result<Vec<NewRefusal>, RegistryError> {
+    let rows = sqlx::query(
+        "UPDATE core.model_loads l SET alerted_at_ms = l.last_at_ms FROM core.model_registry r \
+         WHERE r.id = l.model_id AND l.outcome = 'refused' AND l.alerted_at_ms IS DISTINCT FROM l.last_at_ms \
+         RETURNING l.model_id, l.instance, l.reason, r.strategy, r.version, \
+           EXISTS (SELECT 1 FROM core.model_active a WHERE a.model_id = l.model_id) AS active",
+    )
+    .fetch_all(&svc.pool)
+    .await
+    .map_err(db_err("reading the refusals to alert"))?;
+    rows.iter()
+        .map(|r| {
+            Ok(NewRefusal {
+                model_id: r.try_get("model_id").map_err(db_err("reading a refusal"))?,
+                strategy: r.try_get("strategy").map_err(db_err("reading a refusal"))?,
+                version: r
+                    .try_get::<i64, _>("version")
+                    .map_err(db_err("reading a refusal"))? as u64,
+                instance: r.try_get("instance").map_err(db_err("reading a refusal"))?,
+                reason: r.try_get("reason").map_err(db_err("reading a refusal"))?,
+                active: r.try_get("active").map_err(db_err("reading a refusal"))?,
+            })
+        })
+        .collect()
 }
 
 /// Every model's recorded loads, by model id.

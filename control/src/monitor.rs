@@ -70,7 +70,8 @@ pub async fn tick(svc: &Services, watch: &mut Watch) -> Vec<Alert> {
         }
     }
     let live: Vec<Heartbeat> = beats.into_iter().filter_map(|(_, _, hb)| hb).collect();
-    match crate::model_loads::record(svc, &live).await {
+    crate::model_loads::record(svc, &live).await;
+    match crate::model_loads::unalerted(svc).await {
         Ok(fresh) => alerts.extend(fresh.into_iter().map(|r| Alert {
             severity: if r.active {
                 Severity::Critical
@@ -100,7 +101,7 @@ pub async fn tick(svc: &Services, watch: &mut Watch) -> Vec<Alert> {
             }),
             resolve: false,
         })),
-        Err(e) => tracing::warn!(error = %e, "daemon model reports not recorded"),
+        Err(e) => tracing::warn!(error = %e, "model refusals not alerted"),
     }
     let warn_ms = svc.config.control.approvals.expiry_warning_s * 1000;
     let rows = sqlx::query("SELECT id, action, scope, expires_at_ms FROM core.ops_requests WHERE status = 'pending' AND expires_at_ms > $1 AND expires_at_ms <= $2")

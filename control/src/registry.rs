@@ -565,9 +565,10 @@ fn pinned(strategy: &str, by: Option<&str>) -> RegistryError {
     )
 }
 
-/// The model a rollback of `strategy` would re-activate: the newest retired
-/// version below the active one that some daemon actually served (a version
-/// every daemon refused, or that never reached one, is no way back).
+/// The model a rollback of `strategy` would re-activate: the most recently
+/// retired version below the active one that some daemon actually served
+/// (a version every daemon refused, or that never reached one, is no way
+/// back).
 pub async fn rollback_target(svc: &Services, strategy: &str) -> Result<(ModelRow, ModelRow), RegistryError> {
     let current = sqlx::query(select(
         "WHERE id = (SELECT model_id FROM core.model_active WHERE strategy = $1)",
@@ -585,13 +586,11 @@ pub async fn rollback_target(svc: &Services, strategy: &str) -> Result<(ModelRow
     })?;
     // What the daemons report now counts too, not only what the monitor
     // recorded by its last tick.
-    if let Err(e) = crate::model_loads::record_live(svc).await {
-        tracing::warn!(error = %e, "daemon reports not recorded before choosing a rollback target");
-    }
+    crate::model_loads::record_live(svc).await;
     let previous = sqlx::query(select(
         "WHERE strategy = $1 AND status = 'retired' AND version < $2 \
          AND EXISTS (SELECT 1 FROM core.model_loads l WHERE l.model_id = core.model_registry.id AND l.outcome = 'served') \
-         ORDER BY version DESC LIMIT 1",
+         ORDER BY retired_at_ms DESC, version DESC LIMIT 1",
     ))
     .bind(strategy)
     .bind(current.version as i64)
@@ -706,9 +705,7 @@ pub async fn activate(
 ) -> Result<Activated, RegistryError> {
     // What the daemons run now, recorded before the pointer moves on: a
     // version served for less than a monitor tick still counts as served.
-    if let Err(e) = crate::model_loads::record_live(svc).await {
-        tracing::warn!(error = %e, "daemon reports not recorded before an activation");
-    }
+    crate::model_loads::record_live(svc).await;
     let mut tx = begin(svc).await?;
     // Serialise activations per strategy (the row may not exist yet).
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('mlcore.model_active.' || $1))")
@@ -941,7 +938,7 @@ pub async fn list(svc: &Services) -> Result<Listing, RegistryError> {
         Err(e) => (Vec::new(), Some(format!("Redis: {e}"))),
     };
     // Up to the moment: what the heartbeats just read say is recorded first.
-    crate::model_loads::record(svc, &daemons).await?;
+    crate::model_loads::record(svc, &daemons).await;
     let mut loads = crate::model_loads::all(svc).await?;
     let models: Vec<ModelRecord> = rows
         .iter()

@@ -59,14 +59,17 @@ async fn fixture_with(adjust: impl FnOnce(&mut config::AppConfig)) -> Fixture {
     cfg.redis.namespace = ns.ns.clone();
     cfg.storage.worm_root = worm.path().to_owned();
     cfg.storage.models_root = models.path().to_owned();
+    // Every test calls from 127.0.0.1; only the test of the edge throttles.
+    cfg.control.failed_auth.burst = 10_000;
+    cfg.control.failed_auth.alert_after = 10_000;
     adjust(&mut cfg);
     cfg.database.dsn = Secret::literal(&dsn);
     db::migrate(&cfg.database).await.unwrap();
     let state = api::state(cfg).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let router = api::router(Arc::clone(&state));
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let service = api::make_service(Arc::clone(&state));
+    tokio::spawn(async move { axum::serve(listener, service).await });
     Fixture {
         addr,
         ns,
@@ -403,6 +406,81 @@ async fn mode_changes_alert_and_a_failing_channel_never_fails_the_action() {
         assert_eq!(attempts, if status == 200 { 1 } else { 4 }, "retries on 5xx");
         f.finish().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentication_is_throttled_per_source_alerted_and_refusals_audited_in_aggregate() {
+    let (url, hits) = slack_stand_in(200).await;
+    let f = fixture_with(|cfg| {
+        cfg.control.failed_auth.burst = 5;
+        cfg.control.failed_auth.per_minute = 1;
+        cfg.control.failed_auth.alert_after = 5;
+        cfg.notifications.slack.enabled = true;
+        cfg.notifications.slack.webhook_url = Secret::literal(&url);
+    })
+    .await;
+    let halt = r#"{"action":"halt","scope":"fx_g10","reason":"edge test"}"#;
+    let before = f.audit_rows().await;
+    // Five wrong tokens: 401 each, and an alert at the fifth.
+    for i in 0..5 {
+        let token = format!("guess-{i}");
+        f.expect_code(
+            "POST",
+            "/v1/ops/requests",
+            Some(&token),
+            halt,
+            401,
+            "AUTH_INVALID",
+        )
+        .await;
+    }
+    // Now even the right token waits: the address is throttled.
+    let resp = f.raw("POST", "/v1/ops/requests", Some(OPERATOR), halt).await;
+    assert!(resp.starts_with("HTTP/1.1 429"), "{resp}");
+    assert!(resp.contains("AUTH_THROTTLED"), "{resp}");
+    assert!(resp.to_ascii_lowercase().contains("retry-after: "), "{resp}");
+    let (_, mode_version) = f.mode();
+    assert_eq!(mode_version, 0, "a throttled request changes no mode");
+    // Health needs no token and is never throttled.
+    assert!(f
+        .raw("GET", "/healthz", None, "")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    for _ in 0..200 {
+        if hits.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one auth_failures_burst alert"
+    );
+
+    // Nothing of it was audited one row per request; the flush writes one
+    // row per source, route, status and code, with the count.
+    assert_eq!(f.audit_rows().await, before);
+    let written = api::edge::flush(&f.state).await;
+    assert_eq!(written, 2, "401 ×5 and 429 ×1");
+    let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT actor, action, result, after::text FROM audit.events WHERE record_type = 'refused_requests' ORDER BY result",
+    )
+    .fetch_all(&f.state.services.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0].0, "source:127.0.0.1");
+    assert_eq!(rows[0].1, "POST /v1/ops/requests");
+    assert_eq!(rows[0].2, "refused: AUTH_INVALID");
+    let after: Value = serde_json::from_str(&rows[0].3).unwrap();
+    assert_eq!(
+        (after["status"].as_u64(), after["count"].as_u64()),
+        (Some(401), Some(5))
+    );
+    assert_eq!(rows[1].2, "refused: AUTH_THROTTLED");
+    assert_eq!(api::edge::flush(&f.state).await, 0, "drained");
+    f.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -815,6 +893,26 @@ async fn registry_register_activate_rollback_pin_and_release() {
     }
     .write(&mut testutil::redis_connection(), &keys, 60_000)
     .unwrap();
+    // A reason PostgreSQL cannot store (a NUL) is made printable, and
+    // breaks neither the listing nor the other daemons' records.
+    Heartbeat {
+        refusals: [(
+            "fx_g10".to_owned(),
+            mlcore_contract::ModelRefusal {
+                version: 3,
+                manifest_sha256: None,
+                reason: "bad\u{0}bytes".into(),
+                at_ms: now(),
+            },
+        )]
+        .into(),
+        ..testutil::heartbeat("d0", now())
+    }
+    .write(&mut testutil::redis_connection(), &keys, 60_000)
+    .unwrap();
+    // A listing records the refusals first; the monitor still alerts on them.
+    let (code, _) = f.call("GET", "/v1/models", Some(VIEWER), "").await;
+    assert_eq!(code, 200);
     let mut watch = mlcore_control::monitor::Watch::default();
     let refused_alerts = |alerts: Vec<mlcore_control::alerts::Alert>| {
         alerts
@@ -822,8 +920,11 @@ async fn registry_register_activate_rollback_pin_and_release() {
             .filter(|a| a.kind == "model_refused")
             .collect::<Vec<_>>()
     };
-    let alerts = refused_alerts(mlcore_control::monitor::tick(svc, &mut watch).await);
-    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let mut alerts = refused_alerts(mlcore_control::monitor::tick(svc, &mut watch).await);
+    alerts.sort_by(|a, b| a.details["instance"].as_str().cmp(&b.details["instance"].as_str()));
+    assert_eq!(alerts.len(), 2, "{alerts:?}");
+    assert_eq!(alerts[0].details["reason"], "bad\u{FFFD}bytes");
+    alerts.remove(0);
     assert_eq!(
         (alerts[0].severity, alerts[0].scope.as_str()),
         (config::Severity::Critical, "fx_g10")
@@ -844,7 +945,8 @@ async fn registry_register_activate_rollback_pin_and_release() {
         .find(|m| m["id"] == "fx_g10-v3")
         .unwrap();
     assert_eq!(v3["status"], "active", "the registry's decision stands");
-    assert_eq!(v3["refused_by"][0]["instance"], "d2", "{v3}");
+    assert_eq!(v3["refused_by"][0]["instance"], "d0", "{v3}");
+    assert_eq!(v3["refused_by"][1]["instance"], "d2", "{v3}");
     assert_eq!(v3["served_by"], serde_json::json!([]), "{v3}");
     let d2 = json["strategies"][0]["daemons"]
         .as_array()

@@ -16,6 +16,8 @@ pub struct ApiError {
     pub message: String,
     /// Extra structured detail.
     pub details: serde_json::Value,
+    /// The handler audited this refusal (the edge then does not count it).
+    pub audited: bool,
 }
 
 impl ApiError {
@@ -26,6 +28,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: serde_json::Value::Null,
+            audited: false,
         }
     }
 
@@ -94,7 +97,12 @@ pub fn printable(s: &str) -> String {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"code": self.code, "message": self.message, "details": self.details});
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        resp.extensions_mut().insert(super::edge::ErrorCode(self.code));
+        if self.audited {
+            resp.extensions_mut().insert(super::edge::Audited);
+        }
+        resp
     }
 }
 

@@ -2,9 +2,13 @@
 //! domain modules (`ops`, `approvals`, `registry`, `audit`). Handlers
 //! authenticate (deny by default; each states the roles it admits), parse
 //! requests into typed calls, audit, and map domain errors to responses
-//! (`error`). Mutating routes are rate-limited per principal.
+//! (`error`). Mutating routes are rate-limited per principal; failed
+//! authentication is throttled per source address, and refusals the
+//! handlers do not audit are audited in aggregate (`edge`). Serve it with
+//! [`make_service`] so the edge sees source addresses.
 
 pub mod auth;
+pub mod edge;
 pub mod error;
 pub mod metrics;
 pub mod models;
@@ -82,6 +86,8 @@ pub struct AppState {
     pub principals: Vec<Principal>,
     /// Rate limits.
     pub limiter: Limiter,
+    /// Failed authentication per source, refusals to audit in aggregate.
+    pub edge: edge::Edge,
     /// Request metrics.
     pub http: Arc<metrics::HttpMetrics>,
     /// The `/metrics` registry.
@@ -153,7 +159,7 @@ impl AppState {
             )
             .await
         {
-            Ok(()) => err,
+            Ok(()) => ApiError { audited: true, ..err },
             Err(audit_failure) => audit_failure,
         }
     }
@@ -194,9 +200,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
+            edge::guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
             metrics::track,
         ))
         .with_state(state)
+}
+
+/// The router as a service that knows each connection's address (the
+/// edge throttles failed authentication per address).
+pub fn make_service(
+    state: Arc<AppState>,
+) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<Router, std::net::SocketAddr> {
+    router(state).into_make_service_with_connect_info::<std::net::SocketAddr>()
 }
 
 /// Builds the state: the services (migrations must have run), principals,
@@ -208,6 +226,7 @@ pub async fn state(config: AppConfig) -> Result<Arc<AppState>, StartError> {
     Ok(Arc::new(AppState {
         principals: auth::principals(&cfg.control),
         limiter: Limiter::new(cfg.control.rate_limit.per_minute, cfg.control.rate_limit.burst),
+        edge: edge::Edge::new(cfg.control.failed_auth.clone()),
         exposition: metrics::exposition(&cfg.metrics, Arc::clone(&http), Arc::clone(&services.alerts)),
         http,
         services,

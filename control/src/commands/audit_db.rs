@@ -100,10 +100,22 @@ pub fn serve(config_dir: &Path, env: &str, vars: &dyn EnvSource, out: &mut dyn W
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
         writeln!(out, "listening http={}", listener.local_addr()?)?;
         out.flush()?;
-        axum::serve(listener, crate::api::router(std::sync::Arc::clone(&state)))
+        let edge_state = std::sync::Arc::clone(&state);
+        let window =
+            std::time::Duration::from_secs(edge_state.services.config.control.refused_audit_window_s);
+        let refusals = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(window).await;
+                crate::api::edge::flush(&edge_state).await;
+            }
+        });
+        axum::serve(listener, crate::api::make_service(std::sync::Arc::clone(&state)))
             .with_graceful_shutdown(stop)
             .await?;
         monitor.abort();
+        refusals.abort();
+        // What was counted since the last window is audited before leaving.
+        crate::api::edge::flush(&state).await;
         state.services.pool.close().await;
         tracing::info!("control plane stopped");
         Ok::<_, anyhow::Error>(())
