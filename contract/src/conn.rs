@@ -130,6 +130,12 @@ impl PackedCommands {
         self.ends.reserve(commands);
     }
 
+    /// Bytes it can hold without growing.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.bytes.capacity()
+    }
+
     /// The commands as they go on the wire.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes

@@ -777,6 +777,31 @@ mod tests {
     }
 
     #[test]
+    fn buffers_warmed_on_short_numbers_do_not_grow_for_longer_ones() {
+        let guard = Guard::new(Keys::new("ns-room"), 10_000);
+        let with = |v: f64| {
+            let mut b = batch("fx", &["EURUSD", "USDJPY", "AUDUSD", "NZDUSD"]);
+            for s in &mut b.signals {
+                (s.weight, s.qty, s.return_prob, s.risk_score) = (v, -v, v / 3.0, v * 7.0);
+            }
+            vec![b]
+        };
+        let mut bufs = PublishBuffers::default();
+        guard.encode(&with(0.5), &mut bufs).unwrap();
+        let warmed = (bufs.packed.capacity(), bufs.cmd_room);
+        for v in [
+            0.1 + 0.2,
+            123_456.789_012_345,
+            4e-6,
+            -0.000_123_456_789_012_345_67,
+            9.9e13,
+        ] {
+            guard.encode(&with(v), &mut bufs).unwrap();
+            assert_eq!((bufs.packed.capacity(), bufs.cmd_room), warmed, "{v}");
+        }
+    }
+
+    #[test]
     fn consecutive_batches_of_one_layout_share_a_call_up_to_the_limit() {
         let a = batch("fx", &["EURUSD", "USDJPY"]);
         assert_eq!(groups(&[]), Vec::<Range<usize>>::new());

@@ -921,7 +921,11 @@ async fn registry_register_activate_rollback_pin_and_release() {
             .collect::<Vec<_>>()
     };
     let mut alerts = refused_alerts(mlcore_control::monitor::tick(svc, &mut watch).await);
-    alerts.sort_by(|a, b| a.details["instance"].as_str().cmp(&b.details["instance"].as_str()));
+    alerts.sort_by(|a, b| {
+        a.details["instance"]
+            .as_str()
+            .cmp(&b.details["instance"].as_str())
+    });
     assert_eq!(alerts.len(), 2, "{alerts:?}");
     assert_eq!(alerts[0].details["reason"], "bad\u{FFFD}bytes");
     alerts.remove(0);

@@ -117,6 +117,9 @@ pub struct Loader {
     follows_pointer: BTreeSet<String>,
 }
 
+/// Most refused (folder, manifest, authorisation) keys remembered.
+const MAX_REMEMBERED_REFUSALS: usize = 1024;
+
 /// The last artifact refused per strategy (side threads only).
 pub type Refusals = ArcSwap<BTreeMap<String, ModelRefusal>>;
 
@@ -291,6 +294,13 @@ impl Loader {
                     }
                     Err(reason) => {
                         self.report_refusal(&id, &w, &reason);
+                        // Bounded: a Redis writer cycling made-up
+                        // authorisation ids cannot grow it; forgetting
+                        // only means an artifact is verified (and refused)
+                        // again.
+                        if self.refused.len() >= MAX_REMEMBERED_REFUSALS {
+                            self.refused.clear();
+                        }
                         self.refused.insert(key);
                     }
                 }
