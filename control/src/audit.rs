@@ -199,11 +199,18 @@ pub async fn verify(pool: &PgPool, worm_root: &Path) -> Result<VerifyReport, Aud
         first_bad: None,
         archive: Vec::new(),
     };
-    let mut expected_prev = String::new();
-    // The first row kept is the anchor: retention may have removed older ones.
-    let mut expected_seq = match rows.first() {
-        Some(r) => r.try_get::<i64, _>("seq")?,
-        None => 1,
+    // Where the log legitimately starts: after the last pruning the
+    // database recorded (its function is the only way rows go), with the
+    // first row's prev_hash chaining to the last removed event. A head
+    // missing beyond that was deleted outside retention.
+    let pruned: Option<(i64, String)> = sqlx::query_as(
+        "SELECT last_removed, last_removed_hash FROM audit.prunings ORDER BY last_removed DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    let (mut expected_seq, mut expected_prev) = match pruned {
+        Some((last, hash)) => (last + 1, hash),
+        None => (1, String::new()),
     };
     let mut events = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
@@ -225,11 +232,20 @@ pub async fn verify(pool: &PgPool, worm_root: &Path) -> Result<VerifyReport, Aud
             hash: row.try_get("hash")?,
         };
         if report.first_bad.is_none() {
-            let why = if e.seq != expected_seq {
+            // A missing head is named by its first missing seq.
+            let head_missing = i == 0 && e.seq > expected_seq;
+            let why = if head_missing {
+                Some(format!(
+                    "the log starts at seq {} but retention removed rows only up to {}: rows {expected_seq}..{} were deleted outside retention",
+                    e.seq,
+                    expected_seq - 1,
+                    e.seq - 1
+                ))
+            } else if e.seq != expected_seq {
                 Some(format!(
                     "expected seq {expected_seq}: a row was deleted or inserted"
                 ))
-            } else if i > 0 && e.prev_hash != expected_prev {
+            } else if e.prev_hash != expected_prev {
                 Some(
                     "prev_hash does not match the previous row: rows were reordered, deleted or inserted"
                         .to_owned(),
@@ -240,7 +256,7 @@ pub async fn verify(pool: &PgPool, worm_root: &Path) -> Result<VerifyReport, Aud
                 None
             };
             if let Some(why) = why {
-                report.first_bad = Some((e.seq, why));
+                report.first_bad = Some((if head_missing { expected_seq } else { e.seq }, why));
             }
         }
         expected_prev = e.hash.clone();

@@ -179,7 +179,8 @@ async fn retention_removes_only_a_prefix_and_the_chain_still_verifies() {
     db::migrate(&t.config()).await.unwrap();
     let pool = db::connect(&t.config()).await.unwrap();
     let day = 86_400_000u64;
-    let now = 1_795_000_000_000u64;
+    // The database judges retention by its own clock.
+    let now = testutil::now_ms();
     // seq 1-2: ordinary, 200 days old; seq 3: critical, 200 days old;
     // seq 4: ordinary, 200 days old; seq 5: ordinary, today.
     for (i, (age_days, critical)) in [(200, false), (200, false), (200, true), (200, false), (0, false)]
@@ -197,11 +198,60 @@ async fn retention_removes_only_a_prefix_and_the_chain_still_verifies() {
     let report = audit::verify(&pool, worm.path()).await.unwrap();
     assert!(report.ok(), "{report:?}");
     assert_eq!(report.rows, 3);
-    // Years later everything has expired: the newest row stays as the anchor.
-    let removed = audit::retain(&pool, now + 3000 * day, 90, 1825).await.unwrap();
-    assert_eq!(removed, 2);
+    // The pruning left its record: what went, and the hash the anchor
+    // chains to.
+    let (first, last, n, by): (i64, i64, i64, String) =
+        sqlx::query_as("SELECT first_removed, last_removed, removed, requested_by FROM audit.prunings")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((first, last, n), (1, 2, 2));
+    assert!(!by.is_empty());
+
+    // Told by the application to delete everything, the database keeps
+    // what its own policy keeps: nothing here has expired any further.
+    let mut app = pool.acquire().await.unwrap();
+    app.execute("SET ROLE mlcore_app").await.unwrap();
+    let deleted: i64 = sqlx::query_scalar("SELECT audit.prune_before($1)")
+        .bind(i64::MAX)
+        .fetch_one(&mut *app)
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted, 0,
+        "prune_before(max) deleted a critical event inside its retention"
+    );
+    assert!(
+        app.execute("DELETE FROM audit.prunings").await.is_err()
+            && app
+                .execute("UPDATE audit.retention_policy SET critical_days = 1")
+                .await
+                .is_err(),
+        "the application cannot touch the retention record or policy"
+    );
+    app.execute("RESET ROLE").await.unwrap();
+    drop(app);
+    assert_eq!(audit::verify(&pool, worm.path()).await.unwrap().rows, 3);
+
+    // A superuser deleting the oldest rows around the function: verify
+    // names the first missing seq, from the pruning record.
+    let mut su = pool.acquire().await.unwrap();
+    su.execute("SELECT set_config('mlcore.pruning', 'on', false)")
+        .await
+        .unwrap();
+    su.execute("DELETE FROM audit.events WHERE seq = 3")
+        .await
+        .unwrap();
+    su.execute("SELECT set_config('mlcore.pruning', 'off', false)")
+        .await
+        .unwrap();
+    drop(su);
     let report = audit::verify(&pool, worm.path()).await.unwrap();
-    assert!(report.ok() && report.rows == 1, "{report:?}");
+    assert_eq!(report.first_bad.as_ref().map(|b| b.0), Some(3), "{report:?}");
+    assert!(
+        report.first_bad.as_ref().unwrap().1.contains("outside retention"),
+        "{report:?}"
+    );
     // The application role may prune only through the function.
     let mut conn = pool.acquire().await.unwrap();
     conn.execute("SET ROLE mlcore_app").await.unwrap();
