@@ -148,24 +148,91 @@ pub async fn append(pool: &PgPool, worm_root: &Path, e: NewEvent) -> Result<Even
 }
 
 fn archive(root: &Path, e: &Event) -> Result<(), AuditError> {
-    let path = worm_path(root, e);
+    let body = serde_json::to_vec(e).map_err(|x| AuditError::Worm {
+        path: worm_path(root, e),
+        source: std::io::Error::other(x),
+    })?;
+    write_once(&worm_path(root, e), &body)
+}
+
+/// Writes `body` to a new file at `path`, mode 0444; an existing file is
+/// never overwritten.
+fn write_once(path: &Path, body: &[u8]) -> Result<(), AuditError> {
     let err = |source| AuditError::Worm {
-        path: path.clone(),
+        path: path.to_owned(),
         source,
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let body = serde_json::to_vec(e).map_err(|x| err(std::io::Error::other(x)))?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o444)
-        .open(&path)
+        .open(path)
         .map_err(err)?;
-    f.write_all(&body).map_err(err)?;
+    f.write_all(body).map_err(err)?;
     f.set_permissions(std::fs::Permissions::from_mode(0o444))
         .map_err(err)
+}
+
+/// Folder of the archive that holds head checkpoints.
+const CHECKPOINTS: &str = "_checkpoints";
+
+/// How far the log went at some moment: its newest seq and hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Newest seq.
+    pub seq: i64,
+    /// Its hash.
+    pub hash: String,
+    /// When the checkpoint was written, ms since the epoch.
+    pub at_ms: u64,
+}
+
+/// Writes a checkpoint of the log's head to the archive
+/// (`_checkpoints/<seq>.json`, mode 0444, once per head): `verify` then
+/// notices the newest rows deleted together with their archive files, up
+/// to the last checkpoint. `serve` writes one every minute. Returns it,
+/// `None` for an empty log.
+pub async fn checkpoint(
+    pool: &PgPool,
+    worm_root: &Path,
+    now_ms: u64,
+) -> Result<Option<Checkpoint>, AuditError> {
+    let head: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit.events ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(pool)
+            .await?;
+    let Some((seq, hash)) = head else { return Ok(None) };
+    let cp = Checkpoint {
+        seq,
+        hash,
+        at_ms: now_ms,
+    };
+    let path = worm_root.join(CHECKPOINTS).join(format!("{seq:012}.json"));
+    if !path.exists() {
+        let body = serde_json::to_vec(&cp).map_err(|x| AuditError::Worm {
+            path: path.clone(),
+            source: std::io::Error::other(x),
+        })?;
+        write_once(&path, &body)?;
+    }
+    Ok(Some(cp))
+}
+
+/// The newest checkpoint in the archive, if any is readable.
+fn latest_checkpoint(worm_root: &Path) -> Option<Checkpoint> {
+    let newest = std::fs::read_dir(worm_root.join(CHECKPOINTS))
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let seq = name.strip_suffix(".json")?.parse::<i64>().ok()?;
+            Some((seq, e.path()))
+        })
+        .max_by_key(|(seq, _)| *seq)?;
+    serde_json::from_slice(&std::fs::read(newest.1).ok()?).ok()
 }
 
 /// What `verify` found.
@@ -263,6 +330,30 @@ pub async fn verify(pool: &PgPool, worm_root: &Path) -> Result<VerifyReport, Aud
         expected_seq = e.seq + 1;
         events.push(e);
     }
+    // The tail: the newest checkpoint says how far the log went.
+    if report.first_bad.is_none() {
+        if let Some(cp) = latest_checkpoint(worm_root) {
+            let last = events.last().map_or(0, |e| e.seq);
+            if cp.seq > last {
+                report.first_bad = Some((
+                    last + 1,
+                    format!(
+                        "a checkpoint says the log reached seq {} but it ends at {last}: rows {}..{} were deleted",
+                        cp.seq,
+                        last + 1,
+                        cp.seq
+                    ),
+                ));
+            } else if let Some(e) = events.iter().find(|e| e.seq == cp.seq) {
+                if e.hash != cp.hash {
+                    report.first_bad = Some((
+                        cp.seq,
+                        format!("row {} does not have the hash its checkpoint recorded", cp.seq),
+                    ));
+                }
+            }
+        }
+    }
     // The archive must hold the same events, byte for byte.
     let mut archived = 0usize;
     for e in &events {
@@ -331,6 +422,7 @@ fn count_files_from(dir: &Path, from: i64) -> usize {
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
+                .filter(|e| e.file_name() != CHECKPOINTS)
                 .map(|e| {
                     let path = e.path();
                     if path.is_dir() {

@@ -266,3 +266,44 @@ async fn retention_removes_only_a_prefix_and_the_chain_still_verifies() {
     pool.close().await;
     t.drop_db().await;
 }
+
+#[tokio::test]
+async fn a_deleted_tail_is_named_from_the_last_checkpoint() {
+    let t = TestDb::new().await;
+    let worm = tempfile::tempdir().unwrap();
+    db::migrate(&t.config()).await.unwrap();
+    let pool = db::connect(&t.config()).await.unwrap();
+    let mut last = None;
+    for i in 0..4 {
+        last = Some(audit::append(&pool, worm.path(), event(i)).await.unwrap());
+    }
+    let cp = audit::checkpoint(&pool, worm.path(), testutil::now_ms())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cp.seq, 4);
+    let report = audit::verify(&pool, worm.path()).await.unwrap();
+    assert!(report.ok(), "checkpoints are not archive events: {report:?}");
+
+    // The newest row and its archive file go, as its owner could do.
+    let newest = last.unwrap();
+    let mut su = pool.acquire().await.unwrap();
+    su.execute("SELECT set_config('mlcore.pruning', 'on', false)")
+        .await
+        .unwrap();
+    su.execute("DELETE FROM audit.events WHERE seq = 4")
+        .await
+        .unwrap();
+    su.execute("SELECT set_config('mlcore.pruning', 'off', false)")
+        .await
+        .unwrap();
+    drop(su);
+    let file = audit::worm_path(worm.path(), &newest);
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let report = audit::verify(&pool, worm.path()).await.unwrap();
+    assert_eq!(report.first_bad.as_ref().map(|b| b.0), Some(4), "{report:?}");
+    assert!(report.first_bad.unwrap().1.contains("checkpoint"));
+    pool.close().await;
+    t.drop_db().await;
+}

@@ -90,8 +90,18 @@ pub fn serve(config_dir: &Path, env: &str, vars: &dyn EnvSource, out: &mut dyn W
         let watched = std::sync::Arc::clone(&state.services);
         let monitor = tokio::spawn(async move {
             let mut watch = crate::monitor::Watch::default();
+            let mut ticks = 0u64;
             loop {
                 crate::monitor::tick(&watched, &mut watch).await;
+                // A checkpoint of the audit log's head every minute.
+                if ticks.is_multiple_of(60) {
+                    let done =
+                        crate::audit::checkpoint(&watched.pool, watched.worm_root(), watched.now_ms()).await;
+                    if let Err(e) = done {
+                        tracing::error!(error = %e, "audit checkpoint not written");
+                    }
+                }
+                ticks += 1;
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         });
@@ -116,6 +126,10 @@ pub fn serve(config_dir: &Path, env: &str, vars: &dyn EnvSource, out: &mut dyn W
         refusals.abort();
         // What was counted since the last window is audited before leaving.
         crate::api::edge::flush(&state).await;
+        let svc = &state.services;
+        if let Err(e) = crate::audit::checkpoint(&svc.pool, svc.worm_root(), svc.now_ms()).await {
+            tracing::error!(error = %e, "audit checkpoint not written at shutdown");
+        }
         state.services.pool.close().await;
         tracing::info!("control plane stopped");
         Ok::<_, anyhow::Error>(())
