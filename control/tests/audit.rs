@@ -9,6 +9,23 @@ use mlcore_control::{audit, db};
 use mlcore_testkit as testutil;
 use sqlx::Executor;
 
+/// Deletes row `seq` as a superuser would, around `audit.prune_before`
+/// (the trigger's pruning flag set by hand).
+async fn delete_as_superuser(pool: &sqlx::PgPool, seq: i64) {
+    let mut su = pool.acquire().await.unwrap();
+    su.execute("SELECT set_config('mlcore.pruning', 'on', false)")
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit.events WHERE seq = $1")
+        .bind(seq)
+        .execute(&mut *su)
+        .await
+        .unwrap();
+    su.execute("SELECT set_config('mlcore.pruning', 'off', false)")
+        .await
+        .unwrap();
+}
+
 /// A database of its own, dropped at the end.
 struct TestDb {
     name: String,
@@ -235,17 +252,7 @@ async fn retention_removes_only_a_prefix_and_the_chain_still_verifies() {
 
     // A superuser deleting the oldest rows around the function: verify
     // names the first missing seq, from the pruning record.
-    let mut su = pool.acquire().await.unwrap();
-    su.execute("SELECT set_config('mlcore.pruning', 'on', false)")
-        .await
-        .unwrap();
-    su.execute("DELETE FROM audit.events WHERE seq = 3")
-        .await
-        .unwrap();
-    su.execute("SELECT set_config('mlcore.pruning', 'off', false)")
-        .await
-        .unwrap();
-    drop(su);
+    delete_as_superuser(&pool, 3).await;
     let report = audit::verify(&pool, worm.path()).await.unwrap();
     assert_eq!(report.first_bad.as_ref().map(|b| b.0), Some(3), "{report:?}");
     assert!(
@@ -287,17 +294,7 @@ async fn a_deleted_tail_is_named_from_the_last_checkpoint() {
 
     // The newest row and its archive file go, as its owner could do.
     let newest = last.unwrap();
-    let mut su = pool.acquire().await.unwrap();
-    su.execute("SELECT set_config('mlcore.pruning', 'on', false)")
-        .await
-        .unwrap();
-    su.execute("DELETE FROM audit.events WHERE seq = 4")
-        .await
-        .unwrap();
-    su.execute("SELECT set_config('mlcore.pruning', 'off', false)")
-        .await
-        .unwrap();
-    drop(su);
+    delete_as_superuser(&pool, 4).await;
     let file = audit::worm_path(worm.path(), &newest);
     std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     std::fs::remove_file(&file).unwrap();
