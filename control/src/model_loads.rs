@@ -63,7 +63,9 @@ const REASON_MAX: usize = 2000;
 /// when the registry holds that model for that strategy and version, each
 /// refusal against the registered model of that strategy and version
 /// (refusals of artifacts the registry does not know are only counted, by
-/// the daemon and the `artifact_refused` alert). A heartbeat is written by
+/// the daemon and the `artifact_refused` alert); a refusal of a pointer
+/// that named another manifest than the registered one says so first (the
+/// artifact is not at fault; the pointer is). A heartbeat is written by
 /// whoever can write Redis: nothing here names a model the registry does
 /// not hold, and a row that cannot be stored is logged and skipped, never
 /// in the way of the others.
@@ -111,7 +113,12 @@ pub async fn record(svc: &Services, beats: &[Heartbeat]) {
                 .collect();
             let done = sqlx::query(
                 "INSERT INTO core.model_loads (model_id, instance, outcome, reason, first_at_ms, last_at_ms) \
-                 SELECT id, $3, 'refused', $4, $5, $5 FROM core.model_registry WHERE strategy = $1 AND version = $2 \
+                 SELECT id, $3, 'refused', \
+                   CASE WHEN $6::text IS NOT NULL AND $6 <> manifest_sha256 \
+                     THEN 'the pointer named manifest ' || $6 || ', not the registered one (a pointer written outside the registry?): ' || $4 \
+                     ELSE $4 END, \
+                   $5, $5 \
+                 FROM core.model_registry WHERE strategy = $1 AND version = $2 \
                  ON CONFLICT (model_id, instance, outcome) DO UPDATE \
                  SET reason = excluded.reason, last_at_ms = excluded.last_at_ms \
                  WHERE core.model_loads.last_at_ms < excluded.last_at_ms",
@@ -121,6 +128,7 @@ pub async fn record(svc: &Services, beats: &[Heartbeat]) {
             .bind(&hb.instance)
             .bind(&reason)
             .bind(refusal.at_ms as i64)
+            .bind(refusal.manifest_sha256.as_deref())
             .execute(&svc.pool)
             .await;
             if let Err(e) = done {

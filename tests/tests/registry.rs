@@ -416,10 +416,10 @@ fn the_daemon_follows_registry_activations_and_rollbacks() {
         "{}",
         refused_by()
     );
+    let reason = refused_by()[0]["reason"].as_str().unwrap().to_owned();
     assert!(
-        refused_by()[0]["reason"].as_str().unwrap().contains("sha256"),
-        "{}",
-        refused_by()
+        reason.contains("sha256") && reason.starts_with("the pointer named manifest 0000"),
+        "the pointer, not the artifact, is at fault: {reason}"
     );
 
     // A corrupt state file stops the daemon at start, naming the file:
