@@ -603,6 +603,26 @@ async fn authorization_matrix_every_route_role_and_method() {
             "{path} missing from the OpenAPI document"
         );
     }
+    // Every operation lists what the layers around the handlers answer.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let answers = op["responses"].as_object().unwrap();
+            let mut want = vec!["401", "429", "500"];
+            if op.get("requestBody").is_some() {
+                want.extend(["400", "413", "415"]);
+            }
+            for status in want {
+                assert!(answers.contains_key(status), "{method} {path} lacks {status}");
+            }
+            assert!(
+                answers["429"]["description"]
+                    .as_str()
+                    .unwrap()
+                    .contains("AUTH_THROTTLED"),
+                "{method} {path}"
+            );
+        }
+    }
     f.finish().await;
 }
 

@@ -180,14 +180,17 @@ fn api_routes() -> OpenApiRouter<Arc<AppState>> {
 
 /// The OpenAPI document of [`router`]'s `/v1` routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_routes().into_openapi()
+    let mut doc = api_routes().into_openapi();
+    openapi::add_edge_responses(&mut doc);
+    doc
 }
 
 /// The router: the `/v1` API, its document at `/openapi.json`, health,
 /// readiness and metrics.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.services.config.control.max_body_bytes;
-    let (api, doc) = api_routes().split_for_parts();
+    let (api, mut doc) = api_routes().split_for_parts();
+    openapi::add_edge_responses(&mut doc);
     let doc = Arc::new(doc);
     api.route("/healthz", get(metrics::healthz))
         .route("/readyz", get(metrics::readyz))
