@@ -25,6 +25,15 @@ pub enum OpsAction {
 }
 
 impl OpsAction {
+    /// Every action.
+    pub const ALL: [Self; 5] = [
+        Self::Halt,
+        Self::ReduceOnly,
+        Self::Flatten,
+        Self::Resume,
+        Self::Rollback,
+    ];
+
     /// The wire form.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -58,16 +67,10 @@ impl std::str::FromStr for OpsAction {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
-            Self::Halt,
-            Self::ReduceOnly,
-            Self::Flatten,
-            Self::Resume,
-            Self::Rollback,
-        ]
-        .into_iter()
-        .find(|a| a.as_str() == s)
-        .ok_or_else(|| format!("unknown action `{s}` (halt, reduce_only, flatten, resume, rollback)"))
+        Self::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("unknown action `{s}` (halt, reduce_only, flatten, resume, rollback)"))
     }
 }
 

@@ -603,13 +603,27 @@ async fn authorization_matrix_every_route_role_and_method() {
             "{path} missing from the OpenAPI document"
         );
     }
+    // Closed sets known at start are enumerated: a request valid by the
+    // document names an action, scope and strategy the server knows.
+    let body = &doc["components"]["schemas"]["OpsRequestBody"]["properties"];
+    assert!(body["action"]["enum"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from("reduce_only")));
+    let scopes = body["scope"]["enum"].as_array().unwrap();
+    assert!(scopes.contains(&Value::from("fx_g10")) && scopes.contains(&Value::from("global")));
+    let register = &doc["components"]["schemas"]["RegisterBody"]["properties"]["strategy"];
+    assert!(!register["enum"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from("global")));
     // Every operation lists what the layers around the handlers answer.
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             let answers = op["responses"].as_object().unwrap();
             let mut want = vec!["401", "429", "500"];
             if op.get("requestBody").is_some() {
-                want.extend(["400", "413", "415"]);
+                want.extend(["400", "413", "415", "422"]);
             }
             for status in want {
                 assert!(answers.contains_key(status), "{method} {path} lacks {status}");

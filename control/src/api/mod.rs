@@ -191,6 +191,15 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.services.config.control.max_body_bytes;
     let (api, mut doc) = api_routes().split_for_parts();
     openapi::add_edge_responses(&mut doc);
+    let strategies: Vec<String> = state
+        .services
+        .config
+        .universe
+        .strategies
+        .iter()
+        .map(|s| s.id.to_string())
+        .collect();
+    openapi::enumerate_known(&mut doc, &strategies);
     let doc = Arc::new(doc);
     api.route("/healthz", get(metrics::healthz))
         .route("/readyz", get(metrics::readyz))

@@ -27,7 +27,7 @@ const RECORD: &str = "model_registry";
 #[serde(deny_unknown_fields)]
 pub struct RegisterBody {
     /// Strategy id.
-    #[schema(min_length = 1, max_length = 128)]
+    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]+$")]
     pub strategy: String,
     /// Artifact version.
     #[schema(minimum = 1)]
@@ -39,7 +39,11 @@ pub struct RegisterBody {
 #[serde(deny_unknown_fields)]
 pub struct ReasonBody {
     /// Why (not blank; no control characters but newlines and tabs).
-    #[schema(min_length = 1, max_length = 2000)]
+    #[schema(
+        min_length = 1,
+        max_length = 2000,
+        pattern = "^[^\\x00-\\x08\\x0B\\x0C\\x0E-\\x1F\\x7F-\\x9F]+$"
+    )]
     pub reason: String,
 }
 

@@ -38,13 +38,31 @@ impl utoipa::Modify for Bearer {
     }
 }
 
+/// Path ids are what the handlers accept (`error::text_field`): 1 to
+/// `ID_MAX` characters, none of them a control character.
+fn constrain_path_ids(op: &mut utoipa::openapi::path::Operation) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::{RefOr, Schema};
+    for param in op.parameters.iter_mut().flatten() {
+        if !matches!(param.parameter_in, ParameterIn::Path) {
+            continue;
+        }
+        if let Some(RefOr::T(Schema::Object(obj))) = param.schema.as_mut() {
+            obj.min_length = Some(1);
+            obj.max_length = Some(super::error::ID_MAX);
+            obj.pattern = Some("^[^\\x00-\\x1F\\x7F-\\x9F]+$".to_owned());
+        }
+    }
+}
+
 /// Adds to every `/v1` operation the answers the layers around the
 /// handlers give, so the document lists every status an operation can
 /// return: 401 (no or unknown token), 429 (`RATE_LIMITED`, or
 /// `AUTH_THROTTLED` from the edge with `Retry-After`), 500; and for
-/// operations with a body, 400 (malformed JSON), 413 (too large) and 415
-/// (not JSON). A status a handler documents itself keeps its description,
-/// except 429, which always names both codes.
+/// operations with a body, 400 (malformed JSON), 413 (too large), 415
+/// (not JSON) and 422 (JSON of the wrong shape). A status a handler documents itself keeps its description,
+/// except 429, which always names both codes. Path ids get the constraints
+/// the handlers enforce.
 pub fn add_edge_responses(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::content::ContentBuilder;
     use utoipa::openapi::{Ref, ResponseBuilder};
@@ -71,6 +89,7 @@ pub fn add_edge_responses(doc: &mut utoipa::openapi::OpenApi) {
             &mut item.patch,
         ];
         for op in ops.into_iter().flatten() {
+            constrain_path_ids(op);
             let has_body = op.request_body.is_some();
             let answers = &mut op.responses.responses;
             let mut add = |status: &str, description: &str| {
@@ -84,6 +103,7 @@ pub fn add_edge_responses(doc: &mut utoipa::openapi::OpenApi) {
                 add("400", "malformed JSON or a field with a control character");
                 add("413", "body larger than max_body_bytes (REQUEST_TOO_LARGE)");
                 add("415", "body not declared as JSON (REQUEST_NOT_JSON)");
+                add("422", "body JSON of the wrong shape (REQUEST_MALFORMED)");
             }
             answers.insert(
                 "429".to_owned(),
@@ -94,4 +114,32 @@ pub fn add_edge_responses(doc: &mut utoipa::openapi::OpenApi) {
             );
         }
     }
+}
+
+/// Names the values the server accepts where they are a closed set known
+/// when it starts: `action` (the ops actions), `scope` (the universe's
+/// strategies and `global`) and a registration's `strategy`, so a request
+/// valid by the document is one the server can take.
+pub fn enumerate_known(doc: &mut utoipa::openapi::OpenApi, strategies: &[String]) {
+    use utoipa::openapi::{RefOr, Schema};
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    let mut set = |schema: &str, field: &str, values: Vec<String>| {
+        if let Some(RefOr::T(Schema::Object(obj))) = components.schemas.get_mut(schema) {
+            if let Some(RefOr::T(Schema::Object(prop))) = obj.properties.get_mut(field) {
+                prop.pattern = None;
+                prop.enum_values = Some(values.into_iter().map(serde_json::Value::from).collect());
+            }
+        }
+    };
+    let actions = crate::ops::OpsAction::ALL
+        .iter()
+        .map(|a| a.as_str().to_owned())
+        .collect();
+    set("OpsRequestBody", "action", actions);
+    let mut scopes = strategies.to_vec();
+    scopes.push("global".to_owned());
+    set("OpsRequestBody", "scope", scopes);
+    set("RegisterBody", "strategy", strategies.to_vec());
 }

@@ -30,13 +30,17 @@ const RECORD: &str = "ops_request";
 #[serde(deny_unknown_fields)]
 pub struct OpsRequestBody {
     /// `halt | reduce_only | flatten | resume | rollback`.
-    #[schema(min_length = 1, max_length = 128)]
+    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]+$")]
     pub action: String,
     /// A strategy id or `global`.
-    #[schema(min_length = 1, max_length = 128)]
+    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]+$")]
     pub scope: String,
     /// Why (not blank; no control characters but newlines and tabs).
-    #[schema(min_length = 1, max_length = 2000)]
+    #[schema(
+        min_length = 1,
+        max_length = 2000,
+        pattern = "^[^\\x00-\\x08\\x0B\\x0C\\x0E-\\x1F\\x7F-\\x9F]+$"
+    )]
     pub reason: String,
 }
 
