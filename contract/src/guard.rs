@@ -315,25 +315,19 @@ impl Guard {
         }
         group_calls(batches, &mut bufs.groups);
         bufs.packed.clear();
-        // Room for the largest these calls can encode to, whatever their
-        // numbers print as: buffers grow when the shape of the calls
-        // changes, never because a float printed longer than before.
-        let (mut packed_bytes, mut widest) = (0, (0, 0));
         for g in &bufs.groups {
             let group = &batches[g.clone()];
             let k = strategy_keys(&mut bufs.keys, &self.keys, &group[0].strategy);
+            // Room for the most this call can encode to, whatever its
+            // numbers print as: buffers grow when the shape of the calls
+            // changes, never because a float printed longer than before.
             let (args, data) = call_bound(&bufs.keys[k], group);
-            packed_bytes += data + args * ARG_FRAMING + ARG_FRAMING;
-            widest = (widest.0.max(args), widest.1.max(data));
-        }
-        bufs.packed.reserve(packed_bytes, bufs.groups.len());
-        if widest.0 > bufs.cmd_room.0 || widest.1 > bufs.cmd_room.1 {
-            bufs.cmd = redis::Cmd::with_capacity(widest.0, widest.1);
-            bufs.cmd_room = widest;
-        }
-        for g in &bufs.groups {
-            let group = &batches[g.clone()];
-            let k = strategy_keys(&mut bufs.keys, &self.keys, &group[0].strategy);
+            bufs.packed.reserve(data + args * ARG_FRAMING + ARG_FRAMING, 1);
+            if args > bufs.cmd_room.0 || data > bufs.cmd_room.1 {
+                let room = (args.max(bufs.cmd_room.0), data.max(bufs.cmd_room.1));
+                bufs.cmd = redis::Cmd::with_capacity(room.0, room.1);
+                bufs.cmd_room = room;
+            }
             self.fill_publish_cmd(&mut bufs.cmd, &bufs.keys[k], group);
             bufs.packed.push(&bufs.cmd);
         }
