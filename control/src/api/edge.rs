@@ -31,6 +31,7 @@ use axum::response::{IntoResponse, Response};
 use mlcore_config::{FailedAuthConfig, Severity};
 use serde_json::json;
 
+use super::bucket::{Bucket, Rate};
 use super::error::ApiError;
 use super::AppState;
 use crate::alerts::Alert;
@@ -52,8 +53,7 @@ const MAX_SOURCES: usize = 100_000;
 
 #[derive(Debug)]
 struct Source {
-    tokens: f64,
-    at: Instant,
+    bucket: Bucket,
     window_start: Instant,
     failures_in_window: u32,
     alerted: bool,
@@ -80,6 +80,7 @@ struct Tally {
 #[derive(Debug)]
 pub struct Edge {
     cfg: FailedAuthConfig,
+    rate: Rate,
     sources: Mutex<HashMap<IpAddr, Source>>,
     pending: Mutex<HashMap<Key, Tally>>,
 }
@@ -88,32 +89,17 @@ impl Edge {
     /// From `control.yaml`'s `failed_auth`.
     pub fn new(cfg: FailedAuthConfig) -> Self {
         Self {
+            rate: Rate::new(cfg.burst, cfg.per_minute),
             cfg,
             sources: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
         }
     }
 
-    fn refill(&self, s: &mut Source, now: Instant) {
-        let refill = now.duration_since(s.at).as_secs_f64() * f64::from(self.cfg.per_minute) / 60.0;
-        s.tokens = (s.tokens + refill).min(f64::from(self.cfg.burst));
-        s.at = now;
-    }
-
     /// How long `ip` must wait before its next request, while throttled.
     fn throttled(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
         let mut sources = self.sources.lock().ok()?;
-        let s = sources.get_mut(&ip)?;
-        self.refill(s, now);
-        if s.tokens >= 1.0 {
-            return None;
-        }
-        let per_s = f64::from(self.cfg.per_minute) / 60.0;
-        Some(if per_s > 0.0 {
-            Duration::from_secs_f64(((1.0 - s.tokens) / per_s).ceil().max(1.0))
-        } else {
-            Duration::from_secs(3600)
-        })
+        self.rate.wait(&mut sources.get_mut(&ip)?.bucket, now)
     }
 
     /// Records a failed authentication from `ip`; returns the failures in
@@ -121,18 +107,19 @@ impl Edge {
     fn failed(&self, ip: IpAddr, now: Instant) -> Option<u32> {
         let mut sources = self.sources.lock().ok()?;
         if sources.len() >= MAX_SOURCES && !sources.contains_key(&ip) {
-            let burst = f64::from(self.cfg.burst);
-            sources.retain(|_, s| s.tokens < burst && now.duration_since(s.at) < Duration::from_secs(600));
+            let rate = self.rate;
+            sources.retain(|_, s| {
+                !rate.is_full(&s.bucket)
+                    && now.duration_since(Rate::last(&s.bucket)) < Duration::from_secs(600)
+            });
         }
         let s = sources.entry(ip).or_insert_with(|| Source {
-            tokens: f64::from(self.cfg.burst),
-            at: now,
+            bucket: self.rate.full(now),
             window_start: now,
             failures_in_window: 0,
             alerted: false,
         });
-        self.refill(s, now);
-        s.tokens = (s.tokens - 1.0).max(0.0);
+        self.rate.spend(&mut s.bucket, now);
         if now.duration_since(s.window_start) >= Duration::from_secs(60) {
             (s.window_start, s.failures_in_window, s.alerted) = (now, 0, false);
         }

@@ -8,6 +8,7 @@
 //! [`make_service`] so the edge sees source addresses.
 
 pub mod auth;
+pub mod bucket;
 pub mod edge;
 pub mod error;
 pub mod metrics;
@@ -37,17 +38,15 @@ pub use crate::services::StartError;
 /// Per-principal token buckets for mutating routes.
 #[derive(Debug)]
 pub struct Limiter {
-    per_minute: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    rate: bucket::Rate,
+    buckets: Mutex<HashMap<String, bucket::Bucket>>,
 }
 
 impl Limiter {
     /// From `control.yaml`'s `rate_limit`.
     pub fn new(per_minute: u32, burst: u32) -> Self {
         Self {
-            per_minute: f64::from(per_minute),
-            burst: f64::from(burst.max(1)),
+            rate: bucket::Rate::new(burst, per_minute),
             buckets: Mutex::new(HashMap::new()),
         }
     }
@@ -59,18 +58,17 @@ impl Limiter {
             .lock()
             .map_err(|_| ApiError::internal("rate limiting"))?;
         let now = Instant::now();
-        let entry = b.entry(who.to_owned()).or_insert((self.burst, now));
-        let refill = now.duration_since(entry.1).as_secs_f64() * self.per_minute / 60.0;
-        entry.0 = (entry.0 + refill).min(self.burst);
-        entry.1 = now;
-        if entry.0 >= 1.0 {
-            entry.0 -= 1.0;
+        let entry = b.entry(who.to_owned()).or_insert_with(|| self.rate.full(now));
+        if self.rate.take(entry, now) {
             Ok(())
         } else {
             Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "RATE_LIMITED",
-                format!("{who} exceeded {} mutating requests per minute", self.per_minute),
+                format!(
+                    "{who} exceeded {} mutating requests per minute",
+                    self.rate.per_minute
+                ),
             ))
         }
     }
