@@ -45,3 +45,23 @@ ensure_cargo_tool() {
   say "$crate $version is missing: installing it with cargo (once per machine)"
   (unset CARGO_TARGET_DIR; cargo install --locked --quiet "$crate" --version "$version") >&2
 }
+
+# Makes sure $ROOT/.tools/<name> is a virtualenv holding exactly the pinned
+# packages of scripts/python/<name>.txt (every transitive dependency is
+# listed, installed with --no-deps, then `pip check`ed). Reinstalls when the
+# file changes; git-ignored.
+ensure_venv() {
+  local name="$1"
+  local req="$ROOT/scripts/python/$name.txt" dir="$ROOT/.tools/$name"
+  local want
+  want=$(sha256sum "$req" | cut -d' ' -f1)
+  if [ -f "$dir/.pinned" ] && [ "$(cat "$dir/.pinned")" = "$want" ]; then
+    return 0
+  fi
+  say "$name: installing the packages pinned in scripts/python/$name.txt into .tools/$name"
+  rm -rf "$dir"
+  python3 -m venv "$dir"
+  "$dir/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$req" >&2
+  "$dir/bin/pip" check --disable-pip-version-check >&2 || die "$name: scripts/python/$name.txt misses a dependency"
+  echo "$want" >"$dir/.pinned"
+}

@@ -11,6 +11,8 @@ bash scripts/setup-ort.sh
 # promtool (Debian's prometheus package) checks the processes' /metrics.
 need_binary promtool prometheus
 eval "$(bash scripts/services.sh)"
+# schemathesis (pinned, in .tools/) fuzzes the control API in the suite.
+eval "$(bash scripts/setup-python-tools.sh)"
 export ORT_DYLIB_PATH="$ROOT/.ort/lib/libonnxruntime.so.1.31.1"
 
 say "cargo fmt --check"

@@ -92,6 +92,8 @@ pub enum RegistryCode {
     StrategyUnknown,
     /// `trust.yaml` cannot be used.
     TrustUnusable,
+    /// No artifact at the version's folder (or its manifest is missing).
+    ArtifactNotFound,
     /// The artifact folder cannot be read.
     ArtifactUnreadable,
     /// The artifact failed verification.
@@ -124,6 +126,7 @@ impl RegistryCode {
         match self {
             Self::StrategyUnknown => "MODEL_STRATEGY_UNKNOWN",
             Self::TrustUnusable => "MODEL_TRUST_UNUSABLE",
+            Self::ArtifactNotFound => "MODEL_ARTIFACT_NOT_FOUND",
             Self::ArtifactUnreadable => "MODEL_ARTIFACT_UNREADABLE",
             Self::VerifyFailed => "MODEL_VERIFY_FAILED",
             Self::ArtifactMisplaced => "MODEL_ARTIFACT_MISPLACED",
@@ -455,14 +458,22 @@ pub async fn register(
         .map_err(|e| {
             // The server's paths stay in its log, not in the answer.
             tracing::warn!(path = %dir.display(), error = %e, "artifact unreadable");
-            let why = match &e {
-                FilesError::Layout { reason, .. } => reason.clone(),
-                FilesError::Io { source, .. } => source.kind().to_string(),
-            };
-            RegistryError::refused(
-                RegistryCode::ArtifactUnreadable,
-                format!("{strategy} v{version} cannot be read: {why}"),
-            )
+            match &e {
+                FilesError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                    RegistryError::refused(
+                        RegistryCode::ArtifactNotFound,
+                        format!("no artifact of {strategy} v{version} under models_root"),
+                    )
+                }
+                FilesError::Io { source, .. } => RegistryError::refused(
+                    RegistryCode::ArtifactUnreadable,
+                    format!("{strategy} v{version} cannot be read: {}", source.kind()),
+                ),
+                FilesError::Layout { reason, .. } => RegistryError::refused(
+                    RegistryCode::ArtifactUnreadable,
+                    format!("{strategy} v{version} cannot be read: {reason}"),
+                ),
+            }
         })?;
     let manifest_sha = files.manifest_sha256().unwrap_or_default();
     let ctx = VerifyContext::new(&trust, now_ms());

@@ -116,7 +116,7 @@ impl From<crate::registry::RegistryError> for ApiError {
                 details,
             } => {
                 let status = match code {
-                    C::NotFound => StatusCode::NOT_FOUND,
+                    C::NotFound | C::ArtifactNotFound => StatusCode::NOT_FOUND,
                     C::StrategyUnknown | C::ArtifactUnreadable | C::VerifyFailed | C::ArtifactMisplaced => {
                         StatusCode::UNPROCESSABLE_ENTITY
                     }

@@ -29,9 +29,39 @@ pub struct RegisterBody {
     /// Strategy id.
     #[schema(min_length = 1, max_length = 128, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]+$")]
     pub strategy: String,
-    /// Artifact version.
-    #[schema(minimum = 1)]
+    /// Artifact version: a whole number (`7` or `7.0`, as JSON Schema's
+    /// `integer` allows) up to 2^53, where every whole number is exact.
+    #[schema(minimum = 1, maximum = 9_007_199_254_740_992_u64)]
+    #[serde(deserialize_with = "whole_number")]
     pub version: u64,
+}
+
+/// JSON Schema counts `7.0` as an integer; serde's `u64` does not. Accepts
+/// both, refusing fractions, negatives and what an f64 cannot hold exactly.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct Whole;
+    impl serde::de::Visitor<'_> for Whole {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a whole number from 0 to 2^53")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u64, E> {
+            const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+            if v.fract() == 0.0 && (0.0..=EXACT).contains(&v) {
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // whole, 0..=2^53
+                Ok(v as u64)
+            } else {
+                Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+    d.deserialize_any(Whole)
 }
 
 /// Body of activate, reject and release.
@@ -42,7 +72,7 @@ pub struct ReasonBody {
     #[schema(
         min_length = 1,
         max_length = 2000,
-        pattern = "^[^\\x00-\\x08\\x0B\\x0C\\x0E-\\x1F\\x7F-\\x9F]+$"
+        pattern = "^[^\\x00-\\x08\\x0B\\x0C\\x0E-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x08\\x0B\\x0C\\x0E-\\x1F\\x7F-\\x9F][^\\x00-\\x08\\x0B\\x0C\\x0E-\\x1F\\x7F-\\x9F]*$"
     )]
     pub reason: String,
 }
@@ -98,6 +128,7 @@ pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
         (status = 400, description = "malformed JSON, or a field with a control character", body = super::openapi::ErrorBody),
         (status = 201, description = "registered as candidate", body = Registered),
         (status = 403, description = "role lacking", body = super::openapi::ErrorBody),
+        (status = 404, description = "no artifact folder for this version under models_root", body = super::openapi::ErrorBody),
         (status = 409, description = "already registered", body = super::openapi::ErrorBody),
         (status = 422, description = "unknown strategy, unreadable or refused artifact", body = super::openapi::ErrorBody)))]
 pub async fn register(

@@ -119,27 +119,47 @@ pub fn add_edge_responses(doc: &mut utoipa::openapi::OpenApi) {
 /// Names the values the server accepts where they are a closed set known
 /// when it starts: `action` (the ops actions), `scope` (the universe's
 /// strategies and `global`) and a registration's `strategy`, so a request
-/// valid by the document is one the server can take.
+/// valid by the document is one the server can take. An ops request is one
+/// of two shapes: a mode change for a strategy or `global`, or a
+/// `rollback` of one strategy (never `global`: a model change is per
+/// strategy).
 pub fn enumerate_known(doc: &mut utoipa::openapi::OpenApi, strategies: &[String]) {
+    use utoipa::openapi::schema::{Object, OneOf};
     use utoipa::openapi::{RefOr, Schema};
     let Some(components) = doc.components.as_mut() else {
         return;
     };
-    let mut set = |schema: &str, field: &str, values: Vec<String>| {
-        if let Some(RefOr::T(Schema::Object(obj))) = components.schemas.get_mut(schema) {
-            if let Some(RefOr::T(Schema::Object(prop))) = obj.properties.get_mut(field) {
-                prop.pattern = None;
-                prop.enum_values = Some(values.into_iter().map(serde_json::Value::from).collect());
-            }
+    let values = |v: &[&str]| Some(v.iter().map(|s| serde_json::Value::from(*s)).collect());
+    let set = |obj: &mut Object, field: &str, allowed: Option<Vec<serde_json::Value>>| {
+        if let Some(RefOr::T(Schema::Object(prop))) = obj.properties.get_mut(field) {
+            prop.pattern = None;
+            prop.enum_values = allowed;
         }
     };
-    let actions = crate::ops::OpsAction::ALL
-        .iter()
-        .map(|a| a.as_str().to_owned())
-        .collect();
-    set("OpsRequestBody", "action", actions);
-    let mut scopes = strategies.to_vec();
-    scopes.push("global".to_owned());
-    set("OpsRequestBody", "scope", scopes);
-    set("RegisterBody", "strategy", strategies.to_vec());
+    let strategies: Vec<&str> = strategies.iter().map(String::as_str).collect();
+    if let Some(RefOr::T(Schema::Object(obj))) = components.schemas.get_mut("RegisterBody") {
+        set(obj, "strategy", values(&strategies));
+    }
+    if let Some(RefOr::T(Schema::Object(obj))) = components.schemas.get("OpsRequestBody") {
+        use crate::ops::OpsAction;
+        let modes: Vec<&str> = OpsAction::ALL
+            .iter()
+            .filter(|a| **a != OpsAction::Rollback)
+            .map(|a| a.as_str())
+            .collect();
+        let mut scopes = strategies.clone();
+        scopes.push("global");
+        let mut mode_change = obj.clone();
+        set(&mut mode_change, "action", values(&modes));
+        set(&mut mode_change, "scope", values(&scopes));
+        let mut rollback = obj.clone();
+        set(&mut rollback, "action", values(&[OpsAction::Rollback.as_str()]));
+        set(&mut rollback, "scope", values(&strategies));
+        let mut one_of = OneOf::new();
+        one_of.items = vec![mode_change.into(), rollback.into()];
+        one_of.description = obj.description.clone();
+        components
+            .schemas
+            .insert("OpsRequestBody".to_owned(), Schema::OneOf(one_of).into());
+    }
 }
