@@ -30,6 +30,29 @@ pub struct RedisConfig {
     pub reconcile_interval_ms: u64,
     /// Reconnect backoff bounds.
     pub reconnect: BackoffConfig,
+    /// Whether the processes may load the guard library themselves.
+    pub guard_install: GuardInstall,
+}
+
+/// Who loads the guard library into Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardInstall {
+    /// A deployment step (`mlcore-control redis install-guard`, as a Redis
+    /// user that may `FUNCTION LOAD`); the daemon and the control plane
+    /// only check that the guard they need answers, so their own users
+    /// need no `FUNCTION` permission (`deployments/redis/users.acl`).
+    Explicit,
+    /// The processes load the guard when it is missing or older (dev: one
+    /// Redis user does everything).
+    Auto,
+}
+
+impl GuardInstall {
+    /// Whether a process may load the guard.
+    pub const fn may_install(self) -> bool {
+        matches!(self, Self::Auto)
+    }
 }
 
 /// Standalone server or Redis Cluster.

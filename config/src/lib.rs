@@ -34,8 +34,8 @@ pub use costs::{CostTable, SymbolCost};
 pub use env::{EnvSource, MapEnv, ProcessEnv};
 pub use error::{ConfigCode, ConfigError, ConfigProblem};
 pub use infra::{
-    BackoffConfig, DatabaseConfig, HeartbeatConfig, PoolConfig, RedisConfig, RedisMode, RetentionConfig,
-    StorageConfig,
+    BackoffConfig, DatabaseConfig, GuardInstall, HeartbeatConfig, PoolConfig, RedisConfig, RedisMode,
+    RetentionConfig, StorageConfig,
 };
 pub use observability::{
     Channel, LogLevel, MetricsConfig, NotificationsConfig, PagerDutyConfig, RetryConfig, Severity,
@@ -304,8 +304,13 @@ pub fn load_for(
     let project_root = root.parent().unwrap_or(root);
     storage.resolve_relative(project_root);
     let mut control: ControlConfig = control;
-    if control.rollback_signing.key_file.is_relative() {
-        control.rollback_signing.key_file = project_root.join(&control.rollback_signing.key_file);
+    for key_file in [
+        &mut control.rollback_signing.key_file,
+        &mut control.audit_checkpoints.key_file,
+    ] {
+        if key_file.is_relative() {
+            *key_file = project_root.join(&*key_file);
+        }
     }
     let config = AppConfig {
         environment: env,

@@ -109,6 +109,23 @@ pub struct ControlConfig {
     pub principals: Vec<Principal>,
     /// The key that signs rollback authorisations.
     pub rollback_signing: RollbackSigningConfig,
+    /// Signed checkpoints of the audit log's head.
+    pub audit_checkpoints: AuditCheckpointConfig,
+}
+
+/// How `serve` checkpoints the audit log's head: signed, into the WORM
+/// archive and Redis, so `audit verify` notices the newest rows deleted
+/// even together with their archive files. The key must be trusted with
+/// the `audit_checkpoint` purpose in `trust.yaml` for `verify` to believe
+/// a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditCheckpointConfig {
+    /// Secret key file (`models keygen` writes one). Relative paths are
+    /// resolved against the folder that holds `configs/`.
+    pub key_file: std::path::PathBuf,
+    /// Seconds between checkpoints (one more at shutdown).
+    pub interval_s: u64,
 }
 
 /// How the control plane signs rollback authorisations. The key must be

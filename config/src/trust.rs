@@ -37,4 +37,6 @@ pub enum KeyPurpose {
     ModelSigning,
     /// Rollback authorisations (the control plane's key).
     Rollback,
+    /// Checkpoints of the audit log's head (the control plane's key).
+    AuditCheckpoint,
 }

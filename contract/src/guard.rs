@@ -118,13 +118,54 @@ pub struct ModeChange<'a> {
 pub struct Guard {
     keys: Keys,
     stream_maxlen: u64,
+    may_install: bool,
 }
+
+/// What to do about it, appended to "the guard is missing" when the caller
+/// may not or cannot install it.
+const INSTALL_HINT: &str =
+    "installing it is a deployment step: `mlcore-control redis install-guard --env ENV`, \
+     as a Redis user that may FUNCTION LOAD (deployments/redis/README.md)";
 
 impl Guard {
     /// A guard client for `keys`' namespace; signal streams are capped at
     /// about `stream_maxlen` entries.
+    /// It reloads the guard when a call finds it gone, unless told not to
+    /// with [`Guard::installing`].
     pub fn new(keys: Keys, stream_maxlen: u64) -> Self {
-        Self { keys, stream_maxlen }
+        Self {
+            keys,
+            stream_maxlen,
+            may_install: true,
+        }
+    }
+
+    /// Whether this client may load the guard when a call finds it missing
+    /// (`redis.yaml` `guard_install`); without, the call fails with
+    /// [`ContractError::GuardMissing`] saying how to install it.
+    #[must_use]
+    pub fn installing(mut self, may_install: bool) -> Self {
+        self.may_install = may_install;
+        self
+    }
+
+    /// Makes sure this version of the guard answers on `conn`: checks, and
+    /// only when it is missing or older and `may_install`, loads it. A
+    /// process whose Redis user may only call the guard therefore starts
+    /// whenever the right guard is installed.
+    pub fn ensure(conn: &mut impl ConnectionLike, may_install: bool) -> Result<(), ContractError> {
+        let Err(missing) = Self::check_version(conn) else {
+            return Ok(());
+        };
+        if !may_install {
+            return Err(with_install_hint(missing));
+        }
+        Self::load(conn).map_err(|e| match &e {
+            ContractError::GuardMissing { reason, .. } if reason.to_ascii_uppercase().contains("NOPERM") => {
+                with_install_hint(e)
+            }
+            _ => e,
+        })
     }
 
     /// The key layout.
@@ -286,7 +327,7 @@ impl Guard {
             // `publish_many`: reload, then retry only the calls that failed
             // on it — the others ran, and sending them again would make
             // them stale.
-            Self::load(conn)?;
+            Self::ensure(conn, self.may_install)?;
             let again: Vec<usize> = (0..replies.len()).filter(|&i| missing(&replies[i])).collect();
             let retried = bufs
                 .packed
@@ -342,7 +383,7 @@ impl Guard {
         symbol: &str,
     ) -> Result<Option<StoredSignal>, ContractError> {
         let key = self.keys.strategy(strategy).sig(symbol);
-        let reply = with_guard(conn, |c| {
+        let reply = with_guard(conn, self.may_install, |c| {
             redis::cmd("FCALL_RO")
                 .arg(FN_READ)
                 .arg(1)
@@ -365,7 +406,7 @@ impl Guard {
         change: &ModeChange<'_>,
     ) -> Result<SetModeOutcome, ContractError> {
         let cmd = self.set_mode_cmd(change);
-        let reply = with_guard(conn, |c| cmd.query::<Value>(c))?;
+        let reply = with_guard(conn, self.may_install, |c| cmd.query::<Value>(c))?;
         Self::set_mode_outcome(&reply)
     }
 
@@ -566,18 +607,32 @@ impl redis::ToRedisArgs for Num {
     }
 }
 
-/// Runs `f`; if the guard is missing, reloads it once and runs `f` again.
+/// Runs `f`; if the guard is missing and `may_install`, reloads it once and
+/// runs `f` again.
 fn with_guard<C: ConnectionLike, T>(
     conn: &mut C,
+    may_install: bool,
     mut f: impl FnMut(&mut C) -> redis::RedisResult<T>,
 ) -> Result<T, ContractError> {
     match f(conn) {
         Ok(v) => Ok(v),
         Err(e) if is_function_missing(&e) => {
-            Guard::load(conn)?;
+            Guard::ensure(conn, may_install)?;
             f(conn).map_err(classify)
         }
         Err(e) => Err(classify(e)),
+    }
+}
+
+/// `e` (a [`ContractError::GuardMissing`]) saying how to install the guard;
+/// any other error unchanged.
+pub fn with_install_hint(e: ContractError) -> ContractError {
+    match e {
+        ContractError::GuardMissing { library, reason } => ContractError::GuardMissing {
+            library,
+            reason: format!("{reason}; {INSTALL_HINT}"),
+        },
+        other => other,
     }
 }
 

@@ -11,6 +11,7 @@
 //! | `ns:daemon:<instance>:hb` | hash | heartbeat, with a TTL |
 //! | `ns:daemons` | sorted set | instance → last heartbeat time (ms) |
 //! | `ns:events` | pub/sub channel | ops changes, model activations (JSON) |
+//! | `ns:audit:checkpoint` | hash | `checkpoint`: the control plane's latest signed audit-log checkpoint (JSON) |
 
 /// Key builder for one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +53,12 @@ impl Keys {
     /// A daemon's heartbeat hash.
     pub fn heartbeat(&self, instance: &str) -> String {
         format!("{}:daemon:{instance}:hb", self.ns)
+    }
+
+    /// The hash holding the control plane's latest signed audit checkpoint
+    /// (field `checkpoint`, JSON): a copy outside the WORM archive.
+    pub fn audit_checkpoint(&self) -> String {
+        format!("{}:audit:checkpoint", self.ns)
     }
 
     /// The sorted set of daemons by last heartbeat.

@@ -10,6 +10,7 @@
 //! - [`signal`], [`ops`], [`heartbeat`], [`model`]: what is stored — signals,
 //!   ops modes, daemon heartbeats, the registry's active-model pointer with
 //!   its rollback authorisation — and the events announced on `ns:events`.
+//! - [`acl`]: least-privilege Redis users per process, as ACL rules.
 //! - [`conn`]: one server or a Cluster behind one connection type
 //!   ([`Endpoint`] says where), and commands packed once and sent together.
 //!
@@ -19,6 +20,7 @@
 //! Feature `config`: build an [`Endpoint`] from `redis.yaml`
 //! (`mlcore-config`), for the project's own processes.
 
+pub mod acl;
 pub mod conn;
 mod error;
 pub mod guard;

@@ -13,6 +13,8 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use mlcore_config::KeyPurpose;
+use mlcore_models::artifact::{SecretKeyFile, TrustStore};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Row};
@@ -26,6 +28,9 @@ pub enum AuditError {
     /// Database failure.
     #[error("audit database: {0}")]
     Db(#[from] sqlx::Error),
+    /// The checkpoint signing key cannot sign.
+    #[error("audit checkpoint key: {0}")]
+    Key(String),
     /// Archive failure.
     #[error("WORM archive {path}: {source}")]
     Worm {
@@ -179,7 +184,8 @@ fn write_once(path: &Path, body: &[u8]) -> Result<(), AuditError> {
 /// Folder of the archive that holds head checkpoints.
 const CHECKPOINTS: &str = "_checkpoints";
 
-/// How far the log went at some moment: its newest seq and hash.
+/// How far the log went at some moment: its newest seq and hash, signed
+/// by the control plane's audit key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     /// Newest seq.
@@ -188,16 +194,52 @@ pub struct Checkpoint {
     pub hash: String,
     /// When the checkpoint was written, ms since the epoch.
     pub at_ms: u64,
+    /// The signing key's id (`trust.yaml`, purpose `audit_checkpoint`).
+    pub key_id: String,
+    /// Ed25519 over [`Checkpoint::signed_bytes`], hex.
+    pub signature: String,
 }
 
-/// Writes a checkpoint of the log's head to the archive
+impl Checkpoint {
+    /// The signed bytes: the canonical JSON (RFC 8785) of seq, hash, at_ms
+    /// and key_id.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let claim = serde_json::json!({
+            "seq": self.seq,
+            "hash": self.hash,
+            "at_ms": self.at_ms,
+            "key_id": self.key_id,
+        });
+        serde_json_canonicalizer::to_vec(&claim).unwrap_or_default()
+    }
+
+    /// Whether a key `trust` holds for `audit_checkpoint` (valid when the
+    /// checkpoint was written) signed it.
+    pub fn verify(&self, trust: &TrustStore) -> Result<(), String> {
+        let key = trust
+            .key_for(&self.key_id, KeyPurpose::AuditCheckpoint, self.at_ms)
+            .map_err(|e| e.to_string())?;
+        let sig: [u8; 64] = hex::decode(&self.signature)
+            .map_err(|e| format!("signature is not hex: {e}"))?
+            .try_into()
+            .map_err(|_| "signature must be 64 bytes".to_owned())?;
+        use ed25519_dalek::Verifier as _;
+        key.verify(&self.signed_bytes(), &ed25519_dalek::Signature::from_bytes(&sig))
+            .map_err(|_| "signature does not verify".to_owned())
+    }
+}
+
+/// Writes a signed checkpoint of the log's head to the archive
 /// (`_checkpoints/<seq>.json`, mode 0444, once per head): `verify` then
 /// notices the newest rows deleted together with their archive files, up
-/// to the last checkpoint. `serve` writes one every minute. Returns it,
-/// `None` for an empty log.
+/// to the last checkpoint. `serve` writes one every
+/// `audit_checkpoints.interval_s` and copies it to Redis (a second place
+/// the archive's owner does not control). Returns it, `None` for an empty
+/// log.
 pub async fn checkpoint(
     pool: &PgPool,
     worm_root: &Path,
+    key: &SecretKeyFile,
     now_ms: u64,
 ) -> Result<Option<Checkpoint>, AuditError> {
     let head: Option<(i64, String)> =
@@ -205,11 +247,14 @@ pub async fn checkpoint(
             .fetch_optional(pool)
             .await?;
     let Some((seq, hash)) = head else { return Ok(None) };
-    let cp = Checkpoint {
+    let mut cp = Checkpoint {
         seq,
         hash,
         at_ms: now_ms,
+        key_id: key.key_id.clone(),
+        signature: String::new(),
     };
+    cp.signature = key.sign_hex(&cp.signed_bytes()).map_err(AuditError::Key)?;
     let path = worm_root.join(CHECKPOINTS).join(format!("{seq:012}.json"));
     if !path.exists() {
         let body = serde_json::to_vec(&cp).map_err(|x| AuditError::Worm {
@@ -235,6 +280,18 @@ fn latest_checkpoint(worm_root: &Path) -> Option<Checkpoint> {
     serde_json::from_slice(&std::fs::read(newest.1).ok()?).ok()
 }
 
+/// What `verify` checks the log's tail against beyond the archive's own
+/// checkpoints.
+#[derive(Debug, Clone, Default)]
+pub struct Anchors {
+    /// Checkpoints must be signed by a key this trusts (purpose
+    /// `audit_checkpoint`); `None` believes them unsigned (tests of the
+    /// chain alone).
+    pub trust: Option<TrustStore>,
+    /// Checkpoints kept elsewhere (Redis' copy).
+    pub copies: Vec<Checkpoint>,
+}
+
 /// What `verify` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -253,8 +310,21 @@ impl VerifyReport {
     }
 }
 
-/// Recomputes the chain and compares it with the archive.
+/// Recomputes the chain and compares it with the archive, believing the
+/// archive's checkpoints unsigned ([`verify_anchored`] checks signatures
+/// and other copies).
 pub async fn verify(pool: &PgPool, worm_root: &Path) -> Result<VerifyReport, AuditError> {
+    verify_anchored(pool, worm_root, &Anchors::default()).await
+}
+
+/// Recomputes the chain and compares it with the archive; the newest
+/// checkpoint that verifies (archive or `anchors.copies`) says how far the
+/// log went. A checkpoint that does not verify is reported and ignored.
+pub async fn verify_anchored(
+    pool: &PgPool,
+    worm_root: &Path,
+    anchors: &Anchors,
+) -> Result<VerifyReport, AuditError> {
     let rows = sqlx::query(
         "SELECT seq, at_ms, record_type, critical, actor, action, scope, before, after, result, request_id, prev_hash, hash
          FROM audit.events ORDER BY seq",
@@ -330,9 +400,24 @@ pub async fn verify(pool: &PgPool, worm_root: &Path) -> Result<VerifyReport, Aud
         expected_seq = e.seq + 1;
         events.push(e);
     }
-    // The tail: the newest checkpoint says how far the log went.
+    // The tail: the newest believable checkpoint says how far the log went.
+    let mut believed: Option<Checkpoint> = None;
+    let archived_cp = latest_checkpoint(worm_root).map(|cp| ("archive", cp));
+    let copies = anchors.copies.iter().cloned().map(|cp| ("copy", cp));
+    for (place, cp) in archived_cp.into_iter().chain(copies) {
+        if let Some(Err(why)) = anchors.trust.as_ref().map(|t| cp.verify(t)) {
+            report.archive.push(format!(
+                "checkpoint of seq {} ({place}) not believed: {why}",
+                cp.seq
+            ));
+            continue;
+        }
+        if believed.as_ref().is_none_or(|b| cp.seq > b.seq) {
+            believed = Some(cp);
+        }
+    }
     if report.first_bad.is_none() {
-        if let Some(cp) = latest_checkpoint(worm_root) {
+        if let Some(cp) = believed {
             let last = events.last().map_or(0, |e| e.seq);
             if cp.seq > last {
                 report.first_bad = Some((

@@ -45,6 +45,33 @@ pub enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Redis deployment steps: the guard library and the users.
+    #[command(subcommand)]
+    Redis(RedisCommand),
+}
+
+/// `redis ...`
+#[derive(Debug, Subcommand)]
+pub enum RedisCommand {
+    /// Load (or upgrade) the guard library and check it answers. With
+    /// `guard_install: explicit` (redis.yaml) the processes never do this
+    /// themselves.
+    InstallGuard {
+        /// Environment.
+        #[arg(long)]
+        env: String,
+        /// The variable holding the URL of a Redis user that may
+        /// `FUNCTION LOAD`; redis.yaml's url when it is unset.
+        #[arg(long, default_value = "MLCORE_REDIS_ADMIN_URL")]
+        url_env: String,
+    },
+    /// Print the ACL file (daemon, control, consumer, guard installer
+    /// users) for the environment's namespace.
+    Acl {
+        /// Environment.
+        #[arg(long)]
+        env: String,
+    },
 }
 
 /// `db ...`

@@ -4,6 +4,7 @@ use clap::Parser;
 use mlcore_config::ProcessEnv;
 use mlcore_control::cli::{
     AuditCommand, Cli, Command, ConfigCommand, DataCommand, DbCommand, ModelsCommand, OpsCommand,
+    RedisCommand,
 };
 use mlcore_control::commands;
 
@@ -99,6 +100,12 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
             commands::ops_api(call, &ProcessEnv, &mut out, &mut err)?
         }
         Command::Serve { env } => commands::serve(&cli.config_dir, env, &ProcessEnv, &mut out)?,
+        Command::Redis(RedisCommand::InstallGuard { env, url_env }) => {
+            commands::redis_install_guard(&cli.config_dir, env, url_env, &ProcessEnv, &mut out)?
+        }
+        Command::Redis(RedisCommand::Acl { env }) => {
+            commands::redis_acl(&cli.config_dir, env, &ProcessEnv, &mut out)?
+        }
         Command::Db(DbCommand::Migrate { env }) => {
             commands::db_migrate(&cli.config_dir, env, &ProcessEnv, &mut out)?
         }

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use mlcore_config::RedisConfig;
-use mlcore_contract::guard::is_function_missing;
+use mlcore_contract::guard::{is_function_missing, with_install_hint};
 use mlcore_contract::{
     ContractError, Endpoint, Guard, Heartbeat, Keys, ModeChange, ModelPointer, OpsState, SetModeOutcome,
 };
@@ -24,6 +24,9 @@ use tokio::sync::OnceCell;
 pub struct RedisLink {
     conn: Conn,
     guard: Guard,
+    /// `redis.yaml` `guard_install`: load the guard when a call finds it
+    /// missing, or say how to install it.
+    may_install: bool,
 }
 
 impl std::fmt::Debug for RedisLink {
@@ -71,6 +74,7 @@ impl RedisLink {
         Ok(Self {
             conn,
             guard: Guard::new(Keys::new(&cfg.namespace), cfg.stream_maxlen),
+            may_install: cfg.guard_install.may_install(),
         })
     }
 
@@ -84,11 +88,17 @@ impl RedisLink {
         Ok(cmd.query_async(&mut conn).await?)
     }
 
-    /// Runs `cmd`, a guard call; if the guard is not loaded, loads it once
-    /// and runs `cmd` again.
+    /// Runs `cmd`, a guard call; if the guard is not loaded and this
+    /// process may install it, loads it once and runs `cmd` again.
     async fn with_guard(&self, cmd: &Cmd) -> Result<Value, ContractError> {
         let mut conn = self.conn.clone();
         match cmd.query_async::<Value>(&mut conn).await {
+            Err(e) if is_function_missing(&e) && !self.may_install => {
+                Err(with_install_hint(ContractError::GuardMissing {
+                    library: mlcore_contract::guard::LIBRARY,
+                    reason: e.to_string(),
+                }))
+            }
             Err(e) if is_function_missing(&e) => {
                 Guard::load_cmd()
                     .query_async::<Value>(&mut conn)
@@ -101,6 +111,16 @@ impl RedisLink {
             }
             other => Ok(other?),
         }
+    }
+
+    /// Stores the latest signed audit checkpoint (JSON) beside the WORM
+    /// archive's copy.
+    pub async fn write_audit_checkpoint(&self, json: &str) -> Result<(), ContractError> {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(self.keys().audit_checkpoint())
+            .arg("checkpoint")
+            .arg(json);
+        self.query::<Value>(&cmd).await.map(|_| ())
     }
 
     /// Whether Redis answers.

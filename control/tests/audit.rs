@@ -284,12 +284,14 @@ async fn a_deleted_tail_is_named_from_the_last_checkpoint() {
     for i in 0..4 {
         last = Some(audit::append(&pool, worm.path(), event(i)).await.unwrap());
     }
-    let cp = audit::checkpoint(&pool, worm.path(), testutil::now_ms())
+    let cp = audit::checkpoint(&pool, worm.path(), &dev_key(), testutil::now_ms())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(cp.seq, 4);
-    let report = audit::verify(&pool, worm.path()).await.unwrap();
+    let report = audit::verify_anchored(&pool, worm.path(), &anchors(vec![]))
+        .await
+        .unwrap();
     assert!(report.ok(), "checkpoints are not archive events: {report:?}");
 
     // The newest row and its archive file go, as its owner could do.
@@ -301,6 +303,93 @@ async fn a_deleted_tail_is_named_from_the_last_checkpoint() {
     let report = audit::verify(&pool, worm.path()).await.unwrap();
     assert_eq!(report.first_bad.as_ref().map(|b| b.0), Some(4), "{report:?}");
     assert!(report.first_bad.unwrap().1.contains("checkpoint"));
+    pool.close().await;
+    t.drop_db().await;
+}
+
+/// The dev key (trusted for `audit_checkpoint` in dev's trust.yaml).
+fn dev_key() -> mlcore_models::artifact::SecretKeyFile {
+    mlcore_models::artifact::SecretKeyFile::read(
+        &testutil::workspace_root().join("deployments/dev-keys/dev-2026.key"),
+    )
+    .unwrap()
+}
+
+/// dev's trust.yaml, and `copies` as checkpoints kept outside the archive.
+fn anchors(copies: Vec<audit::Checkpoint>) -> audit::Anchors {
+    let cfg = mlcore_config::load_for(
+        &testutil::workspace_root().join("configs"),
+        mlcore_config::Environment::Dev,
+        &mlcore_config::MapEnv::new(),
+        mlcore_config::Process::Offline,
+    )
+    .unwrap();
+    audit::Anchors {
+        trust: Some(mlcore_models::artifact::TrustStore::from_config(&cfg.trust).unwrap()),
+        copies,
+    }
+}
+
+/// #22 §2: checkpoints are signed; a forged or altered one is not believed
+/// (and said), and Redis' copy still names the deleted tail when the
+/// archive's checkpoints went with the rows.
+#[tokio::test]
+async fn checkpoints_are_signed_and_a_copy_outlives_the_archives() {
+    let t = TestDb::new().await;
+    let worm = tempfile::tempdir().unwrap();
+    db::migrate(&t.config()).await.unwrap();
+    let pool = db::connect(&t.config()).await.unwrap();
+    let mut events = Vec::new();
+    for i in 0..5 {
+        events.push(audit::append(&pool, worm.path(), event(i)).await.unwrap());
+    }
+    let cp = audit::checkpoint(&pool, worm.path(), &dev_key(), testutil::now_ms())
+        .await
+        .unwrap()
+        .unwrap();
+    let trust = anchors(vec![]).trust.unwrap();
+    cp.verify(&trust).unwrap();
+    let mut altered = cp.clone();
+    altered.seq = 9;
+    assert_eq!(altered.verify(&trust).unwrap_err(), "signature does not verify");
+
+    // A checkpoint signed by a key trust.yaml does not hold for it.
+    let stranger = mlcore_models::artifact::SecretKeyFile::generate("stranger").unwrap();
+    let forged = audit::checkpoint(&pool, worm.path(), &stranger, testutil::now_ms())
+        .await
+        .unwrap()
+        .unwrap();
+    let report = audit::verify_anchored(&pool, worm.path(), &anchors(vec![forged, altered]))
+        .await
+        .unwrap();
+    assert_eq!(report.first_bad, None, "{report:?}");
+    assert_eq!(report.archive.len(), 2, "{report:?}");
+    assert!(
+        report.archive.iter().all(|p| p.contains("not believed")),
+        "{report:?}"
+    );
+
+    // Rows 4 and 5, their archive files and every archived checkpoint go;
+    // Redis' copy (here handed over as `copies`) still says seq 5.
+    for e in events.iter().rev().take(2) {
+        delete_as_superuser(&pool, e.seq).await;
+        let file = audit::worm_path(worm.path(), e);
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        std::fs::remove_file(&file).unwrap();
+    }
+    let checkpoints = worm.path().join("_checkpoints");
+    std::fs::set_permissions(&checkpoints, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::remove_dir_all(&checkpoints).unwrap();
+    let alone = audit::verify_anchored(&pool, worm.path(), &anchors(vec![]))
+        .await
+        .unwrap();
+    assert!(alone.ok(), "without a copy the deletion is invisible: {alone:?}");
+    let report = audit::verify_anchored(&pool, worm.path(), &anchors(vec![cp]))
+        .await
+        .unwrap();
+    let (seq, why) = report.first_bad.clone().unwrap();
+    assert_eq!(seq, 4, "{report:?}");
+    assert!(why.contains("rows 4..5 were deleted"), "{why}");
     pool.close().await;
     t.drop_db().await;
 }

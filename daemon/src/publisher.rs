@@ -564,8 +564,10 @@ fn ensure_connected(p: &PublisherParts, st: &mut State) {
     if st.conn.is_some() || Instant::now() < st.next_attempt {
         return;
     }
-    let attempt = PublishPipe::connect(&p.redis).and_then(|mut c| {
-        Guard::load(&mut c)?;
+    let may_install = p.redis.guard_install.may_install();
+    let attempt = PublishPipe::connect(&p.redis).and_then(|c| {
+        let mut c = c.installing(may_install);
+        Guard::ensure(&mut c, may_install)?;
         for (s, strat) in p.universe.strategies.iter().enumerate() {
             let hwm = p.guard.high_water_mark(&mut c, &strat.id)?;
             st.last_seq[s] = st.last_seq[s].max(hwm);
@@ -577,7 +579,7 @@ fn ensure_connected(p: &PublisherParts, st: &mut State) {
             st.conn = Some(c);
             st.backoff = Duration::from_millis(p.redis.reconnect.initial_ms.max(1));
             p.counters.redis_ok.store(true, Ordering::Relaxed);
-            tracing::info!("publisher connected; guard loaded");
+            tracing::info!("publisher connected; guard answers");
         }
         Err(e) => {
             Counters::inc(&p.counters.redis_errors);

@@ -231,7 +231,8 @@ pub fn start(
         keys: Keys::new(&cfg.redis.namespace),
         instance: cfg.daemon.instance_id.clone(),
     };
-    let guard = Guard::new(link.keys.clone(), cfg.redis.stream_maxlen);
+    let guard = Guard::new(link.keys.clone(), cfg.redis.stream_maxlen)
+        .installing(cfg.redis.guard_install.may_install());
     let ops_table = Arc::new(OpsTable::new(universe.strategies.len()));
 
     let (decisions_tx, decisions_rx) = crossbeam_channel::bounded::<Box<Job>>(cfg.daemon.queues.decisions);

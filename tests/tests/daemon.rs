@@ -124,6 +124,11 @@ fn vars() -> MapEnv {
 }
 
 fn start_daemon(root: &Path) -> Daemon {
+    start_daemon_on(root, &testutil::redis_url())
+}
+
+/// The daemon of `root` with `MLCORE_REDIS_URL` = `redis_url`.
+fn start_daemon_on(root: &Path, redis_url: &str) -> Daemon {
     let (child, line) = testutil::spawn_announcing(
         Command::new(testutil::binary("mlcore-daemon"))
             .args([
@@ -133,9 +138,9 @@ fn start_daemon(root: &Path) -> Daemon {
                 "--env",
                 "dev",
             ])
-            .env("MLCORE_REDIS_URL", testutil::redis_url())
+            .env("MLCORE_REDIS_URL", redis_url)
             .env("MLCORE_PG_DSN", testutil::pg_dsn())
-            .stderr(Stdio::null()),
+            .stderr(Stdio::inherit()), // nextest shows it when the test fails
     );
     // "listening ingress=HOST:PORT http=HOST:PORT"
     Daemon {
@@ -153,9 +158,11 @@ fn config_root(ns: &RedisNamespace, threads: &str) -> tempfile::TempDir {
     let root = tmp.path();
     testutil::copy_tree(&testutil::workspace_root().join("configs"), &root.join("configs")).unwrap();
     let dev = root.join("configs/envs/dev");
+    // dev's own redis.yaml (guard_install) plus the test's namespace.
+    let redis = std::fs::read_to_string(dev.join("redis.yaml")).unwrap();
     std::fs::write(
         dev.join("redis.yaml"),
-        format!("namespace: {}\nreconcile_interval_ms: 1000\n", ns.ns),
+        format!("{redis}namespace: {}\nreconcile_interval_ms: 1000\n", ns.ns),
     )
     .unwrap();
     std::fs::write(
@@ -184,6 +191,16 @@ fn config_root(ns: &RedisNamespace, threads: &str) -> tempfile::TempDir {
 /// `interval_ms` as `instance`, with a signed logistic model for `fx_g10`,
 /// the guard loaded and the strategy active.
 fn timer_root(ns: &RedisNamespace, instance: &str, interval_ms: u64) -> tempfile::TempDir {
+    let tmp = timer_files(ns, instance, interval_ms);
+    let mut conn = testutil::redis_connection();
+    let guard = Guard::new(Keys::new(&ns.ns), 1000);
+    Guard::load(&mut conn).unwrap();
+    testutil::set_mode(&guard, &mut conn, "fx_g10", OpsMode::Active);
+    tmp
+}
+
+/// [`timer_root`]'s files, Redis untouched.
+fn timer_files(ns: &RedisNamespace, instance: &str, interval_ms: u64) -> tempfile::TempDir {
     let threads = "{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}";
     let tmp = config_root(ns, threads);
     let root = tmp.path();
@@ -200,10 +217,6 @@ fn timer_root(ns: &RedisNamespace, instance: &str, interval_ms: u64) -> tempfile
     testutil::logistic_artifact(&key, "fx_g10", 1, 1.0, testutil::now_ms())
         .write(&root.join("models/fx_g10/v1"))
         .unwrap();
-    let mut conn = testutil::redis_connection();
-    let guard = Guard::new(Keys::new(&ns.ns), 1000);
-    Guard::load(&mut conn).unwrap();
-    testutil::set_mode(&guard, &mut conn, "fx_g10", OpsMode::Active);
     tmp
 }
 
@@ -755,4 +768,175 @@ fn the_daemons_metrics_pass_promtool() {
         assert!(text.contains(family), "{family} missing:\n{text}");
     }
     assert!(!text.contains("microseconds"), "{text}");
+}
+
+/// A connection as `user` (password `pw-<user>`) to the private server.
+fn as_user(server: &testutil::RedisServer, user: &str) -> (String, redis::Connection) {
+    let url = format!("redis://{user}:pw-{user}@127.0.0.1:{}/", server.port);
+    let conn = redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection())
+        .unwrap_or_else(|e| panic!("{user}: {e}"));
+    (url, conn)
+}
+
+/// Asserts that `args` is refused to `who` with NOPERM.
+fn refused(conn: &mut redis::Connection, who: &str, args: &[&str]) {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    match cmd.query::<redis::Value>(conn) {
+        Err(e) if e.code() == Some("NOPERM") || e.to_string().contains("NOPERM") => {}
+        other => panic!("{who} ran {args:?}: {other:?}"),
+    }
+}
+
+/// #22 §5: each process under its own least-privilege Redis user on a
+/// real Redis with ACLs (`mlcore_contract::acl`, shipped as
+/// `deployments/redis/users.acl`). The daemon starts, decides and
+/// publishes with a user that cannot load functions once `redis
+/// install-guard` has run as the installer; the control plane's user
+/// changes modes and reads heartbeats; a consumer reads signals and can
+/// write nothing; and every user is refused what it does not need.
+#[test]
+fn each_process_runs_under_a_least_privilege_redis_user() {
+    use mlcore_contract::acl::{self, Role};
+    runtime::init(&testutil::ort_library()).unwrap();
+    // The shipped ACL file is the generator's, and Redis loads it.
+    let shipped = testutil::workspace_root().join("deployments/redis/users.acl");
+    assert_eq!(
+        std::fs::read_to_string(&shipped).unwrap(),
+        acl::acl_file("mlcore"),
+        "deployments/redis/users.acl is stale: mlcore-control redis acl --env prod > deployments/redis/users.acl"
+    );
+    let loaded = testutil::RedisServer::start_with(&["--aclfile", shipped.to_str().unwrap()]);
+    let users: Vec<String> = redis::cmd("ACL")
+        .arg("USERS")
+        .query(&mut loaded.connection())
+        .unwrap();
+    for role in Role::ALL {
+        assert!(users.contains(&role.user().to_owned()), "{users:?}");
+    }
+    drop(loaded);
+
+    let server = testutil::RedisServer::start();
+    let ns = RedisNamespace::on(&server.url());
+    let mut admin = server.connection();
+    for role in Role::ALL {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER").arg(role.user());
+        for rule in role.rules(&ns.ns) {
+            cmd.arg(rule);
+        }
+        cmd.arg(format!(">pw-{}", role.user()));
+        let () = cmd.query(&mut admin).unwrap();
+    }
+    let (daemon_url, mut daemon) = as_user(&server, Role::Daemon.user());
+    let (_, mut control) = as_user(&server, Role::Control.user());
+    let (_, mut consumer) = as_user(&server, Role::Consumer.user());
+    let (installer_url, mut installer) = as_user(&server, Role::Installer.user());
+
+    // No guard yet: a process with `guard_install: explicit` says how to
+    // install it; the daemon's user could not load it anyway.
+    let why = Guard::ensure(&mut daemon, false).unwrap_err().to_string();
+    assert!(why.contains("mlcore-control redis install-guard"), "{why}");
+    let why = Guard::ensure(&mut daemon, true).unwrap_err().to_string();
+    assert!(
+        why.to_ascii_uppercase().contains("NOPERM") && why.contains("install-guard"),
+        "{why}"
+    );
+
+    let tmp = timer_files(&ns, "e2e-acl", 100);
+    let root = tmp.path();
+    std::fs::write(
+        root.join("configs/envs/dev/redis.yaml"),
+        format!(
+            "namespace: {}\nguard_install: explicit\nreconcile_interval_ms: 1000\n",
+            ns.ns
+        ),
+    )
+    .unwrap();
+    let install = Command::new(testutil::binary("mlcore-control"))
+        .args(["--config-dir", root.join("configs").to_str().unwrap()])
+        .args(["redis", "install-guard", "--env", "dev"])
+        .env("MLCORE_REDIS_URL", &daemon_url)
+        .env("MLCORE_REDIS_ADMIN_URL", &installer_url)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&install.stdout);
+    assert!(
+        install.status.success() && said.contains("installed and answering (as $MLCORE_REDIS_ADMIN_URL)"),
+        "{said}{}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    Guard::ensure(&mut daemon, false).unwrap();
+
+    // The control plane's user sets the mode through the guard.
+    let guard = Guard::new(Keys::new(&ns.ns), 1000).installing(false);
+    testutil::set_mode(&guard, &mut control, "fx_g10", OpsMode::Active);
+
+    // The daemon decides and publishes as its user; the consumer reads.
+    let d = start_daemon_on(root, &daemon_url);
+    wait_ready(&d);
+    assert!(
+        testutil::wait_until(Duration::from_secs(10), || metric(&d.http, ACCEPTED) >= 3.0).is_some(),
+        "the daemon published nothing under its ACL user"
+    );
+    let sig = guard
+        .read(&mut consumer, "fx_g10", "EURUSD")
+        .unwrap()
+        .expect("the consumer reads a valid signal");
+    assert_eq!(sig.model_id, "fx_g10-v1");
+    // The control plane's monitor reads the daemon's heartbeat.
+    let keys = Keys::new(&ns.ns);
+    assert!(
+        testutil::wait_until(Duration::from_secs(5), || {
+            mlcore_contract::Heartbeat::read(&mut control, &keys, "e2e-acl")
+                .ok()
+                .flatten()
+                .is_some()
+        })
+        .is_some(),
+        "no heartbeat readable by the control plane's user"
+    );
+    // A halt from the control plane's user reaches the daemon (its
+    // subscription and reconcile run under its user too).
+    testutil::set_mode(&guard, &mut control, "fx_g10", OpsMode::Halted);
+    assert!(
+        testutil::wait_until(Duration::from_secs(5), || {
+            mlcore_contract::Heartbeat::read(&mut control, &keys, "e2e-acl")
+                .ok()
+                .flatten()
+                .and_then(|hb| hb.modes.get("fx_g10").cloned())
+                .as_deref()
+                == Some("halted")
+        })
+        .is_some(),
+        "the daemon did not report the halt"
+    );
+
+    let other = "other-namespace:{fx_g10}:ops";
+    let sig_key = keys.strategy("fx_g10").sig("EURUSD");
+    for (who, conn) in [("daemon", &mut daemon), ("control", &mut control)] {
+        refused(conn, who, &["FUNCTION", "LOAD", "REPLACE", "#!lua name=x\n"]);
+        refused(conn, who, &["FUNCTION", "FLUSH"]);
+        refused(conn, who, &["FUNCTION", "DELETE", "mlcore_guard_v2"]);
+        refused(conn, who, &["FLUSHALL"]);
+        refused(conn, who, &["CONFIG", "SET", "maxmemory", "1"]);
+        refused(conn, who, &["KEYS", "*"]);
+        refused(conn, who, &["DEL", &sig_key]);
+        refused(conn, who, &["HGETALL", other]);
+        refused(conn, who, &["ACL", "LIST"]);
+        refused(conn, who, &["SHUTDOWN"]);
+    }
+    refused(&mut consumer, "consumer", &["HSET", &sig_key, "side", "long"]);
+    refused(&mut consumer, "consumer", &["DEL", &sig_key]);
+    refused(&mut consumer, "consumer", &["FCALL", "mlcore_publish_v2", "0"]);
+    refused(&mut consumer, "consumer", &["FCALL", "mlcore_set_mode_v2", "0"]);
+    refused(&mut consumer, "consumer", &["HGETALL", other]);
+    refused(&mut consumer, "consumer", &["FUNCTION", "FLUSH"]);
+    refused(&mut installer, "installer", &["HGETALL", &sig_key]);
+    refused(&mut installer, "installer", &["FUNCTION", "FLUSH"]);
+    refused(&mut installer, "installer", &["FLUSHALL"]);
+    refused(&mut installer, "installer", &["CONFIG", "SET", "maxmemory", "1"]);
 }

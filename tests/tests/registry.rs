@@ -84,7 +84,8 @@ fn setup(rt: &tokio::runtime::Runtime) -> Setup {
     testutil::copy_tree(&repo.join("configs"), &root.join("configs")).unwrap();
     let dev = root.join("configs/envs/dev");
     let write = |file: &str, text: String| std::fs::write(dev.join(file), text).unwrap();
-    write("redis.yaml", format!("namespace: {}\n", ns.ns));
+    let redis = std::fs::read_to_string(dev.join("redis.yaml")).unwrap();
+    write("redis.yaml", format!("{redis}namespace: {}\n", ns.ns));
     write(
         "daemon.yaml",
         format!("instance_id: {INSTANCE}\ningress: {{listen: \"127.0.0.1:0\"}}\nthreads: {{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}}\n"),
@@ -525,4 +526,102 @@ fn logs_are_json_lines_and_rust_log_lets_library_records_through() {
             .any(|l| l["message"] == "control plane stopped" && l["level"] == "INFO"),
         "{text}"
     );
+}
+
+/// Every file under `dir` whose name starts with `prefix`.
+fn files_starting(dir: &std::path::Path, prefix: &str, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files_starting(&path, prefix, out);
+        } else if entry.file_name().to_string_lossy().starts_with(prefix) {
+            out.push(path);
+        }
+    }
+}
+
+/// #22 §2 across processes: `serve` signs a checkpoint of the audit log's
+/// head into the WORM archive and Redis (at shutdown here); `audit verify`
+/// checks Redis' copy, and when the newest row goes together with its
+/// archive file and every archived checkpoint, Redis' copy still names it.
+#[test]
+fn serve_checkpoints_the_audit_log_to_the_archive_and_redis() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = setup(&rt);
+    let dir = s.config_dir();
+    migrate(&dir, &s.dsn);
+    let (mut control, line) = start(
+        "mlcore-control",
+        &["--config-dir", &dir, "serve", "--env", "dev"],
+        &s.dsn,
+    );
+    let api = testutil::announced(&line, "http=");
+    let halt = r#"{"action":"halt","scope":"fx_g10","reason":"checkpoint e2e"}"#;
+    assert_eq!(call(&api, "POST", "/v1/ops/requests", OPERATOR, halt).0, 201);
+    assert!(testutil::stop_with_signal(&mut control.0, "TERM", Duration::from_secs(10)).success());
+
+    let json: String = redis::cmd("HGET")
+        .arg(Keys::new(&s.ns.ns).audit_checkpoint())
+        .arg("checkpoint")
+        .query(&mut testutil::redis_connection())
+        .unwrap();
+    let cp: Value = serde_json::from_str(&json).unwrap();
+    let head = cp["seq"].as_i64().unwrap();
+    assert!(
+        head >= 1 && cp["key_id"] == "dev-2026" && cp["signature"].as_str().unwrap().len() == 128,
+        "{cp}"
+    );
+
+    let verify = || {
+        Command::new(testutil::binary("mlcore-control"))
+            .args(["--config-dir", &dir, "audit", "verify", "--env", "dev"])
+            .env("MLCORE_REDIS_URL", testutil::redis_url())
+            .env("MLCORE_PG_DSN", &s.dsn)
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains(&format!("Redis' checkpoint (seq {head}) checked")),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The newest row, its archive file and every archived checkpoint go.
+    rt.block_on(async {
+        let pool = sqlx::PgPool::connect(&s.dsn).await.unwrap();
+        let mut su = pool.acquire().await.unwrap();
+        for sql in [
+            "SELECT set_config('mlcore.pruning', 'on', false)".to_owned(),
+            format!("DELETE FROM audit.events WHERE seq = {head}"),
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut *su)
+                .await
+                .unwrap();
+        }
+    });
+    let worm = s.root.join("worm");
+    let mut newest = Vec::new();
+    files_starting(&worm, &format!("{head:012}-"), &mut newest);
+    assert_eq!(newest.len(), 1, "{newest:?}");
+    std::fs::remove_file(&newest[0]).unwrap();
+    std::fs::remove_dir_all(worm.join("_checkpoints")).unwrap();
+    let out = verify();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(
+        stderr.contains(&format!("audit chain broken at seq {head}")) && stderr.contains("checkpoint"),
+        "{stderr}"
+    );
+    rt.block_on(async {
+        let admin = sqlx::PgPool::connect(&testutil::pg_dsn()).await.unwrap();
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            s.db
+        )))
+        .execute(&admin)
+        .await;
+    });
 }

@@ -39,12 +39,24 @@ pub fn audit_verify(
     err: &mut dyn Write,
 ) -> anyhow::Result<i32> {
     let cfg = load_config(config_dir, env, vars, mlcore_config::Process::Database)?;
+    let trust = mlcore_models::artifact::TrustStore::from_config(&cfg.trust)
+        .map_err(|e| anyhow::anyhow!("trust.yaml: {e}"))?;
+    // Redis' copy of the latest checkpoint, when this shell can reach it.
+    let (copies, redis_said) = redis_checkpoint(&cfg.redis);
+    let anchors = audit::Anchors {
+        trust: Some(trust),
+        copies,
+    };
     let report = runtime()?.block_on(async {
         let pool = db::connect(&cfg.database).await?;
-        Ok::<_, anyhow::Error>(audit::verify(&pool, &cfg.storage.worm_root).await?)
+        Ok::<_, anyhow::Error>(audit::verify_anchored(&pool, &cfg.storage.worm_root, &anchors).await?)
     })?;
     if report.ok() {
-        writeln!(out, "audit chain intact: {} events, archive agrees", report.rows)?;
+        writeln!(
+            out,
+            "audit chain intact: {} events, archive agrees; {redis_said}",
+            report.rows
+        )?;
         return Ok(0);
     }
     if let Some((seq, why)) = &report.first_bad {
@@ -88,18 +100,15 @@ pub fn serve(config_dir: &Path, env: &str, vars: &dyn EnvSource, out: &mut dyn W
         let stop = stop_signal()?;
         let state = crate::api::state(cfg).await?;
         let watched = std::sync::Arc::clone(&state.services);
+        let every = watched.config.control.audit_checkpoints.interval_s.max(1);
         let monitor = tokio::spawn(async move {
             let mut watch = crate::monitor::Watch::default();
             let mut ticks = 0u64;
             loop {
                 crate::monitor::tick(&watched, &mut watch).await;
-                // A checkpoint of the audit log's head every minute.
-                if ticks.is_multiple_of(60) {
-                    let done =
-                        crate::audit::checkpoint(&watched.pool, watched.worm_root(), watched.now_ms()).await;
-                    if let Err(e) = done {
-                        tracing::error!(error = %e, "audit checkpoint not written");
-                    }
+                // A signed checkpoint of the audit log's head.
+                if ticks.is_multiple_of(every) {
+                    checkpoint_now(&watched).await;
                 }
                 ticks += 1;
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -126,10 +135,7 @@ pub fn serve(config_dir: &Path, env: &str, vars: &dyn EnvSource, out: &mut dyn W
         refusals.abort();
         // What was counted since the last window is audited before leaving.
         crate::api::edge::flush(&state).await;
-        let svc = &state.services;
-        if let Err(e) = crate::audit::checkpoint(&svc.pool, svc.worm_root(), svc.now_ms()).await {
-            tracing::error!(error = %e, "audit checkpoint not written at shutdown");
-        }
+        checkpoint_now(&state.services).await;
         state.services.pool.close().await;
         tracing::info!("control plane stopped");
         Ok::<_, anyhow::Error>(())
@@ -151,4 +157,55 @@ fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
         }
         tracing::info!("stopping on a signal: finishing requests in progress");
     })
+}
+
+/// Signs a checkpoint of the audit log's head and writes it to the WORM
+/// archive and Redis. A failure is logged; the next tick tries again.
+async fn checkpoint_now(svc: &crate::services::Services) {
+    let key_file = &svc.config.control.audit_checkpoints.key_file;
+    let key = match mlcore_models::artifact::SecretKeyFile::read(key_file) {
+        Ok(key) => key,
+        Err(e) => {
+            tracing::error!(key_file = %key_file.display(), error = %e, "audit checkpoint key unusable: no checkpoint written");
+            return;
+        }
+    };
+    match audit::checkpoint(&svc.pool, svc.worm_root(), &key, svc.now_ms()).await {
+        Ok(Some(cp)) => {
+            let json = serde_json::to_string(&cp).unwrap_or_default();
+            if let Err(e) = svc.redis.write_audit_checkpoint(&json).await {
+                tracing::warn!(error = %e, seq = cp.seq, "audit checkpoint not copied to Redis");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "audit checkpoint not written"),
+    }
+}
+
+/// The checkpoint Redis holds, and what to say about it.
+fn redis_checkpoint(cfg: &mlcore_config::RedisConfig) -> (Vec<audit::Checkpoint>, String) {
+    if !cfg.url.is_resolved() {
+        return (
+            Vec::new(),
+            "Redis' checkpoint not checked (its url is not set)".to_owned(),
+        );
+    }
+    let key = mlcore_contract::Keys::new(&cfg.namespace).audit_checkpoint();
+    let read = mlcore_contract::RedisConn::connect(&cfg.into()).and_then(|mut conn| {
+        redis::cmd("HGET")
+            .arg(&key)
+            .arg("checkpoint")
+            .query::<Option<String>>(&mut conn)
+    });
+    match read {
+        Ok(Some(json)) => match serde_json::from_str::<audit::Checkpoint>(&json) {
+            Ok(cp) => {
+                let said = format!("Redis' checkpoint (seq {}) checked", cp.seq);
+                (vec![cp], said)
+            }
+            Err(e) => (Vec::new(), format!("Redis' checkpoint is not one ({e})")),
+        },
+        Ok(None) => (Vec::new(), "Redis holds no checkpoint".to_owned()),
+        Err(e) => (Vec::new(), format!("Redis' checkpoint not checked ({e})")),
+    }
 }

@@ -31,8 +31,9 @@ pub fn ops_set_mode(
     let cfg = load_config(config_dir, &args.env, vars, mlcore_config::Process::BreakGlass)?;
     let mode: OpsMode = args.mode.parse().map_err(anyhow::Error::msg)?;
     let mut conn = RedisConn::connect(&(&cfg.redis).into()).context("connecting to Redis")?;
-    Guard::load(&mut conn)?;
-    let guard = Guard::new(Keys::new(&cfg.redis.namespace), cfg.redis.stream_maxlen);
+    let may_install = cfg.redis.guard_install.may_install();
+    Guard::ensure(&mut conn, may_install)?;
+    let guard = Guard::new(Keys::new(&cfg.redis.namespace), cfg.redis.stream_maxlen).installing(may_install);
     let strategies: Vec<String> = match (&args.strategy, args.all) {
         (Some(s), false) => vec![s.clone()],
         (None, true) => cfg.universe.strategies.iter().map(|s| s.id.to_string()).collect(),

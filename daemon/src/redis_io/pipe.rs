@@ -53,6 +53,9 @@ pub struct PublishPipe {
     db: i64,
     /// A read or write failed: the stream's position is unknown.
     broken: bool,
+    /// Whether a call that finds the guard missing may load it
+    /// (`redis.yaml` `guard_install`).
+    may_install: bool,
 }
 
 #[derive(Debug)]
@@ -118,6 +121,14 @@ impl PublishPipe {
         Ok(Self::with(Transport::Client(Box::new(conn)), db))
     }
 
+    /// Whether a call that finds the guard missing may load it; without,
+    /// the calls fail with `GuardMissing` until it is installed.
+    #[must_use]
+    pub fn installing(mut self, may_install: bool) -> Self {
+        self.may_install = may_install;
+        self
+    }
+
     /// Its own socket to the standalone server at `url`, authenticated and
     /// on the URL's database; `None` for an address it cannot open itself
     /// (TLS), which [`PublishPipe::connect`] leaves to the Redis client.
@@ -158,6 +169,7 @@ impl PublishPipe {
             head: 0,
             in_flight: 0,
             db,
+            may_install: true,
             broken: false,
         }
     }
@@ -267,7 +279,8 @@ impl PublishPipe {
                 self.read_round(s)?;
             }
         }
-        Guard::load(self)?;
+        let may_install = self.may_install;
+        Guard::ensure(self, may_install)?;
         let Self {
             transport,
             rounds,

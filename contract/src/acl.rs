@@ -1,0 +1,215 @@
+//! Least-privilege Redis users for one namespace, as `ACL SETUSER` rules.
+//!
+//! | user | may | may not |
+//! |---|---|---|
+//! | [`Role::Daemon`] | call the guard (`FCALL`, `FCALL_RO`), read the namespace, write its heartbeat, subscribe to `ns:events` | `FUNCTION` anything, `CONFIG SET`, `DEL`, `KEYS`, `FLUSH*`, other namespaces |
+//! | [`Role::Control`] | the daemon's rights, plus the model pointer and the daemon list the registry and monitor read | the same |
+//! | [`Role::Consumer`] | `FCALL_RO` the read function, read (never write) the namespace, subscribe to `ns:events` | any write, the publish and mode functions |
+//! | [`Role::Installer`] | `FUNCTION LOAD` / `LIST` and ask the guard its version (`mlcore-control redis install-guard`) | every key, every other command |
+//!
+//! Redis runs a function's `redis.call`s with its caller's permissions (a
+//! user with only `+fcall` cannot run a guard that calls `HSET`), so the
+//! users that call the guard also hold the data commands the guard uses,
+//! [`GUARD_COMMANDS`] (a test keeps the list equal to what `guard.lua`
+//! calls). Redis 7 cannot grant a command "only from inside a function":
+//! such a user could also send those commands directly, on its own
+//! namespace only. `deployments/redis/users.acl` is [`acl_file`] for the
+//! namespace `mlcore`; `docs/redis-contract.md` says what each user is for.
+
+use std::fmt::Write as _;
+
+/// The data commands `guard.lua` calls (what a user calling the guard must
+/// hold, lower case).
+pub const GUARD_COMMANDS: [&str; 10] = [
+    "hget",
+    "hgetall",
+    "hmget",
+    "hset",
+    "pexpireat",
+    "publish",
+    "time",
+    "type",
+    "xadd",
+    "xrevrange",
+];
+
+/// What every client needs to connect (redis-rs: `AUTH`/`HELLO`, `SELECT`
+/// of the URL's database; Cluster clients read the slot map). Not `CLIENT
+/// SETINFO`: Redis 7.0 does not know it (an ACL naming it fails to load)
+/// and redis-rs ignores its refusal.
+const CONNECTION: [&str; 9] = [
+    "auth",
+    "hello",
+    "ping",
+    "select",
+    "client|setname",
+    "client|id",
+    "readonly",
+    "cluster|slots",
+    "cluster|shards",
+];
+
+/// Who a Redis user is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `mlcore-daemon`.
+    Daemon,
+    /// `mlcore-control serve` and its CLI (break-glass `ops set-mode`).
+    Control,
+    /// A trading consumer: reads signals, never writes.
+    Consumer,
+    /// The deployment step that installs the guard library.
+    Installer,
+}
+
+impl Role {
+    /// Every role, in the order [`acl_file`] writes them.
+    pub const ALL: [Self; 4] = [Self::Daemon, Self::Control, Self::Consumer, Self::Installer];
+
+    /// The Redis user name.
+    pub const fn user(self) -> &'static str {
+        match self {
+            Self::Daemon => "mlcore-daemon",
+            Self::Control => "mlcore-control",
+            Self::Consumer => "mlcore-consumer",
+            Self::Installer => "mlcore-guard-installer",
+        }
+    }
+
+    /// The commands the role holds beyond connecting (lower case,
+    /// `command|subcommand` where only a subcommand is granted).
+    pub fn commands(self) -> Vec<&'static str> {
+        let mut out: Vec<&'static str> = Vec::new();
+        match self {
+            Self::Daemon | Self::Control => {
+                out.extend(["fcall", "fcall_ro"]);
+                out.extend(GUARD_COMMANDS);
+                // The heartbeat (HSET, PEXPIRE, ZADD), the model pointer and
+                // ops state (HGETALL), the high-water marks (HVALS), events.
+                out.extend(["pexpire", "zadd", "hvals", "subscribe", "unsubscribe"]);
+                if self == Self::Control {
+                    // The monitor and the registry: daemons, recent signals.
+                    out.extend(["zrange", "xrange"]);
+                }
+            }
+            Self::Consumer => out.extend([
+                "fcall_ro",
+                "hget",
+                "hgetall",
+                "hmget",
+                "hvals",
+                "time",
+                "type",
+                "exists",
+                "pttl",
+                "xrange",
+                "xrevrange",
+                "xread",
+                "zrange",
+                "subscribe",
+                "unsubscribe",
+            ]),
+            Self::Installer => out.extend(["function|load", "function|list", "fcall_ro"]),
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The rules after `ACL SETUSER <user>` (without a password: the
+    /// deployment adds `#<sha256>` or `>password`; a user without one
+    /// cannot log in).
+    pub fn rules(self, namespace: &str) -> Vec<String> {
+        let ns = glob_escape(namespace);
+        let mut rules = vec!["reset".to_owned(), "on".to_owned()];
+        match self {
+            Self::Daemon | Self::Control => {
+                rules.push(format!("~{ns}:*"));
+                rules.push(format!("&{ns}:events"));
+            }
+            Self::Consumer => {
+                rules.push(format!("%R~{ns}:*"));
+                rules.push(format!("&{ns}:events"));
+            }
+            Self::Installer => {}
+        }
+        rules.push("-@all".to_owned());
+        rules.extend(
+            CONNECTION
+                .iter()
+                .chain(self.commands().iter())
+                .map(|c| format!("+{c}")),
+        );
+        rules
+    }
+}
+
+/// An ACL file (`aclfile` in `redis.conf`; Redis allows no comments in it)
+/// with every role's user for `namespace`, passwords left to the
+/// deployment: a user without one cannot log in until it gets
+/// `#<sha256 of the password>` (or `ACL SETUSER <user> '>password'`).
+pub fn acl_file(namespace: &str) -> String {
+    let mut out = String::new();
+    for role in Role::ALL {
+        let _ = writeln!(out, "user {} {}", role.user(), role.rules(namespace).join(" "));
+    }
+    out
+}
+
+/// `s` with Redis glob characters escaped, so a namespace matches only
+/// itself.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_commands_are_what_guard_lua_calls() {
+        let source = include_str!("guard.lua");
+        let mut called: Vec<String> = source
+            .split("call(")
+            .skip(1)
+            .filter_map(|rest| {
+                let rest = rest.trim_start();
+                let quote = rest.chars().next().filter(|q| *q == '\'' || *q == '"')?;
+                let name = rest[1..].split(quote).next()?;
+                Some(name.to_ascii_lowercase())
+            })
+            .collect();
+        called.sort();
+        called.dedup();
+        assert_eq!(
+            called, GUARD_COMMANDS,
+            "guard.lua's redis.call commands changed: update GUARD_COMMANDS"
+        );
+    }
+
+    #[test]
+    fn rules_are_scoped_to_the_namespace_and_escape_globs() {
+        let rules = Role::Consumer.rules("a*b");
+        assert!(rules.contains(&"%R~a\\*b:*".to_owned()), "{rules:?}");
+        assert!(!rules.iter().any(|r| r == "+hset" || r == "+fcall"), "{rules:?}");
+        let installer = Role::Installer.rules("mlcore");
+        assert!(
+            !installer.iter().any(|r| r.starts_with('~') || r.starts_with('%')),
+            "{installer:?}"
+        );
+        assert!(installer.contains(&"+function|load".to_owned()));
+        for role in [Role::Daemon, Role::Control, Role::Consumer] {
+            assert!(
+                !role.rules("mlcore").iter().any(|r| r.contains("function")),
+                "{role:?}"
+            );
+        }
+    }
+}
