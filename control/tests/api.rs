@@ -1309,6 +1309,8 @@ async fn schemathesis_finds_no_failure_with_every_check() {
     })
     .await;
     let addr = f.addr.clone();
+    let scratch = tempfile::tempdir().unwrap();
+    let scratch_dir = scratch.path().to_owned();
     // The server runs on this runtime; schemathesis blocks a thread of its own.
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(&st)
@@ -1328,6 +1330,8 @@ async fn schemathesis_finds_no_failure_with_every_check() {
                 "2",
                 "--no-color",
             ])
+            // Its cache (`.schemathesis/`) goes there, not into the source tree.
+            .current_dir(&scratch_dir)
             .output()
     })
     .await
