@@ -43,8 +43,9 @@ pub use observability::{
 };
 pub use policy::{CorePolicy, RiskLimits, SignalPolicy, Sizing, Theta};
 pub use processes::{
-    ApprovalsConfig, ControlConfig, Credential, DaemonConfig, DecisionConfig, DecisionMode, FailedAuthConfig,
-    IngressConfig, Principal, QueuesConfig, RateLimitConfig, Role, RollbackSigningConfig, ThreadsConfig,
+    ApprovalsConfig, AuditCheckpointConfig, ControlConfig, Credential, DaemonConfig, DecisionConfig,
+    DecisionMode, FailedAuthConfig, IngressConfig, Principal, QueuesConfig, RateLimitConfig, Role,
+    RollbackSigningConfig, SecondFactorConfig, ThreadsConfig, TlsConfig,
 };
 pub use secret::Secret;
 pub use sources::{FailoverConfig, ProviderConfig, ProviderSettings, SourcesConfig};
@@ -304,10 +305,19 @@ pub fn load_for(
     let project_root = root.parent().unwrap_or(root);
     storage.resolve_relative(project_root);
     let mut control: ControlConfig = control;
+    let tls_files = control
+        .tls
+        .as_mut()
+        .map(|t| [&mut t.cert_file, &mut t.key_file])
+        .into_iter()
+        .flatten();
     for key_file in [
         &mut control.rollback_signing.key_file,
         &mut control.audit_checkpoints.key_file,
-    ] {
+    ]
+    .into_iter()
+    .chain(tls_files)
+    {
         if key_file.is_relative() {
             *key_file = project_root.join(&*key_file);
         }

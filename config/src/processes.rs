@@ -111,6 +111,35 @@ pub struct ControlConfig {
     pub rollback_signing: RollbackSigningConfig,
     /// Signed checkpoints of the audit log's head.
     pub audit_checkpoints: AuditCheckpointConfig,
+    /// HTTPS for the API; required outside dev (`None`: plain HTTP).
+    pub tls: Option<TlsConfig>,
+    /// A second factor (TOTP) for approvals and break-glass.
+    pub second_factor: SecondFactorConfig,
+}
+
+/// The API's certificate (rustls). Both files are PEM; they are read again
+/// when either changes, without a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first. Relative paths are resolved against
+    /// the folder that holds `configs/`.
+    pub cert_file: std::path::PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: std::path::PathBuf,
+    /// Seconds between checks of the files for a change.
+    pub reload_check_s: u64,
+}
+
+/// Whether approvals and break-glass need a one-time code (RFC 6238 TOTP:
+/// SHA-1, 6 digits, 30 s, one step of clock skew either way; each code
+/// usable once), from the principal's enrolled `totp` secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecondFactorConfig {
+    /// Required for approving or rejecting a request, and for `ops
+    /// set-mode` (break-glass).
+    pub required: bool,
 }
 
 /// How `serve` checkpoints the audit log's head: signed, into the WORM
@@ -183,6 +212,10 @@ pub struct Principal {
     pub roles: Vec<Role>,
     /// How the bearer token is checked.
     pub credential: Credential,
+    /// Enrolled TOTP secret (base32, as authenticator apps take it), a
+    /// `$VAR` reference; needed when `second_factor.required`.
+    #[serde(default)]
+    pub totp: Option<Secret>,
 }
 
 /// Control-plane roles.

@@ -218,8 +218,63 @@ pub(crate) fn validate(c: &AppConfig, file: &dyn Fn(&str) -> PathBuf) -> Vec<Con
         );
     }
 
-    // notifications.yaml / metrics.yaml / sources.yaml
+    // Transport outside dev: the API speaks HTTPS, alerts leave over HTTPS.
     let n = &c.notifications;
+    if c.environment != Environment::Dev {
+        if c.control.tls.is_none() {
+            bad(
+                "control.yaml",
+                "tls".into(),
+                "the API must serve HTTPS outside dev: set tls.cert_file and tls.key_file".into(),
+            );
+        }
+        let targets = [
+            (n.slack.enabled, "slack.webhook_url", n.slack.webhook_url.expose()),
+            (
+                n.pagerduty.enabled,
+                "pagerduty.events_url",
+                n.pagerduty.events_url.as_str(),
+            ),
+            (n.webhook.enabled, "webhook.url", n.webhook.url.as_str()),
+        ];
+        for (enabled, key, url) in targets {
+            // An unresolved secret (a process that does not send) is empty.
+            if enabled && !url.is_empty() && !url.starts_with("https://") {
+                bad(
+                    "notifications.yaml",
+                    key.into(),
+                    "must be an https:// URL outside dev".into(),
+                );
+            }
+        }
+    }
+    if c.control.tls.as_ref().is_some_and(|t| t.reload_check_s == 0) {
+        bad(
+            "control.yaml",
+            "tls.reload_check_s".into(),
+            "must be at least 1 second".into(),
+        );
+    }
+    if c.control.second_factor.required {
+        for (i, pr) in c.control.principals.iter().enumerate() {
+            let decides = pr
+                .roles
+                .iter()
+                .any(|r| matches!(r, super::Role::Approver | super::Role::Admin));
+            if decides && pr.totp.is_none() {
+                bad(
+                    "control.yaml",
+                    format!("principals[{i}].totp"),
+                    format!(
+                        "`{}` may approve, and second_factor.required: enrol a TOTP secret",
+                        pr.name
+                    ),
+                );
+            }
+        }
+    }
+
+    // notifications.yaml / metrics.yaml / sources.yaml
     if n.retry.max_attempts == 0 {
         bad(
             "notifications.yaml",

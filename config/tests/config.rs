@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use mlcore_config::{self as config, ConfigCode, ConfigError, Environment, MapEnv};
 
-const ALL_SECRETS: [&str; 11] = [
+const ALL_SECRETS: [&str; 13] = [
     "MLCORE_REDIS_URL",
     "MLCORE_PG_DSN",
     "MLCORE_SLACK_WEBHOOK_URL",
@@ -20,6 +20,8 @@ const ALL_SECRETS: [&str; 11] = [
     "MLCORE_TOKEN_OPERATOR",
     "MLCORE_TOKEN_APPROVER",
     "MLCORE_TOKEN_ADMIN",
+    "MLCORE_TOTP_APPROVER",
+    "MLCORE_TOTP_ADMIN",
 ];
 
 fn repo_configs() -> PathBuf {
@@ -27,9 +29,18 @@ fn repo_configs() -> PathBuf {
 }
 
 fn full_env() -> MapEnv {
-    ALL_SECRETS.iter().fold(MapEnv::new(), |e, name| {
-        e.with(name, &format!("value-of-{name}-0123456789"))
-    })
+    ALL_SECRETS
+        .iter()
+        .fold(MapEnv::new(), |e, name| e.with(name, &secret_value(name)))
+}
+
+/// A plausible value of the secret `name`: URLs that leave the machine are
+/// https:// outside dev.
+fn secret_value(name: &str) -> String {
+    match name {
+        "MLCORE_SLACK_WEBHOOK_URL" => "https://hooks.example/value-0123456789".to_owned(),
+        _ => format!("value-of-{name}-0123456789"),
+    }
 }
 
 /// A private copy of `configs/` to mutate.
@@ -298,6 +309,33 @@ fn cross_file_rules_are_checked() {
     assert!(keys.contains(&"theta.theta1"), "{err}");
 }
 
+/// #22 §7: outside dev the API serves HTTPS, alerts leave over HTTPS, and
+/// with a second factor required every approver has one enrolled.
+#[test]
+fn transport_and_second_factor_rules_outside_dev() {
+    let f = Fixture::new();
+    fs::remove_file(f.path("envs/prod/control.yaml")).unwrap();
+    f.edit(
+        "base/notifications.yaml",
+        "url: https://obs.internal.example/hooks/mlcore",
+        "url: http://obs.internal.example/hooks/mlcore",
+    );
+    f.edit("base/control.yaml", "    totp: \"$MLCORE_TOTP_ADMIN\"\n", "");
+    let err = f.load(Environment::Prod, &full_env()).unwrap_err();
+    let keys: Vec<(&str, &str)> = err
+        .problems
+        .iter()
+        .filter(|p| p.code == ConfigCode::ValueInvalid)
+        .map(|p| (p.file.file_name().unwrap().to_str().unwrap(), p.key.as_str()))
+        .collect();
+    assert!(keys.contains(&("control.yaml", "tls")), "{err}");
+    assert!(keys.contains(&("notifications.yaml", "webhook.url")), "{err}");
+    assert!(keys.contains(&("control.yaml", "principals[3].totp")), "{err}");
+    assert_eq!(keys.len(), 3, "{err}");
+    // dev keeps plain HTTP and needs no second factor.
+    f.load(Environment::Dev, &full_env()).unwrap();
+}
+
 #[test]
 fn the_full_example_matches_the_base_files() {
     let text = fs::read_to_string(repo_configs().join("examples/full.yaml")).unwrap();
@@ -322,9 +360,9 @@ fn the_full_example_matches_the_base_files() {
 fn each_process_needs_only_the_secrets_it_uses() {
     use config::Process;
     let only = |names: &[&str]| {
-        names.iter().fold(MapEnv::new(), |e, n| {
-            e.with(n, &format!("value-of-{n}-0123456789"))
-        })
+        names
+            .iter()
+            .fold(MapEnv::new(), |e, n| e.with(n, &secret_value(n)))
     };
     let load = |p: Process, vars: &MapEnv| config::load_for(&repo_configs(), Environment::Prod, vars, p);
 
@@ -354,6 +392,8 @@ fn each_process_needs_only_the_secrets_it_uses() {
         "MLCORE_TOKEN_OPERATOR",
         "MLCORE_TOKEN_APPROVER",
         "MLCORE_TOKEN_ADMIN",
+        "MLCORE_TOTP_APPROVER",
+        "MLCORE_TOTP_ADMIN",
     ];
     load(Process::Control, &only(&control)).unwrap();
     let err = load(Process::Control, &only(&control[1..])).unwrap_err();

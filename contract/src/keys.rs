@@ -11,6 +11,7 @@
 //! | `ns:daemon:<instance>:hb` | hash | heartbeat, with a TTL |
 //! | `ns:daemons` | sorted set | instance → last heartbeat time (ms) |
 //! | `ns:events` | pub/sub channel | ops changes, model activations (JSON) |
+//! | `ns:second_factor` | hash | principal → newest one-time-code step used at break-glass |
 //! | `ns:audit:checkpoint` | hash | `checkpoint`: the control plane's latest signed audit-log checkpoint (JSON) |
 
 /// Key builder for one namespace.
@@ -59,6 +60,13 @@ impl Keys {
     /// (field `checkpoint`, JSON): a copy outside the WORM archive.
     pub fn audit_checkpoint(&self) -> String {
         format!("{}:audit:checkpoint", self.ns)
+    }
+
+    /// The hash of the newest one-time-code step each principal used at
+    /// break-glass (principal → step): a code is accepted once across
+    /// processes.
+    pub fn second_factor_steps(&self) -> String {
+        format!("{}:second_factor", self.ns)
     }
 
     /// The sorted set of daemons by last heartbeat.

@@ -29,4 +29,5 @@ pub mod monitor;
 pub mod ops;
 pub mod redis_link;
 pub mod registry;
+pub mod second_factor;
 pub mod services;

@@ -39,6 +39,9 @@ pub enum StartError {
     /// The Redis client (a malformed URL; connecting is lazy).
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// An enrolled second-factor secret cannot be used.
+    #[error(transparent)]
+    SecondFactor(#[from] crate::second_factor::EnrolmentError),
 }
 
 impl Services {

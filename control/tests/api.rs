@@ -131,12 +131,27 @@ impl Fixture {
 
     /// The whole HTTP response as text.
     async fn raw(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> String {
+        self.raw_with(method, path, token, body, &[]).await
+    }
+
+    /// [`Fixture::raw`] with extra headers.
+    async fn raw_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> String {
         let mut s = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
-        let auth = token
+        let mut extra = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
+        for (name, value) in headers {
+            extra.push_str(&format!("{name}: {value}\r\n"));
+        }
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
         s.write_all(req.as_bytes()).await.unwrap();
@@ -1115,9 +1130,10 @@ async fn break_glass_set_mode_is_audited_or_says_it_is_not() {
     let f = fixture(900).await;
     let configs = tempfile::tempdir().unwrap();
     testutil::copy_tree(&testutil::workspace_root().join("configs"), configs.path()).unwrap();
+    let redis = std::fs::read_to_string(configs.path().join("envs/dev/redis.yaml")).unwrap();
     std::fs::write(
         configs.path().join("envs/dev/redis.yaml"),
-        format!("namespace: {}\n", f.ns.ns),
+        format!("{redis}namespace: {}\n", f.ns.ns),
     )
     .unwrap();
     let storage = std::fs::read_to_string(configs.path().join("envs/dev/storage.yaml")).unwrap();
@@ -1173,6 +1189,154 @@ async fn break_glass_set_mode_is_audited_or_says_it_is_not() {
     );
     assert!(stdout.contains("NOT in the audit log"), "{stdout}");
     assert_eq!(f.mode().0, OpsMode::Active);
+
+    // With a second factor required: the actor must be a principal with
+    // an enrolled secret and give its current code, once.
+    let control = configs.path().join("envs/dev/control.yaml");
+    let text = std::fs::read_to_string(&control)
+        .unwrap()
+        .replace("required: false", "required: true")
+        .replace(
+            "   # dev-approver-token",
+            "   # dev-approver-token\n    totp: \"$MLCORE_TEST_TOTP\"",
+        )
+        .replace(
+            "   # dev-admin-token",
+            "   # dev-admin-token\n    totp: \"$MLCORE_TEST_TOTP\"",
+        );
+    std::fs::write(&control, text).unwrap();
+    let dsn = f.state.services.config.database.dsn.expose().to_owned();
+    let with_code = |code: Option<String>| {
+        let (dir, dsn) = (configs.path().to_owned(), dsn.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mlcore-control"));
+            cmd.arg("--config-dir")
+                .arg(&dir)
+                .args(["ops", "set-mode", "--env", "dev", "--strategy", "fx_g10"])
+                .args([
+                    "--mode",
+                    "halted",
+                    "--reason",
+                    "break glass",
+                    "--actor",
+                    "dev-approver",
+                ])
+                .env("MLCORE_REDIS_URL", testutil::redis_url())
+                .env("MLCORE_PG_DSN", dsn)
+                .env("MLCORE_TEST_TOTP", TOTP_SECRET);
+            if let Some(code) = code {
+                cmd.env("MLCORE_TOTP_CODE", code);
+            }
+            cmd.output().unwrap()
+        })
+    };
+    let refused = mlcore_control::commands::EXIT_SECOND_FACTOR;
+    let out = with_code(None).await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(refused),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(f.mode().0, OpsMode::Active, "nothing changes without the code");
+    let code = totp_now();
+    let out = with_code(Some(code.clone())).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(f.mode().0, OpsMode::Halted);
+    let out = with_code(Some(code)).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(refused), "{stdout}");
+    assert!(stdout.contains("used already"), "{stdout}");
+    let refusals: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit.events WHERE record_type = 'ops_break_glass' AND result = 'refused'",
+    )
+    .fetch_one(&f.state.services.pool)
+    .await
+    .unwrap();
+    assert_eq!(refusals, 2, "each refusal is audited");
+    f.finish().await;
+}
+
+/// RFC 6238's test secret, base32: enrolled for the approvers of the
+/// second-factor tests.
+const TOTP_SECRET: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+
+/// The current code of [`TOTP_SECRET`].
+fn totp_now() -> String {
+    totp_rs::Builder::new()
+        .with_secret(totp_rs::Secret::try_from_base32(TOTP_SECRET).unwrap())
+        .build()
+        .unwrap()
+        .generate_current()
+        .to_string()
+}
+
+/// #22 §7: with `second_factor.required`, decisions (approve, reject, a
+/// model's rejection, a pin's release) need the approver's current
+/// one-time code in `X-MLCORE-TOTP`, accepted once; every refusal is
+/// audited and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_need_a_one_time_code_when_required() {
+    let f = fixture_with(|cfg| {
+        cfg.control.second_factor.required = true;
+        for p in &mut cfg.control.principals {
+            p.totp = Some(Secret::literal(TOTP_SECRET));
+        }
+    })
+    .await;
+    let flatten = r#"{"action":"flatten","scope":"fx_g10","reason":"2fa"}"#;
+    let (code, json) = f.call("POST", "/v1/ops/requests", Some(OPERATOR), flatten).await;
+    assert_eq!(code, 202, "{json}");
+    let approve = format!("/v1/ops/requests/{}/approve", json["id"].as_str().unwrap());
+    let before = f.audit_rows().await;
+    f.expect_code("POST", &approve, Some(APPROVER), "", 403, "AUTH_TOTP_MISSING")
+        .await;
+    let wrong = f
+        .raw_with(
+            "POST",
+            &approve,
+            Some(APPROVER),
+            "",
+            &[("X-MLCORE-TOTP", "000000")],
+        )
+        .await;
+    assert!(wrong.contains("AUTH_TOTP_INVALID"), "{wrong}");
+    assert_eq!(f.audit_rows().await, before + 2, "each refusal is audited");
+    assert_ne!(f.mode().0, OpsMode::Flatten, "nothing changed");
+
+    let totp = totp_now();
+    let ok = f
+        .raw_with("POST", &approve, Some(APPROVER), "", &[("X-MLCORE-TOTP", &totp)])
+        .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert_eq!(f.mode().0, OpsMode::Flatten);
+
+    // The same code again, on another decision: refused.
+    let (_, json) = f.call("POST", "/v1/ops/requests", Some(OPERATOR), flatten).await;
+    let reject = format!("/v1/ops/requests/{}/reject", json["id"].as_str().unwrap());
+    let replayed = f
+        .raw_with("POST", &reject, Some(APPROVER), "", &[("X-MLCORE-TOTP", &totp)])
+        .await;
+    assert!(replayed.contains("AUTH_TOTP_REPLAYED"), "{replayed}");
+    // The registry's approver decisions too.
+    f.expect_code(
+        "POST",
+        "/v1/models/pins/fx_g10/release",
+        Some(APPROVER),
+        r#"{"reason":"2fa"}"#,
+        403,
+        "AUTH_TOTP_MISSING",
+    )
+    .await;
+    // The document says where the code goes.
+    let (_, doc) = f.call("GET", "/openapi.json", None, "").await;
+    let params = doc["paths"]["/v1/ops/requests/{id}/{verdict}"]["post"]["parameters"].to_string();
+    assert!(params.contains("x-mlcore-totp"), "{params}");
     f.finish().await;
 }
 

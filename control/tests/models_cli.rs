@@ -146,10 +146,10 @@ fn synth_train_verify_inspect_and_refuse() {
     );
 }
 
-const PROD_VARS: [(&str, &str); 11] = [
+const PROD_VARS: [(&str, &str); 13] = [
     ("MLCORE_REDIS_URL", "redis://127.0.0.1:6379/0"),
     ("MLCORE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
-    ("MLCORE_SLACK_WEBHOOK_URL", "x"),
+    ("MLCORE_SLACK_WEBHOOK_URL", "https://hooks.example/x"),
     ("MLCORE_PAGERDUTY_ROUTING_KEY", "x"),
     ("MLCORE_WEBHOOK_HMAC_SECRET", "x"),
     ("MLCORE_TWELVEDATA_API_KEY", "x"),
@@ -158,6 +158,8 @@ const PROD_VARS: [(&str, &str); 11] = [
     ("MLCORE_TOKEN_OPERATOR", "operator-token-0123456789"),
     ("MLCORE_TOKEN_APPROVER", "approver-token-0123456789"),
     ("MLCORE_TOKEN_ADMIN", "admin-token-0123456789"),
+    ("MLCORE_TOTP_APPROVER", "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"),
+    ("MLCORE_TOTP_ADMIN", "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"),
 ];
 
 #[test]

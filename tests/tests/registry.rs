@@ -134,6 +134,19 @@ fn setup(rt: &tokio::runtime::Runtime) -> Setup {
 }
 
 impl Setup {
+    /// Drops the test's database.
+    fn drop_db(&self, rt: &tokio::runtime::Runtime) {
+        rt.block_on(async {
+            let admin = sqlx::PgPool::connect(&testutil::pg_dsn()).await.unwrap();
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.db
+            )))
+            .execute(&admin)
+            .await;
+        });
+    }
+
     fn config_dir(&self) -> String {
         self.root.join("configs").display().to_string()
     }
@@ -441,15 +454,7 @@ fn the_daemon_follows_registry_activations_and_rollbacks() {
         "{stderr}"
     );
 
-    rt.block_on(async {
-        let admin = sqlx::PgPool::connect(&testutil::pg_dsn()).await.unwrap();
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            s.db
-        )))
-        .execute(&admin)
-        .await;
-    });
+    s.drop_db(&rt);
 }
 
 /// SIGINT (and SIGTERM alike): the control plane stops accepting, finishes
@@ -479,6 +484,7 @@ fn the_control_plane_stops_cleanly_on_a_signal() {
             "still listening after SIG{signal}"
         );
     }
+    s.drop_db(&rt);
 }
 
 /// Logs are JSON lines (timestamp, level, target, fields) through
@@ -526,6 +532,7 @@ fn logs_are_json_lines_and_rust_log_lets_library_records_through() {
             .any(|l| l["message"] == "control plane stopped" && l["level"] == "INFO"),
         "{text}"
     );
+    s.drop_db(&rt);
 }
 
 /// Every file under `dir` whose name starts with `prefix`.
@@ -615,13 +622,86 @@ fn serve_checkpoints_the_audit_log_to_the_archive_and_redis() {
         stderr.contains(&format!("audit chain broken at seq {head}")) && stderr.contains("checkpoint"),
         "{stderr}"
     );
-    rt.block_on(async {
-        let admin = sqlx::PgPool::connect(&testutil::pg_dsn()).await.unwrap();
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            s.db
-        )))
-        .execute(&admin)
-        .await;
-    });
+    s.drop_db(&rt);
+}
+
+/// A self-signed certificate for `localhost`: (certificate PEM, key PEM).
+fn self_signed() -> (String, String) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    (ck.cert.pem(), ck.signing_key.serialize_pem())
+}
+
+/// `GET https://localhost:<port>/healthz` trusting only `ca_pem`: the
+/// status, or the error.
+async fn https_health(port: u16, ca_pem: &str) -> Result<u16, String> {
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    client
+        .get(format!("https://localhost:{port}/healthz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// #22 §7: with `tls` configured the API serves HTTPS only (rustls), a
+/// renewed certificate is served without a restart, a broken renewal keeps
+/// the one being served, and SIGTERM still stops it cleanly.
+#[test]
+fn the_api_serves_https_and_reloads_its_certificate() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = setup(&rt);
+    let dir = s.config_dir();
+    migrate(&dir, &s.dsn);
+    let (cert, key) = (s.root.join("tls.crt"), s.root.join("tls.key"));
+    let (first_cert, first_key) = self_signed();
+    std::fs::write(&cert, &first_cert).unwrap();
+    std::fs::write(&key, &first_key).unwrap();
+    let control_yaml = s.root.join("configs/envs/dev/control.yaml");
+    let mut text = std::fs::read_to_string(&control_yaml).unwrap();
+    text.push_str(&format!(
+        "tls:\n  cert_file: {}\n  key_file: {}\n  reload_check_s: 1\n",
+        cert.display(),
+        key.display()
+    ));
+    std::fs::write(&control_yaml, text).unwrap();
+
+    let (mut control, line) = start(
+        "mlcore-control",
+        &["--config-dir", &dir, "serve", "--env", "dev"],
+        &s.dsn,
+    );
+    let addr = testutil::announced(&line, "https=");
+    let port: u16 = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    assert_eq!(rt.block_on(https_health(port, &first_cert)), Ok(200));
+    // Plain HTTP gets no answer from the API.
+    let (code, _) = testutil::http(&addr, "GET", "/healthz", None, "");
+    assert_ne!(code, 200, "plain HTTP was served");
+
+    // A renewed certificate: served without a restart.
+    let (second_cert, second_key) = self_signed();
+    std::fs::write(&key, &second_key).unwrap();
+    std::fs::write(&cert, &second_cert).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || rt
+            .block_on(https_health(port, &second_cert))
+            == Ok(200)),
+        "the renewed certificate is not served"
+    );
+    assert!(
+        rt.block_on(https_health(port, &first_cert)).is_err(),
+        "the old certificate is still served"
+    );
+
+    // A broken renewal: the server keeps the certificate it has.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(rt.block_on(https_health(port, &second_cert)), Ok(200));
+
+    assert!(testutil::stop_with_signal(&mut control.0, "TERM", Duration::from_secs(10)).success());
+    s.drop_db(&rt);
 }

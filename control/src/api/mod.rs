@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod models;
 pub mod openapi;
 pub mod ops;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,9 @@ use self::error::ApiError;
 use crate::audit::NewEvent;
 use crate::services::Services;
 pub use crate::services::StartError;
+
+/// The header carrying the caller's one-time code (TOTP) for decisions.
+pub const TOTP_HEADER: &str = "x-mlcore-totp";
 
 /// Per-principal token buckets for mutating routes.
 #[derive(Debug)]
@@ -90,6 +94,8 @@ pub struct AppState {
     pub http: Arc<metrics::HttpMetrics>,
     /// The `/metrics` registry.
     pub exposition: mlcore_telemetry::exposition::Exposition,
+    /// One-time codes for decisions (`control.yaml` `second_factor`).
+    pub second_factor: crate::second_factor::SecondFactor,
 }
 
 impl AppState {
@@ -100,6 +106,24 @@ impl AppState {
         auth::require(&p, roles)?;
         self.limiter.check(&p.name)?;
         Ok(p)
+    }
+
+    /// The caller's second factor (header [`TOTP_HEADER`]) when the
+    /// environment requires one for decisions; a refusal is a 403 naming
+    /// what was wrong (audited by the caller, as every refusal).
+    pub fn second_factor(&self, headers: &axum::http::HeaderMap, p: &Principal) -> Result<(), ApiError> {
+        use crate::second_factor::SecondFactorError as E;
+        let code = headers.get(TOTP_HEADER).and_then(|v| v.to_str().ok());
+        let now_s = self.services.now_ms() / 1000;
+        self.second_factor.verify(&p.name, code, now_s).map_err(|e| {
+            let code = match e {
+                E::Missing => "AUTH_TOTP_MISSING",
+                E::NotEnrolled(_) => "AUTH_TOTP_NOT_ENROLLED",
+                E::Invalid => "AUTH_TOTP_INVALID",
+                E::Replayed => "AUTH_TOTP_REPLAYED",
+            };
+            ApiError::new(StatusCode::FORBIDDEN, code, e.to_string())
+        })
     }
 
     /// Audits one request of `record_type` (critical: kept 5 years).
@@ -238,6 +262,10 @@ pub async fn state(config: AppConfig) -> Result<Arc<AppState>, StartError> {
         limiter: Limiter::new(cfg.control.rate_limit.per_minute, cfg.control.rate_limit.burst),
         edge: edge::Edge::new(cfg.control.failed_auth.clone()),
         exposition: metrics::exposition(&cfg.metrics, Arc::clone(&http), Arc::clone(&services.alerts)),
+        second_factor: crate::second_factor::SecondFactor::new(
+            cfg.control.second_factor.required,
+            &cfg.control.principals,
+        )?,
         http,
         services,
     }))

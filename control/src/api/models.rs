@@ -216,10 +216,11 @@ pub async fn activate(
 
 /// `POST /v1/models/{id}/reject` (approver).
 #[utoipa::path(post, path = "/v1/models/{id}/reject", request_body = ReasonBody, security(("bearer" = [])),
-    params(("id" = String, Path, description = "model id")),
+    params(("id" = String, Path, description = "model id"), ("x-mlcore-totp" = Option<String>, Header, description = "the caller's one-time code (TOTP), required where control.yaml second_factor.required")),
     responses(
         (status = 400, description = "malformed JSON, or a field with a control character", body = super::openapi::ErrorBody),
         (status = 200, description = "rejected", body = Rejected),
+        (status = 403, description = "role lacking, or the one-time code missing, wrong or used (AUTH_TOTP_*)", body = super::openapi::ErrorBody),
         (status = 404, description = "no such model", body = super::openapi::ErrorBody),
         (status = 409, description = "active, retired or already rejected", body = super::openapi::ErrorBody)))]
 pub async fn reject(
@@ -234,6 +235,7 @@ pub async fn reject(
         return Err(state.refused(RECORD, &p.name, "reject", &model_id, &id, e).await);
     }
     let result = async {
+        state.second_factor(&headers, &p)?;
         let reason = reason_of(body)?;
         Ok(registry::reject(&state.services, &model_id, &p.name, &reason, &id).await?)
     }
@@ -246,10 +248,11 @@ pub async fn reject(
 /// `POST /v1/models/pins/{strategy}/release` (approver): lets activations
 /// through again after a rollback.
 #[utoipa::path(post, path = "/v1/models/pins/{strategy}/release", request_body = ReasonBody, security(("bearer" = [])),
-    params(("strategy" = String, Path, description = "strategy id")),
+    params(("strategy" = String, Path, description = "strategy id"), ("x-mlcore-totp" = Option<String>, Header, description = "the caller's one-time code (TOTP), required where control.yaml second_factor.required")),
     responses(
         (status = 400, description = "malformed JSON, or a field with a control character", body = super::openapi::ErrorBody),
         (status = 200, description = "released", body = PinReleased),
+        (status = 403, description = "role lacking, or the one-time code missing, wrong or used (AUTH_TOTP_*)", body = super::openapi::ErrorBody),
         (status = 409, description = "not pinned", body = super::openapi::ErrorBody)))]
 pub async fn release_pin(
     State(state): State<Arc<AppState>>,
@@ -265,6 +268,7 @@ pub async fn release_pin(
             .await);
     }
     let result = async {
+        state.second_factor(&headers, &p)?;
         reason_of(body)?;
         Ok(registry::release_pin(&state.services, &strategy, &id).await?)
     }

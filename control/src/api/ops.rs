@@ -200,12 +200,12 @@ async fn pending(
 
 /// `POST /v1/ops/requests/{id}/approve` and `/reject`.
 #[utoipa::path(post, path = "/v1/ops/requests/{id}/{verdict}", security(("bearer" = [])),
-    params(("id" = String, Path, description = "request id"), ("verdict" = String, Path, description = "approve or reject")),
+    params(("id" = String, Path, description = "request id"), ("verdict" = String, Path, description = "approve or reject"), ("x-mlcore-totp" = Option<String>, Header, description = "the caller's one-time code (TOTP), required where control.yaml second_factor.required")),
     responses(
         (status = 400, description = "a field with a control character", body = super::openapi::ErrorBody),
         (status = 200, description = "applied or rejected"),
         (status = 401, description = "missing or unknown token", body = super::openapi::ErrorBody),
-        (status = 403, description = "self-approval or role lacking", body = super::openapi::ErrorBody),
+        (status = 403, description = "self-approval, role lacking, or the one-time code missing, wrong or used (AUTH_TOTP_*)", body = super::openapi::ErrorBody),
         (status = 404, description = "no such request or verdict", body = super::openapi::ErrorBody),
         (status = 409, description = "already decided, expired, or conflict", body = super::openapi::ErrorBody),
         (status = 429, description = "rate limited", body = super::openapi::ErrorBody),
@@ -230,6 +230,9 @@ pub async fn decide(
     let svc = &state.services;
     let req = approvals::get(svc, &id).await?;
     let what = format!("{} {}", verdict.as_str(), req.action);
+    if let Err(e) = state.second_factor(&headers, &p) {
+        return Err(state.refused(RECORD, &p.name, &what, &req.scope, &id, e).await);
+    }
     if let Err(e) = approvals::claim(svc, &req, verdict, &p.name).await {
         return Err(state
             .refused(RECORD, &p.name, &what, &req.scope, &id, e.into())

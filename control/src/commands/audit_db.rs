@@ -117,7 +117,12 @@ pub fn serve(config_dir: &Path, env: &str, vars: &dyn EnvSource, out: &mut dyn W
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-        writeln!(out, "listening http={}", listener.local_addr()?)?;
+        let tls = match &state.services.config.control.tls {
+            Some(tls) => Some(crate::api::tls::serve_config(tls)?),
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        writeln!(out, "listening {scheme}={}", listener.local_addr()?)?;
         out.flush()?;
         let edge_state = std::sync::Arc::clone(&state);
         let window =
@@ -128,9 +133,28 @@ pub fn serve(config_dir: &Path, env: &str, vars: &dyn EnvSource, out: &mut dyn W
                 crate::api::edge::flush(&edge_state).await;
             }
         });
-        axum::serve(listener, crate::api::make_service(std::sync::Arc::clone(&state)))
-            .with_graceful_shutdown(stop)
-            .await?;
+        let service = crate::api::make_service(std::sync::Arc::clone(&state));
+        match tls {
+            None => {
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(stop)
+                    .await?
+            }
+            Some(tls) => {
+                // The same graceful stop over TLS: no new connections,
+                // requests in progress finish.
+                let handle = axum_server::Handle::new();
+                let stopping = handle.clone();
+                tokio::spawn(async move {
+                    stop.await;
+                    stopping.graceful_shutdown(None);
+                });
+                axum_server::from_tcp_rustls(listener.into_std()?, tls)?
+                    .handle(handle)
+                    .serve(service)
+                    .await?;
+            }
+        }
         monitor.abort();
         refusals.abort();
         // What was counted since the last window is audited before leaving.

@@ -18,7 +18,7 @@ pub use self::audit_db::{audit_retain, audit_verify, db_migrate, serve, EXIT_TAM
 pub use self::config::config_check;
 pub use self::data::synth;
 pub use self::models::{models_inspect, models_keygen, models_sign, models_verify};
-pub use self::ops::{ops_set_mode, EXIT_CONFLICT, EXIT_NOT_AUDITED};
+pub use self::ops::{ops_set_mode, EXIT_CONFLICT, EXIT_NOT_AUDITED, EXIT_SECOND_FACTOR};
 pub use self::ops_api::{ops_api, ApiCall, EXIT_API_REFUSED};
 pub use self::redis::{redis_acl, redis_install_guard};
 pub use self::train::train;

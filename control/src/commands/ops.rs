@@ -20,6 +20,9 @@ use crate::cli::SetModeArgs;
 pub const EXIT_CONFLICT: i32 = 5;
 /// Exit code when the change applied but could not be audited.
 pub const EXIT_NOT_AUDITED: i32 = 8;
+/// Exit code when the second factor is required and missing or wrong:
+/// nothing was changed.
+pub const EXIT_SECOND_FACTOR: i32 = 9;
 
 /// Sets the mode of one strategy, or of every strategy with `--all`.
 pub fn ops_set_mode(
@@ -40,6 +43,28 @@ pub fn ops_set_mode(
         _ => anyhow::bail!("give exactly one of --strategy or --all"),
     };
     let request_id = format!("cli-{}", super::now_ms());
+    if cfg.control.second_factor.required {
+        if let Err(why) = second_factor(&cfg, args, &mut conn, vars) {
+            writeln!(out, "refused: {why}; nothing was changed")?;
+            let scope = args.strategy.clone().unwrap_or_else(|| "global".into());
+            let refusal = crate::audit::NewEvent {
+                at_ms: super::now_ms(),
+                record_type: "ops_break_glass".into(),
+                critical: true,
+                actor: args.actor.clone(),
+                action: format!("set_mode {mode}"),
+                scope,
+                before: serde_json::Value::Null,
+                after: serde_json::json!({"second_factor": why.to_string()}),
+                result: "refused".into(),
+                request_id,
+            };
+            if let Err(e) = append_audit(&cfg, refusal) {
+                writeln!(out, "WARNING: the refusal is NOT in the audit log ({e})")?;
+            }
+            return Ok(EXIT_SECOND_FACTOR);
+        }
+    }
     let mut code = 0;
     let mut results = serde_json::Map::new();
     for s in &strategies {
@@ -83,18 +108,7 @@ pub fn ops_set_mode(
         result: if code == 0 { "ok".into() } else { "conflict".into() },
         request_id,
     };
-    let audited = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(async {
-            let pool = crate::db::connect(&cfg.database)
-                .await
-                .map_err(|e| e.to_string())?;
-            let appended = crate::audit::append(&pool, &cfg.storage.worm_root, event).await;
-            pool.close().await;
-            appended.map_err(|e| e.to_string())
-        });
-    match audited {
+    match append_audit(&cfg, event) {
         Ok(e) => writeln!(out, "audited as event {}", e.seq)?,
         Err(why) => {
             writeln!(
@@ -107,4 +121,63 @@ pub fn ops_set_mode(
         }
     }
     Ok(code)
+}
+
+/// Appends `event` to the audit log; why not, as text.
+fn append_audit(
+    cfg: &mlcore_config::AppConfig,
+    event: crate::audit::NewEvent,
+) -> Result<crate::audit::Event, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(async {
+            let pool = crate::db::connect(&cfg.database)
+                .await
+                .map_err(|e| e.to_string())?;
+            let appended = crate::audit::append(&pool, &cfg.storage.worm_root, event).await;
+            pool.close().await;
+            appended.map_err(|e| e.to_string())
+        })
+}
+
+/// The break-glass second factor: `--actor` is a principal of
+/// control.yaml with an enrolled TOTP secret (read from the variable its
+/// reference names), `$MLCORE_TOTP_CODE` its current code, used once: the
+/// newest step each principal used is kept in Redis (`ns:second_factor`),
+/// so a code cannot be replayed by a later invocation either.
+fn second_factor(
+    cfg: &mlcore_config::AppConfig,
+    args: &SetModeArgs,
+    conn: &mut RedisConn,
+    vars: &dyn EnvSource,
+) -> anyhow::Result<()> {
+    let principal = cfg
+        .control
+        .principals
+        .iter()
+        .find(|p| p.name == args.actor)
+        .with_context(|| {
+            format!(
+                "`{}` is not a principal of control.yaml (second_factor.required)",
+                args.actor
+            )
+        })?;
+    let sf = crate::second_factor::SecondFactor::for_principal(true, principal, vars)?;
+    let key = Keys::new(&cfg.redis.namespace).second_factor_steps();
+    let used: Option<u64> = redis::cmd("HGET").arg(&key).arg(&principal.name).query(conn)?;
+    if let Some(step) = used {
+        sf.seed(&principal.name, step);
+    }
+    let code = vars.var("MLCORE_TOTP_CODE");
+    sf.verify(&principal.name, code.as_deref(), super::now_ms() / 1000)?;
+    if let Some(step) = sf.last_step(&principal.name) {
+        redis::cmd("HSET")
+            .arg(&key)
+            .arg(&principal.name)
+            .arg(step)
+            .query::<()>(conn)?;
+    }
+    Ok(())
 }

@@ -1,6 +1,9 @@
 //! `ops request | approve | reject | status`: the ops API from the command
 //! line. The bearer token comes from `$MLCORE_TOKEN` (never an argument, so it
-//! stays out of shell history and process lists).
+//! stays out of shell history and process lists); `$MLCORE_TOTP_CODE`, when
+//! set, is sent as the one-time code decisions need; `$MLCORE_CA_FILE`, when
+//! set, is the PEM certificate (or CA) the API's HTTPS certificate must
+//! chain to, instead of the public roots.
 
 use std::io::Write;
 
@@ -27,12 +30,22 @@ pub fn ops_api(
         .enable_all()
         .build()?;
     let (status, text) = rt.block_on(async {
-        let client = reqwest::Client::new();
+        let mut client = reqwest::Client::builder();
+        if let Some(ca) = vars.var("MLCORE_CA_FILE") {
+            let pem = std::fs::read(&ca).with_context(|| format!("reading MLCORE_CA_FILE {ca}"))?;
+            let cert =
+                reqwest::Certificate::from_pem(&pem).with_context(|| format!("MLCORE_CA_FILE {ca}"))?;
+            client = client.tls_built_in_root_certs(false).add_root_certificate(cert);
+        }
+        let client = client.build()?;
         let req = match call.method {
             "GET" => client.get(&url),
             _ => client.post(&url),
         };
-        let req = req.bearer_auth(token);
+        let mut req = req.bearer_auth(token);
+        if let Some(code) = vars.var("MLCORE_TOTP_CODE") {
+            req = req.header(crate::api::TOTP_HEADER, code);
+        }
         let req = match &call.body {
             Some(b) => req.json(b),
             None => req,
