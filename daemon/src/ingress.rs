@@ -88,20 +88,24 @@ pub struct IngressParts {
     pub shutdown: Arc<AtomicBool>,
 }
 
-/// The timer's next tick after the one due at `due` fired at `now`: the
-/// first of `due + k·period` (k ≥ 1) after `now`. Ticks missed while the
-/// thread could not run (a stall, a long burst of frames) are skipped, not
-/// fired back to back: a decision is made from the market as it is now, so
-/// catching up would publish the same decision several times over and
-/// queue the ones after it.
-fn next_tick(due: Instant, period: Duration, now: Instant) -> Instant {
-    let mut next = due + period;
-    if next <= now && !period.is_zero() {
-        let behind = now.duration_since(next).as_nanos() / period.as_nanos();
-        let skip = u32::try_from(behind + 1).unwrap_or(u32::MAX);
-        next += period.saturating_mul(skip);
-    }
-    next
+/// Timer mode's ticks sit on a grid of the wall clock — multiples of the
+/// period since the epoch — so that every daemon names a tick alike: its
+/// identity (the trigger time, hence the published `seq`) is the grid time
+/// nearest the moment it fires, and two daemons of one strategy
+/// (active-active) publish each tick once between them. Returns that tick
+/// time and the next grid time to fire at, both in ms. Ticks missed while
+/// the thread could not run are skipped, not fired back to back: a
+/// decision is made from the market as it is now.
+fn grid_tick(now_ms: u64, period_ms: u64) -> (u64, u64) {
+    let period = period_ms.max(1);
+    let tick = (now_ms + period / 2) / period * period;
+    let next = ((now_ms / period + 1) * period).max(tick + period);
+    (tick, next)
+}
+
+/// The instant at which the wall clock reads `target_ms` (now if past).
+fn at_wall(target_ms: u64) -> Instant {
+    Instant::now() + Duration::from_millis(target_ms.saturating_sub(crate::clock::now_ms()))
 }
 
 impl Ingress {
@@ -139,7 +143,10 @@ impl Ingress {
     /// Runs until the stop flag is set.
     pub fn run(mut self) {
         let mut events = Events::with_capacity(256);
-        let mut next_timer = self.timer.map(|t| Instant::now() + t);
+        let period_ms = self
+            .timer
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
+        let mut next_timer = period_ms.map(|p| at_wall((crate::clock::now_ms() / p + 1) * p));
         while !self.shutdown.load(Ordering::Relaxed) {
             let timeout = match next_timer {
                 Some(t) => t
@@ -161,14 +168,15 @@ impl Ingress {
             }
             self.decode_hist.tick();
             self.features_hist.tick();
-            if let (Some(t), Some(period)) = (next_timer, self.timer) {
+            if let (Some(t), Some(period)) = (next_timer, period_ms) {
                 let now = Instant::now();
                 if now >= t {
-                    let now_ns = crate::clock::now_ms() as i64 * 1_000_000;
+                    let (tick_ms, next_ms) = grid_tick(crate::clock::now_ms(), period);
+                    let tick_ns = i64::try_from(tick_ms).unwrap_or(i64::MAX / 1_000_000) * 1_000_000;
                     for s in 0..self.engines.len() {
-                        self.trigger(s as u16, now_ns, now);
+                        self.trigger(s as u16, tick_ns, now);
                     }
-                    next_timer = Some(next_tick(t, period, now));
+                    next_timer = Some(at_wall(next_ms));
                 }
             }
         }
@@ -364,20 +372,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_next_tick_follows_the_period_and_skips_what_was_missed() {
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        // On time (or a little late): the next tick one period after the due one.
-        assert_eq!(next_tick(t0, ms(100), t0), t0 + ms(100));
-        assert_eq!(next_tick(t0, ms(100), t0 + ms(30)), t0 + ms(100));
-        // Stalled for 350 ms: ticks at 100, 200 and 300 ms are gone; the
-        // next is at 400 ms, on the original phase, not now.
-        assert_eq!(next_tick(t0, ms(100), t0 + ms(350)), t0 + ms(400));
-        // Exactly on a missed tick: that one is in the past too.
-        assert_eq!(next_tick(t0, ms(100), t0 + ms(300)), t0 + ms(400));
-        // Always in the future, whatever the stall.
-        let now = t0 + Duration::from_secs(3600);
-        let next = next_tick(t0, ms(7), now);
-        assert!(next > now && next <= now + ms(7), "{:?}", next - now);
+    fn ticks_are_named_by_the_nearest_grid_time_and_skip_what_was_missed() {
+        // On time, a little early or a little late: the same tick.
+        assert_eq!(grid_tick(1_000, 100), (1_000, 1_100));
+        assert_eq!(grid_tick(999, 100), (1_000, 1_100));
+        assert_eq!(grid_tick(1_030, 100), (1_000, 1_100));
+        // Stalled for 350 ms after the tick due at 1000: the ticks at
+        // 1100..1300 are gone; this one is 1400's (nearest), the next 1500.
+        assert_eq!(grid_tick(1_350, 100), (1_400, 1_500));
+        // Always a future grid time, whatever the period.
+        let (tick, next) = grid_tick(3_600_000 + 3, 7);
+        assert!(tick % 7 == 0 && next % 7 == 0 && next > 3_600_003 && next <= 3_600_003 + 7);
+        assert_eq!(grid_tick(5, 0), (5, 6), "a zero period is one ms");
     }
 }

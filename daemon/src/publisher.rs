@@ -18,8 +18,14 @@
 //! - A pipeline with a `reduce_only` decision goes out only after every
 //!   reply is in (it clamps against the last accepted weights), and flat
 //!   signals for `flatten` go out alone: both see the state the guard has.
-//! - `seq` per strategy = max(last + 1, now in µs), starting above the guard's
-//!   high-water mark: monotonic across restarts without local state.
+//! - `seq` is the decision's identity: its trigger time in µs (the frame's
+//!   `ts_ns`, or the timer tick's grid time), bumped to `last + 1` only when
+//!   two decisions of one strategy share a µs. Two daemons fed the same
+//!   frames (active-active) compute the same `seq` for the same decision:
+//!   the guard takes the first and refuses the other, counted
+//!   `duplicate`; a later decision wins whichever daemon made it. Never
+//!   raised to the guard's high-water mark: a decision another daemon has
+//!   overtaken is refused as `stale`, not republished as newer.
 //! - `valid_until` = trigger time + `signal.ttl_ms`; a batch already past it
 //!   is never sent (counted `expired_before_send`).
 //! - Modes: `halted` publishes nothing; `reduce_only` clamps each target to
@@ -451,7 +457,6 @@ fn read_outcomes(p: &PublisherParts, st: &mut State, r: usize) -> Result<(), Con
         conn,
         rounds,
         batches,
-        last_seq,
         weights,
         ..
     } = st;
@@ -459,7 +464,7 @@ fn read_outcomes(p: &PublisherParts, st: &mut State, r: usize) -> Result<(), Con
     let round = &mut rounds[r];
     let sent = &batches.slots[round.base..];
     for ((x, o), batch) in round.pending.iter().zip(outcomes).zip(sent) {
-        round.labels[x.slot] = Some(apply(p, last_seq, weights, x.strategy, o, batch));
+        round.labels[x.slot] = Some(apply(p, weights, x.strategy, o, batch));
     }
     Ok(())
 }
@@ -477,7 +482,6 @@ fn not_connected() -> ContractError {
 /// What an outcome means for the publisher's state, and the outcome counted.
 fn apply(
     p: &PublisherParts,
-    last_seq: &mut [u64],
     weights: &mut [Vec<f64>],
     s: usize,
     outcome: &Result<PublishOutcome, ContractError>,
@@ -493,10 +497,9 @@ fn apply(
             }
             Outcome::Accepted
         }
-        Ok(PublishOutcome::Stale { stored_seq, .. }) => {
-            last_seq[s] = last_seq[s].max(*stored_seq);
-            Outcome::Stale
-        }
+        // The same decision, published first by another daemon.
+        Ok(PublishOutcome::Stale { stored_seq, .. }) if *stored_seq == batch.seq => Outcome::Duplicate,
+        Ok(PublishOutcome::Stale { .. }) => Outcome::Stale,
         Ok(other) => Outcome::of(other),
         Err(ContractError::BadInput(msg)) => {
             tracing::error!(error = %msg, "guard refused a batch as malformed");
@@ -568,10 +571,6 @@ fn ensure_connected(p: &PublisherParts, st: &mut State) {
     let attempt = PublishPipe::connect(&p.redis).and_then(|c| {
         let mut c = c.installing(may_install);
         Guard::ensure(&mut c, may_install)?;
-        for (s, strat) in p.universe.strategies.iter().enumerate() {
-            let hwm = p.guard.high_water_mark(&mut c, &strat.id)?;
-            st.last_seq[s] = st.last_seq[s].max(hwm);
-        }
         Ok(c)
     });
     match attempt {
@@ -591,8 +590,10 @@ fn ensure_connected(p: &PublisherParts, st: &mut State) {
     }
 }
 
-fn next_seq(last_seq: &mut [u64], s: usize) -> u64 {
-    let seq = (last_seq[s] + 1).max(now_us());
+/// The `seq` of strategy `s`'s decision triggered at `trigger_us`: its
+/// identity, unless this daemon already used it (two triggers in one µs).
+fn next_seq(last_seq: &mut [u64], s: usize, trigger_us: u64) -> u64 {
+    let seq = trigger_us.max(last_seq[s] + 1);
     last_seq[s] = seq;
     seq
 }
@@ -676,7 +677,7 @@ fn prepare(
         return Prepared::Done(Some(Outcome::ExpiredBeforeSend));
     }
     let strat = &p.universe.strategies[s];
-    let seq = next_seq(last_seq, s);
+    let seq = next_seq(last_seq, s, (job.trigger_ts_ns / 1_000).max(0) as u64);
     let batch = batches.slot(idx, s, &strat.id, &strat.symbols);
     for (i, sig) in batch.signals.iter_mut().enumerate() {
         let t = job.scratch.targets[i];
@@ -724,7 +725,8 @@ fn flatten_if_asked(p: &PublisherParts, st: &mut State) {
             continue;
         }
         let now = now_ms();
-        let seq = next_seq(&mut st.last_seq, s);
+        // No trigger: the flat signals of a `flatten` order, stamped now.
+        let seq = next_seq(&mut st.last_seq, s, now_us());
         let r = st.head;
         let batch = st.batches.slot(st.rounds[r].base, s, &strat.id, &strat.symbols);
         for sig in &mut batch.signals {

@@ -69,8 +69,10 @@ impl Stage {
 pub enum Outcome {
     /// Written by the guard.
     Accepted,
-    /// A symbol already held this or a later `seq`.
+    /// A symbol already held a later `seq`.
     Stale,
+    /// Another daemon published this very decision (same `seq`) first.
+    Duplicate,
     /// Past `valid_until` by Redis' clock.
     Expired,
     /// Refused by the strategy's mode.
@@ -85,9 +87,10 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in counter order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Accepted,
         Self::Stale,
+        Self::Duplicate,
         Self::Expired,
         Self::Halted,
         Self::ExpiredBeforeSend,
@@ -100,6 +103,7 @@ impl Outcome {
         match self {
             Self::Accepted => "accepted",
             Self::Stale => "stale",
+            Self::Duplicate => "duplicate",
             Self::Expired => "expired",
             Self::Halted => "halted",
             Self::ExpiredBeforeSend => "expired_before_send",

@@ -41,9 +41,11 @@ struct Args {
     /// CSV of quotes: `ts_ns,symbol,bid,ask,bid_size,ask_size` with a header.
     #[arg(long)]
     csv: Option<PathBuf>,
-    /// Daemon ingress address.
-    #[arg(long, default_value = "127.0.0.1:7401")]
-    addr: String,
+    /// Daemon ingress address; repeat it to send the same frames to
+    /// several daemons (active-active). A daemon that goes away is dropped
+    /// and the others go on; the feed fails only when none is left.
+    #[arg(long, default_value = "127.0.0.1:7401", action = clap::ArgAction::Append)]
+    addr: Vec<String>,
     /// Replay speed (data seconds per wall second); 0 = as fast as possible.
     #[arg(long, default_value_t = 60.0, value_parser = speed)]
     speed: f64,
@@ -164,6 +166,39 @@ impl Triggers {
     }
 }
 
+/// The same bytes to every daemon still connected.
+struct FanOut {
+    streams: Vec<(String, TcpStream)>,
+}
+
+impl FanOut {
+    fn connect(addrs: &[String]) -> anyhow::Result<Self> {
+        let mut streams = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+            stream.set_nodelay(true)?;
+            streams.push((addr.clone(), stream));
+        }
+        Ok(Self { streams })
+    }
+
+    /// Writes `buf` to each daemon; one that fails is dropped (said on
+    /// stdout), an error only when none is left.
+    fn write(&mut self, buf: &[u8]) -> anyhow::Result<()> {
+        self.streams.retain_mut(|(addr, s)| match s.write_all(buf) {
+            Ok(()) => true,
+            Err(e) => {
+                println!("daemon at {addr} went away ({e}): going on without it");
+                false
+            }
+        });
+        if self.streams.is_empty() {
+            bail!("every daemon went away");
+        }
+        Ok(())
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let env = a.env.parse::<config::Environment>()?;
@@ -214,8 +249,7 @@ fn main() -> anyhow::Result<()> {
     let Some(first) = quotes.first().map(|q| q.ts_ns) else {
         bail!("no quotes to replay")
     };
-    let mut stream = TcpStream::connect(&a.addr).with_context(|| format!("connecting to {}", a.addr))?;
-    stream.set_nodelay(true)?;
+    let mut out = FanOut::connect(&a.addr)?;
     let start = Instant::now();
     let wall0 = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -244,7 +278,7 @@ fn main() -> anyhow::Result<()> {
                     break;
                 }
                 if !buf.is_empty() {
-                    stream.write_all(&buf)?;
+                    out.write(&buf)?;
                     buf.clear();
                 }
                 std::thread::sleep(
@@ -271,12 +305,11 @@ fn main() -> anyhow::Result<()> {
             triggers.fire_if_due(Instant::now(), start, wall0, &mut buf);
         }
         if buf.len() > 32 * 1024 {
-            stream.write_all(&buf)?;
+            out.write(&buf)?;
             buf.clear();
         }
     }
-    stream.write_all(&buf)?;
-    stream.flush()?;
+    out.write(&buf)?;
     println!(
         "feed done: {sent} quotes, {} triggers in {:.1} s",
         triggers.count,

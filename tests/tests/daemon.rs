@@ -940,3 +940,164 @@ fn each_process_runs_under_a_least_privilege_redis_user() {
     refused(&mut installer, "installer", &["FLUSHALL"]);
     refused(&mut installer, "installer", &["CONFIG", "SET", "maxmemory", "1"]);
 }
+
+/// #22 §6: two daemons serve one strategy from the same frames (the feed
+/// sends every frame to both). Each decision reaches Redis once — the
+/// second daemon's copy is refused as a duplicate, since both name it by
+/// its trigger time — and when one daemon is killed halfway the other goes
+/// on: every trigger the feed sent is in the stream exactly once.
+#[test]
+fn two_daemons_publish_each_decision_once_and_survive_one_dying() {
+    runtime::init(&testutil::ort_library()).unwrap();
+    let ns = RedisNamespace::new();
+    let threads = "{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}";
+    let roots: Vec<tempfile::TempDir> = ["aa-a", "aa-b"]
+        .iter()
+        .map(|instance| {
+            let tmp = config_root(&ns, threads);
+            std::fs::write(
+                tmp.path().join("configs/envs/dev/daemon.yaml"),
+                format!(
+                    "instance_id: {instance}\ningress: {{listen: \"127.0.0.1:0\"}}\nthreads: {threads}\n"
+                ),
+            )
+            .unwrap();
+            let key =
+                SecretKeyFile::read(&testutil::workspace_root().join("deployments/dev-keys/dev-2026.key"))
+                    .unwrap();
+            testutil::logistic_artifact(&key, "fx_g10", 1, 1.0, testutil::now_ms())
+                .write(&tmp.path().join("models/fx_g10/v1"))
+                .unwrap();
+            tmp
+        })
+        .collect();
+    let data = roots[0].path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    testutil::synth_dataset(&data, 23, 32, 1, 30_000);
+    let mut conn = testutil::redis_connection();
+    let guard = Guard::new(Keys::new(&ns.ns), 1000);
+    Guard::load(&mut conn).unwrap();
+    testutil::set_mode(&guard, &mut conn, "fx_g10", OpsMode::Active);
+
+    let mut a = start_daemon(roots[0].path());
+    let b = start_daemon(roots[1].path());
+    wait_ready(&a);
+    wait_ready(&b);
+    let feed = Command::new(testutil::binary("mlcore-feed"))
+        .args(["--config-dir", roots[0].path().join("configs").to_str().unwrap()])
+        .args(["--env", "dev", "--dataset", data.to_str().unwrap()])
+        .args(["--addr", &a.ingress, "--addr", &b.ingress])
+        .args(["--speed", "60", "--trigger-every-ms", "40", "--seconds", "6"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    // Both decide while both live: the pair publishes some decisions twice
+    // over, and the guard takes each once.
+    let duplicate =
+        r#"ml_assets_core_batches_total{environment="e2e",service="ml-assets-core",outcome="duplicate"}"#;
+    assert!(
+        testutil::wait_until(Duration::from_secs(10), || {
+            metric(&a.http, duplicate) + metric(&b.http, duplicate) >= 3.0
+        })
+        .is_some(),
+        "no decision was refused as the other daemon's duplicate"
+    );
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+    let out = feed.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("went away"),
+        "the feed did not notice the killed daemon: {said}"
+    );
+    // "feed done: N quotes, T triggers in S s"
+    let triggers: usize = said
+        .split(" triggers")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    let stream = guard.keys().strategy("fx_g10").signals;
+    let seqs = || -> Vec<u64> {
+        redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg("-")
+            .arg("+")
+            .query::<redis::streams::StreamRangeReply>(&mut testutil::redis_connection())
+            .unwrap()
+            .ids
+            .iter()
+            .map(|e| e.get::<u64>("seq").unwrap())
+            .collect()
+    };
+    assert!(
+        testutil::wait_until(Duration::from_secs(10), || seqs().len() >= triggers).is_some(),
+        "{} decisions in the stream for {triggers} triggers",
+        seqs().len()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let published = seqs();
+    let mut distinct = published.clone();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        published.len(),
+        "a decision was published twice: {published:?}"
+    );
+    assert!(
+        published.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {published:?}"
+    );
+    assert_eq!(
+        published.len(),
+        triggers,
+        "each trigger exactly once, after one daemon died"
+    );
+    let accepted_b = metric(&b.http, ACCEPTED);
+    assert!(accepted_b > 0.0, "the survivor published nothing");
+}
+
+/// Timer mode, active-active: ticks sit on the wall clock's grid, so two
+/// daemons name each tick alike and publish it once between them.
+#[test]
+fn two_timer_daemons_publish_each_tick_once() {
+    runtime::init(&testutil::ort_library()).unwrap();
+    let ns = RedisNamespace::new();
+    let a_root = timer_root(&ns, "tick-a", 100);
+    let b_root = timer_files(&ns, "tick-b", 100);
+    let a = start_daemon(a_root.path());
+    let b = start_daemon(b_root.path());
+    wait_ready(&a);
+    wait_ready(&b);
+    let duplicate =
+        r#"ml_assets_core_batches_total{environment="e2e",service="ml-assets-core",outcome="duplicate"}"#;
+    assert!(
+        testutil::wait_until(Duration::from_secs(10), || {
+            metric(&a.http, duplicate) + metric(&b.http, duplicate) >= 5.0
+        })
+        .is_some(),
+        "the two daemons' ticks were never the same decision"
+    );
+    let guard = Guard::new(Keys::new(&ns.ns), 1000);
+    let seqs: Vec<u64> = redis::cmd("XRANGE")
+        .arg(guard.keys().strategy("fx_g10").signals)
+        .arg("-")
+        .arg("+")
+        .query::<redis::streams::StreamRangeReply>(&mut testutil::redis_connection())
+        .unwrap()
+        .ids
+        .iter()
+        .map(|e| e.get::<u64>("seq").unwrap())
+        .collect();
+    assert!(seqs.len() >= 5, "{seqs:?}");
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "a tick published twice: {seqs:?}"
+    );
+    assert!(
+        seqs.iter().all(|s| s % 100_000 == 0),
+        "ticks off the 100 ms grid: {seqs:?}"
+    );
+}
