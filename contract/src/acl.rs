@@ -1,20 +1,20 @@
 //! Least-privilege Redis users for one namespace, as `ACL SETUSER` rules.
 //!
-//! | user | may | may not |
-//! |---|---|---|
-//! | [`Role::Daemon`] | call the guard (`FCALL`, `FCALL_RO`), read the namespace, write its heartbeat, subscribe to `ns:events` | `FUNCTION` anything, `CONFIG SET`, `DEL`, `KEYS`, `FLUSH*`, other namespaces |
-//! | [`Role::Control`] | the daemon's rights, plus the model pointer and the daemon list the registry and monitor read | the same |
-//! | [`Role::Consumer`] | `FCALL_RO` the read function, read (never write) the namespace, subscribe to `ns:events` | any write, the publish and mode functions |
-//! | [`Role::Installer`] | `FUNCTION LOAD` / `LIST` and ask the guard its version (`mlcore-control redis install-guard`) | every key, every other command |
+//! | user | reads | writes | may not |
+//! |---|---|---|---|
+//! | [`Role::Daemon`] | the namespace; subscribes to `ns:events` | through the guard: signals, high-water marks, the stream (and the ops key, which the publish call declares); directly: its heartbeat and the daemon list | change a mode (the guard's `set_mode` asks for the mode-writer key), the model pointer, the audit checkpoint, the one-time-code record; `FUNCTION` anything, `CONFIG SET`, `DEL`, `KEYS`, `FLUSH*`, other namespaces |
+//! | [`Role::Control`] | the namespace; subscribes | modes (through the guard), the model pointer, the one-time-code record (through the guard), the audit checkpoint | signals, high-water marks, the stream, heartbeats; the same commands |
+//! | [`Role::Consumer`] | the namespace (`FCALL_RO` the read function); subscribes | nothing | any write, the publish and mode functions |
+//! | [`Role::Installer`] | nothing | `FUNCTION LOAD` (`mlcore-control redis install-guard`) | every key, every other command |
 //!
 //! Redis runs a function's `redis.call`s with its caller's permissions (a
 //! user with only `+fcall` cannot run a guard that calls `HSET`), so the
 //! users that call the guard also hold the data commands the guard uses,
 //! [`GUARD_COMMANDS`] (a test keeps the list equal to what `guard.lua`
 //! calls). Redis 7 cannot grant a command "only from inside a function":
-//! such a user could also send those commands directly, on its own
-//! namespace only. `deployments/redis/users.acl` is [`acl_file`] for the
-//! namespace `mlcore`; `docs/redis-contract.md` says what each user is for.
+//! such a user could also send those commands directly, on the keys it may
+//! write. `deployments/redis/users.acl` is [`acl_file`] for the namespace
+//! `mlcore`; `docs/redis-contract.md` says what each user is for.
 
 use std::fmt::Write as _;
 
@@ -37,7 +37,7 @@ pub const GUARD_COMMANDS: [&str; 10] = [
 /// of the URL's database; Cluster clients read the slot map). Not `CLIENT
 /// SETINFO`: Redis 7.0 does not know it (an ACL naming it fails to load)
 /// and redis-rs ignores its refusal.
-const CONNECTION: [&str; 9] = [
+const CONNECTION: [&str; 10] = [
     "auth",
     "hello",
     "ping",
@@ -47,6 +47,7 @@ const CONNECTION: [&str; 9] = [
     "readonly",
     "cluster|slots",
     "cluster|shards",
+    "asking",
 ];
 
 /// Who a Redis user is for.
@@ -85,11 +86,11 @@ impl Role {
                 out.extend(["fcall", "fcall_ro"]);
                 out.extend(GUARD_COMMANDS);
                 // The heartbeat (HSET, PEXPIRE, ZADD), the model pointer and
-                // ops state (HGETALL), the high-water marks (HVALS), events.
-                out.extend(["pexpire", "zadd", "hvals", "subscribe", "unsubscribe"]);
+                // ops state (HGETALL), events.
+                out.extend(["pexpire", "zadd", "subscribe", "unsubscribe"]);
                 if self == Self::Control {
-                    // The monitor and the registry: daemons, recent signals.
-                    out.extend(["zrange", "xrange"]);
+                    // The monitor: the daemons by last heartbeat.
+                    out.push("zrange");
                 }
             }
             Self::Consumer => out.extend([
@@ -122,9 +123,38 @@ impl Role {
     pub fn rules(self, namespace: &str) -> Vec<String> {
         let ns = glob_escape(namespace);
         let mut rules = vec!["reset".to_owned(), "on".to_owned()];
+        // Read the namespace; write only what the role owns. A function's
+        // declared keys need write access (Redis cannot tell what it will
+        // do), so the daemon writes the ops key too; the guard's set_mode
+        // asks for the mode-writer key, which only the control plane has.
+        let write = |suffixes: &[&str]| {
+            suffixes
+                .iter()
+                .map(|s| format!("%RW~{ns}:{s}"))
+                .collect::<Vec<_>>()
+        };
         match self {
-            Self::Daemon | Self::Control => {
-                rules.push(format!("~{ns}:*"));
+            Self::Daemon => {
+                rules.push(format!("%R~{ns}:*"));
+                rules.extend(write(&[
+                    "{*}:ops",
+                    "{*}:hwm",
+                    "{*}:signals",
+                    "{*}:sig:*",
+                    "daemon:*",
+                    "daemons",
+                ]));
+                rules.push(format!("&{ns}:events"));
+            }
+            Self::Control => {
+                rules.push(format!("%R~{ns}:*"));
+                rules.extend(write(&[
+                    "{*}:ops",
+                    "{*}:mode_writer",
+                    "{*}:model",
+                    "second_factor",
+                    "audit:checkpoint",
+                ]));
                 rules.push(format!("&{ns}:events"));
             }
             Self::Consumer => {
@@ -148,8 +178,11 @@ impl Role {
 /// with every role's user for `namespace`, passwords left to the
 /// deployment: a user without one cannot log in until it gets
 /// `#<sha256 of the password>` (or `ACL SETUSER <user> '>password'`).
+/// Redis' `default` user is switched off (left out, Redis would create it
+/// with every right and no password): add an administrator line of your
+/// own.
 pub fn acl_file(namespace: &str) -> String {
-    let mut out = String::new();
+    let mut out = String::from("user default off resetkeys resetchannels -@all\n");
     for role in Role::ALL {
         let _ = writeln!(out, "user {} {}", role.user(), role.rules(namespace).join(" "));
     }

@@ -15,9 +15,10 @@ Time comes from Redis (`TIME`), never from the caller.
 local VERSION = 2
 -- What was added within a version, compatibly (2: mlcore_publish_many_v2;
 -- 3: the stream entry's written_at_us; 4: every key's type checked before
--- the first write). A client checks that the loaded library's revision is
--- at least its own.
-local REVISION = 4
+-- the first write; 5: set_mode only for a user that may write the
+-- strategy's mode-writer key, and mlcore_spend_code_v2). A client checks
+-- that the loaded library's revision is at least its own.
+local REVISION = 5
 local MODES = { active = true, reduce_only = true, halted = true, flatten = true }
 local SIDES = { long = true, short = true, flat = true }
 local MAX_INT = 9007199254740992 -- 2^53: integers above lose precision in Lua
@@ -485,8 +486,20 @@ end
 KEYS: ops
 ARGV: expected_version, mode, reason, actor, request_id, strategy, events_channel
 Reply: {'ok', new_version} | {'conflict', current_version}
+
+Only a Redis user that may write the strategy's mode-writer key
+(`ns:{S}:mode_writer`, never written) may change a mode: the daemon's user
+must be able to write the ops key (it is a declared key of the publish
+call, and Redis asks write access of every key a function declares), so
+the key's own permission cannot tell the control plane from the daemon.
+(`mlcore_contract::acl` grants the mode-writer key to the control plane
+alone.)
 ]]
 local function set_mode(keys, args)
+  local writer = string.gsub(keys[1], ':ops$', ':mode_writer')
+  if writer == keys[1] or not redis.acl_check_cmd('HSET', writer, 'f', 'v') then
+    return redis.error_reply('NOPERM this Redis user may not change ops modes (no write access to ' .. writer .. ')')
+  end
   local expected = int_arg(args[1])
   if not expected then return bad('expected_version must be a non-negative integer') end
   if not MODES[args[2]] then return bad('mode must be active, reduce_only, halted or flatten, got ' .. tostring(args[2])) end
@@ -508,6 +521,28 @@ local function set_mode(keys, args)
   return { 'ok', version }
 end
 
+--[[
+A one-time code (TOTP) step spent by a principal, once: both the control
+plane's API and break-glass record here what each principal used, so a
+code cannot be replayed on either, nor after a restart.
+KEYS: the steps hash (`ns:second_factor`)
+ARGV: principal, step
+Reply: {'ok'} | {'replayed', newest_step_used}
+]]
+local function spend_code(keys, args)
+  local step = int_arg(args[2])
+  if not args[1] or args[1] == '' then return bad('principal is missing') end
+  if not step then return bad('step must be a non-negative integer') end
+  local t = redis.call('TYPE', keys[1])['ok']
+  if t ~= 'hash' and t ~= 'none' then
+    return bad('key ' .. keys[1] .. ' holds a ' .. t .. ', not a hash: nothing was written')
+  end
+  local used = tonumber(redis.call('HGET', keys[1], args[1]) or '-1') or -1
+  if step <= used then return { 'replayed', used } end
+  redis.call('HSET', keys[1], args[1], step)
+  return { 'ok' }
+end
+
 local function info(keys, args)
   return { 'mlcore_guard', VERSION, REVISION }
 end
@@ -516,4 +551,5 @@ redis.register_function { function_name = 'mlcore_publish_v2', callback = publis
 redis.register_function { function_name = 'mlcore_publish_many_v2', callback = publish_many }
 redis.register_function { function_name = 'mlcore_read_v2', callback = read, flags = { 'no-writes' } }
 redis.register_function { function_name = 'mlcore_set_mode_v2', callback = set_mode }
+redis.register_function { function_name = 'mlcore_spend_code_v2', callback = spend_code }
 redis.register_function { function_name = 'mlcore_info_v2', callback = info, flags = { 'no-writes' } }

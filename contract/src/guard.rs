@@ -24,9 +24,11 @@ pub const LIBRARY: &str = "mlcore_guard_v2";
 pub const VERSION: i64 = 2;
 /// What was added to this version compatibly (2: `mlcore_publish_many_v2`;
 /// 3: `written_at_us` in every stream entry; 4: every key's type checked
-/// before the first write, so no error leaves a half-written call). A
-/// loaded library must answer at least this revision.
-pub const REVISION: i64 = 4;
+/// before the first write, so no error leaves a half-written call; 5:
+/// `set_mode` only for a user that may write the mode-writer key, and
+/// `mlcore_spend_code_v2`). A loaded library must answer at least this
+/// revision.
+pub const REVISION: i64 = 5;
 /// Most decisions folded into one guard call. More would save little (the
 /// per-decision checks dominate from about 8 on) and would hold Redis for
 /// longer in one go: about 1.2 ms at 8 on this machine.
@@ -39,6 +41,7 @@ const FN_PUBLISH_MANY: &str = "mlcore_publish_many_v2";
 const FN_READ: &str = "mlcore_read_v2";
 const FN_SET_MODE: &str = "mlcore_set_mode_v2";
 const FN_INFO: &str = "mlcore_info_v2";
+const FN_SPEND_CODE: &str = "mlcore_spend_code_v2";
 
 /// What the guard did with a batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +82,18 @@ impl PublishOutcome {
             Self::Halted { .. } => "halted",
         }
     }
+}
+
+/// What spending a one-time-code step came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeSpent {
+    /// First use of the step: recorded.
+    Spent,
+    /// The step, or a later one, was used already.
+    Replayed {
+        /// The newest step this principal used.
+        newest_used: u64,
+    },
 }
 
 /// What a compare-and-set mode change did.
@@ -154,9 +169,23 @@ impl Guard {
     /// process whose Redis user may only call the guard therefore starts
     /// whenever the right guard is installed.
     pub fn ensure(conn: &mut impl ConnectionLike, may_install: bool) -> Result<(), ContractError> {
-        let Err(missing) = Self::check_version(conn) else {
-            return Ok(());
+        let missing = match Self::check_version(conn) {
+            Ok(()) => return Ok(()),
+            // Redis down or failing: nothing to install, say so as it is.
+            Err(e @ ContractError::Redis(_)) => return Err(e),
+            Err(e) => e,
         };
+        Self::reinstall(conn, may_install, missing)
+    }
+
+    /// After a call found the guard `missing`: loads it (on every primary
+    /// of a Cluster: a check could reach a node that still has it) when
+    /// `may_install`, or says how to install it.
+    fn reinstall(
+        conn: &mut impl ConnectionLike,
+        may_install: bool,
+        missing: ContractError,
+    ) -> Result<(), ContractError> {
         if !may_install {
             return Err(with_install_hint(missing));
         }
@@ -204,12 +233,16 @@ impl Guard {
     /// Whether this version of the guard, at this revision or later, answers
     /// on `conn`.
     pub fn check_version(conn: &mut impl ConnectionLike) -> Result<(), ContractError> {
-        let reply: Value = Self::info_cmd()
-            .query(conn)
-            .map_err(|e| ContractError::GuardMissing {
-                library: LIBRARY,
-                reason: e.to_string(),
-            })?;
+        let reply: Value = Self::info_cmd().query(conn).map_err(|e| {
+            if is_function_missing(&e) {
+                ContractError::GuardMissing {
+                    library: LIBRARY,
+                    reason: e.to_string(),
+                }
+            } else {
+                ContractError::Redis(e)
+            }
+        })?;
         Self::check_info(&reply)
     }
 
@@ -327,7 +360,14 @@ impl Guard {
             // `publish_many`: reload, then retry only the calls that failed
             // on it — the others ran, and sending them again would make
             // them stale.
-            Self::ensure(conn, self.may_install)?;
+            Self::reinstall(
+                conn,
+                self.may_install,
+                ContractError::GuardMissing {
+                    library: LIBRARY,
+                    reason: "Function not found".into(),
+                },
+            )?;
             let again: Vec<usize> = (0..replies.len()).filter(|&i| missing(&replies[i])).collect();
             let retried = bufs
                 .packed
@@ -438,6 +478,42 @@ impl Guard {
                 current_version: to_u64(*v)?,
             }),
             _ => Err(ContractError::Protocol(format!("set_mode replied {reply:?}"))),
+        }
+    }
+
+    /// Records that `principal` used one-time-code `step`, once: the
+    /// second factor of the control plane's decisions and of break-glass.
+    pub fn spend_code(
+        &self,
+        conn: &mut impl ConnectionLike,
+        principal: &str,
+        step: u64,
+    ) -> Result<CodeSpent, ContractError> {
+        let cmd = self.spend_code_cmd(principal, step);
+        let reply = with_guard(conn, self.may_install, |c| cmd.query::<Value>(c))?;
+        Self::spend_code_outcome(&reply)
+    }
+
+    /// The `FCALL` of [`Guard::spend_code`]; its reply goes to
+    /// [`Guard::spend_code_outcome`].
+    pub fn spend_code_cmd(&self, principal: &str, step: u64) -> redis::Cmd {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(FN_SPEND_CODE)
+            .arg(1)
+            .arg(self.keys.second_factor_steps())
+            .arg(principal)
+            .arg(step);
+        cmd
+    }
+
+    /// What the guard's reply to [`Guard::spend_code_cmd`] says.
+    pub fn spend_code_outcome(reply: &Value) -> Result<CodeSpent, ContractError> {
+        match reply_items(reply).as_deref() {
+            Some([Item::Str(s)]) if s == "ok" => Ok(CodeSpent::Spent),
+            Some([Item::Str(s), Item::Int(v)]) if s == "replayed" => Ok(CodeSpent::Replayed {
+                newest_used: to_u64(*v)?,
+            }),
+            _ => Err(ContractError::Protocol(format!("spend_code replied {reply:?}"))),
         }
     }
 
@@ -617,7 +693,7 @@ fn with_guard<C: ConnectionLike, T>(
     match f(conn) {
         Ok(v) => Ok(v),
         Err(e) if is_function_missing(&e) => {
-            Guard::ensure(conn, may_install)?;
+            Guard::reinstall(conn, may_install, classify(e))?;
             f(conn).map_err(classify)
         }
         Err(e) => Err(classify(e)),

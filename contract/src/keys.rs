@@ -11,7 +11,8 @@
 //! | `ns:daemon:<instance>:hb` | hash | heartbeat, with a TTL |
 //! | `ns:daemons` | sorted set | instance → last heartbeat time (ms) |
 //! | `ns:events` | pub/sub channel | ops changes, model activations (JSON) |
-//! | `ns:second_factor` | hash | principal → newest one-time-code step used at break-glass |
+//! | `ns:second_factor` | hash | principal → newest one-time-code step used (the API's decisions and break-glass) |
+//! | `ns:{S}:mode_writer` | (never written) | who may write it may change `S`'s mode (the guard checks) |
 //! | `ns:audit:checkpoint` | hash | `checkpoint`: the control plane's latest signed audit-log checkpoint (JSON) |
 
 /// Key builder for one namespace.
@@ -62,9 +63,10 @@ impl Keys {
         format!("{}:audit:checkpoint", self.ns)
     }
 
-    /// The hash of the newest one-time-code step each principal used at
-    /// break-glass (principal → step): a code is accepted once across
-    /// processes.
+    /// The hash of the newest one-time-code step each principal used
+    /// (principal → step), written only by the guard's
+    /// `mlcore_spend_code_v2`: a code is accepted once, by the API or
+    /// break-glass, across restarts.
     pub fn second_factor_steps(&self) -> String {
         format!("{}:second_factor", self.ns)
     }

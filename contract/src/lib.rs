@@ -32,7 +32,9 @@ pub mod signal;
 
 pub use conn::{Endpoint, PackedCommands, RedisConn};
 pub use error::ContractError;
-pub use guard::{Guard, ModeChange, PublishBuffers, PublishOutcome, SetModeOutcome, MAX_DECISIONS_PER_CALL};
+pub use guard::{
+    CodeSpent, Guard, ModeChange, PublishBuffers, PublishOutcome, SetModeOutcome, MAX_DECISIONS_PER_CALL,
+};
 pub use heartbeat::{Heartbeat, ModelRefusal};
 pub use keys::{Keys, StrategyKeys};
 pub use model::{ModelPointer, RollbackAuthorization, RollbackGrant};

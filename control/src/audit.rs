@@ -194,23 +194,26 @@ pub struct Checkpoint {
     pub hash: String,
     /// When the checkpoint was written, ms since the epoch.
     pub at_ms: u64,
-    /// The signing key's id (`trust.yaml`, purpose `audit_checkpoint`).
+    /// The signing key's id (`trust.yaml`, purpose `audit_checkpoint`);
+    /// empty in checkpoints written before they were signed.
+    #[serde(default)]
     pub key_id: String,
     /// Ed25519 over [`Checkpoint::signed_bytes`], hex.
+    #[serde(default)]
     pub signature: String,
 }
 
 impl Checkpoint {
     /// The signed bytes: the canonical JSON (RFC 8785) of seq, hash, at_ms
     /// and key_id.
-    pub fn signed_bytes(&self) -> Vec<u8> {
+    pub fn signed_bytes(&self) -> Result<Vec<u8>, String> {
         let claim = serde_json::json!({
             "seq": self.seq,
             "hash": self.hash,
             "at_ms": self.at_ms,
             "key_id": self.key_id,
         });
-        serde_json_canonicalizer::to_vec(&claim).unwrap_or_default()
+        serde_json_canonicalizer::to_vec(&claim).map_err(|e| format!("checkpoint cannot be serialised: {e}"))
     }
 
     /// Whether a key `trust` holds for `audit_checkpoint` (valid when the
@@ -224,7 +227,7 @@ impl Checkpoint {
             .try_into()
             .map_err(|_| "signature must be 64 bytes".to_owned())?;
         use ed25519_dalek::Verifier as _;
-        key.verify(&self.signed_bytes(), &ed25519_dalek::Signature::from_bytes(&sig))
+        key.verify(&self.signed_bytes()?, &ed25519_dalek::Signature::from_bytes(&sig))
             .map_err(|_| "signature does not verify".to_owned())
     }
 }
@@ -254,7 +257,9 @@ pub async fn checkpoint(
         key_id: key.key_id.clone(),
         signature: String::new(),
     };
-    cp.signature = key.sign_hex(&cp.signed_bytes()).map_err(AuditError::Key)?;
+    cp.signature = key
+        .sign_hex(&cp.signed_bytes().map_err(AuditError::Key)?)
+        .map_err(AuditError::Key)?;
     let path = worm_root.join(CHECKPOINTS).join(format!("{seq:012}.json"));
     if !path.exists() {
         let body = serde_json::to_vec(&cp).map_err(|x| AuditError::Worm {
@@ -266,18 +271,33 @@ pub async fn checkpoint(
     Ok(Some(cp))
 }
 
-/// The newest checkpoint in the archive, if any is readable.
-fn latest_checkpoint(worm_root: &Path) -> Option<Checkpoint> {
-    let newest = std::fs::read_dir(worm_root.join(CHECKPOINTS))
-        .ok()?
+/// The archive's checkpoint files, newest first, each read (or why not).
+fn archived_checkpoints(worm_root: &Path) -> Vec<(String, Result<Checkpoint, String>)> {
+    let Ok(dir) = std::fs::read_dir(worm_root.join(CHECKPOINTS)) else {
+        return Vec::new();
+    };
+    let mut files: Vec<(i64, PathBuf)> = dir
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let seq = name.strip_suffix(".json")?.parse::<i64>().ok()?;
             Some((seq, e.path()))
         })
-        .max_by_key(|(seq, _)| *seq)?;
-    serde_json::from_slice(&std::fs::read(newest.1).ok()?).ok()
+        .collect();
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
+    files
+        .into_iter()
+        .map(|(_, path)| {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let read = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()));
+            (name, read)
+        })
+        .collect()
 }
 
 /// What `verify` checks the log's tail against beyond the archive's own
@@ -400,20 +420,30 @@ pub async fn verify_anchored(
         expected_seq = e.seq + 1;
         events.push(e);
     }
-    // The tail: the newest believable checkpoint says how far the log went.
+    // The tail: the newest believable checkpoint says how far the log
+    // went. Archived ones newest first: each one newer than the first
+    // believable one that cannot be read or believed is reported (older
+    // ones, e.g. signed by a key since rotated out, no longer matter).
+    let believable = |cp: &Checkpoint| anchors.trust.as_ref().map_or(Ok(()), |t| cp.verify(t));
     let mut believed: Option<Checkpoint> = None;
-    let archived_cp = latest_checkpoint(worm_root).map(|cp| ("archive", cp));
-    let copies = anchors.copies.iter().cloned().map(|cp| ("copy", cp));
-    for (place, cp) in archived_cp.into_iter().chain(copies) {
-        if let Some(Err(why)) = anchors.trust.as_ref().map(|t| cp.verify(t)) {
-            report.archive.push(format!(
-                "checkpoint of seq {} ({place}) not believed: {why}",
-                cp.seq
-            ));
-            continue;
+    for (name, read) in archived_checkpoints(worm_root) {
+        match read.and_then(|cp| believable(&cp).map(|()| cp)) {
+            Ok(cp) => {
+                believed = Some(cp);
+                break;
+            }
+            Err(why) => report
+                .archive
+                .push(format!("checkpoint {name} (archive) not believed: {why}")),
         }
-        if believed.as_ref().is_none_or(|b| cp.seq > b.seq) {
-            believed = Some(cp);
+    }
+    for cp in &anchors.copies {
+        match believable(cp) {
+            Ok(()) if believed.as_ref().is_none_or(|b| cp.seq > b.seq) => believed = Some(cp.clone()),
+            Ok(()) => {}
+            Err(why) => report
+                .archive
+                .push(format!("checkpoint of seq {} (copy) not believed: {why}", cp.seq)),
         }
     }
     if report.first_bad.is_none() {

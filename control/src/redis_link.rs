@@ -113,6 +113,50 @@ impl RedisLink {
         }
     }
 
+    /// Checks that this build's guard (version and revision) answers; when
+    /// it does not and this process may install it, loads it and checks
+    /// again; otherwise says how to install it. `serve` calls it at start.
+    pub async fn ensure_guard(&self) -> Result<(), ContractError> {
+        let mut conn = self.conn.clone();
+        let missing = match Guard::info_cmd().query_async::<Value>(&mut conn).await {
+            Ok(reply) => match Guard::check_info(&reply) {
+                Ok(()) => return Ok(()),
+                Err(older) => older,
+            },
+            Err(e) if is_function_missing(&e) => ContractError::GuardMissing {
+                library: mlcore_contract::guard::LIBRARY,
+                reason: e.to_string(),
+            },
+            Err(e) => return Err(e.into()),
+        };
+        if !self.may_install {
+            return Err(with_install_hint(missing));
+        }
+        Guard::load_cmd()
+            .query_async::<Value>(&mut conn)
+            .await
+            .map_err(|e| {
+                with_install_hint(ContractError::GuardMissing {
+                    library: mlcore_contract::guard::LIBRARY,
+                    reason: e.to_string(),
+                })
+            })?;
+        let reply = Guard::info_cmd().query_async::<Value>(&mut conn).await?;
+        Guard::check_info(&reply)
+    }
+
+    /// Spends `principal`'s one-time-code `step` through the guard (once).
+    pub async fn spend_code(
+        &self,
+        principal: &str,
+        step: u64,
+    ) -> Result<mlcore_contract::CodeSpent, ContractError> {
+        let reply = self
+            .with_guard(&self.guard.spend_code_cmd(principal, step))
+            .await?;
+        Guard::spend_code_outcome(&reply)
+    }
+
     /// Stores the latest signed audit checkpoint (JSON) beside the WORM
     /// archive's copy.
     pub async fn write_audit_checkpoint(&self, json: &str) -> Result<(), ContractError> {

@@ -2,11 +2,12 @@
 //! 6238 TOTP — HMAC-SHA-1, 6 digits, 30 s steps, one step of clock skew
 //! either way) from the secret each deciding principal enrolled
 //! (`control.yaml` `principals[].totp`). Verified server-side; each code
-//! is accepted once per principal (a replayed code, or an older one, is
-//! refused), so a code read over a shoulder is spent once used.
+//! is accepted once per principal: the step it matched is spent in Redis
+//! through the guard (`mlcore_spend_code_v2`, atomic, shared by the API
+//! and break-glass, surviving restarts), and a replayed or older code is
+//! refused.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use mlcore_config::{EnvSource, Principal};
 use totp_rs::{Builder, Secret, Totp};
@@ -26,6 +27,9 @@ pub enum SecondFactorError {
     /// The code (or a newer one) was used already.
     #[error("the one-time code was used already: wait for the next one")]
     Replayed,
+    /// Its use cannot be recorded (Redis): refused, as it could be replayed.
+    #[error("the one-time code's use cannot be recorded ({0}): refused")]
+    Unrecorded(String),
 }
 
 /// An enrolled secret that cannot be used.
@@ -38,12 +42,11 @@ pub struct EnrolmentError {
     pub reason: String,
 }
 
-/// The enrolled secrets and the last step each principal used.
+/// The enrolled secrets.
 #[derive(Debug)]
 pub struct SecondFactor {
     required: bool,
     enrolled: HashMap<String, Totp>,
-    last_step: Mutex<HashMap<String, u64>>,
 }
 
 /// A TOTP of `base32` (at least 128 bits, as RFC 4226 asks).
@@ -69,11 +72,7 @@ impl SecondFactor {
                 enrolled.insert(p.name.clone(), totp(&p.name, secret.expose())?);
             }
         }
-        Ok(Self {
-            required,
-            enrolled,
-            last_step: Mutex::new(HashMap::new()),
-        })
+        Ok(Self { required, enrolled })
     }
 
     /// For a process that did not resolve `control.yaml`'s secrets (the
@@ -84,22 +83,20 @@ impl SecondFactor {
         principal: &Principal,
         vars: &dyn EnvSource,
     ) -> Result<Self, EnrolmentError> {
-        let mut enrolled = HashMap::new();
         let secret = principal.totp.as_ref().and_then(|s| {
             if s.is_resolved() {
-                Some(s.expose().to_owned())
+                Some(s.clone())
             } else {
-                s.reference().and_then(|var| vars.var(var))
+                s.reference()
+                    .and_then(|var| vars.var(var))
+                    .map(|v| mlcore_config::Secret::literal(&v))
             }
         });
-        if let Some(secret) = secret {
-            enrolled.insert(principal.name.clone(), totp(&principal.name, &secret)?);
-        }
-        Ok(Self {
-            required,
-            enrolled,
-            last_step: Mutex::new(HashMap::new()),
-        })
+        let resolved = Principal {
+            totp: secret,
+            ..principal.clone()
+        };
+        Self::new(required, std::slice::from_ref(&resolved))
     }
 
     /// Whether the environment requires a second factor.
@@ -107,32 +104,17 @@ impl SecondFactor {
         self.required
     }
 
-    /// The newest step `principal` used (what a process that starts anew
-    /// must remember elsewhere to refuse a replay).
-    pub fn last_step(&self, principal: &str) -> Option<u64> {
-        let last = self
-            .last_step
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        last.get(principal).copied()
-    }
-
-    /// Remembers that `principal` used `step` (read back from where a
-    /// previous process kept it).
-    pub fn seed(&self, principal: &str, step: u64) {
-        let mut last = self
-            .last_step
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let entry = last.entry(principal.to_owned()).or_insert(step);
-        *entry = (*entry).max(step);
-    }
-
-    /// Checks `code` for `principal` at `now_s` (seconds since the epoch);
-    /// `Ok` without a check when the environment does not require one.
-    pub fn verify(&self, principal: &str, code: Option<&str>, now_s: u64) -> Result<(), SecondFactorError> {
+    /// Checks `code` for `principal` at `now_s` (seconds since the epoch):
+    /// the time step it matched, which the caller must spend (once) before
+    /// acting; `None` when the environment does not require a code.
+    pub fn check(
+        &self,
+        principal: &str,
+        code: Option<&str>,
+        now_s: u64,
+    ) -> Result<Option<u64>, SecondFactorError> {
         if !self.required {
-            return Ok(());
+            return Ok(None);
         }
         let code = code
             .map(str::trim)
@@ -142,16 +124,9 @@ impl SecondFactor {
             .enrolled
             .get(principal)
             .ok_or_else(|| SecondFactorError::NotEnrolled(principal.to_owned()))?;
-        let step = totp.check(code, now_s).ok_or(SecondFactorError::Invalid)?;
-        let mut last = self
-            .last_step
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.get(principal).is_some_and(|used| step <= *used) {
-            return Err(SecondFactorError::Replayed);
-        }
-        last.insert(principal.to_owned(), step);
-        Ok(())
+        totp.check(code, now_s)
+            .map(Some)
+            .ok_or(SecondFactorError::Invalid)
     }
 }
 
@@ -174,31 +149,33 @@ mod tests {
     }
 
     #[test]
-    fn rfc_6238_vectors_once_each_and_never_older() {
+    fn rfc_6238_vectors_give_their_steps() {
         let sf = SecondFactor::new(true, &[principal("ann", Some(RFC_SECRET))]).unwrap();
         // RFC 6238 appendix B, SHA-1, the last 6 digits of the 8-digit codes.
-        assert_eq!(sf.verify("ann", Some("287082"), 59), Ok(()));
+        assert_eq!(sf.check("ann", Some("287082"), 59), Ok(Some(1)));
         assert_eq!(
-            sf.verify("ann", Some("287082"), 59),
-            Err(SecondFactorError::Replayed)
+            sf.check("ann", Some("081804"), 1_111_111_109),
+            Ok(Some(37_037_036))
         );
-        assert_eq!(sf.verify("ann", Some("081804"), 1_111_111_109), Ok(()));
-        // One step late is still accepted; an older step than one used is not.
-        assert_eq!(sf.verify("ann", Some("050471"), 1_111_111_111 + 30), Ok(()));
+        // One step late is still accepted, and names its own step.
         assert_eq!(
-            sf.verify("ann", Some("081804"), 1_111_111_111),
-            Err(SecondFactorError::Replayed)
+            sf.check("ann", Some("050471"), 1_111_111_111 + 30),
+            Ok(Some(37_037_037))
         );
         assert_eq!(
-            sf.verify("ann", Some("000000"), 1_234_567_890),
+            sf.check("ann", Some("050471"), 1_111_111_111 + 90),
             Err(SecondFactorError::Invalid)
         );
         assert_eq!(
-            sf.verify("ann", None, 1_234_567_890),
+            sf.check("ann", Some("000000"), 1_234_567_890),
+            Err(SecondFactorError::Invalid)
+        );
+        assert_eq!(
+            sf.check("ann", None, 1_234_567_890),
             Err(SecondFactorError::Missing)
         );
         assert_eq!(
-            sf.verify("bob", Some("005924"), 1_234_567_890),
+            sf.check("bob", Some("005924"), 1_234_567_890),
             Err(SecondFactorError::NotEnrolled("bob".into()))
         );
     }
@@ -206,7 +183,7 @@ mod tests {
     #[test]
     fn not_required_checks_nothing_and_bad_secrets_are_named() {
         let sf = SecondFactor::new(false, &[]).unwrap();
-        assert_eq!(sf.verify("anyone", None, 0), Ok(()));
+        assert_eq!(sf.check("anyone", None, 0), Ok(None));
         let err = SecondFactor::new(true, &[principal("ann", Some("not base32!"))]).unwrap_err();
         assert!(
             err.to_string().contains("`ann`") && err.to_string().contains("base32"),

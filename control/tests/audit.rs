@@ -368,6 +368,21 @@ async fn checkpoints_are_signed_and_a_copy_outlives_the_archives() {
         report.archive.iter().all(|p| p.contains("not believed")),
         "{report:?}"
     );
+    // A junk file planted as the newest archived checkpoint is reported,
+    // and does not switch the archive's anchor off.
+    let junk = worm.path().join("_checkpoints/999999999999.json");
+    std::fs::write(&junk, "{not a checkpoint").unwrap();
+    let report = audit::verify_anchored(&pool, worm.path(), &anchors(vec![]))
+        .await
+        .unwrap();
+    assert!(
+        report
+            .archive
+            .iter()
+            .any(|p| p.contains("999999999999.json") && p.contains("not believed")),
+        "{report:?}"
+    );
+    std::fs::remove_file(&junk).unwrap();
 
     // Rows 4 and 5, their archive files and every archived checkpoint go;
     // Redis' copy (here handed over as `copies`) still says seq 5.

@@ -103,6 +103,10 @@ fn grid_tick(now_ms: u64, period_ms: u64) -> (u64, u64) {
     (tick, next)
 }
 
+/// How far ahead of this host's clock a trigger may be stamped (feeds on
+/// other hosts, clock skew).
+const MAX_TRIGGER_AHEAD_NS: i64 = 5_000_000_000;
+
 /// The instant at which the wall clock reads `target_ms` (now if past).
 fn at_wall(target_ms: u64) -> Instant {
     Instant::now() + Duration::from_millis(target_ms.saturating_sub(crate::clock::now_ms()))
@@ -327,6 +331,14 @@ impl Ingress {
     }
 
     fn trigger(&mut self, strategy: u16, ts_ns: i64, decoded_at: Instant) {
+        // A trigger's time becomes the decision's `seq`, and a high-water
+        // mark never goes back: one stamped in the future (a feed's bad
+        // clock, a forged frame) would make every later decision of the
+        // strategy stale. Refused, counted.
+        if ts_ns > crate::clock::now_ms().saturating_mul(1_000_000) as i64 + MAX_TRIGGER_AHEAD_NS {
+            Counters::inc(&self.counters.triggers_ahead);
+            return;
+        }
         let s = usize::from(strategy);
         let (Some(engine), Some(pool)) = (self.engines.get(s), self.pools.get(s)) else {
             Counters::inc(&self.counters.unknown_strategies);

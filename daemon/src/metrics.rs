@@ -55,6 +55,11 @@ impl Collector for DaemonCollector {
                 "Triggers for strategies outside the universe, dropped.",
                 get(&c.unknown_strategies),
             ),
+            (
+                "triggers_ahead",
+                "Triggers stamped more than 5 s ahead of this host's clock, dropped (their seq would hold the strategy's high-water mark in the future).",
+                get(&c.triggers_ahead),
+            ),
             ("decisions", "Decisions made.", get(&c.decisions)),
             (
                 "decisions_dropped",

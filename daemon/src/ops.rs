@@ -136,16 +136,29 @@ pub fn watch(
                         if ev["type"] != "ops_mode" {
                             continue;
                         }
-                        let (Some(id), Some(mode), Some(version)) = (
-                            ev["strategy"].as_str(),
-                            ev["mode"].as_str().and_then(|m| m.parse().ok()),
-                            ev["version"].as_u64(),
-                        ) else {
+                        // The event only says "look": the mode is read from
+                        // the ops hash the guard wrote, so a forged event
+                        // (anyone who may publish on the channel) changes
+                        // nothing.
+                        let Some((s, id)) = ev["strategy"]
+                            .as_str()
+                            .and_then(|id| strategies.iter().position(|x| x == id).map(|s| (s, id)))
+                        else {
                             continue;
                         };
-                        if let Some(s) = strategies.iter().position(|x| x == id) {
-                            table.set(s, mode, version);
-                            tracing::info!(strategy = id, mode = %ev["mode"], version = version, "ops mode changed");
+                        match guard.read_mode(&mut reader, id) {
+                            Ok(state) if state.fail_closed => table.force_halted(s),
+                            Ok(state) => {
+                                table.set(s, state.mode, state.version);
+                                tracing::info!(strategy = id, mode = %state.mode, version = state.version, "ops mode changed");
+                            }
+                            Err(e) => {
+                                return Err(redis::RedisError::from((
+                                    redis::ErrorKind::Io,
+                                    "reading the ops state",
+                                    e.to_string(),
+                                )))
+                            }
                         }
                     }
                     Err(e) if e.is_timeout() => {}

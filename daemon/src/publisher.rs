@@ -77,7 +77,7 @@ struct State {
     conn: Option<PublishPipe>,
     next_attempt: Instant,
     backoff: Duration,
-    last_seq: Vec<u64>,
+    last_seq: Vec<Stamp>,
     weights: Vec<Vec<f64>>,
     flattened_version: Vec<Option<u64>>,
     /// Batches being built or sent: after warm-up a decision allocates
@@ -163,7 +163,7 @@ impl Publisher {
             conn: None,
             next_attempt: Instant::now(),
             backoff: Duration::from_millis(p.redis.reconnect.initial_ms.max(1)),
-            last_seq: vec![0; n],
+            last_seq: vec![Stamp::default(); n],
             weights: p
                 .universe
                 .strategies
@@ -497,8 +497,15 @@ fn apply(
             }
             Outcome::Accepted
         }
-        // The same decision, published first by another daemon.
-        Ok(PublishOutcome::Stale { stored_seq, .. }) if *stored_seq == batch.seq => Outcome::Duplicate,
+        // The same decision, published first by another daemon (the same
+        // frames and model: what it stored is what this batch holds), so
+        // `reduce_only` clamps against it next as against an own one.
+        Ok(PublishOutcome::Stale { stored_seq, .. }) if *stored_seq == batch.seq => {
+            for (w, sig) in weights[s].iter_mut().zip(&batch.signals) {
+                *w = sig.weight;
+            }
+            Outcome::Duplicate
+        }
         Ok(PublishOutcome::Stale { .. }) => Outcome::Stale,
         Ok(other) => Outcome::of(other),
         Err(ContractError::BadInput(msg)) => {
@@ -590,12 +597,28 @@ fn ensure_connected(p: &PublisherParts, st: &mut State) {
     }
 }
 
+/// A strategy's last trigger time and the last `seq` this daemon gave.
+#[derive(Debug, Clone, Copy, Default)]
+struct Stamp {
+    trigger_us: u64,
+    seq: u64,
+}
+
 /// The `seq` of strategy `s`'s decision triggered at `trigger_us`: its
-/// identity, unless this daemon already used it (two triggers in one µs).
-fn next_seq(last_seq: &mut [u64], s: usize, trigger_us: u64) -> u64 {
-    let seq = trigger_us.max(last_seq[s] + 1);
-    last_seq[s] = seq;
-    seq
+/// identity; one more than the last when this daemon saw the same trigger
+/// time already (two triggers in one µs, numbered in arrival order as
+/// every daemon fed the same frames numbers them); `None` for a decision
+/// older than one already stamped (workers finishing out of order): a
+/// newer one went out, this one is stale.
+fn next_seq(last: &mut [Stamp], s: usize, trigger_us: u64) -> Option<u64> {
+    let st = &mut last[s];
+    let seq = match trigger_us.cmp(&st.trigger_us) {
+        std::cmp::Ordering::Less => return None,
+        std::cmp::Ordering::Equal => st.seq + 1,
+        std::cmp::Ordering::Greater => trigger_us.max(st.seq + 1),
+    };
+    *st = Stamp { trigger_us, seq };
+    Some(seq)
 }
 
 /// What `prepare` made of a decided job.
@@ -657,7 +680,7 @@ impl BatchPool {
 /// send.
 fn prepare(
     p: &PublisherParts,
-    last_seq: &mut [u64],
+    last_seq: &mut [Stamp],
     weights: &[Vec<f64>],
     batches: &mut BatchPool,
     job: &Job,
@@ -677,7 +700,9 @@ fn prepare(
         return Prepared::Done(Some(Outcome::ExpiredBeforeSend));
     }
     let strat = &p.universe.strategies[s];
-    let seq = next_seq(last_seq, s, (job.trigger_ts_ns / 1_000).max(0) as u64);
+    let Some(seq) = next_seq(last_seq, s, (job.trigger_ts_ns / 1_000).max(0) as u64) else {
+        return Prepared::Done(Some(Outcome::Stale));
+    };
     let batch = batches.slot(idx, s, &strat.id, &strat.symbols);
     for (i, sig) in batch.signals.iter_mut().enumerate() {
         let t = job.scratch.targets[i];
@@ -726,7 +751,9 @@ fn flatten_if_asked(p: &PublisherParts, st: &mut State) {
         }
         let now = now_ms();
         // No trigger: the flat signals of a `flatten` order, stamped now.
-        let seq = next_seq(&mut st.last_seq, s, now_us());
+        let Some(seq) = next_seq(&mut st.last_seq, s, now_us()) else {
+            continue; // the clock went back; the next pass flattens
+        };
         let r = st.head;
         let batch = st.batches.slot(st.rounds[r].base, s, &strat.id, &strat.symbols);
         for sig in &mut batch.signals {
@@ -754,6 +781,23 @@ fn flatten_if_asked(p: &PublisherParts, st: &mut State) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seq_is_the_trigger_time_numbered_within_a_microsecond_and_never_back() {
+        let mut last = vec![Stamp::default(); 2];
+        assert_eq!(next_seq(&mut last, 0, 1_000), Some(1_000));
+        // Two more triggers in the same µs: numbered in arrival order.
+        assert_eq!(next_seq(&mut last, 0, 1_000), Some(1_001));
+        assert_eq!(next_seq(&mut last, 0, 1_000), Some(1_002));
+        // The next µs stays above what was given.
+        assert_eq!(next_seq(&mut last, 0, 1_001), Some(1_003));
+        assert_eq!(next_seq(&mut last, 0, 5_000), Some(5_000));
+        // A decision older than one already stamped is stale, and changes
+        // nothing; strategies are apart.
+        assert_eq!(next_seq(&mut last, 0, 4_999), None);
+        assert_eq!(next_seq(&mut last, 0, 5_001), Some(5_001));
+        assert_eq!(next_seq(&mut last, 1, 10), Some(10));
+    }
 
     #[test]
     fn interleaved_strategies_reuse_their_batches() {

@@ -135,6 +135,8 @@ pub struct Counters {
     pub unknown_symbols: AtomicU64,
     /// Triggers for unknown strategies (dropped).
     pub unknown_strategies: AtomicU64,
+    /// Triggers stamped too far ahead of this host's clock, dropped.
+    pub triggers_ahead: AtomicU64,
     /// Connections closed for a malformed frame, per `WireError::index`.
     pub wire_errors: [AtomicU64; 4],
     /// Decisions made by workers.

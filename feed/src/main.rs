@@ -166,24 +166,43 @@ impl Triggers {
     }
 }
 
+/// How long a daemon may stop reading before the feed drops it.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The same bytes to every daemon still connected.
 struct FanOut {
     streams: Vec<(String, TcpStream)>,
 }
 
 impl FanOut {
+    /// Connects to every daemon that answers (the others are said on
+    /// stdout); an error only when none does. A daemon that stops reading
+    /// (hung, partitioned) is dropped after [`WRITE_TIMEOUT`], so it cannot
+    /// hold the others back.
     fn connect(addrs: &[String]) -> anyhow::Result<Self> {
         let mut streams = Vec::with_capacity(addrs.len());
         for addr in addrs {
-            let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-            stream.set_nodelay(true)?;
-            streams.push((addr.clone(), stream));
+            let opened = TcpStream::connect(addr).and_then(|s| {
+                s.set_nodelay(true)?;
+                s.set_write_timeout(Some(WRITE_TIMEOUT))?;
+                Ok(s)
+            });
+            match opened {
+                Ok(stream) => streams.push((addr.clone(), stream)),
+                Err(e) if addrs.len() > 1 => {
+                    println!("daemon at {addr} does not answer ({e}): going on without it")
+                }
+                Err(e) => return Err(e).with_context(|| format!("connecting to {addr}")),
+            }
+        }
+        if streams.is_empty() {
+            bail!("no daemon answers at {}", addrs.join(", "));
         }
         Ok(Self { streams })
     }
 
-    /// Writes `buf` to each daemon; one that fails is dropped (said on
-    /// stdout), an error only when none is left.
+    /// Writes `buf` to each daemon; one that fails or stops reading is
+    /// dropped (said on stdout), an error only when none is left.
     fn write(&mut self, buf: &[u8]) -> anyhow::Result<()> {
         self.streams.retain_mut(|(addr, s)| match s.write_all(buf) {
             Ok(()) => true,

@@ -200,6 +200,9 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
     extra: Vec<String>,
+    /// User and password the test logs in with (a server whose ACL file
+    /// switches the default user off).
+    login: Option<(String, String)>,
 }
 
 impl RedisServer {
@@ -210,20 +213,30 @@ impl RedisServer {
 
     /// Starts a server with extra `redis-server` arguments.
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_as(extra, None)
+    }
+
+    /// Starts a server with extra arguments, logging in as `login` (user,
+    /// password) instead of the default user.
+    pub fn start_as(extra: &[&str], login: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
         let mut s = Self {
             port: free_port(),
             dir,
             child: None,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            login: login.map(|(u, p)| (u.to_owned(), p.to_owned())),
         };
         s.spawn();
         s
     }
 
-    /// `redis://127.0.0.1:<port>/`.
+    /// `redis://[user:password@]127.0.0.1:<port>/`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match &self.login {
+            Some((user, password)) => format!("redis://{user}:{password}@127.0.0.1:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
     }
 
     /// A connection.

@@ -393,6 +393,31 @@ fn timer_mode_decides_on_the_daemons_clock_without_triggers() {
         "the unknown symbol was not counted"
     );
     assert_eq!(metric(&d.http, quotes), 3.0, "and not applied");
+
+    // A trigger stamped an hour ahead is refused: its seq would hold the
+    // strategy's high-water mark in the future. Decisions go on.
+    let ahead = r#"ml_assets_core_triggers_ahead_total{environment="e2e",service="ml-assets-core"}"#;
+    let mut buf = Vec::new();
+    let in_an_hour = (testutil::now_ms() as i64 + 3_600_000) * 1_000_000;
+    mlcore_daemon::wire::encode(
+        &mlcore_daemon::wire::Frame::Trigger {
+            ts_ns: in_an_hour,
+            strategy: 0,
+        },
+        &mut buf,
+    );
+    raw.write_all(&buf).unwrap();
+    assert!(
+        testutil::wait_until(Duration::from_secs(5), || metric(&d.http, ahead) == 1.0).is_some(),
+        "the future trigger was not refused"
+    );
+    let accepted = metric(&d.http, ACCEPTED);
+    assert!(
+        testutil::wait_until(Duration::from_secs(5), || metric(&d.http, ACCEPTED)
+            >= accepted + 2.0)
+        .is_some(),
+        "decisions stopped after a future trigger"
+    );
 }
 
 /// Decisions are deterministic given the frames (docs/wire-protocol.md):
@@ -809,7 +834,19 @@ fn each_process_runs_under_a_least_privilege_redis_user() {
         acl::acl_file("mlcore"),
         "deployments/redis/users.acl is stale: mlcore-control redis acl --env prod > deployments/redis/users.acl"
     );
-    let loaded = testutil::RedisServer::start_with(&["--aclfile", shipped.to_str().unwrap()]);
+    // With an administrator line of the deployment's own (the default
+    // user is off: an unauthenticated client can do nothing).
+    let acl_dir = tempfile::tempdir().unwrap();
+    let with_admin = acl_dir.path().join("users.acl");
+    std::fs::write(
+        &with_admin,
+        format!("{}user admin on >pw-admin ~* &* +@all\n", acl::acl_file("mlcore")),
+    )
+    .unwrap();
+    let loaded = testutil::RedisServer::start_as(
+        &["--aclfile", with_admin.to_str().unwrap()],
+        Some(("admin", "pw-admin")),
+    );
     let users: Vec<String> = redis::cmd("ACL")
         .arg("USERS")
         .query(&mut loaded.connection())
@@ -817,6 +854,19 @@ fn each_process_runs_under_a_least_privilege_redis_user() {
     for role in Role::ALL {
         assert!(users.contains(&role.user().to_owned()), "{users:?}");
     }
+    let mut anonymous = redis::Client::open(format!("redis://127.0.0.1:{}/", loaded.port))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let refused_anonymously = redis::cmd("GET")
+        .arg("mlcore:x")
+        .query::<redis::Value>(&mut anonymous);
+    assert!(
+        refused_anonymously
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("NOAUTH")),
+        "the default user is open: {refused_anonymously:?}"
+    );
     drop(loaded);
 
     let server = testutil::RedisServer::start();
@@ -899,6 +949,25 @@ fn each_process_runs_under_a_least_privilege_redis_user() {
         .is_some(),
         "no heartbeat readable by the control plane's user"
     );
+    // The daemon's user cannot change a mode, though it may write the ops
+    // key the publish call declares: the guard asks for the mode-writer key.
+    let current = guard.read_mode(&mut daemon, "fx_g10").unwrap().version;
+    let change = mlcore_contract::ModeChange {
+        strategy: "fx_g10",
+        expected_version: current,
+        mode: OpsMode::Flatten,
+        reason: "daemon credentials",
+        actor: "intruder",
+        request_id: "r",
+    };
+    let why = guard.set_mode(&mut daemon, &change).unwrap_err().to_string();
+    assert!(why.contains("may not change ops modes"), "{why}");
+    // One-time codes are spent by the control plane's user only.
+    assert_eq!(
+        guard.spend_code(&mut control, "dev-approver", 7).unwrap(),
+        mlcore_contract::CodeSpent::Spent
+    );
+    assert!(guard.spend_code(&mut daemon, "dev-approver", 0).is_err());
     // A halt from the control plane's user reaches the daemon (its
     // subscription and reconcile run under its user too).
     testutil::set_mode(&guard, &mut control, "fx_g10", OpsMode::Halted);
@@ -914,9 +983,37 @@ fn each_process_runs_under_a_least_privilege_redis_user() {
         .is_some(),
         "the daemon did not report the halt"
     );
+    // A forged event on the channel (the daemon's user may publish there)
+    // changes nothing: the daemon reads the mode from the ops hash.
+    let forged =
+        serde_json::json!({"type": "ops_mode", "strategy": "fx_g10", "mode": "active", "version": 999_999});
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(keys.events())
+        .arg(forged.to_string())
+        .query(&mut daemon)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mode = mlcore_contract::Heartbeat::read(&mut control, &keys, "e2e-acl")
+        .unwrap()
+        .and_then(|hb| hb.modes.get("fx_g10").cloned());
+    assert_eq!(mode.as_deref(), Some("halted"), "a forged event moved the daemon");
 
     let other = "other-namespace:{fx_g10}:ops";
     let sig_key = keys.strategy("fx_g10").sig("EURUSD");
+    let strategy_keys = keys.strategy("fx_g10");
+    // Each writes only what it owns.
+    for key in [
+        strategy_keys.model.clone(),
+        keys.second_factor_steps(),
+        keys.audit_checkpoint(),
+    ] {
+        refused(&mut daemon, "daemon", &["HSET", &key, "f", "v"]);
+        refused(&mut daemon, "daemon", &["PEXPIREAT", &key, "1"]);
+    }
+    for key in [sig_key.clone(), strategy_keys.hwm.clone()] {
+        refused(&mut control, "control", &["HSET", &key, "f", "v"]);
+        refused(&mut control, "control", &["PEXPIREAT", &key, "1"]);
+    }
     for (who, conn) in [("daemon", &mut daemon), ("control", &mut control)] {
         refused(conn, who, &["FUNCTION", "LOAD", "REPLACE", "#!lua name=x\n"]);
         refused(conn, who, &["FUNCTION", "FLUSH"]);

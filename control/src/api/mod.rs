@@ -109,21 +109,45 @@ impl AppState {
     }
 
     /// The caller's second factor (header [`TOTP_HEADER`]) when the
-    /// environment requires one for decisions; a refusal is a 403 naming
-    /// what was wrong (audited by the caller, as every refusal).
-    pub fn second_factor(&self, headers: &axum::http::HeaderMap, p: &Principal) -> Result<(), ApiError> {
+    /// environment requires one for decisions: checked, then spent in
+    /// Redis (once, shared with break-glass). A refusal is a 403 naming
+    /// what was wrong (503 when its use cannot be recorded), audited by
+    /// the caller as every refusal; a wrong code also raises a warning.
+    pub async fn second_factor(
+        &self,
+        headers: &axum::http::HeaderMap,
+        p: &Principal,
+    ) -> Result<(), ApiError> {
         use crate::second_factor::SecondFactorError as E;
         let code = headers.get(TOTP_HEADER).and_then(|v| v.to_str().ok());
         let now_s = self.services.now_ms() / 1000;
-        self.second_factor.verify(&p.name, code, now_s).map_err(|e| {
-            let code = match e {
-                E::Missing => "AUTH_TOTP_MISSING",
-                E::NotEnrolled(_) => "AUTH_TOTP_NOT_ENROLLED",
-                E::Invalid => "AUTH_TOTP_INVALID",
-                E::Replayed => "AUTH_TOTP_REPLAYED",
-            };
-            ApiError::new(StatusCode::FORBIDDEN, code, e.to_string())
-        })
+        let checked = match self.second_factor.check(&p.name, code, now_s) {
+            Ok(None) => return Ok(()),
+            Ok(Some(step)) => match self.services.redis.spend_code(&p.name, step).await {
+                Ok(mlcore_contract::CodeSpent::Spent) => return Ok(()),
+                Ok(mlcore_contract::CodeSpent::Replayed { .. }) => E::Replayed,
+                Err(e) => E::Unrecorded(e.to_string()),
+            },
+            Err(e) => e,
+        };
+        if checked == E::Invalid {
+            self.services.alerts.raise(crate::alerts::Alert {
+                severity: mlcore_config::Severity::Warning,
+                kind: "second_factor_invalid".into(),
+                scope: p.name.clone(),
+                summary: format!("a wrong one-time code for {}", p.name),
+                details: serde_json::json!({"principal": p.name}),
+                resolve: false,
+            });
+        }
+        let (status, code) = match checked {
+            E::Missing => (StatusCode::FORBIDDEN, "AUTH_TOTP_MISSING"),
+            E::NotEnrolled(_) => (StatusCode::FORBIDDEN, "AUTH_TOTP_NOT_ENROLLED"),
+            E::Invalid => (StatusCode::FORBIDDEN, "AUTH_TOTP_INVALID"),
+            E::Replayed => (StatusCode::FORBIDDEN, "AUTH_TOTP_REPLAYED"),
+            E::Unrecorded(_) => (StatusCode::SERVICE_UNAVAILABLE, "AUTH_TOTP_UNRECORDED"),
+        };
+        Err(ApiError::new(status, code, checked.to_string()))
     }
 
     /// Audits one request of `record_type` (critical: kept 5 years).

@@ -46,10 +46,16 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error>
             f.write_str("a whole number from 0 to 2^53")
         }
         fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
-            Ok(v)
+            if v <= 1 << 53 {
+                Ok(v)
+            } else {
+                Err(E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
         }
         fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
-            u64::try_from(v).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            u64::try_from(v)
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+                .and_then(|v| self.visit_u64(v))
         }
         fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u64, E> {
             const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
@@ -235,7 +241,7 @@ pub async fn reject(
         return Err(state.refused(RECORD, &p.name, "reject", &model_id, &id, e).await);
     }
     let result = async {
-        state.second_factor(&headers, &p)?;
+        state.second_factor(&headers, &p).await?;
         let reason = reason_of(body)?;
         Ok(registry::reject(&state.services, &model_id, &p.name, &reason, &id).await?)
     }
@@ -268,7 +274,7 @@ pub async fn release_pin(
             .await);
     }
     let result = async {
-        state.second_factor(&headers, &p)?;
+        state.second_factor(&headers, &p).await?;
         reason_of(body)?;
         Ok(registry::release_pin(&state.services, &strategy, &id).await?)
     }

@@ -230,7 +230,7 @@ pub async fn decide(
     let svc = &state.services;
     let req = approvals::get(svc, &id).await?;
     let what = format!("{} {}", verdict.as_str(), req.action);
-    if let Err(e) = state.second_factor(&headers, &p) {
+    if let Err(e) = state.second_factor(&headers, &p).await {
         return Err(state.refused(RECORD, &p.name, &what, &req.scope, &id, e).await);
     }
     if let Err(e) = approvals::claim(svc, &req, verdict, &p.name).await {

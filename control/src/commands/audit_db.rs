@@ -99,6 +99,11 @@ pub fn serve(config_dir: &Path, env: &str, vars: &dyn EnvSource, out: &mut dyn W
     rt.block_on(async {
         let stop = stop_signal()?;
         let state = crate::api::state(cfg).await?;
+        // Mode changes and one-time codes go through the guard: say now,
+        // not at the first approval, when it is missing or older.
+        if let Err(e) = state.services.redis.ensure_guard().await {
+            tracing::error!(error = %e, "the Redis guard is not usable: mode changes and approvals will fail until it is");
+        }
         let watched = std::sync::Arc::clone(&state.services);
         let every = watched.config.control.audit_checkpoints.interval_s.max(1);
         let monitor = tokio::spawn(async move {
@@ -196,8 +201,15 @@ async fn checkpoint_now(svc: &crate::services::Services) {
     };
     match audit::checkpoint(&svc.pool, svc.worm_root(), &key, svc.now_ms()).await {
         Ok(Some(cp)) => {
-            let json = serde_json::to_string(&cp).unwrap_or_default();
-            if let Err(e) = svc.redis.write_audit_checkpoint(&json).await {
+            let copied = match serde_json::to_string(&cp) {
+                Ok(json) => svc
+                    .redis
+                    .write_audit_checkpoint(&json)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = copied {
                 tracing::warn!(error = %e, seq = cp.seq, "audit checkpoint not copied to Redis");
             }
         }

@@ -44,7 +44,7 @@ pub fn ops_set_mode(
     };
     let request_id = format!("cli-{}", super::now_ms());
     if cfg.control.second_factor.required {
-        if let Err(why) = second_factor(&cfg, args, &mut conn, vars) {
+        if let Err(why) = second_factor(&cfg, args, &guard, &mut conn, vars) {
             writeln!(out, "refused: {why}; nothing was changed")?;
             let scope = args.strategy.clone().unwrap_or_else(|| "global".into());
             let refusal = crate::audit::NewEvent {
@@ -144,15 +144,17 @@ fn append_audit(
 
 /// The break-glass second factor: `--actor` is a principal of
 /// control.yaml with an enrolled TOTP secret (read from the variable its
-/// reference names), `$MLCORE_TOTP_CODE` its current code, used once: the
-/// newest step each principal used is kept in Redis (`ns:second_factor`),
-/// so a code cannot be replayed by a later invocation either.
+/// reference names), `$MLCORE_TOTP_CODE` its current code, spent through
+/// the guard as the API spends it: a code used here or there is not
+/// accepted again.
 fn second_factor(
     cfg: &mlcore_config::AppConfig,
     args: &SetModeArgs,
+    guard: &Guard,
     conn: &mut RedisConn,
     vars: &dyn EnvSource,
 ) -> anyhow::Result<()> {
+    use crate::second_factor::{SecondFactor, SecondFactorError};
     let principal = cfg
         .control
         .principals
@@ -164,20 +166,13 @@ fn second_factor(
                 args.actor
             )
         })?;
-    let sf = crate::second_factor::SecondFactor::for_principal(true, principal, vars)?;
-    let key = Keys::new(&cfg.redis.namespace).second_factor_steps();
-    let used: Option<u64> = redis::cmd("HGET").arg(&key).arg(&principal.name).query(conn)?;
-    if let Some(step) = used {
-        sf.seed(&principal.name, step);
-    }
+    let sf = SecondFactor::for_principal(true, principal, vars)?;
     let code = vars.var("MLCORE_TOTP_CODE");
-    sf.verify(&principal.name, code.as_deref(), super::now_ms() / 1000)?;
-    if let Some(step) = sf.last_step(&principal.name) {
-        redis::cmd("HSET")
-            .arg(&key)
-            .arg(&principal.name)
-            .arg(step)
-            .query::<()>(conn)?;
+    let Some(step) = sf.check(&principal.name, code.as_deref(), super::now_ms() / 1000)? else {
+        return Ok(());
+    };
+    match guard.spend_code(conn, &principal.name, step)? {
+        mlcore_contract::CodeSpent::Spent => Ok(()),
+        mlcore_contract::CodeSpent::Replayed { .. } => Err(SecondFactorError::Replayed.into()),
     }
-    Ok(())
 }
