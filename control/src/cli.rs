@@ -48,6 +48,70 @@ pub enum Command {
     /// Redis deployment steps: the guard library and the users.
     #[command(subcommand)]
     Redis(RedisCommand),
+    /// Research stages on a dataset (docs/research.md).
+    #[command(subcommand)]
+    Research(ResearchCommand),
+}
+
+/// `research ...`
+#[derive(Debug, Subcommand)]
+pub enum ResearchCommand {
+    /// Cross-validate ai1 on triple-barrier labels without leakage: the
+    /// point-in-time check, then purged k-fold (with embargo) or
+    /// walk-forward; per-fold index ranges, stitched out-of-sample AUC,
+    /// log loss, Brier score, calibration error and reliability diagram,
+    /// as JSON.
+    Cv(CvArgs),
+}
+
+/// `research cv`.
+#[derive(Debug, Args)]
+pub struct CvArgs {
+    /// Environment (universe).
+    #[arg(long)]
+    pub env: String,
+    /// Dataset folder (with dataset_index.json).
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Strategy id from universe.yaml.
+    #[arg(long)]
+    pub strategy: String,
+    /// `kfold` (purged, embargoed), `expanding` or `rolling` walk-forward.
+    #[arg(long, default_value = "kfold")]
+    pub scheme: String,
+    /// Folds (test blocks).
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Training samples of a rolling window.
+    #[arg(long, default_value_t = 5_000)]
+    pub window: usize,
+    /// Decision cadence, ms.
+    #[arg(long, default_value_t = 60_000)]
+    pub decision_every_ms: u64,
+    /// Vertical barrier, quotes ahead.
+    #[arg(long, default_value_t = 12)]
+    pub horizon: usize,
+    /// Profit-take barrier, multiples of σ.
+    #[arg(long, default_value_t = 1.0)]
+    pub profit_take: f64,
+    /// Stop-loss barrier, multiples of σ.
+    #[arg(long, default_value_t = 1.0)]
+    pub stop_loss: f64,
+    /// Quotes in σ's window.
+    #[arg(long, default_value_t = 100)]
+    pub sigma_window: usize,
+    /// Embargo after each test block, decisions.
+    #[arg(long, default_value_t = 12)]
+    pub embargo: i64,
+    /// Trees in the ai1 ensemble.
+    #[arg(long, default_value_t = 30)]
+    pub trees: usize,
+    /// Tree depth.
+    #[arg(long, default_value_t = 3)]
+    pub depth: u32,
+    /// Write the report (JSON) here as well as to stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// `redis ...`

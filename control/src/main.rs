@@ -4,7 +4,7 @@ use clap::Parser;
 use mlcore_config::ProcessEnv;
 use mlcore_control::cli::{
     AuditCommand, Cli, Command, ConfigCommand, DataCommand, DbCommand, ModelsCommand, OpsCommand,
-    RedisCommand,
+    RedisCommand, ResearchCommand,
 };
 use mlcore_control::commands;
 
@@ -105,6 +105,9 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
         }
         Command::Redis(RedisCommand::Acl { env }) => {
             commands::redis_acl(&cli.config_dir, env, &ProcessEnv, &mut out)?
+        }
+        Command::Research(ResearchCommand::Cv(args)) => {
+            commands::research_cv(&cli.config_dir, args, &ProcessEnv, &mut out)?
         }
         Command::Db(DbCommand::Migrate { env }) => {
             commands::db_migrate(&cli.config_dir, env, &ProcessEnv, &mut out)?

@@ -225,3 +225,83 @@ fn a_tar_that_is_not_a_flat_artifact_is_refused_with_exit_code_4() {
         );
     }
 }
+
+/// `research cv` end to end on a synthetic dataset: the point-in-time
+/// check passes, each walk-forward fold reports its index ranges and
+/// trains only on the past, and the stitched out-of-sample figures come
+/// out as JSON (stdout and `--out`); a scheme it does not know is named.
+#[test]
+fn research_cv_reports_folds_and_out_of_sample_figures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let report = tmp.path().join("cv.json");
+    let data_s = data.to_str().unwrap();
+    let o = control(&[
+        "data",
+        "synth",
+        "--seed",
+        "11",
+        "--days",
+        "2",
+        "--interval-ms",
+        "30000",
+        "--out",
+        data_s,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let cv = |scheme: &str| {
+        control(&[
+            "research",
+            "cv",
+            "--env",
+            "dev",
+            "--dataset",
+            data_s,
+            "--strategy",
+            "fx_g10",
+            "--scheme",
+            scheme,
+            "--folds",
+            "3",
+            "--trees",
+            "10",
+            "--decision-every-ms",
+            "300000",
+            "--horizon",
+            "6",
+            "--out",
+            report.to_str().unwrap(),
+        ])
+    };
+    let o = cv("expanding");
+    assert!(o.status.success(), "{}", text(&o));
+    let printed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(printed, written);
+    let folds = printed["report"]["folds"].as_array().unwrap();
+    assert_eq!(folds.len(), 3);
+    for f in folds {
+        let test_start = f["test"][0].as_u64().unwrap();
+        assert!(f["train_rows"].as_u64().unwrap() > 0, "{f}");
+        assert!(
+            f["train"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r[1].as_u64().unwrap() <= test_start),
+            "walk-forward trains on the past only: {f}"
+        );
+    }
+    let r = &printed["report"];
+    assert!(r["oos_rows"].as_u64().unwrap() > 0);
+    for k in ["auc", "log_loss", "brier", "ece"] {
+        assert!(r[k].as_f64().is_some_and(f64::is_finite), "{k}: {r}");
+    }
+    assert!(!r["reliability"].as_array().unwrap().is_empty());
+    assert_eq!(printed["point_in_time_rows_checked"], 50);
+
+    let o = cv("random");
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--scheme `random`"), "{}", text(&o));
+}

@@ -9,8 +9,15 @@
 //!   the native predictors each export is checked against.
 //! - [`train`]: dataset → features → labels → split → fit → calibrate →
 //!   export → parity check against ONNX Runtime → sign → verify.
+//! - [`labels`]: what each head is taught — triple barrier (ai1), adverse
+//!   excursion (ai2), meta-label (ai3), uniqueness weights.
+//! - [`validation`]: purged k-fold with embargo, walk-forward, stitched
+//!   out-of-sample predictions.
 
+pub mod cv;
 pub mod dataset;
+pub mod labels;
 pub mod onnx;
 pub mod synth;
 pub mod train;
+pub mod validation;

@@ -77,10 +77,17 @@ fn trainer_learns_exports_with_parity_and_is_byte_for_byte_reproducible() {
         auc < 0.75,
         "ai1 AUC {auc} is too good for this market: look for leakage"
     );
+    // ai2 learns whether the path goes 0.5σ against the trade's side
+    // before it exits: harder than ai1, above chance all the same.
     assert!(
-        m.metrics["ai2_auc_test"] > 0.6,
+        m.metrics["ai2_auc_test"] > 0.52,
         "ai2 AUC {}",
         m.metrics["ai2_auc_test"]
+    );
+    let adverse = m.metrics["ai2_base_rate_test"];
+    assert!(
+        adverse > 0.05 && adverse < 0.95,
+        "ai2's label is nearly constant: {adverse}"
     );
     assert!(m.metrics["ai1_onnx_parity_max_abs"] <= 1e-5);
     assert!(m.metrics["ai2_onnx_parity_max_abs"] <= 1e-5);

@@ -8,6 +8,7 @@ mod models;
 mod ops;
 mod ops_api;
 mod redis;
+mod research;
 mod train;
 
 use std::path::Path;
@@ -21,6 +22,7 @@ pub use self::models::{models_inspect, models_keygen, models_sign, models_verify
 pub use self::ops::{ops_set_mode, EXIT_CONFLICT, EXIT_NOT_AUDITED, EXIT_SECOND_FACTOR};
 pub use self::ops_api::{ops_api, ApiCall, EXIT_API_REFUSED};
 pub use self::redis::{redis_acl, redis_install_guard};
+pub use self::research::research_cv;
 pub use self::train::train;
 
 /// Exit code for an invalid configuration (distinct from usage errors, 2).

@@ -7,7 +7,7 @@
 //! byte-identical artifact. (Purged CV, walk-forward, backtest and θ search
 //! belong to the retraining pipeline, which builds on this.)
 
-mod learners;
+pub mod learners;
 mod metrics;
 mod samples;
 
@@ -23,7 +23,7 @@ use mlcore_models::artifact::{
 use mlcore_models::runtime;
 
 pub use learners::{FitError, GbdtParams};
-pub use metrics::auc;
+pub use metrics::{auc, brier, log_loss, reliability, ReliabilityBin};
 
 /// What to train.
 #[derive(Debug)]
@@ -125,22 +125,21 @@ pub fn train(
         .collect();
     ai1.platt = learners::fit_platt(&cal_margins, &split.calibration.up)?;
 
-    // ai2: risk score = probability the move is in the training top quartile.
-    let threshold = samples::quantile(&split.train.abs_move, 0.75);
-    let mut ai2 = learners::fit_logistic(&split.train.x, &split.train.risky(threshold), 1.0)?;
+    // ai2: risk score = probability of an adverse excursion beyond 1σ.
+    let mut ai2 = learners::fit_logistic(&split.train.x, &split.train.adverse, 1.0)?;
     let margins2: Vec<f32> = (0..split.calibration.rows())
         .map(|i| {
             let row = split.calibration.row(i);
             ai2.weights.iter().zip(row).map(|(w, v)| w * v).sum::<f32>() + ai2.intercept
         })
         .collect();
-    ai2.platt = learners::fit_platt(&margins2, &split.calibration.risky(threshold))?;
+    ai2.platt = learners::fit_platt(&margins2, &split.calibration.adverse)?;
 
     // Test metrics.
     let test = &split.test;
     let p1: Vec<f32> = (0..test.rows()).map(|i| ai1.predict_row(test.row(i))).collect();
     let p2: Vec<f32> = (0..test.rows()).map(|i| ai2.predict_row(test.row(i))).collect();
-    let risky = test.risky(threshold);
+    let risky = &test.adverse;
     let mut metrics = BTreeMap::new();
     metrics.insert(
         "ai1_auc_test".to_owned(),
@@ -148,12 +147,11 @@ pub fn train(
     );
     metrics.insert("ai1_logloss_test".to_owned(), metrics::log_loss(&p1, &test.up));
     metrics.insert("ai1_base_rate_test".to_owned(), rate(&test.up));
-    metrics.insert(
-        "ai2_auc_test".to_owned(),
-        metrics::auc(&p2, &risky).unwrap_or(0.5),
-    );
-    metrics.insert("ai2_logloss_test".to_owned(), metrics::log_loss(&p2, &risky));
-    metrics.insert("ai2_move_threshold".to_owned(), threshold);
+    metrics.insert("ai2_auc_test".to_owned(), metrics::auc(&p2, risky).unwrap_or(0.5));
+    metrics.insert("ai2_logloss_test".to_owned(), metrics::log_loss(&p2, risky));
+    metrics.insert("ai2_base_rate_test".to_owned(), rate(risky));
+    metrics.insert("label_barrier_sigmas".to_owned(), samples::BARRIER_SIGMAS);
+    metrics.insert("label_adverse_sigmas".to_owned(), samples::ADVERSE_SIGMAS);
     metrics.insert("rows_train".to_owned(), rows.0 as f64);
     metrics.insert("rows_calibration".to_owned(), rows.1 as f64);
     metrics.insert("rows_test".to_owned(), rows.2 as f64);

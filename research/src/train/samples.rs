@@ -1,23 +1,36 @@
 //! From quotes to labelled, time-split samples.
 //!
-//! Labels look `horizon` quotes ahead of the symbol's latest quote at the
-//! decision: ai1 — did the mid go up; ai2 — was the absolute move in the top
-//! quartile of the training period (a risk score). Splits are by decision
-//! time (train, calibration, test), with a purge gap of one label horizon
-//! between them so no label straddles two segments.
+//! Labels look at most `horizon` quotes ahead of the symbol's latest quote
+//! at the decision ([`crate::labels`]): ai1 — the triple barrier's "up"
+//! (profit-take at +1σ, stop-loss at −1σ, vertical at the horizon; σ over
+//! the last 100 quotes, scaled to the horizon); ai2 — an adverse excursion
+//! of more than 0.5σ against that side before the exit (the risk θ2 gates).
+//! Splits are by decision time (train, calibration, test), with a purge gap
+//! of one label horizon between them so no label straddles two segments.
 
 use mlcore_features::{self as features, Sample, N_FEATURES};
 use mlcore_market::Quote;
+
+use crate::labels::{self, Barriers};
+
+/// Profit-take and stop-loss barriers, in σ.
+pub const BARRIER_SIGMAS: f64 = 1.0;
+/// The adverse excursion ai2 learns, in σ: below the stop-loss barrier, or
+/// the label could never be true (a path that far against the side would
+/// have ended the event at the barrier).
+pub const ADVERSE_SIGMAS: f64 = 0.5;
+/// Quotes in σ's window.
+pub const SIGMA_WINDOW: usize = 100;
 
 /// Labelled samples of one segment.
 #[derive(Debug, Clone, Default)]
 pub struct Segment {
     /// Feature rows, row-major.
     pub x: Vec<f32>,
-    /// ai1 labels (up move).
+    /// ai1 labels (triple barrier: up).
     pub up: Vec<bool>,
-    /// Absolute log move over the horizon (for the ai2 threshold).
-    pub abs_move: Vec<f64>,
+    /// ai2 labels (adverse excursion beyond 1σ).
+    pub adverse: Vec<bool>,
     /// Decision times.
     pub ts_ns: Vec<i64>,
 }
@@ -28,16 +41,11 @@ impl Segment {
         self.up.len()
     }
 
-    fn push(&mut self, s: &Sample, up: bool, abs_move: f64) {
+    fn push(&mut self, s: &Sample, up: bool, adverse: bool) {
         self.x.extend_from_slice(&s.features);
         self.up.push(up);
-        self.abs_move.push(abs_move);
+        self.adverse.push(adverse);
         self.ts_ns.push(s.ts_ns);
-    }
-
-    /// ai2 labels for a threshold.
-    pub fn risky(&self, threshold: f64) -> Vec<bool> {
-        self.abs_move.iter().map(|m| *m > threshold).collect()
     }
 
     /// Row `i`.
@@ -79,6 +87,15 @@ pub fn build(
             m.push(if q.is_sane() { q.mid().ln() } else { f64::NAN });
         }
     }
+    let barriers = Barriers {
+        profit_take: BARRIER_SIGMAS,
+        stop_loss: BARRIER_SIGMAS,
+        horizon,
+    };
+    let sigmas: Vec<Vec<f64>> = mids
+        .iter()
+        .map(|x| labels::rolling_sigma(x, SIGMA_WINDOW, horizon))
+        .collect();
     let samples = features::batch(quotes, n_symbols, benchmark, decision_every_ns);
     let first = samples.first().map_or(0, |s| s.ts_ns);
     let last = samples.last().map_or(0, |s| s.ts_ns);
@@ -97,22 +114,20 @@ pub fn build(
         end_ms: (last / 1_000_000).max(0) as u64,
     };
     for s in &samples {
-        let series = &mids[usize::from(s.symbol)];
-        let Some(&future) = series.get(s.quote_index + horizon) else {
+        let sym = usize::from(s.symbol);
+        let (x, sigma) = (&mids[sym], &sigmas[sym]);
+        let Some(Some(event)) = labels::triple_barrier(x, sigma, &[s.quote_index], &barriers).pop() else {
             continue;
         };
-        let now = series[s.quote_index];
-        if !future.is_finite() || !now.is_finite() {
-            continue;
-        }
-        let (up, abs_move) = (future > now, (future - now).abs());
+        let adverse = labels::adverse_excursion(x, sigma, &[event], ADVERSE_SIGMAS)[0];
+        let up = event.up();
         let t = s.ts_ns;
         if t + gap < cal_start {
-            split.train.push(s, up, abs_move);
+            split.train.push(s, up, adverse);
         } else if t >= cal_start && t + gap < test_start {
-            split.calibration.push(s, up, abs_move);
+            split.calibration.push(s, up, adverse);
         } else if t >= test_start {
-            split.test.push(s, up, abs_move);
+            split.test.push(s, up, adverse);
         }
     }
     split
@@ -123,15 +138,4 @@ fn quote_interval_ns(quotes: &[Quote], n_symbols: usize) -> i64 {
     let span = quotes.last().map_or(0, |q| q.ts_ns) - quotes.first().map_or(0, |q| q.ts_ns);
     let per_symbol = (quotes.len() / n_symbols.max(1)).max(2) as i64;
     (span / (per_symbol - 1)).max(1)
-}
-
-/// The `q`-quantile of `values` (nearest rank).
-pub fn quantile(values: &[f64], q: f64) -> f64 {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let idx = ((v.len() - 1) as f64 * q).round() as usize;
-    v[idx.min(v.len() - 1)]
 }
