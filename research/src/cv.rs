@@ -150,7 +150,7 @@ impl Learner {
         let rows = test_x.chunks_exact(N_FEATURES);
         Ok(match self {
             Self::Gbdt(p) => {
-                let head = learners::fit_gbdt(x, y, p)?;
+                let head = learners::fit_gbdt(x, y, None, p)?;
                 rows.map(|r| head.predict_row(r)).collect()
             }
             Self::Logistic(alpha) => {

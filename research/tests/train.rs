@@ -84,6 +84,19 @@ fn trainer_learns_exports_with_parity_and_is_byte_for_byte_reproducible() {
         "ai2 AUC {}",
         m.metrics["ai2_auc_test"]
     );
+    // Calibrated heads (Platt in the graph), and labels weighted by their
+    // uniqueness: overlapping 12-quote labels at a 4-quote cadence share
+    // most of their span.
+    for head in ["ai1", "ai2"] {
+        let ece = m.metrics[&format!("{head}_ece_test")];
+        assert!(ece < 0.05, "{head} calibration error {ece}");
+        assert!(m.metrics[&format!("{head}_brier_test")] < 0.25);
+    }
+    let uniqueness = m.metrics["train_mean_uniqueness"];
+    assert!(
+        uniqueness > 0.05 && uniqueness < 1.0,
+        "mean uniqueness {uniqueness}"
+    );
     let adverse = m.metrics["ai2_base_rate_test"];
     assert!(
         adverse > 0.05 && adverse < 0.95,

@@ -56,7 +56,12 @@ fn check_classes(what: &'static str, y: &[bool]) -> Result<(), FitError> {
 /// Fits gradient-boosted trees (log-likelihood loss, labels ±1) and returns
 /// the ensemble as a margin model: `gbdt` predicts `σ(2F)`, so the margin is
 /// `2F` — base `2·bias`, leaves `2·η·value`, exact in f32.
-pub fn fit_gbdt(x: &[f32], y: &[bool], p: GbdtParams) -> Result<TreeEnsembleHead, FitError> {
+pub fn fit_gbdt(
+    x: &[f32],
+    y: &[bool],
+    weights: Option<&[f64]>,
+    p: GbdtParams,
+) -> Result<TreeEnsembleHead, FitError> {
     check_classes("gbdt", y)?;
     let mut cfg = Config::new();
     cfg.set_feature_size(N_FEATURES);
@@ -72,7 +77,11 @@ pub fn fit_gbdt(x: &[f32], y: &[bool], p: GbdtParams) -> Result<TreeEnsembleHead
     let mut data: DataVec = x
         .chunks_exact(N_FEATURES)
         .zip(y)
-        .map(|(row, l)| Data::new_training_data(row.to_vec(), 1.0, if *l { 1.0 } else { -1.0 }, None))
+        .enumerate()
+        .map(|(i, (row, l))| {
+            let w = weights.and_then(|w| w.get(i)).map_or(1.0, |w| *w as f32);
+            Data::new_training_data(row.to_vec(), w, if *l { 1.0 } else { -1.0 }, None)
+        })
         .collect();
     let mut model = GBDT::new(&cfg);
     model.fit(&mut data);

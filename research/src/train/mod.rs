@@ -119,7 +119,14 @@ pub fn train(
     }
 
     // ai1: up-move probability.
-    let mut ai1 = learners::fit_gbdt(&split.train.x, &split.train.up, spec.gbdt)?;
+    // Weighted by each label's average uniqueness (overlapping labels are
+    // not independent evidence).
+    let mut ai1 = learners::fit_gbdt(
+        &split.train.x,
+        &split.train.up,
+        Some(&split.train.weight),
+        spec.gbdt,
+    )?;
     let cal_margins: Vec<f32> = (0..split.calibration.rows())
         .map(|i| ai1.margin_row(split.calibration.row(i)))
         .collect();
@@ -146,10 +153,21 @@ pub fn train(
         metrics::auc(&p1, &test.up).unwrap_or(0.5),
     );
     metrics.insert("ai1_logloss_test".to_owned(), metrics::log_loss(&p1, &test.up));
+    metrics.insert("ai1_brier_test".to_owned(), metrics::brier(&p1, &test.up));
+    metrics.insert(
+        "ai1_ece_test".to_owned(),
+        metrics::reliability(&p1, &test.up, 10).1,
+    );
+    metrics.insert(
+        "train_mean_uniqueness".to_owned(),
+        split.train.weight.iter().sum::<f64>() / split.train.weight.len().max(1) as f64,
+    );
     metrics.insert("ai1_base_rate_test".to_owned(), rate(&test.up));
     metrics.insert("ai2_auc_test".to_owned(), metrics::auc(&p2, risky).unwrap_or(0.5));
     metrics.insert("ai2_logloss_test".to_owned(), metrics::log_loss(&p2, risky));
     metrics.insert("ai2_base_rate_test".to_owned(), rate(risky));
+    metrics.insert("ai2_brier_test".to_owned(), metrics::brier(&p2, risky));
+    metrics.insert("ai2_ece_test".to_owned(), metrics::reliability(&p2, risky, 10).1);
     metrics.insert("label_barrier_sigmas".to_owned(), samples::BARRIER_SIGMAS);
     metrics.insert("label_adverse_sigmas".to_owned(), samples::ADVERSE_SIGMAS);
     metrics.insert("rows_train".to_owned(), rows.0 as f64);

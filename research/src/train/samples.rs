@@ -29,8 +29,10 @@ pub struct Segment {
     pub x: Vec<f32>,
     /// ai1 labels (triple barrier: up).
     pub up: Vec<bool>,
-    /// ai2 labels (adverse excursion beyond 1σ).
+    /// ai2 labels (adverse excursion).
     pub adverse: Vec<bool>,
+    /// Average uniqueness of each sample's label among its symbol's.
+    pub weight: Vec<f64>,
     /// Decision times.
     pub ts_ns: Vec<i64>,
 }
@@ -41,10 +43,11 @@ impl Segment {
         self.up.len()
     }
 
-    fn push(&mut self, s: &Sample, up: bool, adverse: bool) {
+    fn push(&mut self, s: &Sample, up: bool, adverse: bool, weight: f64) {
         self.x.extend_from_slice(&s.features);
         self.up.push(up);
         self.adverse.push(adverse);
+        self.weight.push(weight);
         self.ts_ns.push(s.ts_ns);
     }
 
@@ -113,6 +116,9 @@ pub fn build(
         test_start_ms: (test_start / 1_000_000).max(0) as u64,
         end_ms: (last / 1_000_000).max(0) as u64,
     };
+    // Every labelled sample, then each one's average uniqueness among the
+    // events of its symbol (overlapping labels weigh less).
+    let mut labelled: Vec<(&Sample, labels::Event, bool)> = Vec::with_capacity(samples.len());
     for s in &samples {
         let sym = usize::from(s.symbol);
         let (x, sigma) = (&mids[sym], &sigmas[sym]);
@@ -120,14 +126,26 @@ pub fn build(
             continue;
         };
         let adverse = labels::adverse_excursion(x, sigma, &[event], ADVERSE_SIGMAS)[0];
-        let up = event.up();
-        let t = s.ts_ns;
+        labelled.push((s, event, adverse));
+    }
+    let mut weights = vec![1.0; labelled.len()];
+    for (sym, path) in mids.iter().enumerate() {
+        let mine: Vec<usize> = (0..labelled.len())
+            .filter(|&i| usize::from(labelled[i].0.symbol) == sym)
+            .collect();
+        let events: Vec<labels::Event> = mine.iter().map(|&i| labelled[i].1).collect();
+        for (&i, w) in mine.iter().zip(labels::uniqueness_weights(&events, path.len())) {
+            weights[i] = w;
+        }
+    }
+    for ((s, event, adverse), w) in labelled.into_iter().zip(weights) {
+        let (t, up) = (s.ts_ns, event.up());
         if t + gap < cal_start {
-            split.train.push(s, up, adverse);
+            split.train.push(s, up, adverse, w);
         } else if t >= cal_start && t + gap < test_start {
-            split.calibration.push(s, up, adverse);
+            split.calibration.push(s, up, adverse, w);
         } else if t >= test_start {
-            split.test.push(s, up, adverse);
+            split.test.push(s, up, adverse, w);
         }
     }
     split
