@@ -63,6 +63,7 @@ fn main() {
         start_day: 20_458,
         days: 1,
         interval_ms: 1000,
+        effect: 1.0,
     };
     let quotes: Vec<Quote> = Generator::new(spec).unwrap().day_merged(20_458);
     let mut engine = FeatureEngine::new(SYMBOLS, 0);

@@ -30,7 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_norway::Value;
 
-pub use costs::{CostTable, SymbolCost};
+pub use costs::{CostTable, Slippage, SymbolCost};
 pub use env::{EnvSource, MapEnv, ProcessEnv};
 pub use error::{ConfigCode, ConfigError, ConfigProblem};
 pub use infra::{

@@ -167,6 +167,15 @@ pub(crate) fn validate(c: &AppConfig, file: &dyn Fn(&str) -> PathBuf) -> Vec<Con
             );
         }
     }
+    let slip = &c.cost_table.slippage;
+    let usable = |v: f64| v >= 0.0 && v.is_finite();
+    if !usable(slip.fixed_bps) || !usable(slip.impact_bps_per_million) {
+        bad(
+            "cost_table.yaml",
+            "slippage".into(),
+            "fixed_bps and impact_bps_per_million must be finite and non-negative".into(),
+        );
+    }
 
     // redis.yaml / database.yaml
     if c.redis.namespace.is_empty() || c.redis.namespace.contains(['{', '}', ':', ' ']) {

@@ -554,20 +554,17 @@ impl Guard {
 
 /// The most bytes an integer argument takes (`u64::MAX` has 20 digits).
 const INT_MAX_BYTES: usize = 20;
-/// The most bytes `Num` prints `x` as. `Display` never uses an exponent,
-/// so 1e-300 takes 300 bytes; between 1e-6 and 1e15 (every weight,
-/// quantity and probability the daemon makes) at most 17 significant
-/// digits, five leading zeros, a point and a sign fit in 32. Two
-/// comparisons, not a formatting, on the hot path.
-fn num_bound(x: f64) -> usize {
-    let a = x.abs();
-    if a == 0.0 || !a.is_finite() || (1e-6..1e15).contains(&a) {
-        32
-    } else {
-        // 309 integer digits, or "0." with 307 zeros and 17 digits, and a sign.
-        340
-    }
-}
+/// The most bytes `Num` prints any number as. `Display` never uses an
+/// exponent, so 1e-300 takes 300 bytes: 309 integer digits, or "0." with
+/// 307 zeros and 17 digits, and a sign. Every number is budgeted at this
+/// worst case, whatever it is, and every side at the longest's length: a
+/// bound that followed the values grew the buffers mid-run when a
+/// decision printed longer than every one before it (the allocation test
+/// caught it once the synthetic market made the model go short).
+const NUM_MAX_BYTES: usize = 340;
+/// The longest side's name (`short`).
+const SIDE_MAX_BYTES: usize = 5;
+
 /// RESP framing of one argument (`$<len>\r\n` … `\r\n`) or of a
 /// command's header (`*<n>\r\n`), at most.
 const ARG_FRAMING: usize = 16;
@@ -596,12 +593,9 @@ fn call_bound(keys: &StrategyKeys, group: &[SignalBatch]) -> (usize, usize) {
             .signals
             .iter()
             .map(|s| {
-                s.symbol.len()
-                    + s.side.as_str().len()
-                    + num_bound(s.weight)
-                    + num_bound(s.qty)
-                    + num_bound(s.return_prob)
-                    + num_bound(s.risk_score)
+                // "short", the longest side: a decision that turns a
+                // long into a short must not grow the buffers either.
+                s.symbol.len() + SIDE_MAX_BYTES + 4 * NUM_MAX_BYTES
             })
             .sum::<usize>();
     }

@@ -62,6 +62,104 @@ pub enum ResearchCommand {
     /// log loss, Brier score, calibration error and reliability diagram,
     /// as JSON.
     Cv(CvArgs),
+    /// Replay a dataset (or a feed's capture) through the daemon's
+    /// features, the model's ONNX heads and the decision crate, fill at the
+    /// next quote after the latency with the cost table's costs, and report
+    /// the base case beside the stress scenarios: prints the headline
+    /// figures, writes portfolio_summary.json, positions.csv, equity.csv
+    /// and daily_pnl.csv.
+    Backtest(BacktestArgs),
+    /// Search θ for a model on its held-out window: a coarse grid, then
+    /// TPE, within core_policy.yaml's bounds and max_step of the current θ,
+    /// under the trade and drawdown constraints and the bootstrap guard;
+    /// prints every trial and the verdict as JSON.
+    Theta(ThetaArgs),
+}
+
+/// `research theta`.
+#[derive(Debug, Args)]
+pub struct ThetaArgs {
+    /// Environment (universe, costs, policy, trust).
+    #[arg(long)]
+    pub env: String,
+    /// The model artifact folder.
+    #[arg(long)]
+    pub artifact: PathBuf,
+    /// Dataset folder (with dataset_index.json).
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// How to search.
+    #[command(flatten)]
+    pub search: SearchArgs,
+    /// Write the report (JSON) here as well as to stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// How a θ search runs (`research theta`, `train --search-theta`).
+#[derive(Debug, Clone, Args)]
+pub struct SearchArgs {
+    /// Decision cadence of the backtest, data-time ms.
+    #[arg(long = "search-every-ms", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub every_ms: u64,
+    /// Latency of the backtest, ms.
+    #[arg(long = "search-latency-ms", default_value_t = 250)]
+    pub latency_ms: u64,
+    /// Points per axis of the coarse grid.
+    #[arg(long, default_value_t = 5)]
+    pub grid: usize,
+    /// TPE trials after the grid.
+    #[arg(long, default_value_t = 30)]
+    pub trials: usize,
+    /// Fewest fills a θ must trade to be considered.
+    #[arg(long, default_value_t = 50)]
+    pub min_fills: usize,
+    /// Deepest drawdown allowed, units of capital.
+    #[arg(long, default_value_t = 0.05)]
+    pub max_drawdown: f64,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 20_261_205)]
+    pub seed: u64,
+}
+
+/// `research backtest`.
+#[derive(Debug, Args)]
+pub struct BacktestArgs {
+    /// Environment (universe, costs, policy, trust).
+    #[arg(long)]
+    pub env: String,
+    /// The model artifact folder (verified against the environment's trust).
+    #[arg(long)]
+    pub artifact: PathBuf,
+    /// Dataset folder (with dataset_index.json).
+    #[arg(long, required_unless_present = "capture", conflicts_with = "capture")]
+    pub dataset: Option<PathBuf>,
+    /// A capture written by `mlcore-feed --capture`: replayed exactly as the
+    /// daemon received it (every decision measured, no stress scenarios).
+    #[arg(long)]
+    pub capture: Option<PathBuf>,
+    /// θ1 to decide with (default: the model's).
+    #[arg(long)]
+    pub theta1: Option<f64>,
+    /// θ2 to decide with (default: the model's).
+    #[arg(long)]
+    pub theta2: Option<f64>,
+    /// Decision cadence in data time, ms.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub decision_every_ms: u64,
+    /// From decision to order at the market, ms.
+    #[arg(long, default_value_t = 250)]
+    pub latency_ms: u64,
+    /// `test`: the model's held-out window (from its manifest); `all`: the
+    /// whole dataset.
+    #[arg(long, default_value = "test")]
+    pub window: String,
+    /// Leave the stress scenarios out.
+    #[arg(long)]
+    pub no_stress: bool,
+    /// Output folder (created).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// `research cv`.
@@ -280,6 +378,10 @@ pub struct SynthArgs {
     /// Quote interval per symbol, ms.
     #[arg(long, default_value_t = 5000)]
     pub interval_ms: u32,
+    /// Strength of the planted reversal (1 = default, 0 = none: a market
+    /// with nothing to learn).
+    #[arg(long, default_value_t = 1.0)]
+    pub effect: f64,
     /// Output folder (must not hold a dataset already).
     #[arg(long)]
     pub out: PathBuf,
@@ -477,6 +579,14 @@ pub struct TrainArgs {
     /// Minimum rows per leaf.
     #[arg(long, default_value_t = 50)]
     pub min_leaf: usize,
+    /// Choose θ by backtesting the trained model on its held-out window
+    /// (`research theta`) instead of copying core_policy.yaml's; the
+    /// search's verdict and figures go into the manifest's metrics.
+    #[arg(long)]
+    pub search_theta: bool,
+    /// How the θ search runs.
+    #[command(flatten)]
+    pub search: SearchArgs,
 }
 
 /// One API call: method, path, JSON body.

@@ -106,6 +106,12 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
         Command::Redis(RedisCommand::Acl { env }) => {
             commands::redis_acl(&cli.config_dir, env, &ProcessEnv, &mut out)?
         }
+        Command::Research(ResearchCommand::Backtest(args)) => {
+            commands::research_backtest(&cli.config_dir, args, &ProcessEnv, &mut out)?
+        }
+        Command::Research(ResearchCommand::Theta(args)) => {
+            commands::research_theta(&cli.config_dir, args, &ProcessEnv, &mut out)?
+        }
         Command::Research(ResearchCommand::Cv(args)) => {
             commands::research_cv(&cli.config_dir, args, &ProcessEnv, &mut out)?
         }

@@ -305,3 +305,156 @@ fn research_cv_reports_folds_and_out_of_sample_figures() {
     assert!(!o.status.success());
     assert!(text(&o).contains("--scheme `random`"), "{}", text(&o));
 }
+
+/// `data synth` then `train --search-theta` into `tmp`; the artifact's
+/// folder, the dataset's and the train output.
+fn searched_model(tmp: &Path, effect: &str) -> (PathBuf, PathBuf, String) {
+    let data = tmp.join("data");
+    let model = tmp.join("model");
+    let o = control(&[
+        "data",
+        "synth",
+        "--seed",
+        "11",
+        "--days",
+        "3",
+        "--interval-ms",
+        "15000",
+        "--effect",
+        effect,
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = control(&[
+        "train",
+        "--env",
+        "dev",
+        "--dataset",
+        data.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+        "--key",
+        "deployments/dev-keys/dev-2026.key",
+        "--strategy",
+        "fx_g10",
+        "--version",
+        "1",
+        "--trees",
+        "30",
+        "--depth",
+        "3",
+        "--search-theta",
+        "--trials",
+        "15",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    (model, data, text(&o))
+}
+
+fn manifest_metrics(model: &Path) -> serde_json::Value {
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("manifest.json")).unwrap()).unwrap();
+    m["metrics"].clone()
+}
+
+#[test]
+fn a_searched_model_trades_the_planted_reversal_after_costs_and_reports_its_stress() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data, trained) = searched_model(tmp.path(), "1");
+    assert!(trained.contains("θ search: adopted"), "{trained}");
+    let metrics = manifest_metrics(&model);
+    assert_eq!(metrics["theta_search_adopted"], 1.0, "{metrics}");
+    assert!(metrics["oos_sharpe_lo"].as_f64().unwrap() > 0.0, "{metrics}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("manifest.json")).unwrap()).unwrap();
+    let (t1, t2) = (
+        manifest["theta"]["theta1"].as_f64().unwrap(),
+        manifest["theta"]["theta2"].as_f64().unwrap(),
+    );
+    // core_policy.yaml: θ1 0.55, θ2 0.60, max_step 0.05, inside the bounds.
+    assert!(
+        (0.5..=0.6 + 1e-9).contains(&t1) && (0.55 - 1e-9..=0.65 + 1e-9).contains(&t2),
+        "{manifest}"
+    );
+
+    let out = tmp.path().join("bt");
+    let o = control(&[
+        "research",
+        "backtest",
+        "--env",
+        "dev",
+        "--artifact",
+        model.to_str().unwrap(),
+        "--dataset",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let printed = text(&o);
+    for case in ["base", "spread_x3", "vol_shock", "price_gap", "stale_data"] {
+        assert!(
+            printed.contains(&format!("\n{case} ")),
+            "{case} missing: {printed}"
+        );
+    }
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("portfolio_summary.json")).unwrap()).unwrap();
+    let base = &s["base"];
+    // The backtest decides with the model's searched θ, on its held-out window.
+    assert_eq!((s["theta1"].as_f64(), s["theta2"].as_f64()), (Some(t1), Some(t2)));
+    assert_eq!(
+        base["sharpe"], metrics["oos_sharpe"],
+        "the search measured the same backtest"
+    );
+    assert!(base["sharpe_ci90"][0].as_f64().unwrap() > 0.0, "{base}");
+    assert!(base["total_return"].as_f64().unwrap() > 0.0, "{base}");
+    assert!(base["decisions_not_flat"].as_f64().unwrap() > 0.3, "{base}");
+    assert!(base["fills"].as_u64().unwrap() > 100, "{base}");
+    // β-neutral within core_policy's beta_tolerance, every decision.
+    assert!(
+        base["max_abs_residual_beta"].as_f64().unwrap() <= 0.01 + 1e-12,
+        "{base}"
+    );
+    let spread = &s["scenarios"]["spread_x3"];
+    assert!(
+        spread["sharpe"].as_f64().unwrap() < base["sharpe"].as_f64().unwrap(),
+        "wider spreads cost more: {spread}"
+    );
+    assert!(spread["realised_slippage_bps"].as_f64() > base["realised_slippage_bps"].as_f64());
+    let stale = &s["scenarios"]["stale_data"];
+    assert!(
+        stale["fills"].as_u64() < base["fills"].as_u64(),
+        "no quotes, no fills: {stale}"
+    );
+    let positions = std::fs::read_to_string(out.join("positions.csv")).unwrap();
+    assert!(positions.starts_with("ts_ns,symbol,side,weight,qty,return_prob,risk_score\n"));
+    assert!(positions.lines().count() > 100);
+    let daily = std::fs::read_to_string(out.join("daily_pnl.csv")).unwrap();
+    let total: f64 = daily
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(
+        (total - base["total_return"].as_f64().unwrap()).abs() < 1e-9,
+        "daily P&L adds up"
+    );
+}
+
+#[test]
+fn a_market_without_the_planted_effect_yields_nothing_adoptable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, _, trained) = searched_model(tmp.path(), "0");
+    assert!(!trained.contains("θ search: adopted"), "{trained}");
+    assert!(trained.contains("the champion's θ stays"), "{trained}");
+    let metrics = manifest_metrics(&model);
+    assert_eq!(metrics["theta_search_adopted"], 0.0, "{metrics}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["theta"]["theta1"], 0.55,
+        "the configured θ stays: {manifest}"
+    );
+}

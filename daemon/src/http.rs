@@ -16,7 +16,7 @@ use mlcore_telemetry::exposition::{Exposition, CONTENT_TYPE};
 use crate::loader::ActiveModels;
 use crate::ops::OpsTable;
 use crate::stats::{Counters, Histograms};
-use crate::universe::Universe;
+use mlcore_decision::universe::Universe;
 
 /// What the endpoints report on.
 #[derive(Debug, Clone)]

@@ -22,8 +22,8 @@ use mlcore_market::Quote;
 
 use crate::job::Job;
 use crate::stats::{Counters, Histograms, LocalHist, Stage};
-use crate::universe::Universe;
 use crate::wire::{self, Frame};
+use mlcore_decision::universe::Universe;
 
 const LISTENER: Token = Token(usize::MAX);
 const READ_BUF: usize = 64 * 1024;
@@ -355,22 +355,13 @@ impl Ingress {
         job.trigger_ts_ns = ts_ns;
         job.decoded_at = decoded_at;
         job.model = None;
-        engine.write_matrix(ts_ns, &mut job.features);
-        job.params.copy_from_slice(&strat.params);
-        for (i, input) in job.inputs.iter_mut().enumerate() {
-            let state = engine.state(i);
-            input.ready = engine.is_ready(i);
-            if let Some(st) = state {
-                (input.rvol_20_bps, input.rvol_100_bps) = st.rvols_bps();
-            }
-            if let (Some(window), Some(st), Some(bench)) =
-                (strat.rolling_beta[i], state, engine.state(strat.benchmark))
-            {
-                if let Some(beta) = st.beta_against(bench, window) {
-                    job.params[i].beta = beta;
-                }
-            }
-        }
+        let Job {
+            features,
+            inputs,
+            params,
+            ..
+        } = &mut *job;
+        mlcore_decision::prepare(strat, engine, ts_ns, features, inputs, params);
         self.features_hist.record(started.elapsed());
         if let Err(e) = self.decisions.try_send(job) {
             Counters::inc(&self.counters.decisions_dropped);

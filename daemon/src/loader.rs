@@ -31,8 +31,8 @@ use crate::clock::now_ms;
 use crate::job::ModelMeta;
 use crate::mailbox::Mailbox;
 use crate::stats::Counters;
-use crate::universe::Universe;
 use crate::worker::ModelUpdate;
+use mlcore_decision::universe::Universe;
 
 /// Warm-up runs of each head of a new model before workers switch to it.
 const WARM_UP_RUNS: usize = 20;

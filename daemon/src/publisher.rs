@@ -48,7 +48,7 @@ use crate::job::Job;
 use crate::ops::OpsTable;
 use crate::redis_io::{PublishPipe, MAX_IN_FLIGHT};
 use crate::stats::{Counters, Histograms, LocalHist, Outcome, Stage};
-use crate::universe::Universe;
+use mlcore_decision::universe::Universe;
 
 /// What the publisher needs.
 #[derive(Debug)]
@@ -848,7 +848,7 @@ mod tests {
 
         use crate::job::ModelMeta;
 
-        use crate::universe::Strategy;
+        use mlcore_decision::universe::Strategy;
         use mlcore_decision::{Policy, SymbolParams};
 
         let mut server = RedisServer::start_with(&["--enable-debug-command", "yes"]);

@@ -31,8 +31,8 @@ use crate::ops::{self, OpsTable};
 use crate::publisher::{self, PublisherParts};
 use crate::redis_io::tuning;
 use crate::stats::{Counters, Histograms};
-use crate::universe::Universe;
 use crate::worker::{self, ModelUpdate, WorkerParts};
+use mlcore_decision::universe::Universe;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]

@@ -18,8 +18,7 @@ use mlcore_models::scoring::ModelScorer;
 use crate::job::{Job, ModelMeta};
 use crate::mailbox::Mailbox;
 use crate::stats::{Counters, Histograms, LocalHist, Stage};
-use crate::universe::Universe;
-use mlcore_decision::Policy;
+use mlcore_decision::universe::Universe;
 
 /// A verified, warmed model for one strategy, for one worker.
 #[derive(Debug)]
@@ -118,11 +117,7 @@ impl Worker {
         let ModelUpdate { scorer, meta } = &mut **model;
         let scored = match scorer.score(&job.features, n) {
             Ok(scores) => {
-                for (i, input) in job.inputs.iter_mut().enumerate() {
-                    input.prob_up = f64::from(scores.ai1[i]);
-                    input.risk = f64::from(scores.ai2[i]);
-                    input.meta = scores.ai3.map_or(1.0, |m| f64::from(m[i]));
-                }
+                mlcore_decision::apply_scores(&mut job.inputs, scores.ai1, scores.ai2, scores.ai3);
                 true
             }
             Err(_) => false,
@@ -136,11 +131,7 @@ impl Worker {
             return true;
         }
         let started = Instant::now();
-        let policy = Policy {
-            theta1: meta.theta1,
-            theta2: meta.theta2,
-            ..p.universe.policy
-        };
+        let policy = p.universe.policy.with_theta(meta.theta1, meta.theta2);
         let Job {
             params,
             inputs,

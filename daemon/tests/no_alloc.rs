@@ -96,8 +96,8 @@ fn a_decision_through_the_daemons_hot_path_allocates_nothing() {
     use mlcore_daemon::ops::OpsTable;
     use mlcore_daemon::publisher::{Publisher, PublisherParts};
     use mlcore_daemon::stats::{Counters, Histograms, Outcome};
-    use mlcore_daemon::universe::Universe;
     use mlcore_daemon::worker::{ModelUpdate, Worker, WorkerParts};
+    use mlcore_decision::universe::Universe;
     use mlcore_models::artifact::{self, SecretKeyFile, TrustStore, VerifyContext};
     use mlcore_models::runtime;
     use mlcore_models::scoring::ModelScorer;
@@ -211,6 +211,7 @@ fn a_decision_through_the_daemons_hot_path_allocates_nothing() {
         start_day: 20_458,
         days: 1,
         interval_ms: 5_000,
+        effect: 1.0,
     };
     let quotes: Vec<Quote> = Generator::new(spec).unwrap().day_merged(20_458);
     let ids: Vec<u32> = cfg.universe.strategies[0].symbols.iter().map(|s| s.id).collect();
@@ -287,8 +288,8 @@ fn a_scoring_failure_is_counted_as_such() {
     use mlcore_daemon::job::ModelMeta;
     use mlcore_daemon::mailbox::Mailbox;
     use mlcore_daemon::stats::{Counters, Histograms};
-    use mlcore_daemon::universe::Universe;
     use mlcore_daemon::worker::{ModelUpdate, Worker, WorkerParts};
+    use mlcore_decision::universe::Universe;
     use mlcore_models::artifact::{self, SecretKeyFile, TrustStore, VerifyContext};
     use mlcore_models::runtime;
     use mlcore_models::scoring::ModelScorer;

@@ -8,9 +8,17 @@
 //!   reusable buffers ([`Scratch`]).
 //! - [`params`]: the policy and per-symbol parameters resolved from the
 //!   configuration (`core_policy.yaml`, `universe.yaml`, `cost_table.yaml`).
+//! - [`universe`]: the configuration resolved once into indexed tables
+//!   (strategies, symbols, rolling-β windows, wire-id routes).
+//! - [`prepare`]: a trigger's inputs from the feature engine, and a
+//!   model's scores into them — the one place both the daemon and the
+//!   backtester get them from.
 
 pub mod params;
 pub mod portfolio;
+pub mod prepare;
+pub mod universe;
 
 pub use params::{policy, symbol_params};
 pub use portfolio::{decide, FlatReason, Policy, Scratch, Summary, SymbolInput, SymbolParams, Target};
+pub use prepare::{apply_scores, prepare};

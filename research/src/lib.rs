@@ -13,11 +13,20 @@
 //!   excursion (ai2), meta-label (ai3), uniqueness weights.
 //! - [`validation`]: purged k-fold with embargo, walk-forward, stitched
 //!   out-of-sample predictions.
+//! - [`replay`]: the order a replay sees the market in, and the capture
+//!   file of what a feed sent.
+//! - [`backtest`]: the daemon's features, scoring and decisions replayed
+//!   over a dataset, with fills, costs, figures and stress scenarios.
+//! - [`theta`]: θ search on the backtest (grid, then TPE) within the
+//!   policy's bounds and step, with a bootstrap guard.
 
+pub mod backtest;
 pub mod cv;
 pub mod dataset;
 pub mod labels;
 pub mod onnx;
+pub mod replay;
 pub mod synth;
+pub mod theta;
 pub mod train;
 pub mod validation;

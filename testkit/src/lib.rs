@@ -373,6 +373,7 @@ pub fn synth_dataset(
         start_day: civil::parse("2026-01-05").unwrap_or(20_458),
         days,
         interval_ms,
+        effect: 1.0,
     };
     let names = spec.symbol_names();
     let mut gen = synth::Generator::new(spec.clone()).unwrap_or_else(|e| panic!("{e}"));

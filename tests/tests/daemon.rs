@@ -468,6 +468,7 @@ fn the_same_frames_and_model_give_the_same_signals() {
         start_day: 20_458,
         days: 1,
         interval_ms: 60_000,
+        effect: 1.0,
     };
     let day = synth::Generator::new(spec).unwrap().day_merged(20_458);
     let quotes = &day[..150 * ids.len()];

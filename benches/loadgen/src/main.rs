@@ -339,6 +339,7 @@ fn main() -> anyhow::Result<()> {
         start_day: 20_458,
         days: 1,
         interval_ms: 1_000,
+        effect: 1.0,
     };
     let quotes: Vec<Quote> = Generator::new(spec)?.day_merged(20_458);
     // The machine's noise, before anything of ours loads it.

@@ -19,6 +19,7 @@ pub fn synth(args: &SynthArgs, out: &mut dyn Write) -> anyhow::Result<i32> {
         start_day,
         days: args.days,
         interval_ms: args.interval_ms,
+        effect: args.effect,
     };
     spec.validate()?;
     if args.out.join(INDEX_FILE).exists() {
@@ -46,7 +47,10 @@ pub fn synth(args: &SynthArgs, out: &mut dyn Write) -> anyhow::Result<i32> {
     let rows: u64 = partitions.iter().map(|p| p.rows).sum();
     let index = DatasetIndex {
         format: 1,
-        source: format!("synthetic seed={} interval_ms={}", spec.seed, spec.interval_ms),
+        source: format!(
+            "synthetic seed={} interval_ms={} effect={}",
+            spec.seed, spec.interval_ms, spec.effect
+        ),
         symbols: names.iter().map(|s| (*s).to_owned()).collect(),
         interval_ms: spec.interval_ms,
         partitions,

@@ -22,7 +22,7 @@ pub use self::models::{models_inspect, models_keygen, models_sign, models_verify
 pub use self::ops::{ops_set_mode, EXIT_CONFLICT, EXIT_NOT_AUDITED, EXIT_SECOND_FACTOR};
 pub use self::ops_api::{ops_api, ApiCall, EXIT_API_REFUSED};
 pub use self::redis::{redis_acl, redis_install_guard};
-pub use self::research::research_cv;
+pub use self::research::{research_backtest, research_cv, research_theta};
 pub use self::train::train;
 
 /// Exit code for an invalid configuration (distinct from usage errors, 2).

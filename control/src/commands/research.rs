@@ -1,19 +1,27 @@
 //! `research cv`: cross-validation of ai1 on a dataset without leakage
-//! (`mlcore_research::cv`).
+//! (`mlcore_research::cv`); `research backtest`: the daemon's decisions
+//! replayed over a dataset or a feed's capture (`mlcore_research::backtest`);
+//! `research theta`: θ searched on that backtest (`mlcore_research::theta`).
 
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use mlcore_config::EnvSource;
+use mlcore_config::{AppConfig, EnvSource};
+use mlcore_market::Quote;
+use mlcore_models::artifact::{self, ArtifactFiles, TrustStore, VerifiedArtifact, VerifyContext};
+use mlcore_models::runtime;
+use mlcore_research::backtest::{Backtest, Figures, Scenario, Summary, Timing};
 use mlcore_research::cv::{self, Learner};
 use mlcore_research::dataset::Dataset;
 use mlcore_research::labels::Barriers;
+use mlcore_research::replay;
+use mlcore_research::theta::{self, SearchReport, SearchSpec};
 use mlcore_research::train::GbdtParams;
 use mlcore_research::validation::Scheme;
 
-use super::load_config;
-use crate::cli::CvArgs;
+use super::{load_config, now_ms};
+use crate::cli::{BacktestArgs, CvArgs, SearchArgs, ThetaArgs};
 
 /// Rows the point-in-time check recomputes.
 const CHECKED_ROWS: usize = 50;
@@ -96,6 +104,196 @@ pub fn research_cv(
         "report": report,
     });
     let text = serde_json::to_string_pretty(&json)? + "\n";
+    if let Some(path) = &args.out {
+        std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    out.write_all(text.as_bytes())?;
+    Ok(0)
+}
+
+/// `research backtest`: replays, reports and writes the backtest's files.
+pub fn research_backtest(
+    config_dir: &Path,
+    args: &BacktestArgs,
+    vars: &dyn EnvSource,
+    out: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    let cfg = load_config(config_dir, &args.env, vars, mlcore_config::Process::Offline)?;
+    runtime::init(&cfg.storage.onnxruntime_library)?;
+    let trust = TrustStore::from_config(&cfg.trust)?;
+    let files = ArtifactFiles::read(&args.artifact)?;
+    let artifact = artifact::verify(files, &VerifyContext::new(&trust, now_ms()))
+        .with_context(|| format!("{} does not verify", args.artifact.display()))?;
+    let m = &artifact.manifest;
+    let theta = (
+        args.theta1.unwrap_or(m.theta.theta1),
+        args.theta2.unwrap_or(m.theta.theta2),
+    );
+    for (name, v) in [("--theta1", theta.0), ("--theta2", theta.1)] {
+        if !(0.0..=1.0).contains(&v) {
+            bail!("{name} {v}: a threshold is a probability in [0, 1]");
+        }
+    }
+    let timing = |window| Timing {
+        every_ms: args.decision_every_ms,
+        latency_ms: args.latency_ms,
+        window,
+    };
+    let run = if let Some(capture) = &args.capture {
+        let events = replay::read_capture(capture)?;
+        let bt = Backtest::from_config(&cfg, &m.strategy, timing((i64::MIN, i64::MAX)))?;
+        let run = bt.run_events(events, &artifact, theta)?;
+        run.write(&args.out, &bt.strategy)?;
+        run
+    } else {
+        let Some(dataset) = &args.dataset else {
+            bail!("give --dataset or --capture");
+        };
+        let bt0 = Backtest::from_config(&cfg, &m.strategy, timing((0, 0)))?;
+        let names: Vec<&str> = bt0.strategy.symbols.iter().map(|s| s.as_str()).collect();
+        let quotes = Dataset::open(dataset)?.load_quotes(&names)?;
+        let (Some(first), Some(last)) = (quotes.first(), quotes.last()) else {
+            bail!("{}: no quotes of {}", dataset.display(), m.strategy);
+        };
+        let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX / 1_000_000) * 1_000_000;
+        let window = match args.window.as_str() {
+            "test" => (
+                ms(m.training_window.test_start_ms),
+                ms(m.training_window.end_ms) + ms(args.decision_every_ms),
+            ),
+            "all" => (first.ts_ns, last.ts_ns + 1),
+            other => bail!("--window `{other}`: use test or all"),
+        };
+        let bt = Backtest::from_config(&cfg, &m.strategy, timing(window))?;
+        let scenarios: &[Scenario] = if args.no_stress { &[] } else { &Scenario::ALL };
+        let run = bt.run(&quotes, &artifact, theta, scenarios)?;
+        run.write(&args.out, &bt.strategy)?;
+        run
+    };
+    print_summary(&run.summary, out)?;
+    writeln!(
+        out,
+        "wrote portfolio_summary.json, positions.csv, equity.csv, daily_pnl.csv to {}",
+        args.out.display()
+    )?;
+    Ok(0)
+}
+
+/// The headline figures of a backtest, one line per case.
+pub fn print_summary(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "backtest {} θ1={:.3} θ2={:.3}: {} decisions every {} ms, latency {} ms",
+        s.model_id, s.theta1, s.theta2, s.base.decisions, s.cadence_ms, s.latency_ms
+    )?;
+    writeln!(
+        out,
+        "{:<11} {:>7} {:>17} {:>9} {:>8} {:>8} {:>6} {:>9} {:>8} {:>8}",
+        "case",
+        "sharpe",
+        "sharpe 90% CI",
+        "return",
+        "max_dd",
+        "not_flat",
+        "fills",
+        "turn/day",
+        "slip_bps",
+        "|β|"
+    )?;
+    let line = |out: &mut dyn Write, name: &str, f: &Figures| {
+        writeln!(
+            out,
+            "{:<11} {:>7.2} [{:>6.2}, {:>6.2}] {:>9.5} {:>8.5} {:>7.1}% {:>6} {:>9.2} {:>8.2} {:>8.4}",
+            name,
+            f.sharpe,
+            f.sharpe_ci90[0],
+            f.sharpe_ci90[1],
+            f.total_return,
+            f.max_drawdown,
+            100.0 * f.decisions_not_flat,
+            f.fills,
+            f.turnover_per_day,
+            f.realised_slippage_bps,
+            f.max_abs_residual_beta
+        )
+    };
+    line(out, "base", &s.base)?;
+    for (name, f) in &s.scenarios {
+        line(out, name, f)?;
+    }
+    Ok(())
+}
+
+/// Searches θ for `artifact` on its held-out window of `quotes` (the
+/// strategy's, in universe order), with core_policy.yaml's θ as the
+/// champion.
+pub fn tune(
+    cfg: &AppConfig,
+    artifact: &VerifiedArtifact,
+    quotes: &[Quote],
+    args: &SearchArgs,
+) -> anyhow::Result<SearchReport> {
+    let m = &artifact.manifest;
+    let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX / 1_000_000) * 1_000_000;
+    let window = (
+        ms(m.training_window.test_start_ms),
+        ms(m.training_window.end_ms) + ms(args.every_ms),
+    );
+    let bt = Backtest::from_config(
+        cfg,
+        &m.strategy,
+        Timing {
+            every_ms: args.every_ms,
+            latency_ms: args.latency_ms,
+            window,
+        },
+    )?;
+    let rec = bt.record(quotes, artifact)?;
+    let t = &cfg.core_policy.theta;
+    let spec = SearchSpec {
+        champion: (t.theta1, t.theta2),
+        theta1_bounds: (t.theta1_bounds[0], t.theta1_bounds[1]),
+        theta2_bounds: (t.theta2_bounds[0], t.theta2_bounds[1]),
+        max_step: t.max_step,
+        grid: args.grid,
+        trials: args.trials,
+        min_fills: args.min_fills,
+        max_drawdown: args.max_drawdown,
+        seed: args.seed,
+    };
+    Ok(theta::search(&bt, &rec, &spec)?)
+}
+
+/// The strategy's quotes from a dataset, in universe order.
+pub fn strategy_quotes(cfg: &AppConfig, strategy: &str, dataset: &Path) -> anyhow::Result<Vec<Quote>> {
+    let s = cfg
+        .strategy(strategy)
+        .with_context(|| format!("strategy `{strategy}` is not in universe.yaml"))?;
+    let names: Vec<String> = s.symbols.iter().map(|x| x.symbol.to_string()).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let quotes = Dataset::open(dataset)?.load_quotes(&refs)?;
+    if quotes.is_empty() {
+        bail!("{}: no quotes of {strategy}", dataset.display());
+    }
+    Ok(quotes)
+}
+
+/// `research theta`: searches and prints the report.
+pub fn research_theta(
+    config_dir: &Path,
+    args: &ThetaArgs,
+    vars: &dyn EnvSource,
+    out: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    let cfg = load_config(config_dir, &args.env, vars, mlcore_config::Process::Offline)?;
+    runtime::init(&cfg.storage.onnxruntime_library)?;
+    let trust = TrustStore::from_config(&cfg.trust)?;
+    let files = ArtifactFiles::read(&args.artifact)?;
+    let artifact = artifact::verify(files, &VerifyContext::new(&trust, now_ms()))
+        .with_context(|| format!("{} does not verify", args.artifact.display()))?;
+    let quotes = strategy_quotes(&cfg, &artifact.manifest.strategy, &args.dataset)?;
+    let report = tune(&cfg, &artifact, &quotes, &args.search)?;
+    let text = serde_json::to_string_pretty(&report)? + "\n";
     if let Some(path) = &args.out {
         std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
     }

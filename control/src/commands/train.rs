@@ -5,10 +5,10 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use mlcore_config::EnvSource;
-use mlcore_models::artifact::{SecretKeyFile, ThetaParams, TrustStore};
+use mlcore_models::artifact::{self, SecretKeyFile, ThetaParams, TrustStore, VerifyContext};
 use mlcore_models::runtime;
 
-use super::{load_config, now_ms};
+use super::{load_config, now_ms, research};
 use crate::cli::TrainArgs;
 use mlcore_research::train::{self, GbdtParams, TrainSpec};
 
@@ -66,7 +66,41 @@ pub fn train(
             theta2: cfg.core_policy.theta.theta2,
         },
     };
-    let report = train::train(&spec, &key, &trust, now_ms())?;
+    let mut report = train::train(&spec, &key, &trust, now_ms())?;
+    if args.search_theta {
+        let verified = artifact::verify(report.files.clone(), &VerifyContext::new(&trust, now_ms()))?;
+        let quotes = research::strategy_quotes(&cfg, &args.strategy, &args.dataset)?;
+        let search = research::tune(&cfg, &verified, &quotes, &args.search)?;
+        writeln!(out, "θ search: {}", search.verdict)?;
+        let mut manifest = report.manifest.clone();
+        manifest.theta = ThetaParams {
+            theta1: search.chosen.0,
+            theta2: search.chosen.1,
+        };
+        let chosen = match (&search.best, search.adopted) {
+            (Some(b), true) => b,
+            _ => &search.champion,
+        };
+        let figures = [
+            ("theta_search_adopted", f64::from(u8::from(search.adopted))),
+            ("theta_search_trials", search.trials.len() as f64),
+            ("theta_champion_oos_sharpe", search.champion.sharpe),
+            ("theta_champion_oos_sharpe_lo", search.champion.sharpe_ci90[0]),
+            ("oos_sharpe", chosen.sharpe),
+            ("oos_sharpe_lo", chosen.sharpe_ci90[0]),
+            ("oos_sharpe_hi", chosen.sharpe_ci90[1]),
+            ("oos_return", chosen.total_return),
+            ("oos_fills", chosen.fills as f64),
+            ("oos_max_drawdown", chosen.max_drawdown),
+            ("oos_decisions_not_flat", chosen.decisions_not_flat),
+        ];
+        for (k, v) in figures {
+            manifest.metrics.insert(k.to_owned(), v);
+        }
+        let (manifest, files) = artifact::seal(manifest, report.files, &key).map_err(anyhow::Error::msg)?;
+        artifact::verify(files.clone(), &VerifyContext::new(&trust, now_ms()))?;
+        (report.manifest, report.files) = (manifest, files);
+    }
     train::write_artifact(&report.files, &args.out)?;
     for q in &report.quarantined {
         writeln!(

@@ -1,12 +1,13 @@
-//! The daemon's view of its configuration, resolved once at start into
-//! indexed tables the hot threads read without lookups by name.
+//! The configuration resolved once into indexed tables: what the daemon
+//! reads on its hot threads and the backtester replays with, without
+//! lookups by name.
 
 use std::collections::HashMap;
 
 use mlcore_config::{AppConfig, BetaSource};
 use mlcore_market::{StrategyId, Symbol};
 
-use mlcore_decision::{Policy, SymbolParams};
+use crate::{Policy, SymbolParams};
 
 /// One strategy, ready for the hot path.
 #[derive(Debug, Clone)]
@@ -40,7 +41,7 @@ impl Universe {
     /// Resolves the configuration.
     pub fn from_config(cfg: &AppConfig) -> Self {
         let p = &cfg.core_policy;
-        let policy = mlcore_decision::policy(p);
+        let policy = crate::policy(p);
         let mut routes: HashMap<u32, Vec<(u16, u16)>> = HashMap::new();
         let strategies = cfg
             .universe
@@ -48,7 +49,7 @@ impl Universe {
             .iter()
             .enumerate()
             .map(|(si, s)| {
-                let params = mlcore_decision::symbol_params(cfg, s);
+                let params = crate::symbol_params(cfg, s);
                 for (i, sym) in s.symbols.iter().enumerate() {
                     routes.entry(sym.id).or_default().push((si as u16, i as u16));
                 }
