@@ -20,7 +20,9 @@ CONTROL="$BIN/mlcore-control"
 say "mlcore-control config check --env dev"
 "$CONTROL" config check --env dev --quiet
 
-DATA="$RUN_DIR/datasets/synth-seed7"
+# The planted effect's strength is part of the market: a dataset of an
+# older generator is not reused.
+DATA="$RUN_DIR/datasets/synth-seed7-effect1"
 if [ -f "$DATA/dataset_index.json" ]; then
   say "synthetic market already at $DATA"
 else
@@ -67,9 +69,13 @@ models = json.load(sys.stdin).get("models", [])
 print(max([m["version"] for m in models if m.get("strategy") == "fx_g10"], default=0))')
 raise_highest "$n"
 VERSION=$(( HIGHEST + 1 ))
-say "training fx_g10 v$VERSION (GBDT ai1 + logistic ai2), signing with the dev key"
+say "training fx_g10 v$VERSION (GBDT ai1 + logistic ai2) and searching θ on its held-out window; signing with the dev key"
 "$CONTROL" train --env dev --dataset "$DATA" --out "$MODELS/v$VERSION" \
-  --key deployments/dev-keys/dev-2026.key --strategy fx_g10 --version "$VERSION"
+  --key deployments/dev-keys/dev-2026.key --strategy fx_g10 --version "$VERSION" --search-theta \
+  | grep -E '^(θ search|rows|metric (ai1_auc_test|ai2_auc_test|oos_|theta_)|artifact)'
+say "backtest of fx_g10-v$VERSION on its held-out window: the daemon's features, ONNX heads and decisions, costs from cost_table.yaml, beside the stress scenarios"
+"$CONTROL" research backtest --env dev --artifact "$MODELS/v$VERSION" --dataset "$DATA" \
+  --out "$RUN_DIR/backtest/fx_g10-v$VERSION"
 say "verifying the artifact against dev's trust.yaml"
 "$CONTROL" models verify --env dev --artifact "$MODELS/v$VERSION"
 
@@ -98,6 +104,16 @@ say "replaying the market for 15 s at 120x, a decision every 100 ms"
 "$BIN/mlcore-feed" --env dev --dataset "$DATA" --addr "$INGRESS" --speed 120 --trigger-every-ms 100 --seconds 15
 
 NS=mlcore
+say "what the daemon published: the share of non-flat signals in the last 100 decisions"
+redis-cli -u "$MLCORE_REDIS_URL" --json XREVRANGE "${NS}:{fx_g10}:signals" + - COUNT 100 | python3 -c '
+import json, sys
+entries = json.load(sys.stdin)
+books = [json.loads(dict(zip(f[::2], f[1::2]))["signals"]) for _, f in entries]
+signals = [s for b in books for s in b]
+held = [s for s in signals if s["side"] != "flat"]
+books_held = sum(1 for b in books if any(s["side"] != "flat" for s in b))
+share = 100 * len(held) / max(len(signals), 1)
+print(f"  {len(books)} decisions: {len(held)} of {len(signals)} signals not flat ({share:.1f} %), {books_held} decisions with a position")'
 say "current signals in Redis (${NS}:{fx_g10}:sig:*), read through the guard"
 for s in EURUSD GBPUSD USDJPY AUDUSD USDCAD EURJPY; do
   printf '  %-7s ' "$s"

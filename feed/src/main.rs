@@ -19,6 +19,7 @@ use mlcore_config::{self as config, ProcessEnv};
 use mlcore_daemon::wire::{encode, Frame};
 use mlcore_market::Quote;
 use mlcore_research::dataset::Dataset;
+use mlcore_research::replay::{Capture, Event};
 
 /// Replays market data (the synthetic Parquet dataset or a CSV of quotes)
 /// to a running mlcore-daemon as wire frames, with decision triggers at a
@@ -58,6 +59,11 @@ struct Args {
     /// Stop after this many wall seconds (0 = until the data ends).
     #[arg(long, default_value_t = 0)]
     seconds: u64,
+    /// Also write every frame sent, with the timestamps put on it, to this
+    /// file (`mlcore-control research backtest --capture` replays it
+    /// exactly as the daemon received it).
+    #[arg(long)]
+    capture: Option<PathBuf>,
 }
 
 fn speed(s: &str) -> Result<f64, String> {
@@ -150,9 +156,17 @@ struct Triggers {
 
 impl Triggers {
     /// Encodes a trigger stamped with the wall clock when one is due.
-    fn fire_if_due(&mut self, now: Instant, start: Instant, wall0: i64, buf: &mut Vec<u8>) {
+    fn fire_if_due(
+        &mut self,
+        now: Instant,
+        start: Instant,
+        wall0: i64,
+        buf: &mut Vec<u8>,
+        capture: &mut Recorder,
+    ) -> anyhow::Result<()> {
         if now >= self.next {
             let ts_ns = wall0 + (now - start).as_nanos() as i64;
+            capture.record(&Event::Trigger(ts_ns))?;
             encode(
                 &Frame::Trigger {
                     ts_ns,
@@ -163,6 +177,36 @@ impl Triggers {
             self.count += 1;
             self.next += self.every;
         }
+        Ok(())
+    }
+}
+
+/// The capture file, when asked for.
+struct Recorder(Option<(PathBuf, Capture<std::io::BufWriter<std::fs::File>>)>);
+
+impl Recorder {
+    fn open(path: Option<&Path>) -> anyhow::Result<Self> {
+        let Some(path) = path else { return Ok(Self(None)) };
+        let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let c = Capture::new(std::io::BufWriter::new(file))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self(Some((path.to_owned(), c))))
+    }
+
+    fn record(&mut self, e: &Event) -> anyhow::Result<()> {
+        if let Some((path, c)) = &mut self.0 {
+            c.record(e)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        if let Some((path, c)) = self.0 {
+            c.finish()
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
     }
 }
 
@@ -269,6 +313,7 @@ fn main() -> anyhow::Result<()> {
         bail!("no quotes to replay")
     };
     let mut out = FanOut::connect(&a.addr)?;
+    let mut capture = Recorder::open(a.capture.as_deref())?;
     let start = Instant::now();
     let wall0 = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -292,7 +337,7 @@ fn main() -> anyhow::Result<()> {
             let due = start + Duration::from_nanos((rel_data / a.speed) as u64);
             loop {
                 let now = Instant::now();
-                triggers.fire_if_due(now, start, wall0, &mut buf);
+                triggers.fire_if_due(now, start, wall0, &mut buf, &mut capture)?;
                 if now >= due || deadline.is_some_and(|d| now >= d) {
                     break;
                 }
@@ -319,9 +364,10 @@ fn main() -> anyhow::Result<()> {
             continue;
         };
         encode(&Frame::quote(q, symbol_id, ts), &mut buf);
+        capture.record(&Event::Quote(Quote { ts_ns: ts, ..*q }))?;
         sent += 1;
         if a.speed == 0.0 {
-            triggers.fire_if_due(Instant::now(), start, wall0, &mut buf);
+            triggers.fire_if_due(Instant::now(), start, wall0, &mut buf, &mut capture)?;
         }
         if buf.len() > 32 * 1024 {
             out.write(&buf)?;
@@ -329,6 +375,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     out.write(&buf)?;
+    capture.finish()?;
     println!(
         "feed done: {sent} quotes, {} triggers in {:.1} s",
         triggers.count,

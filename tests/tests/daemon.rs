@@ -1199,3 +1199,133 @@ fn two_timer_daemons_publish_each_tick_once() {
         "ticks off the 100 ms grid: {seqs:?}"
     );
 }
+
+/// Replay parity: the frames `mlcore-feed` sends a real daemon, captured,
+/// replayed by `mlcore-control research backtest --capture` with the same
+/// model and configuration, give the signals the daemon published — every
+/// field of every signal, bit for bit (`docs/research.md`).
+#[test]
+fn the_backtester_computes_the_signals_the_daemon_publishes() {
+    let ns = RedisNamespace::new();
+    let threads = "{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}";
+    let tmp = config_root(&ns, threads);
+    // Nothing expires on a busy machine: every decision is published.
+    std::fs::write(
+        tmp.path().join("configs/envs/dev/core_policy.yaml"),
+        "signal: {ttl_ms: 600000}\n",
+    )
+    .unwrap();
+    let data = tmp.path().join("data");
+    testutil::synth_dataset(&data, 23, synth::SYMBOLS.len(), 1, 60_000);
+    runtime::init(&testutil::ort_library()).unwrap();
+    let model = tmp.path().join("models/fx_g10/v1");
+    train_into(&data, &model, 1);
+    let mut conn = testutil::redis_connection();
+    Guard::load(&mut conn).unwrap();
+    let guard = Guard::new(Keys::new(&ns.ns), 1000);
+    testutil::set_mode(&guard, &mut conn, "fx_g10", OpsMode::Active);
+    let d = start_daemon(tmp.path());
+    wait_ready(&d);
+
+    let capture = tmp.path().join("frames.txt");
+    run_feed(
+        tmp.path(),
+        &[
+            "--dataset",
+            data.to_str().unwrap(),
+            "--addr",
+            &d.ingress,
+            "--speed",
+            "3600",
+            "--trigger-every-ms",
+            "50",
+            "--seconds",
+            "5",
+            "--capture",
+            capture.to_str().unwrap(),
+        ],
+    );
+    let triggers = std::fs::read_to_string(&capture)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("t,"))
+        .count();
+    assert!(triggers >= 20, "{triggers} triggers captured");
+    assert!(
+        testutil::wait_until(Duration::from_secs(20), || metric(&d.http, ACCEPTED)
+            >= triggers as f64)
+        .is_some(),
+        "{} of {triggers} decisions accepted",
+        metric(&d.http, ACCEPTED)
+    );
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(guard.keys().strategy("fx_g10").signals)
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+
+    let out = tmp.path().join("bt");
+    let bt = Command::new(testutil::binary("mlcore-control"))
+        .current_dir(tmp.path())
+        .args(["--config-dir", tmp.path().join("configs").to_str().unwrap()])
+        .args(["research", "backtest", "--env", "dev", "--artifact"])
+        .arg(&model)
+        .arg("--capture")
+        .arg(&capture)
+        .arg("--out")
+        .arg(&out)
+        .env("MLCORE_REDIS_URL", testutil::redis_url())
+        .env("MLCORE_PG_DSN", testutil::pg_dsn())
+        .output()
+        .unwrap();
+    assert!(bt.status.success(), "{}", String::from_utf8_lossy(&bt.stderr));
+    // ts_ns,symbol,side,weight,qty,return_prob,risk_score — by trigger µs.
+    let positions = std::fs::read_to_string(out.join("positions.csv")).unwrap();
+    let mut replayed: std::collections::BTreeMap<u64, Vec<Vec<String>>> = Default::default();
+    for line in positions.lines().skip(1) {
+        let f: Vec<String> = line.split(',').map(str::to_owned).collect();
+        let us = f[0].parse::<u64>().unwrap() / 1_000;
+        replayed.entry(us).or_default().push(f[1..].to_vec());
+    }
+    assert_eq!(
+        replayed.len(),
+        triggers,
+        "one backtest decision per captured trigger"
+    );
+    let bits = |s: &str| s.parse::<f64>().unwrap().to_bits();
+    let mut not_flat = 0;
+    for e in &reply.ids {
+        let seq: u64 = e.get::<String>("seq").unwrap().parse().unwrap();
+        let ours = replayed
+            .get(&seq)
+            .unwrap_or_else(|| panic!("no backtest decision at seq {seq}"));
+        let signals: Vec<serde_json::Value> =
+            serde_json::from_str(&e.get::<String>("signals").unwrap()).unwrap();
+        assert_eq!(signals.len(), ours.len());
+        for (s, o) in signals.iter().zip(ours) {
+            let num = |k: &str| bits(&s[k].to_string());
+            assert_eq!(s["symbol"].as_str(), Some(o[0].as_str()), "seq {seq}");
+            assert_eq!(s["side"].as_str(), Some(o[1].as_str()), "seq {seq} {s}");
+            assert_eq!(num("weight"), bits(&o[2]), "seq {seq} weight {s} vs {o:?}");
+            assert_eq!(num("qty"), bits(&o[3]), "seq {seq} qty {s} vs {o:?}");
+            assert_eq!(
+                num("return_prob"),
+                bits(&o[4]),
+                "seq {seq} return_prob {s} vs {o:?}"
+            );
+            assert_eq!(
+                num("risk_score"),
+                bits(&o[5]),
+                "seq {seq} risk_score {s} vs {o:?}"
+            );
+            not_flat += usize::from(o[1] != "flat");
+        }
+    }
+    assert_eq!(
+        reply.ids.len(),
+        triggers,
+        "every captured decision was published once"
+    );
+    assert!(not_flat > 0, "a comparison of flat books only proves little");
+}

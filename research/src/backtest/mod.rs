@@ -284,7 +284,8 @@ pub struct Run {
 
 impl Run {
     /// Writes `portfolio_summary.json`, `positions.csv` (every measured
-    /// decision's non-flat targets), `equity.csv` and `daily_pnl.csv` into
+    /// decision's target of every symbol, flat ones too: the signals the
+    /// daemon would publish), `equity.csv` and `daily_pnl.csv` into
     /// `dir` (created).
     pub fn write(&self, dir: &Path, strategy: &Strategy) -> Result<(), BacktestError> {
         let io = |path: &Path| {
@@ -303,10 +304,11 @@ impl Run {
         for (k, ts) in self.base.ts.iter().enumerate() {
             let (inputs, _) = self.rec.decision(first + k);
             for (i, t) in self.base.targets[k * n..(k + 1) * n].iter().enumerate() {
-                if t.qty == 0.0 {
-                    continue;
-                }
-                let side = if t.qty > 0.0 { "long" } else { "short" };
+                let side = match t.qty {
+                    q if q > 0.0 => "long",
+                    q if q < 0.0 => "short",
+                    _ => "flat",
+                };
                 writeln!(
                     out,
                     "{ts},{},{side},{},{},{},{}",
