@@ -26,6 +26,10 @@ MACHETE_VERSION=0.9.2
 ensure_cargo_tool cargo-nextest cargo-nextest "$NEXTEST_VERSION"
 ensure_cargo_tool cargo-deny cargo-deny "$DENY_VERSION"
 ensure_cargo_tool cargo-machete cargo-machete "$MACHETE_VERSION"
+# cargo-deny reads the whole graph, every platform's crates included
+# (windows-sys, ...): fetch them first, or --offline fails on a machine
+# whose cache holds only this platform's.
+cargo fetch --locked --quiet
 say "cargo deny check bans licenses sources"
 cargo deny --offline --locked check bans licenses sources
 say "cargo machete (unused dependencies)"
