@@ -10,6 +10,8 @@ source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 bash scripts/setup-ort.sh
+# CMake, clang: LightGBM is built from source (the research crate's learner).
+eval "$(bash scripts/setup-build-tools.sh)"
 eval "$(bash scripts/services.sh)"
 
 say "building release binaries into $CARGO_TARGET_DIR"

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The Python tools the tests drive, each in its own virtualenv under .tools/
+# The Python tools the tests and benchmarks drive, each in its own virtualenv under .tools/
 # with every package pinned (scripts/python/<tool>.txt). Prints the
 # environment variables that point the tests at them.
 #   eval "$(bash scripts/setup-python-tools.sh)"
 source "$(dirname "$0")/lib.sh"
 ensure_venv schemathesis
 echo "export MLCORE_SCHEMATHESIS=$ROOT/.tools/schemathesis/bin/st"
+# LightGBM: the reference mlcore-learner-bench compares our learners with.
+ensure_venv lightgbm
+echo "export MLCORE_LIGHTGBM_PYTHON=$ROOT/.tools/lightgbm/bin/python"

@@ -8,6 +8,8 @@ source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 bash scripts/setup-ort.sh
+# CMake, clang: LightGBM is built from source (the research crate's learner).
+eval "$(bash scripts/setup-build-tools.sh)"
 # promtool (Debian's prometheus package) checks the processes' /metrics.
 need_binary promtool prometheus
 eval "$(bash scripts/services.sh)"

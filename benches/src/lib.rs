@@ -24,7 +24,7 @@ use mlcore_models::artifact::{
 };
 use mlcore_models::runtime;
 use mlcore_research::synth;
-use mlcore_research::train::{self, GbdtParams, TrainSpec};
+use mlcore_research::train::{self, GbmParams, TrainSpec};
 use mlcore_testkit as testutil;
 
 /// Symbols in the sample universe.
@@ -93,11 +93,9 @@ pub fn sample_model() -> VerifiedArtifact {
         valid_days: 365,
         decision_every_ms: 60_000,
         horizon: 12,
-        gbdt: GbdtParams {
-            trees: 60,
-            depth: 4,
-            learning_rate: 0.1,
-            min_leaf: 50,
+        gbm: GbmParams {
+            max_trees: 200,
+            ..GbmParams::default()
         },
         theta: ThetaParams {
             theta1: 0.55,

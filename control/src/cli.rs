@@ -201,12 +201,18 @@ pub struct CvArgs {
     /// Embargo after each test block, decisions.
     #[arg(long, default_value_t = 12)]
     pub embargo: i64,
-    /// Trees in the ai1 ensemble.
-    #[arg(long, default_value_t = 30)]
-    pub trees: usize,
-    /// Tree depth.
-    #[arg(long, default_value_t = 3)]
-    pub depth: u32,
+    /// Leaves per tree of ai1 (LightGBM).
+    #[arg(long, default_value_t = 31, value_parser = clap::value_parser!(u64).range(2..=4096))]
+    pub num_leaves: u64,
+    /// ai1's learning rate.
+    #[arg(long, default_value_t = 0.05, value_parser = learning_rate)]
+    pub learning_rate: f64,
+    /// Fewest rows in a leaf.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    pub min_data_in_leaf: u64,
+    /// Trees of ai1 (cross-validation folds fit exactly this many).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_trees: u64,
     /// Write the report (JSON) here as well as to stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -567,18 +573,19 @@ pub struct TrainArgs {
     /// Label horizon, quotes ahead.
     #[arg(long, default_value_t = 12)]
     pub horizon: usize,
-    /// Trees in the ai1 ensemble.
-    #[arg(long, default_value_t = 60)]
-    pub trees: usize,
-    /// Tree depth.
-    #[arg(long, default_value_t = 4)]
-    pub depth: u32,
-    /// Learning rate.
-    #[arg(long, default_value_t = 0.1)]
-    pub learning_rate: f32,
-    /// Minimum rows per leaf.
-    #[arg(long, default_value_t = 50)]
-    pub min_leaf: usize,
+    /// Leaves per tree of ai1 (LightGBM).
+    #[arg(long, default_value_t = 31, value_parser = clap::value_parser!(u64).range(2..=4096))]
+    pub num_leaves: u64,
+    /// ai1's learning rate.
+    #[arg(long, default_value_t = 0.05, value_parser = learning_rate)]
+    pub learning_rate: f64,
+    /// Fewest rows in a leaf.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    pub min_data_in_leaf: u64,
+    /// Most trees of ai1 (fewer when the calibration segment's log loss
+    /// stops improving for 50 rounds).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_trees: u64,
     /// Choose θ by backtesting the trained model on its held-out window
     /// (`research theta`) instead of copying core_policy.yaml's; the
     /// search's verdict and figures go into the manifest's metrics.
@@ -587,6 +594,15 @@ pub struct TrainArgs {
     /// How the θ search runs.
     #[command(flatten)]
     pub search: SearchArgs,
+}
+
+/// A learning rate: in (0, 1].
+fn learning_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 1.0 => Ok(v),
+        Ok(v) => Err(format!("{v} is not a learning rate in (0, 1]")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// One API call: method, path, JSON body.

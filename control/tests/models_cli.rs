@@ -73,10 +73,8 @@ fn synth_train_verify_inspect_and_refuse() {
         "fx_g10",
         "--version",
         "4",
-        "--trees",
+        "--max-trees",
         "20",
-        "--depth",
-        "3",
     ]);
     let out = text(&o);
     assert!(o.status.success(), "{out}");
@@ -263,7 +261,7 @@ fn research_cv_reports_folds_and_out_of_sample_figures() {
             scheme,
             "--folds",
             "3",
-            "--trees",
+            "--max-trees",
             "10",
             "--decision-every-ms",
             "300000",
@@ -340,10 +338,8 @@ fn searched_model(tmp: &Path, effect: &str) -> (PathBuf, PathBuf, String) {
         "fx_g10",
         "--version",
         "1",
-        "--trees",
+        "--max-trees",
         "30",
-        "--depth",
-        "3",
         "--search-theta",
         "--trials",
         "15",

@@ -9,7 +9,7 @@ use mlcore_market::Quote;
 use serde::Serialize;
 
 use crate::labels::{self, Barriers};
-use crate::train::learners::{self, FitError, GbdtParams};
+use crate::train::learners::{self, FitError, GbmParams};
 use crate::train::{auc, brier, log_loss, reliability, ReliabilityBin};
 use crate::validation::{self, Scheme};
 
@@ -140,7 +140,7 @@ pub fn label(
 #[derive(Debug, Clone, Copy)]
 pub enum Learner {
     /// Gradient-boosted trees (ai1's).
-    Gbdt(GbdtParams),
+    Gbm(GbmParams),
     /// Logistic regression with this L2 strength.
     Logistic(f64),
 }
@@ -149,8 +149,8 @@ impl Learner {
     fn fit_predict(self, x: &[f32], y: &[bool], test_x: &[f32]) -> Result<Vec<f32>, FitError> {
         let rows = test_x.chunks_exact(N_FEATURES);
         Ok(match self {
-            Self::Gbdt(p) => {
-                let head = learners::fit_gbdt(x, y, None, p)?;
+            Self::Gbm(p) => {
+                let head = learners::fit_gbm(x, y, None, None, p)?;
                 rows.map(|r| head.predict_row(r)).collect()
             }
             Self::Logistic(alpha) => {

@@ -12,7 +12,7 @@ use mlcore_research::cv::{self, Labelled, Learner};
 use mlcore_research::dataset::Dataset;
 use mlcore_research::labels::Barriers;
 use mlcore_research::synth::SYMBOLS;
-use mlcore_research::train::GbdtParams;
+use mlcore_research::train::GbmParams;
 use mlcore_research::validation::Scheme;
 use mlcore_testkit as testutil;
 
@@ -33,12 +33,10 @@ fn market() -> (Vec<Quote>, usize) {
     )
 }
 
-fn gbdt() -> Learner {
-    Learner::Gbdt(GbdtParams {
-        trees: 30,
-        depth: 3,
-        learning_rate: 0.1,
-        min_leaf: 50,
+fn gbm() -> Learner {
+    Learner::Gbm(GbmParams {
+        max_trees: 100,
+        ..GbmParams::default()
     })
 }
 
@@ -51,7 +49,7 @@ fn purged_validation_learns_the_planted_reversal_and_shuffled_labels_learn_nothi
     assert!(data.rows() > 3_000, "{} rows", data.rows());
     let embargo = 12 * EVERY_NS;
 
-    let kfold = cv::cross_validate(&data, Scheme::PurgedKFold { k: 5 }, embargo, true, gbdt()).unwrap();
+    let kfold = cv::cross_validate(&data, Scheme::PurgedKFold { k: 5 }, embargo, true, gbm()).unwrap();
     assert_eq!(kfold.folds.len(), 5);
     for f in &kfold.folds {
         // The fold's ranges are reported, and none of its training rows
@@ -70,14 +68,8 @@ fn purged_validation_learns_the_planted_reversal_and_shuffled_labels_learn_nothi
     assert!(kfold.brier < 0.25 && kfold.ece < 0.1, "{kfold:?}");
     assert!(!kfold.reliability.is_empty());
 
-    let walk = cv::cross_validate(
-        &data,
-        Scheme::WalkForwardExpanding { k: 4 },
-        embargo,
-        true,
-        gbdt(),
-    )
-    .unwrap();
+    let walk =
+        cv::cross_validate(&data, Scheme::WalkForwardExpanding { k: 4 }, embargo, true, gbm()).unwrap();
     assert!(walk.auc.unwrap() > 0.53, "walk-forward AUC {:?}", walk.auc);
     assert!(walk.folds.iter().all(|f| f.train.iter().all(|r| r.1 <= f.test.0)));
 
@@ -90,7 +82,7 @@ fn purged_validation_learns_the_planted_reversal_and_shuffled_labels_learn_nothi
         state ^= state << 17;
         shuffled.y.swap(i, (state % (i as u64 + 1)) as usize);
     }
-    let null = cv::cross_validate(&shuffled, Scheme::PurgedKFold { k: 5 }, embargo, true, gbdt()).unwrap();
+    let null = cv::cross_validate(&shuffled, Scheme::PurgedKFold { k: 5 }, embargo, true, gbm()).unwrap();
     let null_auc = null.auc.unwrap();
     assert!((null_auc - 0.5).abs() <= 0.02, "shuffled labels AUC {null_auc}");
 }
@@ -121,11 +113,12 @@ fn removing_the_purge_lets_overlapping_labels_leak() {
         data.y.push(walk[i + h] > walk[i]);
         data.spans.push((i as i64, (i + h) as i64));
     }
-    let trees = Learner::Gbdt(GbdtParams {
-        trees: 60,
-        depth: 6,
+    // Small leaves and a fast rate: trees that memorise what leaks.
+    let trees = Learner::Gbm(GbmParams {
+        num_leaves: 63,
         learning_rate: 0.3,
-        min_leaf: 3,
+        min_data_in_leaf: 3,
+        max_trees: 60,
     });
     let scheme = Scheme::PurgedKFold { k: 20 };
     let purged = cv::cross_validate(&data, scheme, h as i64, true, trees)

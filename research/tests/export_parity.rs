@@ -100,7 +100,7 @@ fn logistic_regression_export_matches_native_on_10000_rows() {
 #[test]
 fn tree_ensemble_export_matches_native_on_10000_rows() {
     let head = ensemble();
-    let onnx = assert_parity(&head.to_onnx("gbdt").unwrap(), &rows(2), |r| head.predict_row(r));
+    let onnx = assert_parity(&head.to_onnx("trees").unwrap(), &rows(2), |r| head.predict_row(r));
     // The trees matter: predictions spread out.
     let (lo, hi) = onnx.iter().fold((1f32, 0f32), |(l, h), p| (l.min(*p), h.max(*p)));
     assert!(hi - lo > 0.1, "predictions {lo}..{hi}");
@@ -139,7 +139,7 @@ fn the_scorer_runs_every_head_of_a_verified_artifact_in_batches() {
         expires_at_ms: u64::MAX,
         feature_schema_hash: features::schema_hash().to_owned(),
         heads: [
-            ("ai1".to_owned(), spec("ai1.onnx", "gbdt")),
+            ("ai1".to_owned(), spec("ai1.onnx", "perpetual-gbm")),
             ("ai2".to_owned(), spec("ai2.onnx", "logistic")),
         ]
         .into(),

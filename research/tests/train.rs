@@ -9,7 +9,7 @@ use mlcore_features as features;
 use mlcore_models::artifact::{self, SecretKeyFile, ThetaParams, TrustStore, VerifyContext};
 use mlcore_models::runtime;
 use mlcore_research::synth::SYMBOLS;
-use mlcore_research::train::{self, GbdtParams, TrainSpec};
+use mlcore_research::train::{self, GbmParams, TrainSpec};
 use mlcore_testkit as testutil;
 
 fn now_ms() -> u64 {
@@ -30,11 +30,9 @@ fn spec(dataset: &std::path::Path, created_at_ms: u64) -> TrainSpec {
         valid_days: 30,
         decision_every_ms: 60_000,
         horizon: 12,
-        gbdt: GbdtParams {
-            trees: 30,
-            depth: 3,
-            learning_rate: 0.1,
-            min_leaf: 50,
+        gbm: GbmParams {
+            max_trees: 200,
+            ..GbmParams::default()
         },
         theta: ThetaParams {
             theta1: 0.55,

@@ -49,7 +49,8 @@ fn assert_none_of(package: &str, banned: &[&str]) {
 /// Learners, Parquet, the ONNX writer and protobuf: research only.
 const RESEARCH_ONLY: &[&str] = &[
     "mlcore-research",
-    "gbdt",
+    "lightgbm3",
+    "lightgbm3-sys",
     "linfa",
     "linfa-logistic",
     "ndarray",
@@ -92,7 +93,7 @@ fn the_graph_check_sees_what_a_crate_links() {
     // The check above is only worth something if it would see a banned
     // crate: research does link them.
     let deps = linked("mlcore-research");
-    for d in ["parquet", "protobuf", "gbdt"] {
+    for d in ["parquet", "protobuf", "lightgbm3"] {
         assert!(
             deps.iter().any(|x| x == d),
             "mlcore-research should link {d}: {deps:?}"

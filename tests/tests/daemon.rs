@@ -18,7 +18,7 @@ use mlcore_contract::{Guard, Keys, OpsMode, Side};
 use mlcore_models::artifact::{SecretKeyFile, ThetaParams, TrustStore};
 use mlcore_models::runtime;
 use mlcore_research::synth;
-use mlcore_research::train::{self, GbdtParams, TrainSpec};
+use mlcore_research::train::{self, GbmParams, TrainSpec};
 use mlcore_testkit::{self as testutil, RedisNamespace};
 
 struct Daemon {
@@ -101,11 +101,9 @@ fn train_into(data: &Path, out: &Path, version: u64) {
         valid_days: 2,
         decision_every_ms: 60_000,
         horizon: 12,
-        gbdt: GbdtParams {
-            trees: 15,
-            depth: 3,
-            learning_rate: 0.1,
-            min_leaf: 50,
+        gbm: GbmParams {
+            max_trees: 200,
+            ..GbmParams::default()
         },
         // Low θ1 so the demo market produces positions, not only flats.
         theta: ThetaParams {

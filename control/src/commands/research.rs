@@ -17,7 +17,7 @@ use mlcore_research::dataset::Dataset;
 use mlcore_research::labels::Barriers;
 use mlcore_research::replay;
 use mlcore_research::theta::{self, SearchReport, SearchSpec};
-use mlcore_research::train::GbdtParams;
+use mlcore_research::train::GbmParams;
 use mlcore_research::validation::Scheme;
 
 use super::{load_config, now_ms};
@@ -80,11 +80,11 @@ pub fn research_cv(
             args.folds
         );
     }
-    let learner = Learner::Gbdt(GbdtParams {
-        trees: args.trees,
-        depth: args.depth,
-        learning_rate: 0.1,
-        min_leaf: 50,
+    let learner = Learner::Gbm(GbmParams {
+        num_leaves: usize::try_from(args.num_leaves).unwrap_or(usize::MAX),
+        learning_rate: args.learning_rate,
+        min_data_in_leaf: usize::try_from(args.min_data_in_leaf).unwrap_or(usize::MAX),
+        max_trees: usize::try_from(args.max_trees).unwrap_or(usize::MAX),
     });
     let report = cv::cross_validate(
         &data,
@@ -118,12 +118,7 @@ pub fn research_backtest(
     vars: &dyn EnvSource,
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
-    let cfg = load_config(config_dir, &args.env, vars, mlcore_config::Process::Offline)?;
-    runtime::init(&cfg.storage.onnxruntime_library)?;
-    let trust = TrustStore::from_config(&cfg.trust)?;
-    let files = ArtifactFiles::read(&args.artifact)?;
-    let artifact = artifact::verify(files, &VerifyContext::new(&trust, now_ms()))
-        .with_context(|| format!("{} does not verify", args.artifact.display()))?;
+    let (cfg, artifact) = verified_model(config_dir, &args.env, vars, &args.artifact)?;
     let m = &artifact.manifest;
     let theta = (
         args.theta1.unwrap_or(m.theta.theta1),
@@ -149,18 +144,12 @@ pub fn research_backtest(
         let Some(dataset) = &args.dataset else {
             bail!("give --dataset or --capture");
         };
-        let bt0 = Backtest::from_config(&cfg, &m.strategy, timing((0, 0)))?;
-        let names: Vec<&str> = bt0.strategy.symbols.iter().map(|s| s.as_str()).collect();
-        let quotes = Dataset::open(dataset)?.load_quotes(&names)?;
+        let quotes = strategy_quotes(&cfg, &m.strategy, dataset)?;
         let (Some(first), Some(last)) = (quotes.first(), quotes.last()) else {
             bail!("{}: no quotes of {}", dataset.display(), m.strategy);
         };
-        let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX / 1_000_000) * 1_000_000;
         let window = match args.window.as_str() {
-            "test" => (
-                ms(m.training_window.test_start_ms),
-                ms(m.training_window.end_ms) + ms(args.decision_every_ms),
-            ),
+            "test" => test_window(&artifact, args.decision_every_ms),
             "all" => (first.ts_ns, last.ts_ns + 1),
             other => bail!("--window `{other}`: use test or all"),
         };
@@ -234,11 +223,7 @@ pub fn tune(
     args: &SearchArgs,
 ) -> anyhow::Result<SearchReport> {
     let m = &artifact.manifest;
-    let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX / 1_000_000) * 1_000_000;
-    let window = (
-        ms(m.training_window.test_start_ms),
-        ms(m.training_window.end_ms) + ms(args.every_ms),
-    );
+    let window = test_window(artifact, args.every_ms);
     let bt = Backtest::from_config(
         cfg,
         &m.strategy,
@@ -264,6 +249,30 @@ pub fn tune(
     Ok(theta::search(&bt, &rec, &spec)?)
 }
 
+/// The configuration of `env` with ONNX Runtime loaded, and the artifact
+/// at `path` verified against the environment's trust.
+fn verified_model(
+    config_dir: &Path,
+    env: &str,
+    vars: &dyn EnvSource,
+    path: &Path,
+) -> anyhow::Result<(AppConfig, VerifiedArtifact)> {
+    let cfg = load_config(config_dir, env, vars, mlcore_config::Process::Offline)?;
+    runtime::init(&cfg.storage.onnxruntime_library)?;
+    let trust = TrustStore::from_config(&cfg.trust)?;
+    let files = ArtifactFiles::read(path)?;
+    let artifact = artifact::verify(files, &VerifyContext::new(&trust, now_ms()))
+        .with_context(|| format!("{} does not verify", path.display()))?;
+    Ok((cfg, artifact))
+}
+
+/// The model's held-out window `[test start, last decision + one cadence)`, ns.
+fn test_window(artifact: &VerifiedArtifact, every_ms: u64) -> (i64, i64) {
+    let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX / 1_000_000) * 1_000_000;
+    let w = &artifact.manifest.training_window;
+    (ms(w.test_start_ms), ms(w.end_ms) + ms(every_ms))
+}
+
 /// The strategy's quotes from a dataset, in universe order.
 pub fn strategy_quotes(cfg: &AppConfig, strategy: &str, dataset: &Path) -> anyhow::Result<Vec<Quote>> {
     let s = cfg
@@ -285,12 +294,7 @@ pub fn research_theta(
     vars: &dyn EnvSource,
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
-    let cfg = load_config(config_dir, &args.env, vars, mlcore_config::Process::Offline)?;
-    runtime::init(&cfg.storage.onnxruntime_library)?;
-    let trust = TrustStore::from_config(&cfg.trust)?;
-    let files = ArtifactFiles::read(&args.artifact)?;
-    let artifact = artifact::verify(files, &VerifyContext::new(&trust, now_ms()))
-        .with_context(|| format!("{} does not verify", args.artifact.display()))?;
+    let (cfg, artifact) = verified_model(config_dir, &args.env, vars, &args.artifact)?;
     let quotes = strategy_quotes(&cfg, &artifact.manifest.strategy, &args.dataset)?;
     let report = tune(&cfg, &artifact, &quotes, &args.search)?;
     let text = serde_json::to_string_pretty(&report)? + "\n";

@@ -10,7 +10,7 @@ use mlcore_models::runtime;
 
 use super::{load_config, now_ms, research};
 use crate::cli::TrainArgs;
-use mlcore_research::train::{self, GbdtParams, TrainSpec};
+use mlcore_research::train::{self, GbmParams, TrainSpec};
 
 /// Trains, signs, verifies and writes an artifact.
 pub fn train(
@@ -55,11 +55,11 @@ pub fn train(
         valid_days: args.valid_days,
         decision_every_ms: args.decision_every_ms,
         horizon: args.horizon,
-        gbdt: GbdtParams {
-            trees: args.trees,
-            depth: args.depth,
+        gbm: GbmParams {
+            num_leaves: usize::try_from(args.num_leaves).unwrap_or(usize::MAX),
             learning_rate: args.learning_rate,
-            min_leaf: args.min_leaf,
+            min_data_in_leaf: usize::try_from(args.min_data_in_leaf).unwrap_or(usize::MAX),
+            max_trees: usize::try_from(args.max_trees).unwrap_or(usize::MAX),
         },
         theta: ThetaParams {
             theta1: cfg.core_policy.theta.theta1,

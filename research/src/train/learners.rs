@@ -1,11 +1,9 @@
-//! Learners: gradient-boosted trees (`gbdt` crate) and logistic regression
+//! Learners: gradient-boosted trees (LightGBM, through `lightgbm3`) and logistic regression
 //! (`linfa-logistic`), converted into the export types of `mlcore-models`,
 //! plus Platt calibration (a one-feature logistic regression on the margin).
 
 use crate::onnx::export::{LogisticHead, Platt, TreeEnsembleHead, TreeNode};
-use gbdt::config::Config;
-use gbdt::decision_tree::{Data, DataVec};
-use gbdt::gradient_boost::GBDT;
+use lightgbm3::{Booster, Dataset as LgbDataset};
 use linfa::prelude::*;
 use linfa_logistic::LogisticRegression;
 use mlcore_features::N_FEATURES;
@@ -32,17 +30,31 @@ pub enum FitError {
     },
 }
 
-/// GBDT hyper-parameters.
-#[derive(Debug, Clone, Copy)]
-pub struct GbdtParams {
-    /// Trees.
-    pub trees: usize,
-    /// Depth of each tree.
-    pub depth: u32,
-    /// Learning rate.
-    pub learning_rate: f32,
-    /// Minimum rows in a leaf.
-    pub min_leaf: usize,
+/// Gradient-boosted trees: LightGBM's parameters that matter here.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GbmParams {
+    /// Leaves per tree (LightGBM grows leaf-wise).
+    pub num_leaves: usize,
+    /// Shrinkage.
+    pub learning_rate: f64,
+    /// Fewest rows in a leaf.
+    pub min_data_in_leaf: usize,
+    /// Most trees; with a validation set, training stops earlier once 50
+    /// rounds pass without a better validation log loss.
+    pub max_trees: usize,
+}
+
+impl Default for GbmParams {
+    /// LightGBM's defaults but a smaller learning rate, which the early
+    /// stop makes affordable.
+    fn default() -> Self {
+        Self {
+            num_leaves: 31,
+            learning_rate: 0.05,
+            min_data_in_leaf: 50,
+            max_trees: 1000,
+        }
+    }
 }
 
 fn check_classes(what: &'static str, y: &[bool]) -> Result<(), FitError> {
@@ -53,112 +65,177 @@ fn check_classes(what: &'static str, y: &[bool]) -> Result<(), FitError> {
     Ok(())
 }
 
-/// Fits gradient-boosted trees (log-likelihood loss, labels ±1) and returns
-/// the ensemble as a margin model: `gbdt` predicts `σ(2F)`, so the margin is
-/// `2F` — base `2·bias`, leaves `2·η·value`, exact in f32.
-pub fn fit_gbdt(
+/// Fits gradient-boosted trees with LightGBM (binary log loss, labels
+/// 0/1, optional sample weights, early stopping on `valid` when given),
+/// single-threaded and deterministic so the same data gives the same trees,
+/// and returns them as a margin model for the ONNX export. The conversion
+/// is checked against LightGBM's own raw scores.
+pub fn fit_gbm(
     x: &[f32],
     y: &[bool],
     weights: Option<&[f64]>,
-    p: GbdtParams,
+    valid: Option<(&[f32], &[bool])>,
+    p: GbmParams,
 ) -> Result<TreeEnsembleHead, FitError> {
-    check_classes("gbdt", y)?;
-    let mut cfg = Config::new();
-    cfg.set_feature_size(N_FEATURES);
-    cfg.set_max_depth(p.depth);
-    cfg.set_iterations(p.trees);
-    cfg.set_shrinkage(p.learning_rate);
-    cfg.set_min_leaf_size(p.min_leaf);
-    cfg.set_loss("LogLikelyhood");
-    // Full data and feature sampling: no randomness, so training is reproducible.
-    cfg.set_data_sample_ratio(1.0);
-    cfg.set_feature_sample_ratio(1.0);
-    cfg.set_training_optimization_level(2);
-    let mut data: DataVec = x
-        .chunks_exact(N_FEATURES)
-        .zip(y)
-        .enumerate()
-        .map(|(i, (row, l))| {
-            let w = weights.and_then(|w| w.get(i)).map_or(1.0, |w| *w as f32);
-            Data::new_training_data(row.to_vec(), w, if *l { 1.0 } else { -1.0 }, None)
-        })
-        .collect();
-    let mut model = GBDT::new(&cfg);
-    model.fit(&mut data);
-    let head = to_ensemble(&model, p.learning_rate)?;
-    // The conversion must reproduce gbdt's own predictions.
-    let check: DataVec = data.into_iter().take(2000).collect();
-    let reference = model.predict(&check);
-    for (d, want) in check.iter().zip(&reference) {
-        let got = head.predict_row(&d.feature);
-        if (got - want).abs() > 1e-5 {
+    check_classes("gbm", y)?;
+    let err = |e: lightgbm3::Error| FitError::Learner {
+        what: "gbm",
+        reason: e.to_string(),
+    };
+    let labels = |y: &[bool]| -> Vec<f32> { y.iter().map(|l| f32::from(u8::from(*l))).collect() };
+    let n = N_FEATURES as i32;
+    let mut train = LgbDataset::from_slice(x, &labels(y), n, true).map_err(err)?;
+    if let Some(w) = weights {
+        let w: Vec<f32> = w.iter().map(|v| *v as f32).collect();
+        train.set_weights(&w).map_err(err)?;
+    }
+    let valid = match valid {
+        Some((vx, vy)) => {
+            Some(LgbDataset::from_slice_with_reference(vx, &labels(vy), n, true, Some(&train)).map_err(err)?)
+        }
+        None => None,
+    };
+    let mut params = serde_json::json!({
+        "objective": "binary",
+        "metric": "binary_logloss",
+        "learning_rate": p.learning_rate,
+        "num_leaves": p.num_leaves,
+        "min_data_in_leaf": p.min_data_in_leaf,
+        "num_iterations": p.max_trees.max(1),
+        "num_threads": 1,
+        "deterministic": true,
+        "force_row_wise": true,
+        "seed": 0,
+        "verbosity": -1,
+    });
+    if valid.is_some() {
+        params["early_stopping_rounds"] = 50.into();
+    }
+    let booster = Booster::train_with_valid(train, valid, &params).map_err(err)?;
+    let model = booster.save_string().map_err(err)?;
+    let head = to_ensemble(&model)?;
+    // The conversion must reproduce LightGBM's own margins.
+    let check = (x.len() / N_FEATURES).min(2000);
+    let reference = booster
+        .raw_scores(&x[..check * N_FEATURES], n, true)
+        .map_err(err)?;
+    for (r, want) in reference.iter().enumerate() {
+        let got = head.margin_row(&x[r * N_FEATURES..(r + 1) * N_FEATURES]);
+        if (f64::from(got) - want).abs() > 1e-4 * want.abs().max(1.0) {
             return Err(FitError::Learner {
-                what: "gbdt export",
-                reason: format!("converted ensemble predicts {got}, gbdt predicts {want}"),
+                what: "gbm export",
+                reason: format!("row {r}: converted ensemble's margin {got}, LightGBM's {want}"),
             });
         }
     }
     Ok(head)
 }
 
-/// Reads the fitted trees through `gbdt`'s own serialisation (its node
-/// fields are private): `trees[t].tree.tree[i] = {value: {feature_index,
-/// feature_value, pred, is_leaf, ..}, index, left, right}`.
-fn to_ensemble(model: &GBDT, learning_rate: f32) -> Result<TreeEnsembleHead, FitError> {
+/// LightGBM's text model as export nodes. Each `Tree=` block lists its
+/// internal nodes (`split_feature`, `threshold`, `decision_type`,
+/// `left_child`, `right_child`; a negative child `c` is leaf `−c − 1`) and
+/// `leaf_value`s, shrinkage applied and the initial score folded into the
+/// first tree. A numerical split sends `x ≤ threshold` left; the export's
+/// `x < t` with `t` the smallest f32 above the f64 threshold is the same
+/// test for every f32 `x`. Categorical splits and zero-as-missing never
+/// occur here (no categorical features, LightGBM's default missing
+/// handling) and are refused if they do; rows are never missing (the
+/// feature engine writes finite numbers), so NaN branches are not carried.
+fn to_ensemble(model: &str) -> Result<TreeEnsembleHead, FitError> {
     let err = |reason: String| FitError::Learner {
-        what: "gbdt export",
+        what: "gbm export",
         reason,
     };
-    let v = serde_json::to_value(model).map_err(|e| err(e.to_string()))?;
-    let bias = v["bias"].as_f64().ok_or_else(|| err("no bias".into()))? as f32;
-    let trees = v["trees"].as_array().ok_or_else(|| err("no trees".into()))?;
-    let mut out = Vec::with_capacity(trees.len());
-    for (t, tree) in trees.iter().enumerate() {
-        let nodes = tree["tree"]["tree"]
-            .as_array()
-            .ok_or_else(|| err(format!("tree {t} has no nodes")))?;
-        // gbdt indexes nodes by `index`; children 0 means none.
-        let mut flat = Vec::with_capacity(nodes.len());
-        for (i, n) in nodes.iter().enumerate() {
-            let idx = n["index"]
-                .as_u64()
-                .ok_or_else(|| err(format!("tree {t} node {i}: no index")))? as usize;
-            if idx != i {
-                return Err(err(format!("tree {t}: node {i} has index {idx}")));
-            }
-            let val = &n["value"];
-            let node = if val["is_leaf"].as_bool().unwrap_or(false) {
-                let pred = val["pred"]
-                    .as_f64()
-                    .ok_or_else(|| err(format!("tree {t} node {i}: no pred")))?
-                    as f32;
-                TreeNode::Leaf(2.0 * (learning_rate * pred))
-            } else {
-                let child = |k: &str| n[k].as_u64().filter(|c| *c > 0).map(|c| c as usize);
-                let (Some(left), Some(right)) = (child("left"), child("right")) else {
-                    return Err(err(format!("tree {t} node {i}: split without two children")));
-                };
-                TreeNode::Split {
-                    feature: val["feature_index"]
-                        .as_u64()
-                        .ok_or_else(|| err("no feature_index".into()))? as usize,
-                    threshold: val["feature_value"]
-                        .as_f64()
-                        .ok_or_else(|| err("no feature_value".into()))? as f32,
-                    left,
-                    right,
-                }
-            };
-            flat.push(node);
+    let mut trees = Vec::new();
+    let mut block: Vec<(&str, &str)> = Vec::new();
+    let mut flush = |block: &mut Vec<(&str, &str)>| -> Result<(), FitError> {
+        if block.is_empty() {
+            return Ok(());
         }
-        out.push(flat);
+        let get = |k: &str| block.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+        let nums = |k: &str| -> Result<Vec<f64>, FitError> {
+            get(k).map_or(Ok(Vec::new()), |v| {
+                v.split_whitespace()
+                    .map(|t| t.parse::<f64>().map_err(|e| err(format!("{k}: {t}: {e}"))))
+                    .collect()
+            })
+        };
+        let leaves = nums("leaf_value")?;
+        let (feature, threshold, kind) = (nums("split_feature")?, nums("threshold")?, nums("decision_type")?);
+        let (left, right) = (nums("left_child")?, nums("right_child")?);
+        let internal = feature.len();
+        if [threshold.len(), kind.len(), left.len(), right.len()] != [internal; 4]
+            || leaves.len() != internal + 1
+        {
+            return Err(err(format!(
+                "a tree with {internal} splits and {} leaves",
+                leaves.len()
+            )));
+        }
+        let child = |c: f64| -> usize {
+            if c < 0.0 {
+                internal + (-c - 1.0) as usize
+            } else {
+                c as usize
+            }
+        };
+        let mut nodes = Vec::with_capacity(2 * internal + 1);
+        for i in 0..internal {
+            let d = kind[i] as u32;
+            if d & 1 != 0 || (d >> 2) & 3 == 1 {
+                return Err(err(format!(
+                    "decision_type {d}: a categorical or zero-as-missing split"
+                )));
+            }
+            nodes.push(TreeNode::Split {
+                feature: feature[i] as usize,
+                threshold: f32_above(threshold[i]),
+                left: child(left[i]),
+                right: child(right[i]),
+            });
+        }
+        nodes.extend(leaves.iter().map(|v| TreeNode::Leaf(*v as f32)));
+        if internal == 0 {
+            // A single leaf is its own root.
+            nodes.truncate(1);
+        }
+        trees.push(nodes);
+        block.clear();
+        Ok(())
+    };
+    let mut in_tree = false;
+    for line in model.lines() {
+        if line.starts_with("Tree=") {
+            flush(&mut block)?;
+            in_tree = true;
+        } else if line.starts_with("end of trees") {
+            break;
+        } else if in_tree {
+            if let Some((k, v)) = line.split_once('=') {
+                block.push((k, v));
+            }
+        }
+    }
+    flush(&mut block)?;
+    if trees.is_empty() {
+        return Err(err("the model has no tree".into()));
     }
     Ok(TreeEnsembleHead {
-        trees: out,
-        base: 2.0 * bias,
+        trees,
+        base: 0.0,
         platt: Platt::IDENTITY,
         n_features: N_FEATURES,
     })
+}
+
+/// The smallest f32 above `v`: for every f32 `x`, `x ≤ v ⇔ x < f32_above(v)`.
+fn f32_above(v: f64) -> f32 {
+    let f = v as f32;
+    if f64::from(f) > v || !f.is_finite() {
+        f
+    } else {
+        f.next_up()
+    }
 }
 
 fn to_array(x: &[f32], cols: usize) -> Array2<f64> {
