@@ -93,6 +93,7 @@ pub fn sample_model() -> VerifiedArtifact {
         valid_days: 365,
         decision_every_ms: 60_000,
         horizon: 12,
+        costs_bps: vec![1.0; 32],
         gbm: GbmParams {
             max_trees: 200,
             ..GbmParams::default()

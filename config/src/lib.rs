@@ -41,7 +41,7 @@ pub use observability::{
     Channel, LogLevel, MetricsConfig, NotificationsConfig, PagerDutyConfig, RetryConfig, Severity,
     SlackConfig, WebhookConfig,
 };
-pub use policy::{CorePolicy, RiskLimits, SignalPolicy, Sizing, Theta};
+pub use policy::{Adoption, CorePolicy, RiskLimits, SignalPolicy, Sizing, Theta};
 pub use processes::{
     ApprovalsConfig, AuditCheckpointConfig, ControlConfig, Credential, DaemonConfig, DecisionConfig,
     DecisionMode, FailedAuthConfig, IngressConfig, Principal, QueuesConfig, RateLimitConfig, Role,

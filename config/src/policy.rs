@@ -14,6 +14,18 @@ pub struct CorePolicy {
     pub risk: RiskLimits,
     /// Signal lifetime.
     pub signal: SignalPolicy,
+    /// When a retrained model may replace the active one.
+    pub adoption: Adoption,
+}
+
+/// Champion/challenger: a new model becomes a candidate only when it beats
+/// the active one on the same out-of-sample window by this much, with
+/// confidence (the lower end of the 90 % bootstrap interval of the gain).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adoption {
+    /// Least annualised Sharpe gain, after costs.
+    pub sharpe_margin: f64,
 }
 
 /// θ gate: long when p > θ1 and risk < θ2, short when p < 1 − θ1 and risk < θ2.

@@ -88,6 +88,15 @@ pub(crate) fn validate(c: &AppConfig, file: &dyn Fn(&str) -> PathBuf) -> Vec<Con
         );
     }
 
+    let margin = c.core_policy.adoption.sharpe_margin;
+    if !(margin.is_finite() && margin >= 0.0) {
+        bad(
+            "core_policy.yaml",
+            "adoption.sharpe_margin".into(),
+            "must be a finite Sharpe gain of 0 or more".into(),
+        );
+    }
+
     // universe.yaml and cost_table.yaml
     let mut strategy_ids = BTreeSet::new();
     // The ids' syntax is checked when they are read (`StrategyId`, `Symbol`).

@@ -591,6 +591,12 @@ pub struct TrainArgs {
     /// search's verdict and figures go into the manifest's metrics.
     #[arg(long)]
     pub search_theta: bool,
+    /// The active model's artifact: compare the new model with it on the
+    /// new model's held-out window (champion/challenger); the verdict and
+    /// both sets of figures go into the manifest's metrics, and the
+    /// registry refuses a model that lost.
+    #[arg(long)]
+    pub champion: Option<PathBuf>,
     /// How the θ search runs.
     #[command(flatten)]
     pub search: SearchArgs,

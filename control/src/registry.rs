@@ -118,6 +118,8 @@ pub enum RegistryCode {
     RollbackNoPrevious,
     /// The rollback signing key cannot be used.
     RollbackKeyUnusable,
+    /// The model lost to the active one (champion/challenger).
+    ChallengeLost,
 }
 
 impl RegistryCode {
@@ -130,6 +132,7 @@ impl RegistryCode {
             Self::ArtifactUnreadable => "MODEL_ARTIFACT_UNREADABLE",
             Self::VerifyFailed => "MODEL_VERIFY_FAILED",
             Self::ArtifactMisplaced => "MODEL_ARTIFACT_MISPLACED",
+            Self::ChallengeLost => "MODEL_CHALLENGE_LOST",
             Self::Exists => "MODEL_EXISTS",
             Self::NotFound => "MODEL_NOT_FOUND",
             Self::NotActivatable => "MODEL_NOT_ACTIVATABLE",
@@ -491,6 +494,27 @@ pub async fn register(
                 m.strategy, m.version
             ),
         ));
+    }
+    // A model trained against the active one and beaten by it is not a
+    // candidate: its manifest (signed) says so.
+    if m.metrics.get("challenge_won") == Some(&0.0) {
+        let figure = |k: &str| m.metrics.get(k).copied().unwrap_or(f64::NAN);
+        return Err(RegistryError::Refused {
+            code: RegistryCode::ChallengeLost,
+            message: format!(
+                "{strategy} v{version} lost to v{} on the same out-of-sample window: Sharpe gain {:.2}, 90 % interval from {:.2}, margin {}",
+                figure("challenge_champion_version"),
+                figure("challenge_sharpe_gain"),
+                figure("challenge_sharpe_gain_lo"),
+                figure("challenge_margin"),
+            ),
+            details: json!({
+                "champion_version": figure("challenge_champion_version"),
+                "sharpe_gain": figure("challenge_sharpe_gain"),
+                "sharpe_gain_lo": figure("challenge_sharpe_gain_lo"),
+                "margin": figure("challenge_margin"),
+            }),
+        });
     }
     let mut tx = begin(svc).await?;
     let inserted = sqlx::query("INSERT INTO core.model_registry (id, strategy, version, status, artifact_path, manifest_sha256, file_hashes, key_id, metrics, expires_at_ms, registered_by, registered_at_ms) VALUES ($1,$2,$3,'candidate',$4,$5,$6::jsonb,$7,$8::jsonb,$9,$10,$11) ON CONFLICT DO NOTHING")

@@ -846,6 +846,41 @@ async fn registry_register_activate_rollback_pin_and_release() {
         )
         .await;
     assert!(json["message"].as_str().unwrap().contains("ai1.onnx"), "{json}");
+    // A model that lost to the active one (champion/challenger): its signed
+    // manifest says so, and it is no candidate.
+    {
+        use mlcore_models::artifact::{self, Manifest, SecretKeyFile};
+        let key = SecretKeyFile::read(&testutil::workspace_root().join("deployments/dev-keys/dev-2026.key"))
+            .unwrap();
+        let files = testutil::logistic_artifact(&key, "fx_g10", 7, 7.0, mlcore_control::commands::now_ms());
+        let mut m: Manifest = serde_json::from_slice(files.get("manifest.json").unwrap()).unwrap();
+        for (k, v) in [
+            ("challenge_won", 0.0),
+            ("challenge_champion_version", 3.0),
+            ("challenge_sharpe_gain", -1.5),
+            ("challenge_sharpe_gain_lo", -4.25),
+            ("challenge_margin", 0.0),
+        ] {
+            m.metrics.insert(k.to_owned(), v);
+        }
+        let (_, files) = artifact::seal(m, files, &key).unwrap();
+        files.write(&f.models.path().join("fx_g10/v7")).unwrap();
+    }
+    let lost = f
+        .expect_code(
+            "POST",
+            "/v1/models",
+            Some(OPERATOR),
+            &register(7),
+            422,
+            "MODEL_CHALLENGE_LOST",
+        )
+        .await;
+    assert!(
+        lost["message"].as_str().unwrap().contains("lost to v3")
+            && lost["details"]["sharpe_gain_lo"] == -4.25,
+        "{lost}"
+    );
     let (code, json) = f.call("POST", "/v1/models", Some(VIEWER), &register(2)).await;
     assert_eq!(code, 403, "{json}");
 

@@ -304,11 +304,37 @@ fn research_cv_reports_folds_and_out_of_sample_figures() {
     assert!(text(&o).contains("--scheme `random`"), "{}", text(&o));
 }
 
+/// `train --env dev` of `data` into `out` as `version`, with `extra`
+/// arguments; the output.
+fn train_model(data: &Path, out: &Path, version: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "train",
+        "--env",
+        "dev",
+        "--dataset",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--key",
+        "deployments/dev-keys/dev-2026.key",
+        "--strategy",
+        "fx_g10",
+        "--version",
+        version,
+        "--max-trees",
+        "60",
+    ];
+    args.extend_from_slice(extra);
+    let o = control(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    text(&o)
+}
+
 /// `data synth` then `train --search-theta` into `tmp`; the artifact's
 /// folder, the dataset's and the train output.
 fn searched_model(tmp: &Path, effect: &str) -> (PathBuf, PathBuf, String) {
-    let data = tmp.join("data");
-    let model = tmp.join("model");
+    let data = tmp.join(format!("data-{effect}"));
+    let model = tmp.join(format!("model-{effect}"));
     let o = control(&[
         "data",
         "synth",
@@ -324,28 +350,8 @@ fn searched_model(tmp: &Path, effect: &str) -> (PathBuf, PathBuf, String) {
         data.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = control(&[
-        "train",
-        "--env",
-        "dev",
-        "--dataset",
-        data.to_str().unwrap(),
-        "--out",
-        model.to_str().unwrap(),
-        "--key",
-        "deployments/dev-keys/dev-2026.key",
-        "--strategy",
-        "fx_g10",
-        "--version",
-        "1",
-        "--max-trees",
-        "30",
-        "--search-theta",
-        "--trials",
-        "15",
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    (model, data, text(&o))
+    let trained = train_model(&data, &model, "1", &["--search-theta", "--trials", "15"]);
+    (model, data, trained)
 }
 
 fn manifest_metrics(model: &Path) -> serde_json::Value {
@@ -453,4 +459,104 @@ fn a_market_without_the_planted_effect_yields_nothing_adoptable() {
         manifest["theta"]["theta1"], 0.55,
         "the configured θ stays: {manifest}"
     );
+}
+
+#[test]
+fn a_challenger_must_beat_the_active_model_on_the_same_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (planted, data, _) = searched_model(tmp.path(), "1");
+    // The same data and parameters again: the same trees and θ, a gain of
+    // exactly nothing, which is not a win.
+    let again = tmp.path().join("again");
+    let out = train_model(
+        &data,
+        &again,
+        "2",
+        &[
+            "--search-theta",
+            "--trials",
+            "15",
+            "--champion",
+            planted.to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("champion/challenger: the champion stays"), "{out}");
+    let m = manifest_metrics(&again);
+    assert_eq!(m["challenge_won"], 0.0, "{m}");
+    assert_eq!(m["challenge_sharpe_gain"], 0.0, "{m}");
+    assert_eq!(m["challenge_champion_version"], 1.0, "{m}");
+
+    // A model of a market without the effect, on the same dates, as the
+    // champion: the planted model beats it on the planted market.
+    let null_data = tmp.path().join("null-data");
+    let o = control(&[
+        "data",
+        "synth",
+        "--seed",
+        "11",
+        "--days",
+        "3",
+        "--interval-ms",
+        "15000",
+        "--effect",
+        "0",
+        "--out",
+        null_data.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let null_model = tmp.path().join("null-model");
+    train_model(&null_data, &null_model, "3", &[]);
+    let winner = tmp.path().join("winner");
+    let out = train_model(&data, &winner, "4", &["--champion", null_model.to_str().unwrap()]);
+    assert!(out.contains("champion/challenger: the challenger wins"), "{out}");
+    let m = manifest_metrics(&winner);
+    assert_eq!(m["challenge_won"], 1.0, "{m}");
+    assert!(m["challenge_sharpe_gain_lo"].as_f64().unwrap() > 0.0, "{m}");
+    assert!(
+        m["challenge_challenger_sharpe"].as_f64().unwrap() > m["challenge_champion_sharpe"].as_f64().unwrap(),
+        "{m}"
+    );
+
+    // The window must be out of sample for the champion: a model trained on
+    // later data cannot be judged on an earlier window.
+    let later = tmp.path().join("later-data");
+    let o = control(&[
+        "data",
+        "synth",
+        "--seed",
+        "12",
+        "--days",
+        "3",
+        "--interval-ms",
+        "15000",
+        "--start",
+        "2026-02-02",
+        "--out",
+        later.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let later_model = tmp.path().join("later-model");
+    train_model(&later, &later_model, "5", &[]);
+    let o = control(&[
+        "train",
+        "--env",
+        "dev",
+        "--dataset",
+        data.to_str().unwrap(),
+        "--out",
+        tmp.path().join("refused").to_str().unwrap(),
+        "--key",
+        "deployments/dev-keys/dev-2026.key",
+        "--strategy",
+        "fx_g10",
+        "--version",
+        "6",
+        "--max-trees",
+        "60",
+        "--champion",
+        later_model.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("not out of sample for it"), "{}", text(&o));
+    assert!(!tmp.path().join("refused").exists(), "nothing written");
 }

@@ -169,8 +169,14 @@ pub fn meta_label(events: &[Event], long: &[bool], cost: f64) -> Vec<bool> {
     events
         .iter()
         .zip(long)
-        .map(|(e, &l)| (if l { e.ret } else { -e.ret }) > cost)
+        .map(|(e, &l)| pays(e.ret, l, cost))
         .collect()
+}
+
+/// Whether a position on the long (or short) side over a move of log
+/// return `ret` made more than `cost`: ai3's label of one event.
+pub fn pays(ret: f64, long: bool, cost: f64) -> bool {
+    (if long { ret } else { -ret }) > cost
 }
 
 /// Average uniqueness of each event: the mean, over the steps it spans

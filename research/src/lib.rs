@@ -19,8 +19,11 @@
 //!   over a dataset, with fills, costs, figures and stress scenarios.
 //! - [`theta`]: θ search on the backtest (grid, then TPE) within the
 //!   policy's bounds and step, with a bootstrap guard.
+//! - [`challenge`]: a new model against the active one on the same
+//!   out-of-sample window (champion/challenger).
 
 pub mod backtest;
+pub mod challenge;
 pub mod cv;
 pub mod dataset;
 pub mod labels;

@@ -30,6 +30,7 @@ fn spec(dataset: &std::path::Path, created_at_ms: u64) -> TrainSpec {
         valid_days: 30,
         decision_every_ms: 60_000,
         horizon: 12,
+        costs_bps: vec![1.0; 32],
         gbm: GbmParams {
             max_trees: 200,
             ..GbmParams::default()

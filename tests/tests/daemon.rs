@@ -101,6 +101,7 @@ fn train_into(data: &Path, out: &Path, version: u64) {
         valid_days: 2,
         decision_every_ms: 60_000,
         horizon: 12,
+        costs_bps: vec![1.0; 32],
         gbm: GbmParams {
             max_trees: 200,
             ..GbmParams::default()

@@ -117,9 +117,11 @@ impl From<crate::registry::RegistryError> for ApiError {
             } => {
                 let status = match code {
                     C::NotFound | C::ArtifactNotFound => StatusCode::NOT_FOUND,
-                    C::StrategyUnknown | C::ArtifactUnreadable | C::VerifyFailed | C::ArtifactMisplaced => {
-                        StatusCode::UNPROCESSABLE_ENTITY
-                    }
+                    C::StrategyUnknown
+                    | C::ArtifactUnreadable
+                    | C::VerifyFailed
+                    | C::ArtifactMisplaced
+                    | C::ChallengeLost => StatusCode::UNPROCESSABLE_ENTITY,
                     C::Exists
                     | C::NotActivatable
                     | C::Pinned

@@ -12,6 +12,7 @@ use mlcore_market::Quote;
 use mlcore_models::artifact::{self, ArtifactFiles, TrustStore, VerifiedArtifact, VerifyContext};
 use mlcore_models::runtime;
 use mlcore_research::backtest::{Backtest, Figures, Scenario, Summary, Timing};
+use mlcore_research::challenge::Verdict;
 use mlcore_research::cv::{self, Learner};
 use mlcore_research::dataset::Dataset;
 use mlcore_research::labels::Barriers;
@@ -271,6 +272,31 @@ fn test_window(artifact: &VerifiedArtifact, every_ms: u64) -> (i64, i64) {
     let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX / 1_000_000) * 1_000_000;
     let w = &artifact.manifest.training_window;
     (ms(w.test_start_ms), ms(w.end_ms) + ms(every_ms))
+}
+
+/// `challenger` (deciding with `theta`) against `champion` on the
+/// challenger's held-out window of `quotes`, with core_policy.yaml's margin.
+pub fn challenge(
+    cfg: &AppConfig,
+    champion: &VerifiedArtifact,
+    challenger: &VerifiedArtifact,
+    theta: (f64, f64),
+    quotes: &[Quote],
+    args: &SearchArgs,
+) -> anyhow::Result<Verdict> {
+    let bt = Backtest::from_config(
+        cfg,
+        &challenger.manifest.strategy,
+        Timing {
+            every_ms: args.every_ms,
+            latency_ms: args.latency_ms,
+            window: test_window(challenger, args.every_ms),
+        },
+    )?;
+    let margin = cfg.core_policy.adoption.sharpe_margin;
+    Ok(mlcore_research::challenge::challenge(
+        &bt, quotes, champion, challenger, theta, margin,
+    )?)
 }
 
 /// The strategy's quotes from a dataset, in universe order.

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use mlcore_config::EnvSource;
-use mlcore_models::artifact::{self, SecretKeyFile, ThetaParams, TrustStore, VerifyContext};
+use mlcore_models::artifact::{self, ArtifactFiles, SecretKeyFile, ThetaParams, TrustStore, VerifyContext};
 use mlcore_models::runtime;
 
 use super::{load_config, now_ms, research};
@@ -55,6 +55,10 @@ pub fn train(
         valid_days: args.valid_days,
         decision_every_ms: args.decision_every_ms,
         horizon: args.horizon,
+        costs_bps: mlcore_decision::symbol_params(&cfg, strategy)
+            .iter()
+            .map(|p| p.cost_bps)
+            .collect(),
         gbm: GbmParams {
             num_leaves: usize::try_from(args.num_leaves).unwrap_or(usize::MAX),
             learning_rate: args.learning_rate,
@@ -67,35 +71,59 @@ pub fn train(
         },
     };
     let mut report = train::train(&spec, &key, &trust, now_ms())?;
-    if args.search_theta {
-        let verified = artifact::verify(report.files.clone(), &VerifyContext::new(&trust, now_ms()))?;
+    if args.search_theta || args.champion.is_some() {
+        let fresh = artifact::verify(report.files.clone(), &VerifyContext::new(&trust, now_ms()))?;
         let quotes = research::strategy_quotes(&cfg, &args.strategy, &args.dataset)?;
-        let search = research::tune(&cfg, &verified, &quotes, &args.search)?;
-        writeln!(out, "θ search: {}", search.verdict)?;
         let mut manifest = report.manifest.clone();
-        manifest.theta = ThetaParams {
-            theta1: search.chosen.0,
-            theta2: search.chosen.1,
-        };
-        let chosen = match (&search.best, search.adopted) {
-            (Some(b), true) => b,
-            _ => &search.champion,
-        };
-        let figures = [
-            ("theta_search_adopted", f64::from(u8::from(search.adopted))),
-            ("theta_search_trials", search.trials.len() as f64),
-            ("theta_champion_oos_sharpe", search.champion.sharpe),
-            ("theta_champion_oos_sharpe_lo", search.champion.sharpe_ci90[0]),
-            ("oos_sharpe", chosen.sharpe),
-            ("oos_sharpe_lo", chosen.sharpe_ci90[0]),
-            ("oos_sharpe_hi", chosen.sharpe_ci90[1]),
-            ("oos_return", chosen.total_return),
-            ("oos_fills", chosen.fills as f64),
-            ("oos_max_drawdown", chosen.max_drawdown),
-            ("oos_decisions_not_flat", chosen.decisions_not_flat),
-        ];
-        for (k, v) in figures {
-            manifest.metrics.insert(k.to_owned(), v);
+        if args.search_theta {
+            let search = research::tune(&cfg, &fresh, &quotes, &args.search)?;
+            writeln!(out, "θ search: {}", search.verdict)?;
+            manifest.theta = ThetaParams {
+                theta1: search.chosen.0,
+                theta2: search.chosen.1,
+            };
+            let chosen = match (&search.best, search.adopted) {
+                (Some(b), true) => b,
+                _ => &search.champion,
+            };
+            let figures = [
+                ("theta_search_adopted", f64::from(u8::from(search.adopted))),
+                ("theta_search_trials", search.trials.len() as f64),
+                ("theta_champion_oos_sharpe", search.champion.sharpe),
+                ("theta_champion_oos_sharpe_lo", search.champion.sharpe_ci90[0]),
+                ("oos_sharpe", chosen.sharpe),
+                ("oos_sharpe_lo", chosen.sharpe_ci90[0]),
+                ("oos_sharpe_hi", chosen.sharpe_ci90[1]),
+                ("oos_return", chosen.total_return),
+                ("oos_fills", chosen.fills as f64),
+                ("oos_max_drawdown", chosen.max_drawdown),
+                ("oos_decisions_not_flat", chosen.decisions_not_flat),
+            ];
+            for (k, v) in figures {
+                manifest.metrics.insert(k.to_owned(), v);
+            }
+        }
+        if let Some(dir) = &args.champion {
+            let champion = artifact::verify(ArtifactFiles::read(dir)?, &VerifyContext::new(&trust, now_ms()))
+                .with_context(|| format!("the champion {} does not verify", dir.display()))?;
+            let theta = (manifest.theta.theta1, manifest.theta.theta2);
+            let v = research::challenge(&cfg, &champion, &fresh, theta, &quotes, &args.search)?;
+            writeln!(out, "champion/challenger: {}", v.reason)?;
+            let figures = [
+                ("challenge_won", f64::from(u8::from(v.won))),
+                ("challenge_margin", v.margin),
+                ("challenge_sharpe_gain", v.sharpe_gain),
+                ("challenge_sharpe_gain_lo", v.sharpe_gain_ci90[0]),
+                ("challenge_sharpe_gain_hi", v.sharpe_gain_ci90[1]),
+                ("challenge_champion_version", v.champion.version as f64),
+                ("challenge_champion_sharpe", v.champion.sharpe),
+                ("challenge_champion_return", v.champion.total_return),
+                ("challenge_challenger_sharpe", v.challenger.sharpe),
+                ("challenge_challenger_return", v.challenger.total_return),
+            ];
+            for (k, v) in figures {
+                manifest.metrics.insert(k.to_owned(), v);
+            }
         }
         let (manifest, files) = artifact::seal(manifest, report.files, &key).map_err(anyhow::Error::msg)?;
         artifact::verify(files.clone(), &VerifyContext::new(&trust, now_ms()))?;

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::dataset::{Dataset, DatasetError, Quarantined};
+use crate::labels;
 use mlcore_features::{self as features, N_FEATURES};
 use mlcore_models::artifact::{
     self, ArtifactFiles, HeadSpec, Manifest, SecretKeyFile, ThetaParams, TrainingWindow, TrustStore,
@@ -46,6 +47,9 @@ pub struct TrainSpec {
     pub decision_every_ms: u64,
     /// Label horizon, quotes.
     pub horizon: usize,
+    /// Each symbol's round-trip cost (spread + commission, bps, universe
+    /// order): what ai3's meta-label must beat.
+    pub costs_bps: Vec<f64>,
     /// Tree parameters for ai1.
     pub gbm: GbmParams,
     /// θ written into the manifest.
@@ -149,10 +153,50 @@ pub fn train(
         .collect();
     ai2.platt = learners::fit_platt(&margins2, &split.calibration.adverse)?;
 
+    // ai3: whether acting on ai1's side pays its round trip (the
+    // meta-label); it sizes positions (`sizing.use_ai3`). ai1's side on the
+    // training rows is cross-fitted: each half of the segment is scored by
+    // an ai1 fitted on the other half, rows within a label horizon of the
+    // boundary left out of both fits, so ai3 learns from ai1 as it behaves
+    // out of sample. On the calibration and test rows, ai1 itself decides.
+    let cost = |seg: &samples::Segment, i: usize| {
+        spec.costs_bps
+            .get(usize::from(seg.symbol[i]))
+            .copied()
+            .unwrap_or(0.0)
+            * 1e-4
+    };
+    let meta = |seg: &samples::Segment, prob_up: &dyn Fn(usize) -> f32| -> Vec<bool> {
+        (0..seg.rows())
+            .map(|i| labels::pays(seg.ret[i], prob_up(i) > 0.5, cost(seg, i)))
+            .collect()
+    };
+    // As many trees as the early stop gave ai1 (the halves have no
+    // validation rows of their own).
+    let halves = GbmParams {
+        max_trees: ai1.trees.len().max(1),
+        ..spec.gbm
+    };
+    let sides = cross_fitted_ai1(&split.train, split.gap_ns, halves)?;
+    let meta_train = meta(&split.train, &|i| sides[i]);
+    let cal = &split.calibration;
+    let meta_cal = meta(cal, &|i| ai1.predict_row(cal.row(i)));
+    let mut ai3 = learners::fit_gbm(
+        &split.train.x,
+        &meta_train,
+        Some(&split.train.weight),
+        Some((&cal.x, &meta_cal)),
+        spec.gbm,
+    )?;
+    let margins3: Vec<f32> = (0..cal.rows()).map(|i| ai3.margin_row(cal.row(i))).collect();
+    ai3.platt = learners::fit_platt(&margins3, &meta_cal)?;
+
     // Test metrics.
     let test = &split.test;
     let p1: Vec<f32> = (0..test.rows()).map(|i| ai1.predict_row(test.row(i))).collect();
     let p2: Vec<f32> = (0..test.rows()).map(|i| ai2.predict_row(test.row(i))).collect();
+    let p3: Vec<f32> = (0..test.rows()).map(|i| ai3.predict_row(test.row(i))).collect();
+    let meta_test = meta(test, &|i| p1[i]);
     let risky = &test.adverse;
     let mut metrics = BTreeMap::new();
     metrics.insert(
@@ -175,6 +219,17 @@ pub fn train(
     metrics.insert("ai2_base_rate_test".to_owned(), rate(risky));
     metrics.insert("ai2_brier_test".to_owned(), metrics::brier(&p2, risky));
     metrics.insert("ai2_ece_test".to_owned(), metrics::reliability(&p2, risky, 10).1);
+    metrics.insert(
+        "ai3_auc_test".to_owned(),
+        metrics::auc(&p3, &meta_test).unwrap_or(0.5),
+    );
+    metrics.insert("ai3_logloss_test".to_owned(), metrics::log_loss(&p3, &meta_test));
+    metrics.insert("ai3_brier_test".to_owned(), metrics::brier(&p3, &meta_test));
+    metrics.insert(
+        "ai3_ece_test".to_owned(),
+        metrics::reliability(&p3, &meta_test, 10).1,
+    );
+    metrics.insert("ai3_base_rate_test".to_owned(), rate(&meta_test));
     metrics.insert("label_barrier_sigmas".to_owned(), samples::BARRIER_SIGMAS);
     metrics.insert("label_adverse_sigmas".to_owned(), samples::ADVERSE_SIGMAS);
     metrics.insert("rows_train".to_owned(), rows.0 as f64);
@@ -185,9 +240,14 @@ pub fn train(
     let export = |e: crate::onnx::export::ExportError| TrainError::Export(e.to_string());
     let ai1_onnx = ai1.to_onnx("ai1").map_err(export)?;
     let ai2_onnx = ai2.to_onnx("ai2").map_err(export)?;
+    let ai3_onnx = ai3.to_onnx("ai3").map_err(export)?;
     let parity_rows = test.rows().min(10_000);
     let x = &test.x[..parity_rows * N_FEATURES];
-    for (name, bytes, native) in [("ai1", &ai1_onnx, &p1), ("ai2", &ai2_onnx, &p2)] {
+    for (name, bytes, native) in [
+        ("ai1", &ai1_onnx, &p1),
+        ("ai2", &ai2_onnx, &p2),
+        ("ai3", &ai3_onnx, &p3),
+    ] {
         let worst = onnx_max_abs_diff(bytes, x, &native[..parity_rows])?;
         if worst > 1e-5 {
             return Err(TrainError::Export(format!(
@@ -219,6 +279,7 @@ pub fn train(
         heads: [
             ("ai1".to_owned(), head("ai1.onnx", "lightgbm")),
             ("ai2".to_owned(), head("ai2.onnx", "lightgbm")),
+            ("ai3".to_owned(), head("ai3.onnx", "lightgbm")),
         ]
         .into(),
         theta: spec.theta,
@@ -236,6 +297,7 @@ pub fn train(
         [
             ("ai1.onnx".to_owned(), ai1_onnx),
             ("ai2.onnx".to_owned(), ai2_onnx),
+            ("ai3.onnx".to_owned(), ai3_onnx),
             (artifact::FEATURE_SCHEMA.to_owned(), schema_json.into_bytes()),
         ]
         .into(),
@@ -255,6 +317,33 @@ pub fn train(
         quarantined: dataset.quarantined,
         rows,
     })
+}
+
+/// ai1's up-probability for every row of `seg`, each from an ai1 fitted on
+/// the other half of the segment (rows within `gap_ns` of the halves'
+/// boundary fit neither).
+fn cross_fitted_ai1(seg: &samples::Segment, gap_ns: i64, p: GbmParams) -> Result<Vec<f32>, TrainError> {
+    let n = seg.rows();
+    let mid = seg.ts_ns.get(n / 2).copied().unwrap_or(0);
+    let rows = |keep: &dyn Fn(i64) -> bool| -> (Vec<f32>, Vec<bool>, Vec<f64>) {
+        let mut out = (Vec::new(), Vec::new(), Vec::new());
+        for i in (0..n).filter(|&i| keep(seg.ts_ns[i])) {
+            out.0.extend_from_slice(seg.row(i));
+            out.1.push(seg.up[i]);
+            out.2.push(seg.weight[i]);
+        }
+        out
+    };
+    let first = rows(&|t| t + gap_ns < mid);
+    let second = rows(&|t| t >= mid + gap_ns);
+    let fit = |(x, y, w): &(Vec<f32>, Vec<bool>, Vec<f64>)| learners::fit_gbm(x, y, Some(w), None, p);
+    let (on_first, on_second) = (fit(&first)?, fit(&second)?);
+    Ok((0..n)
+        .map(|i| {
+            let head = if seg.ts_ns[i] < mid { &on_second } else { &on_first };
+            head.predict_row(seg.row(i))
+        })
+        .collect())
 }
 
 fn rate(labels: &[bool]) -> f64 {

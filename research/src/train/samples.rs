@@ -35,6 +35,11 @@ pub struct Segment {
     pub weight: Vec<f64>,
     /// Decision times.
     pub ts_ns: Vec<i64>,
+    /// Each sample's symbol (universe index).
+    pub symbol: Vec<u16>,
+    /// Log return from the decision to the event's exit (ai3's label reads
+    /// it with the side ai1 would take).
+    pub ret: Vec<f64>,
 }
 
 impl Segment {
@@ -43,7 +48,10 @@ impl Segment {
         self.up.len()
     }
 
-    fn push(&mut self, s: &Sample, up: bool, adverse: bool, weight: f64) {
+    fn push(&mut self, s: &Sample, event: &labels::Event, adverse: bool, weight: f64) {
+        let up = event.up();
+        self.symbol.push(s.symbol);
+        self.ret.push(event.ret);
         self.x.extend_from_slice(&s.features);
         self.up.push(up);
         self.adverse.push(adverse);
@@ -72,6 +80,8 @@ pub struct Split {
     pub test_start_ms: u64,
     /// Last decision time, ms.
     pub end_ms: u64,
+    /// The purge gap between segments (one label horizon), ns.
+    pub gap_ns: i64,
 }
 
 /// Builds labelled samples from time-ordered `quotes` and splits them.
@@ -115,6 +125,7 @@ pub fn build(
         start_ms: (first / 1_000_000).max(0) as u64,
         test_start_ms: (test_start / 1_000_000).max(0) as u64,
         end_ms: (last / 1_000_000).max(0) as u64,
+        gap_ns: gap,
     };
     // Every labelled sample, then each one's average uniqueness among the
     // events of its symbol (overlapping labels weigh less).
@@ -139,13 +150,13 @@ pub fn build(
         }
     }
     for ((s, event, adverse), w) in labelled.into_iter().zip(weights) {
-        let (t, up) = (s.ts_ns, event.up());
+        let t = s.ts_ns;
         if t + gap < cal_start {
-            split.train.push(s, up, adverse, w);
+            split.train.push(s, &event, adverse, w);
         } else if t >= cal_start && t + gap < test_start {
-            split.calibration.push(s, up, adverse, w);
+            split.calibration.push(s, &event, adverse, w);
         } else if t >= test_start {
-            split.test.push(s, up, adverse, w);
+            split.test.push(s, &event, adverse, w);
         }
     }
     split
