@@ -106,7 +106,7 @@ say "replaying the market for 15 s at 120x, a decision every 100 ms"
 "$BIN/mlcore-feed" --env dev --dataset "$DATA" --addr "$INGRESS" --speed 120 --trigger-every-ms 100 --seconds 15
 
 NS=mlcore
-say "what the daemon published: the share of non-flat signals in the last 100 decisions"
+say "what the daemon published in its last 100 decisions: non-flat signals and β-neutrality"
 redis-cli -u "$MLCORE_REDIS_URL" --json XREVRANGE "${NS}:{fx_g10}:signals" + - COUNT 100 | python3 -c '
 import json, sys
 entries = json.load(sys.stdin)
@@ -115,7 +115,14 @@ signals = [s for b in books for s in b]
 held = [s for s in signals if s["side"] != "flat"]
 books_held = sum(1 for b in books if any(s["side"] != "flat" for s in b))
 share = 100 * len(held) / max(len(signals), 1)
-print(f"  {len(books)} decisions: {len(held)} of {len(signals)} signals not flat ({share:.1f} %), {books_held} decisions with a position")'
+print(f"  {len(books)} decisions: {len(held)} of {len(signals)} signals not flat ({share:.1f} %), {books_held} decisions with a position")
+# β-neutrality of what was published, with universe.yaml'"'"'s static betas
+# (a book holding a rolling-β symbol is left out: its β is estimated live).
+import re
+beta = {m[0]: float(m[1]) for m in re.findall(r"symbol: (\w+),.*?source: static, value: (-?[0-9.]+)", open("configs/base/universe.yaml").read())}
+residual = [abs(sum(s["weight"] * beta[s["symbol"]] for s in b if s["side"] != "flat")) for b in books
+            if all(s["symbol"] in beta or s["side"] == "flat" for s in b)]
+print(f"  max |Σ weight·β| of {len(residual)} published books: {max(residual, default=0):.5f} (core_policy.yaml beta_tolerance: 0.01)")'
 say "current signals in Redis (${NS}:{fx_g10}:sig:*), read through the guard"
 for s in EURUSD GBPUSD USDJPY AUDUSD USDCAD EURJPY; do
   printf '  %-7s ' "$s"
