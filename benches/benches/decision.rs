@@ -12,6 +12,7 @@ use std::time::Duration;
 use criterion::Criterion;
 use mlcore_benches::{sample_model, Percentiles, SYMBOLS};
 use mlcore_daemon::job::Job;
+use mlcore_decision::universe::Strategy;
 use mlcore_decision::{Policy, SymbolParams};
 use mlcore_features::FeatureEngine;
 use mlcore_market::Quote;
@@ -63,23 +64,29 @@ fn main() {
     let mut features = job.features.clone();
     engine.write_matrix(ts, &mut features);
 
+    // The strategy as the daemon resolves it, so the decision below is the
+    // daemon's own calls: prepare → score → apply_scores → decide.
+    let strategy = Strategy {
+        id: "fx_g10".parse().unwrap(),
+        symbols: mlcore_research::synth::SYMBOLS
+            .iter()
+            .map(|s| s.0.parse().unwrap())
+            .collect(),
+        params: params.clone(),
+        rolling_beta: vec![None; SYMBOLS],
+        benchmark: 0,
+    };
     let mut full = || {
-        engine.write_matrix(ts, &mut job.features);
-        for (i, input) in job.inputs.iter_mut().enumerate() {
-            input.ready = engine.is_ready(i);
-            (input.rvol_20_bps, input.rvol_100_bps) = engine.state(i).unwrap().rvols_bps();
-        }
-        let scores = scorer.score(&job.features, SYMBOLS).unwrap();
-        for (i, input) in job.inputs.iter_mut().enumerate() {
-            input.prob_up = f64::from(scores.ai1[i]);
-            input.risk = f64::from(scores.ai2[i]);
-        }
         let Job {
-            params,
+            features,
             inputs,
+            params,
             scratch,
             ..
         } = &mut job;
+        mlcore_decision::prepare(&strategy, &engine, ts, features, inputs, params);
+        let scores = scorer.score(features, SYMBOLS).unwrap();
+        mlcore_decision::apply_scores(inputs, scores.ai1, scores.ai2, scores.ai3);
         black_box(mlcore_decision::decide(&policy, params, inputs, scratch));
     };
     let mut c = Criterion::default()

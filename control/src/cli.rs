@@ -69,10 +69,11 @@ pub enum ResearchCommand {
     /// figures, writes portfolio_summary.json, positions.csv, equity.csv
     /// and daily_pnl.csv.
     Backtest(BacktestArgs),
-    /// Search θ for a model on its held-out window: a coarse grid, then
-    /// TPE, within core_policy.yaml's bounds and max_step of the current θ,
-    /// under the trade and drawdown constraints and the bootstrap guard;
-    /// prints every trial and the verdict as JSON.
+    /// Search θ for a model on the first half of its held-out window: a
+    /// coarse grid, then TPE, within core_policy.yaml's bounds and max_step
+    /// of the current θ, under the trade and drawdown constraints and the
+    /// bootstrap guard; then the chosen θ on the second half. Prints every
+    /// trial, the verdict and the held-out figures as JSON.
     Theta(ThetaArgs),
 }
 
@@ -150,9 +151,10 @@ pub struct BacktestArgs {
     /// From decision to order at the market, ms.
     #[arg(long, default_value_t = 250)]
     pub latency_ms: u64,
-    /// `test`: the model's held-out window (from its manifest); `all`: the
-    /// whole dataset.
-    #[arg(long, default_value = "test")]
+    /// `held-out`: the second half of the model's held-out window (from its
+    /// manifest), which `--search-theta` never saw; `test`: all of the
+    /// held-out window; `all`: the whole dataset.
+    #[arg(long, default_value = "held-out")]
     pub window: String,
     /// Leave the stress scenarios out.
     #[arg(long)]

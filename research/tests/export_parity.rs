@@ -139,7 +139,7 @@ fn the_scorer_runs_every_head_of_a_verified_artifact_in_batches() {
         expires_at_ms: u64::MAX,
         feature_schema_hash: features::schema_hash().to_owned(),
         heads: [
-            ("ai1".to_owned(), spec("ai1.onnx", "perpetual-gbm")),
+            ("ai1".to_owned(), spec("ai1.onnx", "lightgbm")),
             ("ai2".to_owned(), spec("ai2.onnx", "logistic")),
         ]
         .into(),

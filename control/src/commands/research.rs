@@ -149,10 +149,12 @@ pub fn research_backtest(
         let (Some(first), Some(last)) = (quotes.first(), quotes.last()) else {
             bail!("{}: no quotes of {}", dataset.display(), m.strategy);
         };
+        let test = test_window(&artifact, args.decision_every_ms);
         let window = match args.window.as_str() {
-            "test" => test_window(&artifact, args.decision_every_ms),
+            "held-out" => halves(test, args.decision_every_ms).1,
+            "test" => test,
             "all" => (first.ts_ns, last.ts_ns + 1),
-            other => bail!("--window `{other}`: use test or all"),
+            other => bail!("--window `{other}`: use held-out, test or all"),
         };
         let bt = Backtest::from_config(&cfg, &m.strategy, timing(window))?;
         let scenarios: &[Scenario] = if args.no_stress { &[] } else { &Scenario::ALL };
@@ -214,27 +216,38 @@ pub fn print_summary(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Searches θ for `artifact` on its held-out window of `quotes` (the
-/// strategy's, in universe order), with core_policy.yaml's θ as the
-/// champion.
+/// A θ search and what the chosen θ does afterwards.
+#[derive(Debug)]
+pub struct Tuned {
+    /// The search, on the first half of the held-out window.
+    pub search: SearchReport,
+    /// The chosen θ on the second half, which the search never saw: the
+    /// out-of-sample figures.
+    pub held_out: theta::Trial,
+}
+
+/// Searches θ for `artifact` on the first half of its held-out window of
+/// `quotes` (the strategy's, in universe order), with core_policy.yaml's θ
+/// as the champion, then measures the chosen θ on the second half.
 pub fn tune(
     cfg: &AppConfig,
     artifact: &VerifiedArtifact,
     quotes: &[Quote],
     args: &SearchArgs,
-) -> anyhow::Result<SearchReport> {
+) -> anyhow::Result<Tuned> {
     let m = &artifact.manifest;
-    let window = test_window(artifact, args.every_ms);
-    let bt = Backtest::from_config(
-        cfg,
-        &m.strategy,
-        Timing {
-            every_ms: args.every_ms,
-            latency_ms: args.latency_ms,
-            window,
-        },
-    )?;
-    let rec = bt.record(quotes, artifact)?;
+    let (tuning, evaluation) = halves(test_window(artifact, args.every_ms), args.every_ms);
+    let backtest = |window| {
+        Backtest::from_config(
+            cfg,
+            &m.strategy,
+            Timing {
+                every_ms: args.every_ms,
+                latency_ms: args.latency_ms,
+                window,
+            },
+        )
+    };
     let t = &cfg.core_policy.theta;
     let spec = SearchSpec {
         champion: (t.theta1, t.theta2),
@@ -247,7 +260,17 @@ pub fn tune(
         max_drawdown: args.max_drawdown,
         seed: args.seed,
     };
-    Ok(theta::search(&bt, &rec, &spec)?)
+    let bt = backtest(tuning)?;
+    let search = theta::search(&bt, &bt.record(quotes, artifact)?, &spec)?;
+    let bt = backtest(evaluation)?;
+    let held_out = theta::evaluate(
+        &bt,
+        &bt.record(quotes, artifact)?,
+        search.chosen,
+        &spec,
+        "held_out",
+    );
+    Ok(Tuned { search, held_out })
 }
 
 /// The configuration of `env` with ONNX Runtime loaded, and the artifact
@@ -269,13 +292,29 @@ fn verified_model(
 
 /// The model's held-out window `[test start, last decision + one cadence)`, ns.
 fn test_window(artifact: &VerifiedArtifact, every_ms: u64) -> (i64, i64) {
-    let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX / 1_000_000) * 1_000_000;
     let w = &artifact.manifest.training_window;
-    (ms(w.test_start_ms), ms(w.end_ms) + ms(every_ms))
+    (
+        ms_to_ns(w.test_start_ms),
+        ms_to_ns(w.end_ms).saturating_add(ms_to_ns(every_ms)),
+    )
 }
 
-/// `challenger` (deciding with `theta`) against `champion` on the
-/// challenger's held-out window of `quotes`, with core_policy.yaml's margin.
+/// `window` cut in two on the decision grid: the θ search's half and the
+/// half it never sees (where the out-of-sample figures, the backtest's
+/// default window and the champion/challenger comparison live).
+fn halves((start, end): (i64, i64), every_ms: u64) -> ((i64, i64), (i64, i64)) {
+    let every = ms_to_ns(every_ms).max(1);
+    let mid = start + (end - start) / 2 / every * every;
+    ((start, mid), (mid, end))
+}
+
+fn ms_to_ns(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX).saturating_mul(1_000_000)
+}
+
+/// `challenger` (deciding with `theta`) against `champion` on the second
+/// half of the challenger's held-out window of `quotes` (the half its θ
+/// search did not see), with core_policy.yaml's margin.
 pub fn challenge(
     cfg: &AppConfig,
     champion: &VerifiedArtifact,
@@ -290,7 +329,7 @@ pub fn challenge(
         Timing {
             every_ms: args.every_ms,
             latency_ms: args.latency_ms,
-            window: test_window(challenger, args.every_ms),
+            window: halves(test_window(challenger, args.every_ms), args.every_ms).1,
         },
     )?;
     let margin = cfg.core_policy.adoption.sharpe_margin;
@@ -322,7 +361,8 @@ pub fn research_theta(
 ) -> anyhow::Result<i32> {
     let (cfg, artifact) = verified_model(config_dir, &args.env, vars, &args.artifact)?;
     let quotes = strategy_quotes(&cfg, &artifact.manifest.strategy, &args.dataset)?;
-    let report = tune(&cfg, &artifact, &quotes, &args.search)?;
+    let tuned = tune(&cfg, &artifact, &quotes, &args.search)?;
+    let report = serde_json::json!({"search": tuned.search, "held_out": tuned.held_out});
     let text = serde_json::to_string_pretty(&report)? + "\n";
     if let Some(path) = &args.out {
         std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;

@@ -46,7 +46,7 @@ pub struct HeadSpec {
     pub output: String,
     /// Features per row.
     pub n_features: usize,
-    /// Learner (`perpetual-gbm`, `logistic`).
+    /// Learner (`lightgbm`, `logistic`).
     pub learner: String,
     /// Calibration inside the graph (`platt`, `none`).
     pub calibration: String,

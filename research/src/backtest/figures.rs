@@ -125,8 +125,10 @@ pub fn figures(sim: &Simulation, n_symbols: usize, per_year: f64, seed: u64) -> 
         max_dd = max_dd.max(peak - e);
     }
     let (mut wins, mut moves) = (0usize, 0usize);
+    // Interval k runs from decision k to the next one; what it holds is
+    // decision k's book once filled, i.e. what the next decision finds.
     for (k, x) in r.iter().enumerate() {
-        if sim.held_gross.get(k).copied().unwrap_or(0.0) > 0.0 && *x != 0.0 {
+        if sim.held_gross.get(k + 1).copied().unwrap_or(0.0) > 0.0 && *x != 0.0 {
             moves += 1;
             wins += usize::from(*x > 0.0);
         }

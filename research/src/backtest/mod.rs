@@ -119,7 +119,7 @@ impl Backtest {
                 }
             })
             .collect();
-        let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX / 1_000_000) * 1_000_000;
+        let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX).saturating_mul(1_000_000);
         Ok(Self {
             strategy: s,
             policy: universe.policy,
@@ -205,7 +205,9 @@ impl Backtest {
         Ok(self.finish(rec, artifact, theta, stressed))
     }
 
-    /// The base case only, over `events` as given (a capture).
+    /// The base case only, over `events` as given (a capture). Its cadence
+    /// (which annualises the ratios) is the captured triggers' median
+    /// spacing, whatever this backtest's was.
     pub fn run_events(
         &self,
         events: impl IntoIterator<Item = Event>,
@@ -213,7 +215,13 @@ impl Backtest {
         theta: (f64, f64),
     ) -> Result<Run, BacktestError> {
         let rec = self.record_events(events, artifact)?;
-        Ok(self.finish(rec, artifact, theta, BTreeMap::new()))
+        let mut gaps: Vec<i64> = rec.trigger_ts.windows(2).map(|w| w[1] - w[0]).collect();
+        gaps.sort_unstable();
+        let mut bt = self.clone();
+        if let Some(&median) = gaps.get(gaps.len() / 2) {
+            bt.every_ns = median.max(1);
+        }
+        Ok(bt.finish(rec, artifact, theta, BTreeMap::new()))
     }
 
     fn finish(

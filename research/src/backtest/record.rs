@@ -29,6 +29,9 @@ pub struct Recorded {
     pub params: Vec<SymbolParams>,
     /// Quotes of symbols the strategy does not trade (skipped).
     pub foreign_quotes: usize,
+    /// Each symbol's notional per unit of weight (`qty / notional` is a
+    /// position's weight).
+    pub notional: Vec<f64>,
 }
 
 impl Recorded {
@@ -73,6 +76,7 @@ pub fn record(
         inputs: Vec::new(),
         params: Vec::new(),
         foreign_quotes: 0,
+        notional: strategy.params.iter().map(|p| p.notional).collect(),
     };
     for e in events {
         match e {

@@ -57,7 +57,7 @@ pub struct Simulation {
     pub equity: Vec<f64>,
     /// Each measured decision's portfolio summary (targets).
     pub summaries: Vec<Summary>,
-    /// Σ|w| and Σw of the positions held at each decision.
+    /// Σ|w| of the positions held at each decision (before its orders fill).
     pub held_gross: Vec<f64>,
     /// Σw of the positions held at each decision.
     pub held_net: Vec<f64>,
@@ -93,18 +93,20 @@ pub fn simulate(rec: &Recorded, cfg: &SimConfig) -> Simulation {
     let mut orders: Vec<Option<Order>> = vec![None; n];
     let mut pnl = 0.0f64;
     let mut next_quote = 0usize;
-    let notional: Vec<f64> = rec.params.iter().take(n).map(|p| p.notional).collect();
+    let notional = &rec.notional;
     let on_quote = |q: &mlcore_market::Quote,
                     qty: &mut [f64],
                     mark: &mut [f64],
                     orders: &mut [Option<Order>],
                     pnl: &mut f64,
                     sim: &mut Simulation| {
-        let i = usize::from(q.symbol);
-        let mid = 0.5 * (q.bid + q.ask);
-        if !(mid > 0.0 && mid.is_finite()) {
+        // What the feature engine ignores (crossed, not positive) neither
+        // marks nor fills.
+        if !q.is_sane() {
             return;
         }
+        let i = usize::from(q.symbol);
+        let mid = 0.5 * (q.bid + q.ask);
         if mark[i] > 0.0 {
             *pnl += qty[i] / notional[i] * (mid / mark[i] - 1.0);
         }

@@ -177,7 +177,7 @@ pub fn train(
         max_trees: ai1.trees.len().max(1),
         ..spec.gbm
     };
-    let sides = cross_fitted_ai1(&split.train, split.gap_ns, halves)?;
+    let sides = cross_fitted_ai1(&split.train, &split.calibration, split.gap_ns, halves)?;
     let meta_train = meta(&split.train, &|i| sides[i]);
     let cal = &split.calibration;
     let meta_cal = meta(cal, &|i| ai1.predict_row(cal.row(i)));
@@ -319,10 +319,15 @@ pub fn train(
     })
 }
 
-/// ai1's up-probability for every row of `seg`, each from an ai1 fitted on
-/// the other half of the segment (rows within `gap_ns` of the halves'
-/// boundary fit neither).
-fn cross_fitted_ai1(seg: &samples::Segment, gap_ns: i64, p: GbmParams) -> Result<Vec<f32>, TrainError> {
+/// ai1's calibrated up-probability for every row of `seg`, each from an
+/// ai1 fitted on the other half of the segment (rows within `gap_ns` of the
+/// halves' boundary fit neither) and calibrated on `cal`.
+fn cross_fitted_ai1(
+    seg: &samples::Segment,
+    cal: &samples::Segment,
+    gap_ns: i64,
+    p: GbmParams,
+) -> Result<Vec<f32>, TrainError> {
     let n = seg.rows();
     let mid = seg.ts_ns.get(n / 2).copied().unwrap_or(0);
     let rows = |keep: &dyn Fn(i64) -> bool| -> (Vec<f32>, Vec<bool>, Vec<f64>) {
@@ -336,7 +341,14 @@ fn cross_fitted_ai1(seg: &samples::Segment, gap_ns: i64, p: GbmParams) -> Result
     };
     let first = rows(&|t| t + gap_ns < mid);
     let second = rows(&|t| t >= mid + gap_ns);
-    let fit = |(x, y, w): &(Vec<f32>, Vec<bool>, Vec<f64>)| learners::fit_gbm(x, y, Some(w), None, p);
+    // Each half calibrated like ai1 itself (Platt on the calibration
+    // segment), so "ai1's side" means calibrated p > 0.5 on every row.
+    let fit = |(x, y, w): &(Vec<f32>, Vec<bool>, Vec<f64>)| -> Result<_, TrainError> {
+        let mut head = learners::fit_gbm(x, y, Some(w), None, p)?;
+        let margins: Vec<f32> = (0..cal.rows()).map(|i| head.margin_row(cal.row(i))).collect();
+        head.platt = learners::fit_platt(&margins, &cal.up)?;
+        Ok(head)
+    };
     let (on_first, on_second) = (fit(&first)?, fit(&second)?);
     Ok((0..n)
         .map(|i| {
