@@ -74,7 +74,7 @@ VERSION=$(( HIGHEST + 1 ))
 say "training fx_g10 v$VERSION (LightGBM heads ai1, ai2, ai3) and searching θ on the first half of its held-out window; signing with the dev key"
 "$CONTROL" train --env dev --dataset "$DATA" --out "$MODELS/v$VERSION" \
   --key deployments/dev-keys/dev-2026.key --strategy fx_g10 --version "$VERSION" --search-theta \
-  | grep -E '^(θ search|rows|metric (ai1_auc_test|ai2_auc_test|oos_|theta_)|artifact)'
+  | grep -E '^(θ search|rows|metric (ai1_auc_test|ai2_auc_test|ai3_auc_test|oos_|theta_)|artifact)'
 say "backtest of fx_g10-v$VERSION on the half of its held-out window the θ search never saw: the daemon's features, ONNX heads and decisions, costs from cost_table.yaml, beside the stress scenarios"
 "$CONTROL" research backtest --env dev --artifact "$MODELS/v$VERSION" --dataset "$DATA" \
   --out "$RUN_DIR/backtest/fx_g10-v$VERSION"

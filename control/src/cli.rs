@@ -203,15 +203,9 @@ pub struct CvArgs {
     /// Embargo after each test block, decisions.
     #[arg(long, default_value_t = 12)]
     pub embargo: i64,
-    /// Leaves per tree of ai1 (LightGBM).
-    #[arg(long, default_value_t = 31, value_parser = clap::value_parser!(u64).range(2..=4096))]
-    pub num_leaves: u64,
-    /// ai1's learning rate.
-    #[arg(long, default_value_t = 0.05, value_parser = learning_rate)]
-    pub learning_rate: f64,
-    /// Fewest rows in a leaf.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
-    pub min_data_in_leaf: u64,
+    /// The trees' shape.
+    #[command(flatten)]
+    pub trees: TreeArgs,
     /// Trees of ai1 (cross-validation folds fit exactly this many).
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_trees: u64,
@@ -575,15 +569,9 @@ pub struct TrainArgs {
     /// Label horizon, quotes ahead.
     #[arg(long, default_value_t = 12)]
     pub horizon: usize,
-    /// Leaves per tree of ai1 (LightGBM).
-    #[arg(long, default_value_t = 31, value_parser = clap::value_parser!(u64).range(2..=4096))]
-    pub num_leaves: u64,
-    /// ai1's learning rate.
-    #[arg(long, default_value_t = 0.05, value_parser = learning_rate)]
-    pub learning_rate: f64,
-    /// Fewest rows in a leaf.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
-    pub min_data_in_leaf: u64,
+    /// The trees' shape.
+    #[command(flatten)]
+    pub trees: TreeArgs,
     /// Most trees of ai1 (fewer when the calibration segment's log loss
     /// stops improving for 50 rounds).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -602,6 +590,33 @@ pub struct TrainArgs {
     /// How the θ search runs.
     #[command(flatten)]
     pub search: SearchArgs,
+}
+
+/// LightGBM's tree parameters (`train`, `research cv`).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct TreeArgs {
+    /// Leaves per tree (LightGBM grows leaf-wise).
+    #[arg(long, default_value_t = 31, value_parser = clap::value_parser!(u64).range(2..=4096))]
+    pub num_leaves: u64,
+    /// Learning rate.
+    #[arg(long, default_value_t = 0.05, value_parser = learning_rate)]
+    pub learning_rate: f64,
+    /// Fewest rows in a leaf.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    pub min_data_in_leaf: u64,
+}
+
+impl TreeArgs {
+    /// The learner's parameters, with at most `max_trees` trees.
+    pub fn params(&self, max_trees: u64) -> mlcore_research::train::GbmParams {
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        mlcore_research::train::GbmParams {
+            num_leaves: size(self.num_leaves),
+            learning_rate: self.learning_rate,
+            min_data_in_leaf: size(self.min_data_in_leaf),
+            max_trees: size(max_trees),
+        }
+    }
 }
 
 /// A learning rate: in (0, 1].

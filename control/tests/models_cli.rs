@@ -330,26 +330,32 @@ fn train_model(data: &Path, out: &Path, version: &str, extra: &[&str]) -> String
     text(&o)
 }
 
+/// `data synth --seed S --days 3 --interval-ms 15000` into `out`, with
+/// `extra` arguments.
+fn synth(out: &Path, seed: &str, extra: &[&str]) {
+    let mut args = vec![
+        "data",
+        "synth",
+        "--seed",
+        seed,
+        "--days",
+        "3",
+        "--interval-ms",
+        "15000",
+        "--out",
+    ];
+    args.push(out.to_str().unwrap());
+    args.extend_from_slice(extra);
+    let o = control(&args);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 /// `data synth` then `train --search-theta` into `tmp`; the artifact's
 /// folder, the dataset's and the train output.
 fn searched_model(tmp: &Path, effect: &str) -> (PathBuf, PathBuf, String) {
     let data = tmp.join(format!("data-{effect}"));
     let model = tmp.join(format!("model-{effect}"));
-    let o = control(&[
-        "data",
-        "synth",
-        "--seed",
-        "11",
-        "--days",
-        "3",
-        "--interval-ms",
-        "15000",
-        "--effect",
-        effect,
-        "--out",
-        data.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    synth(&data, "11", &["--effect", effect]);
     let trained = train_model(&data, &model, "1", &["--search-theta", "--trials", "15"]);
     (model, data, trained)
 }
@@ -489,21 +495,7 @@ fn a_challenger_must_beat_the_active_model_on_the_same_window() {
     // A model of a market without the effect, on the same dates, as the
     // champion: the planted model beats it on the planted market.
     let null_data = tmp.path().join("null-data");
-    let o = control(&[
-        "data",
-        "synth",
-        "--seed",
-        "11",
-        "--days",
-        "3",
-        "--interval-ms",
-        "15000",
-        "--effect",
-        "0",
-        "--out",
-        null_data.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    synth(&null_data, "11", &["--effect", "0"]);
     let null_model = tmp.path().join("null-model");
     train_model(&null_data, &null_model, "3", &[]);
     let winner = tmp.path().join("winner");
@@ -520,21 +512,7 @@ fn a_challenger_must_beat_the_active_model_on_the_same_window() {
     // The window must be out of sample for the champion: a model trained on
     // later data cannot be judged on an earlier window.
     let later = tmp.path().join("later-data");
-    let o = control(&[
-        "data",
-        "synth",
-        "--seed",
-        "12",
-        "--days",
-        "3",
-        "--interval-ms",
-        "15000",
-        "--start",
-        "2026-02-02",
-        "--out",
-        later.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    synth(&later, "12", &["--start", "2026-02-02"]);
     let later_model = tmp.path().join("later-model");
     train_model(&later, &later_model, "5", &[]);
     let o = control(&[

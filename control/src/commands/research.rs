@@ -18,7 +18,6 @@ use mlcore_research::dataset::Dataset;
 use mlcore_research::labels::Barriers;
 use mlcore_research::replay;
 use mlcore_research::theta::{self, SearchReport, SearchSpec};
-use mlcore_research::train::GbmParams;
 use mlcore_research::validation::Scheme;
 
 use super::{load_config, now_ms};
@@ -81,12 +80,7 @@ pub fn research_cv(
             args.folds
         );
     }
-    let learner = Learner::Gbm(GbmParams {
-        num_leaves: usize::try_from(args.num_leaves).unwrap_or(usize::MAX),
-        learning_rate: args.learning_rate,
-        min_data_in_leaf: usize::try_from(args.min_data_in_leaf).unwrap_or(usize::MAX),
-        max_trees: usize::try_from(args.max_trees).unwrap_or(usize::MAX),
-    });
+    let learner = Learner::Gbm(args.trees.params(args.max_trees));
     let report = cv::cross_validate(
         &data,
         scheme,

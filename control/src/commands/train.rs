@@ -10,7 +10,7 @@ use mlcore_models::runtime;
 
 use super::{load_config, now_ms, research};
 use crate::cli::TrainArgs;
-use mlcore_research::train::{self, GbmParams, TrainSpec};
+use mlcore_research::train::{self, TrainSpec};
 
 /// Trains, signs, verifies and writes an artifact.
 pub fn train(
@@ -59,12 +59,7 @@ pub fn train(
             .iter()
             .map(|p| p.cost_bps)
             .collect(),
-        gbm: GbmParams {
-            num_leaves: usize::try_from(args.num_leaves).unwrap_or(usize::MAX),
-            learning_rate: args.learning_rate,
-            min_data_in_leaf: usize::try_from(args.min_data_in_leaf).unwrap_or(usize::MAX),
-            max_trees: usize::try_from(args.max_trees).unwrap_or(usize::MAX),
-        },
+        gbm: args.trees.params(args.max_trees),
         theta: ThetaParams {
             theta1: cfg.core_policy.theta.theta1,
             theta2: cfg.core_policy.theta.theta2,
