@@ -91,6 +91,22 @@ fn trainer_learns_exports_with_parity_and_is_byte_for_byte_reproducible() {
         assert!(ece < 0.05, "{head} calibration error {ece}");
         assert!(m.metrics[&format!("{head}_brier_test")] < 0.25);
     }
+    // ai3 (the meta-label) is a head like the others: calibrated, exported,
+    // parity-checked, and better than a coin on the test rows.
+    assert!(
+        a.manifest.heads.contains_key("ai3"),
+        "{:?}",
+        a.manifest.heads.keys()
+    );
+    assert!(m.metrics["ai3_ece_test"] < 0.05, "{:?}", m.metrics);
+    assert!(m.metrics["ai3_auc_test"] > 0.52, "{:?}", m.metrics);
+    assert!(m.metrics["ai3_onnx_parity_max_abs"] <= 1e-5);
+    // A reliability diagram per head, over every test row.
+    for head in ["ai1", "ai2", "ai3"] {
+        let bins = &a.reliability[head];
+        assert!(bins.len() >= 3, "{head}: {bins:?}");
+        assert_eq!(bins.iter().map(|b| b.count).sum::<usize>(), a.rows.2, "{head}");
+    }
     let uniqueness = m.metrics["train_mean_uniqueness"];
     assert!(
         uniqueness > 0.05 && uniqueness < 1.0,

@@ -141,6 +141,17 @@ pub fn train(
     }
     let m = &report.manifest;
     writeln!(out, "rows train/calibration/test: {:?}", report.rows)?;
+    for (head, bins) in &report.reliability {
+        let diagram: Vec<String> = bins
+            .iter()
+            .map(|b| format!("{:.2}→{:.2} (n={})", b.mean_predicted, b.observed, b.count))
+            .collect();
+        writeln!(
+            out,
+            "reliability {head} (test; predicted→observed): {}",
+            diagram.join("  ")
+        )?;
+    }
     for (k, v) in &m.metrics {
         writeln!(out, "metric {k} = {v:.6}")?;
     }

@@ -67,6 +67,8 @@ pub struct TrainReport {
     pub quarantined: Vec<Quarantined>,
     /// Rows per segment (train, calibration, test).
     pub rows: (usize, usize, usize),
+    /// Each head's reliability diagram on the test rows (10 bins), by head.
+    pub reliability: BTreeMap<String, Vec<ReliabilityBin>>,
 }
 
 /// Why training failed.
@@ -311,11 +313,20 @@ pub fn train(
         rollback: None,
     };
     artifact::verify(files.clone(), &ctx)?;
+    let reliability = [
+        ("ai1", &p1, &test.up),
+        ("ai2", &p2, risky),
+        ("ai3", &p3, &meta_test),
+    ]
+    .into_iter()
+    .map(|(head, p, y)| (head.to_owned(), metrics::reliability(p, y, 10).0))
+    .collect();
     Ok(TrainReport {
         manifest,
         files,
         quarantined: dataset.quarantined,
         rows,
+        reliability,
     })
 }
 
