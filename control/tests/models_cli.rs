@@ -381,36 +381,35 @@ fn a_searched_model_trades_the_planted_reversal_after_costs_and_reports_its_stre
         manifest["theta"]["theta2"].as_f64().unwrap(),
     );
     // core_policy.yaml: θ1 0.55, θ2 0.60, max_step 0.05, inside the bounds.
-    assert!(
-        (0.5..=0.6 + 1e-9).contains(&t1) && (0.55 - 1e-9..=0.65 + 1e-9).contains(&t2),
-        "{manifest}"
-    );
+    let in_space =
+        |a: f64, b: f64| (0.5..=0.6 + 1e-9).contains(&a) && (0.55 - 1e-9..=0.65 + 1e-9).contains(&b);
+    assert!(in_space(t1, t2), "{manifest}");
+    // `research <stage> --env dev --artifact MODEL --dataset DATA ...`.
+    let research = |stage: &str, extra: &[&str]| {
+        let mut args = vec![
+            "research",
+            stage,
+            "--env",
+            "dev",
+            "--artifact",
+            model.to_str().unwrap(),
+        ];
+        args.extend_from_slice(&["--dataset", data.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        control(&args)
+    };
 
     // The search alone, as JSON: every trial inside the space, the verdict,
     // and the chosen θ on the half it never saw — what train sealed.
     let report = tmp.path().join("theta.json");
-    let o = control(&[
-        "research",
-        "theta",
-        "--env",
-        "dev",
-        "--artifact",
-        model.to_str().unwrap(),
-        "--dataset",
-        data.to_str().unwrap(),
-        "--trials",
-        "15",
-        "--out",
-        report.to_str().unwrap(),
-    ]);
+    let o = research("theta", &["--trials", "15", "--out", report.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let theta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let trials = theta["search"]["trials"].as_array().unwrap();
     assert_eq!(trials.len(), 25 + 15, "5 × 5 grid, then 15 TPE trials");
-    assert!(trials.iter().all(|t| {
-        let (a, b) = (t["theta1"].as_f64().unwrap(), t["theta2"].as_f64().unwrap());
-        (0.5..=0.6 + 1e-9).contains(&a) && (0.55 - 1e-9..=0.65 + 1e-9).contains(&b)
-    }));
+    assert!(trials
+        .iter()
+        .all(|t| in_space(t["theta1"].as_f64().unwrap(), t["theta2"].as_f64().unwrap())));
     assert_eq!(theta["search"]["adopted"], true, "{}", theta["search"]["verdict"]);
     assert_eq!(
         theta["held_out"]["sharpe"], metrics["oos_sharpe"],
@@ -418,18 +417,7 @@ fn a_searched_model_trades_the_planted_reversal_after_costs_and_reports_its_stre
     );
 
     let out = tmp.path().join("bt");
-    let o = control(&[
-        "research",
-        "backtest",
-        "--env",
-        "dev",
-        "--artifact",
-        model.to_str().unwrap(),
-        "--dataset",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = research("backtest", &["--out", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let printed = text(&o);
     for case in ["base", "spread_x3", "vol_shock", "price_gap", "stale_data"] {
