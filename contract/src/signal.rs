@@ -75,6 +75,19 @@ pub struct Signal {
 }
 
 impl Signal {
+    /// Sets what one decision says of this symbol: the target (`weight`,
+    /// `qty`; the side follows the weight's sign) and the model's outputs
+    /// (ai1 as `return_prob`, kept within [0, 1]; ai2 as `risk_score`). The
+    /// daemon's publisher and the backtester's positions both come through
+    /// here, so they cannot disagree. No allocation.
+    pub fn set_decision(&mut self, weight: f64, qty: f64, prob_up: f64, risk: f64) {
+        self.side = Side::of_weight(weight);
+        self.weight = weight;
+        self.qty = qty;
+        self.return_prob = prob_up.clamp(0.0, 1.0);
+        self.risk_score = risk;
+    }
+
     /// A flat signal for `symbol`: no position, neutral probability, no risk.
     pub fn flat(symbol: impl Into<String>) -> Self {
         Self {

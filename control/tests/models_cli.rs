@@ -305,8 +305,8 @@ fn research_cv_reports_folds_and_out_of_sample_figures() {
 }
 
 /// `train --env dev` of `data` into `out` as `version`, with `extra`
-/// arguments; the output.
-fn train_model(data: &Path, out: &Path, version: &str, extra: &[&str]) -> String {
+/// arguments.
+fn train_run(data: &Path, out: &Path, version: &str, extra: &[&str]) -> Output {
     let mut args = vec![
         "train",
         "--env",
@@ -325,7 +325,12 @@ fn train_model(data: &Path, out: &Path, version: &str, extra: &[&str]) -> String
         "60",
     ];
     args.extend_from_slice(extra);
-    let o = control(&args);
+    control(&args)
+}
+
+/// [`train_run`], which must succeed; its output.
+fn train_model(data: &Path, out: &Path, version: &str, extra: &[&str]) -> String {
+    let o = train_run(data, out, version, extra);
     assert!(o.status.success(), "{}", text(&o));
     text(&o)
 }
@@ -534,26 +539,14 @@ fn a_challenger_must_beat_the_active_model_on_the_same_window() {
     synth(&later, "12", &["--start", "2026-02-02"]);
     let later_model = tmp.path().join("later-model");
     train_model(&later, &later_model, "5", &[]);
-    let o = control(&[
-        "train",
-        "--env",
-        "dev",
-        "--dataset",
-        data.to_str().unwrap(),
-        "--out",
-        tmp.path().join("refused").to_str().unwrap(),
-        "--key",
-        "deployments/dev-keys/dev-2026.key",
-        "--strategy",
-        "fx_g10",
-        "--version",
+    let refused = tmp.path().join("refused");
+    let o = train_run(
+        &data,
+        &refused,
         "6",
-        "--max-trees",
-        "60",
-        "--champion",
-        later_model.to_str().unwrap(),
-    ]);
+        &["--champion", later_model.to_str().unwrap()],
+    );
     assert!(!o.status.success());
     assert!(text(&o).contains("not out of sample for it"), "{}", text(&o));
-    assert!(!tmp.path().join("refused").exists(), "nothing written");
+    assert!(!refused.exists(), "nothing written");
 }

@@ -56,17 +56,7 @@ impl Job {
             trigger_ts_ns: 0,
             decoded_at: Instant::now(),
             features: vec![0.0; n * N_FEATURES],
-            inputs: vec![
-                SymbolInput {
-                    prob_up: 0.5,
-                    risk: 1.0,
-                    meta: 1.0,
-                    rvol_20_bps: 0.0,
-                    rvol_100_bps: 0.0,
-                    ready: false
-                };
-                n
-            ],
+            inputs: vec![SymbolInput::NOT_READY; n],
             params: params.to_vec(),
             scratch: Scratch::new(n),
             summary: Summary::default(),

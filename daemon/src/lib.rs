@@ -4,8 +4,9 @@
 //! [`ingress`] (mio; [`wire`] decode; feature updates; triggers → [`job`]s)
 //! → [`worker`]s (ONNX Runtime scoring; the decision crate
 //! `mlcore-decision`, which also holds the universe tables and the
-//! trigger-time preparation the backtester shares) → [`publisher`] (ops modes, `seq`, `valid_until`; the
-//! Redis guard through [`redis_io`]'s pipe).
+//! trigger-time preparation the backtester shares) → [`publisher`] (ops
+//! modes, `seq`, `valid_until`; the Redis guard through [`redis_io`]'s
+//! pipe).
 //!
 //! Side threads: [`loader`] (verify, warm and hand over models; heartbeats
 //! and histogram merging run in the same loop, see [`run`]), [`ops`] (mode

@@ -718,11 +718,7 @@ fn prepare(
                 (weight, qty) = (cur, cur * notional);
             }
         }
-        sig.side = Side::of_weight(weight);
-        sig.weight = weight;
-        sig.qty = qty;
-        sig.return_prob = job.inputs[i].prob_up.clamp(0.0, 1.0);
-        sig.risk_score = job.inputs[i].risk;
+        sig.set_decision(weight, qty, job.inputs[i].prob_up, job.inputs[i].risk);
     }
     batch.seq = seq;
     batch.generated_at_ms = (job.trigger_ts_ns / 1_000_000).max(0) as u64;

@@ -75,6 +75,19 @@ pub struct SymbolInput {
     pub ready: bool,
 }
 
+impl SymbolInput {
+    /// A symbol before its first decision: not warmed up, no model output
+    /// (what decision buffers start as; `prepare` and `apply_scores` fill them).
+    pub const NOT_READY: Self = Self {
+        prob_up: 0.5,
+        risk: 1.0,
+        meta: 1.0,
+        rvol_20_bps: 0.0,
+        rvol_100_bps: 0.0,
+        ready: false,
+    };
+}
+
 /// Target of one symbol.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Target {
@@ -337,11 +350,12 @@ fn beta_of(w: &[f64], symbols: &[SymbolParams]) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn policy() -> Policy {
+    /// The policy the crate's tests decide with.
+    pub(crate) fn policy() -> Policy {
         Policy {
             theta1: 0.55,
             theta2: 0.6,

@@ -145,17 +145,7 @@ mod tests {
         apply_scores(&mut inputs, &[0.9], &[0.2], Some(&[0.5]));
         assert!(inputs[1].prob_up.is_nan() && inputs[1].meta.is_nan());
         let s = strategy(None);
-        let policy = Policy {
-            theta1: 0.55,
-            theta2: 0.6,
-            target_annual_vol: 0.1,
-            periods_per_year: 4_354_560.0,
-            max_gross: 1.0,
-            beta_tolerance: 0.01,
-            min_edge_over_cost_bps: 0.0,
-            use_ai3: true,
-        }
-        .with_theta(0.6, 0.5);
+        let policy = crate::portfolio::tests::policy().with_theta(0.6, 0.5);
         assert_eq!((policy.theta1, policy.theta2), (0.6, 0.5));
         let mut scratch = Scratch::new(2);
         decide(&policy, &s.params, &inputs, &mut scratch);

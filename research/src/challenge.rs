@@ -14,7 +14,7 @@ use mlcore_market::Quote;
 use mlcore_models::artifact::VerifiedArtifact;
 use serde::{Deserialize, Serialize};
 
-use crate::backtest::figures::{bootstrap, returns, sharpe};
+use crate::backtest::figures::{bootstrap_indices, returns, sharpe};
 use crate::backtest::{simulate, Backtest, BacktestError};
 
 /// One side's figures on the window.
@@ -132,13 +132,12 @@ pub fn challenge(
     let (chall, rx) = run(challenger, challenger_theta)?;
     let per_year = bt.per_year();
     let n = rc.len().min(rx.len());
-    let gain = |idx: &[f64]| {
-        let pick = |r: &[f64]| idx.iter().map(|&i| r[i as usize]).collect::<Vec<f64>>();
+    let gain = |idx: &[usize]| {
+        let pick = |r: &[f64]| idx.iter().map(|&i| r[i]).collect::<Vec<f64>>();
         sharpe(&pick(&rx), per_year) - sharpe(&pick(&rc), per_year)
     };
-    let all: Vec<f64> = (0..n).map(|i| i as f64).collect();
-    let sharpe_gain = gain(&all);
-    let ci = bootstrap(&all, bt.seed, gain);
+    let sharpe_gain = gain(&(0..n).collect::<Vec<usize>>());
+    let ci = bootstrap_indices(n, bt.seed, gain);
     let won = ci[0] > margin;
     let reason = if won {
         format!(

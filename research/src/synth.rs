@@ -134,6 +134,18 @@ impl SynthSpec {
     }
 }
 
+/// Uniform in (0, 1) from 53 random bits: the same on every machine.
+pub(crate) fn uniform(rng: &mut ChaCha8Rng) -> f64 {
+    ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+}
+
+/// One standard normal draw by Box–Muller from two uniforms (the cosine
+/// half only: for callers that interleave other draws).
+pub(crate) fn standard_normal(rng: &mut ChaCha8Rng) -> f64 {
+    let (u1, u2) = (uniform(rng), uniform(rng));
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
 /// Gaussian source: ChaCha8 + Box–Muller (pairs cached).
 struct Normal {
     rng: ChaCha8Rng,
@@ -150,7 +162,7 @@ impl Normal {
 
     /// Uniform in (0, 1).
     fn uniform(&mut self) -> f64 {
-        ((self.rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        uniform(&mut self.rng)
     }
 
     fn sample(&mut self) -> f64 {

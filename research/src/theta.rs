@@ -25,6 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::backtest::{simulate, Backtest, Recorded};
+use crate::synth::standard_normal;
 
 /// A closed interval.
 pub type Range = (f64, f64);
@@ -242,6 +243,10 @@ fn tpe_next(trials: &[Trial], r1: Range, r2: Range, rng: &mut ChaCha8Rng) -> (f6
     let (good, bad) = order.split_at(n_good.min(order.len()));
     let pts = |v: &[&Trial]| v.iter().map(|t| (t.theta1, t.theta2)).collect::<Vec<_>>();
     let (good, bad) = (pts(good), pts(bad));
+    let centre = (0.5 * (r1.0 + r1.1), 0.5 * (r2.0 + r2.1));
+    if good.is_empty() {
+        return centre; // nothing tried yet
+    }
     // Scott-like bandwidths, shrinking as trials accumulate.
     let bw = |r: Range, n: usize| ((r.1 - r.0) * (n.max(1) as f64).powf(-0.2)).max(1e-6);
     let (g1, g2) = (bw(r1, good.len()), bw(r2, good.len()));
@@ -258,12 +263,12 @@ fn tpe_next(trials: &[Trial], r1: Range, r2: Range, rng: &mut ChaCha8Rng) -> (f6
             .sum::<f64>()
             / pts.len() as f64
     };
-    let mut best = (f64::NEG_INFINITY, (0.5 * (r1.0 + r1.1), 0.5 * (r2.0 + r2.1)));
+    let mut best = (f64::NEG_INFINITY, centre);
     for _ in 0..CANDIDATES {
-        let centre = good[(rng.next_u64() % good.len().max(1) as u64) as usize % good.len().max(1)];
+        let centre = good[(rng.next_u64() % good.len() as u64) as usize];
         let x = (
-            (centre.0 + g1 * normal(rng)).clamp(r1.0, r1.1),
-            (centre.1 + g2 * normal(rng)).clamp(r2.0, r2.1),
+            (centre.0 + g1 * standard_normal(rng)).clamp(r1.0, r1.1),
+            (centre.1 + g2 * standard_normal(rng)).clamp(r2.0, r2.1),
         );
         let ratio = density(&good, x, g1, g2) / density(&bad, x, b1, b2).max(1e-300);
         if ratio > best.0 {
@@ -271,12 +276,6 @@ fn tpe_next(trials: &[Trial], r1: Range, r2: Range, rng: &mut ChaCha8Rng) -> (f6
         }
     }
     best.1
-}
-
-fn normal(rng: &mut ChaCha8Rng) -> f64 {
-    let u = |r: &mut ChaCha8Rng| ((r.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    let (u1, u2) = (u(rng), u(rng));
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
 #[cfg(test)]

@@ -149,6 +149,10 @@ fn start_daemon_on(root: &Path, redis_url: &str) -> Daemon {
     }
 }
 
+/// daemon.yaml's threads with every thread on core 0 (tests share the
+/// machine).
+const ONE_CORE: &str = "{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}";
+
 /// A folder with the repository's configs, the dev environment pointed at
 /// namespace `ns`, free ports, the test's ONNX Runtime and models under
 /// the folder, and `threads` as daemon.yaml's threads.
@@ -200,13 +204,12 @@ fn timer_root(ns: &RedisNamespace, instance: &str, interval_ms: u64) -> tempfile
 
 /// [`timer_root`]'s files, Redis untouched.
 fn timer_files(ns: &RedisNamespace, instance: &str, interval_ms: u64) -> tempfile::TempDir {
-    let threads = "{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}";
-    let tmp = config_root(ns, threads);
+    let tmp = config_root(ns, ONE_CORE);
     let root = tmp.path();
     std::fs::write(
         root.join("configs/envs/dev/daemon.yaml"),
         format!(
-            "instance_id: {instance}\ningress: {{listen: \"127.0.0.1:0\"}}\nthreads: {threads}\n\
+            "instance_id: {instance}\ningress: {{listen: \"127.0.0.1:0\"}}\nthreads: {ONE_CORE}\n\
              decision: {{mode: timer, timer_interval_ms: {interval_ms}}}\n"
         ),
     )
@@ -426,7 +429,6 @@ fn timer_mode_decides_on_the_daemons_clock_without_triggers() {
 #[test]
 fn the_same_frames_and_model_give_the_same_signals() {
     runtime::init(&testutil::ort_library()).unwrap();
-    let threads = "{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}";
     let key =
         SecretKeyFile::read(&testutil::workspace_root().join("deployments/dev-keys/dev-2026.key")).unwrap();
     let artifact = testutil::logistic_artifact(&key, "fx_g10", 1, 3.0, testutil::now_ms());
@@ -435,7 +437,7 @@ fn the_same_frames_and_model_give_the_same_signals() {
     let setups: Vec<(RedisNamespace, tempfile::TempDir, Guard)> = (0..2)
         .map(|_| {
             let ns = RedisNamespace::new();
-            let tmp = config_root(&ns, threads);
+            let tmp = config_root(&ns, ONE_CORE);
             // A long validity, so a machine busy with the other tests cannot
             // expire the one decision before it is published.
             std::fs::write(
@@ -773,8 +775,7 @@ fn sigterm_stops_the_daemon_cleanly_and_its_last_heartbeat_says_stopped() {
 #[test]
 fn the_daemons_metrics_pass_promtool() {
     let ns = RedisNamespace::new();
-    let threads = "{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}";
-    let tmp = config_root(&ns, threads);
+    let tmp = config_root(&ns, ONE_CORE);
     let d = start_daemon(tmp.path());
     assert!(
         testutil::wait_until(Duration::from_secs(10), || get(&d.http, "/healthz").0 == 200).is_some(),
@@ -1047,15 +1048,14 @@ fn each_process_runs_under_a_least_privilege_redis_user() {
 fn two_daemons_publish_each_decision_once_and_survive_one_dying() {
     runtime::init(&testutil::ort_library()).unwrap();
     let ns = RedisNamespace::new();
-    let threads = "{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}";
     let roots: Vec<tempfile::TempDir> = ["aa-a", "aa-b"]
         .iter()
         .map(|instance| {
-            let tmp = config_root(&ns, threads);
+            let tmp = config_root(&ns, ONE_CORE);
             std::fs::write(
                 tmp.path().join("configs/envs/dev/daemon.yaml"),
                 format!(
-                    "instance_id: {instance}\ningress: {{listen: \"127.0.0.1:0\"}}\nthreads: {threads}\n"
+                    "instance_id: {instance}\ningress: {{listen: \"127.0.0.1:0\"}}\nthreads: {ONE_CORE}\n"
                 ),
             )
             .unwrap();
@@ -1206,8 +1206,7 @@ fn two_timer_daemons_publish_each_tick_once() {
 #[test]
 fn the_backtester_computes_the_signals_the_daemon_publishes() {
     let ns = RedisNamespace::new();
-    let threads = "{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}";
-    let tmp = config_root(&ns, threads);
+    let tmp = config_root(&ns, ONE_CORE);
     // Nothing expires on a busy machine: every decision is published.
     std::fs::write(
         tmp.path().join("configs/envs/dev/core_policy.yaml"),

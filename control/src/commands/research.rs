@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use mlcore_config::{AppConfig, EnvSource};
+use mlcore_config::{AppConfig, EnvSource, StrategyUniverse};
 use mlcore_market::Quote;
 use mlcore_models::artifact::{self, ArtifactFiles, TrustStore, VerifiedArtifact, VerifyContext};
 use mlcore_models::runtime;
@@ -34,17 +34,7 @@ pub fn research_cv(
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
     let cfg = load_config(config_dir, &args.env, vars, mlcore_config::Process::Offline)?;
-    let strategy = cfg
-        .strategy(&args.strategy)
-        .with_context(|| format!("strategy `{}` is not in universe.yaml", args.strategy))?;
-    let symbols: Vec<String> = strategy.symbols.iter().map(|s| s.symbol.to_string()).collect();
-    let Some(benchmark) = symbols.iter().position(|s| strategy.benchmark == *s) else {
-        bail!(
-            "benchmark {} is not a symbol of {}",
-            strategy.benchmark,
-            args.strategy
-        );
-    };
+    let (_, symbols, benchmark) = strategy_of(&cfg, &args.strategy)?;
     let scheme = match args.scheme.as_str() {
         "kfold" => Scheme::PurgedKFold { k: args.folds },
         "expanding" => Scheme::WalkForwardExpanding { k: args.folds },
@@ -57,22 +47,20 @@ pub fn research_cv(
     if args.folds < 2 {
         bail!("--folds {}: at least 2", args.folds);
     }
-    let names: Vec<&str> = symbols.iter().map(String::as_str).collect();
-    let dataset = Dataset::open(&args.dataset)?;
-    let quotes = dataset.load_quotes(&names)?;
+    let quotes = strategy_quotes(&cfg, &args.strategy, &args.dataset)?;
     let every_ns = i64::try_from(args.decision_every_ms)
         .ok()
         .and_then(|ms| ms.checked_mul(1_000_000))
         .filter(|ns| *ns > 0)
         .context("--decision-every-ms must be between 1 and 9e12")?;
-    let samples = cv::samples(&quotes, names.len(), benchmark, every_ns);
-    cv::point_in_time_check(&quotes, names.len(), benchmark, &samples, CHECKED_ROWS)?;
+    let samples = cv::samples(&quotes, symbols.len(), benchmark, every_ns);
+    cv::point_in_time_check(&quotes, symbols.len(), benchmark, &samples, CHECKED_ROWS)?;
     let barriers = Barriers {
         profit_take: args.profit_take,
         stop_loss: args.stop_loss,
         horizon: args.horizon,
     };
-    let data = cv::label(&quotes, names.len(), &samples, &barriers, args.sigma_window);
+    let data = cv::label(&quotes, symbols.len(), &samples, &barriers, args.sigma_window);
     if data.rows() < 50 * args.folds {
         bail!(
             "{} labelled rows for {} folds: too few (more days, a faster cadence or fewer folds)",
@@ -332,12 +320,25 @@ pub fn challenge(
     )?)
 }
 
+/// `id`'s entry in universe.yaml, its symbols' names in universe order and
+/// the benchmark's index among them.
+pub fn strategy_of<'a>(
+    cfg: &'a AppConfig,
+    id: &str,
+) -> anyhow::Result<(&'a StrategyUniverse, Vec<String>, usize)> {
+    let strategy = cfg
+        .strategy(id)
+        .with_context(|| format!("strategy `{id}` is not in universe.yaml"))?;
+    let symbols: Vec<String> = strategy.symbols.iter().map(|s| s.symbol.to_string()).collect();
+    let Some(benchmark) = symbols.iter().position(|s| strategy.benchmark == *s) else {
+        bail!("benchmark {} is not a symbol of {id}", strategy.benchmark);
+    };
+    Ok((strategy, symbols, benchmark))
+}
+
 /// The strategy's quotes from a dataset, in universe order.
 pub fn strategy_quotes(cfg: &AppConfig, strategy: &str, dataset: &Path) -> anyhow::Result<Vec<Quote>> {
-    let s = cfg
-        .strategy(strategy)
-        .with_context(|| format!("strategy `{strategy}` is not in universe.yaml"))?;
-    let names: Vec<String> = s.symbols.iter().map(|x| x.symbol.to_string()).collect();
+    let (_, names, _) = strategy_of(cfg, strategy)?;
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let quotes = Dataset::open(dataset)?.load_quotes(&refs)?;
     if quotes.is_empty() {

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use mlcore_config::EnvSource;
 use mlcore_models::artifact::{self, ArtifactFiles, SecretKeyFile, ThetaParams, TrustStore, VerifyContext};
 use mlcore_models::runtime;
@@ -20,17 +20,7 @@ pub fn train(
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
     let cfg = load_config(config_dir, &args.env, vars, mlcore_config::Process::Offline)?;
-    let strategy = cfg
-        .strategy(&args.strategy)
-        .with_context(|| format!("strategy `{}` is not in universe.yaml", args.strategy))?;
-    let symbols: Vec<String> = strategy.symbols.iter().map(|s| s.symbol.to_string()).collect();
-    let Some(benchmark) = symbols.iter().position(|s| strategy.benchmark == *s) else {
-        bail!(
-            "benchmark {} is not a symbol of {}",
-            strategy.benchmark,
-            args.strategy
-        );
-    };
+    let (strategy, symbols, benchmark) = research::strategy_of(&cfg, &args.strategy)?;
     runtime::init(&cfg.storage.onnxruntime_library)?;
     let trust = TrustStore::from_config(&cfg.trust)?;
     let key = SecretKeyFile::read(&args.key)?;

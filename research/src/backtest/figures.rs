@@ -86,9 +86,21 @@ fn mean_sd(r: &[f64]) -> (f64, f64) {
 /// the serial dependence overlapping positions create): the 5th and 95th
 /// percentiles. Seeded: the same series gives the same interval.
 pub fn bootstrap(r: &[f64], seed: u64, stat: impl Fn(&[f64]) -> f64) -> [f64; 2] {
-    let n = r.len();
+    let mut sample = Vec::with_capacity(r.len());
+    bootstrap_indices(r.len(), seed, |idx| {
+        sample.clear();
+        sample.extend(idx.iter().map(|&i| r[i]));
+        stat(&sample)
+    })
+}
+
+/// [`bootstrap`] over positions `0..n`: `stat` sees each resample's
+/// positions, so series that pair up (two models on one trigger grid) are
+/// resampled together.
+pub fn bootstrap_indices(n: usize, seed: u64, mut stat: impl FnMut(&[usize]) -> f64) -> [f64; 2] {
+    let all: Vec<usize> = (0..n).collect();
     if n < 4 {
-        let s = stat(r);
+        let s = stat(&all);
         return [s, s];
     }
     let block = ((n as f64).sqrt().ceil() as usize).max(1);
@@ -100,7 +112,7 @@ pub fn bootstrap(r: &[f64], seed: u64, stat: impl Fn(&[f64]) -> f64) -> [f64; 2]
             while sample.len() < n {
                 let start = (rng.next_u64() % (n - block + 1) as u64) as usize;
                 let take = block.min(n - sample.len());
-                sample.extend_from_slice(&r[start..start + take]);
+                sample.extend_from_slice(&all[start..start + take]);
             }
             stat(&sample)
         })
@@ -141,8 +153,7 @@ pub fn figures(sim: &Simulation, n_symbols: usize, per_year: f64, seed: u64) -> 
             .or_default() += x;
     }
     let days = daily.len().max(1) as f64;
-    let mean_of = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let abs_beta: Vec<f64> = sim.summaries.iter().map(|s| s.residual_beta.abs()).collect();
+    let residual_beta: Vec<f64> = sim.summaries.iter().map(|s| s.residual_beta).collect();
     Figures {
         decisions,
         decisions_not_flat: not_flat as f64 / decisions.max(1) as f64,
@@ -165,14 +176,18 @@ pub fn figures(sim: &Simulation, n_symbols: usize, per_year: f64, seed: u64) -> 
         } else {
             0.0
         },
-        mean_gross: mean_of(&sim.held_gross),
-        mean_abs_net: sim.held_net.iter().map(|x| x.abs()).sum::<f64>() / sim.held_net.len().max(1) as f64,
-        mean_abs_residual_beta: mean_of(&abs_beta),
-        max_abs_residual_beta: abs_beta.iter().copied().fold(0.0, f64::max),
-        mean_abs_held_beta: sim.held_beta.iter().map(|x| x.abs()).sum::<f64>()
-            / sim.held_beta.len().max(1) as f64,
+        mean_gross: mean_abs(&sim.held_gross),
+        mean_abs_net: mean_abs(&sim.held_net),
+        mean_abs_residual_beta: mean_abs(&residual_beta),
+        max_abs_residual_beta: residual_beta.iter().fold(0.0, |m, b| f64::max(m, b.abs())),
+        mean_abs_held_beta: mean_abs(&sim.held_beta),
         daily_pnl: daily,
     }
+}
+
+/// Mean of |x| (0 for nothing).
+fn mean_abs(v: &[f64]) -> f64 {
+    v.iter().map(|x| x.abs()).sum::<f64>() / v.len().max(1) as f64
 }
 
 #[cfg(test)]

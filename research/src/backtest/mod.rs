@@ -21,6 +21,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use mlcore_config::{AppConfig, Slippage};
+use mlcore_contract::Signal;
 use mlcore_decision::universe::{Strategy, Universe};
 use mlcore_decision::Policy;
 use mlcore_market::Quote;
@@ -309,18 +310,29 @@ impl Run {
         let mut out = std::io::BufWriter::new(std::fs::File::create(&p).map_err(io(&p))?);
         let first = self.rec.trigger_ts.len() - self.base.ts.len();
         writeln!(out, "ts_ns,symbol,side,weight,qty,return_prob,risk_score").map_err(io(&p))?;
+        // The signals the daemon would publish, through its own mapping.
+        let mut signals: Vec<Signal> = strategy
+            .symbols
+            .iter()
+            .map(|s| Signal::flat(s.as_str()))
+            .collect();
         for (k, ts) in self.base.ts.iter().enumerate() {
             let (inputs, _) = self.rec.decision(first + k);
-            for (i, t) in self.base.targets[k * n..(k + 1) * n].iter().enumerate() {
-                let side = match t.qty {
-                    q if q > 0.0 => "long",
-                    q if q < 0.0 => "short",
-                    _ => "flat",
-                };
+            for ((t, input), sig) in self.base.targets[k * n..(k + 1) * n]
+                .iter()
+                .zip(inputs)
+                .zip(&mut signals)
+            {
+                sig.set_decision(t.weight, t.qty, input.prob_up, input.risk);
                 writeln!(
                     out,
-                    "{ts},{},{side},{},{},{},{}",
-                    strategy.symbols[i], t.weight, t.qty, inputs[i].prob_up, inputs[i].risk
+                    "{ts},{},{},{},{},{},{}",
+                    sig.symbol,
+                    sig.side.as_str(),
+                    sig.weight,
+                    sig.qty,
+                    sig.return_prob,
+                    sig.risk_score
                 )
                 .map_err(io(&p))?;
             }

@@ -58,15 +58,7 @@ pub fn record(
     let n = strategy.symbols.len();
     let mut engine = FeatureEngine::new(n, strategy.benchmark);
     let mut features = vec![0f32; n * N_FEATURES];
-    let blank = SymbolInput {
-        prob_up: 0.5,
-        risk: 1.0,
-        meta: 1.0,
-        rvol_20_bps: 0.0,
-        rvol_100_bps: 0.0,
-        ready: false,
-    };
-    let mut inputs = vec![blank; n];
+    let mut inputs = vec![SymbolInput::NOT_READY; n];
     let mut params = strategy.params.clone();
     let mut rec = Recorded {
         n,

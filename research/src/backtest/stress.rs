@@ -13,9 +13,11 @@
 //!   market is back where it went meanwhile.
 
 use mlcore_market::Quote;
-use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+
+use crate::synth::standard_normal;
 
 /// One scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -124,11 +126,6 @@ fn vol_shock(quotes: &[Quote], from: i64, to: i64) -> Vec<Quote> {
         })
         .collect();
     let mut rng = ChaCha8Rng::seed_from_u64(0x005e_ed0f_5704);
-    let mut normal = || {
-        let u = |r: &mut ChaCha8Rng| ((r.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        let (u1, u2) = (u(&mut rng), u(&mut rng));
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    };
     let mut walk = vec![0.0f64; n];
     quotes
         .iter()
@@ -137,7 +134,7 @@ fn vol_shock(quotes: &[Quote], from: i64, to: i64) -> Vec<Quote> {
                 return *q;
             }
             let i = usize::from(q.symbol);
-            walk[i] += 2.0 * sigma[i] * normal();
+            walk[i] += 2.0 * sigma[i] * standard_normal(&mut rng);
             scale(q, walk[i].exp())
         })
         .collect()
