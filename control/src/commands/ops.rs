@@ -24,6 +24,28 @@ pub const EXIT_NOT_AUDITED: i32 = 8;
 /// nothing was changed.
 pub const EXIT_SECOND_FACTOR: i32 = 9;
 
+/// The audit record of a break-glass mode change, done or refused.
+fn break_glass_event(
+    args: &SetModeArgs,
+    mode: OpsMode,
+    after: serde_json::Value,
+    result: &str,
+    request_id: String,
+) -> crate::audit::NewEvent {
+    crate::audit::NewEvent {
+        at_ms: super::now_ms(),
+        record_type: "ops_break_glass".into(),
+        critical: true,
+        actor: args.actor.clone(),
+        action: format!("set_mode {mode}"),
+        scope: args.strategy.clone().unwrap_or_else(|| "global".into()),
+        before: serde_json::Value::Null,
+        after,
+        result: result.into(),
+        request_id,
+    }
+}
+
 /// Sets the mode of one strategy, or of every strategy with `--all`.
 pub fn ops_set_mode(
     config_dir: &Path,
@@ -46,19 +68,8 @@ pub fn ops_set_mode(
     if cfg.control.second_factor.required {
         if let Err(why) = second_factor(&cfg, args, &guard, &mut conn, vars) {
             writeln!(out, "refused: {why}; nothing was changed")?;
-            let scope = args.strategy.clone().unwrap_or_else(|| "global".into());
-            let refusal = crate::audit::NewEvent {
-                at_ms: super::now_ms(),
-                record_type: "ops_break_glass".into(),
-                critical: true,
-                actor: args.actor.clone(),
-                action: format!("set_mode {mode}"),
-                scope,
-                before: serde_json::Value::Null,
-                after: serde_json::json!({"second_factor": why.to_string()}),
-                result: "refused".into(),
-                request_id,
-            };
+            let after = serde_json::json!({"second_factor": why.to_string()});
+            let refusal = break_glass_event(args, mode, after, "refused", request_id);
             if let Err(e) = append_audit(&cfg, refusal) {
                 writeln!(out, "WARNING: the refusal is NOT in the audit log ({e})")?;
             }
@@ -95,19 +106,8 @@ pub fn ops_set_mode(
             }
         }
     }
-    let scope = args.strategy.clone().unwrap_or_else(|| "global".into());
-    let event = crate::audit::NewEvent {
-        at_ms: super::now_ms(),
-        record_type: "ops_break_glass".into(),
-        critical: true,
-        actor: args.actor.clone(),
-        action: format!("set_mode {mode}"),
-        scope,
-        before: serde_json::Value::Null,
-        after: serde_json::Value::Object(results),
-        result: if code == 0 { "ok".into() } else { "conflict".into() },
-        request_id,
-    };
+    let result = if code == 0 { "ok" } else { "conflict" };
+    let event = break_glass_event(args, mode, serde_json::Value::Object(results), result, request_id);
     match append_audit(&cfg, event) {
         Ok(e) => writeln!(out, "audited as event {}", e.seq)?,
         Err(why) => {
