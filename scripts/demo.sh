@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The product's main job on one machine: fetch ONNX Runtime, make sure Redis
 # and PostgreSQL answer, build, validate the dev configuration, generate the
-# synthetic market, train + sign + verify a model, start the control plane,
-# register the model and activate it with two principals, start the daemon
+# synthetic market, start the control plane, retrain the strategy as a flow
+# (train, search θ, backtest with stress, challenge the active model, sign,
+# register; its report under .run/runs/), activate the model with two
+# principals, start the daemon
 # (it loads what the registry activated), resume the strategy through the
 # API (two principals again), replay the market through mlcore-feed, and show
 # the signals arriving in Redis and the latency percentiles.
@@ -47,45 +49,26 @@ as_operator() { MLCORE_TOKEN=dev-operator-token "$CONTROL" "$@"; }
 as_approver() { MLCORE_TOKEN=dev-approver-token "$CONTROL" "$@"; }
 request_id() { sed -n 's/^ *"id": "\(ops-[^"]*\)".*/\1/p' | head -1; }
 
-MODELS="$RUN_DIR/models/fx_g10"
-mkdir -p "$MODELS"
-# The next version: above every version on disk, every version a daemon
-# here has accepted (it refuses anything at or below that as a rollback;
-# load runs with --swap-every-ms accept thousands and prune their folders),
-# and every version in the registry (a database another checkout, or an
-# earlier run, may have filled: a version registers once).
-HIGHEST=0
-raise_highest() { if [[ $1 =~ ^[0-9]+$ ]] && (( $1 > HIGHEST )); then HIGHEST=$1; fi; }
-for d in "$MODELS"/v*; do
-  n=${d##*/v}
-  raise_highest "$n"
-done
-for f in "$RUN_DIR"/models/.state/*.json; do
-  [ -f "$f" ] || continue
-  n=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("fx_g10", {}).get("highest", 0))' "$f")
-  raise_highest "$n"
-done
-n=$(as_operator models list | python3 -c '
-import json, sys
-models = json.load(sys.stdin).get("models", [])
-print(max([m["version"] for m in models if m.get("strategy") == "fx_g10"], default=0))')
-raise_highest "$n"
-VERSION=$(( HIGHEST + 1 ))
-say "training fx_g10 v$VERSION (LightGBM heads ai1, ai2, ai3) and searching θ on the first half of its held-out window; signing with the dev key"
-"$CONTROL" train --env dev --dataset "$DATA" --out "$MODELS/v$VERSION" \
-  --key deployments/dev-keys/dev-2026.key --strategy fx_g10 --version "$VERSION" --search-theta \
-  | grep -E '^(θ search|rows|metric (ai1_auc_test|ai2_auc_test|ai3_auc_test|oos_|theta_)|artifact)'
-say "backtest of fx_g10-v$VERSION on the half of its held-out window the θ search never saw: the daemon's features, ONNX heads and decisions, costs from cost_table.yaml, beside the stress scenarios"
-"$CONTROL" research backtest --env dev --artifact "$MODELS/v$VERSION" --dataset "$DATA" \
-  --out "$RUN_DIR/backtest/fx_g10-v$VERSION"
-say "verifying the artifact against dev's trust.yaml"
-"$CONTROL" models verify --env dev --artifact "$MODELS/v$VERSION"
-
-say "registering fx_g10 v$VERSION (the control plane verifies it) and activating it: operator asks, approver approves"
-as_operator models register --strategy fx_g10 --version "$VERSION" >/dev/null
-REQ=$(as_operator models activate --id "fx_g10-v$VERSION" --reason "demo run" | request_id)
-as_approver ops approve --id "$REQ" >/dev/null
-say "fx_g10-v$VERSION is active in the registry; the pointer is in Redis"
+say "retraining fx_g10 as a flow (docs/retraining.md): dataset gate, features, labels, purged k-fold validation, LightGBM heads ai1 ai2 ai3, ONNX export with parity, θ search on the first half of the held-out window, backtest with stress scenarios on the half it never saw, champion/challenger against the active model, signing with the dev key, registration; each step content-addressed and reused when its inputs did not change"
+set +e
+"$CONTROL" retrain --env dev --strategy fx_g10 > "$RUN_DIR/retrain.out"
+RETRAIN=$?
+set -e
+cat "$RUN_DIR/retrain.out"
+case $RETRAIN in
+  0) MODEL=$(sed -n 's/^succeeded: \(fx_g10-v[0-9]*\) .*/\1/p' "$RUN_DIR/retrain.out")
+     [ -n "$MODEL" ] || die "retrain succeeded without naming its model; see $RUN_DIR/retrain.out"
+     say "activating $MODEL: operator asks, approver approves"
+     REQ=$(as_operator models activate --id "$MODEL" --reason "demo run" | request_id)
+     as_approver ops approve --id "$REQ" >/dev/null
+     say "$MODEL is active in the registry; the pointer is in Redis" ;;
+  10) say "the candidate did not beat the active model on the same unseen window: nothing was signed, the active model stays" ;;
+  *) die "retraining failed (exit $RETRAIN); see $RUN_DIR/retrain.out" ;;
+esac
+REPORT=$(sed -n 's/^report: //p' "$RUN_DIR/retrain.out")
+say "the run's report (self-contained HTML; plots also as PNG beside it): $REPORT"
+say "the ledger of every run: $RUN_DIR/runs/index.csv"
+tail -n 3 "$RUN_DIR/runs/index.csv" | cut -c1-200
 
 say "starting mlcore-daemon (log: $RUN_DIR/daemon.log)"
 "$BIN/mlcore-daemon" run --env dev > "$RUN_DIR/daemon.out" 2> "$RUN_DIR/daemon.log" &

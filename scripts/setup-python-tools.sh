@@ -9,3 +9,7 @@ echo "export MLCORE_SCHEMATHESIS=$ROOT/.tools/schemathesis/bin/st"
 # LightGBM: the reference mlcore-learner-bench compares our learners with.
 ensure_venv lightgbm
 echo "export MLCORE_LIGHTGBM_PYTHON=$ROOT/.tools/lightgbm/bin/python"
+# Prefect 3: the retraining flow's scale-out (deployments/prefect/), run by
+# its test with Prefect's local runner.
+ensure_venv prefect
+echo "export MLCORE_PREFECT_PYTHON=$ROOT/.tools/prefect/bin/python"

@@ -136,6 +136,9 @@ pub struct StorageConfig {
     pub backups_root: PathBuf,
     /// Market data partitions.
     pub datasets_root: PathBuf,
+    /// Retraining runs (`runs/<run_id>/`, `index.csv`) and the steps'
+    /// content-addressed outputs they share.
+    pub runs_root: PathBuf,
     /// The ONNX Runtime shared library (`libonnxruntime.so.1.31.1`).
     pub onnxruntime_library: PathBuf,
 }
@@ -147,6 +150,7 @@ impl StorageConfig {
             &mut self.worm_root,
             &mut self.backups_root,
             &mut self.datasets_root,
+            &mut self.runs_root,
             &mut self.onnxruntime_library,
         ] {
             if p.is_relative() {

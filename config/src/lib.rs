@@ -16,6 +16,7 @@ pub mod merge;
 mod observability;
 mod policy;
 mod processes;
+pub mod schedule;
 pub mod secret;
 mod sources;
 mod trust;
@@ -44,8 +45,9 @@ pub use observability::{
 pub use policy::{Adoption, CorePolicy, RiskLimits, SignalPolicy, Sizing, Theta};
 pub use processes::{
     ApprovalsConfig, AuditCheckpointConfig, ControlConfig, Credential, DaemonConfig, DecisionConfig,
-    DecisionMode, FailedAuthConfig, IngressConfig, Principal, QueuesConfig, RateLimitConfig, Role,
-    RollbackSigningConfig, SecondFactorConfig, ThreadsConfig, TlsConfig,
+    DecisionMode, FailedAuthConfig, IngressConfig, Principal, QueuesConfig, RateLimitConfig, RetrainConfig,
+    RetrainSchedule, RetrainSearch, RetrainTrees, Role, RollbackSigningConfig, SecondFactorConfig,
+    ThreadsConfig, TlsConfig,
 };
 pub use secret::Secret;
 pub use sources::{FailoverConfig, ProviderConfig, ProviderSettings, SourcesConfig};
@@ -305,6 +307,9 @@ pub fn load_for(
     let project_root = root.parent().unwrap_or(root);
     storage.resolve_relative(project_root);
     let mut control: ControlConfig = control;
+    if control.retrain.dataset.is_relative() {
+        control.retrain.dataset = storage.datasets_root.join(&control.retrain.dataset);
+    }
     let tls_files = control
         .tls
         .as_mut()
@@ -314,6 +319,7 @@ pub fn load_for(
     for key_file in [
         &mut control.rollback_signing.key_file,
         &mut control.audit_checkpoints.key_file,
+        &mut control.retrain.signing_key_file,
     ]
     .into_iter()
     .chain(tls_files)

@@ -115,6 +115,81 @@ pub struct ControlConfig {
     pub tls: Option<TlsConfig>,
     /// A second factor (TOTP) for approvals and break-glass.
     pub second_factor: SecondFactorConfig,
+    /// The retraining flow (`retrain`, `POST /v1/retrain`, the schedule).
+    pub retrain: RetrainConfig,
+}
+
+/// How the retraining flow trains, searches and signs, and when it runs by
+/// itself (docs/retraining.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrainConfig {
+    /// The dataset folder a run trains on, relative to storage.yaml's
+    /// `datasets_root` (or absolute).
+    pub dataset: std::path::PathBuf,
+    /// The secret key that signs an adopted candidate; trust.yaml must
+    /// list it with purpose `model`. Relative paths are resolved against
+    /// the folder that holds `configs/`.
+    pub signing_key_file: std::path::PathBuf,
+    /// Decision cadence of the training samples, data-time ms.
+    pub decision_every_ms: u64,
+    /// Label horizon, quotes ahead.
+    pub horizon: usize,
+    /// Days a retrained model stays valid.
+    pub valid_days: u32,
+    /// Folds of the purged k-fold cross-validation (the validation step).
+    pub folds: usize,
+    /// LightGBM's tree parameters.
+    pub trees: RetrainTrees,
+    /// The θ search, the backtest and champion/challenger.
+    pub search: RetrainSearch,
+    /// Start runs by themselves (`None`: only on request).
+    pub schedule: Option<RetrainSchedule>,
+}
+
+/// LightGBM's tree parameters for retraining.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrainTrees {
+    /// Leaves per tree.
+    pub num_leaves: usize,
+    /// Shrinkage.
+    pub learning_rate: f64,
+    /// Fewest rows in a leaf.
+    pub min_data_in_leaf: usize,
+    /// Most trees (early stopping on the calibration segment stops sooner).
+    pub max_trees: usize,
+}
+
+/// How the flow's backtests and θ search run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrainSearch {
+    /// Decision cadence of the backtests, data-time ms.
+    pub every_ms: u64,
+    /// From decision to order, ms.
+    pub latency_ms: u64,
+    /// Points per axis of the coarse grid.
+    pub grid: usize,
+    /// TPE trials after the grid.
+    pub trials: usize,
+    /// Fewest fills a θ must trade.
+    pub min_fills: usize,
+    /// Deepest drawdown a θ may have, units of capital.
+    pub max_drawdown: f64,
+    /// Seed of the sampler.
+    pub seed: u64,
+}
+
+/// When the control plane starts retraining by itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrainSchedule {
+    /// A cron expression, UTC (five fields, or six with seconds first),
+    /// e.g. `0 30 5 * * MON-FRI`.
+    pub cron: String,
+    /// The strategies to retrain, one run each, one after another.
+    pub strategies: Vec<String>,
 }
 
 /// The API's certificate (rustls). Both files are PEM; they are read again

@@ -292,6 +292,67 @@ pub(crate) fn validate(c: &AppConfig, file: &dyn Fn(&str) -> PathBuf) -> Vec<Con
         }
     }
 
+    // control.yaml: retraining.
+    let r = &c.control.retrain;
+    for (key, ok, what) in [
+        (
+            "retrain.decision_every_ms",
+            r.decision_every_ms >= 1,
+            "at least 1",
+        ),
+        ("retrain.horizon", r.horizon >= 1, "at least 1"),
+        ("retrain.valid_days", r.valid_days >= 1, "at least 1"),
+        ("retrain.folds", (2..=20).contains(&r.folds), "between 2 and 20"),
+        (
+            "retrain.trees.num_leaves",
+            (2..=4096).contains(&r.trees.num_leaves),
+            "between 2 and 4096",
+        ),
+        (
+            "retrain.trees.learning_rate",
+            r.trees.learning_rate > 0.0 && r.trees.learning_rate <= 1.0,
+            "in (0, 1]",
+        ),
+        (
+            "retrain.trees.min_data_in_leaf",
+            r.trees.min_data_in_leaf >= 1,
+            "at least 1",
+        ),
+        ("retrain.trees.max_trees", r.trees.max_trees >= 1, "at least 1"),
+        ("retrain.search.every_ms", r.search.every_ms >= 1, "at least 1"),
+        ("retrain.search.grid", r.search.grid >= 2, "at least 2"),
+        (
+            "retrain.search.max_drawdown",
+            r.search.max_drawdown > 0.0 && r.search.max_drawdown <= 1.0,
+            "in (0, 1]",
+        ),
+    ] {
+        if !ok {
+            bad("control.yaml", key.into(), format!("must be {what}"));
+        }
+    }
+    if let Some(schedule) = &r.schedule {
+        if let Err(e) = crate::schedule::parse(&schedule.cron) {
+            bad("control.yaml", "retrain.schedule.cron".into(), e);
+        }
+        if schedule.strategies.is_empty() {
+            bad(
+                "control.yaml",
+                "retrain.schedule.strategies".into(),
+                "name at least one strategy (or set schedule: null)".into(),
+            );
+        }
+        for (i, id) in schedule.strategies.iter().enumerate() {
+            if c.strategy(id).is_none() {
+                bad(
+                    "control.yaml",
+                    format!("retrain.schedule.strategies[{i}]"),
+                    format!("`{id}` is not a strategy of universe.yaml"),
+                );
+            }
+        }
+    }
+
     // notifications.yaml / metrics.yaml / sources.yaml
     if n.retry.max_attempts == 0 {
         bad(

@@ -448,3 +448,47 @@ fn identifiers_are_checked_when_read() {
     assert!(p.key.ends_with(".symbol"), "{err}");
     assert!(p.message.contains("invalid symbol `gbp-usd`"), "{err}");
 }
+
+#[test]
+fn a_retrain_schedule_is_off_by_default_and_checked_when_set() {
+    let cfg = config::load(&repo_configs(), Environment::Prod, &full_env()).unwrap();
+    assert_eq!(cfg.control.retrain.schedule, None, "off by default");
+    assert!(cfg
+        .control
+        .retrain
+        .dataset
+        .starts_with(&cfg.storage.datasets_root));
+
+    let f = Fixture::new();
+    f.edit(
+        "base/control.yaml",
+        "  schedule: null",
+        "  schedule: {cron: \"0 30 5 * * MON-FRI\", strategies: [fx_g10]}",
+    );
+    let cfg = f.load(Environment::Dev, &full_env()).unwrap();
+    let s = cfg.control.retrain.schedule.unwrap();
+    let next = config::schedule::parse(&s.cron)
+        .unwrap()
+        .next_after(1_796_378_400_000);
+    // Friday 2026-12-04 10:00 UTC → Monday 05:30.
+    assert_eq!(next, Some(1_796_621_400_000));
+
+    let f = Fixture::new();
+    f.edit(
+        "base/control.yaml",
+        "  schedule: null",
+        "  schedule: {cron: \"30 25 * * *\", strategies: [fx_g10, eq_nope]}",
+    );
+    let err = f.load(Environment::Dev, &full_env()).unwrap_err();
+    let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["retrain.schedule.cron", "retrain.schedule.strategies[1]"],
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("`30 25 * * *` is not a cron expression"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("`eq_nope` is not a strategy"), "{err}");
+}

@@ -213,16 +213,21 @@ impl Alerter {
     /// Sends `alert` to its channels on a task of its own.
     pub fn raise(self: &Arc<Self>, alert: Alert) {
         let me = Arc::clone(self);
-        tokio::spawn(async move {
-            for (_, d) in me.notifier.notify(&alert).await {
-                let counter = match d {
-                    Delivery::Sent { .. } => &me.sent,
-                    Delivery::Failed { .. } => &me.failed,
-                    Delivery::Disabled => continue,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-        });
+        tokio::spawn(async move { me.deliver(&alert).await });
+    }
+
+    /// Sends `alert` to its channels and waits for the deliveries (with
+    /// their retries): for a process about to exit (a CLI run), where a
+    /// background task would die with it.
+    pub async fn deliver(&self, alert: &Alert) {
+        for (_, d) in self.notifier.notify(alert).await {
+            let counter = match d {
+                Delivery::Sent { .. } => &self.sent,
+                Delivery::Failed { .. } => &self.failed,
+                Delivery::Disabled => continue,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Notifications delivered so far.

@@ -51,6 +51,56 @@ pub enum Command {
     /// Research stages on a dataset (docs/research.md).
     #[command(subcommand)]
     Research(ResearchCommand),
+    /// Retrain a strategy: the flow's ten steps (dataset gate, features,
+    /// labels, training, export, θ search, backtest with stress,
+    /// champion/challenger, sign, register), each reused when its inputs
+    /// did not change; writes runs/<run_id>/ with report.html and appends
+    /// runs/index.csv (docs/retraining.md). Exit 0: registered; 10: the
+    /// candidate lost to the active model; 11: a step failed.
+    Retrain(RetrainArgs),
+}
+
+/// `retrain`.
+#[derive(Debug, Args)]
+pub struct RetrainArgs {
+    /// Environment (control.yaml `retrain` says what and how).
+    #[arg(long)]
+    pub env: String,
+    /// Strategy id from universe.yaml.
+    #[arg(long)]
+    pub strategy: String,
+    /// Continue an interrupted (or failed) run: finished steps are reused,
+    /// the rest run.
+    #[arg(long, value_name = "RUN_ID")]
+    pub resume: Option<String>,
+    /// Print each step's key and whether it would run; do nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With `--dry-run`: the plan as JSON (steps, keys, whether cached,
+    /// and how many units the fanned-out steps have).
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
+    /// Create the run and print `{"run_id": ...}`; run nothing (a
+    /// scale-out then drives it with `--step` and `--unit`).
+    #[arg(long, conflicts_with_all = ["resume", "dry_run", "step", "unit"])]
+    pub create: bool,
+    /// With `--resume`: run only this step (the steps before it must be
+    /// done); `register` finishes the run.
+    #[arg(long, requires = "resume", conflicts_with = "unit")]
+    pub step: Option<String>,
+    /// With `--resume`: compute one unit of a fanned-out step into the
+    /// step store — `fold:I` (validation) or `trial:I` (θ grid).
+    #[arg(long, requires = "resume")]
+    pub unit: Option<String>,
+    /// With `--resume`: print the run's manifest (JSON); run nothing.
+    #[arg(long, requires = "resume", conflicts_with_all = ["dry_run", "step", "unit"])]
+    pub show: bool,
+    /// Who starts the run (recorded in the run and the audit log).
+    #[arg(long, default_value = "cli")]
+    pub actor: String,
+    /// No progress bars even on a terminal.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// `research ...`
@@ -121,6 +171,21 @@ pub struct SearchArgs {
     /// Seed of the sampler.
     #[arg(long, default_value_t = 20_261_205)]
     pub seed: u64,
+}
+
+impl SearchArgs {
+    /// The settings the research crate takes (`control.yaml retrain.search`'s shape).
+    pub fn settings(&self) -> mlcore_config::RetrainSearch {
+        mlcore_config::RetrainSearch {
+            every_ms: self.every_ms,
+            latency_ms: self.latency_ms,
+            grid: self.grid,
+            trials: self.trials,
+            min_fills: self.min_fills,
+            max_drawdown: self.max_drawdown,
+            seed: self.seed,
+        }
+    }
 }
 
 /// `research backtest`.

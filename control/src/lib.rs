@@ -7,6 +7,8 @@
 //! - [`approvals`]: requests that wait for a second principal.
 //! - [`registry`]: the model registry and the Redis pointer it keeps;
 //!   [`model_loads`]: what the daemons served and refused of it.
+//! - [`retrain`]: runs of the retraining flow (`mlcore-retrain`) from
+//!   the CLI, the API and the schedule, registered and announced.
 //! - [`audit`]: the append-only, hash-chained audit log and its archive.
 //! - [`alerts`]: Slack, PagerDuty and webhook delivery, raised in the
 //!   background; [`monitor`]: the alerts the control plane raises itself.
@@ -29,5 +31,6 @@ pub mod monitor;
 pub mod ops;
 pub mod redis_link;
 pub mod registry;
+pub mod retrain;
 pub mod second_factor;
 pub mod services;

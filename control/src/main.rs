@@ -115,6 +115,7 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
         Command::Research(ResearchCommand::Cv(args)) => {
             commands::research_cv(&cli.config_dir, args, &ProcessEnv, &mut out)?
         }
+        Command::Retrain(args) => commands::retrain(&cli.config_dir, args, &ProcessEnv, &mut out)?,
         Command::Db(DbCommand::Migrate { env }) => {
             commands::db_migrate(&cli.config_dir, env, &ProcessEnv, &mut out)?
         }

@@ -207,6 +207,17 @@ impl RedisLink {
         Ok(())
     }
 
+    /// Publishes `event` (JSON with a `type`) on the events channel.
+    pub async fn publish_event(&self, event: &serde_json::Value) -> Result<(), ContractError> {
+        self.query::<Value>(
+            redis::cmd("PUBLISH")
+                .arg(self.keys().events())
+                .arg(event.to_string()),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Sets or clears the pin on `strategy`'s pointer.
     pub async fn set_pinned(&self, strategy: &str, pinned: bool) -> Result<(), ContractError> {
         self.query::<Value>(&ModelPointer::set_pinned_cmd(self.keys(), strategy, pinned))

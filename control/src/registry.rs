@@ -1038,3 +1038,29 @@ pub async fn list(svc: &Services) -> Result<Listing, RegistryError> {
         daemons_error,
     })
 }
+
+/// The highest version of `strategy` in the registry (0 when none).
+pub async fn highest_version(svc: &Services, strategy: &str) -> Result<u64, RegistryError> {
+    let v: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(version) FROM core.model_registry WHERE strategy = $1")
+            .bind(strategy)
+            .fetch_one(&svc.pool)
+            .await
+            .map_err(db_err("reading the highest version"))?;
+    Ok(v.unwrap_or(0).max(0) as u64)
+}
+
+/// The active model of `strategy`: its id and artifact folder.
+pub async fn active_artifact(
+    svc: &Services,
+    strategy: &str,
+) -> Result<Option<(String, PathBuf)>, RegistryError> {
+    let row: Option<(String, String)> = sqlx::query_as(
+        "SELECT id, artifact_path FROM core.model_registry WHERE strategy = $1 AND status = 'active'",
+    )
+    .bind(strategy)
+    .fetch_optional(&svc.pool)
+    .await
+    .map_err(db_err("reading the active model"))?;
+    Ok(row.map(|(id, path)| (id, PathBuf::from(path))))
+}

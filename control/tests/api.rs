@@ -59,6 +59,10 @@ async fn fixture_with(adjust: impl FnOnce(&mut config::AppConfig)) -> Fixture {
     cfg.redis.namespace = ns.ns.clone();
     cfg.storage.worm_root = worm.path().to_owned();
     cfg.storage.models_root = models.path().to_owned();
+    // Retraining has no dataset here: a run cannot start (and the tests
+    // never train in the background).
+    cfg.storage.runs_root = models.path().join("runs");
+    cfg.control.retrain.dataset = models.path().join("no-dataset");
     // Every test calls from 127.0.0.1; only the test of the edge throttles.
     cfg.control.failed_auth.burst = 10_000;
     cfg.control.failed_auth.alert_after = 10_000;
@@ -555,7 +559,8 @@ async fn authorization_matrix_every_route_role_and_method() {
     // (method, path, body, expected status per role in `roles` order)
     let reason = r#"{"reason":"matrix"}"#;
     let register = r#"{"strategy":"fx_g10","version":77}"#;
-    let matrix: [(&str, &str, &str, [u16; 5]); 15] = [
+    let retrain = r#"{"strategy":"fx_g10"}"#;
+    let matrix: [(&str, &str, &str, [u16; 5]); 20] = [
         ("GET", "/v1/ops", "", [401, 200, 200, 200, 200]),
         ("POST", "/v1/ops/requests", halt, [401, 403, 201, 403, 201]),
         (
@@ -596,6 +601,13 @@ async fn authorization_matrix_every_route_role_and_method() {
             reason,
             [401, 403, 403, 409, 409],
         ),
+        // Starting a run is the operator's; here it cannot start (no
+        // dataset), which the operator is told.
+        ("POST", "/v1/retrain", retrain, [401, 403, 409, 403, 409]),
+        ("GET", "/v1/retrain", "", [401, 200, 200, 200, 200]),
+        ("DELETE", "/v1/retrain", "", [405, 405, 405, 405, 405]),
+        ("GET", "/v1/retrain/nope", "", [401, 404, 404, 404, 404]),
+        ("GET", "/v1/retrain/nope/report", "", [401, 404, 404, 404, 404]),
     ];
     for (method, path, body, expected) in matrix {
         for ((role, token), want) in roles.iter().zip(expected) {
@@ -612,6 +624,9 @@ async fn authorization_matrix_every_route_role_and_method() {
         "/v1/models/{id}/activate",
         "/v1/models/{id}/reject",
         "/v1/models/pins/{strategy}/release",
+        "/v1/retrain",
+        "/v1/retrain/{run_id}",
+        "/v1/retrain/{run_id}/report",
     ] {
         assert!(
             doc["paths"].get(path).is_some(),

@@ -6,12 +6,13 @@
 
 use mlcore_features::{self as features, FeatureEngine, Sample, N_FEATURES};
 use mlcore_market::Quote;
-use serde::Serialize;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use crate::labels::{self, Barriers};
 use crate::train::learners::{self, FitError, GbmParams};
 use crate::train::{auc, brier, log_loss, reliability, ReliabilityBin};
-use crate::validation::{self, Scheme};
+use crate::validation::{self, Fold, Scheme};
 
 /// Samples with their labels and label spans, time-ordered.
 #[derive(Debug, Clone, Default)]
@@ -162,7 +163,7 @@ impl Learner {
 }
 
 /// One fold's figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FoldReport {
     /// Training index ranges `[start, end)`.
     pub train: Vec<(usize, usize)>,
@@ -175,7 +176,7 @@ pub struct FoldReport {
 }
 
 /// What cross-validation found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CvReport {
     /// Every fold.
     pub folds: Vec<FoldReport>,
@@ -205,21 +206,33 @@ pub fn cross_validate(
     learner: Learner,
 ) -> Result<CvReport, FitError> {
     let folds = validation::folds(&data.spans, scheme, embargo_ns, purge);
-    let mut reports = Vec::with_capacity(folds.len());
-    let mut scores = Vec::with_capacity(folds.len());
-    for fold in &folds {
-        let (x, y) = data.rows_of(fold.train_indices());
-        let (tx, ty) = data.rows_of(fold.test.clone());
-        let p = learner.fit_predict(&x, &y, &tx)?;
-        reports.push(FoldReport {
+    let results = folds
+        .par_iter()
+        .map(|fold| run_fold(data, fold, learner))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(report(data, &folds, &results))
+}
+
+/// One fold fitted and scored: what a scale-out runs as a task.
+pub fn run_fold(data: &Labelled, fold: &Fold, learner: Learner) -> Result<FoldResult, FitError> {
+    let (x, y) = data.rows_of(fold.train_indices());
+    let (tx, ty) = data.rows_of(fold.test.clone());
+    let scores = learner.fit_predict(&x, &y, &tx)?;
+    Ok(FoldResult {
+        report: FoldReport {
             train: fold.train.iter().map(|r| (r.start, r.end)).collect(),
             test: (fold.test.start, fold.test.end),
             train_rows: fold.train_len(),
-            auc: auc(&p, &ty),
-        });
-        scores.push(p);
-    }
-    let stitched = validation::stitch(data.rows(), &folds, &scores);
+            auc: auc(&scores, &ty),
+        },
+        scores,
+    })
+}
+
+/// The cross-validation's report from every fold's result (in `folds`' order).
+pub fn report(data: &Labelled, folds: &[Fold], results: &[FoldResult]) -> CvReport {
+    let scores: Vec<Vec<f32>> = results.iter().map(|r| r.scores.clone()).collect();
+    let stitched = validation::stitch(data.rows(), folds, &scores);
     let (mut p, mut y) = (Vec::new(), Vec::new());
     for (i, s) in stitched.iter().enumerate() {
         if let Some(s) = s {
@@ -228,8 +241,8 @@ pub fn cross_validate(
         }
     }
     let (diagram, ece) = reliability(&p, &y, 10);
-    Ok(CvReport {
-        folds: reports,
+    CvReport {
+        folds: results.iter().map(|r| r.report.clone()).collect(),
         oos_rows: p.len(),
         auc: auc(&p, &y),
         log_loss: log_loss(&p, &y),
@@ -237,5 +250,14 @@ pub fn cross_validate(
         ece,
         reliability: diagram,
         base_rate: y.iter().filter(|v| **v).count() as f64 / y.len().max(1) as f64,
-    })
+    }
+}
+
+/// A fold's figures and its test rows' out-of-sample scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FoldResult {
+    /// The fold's figures.
+    pub report: FoldReport,
+    /// Scores of its test rows, in order.
+    pub scores: Vec<f32>,
 }

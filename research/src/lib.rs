@@ -21,11 +21,15 @@
 //!   policy's bounds and step, with a bootstrap guard.
 //! - [`challenge`]: a new model against the active one on the same
 //!   out-of-sample window (champion/challenger).
+//! - [`heldout`]: the held-out window's halves (θ tuned on the first,
+//!   everything out of sample on the second), the θ search and the
+//!   challenge over them, and the figures they add to a manifest.
 
 pub mod backtest;
 pub mod challenge;
 pub mod cv;
 pub mod dataset;
+pub mod heldout;
 pub mod labels;
 pub mod onnx;
 pub mod replay;

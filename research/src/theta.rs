@@ -22,6 +22,7 @@
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::backtest::{simulate, Backtest, Recorded};
@@ -153,12 +154,22 @@ pub fn evaluate(bt: &Backtest, rec: &Recorded, theta: (f64, f64), spec: &SearchS
     }
 }
 
-/// Searches θ; see the module documentation.
-pub fn search(bt: &Backtest, rec: &Recorded, spec: &SearchSpec) -> Result<SearchReport, SearchError> {
+/// The space searched and the coarse grid over it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grid {
+    /// θ1's range.
+    pub theta1: Range,
+    /// θ2's range.
+    pub theta2: Range,
+    /// The grid's points, in the order the search evaluates them: what a
+    /// scale-out fans out as tasks.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// The space `spec` searches and its coarse grid.
+pub fn grid(spec: &SearchSpec) -> Result<Grid, SearchError> {
     let r1 = space(1, spec.champion.0, spec.theta1_bounds, spec.max_step)?;
     let r2 = space(2, spec.champion.1, spec.theta2_bounds, spec.max_step)?;
-    let champion = evaluate(bt, rec, spec.champion, spec, "champion");
-    let mut trials = Vec::new();
     let g = spec.grid.max(1);
     let at = |r: Range, k: usize| {
         if g == 1 {
@@ -167,11 +178,43 @@ pub fn search(bt: &Backtest, rec: &Recorded, spec: &SearchSpec) -> Result<Search
             r.0 + (r.1 - r.0) * k as f64 / (g - 1) as f64
         }
     };
-    for i in 0..g {
-        for j in 0..g {
-            trials.push(evaluate(bt, rec, (at(r1, i), at(r2, j)), spec, "grid"));
-        }
-    }
+    let points = (0..g)
+        .flat_map(|i| (0..g).map(move |j| (i, j)))
+        .map(|(i, j)| (at(r1, i), at(r2, j)))
+        .collect();
+    Ok(Grid {
+        theta1: r1,
+        theta2: r2,
+        points,
+    })
+}
+
+/// Searches θ; see the module documentation. The grid's trials are
+/// independent and run in parallel (rayon).
+pub fn search(bt: &Backtest, rec: &Recorded, spec: &SearchSpec) -> Result<SearchReport, SearchError> {
+    let trials = grid(spec)?
+        .points
+        .par_iter()
+        .map(|p| evaluate(bt, rec, *p, spec, "grid"))
+        .collect();
+    search_from_grid(bt, rec, spec, trials)
+}
+
+/// The search continued from its grid's trials (evaluated here or by a
+/// scale-out's tasks, in [`grid`]'s order): TPE, then the verdict.
+pub fn search_from_grid(
+    bt: &Backtest,
+    rec: &Recorded,
+    spec: &SearchSpec,
+    grid_trials: Vec<Trial>,
+) -> Result<SearchReport, SearchError> {
+    let Grid {
+        theta1: r1,
+        theta2: r2,
+        ..
+    } = grid(spec)?;
+    let champion = evaluate(bt, rec, spec.champion, spec, "champion");
+    let mut trials = grid_trials;
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     for _ in 0..spec.trials {
         let next = tpe_next(&trials, r1, r2, &mut rng);

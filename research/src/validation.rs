@@ -71,14 +71,19 @@ pub fn folds(spans: &[(i64, i64)], scheme: Scheme, embargo: i64, purge: bool) ->
             .filter(|r| !r.is_empty())
             .collect()
     };
-    let keep = |i: usize, test: &Range<usize>| -> bool {
+    // The test block's time span: from its first decision to the last
+    // time any of its labels was known (computed once per block: per
+    // sample it made the purge quadratic).
+    let span_of = |test: &Range<usize>| -> (i64, i64) {
+        (
+            spans[test.start].0,
+            test.clone().map(|j| spans[j].1).max().unwrap_or(i64::MIN),
+        )
+    };
+    let keep = |i: usize, (t0, t1): (i64, i64)| -> bool {
         if !purge {
             return true;
         }
-        let (t0, t1) = (
-            spans[test.start].0,
-            test.clone().map(|j| spans[j].1).max().unwrap_or(i64::MIN),
-        );
         let (s, e) = spans[i];
         let overlaps = s <= t1 && e >= t0;
         let embargoed = s > t1 && s <= t1 + embargo;
@@ -97,9 +102,12 @@ pub fn folds(spans: &[(i64, i64)], scheme: Scheme, embargo: i64, purge: bool) ->
     match scheme {
         Scheme::PurgedKFold { k } => blocks(k, 0)
             .into_iter()
-            .map(|test| Fold {
-                train: ranges(&mut (0..n).filter(|i| !test.contains(i) && keep(*i, &test))),
-                test,
+            .map(|test| {
+                let t = span_of(&test);
+                Fold {
+                    train: ranges(&mut (0..n).filter(|i| !test.contains(i) && keep(*i, t))),
+                    test,
+                }
             })
             .collect(),
         Scheme::WalkForwardExpanding { k } | Scheme::WalkForwardRolling { k, .. } => {
@@ -113,8 +121,9 @@ pub fn folds(spans: &[(i64, i64)], scheme: Scheme, embargo: i64, purge: bool) ->
                 .into_iter()
                 .map(|test| {
                     let from = test.start.saturating_sub(window);
+                    let t = span_of(&test);
                     Fold {
-                        train: ranges(&mut (from..test.start).filter(|i| keep(*i, &test))),
+                        train: ranges(&mut (from..test.start).filter(|i| keep(*i, t))),
                         test,
                     }
                 })

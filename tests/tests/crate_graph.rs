@@ -62,7 +62,14 @@ const RESEARCH_ONLY: &[&str] = &[
 #[test]
 fn the_daemon_links_no_training_export_parquet_or_protobuf_code() {
     let mut banned = RESEARCH_ONLY.to_vec();
-    banned.extend(["sqlx", "mlcore-control", "mlcore-testkit"]);
+    banned.extend([
+        "sqlx",
+        "mlcore-control",
+        "mlcore-testkit",
+        "mlcore-retrain",
+        "plotters",
+        "rayon",
+    ]);
     assert_none_of("mlcore-daemon", &banned);
 }
 

@@ -197,3 +197,31 @@ impl From<crate::approvals::ApprovalError> for ApiError {
         }
     }
 }
+
+impl From<crate::retrain::RetrainError> for ApiError {
+    fn from(e: crate::retrain::RetrainError) -> Self {
+        use crate::retrain::RetrainError as E;
+        match e {
+            E::UnknownStrategy(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "RETRAIN_STRATEGY_UNKNOWN",
+                e.to_string(),
+            ),
+            E::Busy(_) => Self::new(StatusCode::CONFLICT, "RETRAIN_BUSY", e.to_string()),
+            E::NoRun(_) => Self::new(StatusCode::NOT_FOUND, "RETRAIN_NOT_FOUND", e.to_string()),
+            E::Registry(r) => r.into(),
+            E::Flow(f) => {
+                // The server's state cannot serve the request (a missing
+                // dataset, an unreadable key): a conflict with how it is
+                // set up, named by the configuration key rather than a
+                // server path (the log has the path).
+                tracing::warn!(error = %f, "a retraining run could not start");
+                Self::new(
+                    StatusCode::CONFLICT,
+                    "RETRAIN_UNAVAILABLE",
+                    "retraining cannot start here: control.yaml retrain's dataset or signing key is unusable (the server log says which)",
+                )
+            }
+        }
+    }
+}

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod models;
 pub mod openapi;
 pub mod ops;
+pub mod retrain;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -222,6 +223,9 @@ fn api_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(models::activate))
         .routes(routes!(models::reject))
         .routes(routes!(models::release_pin))
+        .routes(routes!(retrain::list, retrain::start))
+        .routes(routes!(retrain::show))
+        .routes(routes!(retrain::report))
 }
 
 /// The OpenAPI document of [`router`]'s `/v1` routes.

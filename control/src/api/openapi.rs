@@ -19,7 +19,7 @@ pub struct ErrorBody {
 /// The API description.
 #[derive(Debug, OpenApi)]
 #[openapi(
-    info(title = "ml-assets-core control plane", description = "Ops modes and the model registry, with RBAC, two-person approval and audit."),
+    info(title = "ml-assets-core control plane", description = "Ops modes, the model registry and retraining runs, with RBAC, two-person approval and audit."),
     components(schemas(ErrorBody)),
     modifiers(&Bearer)
 )]
@@ -137,8 +137,10 @@ pub fn enumerate_known(doc: &mut utoipa::openapi::OpenApi, strategies: &[String]
         }
     };
     let strategies: Vec<&str> = strategies.iter().map(String::as_str).collect();
-    if let Some(RefOr::T(Schema::Object(obj))) = components.schemas.get_mut("RegisterBody") {
-        set(obj, "strategy", values(&strategies));
+    for body in ["RegisterBody", "RetrainBody"] {
+        if let Some(RefOr::T(Schema::Object(obj))) = components.schemas.get_mut(body) {
+            set(obj, "strategy", values(&strategies));
+        }
     }
     if let Some(RefOr::T(Schema::Object(obj))) = components.schemas.get("OpsRequestBody") {
         use crate::ops::OpsAction;

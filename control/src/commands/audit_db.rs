@@ -104,6 +104,9 @@ pub fn serve(config_dir: &Path, env: &str, vars: &dyn EnvSource, out: &mut dyn W
         if let Err(e) = state.services.redis.ensure_guard().await {
             tracing::error!(error = %e, "the Redis guard is not usable: mode changes and approvals will fail until it is");
         }
+        // Retraining on its schedule (control.yaml retrain.schedule; off
+        // when null).
+        let _schedule = crate::retrain::spawn_schedule(std::sync::Arc::clone(&state.services));
         let watched = std::sync::Arc::clone(&state.services);
         let every = watched.config.control.audit_checkpoints.interval_s.max(1);
         let monitor = tokio::spawn(async move {

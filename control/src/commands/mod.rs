@@ -9,6 +9,7 @@ mod ops;
 mod ops_api;
 mod redis;
 mod research;
+mod retrain;
 mod train;
 
 use std::path::Path;
@@ -23,6 +24,7 @@ pub use self::ops::{ops_set_mode, EXIT_CONFLICT, EXIT_NOT_AUDITED, EXIT_SECOND_F
 pub use self::ops_api::{ops_api, ApiCall, EXIT_API_REFUSED};
 pub use self::redis::{redis_acl, redis_install_guard};
 pub use self::research::{research_backtest, research_cv, research_theta};
+pub use self::retrain::{retrain, EXIT_FAILED, EXIT_REJECTED};
 pub use self::train::train;
 
 /// Exit code for an invalid configuration (distinct from usage errors, 2).

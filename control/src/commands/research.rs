@@ -12,16 +12,15 @@ use mlcore_market::Quote;
 use mlcore_models::artifact::{self, ArtifactFiles, TrustStore, VerifiedArtifact, VerifyContext};
 use mlcore_models::runtime;
 use mlcore_research::backtest::{Backtest, Figures, Scenario, Summary, Timing};
-use mlcore_research::challenge::Verdict;
 use mlcore_research::cv::{self, Learner};
 use mlcore_research::dataset::Dataset;
+use mlcore_research::heldout;
 use mlcore_research::labels::Barriers;
 use mlcore_research::replay;
-use mlcore_research::theta::{self, SearchReport, SearchSpec};
 use mlcore_research::validation::Scheme;
 
 use super::{load_config, now_ms};
-use crate::cli::{BacktestArgs, CvArgs, SearchArgs, ThetaArgs};
+use crate::cli::{BacktestArgs, CvArgs, ThetaArgs};
 
 /// Rows the point-in-time check recomputes.
 const CHECKED_ROWS: usize = 50;
@@ -131,9 +130,9 @@ pub fn research_backtest(
         let (Some(first), Some(last)) = (quotes.first(), quotes.last()) else {
             bail!("{}: no quotes of {}", dataset.display(), m.strategy);
         };
-        let test = test_window(&artifact, args.decision_every_ms);
+        let test = heldout::test_window(&artifact, args.decision_every_ms);
         let window = match args.window.as_str() {
-            "held-out" => halves(test, args.decision_every_ms).1,
+            "held-out" => heldout::halves(test, args.decision_every_ms).1,
             "test" => test,
             "all" => (first.ts_ns, last.ts_ns + 1),
             other => bail!("--window `{other}`: use held-out, test or all"),
@@ -198,66 +197,9 @@ pub fn print_summary(s: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A θ search and what the chosen θ does afterwards.
-#[derive(Debug)]
-pub struct Tuned {
-    /// The search, on the first half of the held-out window.
-    pub search: SearchReport,
-    /// The chosen θ on the second half, which the search never saw: the
-    /// out-of-sample figures.
-    pub held_out: theta::Trial,
-}
-
-/// Searches θ for `artifact` on the first half of its held-out window of
-/// `quotes` (the strategy's, in universe order), with core_policy.yaml's θ
-/// as the champion, then measures the chosen θ on the second half.
-pub fn tune(
-    cfg: &AppConfig,
-    artifact: &VerifiedArtifact,
-    quotes: &[Quote],
-    args: &SearchArgs,
-) -> anyhow::Result<Tuned> {
-    let m = &artifact.manifest;
-    let (tuning, evaluation) = halves(test_window(artifact, args.every_ms), args.every_ms);
-    let backtest = |window| {
-        Backtest::from_config(
-            cfg,
-            &m.strategy,
-            Timing {
-                every_ms: args.every_ms,
-                latency_ms: args.latency_ms,
-                window,
-            },
-        )
-    };
-    let t = &cfg.core_policy.theta;
-    let spec = SearchSpec {
-        champion: (t.theta1, t.theta2),
-        theta1_bounds: (t.theta1_bounds[0], t.theta1_bounds[1]),
-        theta2_bounds: (t.theta2_bounds[0], t.theta2_bounds[1]),
-        max_step: t.max_step,
-        grid: args.grid,
-        trials: args.trials,
-        min_fills: args.min_fills,
-        max_drawdown: args.max_drawdown,
-        seed: args.seed,
-    };
-    let bt = backtest(tuning)?;
-    let search = theta::search(&bt, &bt.record(quotes, artifact)?, &spec)?;
-    let bt = backtest(evaluation)?;
-    let held_out = theta::evaluate(
-        &bt,
-        &bt.record(quotes, artifact)?,
-        search.chosen,
-        &spec,
-        "held_out",
-    );
-    Ok(Tuned { search, held_out })
-}
-
 /// The configuration of `env` with ONNX Runtime loaded, and the artifact
 /// at `path` verified against the environment's trust.
-fn verified_model(
+pub fn verified_model(
     config_dir: &Path,
     env: &str,
     vars: &dyn EnvSource,
@@ -270,54 +212,6 @@ fn verified_model(
     let artifact = artifact::verify(files, &VerifyContext::new(&trust, now_ms()))
         .with_context(|| format!("{} does not verify", path.display()))?;
     Ok((cfg, artifact))
-}
-
-/// The model's held-out window `[test start, last decision + one cadence)`, ns.
-fn test_window(artifact: &VerifiedArtifact, every_ms: u64) -> (i64, i64) {
-    let w = &artifact.manifest.training_window;
-    (
-        ms_to_ns(w.test_start_ms),
-        ms_to_ns(w.end_ms).saturating_add(ms_to_ns(every_ms)),
-    )
-}
-
-/// `window` cut in two on the decision grid: the θ search's half and the
-/// half it never sees (where the out-of-sample figures, the backtest's
-/// default window and the champion/challenger comparison live).
-fn halves((start, end): (i64, i64), every_ms: u64) -> ((i64, i64), (i64, i64)) {
-    let every = ms_to_ns(every_ms).max(1);
-    let mid = start + (end - start) / 2 / every * every;
-    ((start, mid), (mid, end))
-}
-
-fn ms_to_ns(ms: u64) -> i64 {
-    i64::try_from(ms).unwrap_or(i64::MAX).saturating_mul(1_000_000)
-}
-
-/// `challenger` (deciding with `theta`) against `champion` on the second
-/// half of the challenger's held-out window of `quotes` (the half its θ
-/// search did not see), with core_policy.yaml's margin.
-pub fn challenge(
-    cfg: &AppConfig,
-    champion: &VerifiedArtifact,
-    challenger: &VerifiedArtifact,
-    theta: (f64, f64),
-    quotes: &[Quote],
-    args: &SearchArgs,
-) -> anyhow::Result<Verdict> {
-    let bt = Backtest::from_config(
-        cfg,
-        &challenger.manifest.strategy,
-        Timing {
-            every_ms: args.every_ms,
-            latency_ms: args.latency_ms,
-            window: halves(test_window(challenger, args.every_ms), args.every_ms).1,
-        },
-    )?;
-    let margin = cfg.core_policy.adoption.sharpe_margin;
-    Ok(mlcore_research::challenge::challenge(
-        &bt, quotes, champion, challenger, theta, margin,
-    )?)
 }
 
 /// `id`'s entry in universe.yaml, its symbols' names in universe order and
@@ -356,7 +250,7 @@ pub fn research_theta(
 ) -> anyhow::Result<i32> {
     let (cfg, artifact) = verified_model(config_dir, &args.env, vars, &args.artifact)?;
     let quotes = strategy_quotes(&cfg, &artifact.manifest.strategy, &args.dataset)?;
-    let tuned = tune(&cfg, &artifact, &quotes, &args.search)?;
+    let tuned = heldout::tune(&cfg, &artifact, &quotes, &args.search.settings())?;
     let report = serde_json::json!({"search": tuned.search, "held_out": tuned.held_out});
     let text = serde_json::to_string_pretty(&report)? + "\n";
     if let Some(path) = &args.out {

@@ -10,6 +10,7 @@ use mlcore_models::runtime;
 
 use super::{load_config, now_ms, research};
 use crate::cli::TrainArgs;
+use mlcore_research::heldout;
 use mlcore_research::train::{self, TrainSpec};
 
 /// Trains, signs, verifies and writes an artifact.
@@ -59,63 +60,33 @@ pub fn train(
     if args.search_theta || args.champion.is_some() {
         let fresh = artifact::verify(report.files.clone(), &VerifyContext::new(&trust, now_ms()))?;
         let quotes = research::strategy_quotes(&cfg, &args.strategy, &args.dataset)?;
+        let settings = args.search.settings();
         let mut manifest = report.manifest.clone();
-        if args.search_theta {
-            let research::Tuned { search, held_out } = research::tune(&cfg, &fresh, &quotes, &args.search)?;
-            writeln!(out, "θ search: {}", search.verdict)?;
+        let tuned = if args.search_theta {
+            let tuned = heldout::tune(&cfg, &fresh, &quotes, &settings)?;
+            writeln!(out, "θ search: {}", tuned.search.verdict)?;
             manifest.theta = ThetaParams {
-                theta1: search.chosen.0,
-                theta2: search.chosen.1,
+                theta1: tuned.search.chosen.0,
+                theta2: tuned.search.chosen.1,
             };
-            let tuned = match (&search.best, search.adopted) {
-                (Some(b), true) => b,
-                _ => &search.champion,
-            };
-            // The search's own figures are in-sample for θ; the `oos_`
-            // ones come from the half of the held-out window it never saw.
-            let figures = [
-                ("theta_search_adopted", f64::from(u8::from(search.adopted))),
-                ("theta_search_trials", search.trials.len() as f64),
-                ("theta_search_sharpe", tuned.sharpe),
-                ("theta_search_sharpe_lo", tuned.sharpe_ci90[0]),
-                ("theta_search_configured_sharpe", search.champion.sharpe),
-                (
-                    "theta_search_configured_sharpe_lo",
-                    search.champion.sharpe_ci90[0],
-                ),
-                ("oos_sharpe", held_out.sharpe),
-                ("oos_sharpe_lo", held_out.sharpe_ci90[0]),
-                ("oos_sharpe_hi", held_out.sharpe_ci90[1]),
-                ("oos_return", held_out.total_return),
-                ("oos_fills", held_out.fills as f64),
-                ("oos_max_drawdown", held_out.max_drawdown),
-                ("oos_decisions_not_flat", held_out.decisions_not_flat),
-            ];
-            for (k, v) in figures {
-                manifest.metrics.insert(k.to_owned(), v);
+            Some(tuned)
+        } else {
+            None
+        };
+        let verdict = match &args.champion {
+            Some(dir) => {
+                let champion =
+                    artifact::verify(ArtifactFiles::read(dir)?, &VerifyContext::new(&trust, now_ms()))
+                        .with_context(|| format!("the champion {} does not verify", dir.display()))?;
+                let theta = (manifest.theta.theta1, manifest.theta.theta2);
+                let v = heldout::challenge(&cfg, &champion, &fresh, theta, &quotes, &settings)?;
+                writeln!(out, "champion/challenger: {}", v.reason)?;
+                Some(v)
             }
-        }
-        if let Some(dir) = &args.champion {
-            let champion = artifact::verify(ArtifactFiles::read(dir)?, &VerifyContext::new(&trust, now_ms()))
-                .with_context(|| format!("the champion {} does not verify", dir.display()))?;
-            let theta = (manifest.theta.theta1, manifest.theta.theta2);
-            let v = research::challenge(&cfg, &champion, &fresh, theta, &quotes, &args.search)?;
-            writeln!(out, "champion/challenger: {}", v.reason)?;
-            let figures = [
-                ("challenge_won", f64::from(u8::from(v.won))),
-                ("challenge_margin", v.margin),
-                ("challenge_sharpe_gain", v.sharpe_gain),
-                ("challenge_sharpe_gain_lo", v.sharpe_gain_ci90[0]),
-                ("challenge_sharpe_gain_hi", v.sharpe_gain_ci90[1]),
-                ("challenge_champion_version", v.champion.version as f64),
-                ("challenge_champion_sharpe", v.champion.sharpe),
-                ("challenge_champion_return", v.champion.total_return),
-                ("challenge_challenger_sharpe", v.challenger.sharpe),
-                ("challenge_challenger_return", v.challenger.total_return),
-            ];
-            for (k, v) in figures {
-                manifest.metrics.insert(k.to_owned(), v);
-            }
+            None => None,
+        };
+        for (k, v) in heldout::manifest_figures(tuned.as_ref(), verdict.as_ref()) {
+            manifest.metrics.insert(k.to_owned(), v);
         }
         let (manifest, files) = artifact::seal(manifest, report.files, &key).map_err(anyhow::Error::msg)?;
         artifact::verify(files.clone(), &VerifyContext::new(&trust, now_ms()))?;

@@ -15,7 +15,7 @@
 use super::graph::{Attr, Dim, GraphBuilder};
 
 /// Platt scaling of a raw margin: `σ(a·m + b)`. `a = 1, b = 0` is none.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Platt {
     /// Slope.
     pub a: f32,
@@ -48,7 +48,7 @@ pub struct LogisticHead {
 }
 
 /// One node of a regression tree, in flat (array) form.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum TreeNode {
     /// `x[feature] < threshold` goes to `left`, else `right` (indices into the tree).
     Split {
@@ -66,7 +66,7 @@ pub enum TreeNode {
 }
 
 /// A fitted gradient-boosted tree ensemble: margin = `base + Σ leaf`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TreeEnsembleHead {
     /// Trees; node 0 of each is its root.
     pub trees: Vec<Vec<TreeNode>>,

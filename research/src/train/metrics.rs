@@ -54,7 +54,7 @@ pub fn brier(probs: &[f32], labels: &[bool]) -> f64 {
 }
 
 /// One bin of a reliability diagram.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ReliabilityBin {
     /// Lower edge of the predicted-probability bin.
     pub from: f64,

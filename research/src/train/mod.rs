@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use crate::dataset::{Dataset, DatasetError, Quarantined};
 use crate::labels;
+use crate::onnx::export::TreeEnsembleHead;
 use mlcore_features::{self as features, N_FEATURES};
 use mlcore_models::artifact::{
     self, ArtifactFiles, HeadSpec, Manifest, SecretKeyFile, ThetaParams, TrainingWindow, TrustStore,
@@ -91,7 +92,39 @@ pub enum TrainError {
     Verify(#[from] artifact::VerifyError),
 }
 
-/// Trains, exports, signs with `key` and verifies against `trust`.
+/// Three fitted heads and their figures on the test rows: what training
+/// hands to the export.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Fitted {
+    /// Up-move probability (triple barrier), calibrated.
+    pub ai1: TreeEnsembleHead,
+    /// Adverse-excursion risk, calibrated.
+    pub ai2: TreeEnsembleHead,
+    /// Whether acting on ai1's side pays its round trip (meta-label), calibrated.
+    pub ai3: TreeEnsembleHead,
+    /// Test-row metrics (AUC, log loss, Brier, ECE, base rates, rows).
+    pub metrics: BTreeMap<String, f64>,
+    /// Each head's reliability diagram on the test rows (10 bins), by head.
+    pub reliability: BTreeMap<String, Vec<ReliabilityBin>>,
+}
+
+/// What the manifest says of a model besides its heads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelMeta {
+    /// Strategy id.
+    pub strategy: String,
+    /// Version (monotonic per strategy).
+    pub version: u64,
+    /// Creation time, ms.
+    pub created_at_ms: u64,
+    /// Validity from creation, days.
+    pub valid_days: u32,
+    /// θ.
+    pub theta: ThetaParams,
+}
+
+/// Trains, exports, signs with `key` and verifies against `trust`:
+/// dataset → [`samples::build`] → [`fit`] → [`export`].
 pub fn train(
     spec: &TrainSpec,
     key: &SecretKeyFile,
@@ -115,15 +148,40 @@ pub fn train(
         spec.benchmark,
         every_ns,
         spec.horizon,
-        (0.7, 0.1),
+        SPLIT_FRACTIONS,
     );
+    let fitted = fit(&split, spec.gbm, &spec.costs_bps)?;
+    let meta = ModelMeta {
+        strategy: spec.strategy.clone(),
+        version: spec.version,
+        created_at_ms: spec.created_at_ms,
+        valid_days: spec.valid_days,
+        theta: spec.theta,
+    };
+    let (manifest, files) = export(&fitted, &split, &meta, key, trust, now_ms)?;
+    Ok(TrainReport {
+        manifest,
+        files,
+        quarantined: dataset.quarantined,
+        rows: (split.train.rows(), split.calibration.rows(), split.test.rows()),
+        reliability: fitted.reliability,
+    })
+}
+
+/// Fractions of the decision span for the train and calibration segments
+/// (the test segment is the rest).
+pub const SPLIT_FRACTIONS: (f64, f64) = (0.7, 0.1);
+
+/// Fits ai1, ai2 and ai3 on `split` (early-stopped and Platt-calibrated on
+/// its calibration segment) and measures them on its test segment.
+/// `costs_bps` is each symbol's round trip, universe order (ai3's label).
+pub fn fit(split: &samples::Split, gbm: GbmParams, costs_bps: &[f64]) -> Result<Fitted, TrainError> {
     let rows = (split.train.rows(), split.calibration.rows(), split.test.rows());
     if rows.0 < 200 || rows.1 < 50 || rows.2 < 50 {
         return Err(TrainError::NotEnoughData(format!(
             "train/calibration/test rows {rows:?}; need at least 200/50/50 (more days or a faster cadence)"
         )));
     }
-
     // ai1: up-move probability.
     // Weighted by each label's average uniqueness (overlapping labels are
     // not independent evidence).
@@ -133,7 +191,7 @@ pub fn train(
         &split.train.up,
         Some(&split.train.weight),
         Some((&split.calibration.x, &split.calibration.up)),
-        spec.gbm,
+        gbm,
     )?;
     let cal_margins: Vec<f32> = (0..split.calibration.rows())
         .map(|i| ai1.margin_row(split.calibration.row(i)))
@@ -148,7 +206,7 @@ pub fn train(
         &split.train.adverse,
         Some(&split.train.weight),
         Some((&split.calibration.x, &split.calibration.adverse)),
-        spec.gbm,
+        gbm,
     )?;
     let margins2: Vec<f32> = (0..split.calibration.rows())
         .map(|i| ai2.margin_row(split.calibration.row(i)))
@@ -162,11 +220,7 @@ pub fn train(
     // boundary left out of both fits, so ai3 learns from ai1 as it behaves
     // out of sample. On the calibration and test rows, ai1 itself decides.
     let cost = |seg: &samples::Segment, i: usize| {
-        spec.costs_bps
-            .get(usize::from(seg.symbol[i]))
-            .copied()
-            .unwrap_or(0.0)
-            * 1e-4
+        costs_bps.get(usize::from(seg.symbol[i])).copied().unwrap_or(0.0) * 1e-4
     };
     let meta = |seg: &samples::Segment, prob_up: &dyn Fn(usize) -> f32| -> Vec<bool> {
         (0..seg.rows())
@@ -177,7 +231,7 @@ pub fn train(
     // validation rows of their own).
     let halves = GbmParams {
         max_trees: ai1.trees.len().max(1),
-        ..spec.gbm
+        ..gbm
     };
     let sides = cross_fitted_ai1(&split.train, &split.calibration, split.gap_ns, halves)?;
     let meta_train = meta(&split.train, &|i| sides[i]);
@@ -188,7 +242,7 @@ pub fn train(
         &meta_train,
         Some(&split.train.weight),
         Some((&cal.x, &meta_cal)),
-        spec.gbm,
+        gbm,
     )?;
     let margins3: Vec<f32> = (0..cal.rows()).map(|i| ai3.margin_row(cal.row(i))).collect();
     ai3.platt = learners::fit_platt(&margins3, &meta_cal)?;
@@ -238,6 +292,40 @@ pub fn train(
     metrics.insert("rows_calibration".to_owned(), rows.1 as f64);
     metrics.insert("rows_test".to_owned(), rows.2 as f64);
 
+    let reliability = [
+        ("ai1", &p1, &test.up),
+        ("ai2", &p2, risky),
+        ("ai3", &p3, &meta_test),
+    ]
+    .into_iter()
+    .map(|(head, p, y)| (head.to_owned(), metrics::reliability(p, y, 10).0))
+    .collect();
+    Ok(Fitted {
+        ai1,
+        ai2,
+        ai3,
+        metrics,
+        reliability,
+    })
+}
+
+/// Exports `fitted` to ONNX, checks ONNX Runtime against the native heads
+/// on `split`'s test rows, seals the manifest `meta` describes, signs it
+/// with `key` and verifies it against `trust` at `now_ms`.
+pub fn export(
+    fitted: &Fitted,
+    split: &samples::Split,
+    meta: &ModelMeta,
+    key: &SecretKeyFile,
+    trust: &TrustStore,
+    now_ms: u64,
+) -> Result<(Manifest, ArtifactFiles), TrainError> {
+    let (ai1, ai2, ai3) = (&fitted.ai1, &fitted.ai2, &fitted.ai3);
+    let mut metrics = fitted.metrics.clone();
+    let test = &split.test;
+    let p1: Vec<f32> = (0..test.rows()).map(|i| ai1.predict_row(test.row(i))).collect();
+    let p2: Vec<f32> = (0..test.rows()).map(|i| ai2.predict_row(test.row(i))).collect();
+    let p3: Vec<f32> = (0..test.rows()).map(|i| ai3.predict_row(test.row(i))).collect();
     // Export, and check ONNX Runtime agrees with the native heads.
     let export = |e: crate::onnx::export::ExportError| TrainError::Export(e.to_string());
     let ai1_onnx = ai1.to_onnx("ai1").map_err(export)?;
@@ -270,11 +358,11 @@ pub fn train(
     };
     let manifest = Manifest {
         format: 1,
-        model_id: format!("{}-v{}", spec.strategy, spec.version),
-        strategy: spec.strategy.clone(),
-        version: spec.version,
-        created_at_ms: spec.created_at_ms,
-        expires_at_ms: spec.created_at_ms + u64::from(spec.valid_days) * 86_400_000,
+        model_id: format!("{}-v{}", meta.strategy, meta.version),
+        strategy: meta.strategy.clone(),
+        version: meta.version,
+        created_at_ms: meta.created_at_ms,
+        expires_at_ms: meta.created_at_ms + u64::from(meta.valid_days) * 86_400_000,
         feature_schema_hash: schema
             .hash()
             .map_err(|e| TrainError::Export(format!("feature schema: {e}")))?,
@@ -284,7 +372,7 @@ pub fn train(
             ("ai3".to_owned(), head("ai3.onnx", "lightgbm")),
         ]
         .into(),
-        theta: spec.theta,
+        theta: meta.theta,
         training_window: TrainingWindow {
             start_ms: split.start_ms,
             test_start_ms: split.test_start_ms,
@@ -313,21 +401,7 @@ pub fn train(
         rollback: None,
     };
     artifact::verify(files.clone(), &ctx)?;
-    let reliability = [
-        ("ai1", &p1, &test.up),
-        ("ai2", &p2, risky),
-        ("ai3", &p3, &meta_test),
-    ]
-    .into_iter()
-    .map(|(head, p, y)| (head.to_owned(), metrics::reliability(p, y, 10).0))
-    .collect();
-    Ok(TrainReport {
-        manifest,
-        files,
-        quarantined: dataset.quarantined,
-        rows,
-        reliability,
-    })
+    Ok((manifest, files))
 }
 
 /// ai1's calibrated up-probability for every row of `seg`, each from an

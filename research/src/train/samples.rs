@@ -84,12 +84,27 @@ pub struct Split {
     pub gap_ns: i64,
 }
 
-/// Builds labelled samples from time-ordered `quotes` and splits them.
+/// Builds labelled samples from time-ordered `quotes` and splits them:
+/// [`features::batch`], then [`label`].
 pub fn build(
     quotes: &[Quote],
     n_symbols: usize,
     benchmark: usize,
     decision_every_ns: i64,
+    horizon: usize,
+    fractions: (f64, f64),
+) -> Split {
+    let samples = features::batch(quotes, n_symbols, benchmark, decision_every_ns);
+    label(quotes, n_symbols, &samples, horizon, fractions)
+}
+
+/// Labels `samples` (from [`features::batch`] over the same `quotes`) and
+/// splits them by decision time into train, calibration and test
+/// (`fractions` of the span for the first two).
+pub fn label(
+    quotes: &[Quote],
+    n_symbols: usize,
+    samples: &[Sample],
     horizon: usize,
     fractions: (f64, f64),
 ) -> Split {
@@ -109,7 +124,6 @@ pub fn build(
         .iter()
         .map(|x| labels::rolling_sigma(x, SIGMA_WINDOW, horizon))
         .collect();
-    let samples = features::batch(quotes, n_symbols, benchmark, decision_every_ns);
     let first = samples.first().map_or(0, |s| s.ts_ns);
     let last = samples.last().map_or(0, |s| s.ts_ns);
     let span = (last - first) as f64;
@@ -130,7 +144,7 @@ pub fn build(
     // Every labelled sample, then each one's average uniqueness among the
     // events of its symbol (overlapping labels weigh less).
     let mut labelled: Vec<(&Sample, labels::Event, bool)> = Vec::with_capacity(samples.len());
-    for s in &samples {
+    for s in samples {
         let sym = usize::from(s.symbol);
         let (x, sigma) = (&mids[sym], &sigmas[sym]);
         let Some(Some(event)) = labels::triple_barrier(x, sigma, &[s.quote_index], &barriers).pop() else {
