@@ -51,8 +51,8 @@ pub enum Command {
     /// Research stages on a dataset (docs/research.md).
     #[command(subcommand)]
     Research(ResearchCommand),
-    /// Retrain a strategy: the flow's ten steps (dataset gate, features,
-    /// labels, training, export, θ search, backtest with stress,
+    /// Retrain a strategy: the flow's eleven steps (dataset gate, features,
+    /// labels, validation, training, export, θ search, backtest with stress,
     /// champion/challenger, sign, register), each reused when its inputs
     /// did not change; writes runs/<run_id>/ with report.html and appends
     /// runs/index.csv (docs/retraining.md). Exit 0: registered; 10: the

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use mlcore_config::Severity;
 use mlcore_models::artifact::ArtifactFiles;
+use mlcore_retrain::lock::StrategyLock;
 use mlcore_retrain::run::{RunManifest, RunSpec, RunStatus};
-use mlcore_retrain::{Flow, FlowError, Progress, Step};
+use mlcore_retrain::{Flow, FlowError, Progress, RegisterError, Step};
 use serde_json::{json, Value};
 use tokio::runtime::Handle;
 
@@ -66,13 +67,22 @@ pub async fn spec(
     let registered = registry::highest_version(svc, strategy).await?;
     let root = &svc.config.storage.models_root;
     let on_disk = highest_folder(&root.join(strategy)).max(highest_accepted(root, strategy));
+    // A run that has not finished may still register its version.
+    let unfinished = Flow::new(&svc.config)
+        .list()
+        .map_err(RetrainError::Flow)?
+        .iter()
+        .filter(|r| r.spec.strategy == strategy && r.finished_at_ms.is_none())
+        .map(|r| r.spec.version)
+        .max()
+        .unwrap_or(0);
     let champion = registry::active_artifact(svc, strategy)
         .await?
         .map(|(_, path)| path);
     Ok(RunSpec {
         env: svc.config.environment.to_string(),
         strategy: strategy.to_owned(),
-        version: registered.max(on_disk) + 1,
+        version: registered.max(on_disk).max(unfinished) + 1,
         created_at_ms: svc.now_ms(),
         champion,
         trigger: trigger.to_owned(),
@@ -118,8 +128,8 @@ struct Registrar<'a> {
 }
 
 impl mlcore_retrain::Registrar for Registrar<'_> {
-    fn register(&self, strategy: &str, version: u64, dir: &Path) -> Result<String, String> {
-        let files = ArtifactFiles::read(dir).map_err(|e| e.to_string())?;
+    fn register(&self, strategy: &str, version: u64, dir: &Path) -> Result<String, RegisterError> {
+        let files = ArtifactFiles::read(dir)?;
         let sha = files.manifest_sha256().unwrap_or_default();
         let target = self
             .svc
@@ -129,17 +139,18 @@ impl mlcore_retrain::Registrar for Registrar<'_> {
             .join(strategy)
             .join(format!("v{version}"));
         if target.exists() {
-            let there = ArtifactFiles::read(&target).map_err(|e| e.to_string())?;
+            let there = ArtifactFiles::read(&target)?;
             if there.manifest_sha256().unwrap_or_default() != sha {
                 return Err(format!(
                     "{} holds another artifact already; refusing to overwrite a model",
                     target.display()
-                ));
+                )
+                .into());
             }
         } else {
             let tmp = target.with_file_name(format!(".tmp-v{version}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&tmp);
-            files.write(&tmp).map_err(|e| e.to_string())?;
+            files.write(&tmp)?;
             std::fs::rename(&tmp, &target).map_err(|e| format!("{}: {e}", target.display()))?;
         }
         let registered = self.handle.block_on(registry::register(
@@ -158,17 +169,14 @@ impl mlcore_retrain::Registrar for Registrar<'_> {
                 ..
             }) => {
                 let id = format!("{strategy}-v{version}");
-                let row = self
-                    .handle
-                    .block_on(registry::get(self.svc, &id))
-                    .map_err(|e| e.to_string())?;
+                let row = self.handle.block_on(registry::get(self.svc, &id))?;
                 if row.manifest_sha256 == sha {
                     Ok(id)
                 } else {
-                    Err(format!("{id} is registered with another artifact"))
+                    Err(format!("{id} is registered with another artifact").into())
                 }
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.into()),
         }
     }
 }
@@ -180,6 +188,7 @@ pub fn execute(
     svc: &Services,
     handle: &Handle,
     run: RunManifest,
+    lock: Option<StrategyLock>,
     only: Option<Step>,
     progress: &dyn Progress,
 ) -> Result<RunManifest, RetrainError> {
@@ -193,9 +202,10 @@ pub fn execute(
         actor: &actor,
         run_id: &run_id,
     };
-    let done = match only {
-        Some(step) => flow.execute_step(run, step, &registrar, progress)?,
-        None => flow.execute(run, &registrar, progress)?,
+    let done = match (only, lock) {
+        (Some(step), _) => flow.execute_step(run, step, &registrar, progress)?,
+        (None, Some(lock)) => flow.execute_locked(run, lock, &registrar, progress)?,
+        (None, None) => flow.execute(run, &registrar, progress)?,
     };
     // A finished run resumed again does nothing: nothing new to announce;
     // a run driven a step at a time announces when it ends.
@@ -300,9 +310,53 @@ pub async fn announce(svc: &Services, run: &RunManifest) {
 /// strategy's lock; a `running` run nobody works on is `interrupted`.
 pub fn status_of(flow: &Flow<'_>, run: &RunManifest) -> &'static str {
     match run.status {
+        // A scale-out drives its run a step at a time, each step a process
+        // of its own: between steps nobody holds the lock, and the run is
+        // still running.
+        RunStatus::Running if run.spec.trigger == SCALE_OUT => "running",
         RunStatus::Running if !flow.is_live(run) => "interrupted",
         s => s.as_str(),
     }
+}
+
+/// The trigger of runs a scale-out (Prefect) drives step by step.
+pub const SCALE_OUT: &str = "scale-out";
+
+/// Starts a run of `spec` (or resumes `resume`) in the background: the
+/// strategy's lock is taken before anything is created (a refused start
+/// leaves nothing behind), the run's manifest is returned once it is
+/// ours, and the flow goes on on a blocking thread, announced when it ends.
+pub async fn start(
+    svc: Arc<Services>,
+    spec: RunSpec,
+    resume: Option<RunManifest>,
+) -> Result<RunManifest, RetrainError> {
+    let handle = Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        let flow = Flow::new(&svc.config);
+        let taken = match resume {
+            Some(run) => flow.lock(&run).map(|lock| (run, lock)),
+            None => flow.create_locked(spec),
+        };
+        let (run, lock) = match taken {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = tx.send(Err(RetrainError::from(e)));
+                return;
+            }
+        };
+        let run_id = run.run_id.clone();
+        let _ = tx.send(Ok(run.clone()));
+        if let Err(e) = execute(&svc, &handle, run, Some(lock), None, &mlcore_retrain::NoProgress) {
+            tracing::error!(run_id = %run_id, error = %e, "a retraining run could not run");
+        }
+    });
+    rx.await.map_err(|_| {
+        RetrainError::Flow(FlowError::Input(
+            "the run's thread ended before starting it".into(),
+        ))
+    })?
 }
 
 /// The run folder of `run_id`.
@@ -317,8 +371,8 @@ pub fn step_names() -> Vec<&'static str> {
 
 /// Starts retraining on the schedule in `control.yaml retrain.schedule`
 /// (nothing when it is `null`): at each time the cron expression matches,
-/// one run per listed strategy, one after another; a strategy already
-/// being retrained is skipped and said so in the log and the audit.
+/// a run of each listed strategy (each under its own lock); a strategy
+/// already being retrained is skipped and said so in the log and the audit.
 pub fn spawn_schedule(svc: Arc<Services>) -> Option<tokio::task::JoinHandle<()>> {
     let schedule = svc.config.control.retrain.schedule.clone()?;
     let cron = match mlcore_config::schedule::parse(&schedule.cron) {
@@ -363,18 +417,5 @@ pub fn spawn_schedule(svc: Arc<Services>) -> Option<tokio::task::JoinHandle<()>>
 
 async fn scheduled_run(svc: &Arc<Services>, strategy: &str) -> Result<(), RetrainError> {
     let spec = spec(svc, strategy, "schedule", "schedule").await?;
-    let root = svc.config.storage.runs_root.clone();
-    if mlcore_retrain::lock::held(&root, strategy) {
-        return Err(RetrainError::Busy(format!(
-            "{strategy} is being retrained already"
-        )));
-    }
-    let svc2 = Arc::clone(svc);
-    let handle = Handle::current();
-    tokio::task::spawn_blocking(move || {
-        let run = Flow::new(&svc2.config).create(spec)?;
-        execute(&svc2, &handle, run, None, &mlcore_retrain::NoProgress).map(|_| ())
-    })
-    .await
-    .map_err(|e| RetrainError::Flow(FlowError::Input(format!("the run's thread: {e}"))))?
+    start(Arc::clone(svc), spec, None).await.map(|_| ())
 }

@@ -54,7 +54,9 @@ def retrain(config_dir: str, env: str, strategy: str, *args: str) -> str:
     return control(config_dir, "retrain", "--env", env, "--strategy", strategy, "--quiet", *args)
 
 
-@task(name="step", retries=1, retry_delay_seconds=2, task_run_name="{name}")
+# No retries: a failed step fails the run (and alerts); resume it by
+# running the flow again with its run_id.
+@task(name="step", task_run_name="{name}")
 def step(config_dir: str, env: str, strategy: str, run_id: str, name: str) -> str:
     """One step of the run (its upstream steps done)."""
     return retrain(config_dir, env, strategy, "--resume", run_id, "--step", name)

@@ -9,6 +9,7 @@ use std::time::Instant;
 use mlcore_config::AppConfig;
 use serde_json::Value;
 
+use crate::lock::StrategyLock;
 use crate::run::{new_run_id, valid_run_id, Failure, RunManifest, RunSpec, RunStatus, StepEntry, StepState};
 use crate::steps::{self, Challenge, Context, Unit};
 use crate::store::{now_ms, Lookup, Sealed, StepKey, Store, CODE_VERSION};
@@ -19,8 +20,11 @@ pub trait Registrar {
     /// Registers the artifact in `dir` as `strategy` v`version` and returns
     /// its model id. The same artifact registered again (a run resumed
     /// after dying between registering and recording it) must succeed.
-    fn register(&self, strategy: &str, version: u64, dir: &Path) -> Result<String, String>;
+    fn register(&self, strategy: &str, version: u64, dir: &Path) -> Result<String, RegisterError>;
 }
+
+/// Why a registrar refused or failed (its own error, kept as the source).
+pub type RegisterError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Told as steps start and finish (progress bars, logs).
 pub trait Progress {
@@ -83,8 +87,7 @@ impl<'a> Flow<'a> {
         steps::plan(&ctx)?
             .into_iter()
             .map(|(step, key, _)| {
-                let cached = step != Step::Register
-                    && matches!(self.store.lookup(step.name(), &key)?, Lookup::Done(_));
+                let cached = step != Step::Register && self.store.peek(step.name(), &key)?.is_some();
                 Ok(Planned { step, key, cached })
             })
             .collect()
@@ -105,8 +108,13 @@ impl<'a> Flow<'a> {
         let ctx = Context::new(self.cfg, &spec)?;
         let plan = steps::plan(&ctx)?;
         let run_id = new_run_id(&spec.strategy, now_ms());
+        std::fs::create_dir_all(&self.root).map_err(|source| FlowError::Io {
+            path: self.root.clone(),
+            source,
+        })?;
         let dir = self.root.join(&run_id);
-        std::fs::create_dir_all(&dir).map_err(|source| FlowError::Io { path: dir, source })?;
+        // Never another run's folder.
+        std::fs::create_dir(&dir).map_err(|source| FlowError::Io { path: dir, source })?;
         let run = RunManifest {
             run_id,
             spec,
@@ -125,6 +133,23 @@ impl<'a> Flow<'a> {
         };
         run.save(&self.root)?;
         Ok(run)
+    }
+
+    /// Takes the strategy's lock, then creates a run of `spec`: a start
+    /// refused because the strategy is being retrained leaves nothing
+    /// behind, and nobody can take the run between its creation and its
+    /// first step. Run it with [`Flow::execute_locked`].
+    pub fn create_locked(&self, spec: RunSpec) -> Result<(RunManifest, StrategyLock), FlowError> {
+        let lock = lock::acquire(&self.root, &spec.strategy, "a run being created")?;
+        let run = self.create(spec)?;
+        lock.name_holder(&run.run_id)?;
+        Ok((run, lock))
+    }
+
+    /// Takes the lock of `run`'s strategy for it (to resume it in the
+    /// background after saying so).
+    pub fn lock(&self, run: &RunManifest) -> Result<StrategyLock, FlowError> {
+        Ok(lock::acquire(&self.root, &run.spec.strategy, &run.run_id)?)
     }
 
     /// A run's manifest.
@@ -165,7 +190,8 @@ impl<'a> Flow<'a> {
     /// Whether a process is working on `run` now (a `running` run nobody
     /// holds the lock of was interrupted, and can be resumed).
     pub fn is_live(&self, run: &RunManifest) -> bool {
-        run.status == RunStatus::Running && lock::held(&self.root, &run.spec.strategy)
+        run.status == RunStatus::Running
+            && lock::holder(&self.root, &run.spec.strategy).is_some_and(|h| h.starts_with(&run.run_id))
     }
 
     /// Runs (or resumes) `run` to its end under the strategy's lock: steps
@@ -179,7 +205,19 @@ impl<'a> Flow<'a> {
         registrar: &dyn Registrar,
         progress: &dyn Progress,
     ) -> Result<RunManifest, FlowError> {
-        self.drive(run, None, registrar, progress)
+        self.drive(run, None, None, registrar, progress)
+    }
+
+    /// [`Flow::execute`] of a run whose lock the caller already holds
+    /// (from [`Flow::create_locked`]).
+    pub fn execute_locked(
+        &self,
+        run: RunManifest,
+        lock: StrategyLock,
+        registrar: &dyn Registrar,
+        progress: &dyn Progress,
+    ) -> Result<RunManifest, FlowError> {
+        self.drive(run, None, Some(lock), registrar, progress)
     }
 
     /// Runs `run`'s step `only` (the steps before it must have their
@@ -193,7 +231,7 @@ impl<'a> Flow<'a> {
         registrar: &dyn Registrar,
         progress: &dyn Progress,
     ) -> Result<RunManifest, FlowError> {
-        self.drive(run, Some(only), registrar, progress)
+        self.drive(run, Some(only), None, registrar, progress)
     }
 
     /// Computes one unit of `run` (a validation fold, a θ grid trial) into
@@ -240,28 +278,19 @@ impl<'a> Flow<'a> {
 
     fn drive(
         &self,
-        mut run: RunManifest,
+        run: RunManifest,
         only: Option<Step>,
+        held: Option<StrategyLock>,
         registrar: &dyn Registrar,
         progress: &dyn Progress,
     ) -> Result<RunManifest, FlowError> {
-        let _lock = match lock::acquire(&self.root, &run.spec.strategy, &run.run_id) {
-            Ok(l) => l,
-            Err(e) => {
-                // A run refused before its first step never happened: no
-                // folder is left to look interrupted.
-                let fresh =
-                    run.finished_at_ms.is_none() && run.steps.iter().all(|s| s.started_at_ms.is_none());
-                if fresh {
-                    let _ = std::fs::remove_dir_all(self.root.join(&run.run_id));
-                }
-                return Err(e.into());
-            }
+        let _lock = match held {
+            Some(l) => l,
+            None => lock::acquire(&self.root, &run.spec.strategy, &run.run_id)?,
         };
-        mlcore_models::runtime::init(&self.cfg.storage.onnxruntime_library)
-            .map_err(|e| FlowError::Input(format!("ONNX Runtime: {e}")))?;
         // A resume re-reads the manifest under the lock: the copy passed in
         // may be stale.
+        let mut run = run;
         let mut resuming = false;
         if RunManifest::path(&self.root, &run.run_id).exists() {
             let on_disk = RunManifest::read(&self.root, &run.run_id)?;
@@ -270,10 +299,81 @@ impl<'a> Flow<'a> {
                 resuming = true;
             }
         }
+        let started = Instant::now();
+        let mut dirs = BTreeMap::new();
+        match self.drive_locked(&mut run, resuming, only, registrar, progress, &mut dirs) {
+            Ok(()) => Ok(run),
+            Err(Stop::Refuse(e)) => Err(e),
+            // Whatever failed once the run was ours fails the run, named at
+            // the step it was in, so nothing is left `running` and the
+            // caller announces it.
+            Err(Stop::Fail(e)) => {
+                let step = run.current_step.clone().unwrap_or_else(|| "start".to_owned());
+                let message = chain(&e);
+                if let Some(s) = Step::from_name(&step) {
+                    let entry = entry(&mut run, s);
+                    entry.state = StepState::Failed;
+                    entry.note = Some(message.clone());
+                }
+                run.failure = Some(Failure {
+                    message: format!("step `{step}` failed: {message}"),
+                    step,
+                });
+                run.status = RunStatus::Failed;
+                run.current_step = None;
+                run.finished_at_ms = Some(now_ms());
+                run.verdict = run.failure.as_ref().map(|f| f.message.clone());
+                if let Err(e) = run.save(&self.root) {
+                    run_warning(&format!("recording the failure of {}: {e}", run.run_id));
+                }
+                if let Some(e) = run.steps.iter().find(|e| e.state == StepState::Failed) {
+                    progress.finished(&run, e);
+                }
+                self.ledger(&run, &dirs, started.elapsed().as_secs_f64());
+                Ok(run)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_lines)] // one pass over the plan, in order
+    fn drive_locked(
+        &self,
+        run: &mut RunManifest,
+        resuming: bool,
+        only: Option<Step>,
+        registrar: &dyn Registrar,
+        progress: &dyn Progress,
+        dirs: &mut BTreeMap<Step, PathBuf>,
+    ) -> Result<(), Stop> {
+        mlcore_models::runtime::init(&self.cfg.storage.onnxruntime_library)
+            .map_err(|e| FlowError::Input(format!("ONNX Runtime: {e}")))?;
         self.store.sweep()?;
         let spec = run.spec.clone();
         let ctx = Context::new(self.cfg, &spec)?;
         let plan = steps::plan(&ctx)?;
+        // A finished run whose every step is still current has nothing to
+        // do: resuming it touches nothing (not even its report). One whose
+        // plan moved (the configuration or the data changed) is not
+        // re-done under its old version and time: that is a new run.
+        let finished = matches!(run.status, RunStatus::Succeeded | RunStatus::Rejected);
+        if finished {
+            let current = plan.iter().all(|(step, key, _)| {
+                run.step(*step).is_some_and(|e| {
+                    e.key == *key
+                        && (matches!(e.state, StepState::Skipped)
+                            || *step == Step::Register
+                            || matches!(self.store.peek(step.name(), key), Ok(Some(_))))
+                })
+            });
+            if current {
+                return Ok(());
+            }
+            return Err(Stop::Refuse(FlowError::Input(format!(
+                "run {} finished ({}), and its inputs have changed since: start a new run",
+                run.run_id,
+                run.status.as_str()
+            ))));
+        }
         // The configuration may have changed since the run started: steps
         // whose key moved start over.
         let old: BTreeMap<String, StepEntry> = run.steps.drain(..).map(|s| (s.name.clone(), s)).collect();
@@ -282,18 +382,6 @@ impl<'a> Flow<'a> {
                 Some(e) if e.key == *key => e.clone(),
                 _ => pending(*step, key.clone(), inputs.clone()),
             });
-        }
-        // A finished run whose every step is still current has nothing to
-        // do: resuming it touches nothing (not even its report).
-        let finished = matches!(run.status, RunStatus::Succeeded | RunStatus::Rejected);
-        let current = run.steps.iter().all(|s| {
-            matches!(s.state, StepState::Done | StepState::Cached | StepState::Skipped)
-                && (s.name == Step::Register.name()
-                    || s.state == StepState::Skipped
-                    || matches!(self.store.lookup(&s.name, &s.key), Ok(Lookup::Done(_))))
-        });
-        if finished && current {
-            return Ok(run);
         }
         // A scale-out driving the run a step at a time is not resuming it.
         if resuming && only.is_none() {
@@ -305,7 +393,6 @@ impl<'a> Flow<'a> {
         run.save(&self.root)?;
 
         let started = Instant::now();
-        let mut dirs: BTreeMap<Step, PathBuf> = BTreeMap::new();
         let mut lost = false;
         let mut partial = false;
         for (step, key, inputs) in plan {
@@ -324,13 +411,13 @@ impl<'a> Flow<'a> {
                     continue;
                 }
                 if step == Step::Register && !lost && !dirs.contains_key(&Step::Sign) {
-                    let sign = key_of(&run, Step::Sign);
+                    let sign = key_of(run, Step::Sign);
                     dirs.insert(Step::Sign, self.require(Step::Sign, &sign, only)?);
                 }
             }
             let expected = self.store.last_duration_ms(step.name());
             {
-                let e = entry(&mut run, step);
+                let e = entry(run, step);
                 if step == Step::Register && e.state == StepState::Done {
                     // Registered by an earlier attempt of this run.
                     continue;
@@ -343,36 +430,34 @@ impl<'a> Flow<'a> {
             run.current_step = Some(step.name().to_owned());
             run.save(&self.root)?;
             if let Some(e) = run.step(step) {
-                progress.started(&run, e);
+                progress.started(run, e);
             }
             let t0 = Instant::now();
             let outcome = if lost && matches!(step, Step::Sign | Step::Register) {
                 let what = if step == Step::Sign { "sign" } else { "register" };
-                Ok(Outcome::Skipped(format!(
+                Outcome::Skipped(format!(
                     "the candidate lost to the active model: nothing to {what}"
-                )))
+                ))
             } else if step == Step::Register {
                 let dir = dirs
                     .get(&Step::Sign)
                     .cloned()
                     .unwrap_or_default()
                     .join("artifact");
-                registrar
+                let id = registrar
                     .register(&spec.strategy, spec.version, &dir)
-                    .map(|id| {
-                        stall_point(step);
-                        run.model_id = Some(id);
-                        run.artifact = Some(dir);
-                        Outcome::Registered
-                    })
-                    .map_err(FlowError::Register)
+                    .map_err(|e| FlowError::Register(e.to_string(), e))?;
+                stall_point(step);
+                run.model_id = Some(id);
+                run.artifact = Some(dir);
+                Outcome::Registered
             } else {
-                self.step(&ctx, step, &key, &inputs, &dirs)
+                self.step(&ctx, step, &key, &inputs, dirs)?
             };
-            let e = entry(&mut run, step);
+            let e = entry(run, step);
             e.duration_ms = Some(u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX));
             match outcome {
-                Ok(Outcome::Sealed(sealed, cached)) => {
+                Outcome::Sealed(sealed, cached) => {
                     let dir = self.store.dir(step.name(), &key);
                     e.state = if cached {
                         StepState::Cached
@@ -385,35 +470,21 @@ impl<'a> Flow<'a> {
                     e.produced_in_ms = Some(sealed.duration_ms);
                     dirs.insert(step, dir);
                 }
-                Ok(Outcome::Skipped(why)) => {
+                Outcome::Skipped(why) => {
                     e.state = StepState::Skipped;
                     e.note = Some(why);
                 }
-                Ok(Outcome::Registered) => e.state = StepState::Done,
-                Err(err) => {
-                    let message = chain(&err);
-                    e.state = StepState::Failed;
-                    e.note = Some(message.clone());
-                    run.failure = Some(Failure {
-                        step: step.name().to_owned(),
-                        message: format!("step `{}` ({}) failed: {message}", step.name(), key.short()),
-                    });
-                    run.status = RunStatus::Failed;
-                    run.current_step = None;
-                    run.finished_at_ms = Some(now_ms());
-                    run.verdict = run.failure.as_ref().map(|f| f.message.clone());
-                    run.save(&self.root)?;
-                    if let Some(e) = run.step(step) {
-                        progress.finished(&run, e);
-                    }
-                    self.ledger(&run, &dirs, started.elapsed().as_secs_f64());
-                    return Ok(run);
-                }
+                Outcome::Registered => e.state = StepState::Done,
             }
             if step == Step::Challenge {
                 if let Some(dir) = dirs.get(&Step::Challenge) {
                     let c: Challenge = steps::read_json(dir, "challenge.json")?;
                     lost = c.verdict.is_some_and(|v| !v.won);
+                }
+                if lost {
+                    // Nothing of this run is (or will be) the registered model.
+                    run.model_id = None;
+                    run.artifact = None;
                 }
             }
             if step == Step::Sign && !lost {
@@ -421,25 +492,25 @@ impl<'a> Flow<'a> {
             }
             run.save(&self.root)?;
             if let Some(e) = run.step(step) {
-                progress.finished(&run, e);
+                progress.finished(run, e);
             }
         }
         run.current_step = None;
         if partial {
             run.save(&self.root)?;
-            return Ok(run);
+            return Ok(());
         }
         run.status = if lost {
             RunStatus::Rejected
         } else {
             RunStatus::Succeeded
         };
-        let summary = report::write(&self.root.join(&run.run_id), &run, &dirs)?;
+        let summary = report::write(&self.root.join(&run.run_id), run, dirs)?;
         run.verdict = Some(summary.verdict);
         run.finished_at_ms = Some(now_ms());
         run.save(&self.root)?;
-        self.ledger(&run, &dirs, started.elapsed().as_secs_f64());
-        Ok(run)
+        self.ledger(run, dirs, started.elapsed().as_secs_f64());
+        Ok(())
     }
 
     fn step(
@@ -497,6 +568,21 @@ fn stall_point(step: Step) {
         loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }
+    }
+}
+
+/// Why a drive stopped early.
+enum Stop {
+    /// Not started: the run stays as it was (a finished run whose inputs
+    /// changed).
+    Refuse(FlowError),
+    /// Failed: the run is marked failed at its current step.
+    Fail(FlowError),
+}
+
+impl<E: Into<FlowError>> From<E> for Stop {
+    fn from(e: E) -> Self {
+        Self::Fail(e.into())
     }
 }
 

@@ -24,7 +24,7 @@ pub mod run;
 pub mod steps;
 pub mod store;
 
-pub use flow::{Flow, NoProgress, Planned, Progress, Registrar};
+pub use flow::{Flow, NoProgress, Planned, Progress, RegisterError, Registrar};
 pub use steps::Unit;
 
 use std::path::PathBuf;
@@ -148,7 +148,7 @@ pub enum FlowError {
     Input(String),
     /// Registration (the control plane's answer).
     #[error("registering: {0}")]
-    Register(String),
+    Register(String, #[source] flow::RegisterError),
     /// The report.
     #[error("report: {0}")]
     Report(String),

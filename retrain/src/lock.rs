@@ -93,7 +93,28 @@ pub fn held(runs_root: &Path, strategy: &str) -> bool {
     }
 }
 
+/// What the lock file of `strategy` says of its holder, when someone holds
+/// it now (the run id the holder named, then its pid).
+pub fn holder(runs_root: &Path, strategy: &str) -> Option<String> {
+    held(runs_root, strategy)
+        .then(|| fs::read_to_string(path(runs_root, strategy)).ok())
+        .flatten()
+        .map(|s| s.trim().to_owned())
+}
+
 impl StrategyLock {
+    /// Names the holder in the lock file (the run id, once known).
+    pub fn name_holder(&self, holder: &str) -> Result<(), LockError> {
+        let io = |source| LockError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut f = &self._file;
+        f.set_len(0).map_err(io)?;
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0)).map_err(io)?;
+        writeln!(f, "{holder} (pid {})", std::process::id()).map_err(io)
+    }
+
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -167,7 +167,10 @@ impl RunManifest {
     /// Writes it atomically.
     pub fn save(&self, runs: &Path) -> Result<(), StoreError> {
         let path = Self::path(runs, &self.run_id);
-        let text = serde_json::to_string_pretty(self).unwrap_or_default() + "\n";
+        let text = serde_json::to_string_pretty(self).map_err(|e| StoreError::Record {
+            path: path.clone(),
+            message: e.to_string(),
+        })? + "\n";
         write_atomic(&path, text.as_bytes())
     }
 
@@ -196,12 +199,19 @@ pub fn valid_run_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// A new run id: `YYYYMMDDThhmmssZ-<strategy>-<4 hex>`.
+/// A new run id: `YYYYMMDDThhmmssZ-<strategy>-<8 hex>`, the suffix random
+/// (two runs started in the same second never share an id; `create` also
+/// refuses a folder that exists).
 pub fn new_run_id(strategy: &str, now_ms: u64) -> String {
+    use std::hash::{BuildHasher, Hasher};
     let secs = (now_ms / 1000) as i64;
     let (y, m, d) = mlcore_market::civil::from_days(secs.div_euclid(86_400));
     let t = secs.rem_euclid(86_400);
-    let salt = (now_ms % 1000) as u32 ^ (std::process::id() & 0xffff) << 4;
+    // RandomState is seeded from the OS per instance.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms);
+    h.write_u32(std::process::id());
+    let salt = h.finish() as u32;
     let strategy: String = strategy
         .chars()
         .map(|c| {
@@ -213,11 +223,10 @@ pub fn new_run_id(strategy: &str, now_ms: u64) -> String {
         })
         .collect();
     format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z-{strategy}-{:04x}",
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z-{strategy}-{salt:08x}",
         t / 3600,
         t / 60 % 60,
-        t % 60,
-        salt & 0xffff
+        t % 60
     )
 }
 
@@ -232,5 +241,6 @@ mod tests {
         assert!(valid_run_id(&id));
         assert!(!valid_run_id("../etc"));
         assert!(!valid_run_id(""));
+        assert_ne!(new_run_id("fx", 1), new_run_id("fx", 1), "random suffix");
     }
 }

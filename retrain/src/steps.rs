@@ -159,7 +159,10 @@ pub fn plan(ctx: &Context<'_>) -> Result<Vec<(Step, StepKey, Value)>, FlowError>
     push(&mut out, Step::Validation, inputs);
     let inputs = json!({"labels": key(&out, Step::Labels), "trees": r.trees, "costs_bps": ctx.costs_bps});
     push(&mut out, Step::Train, inputs);
-    let inputs = json!({"train": key(&out, Step::Train), "strategy": ctx.spec.strategy,
+    // The parity check runs the export through this ONNX Runtime; every
+    // later step scores with it.
+    let onnxruntime = sha256_file(&ctx.cfg.storage.onnxruntime_library)?;
+    let inputs = json!({"train": key(&out, Step::Train), "strategy": ctx.spec.strategy, "onnxruntime": onnxruntime,
         "valid_days": r.valid_days, "theta": [ctx.cfg.core_policy.theta.theta1, ctx.cfg.core_policy.theta.theta2]});
     push(&mut out, Step::Export, inputs);
     let inputs = json!({"export": key(&out, Step::Export), "market": ctx.market_inputs()});
@@ -173,7 +176,7 @@ pub fn plan(ctx: &Context<'_>) -> Result<Vec<(Step, StepKey, Value)>, FlowError>
         None => None,
     };
     let inputs = json!({"theta": key(&out, Step::Theta), "champion": champion, "market": ctx.market_inputs(),
-        "adoption": ctx.cfg.core_policy.adoption});
+        "adoption": ctx.cfg.core_policy.adoption, "trust": ctx.cfg.trust});
     push(&mut out, Step::Challenge, inputs);
     let release = SecretKeyFile::read(&r.signing_key_file)?;
     let public = release.public().map_err(FlowError::Sign)?;
@@ -181,7 +184,7 @@ pub fn plan(ctx: &Context<'_>) -> Result<Vec<(Step, StepKey, Value)>, FlowError>
         "validation": key(&out, Step::Validation),
         "backtest": key(&out, Step::Backtest), "challenge": key(&out, Step::Challenge),
         "version": ctx.spec.version, "created_at_ms": ctx.spec.created_at_ms, "valid_days": r.valid_days,
-        "key": {"id": public.key_id, "public": public.public_key}});
+        "key": {"id": public.key_id, "public": public.public_key}, "trust": ctx.cfg.trust});
     push(&mut out, Step::Sign, inputs);
     let inputs =
         json!({"sign": key(&out, Step::Sign), "strategy": ctx.spec.strategy, "version": ctx.spec.version});

@@ -4,9 +4,12 @@
 //! version). A folder exists under its key only once complete: a step
 //! writes into a private temporary folder, records the sha256 of every
 //! file in `step.json`, syncs, and renames the folder into place in one
-//! atomic `rename(2)`. A process killed mid-step leaves only a temporary
-//! folder, removed by the next run. A reused folder is checked against its
-//! recorded hashes first; one that differs is set aside and redone.
+//! atomic `rename(2)`. While it works, the writer holds an exclusive
+//! `flock` on a sibling `.lock` file; a temporary folder whose lock anyone
+//! can take belongs to a writer that died (kill -9, a lost pod) and is
+//! removed by the next run — on any machine sharing the store, which a
+//! pid could not tell. A reused folder is checked against its recorded
+//! hashes first; one that differs is set aside and redone.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -15,9 +18,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The code version in every key: the crate version and the commit it was
-/// built from.
-pub const CODE_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+", env!("MLCORE_CODE_COMMIT"));
+/// The code version in every key: the crate version and a hash of the
+/// source of every crate that shapes a step's output (`build.rs`), so an
+/// edit changes the keys whether or not it was committed.
+pub const CODE_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+src.", env!("MLCORE_CODE_HASH"));
+
+/// The git commit the code was built from (for people; not in keys).
+pub const CODE_COMMIT: &str = env!("MLCORE_CODE_COMMIT");
 
 /// The record of a finished step.
 pub const RECORD: &str = "step.json";
@@ -128,31 +135,44 @@ impl Store {
         self.root.join(step).join(&key.0)
     }
 
-    /// The finished output of `step` under `key`, checked against its record.
-    pub fn lookup(&self, step: &str, key: &StepKey) -> Result<Lookup, StoreError> {
+    /// The record of `step` under `key` if its folder is complete and its
+    /// files still hash as recorded (`Ok(None)`: missing or differing).
+    /// Reads only: what planning (`--dry-run`) uses.
+    pub fn peek(&self, step: &str, key: &StepKey) -> Result<Option<Sealed>, StoreError> {
         let dir = self.dir(step, key);
         let record = dir.join(RECORD);
         let text = match fs::read_to_string(&record) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lookup::Missing),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StoreError::Io { path: record, source }),
         };
         let sealed: Sealed = serde_json::from_str(&text).map_err(|e| StoreError::Record {
             path: record.clone(),
             message: e.to_string(),
         })?;
-        for (name, want) in &sealed.outputs {
-            let got = sha256_file(&dir.join(name)).ok();
-            if got.as_deref() != Some(want.as_str()) {
-                let aside = self
-                    .root
-                    .join(step)
-                    .join(format!(".corrupt-{}-{}", key.short(), unique()));
-                fs::rename(&dir, &aside).map_err(io(&dir))?;
-                return Ok(Lookup::Corrupt(aside));
-            }
+        let intact = sealed
+            .outputs
+            .iter()
+            .all(|(name, want)| sha256_file(&dir.join(name)).ok().as_deref() == Some(want.as_str()));
+        Ok(intact.then_some(sealed))
+    }
+
+    /// The finished output of `step` under `key`, checked against its
+    /// record; a folder whose files differ is moved aside.
+    pub fn lookup(&self, step: &str, key: &StepKey) -> Result<Lookup, StoreError> {
+        let dir = self.dir(step, key);
+        if let Some(sealed) = self.peek(step, key)? {
+            return Ok(Lookup::Done(sealed));
         }
-        Ok(Lookup::Done(sealed))
+        if !dir.exists() {
+            return Ok(Lookup::Missing);
+        }
+        let aside = self
+            .root
+            .join(step)
+            .join(format!(".corrupt-{}-{}", key.short(), unique()));
+        fs::rename(&dir, &aside).map_err(io(&dir))?;
+        Ok(Lookup::Corrupt(aside))
     }
 
     /// Runs `work` in a fresh temporary folder and seals what it wrote as
@@ -172,6 +192,12 @@ impl Store {
             std::process::id(),
             unique()
         ));
+        // The lock first, the folder second: a temporary folder without a
+        // held lock is always a dead writer's.
+        let lock_path = lock_of(&tmp);
+        let lock = fs::File::create(&lock_path).map_err(io(&lock_path))?;
+        lock.lock().map_err(io(&lock_path))?;
+        let _unlock = RemoveOnDrop(lock_path);
         fs::create_dir(&tmp).map_err(io(&tmp))?;
         let started = std::time::Instant::now();
         let rows = match work(&tmp) {
@@ -194,25 +220,38 @@ impl Store {
             code: CODE_VERSION.to_owned(),
         };
         let record = tmp.join(RECORD);
-        let text = serde_json::to_string_pretty(&sealed).unwrap_or_default() + "\n";
+        let text = serde_json::to_string_pretty(&sealed).map_err(|e| StoreError::Record {
+            path: record.clone(),
+            message: e.to_string(),
+        })? + "\n";
         fs::write(&record, text).map_err(io(&record))?;
         sync_tree(&tmp)?;
         let dir = self.dir(step, key);
         match fs::rename(&tmp, &dir) {
-            Ok(()) => {}
-            // Another run produced the same key meanwhile: same inputs,
-            // same output; keep theirs.
+            Ok(()) => {
+                sync_dir(&parent)?;
+                Ok(sealed)
+            }
+            // Another writer sealed the same key meanwhile (same inputs):
+            // theirs is the output, and its record the one to report.
             Err(_) if dir.join(RECORD).exists() => {
                 let _ = fs::remove_dir_all(&tmp);
+                match self.peek(step, key)? {
+                    Some(theirs) => Ok(theirs),
+                    None => Err(StoreError::Record {
+                        path: dir.join(RECORD),
+                        message: "sealed by another writer, but its files differ from its record".into(),
+                    }
+                    .into()),
+                }
             }
-            Err(source) => return Err(StoreError::Io { path: dir, source }.into()),
+            Err(source) => Err(StoreError::Io { path: dir, source }.into()),
         }
-        sync_dir(&parent)?;
-        Ok(sealed)
     }
 
-    /// Removes temporary folders whose process is gone (a step killed
-    /// mid-write), in every step. Returns how many.
+    /// Removes temporary folders whose writer is gone (a step killed
+    /// mid-write, here or on another machine sharing the store): those
+    /// whose lock anyone can take. Returns how many.
     pub fn sweep(&self) -> Result<usize, StoreError> {
         let mut removed = 0;
         let steps = match fs::read_dir(&self.root) {
@@ -231,13 +270,19 @@ impl Store {
             };
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let Some(rest) = name.strip_prefix(".tmp-") else {
+                if !name.starts_with(".tmp-") || name.ends_with(".lock") {
                     continue;
+                }
+                let lock_path = lock_of(&e.path());
+                let dead = match fs::File::open(&lock_path) {
+                    // Lockable now: its writer is gone.
+                    Ok(f) => f.try_lock().is_ok(),
+                    // No lock file: a writer removes it only after its
+                    // folder is gone, so this one's writer died.
+                    Err(_) => true,
                 };
-                let pid = rest.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
-                let alive =
-                    pid.is_some_and(|p| p == std::process::id() || Path::new(&format!("/proc/{p}")).exists());
-                if !alive && fs::remove_dir_all(e.path()).is_ok() {
+                if dead && fs::remove_dir_all(e.path()).is_ok() {
+                    let _ = fs::remove_file(&lock_path);
                     removed += 1;
                 }
             }
@@ -258,6 +303,22 @@ impl Store {
             })
             .max()
             .map(|(_, d)| d)
+    }
+}
+
+/// The lock file a writer holds while it fills the temporary folder `tmp`.
+fn lock_of(tmp: &Path) -> PathBuf {
+    let mut name = tmp.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    tmp.with_file_name(name)
+}
+
+/// Removes the writer's lock file when it is done (sealed or failed).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
     }
 }
 
@@ -368,13 +429,18 @@ mod tests {
         fs::write(store.dir("labels", &a).join("test/up.u8"), [1u8, 1]).unwrap();
         assert!(matches!(store.lookup("labels", &a).unwrap(), Lookup::Corrupt(_)));
         assert!(matches!(store.lookup("labels", &a).unwrap(), Lookup::Missing));
-        // A dead process's temporary folder is swept; ours is not.
-        fs::create_dir_all(root.path().join("labels/.tmp-abc-999999999-1")).unwrap();
-        fs::create_dir_all(
-            root.path()
-                .join(format!("labels/.tmp-abc-{}-1", std::process::id())),
-        )
-        .unwrap();
-        assert_eq!(store.sweep().unwrap(), 1);
+        // A dead writer's temporary folder is swept (its lock is free, or
+        // gone); a live writer's is not.
+        fs::create_dir_all(root.path().join("labels/.tmp-abc-1-1")).unwrap();
+        fs::write(root.path().join("labels/.tmp-abc-1-1.lock"), b"").unwrap();
+        fs::create_dir_all(root.path().join("labels/.tmp-abc-2-2")).unwrap();
+        let live = root.path().join("labels/.tmp-abc-3-3");
+        fs::create_dir_all(&live).unwrap();
+        // Another open file description: flock conflicts even in-process.
+        let held = fs::File::create(lock_of(&live)).unwrap();
+        held.lock().unwrap();
+        assert_eq!(store.sweep().unwrap(), 2);
+        assert!(live.exists());
+        assert!(!root.path().join("labels/.tmp-abc-1-1.lock").exists());
     }
 }

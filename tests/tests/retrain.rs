@@ -346,7 +346,7 @@ fn state_of(m: &Value, step: &str) -> String {
         .unwrap()
 }
 
-/// Temporary folders left in the step store.
+/// Temporary folders (and their writers' lock files) left in the step store.
 fn temporaries(runs: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for step in std::fs::read_dir(runs.join("steps")).unwrap().flatten() {
@@ -394,11 +394,10 @@ fn a_run_killed_in_every_step_resumes_to_one_registered_model_announced_once() {
             let entry = m["steps"].as_array().unwrap()[i].clone();
             let key = entry["key"].as_str().unwrap();
             assert!(!env.runs().join("steps").join(step).join(key).exists(), "{step}");
-            assert_eq!(
-                temporaries(&env.runs()).len(),
-                1,
-                "{step}: one half-written output"
-            );
+            let left = temporaries(&env.runs());
+            let folders = left.iter().filter(|p| p.is_dir()).count();
+            assert_eq!(folders, 1, "{step}: one half-written output: {left:?}");
+            assert_eq!(left.len(), 2, "{step}: and its dead writer's lock file: {left:?}");
         }
     }
     let id = run.unwrap();
@@ -520,7 +519,8 @@ fn a_changed_config_reruns_only_what_it_feeds_one_run_at_a_time_and_a_bad_partit
     let env = setup(&rt);
     let o = env.retrain(&[]);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(env.manifest(&run_of(&o))["model_id"], "fx_g10-v1");
+    let first = run_of(&o);
+    assert_eq!(env.manifest(&first)["model_id"], "fx_g10-v1");
 
     // One run of a strategy at a time: a second start is refused while the
     // first holds the lock, and the lock dies with its holder.
@@ -558,7 +558,24 @@ fn a_changed_config_reruns_only_what_it_feeds_one_run_at_a_time_and_a_bad_partit
         &m,
         &["dataset", "features", "labels", "validation", "train", "export"],
     );
-    assert_eq!(m["model_id"], "fx_g10-v2", "the killed run registered nothing");
+    assert_eq!(
+        m["model_id"], "fx_g10-v3",
+        "v2 stays the killed run's: it may still register it"
+    );
+    // The first run finished under other inputs: it is not re-done under
+    // its old version and time.
+    let before = std::fs::read(env.runs().join(&first).join("manifest.json")).unwrap();
+    let o = env.retrain(&["--resume", &first]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("its inputs have changed since: start a new run"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read(env.runs().join(&first).join("manifest.json")).unwrap(),
+        before
+    );
 
     // The adoption margin feeds the challenge alone.
     let policy = env.root.join("configs/base/core_policy.yaml");

@@ -24,7 +24,7 @@ use clap::Parser;
 use mlcore_config::{Environment, MapEnv, Process};
 use mlcore_models::artifact::{self, ArtifactFiles, TrustStore, VerifyContext};
 use mlcore_retrain::run::{RunManifest, RunSpec};
-use mlcore_retrain::{Flow, NoProgress, Registrar};
+use mlcore_retrain::{Flow, NoProgress, RegisterError, Registrar};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Parser)]
@@ -68,12 +68,12 @@ struct Measured {
 struct Verify(TrustStore);
 
 impl Registrar for Verify {
-    fn register(&self, strategy: &str, version: u64, dir: &Path) -> Result<String, String> {
-        let files = ArtifactFiles::read(dir).map_err(|e| e.to_string())?;
+    fn register(&self, strategy: &str, version: u64, dir: &Path) -> Result<String, RegisterError> {
+        let files = ArtifactFiles::read(dir)?;
         let now = mlcore_retrain::store::now_ms();
-        let v = artifact::verify(files, &VerifyContext::new(&self.0, now)).map_err(|e| e.to_string())?;
+        let v = artifact::verify(files, &VerifyContext::new(&self.0, now))?;
         if v.manifest.strategy != strategy || v.manifest.version != version {
-            return Err(format!("{} is not {strategy} v{version}", v.manifest.model_id));
+            return Err(format!("{} is not {strategy} v{version}", v.manifest.model_id).into());
         }
         Ok(v.manifest.model_id)
     }

@@ -10,8 +10,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use mlcore_config::Role;
-use mlcore_retrain::run::{valid_run_id, RunManifest};
-use mlcore_retrain::{lock, Flow, NoProgress};
+use mlcore_retrain::run::{valid_run_id, RunManifest, RunStatus};
+use mlcore_retrain::Flow;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -103,8 +103,9 @@ fn summary(flow: &Flow<'_>, m: &RunManifest) -> RunSummary {
         model_id: m.model_id.clone(),
         trigger: m.spec.trigger.clone(),
         actor: m.spec.actor.clone(),
-        report_url: report
-            .exists()
+        // A failed resume of a once-finished run left its old report:
+        // not this run's outcome.
+        report_url: (m.status != RunStatus::Failed && report.exists())
             .then(|| format!("/v1/retrain/{}/report", m.run_id)),
     }
 }
@@ -257,56 +258,31 @@ pub async fn start(
     }
 }
 
-/// Creates (or loads) the run, then runs it on a blocking thread.
+/// Creates (or loads) the run under its strategy's lock, then runs it in
+/// the background (`retrain::start`).
 async fn begin(state: &AppState, body: &RetrainBody, actor: &str) -> Result<RunSummary, ApiError> {
     let svc = Arc::clone(&state.services);
-    let root = svc.config.storage.runs_root.clone();
     if svc.config.strategy(&body.strategy).is_none() {
         return Err(RetrainError::UnknownStrategy(body.strategy.clone()).into());
     }
-    if lock::held(&root, &body.strategy) {
-        return Err(RetrainError::Busy(format!("{} is being retrained already", body.strategy)).into());
-    }
-    let spec = match &body.resume {
-        Some(_) => None,
-        None => Some(retrain::spec(&svc, &body.strategy, "api", actor).await?),
-    };
-    let resume = body.resume.clone();
-    let strategy = body.strategy.clone();
-    let svc2 = Arc::clone(&svc);
-    let run = tokio::task::spawn_blocking(move || -> Result<RunManifest, ApiError> {
-        let flow = Flow::new(&svc2.config);
-        match (resume, spec) {
-            (Some(id), _) => {
-                let run = flow.load(&id).map_err(|_| not_found(&id))?;
-                if run.spec.strategy != strategy {
-                    return Err(ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "RETRAIN_STRATEGY_MISMATCH",
-                        format!("run {id} retrains {}, not {strategy}", run.spec.strategy),
-                    ));
-                }
-                Ok(run)
+    let (spec, resume) = match &body.resume {
+        Some(id) => {
+            let (run, _) = load(state, id).await?;
+            if run.spec.strategy != body.strategy {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "RETRAIN_STRATEGY_MISMATCH",
+                    format!("run {id} retrains {}, not {}", run.spec.strategy, body.strategy),
+                ));
             }
-            (None, Some(spec)) => flow.create(spec).map_err(|e| RetrainError::from(e).into()),
-            (None, None) => Err(ApiError::internal("starting a run")),
+            (run.spec.clone(), Some(run))
         }
-    })
-    .await
-    .map_err(|_| ApiError::internal("starting a run"))??;
-    let summary = {
-        let flow = Flow::new(&svc.config);
-        summary(&flow, &run)
+        None => (retrain::spec(&svc, &body.strategy, "api", actor).await?, None),
     };
-    let handle = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        let run_id = run.run_id.clone();
-        if let Err(e) = retrain::execute(&svc, &handle, run, None, &NoProgress) {
-            tracing::error!(run_id = %run_id, error = %e, "a retraining run could not run");
-        }
-    });
+    let run = retrain::start(Arc::clone(&svc), spec, resume).await?;
+    let flow = Flow::new(&svc.config);
     Ok(RunSummary {
         status: "running".into(),
-        ..summary
+        ..summary(&flow, &run)
     })
 }

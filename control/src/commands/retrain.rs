@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mlcore_config::EnvSource;
-use mlcore_retrain::run::{RunManifest, RunStatus, StepEntry, StepState};
+use mlcore_retrain::run::{RunManifest, RunSpec, RunStatus, StepEntry, StepState};
 use mlcore_retrain::{Flow, Progress, Step, Unit};
 
 use super::load_config;
@@ -106,13 +106,12 @@ pub fn retrain(
         return Ok(0);
     }
     if args.create {
-        if mlcore_retrain::lock::held(flow.root(), &spec.strategy) {
-            anyhow::bail!(
-                "{} is being retrained already; one run of a strategy at a time",
-                spec.strategy
-            );
-        }
-        let run = flow.create(spec)?;
+        // A scale-out drives it a step at a time (each step takes the lock).
+        let spec = RunSpec {
+            trigger: retrain::SCALE_OUT.into(),
+            ..spec
+        };
+        let (run, _lock) = flow.create_locked(spec)?;
         writeln!(out, "{}", serde_json::json!({"run_id": run.run_id}))?;
         return Ok(0);
     }
@@ -123,15 +122,12 @@ pub fn retrain(
         ),
         None => None,
     };
-    if only.is_none() && mlcore_retrain::lock::held(flow.root(), &spec.strategy) {
-        anyhow::bail!(
-            "{} is being retrained already; one run of a strategy at a time",
-            spec.strategy
-        );
-    }
-    let run = match run {
-        Some(r) => r,
-        None => flow.create(spec)?,
+    let (run, lock) = match run {
+        Some(r) => (r, None),
+        None => {
+            let (run, lock) = flow.create_locked(spec)?;
+            (run, Some(lock))
+        }
     };
     writeln!(
         out,
@@ -147,7 +143,7 @@ pub fn retrain(
     out.flush()?;
     let progress = Bars::new(std::io::stderr().is_terminal() && !args.quiet);
     let handle = rt.handle().clone();
-    let done = retrain::execute(&svc, &handle, run, only, &progress)
+    let done = retrain::execute(&svc, &handle, run, lock, only, &progress)
         .with_context(|| format!("retraining {}", args.strategy))?;
     progress.clear();
     let mut lines = progress.lines.lock().map(|l| l.clone()).unwrap_or_default();
