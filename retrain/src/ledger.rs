@@ -96,17 +96,18 @@ pub fn append(runs: &Path, e: &Entry) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// RFC 3339 (UTC, seconds) of `ms`.
-pub fn rfc3339(ms: u64) -> String {
+/// `ms` (since the epoch) as UTC year, month, day, hour, minute, second.
+pub fn utc(ms: u64) -> (i64, u32, u32, i64, i64, i64) {
     let secs = (ms / 1000) as i64;
     let (y, m, d) = mlcore_market::civil::from_days(secs.div_euclid(86_400));
     let t = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        t / 3600,
-        t / 60 % 60,
-        t % 60
-    )
+    (y, m, d, t / 3600, t / 60 % 60, t % 60)
+}
+
+/// RFC 3339 (UTC, seconds) of `ms`.
+pub fn rfc3339(ms: u64) -> String {
+    let (y, m, d, h, mi, s) = utc(ms);
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
 
 #[cfg(test)]

@@ -204,14 +204,12 @@ pub fn valid_run_id(id: &str) -> bool {
 /// refuses a folder that exists).
 pub fn new_run_id(strategy: &str, now_ms: u64) -> String {
     use std::hash::{BuildHasher, Hasher};
-    let secs = (now_ms / 1000) as i64;
-    let (y, m, d) = mlcore_market::civil::from_days(secs.div_euclid(86_400));
-    let t = secs.rem_euclid(86_400);
+    let (y, m, d, h, mi, s) = crate::ledger::utc(now_ms);
     // RandomState is seeded from the OS per instance.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(now_ms);
-    h.write_u32(std::process::id());
-    let salt = h.finish() as u32;
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(now_ms);
+    hasher.write_u32(std::process::id());
+    let salt = hasher.finish() as u32;
     let strategy: String = strategy
         .chars()
         .map(|c| {
@@ -222,12 +220,7 @@ pub fn new_run_id(strategy: &str, now_ms: u64) -> String {
             }
         })
         .collect();
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z-{strategy}-{salt:08x}",
-        t / 3600,
-        t / 60 % 60,
-        t % 60
-    )
+    format!("{y:04}{m:02}{d:02}T{h:02}{mi:02}{s:02}Z-{strategy}-{salt:08x}")
 }
 
 #[cfg(test)]
