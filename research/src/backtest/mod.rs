@@ -27,6 +27,7 @@ use mlcore_decision::Policy;
 use mlcore_market::Quote;
 use mlcore_models::artifact::VerifiedArtifact;
 use mlcore_models::scoring::ModelScorer;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use figures::Figures;
@@ -194,16 +195,24 @@ impl Backtest {
         theta: (f64, f64),
         scenarios: &[Scenario],
     ) -> Result<Run, BacktestError> {
-        let rec = self.record(quotes, artifact)?;
         let betas: Vec<f64> = self.strategy.params.iter().map(|p| p.beta).collect();
-        let mut stressed = BTreeMap::new();
-        for s in scenarios {
-            let q = s.apply(quotes, self.window, &betas);
-            let r = self.record(&q, artifact)?;
-            let sim = simulate(&r, &self.sim_config(theta, false));
-            stressed.insert(s.name().to_owned(), self.figures(&sim));
-        }
-        Ok(self.finish(rec, artifact, theta, stressed))
+        // The base case and each scenario are independent replays: side by
+        // side (rayon), each deterministic.
+        let (rec, stressed) = rayon::join(
+            || self.record(quotes, artifact),
+            || {
+                scenarios
+                    .par_iter()
+                    .map(|s| {
+                        let q = s.apply(quotes, self.window, &betas);
+                        let r = self.record(&q, artifact)?;
+                        let sim = simulate(&r, &self.sim_config(theta, false));
+                        Ok((s.name().to_owned(), self.figures(&sim)))
+                    })
+                    .collect::<Result<BTreeMap<_, _>, BacktestError>>()
+            },
+        );
+        Ok(self.finish(rec?, artifact, theta, stressed?))
     }
 
     /// The base case only, over `events` as given (a capture). Its cadence

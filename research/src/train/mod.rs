@@ -186,32 +186,30 @@ pub fn fit(split: &samples::Split, gbm: GbmParams, costs_bps: &[f64]) -> Result<
     // Weighted by each label's average uniqueness (overlapping labels are
     // not independent evidence).
     // Early-stopped on the calibration segment (held out, in time order).
-    let mut ai1 = learners::fit_gbm(
-        &split.train.x,
-        &split.train.up,
-        Some(&split.train.weight),
-        Some((&split.calibration.x, &split.calibration.up)),
-        gbm,
-    )?;
-    let cal_margins: Vec<f32> = (0..split.calibration.rows())
-        .map(|i| ai1.margin_row(split.calibration.row(i)))
-        .collect();
-    ai1.platt = learners::fit_platt(&cal_margins, &split.calibration.up)?;
-
+    // ai1 and ai2 are independent: fitted side by side (each LightGBM fit
+    // single-threaded and deterministic, so the trees are the same).
+    let calibrated = |y: &[bool], y_cal: &[bool]| -> Result<TreeEnsembleHead, TrainError> {
+        let mut head = learners::fit_gbm(
+            &split.train.x,
+            y,
+            Some(&split.train.weight),
+            Some((&split.calibration.x, y_cal)),
+            gbm,
+        )?;
+        let margins: Vec<f32> = (0..split.calibration.rows())
+            .map(|i| head.margin_row(split.calibration.row(i)))
+            .collect();
+        head.platt = learners::fit_platt(&margins, y_cal)?;
+        Ok(head)
+    };
     // ai2: risk score = probability of an adverse excursion against the
     // side (what θ2 gates). Trees too: a logistic regression reached an
     // AUC 0.025 below LightGBM's on the same rows (docs/research.md).
-    let mut ai2 = learners::fit_gbm(
-        &split.train.x,
-        &split.train.adverse,
-        Some(&split.train.weight),
-        Some((&split.calibration.x, &split.calibration.adverse)),
-        gbm,
-    )?;
-    let margins2: Vec<f32> = (0..split.calibration.rows())
-        .map(|i| ai2.margin_row(split.calibration.row(i)))
-        .collect();
-    ai2.platt = learners::fit_platt(&margins2, &split.calibration.adverse)?;
+    let (ai1, ai2) = rayon::join(
+        || calibrated(&split.train.up, &split.calibration.up),
+        || calibrated(&split.train.adverse, &split.calibration.adverse),
+    );
+    let (ai1, ai2) = (ai1?, ai2?);
 
     // ai3: whether acting on ai1's side pays its round trip (the
     // meta-label); it sizes positions (`sizing.use_ai3`). ai1's side on the
@@ -434,7 +432,9 @@ fn cross_fitted_ai1(
         head.platt = learners::fit_platt(&margins, &cal.up)?;
         Ok(head)
     };
-    let (on_first, on_second) = (fit(&first)?, fit(&second)?);
+    // The halves are independent: fitted side by side.
+    let (on_first, on_second) = rayon::join(|| fit(&first), || fit(&second));
+    let (on_first, on_second) = (on_first?, on_second?);
     Ok((0..n)
         .map(|i| {
             let head = if seg.ts_ns[i] < mid { &on_second } else { &on_first };
