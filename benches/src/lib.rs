@@ -24,7 +24,7 @@ use mlcore_models::artifact::{
 };
 use mlcore_models::runtime;
 use mlcore_research::synth;
-use mlcore_research::train::{self, GbmParams, TrainSpec};
+use mlcore_research::train::{self, GbmParams, ModelMeta, TrainSpec};
 use mlcore_testkit as testutil;
 
 /// Symbols in the sample universe.
@@ -85,22 +85,24 @@ pub fn sample_model() -> VerifiedArtifact {
     }
     let spec = TrainSpec {
         dataset: data,
-        strategy: "fx_g10".into(),
+        model: ModelMeta {
+            strategy: "fx_g10".into(),
+            version: 1,
+            created_at_ms: now_ms(),
+            valid_days: 365,
+            theta: ThetaParams {
+                theta1: 0.55,
+                theta2: 0.6,
+            },
+        },
         symbols: synth::SYMBOLS[..SYMBOLS].iter().map(|s| s.0.to_owned()).collect(),
         benchmark: 0,
-        version: 1,
-        created_at_ms: now_ms(),
-        valid_days: 365,
         decision_every_ms: 60_000,
         horizon: 12,
         costs_bps: vec![1.0; 32],
         gbm: GbmParams {
             max_trees: 200,
             ..GbmParams::default()
-        },
-        theta: ThetaParams {
-            theta1: 0.55,
-            theta2: 0.6,
         },
     };
     let report = train::train(&spec, &key, &trust, now_ms()).unwrap_or_else(|e| panic!("{e}"));

@@ -9,7 +9,7 @@ use mlcore_features as features;
 use mlcore_models::artifact::{self, SecretKeyFile, ThetaParams, TrustStore, VerifyContext};
 use mlcore_models::runtime;
 use mlcore_research::synth::SYMBOLS;
-use mlcore_research::train::{self, GbmParams, TrainSpec};
+use mlcore_research::train::{self, GbmParams, ModelMeta, TrainSpec};
 use mlcore_testkit as testutil;
 
 fn now_ms() -> u64 {
@@ -21,23 +21,25 @@ fn now_ms() -> u64 {
 
 fn spec(dataset: &std::path::Path, created_at_ms: u64) -> TrainSpec {
     TrainSpec {
+        model: ModelMeta {
+            strategy: "fx_g10".into(),
+            version: 3,
+            created_at_ms,
+            valid_days: 30,
+            theta: ThetaParams {
+                theta1: 0.55,
+                theta2: 0.6,
+            },
+        },
         dataset: dataset.to_owned(),
-        strategy: "fx_g10".into(),
         symbols: SYMBOLS[..8].iter().map(|s| s.0.to_owned()).collect(),
         benchmark: 0,
-        version: 3,
-        created_at_ms,
-        valid_days: 30,
         decision_every_ms: 60_000,
         horizon: 12,
         costs_bps: vec![1.0; 32],
         gbm: GbmParams {
             max_trees: 200,
             ..GbmParams::default()
-        },
-        theta: ThetaParams {
-            theta1: 0.55,
-            theta2: 0.6,
         },
     }
 }

@@ -356,6 +356,62 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
+/// A PostgreSQL database of the test's own on the test server, created
+/// empty and dropped (with its connections) when this is dropped — a
+/// failing test included. Usable from sync and async tests alike: its
+/// statements run on a runtime of their own, on a thread of their own.
+#[derive(Debug)]
+pub struct TestDatabase {
+    /// Its name.
+    pub name: String,
+    /// Its DSN.
+    pub dsn: String,
+}
+
+impl TestDatabase {
+    /// A fresh database named `<prefix>_<unique>`.
+    pub fn create(prefix: &str) -> Self {
+        let name = unique_name(prefix);
+        if let Err(e) = admin(format!("CREATE DATABASE \"{name}\"")) {
+            panic!("PostgreSQL must answer: {e}");
+        }
+        let admin_dsn = pg_dsn();
+        let base = admin_dsn.rsplit_once('/').map_or(admin_dsn.as_str(), |(b, _)| b);
+        Self {
+            dsn: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Never a panic while a failing test unwinds.
+        let _ = admin(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name));
+    }
+}
+
+/// Runs one statement on the server's admin database.
+fn admin(sql: String) -> Result<(), String> {
+    let dsn = pg_dsn();
+    let done = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let pool = sqlx::PgPool::connect(&dsn).await.map_err(|e| e.to_string())?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+                .execute(&pool)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{sql}: {e}"))
+        })
+    })
+    .join();
+    done.unwrap_or_else(|_| Err("the database thread panicked".into()))
+}
+
 /// Writes a small synthetic dataset into `dir` (as `data synth` does) and
 /// returns its index.
 pub fn synth_dataset(

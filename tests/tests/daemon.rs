@@ -18,7 +18,7 @@ use mlcore_contract::{Guard, Keys, OpsMode, Side};
 use mlcore_models::artifact::{SecretKeyFile, ThetaParams, TrustStore};
 use mlcore_models::runtime;
 use mlcore_research::synth;
-use mlcore_research::train::{self, GbmParams, TrainSpec};
+use mlcore_research::train::{self, GbmParams, ModelMeta, TrainSpec};
 use mlcore_testkit::{self as testutil, RedisNamespace};
 
 struct Daemon {
@@ -93,23 +93,25 @@ fn train_into(data: &Path, out: &Path, version: u64) {
     let trust = TrustStore::from_config(&cfg.trust).unwrap();
     let spec = TrainSpec {
         dataset: data.to_owned(),
-        strategy: "fx_g10".into(),
+        model: ModelMeta {
+            strategy: "fx_g10".into(),
+            version,
+            created_at_ms: testutil::now_ms(),
+            valid_days: 2,
+            // Low θ1 so the demo market produces positions, not only flats.
+            theta: ThetaParams {
+                theta1: 0.505,
+                theta2: 0.9,
+            },
+        },
         symbols: synth::SYMBOLS.iter().map(|s| s.0.to_owned()).collect(),
         benchmark: 0,
-        version,
-        created_at_ms: testutil::now_ms(),
-        valid_days: 2,
         decision_every_ms: 60_000,
         horizon: 12,
         costs_bps: vec![1.0; 32],
         gbm: GbmParams {
             max_trees: 200,
             ..GbmParams::default()
-        },
-        // Low θ1 so the demo market produces positions, not only flats.
-        theta: ThetaParams {
-            theta1: 0.505,
-            theta2: 0.9,
         },
     };
     let report = train::train(&spec, &key, &trust, testutil::now_ms()).unwrap();

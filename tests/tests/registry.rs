@@ -73,10 +73,10 @@ struct Setup {
     root: PathBuf,
     ns: RedisNamespace,
     dsn: String,
-    db: String,
+    _db: testutil::TestDatabase,
 }
 
-fn setup(rt: &tokio::runtime::Runtime) -> Setup {
+fn setup() -> Setup {
     let ns = RedisNamespace::new();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_owned();
@@ -114,39 +114,17 @@ fn setup(rt: &tokio::runtime::Runtime) -> Setup {
         );
     write("control.yaml", control);
 
-    let admin_dsn = testutil::pg_dsn();
-    let db = testutil::unique_name("mlcore_e2e_registry");
-    rt.block_on(async {
-        let admin = sqlx::PgPool::connect(&admin_dsn).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
-            .execute(&admin)
-            .await
-            .unwrap();
-    });
-    let dsn = format!("{}/{db}", admin_dsn.rsplit_once('/').unwrap().0);
+    let db = testutil::TestDatabase::create("mlcore_e2e_registry");
     Setup {
         _tmp: tmp,
         root,
         ns,
-        dsn,
-        db,
+        dsn: db.dsn.clone(),
+        _db: db,
     }
 }
 
 impl Setup {
-    /// Drops the test's database.
-    fn drop_db(&self, rt: &tokio::runtime::Runtime) {
-        rt.block_on(async {
-            let admin = sqlx::PgPool::connect(&testutil::pg_dsn()).await.unwrap();
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.db
-            )))
-            .execute(&admin)
-            .await;
-        });
-    }
-
     fn config_dir(&self) -> String {
         self.root.join("configs").display().to_string()
     }
@@ -223,8 +201,7 @@ fn approve(api: &str, request: &str) {
 
 #[test]
 fn the_daemon_follows_registry_activations_and_rollbacks() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let s = setup(&rt);
+    let s = setup();
     let dir = s.config_dir();
     migrate(&dir, &s.dsn);
     s.artifact(1);
@@ -453,16 +430,13 @@ fn the_daemon_follows_registry_activations_and_rollbacks() {
         stderr.contains("model state file") && stderr.contains(&state.display().to_string()),
         "{stderr}"
     );
-
-    s.drop_db(&rt);
 }
 
 /// SIGINT (and SIGTERM alike): the control plane stops accepting, finishes
 /// the requests in progress and exits 0.
 #[test]
 fn the_control_plane_stops_cleanly_on_a_signal() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let s = setup(&rt);
+    let s = setup();
     let dir = s.config_dir();
     migrate(&dir, &s.dsn);
     for signal in ["INT", "TERM"] {
@@ -484,7 +458,6 @@ fn the_control_plane_stops_cleanly_on_a_signal() {
             "still listening after SIG{signal}"
         );
     }
-    s.drop_db(&rt);
 }
 
 /// Logs are JSON lines (timestamp, level, target, fields) through
@@ -492,8 +465,7 @@ fn the_control_plane_stops_cleanly_on_a_signal() {
 /// of libraries (sqlx here) come through instead of being dropped.
 #[test]
 fn logs_are_json_lines_and_rust_log_lets_library_records_through() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let s = setup(&rt);
+    let s = setup();
     let dir = s.config_dir();
     migrate(&dir, &s.dsn);
     let log = tempfile::NamedTempFile::new().unwrap();
@@ -532,7 +504,6 @@ fn logs_are_json_lines_and_rust_log_lets_library_records_through() {
             .any(|l| l["message"] == "control plane stopped" && l["level"] == "INFO"),
         "{text}"
     );
-    s.drop_db(&rt);
 }
 
 /// Every file under `dir` whose name starts with `prefix`.
@@ -554,7 +525,7 @@ fn files_starting(dir: &std::path::Path, prefix: &str, out: &mut Vec<PathBuf>) {
 #[test]
 fn serve_checkpoints_the_audit_log_to_the_archive_and_redis() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let s = setup(&rt);
+    let s = setup();
     let dir = s.config_dir();
     migrate(&dir, &s.dsn);
     let (mut control, line) = start(
@@ -622,7 +593,6 @@ fn serve_checkpoints_the_audit_log_to_the_archive_and_redis() {
         stderr.contains(&format!("audit chain broken at seq {head}")) && stderr.contains("checkpoint"),
         "{stderr}"
     );
-    s.drop_db(&rt);
 }
 
 /// A self-signed certificate for `localhost`: (certificate PEM, key PEM).
@@ -654,7 +624,7 @@ async fn https_health(port: u16, ca_pem: &str) -> Result<u16, String> {
 #[test]
 fn the_api_serves_https_and_reloads_its_certificate() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let s = setup(&rt);
+    let s = setup();
     let dir = s.config_dir();
     migrate(&dir, &s.dsn);
     let (cert, key) = (s.root.join("tls.crt"), s.root.join("tls.key"));
@@ -711,5 +681,4 @@ fn the_api_serves_https_and_reloads_its_certificate() {
     assert_eq!(rt.block_on(https_health(port, &second_cert)), Ok(200));
 
     assert!(testutil::stop_with_signal(&mut control.0, "TERM", Duration::from_secs(10)).success());
-    s.drop_db(&rt);
 }

@@ -77,17 +77,17 @@ struct Env {
     root: PathBuf,
     ns: RedisNamespace,
     dsn: String,
-    db: String,
+    _db: testutil::TestDatabase,
     alerts: Arc<Mutex<Vec<String>>>,
 }
 
-fn setup(rt: &tokio::runtime::Runtime) -> Env {
-    setup_on(rt, None)
+fn setup() -> Env {
+    setup_on(None)
 }
 
 /// An environment of its own (database, namespace, storage) that trains on
 /// `dataset` when given (else on a synthetic dataset of its own).
-fn setup_on(rt: &tokio::runtime::Runtime, dataset: Option<&Path>) -> Env {
+fn setup_on(dataset: Option<&Path>) -> Env {
     let ns = RedisNamespace::new();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_owned();
@@ -131,22 +131,13 @@ fn setup_on(rt: &tokio::runtime::Runtime, dataset: Option<&Path>) -> Env {
         );
     write("notifications.yaml", notifications);
 
-    let admin_dsn = testutil::pg_dsn();
-    let db = testutil::unique_name("mlcore_e2e_retrain");
-    rt.block_on(async {
-        let admin = sqlx::PgPool::connect(&admin_dsn).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
-            .execute(&admin)
-            .await
-            .unwrap();
-    });
-    let dsn = format!("{}/{db}", admin_dsn.rsplit_once('/').unwrap().0);
+    let db = testutil::TestDatabase::create("mlcore_e2e_retrain");
     let env = Env {
         _tmp: tmp,
         root,
         ns,
-        dsn,
-        db,
+        dsn: db.dsn.clone(),
+        _db: db,
         alerts,
     };
     let o = env.control(&["db", "migrate", "--env", "dev"]);
@@ -269,18 +260,6 @@ impl Env {
             .unwrap_or_default()
     }
 
-    fn drop_db(&self, rt: &tokio::runtime::Runtime) {
-        rt.block_on(async {
-            let admin = sqlx::PgPool::connect(&testutil::pg_dsn()).await.unwrap();
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.db
-            )))
-            .execute(&admin)
-            .await;
-        });
-    }
-
     /// The audit log's retraining rows: (action, result).
     fn audited(&self, rt: &tokio::runtime::Runtime) -> Vec<(String, String)> {
         rt.block_on(async {
@@ -362,7 +341,7 @@ fn temporaries(runs: &Path) -> Vec<PathBuf> {
 #[test]
 fn a_run_killed_in_every_step_resumes_to_one_registered_model_announced_once() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let env = setup(&rt);
+    let env = setup();
 
     let o = env.retrain(&["--dry-run"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -510,13 +489,12 @@ fn a_run_killed_in_every_step_resumes_to_one_registered_model_announced_once() {
     );
     assert_eq!(env.ledger_lines().len(), 2);
     assert!(drain(&mut events).is_empty());
-    env.drop_db(&rt);
 }
 
 #[test]
 fn a_changed_config_reruns_only_what_it_feeds_one_run_at_a_time_and_a_bad_partition_fails_the_gate() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let env = setup(&rt);
+    let env = setup();
     let o = env.retrain(&[]);
     assert!(o.status.success(), "{}", text(&o));
     let first = run_of(&o);
@@ -621,7 +599,6 @@ fn a_changed_config_reruns_only_what_it_feeds_one_run_at_a_time_and_a_bad_partit
     assert!(env
         .audited(&rt)
         .contains(&("RetrainFailed".to_owned(), "failed".to_owned())));
-    env.drop_db(&rt);
 }
 
 /// One API call as `token`: status and JSON body (or the raw text).
@@ -637,7 +614,7 @@ fn call(addr: &str, method: &str, path: &str, token: &str, body: &str) -> (u16, 
 #[test]
 fn the_api_starts_follows_lists_and_serves_a_run() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let env = setup(&rt);
+    let env = setup();
     let (child, line) =
         testutil::spawn_announcing(env.command(&["serve", "--env", "dev"]).stderr(Stdio::inherit()));
     let _serve = Proc(child);
@@ -737,7 +714,6 @@ fn the_api_starts_follows_lists_and_serves_a_run() {
         "refused: RETRAIN_BUSY".into()
     )));
     assert!(rows.contains(&("dev-operator".into(), "ModelRetrained".into(), "ok".into())));
-    env.drop_db(&rt);
 }
 
 /// Each step's outputs (file → sha256) in a run's manifest, by step.
@@ -761,14 +737,13 @@ fn the_prefect_flow_fans_out_folds_and_trials_and_computes_what_the_in_process_r
         "Prefect is not installed at {}: run `bash scripts/setup-python-tools.sh` (scripts/test.sh does)",
         python.display()
     );
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let local = setup(&rt);
+    let local = setup();
     let o = local.retrain(&[]);
     assert!(o.status.success(), "{}", text(&o));
     let in_process = local.manifest(&run_of(&o));
 
     // The same data, a store of its own, driven by Prefect's local runner.
-    let scaled = setup_on(&rt, Some(&local.root.join("d/data")));
+    let scaled = setup_on(Some(&local.root.join("d/data")));
     let prefect_home = tempfile::tempdir().unwrap();
     let o = Command::new(&python)
         .arg(testutil::workspace_root().join("deployments/prefect/core_retrain_flow.py"))
@@ -819,8 +794,6 @@ fn the_prefect_flow_fans_out_folds_and_trials_and_computes_what_the_in_process_r
     assert_eq!(x["metrics"], y["metrics"]);
     assert_eq!(x["theta"], y["theta"]);
     assert_eq!(x["files"]["ai1.onnx"], y["files"]["ai1.onnx"]);
-    local.drop_db(&rt);
-    scaled.drop_db(&rt);
 
     // The Kubernetes deployment: its entrypoint is this flow, and the work
     // pool's template passes Prefect's validation and mounts the store.
@@ -840,8 +813,7 @@ fn the_prefect_flow_fans_out_folds_and_trials_and_computes_what_the_in_process_r
 
 #[test]
 fn the_schedule_starts_a_run_by_itself() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let env = setup(&rt);
+    let env = setup();
     // Once, six seconds from now (UTC, with seconds).
     let at = testutil::now_ms() / 1000 + 6;
     let (_, mo, d) = mlcore_market::civil::from_days((at / 86_400) as i64);
@@ -882,5 +854,4 @@ fn the_schedule_starts_a_run_by_itself() {
         1,
         "it matched once: {json}"
     );
-    env.drop_db(&rt);
 }

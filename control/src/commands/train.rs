@@ -11,7 +11,7 @@ use mlcore_models::runtime;
 use super::{load_config, now_ms, research};
 use crate::cli::TrainArgs;
 use mlcore_research::heldout;
-use mlcore_research::train::{self, TrainSpec};
+use mlcore_research::train::{self, ModelMeta, TrainSpec};
 
 /// Trains, signs, verifies and writes an artifact.
 pub fn train(
@@ -38,12 +38,18 @@ pub fn train(
     };
     let spec = TrainSpec {
         dataset: args.dataset.clone(),
-        strategy: args.strategy.clone(),
+        model: ModelMeta {
+            strategy: args.strategy.clone(),
+            version: args.version,
+            created_at_ms,
+            valid_days: args.valid_days,
+            theta: ThetaParams {
+                theta1: cfg.core_policy.theta.theta1,
+                theta2: cfg.core_policy.theta.theta2,
+            },
+        },
         symbols,
         benchmark,
-        version: args.version,
-        created_at_ms,
-        valid_days: args.valid_days,
         decision_every_ms: args.decision_every_ms,
         horizon: args.horizon,
         costs_bps: mlcore_decision::symbol_params(&cfg, strategy)
@@ -51,10 +57,6 @@ pub fn train(
             .map(|p| p.cost_bps)
             .collect(),
         gbm: args.trees.params(args.max_trees),
-        theta: ThetaParams {
-            theta1: cfg.core_policy.theta.theta1,
-            theta2: cfg.core_policy.theta.theta2,
-        },
     };
     let mut report = train::train(&spec, &key, &trust, now_ms())?;
     if args.search_theta || args.champion.is_some() {

@@ -32,18 +32,13 @@ pub use metrics::{auc, brier, log_loss, reliability, ReliabilityBin};
 pub struct TrainSpec {
     /// Dataset root (with `dataset_index.json`).
     pub dataset: PathBuf,
-    /// Strategy id.
-    pub strategy: String,
+    /// What the manifest says of the model: strategy, version, time,
+    /// validity, θ.
+    pub model: ModelMeta,
     /// Symbols in universe order.
     pub symbols: Vec<String>,
     /// Index of the benchmark symbol.
     pub benchmark: usize,
-    /// Model version (monotonic per strategy).
-    pub version: u64,
-    /// Creation time written into the manifest, ms.
-    pub created_at_ms: u64,
-    /// Validity from creation, days.
-    pub valid_days: u32,
     /// Decision cadence for samples, ms.
     pub decision_every_ms: u64,
     /// Label horizon, quotes.
@@ -51,10 +46,8 @@ pub struct TrainSpec {
     /// Each symbol's round-trip cost (spread + commission, bps, universe
     /// order): what ai3's meta-label must beat.
     pub costs_bps: Vec<f64>,
-    /// Tree parameters for ai1.
+    /// Tree parameters of every head.
     pub gbm: GbmParams,
-    /// θ written into the manifest.
-    pub theta: ThetaParams,
 }
 
 /// What training produced.
@@ -151,14 +144,7 @@ pub fn train(
         SPLIT_FRACTIONS,
     );
     let fitted = fit(&split, spec.gbm, &spec.costs_bps)?;
-    let meta = ModelMeta {
-        strategy: spec.strategy.clone(),
-        version: spec.version,
-        created_at_ms: spec.created_at_ms,
-        valid_days: spec.valid_days,
-        theta: spec.theta,
-    };
-    let (manifest, files) = export(&fitted, &split, &meta, key, trust, now_ms)?;
+    let (manifest, files) = export(&fitted, &split, &spec.model, key, trust, now_ms)?;
     Ok(TrainReport {
         manifest,
         files,
