@@ -75,6 +75,7 @@ fn main() {
         params: params.clone(),
         rolling_beta: vec![None; SYMBOLS],
         benchmark: 0,
+        theta: None,
     };
     let mut full = || {
         let Job {

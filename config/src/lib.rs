@@ -8,7 +8,9 @@
 //! problem found is reported at once with its code, file and key path
 //! ([`error`]).
 
+pub mod change;
 mod costs;
+pub mod edit;
 pub mod env;
 pub mod error;
 mod infra;
@@ -19,6 +21,7 @@ mod processes;
 pub mod schedule;
 pub mod secret;
 mod sources;
+pub mod tree;
 mod trust;
 mod universe;
 mod validate;
@@ -42,15 +45,16 @@ pub use observability::{
     Channel, LogLevel, MetricsConfig, NotificationsConfig, PagerDutyConfig, RetryConfig, Severity,
     SlackConfig, WebhookConfig,
 };
-pub use policy::{Adoption, CorePolicy, RiskLimits, SignalPolicy, Sizing, Theta};
+pub use policy::{Adoption, CorePolicy, RiskLimits, SignalPolicy, Sizing, Theta, ThetaPair};
 pub use processes::{
-    ApprovalsConfig, AuditCheckpointConfig, ControlConfig, Credential, DaemonConfig, DecisionConfig,
-    DecisionMode, FailedAuthConfig, IngressConfig, Principal, QueuesConfig, RateLimitConfig, RetrainConfig,
-    RetrainSchedule, RetrainSearch, RetrainTrees, Role, RollbackSigningConfig, SecondFactorConfig,
-    ThreadsConfig, TlsConfig,
+    minutes_of_day, ApprovalsConfig, AuditCheckpointConfig, ChangeWindow, ConfigChangesConfig, ControlConfig,
+    Credential, DaemonConfig, DecisionConfig, DecisionMode, FailedAuthConfig, IngressConfig, Principal,
+    QueuesConfig, RateLimitConfig, RetrainConfig, RetrainSchedule, RetrainSearch, RetrainTrees, Role,
+    RollbackSigningConfig, SecondFactorConfig, ThreadsConfig, TlsConfig, Weekday,
 };
 pub use secret::Secret;
 pub use sources::{FailoverConfig, ProviderConfig, ProviderSettings, SourcesConfig};
+pub use tree::ConfigTree;
 pub use trust::{KeyPurpose, TrustConfig, TrustedKeyConfig};
 pub use universe::{BetaSource, StrategyUniverse, SymbolSpec, Universe};
 
@@ -241,8 +245,24 @@ pub fn load_for(
     vars: &dyn EnvSource,
     process: Process,
 ) -> Result<AppConfig, ConfigError> {
+    let tree = ConfigTree::read(root)?;
+    load_tree(&tree, root, root.parent().unwrap_or(root), env, vars, process)
+}
+
+/// [`load_for`] over files already in memory. `origin` names the folder
+/// in problems (`file` = `origin/base/...`); relative storage and key paths
+/// resolve against `project_root`.
+pub fn load_tree(
+    tree: &ConfigTree,
+    origin: &Path,
+    project_root: &Path,
+    env: Environment,
+    vars: &dyn EnvSource,
+    process: Process,
+) -> Result<AppConfig, ConfigError> {
     let loader = Loader {
-        root,
+        tree,
+        root: origin,
         env,
         vars,
         process,
@@ -304,7 +324,6 @@ pub fn load_for(
     if !problems.is_empty() {
         return Err(ConfigError { problems });
     }
-    let project_root = root.parent().unwrap_or(root);
     storage.resolve_relative(project_root);
     let mut control: ControlConfig = control;
     if control.retrain.dataset.is_relative() {
@@ -317,6 +336,8 @@ pub fn load_for(
         .into_iter()
         .flatten();
     for key_file in [
+        &mut control.config_changes.repository,
+        &mut control.config_changes.deploy_dir,
         &mut control.rollback_signing.key_file,
         &mut control.audit_checkpoints.key_file,
         &mut control.retrain.signing_key_file,
@@ -352,6 +373,7 @@ pub fn load_for(
 }
 
 struct Loader<'a> {
+    tree: &'a ConfigTree,
     root: &'a Path,
     env: Environment,
     vars: &'a dyn EnvSource,
@@ -371,25 +393,21 @@ impl Loader<'_> {
     /// files that override a base file: a typo'd file name would otherwise be
     /// silently ignored.
     fn check_env_folder(&self, problems: &mut Vec<ConfigProblem>) {
-        let dir = self.env_dir();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) => {
-                problems.push(ConfigProblem {
-                    code: ConfigCode::FileMissing,
-                    file: dir,
-                    key: String::new(),
-                    message: format!("environment folder cannot be read: {e}"),
-                });
-                return;
-            }
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !FILES.contains(&name.as_str()) {
+        let env = self.env.as_str();
+        if !self.tree.has_env(env) {
+            problems.push(ConfigProblem {
+                code: ConfigCode::FileMissing,
+                file: self.env_dir(),
+                key: String::new(),
+                message: "environment folder does not exist".into(),
+            });
+            return;
+        }
+        for name in self.tree.env_files(env) {
+            if !FILES.contains(&name) {
                 problems.push(ConfigProblem {
                     code: ConfigCode::FileUnknown,
-                    file: entry.path(),
+                    file: self.env_dir().join(name),
                     key: String::new(),
                     message: format!("not a known config file (expected one of: {})", FILES.join(", ")),
                 });
@@ -397,29 +415,24 @@ impl Loader<'_> {
         }
     }
 
-    fn read_yaml(&self, path: &Path, required: bool) -> Result<Option<Value>, ConfigProblem> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(None),
-            Err(e) => {
-                let code = if e.kind() == std::io::ErrorKind::NotFound {
-                    ConfigCode::FileMissing
-                } else {
-                    ConfigCode::FileUnreadable
-                };
-                return Err(ConfigProblem {
-                    code,
-                    file: path.to_owned(),
-                    key: String::new(),
-                    message: e.to_string(),
-                });
+    fn read_yaml(&self, rel: &str, required: bool) -> Result<Option<Value>, ConfigProblem> {
+        let path = self.root.join(rel);
+        let Some(text) = self.tree.get(rel) else {
+            if !required {
+                return Ok(None);
             }
+            return Err(ConfigProblem {
+                code: ConfigCode::FileMissing,
+                file: path,
+                key: String::new(),
+                message: "required file does not exist".into(),
+            });
         };
-        serde_norway::from_str::<Value>(&text)
+        serde_norway::from_str::<Value>(text)
             .map(Some)
             .map_err(|e| ConfigProblem {
                 code: ConfigCode::YamlInvalid,
-                file: path.to_owned(),
+                file: path,
                 key: String::new(),
                 message: e.to_string(),
             })
@@ -429,10 +442,12 @@ impl Loader<'_> {
         let base_path = self.base_path(name);
         let env_path = self.env_dir().join(name);
         let base = self
-            .read_yaml(&base_path, true)
+            .read_yaml(&format!("base/{name}"), true)
             .map_err(|p| vec![p])?
             .unwrap_or(Value::Null);
-        let overlay = self.read_yaml(&env_path, false).map_err(|p| vec![p])?;
+        let overlay = self
+            .read_yaml(&format!("envs/{}/{name}", self.env.as_str()), false)
+            .map_err(|p| vec![p])?;
         let mut merged = base;
         if let Some(over) = overlay.clone() {
             if !over.is_null() {

@@ -1,5 +1,7 @@
 //! `core_policy.yaml`: the decision rules — θ gate, sizing, risk limits.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// The whole of `core_policy.yaml`.
@@ -42,6 +44,28 @@ pub struct Theta {
     pub theta1_bounds: [f64; 2],
     /// Search bounds for θ2 `[lo, hi]`.
     pub theta2_bounds: [f64; 2],
+    /// θ per strategy id, set through a reviewed config change: when a
+    /// strategy has one, its daemons and backtests decide with it instead
+    /// of the θ its model's manifest carries (the retraining's proposal).
+    /// Changed live, between two decisions.
+    pub per_strategy: BTreeMap<String, ThetaPair>,
+}
+
+/// One strategy's θ.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThetaPair {
+    /// Probability threshold θ1.
+    pub theta1: f64,
+    /// Risk threshold θ2.
+    pub theta2: f64,
+}
+
+impl Theta {
+    /// The θ a strategy decides with when the configuration sets one.
+    pub fn for_strategy(&self, id: &str) -> Option<ThetaPair> {
+        self.per_strategy.get(id).copied()
+    }
 }
 
 /// Volatility-target sizing.

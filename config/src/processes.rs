@@ -117,6 +117,98 @@ pub struct ControlConfig {
     pub second_factor: SecondFactorConfig,
     /// The retraining flow (`retrain`, `POST /v1/retrain`, the schedule).
     pub retrain: RetrainConfig,
+    /// Config change requests (docs/config-changes.md).
+    pub config_changes: ConfigChangesConfig,
+}
+
+/// Config change requests: where the configuration's history lives, where
+/// it is deployed, and the rules a change follows there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigChangesConfig {
+    /// The git repository holding the `configs/` tree (`base/`, `envs/`),
+    /// created from `deploy_dir`'s content when absent. Relative paths are
+    /// resolved against the folder that holds `configs/`.
+    pub repository: std::path::PathBuf,
+    /// The branch this environment's changes merge into.
+    pub branch: String,
+    /// The `configs/` folder this environment's processes read: `apply`
+    /// writes the merged tree there (then `DEPLOYED.json`). Relative as
+    /// `repository`.
+    pub deploy_dir: std::path::PathBuf,
+    /// A request not merged within this many hours of its creation expires.
+    pub ttl_h: u64,
+    /// How long `apply` waits for every running daemon to take (or refuse)
+    /// the new version before it reverts.
+    pub apply_timeout_ms: u64,
+    /// When high-risk changes may be applied (UTC).
+    pub change_window: ChangeWindow,
+}
+
+/// Days and hours (UTC) inside which a high-risk change may be applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeWindow {
+    /// Days of the week: `mon` … `sun`.
+    pub days: Vec<Weekday>,
+    /// Opens at `HH:MM`.
+    pub start: String,
+    /// Closes at `HH:MM` (`24:00`: midnight at the end of the day).
+    pub end: String,
+}
+
+/// A day of the week.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Weekday {
+    /// Monday.
+    Mon,
+    /// Tuesday.
+    Tue,
+    /// Wednesday.
+    Wed,
+    /// Thursday.
+    Thu,
+    /// Friday.
+    Fri,
+    /// Saturday.
+    Sat,
+    /// Sunday.
+    Sun,
+}
+
+/// `HH:MM` as minutes of the day (`24:00` is 1440).
+pub fn minutes_of_day(hhmm: &str) -> Option<u32> {
+    let (h, m) = hhmm.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (m < 60 && (h < 24 || (h == 24 && m == 0))).then_some(h * 60 + m)
+}
+
+impl ChangeWindow {
+    /// Whether the window is open at `unix_ms`.
+    pub fn is_open(&self, unix_ms: u64) -> bool {
+        use chrono::{Datelike, Timelike};
+        let Some(t) = chrono::DateTime::from_timestamp_millis(unix_ms as i64) else {
+            return false;
+        };
+        let day = match t.weekday() {
+            chrono::Weekday::Mon => Weekday::Mon,
+            chrono::Weekday::Tue => Weekday::Tue,
+            chrono::Weekday::Wed => Weekday::Wed,
+            chrono::Weekday::Thu => Weekday::Thu,
+            chrono::Weekday::Fri => Weekday::Fri,
+            chrono::Weekday::Sat => Weekday::Sat,
+            chrono::Weekday::Sun => Weekday::Sun,
+        };
+        let minute = t.hour() * 60 + t.minute();
+        match (minutes_of_day(&self.start), minutes_of_day(&self.end)) {
+            (Some(a), Some(b)) => self.days.contains(&day) && a <= minute && minute < b,
+            _ => false,
+        }
+    }
 }
 
 /// How the retraining flow trains, searches and signs, and when it runs by

@@ -165,6 +165,11 @@ pub(crate) fn references(tree: &serde_norway::Value) -> Vec<(String, String)> {
     out
 }
 
+/// Whether `s` is a well-formed `$VAR` reference (not a secret itself).
+pub fn is_reference(s: &str) -> bool {
+    s.strip_prefix('$').is_some_and(is_valid_var_name)
+}
+
 fn is_valid_var_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_uppercase() || c == '_')

@@ -57,6 +57,27 @@ pub(crate) fn validate(c: &AppConfig, file: &dyn Fn(&str) -> PathBuf) -> Vec<Con
             );
         }
     }
+    for (id, pair) in &t.per_strategy {
+        if c.strategy(id).is_none() {
+            bad(
+                "core_policy.yaml",
+                format!("theta.per_strategy.{id}"),
+                format!("`{id}` is not a strategy of universe.yaml"),
+            );
+        }
+        for (key, [lo, hi], v) in [
+            ("theta1", t.theta1_bounds, pair.theta1),
+            ("theta2", t.theta2_bounds, pair.theta2),
+        ] {
+            if !(lo <= v && v <= hi) {
+                bad(
+                    "core_policy.yaml",
+                    format!("theta.per_strategy.{id}.{key}"),
+                    format!("{v} is outside theta.{key}_bounds [{lo}, {hi}]"),
+                );
+            }
+        }
+    }
     if !(t.max_step > 0.0 && t.max_step.is_finite()) {
         bad(
             "core_policy.yaml",
@@ -350,6 +371,50 @@ pub(crate) fn validate(c: &AppConfig, file: &dyn Fn(&str) -> PathBuf) -> Vec<Con
                     format!("`{id}` is not a strategy of universe.yaml"),
                 );
             }
+        }
+    }
+
+    // control.yaml: config change requests.
+    let cc = &c.control.config_changes;
+    let w = &cc.change_window;
+    let valid_branch = !cc.branch.is_empty()
+        && !cc.branch.starts_with(['-', '/', '.'])
+        && !cc.branch.ends_with(['/', '.'])
+        && !cc.branch.contains("..")
+        && cc
+            .branch
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '/' | '_' | '-' | '.'));
+    for (key, ok, what) in [
+        (
+            "config_changes.branch",
+            valid_branch,
+            "a git branch name (letters, digits, / _ - .)".to_owned(),
+        ),
+        ("config_changes.ttl_h", cc.ttl_h >= 1, "at least 1".into()),
+        (
+            "config_changes.apply_timeout_ms",
+            cc.apply_timeout_ms >= 100,
+            "at least 100".into(),
+        ),
+        (
+            "config_changes.change_window.days",
+            !w.days.is_empty(),
+            "at least one day".into(),
+        ),
+        (
+            "config_changes.change_window.start",
+            super::minutes_of_day(&w.start).is_some_and(|m| m < 1440),
+            format!("HH:MM from 00:00 to 23:59, got `{}`", w.start),
+        ),
+        (
+            "config_changes.change_window.end",
+            matches!((super::minutes_of_day(&w.start), super::minutes_of_day(&w.end)), (Some(a), Some(b)) if b > a),
+            format!("HH:MM after start (24:00 at most), got `{}`", w.end),
+        ),
+    ] {
+        if !ok {
+            bad("control.yaml", key.into(), format!("must be {what}"));
         }
     }
 

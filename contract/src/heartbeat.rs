@@ -39,6 +39,36 @@ pub struct Heartbeat {
     /// heartbeat rather than only in the `model_refused` event because a
     /// control plane that was down when the event went out still learns it.
     pub refusals: BTreeMap<String, ModelRefusal>,
+    /// The configuration the daemon runs (a config change request's apply
+    /// waits for every daemon to report its version here, or a refusal).
+    pub config: ConfigReport,
+}
+
+/// The configuration version a daemon runs, what of it waits for a restart,
+/// and the last version it refused.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ConfigReport {
+    /// The deployed commit it decides with (`local`: a folder no change
+    /// request deployed; empty: a daemon older than this field).
+    pub version: String,
+    /// When it took that version (ms since epoch).
+    pub since_ms: u64,
+    /// `file: key` of the changes since its start that need a restart; it
+    /// runs with their old values until then.
+    pub restart_required: Vec<String>,
+    /// The last version it refused, if any since it took the current one.
+    pub refused: Option<ConfigRefusal>,
+}
+
+/// A daemon's refusal of one configuration version.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConfigRefusal {
+    /// The refused version.
+    pub version: String,
+    /// Why (the loader's problems, or the deployment's).
+    pub reason: String,
+    /// When (ms since epoch).
+    pub at_ms: u64,
 }
 
 /// A daemon's refusal of one artifact.
@@ -92,6 +122,8 @@ impl Heartbeat {
             .arg(encode(&self.modes))
             .arg("refusals")
             .arg(serde_json::to_string(&self.refusals).unwrap_or_else(|_| "{}".into()))
+            .arg("config")
+            .arg(serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".into()))
             .cmd("PEXPIRE")
             .arg(&key)
             .arg(ttl_ms)
@@ -157,6 +189,10 @@ impl Heartbeat {
             // Absent from daemons older than this field: no refusals known.
             refusals: fields
                 .get("refusals")
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or_default(),
+            config: fields
+                .get("config")
                 .and_then(|v| serde_json::from_str(v).ok())
                 .unwrap_or_default(),
         })

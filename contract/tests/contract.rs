@@ -1180,6 +1180,16 @@ fn heartbeat_round_trips_and_expires() {
             },
         )]
         .into(),
+        config: mlcore_contract::heartbeat::ConfigReport {
+            version: "ab12".into(),
+            since_ms: 7,
+            restart_required: vec!["redis.yaml: url".into()],
+            refused: Some(mlcore_contract::heartbeat::ConfigRefusal {
+                version: "cd34".into(),
+                reason: "CONFIG_SECRET_UNSET".into(),
+                at_ms: 9,
+            }),
+        },
     };
     hb.write(&mut conn, &keys, 300).unwrap();
     let read = mlcore_contract::Heartbeat::read(&mut conn, &keys, "daemon-t").unwrap();

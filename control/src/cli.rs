@@ -418,6 +418,136 @@ pub enum ConfigCommand {
         #[arg(long, default_value = "all")]
         process: mlcore_config::Process,
     },
+    /// Create the config repository from a configs folder (default: the
+    /// `--config-dir`) and deploy it into control.yaml's
+    /// `config_changes.deploy_dir` when that is empty. Idempotent.
+    Init {
+        /// Environment whose control.yaml names the repository.
+        #[arg(long)]
+        env: String,
+    },
+    /// Propose a change: a draft request with the edits (`--submit` also
+    /// submits it). Through the API, as `$MLCORE_TOKEN`.
+    Propose {
+        /// API base URL.
+        #[arg(long, env = "MLCORE_CONTROL_URL")]
+        url: String,
+        /// What it does, in a line.
+        #[arg(long)]
+        title: String,
+        /// `FILE:KEY=VALUE`: set one key, e.g.
+        /// `envs/dev/core_policy.yaml:theta.per_strategy.fx_g10.theta1=0.6`.
+        #[arg(long = "set", value_name = "FILE:KEY=VALUE")]
+        sets: Vec<String>,
+        /// `FILE=LOCAL_PATH`: replace a file whole with a local file's text.
+        #[arg(long = "file", value_name = "FILE=LOCAL_PATH")]
+        files: Vec<String>,
+        /// Remove an environment override file.
+        #[arg(long = "delete", value_name = "FILE")]
+        deletes: Vec<String>,
+        /// Submit it at once (validation and risk).
+        #[arg(long)]
+        submit: bool,
+    },
+    /// A request's diff: each key's old and new value (secrets redacted),
+    /// who takes it live and who must restart, the risk.
+    Diff {
+        /// API base URL.
+        #[arg(long, env = "MLCORE_CONTROL_URL")]
+        url: String,
+        /// Request id.
+        #[arg(long)]
+        id: String,
+        /// Print the API's JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Submit a draft.
+    Submit {
+        /// API base URL.
+        #[arg(long, env = "MLCORE_CONTROL_URL")]
+        url: String,
+        /// Request id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Approve a request (approver; never your own; `$MLCORE_TOTP_CODE`).
+    Approve {
+        /// API base URL.
+        #[arg(long, env = "MLCORE_CONTROL_URL")]
+        url: String,
+        /// Request id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Reject a request (approver).
+    Reject {
+        /// API base URL.
+        #[arg(long, env = "MLCORE_CONTROL_URL")]
+        url: String,
+        /// Request id.
+        #[arg(long)]
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Withdraw a request (its author, or an admin).
+    Cancel {
+        /// API base URL.
+        #[arg(long, env = "MLCORE_CONTROL_URL")]
+        url: String,
+        /// Request id.
+        #[arg(long)]
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Merge an approved request (if not merged yet) and apply it: the
+    /// daemons take it live or it is reverted. Exit 11 when it failed.
+    Apply {
+        /// API base URL.
+        #[arg(long, env = "MLCORE_CONTROL_URL")]
+        url: String,
+        /// Request id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Propose (and submit) the rollback of an applied request.
+    Rollback {
+        /// API base URL.
+        #[arg(long, env = "MLCORE_CONTROL_URL")]
+        url: String,
+        /// The applied request.
+        #[arg(long)]
+        id: String,
+    },
+    /// Requests, newest first.
+    List {
+        /// API base URL.
+        #[arg(long, env = "MLCORE_CONTROL_URL")]
+        url: String,
+        /// Only this state (draft, pr_created, approved, merged, applied,
+        /// rejected, cancelled, expired, failed).
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// One request.
+    Show {
+        /// API base URL.
+        #[arg(long, env = "MLCORE_CONTROL_URL")]
+        url: String,
+        /// Request id.
+        #[arg(long)]
+        id: String,
+    },
+    /// The deployed version and the version each daemon runs.
+    Status {
+        /// API base URL.
+        #[arg(long, env = "MLCORE_CONTROL_URL")]
+        url: String,
+    },
 }
 
 /// `data ...`
@@ -698,7 +828,7 @@ fn learning_rate(s: &str) -> Result<f64, String> {
 pub struct ApiCall<'a> {
     /// Base URL.
     pub url: &'a str,
-    /// `GET` or `POST`.
+    /// `GET`, `POST` or `PATCH`.
     pub method: &'a str,
     /// Path under the base URL.
     pub path: String,

@@ -38,6 +38,10 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
             &mut out,
             &mut err,
         )?,
+        Command::Config(ConfigCommand::Init { env }) => {
+            commands::config_init(&cli.config_dir, env, &ProcessEnv, &mut out, &mut err)?
+        }
+        Command::Config(cmd) => commands::config_change(cmd, &ProcessEnv, &mut out, &mut err)?,
         Command::Data(DataCommand::Synth(args)) => commands::synth(args, &mut out)?,
         Command::Models(ModelsCommand::Keygen { id, out: dir }) => {
             commands::models_keygen(id, dir, &mut out)?

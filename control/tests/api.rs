@@ -66,6 +66,13 @@ async fn fixture_with(adjust: impl FnOnce(&mut config::AppConfig)) -> Fixture {
     // Every test calls from 127.0.0.1; only the test of the edge throttles.
     cfg.control.failed_auth.burst = 10_000;
     cfg.control.failed_auth.alert_after = 10_000;
+    // Config change requests: a repository and a deployed folder of the
+    // test's own, the folder holding the repository's configs.
+    let live = models.path().join("live/configs");
+    testutil::copy_tree(&testutil::workspace_root().join("configs"), &live).unwrap();
+    cfg.control.config_changes.repository = models.path().join("config-repo");
+    cfg.control.config_changes.deploy_dir = live;
+    cfg.control.config_changes.apply_timeout_ms = 2_000;
     adjust(&mut cfg);
     cfg.database.dsn = Secret::literal(&dsn);
     db::migrate(&cfg.database).await.unwrap();
@@ -130,6 +137,20 @@ impl Fixture {
     ) -> Value {
         let (got, json) = self.call(method, path, token, body).await;
         assert_eq!((got, json["code"].as_str()), (status, Some(code)), "{json}");
+        json
+    }
+
+    /// Calls and checks the answer's status; returns the body.
+    async fn expect_status(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+        status: u16,
+    ) -> Value {
+        let (got, json) = self.call(method, path, token, body).await;
+        assert_eq!(got, status, "{method} {path}: {json}");
         json
     }
 
@@ -547,7 +568,12 @@ async fn the_ops_cli_goes_through_the_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_matrix_every_route_role_and_method() {
-    let f = fixture(900).await;
+    // More mutating calls per principal than the default burst.
+    let f = fixture_with(|cfg| {
+        cfg.control.approvals.ttl_s = 900;
+        cfg.control.rate_limit.burst = 1_000;
+    })
+    .await;
     let halt = r#"{"action":"halt","scope":"fx_g10","reason":"matrix"}"#;
     let roles: [(&str, Option<&str>); 5] = [
         ("none", None),
@@ -560,7 +586,21 @@ async fn authorization_matrix_every_route_role_and_method() {
     let reason = r#"{"reason":"matrix"}"#;
     let register = r#"{"strategy":"fx_g10","version":77}"#;
     let retrain = r#"{"strategy":"fx_g10"}"#;
-    let matrix: [(&str, &str, &str, [u16; 5]); 20] = [
+    let propose = r#"{"title":"matrix","edits":[{"file":"base/core_policy.yaml","key":"risk.max_gross","value":"0.9"}]}"#;
+    let edits = r#"{"edits":[{"file":"base/core_policy.yaml","key":"risk.max_gross","value":"0.8"}]}"#;
+    let cr = "/v1/configs/changes/cr-999999";
+    let sub = |verb: &str| format!("{cr}/{verb}");
+    let (diff, submit, approve, reject, cancel, merge, apply, rollback) = (
+        sub("diff"),
+        sub("submit"),
+        sub("approve"),
+        sub("reject"),
+        sub("cancel"),
+        sub("merge"),
+        sub("apply"),
+        sub("rollback"),
+    );
+    let matrix: Vec<(&str, &str, &str, [u16; 5])> = vec![
         ("GET", "/v1/ops", "", [401, 200, 200, 200, 200]),
         ("POST", "/v1/ops/requests", halt, [401, 403, 201, 403, 201]),
         (
@@ -608,6 +648,21 @@ async fn authorization_matrix_every_route_role_and_method() {
         ("DELETE", "/v1/retrain", "", [405, 405, 405, 405, 405]),
         ("GET", "/v1/retrain/nope", "", [401, 404, 404, 404, 404]),
         ("GET", "/v1/retrain/nope/report", "", [401, 404, 404, 404, 404]),
+        ("GET", "/v1/configs/changes", "", [401, 200, 200, 200, 200]),
+        ("POST", "/v1/configs/changes", propose, [401, 403, 201, 403, 201]),
+        ("DELETE", "/v1/configs/changes", "", [405, 405, 405, 405, 405]),
+        ("GET", cr, "", [401, 404, 404, 404, 404]),
+        ("PATCH", cr, edits, [401, 403, 404, 403, 404]),
+        ("GET", &diff, "", [401, 404, 404, 404, 404]),
+        ("POST", &submit, "", [401, 403, 404, 403, 404]),
+        ("POST", &approve, "", [401, 403, 403, 404, 404]),
+        ("POST", &reject, reason, [401, 403, 403, 404, 404]),
+        ("POST", &cancel, reason, [401, 403, 404, 403, 404]),
+        ("POST", &merge, "", [401, 403, 404, 403, 404]),
+        ("POST", &apply, "", [401, 403, 404, 403, 404]),
+        ("POST", &rollback, "", [401, 403, 404, 403, 404]),
+        ("GET", "/v1/configs/changes/nope", "", [401, 404, 404, 404, 404]),
+        ("GET", "/v1/configs/status", "", [401, 200, 200, 200, 200]),
     ];
     for (method, path, body, expected) in matrix {
         for ((role, token), want) in roles.iter().zip(expected) {
@@ -627,6 +682,17 @@ async fn authorization_matrix_every_route_role_and_method() {
         "/v1/retrain",
         "/v1/retrain/{run_id}",
         "/v1/retrain/{run_id}/report",
+        "/v1/configs/changes",
+        "/v1/configs/changes/{id}",
+        "/v1/configs/changes/{id}/diff",
+        "/v1/configs/changes/{id}/submit",
+        "/v1/configs/changes/{id}/approve",
+        "/v1/configs/changes/{id}/reject",
+        "/v1/configs/changes/{id}/cancel",
+        "/v1/configs/changes/{id}/merge",
+        "/v1/configs/changes/{id}/apply",
+        "/v1/configs/changes/{id}/rollback",
+        "/v1/configs/status",
     ] {
         assert!(
             doc["paths"].get(path).is_some(),
@@ -1525,6 +1591,27 @@ async fn schemathesis_finds_no_failure_with_every_check() {
     let addr = f.addr.clone();
     let scratch = tempfile::tempdir().unwrap();
     let scratch_dir = scratch.path().to_owned();
+    // Read from the working directory. Two answers schemathesis does not
+    // expect by default, both documented in the OpenAPI document: 413 for
+    // a body over control.yaml max_body_bytes, whatever its schema (every
+    // operation with a body lists it); and 422 from the config change
+    // routes for a schema-valid edit whose content a schema cannot judge
+    // (not YAML, a key path through a list, a merged configuration the
+    // loader refuses — the details name the CONFIG_* code).
+    std::fs::write(
+        scratch_dir.join("schemathesis.toml"),
+        r#"
+[checks.positive_data_acceptance]
+expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "413", "429", "5xx"]
+[checks.negative_data_rejection]
+expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
+
+[[operations]]
+include-path-regex = "^/v1/configs/changes"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "413", "422", "429", "5xx"]
+"#,
+    )
+    .unwrap();
     // The server runs on this runtime; schemathesis blocks a thread of its own.
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(&st)
@@ -1566,5 +1653,312 @@ async fn schemathesis_finds_no_failure_with_every_check() {
     // only with nothing tested, which this would catch).
     assert!(report.contains("passed"), "{report}");
     // The fuzzing left the audit chain intact.
+    f.finish().await;
+}
+
+/// Config change requests refuse what review forbids: the author approving
+/// (an admin who proposed), a stranger editing, merging before enough
+/// approvals, approving a rejected request, a second merge while one waits
+/// to be applied, a high-risk apply outside the change window (a merged
+/// request that cannot be applied is cancelled: its merge is reverted on
+/// the branch), and a request past its expiry. Each refusal is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_change_requests_refuse_what_review_forbids() {
+    // A one-minute window twelve hours from now: closed.
+    let hour = (testutil::now_ms() / 3_600_000 + 12) % 24;
+    let f = fixture_with(move |cfg| {
+        cfg.control.rate_limit.burst = 1_000;
+        cfg.control.config_changes.change_window = config::ChangeWindow {
+            days: vec![
+                config::Weekday::Mon,
+                config::Weekday::Tue,
+                config::Weekday::Wed,
+                config::Weekday::Thu,
+                config::Weekday::Fri,
+                config::Weekday::Sat,
+                config::Weekday::Sun,
+            ],
+            start: format!("{hour:02}:00"),
+            end: format!("{hour:02}:01"),
+        };
+    })
+    .await;
+    let propose = |title: &str, key: &str, value: &str| {
+        serde_json::json!({"title": title, "edits": [{"file": "base/core_policy.yaml", "key": key, "value": value}]})
+            .to_string()
+    };
+    let id_of = |v: &Value| v["id"].as_str().unwrap().to_owned();
+
+    // An admin's own change: never approved by that admin.
+    let (code, own) = f
+        .call(
+            "POST",
+            "/v1/configs/changes",
+            Some(ADMIN),
+            &propose("tighter", "risk.max_gross", "0.9"),
+        )
+        .await;
+    assert_eq!(code, 201, "{own}");
+    let own = id_of(&own);
+    let low = f
+        .expect_status(
+            "POST",
+            &format!("/v1/configs/changes/{own}/submit"),
+            Some(ADMIN),
+            "",
+            200,
+        )
+        .await;
+    assert_eq!(
+        (low["risk"].as_str(), low["required_approvals"].as_u64()),
+        (Some("low"), Some(1))
+    );
+    f.expect_code(
+        "POST",
+        &format!("/v1/configs/changes/{own}/approve"),
+        Some(ADMIN),
+        "",
+        403,
+        "CONFIG_CHANGE_SELF_APPROVAL",
+    )
+    .await;
+    // Nor edited by anyone else.
+    let edit = r#"{"edits":[{"file":"base/core_policy.yaml","key":"risk.max_gross","value":"0.8"}]}"#;
+    f.expect_code(
+        "PATCH",
+        &format!("/v1/configs/changes/{own}"),
+        Some(OPERATOR),
+        edit,
+        403,
+        "CONFIG_CHANGE_NOT_AUTHOR",
+    )
+    .await;
+    // Rejected, then closed to approvals.
+    f.expect_status(
+        "POST",
+        &format!("/v1/configs/changes/{own}/reject"),
+        Some(APPROVER),
+        r#"{"reason":"not now"}"#,
+        200,
+    )
+    .await;
+    f.expect_code(
+        "POST",
+        &format!("/v1/configs/changes/{own}/approve"),
+        Some(APPROVER),
+        "",
+        409,
+        "CONFIG_CHANGE_STATE",
+    )
+    .await;
+
+    // Loosening a cap is high risk: two approvers, and the window.
+    let (_, high) = f
+        .call(
+            "POST",
+            "/v1/configs/changes",
+            Some(OPERATOR),
+            &propose("looser", "risk.max_gross", "1.5"),
+        )
+        .await;
+    let high = id_of(&high);
+    let submitted = f
+        .expect_status(
+            "POST",
+            &format!("/v1/configs/changes/{high}/submit"),
+            Some(OPERATOR),
+            "",
+            200,
+        )
+        .await;
+    assert_eq!(submitted["risk"], "high");
+    assert!(
+        submitted["risk_reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("risk limit loosened"),
+        "{submitted}"
+    );
+    f.expect_status(
+        "POST",
+        &format!("/v1/configs/changes/{high}/approve"),
+        Some(APPROVER),
+        "",
+        200,
+    )
+    .await;
+    f.expect_code(
+        "POST",
+        &format!("/v1/configs/changes/{high}/merge"),
+        Some(OPERATOR),
+        "",
+        409,
+        "CONFIG_CHANGE_STATE",
+    )
+    .await;
+    f.expect_code(
+        "POST",
+        &format!("/v1/configs/changes/{high}/approve"),
+        Some(APPROVER),
+        "",
+        409,
+        "CONFIG_CHANGE_ALREADY_APPROVED",
+    )
+    .await;
+    f.expect_status(
+        "POST",
+        &format!("/v1/configs/changes/{high}/approve"),
+        Some(ADMIN),
+        "",
+        200,
+    )
+    .await;
+    f.expect_status(
+        "POST",
+        &format!("/v1/configs/changes/{high}/merge"),
+        Some(OPERATOR),
+        "",
+        200,
+    )
+    .await;
+    f.expect_code(
+        "POST",
+        &format!("/v1/configs/changes/{high}/apply"),
+        Some(OPERATOR),
+        "",
+        409,
+        "CONFIG_CHANGE_WINDOW_CLOSED",
+    )
+    .await;
+    let deployed =
+        std::fs::read_to_string(f.models.path().join("live/configs/base/core_policy.yaml")).unwrap();
+    assert!(
+        deployed.contains("max_gross: 1.0"),
+        "nothing deployed: {deployed}"
+    );
+
+    // While it waits, nothing else merges.
+    let (_, other) = f
+        .call(
+            "POST",
+            "/v1/configs/changes",
+            Some(OPERATOR),
+            &propose("ttl", "signal.ttl_ms", "1000"),
+        )
+        .await;
+    let other = id_of(&other);
+    f.expect_status(
+        "POST",
+        &format!("/v1/configs/changes/{other}/submit"),
+        Some(OPERATOR),
+        "",
+        200,
+    )
+    .await;
+    f.expect_status(
+        "POST",
+        &format!("/v1/configs/changes/{other}/approve"),
+        Some(APPROVER),
+        "",
+        200,
+    )
+    .await;
+    f.expect_code(
+        "POST",
+        &format!("/v1/configs/changes/{other}/merge"),
+        Some(OPERATOR),
+        "",
+        409,
+        "CONFIG_CHANGE_APPLY_PENDING",
+    )
+    .await;
+    // Cancelled, its merge is reverted on the branch; the other merges.
+    let cancelled = f
+        .expect_status(
+            "POST",
+            &format!("/v1/configs/changes/{high}/cancel"),
+            Some(OPERATOR),
+            r#"{"reason":"window"}"#,
+            200,
+        )
+        .await;
+    assert_eq!(cancelled["state"], "cancelled");
+    f.expect_status(
+        "POST",
+        &format!("/v1/configs/changes/{other}/merge"),
+        Some(OPERATOR),
+        "",
+        200,
+    )
+    .await;
+    let diff = f
+        .expect_status(
+            "GET",
+            &format!("/v1/configs/changes/{other}/diff"),
+            Some(VIEWER),
+            "",
+            200,
+        )
+        .await;
+    let keys: Vec<&str> = diff["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["key"].as_str().unwrap())
+        .collect();
+    assert!(
+        keys.iter().all(|k| *k == "signal.ttl_ms"),
+        "only its own change, not the cancelled cap: {keys:?}"
+    );
+
+    // Past its expiry, a request is expired (and recorded so).
+    let (_, late) = f
+        .call(
+            "POST",
+            "/v1/configs/changes",
+            Some(OPERATOR),
+            &propose("late", "risk.beta_tolerance", "0.005"),
+        )
+        .await;
+    let late = id_of(&late);
+    sqlx::query("UPDATE core.config_changes SET expires_at_ms = 1 WHERE id = $1")
+        .bind(&late)
+        .execute(&f.state.services.pool)
+        .await
+        .unwrap();
+    let shown = f
+        .expect_status(
+            "GET",
+            &format!("/v1/configs/changes/{late}"),
+            Some(VIEWER),
+            "",
+            200,
+        )
+        .await;
+    assert_eq!(shown["state"], "expired");
+    f.expect_code(
+        "POST",
+        &format!("/v1/configs/changes/{late}/submit"),
+        Some(OPERATOR),
+        "",
+        409,
+        "CONFIG_CHANGE_STATE",
+    )
+    .await;
+    let states: Vec<String> =
+        sqlx::query_scalar("SELECT to_state FROM audit.config_changes WHERE change_id = $1 ORDER BY seq")
+            .bind(&late)
+            .fetch_all(&f.state.services.pool)
+            .await
+            .unwrap();
+    assert_eq!(states, ["draft", "expired"]);
+    // The refusals are in the audit log too.
+    let refused: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit.events WHERE record_type = 'config_change' AND result LIKE 'refused: CONFIG_CHANGE_%'",
+    )
+    .fetch_one(&f.state.services.pool)
+    .await
+    .unwrap();
+    assert!(refused >= 8, "{refused} refusals audited");
     f.finish().await;
 }

@@ -35,6 +35,8 @@ pub struct Observed {
     pub universe: Arc<Universe>,
     /// `metrics.yaml`.
     pub metrics: MetricsConfig,
+    /// The configuration version in force (`crate::live`).
+    pub config: Arc<arc_swap::ArcSwap<mlcore_contract::heartbeat::ConfigReport>>,
 }
 
 impl Observed {

@@ -21,6 +21,7 @@ use mlcore_features::FeatureEngine;
 use mlcore_market::Quote;
 
 use crate::job::Job;
+use crate::live::Live;
 use crate::stats::{Counters, Histograms, LocalHist, Stage};
 use crate::wire::{self, Frame};
 use mlcore_decision::universe::Universe;
@@ -42,6 +43,7 @@ pub struct Ingress {
     conns: Vec<Option<Conn>>,
     engines: Vec<FeatureEngine>,
     universe: Arc<Universe>,
+    live: Arc<Live>,
     pools: Vec<Receiver<Box<Job>>>,
     pool_returns: Vec<Sender<Box<Job>>>,
     decisions: Sender<Box<Job>>,
@@ -49,7 +51,7 @@ pub struct Ingress {
     decode_hist: LocalHist,
     features_hist: LocalHist,
     max_frame: usize,
-    timer: Option<Duration>,
+    timer: bool,
     shutdown: Arc<AtomicBool>,
 }
 
@@ -66,8 +68,10 @@ impl std::fmt::Debug for Ingress {
 pub struct IngressParts {
     /// Bound listener.
     pub listener: std::net::TcpListener,
-    /// Resolved universe.
+    /// Resolved universe: the routes and the strategies' shape.
     pub universe: Arc<Universe>,
+    /// The decision tables in force and the timer's period (changed live).
+    pub live: Arc<Live>,
     /// Job pools (take side), one per strategy.
     pub pools: Vec<Receiver<Box<Job>>>,
     /// Job pools (return side), one per strategy.
@@ -82,8 +86,8 @@ pub struct IngressParts {
     pub max_connections: usize,
     /// `ingress.max_frame_bytes`.
     pub max_frame: usize,
-    /// `Some(period)` in timer mode.
-    pub timer: Option<Duration>,
+    /// Timer mode (the period is [`Live::timer_ms`]).
+    pub timer: bool,
     /// Stop flag.
     pub shutdown: Arc<AtomicBool>,
 }
@@ -132,6 +136,7 @@ impl Ingress {
             conns: (0..p.max_connections).map(|_| None).collect(),
             engines,
             universe: p.universe,
+            live: p.live,
             pools: p.pools,
             pool_returns: p.pool_returns,
             decisions: p.decisions,
@@ -147,10 +152,11 @@ impl Ingress {
     /// Runs until the stop flag is set.
     pub fn run(mut self) {
         let mut events = Events::with_capacity(256);
-        let period_ms = self
+        let period = |live: &Live| live.timer_ms().max(1);
+        let mut next_timer = self
             .timer
-            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
-        let mut next_timer = period_ms.map(|p| at_wall((crate::clock::now_ms() / p + 1) * p));
+            .then(|| period(&self.live))
+            .map(|p| at_wall((crate::clock::now_ms() / p + 1) * p));
         while !self.shutdown.load(Ordering::Relaxed) {
             let timeout = match next_timer {
                 Some(t) => t
@@ -172,10 +178,12 @@ impl Ingress {
             }
             self.decode_hist.tick();
             self.features_hist.tick();
-            if let (Some(t), Some(period)) = (next_timer, period_ms) {
+            if let Some(t) = next_timer {
                 let now = Instant::now();
                 if now >= t {
-                    let (tick_ms, next_ms) = grid_tick(crate::clock::now_ms(), period);
+                    // The period in force now: a live change takes effect
+                    // from the next tick.
+                    let (tick_ms, next_ms) = grid_tick(crate::clock::now_ms(), period(&self.live));
                     let tick_ns = i64::try_from(tick_ms).unwrap_or(i64::MAX / 1_000_000) * 1_000_000;
                     for s in 0..self.engines.len() {
                         self.trigger(s as u16, tick_ns, now);
@@ -350,7 +358,9 @@ impl Ingress {
             return;
         };
         let started = Instant::now();
-        let strat = &self.universe.strategies[s];
+        // One configuration for the whole decision: the job carries it.
+        let tables = self.live.snapshot();
+        let strat = &tables.strategies[s];
         job.strategy = strategy;
         job.trigger_ts_ns = ts_ns;
         job.decoded_at = decoded_at;
@@ -362,6 +372,7 @@ impl Ingress {
             ..
         } = &mut *job;
         mlcore_decision::prepare(strat, engine, ts_ns, features, inputs, params);
+        job.tables = Some(tables);
         self.features_hist.record(started.elapsed());
         if let Err(e) = self.decisions.try_send(job) {
             Counters::inc(&self.counters.decisions_dropped);

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use mlcore_features::N_FEATURES;
 
+use mlcore_decision::universe::Universe;
 use mlcore_decision::{Scratch, Summary, SymbolInput, SymbolParams};
 
 /// What the worker decided with.
@@ -45,6 +46,9 @@ pub struct Job {
     pub summary: Summary,
     /// The model that decided (`None`: no model, nothing to publish).
     pub model: Option<Arc<ModelMeta>>,
+    /// The decision tables this decision is made with, from ingress to the
+    /// publisher (`crate::live`); `None` until ingress prepares it.
+    pub tables: Option<Arc<Universe>>,
 }
 
 impl Job {
@@ -61,6 +65,7 @@ impl Job {
             scratch: Scratch::new(n),
             summary: Summary::default(),
             model: None,
+            tables: None,
         }
     }
 }

@@ -11,7 +11,8 @@
 //! Side threads: [`loader`] (verify, warm and hand over models; heartbeats
 //! and histogram merging run in the same loop, see [`run`]), [`ops`] (mode
 //! watcher: pub/sub + reconciliation), [`http`] (`/metrics`, `/healthz`,
-//! `/readyz`). [`stats`] holds the counters and per-thread histograms;
+//! `/readyz`), [`live`] (configuration taken while running: the decision
+//! tables swapped whole between decisions). [`stats`] holds the counters and per-thread histograms;
 //! [`preflight`] the `check` command (it also prints what `mlcore-host`
 //! advises about this host); [`mailbox`] the side → hot hand-off that
 //! never makes a hot thread wait.
@@ -20,6 +21,7 @@ pub mod clock;
 pub mod http;
 pub mod ingress;
 pub mod job;
+pub mod live;
 pub mod loader;
 pub mod mailbox;
 pub mod metrics;

@@ -13,6 +13,11 @@ struct Cli {
     /// The `configs/` folder.
     #[arg(long, global = true, env = "MLCORE_CONFIG_DIR", default_value = "configs")]
     config_dir: PathBuf,
+    /// What relative paths in the configuration resolve against (default:
+    /// the folder holding the `configs/` folder). Set it when the daemon
+    /// reads a deployed copy of the configuration elsewhere.
+    #[arg(long, global = true, env = "MLCORE_PROJECT_ROOT")]
+    project_root: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,9 +55,14 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let project_root = cli.project_root.clone().unwrap_or_else(|| {
+        cli.config_dir
+            .parent()
+            .map_or_else(|| PathBuf::from("."), PathBuf::from)
+    });
     match cli.command {
         Command::Check { env } => {
-            let pf = mlcore_daemon::preflight::run(&cli.config_dir, &env, &ProcessEnv)
+            let pf = mlcore_daemon::preflight::run(&cli.config_dir, &project_root, &env, &ProcessEnv)
                 .with_context(|| format!("preflight for env {env}"))?;
             #[allow(clippy::print_stdout)] // the command's report is its output
             {
@@ -69,10 +79,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Run { env } => {
-            let pf = mlcore_daemon::preflight::run(&cli.config_dir, &env, &ProcessEnv)
+            let pf = mlcore_daemon::preflight::run(&cli.config_dir, &project_root, &env, &ProcessEnv)
                 .with_context(|| format!("preflight for env {env}"))?;
-            let source = mlcore_daemon::run::TrustSource {
+            let source = mlcore_daemon::live::ConfigSource {
                 config_dir: cli.config_dir.clone(),
+                project_root: project_root.clone(),
                 env: pf.config.environment,
             };
             let _logging = mlcore_telemetry::logging::init(pf.config.metrics.log_level.as_str())

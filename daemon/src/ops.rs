@@ -83,13 +83,22 @@ impl OpsTable {
     }
 }
 
+/// Whom the watcher wakes on which event.
+#[derive(Debug)]
+pub struct Wakes {
+    /// The model loader, on `model_activated`.
+    pub models: crossbeam_channel::Sender<()>,
+    /// The configuration watch, on `config_applied`.
+    pub config: crossbeam_channel::Sender<()>,
+}
+
 /// Runs the watcher until `shutdown`.
 pub fn watch(
     cfg: RedisConfig,
     guard: Guard,
     strategies: Vec<String>,
     table: Arc<OpsTable>,
-    models: crossbeam_channel::Sender<()>,
+    wakes: Wakes,
     shutdown: Arc<AtomicBool>,
 ) {
     let reconcile = Duration::from_millis(cfg.reconcile_interval_ms.max(10));
@@ -130,7 +139,12 @@ pub fn watch(
                         };
                         if ev["type"] == "model_activated" {
                             // The loader re-reads the pointers; one pending wake is enough.
-                            let _ = models.try_send(());
+                            let _ = wakes.models.try_send(());
+                            continue;
+                        }
+                        if ev["type"] == "config_applied" {
+                            // Only "look": the folder and its record are the truth.
+                            let _ = wakes.config.try_send(());
                             continue;
                         }
                         if ev["type"] != "ops_mode" {

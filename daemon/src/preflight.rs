@@ -26,9 +26,23 @@ pub enum PreflightError {
 }
 
 /// Loads the configuration and proves ONNX Runtime scores a model.
-pub fn run(config_dir: &Path, env: &str, vars: &dyn EnvSource) -> Result<Preflight, PreflightError> {
+/// Relative paths in it resolve against `project_root`.
+pub fn run(
+    config_dir: &Path,
+    project_root: &Path,
+    env: &str,
+    vars: &dyn EnvSource,
+) -> Result<Preflight, PreflightError> {
     let env: Environment = env.parse()?;
-    let config = config::load_for(config_dir, env, vars, config::Process::Daemon)?;
+    let tree = config::ConfigTree::read(config_dir)?;
+    let config = config::load_tree(
+        &tree,
+        config_dir,
+        project_root,
+        env,
+        vars,
+        config::Process::Daemon,
+    )?;
     runtime::init(&config.storage.onnxruntime_library)?;
     let canary_probability = runtime::score_canary()?;
     Ok(Preflight {

@@ -63,6 +63,8 @@ pub struct PublisherParts {
     pub guard: Guard,
     /// Universe.
     pub universe: Arc<Universe>,
+    /// The decision tables in force (a `flatten` order's TTL).
+    pub live: Arc<crate::live::Live>,
     /// Ops modes.
     pub ops: Arc<OpsTable>,
     /// Counters.
@@ -695,7 +697,8 @@ fn prepare(
         Counters::inc(&p.counters.held_by_mode);
         return Prepared::Done(None);
     }
-    let valid_until_ms = (job.trigger_ts_ns / 1_000_000).max(0) as u64 + p.universe.ttl_ms;
+    let tables = job.tables.as_deref().unwrap_or(&*p.universe);
+    let valid_until_ms = (job.trigger_ts_ns / 1_000_000).max(0) as u64 + tables.ttl_ms;
     if valid_until_ms <= now_ms() {
         return Prepared::Done(Some(Outcome::ExpiredBeforeSend));
     }
@@ -714,7 +717,7 @@ fn prepare(
             if flips || cur == 0.0 {
                 (weight, qty) = (0.0, 0.0);
             } else if grows {
-                let notional = strat.params[i].notional;
+                let notional = tables.strategies[s].params[i].notional;
                 (weight, qty) = (cur, cur * notional);
             }
         }
@@ -756,7 +759,7 @@ fn flatten_if_asked(p: &PublisherParts, st: &mut State) {
             (sig.side, sig.weight, sig.qty) = (Side::Flat, 0.0, 0.0);
             (sig.return_prob, sig.risk_score) = (0.5, 0.0);
         }
-        (batch.seq, batch.generated_at_ms, batch.valid_until_ms) = (seq, now, now + p.universe.ttl_ms);
+        (batch.seq, batch.generated_at_ms, batch.valid_until_ms) = (seq, now, now + p.live.snapshot().ttl_ms);
         batch.model_id.clear();
         batch.model_id.push_str("flatten");
         batch.model_version = 0;
@@ -869,6 +872,7 @@ mod tests {
                 params: params.clone(),
                 rolling_beta: vec![None, None],
                 benchmark: 0,
+                theta: None,
             }],
             routes: std::collections::HashMap::new(),
             policy: Policy {
@@ -905,6 +909,7 @@ mod tests {
             pool_returns: vec![done_tx],
             redis: redis_cfg,
             guard: guard.clone(),
+            live: Arc::new(crate::live::Live::new(Arc::clone(&universe), 1000)),
             universe,
             ops: Arc::clone(&ops),
             counters: Arc::clone(&counters),

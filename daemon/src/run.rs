@@ -34,6 +34,8 @@ use crate::stats::{Counters, Histograms};
 use crate::worker::{self, ModelUpdate, WorkerParts};
 use mlcore_decision::universe::Universe;
 
+use crate::live::{ConfigSource, ConfigWatch, Live};
+
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -145,6 +147,7 @@ fn heartbeat(observed: &Observed, instance: &str, status: &str) -> Heartbeat {
             .map(|(s, x)| (x.id.to_string(), observed.ops.mode(s).to_string()))
             .collect(),
         refusals: BTreeMap::clone(&observed.refusals.load()),
+        config: mlcore_contract::heartbeat::ConfigReport::clone(&observed.config.load()),
     }
 }
 
@@ -199,26 +202,20 @@ fn spawn(
     })
 }
 
-/// Where to re-read `trust.yaml` from while running (keys rotate and
-/// revocations apply without a restart).
-#[derive(Debug, Clone)]
-pub struct TrustSource {
-    /// The `configs/` folder.
-    pub config_dir: std::path::PathBuf,
-    /// The environment.
-    pub env: mlcore_config::Environment,
-}
-
-/// Starts the daemon for `cfg`; with `trust_source`, `trust.yaml` is re-read
+/// Starts the daemon for `cfg`; with `config_source`, `trust.yaml` is re-read
 /// every 10 s. Setting `shutdown` stops it (a signal handler may hold it
 /// before the daemon starts, so a stop during start-up is not lost).
 pub fn start(
     cfg: AppConfig,
-    trust_source: Option<TrustSource>,
+    config_source: Option<ConfigSource>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<Running, StartError> {
     runtime::init(&cfg.storage.onnxruntime_library)?;
     let universe = Arc::new(Universe::from_config(&cfg));
+    let live = Arc::new(Live::new(
+        Arc::clone(&universe),
+        cfg.daemon.decision.timer_interval_ms.max(1),
+    ));
     let counters = Arc::new(Counters::default());
     let threads_cfg = &cfg.daemon.threads;
     let rt = threads_cfg.realtime_priority;
@@ -339,8 +336,8 @@ pub fn start(
         hists: hists.clone(),
         max_connections: cfg.daemon.ingress.max_connections as usize,
         max_frame: cfg.daemon.ingress.max_frame_bytes as usize,
-        timer: (cfg.daemon.decision.mode == DecisionMode::Timer)
-            .then(|| Duration::from_millis(cfg.daemon.decision.timer_interval_ms.max(1))),
+        live: Arc::clone(&live),
+        timer: cfg.daemon.decision.mode == DecisionMode::Timer,
         shutdown: Arc::clone(&shutdown),
     })?;
     threads.push(spawn("ingress", Some(threads_cfg.ingress_core), rt, move || {
@@ -353,6 +350,7 @@ pub fn start(
         redis: cfg.redis.clone(),
         guard: guard.clone(),
         universe: Arc::clone(&universe),
+        live: Arc::clone(&live),
         ops: Arc::clone(&ops_table),
         counters: Arc::clone(&counters),
         hists: hists.clone(),
@@ -367,6 +365,8 @@ pub fn start(
 
     // A `model_activated` event wakes the loader at once.
     let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
+    // A `config_applied` event makes the side loop look at the folder at once.
+    let (config_wake_tx, config_wake_rx) = crossbeam_channel::bounded::<()>(1);
     {
         let (redis, guard, table, stop) = (
             cfg.redis.clone(),
@@ -375,7 +375,19 @@ pub fn start(
             Arc::clone(&shutdown),
         );
         let ids: Vec<String> = universe.strategies.iter().map(|s| s.id.to_string()).collect();
-        side.spawn_blocking(move || ops::watch(redis, guard, ids, table, wake_tx, stop));
+        side.spawn_blocking(move || {
+            ops::watch(
+                redis,
+                guard,
+                ids,
+                table,
+                ops::Wakes {
+                    models: wake_tx,
+                    config: config_wake_tx,
+                },
+                stop,
+            )
+        });
     }
 
     let observed = Observed {
@@ -386,7 +398,20 @@ pub fn start(
         ops: Arc::clone(&ops_table),
         universe: Arc::clone(&universe),
         metrics: cfg.metrics.clone(),
+        config: Arc::new(arc_swap::ArcSwap::from_pointee(
+            mlcore_contract::heartbeat::ConfigReport {
+                version: crate::live::LOCAL_VERSION.into(),
+                since_ms: now_ms(),
+                ..Default::default()
+            },
+        )),
     };
+    let watch = config_source
+        .as_ref()
+        .map(|src| ConfigWatch::new(src.clone(), cfg.clone(), Arc::clone(&live)));
+    if let Some(w) = &watch {
+        observed.config.store(w.report().load_full());
+    }
     {
         let (obs, stop) = (observed.clone(), Arc::clone(&shutdown));
         http_listener.set_nonblocking(true)?;
@@ -398,7 +423,20 @@ pub fn start(
     }
     {
         let (observed, link, stop) = (observed.clone(), link.clone(), Arc::clone(&shutdown));
-        side.spawn_blocking(move || side_loop(loader, observed, link, trust_source, wake_rx, stop));
+        side.spawn_blocking(move || {
+            side_loop(
+                loader,
+                observed,
+                link,
+                SideConfig {
+                    source: config_source,
+                    watch,
+                    wake: config_wake_rx,
+                },
+                wake_rx,
+                stop,
+            )
+        });
     }
     tracing::info!(ingress = %ingress_addr, http = %http_addr, workers = n_workers, "daemon started");
     Ok(Running {
@@ -412,6 +450,13 @@ pub fn start(
     })
 }
 
+/// The side loop's part in live configuration.
+struct SideConfig {
+    source: Option<ConfigSource>,
+    watch: Option<ConfigWatch>,
+    wake: crossbeam_channel::Receiver<()>,
+}
+
 /// Model scans (every second, and at once on a `model_activated` event),
 /// histogram merging (every 100 ms), heartbeats; on each new Redis
 /// connection, [`advise_on_server`].
@@ -419,11 +464,12 @@ fn side_loop(
     mut loader: Loader,
     observed: Observed,
     link: RegistryLink,
-    trust_source: Option<TrustSource>,
+    mut config: SideConfig,
     wake: crossbeam_channel::Receiver<()>,
     shutdown: Arc<AtomicBool>,
 ) {
     let mut next_trust = Instant::now() + Duration::from_secs(10);
+    let mut next_config = Instant::now() + Duration::from_secs(1);
     let mut next_scan = Instant::now() + Duration::from_secs(1);
     let mut next_hb = Instant::now();
     // Workers count scoring failures (no logging on a hot thread); this
@@ -437,18 +483,41 @@ fn side_loop(
     let hb_every = Duration::from_millis(redis.heartbeat.interval_ms.max(10));
     let mut conn: Option<RedisConn> = None;
     while !shutdown.load(Ordering::Relaxed) {
-        let woken = wake.recv_timeout(Duration::from_millis(100)).is_ok();
+        // Either event wakes the loop at once (a config change waits for
+        // no tick); otherwise it runs every 100 ms.
+        let (woken, config_woken) = crossbeam_channel::select! {
+            recv(wake) -> m => (m.is_ok(), false),
+            recv(config.wake) -> m => (false, m.is_ok()),
+            default(Duration::from_millis(100)) => (false, false),
+        };
         observed.hists.drain();
         loader.drop_retired();
-        if let (Some(src), true) = (&trust_source, Instant::now() >= next_trust) {
+        // A deployment is looked at on its event, and every second in case
+        // the event was missed.
+        if let (Some(w), true) = (
+            config.watch.as_mut(),
+            config_woken || Instant::now() >= next_config,
+        ) {
+            next_config = Instant::now() + Duration::from_secs(1);
+            if w.check() {
+                observed.config.store(w.report().load_full());
+                // Whoever applied it waits for this heartbeat.
+                next_hb = Instant::now();
+            }
+        }
+        if let (Some(src), true) = (&config.source, Instant::now() >= next_trust) {
             next_trust = Instant::now() + Duration::from_secs(10);
             // A broken trust.yaml leaves the current keys in force.
-            match mlcore_config::load_for(
-                &src.config_dir,
-                src.env,
-                &mlcore_config::ProcessEnv,
-                mlcore_config::Process::Daemon,
-            ) {
+            match mlcore_config::ConfigTree::read(&src.config_dir).and_then(|tree| {
+                mlcore_config::load_tree(
+                    &tree,
+                    &src.config_dir,
+                    &src.project_root,
+                    src.env,
+                    &mlcore_config::ProcessEnv,
+                    mlcore_config::Process::Daemon,
+                )
+            }) {
                 Ok(cfg) => {
                     if let Err(e) = loader.trust.reload(&cfg.trust) {
                         tracing::warn!(error = %e, "trust.yaml reload refused; keeping current keys");

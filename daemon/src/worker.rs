@@ -131,7 +131,11 @@ impl Worker {
             return true;
         }
         let started = Instant::now();
-        let policy = p.universe.policy.with_theta(meta.theta1, meta.theta2);
+        // The tables ingress prepared this decision with (the startup ones
+        // for a job that never went through ingress: tests).
+        let tables = job.tables.as_deref().unwrap_or(&*p.universe);
+        let (theta1, theta2) = tables.strategies[s].theta_or((meta.theta1, meta.theta2));
+        let policy = tables.policy.with_theta(theta1, theta2);
         let Job {
             params,
             inputs,

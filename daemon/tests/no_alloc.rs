@@ -158,9 +158,11 @@ fn a_decision_through_the_daemons_hot_path_allocates_nothing() {
     for _ in 0..8 {
         pool_tx.send(Box::new(Job::new(0, &strategy.params))).unwrap();
     }
+    let live = Arc::new(mlcore_daemon::live::Live::new(Arc::clone(&universe), 1000));
     let mut ingress = Ingress::new(IngressParts {
         listener: std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
         universe: Arc::clone(&universe),
+        live: Arc::clone(&live),
         pools: vec![pool_rx],
         pool_returns: vec![pool_tx.clone()],
         decisions: decisions_tx,
@@ -168,7 +170,7 @@ fn a_decision_through_the_daemons_hot_path_allocates_nothing() {
         hists: hists.clone(),
         max_connections: 1,
         max_frame: 4096,
-        timer: None,
+        timer: false,
         shutdown: Arc::clone(&shutdown),
     })
     .unwrap();
@@ -197,6 +199,7 @@ fn a_decision_through_the_daemons_hot_path_allocates_nothing() {
         redis: cfg.redis.clone(),
         guard,
         universe: Arc::clone(&universe),
+        live: Arc::clone(&live),
         ops,
         counters: Arc::clone(&counters),
         hists,

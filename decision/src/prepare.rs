@@ -86,6 +86,7 @@ mod tests {
             params: vec![p; 2],
             rolling_beta: vec![None, rolling],
             benchmark: 0,
+            theta: None,
         }
     }
 

@@ -22,6 +22,18 @@ pub struct Strategy {
     pub rolling_beta: Vec<Option<usize>>,
     /// Index of the benchmark symbol.
     pub benchmark: usize,
+    /// θ set for this strategy by the configuration (`theta.per_strategy`):
+    /// it replaces the model's θ when present.
+    pub theta: Option<(f64, f64)>,
+}
+
+impl Strategy {
+    /// The θ to decide with: the configuration's for this strategy when it
+    /// sets one, else the model's.
+    #[inline]
+    pub fn theta_or(&self, model: (f64, f64)) -> (f64, f64) {
+        self.theta.unwrap_or(model)
+    }
 }
 
 /// All strategies and the wire-id routing table.
@@ -70,6 +82,7 @@ impl Universe {
                         .iter()
                         .position(|x| x.symbol == s.benchmark)
                         .unwrap_or(0),
+                    theta: p.theta.for_strategy(s.id.as_str()).map(|t| (t.theta1, t.theta2)),
                 }
             })
             .collect();

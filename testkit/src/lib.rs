@@ -650,6 +650,7 @@ pub fn heartbeat(instance: &str, at_ms: u64) -> mlcore_contract::Heartbeat {
         models: Default::default(),
         modes: Default::default(),
         refusals: Default::default(),
+        config: Default::default(),
     }
 }
 

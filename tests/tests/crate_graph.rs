@@ -69,6 +69,10 @@ fn the_daemon_links_no_training_export_parquet_or_protobuf_code() {
         "mlcore-retrain",
         "plotters",
         "rayon",
+        // The config repository is the control plane's: the daemon reads
+        // the deployed folder, never git.
+        "git2",
+        "libgit2-sys",
     ]);
     assert_none_of("mlcore-daemon", &banned);
 }

@@ -225,3 +225,40 @@ impl From<crate::retrain::RetrainError> for ApiError {
         }
     }
 }
+
+impl From<crate::config_changes::ConfigChangeError> for ApiError {
+    fn from(e: crate::config_changes::ConfigChangeError) -> Self {
+        use crate::config_changes::ConfigChangeError as E;
+        let status = match &e {
+            E::NotFound(_) => StatusCode::NOT_FOUND,
+            E::NotAuthor { .. } | E::SelfApproval => StatusCode::FORBIDDEN,
+            E::Edit { .. } | E::NoChange | E::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            E::WrongState { .. }
+            | E::AlreadyApproved(_)
+            | E::WindowClosed { .. }
+            | E::ApplyPending(_)
+            | E::RiskChanged { .. }
+            | E::Concurrent(_)
+            | E::NotApplied { .. }
+            | E::Store(crate::config_changes::StoreError::Conflict(_))
+            | E::Store(crate::config_changes::StoreError::Seed { .. }) => StatusCode::CONFLICT,
+            E::Store(_) | E::Deploy { .. } | E::Db { .. } | E::Audit(_) | E::Task(_) => {
+                tracing::error!(error = %e, "config change request failed");
+                return Self::internal("handling the config change request");
+            }
+        };
+        let mut err = Self::new(status, e.code(), e.to_string());
+        if let E::Invalid(problems) = &e {
+            // Each problem with the loader's own CONFIG_* code, file and key.
+            err.details = serde_json::json!({
+                "problems": problems.iter().map(|p| serde_json::json!({
+                    "code": p.code.as_str(),
+                    "file": p.file.display().to_string(),
+                    "key": p.key,
+                    "message": p.message,
+                })).collect::<Vec<_>>()
+            });
+        }
+        err
+    }
+}

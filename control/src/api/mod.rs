@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod bucket;
+pub mod configs;
 pub mod edge;
 pub mod error;
 pub mod metrics;
@@ -226,6 +227,17 @@ fn api_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(retrain::list, retrain::start))
         .routes(routes!(retrain::show))
         .routes(routes!(retrain::report))
+        .routes(routes!(configs::list, configs::create))
+        .routes(routes!(configs::show, configs::edit))
+        .routes(routes!(configs::diff))
+        .routes(routes!(configs::submit))
+        .routes(routes!(configs::approve))
+        .routes(routes!(configs::reject))
+        .routes(routes!(configs::cancel))
+        .routes(routes!(configs::merge))
+        .routes(routes!(configs::apply))
+        .routes(routes!(configs::rollback))
+        .routes(routes!(configs::status))
 }
 
 /// The OpenAPI document of [`router`]'s `/v1` routes.

@@ -83,7 +83,7 @@ pub struct ReasonBody {
     pub reason: String,
 }
 
-fn reason_of(body: Result<Json<ReasonBody>, JsonRejection>) -> Result<String, ApiError> {
+pub(crate) fn reason_of(body: Result<Json<ReasonBody>, JsonRejection>) -> Result<String, ApiError> {
     let Json(b) = body.map_err(bad_json)?;
     text_field("reason", &b.reason, true, REASON_MAX)?;
     if b.reason.trim().is_empty() {

@@ -3,6 +3,7 @@
 
 mod audit_db;
 mod config;
+mod config_changes;
 mod data;
 mod models;
 mod ops;
@@ -18,6 +19,7 @@ use mlcore_config::{AppConfig, ConfigError, EnvSource, Environment, Process};
 
 pub use self::audit_db::{audit_retain, audit_verify, db_migrate, serve, EXIT_TAMPERED};
 pub use self::config::config_check;
+pub use self::config_changes::{config_change, config_init, EXIT_APPLY_FAILED};
 pub use self::data::synth;
 pub use self::models::{models_inspect, models_keygen, models_sign, models_verify};
 pub use self::ops::{ops_set_mode, EXIT_CONFLICT, EXIT_NOT_AUDITED, EXIT_SECOND_FACTOR};
@@ -41,7 +43,15 @@ pub fn load_config(
     process: Process,
 ) -> Result<AppConfig, ConfigError> {
     let env: Environment = env.parse()?;
-    mlcore_config::load_for(config_dir, env, vars, process)
+    // A deployed copy of the configuration (config change requests write
+    // one) resolves relative paths against the checkout it belongs to.
+    match vars.var("MLCORE_PROJECT_ROOT") {
+        Some(root) => {
+            let tree = mlcore_config::ConfigTree::read(config_dir)?;
+            mlcore_config::load_tree(&tree, config_dir, Path::new(&root), env, vars, process)
+        }
+        None => mlcore_config::load_for(config_dir, env, vars, process),
+    }
 }
 
 pub use crate::services::now_ms;

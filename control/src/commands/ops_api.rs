@@ -22,6 +22,22 @@ pub fn ops_api(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<i32> {
+    let (status, text) = request(&call, vars)?;
+    let pretty = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(text);
+    if status.is_success() {
+        writeln!(out, "{pretty}")?;
+        Ok(0)
+    } else {
+        writeln!(err, "HTTP {status}\n{pretty}")?;
+        Ok(EXIT_API_REFUSED)
+    }
+}
+
+/// Runs `call` with the token from `$MLCORE_TOKEN`: the status and body.
+pub fn request(call: &ApiCall<'_>, vars: &dyn EnvSource) -> anyhow::Result<(reqwest::StatusCode, String)> {
     let token = vars
         .var("MLCORE_TOKEN")
         .context("set MLCORE_TOKEN to your bearer token")?;
@@ -29,7 +45,7 @@ pub fn ops_api(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (status, text) = rt.block_on(async {
+    rt.block_on(async {
         let mut client = reqwest::Client::builder();
         if let Some(ca) = vars.var("MLCORE_CA_FILE") {
             let pem = std::fs::read(&ca).with_context(|| format!("reading MLCORE_CA_FILE {ca}"))?;
@@ -40,6 +56,7 @@ pub fn ops_api(
         let client = client.build()?;
         let req = match call.method {
             "GET" => client.get(&url),
+            "PATCH" => client.patch(&url),
             _ => client.post(&url),
         };
         let mut req = req.bearer_auth(token);
@@ -53,16 +70,5 @@ pub fn ops_api(
         let resp = req.send().await.with_context(|| format!("calling {url}"))?;
         let status = resp.status();
         Ok::<_, anyhow::Error>((status, resp.text().await?))
-    })?;
-    let pretty = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or(text);
-    if status.is_success() {
-        writeln!(out, "{pretty}")?;
-        Ok(0)
-    } else {
-        writeln!(err, "HTTP {status}\n{pretty}")?;
-        Ok(EXIT_API_REFUSED)
-    }
+    })
 }

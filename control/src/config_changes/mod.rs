@@ -1,0 +1,1419 @@
+//! Config change requests: the configuration changes through review, not
+//! by editing files on a host.
+//!
+//! A request is a branch of the config repository ([`store`]) and a row of
+//! `core.config_changes`. It moves `draft → pr_created → approved → merged
+//! → applied`, or ends `rejected`, `cancelled`, `expired` or `failed` (the
+//! daemons refused the applied version, or did not take it in time; the
+//! previous version is then deployed again and committed as a revert).
+//!
+//! - **Submit** validates the merged result for every environment with the
+//!   strict loader (the same `CONFIG_*` codes as `config check`) and scores
+//!   its risk ([`mlcore_config::change::risk`]): low → one approver, high →
+//!   two, and `apply` only inside the change window.
+//! - The author never approves; an edit after submission revokes every
+//!   approval (they approved another revision).
+//! - **Apply** deploys the merged tree ([`deploy`]) and waits for every
+//!   running daemon to report the version in its heartbeat.
+//! - **Rollback** of an applied request is a request of its own, prefilled
+//!   with git's revert of its merge; when that only restores the version
+//!   deployed before it (nothing applied since), it takes the fast path:
+//!   one approver, any time.
+//!
+//! Every state change is a row of `audit.config_changes`, an event of the
+//! hash-chained audit log and a `config_change` event on the events channel.
+
+pub mod deploy;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mlcore_config::change::{self, Change, Proc, RiskLevel};
+use mlcore_config::{ConfigProblem, ConfigTree, MapEnv, Process};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::Row;
+
+pub use self::store::{Store, StoreError};
+use crate::audit::NewEvent;
+use crate::services::Services;
+
+/// Audit record type.
+pub const RECORD: &str = "config_change";
+
+/// Where a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Being written; only its author sees it move.
+    Draft,
+    /// Submitted, valid, waiting for approvals.
+    PrCreated,
+    /// Approved by as many approvers as its risk needs.
+    Approved,
+    /// Merged into the environment's branch; not deployed yet.
+    Merged,
+    /// Deployed, and every running daemon took it.
+    Applied,
+    /// An approver said no.
+    Rejected,
+    /// Withdrawn.
+    Cancelled,
+    /// Not merged within `ttl_h`.
+    Expired,
+    /// Deployed, refused (or not taken in time), reverted.
+    Failed,
+}
+
+impl State {
+    /// Every state.
+    pub const ALL: [Self; 9] = [
+        Self::Draft,
+        Self::PrCreated,
+        Self::Approved,
+        Self::Merged,
+        Self::Applied,
+        Self::Rejected,
+        Self::Cancelled,
+        Self::Expired,
+        Self::Failed,
+    ];
+
+    /// The stored form.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Draft => "draft",
+            Self::PrCreated => "pr_created",
+            Self::Approved => "approved",
+            Self::Merged => "merged",
+            Self::Applied => "applied",
+            Self::Rejected => "rejected",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .unwrap_or(Self::Failed)
+    }
+
+    /// Not merged yet: it can be edited, approved, cancelled, or expire.
+    pub const fn is_open(self) -> bool {
+        matches!(self, Self::Draft | Self::PrCreated | Self::Approved)
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Longest file text an edit carries, in characters.
+pub const CONTENT_MAX: usize = 32_768;
+
+/// One edit: a whole file, one key, or a file removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Edit {
+    /// `base/<file>` or `envs/<env>/<file>`, one of the configuration's files.
+    #[schema(
+        max_length = 64,
+        pattern = "^(base|envs/(dev|stg|prod))/(core_policy|universe|cost_table|redis|database|storage|notifications|metrics|sources|daemon|control|trust)\\.yaml$"
+    )]
+    pub file: String,
+    /// The file's new text, whole (newlines and tabs, no other control
+    /// characters).
+    #[schema(
+        max_length = 32768,
+        pattern = "^[^\\x00-\\x08\\x0B\\x0C\\x0E-\\x1F\\x7F-\\x9F]*$"
+    )]
+    pub content: Option<String>,
+    /// A dotted key path to set (`theta.per_strategy.fx_g10.theta1`); the
+    /// line changes, comments stay.
+    #[schema(max_length = 256, pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$")]
+    pub key: Option<String>,
+    /// The key's new value as one line of YAML (`0.6`, `[1, 2]`, `"text"`).
+    #[schema(max_length = 4096, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
+    pub value: Option<String>,
+    /// Remove the file (an environment override).
+    #[serde(default)]
+    pub delete: bool,
+}
+
+/// An approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Approval {
+    /// Approver.
+    pub by: String,
+    /// When, ms since the epoch.
+    pub at_ms: u64,
+}
+
+/// A change request.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ChangeRequest {
+    /// `cr-<n>`.
+    pub id: String,
+    /// What it does, in a line.
+    pub title: String,
+    /// `change`, or `rollback` of another request.
+    pub kind: String,
+    /// The request a rollback reverts.
+    pub rollback_of: Option<String>,
+    /// Who proposed it.
+    pub author: String,
+    /// Where it is.
+    pub state: State,
+    /// Its branch in the config repository.
+    pub branch: String,
+    /// The environment branch's head it started from.
+    pub base_commit: String,
+    /// Its branch's head: the revision approvals approve.
+    pub head_commit: String,
+    /// The merge commit, once merged (the version `apply` deploys).
+    pub merged_commit: Option<String>,
+    /// The version deployed when it was applied (what a failure restores).
+    pub deployed_before: Option<String>,
+    /// `low` or `high`, set at submit.
+    #[schema(value_type = String, example = "low")]
+    pub risk: RiskLevel,
+    /// Why high.
+    pub risk_reasons: Vec<String>,
+    /// Approvals it needs.
+    pub required_approvals: u32,
+    /// A rollback that only restores the previously deployed version.
+    pub fast_path: bool,
+    /// Approvals of its current revision.
+    pub approvals: Vec<Approval>,
+    /// Created, ms since the epoch.
+    pub created_at_ms: u64,
+    /// Last changed.
+    pub updated_at_ms: u64,
+    /// When it expires unless merged.
+    pub expires_at_ms: u64,
+    /// What happened at the end (a failure's reason, a rejection's).
+    pub result: Option<String>,
+}
+
+/// A request's diff: every changed key per environment, risk, restarts.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Preview {
+    /// The request.
+    pub id: String,
+    /// Against the environment branch's head now (or, once merged, the
+    /// merge's first parent).
+    pub against: String,
+    /// Every changed key, each with its old and new value (secrets
+    /// redacted) and who takes it how.
+    #[schema(value_type = Vec<Object>)]
+    pub changes: Vec<Change>,
+    /// The risk of this diff.
+    #[schema(value_type = String, example = "high")]
+    pub risk: RiskLevel,
+    /// Why high.
+    pub risk_reasons: Vec<String>,
+    /// Processes that must restart to take all of it (`daemon`, `control`).
+    pub restart: Vec<String>,
+    /// Processes that take it while running.
+    pub live: Vec<String>,
+}
+
+/// Which daemon runs which version.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Status {
+    /// The environment branch's head.
+    pub branch_head: Option<String>,
+    /// What `deploy_dir` holds (`DEPLOYED.json`), if anything.
+    pub deployed: Option<String>,
+    /// The request that deployed it.
+    pub deployed_by: Option<String>,
+    /// Each daemon with a heartbeat.
+    pub daemons: Vec<DaemonConfig>,
+}
+
+/// One daemon's configuration, from its heartbeat.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DaemonConfig {
+    /// Instance id.
+    pub instance: String,
+    /// The version it decides with.
+    pub version: String,
+    /// Since when.
+    pub since_ms: u64,
+    /// Keys waiting for its restart.
+    pub restart_required: Vec<String>,
+    /// The last version it refused, and why.
+    pub refused: Option<String>,
+    /// Its heartbeat's age in ms.
+    pub heartbeat_age_ms: u64,
+}
+
+/// Why a request cannot do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigChangeError {
+    /// No such request.
+    #[error("no config change request `{0}`")]
+    NotFound(String),
+    /// Not in a state that allows this.
+    #[error("{id} is {state}; {action} needs it {needed}")]
+    WrongState {
+        /// Request.
+        id: String,
+        /// Its state.
+        state: State,
+        /// What was asked.
+        action: &'static str,
+        /// The states that allow it.
+        needed: &'static str,
+    },
+    /// Only the author may do this.
+    #[error("only {author}, who proposed {id}, may {action} it")]
+    NotAuthor {
+        /// Request.
+        id: String,
+        /// Its author.
+        author: String,
+        /// What was asked.
+        action: &'static str,
+    },
+    /// The author tried to approve.
+    #[error("the author of a change cannot approve it")]
+    SelfApproval,
+    /// Approved by this approver already.
+    #[error("{0} approved this revision already")]
+    AlreadyApproved(String),
+    /// An edit is malformed.
+    #[error("edit of `{file}`: {why}")]
+    Edit {
+        /// The file.
+        file: String,
+        /// Why.
+        why: String,
+    },
+    /// The edits change nothing.
+    #[error("the request changes nothing")]
+    NoChange,
+    /// The merged configuration fails the loader's checks.
+    #[error("the configuration would be refused ({} problem(s)): {}", .0.len(), .0.first().map(ToString::to_string).unwrap_or_default())]
+    Invalid(Vec<ConfigProblem>),
+    /// A high-risk change outside the change window.
+    #[error("{id} is high risk and the change window ({window}) is closed now")]
+    WindowClosed {
+        /// Request.
+        id: String,
+        /// The window, as configured.
+        window: String,
+    },
+    /// Another merged request waits to be applied.
+    #[error("{0} is merged and not applied yet: apply it (or let it fail) first")]
+    ApplyPending(String),
+    /// The request was merged over a moved branch and its risk rose.
+    #[error(
+        "{id}'s risk is now {now} on the current configuration (it was approved as {was}); submit it again"
+    )]
+    RiskChanged {
+        /// Request.
+        id: String,
+        /// At submit.
+        was: RiskLevel,
+        /// Now.
+        now: RiskLevel,
+    },
+    /// Someone else changed the request meanwhile.
+    #[error("{0} changed meanwhile; read it again")]
+    Concurrent(String),
+    /// Only applied requests are rolled back.
+    #[error("{id} is {state}; only an applied change is rolled back")]
+    NotApplied {
+        /// Request.
+        id: String,
+        /// Its state.
+        state: State,
+    },
+    /// The config repository.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Writing the deployed folder.
+    #[error("deploying into {dir}: {source}")]
+    Deploy {
+        /// The folder.
+        dir: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// PostgreSQL.
+    #[error("config change database while {during}: {source}")]
+    Db {
+        /// What was being done.
+        during: &'static str,
+        /// The error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The audit log.
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+    /// A blocking task died.
+    #[error("a background task failed: {0}")]
+    Task(String),
+}
+
+impl ConfigChangeError {
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "CONFIG_CHANGE_NOT_FOUND",
+            Self::WrongState { .. } => "CONFIG_CHANGE_STATE",
+            Self::NotAuthor { .. } => "CONFIG_CHANGE_NOT_AUTHOR",
+            Self::SelfApproval => "CONFIG_CHANGE_SELF_APPROVAL",
+            Self::AlreadyApproved(_) => "CONFIG_CHANGE_ALREADY_APPROVED",
+            Self::Edit { .. } => "CONFIG_CHANGE_EDIT_INVALID",
+            Self::NoChange => "CONFIG_CHANGE_EMPTY",
+            Self::Invalid(_) => "CONFIG_CHANGE_INVALID",
+            Self::WindowClosed { .. } => "CONFIG_CHANGE_WINDOW_CLOSED",
+            Self::ApplyPending(_) => "CONFIG_CHANGE_APPLY_PENDING",
+            Self::RiskChanged { .. } => "CONFIG_CHANGE_RISK_CHANGED",
+            Self::Concurrent(_) => "CONFIG_CHANGE_CONCURRENT",
+            Self::NotApplied { .. } => "CONFIG_CHANGE_NOT_APPLIED",
+            Self::Store(StoreError::Conflict(_)) => "CONFIG_CHANGE_CONFLICT",
+            Self::Store(StoreError::Seed { .. }) => "CONFIG_CHANGE_UNINITIALISED",
+            Self::Store(_) | Self::Deploy { .. } | Self::Db { .. } | Self::Audit(_) | Self::Task(_) => {
+                "CONFIG_CHANGE_INTERNAL"
+            }
+        }
+    }
+}
+
+fn db(during: &'static str) -> impl Fn(sqlx::Error) -> ConfigChangeError {
+    move |source| ConfigChangeError::Db { during, source }
+}
+
+type Result<T, E = ConfigChangeError> = std::result::Result<T, E>;
+
+fn store(svc: &Services) -> Store {
+    let c = &svc.config.control.config_changes;
+    Store::new(&c.repository, &c.branch)
+}
+
+/// Runs git work on a blocking thread.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ConfigChangeError::Task(e.to_string()))?
+}
+
+/// Creates the repository from the deployed folder when it does not exist
+/// (and gives the folder a deployment record of that first commit).
+pub async fn ensure_repository(svc: &Services) -> Result<String> {
+    let c = svc.config.control.config_changes.clone();
+    let now = svc.now_ms();
+    blocking(move || {
+        let s = Store::new(&c.repository, &c.branch);
+        s.open_or_seed(&c.deploy_dir)?;
+        let head = s.head()?;
+        if deploy::read(&c.deploy_dir).is_none() {
+            let tree = s.tree_at(&head)?;
+            deploy::write(&c.deploy_dir, &tree, &head, "init", now).map_err(|source| {
+                ConfigChangeError::Deploy {
+                    dir: c.deploy_dir.clone(),
+                    source,
+                }
+            })?;
+        }
+        Ok(head)
+    })
+    .await
+}
+
+/// Applies edits to a tree.
+pub fn apply_edits(tree: &mut ConfigTree, edits: &[Edit]) -> Result<()> {
+    for e in edits {
+        let bad = |why: String| ConfigChangeError::Edit {
+            file: e.file.clone(),
+            why,
+        };
+        ConfigTree::check_path(&e.file).map_err(|x| bad(x.to_string()))?;
+        let name = e.file.rsplit('/').next().unwrap_or_default();
+        if !mlcore_config::FILES.contains(&name) {
+            return Err(bad(format!(
+                "not a configuration file (one of: {})",
+                mlcore_config::FILES.join(", ")
+            )));
+        }
+        match (&e.content, &e.key, &e.value, e.delete) {
+            (Some(text), None, None, false) => {
+                serde_norway::from_str::<serde_norway::Value>(text)
+                    .map_err(|x| bad(format!("not YAML: {x}")))?;
+                tree.insert(&e.file, text.clone())
+                    .map_err(|x| bad(x.to_string()))?;
+            }
+            (None, Some(key), Some(value), false) => {
+                let text = tree.get(&e.file).unwrap_or("");
+                let new = mlcore_config::edit::set(text, key, value).map_err(|x| bad(x.to_string()))?;
+                tree.insert(&e.file, new).map_err(|x| bad(x.to_string()))?;
+            }
+            (None, None, None, true) => {
+                if e.file.starts_with("base/") {
+                    return Err(bad("a base file cannot be removed".into()));
+                }
+                if tree.remove(&e.file).is_none() {
+                    return Err(bad("no such file".into()));
+                }
+            }
+            _ => {
+                return Err(bad(
+                    "give `content`, or `key` and `value`, or `delete: true`".into()
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks a tree for every environment it defines, as the processes will
+/// load it (secrets are the processes' own: their presence is checked by
+/// each process when it takes the version, not here).
+pub fn validate(tree: &ConfigTree, project_root: &Path) -> Result<()> {
+    let mut problems = Vec::new();
+    for env in change::environments(tree) {
+        if let Err(e) = mlcore_config::load_tree(
+            tree,
+            Path::new("configs"),
+            project_root,
+            env,
+            &MapEnv::new(),
+            Process::Offline,
+        ) {
+            problems.extend(e.problems);
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigChangeError::Invalid(problems))
+    }
+}
+
+/// Every change between two trees, over every environment of either.
+pub fn diff_trees(old: &ConfigTree, new: &ConfigTree) -> Vec<Change> {
+    let mut envs = change::environments(old);
+    for e in change::environments(new) {
+        if !envs.contains(&e) {
+            envs.push(e);
+        }
+    }
+    envs.into_iter()
+        .flat_map(|env| change::diff(old, new, env))
+        .collect()
+}
+
+fn preview_of(id: &str, against: String, old: &ConfigTree, new: &ConfigTree) -> Preview {
+    let changes = diff_trees(old, new);
+    let risk = change::risk(old, &changes);
+    let procs = |apply: change::Apply| {
+        let mut v: Vec<String> = changes
+            .iter()
+            .flat_map(|c| c.effects.iter())
+            .filter(|e| e.apply == apply)
+            .map(|e| match e.process {
+                Proc::Daemon => "daemon".to_owned(),
+                Proc::Control => "control".to_owned(),
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    Preview {
+        id: id.to_owned(),
+        against,
+        restart: procs(change::Apply::Restart),
+        live: procs(change::Apply::Live),
+        changes,
+        risk: risk.level,
+        risk_reasons: risk.reasons,
+    }
+}
+
+fn project_root(svc: &Services) -> PathBuf {
+    let d = &svc.config.control.config_changes.deploy_dir;
+    d.parent().map_or_else(|| d.clone(), Path::to_path_buf)
+}
+
+fn from_row(r: &sqlx::postgres::PgRow, approvals: Vec<Approval>) -> ChangeRequest {
+    let risk: String = r.get("risk");
+    ChangeRequest {
+        id: r.get("id"),
+        title: r.get("title"),
+        kind: r.get("kind"),
+        rollback_of: r.get("rollback_of"),
+        author: r.get("author"),
+        state: State::parse(r.get::<String, _>("state").as_str()),
+        branch: r.get("branch"),
+        base_commit: r.get("base_commit"),
+        head_commit: r.get("head_commit"),
+        merged_commit: r.get("merged_commit"),
+        deployed_before: r.get("deployed_before"),
+        risk: if risk == "high" {
+            RiskLevel::High
+        } else {
+            RiskLevel::Low
+        },
+        risk_reasons: serde_json::from_value(r.get("risk_reasons")).unwrap_or_default(),
+        required_approvals: r.get::<i32, _>("required_approvals").max(0) as u32,
+        fast_path: r.get("fast_path"),
+        approvals,
+        created_at_ms: r.get::<i64, _>("created_at_ms").max(0) as u64,
+        updated_at_ms: r.get::<i64, _>("updated_at_ms").max(0) as u64,
+        expires_at_ms: r.get::<i64, _>("expires_at_ms").max(0) as u64,
+        result: r.get("result"),
+    }
+}
+
+/// Moves open requests past their expiry to `expired` (recorded).
+pub async fn expire_due(svc: &Services) -> Result<Vec<String>> {
+    let rows = sqlx::query(
+        "UPDATE core.config_changes SET state = 'expired', updated_at_ms = $1, result = 'not merged before it expired'
+         WHERE state IN ('draft', 'pr_created', 'approved') AND expires_at_ms <= $1 RETURNING id, state",
+    )
+    .bind(svc.now_ms() as i64)
+    .fetch_all(&svc.pool)
+    .await
+    .map_err(db("expiring requests"))?;
+    let mut ids = Vec::new();
+    for r in rows {
+        let id: String = r.get("id");
+        history(
+            svc,
+            &id,
+            None,
+            State::Expired,
+            "system",
+            None,
+            json!({"reason": "expired"}),
+        )
+        .await?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// A request.
+pub async fn get(svc: &Services, id: &str) -> Result<ChangeRequest> {
+    expire_due(svc).await?;
+    load(svc, id).await
+}
+
+async fn load(svc: &Services, id: &str) -> Result<ChangeRequest> {
+    let row = sqlx::query("SELECT * FROM core.config_changes WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&svc.pool)
+        .await
+        .map_err(db("reading a request"))?
+        .ok_or_else(|| ConfigChangeError::NotFound(id.to_owned()))?;
+    let approvals = sqlx::query(
+        "SELECT approver, at_ms FROM core.config_change_approvals WHERE change_id = $1 ORDER BY at_ms, approver",
+    )
+    .bind(id)
+    .fetch_all(&svc.pool)
+    .await
+    .map_err(db("reading approvals"))?
+    .iter()
+    .map(|r| Approval {
+        by: r.get("approver"),
+        at_ms: r.get::<i64, _>("at_ms").max(0) as u64,
+    })
+    .collect();
+    Ok(from_row(&row, approvals))
+}
+
+/// Every request, newest first (`state` filters).
+pub async fn list(svc: &Services, state: Option<State>) -> Result<Vec<ChangeRequest>> {
+    expire_due(svc).await?;
+    let rows = sqlx::query(
+        "SELECT id FROM core.config_changes WHERE ($1::text IS NULL OR state = $1) ORDER BY created_at_ms DESC, id DESC LIMIT 500",
+    )
+    .bind(state.map(State::as_str))
+    .fetch_all(&svc.pool)
+    .await
+    .map_err(db("listing requests"))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push(load(svc, r.get::<String, _>("id").as_str()).await?);
+    }
+    Ok(out)
+}
+
+/// One history row + the hash-chained audit event + the events channel.
+#[allow(clippy::too_many_arguments)] // one history row's fields
+async fn history(
+    svc: &Services,
+    id: &str,
+    from: Option<State>,
+    to: State,
+    actor: &str,
+    commit: Option<&str>,
+    details: serde_json::Value,
+) -> Result<()> {
+    let now = svc.now_ms();
+    sqlx::query(
+        "INSERT INTO audit.config_changes (change_id, from_state, to_state, actor, at_ms, commit_id, details)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(id)
+    .bind(from.map(State::as_str))
+    .bind(to.as_str())
+    .bind(actor)
+    .bind(now as i64)
+    .bind(commit)
+    .bind(&details)
+    .execute(&svc.pool)
+    .await
+    .map_err(db("recording the history"))?;
+    svc.audit(NewEvent {
+        at_ms: now,
+        record_type: RECORD.into(),
+        critical: true,
+        actor: actor.into(),
+        action: to.as_str().into(),
+        scope: "global".into(),
+        before: from.map_or(serde_json::Value::Null, |s| json!({"state": s})),
+        after: json!({"state": to, "commit": commit, "details": details}),
+        result: "ok".into(),
+        request_id: id.into(),
+    })
+    .await?;
+    let event = json!({"type": "config_change", "id": id, "state": to, "from": from, "actor": actor, "commit": commit, "at_ms": now});
+    if let Err(e) = svc.redis.publish_event(&event).await {
+        tracing::warn!(error = %e, id, state = %to, "config change event not published");
+    }
+    Ok(())
+}
+
+/// Writes the mutable columns of `cr` if nobody changed the row since
+/// `seen_updated` (optimistic: two approvers at once, an edit during a
+/// merge).
+async fn save(svc: &Services, cr: &ChangeRequest, seen_state: State, seen_updated: u64) -> Result<()> {
+    let n = sqlx::query(
+        "UPDATE core.config_changes SET state = $2, head_commit = $3, merged_commit = $4, deployed_before = $5,
+           risk = $6, risk_reasons = $7, required_approvals = $8, fast_path = $9, updated_at_ms = $10, result = $11,
+           base_commit = $12
+         WHERE id = $1 AND state = $13 AND updated_at_ms = $14",
+    )
+    .bind(&cr.id)
+    .bind(cr.state.as_str())
+    .bind(&cr.head_commit)
+    .bind(&cr.merged_commit)
+    .bind(&cr.deployed_before)
+    .bind(cr.risk.to_string())
+    .bind(json!(cr.risk_reasons))
+    .bind(cr.required_approvals as i32)
+    .bind(cr.fast_path)
+    .bind(cr.updated_at_ms as i64)
+    .bind(&cr.result)
+    .bind(&cr.base_commit)
+    .bind(seen_state.as_str())
+    .bind(seen_updated as i64)
+    .execute(&svc.pool)
+    .await
+    .map_err(db("saving a request"))?
+    .rows_affected();
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(ConfigChangeError::Concurrent(cr.id.clone()))
+    }
+}
+
+fn need(cr: &ChangeRequest, ok: &[State], action: &'static str, needed: &'static str) -> Result<()> {
+    if ok.contains(&cr.state) {
+        Ok(())
+    } else {
+        Err(ConfigChangeError::WrongState {
+            id: cr.id.clone(),
+            state: cr.state,
+            action,
+            needed,
+        })
+    }
+}
+
+/// Proposes a change: a branch from the environment's head with the edits
+/// committed, in `draft`.
+pub async fn create(svc: &Services, actor: &str, title: &str, edits: Vec<Edit>) -> Result<ChangeRequest> {
+    let head = ensure_repository(svc).await?;
+    let n: i64 = sqlx::query_scalar("SELECT nextval('core.config_change_ids')")
+        .fetch_one(&svc.pool)
+        .await
+        .map_err(db("numbering a request"))?;
+    let id = format!("cr-{n}");
+    let branch = format!("cr/{id}");
+    let s = store(svc);
+    let (b, a, t, h) = (
+        branch.clone(),
+        actor.to_owned(),
+        format!("{id}: {title}"),
+        head.clone(),
+    );
+    let head_commit = blocking(move || {
+        let mut tree = s.tree_at(&h)?;
+        let before = tree.clone();
+        apply_edits(&mut tree, &edits)?;
+        if tree == before && !edits.is_empty() {
+            return Err(ConfigChangeError::NoChange);
+        }
+        Ok(s.create_branch(&b, &h, &tree, &a, &t)?)
+    })
+    .await?;
+    let now = svc.now_ms();
+    let ttl = svc.config.control.config_changes.ttl_h.saturating_mul(3_600_000);
+    sqlx::query(
+        "INSERT INTO core.config_changes (id, title, kind, rollback_of, author, state, branch, base_commit, head_commit,
+           risk, risk_reasons, required_approvals, fast_path, created_at_ms, updated_at_ms, expires_at_ms)
+         VALUES ($1, $2, 'change', NULL, $3, 'draft', $4, $5, $6, 'low', '[]', 1, false, $7, $7, $8)",
+    )
+    .bind(&id)
+    .bind(title)
+    .bind(actor)
+    .bind(&branch)
+    .bind(&head)
+    .bind(&head_commit)
+    .bind(now as i64)
+    .bind(now.saturating_add(ttl) as i64)
+    .execute(&svc.pool)
+    .await
+    .map_err(db("storing a request"))?;
+    history(
+        svc,
+        &id,
+        None,
+        State::Draft,
+        actor,
+        Some(&head_commit),
+        json!({"title": title}),
+    )
+    .await?;
+    load(svc, &id).await
+}
+
+/// Edits an open request (its author only): a new commit on its branch. A
+/// submitted request is validated again and loses every approval.
+pub async fn edit(svc: &Services, actor: &str, id: &str, edits: Vec<Edit>) -> Result<ChangeRequest> {
+    let cr = get(svc, id).await?;
+    need(
+        &cr,
+        &[State::Draft, State::PrCreated, State::Approved],
+        "edit",
+        "draft, pr_created or approved",
+    )?;
+    if cr.author != actor {
+        return Err(ConfigChangeError::NotAuthor {
+            id: id.to_owned(),
+            author: cr.author,
+            action: "edit",
+        });
+    }
+    let s = store(svc);
+    let root = project_root(svc);
+    let (branch, head, submitted) = (
+        cr.branch.clone(),
+        cr.head_commit.clone(),
+        cr.state != State::Draft,
+    );
+    let (a, msg) = (actor.to_owned(), format!("{id}: edit"));
+    let (new_head, risk) = blocking(move || {
+        let mut tree = s.tree_at(&head)?;
+        let before = tree.clone();
+        apply_edits(&mut tree, &edits)?;
+        if tree == before {
+            return Err(ConfigChangeError::NoChange);
+        }
+        let new_head = s.commit(&branch, &tree, &a, &msg)?;
+        let risk = if submitted {
+            Some(score(&s, &new_head, &root)?)
+        } else {
+            None
+        };
+        Ok((new_head, risk))
+    })
+    .await?;
+    let mut next = ChangeRequest {
+        head_commit: new_head.clone(),
+        updated_at_ms: svc.now_ms().max(cr.updated_at_ms + 1),
+        ..cr.clone()
+    };
+    let revoked = cr.approvals.iter().map(|a| a.by.clone()).collect::<Vec<_>>();
+    if let Some((risk, reasons, required)) = risk {
+        next.state = State::PrCreated;
+        next.risk = risk;
+        next.risk_reasons = reasons;
+        next.required_approvals = required;
+    }
+    save(svc, &next, cr.state, cr.updated_at_ms).await?;
+    sqlx::query("DELETE FROM core.config_change_approvals WHERE change_id = $1")
+        .bind(id)
+        .execute(&svc.pool)
+        .await
+        .map_err(db("revoking approvals"))?;
+    history(
+        svc,
+        id,
+        Some(cr.state),
+        next.state,
+        actor,
+        Some(&new_head),
+        json!({"edit": true, "approvals_revoked": revoked}),
+    )
+    .await?;
+    load(svc, id).await
+}
+
+/// Validates the merged result of `head` and scores it: (risk, reasons,
+/// approvals needed).
+fn score(s: &Store, head: &str, root: &Path) -> Result<(RiskLevel, Vec<String>, u32)> {
+    let merged = s.merged_tree(head)?;
+    validate(&merged, root)?;
+    let current = s.tree_at(&s.head()?)?;
+    let changes = diff_trees(&current, &merged);
+    if changes.is_empty() {
+        return Err(ConfigChangeError::NoChange);
+    }
+    let risk = change::risk(&current, &changes);
+    let required = if risk.level == RiskLevel::High { 2 } else { 1 };
+    Ok((risk.level, risk.reasons, required))
+}
+
+/// Submits a draft (its author): validated for every environment, scored,
+/// `pr_created`.
+pub async fn submit(svc: &Services, actor: &str, id: &str) -> Result<ChangeRequest> {
+    let cr = get(svc, id).await?;
+    need(&cr, &[State::Draft], "submit", "draft")?;
+    if cr.author != actor {
+        return Err(ConfigChangeError::NotAuthor {
+            id: id.to_owned(),
+            author: cr.author,
+            action: "submit",
+        });
+    }
+    let (s, root, head) = (store(svc), project_root(svc), cr.head_commit.clone());
+    let (risk, reasons, required) = blocking(move || score(&s, &head, &root)).await?;
+    let fast = cr.kind == "rollback" && cr.fast_path;
+    let next = ChangeRequest {
+        state: State::PrCreated,
+        risk,
+        risk_reasons: reasons.clone(),
+        // The fast path: one approver for a plain restore.
+        required_approvals: if fast { 1 } else { required },
+        updated_at_ms: svc.now_ms().max(cr.updated_at_ms + 1),
+        ..cr.clone()
+    };
+    save(svc, &next, cr.state, cr.updated_at_ms).await?;
+    history(
+        svc,
+        id,
+        Some(cr.state),
+        State::PrCreated,
+        actor,
+        Some(&cr.head_commit),
+        json!({"risk": risk, "reasons": reasons, "required_approvals": next.required_approvals, "fast_path": fast}),
+    )
+    .await?;
+    load(svc, id).await
+}
+
+/// An approver's approval (never the author's). Enough of them make the
+/// request `approved`.
+pub async fn approve(svc: &Services, actor: &str, id: &str) -> Result<ChangeRequest> {
+    let cr = get(svc, id).await?;
+    need(&cr, &[State::PrCreated, State::Approved], "approve", "pr_created")?;
+    if cr.author == actor {
+        return Err(ConfigChangeError::SelfApproval);
+    }
+    if cr.approvals.iter().any(|a| a.by == actor) {
+        return Err(ConfigChangeError::AlreadyApproved(actor.to_owned()));
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO core.config_change_approvals (change_id, approver, head_commit, at_ms)
+         SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM core.config_changes WHERE id = $1 AND head_commit = $3
+           AND state IN ('pr_created', 'approved'))
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(actor)
+    .bind(&cr.head_commit)
+    .bind(svc.now_ms() as i64)
+    .execute(&svc.pool)
+    .await
+    .map_err(db("recording an approval"))?
+    .rows_affected();
+    if inserted == 0 {
+        return Err(ConfigChangeError::Concurrent(id.to_owned()));
+    }
+    let count = cr.approvals.len() as u32 + 1;
+    let to = if count >= cr.required_approvals {
+        State::Approved
+    } else {
+        State::PrCreated
+    };
+    if to != cr.state {
+        let next = ChangeRequest {
+            state: to,
+            updated_at_ms: svc.now_ms().max(cr.updated_at_ms + 1),
+            ..cr.clone()
+        };
+        save(svc, &next, cr.state, cr.updated_at_ms).await?;
+    }
+    history(
+        svc,
+        id,
+        Some(cr.state),
+        to,
+        actor,
+        Some(&cr.head_commit),
+        json!({"approval": count, "of": cr.required_approvals}),
+    )
+    .await?;
+    load(svc, id).await
+}
+
+/// An approver's rejection: the request ends `rejected`.
+pub async fn reject(svc: &Services, actor: &str, id: &str, reason: &str) -> Result<ChangeRequest> {
+    finish_open(svc, actor, id, State::Rejected, reason, "reject", false).await
+}
+
+/// The author (or an admin, `any_actor`) withdraws the request.
+pub async fn cancel(
+    svc: &Services,
+    actor: &str,
+    id: &str,
+    reason: &str,
+    any_actor: bool,
+) -> Result<ChangeRequest> {
+    finish_open(svc, actor, id, State::Cancelled, reason, "cancel", !any_actor).await
+}
+
+async fn finish_open(
+    svc: &Services,
+    actor: &str,
+    id: &str,
+    to: State,
+    reason: &str,
+    action: &'static str,
+    author_only: bool,
+) -> Result<ChangeRequest> {
+    let cr = get(svc, id).await?;
+    let allowed: &[State] = if to == State::Rejected {
+        &[State::PrCreated, State::Approved]
+    } else {
+        &[State::Draft, State::PrCreated, State::Approved, State::Merged]
+    };
+    need(
+        &cr,
+        allowed,
+        action,
+        if to == State::Rejected {
+            "pr_created or approved"
+        } else {
+            "not applied nor closed"
+        },
+    )?;
+    if to == State::Rejected && cr.author == actor {
+        return Err(ConfigChangeError::SelfApproval);
+    }
+    if author_only && cr.author != actor {
+        return Err(ConfigChangeError::NotAuthor {
+            id: id.to_owned(),
+            author: cr.author,
+            action,
+        });
+    }
+    // A merged request never deployed (its window stayed closed): the
+    // branch gets its revert, so it says again what is deployed.
+    let mut revert = None;
+    if let (State::Merged, Some(m)) = (cr.state, cr.merged_commit.clone()) {
+        let (s, a, msg) = (
+            store(svc),
+            actor.to_owned(),
+            format!("Revert {id}: cancelled before it was applied"),
+        );
+        revert = Some(
+            blocking(move || {
+                let tree = s.reverted_tree(&m)?;
+                Ok(s.commit_on_branch(&tree, &a, &msg)?)
+            })
+            .await?,
+        );
+    }
+    let next = ChangeRequest {
+        state: to,
+        result: Some(format!("{action}ed by {actor}: {reason}")),
+        updated_at_ms: svc.now_ms().max(cr.updated_at_ms + 1),
+        ..cr.clone()
+    };
+    save(svc, &next, cr.state, cr.updated_at_ms).await?;
+    history(
+        svc,
+        id,
+        Some(cr.state),
+        to,
+        actor,
+        revert.as_deref(),
+        json!({"reason": reason, "branch_reverted": revert}),
+    )
+    .await?;
+    load(svc, id).await
+}
+
+/// Merges an approved request into the environment's branch. Refused while
+/// another merged request waits to be applied, on a conflict, or when the
+/// branch moved and the request's risk rose.
+pub async fn merge(svc: &Services, actor: &str, id: &str) -> Result<ChangeRequest> {
+    let cr = get(svc, id).await?;
+    need(&cr, &[State::Approved], "merge", "approved")?;
+    let pending: Option<String> =
+        sqlx::query_scalar("SELECT id FROM core.config_changes WHERE state = 'merged' AND id <> $1 LIMIT 1")
+            .bind(id)
+            .fetch_optional(&svc.pool)
+            .await
+            .map_err(db("looking for a pending apply"))?;
+    if let Some(other) = pending {
+        return Err(ConfigChangeError::ApplyPending(other));
+    }
+    let (s, root, head) = (store(svc), project_root(svc), cr.head_commit.clone());
+    let (a, msg, was) = (
+        actor.to_owned(),
+        format!("Merge {}: {}", cr.id, cr.title),
+        cr.risk,
+    );
+    let id2 = id.to_owned();
+    let merged = blocking(move || {
+        let (risk, _, _) = score(&s, &head, &root)?;
+        if risk > was {
+            return Err(ConfigChangeError::RiskChanged {
+                id: id2,
+                was,
+                now: risk,
+            });
+        }
+        Ok(s.merge(&head, &a, &msg)?)
+    })
+    .await?;
+    let next = ChangeRequest {
+        state: State::Merged,
+        merged_commit: Some(merged.clone()),
+        updated_at_ms: svc.now_ms().max(cr.updated_at_ms + 1),
+        ..cr.clone()
+    };
+    save(svc, &next, cr.state, cr.updated_at_ms).await?;
+    history(
+        svc,
+        id,
+        Some(cr.state),
+        State::Merged,
+        actor,
+        Some(&merged),
+        json!({}),
+    )
+    .await?;
+    load(svc, id).await
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Applied {
+    /// The request after it.
+    pub request: ChangeRequest,
+    /// What the daemons did with the version.
+    pub daemons: deploy::Taken,
+    /// What the daemons did with the version restored after a failure.
+    pub revert: Option<deploy::Taken>,
+    /// From the start of the deployment to the last daemon taking it, ms.
+    pub apply_ms: u64,
+}
+
+/// Deploys a merged request and waits for the daemons: `applied` when every
+/// running daemon takes it; otherwise the previous version is deployed
+/// again (and committed as a revert) and the request is `failed`.
+pub async fn apply(svc: &Arc<Services>, actor: &str, id: &str) -> Result<Applied> {
+    let cr = get(svc, id).await?;
+    need(&cr, &[State::Merged], "apply", "merged")?;
+    let cfg = svc.config.control.config_changes.clone();
+    let now = svc.now_ms();
+    if cr.risk == RiskLevel::High && !cr.fast_path && !cfg.change_window.is_open(now) {
+        let w = &cfg.change_window;
+        return Err(ConfigChangeError::WindowClosed {
+            id: id.to_owned(),
+            window: format!(
+                "{} {}–{} UTC",
+                w.days
+                    .iter()
+                    .map(|d| format!("{d:?}").to_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                w.start,
+                w.end
+            ),
+        });
+    }
+    let version = cr.merged_commit.clone().unwrap_or_default();
+    let s = store(svc);
+    let dir = cfg.deploy_dir.clone();
+    let (v, cid) = (version.clone(), id.to_owned());
+    let before = deploy::read(&dir).map(|r| r.version);
+    let started = svc.now_ms();
+    let previous_tree = blocking(move || {
+        let previous = ConfigTree::read(&dir).unwrap_or_default();
+        let tree = s.tree_at(&v)?;
+        deploy::write(&dir, &tree, &v, &cid, started).map_err(|source| ConfigChangeError::Deploy {
+            dir: dir.clone(),
+            source,
+        })?;
+        Ok(previous)
+    })
+    .await?;
+    announce(svc, &version, id).await;
+    let taken = deploy::wait_for_daemons(svc, &version, started, cfg.apply_timeout_ms).await;
+    let apply_ms = svc.now_ms().saturating_sub(started);
+    let mut next = ChangeRequest {
+        deployed_before: before.clone(),
+        updated_at_ms: svc.now_ms().max(cr.updated_at_ms + 1),
+        ..cr.clone()
+    };
+    let mut revert = None;
+    if taken.ok() {
+        next.state = State::Applied;
+        next.result = Some(format!(
+            "taken by {} daemon(s){}",
+            taken.took.len(),
+            if taken.restart_required.is_empty() {
+                String::new()
+            } else {
+                format!("; waiting for a restart: {}", taken.restart_required.join(", "))
+            }
+        ));
+    } else {
+        let why = taken
+            .refused
+            .iter()
+            .map(|r| format!("{} refused: {}", r.instance, r.reason))
+            .chain(
+                taken
+                    .silent
+                    .iter()
+                    .map(|d| format!("{d} did not take it within {} ms", cfg.apply_timeout_ms)),
+            )
+            .collect::<Vec<_>>()
+            .join("; ");
+        // Put back what was deployed, and make the branch say so.
+        let (s, dir, a) = (store(svc), cfg.deploy_dir.clone(), actor.to_owned());
+        let msg = format!("Revert {id}: {why}");
+        let now2 = svc.now_ms();
+        let (prev, cid) = (previous_tree, id.to_owned());
+        let restored = blocking(move || {
+            let commit = s.commit_on_branch(&prev, &a, &msg)?;
+            deploy::write(&dir, &prev, &commit, &format!("revert-{cid}"), now2).map_err(|source| {
+                ConfigChangeError::Deploy {
+                    dir: dir.clone(),
+                    source,
+                }
+            })?;
+            Ok(commit)
+        })
+        .await?;
+        announce(svc, &restored, id).await;
+        revert = Some(deploy::wait_for_daemons(svc, &restored, now2, cfg.apply_timeout_ms).await);
+        next.state = State::Failed;
+        next.result = Some(format!("{why}; reverted to {restored}"));
+    }
+    save(svc, &next, cr.state, cr.updated_at_ms).await?;
+    history(
+        svc,
+        id,
+        Some(cr.state),
+        next.state,
+        actor,
+        Some(&version),
+        json!({"daemons": taken, "revert": revert, "deployed_before": before, "apply_ms": apply_ms}),
+    )
+    .await?;
+    if next.state == State::Failed {
+        svc.alerts.raise(crate::alerts::Alert {
+            severity: mlcore_config::Severity::Warning,
+            kind: "config_apply_failed".into(),
+            scope: id.to_owned(),
+            summary: format!(
+                "config change {id} failed and was reverted: {}",
+                next.result.clone().unwrap_or_default()
+            ),
+            details: json!({"id": id, "version": version}),
+            resolve: false,
+        });
+    }
+    Ok(Applied {
+        request: load(svc, id).await?,
+        daemons: taken,
+        revert,
+        apply_ms,
+    })
+}
+
+async fn announce(svc: &Services, version: &str, id: &str) {
+    let event = json!({"type": "config_applied", "version": version, "id": id, "at_ms": svc.now_ms()});
+    if let Err(e) = svc.redis.publish_event(&event).await {
+        // Daemons also look at the folder every second.
+        tracing::warn!(error = %e, id, "config_applied event not published");
+    }
+}
+
+/// Proposes the rollback of an applied request: git's revert of its merge
+/// on the current branch, submitted. When that only restores the version
+/// deployed before it, the fast path applies (one approver, any time).
+pub async fn rollback(svc: &Services, actor: &str, id: &str) -> Result<ChangeRequest> {
+    let target = get(svc, id).await?;
+    if target.state != State::Applied {
+        return Err(ConfigChangeError::NotApplied {
+            id: id.to_owned(),
+            state: target.state,
+        });
+    }
+    let head = ensure_repository(svc).await?;
+    let merged = target.merged_commit.clone().unwrap_or_default();
+    let deploy_dir = svc.config.control.config_changes.deploy_dir.clone();
+    let before = target.deployed_before.clone();
+    let s = store(svc);
+    let m2 = merged.clone();
+    let (tree, fast) = blocking(move || {
+        let tree = s.reverted_tree(&m2)?;
+        // Fast only when what is deployed is still what the request
+        // deployed (nothing applied since, a failed apply's revert aside)
+        // and the revert gives back exactly what was deployed before it.
+        let deployed = ConfigTree::read(&deploy_dir).map_err(|e| ConfigChangeError::Deploy {
+            dir: deploy_dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let unchanged_since = s.tree_at(&m2)? == deployed;
+        let restores = match &before {
+            Some(b) => s.tree_at(b).map(|t| t == tree).unwrap_or(false),
+            None => false,
+        };
+        Ok((tree, unchanged_since && restores))
+    })
+    .await?;
+    let n: i64 = sqlx::query_scalar("SELECT nextval('core.config_change_ids')")
+        .fetch_one(&svc.pool)
+        .await
+        .map_err(db("numbering a request"))?;
+    let rid = format!("cr-{n}");
+    let branch = format!("cr/{rid}");
+    let title = format!("Roll back {id}: {}", target.title);
+    let (s, b, a, h, msg) = (
+        store(svc),
+        branch.clone(),
+        actor.to_owned(),
+        head.clone(),
+        format!("{rid}: {title}"),
+    );
+    let head_commit = blocking(move || Ok(s.create_branch(&b, &h, &tree, &a, &msg)?)).await?;
+    let now = svc.now_ms();
+    let ttl = svc.config.control.config_changes.ttl_h.saturating_mul(3_600_000);
+    sqlx::query(
+        "INSERT INTO core.config_changes (id, title, kind, rollback_of, author, state, branch, base_commit, head_commit,
+           risk, risk_reasons, required_approvals, fast_path, created_at_ms, updated_at_ms, expires_at_ms)
+         VALUES ($1, $2, 'rollback', $3, $4, 'draft', $5, $6, $7, 'low', '[]', 1, $8, $9, $9, $10)",
+    )
+    .bind(&rid)
+    .bind(&title)
+    .bind(id)
+    .bind(actor)
+    .bind(&branch)
+    .bind(&head)
+    .bind(&head_commit)
+    .bind(fast)
+    .bind(now as i64)
+    .bind(now.saturating_add(ttl) as i64)
+    .execute(&svc.pool)
+    .await
+    .map_err(db("storing a rollback"))?;
+    history(
+        svc,
+        &rid,
+        None,
+        State::Draft,
+        actor,
+        Some(&head_commit),
+        json!({"rollback_of": id, "fast_path": fast}),
+    )
+    .await?;
+    submit(svc, actor, &rid).await
+}
+
+/// A request's diff against the branch it merges into.
+pub async fn preview(svc: &Services, id: &str) -> Result<Preview> {
+    let cr = get(svc, id).await?;
+    let s = store(svc);
+    blocking(move || {
+        let (against, old, new) = match &cr.merged_commit {
+            Some(m) => {
+                let repo_parent = parent_of(&s, m)?;
+                (repo_parent.clone(), s.tree_at(&repo_parent)?, s.tree_at(m)?)
+            }
+            None => {
+                let head = s.head()?;
+                let new = s
+                    .merged_tree(&cr.head_commit)
+                    .or_else(|_| s.tree_at(&cr.head_commit))?;
+                (head.clone(), s.tree_at(&head)?, new)
+            }
+        };
+        Ok(preview_of(&cr.id, against, &old, &new))
+    })
+    .await
+}
+
+fn parent_of(s: &Store, commit: &str) -> Result<String> {
+    Ok(s.first_parent(commit)?)
+}
+
+/// Which version is deployed and which daemon runs which.
+pub async fn status(svc: &Services) -> Result<Status> {
+    let cfg = &svc.config.control.config_changes;
+    let record = deploy::read(&cfg.deploy_dir);
+    let s = store(svc);
+    let branch_head = blocking(move || Ok(s.head().ok())).await?;
+    let now = svc.now_ms();
+    let daemons = svc
+        .redis
+        .heartbeats()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(instance, _, hb)| {
+            let hb = hb?;
+            Some(DaemonConfig {
+                instance,
+                version: hb.config.version.clone(),
+                since_ms: hb.config.since_ms,
+                restart_required: hb.config.restart_required.clone(),
+                refused: hb
+                    .config
+                    .refused
+                    .as_ref()
+                    .map(|r| format!("{}: {}", r.version, r.reason)),
+                heartbeat_age_ms: now.saturating_sub(hb.at_ms),
+            })
+        })
+        .collect();
+    Ok(Status {
+        branch_head,
+        deployed: record.as_ref().map(|r| r.version.clone()),
+        deployed_by: record.map(|r| r.change_id),
+        daemons,
+    })
+}

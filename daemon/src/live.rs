@@ -1,0 +1,304 @@
+//! Configuration taken while running: θ per strategy, caps, lot sizes, the
+//! cost table, the signal TTL and the timer cadence change between two
+//! decisions, without a restart.
+//!
+//! The decision tables (a [`Universe`]) are one immutable snapshot behind an
+//! `ArcSwap`. Ingress takes the current snapshot when it prepares a decision
+//! and the job carries it to the worker and the publisher, so one decision
+//! is made with one configuration from its features to its `valid_until`,
+//! never half of each. A new snapshot is built, checked and swapped on the
+//! side runtime ([`ConfigWatch`]); the hot threads only clone an `Arc`.
+//! Replaced snapshots are kept here until no job holds them, so the last
+//! reference is never dropped (freed) on a hot thread.
+//!
+//! What cannot change live (the symbols themselves, threads, Redis, …) is
+//! reported in the heartbeat as waiting for a restart and stays as it was
+//! started. A configuration the daemon cannot take (it does not load here,
+//! e.g. a `$VAR` unset in this process's environment, or its deployment
+//! does not match its record) is refused whole: the old one stays, the
+//! heartbeat says why, and the control plane reverts the change.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use mlcore_config::change::{self, Proc};
+use mlcore_config::tree::DEPLOYED_FILE;
+use mlcore_config::{AppConfig, ConfigTree, Environment, Process, ProcessEnv};
+use mlcore_contract::heartbeat::{ConfigRefusal, ConfigReport};
+use mlcore_decision::universe::Universe;
+
+use crate::clock::now_ms;
+
+/// The version a folder without a deployment record runs as.
+pub const LOCAL_VERSION: &str = "local";
+
+/// The decision tables in force, swapped whole.
+#[derive(Debug)]
+pub struct Live {
+    current: ArcSwap<Universe>,
+    timer_ms: AtomicU64,
+    held: Mutex<Vec<Arc<Universe>>>,
+}
+
+impl Live {
+    /// Starts with the tables built from the configuration the daemon
+    /// started with.
+    pub fn new(universe: Arc<Universe>, timer_ms: u64) -> Self {
+        Self {
+            current: ArcSwap::new(universe),
+            timer_ms: AtomicU64::new(timer_ms),
+            held: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The tables to decide with (an `Arc` clone: no allocation, no lock).
+    #[inline]
+    pub fn snapshot(&self) -> Arc<Universe> {
+        self.current.load_full()
+    }
+
+    /// The timer mode's period, ms.
+    #[inline]
+    pub fn timer_ms(&self) -> u64 {
+        self.timer_ms.load(Ordering::Relaxed)
+    }
+
+    /// Puts new tables in force; the old ones are held until no decision
+    /// uses them. Side runtime only.
+    pub fn swap(&self, universe: Arc<Universe>, timer_ms: u64) {
+        let old = self.current.swap(universe);
+        self.timer_ms.store(timer_ms, Ordering::Relaxed);
+        if let Ok(mut held) = self.held.lock() {
+            held.push(old);
+        }
+    }
+
+    /// Frees replaced tables no job holds any more. Side runtime only.
+    pub fn sweep(&self) {
+        if let Ok(mut held) = self.held.lock() {
+            held.retain(|u| Arc::strong_count(u) > 1);
+        }
+    }
+}
+
+/// The deployment record (`DEPLOYED.json`) the control plane writes last.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Deployed {
+    /// The commit deployed.
+    pub version: String,
+    /// sha256 of each file, by path relative to the folder.
+    pub files: std::collections::BTreeMap<String, String>,
+}
+
+impl Deployed {
+    /// Reads the record of `dir`; `None` when there is none.
+    pub fn read(dir: &Path) -> Result<Option<Self>, String> {
+        match std::fs::read(dir.join(DEPLOYED_FILE)) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| format!("{DEPLOYED_FILE} is not a deployment record: {e}")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{DEPLOYED_FILE} cannot be read: {e}")),
+        }
+    }
+}
+
+/// Where the configuration comes from while running.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    /// The `configs/` folder the daemon started from.
+    pub config_dir: PathBuf,
+    /// What relative paths resolve against.
+    pub project_root: PathBuf,
+    /// The environment.
+    pub env: Environment,
+}
+
+/// Watches the deployed folder and takes what it can of each new version.
+#[derive(Debug)]
+pub struct ConfigWatch {
+    source: ConfigSource,
+    started: AppConfig,
+    started_tree: ConfigTree,
+    live: Arc<Live>,
+    report: Arc<ArcSwap<ConfigReport>>,
+    seen: Option<String>,
+}
+
+impl ConfigWatch {
+    /// A watch over `source`, which `started` was loaded from.
+    pub fn new(source: ConfigSource, started: AppConfig, live: Arc<Live>) -> Self {
+        let tree = ConfigTree::read(&source.config_dir).unwrap_or_default();
+        let version = Deployed::read(&source.config_dir)
+            .ok()
+            .flatten()
+            .filter(|d| d.files == tree.hashes())
+            .map_or_else(|| LOCAL_VERSION.to_owned(), |d| d.version);
+        let report = ConfigReport {
+            version: version.clone(),
+            since_ms: now_ms(),
+            restart_required: Vec::new(),
+            refused: None,
+        };
+        Self {
+            source,
+            started,
+            started_tree: tree,
+            live,
+            report: Arc::new(ArcSwap::from_pointee(report)),
+            seen: Some(version),
+        }
+    }
+
+    /// What the heartbeat reports.
+    pub fn report(&self) -> Arc<ArcSwap<ConfigReport>> {
+        Arc::clone(&self.report)
+    }
+
+    /// Looks at the folder; takes (or refuses) a new deployment when there
+    /// is one. Whether there was one: the heartbeat then goes out at once.
+    pub fn check(&mut self) -> bool {
+        self.live.sweep();
+        let deployed = match Deployed::read(&self.source.config_dir) {
+            Ok(Some(d)) => d,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(error = %e, "config deployment unreadable; keeping the current configuration");
+                return false;
+            }
+        };
+        if self.seen.as_deref() == Some(deployed.version.as_str()) {
+            return false;
+        }
+        self.seen = Some(deployed.version.clone());
+        match self.take(&deployed) {
+            Ok(restart) => {
+                tracing::info!(
+                    version = %deployed.version,
+                    restart_required = restart.len(),
+                    "configuration taken"
+                );
+                for key in &restart {
+                    tracing::warn!(version = %deployed.version, key = %key, "configuration key needs a restart; running with the old value");
+                }
+                self.report.store(Arc::new(ConfigReport {
+                    version: deployed.version,
+                    since_ms: now_ms(),
+                    restart_required: restart,
+                    refused: None,
+                }));
+            }
+            Err(reason) => {
+                tracing::error!(version = %deployed.version, reason = %reason, "configuration refused; keeping the current one");
+                let current = self.report.load();
+                self.report.store(Arc::new(ConfigReport {
+                    refused: Some(ConfigRefusal {
+                        version: deployed.version,
+                        reason,
+                        at_ms: now_ms(),
+                    }),
+                    ..ConfigReport::clone(&current)
+                }));
+            }
+        }
+        true
+    }
+
+    /// Reads a consistent snapshot of the deployment, loads it as this
+    /// daemon would at start, and swaps in what may change live. Returns
+    /// the keys that wait for a restart.
+    fn take(&self, deployed: &Deployed) -> Result<Vec<String>, String> {
+        let dir = &self.source.config_dir;
+        // The deployer writes the files, then the record: a record whose
+        // hashes the files do not match yet is a deployment in progress.
+        let mut tree = None;
+        for _ in 0..20 {
+            let t = ConfigTree::read(dir).map_err(|e| e.to_string())?;
+            if t.hashes() == deployed.files {
+                tree = Some(t);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let tree = tree.ok_or_else(|| {
+            format!(
+                "the files of {} do not match its {DEPLOYED_FILE} for {}",
+                dir.display(),
+                deployed.version
+            )
+        })?;
+        let cfg = mlcore_config::load_tree(
+            &tree,
+            dir,
+            &self.source.project_root,
+            self.source.env,
+            &ProcessEnv,
+            Process::Daemon,
+        )
+        .map_err(|e| e.to_string())?;
+        let restart: Vec<String> = change::diff(&self.started_tree, &tree, self.source.env)
+            .into_iter()
+            .filter(|c| c.needs_restart(Proc::Daemon))
+            .map(|c| c.key_in_file())
+            .collect();
+        let taken = with_live_keys(&self.started, &cfg);
+        let universe = Universe::from_config(&taken);
+        let old = self.live.snapshot();
+        if universe.strategies.len() != old.strategies.len()
+            || universe
+                .strategies
+                .iter()
+                .zip(&old.strategies)
+                .any(|(a, b)| a.symbols != b.symbols)
+        {
+            // `with_live_keys` keeps the started universe's shape; this
+            // would be a bug, refused rather than run.
+            return Err("the live tables changed shape".into());
+        }
+        self.live
+            .swap(Arc::new(universe), taken.daemon.decision.timer_interval_ms.max(1));
+        Ok(restart)
+    }
+}
+
+/// The configuration the daemon started with, with every key that can
+/// change live taken from `new`.
+pub fn with_live_keys(started: &AppConfig, new: &AppConfig) -> AppConfig {
+    let mut out = started.clone();
+    let (p, np) = (&mut out.core_policy, &new.core_policy);
+    p.theta.theta1 = np.theta.theta1;
+    p.theta.theta2 = np.theta.theta2;
+    p.theta.per_strategy.clone_from(&np.theta.per_strategy);
+    p.risk = np.risk.clone();
+    p.signal = np.signal.clone();
+    p.sizing.target_annual_vol = np.sizing.target_annual_vol;
+    p.sizing.periods_per_year = np.sizing.periods_per_year;
+    p.sizing.use_ai3 = np.sizing.use_ai3;
+    out.cost_table.symbols.clone_from(&new.cost_table.symbols);
+    out.daemon.decision.timer_interval_ms = new.daemon.decision.timer_interval_ms;
+    for s in &mut out.universe.strategies {
+        let Some(ns) = new.universe.strategies.iter().find(|x| x.id == s.id) else {
+            continue;
+        };
+        for sym in &mut s.symbols {
+            let Some(n) = ns.symbols.iter().find(|x| x.symbol == sym.symbol) else {
+                continue;
+            };
+            sym.lot_size = n.lot_size;
+            sym.min_qty = n.min_qty;
+            sym.max_weight = n.max_weight;
+            sym.notional_per_unit_weight = n.notional_per_unit_weight;
+            if let (
+                mlcore_config::BetaSource::Static { value },
+                mlcore_config::BetaSource::Static { value: new_value },
+            ) = (&mut sym.beta, &n.beta)
+            {
+                *value = *new_value;
+            }
+        }
+    }
+    out
+}
