@@ -7,7 +7,10 @@
 # principals, start the daemon
 # (it loads what the registry activated), resume the strategy through the
 # API (two principals again), replay the market through mlcore-feed, and show
-# the signals arriving in Redis and the latency percentiles.
+# the signals arriving in Redis and the latency percentiles; then change θ
+# for the strategy through a config change request (proposed, two
+# approvals, merged, applied) and show the running daemon's signals follow
+# it, and roll it back (fast path: one approval).
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
@@ -36,8 +39,16 @@ fi
 
 say "mlcore-control db migrate --env dev"
 "$CONTROL" db migrate --env dev
-say "starting mlcore-control serve (log: $RUN_DIR/control.log)"
-"$CONTROL" serve --env dev > "$RUN_DIR/control.out" 2> "$RUN_DIR/control.log" &
+# The processes read a deployed copy of the configuration, which config
+# change requests write (docs/config-changes.md). Fresh each run, from
+# configs/: the repository .run/config-repo and the folder .run/live/configs.
+rm -rf "$RUN_DIR/config-repo" "$RUN_DIR/live"
+say "mlcore-control config init --env dev: the config repository (git) and the deployed folder"
+"$CONTROL" config init --env dev
+LIVE="$RUN_DIR/live/configs"
+export MLCORE_PROJECT_ROOT="$ROOT"
+say "starting mlcore-control serve on the deployed configuration (log: $RUN_DIR/control.log)"
+"$CONTROL" --config-dir "$LIVE" serve --env dev > "$RUN_DIR/control.out" 2> "$RUN_DIR/control.log" &
 CONTROL_PID=$!
 trap 'kill $CONTROL_PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q listening "$RUN_DIR/control.out" 2>/dev/null && break; sleep 0.1; done
@@ -47,6 +58,7 @@ export MLCORE_CONTROL_URL="http://${API#http=}"
 # The dev principals' well-known tokens (docs/config.md); never outside dev.
 as_operator() { MLCORE_TOKEN=dev-operator-token "$CONTROL" "$@"; }
 as_approver() { MLCORE_TOKEN=dev-approver-token "$CONTROL" "$@"; }
+as_admin() { MLCORE_TOKEN=dev-admin-token "$CONTROL" "$@"; }
 request_id() { sed -n 's/^ *"id": "\(ops-[^"]*\)".*/\1/p' | head -1; }
 
 say "retraining fx_g10 as a flow (docs/retraining.md): dataset gate, features, labels, purged k-fold validation, LightGBM heads ai1 ai2 ai3, ONNX export with parity, θ search on the first half of the held-out window, backtest with stress scenarios on the half it never saw, champion/challenger against the active model, signing with the dev key, registration; each step content-addressed and reused when its inputs did not change"
@@ -70,8 +82,8 @@ say "the run's report (self-contained HTML; plots also as PNG beside it): $REPOR
 say "the ledger of every run: $RUN_DIR/runs/index.csv"
 tail -n 3 "$RUN_DIR/runs/index.csv" | cut -c1-200
 
-say "starting mlcore-daemon (log: $RUN_DIR/daemon.log)"
-"$BIN/mlcore-daemon" run --env dev > "$RUN_DIR/daemon.out" 2> "$RUN_DIR/daemon.log" &
+say "starting mlcore-daemon on the deployed configuration (log: $RUN_DIR/daemon.log)"
+"$BIN/mlcore-daemon" --config-dir "$LIVE" --project-root "$ROOT" run --env dev > "$RUN_DIR/daemon.out" 2> "$RUN_DIR/daemon.log" &
 DAEMON=$!
 trap 'kill $DAEMON $CONTROL_PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q listening "$RUN_DIR/daemon.out" 2>/dev/null && break; sleep 0.1; done
@@ -119,4 +131,47 @@ curl -fs "http://$HTTP/metrics" | grep -E '^ml_assets_core_(decisions_total|sign
 curl -fs "http://$HTTP/metrics" | grep -E 'stage_latency_seconds_(bucket|count).*trigger_to_ack' | sed 's/^ml_assets_core_stage_latency_seconds_/  /'
 say "the registry: status and what the daemon reports as loaded"
 as_operator models list | grep -E '"(id|status)"|"loaded_by"' -A1 | grep -vE '^\s*--$' | tail -12
+# A config change request: θ for fx_g10, taken by the running daemon.
+signals_since() { # the stream entries after $1 (an entry id), as JSON books
+  redis-cli -u "$MLCORE_REDIS_URL" --json XRANGE "${NS}:{fx_g10}:signals" "($1" + | python3 -c '
+import json, sys
+for _, f in json.load(sys.stdin):
+    print(dict(zip(f[::2], f[1::2]))["signals"])'
+}
+last_entry() { redis-cli -u "$MLCORE_REDIS_URL" XREVRANGE "${NS}:{fx_g10}:signals" + - COUNT 1 | head -1; }
+json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
+say "config change request: θ for fx_g10 (θ1 0.65, θ2 0.60) — proposed by the operator, validated for every environment, risk-scored"
+CR=$(as_operator config propose --title "demo: θ for fx_g10" \
+  --set envs/dev/core_policy.yaml:theta.per_strategy.fx_g10.theta1=0.65 \
+  --set envs/dev/core_policy.yaml:theta.per_strategy.fx_g10.theta2=0.60 --submit | json_field '["id"]')
+as_viewer() { MLCORE_TOKEN=dev-viewer-token "$CONTROL" "$@"; }
+as_viewer config diff --id "$CR"
+say "high risk (θ moves more than max_step): two approvers — the approver and the admin"
+as_approver config approve --id "$CR" >/dev/null
+as_admin config approve --id "$CR" >/dev/null
+say "merge and apply: the daemon takes it between two decisions, without a restart"
+as_operator config apply --id "$CR" | python3 -c '
+import json, sys
+a = json.load(sys.stdin)
+r = a["request"]
+print("  %s %s: taken by %s, %d ms from deployment to the heartbeat; version %s" % (r["id"], r["state"], ", ".join(a["daemons"]["took"]), a["apply_ms"], r["merged_commit"][:12]))
+sys.exit(0 if r["state"] == "applied" else 1)' || die "the θ change was not applied"
+as_viewer config status | grep -E '"(version|deployed)"' | head -3
+FROM=$(last_entry)
+say "replaying 5 s more: every position now clears θ1 0.65 (p > 0.65 long, p < 0.35 short)"
+"$BIN/mlcore-feed" --env dev --dataset "$DATA" --addr "$INGRESS" --speed 120 --trigger-every-ms 100 --seconds 5
+signals_since "$FROM" | python3 -c '
+import json, sys
+books = [json.loads(l) for l in sys.stdin if l.strip()]
+held = [s for b in books for s in b if s["side"] != "flat"]
+bad = [s for s in held if not (s["return_prob"] > 0.65 if s["side"] == "long" else s["return_prob"] < 0.35)]
+print(f"  {len(books)} decisions after the change: {len(held)} positions, {len(bad)} against θ1 0.65")
+sys.exit(1 if bad else 0)' || die "a published position contradicts the applied θ"
+say "roll it back: a request of its own; it only restores the previous version, so one approver suffices (fast path)"
+RB=$(as_operator config rollback --id "$CR" | json_field '["id"]')
+as_approver config approve --id "$RB" >/dev/null
+as_operator config apply --id "$RB" | json_field '["request"]["state"]' | sed 's/^/  rollback: /'
+say "the requests' history is in audit.config_changes and the hash-chained audit log; config list shows them"
+as_viewer config list | grep -E '"(id|state|risk)"' | head -6
+
 say "done; the daemon and the control plane stop with this script"

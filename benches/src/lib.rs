@@ -7,12 +7,16 @@
 //!   verified; cached under the target dir so repeated runs skip training.
 //! - [`Percentiles`]: p50/p99/p99.9 of per-iteration timings, printed next to
 //!   criterion's figures (criterion reports means and medians, not tails).
+//! - [`daemon_metrics`]: a running daemon's `/metrics` (the load generator
+//!   and `mlcore-config-apply-bench`).
 //!
 //! What the machine does meanwhile (stalls, steal time, bursts, idle
 //! settings) is `mlcore-host`'s: the load generator records it beside its
 //! figures.
 
 #![allow(clippy::print_stdout)] // benchmark helpers print their figures
+
+pub mod daemon_metrics;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

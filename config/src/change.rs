@@ -325,7 +325,7 @@ fn is_secret(file: &str, key: &str) -> bool {
         "redis.yaml" => last == "url",
         "database.yaml" => last == "dsn",
         "notifications.yaml" => matches!(last, "webhook_url" | "routing_key" | "hmac_secret"),
-        "control.yaml" => last == "totp" || key.ends_with("credential.value"),
+        "control.yaml" => last == "totp" || last == "token" || key.ends_with("credential.value"),
         "sources.yaml" => last == "api_key",
         _ => false,
     }
@@ -350,6 +350,10 @@ pub fn effects(file: &str, key: &str) -> Vec<Effect> {
                 || key == "theta.max_step"
                 || key.starts_with("theta.theta1_bounds")
                 || key.starts_with("theta.theta2_bounds")
+                // The global θ: a model carries the θ its daemons decide
+                // with; this one seeds retraining's search and backtests.
+                || key == "theta.theta1"
+                || key == "theta.theta2"
             {
                 // Read by retraining and the change checks: `serve` reads
                 // its configuration at start (CLI runs read it each time).
@@ -380,7 +384,9 @@ pub fn effects(file: &str, key: &str) -> Vec<Effect> {
         "cost_table.yaml" => vec![restart(Proc::Control)],
         "daemon.yaml" if key == "decision.timer_interval_ms" => vec![daemon_live],
         "daemon.yaml" => vec![restart(Proc::Daemon)],
-        "redis.yaml" | "storage.yaml" | "metrics.yaml" | "trust.yaml" => {
+        // Re-read by the daemon every 10 s (keys rotate, revocations apply).
+        "trust.yaml" => vec![daemon_live, restart(Proc::Control)],
+        "redis.yaml" | "storage.yaml" | "metrics.yaml" => {
             vec![restart(Proc::Daemon), restart(Proc::Control)]
         }
         _ => vec![restart(Proc::Control)],
@@ -427,7 +433,19 @@ pub fn risk(old: &ConfigTree, changes: &[Change]) -> Risk {
                                 .filter(|k| *k == "theta1" || *k == "theta2")
                         })
                     });
-                if let (Some(k), Some(n)) = (theta_key, n) {
+                let is_override = c.key.starts_with("theta.per_strategy.");
+                if is_override && (c.old_value.is_none() || c.new_value.is_none()) {
+                    // The strategy's daemons switch between the θ its model
+                    // carries (unknown here) and this one.
+                    why(
+                        c,
+                        if c.new_value.is_some() {
+                            "θ override added: the strategy stops deciding with its model's θ".into()
+                        } else {
+                            "θ override removed: the strategy goes back to its model's θ".into()
+                        },
+                    );
+                } else if let (Some(k), Some(n)) = (theta_key, n) {
                     // An override new to a strategy moves it from the global θ.
                     let from = o.or_else(|| at(k)).unwrap_or(n);
                     if (n - from).abs() > max_step + 1e-12 {
@@ -475,6 +493,23 @@ pub fn risk(old: &ConfigTree, changes: &[Change]) -> Risk {
                 }
             }
             "trust.yaml" => why(c, "trusted keys changed".into()),
+            "control.yaml"
+                if [
+                    "principals",
+                    "second_factor",
+                    "config_changes",
+                    "approvals",
+                    "rollback_signing",
+                    "tls",
+                    "config_api",
+                ]
+                .iter()
+                .any(|k| {
+                    c.key == *k || c.key.starts_with(&format!("{k}.")) || c.key.starts_with(&format!("{k}["))
+                }) =>
+            {
+                why(c, "who may act, or how changes are reviewed, changed".into());
+            }
             _ => {}
         }
     }
@@ -519,7 +554,8 @@ mod tests {
     }
 
     #[test]
-    fn a_small_theta_move_is_low_risk_and_live_in_the_daemon() {
+    fn a_small_theta_move_is_low_risk_and_a_strategys_override_is_live_in_the_daemon() {
+        // The global θ seeds retraining; daemons decide with their model's.
         let (old, new) = edited("base/core_policy.yaml", |t| {
             t.replace("theta1: 0.55", "theta1: 0.57")
         });
@@ -533,11 +569,36 @@ mod tests {
         assert_eq!(
             c.effects,
             vec![Effect {
+                process: Proc::Control,
+                apply: Apply::Restart
+            }]
+        );
+        assert_eq!(risk(&old, &changes).level, RiskLevel::Low);
+        // A strategy's override moved within max_step: low, and live.
+        let with = |t1: &str| {
+            let mut t = repo_tree();
+            t.insert(
+                "envs/dev/core_policy.yaml",
+                format!("theta:\n  per_strategy:\n    fx_g10: {{theta1: {t1}, theta2: 0.9}}\n"),
+            )
+            .unwrap();
+            t
+        };
+        let (old, new) = (with("0.60"), with("0.62"));
+        let changes = diff(&old, &new, Environment::Dev);
+        assert_eq!(changes[0].key, "theta.per_strategy.fx_g10.theta1");
+        assert_eq!(
+            changes[0].effects,
+            vec![Effect {
                 process: Proc::Daemon,
                 apply: Apply::Live
             }]
         );
         assert_eq!(risk(&old, &changes).level, RiskLevel::Low);
+        assert_eq!(
+            risk(&old, &diff(&old, &with("0.70"), Environment::Dev)).level,
+            RiskLevel::High
+        );
     }
 
     #[test]
@@ -568,8 +629,8 @@ mod tests {
             ),
             (
                 "envs/dev/core_policy.yaml",
-                &|_| "theta:\n  per_strategy:\n    fx_g10: {theta1: 0.70, theta2: 0.60}\n".into(),
-                "more than max_step",
+                &|_| "theta:\n  per_strategy:\n    fx_g10: {theta1: 0.56, theta2: 0.60}\n".into(),
+                "θ override added",
             ),
         ];
         for (path, f, reason) in cases {

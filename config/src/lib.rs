@@ -10,6 +10,7 @@
 
 pub mod change;
 mod costs;
+pub mod deploy;
 pub mod edit;
 pub mod env;
 pub mod error;
@@ -47,10 +48,11 @@ pub use observability::{
 };
 pub use policy::{Adoption, CorePolicy, RiskLimits, SignalPolicy, Sizing, Theta, ThetaPair};
 pub use processes::{
-    minutes_of_day, ApprovalsConfig, AuditCheckpointConfig, ChangeWindow, ConfigChangesConfig, ControlConfig,
-    Credential, DaemonConfig, DecisionConfig, DecisionMode, FailedAuthConfig, IngressConfig, Principal,
-    QueuesConfig, RateLimitConfig, RetrainConfig, RetrainSchedule, RetrainSearch, RetrainTrees, Role,
-    RollbackSigningConfig, SecondFactorConfig, ThreadsConfig, TlsConfig, Weekday,
+    minutes_of_day, ApprovalsConfig, AuditCheckpointConfig, ChangeWindow, ConfigApiConfig,
+    ConfigChangesConfig, ControlConfig, Credential, DaemonConfig, DecisionConfig, DecisionMode,
+    FailedAuthConfig, IngressConfig, Principal, QueuesConfig, RateLimitConfig, RetrainConfig,
+    RetrainSchedule, RetrainSearch, RetrainTrees, Role, RollbackSigningConfig, SecondFactorConfig,
+    ThreadsConfig, TlsConfig, Weekday,
 };
 pub use secret::Secret;
 pub use sources::{FailoverConfig, ProviderConfig, ProviderSettings, SourcesConfig};
@@ -344,6 +346,7 @@ pub fn load_tree(
     ]
     .into_iter()
     .chain(tls_files)
+    .chain(control.config_api.as_mut().and_then(|a| a.ca_file.as_mut()))
     {
         if key_file.is_relative() {
             *key_file = project_root.join(&*key_file);

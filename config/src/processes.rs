@@ -119,6 +119,31 @@ pub struct ControlConfig {
     pub retrain: RetrainConfig,
     /// Config change requests (docs/config-changes.md).
     pub config_changes: ConfigChangesConfig,
+    /// An external Config API the requests are mirrored to (`None`: none).
+    pub config_api: Option<ConfigApiConfig>,
+}
+
+/// An external Config API: every state change of a config change request is
+/// sent there (`PUT {base_url}/change-requests/{id}`, the request as JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigApiConfig {
+    /// `https://...` (plain `http://` only in dev).
+    pub base_url: String,
+    /// Bearer token, a `$VAR` reference.
+    pub token: crate::Secret,
+    /// Per attempt (connect, send, answer).
+    pub timeout_seconds: f64,
+    /// Attempts after the first on a 5xx, a 429, a timeout or a refused
+    /// connection; other answers are final.
+    pub retries: u32,
+    /// Wait before the first retry; doubled each time.
+    pub backoff_ms: u64,
+    /// Verify the server's certificate (`false` refused outside dev).
+    pub verify_ssl: bool,
+    /// PEM CA the server's certificate must chain to instead of the public
+    /// roots (relative paths as the key files).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Config change requests: where the configuration's history lives, where

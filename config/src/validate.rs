@@ -418,6 +418,34 @@ pub(crate) fn validate(c: &AppConfig, file: &dyn Fn(&str) -> PathBuf) -> Vec<Con
         }
     }
 
+    if let Some(api) = &c.control.config_api {
+        let dev = c.environment == Environment::Dev;
+        let scheme_ok = api.base_url.starts_with("https://") || (dev && api.base_url.starts_with("http://"));
+        for (key, ok, what) in [
+            (
+                "config_api.base_url",
+                scheme_ok,
+                "an https:// URL (http:// only in dev)",
+            ),
+            (
+                "config_api.timeout_seconds",
+                api.timeout_seconds > 0.0 && api.timeout_seconds <= 300.0,
+                "in (0, 300]",
+            ),
+            ("config_api.retries", api.retries <= 10, "at most 10"),
+            ("config_api.backoff_ms", api.backoff_ms <= 60_000, "at most 60000"),
+            (
+                "config_api.verify_ssl",
+                api.verify_ssl || dev,
+                "true outside dev (an unverified certificate lets anyone read and answer)",
+            ),
+        ] {
+            if !ok {
+                bad("control.yaml", key.into(), format!("must be {what}"));
+            }
+        }
+    }
+
     // notifications.yaml / metrics.yaml / sources.yaml
     if n.retry.max_attempts == 0 {
         bad(

@@ -7,7 +7,7 @@ CREATE TABLE core.config_changes (
     kind               TEXT NOT NULL CHECK (kind IN ('change', 'rollback')),
     rollback_of        TEXT REFERENCES core.config_changes (id),
     author             TEXT NOT NULL,
-    state              TEXT NOT NULL CHECK (state IN ('draft', 'pr_created', 'approved', 'merged',
+    state              TEXT NOT NULL CHECK (state IN ('draft', 'pr_created', 'approved', 'merged', 'applying',
                            'applied', 'rejected', 'cancelled', 'expired', 'failed')),
     branch             TEXT NOT NULL,             -- cr/<id> in the config repository
     base_commit        TEXT NOT NULL,             -- the environment branch's head it started from

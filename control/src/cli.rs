@@ -204,10 +204,10 @@ pub struct BacktestArgs {
     /// daemon received it (every decision measured, no stress scenarios).
     #[arg(long)]
     pub capture: Option<PathBuf>,
-    /// θ1 to decide with (default: the model's).
+    /// θ1 to decide with (default: core_policy.yaml's `theta.per_strategy` for the strategy, else the model's).
     #[arg(long)]
     pub theta1: Option<f64>,
-    /// θ2 to decide with (default: the model's).
+    /// θ2 to decide with (default: as θ1).
     #[arg(long)]
     pub theta2: Option<f64>,
     /// Decision cadence in data time, ms.

@@ -25,6 +25,7 @@ pub mod approvals;
 pub mod audit;
 pub mod cli;
 pub mod commands;
+pub mod config_api;
 pub mod config_changes;
 pub mod db;
 pub mod model_loads;

@@ -25,6 +25,8 @@ pub struct Services {
     pub redis: RedisLink,
     /// Alert delivery (fire and forget).
     pub alerts: Arc<Alerter>,
+    /// The external Config API config change requests are mirrored to.
+    pub config_api: Option<crate::config_api::ConfigApi>,
 }
 
 /// Why the services could not start.
@@ -42,6 +44,9 @@ pub enum StartError {
     /// An enrolled second-factor secret cannot be used.
     #[error(transparent)]
     SecondFactor(#[from] crate::second_factor::EnrolmentError),
+    /// The Config API client cannot be built.
+    #[error(transparent)]
+    ConfigApi(#[from] crate::config_api::ConfigApiError),
 }
 
 impl Services {
@@ -53,11 +58,18 @@ impl Services {
             config.notifications.clone(),
         )?));
         let redis = RedisLink::new(&config.redis)?;
+        let config_api = config
+            .control
+            .config_api
+            .as_ref()
+            .map(crate::config_api::ConfigApi::new)
+            .transpose()?;
         Ok(Arc::new(Self {
             config: Arc::new(config),
             pool,
             redis,
             alerts,
+            config_api,
         }))
     }
 

@@ -1910,6 +1910,15 @@ async fn config_change_requests_refuse_what_review_forbids() {
         keys.iter().all(|k| *k == "signal.ttl_ms"),
         "only its own change, not the cancelled cap: {keys:?}"
     );
+    // The branch says what is deployed plus the merged change: the
+    // cancelled cap's merge was reverted.
+    let store = mlcore_control::config_changes::Store::new(&f.models.path().join("config-repo"), "main");
+    let head = store.tree_at(&store.head().unwrap()).unwrap();
+    let policy = head.get("base/core_policy.yaml").unwrap();
+    assert!(
+        policy.contains("max_gross: 1.0") && policy.contains("ttl_ms: 1000"),
+        "{policy}"
+    );
 
     // Past its expiry, a request is expired (and recorded so).
     let (_, late) = f

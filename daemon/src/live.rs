@@ -18,13 +18,14 @@
 //! does not match its record) is refused whole: the old one stays, the
 //! heartbeat says why, and the control plane reverts the change.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use mlcore_config::change::{self, Proc};
+use mlcore_config::deploy::Record;
 use mlcore_config::tree::DEPLOYED_FILE;
 use mlcore_config::{AppConfig, ConfigTree, Environment, Process, ProcessEnv};
 use mlcore_contract::heartbeat::{ConfigRefusal, ConfigReport};
@@ -84,28 +85,6 @@ impl Live {
     }
 }
 
-/// The deployment record (`DEPLOYED.json`) the control plane writes last.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct Deployed {
-    /// The commit deployed.
-    pub version: String,
-    /// sha256 of each file, by path relative to the folder.
-    pub files: std::collections::BTreeMap<String, String>,
-}
-
-impl Deployed {
-    /// Reads the record of `dir`; `None` when there is none.
-    pub fn read(dir: &Path) -> Result<Option<Self>, String> {
-        match std::fs::read(dir.join(DEPLOYED_FILE)) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| format!("{DEPLOYED_FILE} is not a deployment record: {e}")),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{DEPLOYED_FILE} cannot be read: {e}")),
-        }
-    }
-}
-
 /// Where the configuration comes from while running.
 #[derive(Debug, Clone)]
 pub struct ConfigSource {
@@ -115,6 +94,8 @@ pub struct ConfigSource {
     pub project_root: PathBuf,
     /// The environment.
     pub env: Environment,
+    /// The files the daemon started with (read once, by the preflight).
+    pub started: ConfigTree,
 }
 
 /// Watches the deployed folder and takes what it can of each new version.
@@ -126,13 +107,14 @@ pub struct ConfigWatch {
     live: Arc<Live>,
     report: Arc<ArcSwap<ConfigReport>>,
     seen: Option<String>,
+    taken: Option<AppConfig>,
 }
 
 impl ConfigWatch {
     /// A watch over `source`, which `started` was loaded from.
     pub fn new(source: ConfigSource, started: AppConfig, live: Arc<Live>) -> Self {
-        let tree = ConfigTree::read(&source.config_dir).unwrap_or_default();
-        let version = Deployed::read(&source.config_dir)
+        let tree = source.started.clone();
+        let version = mlcore_config::deploy::read(&source.config_dir)
             .ok()
             .flatten()
             .filter(|d| d.files == tree.hashes())
@@ -150,7 +132,20 @@ impl ConfigWatch {
             live,
             report: Arc::new(ArcSwap::from_pointee(report)),
             seen: Some(version),
+            taken: None,
         }
+    }
+
+    /// Whether the folder is a deployment (it has a record): then what the
+    /// daemon runs changes only through [`ConfigWatch::check`].
+    pub fn deployed(&self) -> bool {
+        self.report.load().version != LOCAL_VERSION
+    }
+
+    /// The whole configuration of the last version taken (its `trust.yaml`
+    /// included), if one was taken since start.
+    pub fn taken(&self) -> Option<&AppConfig> {
+        self.taken.as_ref()
     }
 
     /// What the heartbeat reports.
@@ -162,7 +157,7 @@ impl ConfigWatch {
     /// is one. Whether there was one: the heartbeat then goes out at once.
     pub fn check(&mut self) -> bool {
         self.live.sweep();
-        let deployed = match Deployed::read(&self.source.config_dir) {
+        let deployed = match mlcore_config::deploy::read(&self.source.config_dir) {
             Ok(Some(d)) => d,
             Ok(None) => return false,
             Err(e) => {
@@ -175,7 +170,8 @@ impl ConfigWatch {
         }
         self.seen = Some(deployed.version.clone());
         match self.take(&deployed) {
-            Ok(restart) => {
+            Ok((restart, cfg)) => {
+                self.taken = Some(cfg);
                 tracing::info!(
                     version = %deployed.version,
                     restart_required = restart.len(),
@@ -210,7 +206,7 @@ impl ConfigWatch {
     /// Reads a consistent snapshot of the deployment, loads it as this
     /// daemon would at start, and swaps in what may change live. Returns
     /// the keys that wait for a restart.
-    fn take(&self, deployed: &Deployed) -> Result<Vec<String>, String> {
+    fn take(&self, deployed: &Record) -> Result<(Vec<String>, AppConfig), String> {
         let dir = &self.source.config_dir;
         // The deployer writes the files, then the record: a record whose
         // hashes the files do not match yet is a deployment in progress.
@@ -260,7 +256,7 @@ impl ConfigWatch {
         }
         self.live
             .swap(Arc::new(universe), taken.daemon.decision.timer_interval_ms.max(1));
-        Ok(restart)
+        Ok((restart, cfg))
     }
 }
 

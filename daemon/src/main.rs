@@ -85,6 +85,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config_dir: cli.config_dir.clone(),
                 project_root: project_root.clone(),
                 env: pf.config.environment,
+                started: pf.tree.clone(),
             };
             let _logging = mlcore_telemetry::logging::init(pf.config.metrics.log_level.as_str())
                 .context("setting up logging")?;

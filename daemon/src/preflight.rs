@@ -10,6 +10,8 @@ use mlcore_models::runtime;
 pub struct Preflight {
     /// The resolved configuration.
     pub config: AppConfig,
+    /// The files it was loaded from (what a live change is compared with).
+    pub tree: config::ConfigTree,
     /// The canary model's output for its fixed input (σ(0.5) ≈ 0.6225).
     pub canary_probability: f32,
 }
@@ -23,6 +25,9 @@ pub enum PreflightError {
     /// ONNX Runtime could not be loaded or failed to score the canary.
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
+    /// A deployed folder whose files do not match its record.
+    #[error("{0}")]
+    Deployment(String),
 }
 
 /// Loads the configuration and proves ONNX Runtime scores a model.
@@ -34,7 +39,7 @@ pub fn run(
     vars: &dyn EnvSource,
 ) -> Result<Preflight, PreflightError> {
     let env: Environment = env.parse()?;
-    let tree = config::ConfigTree::read(config_dir)?;
+    let tree = deployed_tree(config_dir)?;
     let config = config::load_tree(
         &tree,
         config_dir,
@@ -47,8 +52,32 @@ pub fn run(
     let canary_probability = runtime::score_canary()?;
     Ok(Preflight {
         config,
+        tree,
         canary_probability,
     })
+}
+
+/// The folder's files; when it is a deployed folder (`DEPLOYED.json`),
+/// only once they match the record — a deployment in progress is waited
+/// for (up to 2 s), a damaged one refused rather than started half-applied.
+fn deployed_tree(config_dir: &Path) -> Result<config::ConfigTree, PreflightError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let tree = config::ConfigTree::read(config_dir)?;
+        let record = config::deploy::read(config_dir).map_err(PreflightError::Deployment)?;
+        match record {
+            None => return Ok(tree),
+            Some(r) if r.files == tree.hashes() => return Ok(tree),
+            Some(r) if std::time::Instant::now() >= deadline => {
+                return Err(PreflightError::Deployment(format!(
+                    "the files of {} do not match its DEPLOYED.json for {} (a deployment that did not finish?)",
+                    config_dir.display(),
+                    r.version
+                )))
+            }
+            Some(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
 }
 
 /// What `mlcore-host` advises about this host for this configuration: the

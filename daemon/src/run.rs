@@ -450,6 +450,40 @@ pub fn start(
     })
 }
 
+/// Keys rotate and revocations apply without a restart: `trust.yaml` is
+/// taken from the last deployed version the daemon took, or re-read from a
+/// folder no change request deployed. A broken one leaves the current
+/// keys in force.
+fn reload_trust(config: &SideConfig, loader: &mut Loader) {
+    let loaded = match (&config.watch, &config.source) {
+        (Some(w), _) if w.deployed() => match w.taken() {
+            Some(cfg) => Ok(cfg.trust.clone()),
+            None => return,
+        },
+        (_, Some(src)) => mlcore_config::ConfigTree::read(&src.config_dir)
+            .and_then(|tree| {
+                mlcore_config::load_tree(
+                    &tree,
+                    &src.config_dir,
+                    &src.project_root,
+                    src.env,
+                    &mlcore_config::ProcessEnv,
+                    mlcore_config::Process::Daemon,
+                )
+            })
+            .map(|cfg| cfg.trust),
+        (_, None) => return,
+    };
+    match loaded {
+        Ok(trust) => {
+            if let Err(e) = loader.trust.reload(&trust) {
+                tracing::warn!(error = %e, "trust.yaml reload refused; keeping current keys");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "configuration reload failed; keeping current keys"),
+    }
+}
+
 /// The side loop's part in live configuration.
 struct SideConfig {
     source: Option<ConfigSource>,
@@ -505,26 +539,9 @@ fn side_loop(
                 next_hb = Instant::now();
             }
         }
-        if let (Some(src), true) = (&config.source, Instant::now() >= next_trust) {
+        if Instant::now() >= next_trust {
             next_trust = Instant::now() + Duration::from_secs(10);
-            // A broken trust.yaml leaves the current keys in force.
-            match mlcore_config::ConfigTree::read(&src.config_dir).and_then(|tree| {
-                mlcore_config::load_tree(
-                    &tree,
-                    &src.config_dir,
-                    &src.project_root,
-                    src.env,
-                    &mlcore_config::ProcessEnv,
-                    mlcore_config::Process::Daemon,
-                )
-            }) {
-                Ok(cfg) => {
-                    if let Err(e) = loader.trust.reload(&cfg.trust) {
-                        tracing::warn!(error = %e, "trust.yaml reload refused; keeping current keys");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "configuration reload failed; keeping current keys"),
-            }
+            reload_trust(&config, &mut loader);
         }
         if woken || Instant::now() >= next_scan {
             loader.scan();

@@ -268,6 +268,21 @@ fn changes_go_through_review_and_daemons_take_them_live() {
 
     let (_serve, api) = s.serve();
     let (_daemon, ingress) = s.daemon();
+    let cli = |token: &str, args: &[&str]| {
+        let out = s
+            .control(&s.live())
+            .env("MLCORE_CONTROL_URL", format!("http://{api}"))
+            .env("MLCORE_TOKEN", token)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
     assert!(
         testutil::wait_until(Duration::from_secs(30), || s
             .heartbeat()
@@ -424,9 +439,43 @@ fn changes_go_through_review_and_daemons_take_them_live() {
             "pr_created",
             "approved",
             "merged",
+            "applying",
             "applied"
         ],
         "every step recorded"
+    );
+
+    // Roll θ back through the CLI: it only restores the version deployed
+    // before, so one approver suffices although the change is high risk
+    // (the fast path), and the daemon's signals follow it back.
+    let (code, out, err) = cli(OPERATOR, &["config", "rollback", "--id", &id]);
+    assert_eq!(code, Some(0), "{err}");
+    let rb: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            rb["risk"].as_str(),
+            rb["fast_path"].as_bool(),
+            rb["required_approvals"].as_u64()
+        ),
+        (Some("high"), Some(true), Some(1)),
+        "{rb}"
+    );
+    let rb_id = rb["id"].as_str().unwrap().to_owned();
+    let (code, _, err) = cli(APPROVER, &["config", "approve", "--id", &rb_id]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = cli(OPERATOR, &["config", "apply", "--id", &rb_id]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    trigger(&mut feed, t1 + 2_000_000);
+    assert!(
+        testutil::wait_until(Duration::from_secs(10), || s.last_signals().0 == 3).is_some(),
+        "no third decision"
+    );
+    let (_, back) = s.last_signals();
+    let sides = |b: &[Value]| b.iter().map(|x| x["side"].clone()).collect::<Vec<_>>();
+    assert_eq!(
+        sides(&back),
+        sides(&before),
+        "the model's θ again, the same positions"
     );
 
     // A key that needs a restart: applied, reported, the old value kept.
@@ -505,22 +554,8 @@ fn changes_go_through_review_and_daemons_take_them_live() {
     let redis_yaml = std::fs::read_to_string(Path::new(&s.live()).join("envs/dev/redis.yaml")).unwrap();
     assert!(!redis_yaml.contains("MLCORE_E2E_UNSET_URL"), "{redis_yaml}");
 
-    // Roll back the queue change through the CLI: it only restores the
-    // previously deployed state, so one approver suffices (fast path).
-    let cli = |token: &str, args: &[&str]| {
-        let out = s
-            .control(&s.live())
-            .env("MLCORE_CONTROL_URL", format!("http://{api}"))
-            .env("MLCORE_TOKEN", token)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    // Roll back the queue change too: the failed apply's revert left the
+    // queue change's version deployed, so this is a plain restore again.
     let (code, out, err) = cli(OPERATOR, &["config", "rollback", "--id", &id2]);
     assert_eq!(code, Some(0), "{err}");
     let rb: Value = serde_json::from_str(&out).unwrap();
@@ -556,6 +591,7 @@ fn changes_go_through_review_and_daemons_take_them_live() {
         serde_json::from_str::<Value>(&list).unwrap()["changes"]
             .as_array()
             .map(Vec::len),
-        Some(3)
+        Some(4),
+        "θ, its rollback, the queue, its rollback"
     );
 }

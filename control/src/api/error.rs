@@ -239,6 +239,7 @@ impl From<crate::config_changes::ConfigChangeError> for ApiError {
             | E::ApplyPending(_)
             | E::RiskChanged { .. }
             | E::Concurrent(_)
+            | E::FastPathLost(_)
             | E::NotApplied { .. }
             | E::Store(crate::config_changes::StoreError::Conflict(_))
             | E::Store(crate::config_changes::StoreError::Seed { .. }) => StatusCode::CONFLICT,

@@ -104,6 +104,14 @@ pub fn serve(config_dir: &Path, env: &str, vars: &dyn EnvSource, out: &mut dyn W
         if let Err(e) = state.services.redis.ensure_guard().await {
             tracing::error!(error = %e, "the Redis guard is not usable: mode changes and approvals will fail until it is");
         }
+        // Config change applies a stopped control plane left half done.
+        match crate::config_changes::recover_interrupted(&state.services).await {
+            Ok(ids) if !ids.is_empty() => {
+                tracing::error!(requests = ?ids, "config change applies were interrupted: marked failed, alerted");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "could not look for interrupted config change applies"),
+        }
         // Retraining on its schedule (control.yaml retrain.schedule; off
         // when null).
         let _schedule = crate::retrain::spawn_schedule(std::sync::Arc::clone(&state.services));

@@ -102,10 +102,14 @@ pub fn research_backtest(
 ) -> anyhow::Result<i32> {
     let (cfg, artifact) = verified_model(config_dir, &args.env, vars, &args.artifact)?;
     let m = &artifact.manifest;
-    let theta = (
-        args.theta1.unwrap_or(m.theta.theta1),
-        args.theta2.unwrap_or(m.theta.theta2),
-    );
+    // What the strategy's daemons decide with: core_policy.yaml's θ for
+    // the strategy when it sets one, else the model's; flags win.
+    let (t1, t2) = cfg
+        .core_policy
+        .theta
+        .for_strategy(&m.strategy)
+        .map_or((m.theta.theta1, m.theta.theta2), |t| (t.theta1, t.theta2));
+    let theta = (args.theta1.unwrap_or(t1), args.theta2.unwrap_or(t2));
     for (name, v) in [("--theta1", theta.0), ("--theta2", theta.1)] {
         if !(0.0..=1.0).contains(&v) {
             bail!("{name} {v}: a threshold is a probability in [0, 1]");

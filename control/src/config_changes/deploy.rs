@@ -8,52 +8,19 @@
 //! channel; daemons take the version live (or refuse it) and say so in
 //! their heartbeats, which is what [`wait_for_daemons`] reads.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use mlcore_config::tree::{write_atomic, DEPLOYED_FILE};
-use mlcore_config::ConfigTree;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::services::Services;
 
-/// `DEPLOYED.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    /// The commit deployed.
-    pub version: String,
-    /// The change request that deployed it (`init` for the first).
-    pub change_id: String,
-    /// When, ms since the epoch.
-    pub applied_at_ms: u64,
-    /// sha256 of each file, by relative path.
-    pub files: BTreeMap<String, String>,
-}
+/// The deployment record, its reader and its writer.
+pub use mlcore_config::deploy::{write, Record};
 
 /// The record of `dir`, if it has one that reads.
 pub fn read(dir: &Path) -> Option<Record> {
-    let bytes = std::fs::read(dir.join(DEPLOYED_FILE)).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
-/// Writes `tree` into `dir`, then its record.
-pub fn write(
-    dir: &Path,
-    tree: &ConfigTree,
-    version: &str,
-    change_id: &str,
-    now_ms: u64,
-) -> std::io::Result<()> {
-    tree.write(dir)?;
-    let record = Record {
-        version: version.to_owned(),
-        change_id: change_id.to_owned(),
-        applied_at_ms: now_ms,
-        files: tree.hashes(),
-    };
-    let json = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
-    write_atomic(&dir.join(DEPLOYED_FILE), &json)
+    mlcore_config::deploy::read(dir).ok().flatten()
 }
 
 /// What the running daemons did with a version.
@@ -69,6 +36,9 @@ pub struct Taken {
     pub restart_required: Vec<String>,
     /// Milliseconds from the deployment to the last daemon taking it.
     pub took_ms: Option<u64>,
+    /// Why the heartbeats could not be read (Redis), when they could not:
+    /// then nothing is confirmed.
+    pub unconfirmed: Option<String>,
 }
 
 /// A daemon's refusal of a version.
@@ -81,9 +51,28 @@ pub struct Refusal {
 }
 
 impl Taken {
-    /// Every running daemon took it.
+    /// Every running daemon took it (none running: nothing to confirm).
     pub fn ok(&self) -> bool {
-        self.refused.is_empty() && self.silent.is_empty()
+        self.refused.is_empty() && self.silent.is_empty() && self.unconfirmed.is_none()
+    }
+
+    /// What went wrong, in a sentence.
+    pub fn failure(&self, timeout_ms: u64) -> String {
+        self.refused
+            .iter()
+            .map(|r| format!("{} refused: {}", r.instance, r.reason))
+            .chain(
+                self.silent
+                    .iter()
+                    .map(|d| format!("{d} did not take it within {timeout_ms} ms")),
+            )
+            .chain(
+                self.unconfirmed
+                    .iter()
+                    .map(|e| format!("the daemons' heartbeats could not be read: {e}")),
+            )
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 
@@ -95,13 +84,22 @@ pub async fn wait_for_daemons(svc: &Services, version: &str, since_ms: u64, time
     let fresh_ms = svc.config.control.heartbeat_missing_after_ms;
     loop {
         let now = svc.now_ms();
-        let beats = svc.redis.heartbeats().await.unwrap_or_default();
         let mut t = Taken {
             took: Vec::new(),
             refused: Vec::new(),
             silent: Vec::new(),
             restart_required: Vec::new(),
             took_ms: None,
+            unconfirmed: None,
+        };
+        let beats = match svc.redis.heartbeats().await {
+            Ok(b) => b,
+            Err(e) => {
+                // Redis unreadable: nothing confirmed; tried again until the
+                // deadline, then it counts as a failure.
+                t.unconfirmed = Some(e.to_string());
+                Vec::new()
+            }
         };
         for (instance, _, hb) in beats {
             let Some(hb) = hb else { continue };
@@ -126,7 +124,7 @@ pub async fn wait_for_daemons(svc: &Services, version: &str, since_ms: u64, time
                 t.silent.push(instance);
             }
         }
-        if t.silent.is_empty() || tokio::time::Instant::now() >= deadline {
+        if (t.silent.is_empty() && t.unconfirmed.is_none()) || tokio::time::Instant::now() >= deadline {
             return t;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

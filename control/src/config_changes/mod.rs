@@ -54,6 +54,8 @@ pub enum State {
     Approved,
     /// Merged into the environment's branch; not deployed yet.
     Merged,
+    /// Being deployed; waiting for the daemons.
+    Applying,
     /// Deployed, and every running daemon took it.
     Applied,
     /// An approver said no.
@@ -68,11 +70,12 @@ pub enum State {
 
 impl State {
     /// Every state.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Draft,
         Self::PrCreated,
         Self::Approved,
         Self::Merged,
+        Self::Applying,
         Self::Applied,
         Self::Rejected,
         Self::Cancelled,
@@ -87,6 +90,7 @@ impl State {
             Self::PrCreated => "pr_created",
             Self::Approved => "approved",
             Self::Merged => "merged",
+            Self::Applying => "applying",
             Self::Applied => "applied",
             Self::Rejected => "rejected",
             Self::Cancelled => "cancelled",
@@ -325,6 +329,9 @@ pub enum ConfigChangeError {
         /// Now.
         now: RiskLevel,
     },
+    /// A fast-path rollback that no longer only restores the previous version.
+    #[error("{0} no longer only restores the version deployed before (something was applied since): cancel it and roll back again")]
+    FastPathLost(String),
     /// Someone else changed the request meanwhile.
     #[error("{0} changed meanwhile; read it again")]
     Concurrent(String),
@@ -381,6 +388,7 @@ impl ConfigChangeError {
             Self::ApplyPending(_) => "CONFIG_CHANGE_APPLY_PENDING",
             Self::RiskChanged { .. } => "CONFIG_CHANGE_RISK_CHANGED",
             Self::Concurrent(_) => "CONFIG_CHANGE_CONCURRENT",
+            Self::FastPathLost(_) => "CONFIG_CHANGE_FAST_PATH_LOST",
             Self::NotApplied { .. } => "CONFIG_CHANGE_NOT_APPLIED",
             Self::Store(StoreError::Conflict(_)) => "CONFIG_CHANGE_CONFLICT",
             Self::Store(StoreError::Seed { .. }) => "CONFIG_CHANGE_UNINITIALISED",
@@ -409,28 +417,25 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| ConfigChangeError::Task(e.to_string()))?
 }
 
-/// Creates the repository from the deployed folder when it does not exist
-/// (and gives the folder a deployment record of that first commit).
+/// Creates the repository from the deployed folder when it does not exist;
+/// the branch's head. Never deploys: only `apply` (and `config init`) write
+/// the folder.
 pub async fn ensure_repository(svc: &Services) -> Result<String> {
     let c = svc.config.control.config_changes.clone();
-    let now = svc.now_ms();
     blocking(move || {
         let s = Store::new(&c.repository, &c.branch);
         s.open_or_seed(&c.deploy_dir)?;
-        let head = s.head()?;
-        if deploy::read(&c.deploy_dir).is_none() {
-            let tree = s.tree_at(&head)?;
-            deploy::write(&c.deploy_dir, &tree, &head, "init", now).map_err(|source| {
-                ConfigChangeError::Deploy {
-                    dir: c.deploy_dir.clone(),
-                    source,
-                }
-            })?;
-        }
-        Ok(head)
+        Ok(s.head()?)
     })
     .await
 }
+
+/// Serialises every change of requests and of the repository in this
+/// process: a check, its git work and the row's update happen as one (two
+/// approvals at once, an edit during a merge, two applies). One control
+/// plane serves an environment's repository; several would need the lock
+/// in PostgreSQL instead.
+static OPS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Applies edits to a tree.
 pub fn apply_edits(tree: &mut ConfigTree, edits: &[Edit]) -> Result<()> {
@@ -482,6 +487,16 @@ pub fn apply_edits(tree: &mut ConfigTree, edits: &[Edit]) -> Result<()> {
 /// each process when it takes the version, not here).
 pub fn validate(tree: &ConfigTree, project_root: &Path) -> Result<()> {
     let mut problems = Vec::new();
+    for env in tree.envs() {
+        if env.parse::<mlcore_config::Environment>().is_err() {
+            problems.push(ConfigProblem {
+                code: mlcore_config::ConfigCode::EnvUnknown,
+                file: Path::new("configs/envs").join(env),
+                key: String::new(),
+                message: format!("unknown environment `{env}` (expected dev, stg or prod)"),
+            });
+        }
+    }
     for env in change::environments(tree) {
         if let Err(e) = mlcore_config::load_tree(
             tree,
@@ -618,8 +633,11 @@ async fn load(svc: &Services, id: &str) -> Result<ChangeRequest> {
         .await
         .map_err(db("reading a request"))?
         .ok_or_else(|| ConfigChangeError::NotFound(id.to_owned()))?;
+    // Approvals of the current revision only.
     let approvals = sqlx::query(
-        "SELECT approver, at_ms FROM core.config_change_approvals WHERE change_id = $1 ORDER BY at_ms, approver",
+        "SELECT a.approver, a.at_ms FROM core.config_change_approvals a
+         JOIN core.config_changes c ON c.id = a.change_id AND c.head_commit = a.head_commit
+         WHERE a.change_id = $1 ORDER BY a.at_ms, a.approver",
     )
     .bind(id)
     .fetch_all(&svc.pool)
@@ -694,7 +712,46 @@ async fn history(
     if let Err(e) = svc.redis.publish_event(&event).await {
         tracing::warn!(error = %e, id, state = %to, "config change event not published");
     }
+    mirror(svc, id).await;
     Ok(())
+}
+
+/// Sends the request's new state to the external Config API, in the
+/// background (its retries never hold up the workflow); a delivery given
+/// up raises a warning alert.
+async fn mirror(svc: &Services, id: &str) {
+    let Some(api) = svc.config_api.clone() else {
+        return;
+    };
+    let cr = match load(svc, id).await {
+        Ok(cr) => cr,
+        Err(e) => {
+            tracing::warn!(error = %e, id, "config change not mirrored: it cannot be read");
+            return;
+        }
+    };
+    let alerts = Arc::clone(&svc.alerts);
+    tokio::spawn(async move {
+        match api.put_change(&cr.id, &cr).await {
+            Ok(d) => tracing::debug!(id = %cr.id, attempts = d.attempts, "config change mirrored"),
+            Err(e) => {
+                tracing::warn!(id = %cr.id, error = %e, "config change not mirrored");
+                alerts
+                    .deliver(&crate::alerts::Alert {
+                        severity: mlcore_config::Severity::Warning,
+                        kind: "config_api_unreachable".into(),
+                        scope: cr.id.clone(),
+                        summary: format!(
+                            "config change {} ({}) not mirrored to the Config API: {e}",
+                            cr.id, cr.state
+                        ),
+                        details: json!({"id": cr.id, "state": cr.state}),
+                        resolve: false,
+                    })
+                    .await;
+            }
+        }
+    });
 }
 
 /// Writes the mutable columns of `cr` if nobody changed the row since
@@ -748,6 +805,7 @@ fn need(cr: &ChangeRequest, ok: &[State], action: &'static str, needed: &'static
 /// Proposes a change: a branch from the environment's head with the edits
 /// committed, in `draft`.
 pub async fn create(svc: &Services, actor: &str, title: &str, edits: Vec<Edit>) -> Result<ChangeRequest> {
+    let _op = OPS.lock().await;
     let head = ensure_repository(svc).await?;
     let n: i64 = sqlx::query_scalar("SELECT nextval('core.config_change_ids')")
         .fetch_one(&svc.pool)
@@ -806,6 +864,7 @@ pub async fn create(svc: &Services, actor: &str, title: &str, edits: Vec<Edit>) 
 /// Edits an open request (its author only): a new commit on its branch. A
 /// submitted request is validated again and loses every approval.
 pub async fn edit(svc: &Services, actor: &str, id: &str, edits: Vec<Edit>) -> Result<ChangeRequest> {
+    let _op = OPS.lock().await;
     let cr = get(svc, id).await?;
     need(
         &cr,
@@ -847,6 +906,8 @@ pub async fn edit(svc: &Services, actor: &str, id: &str, edits: Vec<Edit>) -> Re
     let mut next = ChangeRequest {
         head_commit: new_head.clone(),
         updated_at_ms: svc.now_ms().max(cr.updated_at_ms + 1),
+        // An edited rollback is no longer a plain restore.
+        fast_path: false,
         ..cr.clone()
     };
     let revoked = cr.approvals.iter().map(|a| a.by.clone()).collect::<Vec<_>>();
@@ -893,6 +954,11 @@ fn score(s: &Store, head: &str, root: &Path) -> Result<(RiskLevel, Vec<String>, 
 /// Submits a draft (its author): validated for every environment, scored,
 /// `pr_created`.
 pub async fn submit(svc: &Services, actor: &str, id: &str) -> Result<ChangeRequest> {
+    let _op = OPS.lock().await;
+    submit_locked(svc, actor, id).await
+}
+
+async fn submit_locked(svc: &Services, actor: &str, id: &str) -> Result<ChangeRequest> {
     let cr = get(svc, id).await?;
     need(&cr, &[State::Draft], "submit", "draft")?;
     if cr.author != actor {
@@ -931,6 +997,7 @@ pub async fn submit(svc: &Services, actor: &str, id: &str) -> Result<ChangeReque
 /// An approver's approval (never the author's). Enough of them make the
 /// request `approved`.
 pub async fn approve(svc: &Services, actor: &str, id: &str) -> Result<ChangeRequest> {
+    let _op = OPS.lock().await;
     let cr = get(svc, id).await?;
     need(&cr, &[State::PrCreated, State::Approved], "approve", "pr_created")?;
     if cr.author == actor {
@@ -956,7 +1023,15 @@ pub async fn approve(svc: &Services, actor: &str, id: &str) -> Result<ChangeRequ
     if inserted == 0 {
         return Err(ConfigChangeError::Concurrent(id.to_owned()));
     }
-    let count = cr.approvals.len() as u32 + 1;
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM core.config_change_approvals WHERE change_id = $1 AND head_commit = $2",
+    )
+    .bind(id)
+    .bind(&cr.head_commit)
+    .fetch_one(&svc.pool)
+    .await
+    .map_err(db("counting approvals"))?;
+    let count = count.max(0) as u32;
     let to = if count >= cr.required_approvals {
         State::Approved
     } else {
@@ -1008,6 +1083,7 @@ async fn finish_open(
     action: &'static str,
     author_only: bool,
 ) -> Result<ChangeRequest> {
+    let _op = OPS.lock().await;
     let cr = get(svc, id).await?;
     let allowed: &[State] = if to == State::Rejected {
         &[State::PrCreated, State::Approved]
@@ -1075,14 +1151,33 @@ async fn finish_open(
 /// another merged request waits to be applied, on a conflict, or when the
 /// branch moved and the request's risk rose.
 pub async fn merge(svc: &Services, actor: &str, id: &str) -> Result<ChangeRequest> {
+    let _op = OPS.lock().await;
     let cr = get(svc, id).await?;
     need(&cr, &[State::Approved], "merge", "approved")?;
-    let pending: Option<String> =
-        sqlx::query_scalar("SELECT id FROM core.config_changes WHERE state = 'merged' AND id <> $1 LIMIT 1")
-            .bind(id)
-            .fetch_optional(&svc.pool)
-            .await
-            .map_err(db("looking for a pending apply"))?;
+    let approvals = cr.approvals.len() as u32;
+    if approvals < cr.required_approvals {
+        return Err(ConfigChangeError::WrongState {
+            id: id.to_owned(),
+            state: State::PrCreated,
+            action: "merge",
+            needed: "approved by as many approvers as its risk needs",
+        });
+    }
+    if cr.fast_path {
+        if let Some(target) = &cr.rollback_of {
+            let target = load(svc, target).await?;
+            if !fast_path_holds(svc, &target, &cr.head_commit).await? {
+                return Err(ConfigChangeError::FastPathLost(id.to_owned()));
+            }
+        }
+    }
+    let pending: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM core.config_changes WHERE state IN ('merged', 'applying') AND id <> $1 LIMIT 1",
+    )
+    .bind(id)
+    .fetch_optional(&svc.pool)
+    .await
+    .map_err(db("looking for a pending apply"))?;
     if let Some(other) = pending {
         return Err(ConfigChangeError::ApplyPending(other));
     }
@@ -1141,44 +1236,123 @@ pub struct Applied {
 /// Deploys a merged request and waits for the daemons: `applied` when every
 /// running daemon takes it; otherwise the previous version is deployed
 /// again (and committed as a revert) and the request is `failed`.
+///
+/// The request is claimed first (`merged → applying`, so a second apply or
+/// a cancel is refused meanwhile), then the work runs on a task of its own:
+/// a caller that goes away (a client disconnecting) does not stop it
+/// between the deployment and its outcome.
 pub async fn apply(svc: &Arc<Services>, actor: &str, id: &str) -> Result<Applied> {
-    let cr = get(svc, id).await?;
-    need(&cr, &[State::Merged], "apply", "merged")?;
+    let cr = {
+        let _op = OPS.lock().await;
+        let cr = get(svc, id).await?;
+        need(&cr, &[State::Merged], "apply", "merged")?;
+        let cfg = &svc.config.control.config_changes;
+        if cr.risk == RiskLevel::High && !cr.fast_path && !cfg.change_window.is_open(svc.now_ms()) {
+            let w = &cfg.change_window;
+            return Err(ConfigChangeError::WindowClosed {
+                id: id.to_owned(),
+                window: format!(
+                    "{} {}–{} UTC",
+                    w.days
+                        .iter()
+                        .map(|d| format!("{d:?}").to_lowercase())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    w.start,
+                    w.end
+                ),
+            });
+        }
+        let claimed = ChangeRequest {
+            state: State::Applying,
+            updated_at_ms: svc.now_ms().max(cr.updated_at_ms + 1),
+            ..cr.clone()
+        };
+        save(svc, &claimed, cr.state, cr.updated_at_ms).await?;
+        history(
+            svc,
+            id,
+            Some(cr.state),
+            State::Applying,
+            actor,
+            cr.merged_commit.as_deref(),
+            json!({}),
+        )
+        .await?;
+        claimed
+    };
+    let (svc, actor) = (Arc::clone(svc), actor.to_owned());
+    tokio::spawn(async move { apply_claimed(&svc, &actor, cr).await })
+        .await
+        .map_err(|e| ConfigChangeError::Task(e.to_string()))?
+}
+
+async fn apply_claimed(svc: &Services, actor: &str, cr: ChangeRequest) -> Result<Applied> {
+    let id = cr.id.clone();
     let cfg = svc.config.control.config_changes.clone();
-    let now = svc.now_ms();
-    if cr.risk == RiskLevel::High && !cr.fast_path && !cfg.change_window.is_open(now) {
-        let w = &cfg.change_window;
-        return Err(ConfigChangeError::WindowClosed {
-            id: id.to_owned(),
-            window: format!(
-                "{} {}–{} UTC",
-                w.days
-                    .iter()
-                    .map(|d| format!("{d:?}").to_lowercase())
-                    .collect::<Vec<_>>()
-                    .join(","),
-                w.start,
-                w.end
-            ),
-        });
-    }
     let version = cr.merged_commit.clone().unwrap_or_default();
-    let s = store(svc);
-    let dir = cfg.deploy_dir.clone();
-    let (v, cid) = (version.clone(), id.to_owned());
-    let before = deploy::read(&dir).map(|r| r.version);
+    let record = deploy::read(&cfg.deploy_dir);
+    let before = record.as_ref().map(|r| r.version.clone());
     let started = svc.now_ms();
-    let previous_tree = blocking(move || {
-        let previous = ConfigTree::read(&dir).unwrap_or_default();
+    let (s, dir, v, cid, rec) = (
+        store(svc),
+        cfg.deploy_dir.clone(),
+        version.clone(),
+        id.clone(),
+        record.clone(),
+    );
+    let deployed = blocking(move || {
+        // What to put back on failure: the deployed version from git, the
+        // folder as it is when it has no record (never an empty tree).
+        let previous = match rec.as_ref().and_then(|r| s.tree_at(&r.version).ok()) {
+            Some(t) => t,
+            None => ConfigTree::read(&dir).map_err(|e| ConfigChangeError::Deploy {
+                dir: dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?,
+        };
         let tree = s.tree_at(&v)?;
-        deploy::write(&dir, &tree, &v, &cid, started).map_err(|source| ConfigChangeError::Deploy {
-            dir: dir.clone(),
-            source,
-        })?;
+        if let Err(source) = deploy::write(&dir, &tree, &v, &cid, started) {
+            // Half written: the previous files and record back, so a process
+            // that starts now finds a whole deployment.
+            if let Some(r) = rec {
+                if let Err(e) = deploy::write(&dir, &previous, &r.version, &r.change_id, r.applied_at_ms) {
+                    tracing::error!(dir = %dir.display(), error = %e, "the deployed folder could not be restored");
+                }
+            }
+            return Err(ConfigChangeError::Deploy {
+                dir: dir.clone(),
+                source,
+            });
+        }
         Ok(previous)
     })
-    .await?;
-    announce(svc, &version, id).await;
+    .await;
+    let previous_tree = match deployed {
+        Ok(t) => t,
+        Err(e) => {
+            // Nothing (or the previous version again) is deployed: it stays
+            // merged, to be applied again.
+            let back = ChangeRequest {
+                state: State::Merged,
+                updated_at_ms: svc.now_ms().max(cr.updated_at_ms + 1),
+                ..cr.clone()
+            };
+            save(svc, &back, State::Applying, cr.updated_at_ms).await?;
+            history(
+                svc,
+                &id,
+                Some(State::Applying),
+                State::Merged,
+                actor,
+                Some(&version),
+                json!({"deploy_failed": e.to_string()}),
+            )
+            .await?;
+            return Err(e);
+        }
+    };
+    announce(svc, &version, &id).await;
     let taken = deploy::wait_for_daemons(svc, &version, started, cfg.apply_timeout_ms).await;
     let apply_ms = svc.now_ms().saturating_sub(started);
     let mut next = ChangeRequest {
@@ -1187,56 +1361,72 @@ pub async fn apply(svc: &Arc<Services>, actor: &str, id: &str) -> Result<Applied
         ..cr.clone()
     };
     let mut revert = None;
+    let mut severity = mlcore_config::Severity::Warning;
     if taken.ok() {
         next.state = State::Applied;
-        next.result = Some(format!(
-            "taken by {} daemon(s){}",
-            taken.took.len(),
-            if taken.restart_required.is_empty() {
-                String::new()
-            } else {
-                format!("; waiting for a restart: {}", taken.restart_required.join(", "))
-            }
-        ));
-    } else {
-        let why = taken
-            .refused
-            .iter()
-            .map(|r| format!("{} refused: {}", r.instance, r.reason))
-            .chain(
-                taken
-                    .silent
-                    .iter()
-                    .map(|d| format!("{d} did not take it within {} ms", cfg.apply_timeout_ms)),
+        next.result = Some(if taken.took.is_empty() {
+            "no daemon running: nothing to confirm".to_owned()
+        } else {
+            format!(
+                "taken by {} daemon(s){}",
+                taken.took.len(),
+                if taken.restart_required.is_empty() {
+                    String::new()
+                } else {
+                    format!("; waiting for a restart: {}", taken.restart_required.join(", "))
+                }
             )
-            .collect::<Vec<_>>()
-            .join("; ");
+        });
+    } else {
+        let why = taken.failure(cfg.apply_timeout_ms);
         // Put back what was deployed, and make the branch say so.
         let (s, dir, a) = (store(svc), cfg.deploy_dir.clone(), actor.to_owned());
         let msg = format!("Revert {id}: {why}");
         let now2 = svc.now_ms();
-        let (prev, cid) = (previous_tree, id.to_owned());
-        let restored = blocking(move || {
-            let commit = s.commit_on_branch(&prev, &a, &msg)?;
-            deploy::write(&dir, &prev, &commit, &format!("revert-{cid}"), now2).map_err(|source| {
-                ConfigChangeError::Deploy {
-                    dir: dir.clone(),
-                    source,
-                }
-            })?;
-            Ok(commit)
-        })
-        .await?;
-        announce(svc, &restored, id).await;
-        revert = Some(deploy::wait_for_daemons(svc, &restored, now2, cfg.apply_timeout_ms).await);
+        let (prev, cid) = (previous_tree, id.clone());
+        let restored = {
+            let _op = OPS.lock().await;
+            blocking(move || {
+                let commit = s.commit_on_branch(&prev, &a, &msg)?;
+                deploy::write(&dir, &prev, &commit, &format!("revert-{cid}"), now2).map_err(|source| {
+                    ConfigChangeError::Deploy {
+                        dir: dir.clone(),
+                        source,
+                    }
+                })?;
+                Ok(commit)
+            })
+            .await
+        };
+        match restored {
+            Ok(restored) => {
+                announce(svc, &restored, &id).await;
+                let back = deploy::wait_for_daemons(svc, &restored, now2, cfg.apply_timeout_ms).await;
+                next.result = Some(if back.ok() {
+                    format!("{why}; reverted to {restored}")
+                } else {
+                    severity = mlcore_config::Severity::Critical;
+                    format!(
+                        "{why}; reverted to {restored}, which the daemons did not all take: {}",
+                        back.failure(cfg.apply_timeout_ms)
+                    )
+                });
+                revert = Some(back);
+            }
+            Err(e) => {
+                severity = mlcore_config::Severity::Critical;
+                next.result = Some(format!(
+                    "{why}; THE REVERT FAILED: {e} — {version} may still be deployed"
+                ));
+            }
+        }
         next.state = State::Failed;
-        next.result = Some(format!("{why}; reverted to {restored}"));
     }
-    save(svc, &next, cr.state, cr.updated_at_ms).await?;
+    save(svc, &next, State::Applying, cr.updated_at_ms).await?;
     history(
         svc,
-        id,
-        Some(cr.state),
+        &id,
+        Some(State::Applying),
         next.state,
         actor,
         Some(&version),
@@ -1245,11 +1435,11 @@ pub async fn apply(svc: &Arc<Services>, actor: &str, id: &str) -> Result<Applied
     .await?;
     if next.state == State::Failed {
         svc.alerts.raise(crate::alerts::Alert {
-            severity: mlcore_config::Severity::Warning,
+            severity,
             kind: "config_apply_failed".into(),
-            scope: id.to_owned(),
+            scope: id.clone(),
             summary: format!(
-                "config change {id} failed and was reverted: {}",
+                "config change {id} failed: {}",
                 next.result.clone().unwrap_or_default()
             ),
             details: json!({"id": id, "version": version}),
@@ -1257,11 +1447,56 @@ pub async fn apply(svc: &Arc<Services>, actor: &str, id: &str) -> Result<Applied
         });
     }
     Ok(Applied {
-        request: load(svc, id).await?,
+        request: load(svc, &id).await?,
         daemons: taken,
         revert,
         apply_ms,
     })
+}
+
+/// Requests a stopped control plane left `applying`: `failed`, saying what
+/// is deployed, and alerted (whether the daemons took it is unknown). Run
+/// by `serve` at start.
+pub async fn recover_interrupted(svc: &Services) -> Result<Vec<String>> {
+    let _op = OPS.lock().await;
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM core.config_changes WHERE state = 'applying'")
+        .fetch_all(&svc.pool)
+        .await
+        .map_err(db("looking for interrupted applies"))?;
+    let deployed = deploy::read(&svc.config.control.config_changes.deploy_dir).map(|r| r.version);
+    for id in &ids {
+        let cr = load(svc, id).await?;
+        let why = format!(
+            "the control plane stopped during the apply; deployed now: {}",
+            deployed.as_deref().unwrap_or("nothing recorded")
+        );
+        let next = ChangeRequest {
+            state: State::Failed,
+            result: Some(why.clone()),
+            updated_at_ms: svc.now_ms().max(cr.updated_at_ms + 1),
+            ..cr.clone()
+        };
+        save(svc, &next, State::Applying, cr.updated_at_ms).await?;
+        history(
+            svc,
+            id,
+            Some(State::Applying),
+            State::Failed,
+            "system",
+            None,
+            json!({"reason": why}),
+        )
+        .await?;
+        svc.alerts.raise(crate::alerts::Alert {
+            severity: mlcore_config::Severity::Critical,
+            kind: "config_apply_interrupted".into(),
+            scope: id.clone(),
+            summary: format!("config change {id}: {why}; check GET /v1/configs/status"),
+            details: json!({"id": id}),
+            resolve: false,
+        });
+    }
+    Ok(ids)
 }
 
 async fn announce(svc: &Services, version: &str, id: &str) {
@@ -1276,6 +1511,7 @@ async fn announce(svc: &Services, version: &str, id: &str) {
 /// on the current branch, submitted. When that only restores the version
 /// deployed before it, the fast path applies (one approver, any time).
 pub async fn rollback(svc: &Services, actor: &str, id: &str) -> Result<ChangeRequest> {
+    let _op = OPS.lock().await;
     let target = get(svc, id).await?;
     if target.state != State::Applied {
         return Err(ConfigChangeError::NotApplied {
@@ -1285,27 +1521,8 @@ pub async fn rollback(svc: &Services, actor: &str, id: &str) -> Result<ChangeReq
     }
     let head = ensure_repository(svc).await?;
     let merged = target.merged_commit.clone().unwrap_or_default();
-    let deploy_dir = svc.config.control.config_changes.deploy_dir.clone();
-    let before = target.deployed_before.clone();
     let s = store(svc);
-    let m2 = merged.clone();
-    let (tree, fast) = blocking(move || {
-        let tree = s.reverted_tree(&m2)?;
-        // Fast only when what is deployed is still what the request
-        // deployed (nothing applied since, a failed apply's revert aside)
-        // and the revert gives back exactly what was deployed before it.
-        let deployed = ConfigTree::read(&deploy_dir).map_err(|e| ConfigChangeError::Deploy {
-            dir: deploy_dir.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let unchanged_since = s.tree_at(&m2)? == deployed;
-        let restores = match &before {
-            Some(b) => s.tree_at(b).map(|t| t == tree).unwrap_or(false),
-            None => false,
-        };
-        Ok((tree, unchanged_since && restores))
-    })
-    .await?;
+    let tree = blocking(move || Ok(s.reverted_tree(&merged)?)).await?;
     let n: i64 = sqlx::query_scalar("SELECT nextval('core.config_change_ids')")
         .fetch_one(&svc.pool)
         .await
@@ -1321,6 +1538,11 @@ pub async fn rollback(svc: &Services, actor: &str, id: &str) -> Result<ChangeReq
         format!("{rid}: {title}"),
     );
     let head_commit = blocking(move || Ok(s.create_branch(&b, &h, &tree, &a, &msg)?)).await?;
+    // Fast only when what is deployed is still what the request deployed
+    // (nothing applied since, a failed apply's revert aside) and the revert
+    // gives back exactly what was deployed before it; checked again at
+    // merge, and lost by any edit.
+    let fast = fast_path_holds(svc, &target, &head_commit).await?;
     let now = svc.now_ms();
     let ttl = svc.config.control.config_changes.ttl_h.saturating_mul(3_600_000);
     sqlx::query(
@@ -1351,7 +1573,27 @@ pub async fn rollback(svc: &Services, actor: &str, id: &str) -> Result<ChangeReq
         json!({"rollback_of": id, "fast_path": fast}),
     )
     .await?;
-    submit(svc, actor, &rid).await
+    submit_locked(svc, actor, &rid).await
+}
+
+/// Whether rolling `target` back with `head` (a rollback's revision) only
+/// restores the version deployed before it: what is deployed is still
+/// `target`'s, and `head` merged gives back exactly `deployed_before`.
+async fn fast_path_holds(svc: &Services, target: &ChangeRequest, head: &str) -> Result<bool> {
+    let (Some(merged), Some(before)) = (target.merged_commit.clone(), target.deployed_before.clone()) else {
+        return Ok(false);
+    };
+    let s = store(svc);
+    let dir = svc.config.control.config_changes.deploy_dir.clone();
+    let head = head.to_owned();
+    blocking(move || {
+        let deployed = ConfigTree::read(&dir).map_err(|e| ConfigChangeError::Deploy {
+            dir: dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        Ok(s.tree_at(&merged)? == deployed && s.tree_at(&before).ok() == s.merged_tree(&head).ok())
+    })
+    .await
 }
 
 /// A request's diff against the branch it merges into.
@@ -1366,9 +1608,9 @@ pub async fn preview(svc: &Services, id: &str) -> Result<Preview> {
             }
             None => {
                 let head = s.head()?;
-                let new = s
-                    .merged_tree(&cr.head_commit)
-                    .or_else(|_| s.tree_at(&cr.head_commit))?;
+                // A conflict is the answer (409), not a diff against
+                // something else.
+                let new = s.merged_tree(&cr.head_commit)?;
                 (head.clone(), s.tree_at(&head)?, new)
             }
         };
