@@ -161,9 +161,11 @@ impl ConfigTree {
             .collect()
     }
 
-    /// Writes the tree into `root`: each file through a temporary and a
-    /// rename (a reader sees the old or the new bytes of a file, never a
-    /// part), then removes the files of `root` the tree no longer holds.
+    /// Writes the tree into `root`: each file that differs through a
+    /// temporary and a rename (a reader sees the old or the new bytes of a
+    /// file, never a part; a file already holding its text is left alone —
+    /// a change of one key costs one file's write and sync, not the
+    /// folder's), then removes the files of `root` the tree no longer holds.
     /// A reader that needs the whole tree consistent checks it against
     /// [`DEPLOYED_FILE`], which the deployer writes last.
     pub fn write(&self, root: &Path) -> std::io::Result<()> {
@@ -172,7 +174,11 @@ impl ConfigTree {
         }
         std::fs::create_dir_all(root.join("base"))?;
         for (path, text) in &self.files {
-            write_atomic(&root.join(path), text.as_bytes())?;
+            let target = root.join(path);
+            if std::fs::read(&target).is_ok_and(|old| old == text.as_bytes()) {
+                continue;
+            }
+            write_atomic(&target, text.as_bytes())?;
         }
         let on_disk = Self::read(root).map_err(|e| std::io::Error::other(e.to_string()))?;
         for path in on_disk.files.keys() {

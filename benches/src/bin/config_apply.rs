@@ -14,7 +14,8 @@
 //! `since_ms`; per phase, decisions, drops and the daemon's trigger →
 //! acknowledged p50/p99 — the same run with and without changes.
 //!
-//! `mlcore-config-apply-bench [--rate 2000] [--seconds 60] [--every-ms 100]`
+//! `mlcore-config-apply-bench [--rate 2000] [--seconds 60] [--every-ms 100]
+//! [--variant full|write-only|poll-only] [--daemon-log FILE]`
 
 #![allow(clippy::print_stdout)] // a benchmark reports on stdout
 
@@ -51,14 +52,30 @@ struct Args {
     /// The daemon binary (default: `mlcore-daemon` beside this one).
     #[arg(long)]
     daemon: Option<PathBuf>,
+    /// The daemon's log (JSON lines: each reload with its `took_us`).
+    #[arg(long)]
+    daemon_log: Option<PathBuf>,
+    /// Controls that locate a cost: `full` (deploy and announce new
+    /// versions), `write-only` (write the files, the version unchanged: the
+    /// daemon takes nothing), `poll-only` (only the heartbeat polling).
+    #[arg(long, value_enum, default_value_t = Variant::Full)]
+    variant: Variant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Variant {
+    Full,
+    WriteOnly,
+    PollOnly,
 }
 
 const INSTANCE: &str = "config-apply-bench";
 
 /// One deployed version: the daemon's `since_ms` minus the deployment's
-/// start (its clock), and the time until its heartbeat said so (ours);
-/// `None` when the next version came first.
-type Applied = (Option<u64>, Option<Duration>);
+/// start (its clock), and the time until its heartbeat said so (ours) —
+/// `None` when the next version came first —, and how long writing the
+/// folder took.
+type Applied = (Option<u64>, Option<Duration>, Duration);
 
 struct Daemon(Child);
 
@@ -175,7 +192,10 @@ fn main() -> anyhow::Result<()> {
             .arg(root)
             .args(["run", "--env", "dev"])
             .env("MLCORE_REDIS_URL", testutil::redis_url())
-            .stderr(Stdio::null()),
+            .stderr(match &a.daemon_log {
+                Some(path) => Stdio::from(std::fs::File::create(path)?),
+                None => Stdio::null(),
+            }),
     );
     let _daemon = Daemon(child);
     let ingress = testutil::announced(&line, "ingress=");
@@ -240,9 +260,16 @@ fn main() -> anyhow::Result<()> {
                             (0.65, 0.85)
                         };
                         let tree = with_theta(&base, theta)?;
-                        let version = format!("bench-{i}");
+                        let version = if a.variant == Variant::WriteOnly {
+                            "bench-0".to_owned()
+                        } else {
+                            format!("bench-{i}")
+                        };
                         let (t0, at) = (now_ms(), Instant::now());
-                        mlcore_config::deploy::write(&live, &tree, &version, "bench", t0)?;
+                        if a.variant != Variant::PollOnly {
+                            mlcore_config::deploy::write(&live, &tree, &version, "bench", t0)?;
+                        }
+                        let written = at.elapsed();
                         let event = serde_json::json!({"type": "config_applied", "version": version});
                         redis::cmd("PUBLISH")
                             .arg(keys.events())
@@ -263,7 +290,7 @@ fn main() -> anyhow::Result<()> {
                             }
                             std::thread::sleep(Duration::from_millis(1));
                         }
-                        out.push((taken.map(|t| t.0), taken.map(|t| t.1)));
+                        out.push((taken.map(|t| t.0), taken.map(|t| t.1), written));
                         let now = Instant::now();
                         if next > now {
                             std::thread::sleep(next - now);
@@ -343,6 +370,9 @@ fn main() -> anyhow::Result<()> {
         taken.len(),
         missed
     );
+    if let Some(p) = Percentiles::of(applies.iter().map(|x| x.2).collect()) {
+        println!("writing the folder (13 files, each fsynced, then DEPLOYED.json): {p}");
+    }
     if let Some(p) = Percentiles::of(taken.clone()) {
         println!("deployment start -> heartbeat says it decides with it: {p}");
         let mut s = since.clone();
