@@ -384,6 +384,11 @@ pub fn effects(file: &str, key: &str) -> Vec<Effect> {
         "cost_table.yaml" => vec![restart(Proc::Control)],
         "daemon.yaml" if key == "decision.timer_interval_ms" => vec![daemon_live],
         "daemon.yaml" => vec![restart(Proc::Daemon)],
+        // The control plane's alerter takes new channels and routing.
+        "notifications.yaml" => vec![Effect {
+            process: Proc::Control,
+            apply: Apply::Live,
+        }],
         // Re-read by the daemon every 10 s (keys rotate, revocations apply).
         "trust.yaml" => vec![daemon_live, restart(Proc::Control)],
         "redis.yaml" | "storage.yaml" | "metrics.yaml" => {

@@ -195,7 +195,8 @@ impl Notifier {
 /// delivery never blocks or fails the action that raised it.
 #[derive(Debug)]
 pub struct Alerter {
-    notifier: Notifier,
+    /// Replaced whole when a config change moves the routing or channels.
+    notifier: arc_swap::ArcSwap<Notifier>,
     sent: AtomicU64,
     failed: AtomicU64,
 }
@@ -204,10 +205,27 @@ impl Alerter {
     /// Raises through `notifier`.
     pub fn new(notifier: Notifier) -> Self {
         Self {
-            notifier,
+            notifier: arc_swap::ArcSwap::from_pointee(notifier),
             sent: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         }
+    }
+
+    /// Takes new channels and routing (a config change applied): alerts
+    /// raised from now on go by them.
+    pub fn reroute(&self, cfg: NotificationsConfig) -> Result<(), reqwest::Error> {
+        self.notifier.store(Arc::new(Notifier::new(cfg)?));
+        Ok(())
+    }
+
+    /// The channels each severity goes to now.
+    pub fn routing(&self) -> std::collections::BTreeMap<mlcore_config::Severity, Vec<Channel>> {
+        self.notifier.load().cfg.routing.clone()
+    }
+
+    /// The notification settings in force.
+    pub fn settings(&self) -> NotificationsConfig {
+        self.notifier.load().cfg.clone()
     }
 
     /// Sends `alert` to its channels on a task of its own.
@@ -220,7 +238,8 @@ impl Alerter {
     /// their retries): for a process about to exit (a CLI run), where a
     /// background task would die with it.
     pub async fn deliver(&self, alert: &Alert) {
-        for (_, d) in self.notifier.notify(alert).await {
+        let notifier = self.notifier.load_full();
+        for (_, d) in notifier.notify(alert).await {
             let counter = match d {
                 Delivery::Sent { .. } => &self.sent,
                 Delivery::Failed { .. } => &self.failed,

@@ -1971,3 +1971,61 @@ async fn config_change_requests_refuse_what_review_forbids() {
     assert!(refused >= 8, "{refused} refusals audited");
     f.finish().await;
 }
+
+/// Alert routing is the control plane's to take live: a change of
+/// `notifications.yaml` applied (no daemon running: nothing to confirm) is
+/// in force for the next alert, and the result says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_routing_is_taken_live_by_the_control_plane() {
+    let f = fixture_with(|cfg| cfg.control.rate_limit.burst = 1_000).await;
+    let before = f.state.services.alerts.routing();
+    assert_ne!(
+        before.get(&config::Severity::Info),
+        Some(&vec![config::Channel::Webhook])
+    );
+    let body = r#"{"title":"info alerts to the webhook","edits":[{"file":"envs/dev/notifications.yaml","key":"routing.info","value":"[webhook]"}]}"#;
+    let cr = f
+        .expect_status("POST", "/v1/configs/changes", Some(OPERATOR), body, 201)
+        .await;
+    let id = cr["id"].as_str().unwrap().to_owned();
+    let diff = f
+        .expect_status(
+            "GET",
+            &format!("/v1/configs/changes/{id}/diff"),
+            Some(VIEWER),
+            "",
+            200,
+        )
+        .await;
+    assert_eq!(diff["live"], serde_json::json!(["control"]), "{diff}");
+    for (verb, token) in [("submit", OPERATOR), ("approve", APPROVER), ("merge", OPERATOR)] {
+        f.expect_status(
+            "POST",
+            &format!("/v1/configs/changes/{id}/{verb}"),
+            Some(token),
+            "",
+            200,
+        )
+        .await;
+    }
+    let applied = f
+        .expect_status(
+            "POST",
+            &format!("/v1/configs/changes/{id}/apply"),
+            Some(OPERATOR),
+            "",
+            200,
+        )
+        .await;
+    assert_eq!(applied["request"]["state"], "applied", "{applied}");
+    let result = applied["request"]["result"].as_str().unwrap();
+    assert!(
+        result.contains("no daemon running") && result.contains("alert channels and routing taken"),
+        "{result}"
+    );
+    assert_eq!(
+        f.state.services.alerts.routing().get(&config::Severity::Info),
+        Some(&vec![config::Channel::Webhook])
+    );
+    f.finish().await;
+}

@@ -222,3 +222,92 @@ fn verify_ssl_false_and_plain_http_are_refused_outside_dev() {
     .unwrap();
     assert!(!dev.control.config_api.unwrap().verify_ssl);
 }
+
+/// The control plane mirrors every state change of a request to the
+/// configured Config API (in the background, the workflow not waiting):
+/// the stub sees `draft`, then `pr_created`, with the token, each body
+/// carrying `updated_at_ms` so the newest can be kept.
+#[test]
+fn the_control_plane_mirrors_every_state_change() {
+    use mlcore_config::{Environment, MapEnv};
+    use mlcore_control::{api, config_changes, db};
+    use mlcore_testkit::{self as testutil, RedisNamespace};
+    let db = testutil::TestDatabase::create("mlcore_config_api");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (ca, cert, key) = pki();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, &ca).unwrap();
+        let (addr, seen) = stub(&cert, &key, vec![(200, Duration::ZERO)]).await;
+        let vars = MapEnv::new()
+            .with("MLCORE_REDIS_URL", &testutil::redis_url())
+            .with("MLCORE_PG_DSN", &db.dsn);
+        let mut cfg = mlcore_config::load(
+            &testutil::workspace_root().join("configs"),
+            Environment::Dev,
+            &vars,
+        )
+        .unwrap();
+        let ns = RedisNamespace::new();
+        cfg.redis.namespace = ns.ns.clone();
+        cfg.storage.worm_root = dir.path().join("worm");
+        let live = dir.path().join("live/configs");
+        testutil::copy_tree(&testutil::workspace_root().join("configs"), &live).unwrap();
+        cfg.control.config_changes.repository = dir.path().join("config-repo");
+        cfg.control.config_changes.deploy_dir = live;
+        cfg.control.config_api = Some(ConfigApiConfig {
+            base_url: format!("https://localhost:{}/api", addr.port()),
+            token: Secret::literal("mirror-token"),
+            timeout_seconds: 2.0,
+            retries: 2,
+            backoff_ms: 20,
+            verify_ssl: true,
+            ca_file: Some(ca_file),
+        });
+        db::migrate(&cfg.database).await.unwrap();
+        let state = api::state(cfg).await.unwrap();
+        let edit = config_changes::Edit {
+            file: "base/core_policy.yaml".into(),
+            content: None,
+            key: Some("risk.max_gross".into()),
+            value: Some("0.9".into()),
+            delete: false,
+        };
+        let cr = config_changes::create(&state.services, "dev-operator", "tighter", vec![edit])
+            .await
+            .unwrap();
+        config_changes::submit(&state.services, "dev-operator", &cr.id)
+            .await
+            .unwrap();
+        let mirrored = testutil::wait_until(Duration::from_secs(10), || seen.lock().unwrap().seen.len() >= 2);
+        assert!(
+            mirrored.is_some(),
+            "the stub saw {:?}",
+            seen.lock().unwrap().seen.len()
+        );
+        {
+            let s = seen.lock().unwrap();
+            let mut states: Vec<(u64, String)> = s
+                .seen
+                .iter()
+                .map(|(id, auth, body, _)| {
+                    assert_eq!(id, &cr.id);
+                    assert_eq!(auth.as_deref(), Some("Bearer mirror-token"));
+                    (
+                        body["updated_at_ms"].as_u64().unwrap(),
+                        body["state"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            states.sort();
+            let states: Vec<&str> = states.iter().map(|(_, s)| s.as_str()).collect();
+            assert_eq!(states, ["draft", "pr_created"], "in order of updated_at_ms");
+        }
+        state.services.pool.close().await;
+    });
+}

@@ -1364,19 +1364,22 @@ async fn apply_claimed(svc: &Services, actor: &str, cr: ChangeRequest) -> Result
     let mut severity = mlcore_config::Severity::Warning;
     if taken.ok() {
         next.state = State::Applied;
-        next.result = Some(if taken.took.is_empty() {
-            "no daemon running: nothing to confirm".to_owned()
-        } else {
-            format!(
-                "taken by {} daemon(s){}",
-                taken.took.len(),
-                if taken.restart_required.is_empty() {
-                    String::new()
-                } else {
-                    format!("; waiting for a restart: {}", taken.restart_required.join(", "))
-                }
-            )
-        });
+        let control = take_own_part(svc).await;
+        next.result = Some(
+            if taken.took.is_empty() {
+                "no daemon running: nothing to confirm".to_owned()
+            } else {
+                format!(
+                    "taken by {} daemon(s){}",
+                    taken.took.len(),
+                    if taken.restart_required.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; waiting for a restart: {}", taken.restart_required.join(", "))
+                    }
+                )
+            } + &control,
+        );
     } else {
         let why = taken.failure(cfg.apply_timeout_ms);
         // Put back what was deployed, and make the branch say so.
@@ -1497,6 +1500,36 @@ pub async fn recover_interrupted(svc: &Services) -> Result<Vec<String>> {
         });
     }
     Ok(ids)
+}
+
+/// What this control plane takes live of a deployed version: its alert
+/// channels and routing. Said in the request's result (`; control: ...`),
+/// empty when they did not change.
+async fn take_own_part(svc: &Services) -> String {
+    let cfg = &svc.config.control.config_changes;
+    let root = std::env::var_os("MLCORE_PROJECT_ROOT").map_or_else(|| project_root(svc), PathBuf::from);
+    let (dir, env) = (cfg.deploy_dir.clone(), svc.config.environment);
+    let loaded = blocking(move || {
+        let tree = ConfigTree::read(&dir).map_err(|e| ConfigChangeError::Invalid(e.problems))?;
+        mlcore_config::load_tree(
+            &tree,
+            &dir,
+            &root,
+            env,
+            &mlcore_config::ProcessEnv,
+            Process::Control,
+        )
+        .map_err(|e| ConfigChangeError::Invalid(e.problems))
+    })
+    .await;
+    match loaded {
+        Ok(new) if new.notifications == svc.alerts.settings() => String::new(),
+        Ok(new) => match svc.alerts.reroute(new.notifications) {
+            Ok(()) => "; control: alert channels and routing taken".into(),
+            Err(e) => format!("; control kept its alert routing: {e}"),
+        },
+        Err(e) => format!("; control kept its alert routing (the version does not load here: {e})"),
+    }
 }
 
 async fn announce(svc: &Services, version: &str, id: &str) {
