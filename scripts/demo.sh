@@ -146,7 +146,7 @@ CR=$(as_operator config propose --title "demo: θ for fx_g10" \
   --set envs/dev/core_policy.yaml:theta.per_strategy.fx_g10.theta2=0.60 --submit | json_field '["id"]')
 as_viewer() { MLCORE_TOKEN=dev-viewer-token "$CONTROL" "$@"; }
 as_viewer config diff --id "$CR"
-say "high risk (θ moves more than max_step): two approvers — the approver and the admin"
+say "high risk (a θ override replaces the model's θ): two approvers — the approver and the admin"
 as_approver config approve --id "$CR" >/dev/null
 as_admin config approve --id "$CR" >/dev/null
 say "merge and apply: the daemon takes it between two decisions, without a restart"

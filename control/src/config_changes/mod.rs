@@ -789,6 +789,22 @@ async fn save(svc: &Services, cr: &ChangeRequest, seen_state: State, seen_update
     }
 }
 
+/// Saves `next` over `cr` (compare-and-set on `cr`'s state and time, a
+/// fresh `updated_at_ms`) and records the move in the history.
+async fn move_to(
+    svc: &Services,
+    cr: &ChangeRequest,
+    mut next: ChangeRequest,
+    actor: &str,
+    commit: Option<&str>,
+    details: serde_json::Value,
+) -> Result<ChangeRequest> {
+    next.updated_at_ms = svc.now_ms().max(cr.updated_at_ms + 1);
+    save(svc, &next, cr.state, cr.updated_at_ms).await?;
+    history(svc, &cr.id, Some(cr.state), next.state, actor, commit, details).await?;
+    Ok(next)
+}
+
 fn need(cr: &ChangeRequest, ok: &[State], action: &'static str, needed: &'static str) -> Result<()> {
     if ok.contains(&cr.state) {
         Ok(())
@@ -971,26 +987,18 @@ async fn submit_locked(svc: &Services, actor: &str, id: &str) -> Result<ChangeRe
     let (s, root, head) = (store(svc), project_root(svc), cr.head_commit.clone());
     let (risk, reasons, required) = blocking(move || score(&s, &head, &root)).await?;
     let fast = cr.kind == "rollback" && cr.fast_path;
+    // The fast path: one approver for a plain restore.
+    let required = if fast { 1 } else { required };
     let next = ChangeRequest {
         state: State::PrCreated,
         risk,
         risk_reasons: reasons.clone(),
-        // The fast path: one approver for a plain restore.
-        required_approvals: if fast { 1 } else { required },
-        updated_at_ms: svc.now_ms().max(cr.updated_at_ms + 1),
+        required_approvals: required,
         ..cr.clone()
     };
-    save(svc, &next, cr.state, cr.updated_at_ms).await?;
-    history(
-        svc,
-        id,
-        Some(cr.state),
-        State::PrCreated,
-        actor,
-        Some(&cr.head_commit),
-        json!({"risk": risk, "reasons": reasons, "required_approvals": next.required_approvals, "fast_path": fast}),
-    )
-    .await?;
+    let details =
+        json!({"risk": risk, "reasons": reasons, "required_approvals": required, "fast_path": fast});
+    move_to(svc, &cr, next, actor, Some(&cr.head_commit), details).await?;
     load(svc, id).await
 }
 
@@ -1130,20 +1138,10 @@ async fn finish_open(
     let next = ChangeRequest {
         state: to,
         result: Some(format!("{action}ed by {actor}: {reason}")),
-        updated_at_ms: svc.now_ms().max(cr.updated_at_ms + 1),
         ..cr.clone()
     };
-    save(svc, &next, cr.state, cr.updated_at_ms).await?;
-    history(
-        svc,
-        id,
-        Some(cr.state),
-        to,
-        actor,
-        revert.as_deref(),
-        json!({"reason": reason, "branch_reverted": revert}),
-    )
-    .await?;
+    let details = json!({"reason": reason, "branch_reverted": revert});
+    move_to(svc, &cr, next, actor, revert.as_deref(), details).await?;
     load(svc, id).await
 }
 
@@ -1203,20 +1201,9 @@ pub async fn merge(svc: &Services, actor: &str, id: &str) -> Result<ChangeReques
     let next = ChangeRequest {
         state: State::Merged,
         merged_commit: Some(merged.clone()),
-        updated_at_ms: svc.now_ms().max(cr.updated_at_ms + 1),
         ..cr.clone()
     };
-    save(svc, &next, cr.state, cr.updated_at_ms).await?;
-    history(
-        svc,
-        id,
-        Some(cr.state),
-        State::Merged,
-        actor,
-        Some(&merged),
-        json!({}),
-    )
-    .await?;
+    move_to(svc, &cr, next, actor, Some(&merged), json!({})).await?;
     load(svc, id).await
 }
 
