@@ -84,7 +84,12 @@ fn setup() -> Setup {
     // One operator makes every request here: more than the default burst.
     write(
         "control.yaml",
-        format!("rate_limit: {{per_minute: 600, burst: 100}}\n{control}  apply_timeout_ms: 8000\n"),
+        mlcore_config::edit::set(
+            &mlcore_config::edit::set(&control, "config_changes.apply_timeout_ms", "8000").unwrap(),
+            "rate_limit",
+            "{per_minute: 600, burst: 100}",
+        )
+        .unwrap(),
     );
     Setup {
         _tmp: tmp,

@@ -118,10 +118,19 @@ fn setup_on(dataset: Option<&Path>) -> Env {
             ),
         );
     // A small run: 60 trees, 15 TPE trials after the 5 × 5 grid.
-    write(
-        "control.yaml",
-        format!("{control}  trees: {{num_leaves: 31, learning_rate: 0.05, min_data_in_leaf: 50, max_trees: 60}}\n  search: {{every_ms: 60000, latency_ms: 250, grid: 5, trials: 15, min_fills: 50, max_drawdown: 0.05, seed: 20261205}}\n"),
-    );
+    let control = mlcore_config::edit::set(
+        &control,
+        "retrain.trees",
+        "{num_leaves: 31, learning_rate: 0.05, min_data_in_leaf: 50, max_trees: 60}",
+    )
+    .unwrap();
+    let control = mlcore_config::edit::set(
+        &control,
+        "retrain.search",
+        "{every_ms: 60000, latency_ms: 250, grid: 5, trials: 15, min_fills: 50, max_drawdown: 0.05, seed: 20261205}",
+    )
+    .unwrap();
+    write("control.yaml", control);
     let (hook, alerts) = webhook_stand_in();
     let notifications = std::fs::read_to_string(dev.join("notifications.yaml"))
         .unwrap()
@@ -821,11 +830,13 @@ fn the_schedule_starts_a_run_by_itself() {
     let cron = format!("{} {} {} {d} {mo} *", t % 60, t / 60 % 60, t / 3600);
     let control = env.root.join("configs/envs/dev/control.yaml");
     let text = std::fs::read_to_string(&control).unwrap();
-    std::fs::write(
-        &control,
-        format!("{text}  schedule: {{cron: \"{cron}\", strategies: [fx_g10]}}\n"),
+    let text = mlcore_config::edit::set(
+        &text,
+        "retrain.schedule",
+        &format!("{{cron: \"{cron}\", strategies: [fx_g10]}}"),
     )
     .unwrap();
+    std::fs::write(&control, text).unwrap();
     let (child, line) =
         testutil::spawn_announcing(env.command(&["serve", "--env", "dev"]).stderr(Stdio::inherit()));
     let _serve = Proc(child);
