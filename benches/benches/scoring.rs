@@ -1,5 +1,6 @@
 //! Scoring through ONNX Runtime (single row and a 32-row batch, per head)
-//! and incremental feature updates per quote.
+//! on real feature matrices cycled (`mlcore_benches::feature_pool`), and
+//! incremental feature updates per quote.
 //!
 //! Run: `cargo bench -p mlcore-benches --bench scoring`. Prints criterion
 //! figures, then p50/p99/p99.9 per call.
@@ -21,9 +22,8 @@ fn main() {
     let mut c = Criterion::default()
         .configure_from_args()
         .measurement_time(Duration::from_secs(3));
-    let x: Vec<f32> = (0..SYMBOLS * N_FEATURES)
-        .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
-        .collect();
+    // Real feature matrices, cycled: never one constant input.
+    let inputs = mlcore_benches::feature_pool(256);
     let mut heads: Vec<(String, HeadScorer)> = ["ai1", "ai2"]
         .iter()
         .map(|h| {
@@ -41,13 +41,18 @@ fn main() {
             let learner = model.manifest.heads[name.as_str()].learner.clone();
             for rows in [1usize, SYMBOLS] {
                 let id = format!("{name}_{learner}_{rows}_rows");
+                let mut k = 0usize;
                 g.bench_function(&id, |b| {
-                    b.iter(|| black_box(head.score(&x[..rows * N_FEATURES], rows).unwrap()[0]))
+                    b.iter(|| {
+                        k = (k + 1) % inputs.len();
+                        black_box(head.score(&inputs[k][..rows * N_FEATURES], rows).unwrap()[0])
+                    })
                 });
                 tails.push((
                     id,
                     Percentiles::measure(20_000, 1_000, || {
-                        black_box(head.score(&x[..rows * N_FEATURES], rows).unwrap()[0]);
+                        k = (k + 1) % inputs.len();
+                        black_box(head.score(&inputs[k][..rows * N_FEATURES], rows).unwrap()[0]);
                     }),
                 ));
             }

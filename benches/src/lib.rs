@@ -114,6 +114,42 @@ pub fn sample_model() -> VerifiedArtifact {
     artifact::verify(report.files, &ctx).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// `n` real 32-symbol feature matrices (row-major, `SYMBOLS × N_FEATURES`):
+/// the synthetic market through the feature engine, one matrix per
+/// decision time a minute apart, after a warm-up. Benches cycle through
+/// them so that the trees' branches are not learnt from one constant
+/// input (on one matrix repeated, ai1 read 14.5 µs where varied rows cost
+/// about 40 µs).
+pub fn feature_pool(n: usize) -> Vec<Vec<f32>> {
+    let spec = synth::SynthSpec {
+        seed: 11,
+        symbols: SYMBOLS,
+        start_day: 20_458,
+        days: 1,
+        interval_ms: 5_000,
+        effect: 1.0,
+    };
+    let quotes = synth::Generator::new(spec)
+        .unwrap_or_else(|e| panic!("synthetic market: {e}"))
+        .day_merged(20_458);
+    let mut engine = features::FeatureEngine::new(SYMBOLS, 0);
+    let mut pool = Vec::with_capacity(n);
+    let per_decision = SYMBOLS * 12; // a minute of 5 s quotes
+    for (i, q) in quotes.iter().enumerate() {
+        engine.update(q);
+        if i >= SYMBOLS * 300 && (i + 1) % per_decision == 0 {
+            let mut m = vec![0f32; SYMBOLS * features::N_FEATURES];
+            engine.write_matrix(q.ts_ns, &mut m);
+            pool.push(m);
+            if pool.len() == n {
+                break;
+            }
+        }
+    }
+    assert_eq!(pool.len(), n, "the synthetic day holds fewer than {n} decisions");
+    pool
+}
+
 /// Tail latencies of a closure, measured per call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Percentiles {
