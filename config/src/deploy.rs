@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -55,4 +56,28 @@ pub fn write(
     };
     let json = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
     write_atomic(&dir.join(DEPLOYED_FILE), &json)
+}
+
+/// The folder's files and record, read until they agree: a folder without a
+/// record as it is; a deployment in progress waited for, up to `within`;
+/// then the files that still do not match their record are refused.
+pub fn snapshot(dir: &Path, within: Duration) -> Result<(ConfigTree, Option<Record>), String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let record = read(dir)?;
+        let tree = ConfigTree::read(dir).map_err(|e| e.to_string())?;
+        match record {
+            Some(r) if r.files != tree.hashes() => {
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "the files of {} do not match its {DEPLOYED_FILE} for {} (a deployment that did not finish?)",
+                        dir.display(),
+                        r.version
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            record => return Ok((tree, record)),
+        }
+    }
 }

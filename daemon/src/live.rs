@@ -26,7 +26,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use mlcore_config::change::{self, Proc};
 use mlcore_config::deploy::Record;
-use mlcore_config::tree::DEPLOYED_FILE;
 use mlcore_config::{AppConfig, ConfigTree, Environment, Process, ProcessEnv};
 use mlcore_contract::heartbeat::{ConfigRefusal, ConfigReport};
 use mlcore_decision::universe::Universe;
@@ -177,8 +176,10 @@ impl ConfigWatch {
         drop(_idle);
         let took_us = started.elapsed().as_micros() as u64;
         match outcome {
-            Ok((restart, cfg)) => {
+            Ok((version, restart, cfg)) => {
                 self.taken = Some(cfg);
+                self.seen = Some(version.clone());
+                let deployed = Record { version, ..deployed };
                 tracing::info!(
                     version = %deployed.version,
                     restart_required = restart.len(),
@@ -214,26 +215,13 @@ impl ConfigWatch {
     /// Reads a consistent snapshot of the deployment, loads it as this
     /// daemon would at start, and swaps in what may change live. Returns
     /// the keys that wait for a restart.
-    fn take(&self, deployed: &Record) -> Result<(Vec<String>, AppConfig), String> {
+    fn take(&self, deployed: &Record) -> Result<(String, Vec<String>, AppConfig), String> {
         let dir = &self.source.config_dir;
-        // The deployer writes the files, then the record: a record whose
-        // hashes the files do not match yet is a deployment in progress.
-        let mut tree = None;
-        for _ in 0..20 {
-            let t = ConfigTree::read(dir).map_err(|e| e.to_string())?;
-            if t.hashes() == deployed.files {
-                tree = Some(t);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        let tree = tree.ok_or_else(|| {
-            format!(
-                "the files of {} do not match its {DEPLOYED_FILE} for {}",
-                dir.display(),
-                deployed.version
-            )
-        })?;
+        // The deployer writes the files, then the record: files that do not
+        // match the record yet are a deployment in progress.
+        // A newer deployment that landed meanwhile is the one taken.
+        let (tree, record) = mlcore_config::deploy::snapshot(dir, Duration::from_millis(500))?;
+        let version = record.map_or_else(|| deployed.version.clone(), |r| r.version);
         let cfg = mlcore_config::load_tree(
             &tree,
             dir,
@@ -264,7 +252,7 @@ impl ConfigWatch {
         }
         self.live
             .swap(Arc::new(universe), taken.daemon.decision.timer_interval_ms.max(1));
-        Ok((restart, cfg))
+        Ok((version, restart, cfg))
     }
 }
 

@@ -39,7 +39,9 @@ pub fn run(
     vars: &dyn EnvSource,
 ) -> Result<Preflight, PreflightError> {
     let env: Environment = env.parse()?;
-    let tree = deployed_tree(config_dir)?;
+    // A deployed folder only once its files match its record.
+    let (tree, _) = config::deploy::snapshot(config_dir, std::time::Duration::from_secs(2))
+        .map_err(PreflightError::Deployment)?;
     let config = config::load_tree(
         &tree,
         config_dir,
@@ -55,29 +57,6 @@ pub fn run(
         tree,
         canary_probability,
     })
-}
-
-/// The folder's files; when it is a deployed folder (`DEPLOYED.json`),
-/// only once they match the record — a deployment in progress is waited
-/// for (up to 2 s), a damaged one refused rather than started half-applied.
-fn deployed_tree(config_dir: &Path) -> Result<config::ConfigTree, PreflightError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    loop {
-        let tree = config::ConfigTree::read(config_dir)?;
-        let record = config::deploy::read(config_dir).map_err(PreflightError::Deployment)?;
-        match record {
-            None => return Ok(tree),
-            Some(r) if r.files == tree.hashes() => return Ok(tree),
-            Some(r) if std::time::Instant::now() >= deadline => {
-                return Err(PreflightError::Deployment(format!(
-                    "the files of {} do not match its DEPLOYED.json for {} (a deployment that did not finish?)",
-                    config_dir.display(),
-                    r.version
-                )))
-            }
-            Some(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
-        }
-    }
 }
 
 /// What `mlcore-host` advises about this host for this configuration: the

@@ -56,6 +56,37 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
+/// A project folder for an end-to-end test: the repository's `configs/`
+/// with dev's Redis pointed at namespace `ns`. The folder (removed on drop)
+/// and its `configs/envs/dev`, for the test's own overrides.
+pub fn dev_project(ns: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary folder: {e}"));
+    copy_tree(&workspace_root().join("configs"), &tmp.path().join("configs"))
+        .unwrap_or_else(|e| panic!("copying configs/: {e}"));
+    let dev = tmp.path().join("configs/envs/dev");
+    let redis =
+        std::fs::read_to_string(dev.join("redis.yaml")).unwrap_or_else(|e| panic!("dev redis.yaml: {e}"));
+    std::fs::write(dev.join("redis.yaml"), format!("{redis}namespace: {ns}\n"))
+        .unwrap_or_else(|e| panic!("dev redis.yaml: {e}"));
+    (tmp, dev)
+}
+
+/// dev's daemon as `instance`, every thread on core 0 (tests share the
+/// machine), its ingress and metrics on free ports.
+pub fn one_core_daemon(dev: &std::path::Path, instance: &str) {
+    let write = |file: &str, text: String| {
+        std::fs::write(dev.join(file), text).unwrap_or_else(|e| panic!("dev {file}: {e}"))
+    };
+    write(
+        "daemon.yaml",
+        format!("instance_id: {instance}\ningress: {{listen: \"127.0.0.1:0\"}}\nthreads: {{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}}\n"),
+    );
+    write(
+        "metrics.yaml",
+        "listen: \"127.0.0.1:0\"\ndefault_labels: {environment: e2e}\n".into(),
+    );
+}
+
 /// Copies a folder tree (a private `configs/` to mutate, say).
 pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;

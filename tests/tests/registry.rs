@@ -78,22 +78,11 @@ struct Setup {
 
 fn setup() -> Setup {
     let ns = RedisNamespace::new();
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, dev) = testutil::dev_project(&ns.ns);
     let root = tmp.path().to_owned();
     let repo = testutil::workspace_root();
-    testutil::copy_tree(&repo.join("configs"), &root.join("configs")).unwrap();
-    let dev = root.join("configs/envs/dev");
     let write = |file: &str, text: String| std::fs::write(dev.join(file), text).unwrap();
-    let redis = std::fs::read_to_string(dev.join("redis.yaml")).unwrap();
-    write("redis.yaml", format!("{redis}namespace: {}\n", ns.ns));
-    write(
-        "daemon.yaml",
-        format!("instance_id: {INSTANCE}\ningress: {{listen: \"127.0.0.1:0\"}}\nthreads: {{ingress_core: 0, worker_cores: [0], publisher_core: 0, side_cores: [0]}}\n"),
-    );
-    write(
-        "metrics.yaml",
-        "listen: \"127.0.0.1:0\"\ndefault_labels: {environment: e2e}\n".into(),
-    );
+    testutil::one_core_daemon(&dev, INSTANCE);
     write(
         "storage.yaml",
         format!(

@@ -89,14 +89,10 @@ fn setup() -> Env {
 /// `dataset` when given (else on a synthetic dataset of its own).
 fn setup_on(dataset: Option<&Path>) -> Env {
     let ns = RedisNamespace::new();
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, dev) = testutil::dev_project(&ns.ns);
     let root = tmp.path().to_owned();
     let repo = testutil::workspace_root();
-    testutil::copy_tree(&repo.join("configs"), &root.join("configs")).unwrap();
-    let dev = root.join("configs/envs/dev");
     let write = |file: &str, text: String| std::fs::write(dev.join(file), text).unwrap();
-    let redis = std::fs::read_to_string(dev.join("redis.yaml")).unwrap();
-    write("redis.yaml", format!("{redis}namespace: {}\n", ns.ns));
     write(
         "storage.yaml",
         format!(

@@ -115,7 +115,7 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Result<Json<ChangeList>, ApiError> {
     reader(&state, &headers)?;
-    let changes = cc::list(&state.services, None).await?;
+    let changes = cc::list(&state.services).await?;
     Ok(Json(ChangeList { changes }))
 }
 

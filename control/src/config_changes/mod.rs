@@ -652,16 +652,14 @@ async fn load(svc: &Services, id: &str) -> Result<ChangeRequest> {
     Ok(from_row(&row, approvals))
 }
 
-/// Every request, newest first (`state` filters).
-pub async fn list(svc: &Services, state: Option<State>) -> Result<Vec<ChangeRequest>> {
+/// Every request, newest first (the newest 500).
+pub async fn list(svc: &Services) -> Result<Vec<ChangeRequest>> {
     expire_due(svc).await?;
-    let rows = sqlx::query(
-        "SELECT id FROM core.config_changes WHERE ($1::text IS NULL OR state = $1) ORDER BY created_at_ms DESC, id DESC LIMIT 500",
-    )
-    .bind(state.map(State::as_str))
-    .fetch_all(&svc.pool)
-    .await
-    .map_err(db("listing requests"))?;
+    let rows =
+        sqlx::query("SELECT id FROM core.config_changes ORDER BY created_at_ms DESC, id DESC LIMIT 500")
+            .fetch_all(&svc.pool)
+            .await
+            .map_err(db("listing requests"))?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         out.push(load(svc, r.get::<String, _>("id").as_str()).await?);
@@ -1623,7 +1621,7 @@ pub async fn preview(svc: &Services, id: &str) -> Result<Preview> {
     blocking(move || {
         let (against, old, new) = match &cr.merged_commit {
             Some(m) => {
-                let repo_parent = parent_of(&s, m)?;
+                let repo_parent = s.first_parent(m)?;
                 (repo_parent.clone(), s.tree_at(&repo_parent)?, s.tree_at(m)?)
             }
             None => {
@@ -1637,10 +1635,6 @@ pub async fn preview(svc: &Services, id: &str) -> Result<Preview> {
         Ok(preview_of(&cr.id, against, &old, &new))
     })
     .await
-}
-
-fn parent_of(s: &Store, commit: &str) -> Result<String> {
-    Ok(s.first_parent(commit)?)
 }
 
 /// Which version is deployed and which daemon runs which.

@@ -75,11 +75,6 @@ impl Store {
         }
     }
 
-    /// The environment's branch.
-    pub fn branch(&self) -> &str {
-        &self.branch
-    }
-
     fn err(&self, during: impl Into<String>) -> impl FnOnce(git2::Error) -> StoreError + '_ {
         let during = during.into();
         move |source| StoreError::Git {
