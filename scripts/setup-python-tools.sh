@@ -13,3 +13,7 @@ echo "export MLCORE_LIGHTGBM_PYTHON=$ROOT/.tools/lightgbm/bin/python"
 # its test with Prefect's local runner.
 ensure_venv prefect
 echo "export MLCORE_PREFECT_PYTHON=$ROOT/.tools/prefect/bin/python"
+# The Python reference stack (onnxruntime + redis-py) the side-by-side
+# bench runs, and the Python consumer example's client.
+ensure_venv reference
+echo "export MLCORE_REFERENCE_PYTHON=$ROOT/.tools/reference/bin/python"

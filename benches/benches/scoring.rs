@@ -1,9 +1,12 @@
-//! Scoring through ONNX Runtime (single row and a 32-row batch, per head)
-//! on real feature matrices cycled (`mlcore_benches::feature_pool`), and
-//! incremental feature updates per quote.
+//! Scoring each head of the sample model (single row and a 32-row batch)
+//! through ONNX Runtime and through the native backend, on real feature
+//! matrices cycled (`mlcore_benches::feature_pool`), and incremental
+//! feature updates per quote.
 //!
 //! Run: `cargo bench -p mlcore-benches --bench scoring`. Prints criterion
-//! figures, then p50/p99/p99.9 per call.
+//! figures, then p50/p99/p99.9 per call, then the native backend's speed-up
+//! over ONNX Runtime per head on 32 rows, from calls alternated (target for
+//! the tree heads: ≥ 4×).
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // a benchmark binary: fail loudly, print figures
 
@@ -14,7 +17,9 @@ use criterion::{BatchSize, Criterion};
 use mlcore_benches::{sample_model, Percentiles, SYMBOLS};
 use mlcore_features::{FeatureEngine, N_FEATURES};
 use mlcore_market::Quote;
-use mlcore_models::scoring::HeadScorer;
+use mlcore_models::artifact::VALIDATION_ROWS;
+use mlcore_models::native::{self, NativeHead};
+use mlcore_models::scoring::{HeadBackend, HeadScorer};
 use mlcore_research::synth::{Generator, SynthSpec};
 
 fn main() {
@@ -24,23 +29,44 @@ fn main() {
         .measurement_time(Duration::from_secs(3));
     // Real feature matrices, cycled: never one constant input.
     let inputs = mlcore_benches::feature_pool(256);
-    let mut heads: Vec<(String, HeadScorer)> = ["ai1", "ai2"]
+    let validation = native::decode_rows(model.files.get(VALIDATION_ROWS).unwrap(), N_FEATURES).unwrap();
+    // Per head: (name, ONNX Runtime, native).
+    let mut heads: Vec<(String, HeadScorer, HeadScorer)> = model
+        .manifest
+        .heads
         .iter()
-        .map(|h| {
-            let spec = &model.manifest.heads[*h];
-            let mut s = HeadScorer::new(h, model.files.get(&spec.file).unwrap(), spec, SYMBOLS).unwrap();
-            s.warm_up(SYMBOLS, 50).unwrap();
-            ((*h).to_owned(), s)
+        .map(|(h, spec)| {
+            let onnx = model.files.get(&spec.file).unwrap();
+            let mut ort = HeadScorer::new(h, onnx, spec, SYMBOLS).unwrap();
+            let mut nat = HeadScorer::new(h, onnx, spec, SYMBOLS).unwrap();
+            let file = model.files.get(spec.native.as_deref().unwrap()).unwrap();
+            nat.try_native(
+                NativeHead::from_json(file).map_err(|e| e.to_string()),
+                Some(&validation),
+                &mut || {},
+            );
+            assert!(
+                matches!(nat.backend(), HeadBackend::Native { .. }),
+                "{h}: {:?}",
+                nat.backend()
+            );
+            ort.warm_up(SYMBOLS, 50).unwrap();
+            nat.warm_up(SYMBOLS, 50).unwrap();
+            (h.clone(), ort, nat)
         })
         .collect();
 
     let mut tails = Vec::new();
     {
         let mut g = c.benchmark_group("scoring");
-        for (name, head) in heads.iter_mut() {
+        for (name, ort, nat) in heads.iter_mut() {
             let learner = model.manifest.heads[name.as_str()].learner.clone();
-            for rows in [1usize, SYMBOLS] {
-                let id = format!("{name}_{learner}_{rows}_rows");
+            for (rows, backend) in [1usize, SYMBOLS]
+                .into_iter()
+                .flat_map(|r| [(r, "onnx"), (r, "native")])
+            {
+                let head = if backend == "onnx" { &mut *ort } else { &mut *nat };
+                let id = format!("{name}_{learner}_{rows}_rows_{backend}");
                 let mut k = 0usize;
                 g.bench_function(&id, |b| {
                     b.iter(|| {
@@ -121,5 +147,28 @@ fn main() {
     println!("\n== per-call percentiles ==");
     for (name, p) in tails {
         p.print(&name);
+    }
+
+    println!("\n== native backend against ONNX Runtime, 32 varied rows, calls alternated ==");
+    for (name, ort, nat) in heads.iter_mut() {
+        let (mut ko, mut kn) = (0usize, 0usize);
+        let (o, n) = Percentiles::measure_alternating(
+            20_000,
+            2_000,
+            || {
+                ko = (ko + 1) % inputs.len();
+                black_box(ort.score(&inputs[ko], SYMBOLS).unwrap()[0]);
+            },
+            || {
+                kn = (kn + 1) % inputs.len();
+                black_box(nat.score(&inputs[kn], SYMBOLS).unwrap()[0]);
+            },
+        );
+        println!(
+            "{name}: ONNX Runtime p50 {:.1} µs, native p50 {:.1} µs: {:.1}× (target ≥ 4× for tree heads)",
+            o.p50.as_secs_f64() * 1e6,
+            n.p50.as_secs_f64() * 1e6,
+            o.p50.as_secs_f64() / n.p50.as_secs_f64()
+        );
     }
 }

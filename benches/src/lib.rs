@@ -48,11 +48,17 @@ fn cache_dir() -> PathBuf {
     target.join("mlcore-bench-fixtures")
 }
 
+/// The folder [`sample_model`] keeps the sample model in (for tools that
+/// read the artifact's files themselves: the Python reference).
+pub fn sample_model_dir() -> PathBuf {
+    cache_dir().join(format!("model-{}", &features::schema_hash()[..12]))
+}
+
 /// Loads ONNX Runtime and returns the sample model (training it on first use).
 pub fn sample_model() -> VerifiedArtifact {
     runtime::init(&testutil::ort_library()).unwrap_or_else(|e| panic!("{e}"));
     let dir = cache_dir();
-    let model_dir = dir.join(format!("model-{}", &features::schema_hash()[..12]));
+    let model_dir = sample_model_dir();
     let key_path = dir.join("bench.key");
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
     if !key_path.exists() {
@@ -73,11 +79,15 @@ pub fn sample_model() -> VerifiedArtifact {
     })
     .unwrap_or_else(|e| panic!("{e}"));
     let ctx = VerifyContext::new(&trust, now_ms());
+    // A cached model from before the native backend (no native heads) is
+    // trained again.
     if let Ok(v) = ArtifactFiles::read(&model_dir)
         .map_err(|e| e.to_string())
         .and_then(|f| artifact::verify(f, &ctx).map_err(|e| e.to_string()))
     {
-        return v;
+        if v.manifest.heads.values().all(|h| h.native.is_some()) {
+            return v;
+        }
     }
     println!("training the sample model (once) into {}", model_dir.display());
     let _ = std::fs::remove_dir_all(&model_dir);
@@ -121,6 +131,20 @@ pub fn sample_model() -> VerifiedArtifact {
 /// input (on one matrix repeated, ai1 read 14.5 µs where varied rows cost
 /// about 40 µs).
 pub fn feature_pool(n: usize) -> Vec<Vec<f32>> {
+    engine_pool(n)
+        .into_iter()
+        .map(|(engine, ts)| {
+            let mut m = vec![0f32; SYMBOLS * features::N_FEATURES];
+            engine.write_matrix(ts, &mut m);
+            m
+        })
+        .collect()
+}
+
+/// The feature engine as `n` decisions a minute apart see it (the same
+/// synthetic day as [`feature_pool`]), with each decision's time: for
+/// benches that run the whole decision, features included.
+pub fn engine_pool(n: usize) -> Vec<(features::FeatureEngine, i64)> {
     let spec = synth::SynthSpec {
         seed: 11,
         symbols: SYMBOLS,
@@ -138,9 +162,7 @@ pub fn feature_pool(n: usize) -> Vec<Vec<f32>> {
     for (i, q) in quotes.iter().enumerate() {
         engine.update(q);
         if i >= SYMBOLS * 300 && (i + 1) % per_decision == 0 {
-            let mut m = vec![0f32; SYMBOLS * features::N_FEATURES];
-            engine.write_matrix(q.ts_ns, &mut m);
-            pool.push(m);
+            pool.push((engine.clone(), q.ts_ns));
             if pool.len() == n {
                 break;
             }

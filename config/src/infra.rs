@@ -32,6 +32,20 @@ pub struct RedisConfig {
     pub reconnect: BackoffConfig,
     /// Whether the processes may load the guard library themselves.
     pub guard_install: GuardInstall,
+    /// Which contract version the daemon publishes with and the control
+    /// plane changes modes through (both libraries are loaded while v2 is
+    /// migrated away from: docs/redis-contract.md, "Migrating to v3").
+    pub contract: GuardContract,
+}
+
+/// The version of the Redis contract a process writes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardContract {
+    /// Per-symbol signal hashes, JSON stream entries (`mlcore_publish_v2`).
+    V2,
+    /// One snapshot hash per strategy, binary records (`mlcore_publish_v3`).
+    V3,
 }
 
 /// Who loads the guard library into Redis.

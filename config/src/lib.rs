@@ -39,8 +39,8 @@ pub use costs::{CostTable, Slippage, SymbolCost};
 pub use env::{EnvSource, MapEnv, ProcessEnv};
 pub use error::{ConfigCode, ConfigError, ConfigProblem};
 pub use infra::{
-    BackoffConfig, DatabaseConfig, GuardInstall, HeartbeatConfig, PoolConfig, RedisConfig, RedisMode,
-    RetentionConfig, StorageConfig,
+    BackoffConfig, DatabaseConfig, GuardContract, GuardInstall, HeartbeatConfig, PoolConfig, RedisConfig,
+    RedisMode, RetentionConfig, StorageConfig,
 };
 pub use observability::{
     Channel, LogLevel, MetricsConfig, NotificationsConfig, PagerDutyConfig, RetryConfig, Severity,
@@ -51,8 +51,8 @@ pub use processes::{
     minutes_of_day, ApprovalsConfig, AuditCheckpointConfig, ChangeWindow, ConfigApiConfig,
     ConfigChangesConfig, ControlConfig, Credential, DaemonConfig, DecisionConfig, DecisionMode,
     FailedAuthConfig, IngressConfig, Principal, QueuesConfig, RateLimitConfig, RetrainConfig,
-    RetrainSchedule, RetrainSearch, RetrainTrees, Role, RollbackSigningConfig, SecondFactorConfig,
-    ThreadsConfig, TlsConfig, Weekday,
+    RetrainSchedule, RetrainSearch, RetrainTrees, Role, RollbackSigningConfig, ScoringBackend, ScoringConfig,
+    SecondFactorConfig, ThreadsConfig, TlsConfig, Weekday,
 };
 pub use secret::Secret;
 pub use sources::{FailoverConfig, ProviderConfig, ProviderSettings, SourcesConfig};

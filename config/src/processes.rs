@@ -18,6 +18,30 @@ pub struct DaemonConfig {
     pub queues: QueuesConfig,
     /// What drives decisions.
     pub decision: DecisionConfig,
+    /// How model heads are evaluated.
+    pub scoring: ScoringConfig,
+}
+
+/// How model heads are evaluated (the backtester reads it too, so that it
+/// scores as the daemon does).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoringConfig {
+    /// `native`: heads the artifact ships native parameters for are
+    /// compiled at load and serve once they agree with ONNX Runtime on the
+    /// artifact's validation rows (any other head, or a disagreement, runs
+    /// on ONNX Runtime, logged and counted). `onnx`: ONNX Runtime only.
+    pub backend: ScoringBackend,
+}
+
+/// Which backend evaluates a model's heads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoringBackend {
+    /// Compiled native heads where the artifact allows, else ONNX Runtime.
+    Native,
+    /// ONNX Runtime for every head.
+    Onnx,
 }
 
 /// Market data ingress listener.

@@ -10,23 +10,26 @@
 //! Redis runs a function's `redis.call`s with its caller's permissions (a
 //! user with only `+fcall` cannot run a guard that calls `HSET`), so the
 //! users that call the guard also hold the data commands the guard uses,
-//! [`GUARD_COMMANDS`] (a test keeps the list equal to what `guard.lua`
-//! calls). Redis 7 cannot grant a command "only from inside a function":
+//! [`GUARD_COMMANDS`] (a test keeps the list equal to what the guards
+//! call). Redis 7 cannot grant a command "only from inside a function":
 //! such a user could also send those commands directly, on the keys it may
 //! write. `deployments/redis/users.acl` is [`acl_file`] for the namespace
 //! `mlcore`; `docs/redis-contract.md` says what each user is for.
 
 use std::fmt::Write as _;
 
-/// The data commands `guard.lua` calls (what a user calling the guard must
-/// hold, lower case).
-pub const GUARD_COMMANDS: [&str; 10] = [
+/// The data commands `guard.lua` and `guard_v3.lua` call (what a user
+/// calling the guard must hold, lower case).
+pub const GUARD_COMMANDS: [&str; 13] = [
+    "get",
     "hget",
     "hgetall",
     "hmget",
     "hset",
+    "hvals",
     "pexpireat",
     "publish",
+    "set",
     "time",
     "type",
     "xadd",
@@ -141,6 +144,7 @@ impl Role {
                     "{*}:hwm",
                     "{*}:signals",
                     "{*}:sig:*",
+                    "{*}:v3:*",
                     "daemon:*",
                     "daemons",
                 ]));
@@ -208,7 +212,7 @@ mod tests {
 
     #[test]
     fn guard_commands_are_what_guard_lua_calls() {
-        let source = include_str!("guard.lua");
+        let source = [include_str!("guard.lua"), include_str!("guard_v3.lua")].concat();
         let mut called: Vec<String> = source
             .split("call(")
             .skip(1)

@@ -7,6 +7,12 @@
 //! `FUNCTION FLUSH`, failover to an empty replica) the call fails, the guard is
 //! reloaded once and the call retried, or the publish is refused. There is no
 //! code path that writes a signal key directly.
+//!
+//! Two contract versions are loaded side by side while consumers migrate
+//! (docs/redis-contract.md, "Migrating to v3"): v2 (`guard.lua`: a hash per
+//! symbol, JSON stream entries) and v3 (`guard_v3.lua`: one snapshot hash
+//! per strategy, binary records). [`Guard::with_contract`] picks the one a
+//! client writes with; [`Guard::read`] reads the newer of the two.
 
 use std::ops::Range;
 
@@ -15,7 +21,7 @@ use redis::{ConnectionLike, Value};
 use super::conn::PackedCommands;
 use super::keys::{Keys, StrategyKeys};
 use super::ops::{OpsMode, OpsState};
-use super::signal::{SignalBatch, StoredSignal};
+use super::signal::{Side, SignalBatch, StoredSignal};
 use super::ContractError;
 
 /// Library name (with its version).
@@ -35,6 +41,110 @@ pub const REVISION: i64 = 5;
 pub const MAX_DECISIONS_PER_CALL: usize = 8;
 /// The library source.
 pub const SOURCE: &str = include_str!("guard.lua");
+/// Contract v3's library name.
+pub const LIBRARY_V3: &str = "mlcore_guard_v3";
+/// Contract v3's library source.
+pub const SOURCE_V3: &str = include_str!("guard_v3.lua");
+/// Bytes of one signal in a v3 decision's records: weight (f64), qty
+/// (f64), return_prob (f32), risk_score (f32), little-endian. The side is
+/// the weight's sign (it cannot disagree with it).
+pub const RECORD_BYTES: usize = 24;
+
+/// One guard library: what loads it and how it says which it is.
+#[derive(Debug, Clone, Copy)]
+pub struct Library {
+    /// Library name.
+    pub name: &'static str,
+    /// Lua source.
+    pub source: &'static str,
+    /// Contract version, part of every function name.
+    pub version: i64,
+    /// Revision within the version this build needs at least.
+    pub revision: i64,
+    info_fn: &'static str,
+}
+
+/// Every library this build loads: v2 and v3, side by side while
+/// consumers migrate.
+pub const LIBRARIES: [Library; 2] = [
+    Library {
+        name: LIBRARY,
+        source: SOURCE,
+        version: VERSION,
+        revision: REVISION,
+        info_fn: FN_INFO,
+    },
+    Library {
+        name: LIBRARY_V3,
+        source: SOURCE_V3,
+        version: 3,
+        revision: 1,
+        info_fn: FN_INFO_V3,
+    },
+];
+
+impl Library {
+    /// The command that loads or upgrades it.
+    pub fn load_cmd(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("FUNCTION");
+        cmd.arg("LOAD").arg("REPLACE").arg(self.source);
+        cmd
+    }
+
+    /// The command that asks the loaded library its version; its reply
+    /// goes to [`Library::check_info`].
+    pub fn info_cmd(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("FCALL_RO");
+        cmd.arg(self.info_fn).arg(0);
+        cmd
+    }
+
+    /// Whether `reply` (to [`Library::info_cmd`]) is this library, at this
+    /// revision or later.
+    pub fn check_info(&self, reply: &Value) -> Result<(), ContractError> {
+        match reply_items(reply).as_deref() {
+            Some([Item::Str(name), Item::Int(v), Item::Int(rev)])
+                if name == "mlcore_guard" && *v == self.version && *rev >= self.revision =>
+            {
+                Ok(())
+            }
+            _ => Err(ContractError::GuardMissing {
+                library: self.name,
+                reason: format!(
+                    "guard answered {reply:?}, expected version {} revision ≥ {}",
+                    self.version, self.revision
+                ),
+            }),
+        }
+    }
+
+    fn missing(&self, e: &redis::RedisError) -> ContractError {
+        ContractError::GuardMissing {
+            library: self.name,
+            reason: e.to_string(),
+        }
+    }
+}
+
+#[cfg(feature = "config")]
+impl From<mlcore_config::GuardContract> for ContractVersion {
+    fn from(c: mlcore_config::GuardContract) -> Self {
+        match c {
+            mlcore_config::GuardContract::V2 => Self::V2,
+            mlcore_config::GuardContract::V3 => Self::V3,
+        }
+    }
+}
+
+/// Which contract version a [`Guard`] writes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ContractVersion {
+    /// `mlcore_publish_v2`: a hash per symbol, JSON stream entries.
+    #[default]
+    V2,
+    /// `mlcore_publish_v3`: one snapshot hash per strategy, binary records.
+    V3,
+}
 
 const FN_PUBLISH: &str = "mlcore_publish_v2";
 const FN_PUBLISH_MANY: &str = "mlcore_publish_many_v2";
@@ -42,6 +152,11 @@ const FN_READ: &str = "mlcore_read_v2";
 const FN_SET_MODE: &str = "mlcore_set_mode_v2";
 const FN_INFO: &str = "mlcore_info_v2";
 const FN_SPEND_CODE: &str = "mlcore_spend_code_v2";
+const FN_PUBLISH_V3: &str = "mlcore_publish_v3";
+const FN_READ_V3: &str = "mlcore_read_v3";
+const FN_SET_MODE_V3: &str = "mlcore_set_mode_v3";
+const FN_INFO_V3: &str = "mlcore_info_v3";
+const FN_SPEND_CODE_V3: &str = "mlcore_spend_code_v3";
 
 /// What the guard did with a batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,6 +249,7 @@ pub struct Guard {
     keys: Keys,
     stream_maxlen: u64,
     may_install: bool,
+    contract: ContractVersion,
 }
 
 /// What to do about it, appended to "the guard is missing" when the caller
@@ -152,7 +268,21 @@ impl Guard {
             keys,
             stream_maxlen,
             may_install: true,
+            contract: ContractVersion::V2,
         }
+    }
+
+    /// Writes with contract `version` (`redis.yaml` `contract`): publishes,
+    /// mode changes and one-time codes go through that version's functions.
+    #[must_use]
+    pub fn with_contract(mut self, version: ContractVersion) -> Self {
+        self.contract = version;
+        self
+    }
+
+    /// The contract version this client writes with.
+    pub fn contract(&self) -> ContractVersion {
+        self.contract
     }
 
     /// Whether this client may load the guard when a call finds it missing
@@ -202,70 +332,35 @@ impl Guard {
         &self.keys
     }
 
-    /// Loads or upgrades the library (every primary in a Cluster) and checks
-    /// that the loaded guard answers with this version.
+    /// Loads or upgrades every library of [`LIBRARIES`] (every primary in
+    /// a Cluster) and checks that each answers with its version.
     pub fn load(conn: &mut impl ConnectionLike) -> Result<(), ContractError> {
-        Self::load_cmd()
-            .query::<Value>(conn)
-            .map_err(|e| ContractError::GuardMissing {
-                library: LIBRARY,
-                reason: e.to_string(),
-            })?;
+        for lib in &LIBRARIES {
+            lib.load_cmd().query::<Value>(conn).map_err(|e| lib.missing(&e))?;
+        }
         Self::check_version(conn)
     }
 
-    /// The command that loads or upgrades the library (for callers with
-    /// their own, e.g. asynchronous, connection).
-    pub fn load_cmd() -> redis::Cmd {
-        let mut cmd = redis::cmd("FUNCTION");
-        cmd.arg("LOAD").arg("REPLACE").arg(SOURCE);
-        cmd
-    }
-
-    /// The command that asks the loaded guard its version; its reply goes
-    /// to [`Guard::check_info`].
-    pub fn info_cmd() -> redis::Cmd {
-        let mut cmd = redis::cmd("FCALL_RO");
-        cmd.arg(FN_INFO).arg(0);
-        cmd
-    }
-
-    /// Whether this version of the guard, at this revision or later, answers
-    /// on `conn`.
+    /// Whether every library of [`LIBRARIES`], at its revision or later,
+    /// answers on `conn`.
     pub fn check_version(conn: &mut impl ConnectionLike) -> Result<(), ContractError> {
-        let reply: Value = Self::info_cmd().query(conn).map_err(|e| {
-            if is_function_missing(&e) {
-                ContractError::GuardMissing {
-                    library: LIBRARY,
-                    reason: e.to_string(),
+        for lib in &LIBRARIES {
+            let reply: Value = lib.info_cmd().query(conn).map_err(|e| {
+                if is_function_missing(&e) {
+                    lib.missing(&e)
+                } else {
+                    ContractError::Redis(e)
                 }
-            } else {
-                ContractError::Redis(e)
-            }
-        })?;
-        Self::check_info(&reply)
-    }
-
-    /// Whether `reply` (to [`Guard::info_cmd`]) is this version of the
-    /// guard, at this revision or later.
-    pub fn check_info(reply: &Value) -> Result<(), ContractError> {
-        match reply_items(reply).as_deref() {
-            Some([Item::Str(name), Item::Int(v), Item::Int(rev)])
-                if name == "mlcore_guard" && *v == VERSION && *rev >= REVISION =>
-            {
-                Ok(())
-            }
-            _ => Err(ContractError::GuardMissing {
-                library: LIBRARY,
-                reason: format!("guard answered {reply:?}, expected version {VERSION} revision ≥ {REVISION}"),
-            }),
+            })?;
+            lib.check_info(&reply)?;
         }
+        Ok(())
     }
 
     /// The `FCALL` that publishes `batch` (for callers that pipeline several).
     pub fn publish_cmd(&self, keys: &StrategyKeys, batch: &SignalBatch) -> redis::Cmd {
         let mut cmd = redis::Cmd::new();
-        self.fill_publish_cmd(&mut cmd, keys, std::slice::from_ref(batch));
+        self.fill_publish_cmd(&mut cmd, keys, std::slice::from_ref(batch), &mut Vec::new());
         cmd
     }
 
@@ -274,10 +369,20 @@ impl Guard {
     /// several of one strategy and symbol list. Arguments are written in
     /// place — numbers as `Display` prints them, keys from their parts — so
     /// a reused `cmd` allocates nothing once it has grown.
-    fn fill_publish_cmd(&self, cmd: &mut redis::Cmd, keys: &StrategyKeys, group: &[SignalBatch]) {
+    fn fill_publish_cmd(
+        &self,
+        cmd: &mut redis::Cmd,
+        keys: &StrategyKeys,
+        group: &[SignalBatch],
+        scratch: &mut Vec<u8>,
+    ) {
         // `call_bound` must follow every argument written here.
         cmd.clear();
         let Some(first) = group.first() else { return };
+        if self.contract == ContractVersion::V3 {
+            self.fill_publish_v3(cmd, keys, group, scratch);
+            return;
+        }
         let many = group.len() > 1;
         cmd.arg("FCALL")
             .arg(if many { FN_PUBLISH_MANY } else { FN_PUBLISH })
@@ -307,6 +412,49 @@ impl Guard {
                     .arg(Num(s.return_prob))
                     .arg(Num(s.risk_score));
             }
+        }
+    }
+
+    /// [`Guard::fill_publish_cmd`] for contract v3: `mlcore_publish_v3`
+    /// with the symbols as one comma-separated argument and each batch's
+    /// signals as one binary argument of [`RECORD_BYTES`] per signal, built
+    /// in `scratch` (reused: no allocation once it has grown).
+    fn fill_publish_v3(
+        &self,
+        cmd: &mut redis::Cmd,
+        keys: &StrategyKeys,
+        group: &[SignalBatch],
+        scratch: &mut Vec<u8>,
+    ) {
+        let Some(first) = group.first() else { return };
+        cmd.arg("FCALL")
+            .arg(FN_PUBLISH_V3)
+            .arg(5)
+            .arg(&keys.ops)
+            .arg(&keys.snapshot)
+            .arg(&keys.seq)
+            .arg(&keys.stream_v3)
+            .arg(&keys.hwm)
+            .arg(&first.strategy);
+        scratch.clear();
+        for (i, s) in first.signals.iter().enumerate() {
+            if i > 0 {
+                scratch.push(b',');
+            }
+            scratch.extend_from_slice(s.symbol.as_bytes());
+        }
+        cmd.arg(&scratch[..]).arg(self.stream_maxlen).arg(group.len());
+        for batch in group {
+            cmd.arg(batch.seq)
+                .arg(batch.generated_at_ms)
+                .arg(batch.valid_until_ms)
+                .arg(&batch.model_id)
+                .arg(batch.model_version);
+            scratch.clear();
+            for s in &batch.signals {
+                encode_record(s, scratch);
+            }
+            cmd.arg(&scratch[..]);
         }
     }
 
@@ -394,6 +542,23 @@ impl Guard {
                 reason: format!("batch {i} has no signal"),
             });
         }
+        if self.contract == ContractVersion::V3 {
+            // v3 carries no side: it is the weight's sign. One that
+            // disagrees is refused here, as v2's guard refuses it.
+            for (i, b) in batches.iter().enumerate() {
+                if let Some(s) = b.signals.iter().find(|s| s.side != Side::of_weight(s.weight)) {
+                    return Err(ContractError::Invalid {
+                        field: "side",
+                        reason: format!(
+                            "batch {i}, {}: side {} does not match weight {}",
+                            s.symbol,
+                            s.side.as_str(),
+                            s.weight
+                        ),
+                    });
+                }
+            }
+        }
         group_calls(batches, &mut bufs.groups);
         bufs.packed.clear();
         for g in &bufs.groups {
@@ -402,41 +567,56 @@ impl Guard {
             // Room for the most this call can encode to, whatever its
             // numbers print as: buffers grow when the shape of the calls
             // changes, never because a float printed longer than before.
-            let (args, data) = call_bound(&bufs.keys[k], group);
+            let (args, data) = call_bound(&bufs.keys[k], group, self.contract);
             bufs.packed.reserve(data + args * ARG_FRAMING + ARG_FRAMING, 1);
             if args > bufs.cmd_room.0 || data > bufs.cmd_room.1 {
                 let room = (args.max(bufs.cmd_room.0), data.max(bufs.cmd_room.1));
                 bufs.cmd = redis::Cmd::with_capacity(room.0, room.1);
                 bufs.cmd_room = room;
             }
-            self.fill_publish_cmd(&mut bufs.cmd, &bufs.keys[k], group);
+            self.fill_publish_cmd(&mut bufs.cmd, &bufs.keys[k], group, &mut bufs.scratch);
             bufs.packed.push(&bufs.cmd);
         }
         Ok(())
     }
 
-    /// The current signal of `symbol`, only while it is valid (Redis time).
+    /// The current signal of `symbol`, only while it is valid (Redis time):
+    /// the newer (by `seq`) of what contract v3's snapshot and v2's hash
+    /// hold, so a consumer reads the right signal before, during and after
+    /// a daemon's move from v2 to v3.
     pub fn read(
         &self,
         conn: &mut impl ConnectionLike,
         strategy: &str,
         symbol: &str,
     ) -> Result<Option<StoredSignal>, ContractError> {
-        let key = self.keys.strategy(strategy).sig(symbol);
-        let reply = with_guard(conn, self.may_install, |c| {
-            redis::cmd("FCALL_RO")
-                .arg(FN_READ)
-                .arg(1)
-                .arg(&key)
-                .query::<Value>(c)
-        })?;
-        match reply {
-            Value::Nil => Ok(None),
-            other => {
-                let fields = pairs(&other)?;
-                StoredSignal::from_fields(symbol, &fields).map(Some)
+        let keys = self.keys.strategy(strategy);
+        let mut newest: Option<StoredSignal> = None;
+        for (function, key) in [(FN_READ_V3, keys.snapshot.clone()), (FN_READ, keys.sig(symbol))] {
+            let mut cmd = redis::cmd("FCALL_RO");
+            cmd.arg(function).arg(1).arg(&key);
+            if function == FN_READ_V3 {
+                cmd.arg(symbol);
+            }
+            let reply = if function == FN_READ && self.contract == ContractVersion::V3 {
+                // Writing v3, v2 may already be removed (the migration's
+                // last step): its absence is no signal, not an error.
+                match cmd.query::<Value>(conn) {
+                    Err(e) if is_function_missing(&e) => continue,
+                    other => other.map_err(classify)?,
+                }
+            } else {
+                with_guard(conn, self.may_install, |c| cmd.query::<Value>(c))?
+            };
+            if reply == Value::Nil {
+                continue;
+            }
+            let signal = StoredSignal::from_fields(symbol, &pairs(&reply)?)?;
+            if newest.as_ref().is_none_or(|n| signal.seq > n.seq) {
+                newest = Some(signal);
             }
         }
+        Ok(newest)
     }
 
     /// Compare-and-set of a strategy's mode; publishes an `ops_mode` event.
@@ -455,16 +635,19 @@ impl Guard {
     pub fn set_mode_cmd(&self, change: &ModeChange<'_>) -> redis::Cmd {
         let keys = self.keys.strategy(change.strategy);
         let mut cmd = redis::cmd("FCALL");
-        cmd.arg(FN_SET_MODE)
-            .arg(1)
-            .arg(&keys.ops)
-            .arg(change.expected_version)
-            .arg(change.mode.as_str())
-            .arg(change.reason)
-            .arg(change.actor)
-            .arg(change.request_id)
-            .arg(change.strategy)
-            .arg(self.keys.events());
+        cmd.arg(match self.contract {
+            ContractVersion::V2 => FN_SET_MODE,
+            ContractVersion::V3 => FN_SET_MODE_V3,
+        })
+        .arg(1)
+        .arg(&keys.ops)
+        .arg(change.expected_version)
+        .arg(change.mode.as_str())
+        .arg(change.reason)
+        .arg(change.actor)
+        .arg(change.request_id)
+        .arg(change.strategy)
+        .arg(self.keys.events());
         cmd
     }
 
@@ -498,11 +681,14 @@ impl Guard {
     /// [`Guard::spend_code_outcome`].
     pub fn spend_code_cmd(&self, principal: &str, step: u64) -> redis::Cmd {
         let mut cmd = redis::cmd("FCALL");
-        cmd.arg(FN_SPEND_CODE)
-            .arg(1)
-            .arg(self.keys.second_factor_steps())
-            .arg(principal)
-            .arg(step);
+        cmd.arg(match self.contract {
+            ContractVersion::V2 => FN_SPEND_CODE,
+            ContractVersion::V3 => FN_SPEND_CODE_V3,
+        })
+        .arg(1)
+        .arg(self.keys.second_factor_steps())
+        .arg(principal)
+        .arg(step);
         cmd
     }
 
@@ -535,19 +721,24 @@ impl Guard {
         cmd
     }
 
-    /// The highest `seq` the guard ever accepted for the strategy (0 if none):
-    /// where a restarted daemon continues its sequence from.
+    /// The highest `seq` the guard ever accepted for the strategy (0 if
+    /// none), under either contract version: where a restarted daemon
+    /// continues its sequence from.
     pub fn high_water_mark(
         &self,
         conn: &mut impl ConnectionLike,
         strategy: &str,
     ) -> Result<u64, ContractError> {
-        let key = self.keys.strategy(strategy).hwm;
-        let values: Vec<String> = redis::cmd("HVALS").arg(&key).query(conn)?;
+        let keys = self.keys.strategy(strategy);
+        let mut values: Vec<String> = redis::cmd("HVALS").arg(&keys.hwm).query(conn)?;
+        let v3: Option<String> = redis::cmd("GET").arg(&keys.seq).query(conn)?;
+        values.extend(v3);
         values.iter().try_fold(0u64, |max, v| {
-            v.parse::<u64>()
-                .map(|n| max.max(n))
-                .map_err(|_| ContractError::Protocol(format!("{key} holds a non-integer seq {v:?}")))
+            v.parse::<u64>().map(|n| max.max(n)).map_err(|_| {
+                ContractError::Protocol(format!(
+                    "{strategy}'s high-water mark holds a non-integer seq {v:?}"
+                ))
+            })
         })
     }
 }
@@ -571,8 +762,26 @@ const ARG_FRAMING: usize = 16;
 
 /// An upper bound of what [`Guard::fill_publish_cmd`] writes for `group`:
 /// (arguments, bytes of argument data).
-fn call_bound(keys: &StrategyKeys, group: &[SignalBatch]) -> (usize, usize) {
+fn call_bound(keys: &StrategyKeys, group: &[SignalBatch], contract: ContractVersion) -> (usize, usize) {
     let Some(first) = group.first() else { return (0, 0) };
+    if contract == ContractVersion::V3 {
+        let args = 11 + 6 * group.len();
+        let data = "FCALL".len()
+            + FN_PUBLISH_V3.len()
+            + 3 * INT_MAX_BYTES
+            + keys.ops.len()
+            + keys.snapshot.len()
+            + keys.seq.len()
+            + keys.stream_v3.len()
+            + keys.hwm.len()
+            + first.strategy.len()
+            + first.signals.iter().map(|s| s.symbol.len() + 1).sum::<usize>()
+            + group
+                .iter()
+                .map(|b| 4 * INT_MAX_BYTES + b.model_id.len() + RECORD_BYTES * b.signals.len())
+                .sum::<usize>();
+        return (args, data);
+    }
     let sig_key = keys.sig_arg("").byte_len();
     let mut args = 6 + first.signals.len() + 1;
     let mut data = "FCALL".len()
@@ -613,6 +822,8 @@ pub struct PublishBuffers {
     packed: PackedCommands,
     groups: Vec<Range<usize>>,
     keys: Vec<StrategyKeys>,
+    /// Contract v3's symbol list and records, built per argument.
+    scratch: Vec<u8>,
 }
 
 impl PublishBuffers {
@@ -665,6 +876,63 @@ fn same_layout(a: &SignalBatch, b: &SignalBatch) -> bool {
             .iter()
             .zip(&b.signals)
             .all(|(x, y)| x.symbol == y.symbol)
+}
+
+/// Appends `s` as a v3 record ([`RECORD_BYTES`], little-endian). The
+/// probabilities travel as `f32`: they are the models' `f32` outputs
+/// widened, so nothing is lost.
+fn encode_record(s: &super::signal::Signal, out: &mut Vec<u8>) {
+    out.extend_from_slice(&s.weight.to_le_bytes());
+    out.extend_from_slice(&s.qty.to_le_bytes());
+    #[allow(clippy::cast_possible_truncation)] // f32 outputs widened: exact
+    {
+        out.extend_from_slice(&(s.return_prob as f32).to_le_bytes());
+        out.extend_from_slice(&(s.risk_score as f32).to_le_bytes());
+    }
+}
+
+/// The signals of a v3 decision, from its `symbols` (comma-separated) and
+/// `records` (what a v3 stream entry and the snapshot hold): what a
+/// consumer following the v3 stream decodes each entry with.
+pub fn decode_records(symbols: &str, records: &[u8]) -> Result<Vec<super::signal::Signal>, ContractError> {
+    use super::signal::Signal;
+    let names: Vec<&str> = symbols.split(',').collect();
+    if records.len() != names.len() * RECORD_BYTES {
+        return Err(ContractError::Protocol(format!(
+            "{} bytes of records for {} symbols (want {} each)",
+            records.len(),
+            names.len(),
+            RECORD_BYTES
+        )));
+    }
+    let f64_at = |r: &[u8], at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&r[at..at + 8]);
+        f64::from_le_bytes(b)
+    };
+    let f32_at = |r: &[u8], at: usize| {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&r[at..at + 4]);
+        f64::from(f32::from_le_bytes(b))
+    };
+    names
+        .iter()
+        .zip(records.chunks_exact(RECORD_BYTES))
+        .map(|(symbol, r)| {
+            let weight = f64_at(r, 0);
+            if !weight.is_finite() {
+                return Err(ContractError::Protocol(format!("{symbol}: weight {weight}")));
+            }
+            Ok(Signal {
+                symbol: (*symbol).to_owned(),
+                side: Side::of_weight(weight),
+                weight,
+                qty: f64_at(r, 8),
+                return_prob: f32_at(r, 16),
+                risk_score: f32_at(r, 20),
+            })
+        })
+        .collect()
 }
 
 /// A number as a Redis argument, written as `Display` prints it (the
@@ -877,9 +1145,9 @@ mod tests {
             for g in bufs.groups() {
                 let group = &batches[g.clone()];
                 let keys = guard.keys.strategy(&group[0].strategy);
-                let (args, data) = call_bound(&keys, group);
+                let (args, data) = call_bound(&keys, group, guard.contract);
                 let mut cmd = redis::Cmd::new();
-                guard.fill_publish_cmd(&mut cmd, &keys, group);
+                guard.fill_publish_cmd(&mut cmd, &keys, group, &mut Vec::new());
                 assert!(cmd.args_iter().count() <= args, "{v}: arguments");
                 let written: usize = cmd
                     .args_iter()
@@ -893,6 +1161,28 @@ mod tests {
             }
             assert!(bufs.packed().bytes().len() <= bound, "{v}: packed");
         }
+    }
+
+    #[test]
+    fn v3_records_decode_to_what_was_encoded() {
+        let mut b = batch("fx", &["EURUSD", "USDJPY", "AUDUSD"]);
+        b.signals[0].weight = 0.1 + 0.2;
+        b.signals[0].side = crate::signal::Side::Long;
+        b.signals[1].weight = -1e-300;
+        b.signals[1].side = crate::signal::Side::Short;
+        for s in &mut b.signals {
+            s.return_prob = f64::from(0.731_f32);
+        }
+        let mut records = Vec::new();
+        for s in &b.signals {
+            encode_record(s, &mut records);
+        }
+        assert_eq!(records.len(), 3 * RECORD_BYTES);
+        let back = decode_records("EURUSD,USDJPY,AUDUSD", &records).unwrap();
+        assert_eq!(back, b.signals);
+        assert!(decode_records("EURUSD", &records).is_err());
+        records[..8].copy_from_slice(&f64::NAN.to_le_bytes());
+        assert!(decode_records("EURUSD,USDJPY,AUDUSD", &records).is_err());
     }
 
     #[test]

@@ -43,6 +43,9 @@ impl Keys {
             hwm: format!("{prefix}:hwm"),
             signals: format!("{prefix}:signals"),
             model: format!("{prefix}:model"),
+            snapshot: format!("{prefix}:v3:snap"),
+            seq: format!("{prefix}:v3:seq"),
+            stream_v3: format!("{prefix}:v3:signals"),
             sig_prefix: format!("{prefix}:sig:"),
         }
     }
@@ -90,6 +93,12 @@ pub struct StrategyKeys {
     pub signals: String,
     /// The registry's active-model pointer.
     pub model: String,
+    /// Contract v3: the newest accepted decision, whole (one hash).
+    pub snapshot: String,
+    /// Contract v3: the strategy's high-water mark of `seq`.
+    pub seq: String,
+    /// Contract v3: the signal stream.
+    pub stream_v3: String,
     sig_prefix: String,
 }
 

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use mlcore_config::RedisConfig;
-use mlcore_contract::guard::{is_function_missing, with_install_hint};
+use mlcore_contract::guard::{is_function_missing, with_install_hint, LIBRARIES};
 use mlcore_contract::{
     ContractError, Endpoint, Guard, Heartbeat, Keys, ModeChange, ModelPointer, OpsState, SetModeOutcome,
 };
@@ -73,7 +73,8 @@ impl RedisLink {
         };
         Ok(Self {
             conn,
-            guard: Guard::new(Keys::new(&cfg.namespace), cfg.stream_maxlen),
+            guard: Guard::new(Keys::new(&cfg.namespace), cfg.stream_maxlen)
+                .with_contract(cfg.contract.into()),
             may_install: cfg.guard_install.may_install(),
         })
     }
@@ -100,13 +101,15 @@ impl RedisLink {
                 }))
             }
             Err(e) if is_function_missing(&e) => {
-                Guard::load_cmd()
-                    .query_async::<Value>(&mut conn)
-                    .await
-                    .map_err(|e| ContractError::GuardMissing {
-                        library: mlcore_contract::guard::LIBRARY,
-                        reason: e.to_string(),
-                    })?;
+                for lib in &LIBRARIES {
+                    lib.load_cmd()
+                        .query_async::<Value>(&mut conn)
+                        .await
+                        .map_err(|e| ContractError::GuardMissing {
+                            library: lib.name,
+                            reason: e.to_string(),
+                        })?;
+                }
                 Ok(cmd.query_async(&mut conn).await?)
             }
             other => Ok(other?),
@@ -118,31 +121,34 @@ impl RedisLink {
     /// again; otherwise says how to install it. `serve` calls it at start.
     pub async fn ensure_guard(&self) -> Result<(), ContractError> {
         let mut conn = self.conn.clone();
-        let missing = match Guard::info_cmd().query_async::<Value>(&mut conn).await {
-            Ok(reply) => match Guard::check_info(&reply) {
-                Ok(()) => return Ok(()),
-                Err(older) => older,
-            },
-            Err(e) if is_function_missing(&e) => ContractError::GuardMissing {
-                library: mlcore_contract::guard::LIBRARY,
-                reason: e.to_string(),
-            },
-            Err(e) => return Err(e.into()),
-        };
-        if !self.may_install {
-            return Err(with_install_hint(missing));
-        }
-        Guard::load_cmd()
-            .query_async::<Value>(&mut conn)
-            .await
-            .map_err(|e| {
-                with_install_hint(ContractError::GuardMissing {
-                    library: mlcore_contract::guard::LIBRARY,
+        for lib in &LIBRARIES {
+            let missing = match lib.info_cmd().query_async::<Value>(&mut conn).await {
+                Ok(reply) => match lib.check_info(&reply) {
+                    Ok(()) => continue,
+                    Err(older) => older,
+                },
+                Err(e) if is_function_missing(&e) => ContractError::GuardMissing {
+                    library: lib.name,
                     reason: e.to_string(),
-                })
-            })?;
-        let reply = Guard::info_cmd().query_async::<Value>(&mut conn).await?;
-        Guard::check_info(&reply)
+                },
+                Err(e) => return Err(e.into()),
+            };
+            if !self.may_install {
+                return Err(with_install_hint(missing));
+            }
+            lib.load_cmd()
+                .query_async::<Value>(&mut conn)
+                .await
+                .map_err(|e| {
+                    with_install_hint(ContractError::GuardMissing {
+                        library: lib.name,
+                        reason: e.to_string(),
+                    })
+                })?;
+            let reply = lib.info_cmd().query_async::<Value>(&mut conn).await?;
+            lib.check_info(&reply)?;
+        }
+        Ok(())
     }
 
     /// Spends `principal`'s one-time-code `step` through the guard (once).

@@ -22,10 +22,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::Receiver;
-use mlcore_config::RedisConfig;
+use mlcore_config::{RedisConfig, ScoringBackend};
 use mlcore_contract::{model, Keys, ModelPointer, ModelRefusal, RedisConn};
 use mlcore_models::artifact::{self, ArtifactFiles, RollbackAuthorization, SharedTrust, VerifyContext};
-use mlcore_models::scoring::ModelScorer;
+use mlcore_models::scoring::{HeadBackend, ModelScorer};
 
 use crate::clock::now_ms;
 use crate::job::ModelMeta;
@@ -115,6 +115,8 @@ pub struct Loader {
     conn: Option<RedisConn>,
     /// Strategies that have followed a registry pointer.
     follows_pointer: BTreeSet<String>,
+    /// Which backend scores the heads (`daemon.yaml` `scoring.backend`).
+    backend: ScoringBackend,
 }
 
 /// Most refused (folder, manifest, authorisation) keys remembered.
@@ -146,6 +148,7 @@ impl Loader {
         retired: Receiver<Box<ModelUpdate>>,
         counters: Arc<Counters>,
         link: Option<RegistryLink>,
+        backend: ScoringBackend,
     ) -> Result<Self, LoaderError> {
         let state_file = models_root.join(".state").join(format!("{instance}.json"));
         let accepted = match std::fs::read(&state_file) {
@@ -173,6 +176,7 @@ impl Loader {
             counters,
             active: Arc::new(ArcSwap::from_pointee(BTreeMap::new())),
             refusals: Arc::new(ArcSwap::from_pointee(BTreeMap::new())),
+            backend,
             accepted,
             refused: BTreeSet::new(),
             link,
@@ -404,10 +408,33 @@ impl Loader {
         // share, one long burst of CPU delays whatever decision is waiting
         // behind it (measured: a swap delayed about one decision by ~2 ms).
         let pause = || std::thread::sleep(LOAD_PAUSE);
-        for _ in &self.workers {
-            let mut s = ModelScorer::new_paced(&verified, n_symbols, pause).map_err(|e| e.to_string())?;
+        for worker in 0..self.workers.len() {
+            let mut s = ModelScorer::new_paced(&verified, n_symbols, self.backend, pause)
+                .map_err(|e| e.to_string())?;
             s.warm_up_paced(n_symbols, WARM_UP_RUNS, pause)
                 .map_err(|e| e.to_string())?;
+            for (head, backend) in s.backends() {
+                match backend {
+                    HeadBackend::Fallback { reason } => {
+                        Counters::inc(&self.counters.native_fallbacks);
+                        tracing::warn!(strategy = id, version = m.version, head, worker, %reason,
+                            "native head refused: this head runs on ONNX Runtime");
+                    }
+                    HeadBackend::Native { rows, max_abs_diff } if worker == 0 => {
+                        tracing::info!(strategy = id, version = m.version, head, rows, max_abs_diff,
+                            "head runs natively: it agrees with ONNX Runtime on the artifact's validation rows");
+                    }
+                    HeadBackend::Onnx if worker == 0 => {
+                        tracing::info!(
+                            strategy = id,
+                            version = m.version,
+                            head,
+                            "head runs on ONNX Runtime"
+                        );
+                    }
+                    _ => {}
+                }
+            }
             scorers.push(Box::new(s));
         }
         for (mailboxes, scorer) in self.workers.iter().zip(scorers) {

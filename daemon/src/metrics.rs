@@ -107,6 +107,11 @@ impl Collector for DaemonCollector {
                 get(&c.refused_artifacts),
             ),
             ("model_swaps", "Models activated.", get(&c.model_swaps)),
+            (
+                "native_fallbacks",
+                "Model heads kept on ONNX Runtime because their native form was refused.",
+                get(&c.native_fallbacks),
+            ),
         ] {
             encode_counter(&mut e, name, help, [(NONE, v)])?;
         }

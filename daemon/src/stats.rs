@@ -163,6 +163,9 @@ pub struct Counters {
     pub refused_artifacts: AtomicU64,
     /// Model swaps done.
     pub model_swaps: AtomicU64,
+    /// Heads of a loaded model kept on ONNX Runtime because their native
+    /// form was refused (once per head and worker).
+    pub native_fallbacks: AtomicU64,
     /// Last decision time, ms since the epoch.
     pub last_decision_ms: AtomicU64,
     /// Redis reachable and guard loaded (publisher's view).

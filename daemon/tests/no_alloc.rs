@@ -13,9 +13,11 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use mlcore_config::ScoringBackend;
 use mlcore_daemon::job::Job;
 use mlcore_daemon::wire::{self, Frame};
 use mlcore_market::Quote;
+use mlcore_research::onnx::export::ToOnnx;
 use mlcore_research::synth::{Generator, SynthSpec};
 
 struct Counting;
@@ -138,7 +140,15 @@ fn a_decision_through_the_daemons_hot_path_allocates_nothing() {
     let files = testutil::logistic_artifact(&key, &strategy.id, 1, 1.0, testutil::now_ms());
     let trust = TrustStore::from_config(&cfg.trust).unwrap();
     let verified = artifact::verify(files, &VerifyContext::new(&trust, testutil::now_ms())).unwrap();
-    let mut scorer = ModelScorer::new(&verified, n).unwrap();
+    // The native backend, as dev's daemon.yaml asks: both heads compiled
+    // and checked against ONNX Runtime on the artifact's validation rows.
+    let mut scorer = ModelScorer::new(&verified, n, ScoringBackend::Native).unwrap();
+    for (head, backend) in scorer.backends() {
+        assert!(
+            matches!(backend, mlcore_models::scoring::HeadBackend::Native { .. }),
+            "{head}: {backend:?}"
+        );
+    }
     scorer.warm_up(n, 5).unwrap();
     let meta = Arc::new(ModelMeta {
         model_id: verified.manifest.model_id.clone(),
@@ -316,7 +326,7 @@ fn a_scoring_failure_is_counted_as_such() {
     let verified = artifact::verify(files, &VerifyContext::new(&trust, testutil::now_ms())).unwrap();
     let models: Arc<[Mailbox<ModelUpdate>]> = std::iter::once(Mailbox::new()).collect();
     let update = ModelUpdate {
-        scorer: Box::new(ModelScorer::new(&verified, 2).unwrap()),
+        scorer: Box::new(ModelScorer::new(&verified, 2, ScoringBackend::Onnx).unwrap()),
         meta: Arc::new(ModelMeta {
             model_id: "m".into(),
             version: 1,
@@ -396,6 +406,73 @@ fn a_full_batch_onnx_runtime_run_allocates_nothing() {
     eprintln!("a plain session.run allocates {plain_per_run} times per 32-row run");
 }
 
+/// A native tree ensemble scoring 32 rows. Asserted: no allocation, and
+/// the values of the ONNX Runtime session it was checked against.
+#[test]
+fn a_native_tree_head_allocates_nothing() {
+    use mlcore_models::native::{NativeHead, Platt, TreeEnsembleHead, TreeNode};
+    use mlcore_models::runtime;
+    use mlcore_models::scoring::{HeadBackend, HeadScorer};
+    use mlcore_testkit as testutil;
+    runtime::init(&testutil::ort_library()).unwrap();
+    // 40 trees of depth 5 over the 15 features, leaves and thresholds varied.
+    let f = 15usize;
+    let tree = |t: usize| -> Vec<TreeNode> {
+        let mut nodes = Vec::new();
+        fn grow(nodes: &mut Vec<TreeNode>, t: usize, depth: usize, f: usize) -> usize {
+            let me = nodes.len();
+            if depth == 0 {
+                nodes.push(TreeNode::Leaf(((me * 7 + t * 3) % 11) as f32 * 0.01 - 0.05));
+                return me;
+            }
+            nodes.push(TreeNode::Leaf(0.0));
+            let left = grow(nodes, t, depth - 1, f);
+            let right = grow(nodes, t, depth - 1, f);
+            nodes[me] = TreeNode::Split {
+                feature: (me + t) % f,
+                threshold: ((me * 13 + t) % 9) as f32 * 0.1 - 0.4,
+                left,
+                right,
+            };
+            me
+        }
+        grow(&mut nodes, t, 5, f);
+        nodes
+    };
+    let head = TreeEnsembleHead {
+        trees: (0..40).map(tree).collect(),
+        base: 0.1,
+        platt: Platt { a: 1.2, b: -0.05 },
+        n_features: f,
+    };
+    let model = head.to_onnx("ai1").unwrap();
+    let spec = testutil::logistic_head_spec("ai1.onnx");
+    let rows: Vec<f32> = (0..256 * f)
+        .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * 2.0)
+        .collect();
+    let mut ort = HeadScorer::new("ai1", &model, &spec, 32).unwrap();
+    let mut native = HeadScorer::new("ai1", &model, &spec, 32).unwrap();
+    native.try_native(Ok(NativeHead::Trees(head)), Some(&rows), &mut || {});
+    assert!(
+        matches!(native.backend(), HeadBackend::Native { rows: 256, .. }),
+        "{:?}",
+        native.backend()
+    );
+    let x = &rows[32 * f..64 * f];
+    let want = ort.score(x, 32).unwrap().to_vec();
+    let got = native.score(x, 32).unwrap().to_vec();
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-6, "{a} against ONNX Runtime's {b}");
+    }
+    let per_run = measured(|| {
+        for k in 0..100 {
+            let x = &rows[(k % 8) * 32 * f..(k % 8 + 1) * 32 * f];
+            std::hint::black_box(native.score(x, 32).unwrap()[0]);
+        }
+    }) / 100;
+    assert_eq!(per_run, 0, "a native 32-row run allocated");
+}
+
 /// Publishing, against the real guard on the test Redis in a fresh
 /// namespace, rounds of 4 decisions folded into one guard call as the
 /// daemon's are under load. Through the publisher's own connection
@@ -407,6 +484,17 @@ fn a_full_batch_onnx_runtime_run_allocates_nothing() {
 /// to that.
 #[test]
 fn publishing_a_decision_allocates_nothing_through_the_pipe() {
+    publishing_allocates_nothing(mlcore_contract::guard::ContractVersion::V2);
+}
+
+/// The same through contract v3's encoding (symbols joined, binary records).
+#[test]
+fn publishing_a_v3_decision_allocates_nothing_through_the_pipe() {
+    publishing_allocates_nothing(mlcore_contract::guard::ContractVersion::V3);
+}
+
+#[allow(clippy::print_stderr)] // a test's helper: it reports what it measured
+fn publishing_allocates_nothing(contract: mlcore_contract::guard::ContractVersion) {
     use std::time::Duration;
 
     use mlcore_contract::{
@@ -418,7 +506,7 @@ fn publishing_a_decision_allocates_nothing_through_the_pipe() {
     let ns = RedisNamespace::new();
     let mut conn = testutil::redis_connection();
     Guard::load(&mut conn).unwrap();
-    let guard = Guard::new(Keys::new(&ns.ns), 100);
+    let guard = Guard::new(Keys::new(&ns.ns), 100).with_contract(contract);
     let change = ModeChange {
         strategy: "fx",
         expected_version: 0,

@@ -7,12 +7,16 @@
 //! - [`runtime`]: loading ONNX Runtime from its shared library once per
 //!   process, sessions tuned for the hot path, and the canary model the
 //!   daemon's preflight scores.
+//! - [`native`]: the native backend: tree ensembles and logistic heads
+//!   compiled at load time, checked against ONNX Runtime on the artifact's
+//!   validation rows before they serve.
 //! - [`scoring`]: one [`scoring::ModelScorer`] per worker thread: batched,
-//!   allocation-free runs of every head.
+//!   allocation-free runs of every head, natively or through ONNX Runtime.
 //!
 //! Exporting models (the ONNX graph writer, protobuf) and training live in
 //! `mlcore-research`, which the daemon never links.
 
 pub mod artifact;
+pub mod native;
 pub mod runtime;
 pub mod scoring;

@@ -14,12 +14,21 @@
 //! copied into this scorer's buffer. Any other batch size takes the plain
 //! path: a view of the caller's matrix, and an output tensor ONNX Runtime
 //! allocates per run.
+//!
+//! With [`ScoringBackend::Native`], a head whose artifact ships its native
+//! parameters is compiled ([`crate::native`]) and, once it agrees with the
+//! ONNX Runtime session on the artifact's validation rows, scores natively;
+//! the session stays, as the reference and the fallback. [`ModelScorer::backends`]
+//! says which backend each head runs on and why.
 
 use ort::memory::Allocator;
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
 use ort::value::{Tensor, TensorRef};
 
-use crate::artifact::{HeadSpec, VerifiedArtifact};
+use mlcore_config::ScoringBackend;
+
+use crate::artifact::{HeadSpec, VerifiedArtifact, VALIDATION_ROWS};
+use crate::native::{self, CompiledHead, NativeHead, PARITY_TOLERANCE};
 use crate::runtime::{self, RuntimeError};
 
 /// Why scoring failed.
@@ -52,7 +61,30 @@ fn ort_err(e: ort::Error) -> ScoreError {
     ScoreError::Runtime(RuntimeError::Ort(e.to_string()))
 }
 
-/// One head's session and output buffer.
+/// Which backend a head scores on, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeadBackend {
+    /// The compiled native head, which agreed with ONNX Runtime on the
+    /// artifact's validation rows within [`PARITY_TOLERANCE`].
+    Native {
+        /// Validation rows compared.
+        rows: usize,
+        /// The largest difference seen.
+        max_abs_diff: f32,
+    },
+    /// ONNX Runtime: asked for (`onnx`), or the artifact has no native form
+    /// of this head.
+    Onnx,
+    /// ONNX Runtime, because the native head was refused: a native path was
+    /// asked for and the artifact shipped one, but it failed to compile, had
+    /// no validation rows to be checked on, or disagreed with ONNX Runtime.
+    Fallback {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One head's session, its native form when it serves, and its output buffer.
 #[derive(Debug)]
 pub struct HeadScorer {
     name: String,
@@ -63,6 +95,9 @@ pub struct HeadScorer {
     out: Vec<f32>,
     /// The allocation-free run of a full batch.
     full: FullBatch,
+    /// The compiled head, when it serves.
+    native: Option<CompiledHead>,
+    backend: HeadBackend,
 }
 
 /// What a full batch runs with: the input tensor the features are copied
@@ -114,7 +149,74 @@ impl HeadScorer {
             n_features: spec.n_features,
             out: vec![0.0; rows],
             full,
+            native: None,
+            backend: HeadBackend::Onnx,
         })
+    }
+
+    /// Takes the native path with `head` if it compiles and agrees with
+    /// this head's ONNX Runtime session on every row of `validation`
+    /// (row-major); otherwise stays on ONNX Runtime and records why.
+    /// `pause` is called between batches of the comparison.
+    pub fn try_native(
+        &mut self,
+        head: Result<NativeHead, String>,
+        validation: Option<&[f32]>,
+        pause: &mut dyn FnMut(),
+    ) {
+        self.backend = match self.check_native(head, validation, pause) {
+            Ok((compiled, rows, max_abs_diff)) => {
+                self.native = Some(compiled);
+                HeadBackend::Native { rows, max_abs_diff }
+            }
+            Err(reason) => {
+                self.native = None;
+                HeadBackend::Fallback { reason }
+            }
+        };
+    }
+
+    fn check_native(
+        &mut self,
+        head: Result<NativeHead, String>,
+        validation: Option<&[f32]>,
+        pause: &mut dyn FnMut(),
+    ) -> Result<(CompiledHead, usize, f32), String> {
+        let compiled = CompiledHead::compile(&head?, self.n_features).map_err(|e| e.to_string())?;
+        let rows =
+            validation.ok_or_else(|| format!("the artifact has no {VALIDATION_ROWS} to check it on"))?;
+        let n = rows.len() / self.n_features;
+        if n == 0 {
+            return Err(format!("{VALIDATION_ROWS} holds no row"));
+        }
+        let batch = self.out.len();
+        let mut native = vec![0.0f32; batch];
+        let mut worst = 0.0f32;
+        for chunk in rows.chunks(batch * self.n_features) {
+            pause();
+            let k = chunk.len() / self.n_features;
+            compiled
+                .predict(chunk, &mut native[..k])
+                .map_err(|e| e.to_string())?;
+            let reference = self.score(chunk, k).map_err(|e| format!("ONNX Runtime: {e}"))?;
+            for (a, b) in native[..k].iter().zip(reference) {
+                let d = (a - b).abs();
+                // NaN on either side is a disagreement too.
+                if d.is_nan() || d > PARITY_TOLERANCE {
+                    return Err(format!(
+                        "differs from ONNX Runtime by {d:e} (> {PARITY_TOLERANCE:e}) on a validation row \
+                         ({a} against {b}, one of {n})",
+                    ));
+                }
+                worst = worst.max(d);
+            }
+        }
+        Ok((compiled, n, worst))
+    }
+
+    /// Which backend scores this head.
+    pub fn backend(&self) -> &HeadBackend {
+        &self.backend
     }
 
     /// The input tensor and run options of a full batch of `rows`: one run
@@ -145,6 +247,14 @@ impl HeadScorer {
                 rows,
                 features: self.n_features,
             });
+        }
+        if let Some(native) = &self.native {
+            let out = &mut self.out[..rows];
+            native.predict(x, out).map_err(|e| ScoreError::Head {
+                head: self.name.clone(),
+                reason: e.to_string(),
+            })?;
+            return Ok(out);
         }
         let outputs = if rows == self.out.len() {
             let full = &mut self.full;
@@ -206,9 +316,13 @@ pub struct ModelScorer {
 }
 
 impl ModelScorer {
-    /// Sessions for every head of `artifact`, for batches of up to `max_rows`.
-    pub fn new(artifact: &VerifiedArtifact, max_rows: usize) -> Result<Self, ScoreError> {
-        Self::new_paced(artifact, max_rows, || {})
+    /// Every head of `artifact` on `backend`, for batches of up to `max_rows`.
+    pub fn new(
+        artifact: &VerifiedArtifact,
+        max_rows: usize,
+        backend: ScoringBackend,
+    ) -> Result<Self, ScoreError> {
+        Self::new_paced(artifact, max_rows, backend, || {})
     }
 
     /// [`ModelScorer::new`], calling `pause` before each head's session is
@@ -218,6 +332,7 @@ impl ModelScorer {
     pub fn new_paced(
         artifact: &VerifiedArtifact,
         max_rows: usize,
+        backend: ScoringBackend,
         mut pause: impl FnMut(),
     ) -> Result<Self, ScoreError> {
         let mut head = |name: &str| -> Result<Option<HeadScorer>, ScoreError> {
@@ -229,7 +344,24 @@ impl ModelScorer {
                 head: name.to_owned(),
                 reason: format!("file `{}` missing", spec.file),
             })?;
-            HeadScorer::new(name, bytes, spec, max_rows).map(Some)
+            let mut scorer = HeadScorer::new(name, bytes, spec, max_rows)?;
+            if let (ScoringBackend::Native, Some(file)) = (backend, &spec.native) {
+                let native = artifact
+                    .files
+                    .get(file)
+                    .ok_or_else(|| format!("file `{file}` missing"))
+                    .and_then(|b| NativeHead::from_json(b).map_err(|e| format!("{file}: {e}")));
+                let validation = artifact
+                    .files
+                    .get(VALIDATION_ROWS)
+                    .map(|b| native::decode_rows(b, spec.n_features))
+                    .transpose();
+                match validation {
+                    Ok(rows) => scorer.try_native(native, rows.as_deref(), &mut pause),
+                    Err(e) => scorer.try_native(Err(format!("{VALIDATION_ROWS}: {e}")), None, &mut pause),
+                }
+            }
+            Ok(Some(scorer))
         };
         let missing = |name: &str| ScoreError::Head {
             head: name.to_owned(),
@@ -240,6 +372,14 @@ impl ModelScorer {
             ai2: head("ai2")?.ok_or_else(|| missing("ai2"))?,
             ai3: head("ai3")?,
         })
+    }
+
+    /// Each head's name and backend.
+    pub fn backends(&self) -> impl Iterator<Item = (&str, &HeadBackend)> {
+        [Some(&self.ai1), Some(&self.ai2), self.ai3.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|h| (h.name.as_str(), &h.backend))
     }
 
     /// Scores every head on `rows` rows of `x`.

@@ -12,6 +12,7 @@ use mlcore_models::artifact::{
     self, ArtifactFiles, Manifest, SecretKeyFile, ThetaParams, TrainingWindow, TrustStore, VerifyContext,
     VerifyError,
 };
+use mlcore_research::onnx::export::ToOnnx;
 use mlcore_testkit::{logistic_head, logistic_head_spec};
 
 const NOW: u64 = 1_790_000_000_000; // 2026-09-21
@@ -211,6 +212,15 @@ fn changed_missing_and_extra_files_are_refused() {
     assert_eq!(
         f.verify(extra).unwrap_err(),
         VerifyError::ExtraFile("notes.txt".into())
+    );
+
+    // A head naming a native file the artifact does not list.
+    let mut m = manifest(5);
+    m.heads.get_mut("ai1").unwrap().native = Some("ai1.native.json".into());
+    let e = f.verify(sealed(&f.key, m)).unwrap_err();
+    assert_eq!(
+        e,
+        VerifyError::Malformed("head `ai1` file `ai1.native.json` is not listed".into())
     );
 }
 

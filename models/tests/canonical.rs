@@ -16,6 +16,7 @@ fn manifest() -> Manifest {
         n_features: 15,
         learner: learner.into(),
         calibration: "platt".into(),
+        native: None,
     };
     Manifest {
         format: 1,

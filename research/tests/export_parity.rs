@@ -5,13 +5,14 @@
 
 #![allow(clippy::unwrap_used)] // fixture helpers outside #[test] fns: a broken fixture should panic
 
+use mlcore_config::ScoringBackend;
 use mlcore_features::{self as features, N_FEATURES};
 use mlcore_models::artifact::{
     self, ArtifactFiles, HeadSpec, Manifest, SecretKeyFile, ThetaParams, TrainingWindow,
 };
 use mlcore_models::runtime;
 use mlcore_models::scoring::ModelScorer;
-use mlcore_research::onnx::export::{LogisticHead, Platt, TreeEnsembleHead, TreeNode};
+use mlcore_research::onnx::export::{LogisticHead, Platt, ToOnnx, TreeEnsembleHead, TreeNode};
 use mlcore_testkit as testutil;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 
@@ -129,6 +130,7 @@ fn the_scorer_runs_every_head_of_a_verified_artifact_in_batches() {
         n_features: N_FEATURES,
         learner: learner.into(),
         calibration: "platt".into(),
+        native: None,
     };
     let manifest = Manifest {
         format: 1,
@@ -170,7 +172,7 @@ fn the_scorer_runs_every_head_of_a_verified_artifact_in_batches() {
     };
     // The paced build pauses before each head's session (two heads here).
     let mut pauses = 0;
-    let mut scorer = ModelScorer::new_paced(&verified, 32, || pauses += 1).unwrap();
+    let mut scorer = ModelScorer::new_paced(&verified, 32, ScoringBackend::Onnx, || pauses += 1).unwrap();
     assert_eq!(pauses, 2);
     scorer.warm_up_paced(32, 3, || pauses += 1).unwrap();
     assert_eq!(pauses, 4, "and before each head's warm-up");
@@ -184,4 +186,177 @@ fn the_scorer_runs_every_head_of_a_verified_artifact_in_batches() {
     // One row works too; more rows than allocated is an error, not a panic.
     assert_eq!(scorer.score(&x[..N_FEATURES], 1).unwrap().ai1.len(), 1);
     assert!(scorer.score(&rows(4)[..33 * N_FEATURES], 33).is_err());
+}
+
+/// A sealed artifact whose ai1 is [`ensemble`] and ai2 [`logistic`], with
+/// `ai1_native` as ai1's native file (raw bytes) when given, ai2's native
+/// file always, and `validation` rows when given.
+fn native_artifact(ai1_native: Option<Vec<u8>>, validation: Option<&[f32]>) -> artifact::VerifiedArtifact {
+    use mlcore_models::native::{self, NativeHead};
+    let key = SecretKeyFile::generate("k").unwrap();
+    let spec = |head: &str, learner: &str, native: bool| HeadSpec {
+        file: format!("{head}.onnx"),
+        input: "x".into(),
+        output: "prob".into(),
+        n_features: N_FEATURES,
+        learner: learner.into(),
+        calibration: "platt".into(),
+        native: native.then(|| native::file_name(head)),
+    };
+    let manifest = Manifest {
+        format: 1,
+        model_id: "m-v1".into(),
+        strategy: "fx_g10".into(),
+        version: 1,
+        created_at_ms: 0,
+        expires_at_ms: u64::MAX,
+        feature_schema_hash: features::schema_hash().to_owned(),
+        heads: [
+            ("ai1".to_owned(), spec("ai1", "lightgbm", ai1_native.is_some())),
+            ("ai2".to_owned(), spec("ai2", "logistic", true)),
+        ]
+        .into(),
+        theta: ThetaParams {
+            theta1: 0.55,
+            theta2: 0.6,
+        },
+        training_window: TrainingWindow {
+            start_ms: 0,
+            test_start_ms: 0,
+            end_ms: 0,
+        },
+        metrics: Default::default(),
+        files: Default::default(),
+    };
+    let mut files = ArtifactFiles(
+        [
+            ("ai1.onnx".to_owned(), ensemble().to_onnx("ai1").unwrap()),
+            ("ai2.onnx".to_owned(), logistic().to_onnx("ai2").unwrap()),
+            (
+                native::file_name("ai2"),
+                NativeHead::Logistic(logistic()).to_json().unwrap(),
+            ),
+        ]
+        .into(),
+    );
+    if let Some(bytes) = ai1_native {
+        files.0.insert(native::file_name("ai1"), bytes);
+    }
+    if let Some(rows) = validation {
+        files
+            .0
+            .insert(artifact::VALIDATION_ROWS.into(), native::encode_rows(rows));
+    }
+    let (manifest, files) = artifact::seal(manifest, files, &key).unwrap();
+    artifact::VerifiedArtifact {
+        manifest,
+        files,
+        key_id: "k".into(),
+    }
+}
+
+fn trees_json(head: TreeEnsembleHead) -> Vec<u8> {
+    mlcore_models::native::NativeHead::Trees(head).to_json().unwrap()
+}
+
+#[test]
+fn native_heads_serve_once_they_agree_with_onnx_runtime_and_score_as_it_does() {
+    use mlcore_models::scoring::HeadBackend;
+    runtime::init(&testutil::ort_library()).unwrap();
+    let validation = &rows(5)[..256 * N_FEATURES];
+    let model = native_artifact(Some(trees_json(ensemble())), Some(validation));
+    let mut native = ModelScorer::new(&model, 32, ScoringBackend::Native).unwrap();
+    let backends: Vec<(String, HeadBackend)> = native
+        .backends()
+        .map(|(h, b)| (h.to_owned(), b.clone()))
+        .collect();
+    for (head, backend) in &backends {
+        match backend {
+            HeadBackend::Native { rows, max_abs_diff } => {
+                assert_eq!(*rows, 256, "{head}");
+                assert!(*max_abs_diff <= 1e-6, "{head}: {max_abs_diff}");
+            }
+            other => panic!("{head} runs on {other:?}"),
+        }
+    }
+    // On rows it was not checked on, batches of 32 and of 1, it scores as
+    // ONNX Runtime does.
+    let mut ort = ModelScorer::new(&model, 32, ScoringBackend::Onnx).unwrap();
+    assert!(ort.backends().all(|(_, b)| *b == HeadBackend::Onnx));
+    let x = rows(6);
+    for batch in x.chunks_exact(32 * N_FEATURES).take(50) {
+        for n in [32, 1] {
+            let want = ort.score(&batch[..n * N_FEATURES], n).unwrap();
+            let (w1, w2) = (want.ai1.to_vec(), want.ai2.to_vec());
+            let got = native.score(&batch[..n * N_FEATURES], n).unwrap();
+            for (a, b) in got.ai1.iter().zip(&w1).chain(got.ai2.iter().zip(&w2)) {
+                assert!((a - b).abs() <= 1e-6, "native {a}, ONNX Runtime {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_native_head_that_is_refused_falls_back_to_onnx_runtime_and_says_why() {
+    use mlcore_models::scoring::HeadBackend;
+    runtime::init(&testutil::ort_library()).unwrap();
+    let validation = &rows(7)[..128 * N_FEATURES];
+    // One leaf off by 0.01: signed like the rest, so only parity catches it.
+    let mut off = ensemble();
+    let leaf = off.trees[3]
+        .iter_mut()
+        .find_map(|n| match n {
+            TreeNode::Leaf(v) => Some(v),
+            TreeNode::Split { .. } => None,
+        })
+        .unwrap();
+    *leaf += 0.01;
+    let mut cyclic = ensemble();
+    cyclic.trees[0][1] = TreeNode::Split {
+        feature: 0,
+        threshold: 0.0,
+        left: 0,
+        right: 2,
+    };
+    let cases = [
+        (
+            Some(trees_json(off)),
+            Some(validation),
+            "differs from ONNX Runtime",
+        ),
+        (Some(trees_json(ensemble())), None, "no validation_rows.f32"),
+        (
+            Some(b"{\"trees\": 3}".to_vec()),
+            Some(validation),
+            "ai1.native.json",
+        ),
+        (Some(trees_json(cyclic)), Some(validation), "reached twice"),
+    ];
+    let x = &rows(8)[..32 * N_FEATURES];
+    let mut ort = ModelScorer::new(&native_artifact(None, None), 32, ScoringBackend::Onnx).unwrap();
+    let want = ort.score(x, 32).unwrap().ai1.to_vec();
+    for (file, validation, says) in cases {
+        let model = native_artifact(file, validation);
+        let mut scorer = ModelScorer::new(&model, 32, ScoringBackend::Native).unwrap();
+        let ai1 = scorer.backends().find(|(h, _)| *h == "ai1").unwrap().1.clone();
+        match ai1 {
+            HeadBackend::Fallback { reason } => assert!(reason.contains(says), "{reason}"),
+            other => panic!("expected a fallback ({says}), got {other:?}"),
+        }
+        // ONNX Runtime's values, exactly: the fallback is the session.
+        assert_eq!(scorer.score(x, 32).unwrap().ai1, &want[..]);
+    }
+    // An artifact without a native form of ai1: ONNX Runtime, no fallback.
+    let scorer = ModelScorer::new(
+        &native_artifact(None, Some(validation)),
+        32,
+        ScoringBackend::Native,
+    )
+    .unwrap();
+    let ai1 = scorer.backends().find(|(h, _)| *h == "ai1").unwrap().1.clone();
+    assert_eq!(ai1, HeadBackend::Onnx);
+    // And `onnx` in the configuration keeps every head there.
+    let model = native_artifact(Some(trees_json(ensemble())), Some(validation));
+    let scorer = ModelScorer::new(&model, 32, ScoringBackend::Onnx).unwrap();
+    assert!(scorer.backends().all(|(_, b)| *b == HeadBackend::Onnx));
 }

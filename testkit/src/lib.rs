@@ -505,12 +505,14 @@ pub fn logistic_head_spec(file: &str) -> mlcore_models::artifact::HeadSpec {
         n_features: mlcore_features::N_FEATURES,
         learner: "logistic".into(),
         calibration: "platt".into(),
+        native: None,
     }
 }
 
 /// A small signed artifact for `strategy` v`version`: logistic heads
-/// (weights from `seed`) exported to ONNX, valid for two days from
-/// `now_ms`, sealed with `key`. Builds in milliseconds, unlike a trained one.
+/// (weights from `seed`) exported to ONNX and shipped natively, with 64
+/// validation rows, valid for two days from `now_ms`, sealed with `key`.
+/// Builds in milliseconds, unlike a trained one.
 pub fn logistic_artifact(
     key: &mlcore_models::artifact::SecretKeyFile,
     strategy: &str,
@@ -520,6 +522,12 @@ pub fn logistic_artifact(
 ) -> mlcore_models::artifact::ArtifactFiles {
     use mlcore_features as features;
     use mlcore_models::artifact::{self, ArtifactFiles, Manifest, ThetaParams, TrainingWindow};
+    use mlcore_models::native::{self, NativeHead};
+    use mlcore_research::onnx::export::ToOnnx;
+    let spec = |head: &str| mlcore_models::artifact::HeadSpec {
+        native: Some(native::file_name(head)),
+        ..logistic_head_spec(&format!("{head}.onnx"))
+    };
     let manifest = Manifest {
         format: 1,
         model_id: format!("{strategy}-v{version}"),
@@ -528,11 +536,7 @@ pub fn logistic_artifact(
         created_at_ms: now_ms,
         expires_at_ms: now_ms + 2 * 86_400_000,
         feature_schema_hash: features::schema_hash().to_owned(),
-        heads: [
-            ("ai1".to_owned(), logistic_head_spec("ai1.onnx")),
-            ("ai2".to_owned(), logistic_head_spec("ai2.onnx")),
-        ]
-        .into(),
+        heads: [("ai1".to_owned(), spec("ai1")), ("ai2".to_owned(), spec("ai2"))].into(),
         theta: ThetaParams {
             theta1: 0.505,
             theta2: 0.9,
@@ -548,6 +552,14 @@ pub fn logistic_artifact(
     let unwrap = |r: Result<Vec<u8>, _>| {
         r.unwrap_or_else(|e: mlcore_research::onnx::export::ExportError| panic!("{e}"))
     };
+    let native_json = |head: mlcore_research::onnx::export::LogisticHead| {
+        NativeHead::Logistic(head)
+            .to_json()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let rows: Vec<f32> = (0..64 * features::N_FEATURES)
+        .map(|i| ((i as f32 + seed) * 0.61).sin() * 3.0)
+        .collect();
     let files = ArtifactFiles(
         [
             ("ai1.onnx".to_owned(), unwrap(logistic_head(seed).to_onnx("ai1"))),
@@ -555,6 +567,9 @@ pub fn logistic_artifact(
                 "ai2.onnx".to_owned(),
                 unwrap(logistic_head(seed + 1.0).to_onnx("ai2")),
             ),
+            (native::file_name("ai1"), native_json(logistic_head(seed))),
+            (native::file_name("ai2"), native_json(logistic_head(seed + 1.0))),
+            (artifact::VALIDATION_ROWS.to_owned(), native::encode_rows(&rows)),
             (
                 artifact::FEATURE_SCHEMA.to_owned(),
                 serde_json::to_vec(&features::schema()).unwrap_or_default(),

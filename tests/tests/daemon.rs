@@ -1201,6 +1201,73 @@ fn two_timer_daemons_publish_each_tick_once() {
     );
 }
 
+/// Contract v3 end to end: two timer daemons publishing through
+/// `mlcore_publish_v3` (redis.yaml `contract: v3`) leave one snapshot per
+/// strategy that a consumer reads symbol by symbol, one stream entry per
+/// tick (the guard's one mark per strategy refuses the second daemon's
+/// copy), nothing under v2's keys, and halting through v3's `set_mode`
+/// stops the snapshot.
+#[test]
+fn timer_daemons_on_contract_v3_publish_snapshots_each_tick_once() {
+    use mlcore_contract::guard::ContractVersion;
+    runtime::init(&testutil::ort_library()).unwrap();
+    let ns = RedisNamespace::new();
+    let a_root = timer_root(&ns, "v3-a", 100);
+    let b_root = timer_files(&ns, "v3-b", 100);
+    for root in [&a_root, &b_root] {
+        let path = root.path().join("configs/envs/dev/redis.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{text}contract: v3\n")).unwrap();
+    }
+    let a = start_daemon(a_root.path());
+    let b = start_daemon(b_root.path());
+    wait_ready(&a);
+    wait_ready(&b);
+    let guard = Guard::new(Keys::new(&ns.ns), 1000).with_contract(ContractVersion::V3);
+    let keys = guard.keys().strategy("fx_g10");
+    let mut conn = testutil::redis_connection();
+    let entries = |conn: &mut redis::Connection| -> Vec<u64> {
+        redis::cmd("XRANGE")
+            .arg(&keys.stream_v3)
+            .arg("-")
+            .arg("+")
+            .query::<redis::streams::StreamRangeReply>(conn)
+            .unwrap()
+            .ids
+            .iter()
+            .map(|e| e.get::<u64>("seq").unwrap())
+            .collect()
+    };
+    assert!(
+        testutil::wait_until(Duration::from_secs(10), || entries(&mut conn).len() >= 5).is_some(),
+        "no v3 stream entries"
+    );
+    let seqs = entries(&mut conn);
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "a tick published twice: {seqs:?}"
+    );
+    let signal = guard.read(&mut conn, "fx_g10", "USDJPY").unwrap().unwrap();
+    assert!(
+        signal.seq.is_multiple_of(100_000) && signal.model_id == "fx_g10-v1",
+        "{signal:?}"
+    );
+    let v2: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*:sig:*", ns.ns))
+        .query(&mut conn)
+        .unwrap();
+    assert!(v2.is_empty(), "v2 keys written: {v2:?}");
+    testutil::set_mode(&guard, &mut conn, "fx_g10", OpsMode::Halted);
+    std::thread::sleep(Duration::from_millis(500));
+    let halted_at = guard.high_water_mark(&mut conn, "fx_g10").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        guard.high_water_mark(&mut conn, "fx_g10").unwrap(),
+        halted_at,
+        "a halted strategy's snapshot moved"
+    );
+}
+
 /// Replay parity: the frames `mlcore-feed` sends a real daemon, captured,
 /// replayed by `mlcore-control research backtest --capture` with the same
 /// model and configuration, give the signals the daemon published — every

@@ -684,7 +684,8 @@ fn ort_baselines(
     }
     anyhow::ensure!(!matrices.is_empty(), "too few quotes for a feature matrix");
     let model = mlcore_benches::sample_model();
-    let mut scorer = mlcore_models::scoring::ModelScorer::new(&model, n)?;
+    let mut scorer =
+        mlcore_models::scoring::ModelScorer::new(&model, n, mlcore_config::ScoringBackend::Onnx)?;
     scorer.warm_up(n, 50)?;
     // A failed run is no baseline: the first error stops the load generator.
     let mut failed: Option<String> = None;

@@ -15,7 +15,7 @@
 //! acknowledged p50/p99 — the same run with and without changes.
 //!
 //! `mlcore-config-apply-bench [--rate 2000] [--seconds 60] [--every-ms 100]
-//! [--variant full|write-only|poll-only] [--daemon-log FILE]`
+//! [--variant full|write-only|poll-only] [--daemon-log FILE] [--contract v2|v3]`
 
 #![allow(clippy::print_stdout)] // a benchmark reports on stdout
 
@@ -60,6 +60,11 @@ struct Args {
     /// daemon takes nothing), `poll-only` (only the heartbeat polling).
     #[arg(long, value_enum, default_value_t = Variant::Full)]
     variant: Variant,
+    /// The Redis contract the daemon publishes with (`redis.yaml`
+    /// `contract`): `v2` or `v3`. With a huge `--every-ms`, the steady
+    /// phase alone is the sustained-rate check of both versions.
+    #[arg(long, default_value = "v2")]
+    contract: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -95,12 +100,15 @@ fn now_ms() -> u64 {
 
 /// A project folder: the repository's configs (dev) pointed at a namespace
 /// of its own, free ports, this machine's ONNX Runtime, models under it.
-fn project(root: &Path, ns: &str) -> anyhow::Result<()> {
+fn project(root: &Path, ns: &str, contract: &str) -> anyhow::Result<()> {
     let src = root.join("source");
     testutil::copy_tree(&testutil::workspace_root().join("configs"), &src)?;
     let dev = src.join("envs/dev");
     let redis = std::fs::read_to_string(dev.join("redis.yaml"))?;
-    std::fs::write(dev.join("redis.yaml"), format!("{redis}namespace: {ns}\n"))?;
+    std::fs::write(
+        dev.join("redis.yaml"),
+        format!("{redis}namespace: {ns}\ncontract: {contract}\n"),
+    )?;
     // dev's thread layout (hot threads on core 1, SCHED_FIFO 10), a free port.
     std::fs::write(
         dev.join("daemon.yaml"),
@@ -141,6 +149,9 @@ fn main() -> anyhow::Result<()> {
     if a.rate == 0 || a.every_ms == 0 || a.seconds == 0 {
         bail!("--rate, --seconds and --every-ms must be positive");
     }
+    if a.contract != "v2" && a.contract != "v3" {
+        bail!("--contract must be v2 or v3, got {}", a.contract);
+    }
     let daemon_bin = match &a.daemon {
         Some(p) => p.clone(),
         None => std::env::current_exe()?
@@ -157,7 +168,7 @@ fn main() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let root = tmp.path();
     let ns = format!("mlcore-cfgbench-{}", std::process::id());
-    project(root, &ns)?;
+    project(root, &ns, &a.contract)?;
     let live = root.join("live/configs");
     let base = ConfigTree::read(&root.join("source"))?;
     mlcore_config::deploy::write(&live, &base, "bench-0", "bench", now_ms())?;

@@ -7,12 +7,16 @@
 //! setting) are judged here, and timed under load by `mlcore-loadgen`.
 //!
 //! It starts its own `redis-server` under `valgrind --tool=callgrind` on a
-//! free loopback port (never the shared one), loads the guard this build
+//! free loopback port (never the shared one), loads the guards this build
 //! carries, and for each kind of decision — 32 signals all flat (what the
-//! sample model mostly decides), all long — sends warm-up calls, zeroes the
-//! counters, sends `--calls` calls in one pipeline, dumps the counters and
-//! divides. The calls are what the daemon sends: the guard client's own
-//! encoding, µs `seq`s, `f32` model outputs widened to `f64`.
+//! sample model mostly decides), all long — and each contract version,
+//! sends warm-up calls, zeroes the counters, sends `--calls` calls in one
+//! pipeline, dumps the counters and divides. The calls are what the daemon
+//! sends: the guard client's own encoding, µs `seq`s, `f32` model outputs
+//! widened to `f64`. The floor beside them, counted the same way: a plain
+//! `HSET` of the same decision's bytes into one hash (each symbol a field,
+//! its 24-byte v3 record the value), no guard. Prints each version's ratio
+//! to the floor (#26's target for v3: at most 2×).
 //!
 //! Run: `cargo run --release -p mlcore-benches --bin mlcore-guard-cost`
 //! (needs `valgrind` and `redis-server` on `PATH`; ≈ 1 minute).
@@ -25,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use mlcore_contract::guard::{ContractVersion, RECORD_BYTES};
 use mlcore_contract::{Guard, Keys, ModeChange, OpsMode, Side, Signal, SignalBatch};
 
 #[derive(Parser, Debug)]
@@ -48,6 +53,10 @@ struct Args {
     /// variant being tried); it must answer as this build's version.
     #[arg(long)]
     library: Option<PathBuf>,
+    /// Count only this contract version's calls (`v2` or `v3`; both when
+    /// absent), beside the plain HSET.
+    #[arg(long)]
+    only: Option<String>,
 }
 
 const STRATEGY: &str = "fx_cost";
@@ -224,6 +233,30 @@ fn publish(conn: &mut redis::Connection, guard: &Guard, seq: &mut u64, n: usize,
     Ok(())
 }
 
+/// The floor: `n` plain `HSET`s of a decision's bytes into one hash (a
+/// field per symbol, its 24-byte v3 record the value), pipelined.
+fn plain_hset(conn: &mut redis::Connection, seq: &mut u64, n: usize, long: bool) -> Result<()> {
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64 ^ *seq;
+    let mut pipe = redis::pipe();
+    for _ in 0..n {
+        *seq += 1;
+        let d = decision(*seq, long, &mut rng);
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg("cost:{fx_cost}:plain");
+        for s in &d.signals {
+            let mut record = Vec::with_capacity(RECORD_BYTES);
+            record.extend_from_slice(&s.weight.to_le_bytes());
+            record.extend_from_slice(&s.qty.to_le_bytes());
+            record.extend_from_slice(&(s.return_prob as f32).to_le_bytes());
+            record.extend_from_slice(&(s.risk_score as f32).to_le_bytes());
+            cmd.arg(&s.symbol).arg(record);
+        }
+        pipe.add_command(cmd).ignore();
+    }
+    pipe.query::<()>(conn).context("the plain HSETs")?;
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let a = Args::parse();
     let source = match &a.library {
@@ -237,6 +270,7 @@ fn main() -> Result<()> {
     let mut conn = redis::Client::open(server.url.as_str())?.get_connection()?;
     match (&a.library, source) {
         (Some(path), Some(source)) => {
+            Guard::load(&mut conn)?;
             redis::cmd("FUNCTION")
                 .arg("LOAD")
                 .arg("REPLACE")
@@ -270,15 +304,29 @@ fn main() -> Result<()> {
         a.calls, a.warmup, a.listpack_entries
     );
     for (name, long) in [("all flat", false), ("all long", true)] {
-        publish(&mut conn, &guard, &mut seq, a.warmup, long)?;
-        server.callgrind_control("-z")?;
-        publish(&mut conn, &guard, &mut seq, a.calls.max(1), long)?;
-        let total = server.dump_instructions()?;
-        let per_call = total / a.calls.max(1) as u64;
+        let mut count = |what: &mut dyn FnMut(&mut redis::Connection, &mut u64, usize) -> Result<()>| {
+            what(&mut conn, &mut seq, a.warmup)?;
+            server.callgrind_control("-z")?;
+            what(&mut conn, &mut seq, a.calls.max(1))?;
+            Ok::<u64, anyhow::Error>(server.dump_instructions()? / a.calls.max(1) as u64)
+        };
+        let floor = count(&mut |c, seq, n| plain_hset(c, seq, n, long))?;
         println!(
-            "guard call, {SYMBOLS} signals, {name}: {per_call} instructions ({:.3} M)",
-            per_call as f64 / 1e6
+            "plain HSET of the decision's bytes, {SYMBOLS} fields, {name}: {floor} instructions ({:.3} M)",
+            floor as f64 / 1e6
         );
+        for (label, version) in [("v2", ContractVersion::V2), ("v3", ContractVersion::V3)] {
+            if a.only.as_deref().is_some_and(|o| o != label) {
+                continue;
+            }
+            let g = guard.clone().with_contract(version);
+            let per_call = count(&mut |c, seq, n| publish(c, &g, seq, n, long))?;
+            println!(
+                "guard call {label}, {SYMBOLS} signals, {name}: {per_call} instructions ({:.3} M), {:.2}× the plain HSET",
+                per_call as f64 / 1e6,
+                per_call as f64 / floor as f64
+            );
+        }
     }
     let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").arg("NOSAVE").query(&mut conn);
     Ok(())

@@ -58,7 +58,9 @@ pub fn ops_set_mode(
     let mut conn = RedisConn::connect(&(&cfg.redis).into()).context("connecting to Redis")?;
     let may_install = cfg.redis.guard_install.may_install();
     Guard::ensure(&mut conn, may_install)?;
-    let guard = Guard::new(Keys::new(&cfg.redis.namespace), cfg.redis.stream_maxlen).installing(may_install);
+    let guard = Guard::new(Keys::new(&cfg.redis.namespace), cfg.redis.stream_maxlen)
+        .installing(may_install)
+        .with_contract(cfg.redis.contract.into());
     let strategies: Vec<String> = match (&args.strategy, args.all) {
         (Some(s), false) => vec![s.clone()],
         (None, true) => cfg.universe.strategies.iter().map(|s| s.id.to_string()).collect(),

@@ -50,6 +50,12 @@ pub struct HeadSpec {
     pub learner: String,
     /// Calibration inside the graph (`platt`, `none`).
     pub calibration: String,
+    /// The same head's parameters for the native backend
+    /// (`<head>.native.json`, `mlcore_models::native`), when the trainer
+    /// shipped them. Absent in artifacts made before the native backend:
+    /// those heads run on ONNX Runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native: Option<String>,
 }
 
 /// θ parameters carried with the model.

@@ -34,3 +34,7 @@ pub const MANIFEST: &str = "manifest.json";
 pub const SIGNATURE: &str = "manifest.sig";
 /// Feature schema file name.
 pub const FEATURE_SCHEMA: &str = "feature_schema.json";
+/// Rows of the model's own validation data (little-endian f32, row-major,
+/// the feature schema's width), on which a native head must agree with ONNX
+/// Runtime before it may serve.
+pub const VALIDATION_ROWS: &str = "validation_rows.f32";

@@ -190,11 +190,12 @@ pub fn verify(files: ArtifactFiles, ctx: &VerifyContext<'_>) -> Result<VerifiedA
         }
     }
     for (name, head) in &manifest.heads {
-        if !manifest.files.contains_key(&head.file) {
-            return Err(VerifyError::Malformed(format!(
-                "head `{name}` file `{}` is not listed",
-                head.file
-            )));
+        for file in std::iter::once(&head.file).chain(head.native.as_ref()) {
+            if !manifest.files.contains_key(file) {
+                return Err(VerifyError::Malformed(format!(
+                    "head `{name}` file `{file}` is not listed"
+                )));
+            }
         }
     }
 

@@ -1,10 +1,11 @@
-//! Exporting fitted heads to ONNX, with native predictors that the export is
-//! checked against.
+//! Exporting fitted heads to ONNX.
 //!
 //! A head maps a `[N, F]` float32 input `x` to a `[N, 1]` float32 probability
-//! `prob`. Learners live with the trainer; they hand over plain parameters
-//! ([`LogisticHead`], [`TreeEnsembleHead`]) so that this crate — shared with
-//! the daemon — stays free of training dependencies.
+//! `prob`. Learners hand over plain parameters ([`LogisticHead`],
+//! [`TreeEnsembleHead`], defined in `mlcore_models::native` with their
+//! reference predictors, which every export is checked against and which the
+//! daemon's native backend compiles); writing ONNX stays here, out of the
+//! daemon.
 //!
 //! - Logistic regression: `MatMul → Add → calibration → Sigmoid` (standard ops).
 //! - Gradient-boosted trees: `ai.onnx.ml.TreeEnsembleRegressor` producing the
@@ -13,69 +14,12 @@
 //!   the served probability is the calibrated one.
 
 use super::graph::{Attr, Dim, GraphBuilder};
+pub use mlcore_models::native::{LogisticHead, NativeHead, Platt, TreeEnsembleHead, TreeNode};
 
-/// Platt scaling of a raw margin: `σ(a·m + b)`. `a = 1, b = 0` is none.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Platt {
-    /// Slope.
-    pub a: f32,
-    /// Intercept.
-    pub b: f32,
-}
-
-impl Platt {
-    /// No calibration.
-    pub const IDENTITY: Self = Self { a: 1.0, b: 0.0 };
-
-    fn apply(&self, margin: f32) -> f32 {
-        sigmoid(self.a * margin + self.b)
-    }
-}
-
-fn sigmoid(z: f32) -> f32 {
-    1.0 / (1.0 + (-z).exp())
-}
-
-/// A fitted logistic regression.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogisticHead {
-    /// One weight per feature.
-    pub weights: Vec<f32>,
-    /// Intercept.
-    pub intercept: f32,
-    /// Calibration of the margin.
-    pub platt: Platt,
-}
-
-/// One node of a regression tree, in flat (array) form.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub enum TreeNode {
-    /// `x[feature] < threshold` goes to `left`, else `right` (indices into the tree).
-    Split {
-        /// Feature index.
-        feature: usize,
-        /// Threshold.
-        threshold: f32,
-        /// Node taken when the comparison holds.
-        left: usize,
-        /// Node taken otherwise.
-        right: usize,
-    },
-    /// A leaf's contribution to the margin (already scaled by the learning rate).
-    Leaf(f32),
-}
-
-/// A fitted gradient-boosted tree ensemble: margin = `base + Σ leaf`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TreeEnsembleHead {
-    /// Trees; node 0 of each is its root.
-    pub trees: Vec<Vec<TreeNode>>,
-    /// Base margin.
-    pub base: f32,
-    /// Calibration of the margin.
-    pub platt: Platt,
-    /// Features per row.
-    pub n_features: usize,
+/// A head that can be written as an ONNX model.
+pub trait ToOnnx {
+    /// The ONNX model (`x: [N, F] f32 → prob: [N, 1] f32`).
+    fn to_onnx(&self, name: &str) -> Result<Vec<u8>, ExportError>;
 }
 
 /// Why a head cannot be exported.
@@ -89,20 +33,11 @@ pub enum ExportError {
     Protobuf(String),
 }
 
-impl LogisticHead {
-    /// Native prediction of one row.
-    pub fn predict_row(&self, x: &[f32]) -> f32 {
-        let margin: f32 = self.weights.iter().zip(x).map(|(w, v)| w * v).sum::<f32>() + self.intercept;
-        self.platt.apply(margin)
-    }
-
-    /// The ONNX model.
-    pub fn to_onnx(&self, name: &str) -> Result<Vec<u8>, ExportError> {
+impl ToOnnx for LogisticHead {
+    fn to_onnx(&self, name: &str) -> Result<Vec<u8>, ExportError> {
         let f = i64::try_from(self.weights.len())
             .map_err(|_| ExportError::Invalid("too many features".into()))?;
-        if self.weights.iter().any(|w| !w.is_finite()) || !self.intercept.is_finite() {
-            return Err(ExportError::Invalid("non-finite weight".into()));
-        }
+        self.check().map_err(|e| ExportError::Invalid(e.to_string()))?;
         // Fold Platt into the linear map: a·(x·w + c) + b = x·(a·w) + (a·c + b).
         let w: Vec<f32> = self.weights.iter().map(|w| w * self.platt.a).collect();
         let c = self.platt.a * self.intercept + self.platt.b;
@@ -119,71 +54,10 @@ impl LogisticHead {
     }
 }
 
-impl TreeEnsembleHead {
-    /// Native margin of one row (trees summed in order, in f32, like the trainer).
-    pub fn margin_row(&self, x: &[f32]) -> f32 {
-        let mut m = self.base;
-        for tree in &self.trees {
-            let mut i = 0;
-            loop {
-                match tree[i] {
-                    TreeNode::Leaf(v) => {
-                        m += v;
-                        break;
-                    }
-                    TreeNode::Split {
-                        feature,
-                        threshold,
-                        left,
-                        right,
-                    } => {
-                        i = if x[feature] < threshold { left } else { right };
-                    }
-                }
-            }
-        }
-        m
-    }
-
-    /// Native prediction of one row.
-    pub fn predict_row(&self, x: &[f32]) -> f32 {
-        self.platt.apply(self.margin_row(x))
-    }
-
-    fn check(&self) -> Result<(), ExportError> {
-        for (t, tree) in self.trees.iter().enumerate() {
-            if tree.is_empty() {
-                return Err(ExportError::Invalid(format!("tree {t} is empty")));
-            }
-            for node in tree {
-                match *node {
-                    TreeNode::Split {
-                        feature,
-                        threshold,
-                        left,
-                        right,
-                    } => {
-                        if feature >= self.n_features
-                            || left >= tree.len()
-                            || right >= tree.len()
-                            || !threshold.is_finite()
-                        {
-                            return Err(ExportError::Invalid(format!("tree {t} has a split out of range")));
-                        }
-                    }
-                    TreeNode::Leaf(v) if !v.is_finite() => {
-                        return Err(ExportError::Invalid(format!("tree {t} has a non-finite leaf")))
-                    }
-                    TreeNode::Leaf(_) => {}
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The ONNX model: `TreeEnsembleRegressor` (margin) → `a·m + b` → `Sigmoid`.
-    pub fn to_onnx(&self, name: &str) -> Result<Vec<u8>, ExportError> {
-        self.check()?;
+impl ToOnnx for TreeEnsembleHead {
+    /// `TreeEnsembleRegressor` (margin) → `a·m + b` → `Sigmoid`.
+    fn to_onnx(&self, name: &str) -> Result<Vec<u8>, ExportError> {
+        self.check().map_err(|e| ExportError::Invalid(e.to_string()))?;
         let f =
             i64::try_from(self.n_features).map_err(|_| ExportError::Invalid("too many features".into()))?;
         let mut a = TreeAttrs::default();
@@ -251,6 +125,15 @@ impl TreeEnsembleHead {
             .node("Sigmoid", &["logit"], &["prob"], &[]);
         g.build("mlcore-models", "gradient-boosted trees, Platt-calibrated")
             .map_err(|e| ExportError::Protobuf(e.to_string()))
+    }
+}
+
+impl ToOnnx for NativeHead {
+    fn to_onnx(&self, name: &str) -> Result<Vec<u8>, ExportError> {
+        match self {
+            Self::Trees(t) => t.to_onnx(name),
+            Self::Logistic(l) => l.to_onnx(name),
+        }
     }
 }
 

@@ -16,16 +16,21 @@ use std::path::{Path, PathBuf};
 
 use crate::dataset::{Dataset, DatasetError, Quarantined};
 use crate::labels;
-use crate::onnx::export::TreeEnsembleHead;
+use crate::onnx::export::{ToOnnx, TreeEnsembleHead};
 use mlcore_features::{self as features, N_FEATURES};
 use mlcore_models::artifact::{
     self, ArtifactFiles, HeadSpec, Manifest, SecretKeyFile, ThetaParams, TrainingWindow, TrustStore,
     VerifyContext,
 };
+use mlcore_models::native::{self, NativeHead};
 use mlcore_models::runtime;
 
 pub use learners::{FitError, GbmParams};
 pub use metrics::{auc, brier, log_loss, reliability, ReliabilityBin};
+
+/// Test rows an artifact carries for the loader's native/ONNX Runtime
+/// parity check (at most; fewer when the test segment is shorter).
+const VALIDATION_ROWS: usize = 512;
 
 /// What to train.
 #[derive(Debug)]
@@ -332,13 +337,14 @@ pub fn export(
     }
 
     let schema = features::schema();
-    let head = |file: &str, learner: &str| HeadSpec {
-        file: file.into(),
+    let head = |name: &str, learner: &str| HeadSpec {
+        file: format!("{name}.onnx"),
         input: "x".into(),
         output: "prob".into(),
         n_features: N_FEATURES,
         learner: learner.into(),
         calibration: "platt".into(),
+        native: Some(native::file_name(name)),
     };
     let manifest = Manifest {
         format: 1,
@@ -351,9 +357,9 @@ pub fn export(
             .hash()
             .map_err(|e| TrainError::Export(format!("feature schema: {e}")))?,
         heads: [
-            ("ai1".to_owned(), head("ai1.onnx", "lightgbm")),
-            ("ai2".to_owned(), head("ai2.onnx", "lightgbm")),
-            ("ai3".to_owned(), head("ai3.onnx", "lightgbm")),
+            ("ai1".to_owned(), head("ai1", "lightgbm")),
+            ("ai2".to_owned(), head("ai2", "lightgbm")),
+            ("ai3".to_owned(), head("ai3", "lightgbm")),
         ]
         .into(),
         theta: meta.theta,
@@ -367,11 +373,26 @@ pub fn export(
     };
     let schema_json =
         serde_json::to_string_pretty(&schema).map_err(|e| TrainError::Export(e.to_string()))? + "\n";
+    // The native backend's parameters, and test rows for the loader to
+    // check them against ONNX Runtime on before they serve.
+    let native_json = |h: &TreeEnsembleHead| {
+        NativeHead::Trees(h.clone())
+            .to_json()
+            .map_err(|e| TrainError::Export(e.to_string()))
+    };
+    let validation_rows = test.rows().min(VALIDATION_ROWS);
     let files = ArtifactFiles(
         [
             ("ai1.onnx".to_owned(), ai1_onnx),
             ("ai2.onnx".to_owned(), ai2_onnx),
             ("ai3.onnx".to_owned(), ai3_onnx),
+            (native::file_name("ai1"), native_json(ai1)?),
+            (native::file_name("ai2"), native_json(ai2)?),
+            (native::file_name("ai3"), native_json(ai3)?),
+            (
+                artifact::VALIDATION_ROWS.to_owned(),
+                native::encode_rows(&test.x[..validation_rows * N_FEATURES]),
+            ),
             (artifact::FEATURE_SCHEMA.to_owned(), schema_json.into_bytes()),
         ]
         .into(),
