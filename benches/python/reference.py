@@ -61,7 +61,8 @@ def main() -> None:
 
     manifest = json.load(open(f"{args.artifact}/manifest.json"))
     theta1, theta2 = manifest["theta"]["theta1"], manifest["theta"]["theta2"]
-    heads = [session(f"{args.artifact}/{manifest['heads'][h]['file']}") for h in ("ai1", "ai2", "ai3")]
+    heads = [session(f"{args.artifact}/{manifest['heads'][h]['file']}") for h in ("ai1", "ai2", "ai3")
+             if h in manifest["heads"]]
     pool = np.fromfile(args.features, dtype="<f4").reshape(-1, SYMBOLS, args.n_features)
     r = redis.Redis.from_url(args.redis)
     symbols = [f"SYM{i:02d}" for i in range(SYMBOLS)]
@@ -75,7 +76,7 @@ def main() -> None:
     for k in range(args.decisions):
         t0 = time.perf_counter()
         x = pool[k % len(pool)]
-        p1, p2, _p3 = (h.run(None, {"x": x})[0][:, 0] for h in heads)
+        p1, p2, *_ = (h.run(None, {"x": x})[0][:, 0] for h in heads)
         weights, qty = decide(p1, p2, theta1, theta2)
         now = int(time.time() * 1000)
         seq = args.seq + k
