@@ -118,6 +118,26 @@ impl Library {
         }
     }
 
+    /// The library a process writing with `contract` needs.
+    pub fn of(contract: ContractVersion) -> &'static Library {
+        match contract {
+            ContractVersion::V2 => &LIBRARIES[0],
+            ContractVersion::V3 => &LIBRARIES[1],
+        }
+    }
+
+    /// Whether it answers on `conn` at its revision or later.
+    pub fn check(&self, conn: &mut impl ConnectionLike) -> Result<(), ContractError> {
+        let reply: Value = self.info_cmd().query(conn).map_err(|e| {
+            if is_function_missing(&e) {
+                self.missing(&e)
+            } else {
+                ContractError::Redis(e)
+            }
+        })?;
+        self.check_info(&reply)
+    }
+
     fn missing(&self, e: &redis::RedisError) -> ContractError {
         ContractError::GuardMissing {
             library: self.name,
@@ -294,12 +314,18 @@ impl Guard {
         self
     }
 
-    /// Makes sure this version of the guard answers on `conn`: checks, and
-    /// only when it is missing or older and `may_install`, loads it. A
-    /// process whose Redis user may only call the guard therefore starts
-    /// whenever the right guard is installed.
-    pub fn ensure(conn: &mut impl ConnectionLike, may_install: bool) -> Result<(), ContractError> {
-        let missing = match Self::check_version(conn) {
+    /// Makes sure the library of `contract` (the version this process
+    /// writes with) answers on `conn`: checks, and only when it is missing
+    /// or older and `may_install`, loads this build's libraries. A process
+    /// whose Redis user may only call the guard therefore starts whenever
+    /// the right guard is installed — and a v3 process runs once v2's
+    /// library is deleted (the migration's last step).
+    pub fn ensure(
+        conn: &mut impl ConnectionLike,
+        may_install: bool,
+        contract: ContractVersion,
+    ) -> Result<(), ContractError> {
+        let missing = match Self::check_contract(conn, contract) {
             Ok(()) => return Ok(()),
             // Redis down or failing: nothing to install, say so as it is.
             Err(e @ ContractError::Redis(_)) => return Err(e),
@@ -342,19 +368,21 @@ impl Guard {
     }
 
     /// Whether every library of [`LIBRARIES`], at its revision or later,
-    /// answers on `conn`.
+    /// answers on `conn` (what installing checks).
     pub fn check_version(conn: &mut impl ConnectionLike) -> Result<(), ContractError> {
         for lib in &LIBRARIES {
-            let reply: Value = lib.info_cmd().query(conn).map_err(|e| {
-                if is_function_missing(&e) {
-                    lib.missing(&e)
-                } else {
-                    ContractError::Redis(e)
-                }
-            })?;
-            lib.check_info(&reply)?;
+            lib.check(conn)?;
         }
         Ok(())
+    }
+
+    /// Whether the library of `contract`, at its revision or later,
+    /// answers on `conn` (what a process writing with it needs).
+    pub fn check_contract(
+        conn: &mut impl ConnectionLike,
+        contract: ContractVersion,
+    ) -> Result<(), ContractError> {
+        Library::of(contract).check(conn)
     }
 
     /// The `FCALL` that publishes `batch` (for callers that pipeline several).
@@ -598,15 +626,18 @@ impl Guard {
             if function == FN_READ_V3 {
                 cmd.arg(symbol);
             }
-            let reply = if function == FN_READ && self.contract == ContractVersion::V3 {
-                // Writing v3, v2 may already be removed (the migration's
-                // last step): its absence is no signal, not an error.
+            // The other version's library may be absent (v3 not yet
+            // installed, or v2 already removed): no signal from it, not an
+            // error. The version this client writes with is reloaded when
+            // missing, as every call of it is.
+            let ours = (function == FN_READ) == (self.contract == ContractVersion::V2);
+            let reply = if ours {
+                with_guard(conn, self.may_install, |c| cmd.query::<Value>(c))?
+            } else {
                 match cmd.query::<Value>(conn) {
                     Err(e) if is_function_missing(&e) => continue,
                     other => other.map_err(classify)?,
                 }
-            } else {
-                with_guard(conn, self.may_install, |c| cmd.query::<Value>(c))?
             };
             if reply == Value::Nil {
                 continue;
@@ -765,7 +796,9 @@ const ARG_FRAMING: usize = 16;
 fn call_bound(keys: &StrategyKeys, group: &[SignalBatch], contract: ContractVersion) -> (usize, usize) {
     let Some(first) = group.first() else { return (0, 0) };
     if contract == ContractVersion::V3 {
-        let args = 11 + 6 * group.len();
+        // FCALL, the function, 5, five keys, strategy, symbols, maxlen,
+        // count; then 6 per decision.
+        let args = 12 + 6 * group.len();
         let data = "FCALL".len()
             + FN_PUBLISH_V3.len()
             + 3 * INT_MAX_BYTES
@@ -1114,7 +1147,12 @@ mod tests {
 
     #[test]
     fn the_room_made_before_encoding_holds_whatever_the_numbers_print_as() {
-        let guard = Guard::new(Keys::new("ns-room"), 10_000);
+        for contract in [ContractVersion::V2, ContractVersion::V3] {
+            room_holds(&Guard::new(Keys::new("ns-room"), 10_000).with_contract(contract));
+        }
+    }
+
+    fn room_holds(guard: &Guard) {
         let values = [
             0.0,
             1.0,
@@ -1138,6 +1176,7 @@ mod tests {
                 b.seq = u64::MAX - j as u64;
                 for s in &mut b.signals {
                     (s.weight, s.qty, s.return_prob, s.risk_score) = (*v, -*v, *v / 3.0, *v * 7.0);
+                    s.side = crate::signal::Side::of_weight(*v);
                 }
             }
             guard.encode(&batches, &mut bufs).unwrap();

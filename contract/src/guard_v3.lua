@@ -212,9 +212,12 @@ local function read_state(keys, count)
   if failed(mode) then return nil, wrong_type(keys[1], 'hash') end
   local mark = pcall('GET', keys[3])
   if failed(mark) then return nil, wrong_type(keys[3], 'string') end
+  -- A mark that is not a number fails closed: nothing is written.
+  local garbled = function(key) return 'key ' .. key .. ' holds a high-water mark that is not a number: nothing was written' end
   local hwm
   if mark then
-    hwm = tonumber(mark) or 0
+    hwm = tonumber(mark)
+    if not hwm then return nil, garbled(keys[3]) end
   else
     -- The first v3 call takes over the highest of v2's per-symbol marks,
     -- so a migration cannot let an old decision in.
@@ -222,7 +225,8 @@ local function read_state(keys, count)
     if failed(v2) then return nil, wrong_type(keys[5], 'hash') end
     hwm = 0
     for _, v in ipairs(v2) do
-      local n = tonumber(v) or 0
+      local n = tonumber(v)
+      if not n then return nil, garbled(keys[5]) end
       if n > hwm then hwm = n end
     end
   end

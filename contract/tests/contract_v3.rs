@@ -500,6 +500,9 @@ fn once_v2_is_removed_v3_publishes_reads_and_changes_modes_alone() {
         .arg("mlcore_guard_v2")
         .exec(&mut conn)
         .unwrap();
+    // A process writing v3 starts without v2; one writing v2 does not.
+    Guard::ensure(&mut conn, false, ContractVersion::V3).unwrap();
+    assert!(Guard::ensure(&mut conn, false, ContractVersion::V2).is_err());
     let v = g.read_mode(&mut conn, S).unwrap().version;
     let change = ModeChange {
         strategy: S,
@@ -629,4 +632,48 @@ fn the_consumer_examples_read_v3_and_the_newer_of_v2_and_v3() {
         );
         assert!(streamed[0].contains("flat"), "{name}: {stdout}");
     }
+}
+
+#[test]
+fn a_v2_client_reads_where_v3_is_not_installed_yet() {
+    let (_server, _ns, g, mut conn) = private();
+    let g = g.installing(false);
+    mlcore_contract::guard::LIBRARIES[0]
+        .load_cmd()
+        .exec(&mut conn)
+        .unwrap();
+    Guard::ensure(&mut conn, false, ContractVersion::V2).unwrap();
+    set_mode(&g, &mut conn, S, OpsMode::Active);
+    g.publish(&mut conn, &three(1)).unwrap();
+    assert_eq!(g.read(&mut conn, S, "EURUSD").unwrap().unwrap().weight, 0.05);
+}
+
+#[test]
+fn a_high_water_mark_that_is_not_a_number_fails_closed() {
+    let (ns, g, mut conn) = active_v3();
+    g.publish(&mut conn, &three(5)).unwrap();
+    let keys = g.keys().strategy(S);
+    redis::cmd("SET")
+        .arg(&keys.seq)
+        .arg("garbage")
+        .exec(&mut conn)
+        .unwrap();
+    let before = dump(&mut conn, &ns);
+    match g.publish(&mut conn, &three(6)) {
+        Err(ContractError::BadInput(m)) => assert!(m.contains("not a number: nothing was written"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(dump(&mut conn, &ns), before);
+    // v2's marks, taken over on a first v3 call, likewise.
+    redis::cmd("DEL").arg(&keys.seq).exec(&mut conn).unwrap();
+    redis::cmd("HSET")
+        .arg(&keys.hwm)
+        .arg("EURUSD")
+        .arg("x")
+        .exec(&mut conn)
+        .unwrap();
+    assert!(matches!(
+        g.publish(&mut conn, &three(7)),
+        Err(ContractError::BadInput(_))
+    ));
 }

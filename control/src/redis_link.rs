@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use mlcore_config::RedisConfig;
-use mlcore_contract::guard::{is_function_missing, with_install_hint, LIBRARIES};
+use mlcore_contract::guard::{is_function_missing, with_install_hint, Library, LIBRARIES};
 use mlcore_contract::{
     ContractError, Endpoint, Guard, Heartbeat, Keys, ModeChange, ModelPointer, OpsState, SetModeOutcome,
 };
@@ -96,7 +96,7 @@ impl RedisLink {
         match cmd.query_async::<Value>(&mut conn).await {
             Err(e) if is_function_missing(&e) && !self.may_install => {
                 Err(with_install_hint(ContractError::GuardMissing {
-                    library: mlcore_contract::guard::LIBRARY,
+                    library: Library::of(self.guard.contract()).name,
                     reason: e.to_string(),
                 }))
             }
@@ -120,35 +120,34 @@ impl RedisLink {
     /// it does not and this process may install it, loads it and checks
     /// again; otherwise says how to install it. `serve` calls it at start.
     pub async fn ensure_guard(&self) -> Result<(), ContractError> {
+        // The library of the version this process writes with; the other
+        // may be absent (v3 not yet installed, or v2 removed).
+        let lib = Library::of(self.guard.contract());
         let mut conn = self.conn.clone();
-        for lib in &LIBRARIES {
-            let missing = match lib.info_cmd().query_async::<Value>(&mut conn).await {
-                Ok(reply) => match lib.check_info(&reply) {
-                    Ok(()) => continue,
-                    Err(older) => older,
-                },
-                Err(e) if is_function_missing(&e) => ContractError::GuardMissing {
-                    library: lib.name,
-                    reason: e.to_string(),
-                },
-                Err(e) => return Err(e.into()),
-            };
-            if !self.may_install {
-                return Err(with_install_hint(missing));
-            }
-            lib.load_cmd()
-                .query_async::<Value>(&mut conn)
-                .await
-                .map_err(|e| {
-                    with_install_hint(ContractError::GuardMissing {
-                        library: lib.name,
-                        reason: e.to_string(),
-                    })
-                })?;
-            let reply = lib.info_cmd().query_async::<Value>(&mut conn).await?;
-            lib.check_info(&reply)?;
+        let missing = match lib.info_cmd().query_async::<Value>(&mut conn).await {
+            Ok(reply) => match lib.check_info(&reply) {
+                Ok(()) => return Ok(()),
+                Err(older) => older,
+            },
+            Err(e) if is_function_missing(&e) => ContractError::GuardMissing {
+                library: lib.name,
+                reason: e.to_string(),
+            },
+            Err(e) => return Err(e.into()),
+        };
+        if !self.may_install {
+            return Err(with_install_hint(missing));
         }
-        Ok(())
+        for l in &LIBRARIES {
+            l.load_cmd().query_async::<Value>(&mut conn).await.map_err(|e| {
+                with_install_hint(ContractError::GuardMissing {
+                    library: l.name,
+                    reason: e.to_string(),
+                })
+            })?;
+        }
+        let reply = lib.info_cmd().query_async::<Value>(&mut conn).await?;
+        lib.check_info(&reply)
     }
 
     /// Spends `principal`'s one-time-code `step` through the guard (once).

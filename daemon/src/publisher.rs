@@ -579,7 +579,7 @@ fn ensure_connected(p: &PublisherParts, st: &mut State) {
     let may_install = p.redis.guard_install.may_install();
     let attempt = PublishPipe::connect(&p.redis).and_then(|c| {
         let mut c = c.installing(may_install);
-        Guard::ensure(&mut c, may_install)?;
+        Guard::ensure(&mut c, may_install, p.guard.contract())?;
         Ok(c)
     });
     match attempt {

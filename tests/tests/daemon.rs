@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mlcore_config::{self as config, Environment, MapEnv};
+use mlcore_contract::guard::ContractVersion;
 use mlcore_contract::{Guard, Keys, OpsMode, Side};
 use mlcore_models::artifact::{SecretKeyFile, ThetaParams, TrustStore};
 use mlcore_models::runtime;
@@ -891,9 +892,13 @@ fn each_process_runs_under_a_least_privilege_redis_user() {
 
     // No guard yet: a process with `guard_install: explicit` says how to
     // install it; the daemon's user could not load it anyway.
-    let why = Guard::ensure(&mut daemon, false).unwrap_err().to_string();
+    let why = Guard::ensure(&mut daemon, false, ContractVersion::V2)
+        .unwrap_err()
+        .to_string();
     assert!(why.contains("mlcore-control redis install-guard"), "{why}");
-    let why = Guard::ensure(&mut daemon, true).unwrap_err().to_string();
+    let why = Guard::ensure(&mut daemon, true, ContractVersion::V2)
+        .unwrap_err()
+        .to_string();
     assert!(
         why.to_ascii_uppercase().contains("NOPERM") && why.contains("install-guard"),
         "{why}"
@@ -922,7 +927,7 @@ fn each_process_runs_under_a_least_privilege_redis_user() {
         "{said}{}",
         String::from_utf8_lossy(&install.stderr)
     );
-    Guard::ensure(&mut daemon, false).unwrap();
+    Guard::ensure(&mut daemon, false, ContractVersion::V2).unwrap();
 
     // The control plane's user sets the mode through the guard.
     let guard = Guard::new(Keys::new(&ns.ns), 1000).installing(false);
@@ -1209,7 +1214,6 @@ fn two_timer_daemons_publish_each_tick_once() {
 /// stops the snapshot.
 #[test]
 fn timer_daemons_on_contract_v3_publish_snapshots_each_tick_once() {
-    use mlcore_contract::guard::ContractVersion;
     runtime::init(&testutil::ort_library()).unwrap();
     let ns = RedisNamespace::new();
     let a_root = timer_root(&ns, "v3-a", 100);

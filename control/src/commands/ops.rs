@@ -57,7 +57,7 @@ pub fn ops_set_mode(
     let mode: OpsMode = args.mode.parse().map_err(anyhow::Error::msg)?;
     let mut conn = RedisConn::connect(&(&cfg.redis).into()).context("connecting to Redis")?;
     let may_install = cfg.redis.guard_install.may_install();
-    Guard::ensure(&mut conn, may_install)?;
+    Guard::ensure(&mut conn, may_install, cfg.redis.contract.into())?;
     let guard = Guard::new(Keys::new(&cfg.redis.namespace), cfg.redis.stream_maxlen)
         .installing(may_install)
         .with_contract(cfg.redis.contract.into());

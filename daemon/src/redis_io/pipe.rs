@@ -27,7 +27,7 @@ use std::time::Duration;
 use redis::{ConnectionAddr, ConnectionLike, IntoConnectionInfo, RedisResult, Value};
 
 use mlcore_config::{RedisConfig, RedisMode};
-use mlcore_contract::guard::push_value_outcomes;
+use mlcore_contract::guard::{push_value_outcomes, ContractVersion};
 use mlcore_contract::{ContractError, Guard, PublishBuffers, PublishOutcome, RedisConn, SignalBatch};
 
 use super::resp::{Kind, Reply, ReplyReader};
@@ -56,6 +56,9 @@ pub struct PublishPipe {
     /// Whether a call that finds the guard missing may load it
     /// (`redis.yaml` `guard_install`).
     may_install: bool,
+    /// The contract version of the calls last sent: the library a reload
+    /// must bring back.
+    contract: ContractVersion,
 }
 
 #[derive(Debug)]
@@ -170,6 +173,7 @@ impl PublishPipe {
             in_flight: 0,
             db,
             may_install: true,
+            contract: ContractVersion::V2,
             broken: false,
         }
     }
@@ -203,6 +207,7 @@ impl PublishPipe {
                 io::Error::new(io::ErrorKind::NotConnected, "the connection broke earlier").into(),
             ));
         }
+        self.contract = guard.contract();
         let slot = (self.head + self.in_flight) % MAX_IN_FLIGHT;
         let round = &mut self.rounds[slot];
         round.outcomes.clear();
@@ -279,8 +284,8 @@ impl PublishPipe {
                 self.read_round(s)?;
             }
         }
-        let may_install = self.may_install;
-        Guard::ensure(self, may_install)?;
+        let (may_install, contract) = (self.may_install, self.contract);
+        Guard::ensure(self, may_install, contract)?;
         let Self {
             transport,
             rounds,

@@ -17,8 +17,9 @@
 //!   AND into the tree's running masks: 3 instructions per 8 rows, for
 //!   every split of every tree. Then each row adds the value of its exit
 //!   leaf (`trailing_zeros`) to its margin, tree after tree, in tree order
-//!   and in f32, as the trainer's reference predictor and ONNX Runtime's
-//!   `TreeEnsembleRegressor` do: the sums are the same to the bit.
+//!   and in f32, as the trainer's reference predictor does: the same
+//!   probabilities to the bit (unit test). ONNX Runtime adds the base after
+//!   the trees and has its own sigmoid: within 1e-6 (the parity check).
 //!
 //! A NaN feature fails every test, as ONNX's `BRANCH_LT` sends it right.
 //!
@@ -218,6 +219,9 @@ impl CompiledHead {
             return Err(NativeError::Invalid(format!(
                 "the head takes {got} features, the manifest says {n_features}"
             )));
+        }
+        if n_features == 0 {
+            return Err(NativeError::Invalid("a head of no features".into()));
         }
         Ok(match head {
             NativeHead::Trees(t) => Self::Trees(CompiledTrees::compile(t)?),
