@@ -119,20 +119,19 @@ fn a_split_out_of_range_is_refused_at_export() {
     assert!(head.to_onnx("bad").is_err());
 }
 
-#[test]
-fn the_scorer_runs_every_head_of_a_verified_artifact_in_batches() {
-    runtime::init(&testutil::ort_library()).unwrap();
-    let key = SecretKeyFile::generate("k").unwrap();
-    let spec = |file: &str, learner: &str| HeadSpec {
-        file: file.into(),
+/// The manifest of an artifact with ai1 (trees, `ai1.onnx`) and ai2
+/// (logistic, `ai2.onnx`), each naming its native file when asked.
+fn two_head_manifest(ai1_native: bool, ai2_native: bool) -> Manifest {
+    let spec = |head: &str, learner: &str, native: bool| HeadSpec {
+        file: format!("{head}.onnx"),
         input: "x".into(),
         output: "prob".into(),
         n_features: N_FEATURES,
         learner: learner.into(),
         calibration: "platt".into(),
-        native: None,
+        native: native.then(|| mlcore_models::native::file_name(head)),
     };
-    let manifest = Manifest {
+    Manifest {
         format: 1,
         model_id: "m-v1".into(),
         strategy: "fx_g10".into(),
@@ -141,8 +140,8 @@ fn the_scorer_runs_every_head_of_a_verified_artifact_in_batches() {
         expires_at_ms: u64::MAX,
         feature_schema_hash: features::schema_hash().to_owned(),
         heads: [
-            ("ai1".to_owned(), spec("ai1.onnx", "lightgbm")),
-            ("ai2".to_owned(), spec("ai2.onnx", "logistic")),
+            ("ai1".to_owned(), spec("ai1", "lightgbm", ai1_native)),
+            ("ai2".to_owned(), spec("ai2", "logistic", ai2_native)),
         ]
         .into(),
         theta: ThetaParams {
@@ -156,7 +155,14 @@ fn the_scorer_runs_every_head_of_a_verified_artifact_in_batches() {
         },
         metrics: Default::default(),
         files: Default::default(),
-    };
+    }
+}
+
+#[test]
+fn the_scorer_runs_every_head_of_a_verified_artifact_in_batches() {
+    runtime::init(&testutil::ort_library()).unwrap();
+    let key = SecretKeyFile::generate("k").unwrap();
+    let manifest = two_head_manifest(false, false);
     let files = ArtifactFiles(
         [
             ("ai1.onnx".to_owned(), ensemble().to_onnx("ai1").unwrap()),
@@ -194,40 +200,7 @@ fn the_scorer_runs_every_head_of_a_verified_artifact_in_batches() {
 fn native_artifact(ai1_native: Option<Vec<u8>>, validation: Option<&[f32]>) -> artifact::VerifiedArtifact {
     use mlcore_models::native::{self, NativeHead};
     let key = SecretKeyFile::generate("k").unwrap();
-    let spec = |head: &str, learner: &str, native: bool| HeadSpec {
-        file: format!("{head}.onnx"),
-        input: "x".into(),
-        output: "prob".into(),
-        n_features: N_FEATURES,
-        learner: learner.into(),
-        calibration: "platt".into(),
-        native: native.then(|| native::file_name(head)),
-    };
-    let manifest = Manifest {
-        format: 1,
-        model_id: "m-v1".into(),
-        strategy: "fx_g10".into(),
-        version: 1,
-        created_at_ms: 0,
-        expires_at_ms: u64::MAX,
-        feature_schema_hash: features::schema_hash().to_owned(),
-        heads: [
-            ("ai1".to_owned(), spec("ai1", "lightgbm", ai1_native.is_some())),
-            ("ai2".to_owned(), spec("ai2", "logistic", true)),
-        ]
-        .into(),
-        theta: ThetaParams {
-            theta1: 0.55,
-            theta2: 0.6,
-        },
-        training_window: TrainingWindow {
-            start_ms: 0,
-            test_start_ms: 0,
-            end_ms: 0,
-        },
-        metrics: Default::default(),
-        files: Default::default(),
-    };
+    let manifest = two_head_manifest(ai1_native.is_some(), true);
     let mut files = ArtifactFiles(
         [
             ("ai1.onnx".to_owned(), ensemble().to_onnx("ai1").unwrap()),

@@ -126,33 +126,29 @@ impl TreeEnsembleHead {
         self.platt.apply(self.margin_row(x))
     }
 
-    /// Each tree's depth (the most splits on a path from its root), after
-    /// checking that the trees are trees: indices in range, every node
+    /// Checks that the trees are trees: indices in range, every node
     /// reached once from the root (no cycle, no shared subtree), features
     /// below `n_features`, finite thresholds and leaves. A head that passes
     /// cannot make [`TreeEnsembleHead::margin_row`] loop or index out of
     /// bounds.
-    pub fn check(&self) -> Result<Vec<u32>, NativeError> {
+    pub fn check(&self) -> Result<(), NativeError> {
         let bad = |t: usize, what: &str| NativeError::Invalid(format!("tree {t}: {what}"));
         if !self.base.is_finite() || !self.platt.a.is_finite() || !self.platt.b.is_finite() {
             return Err(NativeError::Invalid("non-finite base or calibration".into()));
         }
-        let mut depths = Vec::with_capacity(self.trees.len());
         for (t, tree) in self.trees.iter().enumerate() {
             if tree.is_empty() {
                 return Err(bad(t, "empty"));
             }
             let mut seen = vec![false; tree.len()];
-            let mut stack = vec![(0usize, 0u32)];
-            let mut depth = 0;
-            while let Some((i, d)) = stack.pop() {
+            let mut stack = vec![0usize];
+            while let Some(i) = stack.pop() {
                 let Some(node) = tree.get(i) else {
                     return Err(bad(t, &format!("a split points at node {i} of {}", tree.len())));
                 };
                 if std::mem::replace(&mut seen[i], true) {
                     return Err(bad(t, &format!("node {i} is reached twice (not a tree)")));
                 }
-                depth = depth.max(d);
                 match *node {
                     TreeNode::Split {
                         feature,
@@ -169,8 +165,8 @@ impl TreeEnsembleHead {
                         if !threshold.is_finite() {
                             return Err(bad(t, "non-finite threshold"));
                         }
-                        stack.push((left, d + 1));
-                        stack.push((right, d + 1));
+                        stack.push(left);
+                        stack.push(right);
                     }
                     TreeNode::Leaf(v) if !v.is_finite() => return Err(bad(t, "non-finite leaf")),
                     TreeNode::Leaf(_) => {}
@@ -179,8 +175,7 @@ impl TreeEnsembleHead {
             if let Some(i) = seen.iter().position(|s| !s) {
                 return Err(bad(t, &format!("node {i} is not reached from the root")));
             }
-            depths.push(depth);
         }
-        Ok(depths)
+        Ok(())
     }
 }

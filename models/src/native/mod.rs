@@ -51,14 +51,6 @@ impl NativeHead {
     pub fn to_json(&self) -> Result<Vec<u8>, NativeError> {
         serde_json::to_vec(self).map_err(|e| NativeError::Invalid(e.to_string()))
     }
-
-    /// The reference prediction of one row.
-    pub fn predict_row(&self, x: &[f32]) -> f32 {
-        match self {
-            Self::Trees(t) => t.predict_row(x),
-            Self::Logistic(l) => l.predict_row(x),
-        }
-    }
 }
 
 /// Encodes rows (row-major f32) as the artifact's `validation_rows.f32`:

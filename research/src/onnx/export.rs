@@ -14,7 +14,7 @@
 //!   the served probability is the calibrated one.
 
 use super::graph::{Attr, Dim, GraphBuilder};
-pub use mlcore_models::native::{LogisticHead, NativeHead, Platt, TreeEnsembleHead, TreeNode};
+pub use mlcore_models::native::{LogisticHead, Platt, TreeEnsembleHead, TreeNode};
 
 /// A head that can be written as an ONNX model.
 pub trait ToOnnx {
@@ -125,15 +125,6 @@ impl ToOnnx for TreeEnsembleHead {
             .node("Sigmoid", &["logit"], &["prob"], &[]);
         g.build("mlcore-models", "gradient-boosted trees, Platt-calibrated")
             .map_err(|e| ExportError::Protobuf(e.to_string()))
-    }
-}
-
-impl ToOnnx for NativeHead {
-    fn to_onnx(&self, name: &str) -> Result<Vec<u8>, ExportError> {
-        match self {
-            Self::Trees(t) => t.to_onnx(name),
-            Self::Logistic(l) => l.to_onnx(name),
-        }
     }
 }
 
