@@ -153,6 +153,13 @@ pub struct StorageConfig {
     /// Retraining runs (`runs/<run_id>/`, `index.csv`) and the steps'
     /// content-addressed outputs they share.
     pub runs_root: PathBuf,
+    /// Observability automation's state: `automation_runs.log`, the latency
+    /// samples and rollups, heartbeats, locks, report and bundle history
+    /// (the Python design's `ops/`).
+    pub ops_root: PathBuf,
+    /// What the automation publishes: `dashboard/` and dry runs' payloads
+    /// (the Python design's `out/`).
+    pub out_root: PathBuf,
     /// The ONNX Runtime shared library (`libonnxruntime.so.1.31.1`).
     pub onnxruntime_library: PathBuf,
 }
@@ -165,6 +172,8 @@ impl StorageConfig {
             &mut self.backups_root,
             &mut self.datasets_root,
             &mut self.runs_root,
+            &mut self.ops_root,
+            &mut self.out_root,
             &mut self.onnxruntime_library,
         ] {
             if p.is_relative() {

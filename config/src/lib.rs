@@ -43,8 +43,9 @@ pub use infra::{
     RedisMode, RetentionConfig, StorageConfig,
 };
 pub use observability::{
-    Channel, LogLevel, MetricsConfig, NotificationsConfig, PagerDutyConfig, RetryConfig, Severity,
-    SlackConfig, WebhookConfig,
+    Channel, DashboardExportConfig, LatencyJobConfig, LogLevel, MetricsConfig, NotificationsConfig,
+    ObservabilityJobsConfig, ObservabilitySchedule, PagerDutyConfig, RetryConfig, Severity, SlackConfig,
+    WebhookConfig, WeeklyReportConfig,
 };
 pub use policy::{Adoption, CorePolicy, RiskLimits, SignalPolicy, Sizing, Theta, ThetaPair};
 pub use processes::{

@@ -145,6 +145,9 @@ pub struct ControlConfig {
     pub config_changes: ConfigChangesConfig,
     /// An external Config API the requests are mirrored to (`None`: none).
     pub config_api: Option<ConfigApiConfig>,
+    /// Observability automation: latency monitoring, the weekly report,
+    /// the dashboard datasets, the analytics API's cache.
+    pub observability: crate::ObservabilityJobsConfig,
 }
 
 /// An external Config API: every state change of a config change request is

@@ -374,6 +374,105 @@ pub(crate) fn validate(c: &AppConfig, file: &dyn Fn(&str) -> PathBuf) -> Vec<Con
         }
     }
 
+    // control.yaml: observability automation.
+    let o = &c.control.observability;
+    for (key, ok, what) in [
+        (
+            "observability.latency.every_minutes",
+            o.latency.every_minutes >= 1,
+            "at least 1",
+        ),
+        (
+            "observability.latency.slo_p95_ms",
+            o.latency.slo_p95_ms.is_finite() && o.latency.slo_p95_ms > 0.0,
+            "a positive number of ms",
+        ),
+        (
+            "observability.latency.warning_after",
+            o.latency.warning_after >= 1,
+            "at least 1",
+        ),
+        (
+            "observability.latency.critical_after",
+            o.latency.critical_after > o.latency.warning_after,
+            "more than warning_after",
+        ),
+        (
+            "observability.latency.rotate_bytes",
+            o.latency.rotate_bytes >= 1024,
+            "at least 1024",
+        ),
+        (
+            "observability.latency.raw_retention_days",
+            o.latency.raw_retention_days >= 1,
+            "at least 1",
+        ),
+        (
+            "observability.latency.rollup_retention_days",
+            o.latency.rollup_retention_days >= 1,
+            "at least 1",
+        ),
+        (
+            "observability.latency.max_samples_per_stream",
+            o.latency.max_samples_per_stream >= 1,
+            "at least 1",
+        ),
+        (
+            "observability.weekly_report.timeout_ms",
+            o.weekly_report.timeout_ms >= 1,
+            "at least 1",
+        ),
+        (
+            "observability.weekly_report.history_days",
+            o.weekly_report.history_days >= 7,
+            "at least 7",
+        ),
+        (
+            "observability.weekly_report.drawdown_budget",
+            o.weekly_report.drawdown_budget > 0.0 && o.weekly_report.drawdown_budget <= 1.0,
+            "in (0, 1]",
+        ),
+        (
+            "observability.weekly_report.drawdown_warning_fraction",
+            o.weekly_report.drawdown_warning_fraction > 0.0
+                && o.weekly_report.drawdown_warning_fraction <= 1.0,
+            "in (0, 1]",
+        ),
+        (
+            "observability.dashboard.history_weeks",
+            o.dashboard.history_weeks >= 1,
+            "at least 1",
+        ),
+        (
+            "observability.dashboard.ev_history_runs",
+            o.dashboard.ev_history_runs >= 1,
+            "at least 1",
+        ),
+        (
+            "observability.dashboard.upload_command",
+            o.dashboard
+                .upload_command
+                .as_ref()
+                .is_none_or(|argv| !argv.is_empty()),
+            "a program and its arguments (or null)",
+        ),
+    ] {
+        if !ok {
+            bad("control.yaml", key.into(), format!("must be {what}"));
+        }
+    }
+    if let Some(s) = &o.schedule {
+        for (key, expr) in [
+            ("latency", &s.latency),
+            ("dashboard", &s.dashboard),
+            ("weekly_report", &s.weekly_report),
+        ] {
+            if let Err(e) = crate::schedule::parse(expr) {
+                bad("control.yaml", format!("observability.schedule.{key}"), e);
+            }
+        }
+    }
+
     // control.yaml: config change requests.
     let cc = &c.control.config_changes;
     let w = &cc.change_window;

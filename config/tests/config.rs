@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use mlcore_config::{self as config, ConfigCode, ConfigError, Environment, MapEnv};
 
-const ALL_SECRETS: [&str; 13] = [
+const ALL_SECRETS: [&str; 15] = [
     "MLCORE_REDIS_URL",
     "MLCORE_PG_DSN",
     "MLCORE_SLACK_WEBHOOK_URL",
@@ -22,6 +22,8 @@ const ALL_SECRETS: [&str; 13] = [
     "MLCORE_TOKEN_ADMIN",
     "MLCORE_TOTP_APPROVER",
     "MLCORE_TOTP_ADMIN",
+    "MLCORE_OBS_WEEKLY_WEBHOOK_URL",
+    "MLCORE_OBS_WEBHOOK_SECRET",
 ];
 
 fn repo_configs() -> PathBuf {
@@ -394,6 +396,8 @@ fn each_process_needs_only_the_secrets_it_uses() {
         "MLCORE_TOKEN_ADMIN",
         "MLCORE_TOTP_APPROVER",
         "MLCORE_TOTP_ADMIN",
+        "MLCORE_OBS_WEEKLY_WEBHOOK_URL",
+        "MLCORE_OBS_WEBHOOK_SECRET",
     ];
     load(Process::Control, &only(&control)).unwrap();
     let err = load(Process::Control, &only(&control[1..])).unwrap_err();

@@ -3,7 +3,7 @@
 //! | user | reads | writes | may not |
 //! |---|---|---|---|
 //! | [`Role::Daemon`] | the namespace; subscribes to `ns:events` | through the guard: signals, high-water marks, the stream (and the ops key, which the publish call declares); directly: its heartbeat and the daemon list | change a mode (the guard's `set_mode` asks for the mode-writer key), the model pointer, the audit checkpoint, the one-time-code record; `FUNCTION` anything, `CONFIG SET`, `DEL`, `KEYS`, `FLUSH*`, other namespaces |
-//! | [`Role::Control`] | the namespace; subscribes | modes (through the guard), the model pointer, the one-time-code record (through the guard), the audit checkpoint | signals, high-water marks, the stream, heartbeats; the same commands |
+//! | [`Role::Control`] | the namespace (and the signal streams, for latency sampling); subscribes | modes (through the guard), the model pointer, the one-time-code record (through the guard), the audit checkpoint, the analytics cache | signals, high-water marks, the stream, heartbeats; the same commands |
 //! | [`Role::Consumer`] | the namespace (`FCALL_RO` the read function); subscribes | nothing | any write, the publish and mode functions |
 //! | [`Role::Installer`] | nothing | `FUNCTION LOAD` (`mlcore-control redis install-guard`) | every key, every other command |
 //!
@@ -92,8 +92,9 @@ impl Role {
                 // ops state (HGETALL), events.
                 out.extend(["pexpire", "zadd", "subscribe", "unsubscribe"]);
                 if self == Self::Control {
-                    // The monitor: the daemons by last heartbeat.
-                    out.push("zrange");
+                    // The monitor: the daemons by last heartbeat; latency
+                    // sampling: the signal streams; the analytics cache.
+                    out.extend(["zrange", "xrange", "incr"]);
                 }
             }
             Self::Consumer => out.extend([
@@ -158,6 +159,7 @@ impl Role {
                     "{*}:model",
                     "second_factor",
                     "audit:checkpoint",
+                    "analytics_cache:*",
                 ]));
                 rules.push(format!("&{ns}:events"));
             }

@@ -14,6 +14,8 @@
 //! | `ns:second_factor` | hash | principal → newest one-time-code step used (the API's decisions and break-glass) |
 //! | `ns:{S}:mode_writer` | (never written) | who may write it may change `S`'s mode (the guard checks) |
 //! | `ns:audit:checkpoint` | hash | `checkpoint`: the control plane's latest signed audit-log checkpoint (JSON) |
+//! | `ns:analytics_cache:gen` | string | the analytics API cache's generation: a job that writes new data increments it |
+//! | `ns:analytics_cache:<gen>:<query>` | string | one cached analytics answer (JSON), with a TTL |
 
 /// Key builder for one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +66,17 @@ impl Keys {
     /// (field `checkpoint`, JSON): a copy outside the WORM archive.
     pub fn audit_checkpoint(&self) -> String {
         format!("{}:audit:checkpoint", self.ns)
+    }
+
+    /// The analytics API cache's generation counter: cached answers are
+    /// keyed under it, so incrementing it invalidates them all at once.
+    pub fn analytics_generation(&self) -> String {
+        format!("{}:analytics_cache:gen", self.ns)
+    }
+
+    /// One cached analytics answer of `generation`.
+    pub fn analytics_entry(&self, generation: u64, query: &str) -> String {
+        format!("{}:analytics_cache:{generation}:{query}", self.ns)
     }
 
     /// The hash of the newest one-time-code step each principal used

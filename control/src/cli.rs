@@ -58,6 +58,97 @@ pub enum Command {
     /// runs/index.csv (docs/retraining.md). Exit 0: registered; 10: the
     /// candidate lost to the active model; 11: a step failed.
     Retrain(RetrainArgs),
+    /// Observability automation, one job at a time (docs/runbook/observability.md).
+    /// Prints the run's record (JSON) on stdout, diagnostics on stderr;
+    /// every run appends it to automation_runs.log. Exit 0: ok or skipped
+    /// (another run holds the job's lock); 12: the job failed.
+    #[command(subcommand)]
+    Observe(ObserveCommand),
+    /// The daily workflow: with `--observability`, latency sampling, the
+    /// dashboard export and the weekly report, in that order. Prints the
+    /// records (JSON array); exit 12 when any job failed.
+    RunDaily(RunDailyArgs),
+}
+
+/// `run-daily`.
+#[derive(Debug, Args)]
+pub struct RunDailyArgs {
+    /// Environment.
+    #[arg(long)]
+    pub env: String,
+    /// Run the observability jobs (the only part of the daily workflow
+    /// this command runs; required so a script says what it runs).
+    #[arg(long, required = true)]
+    pub observability: bool,
+    /// Write every delivery (the latency alert, the weekly webhook, the
+    /// upload) to files under out_root instead of sending it.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `observe ...`
+#[derive(Debug, Subcommand)]
+pub enum ObserveCommand {
+    /// Sample trigger -> Redis latency from the signal streams, roll up the
+    /// hours, rotate, evaluate the SLO (2 breaching runs in a row: warning;
+    /// 3: critical), write the heartbeat.
+    Latency {
+        /// Environment.
+        #[arg(long)]
+        env: String,
+        /// Write the alert payload to out/latency_alerts/<job_id>.json
+        /// instead of sending it.
+        #[arg(long)]
+        dry_run_alert: bool,
+    },
+    /// Build the weekly health report, validate it against its schema,
+    /// sign it and deliver it to the webhook; keep it in
+    /// weekly_report_history/.
+    WeeklyReport {
+        /// Environment.
+        #[arg(long)]
+        env: String,
+        /// The week's Monday (YYYY-MM-DD; default: this week).
+        #[arg(long)]
+        week_start: Option<chrono::NaiveDate>,
+        /// Write the signed report to out/weekly_report/<job_id>.json
+        /// instead of sending it.
+        #[arg(long)]
+        dry_run_webhook: bool,
+    },
+    /// Export the dashboard datasets with their manifest, keep the bundle
+    /// in the history, run the upload command.
+    Dashboard {
+        /// Environment.
+        #[arg(long)]
+        env: String,
+        /// A dataset (repeatable; default: all): ev_history, slippage,
+        /// turnover, latency_rollups.
+        #[arg(long = "dataset", value_parser = parse_dataset)]
+        datasets: Vec<mlcore_observe::dashboard::Dataset>,
+        /// Do not run the upload command.
+        #[arg(long)]
+        dry_run_upload: bool,
+    },
+    /// Check a dashboard bundle's files against its manifest (exit 13 when
+    /// they differ); with --restore, put back the newest bundle of the
+    /// history that verifies.
+    VerifyDashboard {
+        /// Environment.
+        #[arg(long)]
+        env: String,
+        /// The bundle (default: the current one, out_root/dashboard).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// Restore the last good bundle when the current one fails.
+        #[arg(long)]
+        restore: bool,
+    },
+}
+
+fn parse_dataset(s: &str) -> Result<mlcore_observe::dashboard::Dataset, String> {
+    mlcore_observe::dashboard::Dataset::parse(s)
+        .ok_or_else(|| format!("`{s}` is not a dataset: ev_history, slippage, turnover or latency_rollups"))
 }
 
 /// `retrain`.

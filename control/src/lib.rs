@@ -30,6 +30,7 @@ pub mod config_changes;
 pub mod db;
 pub mod model_loads;
 pub mod monitor;
+pub mod observability;
 pub mod ops;
 pub mod redis_link;
 pub mod registry;

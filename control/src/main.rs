@@ -120,6 +120,10 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
             commands::research_cv(&cli.config_dir, args, &ProcessEnv, &mut out)?
         }
         Command::Retrain(args) => commands::retrain(&cli.config_dir, args, &ProcessEnv, &mut out)?,
+        Command::Observe(cmd) => commands::observe(&cli.config_dir, cmd, &ProcessEnv, &mut out, &mut err)?,
+        Command::RunDaily(args) => {
+            commands::run_daily(&cli.config_dir, args, &ProcessEnv, &mut out, &mut err)?
+        }
         Command::Db(DbCommand::Migrate { env }) => {
             commands::db_migrate(&cli.config_dir, env, &ProcessEnv, &mut out)?
         }

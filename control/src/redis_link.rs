@@ -37,6 +37,9 @@ impl std::fmt::Debug for RedisLink {
     }
 }
 
+/// A stream entry as `XRANGE` returns it: its id and field/value pairs.
+type RawEntry = (String, Vec<(String, Vec<u8>)>);
+
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
@@ -221,6 +224,54 @@ impl RedisLink {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Entries of the stream `key` strictly after the id `after`, oldest
+    /// first, at most `count`: each id with its fields (bytes: contract
+    /// v3's records are binary).
+    pub async fn stream_after(
+        &self,
+        key: &str,
+        after: &str,
+        count: usize,
+    ) -> Result<Vec<(String, BTreeMap<String, Vec<u8>>)>, ContractError> {
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(key)
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count);
+        let entries: Vec<RawEntry> = self.query(&cmd).await?;
+        Ok(entries
+            .into_iter()
+            .map(|(id, fields)| (id, fields.into_iter().collect()))
+            .collect())
+    }
+
+    /// The analytics cache's generation (0 before any job wrote).
+    pub async fn analytics_generation(&self) -> Result<u64, ContractError> {
+        let v: Option<u64> = self
+            .query(redis::cmd("GET").arg(self.keys().analytics_generation()))
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Invalidates every cached analytics answer (a job wrote new data).
+    pub async fn bump_analytics_generation(&self) -> Result<u64, ContractError> {
+        self.query(redis::cmd("INCR").arg(self.keys().analytics_generation()))
+            .await
+    }
+
+    /// A cached analytics answer.
+    pub async fn cache_get(&self, key: &str) -> Result<Option<String>, ContractError> {
+        self.query(redis::cmd("GET").arg(key)).await
+    }
+
+    /// Caches an analytics answer for `ttl_s` seconds.
+    pub async fn cache_put(&self, key: &str, value: &str, ttl_s: u64) -> Result<(), ContractError> {
+        self.query::<Value>(redis::cmd("SET").arg(key).arg(value).arg("EX").arg(ttl_s.max(1)))
+            .await
+            .map(|_| ())
     }
 
     /// Sets or clears the pin on `strategy`'s pointer.

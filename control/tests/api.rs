@@ -62,6 +62,8 @@ async fn fixture_with(adjust: impl FnOnce(&mut config::AppConfig)) -> Fixture {
     // Retraining has no dataset here: a run cannot start (and the tests
     // never train in the background).
     cfg.storage.runs_root = models.path().join("runs");
+    cfg.storage.ops_root = models.path().join("ops");
+    cfg.storage.out_root = models.path().join("out");
     cfg.control.retrain.dataset = models.path().join("no-dataset");
     // Every test calls from 127.0.0.1; only the test of the edge throttles.
     cfg.control.failed_auth.burst = 10_000;
@@ -663,6 +665,13 @@ async fn authorization_matrix_every_route_role_and_method() {
         ("POST", &rollback, "", [401, 403, 404, 403, 404]),
         ("GET", "/v1/configs/changes/nope", "", [401, 404, 404, 404, 404]),
         ("GET", "/v1/configs/status", "", [401, 200, 200, 200, 200]),
+        ("GET", "/v1/metrics/latency", "", [401, 200, 200, 200, 200]),
+        ("GET", "/v1/metrics/portfolio", "", [401, 200, 200, 200, 200]),
+        ("GET", "/v1/metrics/runs", "", [401, 200, 200, 200, 200]),
+        ("POST", "/v1/metrics/runs", "", [405, 405, 405, 405, 405]),
+        ("GET", "/v1/reports/weekly", "", [401, 404, 404, 404, 404]),
+        ("GET", "/v1/reports/dq", "", [401, 200, 200, 200, 200]),
+        ("DELETE", "/v1/reports/dq", "", [405, 405, 405, 405, 405]),
     ];
     for (method, path, body, expected) in matrix {
         for ((role, token), want) in roles.iter().zip(expected) {
@@ -693,6 +702,11 @@ async fn authorization_matrix_every_route_role_and_method() {
         "/v1/configs/changes/{id}/apply",
         "/v1/configs/changes/{id}/rollback",
         "/v1/configs/status",
+        "/v1/metrics/latency",
+        "/v1/metrics/portfolio",
+        "/v1/metrics/runs",
+        "/v1/reports/weekly",
+        "/v1/reports/dq",
     ] {
         assert!(
             doc["paths"].get(path).is_some(),
@@ -2027,5 +2041,160 @@ async fn alert_routing_is_taken_live_by_the_control_plane() {
         f.state.services.alerts.routing().get(&config::Severity::Info),
         Some(&vec![config::Channel::Webhook])
     );
+    f.finish().await;
+}
+
+/// The analytics routes over the files the jobs write: query windows,
+/// refusals naming the bad parameter, the Redis cache (a miss, then a hit,
+/// then a miss again once a job wrote new data), the weekly report with
+/// its signature, and the dataset's data quality.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_answers_from_the_jobs_files_through_the_cache() {
+    use mlcore_observe::latency::{rollup, samples};
+    let data = tempfile::tempdir().unwrap();
+    let dataset = data.path().join("ds");
+    let index = testutil::synth_dataset(&dataset, 7, 2, 2, 60_000);
+    let ds = dataset.clone();
+    let f = fixture_with(move |cfg| cfg.control.retrain.dataset = ds).await;
+    let cfg = &f.state.services.config;
+    let layout = mlcore_observe::Layout::new(
+        &cfg.storage.ops_root,
+        &cfg.storage.out_root,
+        &cfg.storage.runs_root,
+    );
+    let hour = |h: u32| mlcore_observe::time::parse(&format!("2026-06-27T{h:02}:00:00Z")).unwrap();
+    let s: Vec<samples::Sample> = (10..14)
+        .flat_map(|h| {
+            (0..10).map(move |i| samples::Sample {
+                at_ms: hour(h).timestamp_millis() + i * 1000,
+                source: "stream:fx_g10:v3".into(),
+                latency_ms: if h == 12 { 400.0 } else { 20.0 },
+            })
+        })
+        .collect();
+    rollup::merge(&layout.rollup_csv(), &rollup::aggregate(&s, 250.0), hour(14), 90).unwrap();
+
+    let cache_of = |raw: &str| {
+        raw.lines()
+            .find_map(|l| l.strip_prefix("x-mlcore-cache: "))
+            .unwrap_or("absent")
+            .trim()
+            .to_owned()
+    };
+    // A window that ends before it starts is empty, and says so.
+    let path = "/v1/metrics/latency?from=2026-06-27T11:00:00Z&to=2026-06-27";
+    let empty = f.expect_status("GET", path, Some(VIEWER), "", 200).await;
+    assert_eq!(
+        (empty["hours"].as_array().map(Vec::len), empty["to"].as_str()),
+        (Some(0), Some("2026-06-27T00:00:00Z"))
+    );
+    let path = "/v1/metrics/latency?from=2026-06-27T11:00:00Z&to=2026-06-28";
+    let first = f.raw("GET", path, Some(VIEWER), "").await;
+    assert_eq!(cache_of(&first), "miss", "{first}");
+    let (_, body) = f.call("GET", path, Some(VIEWER), "").await;
+    assert_eq!(
+        body["hours"].as_array().unwrap().len(),
+        3,
+        "11:00, 12:00 and 13:00: {body}"
+    );
+    assert_eq!(
+        (body["breaches"].as_u64(), body["worst_p95_ms"].as_f64()),
+        (Some(1), Some(400.0))
+    );
+    assert_eq!(cache_of(&f.raw("GET", path, Some(VIEWER), "").await), "hit");
+    // New data: a job bumps the generation, and the next answer is fresh.
+    f.state.services.redis.bump_analytics_generation().await.unwrap();
+    assert_eq!(cache_of(&f.raw("GET", path, Some(VIEWER), "").await), "miss");
+
+    let refused = f
+        .expect_code(
+            "GET",
+            "/v1/metrics/runs?strategy=fx_g10&colour=red",
+            Some(VIEWER),
+            "",
+            400,
+            "ANALYTICS_BAD_QUERY",
+        )
+        .await;
+    assert!(
+        refused["message"].as_str().unwrap().contains("`colour`"),
+        "{refused}"
+    );
+    f.expect_code(
+        "GET",
+        "/v1/metrics/runs?status=happy",
+        Some(VIEWER),
+        "",
+        400,
+        "ANALYTICS_BAD_QUERY",
+    )
+    .await;
+    f.expect_code(
+        "GET",
+        "/v1/metrics/latency?from=yesterday",
+        Some(VIEWER),
+        "",
+        400,
+        "ANALYTICS_BAD_QUERY",
+    )
+    .await;
+    let runs = f
+        .expect_status("GET", "/v1/metrics/runs", Some(VIEWER), "", 200)
+        .await;
+    assert_eq!(runs["runs"], serde_json::json!([]));
+
+    // The weekly report kept by the job, with its signature.
+    f.expect_code(
+        "GET",
+        "/v1/reports/weekly?week_start=2026-06-22",
+        Some(VIEWER),
+        "",
+        404,
+        "REPORT_NOT_FOUND",
+    )
+    .await;
+    let doc = serde_json::json!({"schema_version": "1.0.0", "week_start": "2026-06-22"});
+    let sig = mlcore_observe::weekly::sign::signature(b"k", &doc);
+    mlcore_observe::weekly::save(&layout.weekly_history(), &doc, &sig).unwrap();
+    f.state.services.redis.bump_analytics_generation().await.unwrap();
+    let got = f
+        .expect_status("GET", "/v1/reports/weekly", Some(VIEWER), "", 200)
+        .await;
+    assert_eq!(
+        (got["report"].clone(), got["signature"].as_str()),
+        (doc, Some(sig.as_str()))
+    );
+
+    // Data quality: a quarantined partition is listed with its reason, a
+    // changed one fails the checksum check.
+    let dq = f
+        .expect_status("GET", "/v1/reports/dq", Some(VIEWER), "", 200)
+        .await;
+    assert_eq!(dq["ok"], true, "{dq}");
+    assert_eq!(dq["partitions"].as_u64(), Some(index.partitions.len() as u64));
+    let (q, changed) = (&index.partitions[0], &index.partitions[1]);
+    std::fs::write(
+        dataset.join(&q.path).parent().unwrap().join("__quarantine.json"),
+        r#"{"reason": "vendor gap 10:00-11:00"}"#,
+    )
+    .unwrap();
+    let mut bytes = std::fs::read(dataset.join(&changed.path)).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(dataset.join(&changed.path), bytes).unwrap();
+    f.state.services.redis.bump_analytics_generation().await.unwrap();
+    let dq = f
+        .expect_status("GET", "/v1/reports/dq", Some(VIEWER), "", 200)
+        .await;
+    assert_eq!(dq["ok"], false);
+    assert_eq!(dq["quarantined"][0]["reason"], "vendor gap 10:00-11:00", "{dq}");
+    let failed: Vec<&str> = dq["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["checksums_match"], "{dq}");
     f.finish().await;
 }

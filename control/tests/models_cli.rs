@@ -144,7 +144,7 @@ fn synth_train_verify_inspect_and_refuse() {
     );
 }
 
-const PROD_VARS: [(&str, &str); 13] = [
+const PROD_VARS: [(&str, &str); 15] = [
     ("MLCORE_REDIS_URL", "redis://127.0.0.1:6379/0"),
     ("MLCORE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
     ("MLCORE_SLACK_WEBHOOK_URL", "https://hooks.example/x"),
@@ -158,6 +158,8 @@ const PROD_VARS: [(&str, &str); 13] = [
     ("MLCORE_TOKEN_ADMIN", "admin-token-0123456789"),
     ("MLCORE_TOTP_APPROVER", "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"),
     ("MLCORE_TOTP_ADMIN", "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"),
+    ("MLCORE_OBS_WEEKLY_WEBHOOK_URL", "https://hooks.example/weekly"),
+    ("MLCORE_OBS_WEBHOOK_SECRET", "x"),
 ];
 
 #[test]

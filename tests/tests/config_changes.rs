@@ -56,7 +56,7 @@ fn setup() -> Setup {
     write(
         "storage.yaml",
         format!(
-            "models_root: models\nworm_root: worm\nbackups_root: b\ndatasets_root: d\nruns_root: runs\nonnxruntime_library: {}\n",
+            "models_root: models\nworm_root: worm\nbackups_root: b\ndatasets_root: d\nruns_root: runs\nops_root: ops\nout_root: out\nonnxruntime_library: {}\n",
             testutil::ort_library().display()
         ),
     );

@@ -96,7 +96,7 @@ fn setup_on(dataset: Option<&Path>) -> Env {
     write(
         "storage.yaml",
         format!(
-            "models_root: {0}/models\nworm_root: {0}/worm\nbackups_root: {0}/b\ndatasets_root: {0}/d\nruns_root: {0}/runs\nonnxruntime_library: {1}\n",
+            "models_root: {0}/models\nworm_root: {0}/worm\nbackups_root: {0}/b\ndatasets_root: {0}/d\nruns_root: {0}/runs\nops_root: {0}/ops\nout_root: {0}/out\nonnxruntime_library: {1}\n",
             root.display(),
             testutil::ort_library().display()
         ),

@@ -124,7 +124,7 @@ fn project(root: &Path, ns: &str, contract: &str) -> anyhow::Result<()> {
     std::fs::write(
         dev.join("storage.yaml"),
         format!(
-            "models_root: models\nworm_root: worm\nbackups_root: b\ndatasets_root: d\nruns_root: runs\nonnxruntime_library: {}\n",
+            "models_root: models\nworm_root: worm\nbackups_root: b\ndatasets_root: d\nruns_root: runs\nops_root: ops\nout_root: out\nonnxruntime_library: {}\n",
             testutil::ort_library().display()
         ),
     )?;

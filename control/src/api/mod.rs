@@ -7,6 +7,7 @@
 //! handlers do not audit are audited in aggregate (`edge`). Serve it with
 //! [`make_service`] so the edge sees source addresses.
 
+pub mod analytics;
 pub mod auth;
 pub mod bucket;
 pub mod configs;
@@ -238,6 +239,11 @@ fn api_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(configs::apply))
         .routes(routes!(configs::rollback))
         .routes(routes!(configs::status))
+        .routes(routes!(analytics::latency))
+        .routes(routes!(analytics::portfolio))
+        .routes(routes!(analytics::runs))
+        .routes(routes!(analytics::weekly_report))
+        .routes(routes!(analytics::data_quality_report))
 }
 
 /// The OpenAPI document of [`router`]'s `/v1` routes.

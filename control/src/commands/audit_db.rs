@@ -115,6 +115,9 @@ pub fn serve(config_dir: &Path, env: &str, vars: &dyn EnvSource, out: &mut dyn W
         // Retraining on its schedule (control.yaml retrain.schedule; off
         // when null).
         let _schedule = crate::retrain::spawn_schedule(std::sync::Arc::clone(&state.services));
+        // Observability automation on its schedule (control.yaml
+        // observability.schedule; off when null).
+        let _observability = crate::observability::spawn_schedule(std::sync::Arc::clone(&state.services.config));
         let watched = std::sync::Arc::clone(&state.services);
         let every = watched.config.control.audit_checkpoints.interval_s.max(1);
         let monitor = tokio::spawn(async move {

@@ -1,0 +1,249 @@
+//! Signal latency monitoring: every signal stream's entries since the last
+//! run (v2 and v3 streams of each strategy), each one's trigger → Redis
+//! latency (`written_at_us` − `generated_at_ms`, the decision's trigger
+//! time), appended to the samples; the touched hours rolled up; rotation
+//! and retention; the SLO over consecutive runs, alerting at 2 and 3; and
+//! beside them what the daemons' own `trigger_to_ack` histograms counted.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Duration, Utc};
+use mlcore_config::Severity;
+use mlcore_observe::latency::{histogram, rollup, samples, slo};
+use mlcore_observe::time::{from_ms, hour_start, rfc3339};
+use mlcore_observe::{files, JobId};
+use serde_json::{json, Value};
+
+use super::{Automation, AutomationError, Options, Outcome};
+use crate::alerts::{Alert, Delivery};
+
+impl Automation {
+    /// Samples every signal stream since its cursor.
+    async fn sample(
+        &self,
+        state: &mut slo::LatencyState,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<samples::Sample>, Value), AutomationError> {
+        let cfg = &self.config.control.observability.latency;
+        let keys = self.redis.keys();
+        let first = (now - Duration::minutes(i64::from(cfg.every_minutes))).timestamp_millis();
+        let mut out = Vec::new();
+        let (mut streams, mut unreadable, mut truncated) = (0usize, 0usize, Vec::new());
+        for strategy in &self.config.universe.strategies {
+            let k = keys.strategy(strategy.id.as_str());
+            for (key, version) in [(&k.signals, "v2"), (&k.stream_v3, "v3")] {
+                let after = state
+                    .cursors
+                    .get(key.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| format!("{first}-0"));
+                let entries = self
+                    .redis
+                    .stream_after(key, &after, cfg.max_samples_per_stream)
+                    .await?;
+                streams += 1;
+                if entries.len() == cfg.max_samples_per_stream {
+                    truncated.push(key.clone());
+                }
+                let source = format!("stream:{}:{version}", strategy.id.as_str());
+                for (_, fields) in &entries {
+                    let int = |name: &str| {
+                        fields
+                            .get(name)
+                            .and_then(|v| std::str::from_utf8(v).ok())
+                            .and_then(|v| v.parse::<i64>().ok())
+                    };
+                    let (gen, written) = (int("generated_at_ms"), int("written_at_us"));
+                    let (Some(gen), Some(written)) = (gen, written) else {
+                        unreadable += 1;
+                        continue;
+                    };
+                    let latency_ms = written as f64 / 1000.0 - gen as f64;
+                    if !(latency_ms.is_finite() && latency_ms >= 0.0) {
+                        unreadable += 1;
+                        continue;
+                    }
+                    out.push(samples::Sample {
+                        at_ms: written / 1000,
+                        source: source.clone(),
+                        latency_ms,
+                    });
+                }
+                if let Some((id, _)) = entries.last() {
+                    state.cursors.insert(key.clone(), id.clone());
+                }
+            }
+        }
+        Ok((
+            out,
+            json!({"streams": streams, "unreadable_entries": unreadable, "truncated_streams": truncated}),
+        ))
+    }
+
+    /// What each daemon's `trigger_to_ack` histogram counted since the
+    /// last run. A target that does not answer is reported, not fatal: a
+    /// daemon down is the heartbeat monitor's alert.
+    async fn histograms(&self, state: &mut slo::LatencyState) -> Vec<Value> {
+        let mut out = Vec::new();
+        for target in &self.config.control.observability.latency.metrics_targets {
+            let scraped = async {
+                let r = self
+                    .http
+                    .get(target)
+                    .timeout(std::time::Duration::from_secs(5))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !r.status().is_success() {
+                    return Err(format!("HTTP {}", r.status()));
+                }
+                let text = r.text().await.map_err(|e| e.to_string())?;
+                histogram::parse(&text)
+                    .ok_or_else(|| "no stage_latency_seconds{stage=\"trigger_to_ack\"} buckets".to_owned())
+            }
+            .await;
+            match scraped {
+                Ok(now) => {
+                    let d = histogram::delta(&now, state.histograms.get(target));
+                    let ms = |q: f64| {
+                        d.quantile(q)
+                            .map(|s| mlcore_observe::latency::round_us(s * 1000.0))
+                    };
+                    out.push(json!({
+                        "target": target,
+                        "decisions": d.count,
+                        "p50_ms": ms(0.50),
+                        "p95_ms": ms(0.95),
+                        "p99_ms": ms(0.99),
+                    }));
+                    state.histograms.insert(target.clone(), now);
+                }
+                Err(error) => {
+                    tracing::warn!(target = %target, error = %error, "a daemon's metrics could not be read");
+                    out.push(json!({"target": target, "error": error}));
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) async fn latency(
+        &self,
+        job: JobId,
+        now: DateTime<Utc>,
+        opts: &Options,
+    ) -> Result<Outcome, AutomationError> {
+        let cfg = &self.config.control.observability.latency;
+        let l = &self.layout;
+        let mut state = slo::LatencyState::load(&l.latency_state())?;
+        let (new, sampling) = self.sample(&mut state, now).await?;
+        let histograms = self.histograms(&mut state).await;
+        let mut artefacts = vec![l.display(&l.latency_csv())];
+        samples::append(&l.latency_csv(), &new)?;
+
+        // Roll up the hours this run's samples fall in, from every live
+        // sample of those hours.
+        let touched: BTreeSet<i64> = new
+            .iter()
+            .map(|s| hour_start(from_ms(s.at_ms)).timestamp_millis())
+            .collect();
+        let live: Vec<samples::Sample> = samples::read(&l.latency_csv())?
+            .into_iter()
+            .filter(|s| touched.contains(&hour_start(from_ms(s.at_ms)).timestamp_millis()))
+            .collect();
+        let hours = rollup::aggregate(&live, cfg.slo_p95_ms);
+        rollup::merge(&l.rollup_csv(), &hours, now, cfg.rollup_retention_days)?;
+        artefacts.push(l.display(&l.rollup_csv()));
+        let kept = samples::maintain(
+            &l.latency_csv(),
+            &l.latency_archive(),
+            &job,
+            now,
+            cfg.rotate_bytes,
+            cfg.raw_retention_days,
+        )?;
+        if let Some(to) = &kept.rotated_to {
+            artefacts.push(l.display(to));
+        }
+
+        // The SLO over this run's samples.
+        let thresholds = slo::Slo {
+            p95_ms: cfg.slo_p95_ms,
+            warning_after: cfg.warning_after,
+            critical_after: cfg.critical_after,
+        };
+        let mut lat: Vec<f64> = new.iter().map(|s| s.latency_ms).collect();
+        let pcts = rollup::percentiles(&mut lat);
+        let eval = slo::evaluate(&mut state, pcts.map(|p| p.1), &thresholds, &rfc3339(now));
+        let mut alerts = Vec::new();
+        if let Some(mut payload) = slo::alert(&eval, &thresholds, job.as_str(), &l.display(&l.rollup_csv())) {
+            if opts.dry_run_alert {
+                let path = l.latency_alerts().join(format!("{job}.json"));
+                files::write_json(&path, &payload)?;
+                artefacts.push(l.display(&path));
+            } else {
+                payload["notified_channels"] = json!(self.raise(&eval, &payload).await);
+            }
+            alerts.push(payload);
+        }
+        files::write_json(&l.latency_state(), &state)?;
+        let heartbeat = slo::Heartbeat {
+            job_id: job.to_string(),
+            generated_at: rfc3339(now),
+            status: "ok".into(),
+            next_run_at: rfc3339(now + Duration::minutes(i64::from(cfg.every_minutes))),
+            last_breach_at: state.last_breach_at.clone(),
+            consecutive_breaches: state.consecutive_breaches,
+        };
+        files::write_json(&l.latency_heartbeat(), &heartbeat)?;
+        artefacts.push(l.display(&l.latency_heartbeat()));
+        Ok(Outcome {
+            artefacts,
+            alerts,
+            attempts: 0,
+            summary: json!({
+                "samples_written": new.len(),
+                "rollups_written": hours.len(),
+                "breach_count": eval.consecutive,
+                "breached": eval.breached,
+                "level": eval.level,
+                "p50_ms": pcts.map(|p| p.0),
+                "p95_ms": pcts.map(|p| p.1),
+                "p99_ms": pcts.map(|p| p.2),
+                "slo_p95_ms": cfg.slo_p95_ms,
+                "next_rotation_bytes": cfg.rotate_bytes.saturating_sub(kept.size_after),
+                "expired_rows": kept.expired_rows,
+                "archives_pruned": kept.pruned.len(),
+                "sampling": sampling,
+                "histograms": histograms,
+            }),
+        })
+    }
+
+    /// Sends the breach alert through `notifications.yaml`'s routing
+    /// (Slack, PagerDuty with the dedup key, the signed webhook) and waits
+    /// for the deliveries; returns the channels that took it.
+    async fn raise(&self, eval: &slo::Evaluation, payload: &Value) -> Vec<String> {
+        let alert = Alert {
+            severity: match eval.level {
+                slo::Level::Critical => Severity::Critical,
+                _ => Severity::Warning,
+            },
+            kind: "latency_breach".into(),
+            scope: "global".into(),
+            summary: payload["message"]
+                .as_str()
+                .unwrap_or("signal latency above the SLO")
+                .to_owned(),
+            details: payload.clone(),
+            resolve: false,
+        };
+        self.notifier
+            .notify(&alert)
+            .await
+            .into_iter()
+            .filter(|(_, d)| matches!(d, Delivery::Sent { .. }))
+            .map(|(ch, _)| format!("{ch:?}").to_lowercase())
+            .collect()
+    }
+}

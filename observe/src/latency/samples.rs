@@ -1,0 +1,249 @@
+//! `signal_latency.csv` (`timestamp_utc,source,latency_ms`): one row per
+//! sampled decision, appended by each run. Past `rotate_bytes` the rows of
+//! finished hours move to `signal_latency_archive/YYYY/MM/<job_id>.csv`
+//! (the current hour stays, so its rollup still sees all of its samples);
+//! archived files older than the raw retention are deleted, and so are
+//! live rows older than it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::runlog::JobId;
+use crate::time::{from_ms, hour_start, parse, rfc3339_ms};
+use crate::ObserveError;
+
+/// The header.
+pub const HEADER: &str = "timestamp_utc,source,latency_ms";
+
+/// One sampled decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// When the signal was written, ms since the epoch.
+    pub at_ms: i64,
+    /// Where it came from (`stream:<strategy>:v2`, `stream:<strategy>:v3`).
+    pub source: String,
+    /// Trigger → written to Redis, ms.
+    pub latency_ms: f64,
+}
+
+fn line(s: &Sample) -> String {
+    format!(
+        "{},{},{:.3}\n",
+        rfc3339_ms(from_ms(s.at_ms)),
+        s.source.replace([',', '\n', '"'], "_"),
+        s.latency_ms
+    )
+}
+
+/// Appends `samples` (the header first when the file is new); returns the
+/// file's size after.
+pub fn append(path: &Path, samples: &[Sample]) -> Result<u64, ObserveError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(ObserveError::io(dir))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(ObserveError::io(path))?;
+    let mut text = String::new();
+    if f.metadata().map_err(ObserveError::io(path))?.len() == 0 {
+        text.push_str(HEADER);
+        text.push('\n');
+    }
+    for s in samples {
+        text.push_str(&line(s));
+    }
+    f.write_all(text.as_bytes()).map_err(ObserveError::io(path))?;
+    Ok(f.metadata().map_err(ObserveError::io(path))?.len())
+}
+
+/// Every sample of a samples file (none when it does not exist); a bad
+/// row is an error naming its line.
+pub fn read(path: &Path) -> Result<Vec<Sample>, ObserveError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ObserveError::io(path)(e)),
+    };
+    let mut out = Vec::new();
+    for (i, l) in text.lines().enumerate().skip(1) {
+        let bad = |what: &str| ObserveError::input(path, format!("line {}: {what}: `{l}`", i + 1));
+        let mut f = l.split(',');
+        let (Some(ts), Some(source), Some(lat), None) = (f.next(), f.next(), f.next(), f.next()) else {
+            return Err(bad("expected timestamp_utc,source,latency_ms"));
+        };
+        let at = parse(ts).ok_or_else(|| bad("timestamp_utc is not RFC 3339"))?;
+        let latency_ms: f64 = lat
+            .parse()
+            .ok()
+            .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+            .ok_or_else(|| bad("latency_ms is not a non-negative number"))?;
+        out.push(Sample {
+            at_ms: at.timestamp_millis(),
+            source: source.to_owned(),
+            latency_ms,
+        });
+    }
+    Ok(out)
+}
+
+fn write_rows(path: &Path, rows: &[Sample]) -> Result<(), ObserveError> {
+    let mut text = String::from(HEADER);
+    text.push('\n');
+    for s in rows {
+        text.push_str(&line(s));
+    }
+    crate::files::write_atomic(path, text.as_bytes())
+}
+
+/// What [`maintain`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Maintenance {
+    /// Where finished hours' rows went, when the file was rotated.
+    pub rotated_to: Option<PathBuf>,
+    /// Live rows dropped for being older than the retention.
+    pub expired_rows: usize,
+    /// Archived files deleted for being older than the retention.
+    pub pruned: Vec<PathBuf>,
+    /// The live file's size after, bytes.
+    pub size_after: u64,
+}
+
+/// Rotates `live` into `archive` when larger than `rotate_bytes`, drops
+/// live rows and archived files older than `retention_days`.
+pub fn maintain(
+    live: &Path,
+    archive: &Path,
+    job: &JobId,
+    now: DateTime<Utc>,
+    rotate_bytes: u64,
+    retention_days: u32,
+) -> Result<Maintenance, ObserveError> {
+    let mut m = Maintenance::default();
+    let cutoff = now - Duration::days(i64::from(retention_days));
+    let size = std::fs::metadata(live).map(|md| md.len()).unwrap_or(0);
+    let rows = read(live)?;
+    let kept: Vec<Sample> = rows
+        .iter()
+        .filter(|s| from_ms(s.at_ms) >= cutoff)
+        .cloned()
+        .collect();
+    m.expired_rows = rows.len() - kept.len();
+    let current_hour = hour_start(now).timestamp_millis();
+    if size > rotate_bytes {
+        let (done, current): (Vec<Sample>, Vec<Sample>) =
+            kept.into_iter().partition(|s| s.at_ms < current_hour);
+        if !done.is_empty() {
+            let dest = archive
+                .join(now.format("%Y").to_string())
+                .join(now.format("%m").to_string())
+                .join(format!("{job}.csv"));
+            write_rows(&dest, &done)?;
+            m.rotated_to = Some(dest);
+        }
+        write_rows(live, &current)?;
+    } else if m.expired_rows > 0 {
+        write_rows(live, &kept)?;
+    }
+    m.pruned = prune_archive(archive, cutoff)?;
+    m.size_after = std::fs::metadata(live).map(|md| md.len()).unwrap_or(0);
+    Ok(m)
+}
+
+/// Deletes archived files whose job started before `cutoff`.
+fn prune_archive(archive: &Path, cutoff: DateTime<Utc>) -> Result<Vec<PathBuf>, ObserveError> {
+    let mut pruned = Vec::new();
+    let Ok(years) = std::fs::read_dir(archive) else {
+        return Ok(pruned);
+    };
+    for year in years.flatten() {
+        let Ok(months) = std::fs::read_dir(year.path()) else {
+            continue;
+        };
+        for month in months.flatten() {
+            let Ok(files) = std::fs::read_dir(month.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                let started = name
+                    .strip_suffix(".csv")
+                    .and_then(|id| serde_json::from_value::<JobId>(id.into()).ok())
+                    .and_then(|id| id.started());
+                if started.is_some_and(|t| t < cutoff) {
+                    std::fs::remove_file(f.path()).map_err(ObserveError::io(&f.path()))?;
+                    pruned.push(f.path());
+                }
+            }
+            // An emptied month folder goes too.
+            let _ = std::fs::remove_dir(month.path());
+        }
+        let _ = std::fs::remove_dir(year.path());
+    }
+    Ok(pruned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runlog::Job;
+
+    fn s(at: &str, ms: f64) -> Sample {
+        Sample {
+            at_ms: parse(at).unwrap().timestamp_millis(),
+            source: "stream:fx_g10:v3".into(),
+            latency_ms: ms,
+        }
+    }
+
+    #[test]
+    fn rotation_moves_finished_hours_past_the_threshold_and_keeps_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (live, archive) = (dir.path().join("signal_latency.csv"), dir.path().join("archive"));
+        let now = parse("2026-06-27T10:20:00Z").unwrap();
+        let rows = vec![s("2026-06-27T09:59:59Z", 0.4), s("2026-06-27T10:00:00Z", 0.5)];
+        let size = append(&live, &rows).unwrap();
+        let job = JobId::new(Job::Latency, now);
+        // At the threshold: nothing moves.
+        let m = maintain(&live, &archive, &job, now, size, 14).unwrap();
+        assert_eq!(m.rotated_to, None);
+        assert_eq!(read(&live).unwrap(), rows);
+        // One byte over: the 09:xx row goes to the archive.
+        let m = maintain(&live, &archive, &job, now, size - 1, 14).unwrap();
+        let dest = m.rotated_to.unwrap();
+        assert!(
+            dest.ends_with("2026/06/20260627T102000Z-latency.csv"),
+            "{}",
+            dest.display()
+        );
+        assert_eq!(read(&dest).unwrap(), rows[..1]);
+        assert_eq!(read(&live).unwrap(), rows[1..]);
+        // 15 days later the archived file and the old live row are gone.
+        let later = now + Duration::days(15);
+        let m = maintain(
+            &live,
+            &archive,
+            &JobId::new(Job::Latency, later),
+            later,
+            1 << 20,
+            14,
+        )
+        .unwrap();
+        assert_eq!(m.pruned, vec![dest.clone()]);
+        assert_eq!(m.expired_rows, 1);
+        assert!(!dest.exists() && !archive.join("2026").exists());
+        assert!(read(&live).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_bad_row_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("signal_latency.csv");
+        std::fs::write(&live, format!("{HEADER}\n2026-06-27T10:00:00Z,a,-1\n")).unwrap();
+        let e = read(&live).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("latency_ms"), "{e}");
+    }
+}
