@@ -245,6 +245,8 @@ pub struct DashboardExportConfig {
     pub upload_retries: u32,
     /// Wait before each retry, ms.
     pub upload_retry_wait_ms: u64,
+    /// An upload still running after this is killed (and retried), ms.
+    pub upload_timeout_ms: u64,
 }
 
 /// When `serve` runs the jobs (cron expressions, UTC).

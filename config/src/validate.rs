@@ -449,6 +449,11 @@ pub(crate) fn validate(c: &AppConfig, file: &dyn Fn(&str) -> PathBuf) -> Vec<Con
             "at least 1",
         ),
         (
+            "observability.dashboard.upload_timeout_ms",
+            o.dashboard.upload_timeout_ms >= 1,
+            "at least 1",
+        ),
+        (
             "observability.dashboard.upload_command",
             o.dashboard
                 .upload_command

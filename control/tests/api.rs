@@ -2142,6 +2142,33 @@ async fn analytics_answers_from_the_jobs_files_through_the_cache() {
         .expect_status("GET", "/v1/metrics/runs", Some(VIEWER), "", 200)
         .await;
     assert_eq!(runs["runs"], serde_json::json!([]));
+    // A run that finishes changes the ledger, and the answer follows
+    // without anyone touching the cache.
+    let now = mlcore_observe::time::rfc3339(chrono::Utc::now());
+    let entry = mlcore_retrain::ledger::Entry {
+        run_id: "fx_g10-r1".into(),
+        strategy: "fx_g10".into(),
+        env: "dev".into(),
+        started_at: now.clone(),
+        finished_at: now,
+        status: "failed".into(),
+        ..Default::default()
+    };
+    mlcore_retrain::ledger::append(&cfg.storage.runs_root, &entry).unwrap();
+    let runs = f
+        .expect_status("GET", "/v1/metrics/runs", Some(VIEWER), "", 200)
+        .await;
+    assert_eq!(runs["runs"][0]["run_id"], "fx_g10-r1", "{runs}");
+    // Queries that would print alike never share a cached answer.
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).format("%Y-%m-%d");
+    let smuggled = format!("/v1/metrics/runs?strategy=fx_g10%26to%3D{tomorrow}");
+    let plain = format!("/v1/metrics/runs?strategy=fx_g10&to={tomorrow}");
+    let (_, first) = f.call("GET", &smuggled, Some(VIEWER), "").await;
+    assert_eq!(first["runs"], serde_json::json!([]), "no strategy has that name");
+    let answer = f.raw("GET", &plain, Some(VIEWER), "").await;
+    assert_eq!(cache_of(&answer), "miss", "{answer}");
+    let (_, second) = f.call("GET", &plain, Some(VIEWER), "").await;
+    assert_eq!(second["runs"][0]["run_id"], "fx_g10-r1");
 
     // The weekly report kept by the job, with its signature.
     f.expect_code(
@@ -2154,9 +2181,8 @@ async fn analytics_answers_from_the_jobs_files_through_the_cache() {
     )
     .await;
     let doc = serde_json::json!({"schema_version": "1.0.0", "week_start": "2026-06-22"});
-    let sig = mlcore_observe::weekly::sign::signature(b"k", &doc);
+    let sig = mlcore_observe::weekly::sign::signature(b"k", &doc).unwrap();
     mlcore_observe::weekly::save(&layout.weekly_history(), &doc, &sig).unwrap();
-    f.state.services.redis.bump_analytics_generation().await.unwrap();
     let got = f
         .expect_status("GET", "/v1/reports/weekly", Some(VIEWER), "", 200)
         .await;
@@ -2182,7 +2208,6 @@ async fn analytics_answers_from_the_jobs_files_through_the_cache() {
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(dataset.join(&changed.path), bytes).unwrap();
-    f.state.services.redis.bump_analytics_generation().await.unwrap();
     let dq = f
         .expect_status("GET", "/v1/reports/dq", Some(VIEWER), "", 200)
         .await;

@@ -290,17 +290,27 @@ async fn two_then_three_breaching_runs_warn_then_go_critical_through_the_alert_c
     assert_eq!(payload["severity"], "critical");
     assert!(r3.dry_run && r3.artefacts.iter().any(|a| a.starts_with("out/latency_alerts/")));
 
-    // Run 4: within the SLO resets the count; run 5 without samples
-    // leaves it.
+    // Run 4: within the SLO resets the count and resolves the incident
+    // (same dedup key, routed as the critical alert was); run 5 without
+    // samples leaves the count.
     e.publish(ContractVersion::V3, 40, 5);
     let r4 = run(Options::default()).await;
+    assert_eq!(r4.summary["breach_count"].as_u64(), Some(0), "{r4:?}");
     assert_eq!(
-        (r4.summary["breach_count"].as_u64(), r4.alerts.len()),
-        (Some(0), 0),
+        (r4.alerts.len(), r4.alerts[0]["resolve"].as_bool()),
+        (1, Some(true)),
         "{r4:?}"
+    );
+    let sent = hook.seen();
+    assert_eq!(sent.len(), 2);
+    let resolution: Value = serde_json::from_slice(&sent[1].1).unwrap();
+    assert_eq!(
+        (resolution["resolve"].as_bool(), resolution["dedup_key"].as_str()),
+        (Some(true), Some("mlcore:latency_breach:global"))
     );
     let r5 = run(Options::default()).await;
     assert_eq!(r5.summary["samples_written"], 0);
+    assert!(r5.alerts.is_empty(), "resolved once: {r5:?}");
     assert_eq!(r5.summary["p95_ms"], Value::Null);
 
     // The hours' rollups hold every sample and breached (their p95 is one
@@ -328,13 +338,26 @@ async fn two_then_three_breaching_runs_warn_then_go_critical_through_the_alert_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_lock_skips_the_run_and_says_so() {
     let e = env();
+    let generation = || {
+        let v: Option<u64> = redis::cmd("GET")
+            .arg(Keys::new(&e.ns.ns).analytics_generation())
+            .query(&mut testutil::redis_connection())
+            .unwrap();
+        v.unwrap_or(0)
+    };
     let held = lock::try_lock(&e.layout().lock(Job::Latency)).unwrap().unwrap();
     let r = e.automation().run(Job::Latency, &Options::default()).await;
     assert_eq!(r.status, RunStatus::Skipped);
     assert!(r.error_message.unwrap().contains(".latency.lock"));
+    assert_eq!(generation(), 0, "a skipped run wrote nothing new");
     drop(held);
     let r = e.automation().run(Job::Latency, &Options::default()).await;
     assert_eq!(r.status, RunStatus::Ok, "{r:?}");
+    assert_eq!(
+        generation(),
+        1,
+        "a run that wrote invalidates the analytics cache"
+    );
     let statuses: Vec<RunStatus> = e.log().into_iter().map(|r| r.status).collect();
     assert_eq!(statuses, [RunStatus::Skipped, RunStatus::Ok]);
 }
@@ -343,8 +366,13 @@ async fn a_held_lock_skips_the_run_and_says_so() {
 async fn the_weekly_report_is_signed_retried_on_5xx_kept_and_pruned() {
     let mut e = env();
     let (hook, url) = Hook::start().await;
-    let now = Utc::now();
-    let week = mlcore_observe::time::week_start(now);
+    // A complete week two weeks ago: the test never straddles a week's end.
+    let week = mlcore_observe::time::week_start(Utc::now()) - Duration::days(14);
+    let now = mlcore_observe::time::midnight(week) + Duration::days(2) + Duration::hours(10);
+    let opts = Options {
+        week_start: Some(week),
+        ..Options::default()
+    };
     let wr = &mut e.cfg.control.observability.weekly_report;
     wr.webhook_url = Some(Secret::literal(&url));
     wr.webhook_secret = Secret::literal("obs-secret");
@@ -362,7 +390,13 @@ async fn the_weekly_report_is_signed_retried_on_5xx_kept_and_pruned() {
         })
         .collect();
     samples::append(&layout.latency_csv(), &s).unwrap();
-    rollup::merge(&layout.rollup_csv(), &rollup::aggregate(&s, 100.0), now, 90).unwrap();
+    rollup::merge(
+        &layout.rollup_csv(),
+        &rollup::aggregate(&s, 100.0),
+        Utc::now(),
+        90,
+    )
+    .unwrap();
     // A report older than the 60 days kept.
     let hist = layout.weekly_history();
     std::fs::create_dir_all(&hist).unwrap();
@@ -372,7 +406,7 @@ async fn the_weekly_report_is_signed_retried_on_5xx_kept_and_pruned() {
 
     hook.answer(&[503, 503]);
     let a = e.automation();
-    let r = a.run(Job::WeeklyReport, &Options::default()).await;
+    let r = a.run(Job::WeeklyReport, &opts).await;
     assert_eq!(r.status, RunStatus::Ok, "{r:?}");
     assert_eq!(r.attempts, 3, "two 503s, then delivered");
     let sent = hook.seen();
@@ -428,7 +462,7 @@ async fn the_weekly_report_is_signed_retried_on_5xx_kept_and_pruned() {
     // A 4xx is final: one attempt, an error, the signed report kept to
     // send again.
     hook.answer(&[400]);
-    let r = a.run(Job::WeeklyReport, &Options::default()).await;
+    let r = a.run(Job::WeeklyReport, &opts).await;
     assert_eq!((r.status, r.attempts), (RunStatus::Error, 1), "{r:?}");
     assert_eq!(r.error_code.as_deref(), Some("OBS_WEBHOOK_FAILED"));
     let kept = layout.weekly_dry_runs().join(format!("{}.json", r.job_id));
@@ -438,7 +472,7 @@ async fn the_weekly_report_is_signed_retried_on_5xx_kept_and_pruned() {
     e.cfg.control.observability.weekly_report.webhook_url =
         Some(Secret::literal(&format!("http://127.0.0.1:{port}/")));
     e.cfg.control.observability.weekly_report.max_retries = 2;
-    let r = e.automation().run(Job::WeeklyReport, &Options::default()).await;
+    let r = e.automation().run(Job::WeeklyReport, &opts).await;
     assert_eq!((r.status, r.attempts), (RunStatus::Error, 3), "{r:?}");
     let attempts: Vec<u32> = e.log().iter().map(|r| r.attempts).collect();
     assert_eq!(attempts, [3, 1, 3], "automation_runs.log records the attempts");
@@ -565,7 +599,21 @@ async fn dashboard_bundles_count_up_verify_upload_restore_and_prune() {
     assert_eq!((r2.status, r2.attempts), (RunStatus::Ok, 2), "{r2:?}");
     let m2 = dashboard::verify(&layout.dashboard()).unwrap();
     assert_eq!(m2.sequence, 2);
-    assert_eq!(m2.datasets.len(), 2);
+    // The datasets not rebuilt stay in the bundle as they were.
+    let seqs: BTreeMap<String, u64> = m2
+        .datasets
+        .iter()
+        .map(|d| (d.dataset.clone(), d.sequence))
+        .collect();
+    assert_eq!(
+        seqs,
+        BTreeMap::from([
+            ("ev_history".to_owned(), 2),
+            ("latency_rollups".to_owned(), 1),
+            ("slippage".to_owned(), 2),
+            ("turnover".to_owned(), 1),
+        ])
+    );
     let hb: Value =
         serde_json::from_str(&std::fs::read_to_string(layout.dashboard_heartbeat()).unwrap()).unwrap();
     assert_eq!(
@@ -636,7 +684,7 @@ fn run_daily_dry_run_writes_every_artefact_and_sends_nothing() {
     assert_eq!(records[0].summary["samples_written"], 5);
     assert_eq!(records[2].summary["delivery"], "dry_run");
     let l = e.layout();
-    let week = mlcore_observe::time::week_start(Utc::now());
+    let week = mlcore_observe::weekly::default_week(Utc::now());
     let weekly_job = &records[2].job_id;
     for f in [
         l.automation_log(),
@@ -650,13 +698,15 @@ fn run_daily_dry_run_writes_every_artefact_and_sends_nothing() {
         l.dashboard().join("turnover.json"),
         l.dashboard().join("latency_rollups.json"),
         l.dashboard_heartbeat(),
-        l.weekly_history().join(format!("{week}.json")),
-        l.weekly_history().join(format!("{week}.sig")),
         l.weekly_dry_runs().join(format!("{weekly_job}.json")),
         l.weekly_dry_runs().join(format!("{weekly_job}.sig")),
     ] {
         assert!(f.exists(), "{} missing; stderr:\n{stderr}", f.display());
     }
+    assert!(
+        !l.weekly_history().join(format!("{week}.json")).exists(),
+        "a dry run never replaces a delivered report"
+    );
     assert_eq!(dashboard::history(&l).len(), 1);
     assert_eq!(e.log().len(), 3);
     for r in &records {
@@ -668,7 +718,10 @@ fn run_daily_dry_run_writes_every_artefact_and_sends_nothing() {
     )
     .unwrap();
     schema::validate(schema::WEEKLY_REPORT, "dry run", &doc).unwrap();
-    assert_eq!(doc["latency"]["samples"], 5);
+    // On a Monday the default week is the one that just ended, without
+    // the samples published now.
+    let this_week = week == mlcore_observe::time::week_start(Utc::now());
+    assert_eq!(doc["latency"]["samples"], if this_week { 5 } else { 0 });
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -50,6 +50,9 @@ pub enum ObserveError {
         /// Each file that is missing or differs.
         problems: Vec<String>,
     },
+    /// A document could not be put in canonical form.
+    #[error("canonical JSON: {0}")]
+    Encode(String),
     /// Nothing to restore from.
     #[error("no bundle in {0} verifies; nothing to restore")]
     NothingToRestore(PathBuf),
@@ -64,6 +67,7 @@ impl ObserveError {
             Self::Schema { .. } => "OBS_SCHEMA",
             Self::Range { .. } => "OBS_RANGE",
             Self::Bundle { .. } => "OBS_BUNDLE",
+            Self::Encode(_) => "OBS_ENCODE",
             Self::NothingToRestore(_) => "OBS_NOTHING_TO_RESTORE",
         }
     }

@@ -13,22 +13,35 @@ pub struct JobLock {
     _file: File,
 }
 
-/// Takes the lock at `path`, or `None` when another run holds it.
-pub fn try_lock(path: &Path) -> Result<Option<JobLock>, ObserveError> {
+/// The lock file, created with its folder.
+fn open(path: &Path) -> Result<File, ObserveError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(ObserveError::io(dir))?;
     }
-    let file = OpenOptions::new()
+    OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
-        .map_err(ObserveError::io(path))?;
+        .map_err(ObserveError::io(path))
+}
+
+/// Takes the lock at `path`, or `None` when another run holds it.
+pub fn try_lock(path: &Path) -> Result<Option<JobLock>, ObserveError> {
+    let file = open(path)?;
     match file.try_lock() {
         Ok(()) => Ok(Some(JobLock { _file: file })),
         Err(TryLockError::WouldBlock) => Ok(None),
         Err(TryLockError::Error(e)) => Err(ObserveError::io(path)(e)),
     }
+}
+
+/// Takes the lock at `path`, waiting for a run that holds it (for
+/// commands that must not interleave with a run, e.g. restoring a bundle).
+pub fn lock(path: &Path) -> Result<JobLock, ObserveError> {
+    let file = open(path)?;
+    file.lock().map_err(ObserveError::io(path))?;
+    Ok(JobLock { _file: file })
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! never older than the data it was built from. `x-mlcore-cache` says
 //! `hit`, `miss` or `off` (Redis unavailable: answered uncached).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -147,31 +147,61 @@ pub struct WeeklyQuery {
 fn failed(what: &'static str) -> impl FnOnce(mlcore_observe::ObserveError) -> ApiError {
     move |e| {
         tracing::error!(error = %e, "analytics: {what} failed");
+        // The file and line go to the log, not to the caller.
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "ANALYTICS_INPUT",
-            format!("{what} failed: {e}"),
+            format!("{what} failed; the control plane's log says why"),
         )
     }
 }
 
+/// What the answer is built from, as it is now: each file's (or
+/// folder's) size and modification time. Part of the cache key, so an
+/// answer cached before a file changed — a run finished, a partition was
+/// quarantined — is never served after.
+fn fingerprint(inputs: &[PathBuf]) -> String {
+    let mut text = String::new();
+    for p in inputs {
+        let stamp = std::fs::metadata(p).ok().map(|m| {
+            (
+                m.len(),
+                m.modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()),
+            )
+        });
+        text.push_str(&format!("{}={stamp:?};", p.display()));
+    }
+    files::sha256_hex(text.as_bytes())
+}
+
 /// Answers from the cache, or builds the answer on a blocking thread (the
-/// inputs are files) and caches it.
+/// inputs are files) and caches it. The key holds the cache's generation
+/// (jobs bump it), the query (JSON: no two queries share a key) and the
+/// inputs' fingerprint.
 async fn cached<F>(
     state: &AppState,
     route: &str,
     q: &BTreeMap<String, String>,
+    inputs: Vec<PathBuf>,
     build: F,
 ) -> Result<Response, ApiError>
 where
     F: FnOnce() -> Result<Value, ApiError> + Send + 'static,
 {
     let redis = &state.services.redis;
-    let query: String = q.iter().map(|(k, v)| format!("{k}={v}&")).collect();
+    let query = serde_json::to_string(q).unwrap_or_default();
+    let stamp = tokio::task::spawn_blocking(move || fingerprint(&inputs))
+        .await
+        .map_err(|_| ApiError::internal("reading the inputs"))?;
     let key = match redis.analytics_generation().await {
         Ok(gen) => Some(redis.keys().analytics_entry(
             gen,
-            &format!("{route}:{}", &files::sha256_hex(query.as_bytes())[..32]),
+            &format!(
+                "{route}:{}",
+                files::sha256_hex(format!("{query}\n{stamp}").as_bytes())
+            ),
         )),
         Err(e) => {
             tracing::warn!(error = %e, "analytics cache unavailable; answering uncached");
@@ -254,7 +284,8 @@ pub async fn latency(
         layout(&state),
         state.services.config.control.observability.latency.slo_p95_ms,
     );
-    cached(&state, "latency", &q.clone(), move || {
+    let inputs = vec![l.rollup_csv(), l.latency_heartbeat()];
+    cached(&state, "latency", &q.clone(), inputs, move || {
         let hours: Vec<rollup::Rollup> = rollup::read(&l.rollup_csv())
             .map_err(failed("reading the rollups"))?
             .into_iter()
@@ -319,7 +350,8 @@ pub async fn portfolio(
         warning_fraction: wr.drawdown_warning_fraction,
     };
     let only_strategy = q.get("strategy").cloned();
-    cached(&state, "portfolio", &q, move || {
+    let inputs = vec![l.runs.join("index.csv")];
+    cached(&state, "portfolio", &q, inputs, move || {
         let ledger = inputs::ledger(&l.runs).map_err(failed("reading runs/index.csv"))?;
         let latest = inputs::latest_portfolios(&l.runs, &ledger).map_err(failed("reading the backtests"))?;
         let strategies = latest
@@ -395,7 +427,8 @@ pub async fn runs(
         q.get("strategy").cloned(),
         q.get("status").cloned(),
     );
-    cached(&state, "runs", &q, move || {
+    let inputs = vec![l.runs.join("index.csv")];
+    cached(&state, "runs", &q, inputs, move || {
         let mut rows: Vec<inputs::LedgerRow> = inputs::ledger(&l.runs)
             .map_err(failed("reading runs/index.csv"))?
             .into_iter()
@@ -452,7 +485,8 @@ pub async fn weekly_report(
         None => None,
     };
     let dir = layout(&state).weekly_history();
-    cached(&state, "weekly", &q, move || {
+    let inputs = vec![dir.clone()];
+    cached(&state, "weekly", &q, inputs, move || {
         match weekly::load(&dir, week).map_err(failed("reading the report"))? {
             Some((report, signature)) => Ok(json!(WeeklyReport { report, signature })),
             None => Err(ApiError::new(
@@ -468,128 +502,9 @@ pub async fn weekly_report(
     .await
 }
 
-/// `GET /v1/reports/dq`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct DataQuality {
-    /// The dataset in use (`control.yaml` `retrain.dataset`).
-    pub dataset: String,
-    /// Whether every check passed.
-    pub ok: bool,
-    /// Where the data came from (from its index).
-    pub source: Option<String>,
-    /// Partitions the index lists.
-    pub partitions: usize,
-    /// Partitions in use.
-    pub included: usize,
-    /// Partitions left out, with why (`symbol`, `date`, `path`, `reason`).
-    #[schema(value_type = Vec<Object>)]
-    pub quarantined: Vec<Value>,
-    /// Each check (`check`, `ok`, `detail`).
-    #[schema(value_type = Vec<Object>)]
-    pub checks: Vec<Value>,
-}
-
-/// Data quality of a dataset folder: its index, quarantine records and
-/// the index's checks.
-pub fn data_quality(root: &std::path::Path, name: &str) -> DataQuality {
-    use mlcore_research::dataset::Dataset;
-    let mut checks = Vec::new();
-    let mut check = |name: &str, ok: bool, detail: String| {
-        checks.push(json!({"check": name, "ok": ok, "detail": detail}))
-    };
-    let ds = match Dataset::open(root) {
-        Ok(d) => d,
-        Err(e) => {
-            check("index_readable", false, e.to_string());
-            return DataQuality {
-                dataset: name.to_owned(),
-                ok: false,
-                source: None,
-                partitions: 0,
-                included: 0,
-                quarantined: Vec::new(),
-                checks,
-            };
-        }
-    };
-    check(
-        "index_readable",
-        true,
-        format!("{} partitions", ds.index.partitions.len()),
-    );
-    let symbols: BTreeSet<&str> = ds.index.symbols.iter().map(String::as_str).collect();
-    let mut seen = BTreeSet::new();
-    let (mut unknown, mut dupes, mut missing, mut mismatched, mut bad_rows) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    for p in &ds.index.partitions {
-        if !symbols.contains(p.symbol.as_str()) {
-            unknown.push(p.path.clone());
-        }
-        if !seen.insert((p.symbol.clone(), p.date.clone())) {
-            dupes.push(p.path.clone());
-        }
-        if p.rows == 0 || p.first_ts_ns > p.last_ts_ns {
-            bad_rows.push(p.path.clone());
-        }
-    }
-    for p in &ds.included {
-        match files::sha256_file(&root.join(&p.path)) {
-            Ok(sum) if sum == p.sha256 => {}
-            Ok(_) => mismatched.push(p.path.clone()),
-            Err(_) => missing.push(p.path.clone()),
-        }
-    }
-    let list = |v: &[String], none: &str| {
-        if v.is_empty() {
-            none.to_owned()
-        } else {
-            v.join(", ")
-        }
-    };
-    check(
-        "symbols_known",
-        unknown.is_empty(),
-        list(&unknown, "every partition's symbol is in the index"),
-    );
-    check(
-        "no_duplicate_partitions",
-        dupes.is_empty(),
-        list(&dupes, "one partition per symbol and day"),
-    );
-    check(
-        "rows_and_times",
-        bad_rows.is_empty(),
-        list(&bad_rows, "rows > 0 and first ≤ last timestamp"),
-    );
-    check(
-        "partitions_present",
-        missing.is_empty(),
-        list(&missing, "every included partition's file exists"),
-    );
-    check(
-        "checksums_match",
-        mismatched.is_empty(),
-        list(&mismatched, "every included partition matches its sha256"),
-    );
-    let quarantined: Vec<Value> = ds
-        .quarantined
-        .iter()
-        .map(|q| json!({"symbol": q.entry.symbol, "date": q.entry.date, "path": q.entry.path, "reason": q.reason}))
-        .collect();
-    DataQuality {
-        dataset: name.to_owned(),
-        ok: checks.iter().all(|c| c["ok"] == true),
-        source: Some(ds.index.source.clone()),
-        partitions: ds.index.partitions.len(),
-        included: ds.included.len(),
-        quarantined,
-        checks,
-    }
-}
-
 /// `GET /v1/reports/dq`: the data quality of the dataset in use.
 #[utoipa::path(get, path = "/v1/reports/dq", security(("bearer" = [])),
-    responses((status = 200, description = "quarantined partitions and the index's checks", body = DataQuality),
+    responses((status = 200, description = "quarantined partitions and the index's checks", body = crate::observability::dq::DataQuality),
         (status = 400, description = "an unknown query parameter (ANALYTICS_BAD_QUERY)", body = super::openapi::ErrorBody),
         (status = 403, description = "role lacking", body = super::openapi::ErrorBody)))]
 pub async fn data_quality_report(
@@ -602,8 +517,12 @@ pub async fn data_quality_report(
     let cfg = &state.services.config;
     let name = cfg.control.retrain.dataset.clone();
     let root: PathBuf = cfg.storage.datasets_root.join(&name);
-    cached(&state, "dq", &q, move || {
-        Ok(json!(data_quality(&root, &name.display().to_string())))
+    let inputs = crate::observability::dq::inputs(&root);
+    cached(&state, "dq", &q, inputs, move || {
+        Ok(json!(crate::observability::dq::report(
+            &root,
+            &name.display().to_string()
+        )))
     })
     .await
 }

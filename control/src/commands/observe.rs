@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use mlcore_config::EnvSource;
 use mlcore_observe::{dashboard, Job, RunRecord, RunStatus};
+use tokio::runtime::Runtime;
 
 use super::load_config;
 use crate::cli::{ObserveCommand, RunDailyArgs};
@@ -20,10 +21,19 @@ pub const EXIT_JOB_FAILED: i32 = 12;
 /// was not restored).
 pub const EXIT_BUNDLE_BAD: i32 = 13;
 
-fn automation(config_dir: &Path, env: &str, vars: &dyn EnvSource) -> anyhow::Result<Automation> {
+/// The jobs and the runtime they run on (the Redis client's connection
+/// manager is made inside it).
+fn automation(config_dir: &Path, env: &str, vars: &dyn EnvSource) -> anyhow::Result<(Runtime, Automation)> {
     let cfg = load_config(config_dir, env, vars, mlcore_config::Process::Control)?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    Ok(Automation::new(Arc::new(cfg), command)?)
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let a = {
+        let _in_runtime = rt.enter();
+        Automation::new(Arc::new(cfg), command)?
+    };
+    Ok((rt, a))
 }
 
 fn describe(r: &RunRecord, err: &mut dyn Write) -> std::io::Result<()> {
@@ -116,12 +126,7 @@ pub fn observe(
             return verify_dashboard(config_dir, env, bundle.as_deref(), *restore, vars, out, err)
         }
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    // The Redis client's connection manager is made inside the runtime.
-    let _in_runtime = rt.enter();
-    let a = automation(config_dir, env, vars)?;
+    let (rt, a) = automation(config_dir, env, vars)?;
     let record = rt.block_on(a.run(job, &opts));
     writeln!(out, "{}", serde_json::to_string(&record)?)?;
     describe(&record, err)?;
@@ -136,11 +141,7 @@ pub fn run_daily(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<i32> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let _in_runtime = rt.enter();
-    let a = automation(config_dir, &args.env, vars)?;
+    let (rt, a) = automation(config_dir, &args.env, vars)?;
     let opts = if args.dry_run {
         Options::dry_run()
     } else {
@@ -163,12 +164,10 @@ fn verify_dashboard(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<i32> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let _in_runtime = rt.enter();
-    let a = automation(config_dir, env, vars)?;
+    let (_rt, a) = automation(config_dir, env, vars)?;
     let layout = a.layout();
+    // Not between an export's two renames, and no export while restoring.
+    let _held = mlcore_observe::lock::lock(&layout.lock(Job::Dashboard))?;
     let dir = bundle.map_or_else(|| layout.dashboard(), Path::to_owned);
     match dashboard::verify(&dir) {
         Ok(m) => {

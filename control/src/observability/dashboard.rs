@@ -55,10 +55,7 @@ impl Automation {
             dashboard::export(&layout, &spec)
         })
         .await
-        .map_err(|e| mlcore_observe::ObserveError::Input {
-            path: l.dashboard(),
-            message: format!("the export panicked: {e}"),
-        })?;
+        .map_err(|e| AutomationError::Panicked(format!("the export: {e}")))?;
         let exported = match exported {
             Ok(x) => x,
             Err(e) => {
@@ -80,11 +77,12 @@ impl Automation {
             (Some(_), true) => ("dry_run", 0, None),
             (Some(argv), false) => {
                 let (argv, bundle) = (argv.clone(), exported.history_dir.clone());
-                let (retries, wait) = (
-                    cfg.upload_retries,
-                    Duration::from_millis(cfg.upload_retry_wait_ms),
-                );
-                let up = tokio::task::spawn_blocking(move || upload::run(&argv, &bundle, retries, wait))
+                let policy = upload::Policy {
+                    retries: cfg.upload_retries,
+                    wait: Duration::from_millis(cfg.upload_retry_wait_ms),
+                    timeout: Duration::from_millis(cfg.upload_timeout_ms),
+                };
+                let up = tokio::task::spawn_blocking(move || upload::run(&argv, &bundle, policy))
                     .await
                     .unwrap_or(upload::Uploaded {
                         attempts: 0,

@@ -133,35 +133,57 @@ impl Automation {
         now: DateTime<Utc>,
         opts: &Options,
     ) -> Result<Outcome, AutomationError> {
-        let cfg = &self.config.control.observability.latency;
-        let l = &self.layout;
+        let cfg = self.config.control.observability.latency.clone();
+        let l = self.layout.clone();
         let mut state = slo::LatencyState::load(&l.latency_state())?;
         let (new, sampling) = self.sample(&mut state, now).await?;
         let histograms = self.histograms(&mut state).await;
-        let mut artefacts = vec![l.display(&l.latency_csv())];
-        samples::append(&l.latency_csv(), &new)?;
+        let mut artefacts = vec![l.display(&l.latency_csv()), l.display(&l.rollup_csv())];
 
-        // Roll up the hours this run's samples fall in, from every live
-        // sample of those hours.
-        let touched: BTreeSet<i64> = new
-            .iter()
-            .map(|s| hour_start(from_ms(s.at_ms)).timestamp_millis())
-            .collect();
-        let live: Vec<samples::Sample> = samples::read(&l.latency_csv())?
-            .into_iter()
-            .filter(|s| touched.contains(&hour_start(from_ms(s.at_ms)).timestamp_millis()))
-            .collect();
-        let hours = rollup::aggregate(&live, cfg.slo_p95_ms);
-        rollup::merge(&l.rollup_csv(), &hours, now, cfg.rollup_retention_days)?;
-        artefacts.push(l.display(&l.rollup_csv()));
-        let kept = samples::maintain(
-            &l.latency_csv(),
-            &l.latency_archive(),
-            &job,
-            now,
-            cfg.rotate_bytes,
-            cfg.raw_retention_days,
-        )?;
+        // The files, on a blocking thread (`serve` runs this on the API's
+        // runtime). The cursors are saved right after the samples are
+        // appended, so a run that fails later never appends them twice.
+        let (samples_new, layout, job_id, cursors) = (new.clone(), l.clone(), job.clone(), state.clone());
+        let slo_p95_ms = cfg.slo_p95_ms;
+        let (rollups_written, kept) = tokio::task::spawn_blocking(move || {
+            let l = layout;
+            samples::append(&l.latency_csv(), &samples_new)?;
+            files::write_json(&l.latency_state(), &cursors)?;
+            // Roll up the hours this run's samples fall in from every
+            // sample of those hours, archived ones included.
+            let touched: BTreeSet<i64> = samples_new
+                .iter()
+                .map(|s| hour_start(from_ms(s.at_ms)).timestamp_millis())
+                .collect();
+            let hours = match (touched.first(), touched.last()) {
+                (Some(&first), Some(&last)) => {
+                    let all = samples::read_window(
+                        &l.latency_csv(),
+                        &l.latency_archive(),
+                        first,
+                        last + 3_600_000,
+                    )?;
+                    let of_touched: Vec<samples::Sample> = all
+                        .into_iter()
+                        .filter(|s| touched.contains(&hour_start(from_ms(s.at_ms)).timestamp_millis()))
+                        .collect();
+                    rollup::aggregate(&of_touched, slo_p95_ms)
+                }
+                _ => Vec::new(),
+            };
+            rollup::merge(&l.rollup_csv(), &hours, now, cfg.rollup_retention_days)?;
+            let kept = samples::maintain(
+                &l.latency_csv(),
+                &l.latency_archive(),
+                &job_id,
+                now,
+                cfg.rotate_bytes,
+                cfg.raw_retention_days,
+            )?;
+            Ok::<_, mlcore_observe::ObserveError>((hours.len(), kept))
+        })
+        .await
+        .map_err(|e| AutomationError::Panicked(format!("writing the samples: {e}")))??;
         if let Some(to) = &kept.rotated_to {
             artefacts.push(l.display(to));
         }
@@ -174,18 +196,39 @@ impl Automation {
         };
         let mut lat: Vec<f64> = new.iter().map(|s| s.latency_ms).collect();
         let pcts = rollup::percentiles(&mut lat);
+        let open_before = state.open_alert;
         let eval = slo::evaluate(&mut state, pcts.map(|p| p.1), &thresholds, &rfc3339(now));
+        let evidence = l.display(&l.rollup_csv());
+        let raised = slo::alert(&eval, &thresholds, job.as_str(), &evidence);
+        let resolved = match (&raised, open_before, eval.p95_ms) {
+            (None, Some(level), Some(_)) if !eval.breached => Some((
+                level,
+                slo::resolution(&eval, &thresholds, job.as_str(), &evidence),
+            )),
+            _ => None,
+        };
+        let resolving = resolved.is_some();
         let mut alerts = Vec::new();
-        if let Some(mut payload) = slo::alert(&eval, &thresholds, job.as_str(), &l.display(&l.rollup_csv())) {
+        for (mut payload, severity, resolve) in raised
+            .map(|p| (p, eval.level, false))
+            .into_iter()
+            .chain(resolved.map(|(level, p)| (p, level, true)))
+        {
             if opts.dry_run_alert {
-                let path = l.latency_alerts().join(format!("{job}.json"));
+                let suffix = if resolve { "-resolved" } else { "" };
+                let path = l.latency_alerts().join(format!("{job}{suffix}.json"));
                 files::write_json(&path, &payload)?;
                 artefacts.push(l.display(&path));
             } else {
-                payload["notified_channels"] = json!(self.raise(&eval, &payload).await);
+                payload["notified_channels"] = json!(self.raise(severity, &payload, resolve).await);
             }
             alerts.push(payload);
         }
+        state.open_alert = match (eval.level, resolving) {
+            (slo::Level::Ok, true) => None,
+            (slo::Level::Ok, false) => state.open_alert,
+            (level, _) => Some(state.open_alert.map_or(level, |o| o.max(level))),
+        };
         files::write_json(&l.latency_state(), &state)?;
         let heartbeat = slo::Heartbeat {
             job_id: job.to_string(),
@@ -203,7 +246,7 @@ impl Automation {
             attempts: 0,
             summary: json!({
                 "samples_written": new.len(),
-                "rollups_written": hours.len(),
+                "rollups_written": rollups_written,
                 "breach_count": eval.consecutive,
                 "breached": eval.breached,
                 "level": eval.level,
@@ -220,12 +263,14 @@ impl Automation {
         })
     }
 
-    /// Sends the breach alert through `notifications.yaml`'s routing
-    /// (Slack, PagerDuty with the dedup key, the signed webhook) and waits
-    /// for the deliveries; returns the channels that took it.
-    async fn raise(&self, eval: &slo::Evaluation, payload: &Value) -> Vec<String> {
+    /// Sends the breach alert (or its resolution) through
+    /// `notifications.yaml`'s routing (Slack, PagerDuty with the dedup key,
+    /// the signed webhook) and waits for the deliveries; returns the
+    /// channels that took it. A resolution goes where the alert went (the
+    /// alert's severity) and closes the PagerDuty incident.
+    async fn raise(&self, level: slo::Level, payload: &Value, resolve: bool) -> Vec<String> {
         let alert = Alert {
-            severity: match eval.level {
+            severity: match level {
                 slo::Level::Critical => Severity::Critical,
                 _ => Severity::Warning,
             },
@@ -233,10 +278,10 @@ impl Automation {
             scope: "global".into(),
             summary: payload["message"]
                 .as_str()
-                .unwrap_or("signal latency above the SLO")
+                .unwrap_or("signal latency and its SLO")
                 .to_owned(),
             details: payload.clone(),
-            resolve: false,
+            resolve,
         };
         self.notifier
             .notify(&alert)

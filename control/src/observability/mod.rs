@@ -10,6 +10,7 @@
 //! cache), the alert channels and the webhook.
 
 mod dashboard;
+pub mod dq;
 mod latency;
 mod weekly;
 
@@ -57,6 +58,9 @@ pub enum AutomationError {
     /// The HTTP client could not be built.
     #[error("HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    /// A blocking part of the job panicked (a bug: the panic's message).
+    #[error("the job panicked: {0}")]
+    Panicked(String),
 }
 
 impl AutomationError {
@@ -68,6 +72,7 @@ impl AutomationError {
             Self::Delivery { .. } => "OBS_WEBHOOK_FAILED",
             Self::Upload { .. } => "OBS_UPLOAD_FAILED",
             Self::Http(_) => "OBS_HTTP_CLIENT",
+            Self::Panicked(_) => "OBS_PANICKED",
         }
     }
 

@@ -26,9 +26,7 @@ impl Automation {
         let l = &self.layout;
         let params = weekly::Params {
             now,
-            week_start: opts
-                .week_start
-                .unwrap_or_else(|| mlcore_observe::time::week_start(now)),
+            week_start: opts.week_start.unwrap_or_else(|| weekly::default_week(now)),
             slo_p95_ms: self.config.control.observability.latency.slo_p95_ms,
             drawdown_budget: cfg.drawdown_budget,
             warning_fraction: cfg.drawdown_warning_fraction,
@@ -36,12 +34,9 @@ impl Automation {
         let layout = l.clone();
         let doc = tokio::task::spawn_blocking(move || weekly::build(&layout, &params))
             .await
-            .map_err(|e| mlcore_observe::ObserveError::Input {
-                path: l.runs.clone(),
-                message: format!("building the report panicked: {e}"),
-            })??;
-        let signature = sign::signature(cfg.webhook_secret.expose().as_bytes(), &doc);
-        let body = sign::canonical(&doc);
+            .map_err(|e| AutomationError::Panicked(format!("building the report: {e}")))??;
+        let signature = sign::signature(cfg.webhook_secret.expose().as_bytes(), &doc)?;
+        let body = sign::canonical(&doc)?;
         let checksum = sha256_hex(&body);
         let mut artefacts = Vec::new();
         let keep_unsent = |artefacts: &mut Vec<String>| -> Result<String, AutomationError> {
@@ -71,8 +66,12 @@ impl Automation {
                 }
             },
         };
-        for p in weekly::save(&l.weekly_history(), &doc, &signature)? {
-            artefacts.push(l.display(&p));
+        // The history keeps what went out (or, with no webhook, what there
+        // is to keep); a dry run never replaces a delivered report.
+        if delivery != "dry_run" {
+            for p in weekly::save(&l.weekly_history(), &doc, &signature)? {
+                artefacts.push(l.display(&p));
+            }
         }
         let pruned = weekly::prune(&l.weekly_history(), now, cfg.history_days)?;
         Ok(Outcome {
@@ -119,8 +118,10 @@ impl Automation {
                     status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS
                 }
                 Err(e) => {
-                    last = e.to_string();
-                    e.is_timeout() || e.is_connect()
+                    // The URL is a secret: never in the log or the record.
+                    let retry = e.is_timeout() || e.is_connect();
+                    last = e.without_url().to_string();
+                    retry
                 }
             };
             if !retry {

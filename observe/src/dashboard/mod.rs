@@ -147,15 +147,40 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), ObserveError> {
 }
 
 /// Replaces `live` with the complete folder `staged` (two renames; the old
-/// bundle is removed after).
+/// bundle is put back if the second fails, and removed after).
 fn swap_in(staged: &Path, live: &Path, job: &str) -> Result<(), ObserveError> {
     let old = live.with_file_name(format!(".dashboard.old-{job}"));
     if live.exists() {
         std::fs::rename(live, &old).map_err(ObserveError::io(live))?;
     }
-    std::fs::rename(staged, live).map_err(ObserveError::io(live))?;
+    if let Err(e) = std::fs::rename(staged, live) {
+        if old.exists() {
+            // Best effort: the error below is what the caller hears.
+            let _ = std::fs::rename(&old, live);
+        }
+        return Err(ObserveError::io(live)(e));
+    }
     if old.exists() {
         std::fs::remove_dir_all(&old).map_err(ObserveError::io(&old))?;
+    }
+    Ok(())
+}
+
+/// Removes staging and replaced folders a killed export or restore left
+/// beside `live`.
+fn remove_leftovers(live: &Path) -> Result<(), ObserveError> {
+    let Some(dir) = live.parent() else { return Ok(()) };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if [".dashboard.staging-", ".dashboard.old-", ".dashboard.restore-"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
+            std::fs::remove_dir_all(e.path()).map_err(ObserveError::io(&e.path()))?;
+        }
     }
     Ok(())
 }
@@ -206,10 +231,10 @@ pub fn export(layout: &Layout, spec: &ExportSpec<'_>) -> Result<Exported, Observ
     let sequence = next_sequence(layout);
     let generated_at = rfc3339(now);
     let live = layout.dashboard();
+    // Left by a killed export (the caller holds the job's lock: no other
+    // export is running).
+    remove_leftovers(&live)?;
     let staged = live.with_file_name(format!(".dashboard.staging-{job}"));
-    if staged.exists() {
-        std::fs::remove_dir_all(&staged).map_err(ObserveError::io(&staged))?;
-    }
     let mut entries = Vec::new();
     for &d in which {
         let rows = datasets::build(d, &src, ev_history_runs, &layout.runs)?;
@@ -228,6 +253,20 @@ pub fn export(layout: &Layout, spec: &ExportSpec<'_>) -> Result<Exported, Observ
             checksum_sha256: sha256_file(&path)?,
         });
     }
+    // The datasets not rebuilt this time stay as they were (when the
+    // current bundle verifies), so a partial export never takes a dataset
+    // away from the dashboards.
+    if let Ok(current) = verify(&live) {
+        for e in current.datasets {
+            if which.iter().any(|d| d.name() == e.dataset) {
+                continue;
+            }
+            let dest = staged.join(&e.file);
+            std::fs::copy(live.join(&e.file), &dest).map_err(ObserveError::io(&dest))?;
+            entries.push(e);
+        }
+    }
+    entries.sort_by_key(|e| Dataset::parse(&e.dataset).map(|d| d as usize));
     let manifest = Manifest {
         schema_version: "1.0.0".into(),
         sequence,
@@ -276,15 +315,14 @@ pub fn prune_history(layout: &Layout, now: DateTime<Utc>, weeks: u32) -> Result<
 }
 
 /// Puts the newest history bundle that verifies back as the current
-/// bundle; returns its manifest and where it came from.
+/// bundle; returns its manifest and where it came from. The caller holds
+/// the dashboard job's lock.
 pub fn restore(layout: &Layout, job: &str) -> Result<(Manifest, PathBuf), ObserveError> {
     for dir in history(layout) {
         if let Ok(m) = verify(&dir) {
             let live = layout.dashboard();
+            remove_leftovers(&live)?;
             let staged = live.with_file_name(format!(".dashboard.restore-{job}"));
-            if staged.exists() {
-                std::fs::remove_dir_all(&staged).map_err(ObserveError::io(&staged))?;
-            }
             copy_dir(&dir, &staged)?;
             verify(&staged)?;
             swap_in(&staged, &live, job)?;

@@ -1,10 +1,12 @@
 //! The optional upload of a finished bundle: a command (argv, `{bundle}`
 //! replaced by the bundle's folder) run without a shell, its exit status
-//! checked, retried after a wait.
+//! checked, killed past its timeout, retried after a wait.
 
+use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// What the upload came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,39 +17,132 @@ pub struct Uploaded {
     pub error: Option<String>,
 }
 
+/// How the upload runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Runs after the first failure.
+    pub retries: u32,
+    /// Wait before each retry.
+    pub wait: Duration,
+    /// A run still going after this is killed (and counts as failed).
+    pub timeout: Duration,
+}
+
+/// One run: `Ok` when it exited 0, else why not.
+fn once(program: &str, args: &[String], timeout: Duration) -> Result<(), String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        // A group of its own: a timeout kills what it started too (a
+        // shell's children), not only the command.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("`{program}` could not start: {e}"))?;
+    // Read stderr beside the wait, so a chatty command never blocks on a
+    // full pipe.
+    let mut pipe = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(p) = pipe.as_mut() {
+            let _ = p.take(64 * 1024).read_to_string(&mut text);
+        }
+        text
+    });
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) if started.elapsed() >= timeout => {
+                let group = i32::try_from(child.id())
+                    .ok()
+                    .and_then(rustix::process::Pid::from_raw);
+                match group {
+                    Some(g) => {
+                        let _ = rustix::process::kill_process_group(g, rustix::process::Signal::KILL);
+                    }
+                    None => {
+                        let _ = child.kill();
+                    }
+                }
+                let _ = child.wait();
+                break Err(format!(
+                    "`{program}` still running after {} ms: killed",
+                    timeout.as_millis()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => break Err(format!("`{program}`: {e}")),
+        }
+    };
+    let stderr = reader.join().unwrap_or_default();
+    match status? {
+        s if s.success() => Ok(()),
+        s => Err(format!("`{program}` exited with {s}: {}", stderr.trim())),
+    }
+}
+
 /// Runs `argv` for `bundle` until it exits 0, at most `1 + retries` times.
-pub fn run(argv: &[String], bundle: &Path, retries: u32, wait: Duration) -> Uploaded {
+pub fn run(argv: &[String], bundle: &Path, policy: Policy) -> Uploaded {
     let args: Vec<String> = argv
         .iter()
         .map(|a| a.replace("{bundle}", &bundle.display().to_string()))
         .collect();
-    let mut last = String::from("no command");
-    for attempt in 1..=retries + 1 {
-        let Some((program, rest)) = args.split_first() else {
-            break;
+    let Some((program, rest)) = args.split_first() else {
+        return Uploaded {
+            attempts: 0,
+            error: Some("no upload command".into()),
         };
-        match Command::new(program).args(rest).output() {
-            Ok(out) if out.status.success() => {
+    };
+    let mut last = String::new();
+    for attempt in 1..=policy.retries + 1 {
+        match once(program, rest, policy.timeout) {
+            Ok(()) => {
                 return Uploaded {
                     attempts: attempt,
                     error: None,
                 }
             }
-            Ok(out) => {
-                last = format!(
-                    "`{program}` exited with {}: {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-            Err(e) => last = format!("`{program}` could not start: {e}"),
+            Err(e) => last = e,
         }
-        if attempt <= retries {
-            std::thread::sleep(wait);
+        if attempt <= policy.retries {
+            std::thread::sleep(policy.wait);
         }
     }
     Uploaded {
-        attempts: retries + 1,
+        attempts: policy.retries + 1,
         error: Some(last),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hung_upload_is_killed_and_a_failing_one_says_why() {
+        let policy = Policy {
+            retries: 1,
+            wait: Duration::from_millis(1),
+            timeout: Duration::from_millis(200),
+        };
+        let argv = |s: &str| vec!["sh".to_owned(), "-c".to_owned(), s.to_owned()];
+        let started = Instant::now();
+        let hung = run(&argv("sleep 30"), Path::new("/tmp"), policy);
+        assert_eq!(hung.attempts, 2);
+        assert!(hung.error.unwrap().contains("killed"));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let failing = run(
+            &argv("echo 'no route to storage' >&2; exit 4"),
+            Path::new("/tmp"),
+            policy,
+        );
+        let e = failing.error.unwrap();
+        assert!(e.contains("no route to storage") && e.contains('4'), "{e}");
+        assert_eq!(
+            run(&argv("test -d {bundle}"), Path::new("/tmp"), policy).error,
+            None
+        );
     }
 }

@@ -38,11 +38,14 @@ fn line(s: &Sample) -> String {
 }
 
 /// Appends `samples` (the header first when the file is new); returns the
-/// file's size after.
+/// file's size after. A last line without its newline — a write cut short
+/// by a crash or a full disk — is dropped first, so one torn row never
+/// stops every later run from reading the file.
 pub fn append(path: &Path, samples: &[Sample]) -> Result<u64, ObserveError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(ObserveError::io(dir))?;
     }
+    drop_torn_tail(path)?;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -58,6 +61,58 @@ pub fn append(path: &Path, samples: &[Sample]) -> Result<u64, ObserveError> {
     }
     f.write_all(text.as_bytes()).map_err(ObserveError::io(path))?;
     Ok(f.metadata().map_err(ObserveError::io(path))?.len())
+}
+
+fn drop_torn_tail(path: &Path) -> Result<(), ObserveError> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Ok(());
+    };
+    if bytes.is_empty() || bytes.ends_with(b"\n") {
+        return Ok(());
+    }
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(ObserveError::io(path))?;
+    f.set_len(keep as u64).map_err(ObserveError::io(path))
+}
+
+/// Every sample of the live file and of the archive's files that may hold
+/// samples between `start_ms` and `end_ms`, within that window.
+pub fn read_window(
+    live: &Path,
+    archive: &Path,
+    start_ms: i64,
+    end_ms: i64,
+) -> Result<Vec<Sample>, ObserveError> {
+    // An archive file is named after the run that rotated it, which is
+    // after every sample in it: look from the month of `start_ms` on.
+    let mut files = Vec::new();
+    let mut month = start_ms;
+    let last = chrono::Utc::now().timestamp_millis().max(end_ms);
+    while month <= last + 31 * 86_400_000 {
+        let t = from_ms(month);
+        let dir = archive
+            .join(t.format("%Y").to_string())
+            .join(t.format("%m").to_string());
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            files.extend(entries.flatten().map(|e| e.path()));
+        }
+        month += 28 * 86_400_000;
+    }
+    files.sort();
+    files.dedup();
+    files.push(live.to_owned());
+    let mut out = Vec::new();
+    for f in files {
+        out.extend(
+            read(&f)?
+                .into_iter()
+                .filter(|s| s.at_ms >= start_ms && s.at_ms < end_ms),
+        );
+    }
+    Ok(out)
 }
 
 /// Every sample of a samples file (none when it does not exist); a bad
@@ -137,10 +192,20 @@ pub fn maintain(
         let (done, current): (Vec<Sample>, Vec<Sample>) =
             kept.into_iter().partition(|s| s.at_ms < current_hour);
         if !done.is_empty() {
-            let dest = archive
+            let month = archive
                 .join(now.format("%Y").to_string())
-                .join(now.format("%m").to_string())
-                .join(format!("{job}.csv"));
+                .join(now.format("%m").to_string());
+            // Two rotations within a second share a job id.
+            let dest = (0..)
+                .map(|i| {
+                    month.join(if i == 0 {
+                        format!("{job}.csv")
+                    } else {
+                        format!("{job}-{i}.csv")
+                    })
+                })
+                .find(|p| !p.exists())
+                .unwrap_or_else(|| month.join(format!("{job}.csv")));
             write_rows(&dest, &done)?;
             m.rotated_to = Some(dest);
         }
@@ -236,6 +301,38 @@ mod tests {
         assert_eq!(m.expired_rows, 1);
         assert!(!dest.exists() && !archive.join("2026").exists());
         assert!(read(&live).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_torn_last_row_is_dropped_and_windows_read_the_archive_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (live, archive) = (dir.path().join("signal_latency.csv"), dir.path().join("archive"));
+        append(&live, &[s("2026-06-27T09:30:00Z", 0.4)]).unwrap();
+        // A crash in the middle of a row.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&live).unwrap();
+        std::io::Write::write_all(&mut f, b"2026-06-27T09:31:00.000Z,stream:fx").unwrap();
+        append(&live, &[s("2026-06-27T09:45:00Z", 0.6)]).unwrap();
+        assert_eq!(
+            read(&live).unwrap().len(),
+            2,
+            "the torn row is gone, both whole rows read"
+        );
+        // 09:xx rotated away at 10:20; a late 09:50 sample arrives after.
+        let now = parse("2026-06-27T10:20:00Z").unwrap();
+        maintain(&live, &archive, &JobId::new(Job::Latency, now), now, 1, 14).unwrap();
+        append(&live, &[s("2026-06-27T09:50:00Z", 0.9)]).unwrap();
+        let (from, to) = (
+            parse("2026-06-27T09:00:00Z").unwrap(),
+            parse("2026-06-27T10:00:00Z").unwrap(),
+        );
+        let hour = read_window(&live, &archive, from.timestamp_millis(), to.timestamp_millis()).unwrap();
+        let mut ms: Vec<f64> = hour.iter().map(|s| s.latency_ms).collect();
+        ms.sort_by(f64::total_cmp);
+        assert_eq!(
+            ms,
+            [0.4, 0.6, 0.9],
+            "the hour's rollup sees archived and late samples"
+        );
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub struct LatencyState {
     /// last run.
     #[serde(default)]
     pub histograms: BTreeMap<String, super::histogram::Buckets>,
+    /// The highest level alerted since latency was last within the SLO:
+    /// the next run within it sends the resolution.
+    #[serde(default)]
+    pub open_alert: Option<Level>,
 }
 
 impl LatencyState {
@@ -127,6 +131,26 @@ pub fn alert(e: &Evaluation, slo: &Slo, job_id: &str, evidence: &str) -> Option<
         "slo_p95_ms": slo.p95_ms,
         "consecutive_breaches": e.consecutive,
     }))
+}
+
+/// The resolution of an alerted breach streak: latency is within the SLO
+/// again (same id and dedup key, `resolve: true`, severity `info`).
+pub fn resolution(e: &Evaluation, slo: &Slo, job_id: &str, evidence: &str) -> Value {
+    json!({
+        "id": "latency_breach",
+        "severity": "info",
+        "message": format!(
+            "signal latency back within the SLO: p95 {:.3} ms against {} ms",
+            e.p95_ms.unwrap_or_default(), slo.p95_ms
+        ),
+        "evidence_url": evidence,
+        "notified_channels": [],
+        "dedup_key": "mlcore:latency_breach:global",
+        "resolve": true,
+        "job_id": job_id,
+        "p95_ms": e.p95_ms,
+        "slo_p95_ms": slo.p95_ms,
+    })
 }
 
 /// `latency_job_heartbeat.json`.

@@ -35,6 +35,14 @@ pub struct Params {
     pub warning_fraction: f64,
 }
 
+/// The week a report covers when none is named: the week of the day
+/// before `now` — the week so far on Tuesday to Sunday, and on Monday the
+/// week that just ended (so a daily run at 00:30 finishes each week's
+/// report).
+pub fn default_week(now: DateTime<Utc>) -> NaiveDate {
+    crate::time::week_start(now - Duration::days(1))
+}
+
 /// `normal`, `warning` or `breach` for a drawdown against the budget.
 pub fn budget_status(drawdown: f64, p: &Params) -> &'static str {
     if drawdown >= p.drawdown_budget {
@@ -58,38 +66,6 @@ fn pct(x: f64) -> f64 {
     (x * 100.0 * 1e6).round() / 1e6
 }
 
-/// Raw samples between `from` and `to`: the live file and the archive's
-/// files of those months.
-fn week_samples(layout: &Layout, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Vec<f64>, ObserveError> {
-    let mut files = vec![layout.latency_csv()];
-    let mut month = from - Duration::days(1);
-    while month <= to + Duration::days(31) {
-        let dir = layout
-            .latency_archive()
-            .join(month.format("%Y").to_string())
-            .join(month.format("%m").to_string());
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            let mut names: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-            names.sort();
-            files.extend(names);
-        }
-        month += Duration::days(28);
-    }
-    files.sort();
-    files.dedup();
-    let (from_ms, to_ms) = (from.timestamp_millis(), to.timestamp_millis());
-    let mut out = Vec::new();
-    for f in files {
-        out.extend(
-            samples::read(&f)?
-                .into_iter()
-                .filter(|s| s.at_ms >= from_ms && s.at_ms < to_ms)
-                .map(|s| s.latency_ms),
-        );
-    }
-    Ok(out)
-}
-
 /// Builds the report of the week starting `p.week_start` (validated
 /// against the schema before it is returned).
 pub fn build(layout: &Layout, p: &Params) -> Result<Value, ObserveError> {
@@ -98,7 +74,15 @@ pub fn build(layout: &Layout, p: &Params) -> Result<Value, ObserveError> {
     let in_week = |t: Option<DateTime<Utc>>| t.is_some_and(|t| t >= from && t < to);
 
     // Latency.
-    let mut lat = week_samples(layout, from, to)?;
+    let mut lat: Vec<f64> = samples::read_window(
+        &layout.latency_csv(),
+        &layout.latency_archive(),
+        from.timestamp_millis(),
+        to.timestamp_millis(),
+    )?
+    .into_iter()
+    .map(|s| s.latency_ms)
+    .collect();
     let n = lat.len();
     let pcts = rollup::percentiles(&mut lat);
     let hours: Vec<rollup::Rollup> = rollup::read(&layout.rollup_csv())?
@@ -234,7 +218,7 @@ pub fn save(dir: &Path, doc: &Value, signature: &str) -> Result<[PathBuf; 2], Ob
     let week = doc["week_start"].as_str().unwrap_or("unknown");
     let json_path = dir.join(format!("{week}.json"));
     let sig_path = dir.join(format!("{week}.sig"));
-    crate::files::write_atomic(&json_path, &sign::canonical(doc))?;
+    crate::files::write_atomic(&json_path, &sign::canonical(doc)?)?;
     crate::files::write_atomic(&sig_path, format!("{signature}\n").as_bytes())?;
     Ok([json_path, sig_path])
 }
