@@ -660,6 +660,38 @@ async fn dashboard_bundles_count_up_verify_upload_restore_and_prune() {
     );
     assert_eq!(dashboard::verify(&layout.dashboard()).unwrap().sequence, 2);
     std::fs::remove_dir_all(dir).unwrap();
+
+    // An export killed between its two renames left no bundle and the
+    // good one aside: the next export puts it back, and a partial export
+    // still carries every other dataset over.
+    std::fs::remove_dir_all(e.tmp.path().join("runs/fx_g10-r3")).unwrap();
+    let ledger = e.tmp.path().join("runs/index.csv");
+    let kept: String = std::fs::read_to_string(&ledger)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("fx_g10-r3"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&ledger, kept).unwrap();
+    std::fs::rename(
+        layout.dashboard(),
+        layout.out.join(".dashboard.old-20260101T000000Z-dashboard"),
+    )
+    .unwrap();
+    let only_slippage = Options {
+        datasets: vec![Dataset::Slippage],
+        ..Options::default()
+    };
+    let r4 = e.automation().run(Job::Dashboard, &only_slippage).await;
+    assert_eq!(r4.status, RunStatus::Ok, "{r4:?}");
+    let m4 = dashboard::verify(&layout.dashboard()).unwrap();
+    assert_eq!((m4.sequence, m4.datasets.len()), (3, 4), "{m4:?}");
+    // A damaged current bundle: the others come from the history instead.
+    std::fs::write(layout.dashboard().join("turnover.json"), "{}").unwrap();
+    let r5 = e.automation().run(Job::Dashboard, &only_slippage).await;
+    assert_eq!(r5.status, RunStatus::Ok, "{r5:?}");
+    let m5 = dashboard::verify(&layout.dashboard()).unwrap();
+    assert_eq!((m5.sequence, m5.datasets.len()), (4, 4), "{m5:?}");
 }
 
 #[test]

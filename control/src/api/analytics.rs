@@ -180,19 +180,20 @@ fn fingerprint(inputs: &[PathBuf]) -> String {
 /// inputs are files) and caches it. The key holds the cache's generation
 /// (jobs bump it), the query (JSON: no two queries share a key) and the
 /// inputs' fingerprint.
-async fn cached<F>(
+async fn cached<I, F>(
     state: &AppState,
     route: &str,
     q: &BTreeMap<String, String>,
-    inputs: Vec<PathBuf>,
+    inputs: I,
     build: F,
 ) -> Result<Response, ApiError>
 where
+    I: FnOnce() -> Vec<PathBuf> + Send + 'static,
     F: FnOnce() -> Result<Value, ApiError> + Send + 'static,
 {
     let redis = &state.services.redis;
     let query = serde_json::to_string(q).unwrap_or_default();
-    let stamp = tokio::task::spawn_blocking(move || fingerprint(&inputs))
+    let stamp = tokio::task::spawn_blocking(move || fingerprint(&inputs()))
         .await
         .map_err(|_| ApiError::internal("reading the inputs"))?;
     let key = match redis.analytics_generation().await {
@@ -284,7 +285,10 @@ pub async fn latency(
         layout(&state),
         state.services.config.control.observability.latency.slo_p95_ms,
     );
-    let inputs = vec![l.rollup_csv(), l.latency_heartbeat()];
+    let inputs = {
+        let files = vec![l.rollup_csv(), l.latency_heartbeat()];
+        move || files
+    };
     cached(&state, "latency", &q.clone(), inputs, move || {
         let hours: Vec<rollup::Rollup> = rollup::read(&l.rollup_csv())
             .map_err(failed("reading the rollups"))?
@@ -350,7 +354,10 @@ pub async fn portfolio(
         warning_fraction: wr.drawdown_warning_fraction,
     };
     let only_strategy = q.get("strategy").cloned();
-    let inputs = vec![l.runs.join("index.csv")];
+    let inputs = {
+        let files = vec![l.runs.join("index.csv")];
+        move || files
+    };
     cached(&state, "portfolio", &q, inputs, move || {
         let ledger = inputs::ledger(&l.runs).map_err(failed("reading runs/index.csv"))?;
         let latest = inputs::latest_portfolios(&l.runs, &ledger).map_err(failed("reading the backtests"))?;
@@ -427,7 +434,10 @@ pub async fn runs(
         q.get("strategy").cloned(),
         q.get("status").cloned(),
     );
-    let inputs = vec![l.runs.join("index.csv")];
+    let inputs = {
+        let files = vec![l.runs.join("index.csv")];
+        move || files
+    };
     cached(&state, "runs", &q, inputs, move || {
         let mut rows: Vec<inputs::LedgerRow> = inputs::ledger(&l.runs)
             .map_err(failed("reading runs/index.csv"))?
@@ -485,7 +495,10 @@ pub async fn weekly_report(
         None => None,
     };
     let dir = layout(&state).weekly_history();
-    let inputs = vec![dir.clone()];
+    let inputs = {
+        let files = vec![dir.clone()];
+        move || files
+    };
     cached(&state, "weekly", &q, inputs, move || {
         match weekly::load(&dir, week).map_err(failed("reading the report"))? {
             Some((report, signature)) => Ok(json!(WeeklyReport { report, signature })),
@@ -517,7 +530,10 @@ pub async fn data_quality_report(
     let cfg = &state.services.config;
     let name = cfg.control.retrain.dataset.clone();
     let root: PathBuf = cfg.storage.datasets_root.join(&name);
-    let inputs = crate::observability::dq::inputs(&root);
+    let inputs = {
+        let root = root.clone();
+        move || crate::observability::dq::inputs(&root)
+    };
     cached(&state, "dq", &q, inputs, move || {
         Ok(json!(crate::observability::dq::report(
             &root,

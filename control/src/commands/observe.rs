@@ -167,7 +167,18 @@ fn verify_dashboard(
     let (_rt, a) = automation(config_dir, env, vars)?;
     let layout = a.layout();
     // Not between an export's two renames, and no export while restoring.
-    let _held = mlcore_observe::lock::lock(&layout.lock(Job::Dashboard))?;
+    let lock_file = layout.lock(Job::Dashboard);
+    let _held = match mlcore_observe::lock::try_lock(&lock_file)? {
+        Some(held) => held,
+        None => {
+            writeln!(
+                err,
+                "waiting for the running dashboard export to finish ({})",
+                lock_file.display()
+            )?;
+            mlcore_observe::lock::lock(&lock_file)?
+        }
+    };
     let dir = bundle.map_or_else(|| layout.dashboard(), Path::to_owned);
     match dashboard::verify(&dir) {
         Ok(m) => {

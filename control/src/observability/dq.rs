@@ -43,7 +43,17 @@ pub fn report(root: &Path, name: &str) -> DataQuality {
     let ds = match Dataset::open(root) {
         Ok(d) => d,
         Err(e) => {
-            check("index_readable", false, e.to_string());
+            // Viewers read this: the path and the parser's position go to
+            // the log.
+            tracing::warn!(dataset = %root.display(), error = %e, "data quality: the dataset index cannot be read");
+            check(
+                "index_readable",
+                false,
+                format!(
+                    "{} is missing or unreadable; the control plane's log says why",
+                    mlcore_research::dataset::INDEX_FILE
+                ),
+            );
             return DataQuality {
                 dataset: name.to_owned(),
                 ok: false,
@@ -114,10 +124,13 @@ pub fn report(root: &Path, name: &str) -> DataQuality {
     ] {
         check(name, failing.is_empty(), list(failing, fine));
     }
+    // A reason the dataset layer wrote about an unreadable marker names
+    // its absolute path: shown relative to the dataset.
+    let prefix = format!("{}/", root.display());
     let quarantined: Vec<Value> = ds
         .quarantined
         .iter()
-        .map(|q| json!({"symbol": q.entry.symbol, "date": q.entry.date, "path": q.entry.path, "reason": q.reason}))
+        .map(|q| json!({"symbol": q.entry.symbol, "date": q.entry.date, "path": q.entry.path, "reason": q.reason.replace(&prefix, "")}))
         .collect();
     DataQuality {
         dataset: name.to_owned(),
@@ -145,6 +158,12 @@ pub fn inputs(root: &Path) -> Vec<PathBuf> {
             }
             out.push(file);
         }
+        // A marker rewritten in place changes its own time, not its
+        // folder's.
+        out.extend(
+            dirs.iter()
+                .map(|d| d.join(mlcore_research::dataset::QUARANTINE_FILE)),
+        );
         out.extend(dirs);
     }
     out

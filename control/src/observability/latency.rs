@@ -136,6 +136,13 @@ impl Automation {
         let cfg = self.config.control.observability.latency.clone();
         let l = self.layout.clone();
         let mut state = slo::LatencyState::load(&l.latency_state())?;
+        if state.recover(&l.latency_csv())? {
+            tracing::warn!(
+                "the last latency run died while appending: its samples are taken back and sampled again"
+            );
+            files::write_json(&l.latency_state(), &state)?;
+        }
+        let cursors_before = state.cursors.clone();
         let (new, sampling) = self.sample(&mut state, now).await?;
         let histograms = self.histograms(&mut state).await;
         let mut artefacts = vec![l.display(&l.latency_csv()), l.display(&l.rollup_csv())];
@@ -143,11 +150,19 @@ impl Automation {
         // The files, on a blocking thread (`serve` runs this on the API's
         // runtime). The cursors are saved right after the samples are
         // appended, so a run that fails later never appends them twice.
-        let (samples_new, layout, job_id, cursors) = (new.clone(), l.clone(), job.clone(), state.clone());
+        let (samples_new, layout, job_id, mut cursors) = (new.clone(), l.clone(), job.clone(), state.clone());
         let slo_p95_ms = cfg.slo_p95_ms;
         let (rollups_written, kept) = tokio::task::spawn_blocking(move || {
             let l = layout;
+            // Write-ahead: the state says an append is under way (and what
+            // to undo it to) before the file changes.
+            cursors.pending = Some(slo::PendingAppend {
+                len_before: std::fs::metadata(l.latency_csv()).map_or(0, |m| m.len()),
+                cursors_before,
+            });
+            files::write_json(&l.latency_state(), &cursors)?;
             samples::append(&l.latency_csv(), &samples_new)?;
+            cursors.pending = None;
             files::write_json(&l.latency_state(), &cursors)?;
             // Roll up the hours this run's samples fall in from every
             // sample of those hours, archived ones included.
@@ -207,7 +222,9 @@ impl Automation {
             )),
             _ => None,
         };
-        let resolving = resolved.is_some();
+        // What the channels were told, in real runs only: a dry run neither
+        // opens nor closes an incident.
+        let mut resolution_delivered = false;
         let mut alerts = Vec::new();
         for (mut payload, severity, resolve) in raised
             .map(|p| (p, eval.level, false))
@@ -220,15 +237,21 @@ impl Automation {
                 files::write_json(&path, &payload)?;
                 artefacts.push(l.display(&path));
             } else {
-                payload["notified_channels"] = json!(self.raise(severity, &payload, resolve).await);
+                let (sent, all_delivered) = self.raise(severity, &payload, resolve).await;
+                payload["notified_channels"] = json!(sent);
+                resolution_delivered |= resolve && all_delivered;
             }
             alerts.push(payload);
         }
-        state.open_alert = match (eval.level, resolving) {
-            (slo::Level::Ok, true) => None,
-            (slo::Level::Ok, false) => state.open_alert,
-            (level, _) => Some(state.open_alert.map_or(level, |o| o.max(level))),
-        };
+        if !opts.dry_run_alert {
+            state.open_alert = match eval.level {
+                // Closed once every channel took the resolution; a failed
+                // one is tried again by the next run within the SLO.
+                slo::Level::Ok if resolution_delivered => None,
+                slo::Level::Ok => state.open_alert,
+                level => Some(state.open_alert.map_or(level, |o| o.max(level))),
+            };
+        }
         files::write_json(&l.latency_state(), &state)?;
         let heartbeat = slo::Heartbeat {
             job_id: job.to_string(),
@@ -266,9 +289,10 @@ impl Automation {
     /// Sends the breach alert (or its resolution) through
     /// `notifications.yaml`'s routing (Slack, PagerDuty with the dedup key,
     /// the signed webhook) and waits for the deliveries; returns the
-    /// channels that took it. A resolution goes where the alert went (the
-    /// alert's severity) and closes the PagerDuty incident.
-    async fn raise(&self, level: slo::Level, payload: &Value, resolve: bool) -> Vec<String> {
+    /// channels that took it and whether none failed. A resolution goes
+    /// where the alert went (the alert's severity) and closes the
+    /// PagerDuty incident.
+    async fn raise(&self, level: slo::Level, payload: &Value, resolve: bool) -> (Vec<String>, bool) {
         let alert = Alert {
             severity: match level {
                 slo::Level::Critical => Severity::Critical,
@@ -283,12 +307,15 @@ impl Automation {
             details: payload.clone(),
             resolve,
         };
-        self.notifier
-            .notify(&alert)
-            .await
+        let deliveries = self.notifier.notify(&alert).await;
+        let all_delivered = !deliveries
+            .iter()
+            .any(|(_, d)| matches!(d, Delivery::Failed { .. }));
+        let sent = deliveries
             .into_iter()
             .filter(|(_, d)| matches!(d, Delivery::Sent { .. }))
             .map(|(ch, _)| format!("{ch:?}").to_lowercase())
-            .collect()
+            .collect();
+        (sent, all_delivered)
     }
 }

@@ -73,7 +73,11 @@ impl Automation {
                 artefacts.push(l.display(&p));
             }
         }
-        let pruned = weekly::prune(&l.weekly_history(), now, cfg.history_days)?;
+        let pruned = if delivery == "dry_run" {
+            Vec::new()
+        } else {
+            weekly::prune(&l.weekly_history(), now, cfg.history_days)?
+        };
         Ok(Outcome {
             artefacts,
             alerts: Vec::new(),

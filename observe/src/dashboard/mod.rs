@@ -167,13 +167,27 @@ fn swap_in(staged: &Path, live: &Path, job: &str) -> Result<(), ObserveError> {
 }
 
 /// Removes staging and replaced folders a killed export or restore left
-/// beside `live`.
+/// beside `live`. A swap killed between its two renames left no `live`
+/// and the good bundle as `.dashboard.old-*`: that one is put back first.
 fn remove_leftovers(live: &Path) -> Result<(), ObserveError> {
     let Some(dir) = live.parent() else { return Ok(()) };
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(());
     };
-    for e in entries.flatten() {
+    let mut entries: Vec<_> = entries.flatten().collect();
+    if !live.exists() {
+        if let Some(old) = entries
+            .iter()
+            .find(|e| e.file_name().to_string_lossy().starts_with(".dashboard.old-"))
+        {
+            std::fs::rename(old.path(), live).map_err(ObserveError::io(live))?;
+        }
+        entries = std::fs::read_dir(dir)
+            .map_err(ObserveError::io(dir))?
+            .flatten()
+            .collect();
+    }
+    for e in entries {
         let name = e.file_name().to_string_lossy().into_owned();
         if [".dashboard.staging-", ".dashboard.old-", ".dashboard.restore-"]
             .iter()
@@ -253,16 +267,21 @@ pub fn export(layout: &Layout, spec: &ExportSpec<'_>) -> Result<Exported, Observ
             checksum_sha256: sha256_file(&path)?,
         });
     }
-    // The datasets not rebuilt this time stay as they were (when the
-    // current bundle verifies), so a partial export never takes a dataset
-    // away from the dashboards.
-    if let Ok(current) = verify(&live) {
+    // The datasets not rebuilt this time stay as they were — from the
+    // current bundle, or the newest of the history that verifies when it
+    // does not — so a partial export never takes a dataset away.
+    let base = verify(&live).ok().map(|m| (live.clone(), m)).or_else(|| {
+        history(layout)
+            .into_iter()
+            .find_map(|d| verify(&d).ok().map(|m| (d, m)))
+    });
+    if let Some((dir, current)) = base {
         for e in current.datasets {
             if which.iter().any(|d| d.name() == e.dataset) {
                 continue;
             }
             let dest = staged.join(&e.file);
-            std::fs::copy(live.join(&e.file), &dest).map_err(ObserveError::io(&dest))?;
+            std::fs::copy(dir.join(&e.file), &dest).map_err(ObserveError::io(&dest))?;
             entries.push(e);
         }
     }

@@ -40,15 +40,17 @@ fn once(program: &str, args: &[String], timeout: Duration) -> Result<(), String>
         .process_group(0)
         .spawn()
         .map_err(|e| format!("`{program}` could not start: {e}"))?;
-    // Read stderr beside the wait, so a chatty command never blocks on a
-    // full pipe.
+    // Read stderr beside the wait, all of it (a reader that stopped would
+    // kill a chatty command with SIGPIPE), keeping the first 64 KiB.
     let mut pipe = child.stderr.take();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
         if let Some(p) = pipe.as_mut() {
-            let _ = p.take(64 * 1024).read_to_string(&mut text);
+            let _ = p.by_ref().take(64 * 1024).read_to_end(&mut kept);
+            let _ = std::io::copy(p, &mut std::io::sink());
         }
-        text
+        let _ = tx.send(String::from_utf8_lossy(&kept).into_owned());
     });
     let started = Instant::now();
     let status = loop {
@@ -76,7 +78,8 @@ fn once(program: &str, args: &[String], timeout: Duration) -> Result<(), String>
             Err(e) => break Err(format!("`{program}`: {e}")),
         }
     };
-    let stderr = reader.join().unwrap_or_default();
+    // A background child still holding stderr must not hold the upload.
+    let stderr = rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
     match status? {
         s if s.success() => Ok(()),
         s => Err(format!("`{program}` exited with {s}: {}", stderr.trim())),

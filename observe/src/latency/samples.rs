@@ -59,7 +59,13 @@ pub fn append(path: &Path, samples: &[Sample]) -> Result<u64, ObserveError> {
     for s in samples {
         text.push_str(&line(s));
     }
-    f.write_all(text.as_bytes()).map_err(ObserveError::io(path))?;
+    let before = f.metadata().map_err(ObserveError::io(path))?.len();
+    if let Err(e) = f.write_all(text.as_bytes()) {
+        // Whole rows of a batch that failed would be appended again with
+        // the batch: take them back (best effort; the error is the news).
+        let _ = f.set_len(before);
+        return Err(ObserveError::io(path)(e));
+    }
     Ok(f.metadata().map_err(ObserveError::io(path))?.len())
 }
 
@@ -97,7 +103,15 @@ pub fn read_window(
             .join(t.format("%Y").to_string())
             .join(t.format("%m").to_string());
         if let Ok(entries) = std::fs::read_dir(&dir) {
-            files.extend(entries.flatten().map(|e| e.path()));
+            // A file rotated at T holds only samples before T's hour: one
+            // rotated at or before `start_ms` holds none of the window.
+            files.extend(entries.flatten().map(|e| e.path()).filter(|p| {
+                p.file_stem()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| serde_json::from_value::<JobId>(n.into()).ok())
+                    .and_then(|id| id.started())
+                    .is_none_or(|t| t.timestamp_millis() > start_ms)
+            }));
         }
         month += 28 * 86_400_000;
     }

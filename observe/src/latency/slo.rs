@@ -31,9 +31,42 @@ pub struct LatencyState {
     /// the next run within it sends the resolution.
     #[serde(default)]
     pub open_alert: Option<Level>,
+    /// An append under way: written before the samples are, cleared after.
+    /// Found by the next run, it means the last one died mid-write: the
+    /// file goes back to its length and the cursors to where they were, so
+    /// those entries are sampled again, once.
+    #[serde(default)]
+    pub pending: Option<PendingAppend>,
+}
+
+/// What an interrupted append is undone to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PendingAppend {
+    /// `signal_latency.csv`'s length before the append.
+    pub len_before: u64,
+    /// The cursors before the sampling.
+    pub cursors_before: BTreeMap<String, String>,
 }
 
 impl LatencyState {
+    /// Undoes an append the last run did not finish (see `pending`):
+    /// truncates `live` back and restores the cursors. Returns whether
+    /// there was one.
+    pub fn recover(&mut self, live: &Path) -> Result<bool, ObserveError> {
+        let Some(p) = self.pending.take() else {
+            return Ok(false);
+        };
+        if std::fs::metadata(live).is_ok_and(|m| m.len() > p.len_before) {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(live)
+                .map_err(ObserveError::io(live))?;
+            f.set_len(p.len_before).map_err(ObserveError::io(live))?;
+        }
+        self.cursors = p.cursors_before;
+        Ok(true)
+    }
+
     /// The state (default when the file does not exist yet).
     pub fn load(path: &Path) -> Result<Self, ObserveError> {
         if path.exists() {
@@ -173,6 +206,26 @@ pub struct Heartbeat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interrupted_append_is_taken_back_with_its_cursors() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("signal_latency.csv");
+        std::fs::write(&live, "header\nrow 1\nrow 2 of a batch that died\n").unwrap();
+        let before: BTreeMap<String, String> = [("k".to_owned(), "1-0".to_owned())].into();
+        let mut st = LatencyState {
+            cursors: [("k".to_owned(), "9-0".to_owned())].into(),
+            pending: Some(PendingAppend {
+                len_before: "header\nrow 1\n".len() as u64,
+                cursors_before: before.clone(),
+            }),
+            ..LatencyState::default()
+        };
+        assert!(st.recover(&live).unwrap());
+        assert_eq!(std::fs::read_to_string(&live).unwrap(), "header\nrow 1\n");
+        assert_eq!((st.cursors, st.pending), (before, None));
+        assert!(!LatencyState::default().recover(&live).unwrap());
+    }
 
     #[test]
     fn two_then_three_consecutive_breaches_warn_then_go_critical_and_a_good_run_resets() {
