@@ -760,6 +760,10 @@ fn the_prefect_flow_fans_out_folds_and_trials_and_computes_what_the_in_process_r
         .env("PREFECT_HOME", prefect_home.path())
         .env("PREFECT_API_URL", "")
         .env("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        // The local runner's ephemeral API server (uvicorn and its SQLite
+        // migrations) takes more than Prefect's default 20 s to start
+        // when the suite loads both cores; it timed out once in CI.
+        .env("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
         .env("DO_NOT_TRACK", "1")
         .env("PREFECT_LOGGING_LEVEL", "WARNING")
         .output()
