@@ -15,14 +15,12 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use mlcore_config::Role;
 use mlcore_observe::latency::{rollup, slo};
 use mlcore_observe::time::{midnight, parse, rfc3339};
 use mlcore_observe::{files, inputs, weekly, Layout};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::auth::{authenticate, require};
 use super::error::ApiError;
 use super::AppState;
 
@@ -30,11 +28,6 @@ type Params = Query<BTreeMap<String, String>>;
 
 /// The cache header.
 pub const CACHE_HEADER: &str = "x-mlcore-cache";
-
-fn viewer(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let p = authenticate(headers, &state.principals)?;
-    require(&p, &[Role::Viewer, Role::Operator, Role::Approver])
-}
 
 fn layout(state: &AppState) -> Layout {
     let s = &state.services.config.storage;
@@ -278,7 +271,7 @@ pub async fn latency(
     headers: HeaderMap,
     Query(q): Params,
 ) -> Result<Response, ApiError> {
-    viewer(&state, &headers)?;
+    state.reader(&headers)?;
     only(&q, &["from", "to"])?;
     let (from, to) = window(&q, 1)?;
     let (l, slo_p95_ms) = (
@@ -342,7 +335,7 @@ pub async fn portfolio(
     headers: HeaderMap,
     Query(q): Params,
 ) -> Result<Response, ApiError> {
-    viewer(&state, &headers)?;
+    state.reader(&headers)?;
     only(&q, &["strategy"])?;
     let l = layout(&state);
     let wr = state.services.config.control.observability.weekly_report.clone();
@@ -418,7 +411,7 @@ pub async fn runs(
     headers: HeaderMap,
     Query(q): Params,
 ) -> Result<Response, ApiError> {
-    viewer(&state, &headers)?;
+    state.reader(&headers)?;
     only(&q, &["from", "to", "strategy", "status"])?;
     let (from, to) = window(&q, 30)?;
     if let Some(s) = q.get("status") {
@@ -483,7 +476,7 @@ pub async fn weekly_report(
     headers: HeaderMap,
     Query(q): Params,
 ) -> Result<Response, ApiError> {
-    viewer(&state, &headers)?;
+    state.reader(&headers)?;
     only(&q, &["week_start"])?;
     let week = match q.get("week_start") {
         Some(w) => Some(NaiveDate::parse_from_str(w, "%Y-%m-%d").map_err(|_| {
@@ -525,7 +518,7 @@ pub async fn data_quality_report(
     headers: HeaderMap,
     Query(q): Params,
 ) -> Result<Response, ApiError> {
-    viewer(&state, &headers)?;
+    state.reader(&headers)?;
     only(&q, &[])?;
     let cfg = &state.services.config;
     let name = cfg.control.retrain.dataset.clone();

@@ -13,7 +13,7 @@ use axum::Json;
 use mlcore_config::Role;
 use serde::{Deserialize, Serialize};
 
-use super::auth::{authenticate, require, Principal};
+use super::auth::Principal;
 use super::error::{text_field, ApiError};
 use super::ops::bad_json;
 use super::AppState;
@@ -50,11 +50,6 @@ pub struct EditBody {
 pub struct ChangeList {
     /// Newest first.
     pub changes: Vec<ChangeRequest>,
-}
-
-fn reader(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let p = authenticate(headers, &state.principals)?;
-    require(&p, &[Role::Viewer, Role::Operator, Role::Approver])
 }
 
 fn checked_id(id: &str) -> Result<(), ApiError> {
@@ -114,7 +109,7 @@ pub async fn list(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Json<ChangeList>, ApiError> {
-    reader(&state, &headers)?;
+    state.reader(&headers)?;
     let changes = cc::list(&state.services).await?;
     Ok(Json(ChangeList { changes }))
 }
@@ -130,7 +125,7 @@ pub async fn show(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<ChangeRequest>, ApiError> {
-    reader(&state, &headers)?;
+    state.reader(&headers)?;
     checked_id(&id)?;
     Ok(Json(cc::get(&state.services, &id).await?))
 }
@@ -149,7 +144,7 @@ pub async fn diff(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Preview>, ApiError> {
-    reader(&state, &headers)?;
+    state.reader(&headers)?;
     checked_id(&id)?;
     Ok(Json(cc::preview(&state.services, &id).await?))
 }
@@ -162,7 +157,7 @@ pub async fn status(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Json<Status>, ApiError> {
-    reader(&state, &headers)?;
+    state.reader(&headers)?;
     Ok(Json(cc::status(&state.services).await?))
 }
 

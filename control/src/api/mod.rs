@@ -102,6 +102,14 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The caller of a read-only route: authenticated, holding any role
+    /// that reads (viewer, operator, approver; admin holds all).
+    pub fn reader(&self, headers: &axum::http::HeaderMap) -> Result<Principal, ApiError> {
+        let p = auth::authenticate(headers, &self.principals)?;
+        auth::require(&p, &[Role::Viewer, Role::Operator, Role::Approver])?;
+        Ok(p)
+    }
+
     /// The caller of a mutating route: authenticated, holding one of
     /// `roles`, within its rate limit.
     pub fn mutating(&self, headers: &axum::http::HeaderMap, roles: &[Role]) -> Result<Principal, ApiError> {

@@ -13,7 +13,6 @@ use mlcore_config::Role;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::{authenticate, require};
 use super::error::{text_field, ApiError, ID_MAX, REASON_MAX};
 use super::ops::bad_json;
 use super::AppState;
@@ -123,8 +122,7 @@ async fn audited<T: serde::Serialize>(
         (status = 401, description = "missing or unknown token", body = super::openapi::ErrorBody),
         (status = 403, description = "role lacking", body = super::openapi::ErrorBody)))]
 pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Listing>, ApiError> {
-    let p = authenticate(&headers, &state.principals)?;
-    require(&p, &[Role::Viewer, Role::Operator, Role::Approver])?;
+    state.reader(&headers)?;
     Ok(Json(registry::list(&state.services).await?))
 }
 

@@ -15,7 +15,6 @@ use mlcore_contract::OpsMode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::{authenticate, require};
 use super::error::{text_field, ApiError, ID_MAX, REASON_MAX};
 use super::AppState;
 use crate::approvals::{self, Verdict};
@@ -355,8 +354,7 @@ pub async fn status(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Json<OpsStatusBody>, ApiError> {
-    let p = authenticate(&headers, &state.principals)?;
-    require(&p, &[Role::Viewer, Role::Operator, Role::Approver])?;
+    state.reader(&headers)?;
     let strategies = ops::status(&state.services).await?;
     Ok(Json(OpsStatusBody { strategies }))
 }

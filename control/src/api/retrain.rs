@@ -15,7 +15,6 @@ use mlcore_retrain::Flow;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::auth::{authenticate, require};
 use super::error::{text_field, ApiError, ID_MAX};
 use super::ops::bad_json;
 use super::AppState;
@@ -110,11 +109,6 @@ fn summary(flow: &Flow<'_>, m: &RunManifest) -> RunSummary {
     }
 }
 
-fn viewer(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let p = authenticate(headers, &state.principals)?;
-    require(&p, &[Role::Viewer, Role::Operator, Role::Approver])
-}
-
 fn not_found(run_id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -146,7 +140,7 @@ async fn load(state: &AppState, run_id: &str) -> Result<(RunManifest, RunSummary
         (status = 401, description = "missing or unknown token", body = super::openapi::ErrorBody),
         (status = 403, description = "role lacking", body = super::openapi::ErrorBody)))]
 pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<RunList>, ApiError> {
-    viewer(&state, &headers)?;
+    state.reader(&headers)?;
     let svc = Arc::clone(&state.services);
     let runs = tokio::task::spawn_blocking(move || {
         let flow = Flow::new(&svc.config);
@@ -173,7 +167,7 @@ pub async fn show(
     headers: HeaderMap,
     Path(run_id): Path<String>,
 ) -> Result<Json<RunDetail>, ApiError> {
-    viewer(&state, &headers)?;
+    state.reader(&headers)?;
     let (m, run) = load(&state, &run_id).await?;
     Ok(Json(RunDetail {
         run,
@@ -192,7 +186,7 @@ pub async fn report(
     headers: HeaderMap,
     Path(run_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    viewer(&state, &headers)?;
+    state.reader(&headers)?;
     let (_, run) = load(&state, &run_id).await?;
     if run.report_url.is_none() {
         return Err(ApiError::new(
