@@ -125,7 +125,10 @@ fn main() {
         || ort_only(&mut onnx, &mut kr),
     );
 
-    println!("\n== one 32-symbol decision, 256 market states cycled ==");
+    println!(
+        "\n== one 32-symbol decision, 256 market states cycled (native backend: {}) ==",
+        mlcore_models::native::InstructionSet::detected().name()
+    );
     native_p.print("full decision, native heads (features + 3 heads + portfolio)");
     onnx_p.print("full decision, ONNX Runtime heads (alternated with it)");
     println!(

@@ -18,7 +18,7 @@ use mlcore_benches::{sample_model, Percentiles, SYMBOLS};
 use mlcore_features::{FeatureEngine, N_FEATURES};
 use mlcore_market::Quote;
 use mlcore_models::artifact::VALIDATION_ROWS;
-use mlcore_models::native::{self, NativeHead};
+use mlcore_models::native::{self, CompiledHead, InstructionSet, NativeHead};
 use mlcore_models::scoring::{HeadBackend, HeadScorer};
 use mlcore_research::synth::{Generator, SynthSpec};
 
@@ -149,7 +149,10 @@ fn main() {
         p.print(&name);
     }
 
-    println!("\n== native backend against ONNX Runtime, 32 varied rows, calls alternated ==");
+    println!(
+        "\n== native backend ({}) against ONNX Runtime, 32 varied rows, calls alternated ==",
+        mlcore_models::native::InstructionSet::detected().name()
+    );
     for (name, ort, nat) in heads.iter_mut() {
         let (mut ko, mut kn) = (0usize, 0usize);
         let (o, n) = Percentiles::measure_alternating(
@@ -170,5 +173,36 @@ fn main() {
             n.p50.as_secs_f64() * 1e6,
             o.p50.as_secs_f64() / n.p50.as_secs_f64()
         );
+    }
+
+    // The two instruction sets of the native tree kernels on the same rows,
+    // alternated: what AVX2 buys on this CPU.
+    if InstructionSet::Avx2.available() {
+        println!("\n== native backend: baseline (SSE2) against AVX2, 32 varied rows, calls alternated ==");
+        for (name, spec) in &model.manifest.heads {
+            let file = model.files.get(spec.native.as_deref().unwrap()).unwrap();
+            let head = CompiledHead::compile(&NativeHead::from_json(file).unwrap(), N_FEATURES).unwrap();
+            let (mut kb, mut ka) = (0usize, 0usize);
+            let (mut ob, mut oa) = ([0f32; SYMBOLS], [0f32; SYMBOLS]);
+            let run = |set, k: &mut usize, out: &mut [f32; SYMBOLS]| {
+                *k = (*k + 1) % inputs.len();
+                head.predict_on(set, &inputs[*k], out).unwrap();
+                black_box(out[0]);
+            };
+            let (b, a) = Percentiles::measure_alternating(
+                20_000,
+                2_000,
+                || run(InstructionSet::Baseline, &mut kb, &mut ob),
+                || run(InstructionSet::Avx2, &mut ka, &mut oa),
+            );
+            println!(
+                "{name}: baseline p50 {:.1} µs, AVX2 p50 {:.1} µs: {:.2}×",
+                b.p50.as_secs_f64() * 1e6,
+                a.p50.as_secs_f64() * 1e6,
+                b.p50.as_secs_f64() / a.p50.as_secs_f64()
+            );
+        }
+    } else {
+        println!("\nthis CPU has no AVX2: the native backend runs its baseline form only");
     }
 }

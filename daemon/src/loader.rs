@@ -422,6 +422,7 @@ impl Loader {
                     }
                     HeadBackend::Native { rows, max_abs_diff } if worker == 0 => {
                         tracing::info!(strategy = id, version = m.version, head, rows, max_abs_diff,
+                            instruction_set = mlcore_models::native::InstructionSet::detected().name(),
                             "head runs natively: it agrees with ONNX Runtime on the artifact's validation rows");
                     }
                     HeadBackend::Onnx if worker == 0 => {

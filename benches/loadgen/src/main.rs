@@ -323,7 +323,14 @@ fn main() -> anyhow::Result<()> {
 
     // Reader: follow the daemon's stream; per phase, the latency from each
     // trigger to its decision's entry being visible.
-    let stream = format!("{}:{{{}}}:signals", cfg.redis.namespace, strat.id);
+    // The contract the daemon publishes with (`redis.yaml` `contract`), as
+    // it reads the same configuration: v2's stream or v3's.
+    let keys = mlcore_contract::Keys::new(&cfg.redis.namespace).strategy(strat.id.as_ref());
+    let stream = match cfg.redis.contract {
+        config::GuardContract::V2 => keys.signals,
+        config::GuardContract::V3 => keys.stream_v3,
+    };
+    println!("contract: {:?}, reading {stream}", cfg.redis.contract);
     let stop = Arc::new(AtomicBool::new(false));
     let load_start = Instant::now();
     let (sent_tx, sent_rx) = std::sync::mpsc::channel::<Trigger>();

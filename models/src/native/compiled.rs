@@ -12,14 +12,24 @@
 //!   split ruled out: the lowest set bit of the AND of the masks of the
 //!   splits it fails — whatever order the splits are applied in.
 //! - So for a block of up to 32 rows, feature-major (a feature's column is
-//!   4 vectors of 8 lanes), each split of each tree costs one vector
-//!   compare of its threshold with the column, an OR with its mask and an
-//!   AND into the tree's running masks: 3 instructions per 8 rows, for
-//!   every split of every tree. Then each row adds the value of its exit
-//!   leaf (`trailing_zeros`) to its margin, tree after tree, in tree order
-//!   and in f32, as the trainer's reference predictor does: the same
-//!   probabilities to the bit (unit test). ONNX Runtime adds the base after
-//!   the trees and has its own sigmoid: within 1e-6 (the parity check).
+//!   32 lanes), each split of each tree costs one vector compare of its
+//!   threshold with the column, an OR with its mask and an AND into the
+//!   tree's running masks: 3 instructions per 8 rows with AVX2 (per 4 rows
+//!   without), for every split of every tree. Then each row adds the value
+//!   of its exit leaf (`trailing_zeros`) to its margin, tree after tree, in
+//!   tree order and in f32, as the trainer's reference predictor does: the
+//!   same probabilities to the bit (unit test, on both instruction sets).
+//!   ONNX Runtime adds the base after the trees and has its own sigmoid:
+//!   within 1e-6 (the parity check).
+//! - Two forms of the same loops: the target's baseline (through `wide`:
+//!   SSE2 on x86-64) and AVX2 (`std::arch` intrinsics);
+//!   [`CompiledHead::predict`] takes AVX2 when the CPU has it
+//!   ([`InstructionSet::detected`]: the standard library caches the answer,
+//!   so each call costs an atomic load). The same operations in the same
+//!   order, so the same bits (unit tests), at twice the lanes per
+//!   instruction. Left to the compiler, plain loops over the 32 lanes were
+//!   vectorised across splits instead (gathers, 13× slower), so the vectors
+//!   are spelled out.
 //!
 //! A NaN feature fails every test, as ONNX's `BRANCH_LT` sends it right.
 //!
@@ -33,16 +43,15 @@
 //! (depth up to 17) out of the cache; generated code would need a compiler
 //! at load time. See `docs/models.md`.
 
+use wide::bytemuck::cast;
 use wide::{f32x8, u32x8};
 
 use super::heads::{LogisticHead, Platt, TreeEnsembleHead, TreeNode};
 use super::{NativeError, NativeHead};
 
-/// Rows evaluated together (lanes of 4 vectors): the daemon's universe of
-/// 32 symbols in one block.
+/// Rows evaluated together (the lanes of a column): the daemon's universe
+/// of 32 symbols in one block.
 const BLOCK: usize = 32;
-/// Vectors of 8 lanes per block.
-const VECTORS: usize = BLOCK / 8;
 /// The most features a compiled head takes (the transposed block lives on
 /// the stack: 8 KiB).
 pub const MAX_FEATURES: usize = 64;
@@ -59,21 +68,24 @@ struct Split {
     keep: u32,
 }
 
-/// One tree's splits and leaves, as ranges of the ensemble's arrays.
-#[derive(Debug, Clone, Copy)]
-struct Tree {
-    splits: (u32, u32),
-    /// Its first leaf (leaves are in left-to-right order).
-    leaves: u32,
-}
+/// A tree's leaf values, left to right, padded to [`MAX_LEAVES`]: an exit
+/// leaf's index (`trailing_zeros & 31`) needs no bounds check.
+type Leaves = [f32; MAX_LEAVES];
+
+/// The lanes of a block: one value per row.
+type Lanes<T> = [T; BLOCK];
+
+/// A block transposed: column `j` holds feature `j` of every row.
+type Columns = [Lanes<f32>; MAX_FEATURES];
 
 /// A tree ensemble compiled for batched evaluation.
 #[derive(Debug, Clone)]
 pub struct CompiledTrees {
     splits: Box<[Split]>,
-    /// Every tree's leaf values, each tree's left to right.
-    leaves: Box<[f32]>,
-    trees: Box<[Tree]>,
+    /// Each tree's range of `splits`.
+    trees: Box<[(usize, usize)]>,
+    /// Each tree's leaves.
+    leaves: Box<[Leaves]>,
     base: f32,
     platt: Platt,
     n_features: usize,
@@ -85,17 +97,17 @@ fn number(
     tree: &[TreeNode],
     node: usize,
     next: &mut u32,
-    leaves: &mut Vec<f32>,
+    leaves: &mut Leaves,
     splits: &mut Vec<Split>,
 ) -> Result<u32, NativeError> {
     match tree[node] {
         TreeNode::Leaf(v) => {
-            if *next as usize >= MAX_LEAVES {
+            let Some(slot) = leaves.get_mut(*next as usize) else {
                 return Err(NativeError::Invalid(format!(
                     "a tree has more than {MAX_LEAVES} leaves: the native backend takes up to {MAX_LEAVES}"
                 )));
-            }
-            leaves.push(v);
+            };
+            *slot = v;
             let bit = 1u32 << *next;
             *next += 1;
             Ok(bit)
@@ -129,20 +141,15 @@ impl CompiledTrees {
                 head.n_features
             )));
         }
-        let index = |i: usize| {
-            u32::try_from(i).map_err(|_| NativeError::Invalid(format!("{i} nodes do not fit u32 indices")))
-        };
         let mut splits = Vec::new();
-        let mut leaves = Vec::new();
+        let mut leaves = Vec::with_capacity(head.trees.len());
         let mut trees = Vec::with_capacity(head.trees.len());
         for tree in &head.trees {
-            let (first_split, first_leaf) = (index(splits.len())?, index(leaves.len())?);
-            let mut next = 0;
-            number(tree, 0, &mut next, &mut leaves, &mut splits)?;
-            trees.push(Tree {
-                splits: (first_split, index(splits.len())?),
-                leaves: first_leaf,
-            });
+            let first = splits.len();
+            let (mut next, mut values) = (0, [0.0; MAX_LEAVES]);
+            number(tree, 0, &mut next, &mut values, &mut splits)?;
+            trees.push((first, splits.len()));
+            leaves.push(values);
         }
         Ok(Self {
             splits: splits.into(),
@@ -156,46 +163,174 @@ impl CompiledTrees {
 
     /// Calibrated probabilities of `out.len()` rows of `x` (row-major).
     /// The caller checked `x.len() == out.len() * n_features`.
-    fn predict(&self, x: &[f32], out: &mut [f32]) {
+    /// `set` is available on this CPU.
+    fn predict(&self, set: InstructionSet, x: &[f32], out: &mut [f32]) {
         let f = self.n_features;
-        // The block, feature-major: column `j` is `columns[j]`, 32 lanes in
-        // 4 vectors.
-        let mut columns = [[f32x8::ZERO; VECTORS]; MAX_FEATURES];
+        let mut columns: Columns = [[0.0; BLOCK]; MAX_FEATURES];
         for (block, out) in x.chunks(BLOCK * f).zip(out.chunks_mut(BLOCK)) {
             for (j, column) in columns.iter_mut().enumerate().take(f) {
-                for (k, v) in column.iter_mut().enumerate() {
+                for (i, v) in column.iter_mut().enumerate() {
                     // Rows past the block's end read 0; their lanes are
                     // computed and never read.
-                    let mut a = [0f32; 8];
-                    for (i, a) in a.iter_mut().enumerate() {
-                        *a = block.get((8 * k + i) * f + j).copied().unwrap_or(0.0);
-                    }
-                    *v = f32x8::from(a);
+                    *v = block.get(i * f + j).copied().unwrap_or(0.0);
                 }
             }
             let mut margin = [self.base; BLOCK];
-            for tree in self.trees.iter() {
-                let mut remain = [u32x8::splat(u32::MAX); VECTORS];
-                for s in &self.splits[tree.splits.0 as usize..tree.splits.1 as usize] {
-                    let threshold = f32x8::splat(s.threshold);
-                    let keep = u32x8::splat(s.keep);
-                    for (r, v) in remain.iter_mut().zip(&columns[s.feature as usize]) {
-                        // Lanes that pass the test are all ones: they keep
-                        // every leaf; the others keep `keep`.
-                        let pass: u32x8 = wide::bytemuck::cast(v.simd_lt(threshold));
-                        *r &= pass | keep;
-                    }
-                }
-                let leaves = &self.leaves[tree.leaves as usize..];
-                for (m, exit) in margin.iter_mut().zip(remain.iter().flat_map(|r| r.to_array())) {
-                    *m += leaves[exit.trailing_zeros() as usize];
-                }
-            }
+            set.margins(
+                Block {
+                    splits: &self.splits,
+                    trees: &self.trees,
+                    leaves: &self.leaves,
+                    columns: &columns,
+                },
+                &mut margin,
+            );
             for (o, m) in out.iter_mut().zip(margin) {
                 *o = self.platt.apply(m);
             }
         }
     }
+}
+
+/// What the margins of a block are computed from.
+#[derive(Debug, Clone, Copy)]
+struct Block<'a> {
+    splits: &'a [Split],
+    trees: &'a [(usize, usize)],
+    leaves: &'a [Leaves],
+    columns: &'a Columns,
+}
+
+/// An instruction set the tree kernels are compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstructionSet {
+    /// The target's baseline: SSE2 on x86-64 (4 lanes per instruction).
+    Baseline,
+    /// AVX2 (8 lanes per instruction), where the CPU has it.
+    Avx2,
+}
+
+impl InstructionSet {
+    /// The best one this CPU runs: what [`CompiledHead::predict`] uses.
+    /// The standard library caches the CPU's answer: an atomic load.
+    pub fn detected() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Self::Avx2;
+        }
+        Self::Baseline
+    }
+
+    /// Whether this CPU runs it.
+    pub fn available(self) -> bool {
+        self == Self::Baseline || Self::detected() == Self::Avx2
+    }
+
+    /// Its name in logs and benchmark reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Baseline => "baseline",
+            Self::Avx2 => "avx2",
+        }
+    }
+
+    /// Adds every tree's exit-leaf value to each lane's margin, tree after
+    /// tree, in this set when the CPU runs it (else in the baseline).
+    fn margins(self, block: Block<'_>, margin: &mut Lanes<f32>) {
+        #[cfg(target_arch = "x86_64")]
+        if self == Self::Avx2 && std::arch::is_x86_feature_detected!("avx2") {
+            #[allow(unsafe_code)]
+            // SAFETY: `margins_avx2` only needs the CPU to have AVX2, which
+            // the condition has just checked.
+            unsafe {
+                margins_avx2(block, margin)
+            };
+            return;
+        }
+        margins_baseline(block, margin);
+    }
+}
+
+/// A column as the kernels read it: 4 vectors of 8 lanes.
+fn vectors(column: &Lanes<f32>) -> &[[f32; 8]; 4] {
+    wide::bytemuck::cast_ref(column)
+}
+
+/// The x86-64 baseline (SSE2, through `wide`): per split, for the 32
+/// lanes, a compare, an OR and an AND (each `f32x8` op is two SSE ops);
+/// per tree, each lane's exit leaf added to its margin.
+fn margins_baseline(block: Block<'_>, margin: &mut Lanes<f32>) {
+    let Block {
+        splits,
+        trees,
+        leaves,
+        columns,
+    } = block;
+    for (&(first, end), values) in trees.iter().zip(leaves) {
+        let mut remain = [u32x8::splat(u32::MAX); 4];
+        for s in splits.get(first..end).unwrap_or_default() {
+            // `feature < MAX_FEATURES` (compile checks it); the modulo only
+            // spares the bounds check.
+            let column = vectors(&columns[s.feature as usize % MAX_FEATURES]);
+            let threshold = f32x8::splat(s.threshold);
+            let keep = u32x8::splat(s.keep);
+            for (r, v) in remain.iter_mut().zip(column) {
+                // Lanes that pass the test are all ones: they keep every
+                // leaf; the others keep `keep`.
+                let pass: u32x8 = cast(f32x8::from(*v).simd_lt(threshold));
+                *r &= pass | keep;
+            }
+        }
+        let exits = remain.iter().flat_map(|r| r.to_array());
+        for (m, exit) in margin.iter_mut().zip(exits) {
+            // A tree's rightmost leaf is in no left subtree, so `exit != 0`.
+            *m += values[(exit.trailing_zeros() % MAX_LEAVES as u32) as usize];
+        }
+    }
+}
+
+/// [`margins_baseline`] in AVX2: the same operations in the same order on
+/// 256-bit vectors (`wide` picks its instructions when the crate is
+/// compiled, so this form is written with `std::arch`'s intrinsics, which
+/// a `#[target_feature]` function may call safely).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn margins_avx2(block: Block<'_>, margin: &mut Lanes<f32>) {
+    use std::arch::x86_64::{
+        __m256, __m256i, _mm256_add_ps, _mm256_and_si256, _mm256_castps_si256, _mm256_cmp_ps,
+        _mm256_or_si256, _mm256_set1_epi32, _mm256_set1_ps, _CMP_LT_OQ,
+    };
+    let Block {
+        splits,
+        trees,
+        leaves,
+        columns,
+    } = block;
+    let mut sums: [__m256; 4] = cast(*margin);
+    for (&(first, end), values) in trees.iter().zip(leaves) {
+        let mut remain = [_mm256_set1_epi32(-1); 4];
+        for s in splits.get(first..end).unwrap_or_default() {
+            let column = vectors(&columns[s.feature as usize % MAX_FEATURES]);
+            let threshold = _mm256_set1_ps(s.threshold);
+            let keep = _mm256_set1_epi32(i32::from_ne_bytes(s.keep.to_ne_bytes()));
+            for (r, v) in remain.iter_mut().zip(column) {
+                let v: __m256 = cast(*v);
+                // `_CMP_LT_OQ`: false for NaN, as `simd_lt`.
+                let pass = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(v, threshold));
+                *r = _mm256_and_si256(*r, _mm256_or_si256(pass, keep));
+            }
+        }
+        for (sum, r) in sums.iter_mut().zip(remain) {
+            let exits: [u32; 8] = cast::<__m256i, _>(r);
+            let mut add = [0f32; 8];
+            for (a, exit) in add.iter_mut().zip(exits) {
+                *a = values[(exit.trailing_zeros() % MAX_LEAVES as u32) as usize];
+            }
+            // Lane by lane the same f32 addition as the baseline's.
+            *sum = _mm256_add_ps(*sum, cast(add));
+        }
+    }
+    *margin = cast(sums);
 }
 
 /// A head in its compiled form.
@@ -241,11 +376,22 @@ impl CompiledHead {
     }
 
     /// Writes the probability of each of `out.len()` rows of `x` into
-    /// `out`, without allocating.
+    /// `out`, without allocating, with the best instruction set this CPU
+    /// has ([`InstructionSet::detected`]).
     ///
     /// # Errors
     /// [`NativeError::Shape`] when `x` does not hold `out.len()` rows.
     pub fn predict(&self, x: &[f32], out: &mut [f32]) -> Result<(), NativeError> {
+        self.predict_on(InstructionSet::detected(), x, out)
+    }
+
+    /// [`Self::predict`] with tree ensembles evaluated in `set` (benches and
+    /// tests compare them; a logistic head has one form).
+    ///
+    /// # Errors
+    /// [`NativeError::Shape`] when `x` does not hold `out.len()` rows;
+    /// [`NativeError::Unavailable`] when this CPU does not run `set`.
+    pub fn predict_on(&self, set: InstructionSet, x: &[f32], out: &mut [f32]) -> Result<(), NativeError> {
         let f = self.n_features();
         if x.len() != out.len() * f {
             return Err(NativeError::Shape {
@@ -254,8 +400,11 @@ impl CompiledHead {
                 features: f,
             });
         }
+        if !set.available() {
+            return Err(NativeError::Unavailable(set.name()));
+        }
         match self {
-            Self::Trees(t) => t.predict(x, out),
+            Self::Trees(t) => t.predict(set, x, out),
             Self::Logistic(l) => {
                 for (row, o) in x.chunks_exact(f).zip(out.iter_mut()) {
                     *o = l.predict_row(row);
@@ -309,12 +458,94 @@ mod tests {
             .chain([[f32::NAN, 0.0], [0.0, f32::NAN], [0.5, -1.0]])
             .collect();
         let x: Vec<f32> = rows.iter().flatten().copied().collect();
+        let sets: Vec<InstructionSet> = [InstructionSet::Baseline, InstructionSet::Avx2]
+            .into_iter()
+            .filter(|s| s.available())
+            .collect();
+        if sets.len() < 2 {
+            eprintln!("this CPU has no AVX2: that form is not tested here");
+        }
         for n in [1, 31, 32, 33, rows.len()] {
             let mut out = vec![0.0; n];
             c.predict(&x[..n * 2], &mut out).unwrap();
             for (r, o) in rows[..n].iter().zip(&out) {
                 assert_eq!(o.to_bits(), h.predict_row(r).to_bits(), "row {r:?}");
             }
+            for set in &sets {
+                let mut out = vec![0.0; n];
+                c.predict_on(*set, &x[..n * 2], &mut out).unwrap();
+                for (r, o) in rows[..n].iter().zip(&out) {
+                    assert_eq!(o.to_bits(), h.predict_row(r).to_bits(), "{set:?}, row {r:?}");
+                }
+            }
+        }
+    }
+
+    /// Thresholds and values on one coarse grid, so that rows often sit on
+    /// a threshold exactly (`x < t` false there).
+    fn grid(k: u64) -> f32 {
+        ((k % 241) as f32 - 120.0) / 100.0
+    }
+
+    /// A random tree of up to `leaves` leaves over `features` features,
+    /// unbalanced as leaf-wise growth makes them.
+    fn random_tree(next: &mut impl FnMut() -> u64, features: usize, leaves: usize) -> Vec<TreeNode> {
+        let mut nodes = vec![TreeNode::Leaf(0.0)];
+        let mut open = vec![0usize];
+        while open.len() < leaves {
+            let at = open.swap_remove((next() % open.len() as u64) as usize);
+            let (l, r) = (nodes.len(), nodes.len() + 1);
+            nodes.push(TreeNode::Leaf(0.0));
+            nodes.push(TreeNode::Leaf(0.0));
+            nodes[at] = TreeNode::Split {
+                feature: (next() % features as u64) as usize,
+                threshold: grid(next()),
+                left: l,
+                right: r,
+            };
+            open.extend([l, r]);
+        }
+        for i in open {
+            nodes[i] = TreeNode::Leaf((next() % 2001) as f32 / 10_000.0 - 0.1);
+        }
+        nodes
+    }
+
+    #[test]
+    fn every_instruction_set_of_this_cpu_equals_the_reference_on_a_large_random_ensemble() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let features = 23;
+        let h = TreeEnsembleHead {
+            trees: (0..120)
+                .map(|i| random_tree(&mut next, features, 1 + i % MAX_LEAVES))
+                .collect(),
+            base: 0.05,
+            platt: Platt { a: 1.1, b: -0.3 },
+            n_features: features,
+        };
+        let c = CompiledHead::compile(&NativeHead::Trees(h.clone()), features).unwrap();
+        let rows = 100;
+        let x: Vec<f32> = (0..rows * features)
+            .map(|i| if i % 97 == 0 { f32::NAN } else { grid(next()) })
+            .collect();
+        let mut out = vec![0.0; rows];
+        c.predict(&x, &mut out).unwrap();
+        let mut base = vec![0.0; rows];
+        c.predict_on(InstructionSet::Baseline, &x, &mut base).unwrap();
+        for ((row, o), b) in x.chunks(features).zip(&out).zip(&base) {
+            let want = h.predict_row(row).to_bits();
+            assert_eq!(o.to_bits(), want, "detected ({:?})", InstructionSet::detected());
+            assert_eq!(b.to_bits(), want, "baseline");
+        }
+        if !InstructionSet::Avx2.available() {
+            let e = c.predict_on(InstructionSet::Avx2, &x, &mut out).unwrap_err();
+            assert!(e.to_string().contains("avx2"), "{e}");
         }
     }
 

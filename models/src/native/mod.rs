@@ -18,7 +18,7 @@
 pub mod compiled;
 pub mod heads;
 
-pub use compiled::{CompiledHead, CompiledTrees};
+pub use compiled::{CompiledHead, CompiledTrees, InstructionSet};
 pub use heads::{LogisticHead, Platt, TreeEnsembleHead, TreeNode};
 
 /// The largest difference between a native and an ONNX Runtime probability
@@ -89,4 +89,7 @@ pub enum NativeError {
         /// Features per row.
         features: usize,
     },
+    /// An instruction set this CPU does not run.
+    #[error("this CPU does not run the {0} instruction set")]
+    Unavailable(&'static str),
 }
