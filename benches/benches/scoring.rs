@@ -175,34 +175,46 @@ fn main() {
         );
     }
 
-    // The two instruction sets of the native tree kernels on the same rows,
-    // alternated: what AVX2 buys on this CPU.
-    if InstructionSet::Avx2.available() {
-        println!("\n== native backend: baseline (SSE2) against AVX2, 32 varied rows, calls alternated ==");
+    // The forms of the native tree kernels on the same rows, each against
+    // the next narrower one, alternated: what each width buys on this CPU.
+    for pair in InstructionSet::ALL.windows(2) {
+        let [narrow, wider] = [pair[0], pair[1]];
+        if !wider.available() {
+            println!(
+                "\nthis CPU has no {}: the native backend does not run that form here",
+                wider.name()
+            );
+            continue;
+        }
+        println!(
+            "\n== native backend: {} against {}, 32 varied rows, calls alternated ==",
+            narrow.name(),
+            wider.name()
+        );
         for (name, spec) in &model.manifest.heads {
             let file = model.files.get(spec.native.as_deref().unwrap()).unwrap();
             let head = CompiledHead::compile(&NativeHead::from_json(file).unwrap(), N_FEATURES).unwrap();
-            let (mut kb, mut ka) = (0usize, 0usize);
-            let (mut ob, mut oa) = ([0f32; SYMBOLS], [0f32; SYMBOLS]);
+            let (mut kn, mut kw) = (0usize, 0usize);
+            let (mut on, mut ow) = ([0f32; SYMBOLS], [0f32; SYMBOLS]);
             let run = |set, k: &mut usize, out: &mut [f32; SYMBOLS]| {
                 *k = (*k + 1) % inputs.len();
                 head.predict_on(set, &inputs[*k], out).unwrap();
                 black_box(out[0]);
             };
-            let (b, a) = Percentiles::measure_alternating(
+            let (n, w) = Percentiles::measure_alternating(
                 20_000,
                 2_000,
-                || run(InstructionSet::Baseline, &mut kb, &mut ob),
-                || run(InstructionSet::Avx2, &mut ka, &mut oa),
+                || run(narrow, &mut kn, &mut on),
+                || run(wider, &mut kw, &mut ow),
             );
             println!(
-                "{name}: baseline p50 {:.1} µs, AVX2 p50 {:.1} µs: {:.2}×",
-                b.p50.as_secs_f64() * 1e6,
-                a.p50.as_secs_f64() * 1e6,
-                b.p50.as_secs_f64() / a.p50.as_secs_f64()
+                "{name}: {} p50 {:.1} µs, {} p50 {:.1} µs: {:.2}×",
+                narrow.name(),
+                n.p50.as_secs_f64() * 1e6,
+                wider.name(),
+                w.p50.as_secs_f64() * 1e6,
+                n.p50.as_secs_f64() / w.p50.as_secs_f64()
             );
         }
-    } else {
-        println!("\nthis CPU has no AVX2: the native backend runs its baseline form only");
     }
 }

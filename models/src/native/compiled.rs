@@ -21,15 +21,16 @@
 //!   same probabilities to the bit (unit test, on both instruction sets).
 //!   ONNX Runtime adds the base after the trees and has its own sigmoid:
 //!   within 1e-6 (the parity check).
-//! - Two forms of the same loops: the target's baseline (through `wide`:
-//!   SSE2 on x86-64) and AVX2 (`std::arch` intrinsics);
-//!   [`CompiledHead::predict`] takes AVX2 when the CPU has it
+//! - Three forms of the same loops: the target's baseline (through `wide`:
+//!   SSE2 on x86-64), AVX2 and AVX-512 (`std::arch` intrinsics);
+//!   [`CompiledHead::predict`] takes the widest the CPU has
 //!   ([`InstructionSet::detected`]: the standard library caches the answer,
-//!   so each call costs an atomic load). The same operations in the same
-//!   order, so the same bits (unit tests), at twice the lanes per
-//!   instruction. Left to the compiler, plain loops over the 32 lanes were
-//!   vectorised across splits instead (gathers, 13× slower), so the vectors
-//!   are spelled out.
+//!   so each call costs atomic loads). The same results in the same order,
+//!   so the same bits (unit tests), at 4, 8 and 16 lanes per instruction;
+//!   AVX-512 also drops the OR (its compares write mask registers, and the
+//!   AND is masked) and finds the exit leaves in registers. Left to the
+//!   compiler, plain loops over the 32 lanes were vectorised across splits
+//!   instead (gathers, 13× slower), so the vectors are spelled out.
 //!
 //! A NaN feature fails every test, as ONNX's `BRANCH_LT` sends it right.
 //!
@@ -208,22 +209,41 @@ pub enum InstructionSet {
     Baseline,
     /// AVX2 (8 lanes per instruction), where the CPU has it.
     Avx2,
+    /// AVX-512 F and CD (16 lanes per instruction, compares into mask
+    /// registers), where the CPU has both.
+    Avx512,
 }
 
 impl InstructionSet {
+    /// Every form, from the baseline up (tests and benches compare them).
+    pub const ALL: [Self; 3] = [Self::Baseline, Self::Avx2, Self::Avx512];
+
     /// The best one this CPU runs: what [`CompiledHead::predict`] uses.
-    /// The standard library caches the CPU's answer: an atomic load.
+    /// The standard library caches the CPU's answer: atomic loads.
     pub fn detected() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            return Self::Avx2;
+        if Self::Avx512.available() {
+            Self::Avx512
+        } else if Self::Avx2.available() {
+            Self::Avx2
+        } else {
+            Self::Baseline
         }
-        Self::Baseline
     }
 
     /// Whether this CPU runs it.
     pub fn available(self) -> bool {
-        self == Self::Baseline || Self::detected() == Self::Avx2
+        match self {
+            Self::Baseline => true,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512cd")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Self::Avx2 | Self::Avx512 => false,
+        }
     }
 
     /// Its name in logs and benchmark reports.
@@ -231,6 +251,7 @@ impl InstructionSet {
         match self {
             Self::Baseline => "baseline",
             Self::Avx2 => "avx2",
+            Self::Avx512 => "avx512",
         }
     }
 
@@ -238,14 +259,29 @@ impl InstructionSet {
     /// tree, in this set when the CPU runs it (else in the baseline).
     fn margins(self, block: Block<'_>, margin: &mut Lanes<f32>) {
         #[cfg(target_arch = "x86_64")]
-        if self == Self::Avx2 && std::arch::is_x86_feature_detected!("avx2") {
-            #[allow(unsafe_code)]
-            // SAFETY: `margins_avx2` only needs the CPU to have AVX2, which
-            // the condition has just checked.
-            unsafe {
-                margins_avx2(block, margin)
-            };
-            return;
+        match self {
+            Self::Avx512
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512cd") =>
+            {
+                #[allow(unsafe_code)]
+                // SAFETY: `margins_avx512` only needs the CPU to have
+                // AVX-512 F and CD, which the guard has just checked.
+                unsafe {
+                    margins_avx512(block, margin)
+                };
+                return;
+            }
+            Self::Avx2 if std::arch::is_x86_feature_detected!("avx2") => {
+                #[allow(unsafe_code)]
+                // SAFETY: `margins_avx2` only needs the CPU to have AVX2,
+                // which the guard has just checked.
+                unsafe {
+                    margins_avx2(block, margin)
+                };
+                return;
+            }
+            _ => {}
         }
         margins_baseline(block, margin);
     }
@@ -331,6 +367,55 @@ fn margins_avx2(block: Block<'_>, margin: &mut Lanes<f32>) {
         }
     }
     *margin = cast(sums);
+}
+
+/// [`margins_baseline`] in AVX-512 (F and CD), 16 lanes per instruction.
+/// A compare writes a mask register, so a split costs a compare and a
+/// masked AND per 16 rows (against a compare, an OR and an AND per 8 in
+/// AVX2), and a tree's exit leaves are found and looked up in registers:
+/// the lowest set bit's index (31 − leading zeros of `r & -r`) selects
+/// from the 32 padded leaf values held in two registers (`vpermt2ps`),
+/// where the narrower forms go lane by lane. The same bits: the masked AND
+/// is the baseline's `r & (pass | keep)`, and each lane adds the same leaf
+/// value, tree after tree, in f32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512cd")]
+fn margins_avx512(block: Block<'_>, margin: &mut Lanes<f32>) {
+    use std::arch::x86_64::{
+        __m512, _mm512_add_ps, _mm512_and_si512, _mm512_cmp_ps_mask, _mm512_lzcnt_epi32,
+        _mm512_mask_and_epi32, _mm512_permutex2var_ps, _mm512_set1_epi32, _mm512_set1_ps,
+        _mm512_setzero_si512, _mm512_sub_epi32, _CMP_NLT_UQ,
+    };
+    let Block {
+        splits,
+        trees,
+        leaves,
+        columns,
+    } = block;
+    let mut sums: [__m512; 2] = bytemuck::cast(*margin);
+    for (&(first, end), values) in trees.iter().zip(leaves) {
+        let mut remain = [_mm512_set1_epi32(-1); 2];
+        for s in splits.get(first..end).unwrap_or_default() {
+            let column: &[[f32; 16]; 2] = bytemuck::cast_ref(&columns[s.feature as usize % MAX_FEATURES]);
+            let threshold = _mm512_set1_ps(s.threshold);
+            let keep = _mm512_set1_epi32(i32::from_ne_bytes(s.keep.to_ne_bytes()));
+            for (r, v) in remain.iter_mut().zip(column) {
+                // `_CMP_NLT_UQ`, the complement of `_CMP_LT_OQ`: the lanes
+                // that fail `x < t`, NaN included.
+                let fail = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(bytemuck::cast(*v), threshold);
+                *r = _mm512_mask_and_epi32(*r, fail, *r, keep);
+            }
+        }
+        let [low_leaves, high_leaves]: [__m512; 2] = bytemuck::cast(*values);
+        for (sum, r) in sums.iter_mut().zip(remain) {
+            // `r != 0` (a tree's rightmost leaf is in no left subtree), so
+            // the index is in 0..32; `vpermt2ps` reads its low 5 bits.
+            let lowest = _mm512_and_si512(r, _mm512_sub_epi32(_mm512_setzero_si512(), r));
+            let exit = _mm512_sub_epi32(_mm512_set1_epi32(31), _mm512_lzcnt_epi32(lowest));
+            *sum = _mm512_add_ps(*sum, _mm512_permutex2var_ps(low_leaves, exit, high_leaves));
+        }
+    }
+    *margin = bytemuck::cast(sums);
 }
 
 /// A head in its compiled form.
@@ -458,12 +543,12 @@ mod tests {
             .chain([[f32::NAN, 0.0], [0.0, f32::NAN], [0.5, -1.0]])
             .collect();
         let x: Vec<f32> = rows.iter().flatten().copied().collect();
-        let sets: Vec<InstructionSet> = [InstructionSet::Baseline, InstructionSet::Avx2]
+        let sets: Vec<InstructionSet> = InstructionSet::ALL
             .into_iter()
             .filter(|s| s.available())
             .collect();
-        if sets.len() < 2 {
-            eprintln!("this CPU has no AVX2: that form is not tested here");
+        if sets.len() < InstructionSet::ALL.len() {
+            eprintln!("this CPU runs only {sets:?}: the other forms are not tested here");
         }
         for n in [1, 31, 32, 33, rows.len()] {
             let mut out = vec![0.0; n];
@@ -534,19 +619,33 @@ mod tests {
         let x: Vec<f32> = (0..rows * features)
             .map(|i| if i % 97 == 0 { f32::NAN } else { grid(next()) })
             .collect();
+        let want: Vec<u32> = x
+            .chunks(features)
+            .map(|row| h.predict_row(row).to_bits())
+            .collect();
         let mut out = vec![0.0; rows];
         c.predict(&x, &mut out).unwrap();
-        let mut base = vec![0.0; rows];
-        c.predict_on(InstructionSet::Baseline, &x, &mut base).unwrap();
-        for ((row, o), b) in x.chunks(features).zip(&out).zip(&base) {
-            let want = h.predict_row(row).to_bits();
-            assert_eq!(o.to_bits(), want, "detected ({:?})", InstructionSet::detected());
-            assert_eq!(b.to_bits(), want, "baseline");
+        let got: Vec<u32> = out.iter().map(|o| o.to_bits()).collect();
+        assert_eq!(got, want, "detected ({:?})", InstructionSet::detected());
+        for set in InstructionSet::ALL {
+            let mut out = vec![0.0; rows];
+            if set.available() {
+                c.predict_on(set, &x, &mut out).unwrap();
+                let got: Vec<u32> = out.iter().map(|o| o.to_bits()).collect();
+                assert_eq!(got, want, "{set:?}");
+            } else {
+                let e = c.predict_on(set, &x, &mut out).unwrap_err();
+                assert!(e.to_string().contains(set.name()), "{e}");
+            }
         }
-        if !InstructionSet::Avx2.available() {
-            let e = c.predict_on(InstructionSet::Avx2, &x, &mut out).unwrap_err();
-            assert!(e.to_string().contains("avx2"), "{e}");
-        }
+    }
+
+    #[test]
+    fn the_detected_set_is_the_widest_this_cpu_runs() {
+        let detected = InstructionSet::detected();
+        assert!(detected.available());
+        let widest = InstructionSet::ALL.into_iter().rev().find(|s| s.available());
+        assert_eq!(Some(detected), widest);
     }
 
     #[test]
