@@ -420,9 +420,13 @@ impl Loader {
                         tracing::warn!(strategy = id, version = m.version, head, worker, %reason,
                             "native head refused: this head runs on ONNX Runtime");
                     }
-                    HeadBackend::Native { rows, max_abs_diff } if worker == 0 => {
+                    HeadBackend::Native {
+                        rows,
+                        max_abs_diff,
+                        kernel,
+                    } if worker == 0 => {
                         tracing::info!(strategy = id, version = m.version, head, rows, max_abs_diff,
-                            instruction_set = mlcore_models::native::InstructionSet::detected().name(),
+                            instruction_set = kernel.map_or("none (logistic)", |k| k.name()),
                             "head runs natively: it agrees with ONNX Runtime on the artifact's validation rows");
                     }
                     HeadBackend::Onnx if worker == 0 => {

@@ -28,7 +28,7 @@ use ort::value::{Tensor, TensorRef};
 use mlcore_config::ScoringBackend;
 
 use crate::artifact::{HeadSpec, VerifiedArtifact, VALIDATION_ROWS};
-use crate::native::{self, CompiledHead, NativeHead, PARITY_TOLERANCE};
+use crate::native::{self, CompiledHead, InstructionSet, NativeHead, PARITY_TOLERANCE};
 use crate::runtime::{self, RuntimeError};
 
 /// Why scoring failed.
@@ -71,6 +71,9 @@ pub enum HeadBackend {
         rows: usize,
         /// The largest difference seen.
         max_abs_diff: f32,
+        /// The instruction set a tree ensemble is evaluated in on this
+        /// CPU; `None` for a logistic head (a dot product per row).
+        kernel: Option<InstructionSet>,
     },
     /// ONNX Runtime: asked for (`onnx`), or the artifact has no native form
     /// of this head.
@@ -166,8 +169,13 @@ impl HeadScorer {
     ) {
         self.backend = match self.check_native(head, validation, pause) {
             Ok((compiled, rows, max_abs_diff)) => {
+                let kernel = compiled.kernel();
                 self.native = Some(compiled);
-                HeadBackend::Native { rows, max_abs_diff }
+                HeadBackend::Native {
+                    rows,
+                    max_abs_diff,
+                    kernel,
+                }
             }
             Err(reason) => {
                 self.native = None;

@@ -245,9 +245,16 @@ fn native_heads_serve_once_they_agree_with_onnx_runtime_and_score_as_it_does() {
         .collect();
     for (head, backend) in &backends {
         match backend {
-            HeadBackend::Native { rows, max_abs_diff } => {
+            HeadBackend::Native {
+                rows,
+                max_abs_diff,
+                kernel,
+            } => {
                 assert_eq!(*rows, 256, "{head}");
                 assert!(*max_abs_diff <= 1e-6, "{head}: {max_abs_diff}");
+                // ai1 is the tree ensemble, ai2 the logistic head.
+                let want = (head == "ai1").then(mlcore_models::native::InstructionSet::detected);
+                assert_eq!(*kernel, want, "{head}");
             }
             other => panic!("{head} runs on {other:?}"),
         }

@@ -460,6 +460,16 @@ impl CompiledHead {
         }
     }
 
+    /// The instruction set [`Self::predict`] evaluates this head in: the
+    /// detected one for a tree ensemble, `None` for a logistic head (a dot
+    /// product per row, one form).
+    pub fn kernel(&self) -> Option<InstructionSet> {
+        match self {
+            Self::Trees(_) => Some(InstructionSet::detected()),
+            Self::Logistic(_) => None,
+        }
+    }
+
     /// Writes the probability of each of `out.len()` rows of `x` into
     /// `out`, without allocating, with the best instruction set this CPU
     /// has ([`InstructionSet::detected`]).
