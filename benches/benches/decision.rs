@@ -5,7 +5,9 @@
 //! Targets: the whole decision's compute under 10 µs p50 with the native
 //! backend; the non-ORT part of an ONNX Runtime decision ≤ 10 %.
 //!
-//! Run: `cargo bench -p mlcore-benches --bench decision`.
+//! Run: `cargo bench -p mlcore-benches --bench decision`; with
+//! `MLCORE_BENCH_MODEL=.run/models/fx_g10/v<N>`, on the model the demo
+//! trained instead of the sample model (`mlcore_benches::bench_model`).
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // a benchmark binary: fail loudly, print figures
 
@@ -13,7 +15,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::Criterion;
-use mlcore_benches::{sample_model, Percentiles, SYMBOLS};
+use mlcore_benches::{bench_model, describe_model, Percentiles, SYMBOLS};
 use mlcore_config::ScoringBackend;
 use mlcore_daemon::job::Job;
 use mlcore_decision::universe::Strategy;
@@ -21,7 +23,8 @@ use mlcore_decision::{Policy, SymbolParams};
 use mlcore_models::scoring::{HeadBackend, ModelScorer};
 
 fn main() {
-    let model = sample_model();
+    let model = bench_model();
+    println!("model: {}", describe_model(&model));
     let scorer = |backend| {
         let mut s = ModelScorer::new(&model, SYMBOLS, backend).unwrap();
         s.warm_up(SYMBOLS, 100).unwrap();

@@ -1,4 +1,5 @@
-//! Scoring each head of the sample model (single row and a 32-row batch)
+//! Scoring each head of the sample model (or of the signed model that
+//! `MLCORE_BENCH_MODEL` names: `mlcore_benches::bench_model`; single row and a 32-row batch)
 //! through ONNX Runtime and through the native backend, on real feature
 //! matrices cycled (`mlcore_benches::feature_pool`), and incremental
 //! feature updates per quote.
@@ -14,7 +15,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion};
-use mlcore_benches::{sample_model, Percentiles, SYMBOLS};
+use mlcore_benches::{bench_model, describe_model, Percentiles, SYMBOLS};
 use mlcore_features::{FeatureEngine, N_FEATURES};
 use mlcore_market::Quote;
 use mlcore_models::artifact::VALIDATION_ROWS;
@@ -23,7 +24,8 @@ use mlcore_models::scoring::{HeadBackend, HeadScorer};
 use mlcore_research::synth::{Generator, SynthSpec};
 
 fn main() {
-    let model = sample_model();
+    let model = bench_model();
+    println!("model: {}", describe_model(&model));
     let mut c = Criterion::default()
         .configure_from_args()
         .measurement_time(Duration::from_secs(3));

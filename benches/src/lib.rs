@@ -3,8 +3,10 @@
 //! of its own).
 //!
 //! - [`sample_model`]: a real model trained on the synthetic market (32
-//!   symbols, GBDT ai1 + logistic ai2), signed with a throwaway key and
+//!   symbols, LightGBM heads ai1, ai2, ai3), signed with a throwaway key and
 //!   verified; cached under the target dir so repeated runs skip training.
+//!   [`bench_model`] is another signed model when `MLCORE_BENCH_MODEL`
+//!   names one (the demo's), and [`describe_model`] says how big it is.
 //! - [`Percentiles`]: p50/p99/p99.9 of per-iteration timings, printed next to
 //!   criterion's figures (criterion reports means and medians, not tails).
 //! - [`daemon_metrics`]: a running daemon's `/metrics` (the load generator
@@ -21,11 +23,12 @@ pub mod daemon_metrics;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use mlcore_config::{KeyPurpose, TrustConfig, TrustedKeyConfig};
+use mlcore_config::{Environment, KeyPurpose, Process, ProcessEnv, TrustConfig, TrustedKeyConfig};
 use mlcore_features as features;
 use mlcore_models::artifact::{
     self, ArtifactFiles, SecretKeyFile, ThetaParams, TrustStore, VerifiedArtifact, VerifyContext,
 };
+use mlcore_models::native::{NativeHead, TreeNode};
 use mlcore_models::runtime;
 use mlcore_research::synth;
 use mlcore_research::train::{self, GbmParams, ModelMeta, TrainSpec};
@@ -122,6 +125,71 @@ pub fn sample_model() -> VerifiedArtifact {
     let report = train::train(&spec, &key, &trust, now_ms()).unwrap_or_else(|e| panic!("{e}"));
     train::write_artifact(&report.files, &model_dir).unwrap_or_else(|e| panic!("{e}"));
     artifact::verify(report.files, &ctx).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The variable naming another model for the benches that score one.
+pub const BENCH_MODEL_VAR: &str = "MLCORE_BENCH_MODEL";
+
+/// The model a bench scores: the signed artifact in the directory that
+/// [`BENCH_MODEL_VAR`] names (the demo's `.run/models/fx_g10/v<N>`, say),
+/// verified against the dev environment's trust (`configs/`), else the
+/// [`sample_model`]. A named model that does not verify stops the bench
+/// with the reason: a figure must never silently come from another model.
+pub fn bench_model() -> VerifiedArtifact {
+    let Some(dir) = std::env::var_os(BENCH_MODEL_VAR)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+    else {
+        return sample_model();
+    };
+    runtime::init(&testutil::ort_library()).unwrap_or_else(|e| panic!("{e}"));
+    let configs = testutil::workspace_root().join("configs");
+    let cfg = mlcore_config::load_for(&configs, Environment::Dev, &ProcessEnv, Process::Offline)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{BENCH_MODEL_VAR}: the dev configuration in {}: {e}",
+                configs.display()
+            )
+        });
+    let trust = TrustStore::from_config(&cfg.trust).unwrap_or_else(|e| panic!("{BENCH_MODEL_VAR}: {e}"));
+    let files =
+        ArtifactFiles::read(&dir).unwrap_or_else(|e| panic!("{BENCH_MODEL_VAR}={}: {e}", dir.display()));
+    artifact::verify(files, &VerifyContext::new(&trust, now_ms()))
+        .unwrap_or_else(|e| panic!("{BENCH_MODEL_VAR}={}: {e}", dir.display()))
+}
+
+/// What a bench's figures depend on in `model`: its strategy and version,
+/// and each head's size (trees and splits, or a logistic head).
+pub fn describe_model(model: &VerifiedArtifact) -> String {
+    let m = &model.manifest;
+    let heads: Vec<String> = m
+        .heads
+        .iter()
+        .map(|(name, spec)| {
+            let native = spec
+                .native
+                .as_deref()
+                .and_then(|f| model.files.get(f))
+                .and_then(|bytes| NativeHead::from_json(bytes).ok());
+            match native {
+                Some(NativeHead::Trees(t)) => {
+                    let splits: usize = t
+                        .trees
+                        .iter()
+                        .map(|tree| {
+                            tree.iter()
+                                .filter(|n| matches!(n, TreeNode::Split { .. }))
+                                .count()
+                        })
+                        .sum();
+                    format!("{name} {} trees ({splits} splits)", t.trees.len())
+                }
+                Some(NativeHead::Logistic(_)) => format!("{name} logistic"),
+                None => format!("{name} (no native form)"),
+            }
+        })
+        .collect();
+    format!("{} v{}: {}", m.strategy, m.version, heads.join(", "))
 }
 
 /// `n` real 32-symbol feature matrices (row-major, `SYMBOLS × N_FEATURES`):

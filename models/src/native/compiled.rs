@@ -15,12 +15,14 @@
 //!   32 lanes), each split of each tree costs one vector compare of its
 //!   threshold with the column, an OR with its mask and an AND into the
 //!   tree's running masks: 3 instructions per 8 rows with AVX2 (per 4 rows
-//!   without), for every split of every tree. Then each row adds the value
-//!   of its exit leaf (`trailing_zeros`) to its margin, tree after tree, in
-//!   tree order and in f32, as the trainer's reference predictor does: the
-//!   same probabilities to the bit (unit test, on both instruction sets).
-//!   ONNX Runtime adds the base after the trees and has its own sigmoid:
-//!   within 1e-6 (the parity check).
+//!   in SSE2); in AVX-512 a compare into a mask register and a masked AND,
+//!   2 instructions per 16 rows. Then each row adds the value of its exit
+//!   leaf (its lowest set bit: `trailing_zeros`, or 31 − `vplzcntd` of
+//!   `r & -r` in AVX-512) to its margin, tree after tree, in tree order and
+//!   in f32, as the trainer's reference predictor does: the same
+//!   probabilities to the bit (unit tests, on every instruction set the CPU
+//!   has). ONNX Runtime adds the base after the trees and has its own
+//!   sigmoid: within 1e-6 (the parity check).
 //! - Three forms of the same loops: the target's baseline (through `wide`:
 //!   SSE2 on x86-64), AVX2 and AVX-512 (`std::arch` intrinsics);
 //!   [`CompiledHead::predict`] takes the widest the CPU has
@@ -70,14 +72,25 @@ struct Split {
 }
 
 /// A tree's leaf values, left to right, padded to [`MAX_LEAVES`]: an exit
-/// leaf's index (`trailing_zeros & 31`) needs no bounds check.
-type Leaves = [f32; MAX_LEAVES];
+/// leaf's index (`trailing_zeros & 31`) needs no bounds check, and the
+/// AVX-512 form loads them as two whole registers (`vpermt2ps` selects from
+/// 32). Aligned to a cache line, so neither load straddles two.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Leaves([f32; MAX_LEAVES]);
 
 /// The lanes of a block: one value per row.
 type Lanes<T> = [T; BLOCK];
 
+/// A feature of every row of a block, aligned to a cache line: a split
+/// loads it whole (two 512-bit or four 256-bit loads), and a load that
+/// straddles two lines costs two.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Column(Lanes<f32>);
+
 /// A block transposed: column `j` holds feature `j` of every row.
-type Columns = [Lanes<f32>; MAX_FEATURES];
+type Columns = [Column; MAX_FEATURES];
 
 /// A tree ensemble compiled for batched evaluation.
 #[derive(Debug, Clone)]
@@ -98,7 +111,7 @@ fn number(
     tree: &[TreeNode],
     node: usize,
     next: &mut u32,
-    leaves: &mut Leaves,
+    leaves: &mut [f32; MAX_LEAVES],
     splits: &mut Vec<Split>,
 ) -> Result<u32, NativeError> {
     match tree[node] {
@@ -150,7 +163,7 @@ impl CompiledTrees {
             let (mut next, mut values) = (0, [0.0; MAX_LEAVES]);
             number(tree, 0, &mut next, &mut values, &mut splits)?;
             trees.push((first, splits.len()));
-            leaves.push(values);
+            leaves.push(Leaves(values));
         }
         Ok(Self {
             splits: splits.into(),
@@ -167,13 +180,14 @@ impl CompiledTrees {
     /// `set` is available on this CPU.
     fn predict(&self, set: InstructionSet, x: &[f32], out: &mut [f32]) {
         let f = self.n_features;
-        let mut columns: Columns = [[0.0; BLOCK]; MAX_FEATURES];
+        let mut columns: Columns = [Column([0.0; BLOCK]); MAX_FEATURES];
         for (block, out) in x.chunks(BLOCK * f).zip(out.chunks_mut(BLOCK)) {
-            for (j, column) in columns.iter_mut().enumerate().take(f) {
-                for (i, v) in column.iter_mut().enumerate() {
-                    // Rows past the block's end read 0; their lanes are
-                    // computed and never read.
-                    *v = block.get(i * f + j).copied().unwrap_or(0.0);
+            // Row by row (reads in order, writes within 8 KiB of L1). The
+            // lanes past a short block's end keep what they held (zero, or
+            // an earlier block's rows): computed and never read.
+            for (i, row) in block.chunks_exact(f).enumerate() {
+                for (column, &v) in columns.iter_mut().zip(row) {
+                    column.0[i % BLOCK] = v;
                 }
             }
             let mut margin = [self.base; BLOCK];
@@ -230,7 +244,9 @@ impl InstructionSet {
         }
     }
 
-    /// Whether this CPU runs it.
+    /// Whether this CPU runs it: exactly the features its kernel's
+    /// `#[target_feature]` enables, the one check that makes calling that
+    /// kernel sound.
     pub fn available(self) -> bool {
         match self {
             Self::Baseline => true,
@@ -260,22 +276,19 @@ impl InstructionSet {
     fn margins(self, block: Block<'_>, margin: &mut Lanes<f32>) {
         #[cfg(target_arch = "x86_64")]
         match self {
-            Self::Avx512
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512cd") =>
-            {
+            Self::Avx512 if self.available() => {
                 #[allow(unsafe_code)]
                 // SAFETY: `margins_avx512` only needs the CPU to have
-                // AVX-512 F and CD, which the guard has just checked.
+                // AVX-512 F and CD, which `available` has just checked.
                 unsafe {
                     margins_avx512(block, margin)
                 };
                 return;
             }
-            Self::Avx2 if std::arch::is_x86_feature_detected!("avx2") => {
+            Self::Avx2 if self.available() => {
                 #[allow(unsafe_code)]
                 // SAFETY: `margins_avx2` only needs the CPU to have AVX2,
-                // which the guard has just checked.
+                // which `available` has just checked.
                 unsafe {
                     margins_avx2(block, margin)
                 };
@@ -288,8 +301,8 @@ impl InstructionSet {
 }
 
 /// A column as the kernels read it: 4 vectors of 8 lanes.
-fn vectors(column: &Lanes<f32>) -> &[[f32; 8]; 4] {
-    wide::bytemuck::cast_ref(column)
+fn vectors(column: &Column) -> &[[f32; 8]; 4] {
+    wide::bytemuck::cast_ref(&column.0)
 }
 
 /// The x86-64 baseline (SSE2, through `wide`): per split, for the 32
@@ -320,7 +333,7 @@ fn margins_baseline(block: Block<'_>, margin: &mut Lanes<f32>) {
         let exits = remain.iter().flat_map(|r| r.to_array());
         for (m, exit) in margin.iter_mut().zip(exits) {
             // A tree's rightmost leaf is in no left subtree, so `exit != 0`.
-            *m += values[(exit.trailing_zeros() % MAX_LEAVES as u32) as usize];
+            *m += values.0[(exit.trailing_zeros() % MAX_LEAVES as u32) as usize];
         }
     }
 }
@@ -360,7 +373,7 @@ fn margins_avx2(block: Block<'_>, margin: &mut Lanes<f32>) {
             let exits: [u32; 8] = cast::<__m256i, _>(r);
             let mut add = [0f32; 8];
             for (a, exit) in add.iter_mut().zip(exits) {
-                *a = values[(exit.trailing_zeros() % MAX_LEAVES as u32) as usize];
+                *a = values.0[(exit.trailing_zeros() % MAX_LEAVES as u32) as usize];
             }
             // Lane by lane the same f32 addition as the baseline's.
             *sum = _mm256_add_ps(*sum, cast(add));
@@ -396,7 +409,7 @@ fn margins_avx512(block: Block<'_>, margin: &mut Lanes<f32>) {
     for (&(first, end), values) in trees.iter().zip(leaves) {
         let mut remain = [_mm512_set1_epi32(-1); 2];
         for s in splits.get(first..end).unwrap_or_default() {
-            let column: &[[f32; 16]; 2] = bytemuck::cast_ref(&columns[s.feature as usize % MAX_FEATURES]);
+            let column: &[[f32; 16]; 2] = bytemuck::cast_ref(&columns[s.feature as usize % MAX_FEATURES].0);
             let threshold = _mm512_set1_ps(s.threshold);
             let keep = _mm512_set1_epi32(i32::from_ne_bytes(s.keep.to_ne_bytes()));
             for (r, v) in remain.iter_mut().zip(column) {
@@ -406,7 +419,7 @@ fn margins_avx512(block: Block<'_>, margin: &mut Lanes<f32>) {
                 *r = _mm512_mask_and_epi32(*r, fail, *r, keep);
             }
         }
-        let [low_leaves, high_leaves]: [__m512; 2] = bytemuck::cast(*values);
+        let [low_leaves, high_leaves]: [__m512; 2] = bytemuck::cast(values.0);
         for (sum, r) in sums.iter_mut().zip(remain) {
             // `r != 0` (a tree's rightmost leaf is in no left subtree), so
             // the index is in 0..32; `vpermt2ps` reads its low 5 bits.
