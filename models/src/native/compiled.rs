@@ -216,6 +216,20 @@ struct Block<'a> {
     columns: &'a Columns,
 }
 
+impl<'a> Block<'a> {
+    /// Each tree's splits and leaves, in tree order: what every form of
+    /// the kernel walks (inlined into each, so each keeps its own
+    /// instructions).
+    #[inline(always)]
+    fn trees(self) -> impl Iterator<Item = (&'a [Split], &'a Leaves)> {
+        let splits = self.splits;
+        self.trees
+            .iter()
+            .map(move |&(first, end)| splits.get(first..end).unwrap_or_default())
+            .zip(self.leaves)
+    }
+}
+
 /// An instruction set the tree kernels are compiled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InstructionSet {
@@ -309,15 +323,10 @@ fn vectors(column: &Column) -> &[[f32; 8]; 4] {
 /// lanes, a compare, an OR and an AND (each `f32x8` op is two SSE ops);
 /// per tree, each lane's exit leaf added to its margin.
 fn margins_baseline(block: Block<'_>, margin: &mut Lanes<f32>) {
-    let Block {
-        splits,
-        trees,
-        leaves,
-        columns,
-    } = block;
-    for (&(first, end), values) in trees.iter().zip(leaves) {
+    let columns = block.columns;
+    for (tree, values) in block.trees() {
         let mut remain = [u32x8::splat(u32::MAX); 4];
-        for s in splits.get(first..end).unwrap_or_default() {
+        for s in tree {
             // `feature < MAX_FEATURES` (compile checks it); the modulo only
             // spares the bounds check.
             let column = vectors(&columns[s.feature as usize % MAX_FEATURES]);
@@ -349,16 +358,11 @@ fn margins_avx2(block: Block<'_>, margin: &mut Lanes<f32>) {
         __m256, __m256i, _mm256_add_ps, _mm256_and_si256, _mm256_castps_si256, _mm256_cmp_ps,
         _mm256_or_si256, _mm256_set1_epi32, _mm256_set1_ps, _CMP_LT_OQ,
     };
-    let Block {
-        splits,
-        trees,
-        leaves,
-        columns,
-    } = block;
+    let columns = block.columns;
     let mut sums: [__m256; 4] = cast(*margin);
-    for (&(first, end), values) in trees.iter().zip(leaves) {
+    for (tree, values) in block.trees() {
         let mut remain = [_mm256_set1_epi32(-1); 4];
-        for s in splits.get(first..end).unwrap_or_default() {
+        for s in tree {
             let column = vectors(&columns[s.feature as usize % MAX_FEATURES]);
             let threshold = _mm256_set1_ps(s.threshold);
             let keep = _mm256_set1_epi32(i32::from_ne_bytes(s.keep.to_ne_bytes()));
@@ -399,16 +403,11 @@ fn margins_avx512(block: Block<'_>, margin: &mut Lanes<f32>) {
         _mm512_mask_and_epi32, _mm512_permutex2var_ps, _mm512_set1_epi32, _mm512_set1_ps,
         _mm512_setzero_si512, _mm512_sub_epi32, _CMP_NLT_UQ,
     };
-    let Block {
-        splits,
-        trees,
-        leaves,
-        columns,
-    } = block;
+    let columns = block.columns;
     let mut sums: [__m512; 2] = bytemuck::cast(*margin);
-    for (&(first, end), values) in trees.iter().zip(leaves) {
+    for (tree, values) in block.trees() {
         let mut remain = [_mm512_set1_epi32(-1); 2];
-        for s in splits.get(first..end).unwrap_or_default() {
+        for s in tree {
             let column: &[[f32; 16]; 2] = bytemuck::cast_ref(&columns[s.feature as usize % MAX_FEATURES].0);
             let threshold = _mm512_set1_ps(s.threshold);
             let keep = _mm512_set1_epi32(i32::from_ne_bytes(s.keep.to_ne_bytes()));
