@@ -142,6 +142,9 @@ pub fn bench_model() -> VerifiedArtifact {
     else {
         return sample_model();
     };
+    // `cargo bench` runs a bench in its package's folder: a relative path
+    // is the workspace's, as the docs write it (`.run/models/...`).
+    let dir = testutil::workspace_root().join(dir);
     runtime::init(&testutil::ort_library()).unwrap_or_else(|e| panic!("{e}"));
     let configs = testutil::workspace_root().join("configs");
     let cfg = mlcore_config::load_for(&configs, Environment::Dev, &ProcessEnv, Process::Offline)
@@ -170,9 +173,9 @@ pub fn describe_model(model: &VerifiedArtifact) -> String {
                 .native
                 .as_deref()
                 .and_then(|f| model.files.get(f))
-                .and_then(|bytes| NativeHead::from_json(bytes).ok());
+                .map(NativeHead::from_json);
             match native {
-                Some(NativeHead::Trees(t)) => {
+                Some(Ok(NativeHead::Trees(t))) => {
                     let splits: usize = t
                         .trees
                         .iter()
@@ -184,7 +187,8 @@ pub fn describe_model(model: &VerifiedArtifact) -> String {
                         .sum();
                     format!("{name} {} trees ({splits} splits)", t.trees.len())
                 }
-                Some(NativeHead::Logistic(_)) => format!("{name} logistic"),
+                Some(Ok(NativeHead::Logistic(_))) => format!("{name} logistic"),
+                Some(Err(e)) => format!("{name} (its native file does not parse: {e})"),
                 None => format!("{name} (no native form)"),
             }
         })

@@ -148,6 +148,9 @@ impl CompiledTrees {
     /// Compiles `head` after [`TreeEnsembleHead::check`] (which makes the
     /// recursion below finite: every node is reached once from its root).
     pub fn compile(head: &TreeEnsembleHead) -> Result<Self, NativeError> {
+        if head.n_features == 0 {
+            return Err(NativeError::Invalid("a head of no features".into()));
+        }
         head.check()?;
         if head.n_features > MAX_FEATURES {
             return Err(NativeError::Invalid(format!(
@@ -258,9 +261,10 @@ impl InstructionSet {
         }
     }
 
-    /// Whether this CPU runs it: exactly the features its kernel's
-    /// `#[target_feature]` enables, the one check that makes calling that
-    /// kernel sound.
+    /// Whether this CPU runs it: the features its kernel's
+    /// `#[target_feature]` names (`avx2`; `avx512f` and `avx512cd`, which
+    /// imply AVX2 on every CPU that has them), the one check that makes
+    /// calling that kernel sound.
     pub fn available(self) -> bool {
         match self {
             Self::Baseline => true,
@@ -713,6 +717,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("takes 2 features"), "{e}");
+        // Compiled directly (public), a head of no features is refused
+        // too: a block of zero-width rows would have no end.
+        let none = TreeEnsembleHead {
+            trees: vec![vec![TreeNode::Leaf(0.5)]],
+            n_features: 0,
+            ..head()
+        };
+        let e = CompiledTrees::compile(&none).unwrap_err().to_string();
+        assert!(e.contains("no features"), "{e}");
         let c = CompiledHead::compile(&NativeHead::Trees(head()), 2).unwrap();
         let e = c.predict(&[0.0; 5], &mut [0.0; 2]).unwrap_err().to_string();
         assert!(e.contains("5 values"), "{e}");
