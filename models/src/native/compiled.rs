@@ -26,8 +26,7 @@
 //! - Three forms of the same loops: the target's baseline (through `wide`:
 //!   SSE2 on x86-64), AVX2 and AVX-512 (`std::arch` intrinsics);
 //!   [`CompiledHead::predict`] takes the widest the CPU has
-//!   ([`InstructionSet::detected`]: the standard library caches the answer,
-//!   so each call costs atomic loads). The same results in the same order,
+//!   ([`InstructionSet::detected`], once, when the head is compiled). The same results in the same order,
 //!   so the same bits (unit tests), at 4, 8 and 16 lanes per instruction;
 //!   AVX-512 also drops the OR (its compares write mask registers, and the
 //!   AND is masked) and finds the exit leaves in registers. Left to the
@@ -100,6 +99,8 @@ pub struct CompiledTrees {
     trees: Box<[(usize, usize)]>,
     /// Each tree's leaves.
     leaves: Box<[Leaves]>,
+    /// The widest form this CPU runs, found once here rather than per call.
+    set: InstructionSet,
     base: f32,
     platt: Platt,
     n_features: usize,
@@ -148,9 +149,6 @@ impl CompiledTrees {
     /// Compiles `head` after [`TreeEnsembleHead::check`] (which makes the
     /// recursion below finite: every node is reached once from its root).
     pub fn compile(head: &TreeEnsembleHead) -> Result<Self, NativeError> {
-        if head.n_features == 0 {
-            return Err(NativeError::Invalid("a head of no features".into()));
-        }
         head.check()?;
         if head.n_features > MAX_FEATURES {
             return Err(NativeError::Invalid(format!(
@@ -172,6 +170,7 @@ impl CompiledTrees {
             splits: splits.into(),
             leaves: leaves.into(),
             trees: trees.into(),
+            set: InstructionSet::detected(),
             base: head.base,
             platt: head.platt,
             n_features: head.n_features,
@@ -456,9 +455,6 @@ impl CompiledHead {
                 "the head takes {got} features, the manifest says {n_features}"
             )));
         }
-        if n_features == 0 {
-            return Err(NativeError::Invalid("a head of no features".into()));
-        }
         Ok(match head {
             NativeHead::Trees(t) => Self::Trees(CompiledTrees::compile(t)?),
             NativeHead::Logistic(l) => {
@@ -477,23 +473,29 @@ impl CompiledHead {
     }
 
     /// The instruction set [`Self::predict`] evaluates this head in: the
-    /// detected one for a tree ensemble, `None` for a logistic head (a dot
-    /// product per row, one form).
+    /// one detected when a tree ensemble was compiled, `None` for a
+    /// logistic head (a dot product per row, one form).
     pub fn kernel(&self) -> Option<InstructionSet> {
         match self {
-            Self::Trees(_) => Some(InstructionSet::detected()),
+            Self::Trees(t) => Some(t.set),
             Self::Logistic(_) => None,
         }
     }
 
     /// Writes the probability of each of `out.len()` rows of `x` into
     /// `out`, without allocating, with the best instruction set this CPU
-    /// has ([`InstructionSet::detected`]).
+    /// has ([`Self::kernel`], detected at compile time).
     ///
     /// # Errors
     /// [`NativeError::Shape`] when `x` does not hold `out.len()` rows.
     pub fn predict(&self, x: &[f32], out: &mut [f32]) -> Result<(), NativeError> {
-        self.predict_on(InstructionSet::detected(), x, out)
+        self.check_shape(x, out)?;
+        let set = match self {
+            Self::Trees(t) => t.set,
+            Self::Logistic(_) => InstructionSet::Baseline,
+        };
+        self.run(set, x, out);
+        Ok(())
     }
 
     /// [`Self::predict`] with tree ensembles evaluated in `set` (benches and
@@ -503,26 +505,39 @@ impl CompiledHead {
     /// [`NativeError::Shape`] when `x` does not hold `out.len()` rows;
     /// [`NativeError::Unavailable`] when this CPU does not run `set`.
     pub fn predict_on(&self, set: InstructionSet, x: &[f32], out: &mut [f32]) -> Result<(), NativeError> {
+        self.check_shape(x, out)?;
+        if !set.available() {
+            return Err(NativeError::Unavailable(set.name()));
+        }
+        self.run(set, x, out);
+        Ok(())
+    }
+
+    /// `x` holds `out.len()` rows (and a row is not empty: a logistic head
+    /// built by hand can have no weights).
+    fn check_shape(&self, x: &[f32], out: &[f32]) -> Result<(), NativeError> {
         let f = self.n_features();
-        if x.len() != out.len() * f {
+        if f == 0 || x.len() != out.len() * f {
             return Err(NativeError::Shape {
                 got: x.len(),
                 rows: out.len(),
                 features: f,
             });
         }
-        if !set.available() {
-            return Err(NativeError::Unavailable(set.name()));
-        }
+        Ok(())
+    }
+
+    /// The rows' probabilities, once the shape is checked (`set` falls
+    /// back to the baseline where the CPU lacks it: `margins` checks).
+    fn run(&self, set: InstructionSet, x: &[f32], out: &mut [f32]) {
         match self {
             Self::Trees(t) => t.predict(set, x, out),
             Self::Logistic(l) => {
-                for (row, o) in x.chunks_exact(f).zip(out.iter_mut()) {
+                for (row, o) in x.chunks_exact(l.weights.len()).zip(out.iter_mut()) {
                     *o = l.predict_row(row);
                 }
             }
         }
-        Ok(())
     }
 }
 

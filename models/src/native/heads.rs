@@ -50,8 +50,12 @@ impl LogisticHead {
         self.platt.apply(margin)
     }
 
-    /// Refuses non-finite parameters.
+    /// Refuses non-finite parameters and a head of no features (its rows
+    /// would be empty: nothing to split a batch into).
     pub fn check(&self) -> Result<(), NativeError> {
+        if self.weights.is_empty() {
+            return Err(NativeError::Invalid("a head of no features".into()));
+        }
         if self.weights.iter().any(|w| !w.is_finite()) || !self.intercept.is_finite() {
             return Err(NativeError::Invalid("non-finite weight".into()));
         }
@@ -128,11 +132,14 @@ impl TreeEnsembleHead {
 
     /// Checks that the trees are trees: indices in range, every node
     /// reached once from the root (no cycle, no shared subtree), features
-    /// below `n_features`, finite thresholds and leaves. A head that passes
-    /// cannot make [`TreeEnsembleHead::margin_row`] loop or index out of
-    /// bounds.
+    /// below `n_features` (at least one), finite thresholds and leaves. A
+    /// head that passes cannot make [`TreeEnsembleHead::margin_row`] loop or
+    /// index out of bounds, nor a batch of its rows be empty rows.
     pub fn check(&self) -> Result<(), NativeError> {
         let bad = |t: usize, what: &str| NativeError::Invalid(format!("tree {t}: {what}"));
+        if self.n_features == 0 {
+            return Err(NativeError::Invalid("a head of no features".into()));
+        }
         if !self.base.is_finite() || !self.platt.a.is_finite() || !self.platt.b.is_finite() {
             return Err(NativeError::Invalid("non-finite base or calibration".into()));
         }
