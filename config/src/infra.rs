@@ -36,6 +36,24 @@ pub struct RedisConfig {
     /// plane changes modes through (both libraries are loaded while v2 is
     /// migrated away from: docs/redis-contract.md, "Migrating to v3").
     pub contract: GuardContract,
+    /// What runs contract v3's publish call inside Redis: the Lua function
+    /// or the native module (docs/redis-contract.md, "The guard as a
+    /// module").
+    pub guard_engine: GuardEngine,
+}
+
+/// What runs the publish call of contract v3 inside Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardEngine {
+    /// `FCALL mlcore_publish_v3` (`guard_v3.lua`): any Redis 7, managed
+    /// services included.
+    Function,
+    /// `mlcore.publish_v3` of the `mlcore_guard` module
+    /// (`libmlcore_guard_module.so`, loaded with `loadmodule`): the same
+    /// contract at a fraction of the function's cost; needs a Redis that
+    /// may load modules, and contract v3.
+    Module,
 }
 
 /// The version of the Redis contract a process writes with.

@@ -39,8 +39,8 @@ pub use costs::{CostTable, Slippage, SymbolCost};
 pub use env::{EnvSource, MapEnv, ProcessEnv};
 pub use error::{ConfigCode, ConfigError, ConfigProblem};
 pub use infra::{
-    BackoffConfig, DatabaseConfig, GuardContract, GuardInstall, HeartbeatConfig, PoolConfig, RedisConfig,
-    RedisMode, RetentionConfig, StorageConfig,
+    BackoffConfig, DatabaseConfig, GuardContract, GuardEngine, GuardInstall, HeartbeatConfig, PoolConfig,
+    RedisConfig, RedisMode, RetentionConfig, StorageConfig,
 };
 pub use observability::{
     Channel, DashboardExportConfig, LatencyJobConfig, LogLevel, MetricsConfig, NotificationsConfig,
@@ -51,9 +51,9 @@ pub use policy::{Adoption, CorePolicy, RiskLimits, SignalPolicy, Sizing, Theta, 
 pub use processes::{
     minutes_of_day, ApprovalsConfig, AuditCheckpointConfig, ChangeWindow, ConfigApiConfig,
     ConfigChangesConfig, ControlConfig, Credential, DaemonConfig, DecisionConfig, DecisionMode,
-    FailedAuthConfig, IngressConfig, Principal, QueuesConfig, RateLimitConfig, RetrainConfig,
-    RetrainSchedule, RetrainSearch, RetrainTrees, Role, RollbackSigningConfig, ScoringBackend, ScoringConfig,
-    SecondFactorConfig, ThreadsConfig, TlsConfig, Weekday,
+    FailedAuthConfig, IngressConfig, MaxInstructionSet, Principal, QueuesConfig, RateLimitConfig,
+    RetrainConfig, RetrainSchedule, RetrainSearch, RetrainTrees, Role, RollbackSigningConfig, ScoringBackend,
+    ScoringConfig, SecondFactorConfig, ThreadsConfig, TlsConfig, Weekday,
 };
 pub use secret::Secret;
 pub use sources::{FailoverConfig, ProviderConfig, ProviderSettings, SourcesConfig};

@@ -32,6 +32,23 @@ pub struct ScoringConfig {
     /// artifact's validation rows (any other head, or a disagreement, runs
     /// on ONNX Runtime, logged and counted). `onnx`: ONNX Runtime only.
     pub backend: ScoringBackend,
+    /// The widest instruction set the native tree kernels may use; a CPU
+    /// without it uses the widest it has. `avx2` is for hosts whose cores
+    /// lower their clock for 512-bit work (Skylake-SP, Cascade Lake), where
+    /// the slower clock costs the other threads more than AVX-512 saves.
+    pub max_instruction_set: MaxInstructionSet,
+}
+
+/// The widest instruction set the native tree kernels may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxInstructionSet {
+    /// AVX-512 F + CD where the CPU has them (the widest form).
+    Avx512,
+    /// AVX2 at most.
+    Avx2,
+    /// The target's baseline (SSE2 on x86-64).
+    Baseline,
 }
 
 /// Which backend evaluates a model's heads.

@@ -222,6 +222,13 @@ pub(crate) fn validate(c: &AppConfig, file: &dyn Fn(&str) -> PathBuf) -> Vec<Con
             "cluster mode needs at least one seed node".into(),
         );
     }
+    if c.redis.guard_engine == super::GuardEngine::Module && c.redis.contract != super::GuardContract::V3 {
+        bad(
+            "redis.yaml",
+            "guard_engine".into(),
+            "module runs contract v3's publish call: it needs `contract: v3`".into(),
+        );
+    }
     if c.redis.heartbeat.ttl_ms <= c.redis.heartbeat.interval_ms {
         bad(
             "redis.yaml",

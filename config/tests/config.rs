@@ -496,3 +496,22 @@ fn a_retrain_schedule_is_off_by_default_and_checked_when_set() {
     );
     assert!(err.to_string().contains("`eq_nope` is not a strategy"), "{err}");
 }
+
+#[test]
+fn the_guard_module_needs_contract_v3() {
+    let f = Fixture::new();
+    f.write(
+        "envs/dev/redis.yaml",
+        "guard_install: auto\nguard_engine: module\n",
+    );
+    let err = f.load(Environment::Dev, &full_env()).unwrap_err();
+    let p = only_problem(&err, ConfigCode::ValueInvalid);
+    assert_eq!(p.key, "guard_engine");
+    assert!(p.message.contains("contract: v3"), "{}", p.message);
+    f.write(
+        "envs/dev/redis.yaml",
+        "guard_install: auto\nguard_engine: module\ncontract: v3\n",
+    );
+    let cfg = f.load(Environment::Dev, &full_env()).unwrap();
+    assert_eq!(cfg.redis.guard_engine, config::GuardEngine::Module);
+}

@@ -18,6 +18,8 @@
 
 use std::fmt::Write as _;
 
+use super::guard::GuardEngine;
+
 /// The data commands `guard.lua` and `guard_v3.lua` call (what a user
 /// calling the guard must hold, lower case).
 pub const GUARD_COMMANDS: [&str; 13] = [
@@ -188,12 +190,30 @@ impl Role {
 /// with every right and no password): add an administrator line of your
 /// own.
 pub fn acl_file(namespace: &str) -> String {
+    acl_file_for(namespace, GuardEngine::Function)
+}
+
+/// [`acl_file`] for a daemon that publishes through `engine`: with
+/// [`GuardEngine::Module`], `mlcore-daemon` also holds the module's
+/// commands, [`MODULE_COMMANDS`] (only then: Redis 7.0 refuses an ACL that
+/// names a command it does not know, so a Redis without the module could
+/// not load the file). The module's reads and writes run with the caller's
+/// permissions, as the function's do: the same data commands and keys.
+pub fn acl_file_for(namespace: &str, engine: GuardEngine) -> String {
     let mut out = String::from("user default off resetkeys resetchannels -@all\n");
     for role in Role::ALL {
-        let _ = writeln!(out, "user {} {}", role.user(), role.rules(namespace).join(" "));
+        let mut rules = role.rules(namespace);
+        if role == Role::Daemon && engine == GuardEngine::Module {
+            rules.extend(MODULE_COMMANDS.iter().map(|c| format!("+{c}")));
+        }
+        let _ = writeln!(out, "user {} {}", role.user(), rules.join(" "));
     }
     out
 }
+
+/// The guard module's commands (`guardmod/`): what a daemon publishing
+/// through it needs beyond [`Role::Daemon`]'s rules.
+pub const MODULE_COMMANDS: [&str; 2] = [super::guard::MODULE_PUBLISH, super::guard::MODULE_INFO];
 
 /// `s` with Redis glob characters escaped, so a namespace matches only
 /// itself.

@@ -156,6 +156,37 @@ impl From<mlcore_config::GuardContract> for ContractVersion {
     }
 }
 
+#[cfg(feature = "config")]
+impl From<mlcore_config::GuardEngine> for GuardEngine {
+    fn from(e: mlcore_config::GuardEngine) -> Self {
+        match e {
+            mlcore_config::GuardEngine::Function => Self::Function,
+            mlcore_config::GuardEngine::Module => Self::Module,
+        }
+    }
+}
+
+/// What runs contract v3's publish call inside Redis (`redis.yaml`
+/// `guard_engine`). Both check, write and answer alike (the module's
+/// differential test holds them to it); only the cost differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GuardEngine {
+    /// `FCALL mlcore_publish_v3` (`guard_v3.lua`).
+    #[default]
+    Function,
+    /// `mlcore.publish_v3` of the `mlcore_guard` module
+    /// (`guardmod/`, `libmlcore_guard_module.so`): the five keys first, no
+    /// key count, then the function's arguments.
+    Module,
+}
+
+/// The module's publish command.
+pub const MODULE_PUBLISH: &str = "mlcore.publish_v3";
+/// The module's version command.
+pub const MODULE_INFO: &str = "mlcore.guard_info";
+/// The first item of the module's version reply.
+const MODULE_REPLY_NAME: &str = "mlcore_guard_module";
+
 /// Which contract version a [`Guard`] writes with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ContractVersion {
@@ -270,6 +301,7 @@ pub struct Guard {
     stream_maxlen: u64,
     may_install: bool,
     contract: ContractVersion,
+    engine: GuardEngine,
 }
 
 /// What to do about it, appended to "the guard is missing" when the caller
@@ -289,6 +321,59 @@ impl Guard {
             stream_maxlen,
             may_install: true,
             contract: ContractVersion::V2,
+            engine: GuardEngine::Function,
+        }
+    }
+
+    /// Publishes contract v3 through `engine` (`redis.yaml` `guard_engine`;
+    /// v2 has only the function).
+    #[must_use]
+    pub fn with_engine(mut self, engine: GuardEngine) -> Self {
+        self.engine = engine;
+        self
+    }
+
+    /// What runs the publish call.
+    pub fn engine(&self) -> GuardEngine {
+        self.engine
+    }
+
+    /// Whether what this client publishes through answers on `conn`: for
+    /// [`GuardEngine::Module`] the module, at contract 3 and this build's
+    /// revision or later (the function library is [`Guard::ensure`]'s).
+    /// The module is loaded with Redis' `loadmodule`, never by a client: a
+    /// missing one is an error saying so.
+    pub fn check_engine(&self, conn: &mut impl ConnectionLike) -> Result<(), ContractError> {
+        if self.engine == GuardEngine::Function {
+            return Ok(());
+        }
+        let missing = |reason: String| ContractError::GuardMissing {
+            library: "mlcore_guard (Redis module)",
+            reason: format!(
+                "{reason}; load libmlcore_guard_module.so with redis-server's `loadmodule` \
+                 (docs/redis-contract.md, \"The guard as a module\"), or set `guard_engine: function`"
+            ),
+        };
+        if self.contract != ContractVersion::V3 {
+            return Err(missing("the module publishes contract v3 only".into()));
+        }
+        let reply: Value = redis::cmd(MODULE_INFO).query(conn).map_err(|e| {
+            if e.to_string().to_ascii_lowercase().contains("unknown command") {
+                missing(format!("Redis does not know {MODULE_INFO}"))
+            } else {
+                ContractError::Redis(e)
+            }
+        })?;
+        match reply_items(&reply).as_deref() {
+            Some([Item::Str(name), Item::Int(3), Item::Int(rev)])
+                if name == MODULE_REPLY_NAME && *rev >= LIBRARIES[1].revision =>
+            {
+                Ok(())
+            }
+            _ => Err(missing(format!(
+                "the module answered {reply:?}, expected contract 3 revision ≥ {}",
+                LIBRARIES[1].revision
+            ))),
         }
     }
 
@@ -455,10 +540,11 @@ impl Guard {
         scratch: &mut Vec<u8>,
     ) {
         let Some(first) = group.first() else { return };
-        cmd.arg("FCALL")
-            .arg(FN_PUBLISH_V3)
-            .arg(5)
-            .arg(&keys.ops)
+        match self.engine {
+            GuardEngine::Function => cmd.arg("FCALL").arg(FN_PUBLISH_V3).arg(5),
+            GuardEngine::Module => cmd.arg(MODULE_PUBLISH),
+        };
+        cmd.arg(&keys.ops)
             .arg(&keys.snapshot)
             .arg(&keys.seq)
             .arg(&keys.stream_v3)
@@ -797,7 +883,8 @@ fn call_bound(keys: &StrategyKeys, group: &[SignalBatch], contract: ContractVers
     let Some(first) = group.first() else { return (0, 0) };
     if contract == ContractVersion::V3 {
         // FCALL, the function, 5, five keys, strategy, symbols, maxlen,
-        // count; then 6 per decision.
+        // count; then 6 per decision (the module's command, in place of
+        // the first three, is shorter: this bounds both).
         let args = 12 + 6 * group.len();
         let data = "FCALL".len()
             + FN_PUBLISH_V3.len()
@@ -1150,6 +1237,36 @@ mod tests {
         for contract in [ContractVersion::V2, ContractVersion::V3] {
             room_holds(&Guard::new(Keys::new("ns-room"), 10_000).with_contract(contract));
         }
+        room_holds(
+            &Guard::new(Keys::new("ns-room"), 10_000)
+                .with_contract(ContractVersion::V3)
+                .with_engine(GuardEngine::Module),
+        );
+    }
+
+    #[test]
+    fn the_module_is_called_with_the_keys_first_and_the_functions_arguments() {
+        let g = Guard::new(Keys::new("ns"), 500).with_contract(ContractVersion::V3);
+        let keys = g.keys.strategy("fx");
+        let b = batch("fx", &["EURUSD", "USDJPY"]);
+        let args = |g: &Guard| -> Vec<Vec<u8>> {
+            g.publish_cmd(&keys, &b)
+                .args_iter()
+                .map(|a| match a {
+                    redis::Arg::Simple(b) => b.to_vec(),
+                    _ => Vec::new(),
+                })
+                .collect()
+        };
+        let function = args(&g);
+        let module = args(&g.clone().with_engine(GuardEngine::Module));
+        assert_eq!(
+            function[..3],
+            [b"FCALL".to_vec(), FN_PUBLISH_V3.into(), b"5".to_vec()]
+        );
+        assert_eq!(module[0], MODULE_PUBLISH.as_bytes());
+        assert_eq!(module[1..], function[3..], "the same keys and arguments");
+        assert_eq!(module[1], keys.ops.as_bytes());
     }
 
     fn room_holds(guard: &Guard) {

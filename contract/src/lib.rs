@@ -33,7 +33,8 @@ pub mod signal;
 pub use conn::{Endpoint, PackedCommands, RedisConn};
 pub use error::ContractError;
 pub use guard::{
-    CodeSpent, Guard, ModeChange, PublishBuffers, PublishOutcome, SetModeOutcome, MAX_DECISIONS_PER_CALL,
+    CodeSpent, Guard, GuardEngine, ModeChange, PublishBuffers, PublishOutcome, SetModeOutcome,
+    MAX_DECISIONS_PER_CALL,
 };
 pub use heartbeat::{Heartbeat, ModelRefusal};
 pub use keys::{Keys, StrategyKeys};

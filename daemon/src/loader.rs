@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::Receiver;
-use mlcore_config::{RedisConfig, ScoringBackend};
+use mlcore_config::{RedisConfig, ScoringConfig};
 use mlcore_contract::{model, Keys, ModelPointer, ModelRefusal, RedisConn};
 use mlcore_models::artifact::{self, ArtifactFiles, RollbackAuthorization, SharedTrust, VerifyContext};
 use mlcore_models::scoring::{HeadBackend, ModelScorer};
@@ -115,8 +115,9 @@ pub struct Loader {
     conn: Option<RedisConn>,
     /// Strategies that have followed a registry pointer.
     follows_pointer: BTreeSet<String>,
-    /// Which backend scores the heads (`daemon.yaml` `scoring.backend`).
-    backend: ScoringBackend,
+    /// How the heads are scored (`daemon.yaml` `scoring`: the backend and
+    /// the native kernels' widest instruction set).
+    scoring: ScoringConfig,
 }
 
 /// Most refused (folder, manifest, authorisation) keys remembered.
@@ -148,7 +149,7 @@ impl Loader {
         retired: Receiver<Box<ModelUpdate>>,
         counters: Arc<Counters>,
         link: Option<RegistryLink>,
-        backend: ScoringBackend,
+        scoring: ScoringConfig,
     ) -> Result<Self, LoaderError> {
         let state_file = models_root.join(".state").join(format!("{instance}.json"));
         let accepted = match std::fs::read(&state_file) {
@@ -176,7 +177,7 @@ impl Loader {
             counters,
             active: Arc::new(ArcSwap::from_pointee(BTreeMap::new())),
             refusals: Arc::new(ArcSwap::from_pointee(BTreeMap::new())),
-            backend,
+            scoring,
             accepted,
             refused: BTreeSet::new(),
             link,
@@ -409,8 +410,9 @@ impl Loader {
         // behind it (measured: a swap delayed about one decision by ~2 ms).
         let pause = || std::thread::sleep(LOAD_PAUSE);
         for worker in 0..self.workers.len() {
-            let mut s = ModelScorer::new_paced(&verified, n_symbols, self.backend, pause)
+            let mut s = ModelScorer::new_paced(&verified, n_symbols, self.scoring.backend, pause)
                 .map_err(|e| e.to_string())?;
+            s.cap_kernels(self.scoring.max_instruction_set.into());
             s.warm_up_paced(n_symbols, WARM_UP_RUNS, pause)
                 .map_err(|e| e.to_string())?;
             for (head, backend) in s.backends() {

@@ -580,6 +580,7 @@ fn ensure_connected(p: &PublisherParts, st: &mut State) {
     let attempt = PublishPipe::connect(&p.redis).and_then(|c| {
         let mut c = c.installing(may_install);
         Guard::ensure(&mut c, may_install, p.guard.contract())?;
+        p.guard.check_engine(&mut c)?;
         Ok(c)
     });
     match attempt {

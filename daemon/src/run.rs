@@ -230,7 +230,8 @@ pub fn start(
     };
     let guard = Guard::new(link.keys.clone(), cfg.redis.stream_maxlen)
         .installing(cfg.redis.guard_install.may_install())
-        .with_contract(cfg.redis.contract.into());
+        .with_contract(cfg.redis.contract.into())
+        .with_engine(cfg.redis.guard_engine.into());
     let ops_table = Arc::new(OpsTable::new(universe.strategies.len()));
 
     let (decisions_tx, decisions_rx) = crossbeam_channel::bounded::<Box<Job>>(cfg.daemon.queues.decisions);
@@ -320,7 +321,7 @@ pub fn start(
         retired_rx,
         Arc::clone(&counters),
         Some(link.clone()),
-        cfg.daemon.scoring.backend,
+        cfg.daemon.scoring,
     )?;
     // The first scan happens before the feed is accepted, so the first
     // trigger finds a warmed model when one exists.

@@ -61,6 +61,16 @@ fn ort_err(e: ort::Error) -> ScoreError {
     ScoreError::Runtime(RuntimeError::Ort(e.to_string()))
 }
 
+impl From<mlcore_config::MaxInstructionSet> for InstructionSet {
+    fn from(m: mlcore_config::MaxInstructionSet) -> Self {
+        match m {
+            mlcore_config::MaxInstructionSet::Avx512 => Self::Avx512,
+            mlcore_config::MaxInstructionSet::Avx2 => Self::Avx2,
+            mlcore_config::MaxInstructionSet::Baseline => Self::Baseline,
+        }
+    }
+}
+
 /// Which backend a head scores on, and why.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HeadBackend {
@@ -222,6 +232,17 @@ impl HeadScorer {
         Ok((compiled, n, worst))
     }
 
+    /// Holds a native tree head's kernel to `cap` at most
+    /// ([`CompiledHead::cap_kernel`]); its backend says the set it runs in.
+    pub fn cap_kernel(&mut self, cap: InstructionSet) {
+        if let (Some(compiled), HeadBackend::Native { kernel, .. }) =
+            (self.native.as_mut(), &mut self.backend)
+        {
+            compiled.cap_kernel(cap);
+            *kernel = compiled.kernel();
+        }
+    }
+
     /// Which backend scores this head.
     pub fn backend(&self) -> &HeadBackend {
         &self.backend
@@ -380,6 +401,17 @@ impl ModelScorer {
             ai2: head("ai2")?.ok_or_else(|| missing("ai2"))?,
             ai3: head("ai3")?,
         })
+    }
+
+    /// Holds every native tree head to `cap` at most (`daemon.yaml`
+    /// `scoring.max_instruction_set`, which the backtester reads too).
+    pub fn cap_kernels(&mut self, cap: InstructionSet) {
+        for h in [Some(&mut self.ai1), Some(&mut self.ai2), self.ai3.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            h.cap_kernel(cap);
+        }
     }
 
     /// Each head's name and backend.

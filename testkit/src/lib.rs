@@ -719,6 +719,30 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The guard module (`guardmod/`, `libmlcore_guard_module.so`) this
+/// workspace built, for `redis-server --loadmodule`: beside the test
+/// executable (`target/<profile>/deps/`, where a test build leaves the
+/// cdylib) or one folder up (where `cargo build` puts it).
+pub fn guard_module() -> PathBuf {
+    const NAME: &str = "libmlcore_guard_module.so";
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("no current executable: {e}"));
+    let deps = exe
+        .parent()
+        .unwrap_or_else(|| panic!("{} has no folder", exe.display()));
+    let beside = deps.join(NAME);
+    if beside.exists() {
+        return beside;
+    }
+    let up = deps.parent().map(|p| p.join(NAME));
+    match up {
+        Some(p) if p.exists() => p,
+        _ => panic!(
+            "{} is missing: run the tests through scripts/test.sh (cargo nextest run --workspace builds the guard module)",
+            beside.display()
+        ),
+    }
+}
+
 /// Sends `signal` (`TERM`, `INT`, ...) to `child` and waits up to `limit`
 /// for it to exit; its exit status, or a panic naming what did not happen.
 pub fn stop_with_signal(

@@ -1272,6 +1272,51 @@ fn timer_daemons_on_contract_v3_publish_snapshots_each_tick_once() {
     );
 }
 
+/// `guard_engine: module`: a timer daemon publishes contract v3 through
+/// the guard module (`guardmod/`) on a Redis that loaded it: Redis counts
+/// the module's command, the stream gets one entry per tick, and a
+/// consumer reads the snapshot through the Lua library as ever.
+#[test]
+fn a_timer_daemon_publishes_through_the_guard_module() {
+    runtime::init(&testutil::ort_library()).unwrap();
+    let module = testutil::guard_module();
+    let server = testutil::RedisServer::start_with(&["--loadmodule", module.to_str().unwrap()]);
+    let mut conn = server.connection();
+    Guard::load(&mut conn).unwrap();
+    let ns = RedisNamespace::on(&server.url());
+    let root = timer_files(&ns, "module-a", 100);
+    let path = root.path().join("configs/envs/dev/redis.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{text}contract: v3\nguard_engine: module\n")).unwrap();
+    let guard = Guard::new(Keys::new(&ns.ns), 1000).with_contract(ContractVersion::V3);
+    testutil::set_mode(&guard, &mut conn, "fx_g10", OpsMode::Active);
+    let d = start_daemon_on(root.path(), &server.url());
+    wait_ready(&d);
+    let keys = guard.keys().strategy("fx_g10");
+    let entries = |conn: &mut redis::Connection| -> Vec<u64> {
+        redis::cmd("XRANGE")
+            .arg(&keys.stream_v3)
+            .arg("-")
+            .arg("+")
+            .query::<redis::streams::StreamRangeReply>(conn)
+            .unwrap()
+            .ids
+            .iter()
+            .map(|e| e.get::<u64>("seq").unwrap())
+            .collect()
+    };
+    assert!(
+        testutil::wait_until(Duration::from_secs(10), || entries(&mut conn).len() >= 3).is_some(),
+        "no stream entries through the module"
+    );
+    let seqs = entries(&mut conn);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let calls = testutil::command_stats(&mut conn, "mlcore.publish_v3").calls;
+    assert!(calls >= 3, "the module's command ran {calls} times");
+    let signal = guard.read(&mut conn, "fx_g10", "USDJPY").unwrap().unwrap();
+    assert_eq!(signal.model_id, "fx_g10-v1", "{signal:?}");
+}
+
 /// Replay parity: the frames `mlcore-feed` sends a real daemon, captured,
 /// replayed by `mlcore-control research backtest --capture` with the same
 /// model and configuration, give the signals the daemon published — every

@@ -16,10 +16,13 @@
 //! widened to `f64`. The floor beside them, counted the same way: a plain
 //! `HSET` of the same decision's bytes into one hash (each symbol a field,
 //! its 24-byte v3 record the value), no guard. Prints each version's ratio
-//! to the floor (#26's target for v3: at most 2×).
+//! to the floor (#26's target for v3: at most 2×). v3 is counted twice when
+//! the guard module is at hand (`--module`, or `libmlcore_guard_module.so`
+//! beside this binary): through the Lua function and through the module.
 //!
-//! Run: `cargo run --release -p mlcore-benches --bin mlcore-guard-cost`
-//! (needs `valgrind` and `redis-server` on `PATH`; ≈ 1 minute).
+//! Run: `cargo build --release -p mlcore-guard-module && cargo run --release
+//! -p mlcore-benches --bin mlcore-guard-cost` (needs `valgrind` and
+//! `redis-server` on `PATH`; ≈ 1 minute).
 
 #![allow(clippy::print_stdout)] // a benchmark binary: it prints its figures
 
@@ -30,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use mlcore_contract::guard::{ContractVersion, RECORD_BYTES};
-use mlcore_contract::{Guard, Keys, ModeChange, OpsMode, Side, Signal, SignalBatch};
+use mlcore_contract::{Guard, GuardEngine, Keys, ModeChange, OpsMode, Side, Signal, SignalBatch};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -53,10 +56,14 @@ struct Args {
     /// variant being tried); it must answer as this build's version.
     #[arg(long)]
     library: Option<PathBuf>,
-    /// Count only this contract version's calls (`v2` or `v3`; both when
+    /// Count only these calls (`v2`, `v3` or `v3-module`; all when
     /// absent), beside the plain HSET.
     #[arg(long)]
     only: Option<String>,
+    /// The guard module to load and count (`v3-module`); by default the
+    /// one built beside this binary, when there is one.
+    #[arg(long)]
+    module: Option<PathBuf>,
 }
 
 const STRATEGY: &str = "fx_cost";
@@ -77,7 +84,7 @@ impl Drop for Profiled {
 }
 
 impl Profiled {
-    fn start(dir: &Path, listpack_entries: u32) -> Result<Self> {
+    fn start(dir: &Path, listpack_entries: u32, module: Option<&Path>) -> Result<Self> {
         let port = mlcore_testkit::free_port();
         let child = Command::new("valgrind")
             .arg("--tool=callgrind")
@@ -88,6 +95,12 @@ impl Profiled {
             .args(["redis-server", "--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .args(["--hash-max-listpack-entries", &listpack_entries.to_string()])
+            .args(
+                module
+                    .map(|m| [Path::new("--loadmodule"), m])
+                    .into_iter()
+                    .flatten(),
+            )
             .arg("--dir")
             .arg(dir)
             .stdout(Stdio::null())
@@ -265,8 +278,16 @@ fn main() -> Result<()> {
         }
         None => None,
     };
+    let module = match &a.module {
+        Some(m) if !m.exists() => bail!("the guard module {} does not exist", m.display()),
+        Some(m) => Some(m.clone()),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|e| Some(e.parent()?.join("libmlcore_guard_module.so")))
+            .filter(|m| m.exists()),
+    };
     let dir = tempfile::tempdir().context("a temp dir for the profile")?;
-    let server = Profiled::start(dir.path(), a.listpack_entries)?;
+    let server = Profiled::start(dir.path(), a.listpack_entries, module.as_deref())?;
     let mut conn = redis::Client::open(server.url.as_str())?.get_connection()?;
     match (&a.library, source) {
         (Some(path), Some(source)) => {
@@ -303,6 +324,21 @@ fn main() -> Result<()> {
          hash-max-listpack-entries {}) ==",
         a.calls, a.warmup, a.listpack_entries
     );
+    match &module {
+        Some(m) => {
+            guard
+                .clone()
+                .with_contract(ContractVersion::V3)
+                .with_engine(GuardEngine::Module)
+                .check_engine(&mut conn)
+                .with_context(|| format!("{} as the guard module", m.display()))?;
+            println!("guard module: {}", m.display());
+        }
+        None => println!(
+            "guard module: not found beside this binary, not counted \
+             (cargo build --release -p mlcore-guard-module, or --module PATH)"
+        ),
+    }
     for (name, long) in [("all flat", false), ("all long", true)] {
         let mut count = |what: &mut dyn FnMut(&mut redis::Connection, &mut u64, usize) -> Result<()>| {
             what(&mut conn, &mut seq, a.warmup)?;
@@ -315,11 +351,18 @@ fn main() -> Result<()> {
             "plain HSET of the decision's bytes, {SYMBOLS} fields, {name}: {floor} instructions ({:.3} M)",
             floor as f64 / 1e6
         );
-        for (label, version) in [("v2", ContractVersion::V2), ("v3", ContractVersion::V3)] {
+        let mut kinds = vec![
+            ("v2", ContractVersion::V2, GuardEngine::Function),
+            ("v3", ContractVersion::V3, GuardEngine::Function),
+        ];
+        if module.is_some() {
+            kinds.push(("v3-module", ContractVersion::V3, GuardEngine::Module));
+        }
+        for (label, version, engine) in kinds {
             if a.only.as_deref().is_some_and(|o| o != label) {
                 continue;
             }
-            let g = guard.clone().with_contract(version);
+            let g = guard.clone().with_contract(version).with_engine(engine);
             let per_call = count(&mut |c, seq, n| publish(c, &g, seq, n, long))?;
             println!(
                 "guard call {label}, {SYMBOLS} signals, {name}: {per_call} instructions ({:.3} M), {:.2}× the plain HSET",

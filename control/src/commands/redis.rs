@@ -50,6 +50,10 @@ pub fn redis_acl(
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
     let cfg = load_config(config_dir, env, vars, Process::Offline)?;
-    write!(out, "{}", acl::acl_file(&cfg.redis.namespace))?;
+    write!(
+        out,
+        "{}",
+        acl::acl_file_for(&cfg.redis.namespace, cfg.redis.guard_engine.into())
+    )?;
     Ok(0)
 }

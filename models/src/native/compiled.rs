@@ -232,8 +232,9 @@ impl<'a> Block<'a> {
     }
 }
 
-/// An instruction set the tree kernels are compiled for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An instruction set the tree kernels are compiled for, ordered from the
+/// narrowest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum InstructionSet {
     /// The target's baseline: SSE2 on x86-64 (4 lanes per instruction).
     Baseline,
@@ -251,13 +252,17 @@ impl InstructionSet {
     /// The best one this CPU runs: what [`CompiledHead::predict`] uses.
     /// The standard library caches the CPU's answer: atomic loads.
     pub fn detected() -> Self {
-        if Self::Avx512.available() {
-            Self::Avx512
-        } else if Self::Avx2.available() {
-            Self::Avx2
-        } else {
-            Self::Baseline
-        }
+        Self::widest_up_to(Self::Avx512)
+    }
+
+    /// The widest one this CPU runs that is no wider than `cap`
+    /// (`daemon.yaml` `scoring.max_instruction_set`).
+    pub fn widest_up_to(cap: Self) -> Self {
+        Self::ALL
+            .into_iter()
+            .rev()
+            .find(|s| *s <= cap && s.available())
+            .unwrap_or(Self::Baseline)
     }
 
     /// Whether this CPU runs it: the features its kernel's
@@ -482,9 +487,19 @@ impl CompiledHead {
         }
     }
 
+    /// Holds a tree ensemble's kernel to `cap` at most: it then runs in the
+    /// widest set this CPU has no wider than `cap` ([`Self::kernel`] says
+    /// which). Same results: every form computes the same bits.
+    pub fn cap_kernel(&mut self, cap: InstructionSet) {
+        if let Self::Trees(t) = self {
+            t.set = InstructionSet::widest_up_to(t.set.min(cap));
+        }
+    }
+
     /// Writes the probability of each of `out.len()` rows of `x` into
     /// `out`, without allocating, with the best instruction set this CPU
-    /// has ([`Self::kernel`], detected at compile time).
+    /// has ([`Self::kernel`], detected at compile time, or as capped by
+    /// [`Self::cap_kernel`]).
     ///
     /// # Errors
     /// [`NativeError::Shape`] when `x` does not hold `out.len()` rows.
@@ -687,6 +702,43 @@ mod tests {
         assert!(detected.available());
         let widest = InstructionSet::ALL.into_iter().rev().find(|s| s.available());
         assert_eq!(Some(detected), widest);
+    }
+
+    #[test]
+    fn a_capped_head_runs_in_the_widest_set_under_its_cap_with_the_same_bits() {
+        let h = head();
+        let rows: Vec<f32> = (0..64).map(|i| (i % 9) as f32 * 0.4 - 1.6).collect();
+        let mut want = vec![0.0; 32];
+        let c = CompiledHead::compile(&NativeHead::Trees(h.clone()), 2).unwrap();
+        c.predict(&rows, &mut want).unwrap();
+        for cap in InstructionSet::ALL {
+            let mut capped = c.clone();
+            capped.cap_kernel(cap);
+            let k = capped.kernel().unwrap();
+            assert!(k <= cap && k.available(), "{cap:?} gave {k:?}");
+            assert_eq!(k, InstructionSet::widest_up_to(cap));
+            assert!(
+                k == cap || !cap.available(),
+                "{cap:?} is available but {k:?} runs"
+            );
+            let mut out = vec![0.0; 32];
+            capped.predict(&rows, &mut out).unwrap();
+            assert_eq!(out, want, "{cap:?}");
+            // A cap never widens: a head held to the baseline stays there.
+            capped.cap_kernel(InstructionSet::Avx512);
+            assert_eq!(capped.kernel(), Some(k));
+        }
+        let mut logistic = CompiledHead::compile(
+            &NativeHead::Logistic(LogisticHead {
+                weights: vec![0.5, -0.5],
+                intercept: 0.1,
+                platt: Platt { a: 1.0, b: 0.0 },
+            }),
+            2,
+        )
+        .unwrap();
+        logistic.cap_kernel(InstructionSet::Baseline);
+        assert_eq!(logistic.kernel(), None);
     }
 
     #[test]

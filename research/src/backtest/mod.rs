@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use mlcore_config::{AppConfig, ScoringBackend, Slippage};
+use mlcore_config::{AppConfig, ScoringConfig, Slippage};
 use mlcore_contract::Signal;
 use mlcore_decision::universe::{Strategy, Universe};
 use mlcore_decision::Policy;
@@ -87,8 +87,9 @@ pub struct Backtest {
     pub window: (i64, i64),
     /// Seed of the bootstrap.
     pub seed: u64,
-    /// The heads' backend, the daemon's (`daemon.yaml` `scoring.backend`).
-    pub scoring: ScoringBackend,
+    /// How the heads are scored, as the daemon scores them (`daemon.yaml`
+    /// `scoring`: the backend and the kernels' widest instruction set).
+    pub scoring: ScoringConfig,
 }
 
 /// Decision cadence, latency and window of a backtest.
@@ -133,7 +134,7 @@ impl Backtest {
             every_ns: ms(timing.every_ms.max(1)),
             window: timing.window,
             seed: 20_261_205,
-            scoring: cfg.daemon.scoring.backend,
+            scoring: cfg.daemon.scoring,
         })
     }
 
@@ -162,8 +163,9 @@ impl Backtest {
             });
         }
         let n = self.strategy.symbols.len();
-        let mut scorer =
-            ModelScorer::new(artifact, n, self.scoring).map_err(|e| BacktestError::Scoring(e.to_string()))?;
+        let mut scorer = ModelScorer::new(artifact, n, self.scoring.backend)
+            .map_err(|e| BacktestError::Scoring(e.to_string()))?;
+        scorer.cap_kernels(self.scoring.max_instruction_set.into());
         let rec = record(events, &self.strategy, &mut scorer)?;
         if rec.decisions() == 0 {
             return Err(BacktestError::Empty(format!(
