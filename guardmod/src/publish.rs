@@ -203,6 +203,34 @@ pub fn symbols_of(list: Option<&[u8]>) -> Result<Vec<&[u8]>, String> {
     Ok(out)
 }
 
+thread_local! {
+    /// Symbol lists that passed [`symbols_of`], as sent: the daemon sends
+    /// the same list every call, so a list is checked once and afterwards
+    /// found by comparing its bytes (as `guard_v3.lua`'s `LISTS`). At most
+    /// 64, then it starts over. Redis runs module commands on its main
+    /// thread only: one cache.
+    static CHECKED: std::cell::RefCell<Vec<Box<[u8]>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`symbols_of`], skipped for a list that passed it before.
+pub fn symbols_cached(list: Option<&[u8]>) -> Result<Vec<&[u8]>, String> {
+    if let Some(l) = list {
+        if CHECKED.with_borrow(|known| known.iter().any(|k| **k == *l)) {
+            return Ok(l.split(|&b| b == b',').collect());
+        }
+    }
+    let out = symbols_of(list)?;
+    if let Some(l) = list {
+        CHECKED.with_borrow_mut(|known| {
+            if known.len() >= 64 {
+                known.clear();
+            }
+            known.push(l.into());
+        });
+    }
+    Ok(out)
+}
+
 /// Where the first symbol that repeats an earlier one is, in list order.
 ///
 /// The symbols are sorted as integers: each is at most 16 bytes of A-Z,
@@ -353,7 +381,7 @@ pub fn parse<'a>(keys: Keys<'a>, args: &[&'a [u8]]) -> Result<Request<'a>, Strin
     if let Some(why) = keys_error(&keys, strategy) {
         return Err(why);
     }
-    let symbols = symbols_of(arg(1))?;
+    let symbols = symbols_cached(arg(1))?;
     let maxlen = match (arg(2), int_arg(arg(2))) {
         (Some(m), Some(n)) if n > 0 => m,
         _ => return Err("stream_maxlen must be a positive integer".into()),
@@ -396,7 +424,7 @@ pub fn current_weights(symbols: &[&[u8]], stored: [Option<&[u8]>; 3], now_ms: u6
         Some(v) if v > now_ms => {}
         _ => return cur,
     }
-    let Ok(held) = symbols_of(Some(list)) else {
+    let Ok(held) = symbols_cached(Some(list)) else {
         return cur;
     };
     if records.len() != RECORD * held.len() {
@@ -527,6 +555,16 @@ mod tests {
             "symbol 2 (x) must be 1-16 characters of A-Z, 0-9, . or _"
         );
         assert_eq!(symbols_of(Some(b"AB,A,ABC,A.B")).unwrap().len(), 4);
+        // Checked once, then found as sent; a refused list is never kept.
+        for _ in 0..2 {
+            assert_eq!(symbols_cached(Some(b"AB,A")).unwrap(), [&b"AB"[..], b"A"]);
+            assert!(symbols_cached(Some(b"AB,A,AB")).is_err());
+        }
+        for i in 0..70 {
+            let l = format!("S{i},T{i}");
+            assert_eq!(symbols_cached(Some(l.as_bytes())).unwrap().len(), 2);
+        }
+        assert!(CHECKED.with_borrow(|k| k.len()) <= 64);
         let many: Vec<String> = (0..1025).map(|i| format!("S{i}")).collect();
         assert_eq!(
             symbols_of(Some(many.join(",").as_bytes())).unwrap_err(),

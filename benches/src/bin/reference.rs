@@ -14,6 +14,10 @@
 //! Redis. Pairs alternate, Python first then Rust, so that the machine's
 //! drift lands on both; each pair's ratios are printed, then the medians.
 //!
+//! `--guard-engine module` has the Rust side publish through the guard
+//! module instead (the Python side keeps the Lua function): point
+//! `MLCORE_TEST_REDIS_URL` at a Redis that loaded it.
+//!
 //! Run: `cargo run --release -p mlcore-benches --bin mlcore-reference-bench`
 //! (needs `MLCORE_REFERENCE_PYTHON`: `eval "$(bash scripts/setup-python-tools.sh)"`).
 
@@ -28,7 +32,9 @@ use clap::Parser;
 use mlcore_benches::{feature_pool, sample_model, sample_model_dir, Percentiles, SYMBOLS};
 use mlcore_config::ScoringBackend;
 use mlcore_contract::guard::ContractVersion;
-use mlcore_contract::{Guard, Keys, OpsMode, PublishBuffers, PublishOutcome, Side, Signal, SignalBatch};
+use mlcore_contract::{
+    Guard, GuardEngine, Keys, OpsMode, PublishBuffers, PublishOutcome, Side, Signal, SignalBatch,
+};
 use mlcore_models::scoring::ModelScorer;
 
 #[derive(Parser, Debug)]
@@ -49,6 +55,11 @@ struct Args {
     /// The Rust side's scoring backend (`native` or `onnx`).
     #[arg(long, default_value = "native")]
     backend: String,
+    /// What runs the Rust side's v3 publish call in Redis: `function` (the
+    /// Lua library, as the Python side) or `module` (the guard module: the
+    /// Redis at `MLCORE_TEST_REDIS_URL` must have loaded it).
+    #[arg(long, default_value = "function")]
+    guard_engine: String,
     /// The Python with onnxruntime and redis-py (scripts/setup-python-tools.sh).
     #[arg(long, env = "MLCORE_REFERENCE_PYTHON")]
     python: PathBuf,
@@ -112,6 +123,11 @@ fn main() -> Result<()> {
         "onnx" => ScoringBackend::Onnx,
         other => bail!("--backend must be native or onnx, got {other}"),
     };
+    let engine = match a.guard_engine.as_str() {
+        "function" => GuardEngine::Function,
+        "module" => GuardEngine::Module,
+        other => bail!("--guard-engine must be function or module, got {other}"),
+    };
     let model = sample_model();
     let pool = feature_pool(256);
     let dir = tempfile::tempdir()?;
@@ -122,7 +138,12 @@ fn main() -> Result<()> {
     let ns = mlcore_testkit::RedisNamespace::new();
     let mut conn = mlcore_testkit::redis_connection();
     Guard::load(&mut conn)?;
-    let guard = Guard::new(Keys::new(&ns.ns), 1000).with_contract(contract);
+    let guard = Guard::new(Keys::new(&ns.ns), 1000)
+        .with_contract(contract)
+        .with_engine(engine);
+    guard
+        .check_engine(&mut conn)
+        .context("the Rust side's guard engine")?;
     mlcore_testkit::set_mode(&guard, &mut conn, STRATEGY, OpsMode::Active);
 
     let mut scorer = ModelScorer::new(&model, SYMBOLS, backend)?;
@@ -207,8 +228,8 @@ fn main() -> Result<()> {
     };
 
     println!(
-        "== mlcore-reference-bench: {} pairs of {} decisions, contract {}, Rust heads {} ==",
-        a.pairs, a.decisions, a.contract, a.backend
+        "== mlcore-reference-bench: {} pairs of {} decisions, contract {}, Rust heads {}, Rust guard {} ==",
+        a.pairs, a.decisions, a.contract, a.backend, a.guard_engine
     );
     println!("pair | Python: per s, p50, p99 | Rust: per s, p50, p99 | throughput × | p50 × | p99 ×");
     let mut ratios = (Vec::new(), Vec::new(), Vec::new());
