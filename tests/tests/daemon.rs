@@ -1206,6 +1206,20 @@ fn two_timer_daemons_publish_each_tick_once() {
     );
 }
 
+/// The `seq` of every entry of the strategy's v3 stream, in stream order.
+fn v3_stream_seqs(conn: &mut redis::Connection, keys: &mlcore_contract::StrategyKeys) -> Vec<u64> {
+    redis::cmd("XRANGE")
+        .arg(&keys.stream_v3)
+        .arg("-")
+        .arg("+")
+        .query::<redis::streams::StreamRangeReply>(conn)
+        .unwrap()
+        .ids
+        .iter()
+        .map(|e| e.get::<u64>("seq").unwrap())
+        .collect()
+}
+
 /// Contract v3 end to end: two timer daemons publishing through
 /// `mlcore_publish_v3` (redis.yaml `contract: v3`) leave one snapshot per
 /// strategy that a consumer reads symbol by symbol, one stream entry per
@@ -1230,18 +1244,7 @@ fn timer_daemons_on_contract_v3_publish_snapshots_each_tick_once() {
     let guard = Guard::new(Keys::new(&ns.ns), 1000).with_contract(ContractVersion::V3);
     let keys = guard.keys().strategy("fx_g10");
     let mut conn = testutil::redis_connection();
-    let entries = |conn: &mut redis::Connection| -> Vec<u64> {
-        redis::cmd("XRANGE")
-            .arg(&keys.stream_v3)
-            .arg("-")
-            .arg("+")
-            .query::<redis::streams::StreamRangeReply>(conn)
-            .unwrap()
-            .ids
-            .iter()
-            .map(|e| e.get::<u64>("seq").unwrap())
-            .collect()
-    };
+    let entries = |conn: &mut redis::Connection| v3_stream_seqs(conn, &keys);
     assert!(
         testutil::wait_until(Duration::from_secs(10), || entries(&mut conn).len() >= 5).is_some(),
         "no v3 stream entries"
@@ -1293,18 +1296,7 @@ fn a_timer_daemon_publishes_through_the_guard_module() {
     let d = start_daemon_on(root.path(), &server.url());
     wait_ready(&d);
     let keys = guard.keys().strategy("fx_g10");
-    let entries = |conn: &mut redis::Connection| -> Vec<u64> {
-        redis::cmd("XRANGE")
-            .arg(&keys.stream_v3)
-            .arg("-")
-            .arg("+")
-            .query::<redis::streams::StreamRangeReply>(conn)
-            .unwrap()
-            .ids
-            .iter()
-            .map(|e| e.get::<u64>("seq").unwrap())
-            .collect()
-    };
+    let entries = |conn: &mut redis::Connection| v3_stream_seqs(conn, &keys);
     assert!(
         testutil::wait_until(Duration::from_secs(10), || entries(&mut conn).len() >= 3).is_some(),
         "no stream entries through the module"
