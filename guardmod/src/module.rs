@@ -3,11 +3,11 @@
 //!
 //! The API is reached the way `redismodule.h`'s `RedisModule_Init` reaches
 //! it: the first word of the load context is `RedisModule_GetApi`, which
-//! hands out each function by name. Only the ~20 functions used here are
+//! hands out each function by name. Only the 15 functions used here are
 //! asked for, so a Redis older than one of them refuses to load the module
 //! instead of crashing later; the signatures are copied from Redis 7.0's
 //! `redismodule.h`. (The `redis-module` crate wraps the whole API through
-//! bindgen and a C shim; this needs 20 functions and no C.)
+//! bindgen and a C shim; this needs 15 functions and no C.)
 //!
 //! Every read and write goes through `RedisModule_Call` with flag `C`, so a
 //! Redis user needs the same data commands through the module as through
@@ -143,9 +143,11 @@ struct Module {
     words: Words,
 }
 
-// SAFETY: Redis runs module commands on its main thread only; the strings in
-// `Words` are never freed nor changed after load, and the API functions are
-// plain function pointers.
+// SAFETY: Redis runs module commands on its main thread only (or under its
+// GIL): the strings in `Words` are never freed, and the only change to them
+// after load — `RedisModule_Call` raising and dropping their reference
+// counts, which is not atomic — happens there. The API functions are plain
+// function pointers.
 unsafe impl Send for Module {}
 // SAFETY: as above.
 unsafe impl Sync for Module {}
@@ -333,10 +335,11 @@ impl<'a> Call<'a> {
         unsafe { (self.m.api.reply_with_array)(self.ctx, n as c_long) };
     }
 
-    /// An error reply, `text` as is (`ReplyWithError` adds the `-`).
+    /// An error reply, `text` as is (`ReplyWithError` adds the `-`), cut at
+    /// a NUL as Redis cuts a Lua error reply.
     fn reply_error(&self, text: &str) -> c_int {
-        // A NUL inside would cut the C string: shown as `?`.
-        let c = std::ffi::CString::new(text.replace('\0', "?")).unwrap_or_default();
+        let text = text.split('\0').next().unwrap_or_default();
+        let c = std::ffi::CString::new(text).unwrap_or_default();
         // SAFETY: a command context and a NUL-terminated string.
         unsafe { (self.m.api.reply_with_error)(self.ctx, c.as_ptr()) };
         OK
@@ -451,32 +454,45 @@ fn read_state(c: &Call<'_>, req: &Request<'_>) -> Result<(State, u64), String> {
     Ok((State { now_ms, mode, hwm }, now_us))
 }
 
-/// The weights the snapshot holds for the call's symbols (`reduce_only`).
-fn current_weights(c: &Call<'_>, req: &Request<'_>, now_ms: u64) -> Vec<f64> {
+/// The weights the snapshot holds for the call's symbols (`reduce_only`);
+/// a read that fails fails the call, as the Lua's `redis.call` does.
+fn current_weights(c: &Call<'_>, req: &Request<'_>, now_ms: u64) -> Result<Vec<f64>, String> {
     let w = &c.m.words;
-    let mut stored = [None; 3];
-    if let Got::Array(h, 3) = c.run(
+    let got = c.run(
         c"HMGET",
         c"Cv",
         &[c.key(1), w.valid_until_ms, w.symbols, w.records],
-    ) {
-        for (i, s) in stored.iter_mut().enumerate() {
-            if let Got::Str(v) = c.element(h, i) {
-                *s = Some(v);
-            }
+    );
+    let Got::Array(h, 3) = got else {
+        return Err(failure(c"HMGET", got)
+            .unwrap_or_else(|| "ERR HMGET of the snapshot did not answer 3 values".into()));
+    };
+    let mut stored = [None; 3];
+    for (i, s) in stored.iter_mut().enumerate() {
+        if let Got::Str(v) = c.element(h, i) {
+            *s = Some(v);
         }
     }
     publish::current_weights(&req.symbols, stored, now_ms)
+        .map_err(|e| format!("BADINPUT key {}: {e}", String::from_utf8_lossy(req.keys.snapshot)))
 }
 
-/// Why a write failed, as Redis said it.
-fn failure(got: Got<'_>) -> Option<String> {
+/// Why a call failed, as Redis said it: its error reply, or, for a call
+/// Redis refused to run (`RedisModule_Call` gives no reply then, only
+/// `errno`), what Redis would have said to a client.
+fn failure(cmd: &CStr, got: Got<'_>) -> Option<String> {
     match got {
         Got::Error(e) => Some(String::from_utf8_lossy(e).into_owned()),
-        Got::Refused => Some(format!(
-            "ERR Redis refused the write ({})",
-            std::io::Error::last_os_error()
-        )),
+        Got::Refused => {
+            let e = std::io::Error::last_os_error();
+            let name = cmd.to_string_lossy().to_ascii_lowercase();
+            Some(match e.kind() {
+                std::io::ErrorKind::PermissionDenied => {
+                    format!("NOPERM this user has no permissions to run the '{name}' command or to access its keys")
+                }
+                _ => format!("ERR Redis refused to run '{name}' ({e})"),
+            })
+        }
         _ => None,
     }
 }
@@ -514,7 +530,7 @@ fn write(c: &Call<'_>, req: &Request<'_>, accepted: &[usize], now_us: u64) -> Re
             w.written_at_us,
             written,
         ];
-        if let Some(e) = failure(c.run(c"XADD", c"C!v", &args)) {
+        if let Some(e) = failure(c"XADD", c.run(c"XADD", c"C!v", &args)) {
             if k == 0 {
                 return Err(format!(
                     "BADINPUT stream {}: {e}: nothing was written",
@@ -548,7 +564,7 @@ fn write(c: &Call<'_>, req: &Request<'_>, accepted: &[usize], now_us: u64) -> Re
         (c"PEXPIREAT", &[c.key(1), a(2)][..]),
         (c"SET", &[c.key(2), a(0)][..]),
     ] {
-        if let Some(e) = failure(c.run(cmd, c"C!v", args)) {
+        if let Some(e) = failure(cmd, c.run(cmd, c"C!v", args)) {
             return Err(e);
         }
     }
@@ -558,6 +574,8 @@ fn write(c: &Call<'_>, req: &Request<'_>, accepted: &[usize], now_us: u64) -> Re
 /// `mlcore.publish_v3 ops snap seq stream hwm strategy symbols maxlen count
 /// (seq generated_at_ms valid_until_ms model_id model_version records)…`
 unsafe extern "C" fn publish_command(ctx: Ctx, argv: *mut Str, argc: c_int) -> c_int {
+    // Set before the commands were registered: without it there is no API
+    // to reply with.
     let Some(m) = MODULE.get() else { return ERR };
     // SAFETY: Redis passes `argc` strings that live until the command returns.
     let argv = unsafe { std::slice::from_raw_parts(argv, usize::try_from(argc).unwrap_or(0)) };
@@ -584,7 +602,10 @@ unsafe extern "C" fn publish_command(ctx: Ctx, argv: *mut Str, argc: c_int) -> c
         Ok(s) => s,
         Err(why) => return c.reply_error(&format!("BADINPUT {why}")),
     };
-    let verdicts = publish::judge(&req, state, || current_weights(&c, &req, state.now_ms));
+    let verdicts = match publish::judge(&req, state, || current_weights(&c, &req, state.now_ms)) {
+        Ok(v) => v,
+        Err(e) => return c.reply_error(&e),
+    };
     let accepted: Vec<usize> = verdicts
         .iter()
         .enumerate()

@@ -142,22 +142,26 @@ pub enum Verdict<'a> {
     Halted(Mode, &'a [u8]),
 }
 
-/// A non-negative integer in canonical decimal, at most 2^53 (`int_arg`).
+/// A non-negative integer in canonical decimal, at most 2^53 (`int_arg`),
+/// as Lua reads it: `tonumber` makes a double, so 2^53 + 1 reads as 2^53
+/// and passes the check, and the value is the double's.
 fn int_arg(s: Option<&[u8]>) -> Option<u64> {
     let s = s?;
     if s.is_empty() || s.len() > 16 || !s.iter().all(u8::is_ascii_digit) || (s.len() > 1 && s[0] == b'0') {
         return None;
     }
-    let n = s.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-    (n <= MAX_INT).then_some(n)
+    let n = s.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')) as f64;
+    (n <= MAX_INT as f64).then_some(n as u64)
 }
 
-/// A high-water mark as stored (see the module docs): digits only.
+/// A high-water mark as stored (see the module docs): digits only, read
+/// as Lua reads a number (a double).
 pub fn mark(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    std::str::from_utf8(s).ok()?.parse().ok()
+    let n: u64 = std::str::from_utf8(s).ok()?.parse().ok()?;
+    Some(n as f64 as u64)
 }
 
 fn text(s: &[u8]) -> std::borrow::Cow<'_, str> {
@@ -235,8 +239,8 @@ pub fn symbols_cached(list: Option<&[u8]>) -> Result<Vec<&[u8]>, String> {
 ///
 /// The symbols are sorted as integers: each is at most 16 bytes of A-Z,
 /// 0-9, `.`, `_` (never a zero byte), so zero-padded into a `u128` it is one
-/// value per symbol. (Comparing every pair of slices was a fifth of the
-/// module's instructions per call.)
+/// value per symbol (`docs/performance.md`, "Guard v3 as a module": a
+/// compare of every pair cost a fifth of a call).
 fn first_repeat(symbols: &[&[u8]]) -> Option<usize> {
     let mut packed: Vec<(u128, usize)> = symbols
         .iter()
@@ -414,34 +418,58 @@ pub fn parse<'a>(keys: Keys<'a>, args: &[&'a [u8]]) -> Result<Request<'a>, Strin
 
 /// The weights `symbols` hold in the stored snapshot (its `valid_until_ms`,
 /// `symbols` and `records` fields), 0 where none or when the snapshot is no
-/// longer valid: what `reduce_only` compares with (`current_weights`).
-pub fn current_weights(symbols: &[&[u8]], stored: [Option<&[u8]>; 3], now_ms: u64) -> Vec<f64> {
+/// longer valid: what `reduce_only` compares with (`current_weights`). A
+/// stored `valid_until_ms` that is not a number fails the call, as the
+/// Lua's comparison with it does (nothing is written): `Err` says so.
+pub fn current_weights(
+    symbols: &[&[u8]],
+    stored: [Option<&[u8]>; 3],
+    now_ms: u64,
+) -> Result<Vec<f64>, String> {
     let mut cur = vec![0.0; symbols.len()];
-    let [Some(valid), Some(list), Some(records)] = stored else {
-        return cur;
+    let [Some(valid), list, records] = stored else {
+        return Ok(cur);
     };
     match mark(valid) {
-        Some(v) if v > now_ms => {}
-        _ => return cur,
+        None => return Err("the snapshot's valid_until_ms is not a number: nothing was written".into()),
+        Some(v) if v <= now_ms => return Ok(cur),
+        Some(_) => {}
     }
+    let (Some(list), Some(records)) = (list, records) else {
+        return Ok(cur);
+    };
     let Ok(held) = symbols_cached(Some(list)) else {
-        return cur;
+        return Ok(cur);
     };
     if records.len() != RECORD * held.len() {
-        return cur;
+        return Ok(cur);
     }
-    for (c, s) in cur.iter_mut().zip(symbols) {
-        if let Some(i) = held.iter().position(|h| h == s) {
+    if held.as_slice() == symbols {
+        // The usual case: the same list as the call's, weights in order.
+        for (i, c) in cur.iter_mut().enumerate() {
             *c = f64_at(records, i * RECORD);
         }
+        return Ok(cur);
     }
-    cur
+    let by_symbol: std::collections::HashMap<&[u8], f64> = held
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (*h, f64_at(records, i * RECORD)))
+        .collect();
+    for (c, s) in cur.iter_mut().zip(symbols) {
+        *c = by_symbol.get(s).copied().unwrap_or(0.0);
+    }
+    Ok(cur)
 }
 
 /// Judges the decisions in order, as separate calls would be: the verdict
 /// of each. `current` gives the stored weights, asked at most once (only
-/// under `reduce_only`).
-pub fn judge<'a>(req: &Request<'a>, state: State, current: impl FnOnce() -> Vec<f64>) -> Vec<Verdict<'a>> {
+/// under `reduce_only`); its error fails the call.
+pub fn judge<'a>(
+    req: &Request<'a>,
+    state: State,
+    current: impl FnOnce() -> Result<Vec<f64>, String>,
+) -> Result<Vec<Verdict<'a>>, String> {
     let n = req.symbols.len();
     let mut hwm = state.hwm;
     let mut current = Some(current);
@@ -461,7 +489,15 @@ pub fn judge<'a>(req: &Request<'a>, state: State, current: impl FnOnce() -> Vec<
                     None => Verdict::Accepted(n),
                 },
                 Mode::ReduceOnly => {
-                    let c = cur.get_or_insert_with(|| current.take().map_or_else(|| vec![0.0; n], |f| f()));
+                    if cur.is_none() {
+                        cur = Some(match current.take() {
+                            Some(f) => f()?,
+                            None => vec![0.0; n],
+                        });
+                    }
+                    let Some(c) = cur.as_ref() else {
+                        return Err("reduce_only: no current weights".into());
+                    };
                     let grows =
                         |(w, c): (f64, f64)| w.abs() > c.abs() || (w != 0.0 && (w > 0.0) != (c > 0.0));
                     match weights.clone().zip(c.iter().copied()).position(grows) {
@@ -482,7 +518,7 @@ pub fn judge<'a>(req: &Request<'a>, state: State, current: impl FnOnce() -> Vec<
         }
         out.push(verdict);
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -515,16 +551,48 @@ mod tests {
         a
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, the checks answer without panicking
+        /// (a panic inside Redis takes Redis down): arbitrary arguments,
+        /// and well-formed calls with arbitrary records and numbers.
+        #[test]
+        fn no_input_panics(
+            args in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..40), 0..20),
+            records in proptest::collection::vec(proptest::num::u8::ANY, 72),
+            count in 0u8..4,
+            mode in 0u8..4,
+            hwm in proptest::num::u64::ANY,
+        ) {
+            let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+            let _ = parse(KEYS, &refs);
+            let count_arg = count.to_string();
+            let mut call: Vec<&[u8]> = vec![b"S", b"A,B,C", b"10", count_arg.as_bytes()];
+            for _ in 0..count {
+                call.extend_from_slice(&[b"5", b"1", b"99999", b"m", b"1", &records]);
+            }
+            if let Ok(req) = parse(KEYS, &call) {
+                let mode = [Mode::Active, Mode::ReduceOnly, Mode::Halted, Mode::Flatten][usize::from(mode)];
+                let state = State { now_ms: 1000, mode, hwm };
+                let verdicts = judge(&req, state, || Ok(vec![0.0; 3])).unwrap();
+                proptest::prop_assert_eq!(verdicts.len(), usize::from(count));
+                let stored = [Some(&b"5000"[..]), Some(&b"A,B,C"[..]), Some(records.as_slice())];
+                let _ = current_weights(&req.symbols, stored, 1000);
+            }
+        }
+    }
+
     #[test]
     fn integers_are_canonical_and_at_most_two_to_the_53() {
         assert_eq!(int_arg(Some(b"9007199254740992")), Some(1 << 53));
+        // As Lua's tonumber: 2^53 + 1 is the double 2^53, and passes.
+        assert_eq!(int_arg(Some(b"9007199254740993")), Some(1 << 53));
         for bad in [
             &b""[..],
             b"01",
             b"-1",
             b"1.0",
             b" 1",
-            b"9007199254740993",
+            b"9007199254740995",
             b"12345678901234567",
         ] {
             assert_eq!(int_arg(Some(bad)), None, "{bad:?}");
@@ -597,6 +665,7 @@ mod tests {
 
     #[test]
     fn verdicts_follow_order_expiry_and_modes() {
+        let none = || -> Result<Vec<f64>, String> { Err("not asked for".into()) };
         let long = record(0.5, 10.0, 0.5, 0.1);
         let flat = record(0.0, 0.0, 0.5, 0.1);
         let short = record(-0.5, -10.0, 0.5, 0.1);
@@ -609,11 +678,11 @@ mod tests {
             hwm,
         };
         assert_eq!(
-            judge(&req, state(Mode::Active, 5), Vec::new),
+            judge(&req, state(Mode::Active, 5), none).unwrap(),
             [Verdict::Stale(5), Verdict::Accepted(1), Verdict::Accepted(1)]
         );
         assert_eq!(
-            judge(&req, state(Mode::Flatten, 0), Vec::new),
+            judge(&req, state(Mode::Flatten, 0), none).unwrap(),
             [
                 Verdict::Accepted(1),
                 Verdict::Halted(Mode::Flatten, b"A"),
@@ -622,7 +691,7 @@ mod tests {
         );
         // reduce_only from 0.6: 0 shrinks, 0.5 grows back from the 0 just accepted.
         assert_eq!(
-            judge(&req, state(Mode::ReduceOnly, 0), || vec![0.6]),
+            judge(&req, state(Mode::ReduceOnly, 0), || Ok(vec![0.6])).unwrap(),
             [
                 Verdict::Accepted(1),
                 Verdict::Halted(Mode::ReduceOnly, b"A"),
@@ -637,25 +706,26 @@ mod tests {
                     mode: Mode::Active,
                     hwm: 0
                 },
-                Vec::new
-            )[0],
+                none
+            )
+            .unwrap()[0],
             Verdict::Expired(99_999_999_999)
         );
         let shorts: [&[u8]; 1] = [&short];
         let args = call(&shorts, b"A", &[b"8"]);
         let req = parse(KEYS, &args).unwrap();
         assert_eq!(
-            judge(&req, state(Mode::Flatten, 0), Vec::new),
+            judge(&req, state(Mode::Flatten, 0), none).unwrap(),
             [Verdict::Halted(Mode::Flatten, b"A")],
             "a short is not flat either"
         );
         assert_eq!(
-            judge(&req, state(Mode::ReduceOnly, 0), || vec![-0.25]),
+            judge(&req, state(Mode::ReduceOnly, 0), || Ok(vec![-0.25])).unwrap(),
             [Verdict::Halted(Mode::ReduceOnly, b"A")],
             "grows short"
         );
         assert_eq!(
-            judge(&req, state(Mode::ReduceOnly, 0), || vec![-0.75]),
+            judge(&req, state(Mode::ReduceOnly, 0), || Ok(vec![-0.75])).unwrap(),
             [Verdict::Accepted(1)],
             "shrinks short"
         );
@@ -668,15 +738,16 @@ mod tests {
         let recs = [record(0.5, 1.0, 0.5, 0.1), record(-0.25, 1.0, 0.5, 0.1)].concat();
         let symbols: [&[u8]; 3] = [b"B", b"C", b"A"];
         let stored = |v: &'static [u8], r| [Some(v), Some(&b"A,B"[..]), Some(r)];
-        assert_eq!(
-            current_weights(&symbols, stored(b"2000", &recs), 1000),
-            [-0.25, 0.0, 0.5]
+        let w = |symbols: &[&[u8]], stored| current_weights(symbols, stored, 1000).unwrap();
+        assert_eq!(w(&symbols, stored(b"2000", &recs)), [-0.25, 0.0, 0.5]);
+        let same: [&[u8]; 2] = [b"A", b"B"];
+        assert_eq!(w(&same, stored(b"2000", &recs)), [0.5, -0.25]);
+        assert_eq!(w(&symbols, stored(b"1000", &recs)), [0.0; 3]);
+        assert_eq!(w(&symbols, stored(b"2000", &recs[..30])), [0.0; 3]);
+        assert_eq!(w(&symbols, [None, None, None]), [0.0; 3]);
+        assert!(
+            current_weights(&symbols, stored(b"soon", &recs), 1000).is_err(),
+            "fails as the Lua's comparison does"
         );
-        assert_eq!(current_weights(&symbols, stored(b"1000", &recs), 1000), [0.0; 3]);
-        assert_eq!(
-            current_weights(&symbols, stored(b"2000", &recs[..30]), 1000),
-            [0.0; 3]
-        );
-        assert_eq!(current_weights(&symbols, [None, None, None], 1000), [0.0; 3]);
     }
 }

@@ -168,9 +168,25 @@ impl Side {
     }
 
     /// The strategy's keys as they stand: type, value (`DUMP`, or a
-    /// stream's entries without their IDs and `written_at_us`), expiry.
-    fn state(&self, conn: &mut redis::Connection) -> Vec<(String, Value, i64)> {
-        five(&self.keys)
+    /// stream's entries without their IDs and `written_at_us`), expiry;
+    /// and the stream entries' `written_at_us`, apart (the clock's).
+    fn state(&self, conn: &mut redis::Connection) -> (Vec<(String, Value, i64)>, Vec<u64>) {
+        let written: Vec<u64> = {
+            let k = &self.keys.stream_v3;
+            let kind: String = redis::cmd("TYPE").arg(k).query(conn).unwrap();
+            if kind == "stream" {
+                let entries: redis::streams::StreamRangeReply =
+                    redis::cmd("XRANGE").arg(k).arg("-").arg("+").query(conn).unwrap();
+                entries
+                    .ids
+                    .iter()
+                    .filter_map(|e| e.get::<u64>("written_at_us"))
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        };
+        let keys = five(&self.keys)
             .iter()
             .map(|k| {
                 let kind: String = redis::cmd("TYPE").arg(k).query(conn).unwrap();
@@ -202,7 +218,8 @@ impl Side {
                 let expiry: i64 = redis::cmd("PEXPIRETIME").arg(k).query(conn).unwrap();
                 (kind, value, expiry)
             })
-            .collect()
+            .collect();
+        (keys, written)
     }
 }
 
@@ -220,6 +237,17 @@ fn clockless(v: Value) -> Value {
     }
 }
 
+/// Every `now_ms` of the `expired` replies in `v`.
+fn expired_at(v: &Value) -> Vec<u64> {
+    match v {
+        Value::Array(items) => match items.as_slice() {
+            [Value::BulkString(l), Value::Int(now)] if l == b"expired" => vec![*now as u64],
+            _ => items.iter().flat_map(expired_at).collect(),
+        },
+        _ => Vec::new(),
+    }
+}
+
 /// Runs `steps` on both sides and checks each step's replies and state.
 fn twins(steps: &[Step]) -> Vec<Result<Value, String>> {
     let server = server();
@@ -229,13 +257,32 @@ fn twins(steps: &[Step]) -> Vec<Result<Value, String>> {
     let mut replies = Vec::new();
     for (i, step) in steps.iter().enumerate() {
         let a = lua.run(&mut conn, step).map(clockless);
-        let b = module.run(&mut conn, step).map(clockless);
+        let before = now_ms();
+        let b = module.run(&mut conn, step);
+        let after = now_ms();
+        // The module reads Redis' clock itself: what it says must be now.
+        if let Ok(v) = &b {
+            for now in expired_at(v) {
+                assert!(
+                    (before..=after).contains(&now),
+                    "step {i}: expired at {now}, not in {before}..={after}"
+                );
+            }
+        }
+        let b = b.map(clockless);
         assert_eq!(b, a, "step {i}: the module's reply (left) against the function's");
+        let ((keys_b, written_b), (keys_a, written_a)) = (module.state(&mut conn), lua.state(&mut conn));
         assert_eq!(
-            module.state(&mut conn),
-            lua.state(&mut conn),
+            keys_b, keys_a,
             "step {i}: the keys after the module's call (left) against the function's"
         );
+        assert_eq!(written_b.len(), written_a.len(), "step {i}");
+        for (b, a) in written_b.iter().zip(&written_a) {
+            assert!(
+                b.abs_diff(*a) < 2_000_000 && (1_000_000_000_000_000..10_000_000_000_000_000).contains(b),
+                "step {i}: written_at_us {b} against the function's {a}"
+            );
+        }
         replies.push(a);
     }
     replies
@@ -289,10 +336,15 @@ fn order_expiry_and_several_decisions_per_call_match_the_function() {
         ]),
         one("24", &[0.0, 0.0, 0.0]),
         one("26", &[0.0, 0.0, 0.0]),
+        // Numbers as Lua reads them: 2^53 + 1 is 2^53.
+        one("9007199254740993", &[0.0, 0.0, 0.0]),
+        one("9007199254740992", &[0.0, 0.0, 0.0]),
     ]);
     assert!(ok(&replies[2]), "{:?}", replies[2]);
     assert!(matches!(&replies[6], Ok(Value::Array(v)) if v.len() == 5));
     assert!(ok(&replies[10]), "{:?}", replies[10]);
+    assert!(ok(&replies[11]), "{:?}", replies[11]);
+    assert!(!ok(&replies[12]), "{:?}", replies[12]);
 }
 
 #[test]
@@ -463,6 +515,16 @@ fn keys_of_the_wrong_type_garbled_marks_and_a_stream_out_of_ids_match_the_functi
         ]]),
         one("10", &[0.0, 0.0, 0.0]),
         two(),
+        // An empty stream one ID short of the end (only XSETID by hand
+        // makes it): the check finds no entry, the first write takes the
+        // last ID and the second fails, as in the function.
+        Step::Setup(vec![
+            vec!["DEL", "{stream}"],
+            vec!["XADD", "{stream}", "1-1", "f", "v"],
+            vec!["XDEL", "{stream}", "1-1"],
+            vec!["XSETID", "{stream}", "18446744073709551615-18446744073709551614"],
+        ]),
+        two(),
     ]);
     for i in [3, 6, 8, 11, 14, 15, 18, 20, 24, 25] {
         assert!(
@@ -472,6 +534,53 @@ fn keys_of_the_wrong_type_garbled_marks_and_a_stream_out_of_ids_match_the_functi
         );
     }
     assert!(ok(&replies[22]), "{:?}", replies[22]);
+    assert!(
+        matches!(&replies[27], Err(e) if !e.contains("BADINPUT")),
+        "{:?}",
+        replies[27]
+    );
+}
+
+#[test]
+fn a_snapshot_expiry_that_is_not_a_number_fails_reduce_only_calls_in_both() {
+    let server = server();
+    let mut conn = server.connection();
+    for side in [
+        Side::new(GuardEngine::Function, "lua"),
+        Side::new(GuardEngine::Module, "mod"),
+    ] {
+        side.run(&mut conn, &active()).unwrap();
+        assert!(ok(&side.run(&mut conn, &one("1", &[0.1, 0.0, 0.0]))));
+        side.run(
+            &mut conn,
+            &Step::Setup(vec![
+                vec!["HSET", "{ops}", "mode", "reduce_only"],
+                vec!["HSET", "{snap}", "valid_until_ms", "soon"],
+            ]),
+        )
+        .unwrap();
+        let before = side.state(&mut conn);
+        let r = side.run(&mut conn, &one("2", &[0.0, 0.0, 0.0]));
+        assert!(r.is_err(), "{:?}: {r:?}", side.engine);
+        assert_eq!(side.state(&mut conn), before, "{:?} wrote", side.engine);
+        if side.engine == GuardEngine::Module {
+            let e = r.unwrap_err();
+            assert!(
+                e.contains("valid_until_ms is not a number: nothing was written"),
+                "{e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_module_answers_the_revision_of_the_lua_library_it_stands_in_for() {
+    let v3 = &mlcore_contract::guard::LIBRARIES[1];
+    assert_eq!(
+        (mlcore_guard_module::CONTRACT, mlcore_guard_module::REVISION),
+        (v3.version, v3.revision),
+        "guard_v3.lua's revision changed: change the module alike, then its REVISION"
+    );
 }
 
 fn batch(seq: u64, weights: &[f64]) -> SignalBatch {

@@ -294,6 +294,49 @@ fn native_heads_serve_once_they_agree_with_onnx_runtime_and_score_as_it_does() {
     }
 }
 
+/// `daemon.yaml` `scoring.max_instruction_set`: a scorer held to a set
+/// runs its tree heads in the widest set of this CPU under it, reports
+/// that set, and scores the same bits.
+#[test]
+fn a_scorer_held_to_an_instruction_set_reports_it_and_scores_the_same() {
+    use mlcore_models::native::InstructionSet;
+    use mlcore_models::scoring::HeadBackend;
+    runtime::init(&testutil::ort_library()).unwrap();
+    let validation = &rows(5)[..256 * N_FEATURES];
+    let model = native_artifact(Some(trees_json(ensemble())), Some(validation));
+    let x = rows(7);
+    let batch = &x[..32 * N_FEATURES];
+    let mut widest = ModelScorer::new(&model, 32, ScoringBackend::Native).unwrap();
+    let want = widest.score(batch, 32).unwrap().ai1.to_vec();
+    for cap in InstructionSet::ALL {
+        let mut capped = ModelScorer::new(&model, 32, ScoringBackend::Native).unwrap();
+        capped.cap_kernels(cap);
+        let kernels: Vec<Option<InstructionSet>> = capped
+            .backends()
+            .map(|(_, b)| match b {
+                HeadBackend::Native { kernel, .. } => *kernel,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // ai1 the tree ensemble, ai2 the logistic head (one form).
+        assert_eq!(
+            kernels,
+            [Some(InstructionSet::widest_up_to(cap)), None],
+            "{cap:?}"
+        );
+        assert_eq!(capped.score(batch, 32).unwrap().ai1, want.as_slice(), "{cap:?}");
+    }
+    // The configuration's names are the sets'.
+    for (name, set) in [
+        ("avx512", InstructionSet::Avx512),
+        ("avx2", InstructionSet::Avx2),
+        ("baseline", InstructionSet::Baseline),
+    ] {
+        let parsed: mlcore_config::MaxInstructionSet = serde_json::from_str(&format!("\"{name}\"")).unwrap();
+        assert_eq!(InstructionSet::from(parsed), set);
+    }
+}
+
 #[test]
 fn a_native_head_that_is_refused_falls_back_to_onnx_runtime_and_says_why() {
     use mlcore_models::scoring::HeadBackend;
