@@ -588,7 +588,11 @@ fn ensure_connected(p: &PublisherParts, st: &mut State) {
             st.conn = Some(c);
             st.backoff = Duration::from_millis(p.redis.reconnect.initial_ms.max(1));
             p.counters.redis_ok.store(true, Ordering::Relaxed);
-            tracing::info!("publisher connected; guard answers");
+            tracing::info!(
+                contract = ?p.guard.contract(),
+                guard_engine = ?p.guard.engine(),
+                "publisher connected; guard answers"
+            );
         }
         Err(e) => {
             Counters::inc(&p.counters.redis_errors);
