@@ -28,7 +28,7 @@ use ort::value::{Tensor, TensorRef};
 use mlcore_config::ScoringBackend;
 
 use crate::artifact::{HeadSpec, VerifiedArtifact, VALIDATION_ROWS};
-use crate::native::{self, CompiledHead, InstructionSet, NativeHead, Transposed, PARITY_TOLERANCE};
+use crate::native::{self, CompiledHead, InstructionSet, NativeHead, PARITY_TOLERANCE};
 use crate::runtime::{self, RuntimeError};
 
 /// Why scoring failed.
@@ -270,17 +270,6 @@ impl HeadScorer {
 
     /// Scores `rows` rows of `x` (row-major); returns one value per row.
     pub fn score(&mut self, x: &[f32], rows: usize) -> Result<&[f32], ScoreError> {
-        self.score_with(x, rows, None)
-    }
-
-    /// [`HeadScorer::score`], a native tree head reading `x` from
-    /// `transposed` when it holds it ([`CompiledHead::predict_transposed`]).
-    fn score_with(
-        &mut self,
-        x: &[f32],
-        rows: usize,
-        transposed: Option<&Transposed>,
-    ) -> Result<&[f32], ScoreError> {
         if x.len() != rows * self.n_features || rows > self.out.len() {
             return Err(ScoreError::Shape {
                 got: x.len(),
@@ -290,11 +279,7 @@ impl HeadScorer {
         }
         if let Some(native) = &self.native {
             let out = &mut self.out[..rows];
-            let done = match transposed {
-                Some(t) => native.predict_transposed(t, x, out),
-                None => native.predict(x, out),
-            };
-            done.map_err(|e| ScoreError::Head {
+            native.predict(x, out).map_err(|e| ScoreError::Head {
                 head: self.name.clone(),
                 reason: e.to_string(),
             })?;
@@ -357,9 +342,6 @@ pub struct ModelScorer {
     ai1: HeadScorer,
     ai2: HeadScorer,
     ai3: Option<HeadScorer>,
-    /// Each batch transposed once for the native tree heads, which read
-    /// the same matrix (made for `max_rows`: no allocation per batch).
-    transposed: Transposed,
 }
 
 impl ModelScorer {
@@ -418,7 +400,6 @@ impl ModelScorer {
             ai1: head("ai1")?.ok_or_else(|| missing("ai1"))?,
             ai2: head("ai2")?.ok_or_else(|| missing("ai2"))?,
             ai3: head("ai3")?,
-            transposed: Transposed::new(max_rows),
         })
     }
 
@@ -443,22 +424,10 @@ impl ModelScorer {
 
     /// Scores every head on `rows` rows of `x`.
     pub fn score(&mut self, x: &[f32], rows: usize) -> Result<Scores<'_>, ScoreError> {
-        let trees = [Some(&self.ai1), Some(&self.ai2), self.ai3.as_ref()]
-            .into_iter()
-            .flatten()
-            .filter(|h| matches!(h.native, Some(CompiledHead::Trees(_))))
-            .count();
-        // Two tree heads or more share one transpose of the batch.
-        let transposed = if trees >= 2 {
-            self.transposed.fill(x, self.ai1.n_features);
-            Some(&self.transposed)
-        } else {
-            None
-        };
-        self.ai1.score_with(x, rows, transposed)?;
-        self.ai2.score_with(x, rows, transposed)?;
+        self.ai1.score(x, rows)?;
+        self.ai2.score(x, rows)?;
         if let Some(h) = self.ai3.as_mut() {
-            h.score_with(x, rows, transposed)?;
+            h.score(x, rows)?;
         }
         Ok(Scores {
             ai1: &self.ai1.out[..rows],

@@ -184,87 +184,28 @@ impl CompiledTrees {
         let f = self.n_features;
         let mut columns: Columns = [Column([0.0; BLOCK]); MAX_FEATURES];
         for (block, out) in x.chunks(BLOCK * f).zip(out.chunks_mut(BLOCK)) {
-            transpose(block, f, &mut columns);
-            self.block_out(set, &columns, out);
+            // Row by row (reads in order, writes within 8 KiB of L1). The
+            // lanes past a short block's end keep what they held (zero, or
+            // an earlier block's rows): computed and never read.
+            for (i, row) in block.chunks_exact(f).enumerate() {
+                for (column, &v) in columns.iter_mut().zip(row) {
+                    column.0[i % BLOCK] = v;
+                }
+            }
+            let mut margin = [self.base; BLOCK];
+            set.margins(
+                Block {
+                    splits: &self.splits,
+                    trees: &self.trees,
+                    leaves: &self.leaves,
+                    columns: &columns,
+                },
+                &mut margin,
+            );
+            for (o, m) in out.iter_mut().zip(margin) {
+                *o = self.platt.apply(m);
+            }
         }
-    }
-
-    /// The calibrated probabilities of one transposed block's rows
-    /// (`out.len()` of them, at most [`BLOCK`]).
-    fn block_out(&self, set: InstructionSet, columns: &Columns, out: &mut [f32]) {
-        let mut margin = [self.base; BLOCK];
-        set.margins(
-            Block {
-                splits: &self.splits,
-                trees: &self.trees,
-                leaves: &self.leaves,
-                columns,
-            },
-            &mut margin,
-        );
-        for (o, m) in out.iter_mut().zip(margin) {
-            *o = self.platt.apply(m);
-        }
-    }
-}
-
-/// Writes the rows of `block` (row-major, `f` features each, at most
-/// [`BLOCK`] rows) into `columns`, row by row (reads in order, writes
-/// within 8 KiB of L1). The lanes past a short block's end keep what they
-/// held (zero, or an earlier block's rows): computed and never read.
-fn transpose(block: &[f32], f: usize, columns: &mut Columns) {
-    for (i, row) in block.chunks_exact(f).enumerate() {
-        for (column, &v) in columns.iter_mut().zip(row) {
-            column.0[i % BLOCK] = v;
-        }
-    }
-}
-
-/// A batch transposed once for every tree head that scores it: the heads
-/// of one model read the same feature matrix, so a decision transposes it
-/// once instead of once per head ([`CompiledHead::predict_transposed`]).
-/// Made for the most rows a scorer takes; refilled per batch without
-/// allocating.
-#[derive(Debug, Clone)]
-pub struct Transposed {
-    blocks: Box<[Columns]>,
-    /// The batch it holds: the address it was read from (an identity,
-    /// never read through), its length and features per row; `None` when
-    /// [`Transposed::fill`] could not take it.
-    holds: Option<(usize, usize, usize)>,
-}
-
-impl Transposed {
-    /// Room for batches of up to `max_rows` rows.
-    pub fn new(max_rows: usize) -> Self {
-        let empty: Columns = [Column([0.0; BLOCK]); MAX_FEATURES];
-        Self {
-            blocks: vec![empty; max_rows.div_ceil(BLOCK).max(1)].into_boxed_slice(),
-            holds: None,
-        }
-    }
-
-    /// Transposes `x`, rows of `n_features` (row-major). A batch of more
-    /// rows than it was made for, or of more features than the native form
-    /// takes, is not taken: the heads then transpose it themselves.
-    pub fn fill(&mut self, x: &[f32], n_features: usize) {
-        self.holds = None;
-        if n_features == 0 || n_features > MAX_FEATURES || !x.len().is_multiple_of(n_features) {
-            return;
-        }
-        let rows = x.len() / n_features;
-        if rows > self.blocks.len() * BLOCK {
-            return;
-        }
-        for (block, columns) in x.chunks(BLOCK * n_features).zip(self.blocks.iter_mut()) {
-            transpose(block, n_features, columns);
-        }
-        self.holds = Some((x.as_ptr() as usize, x.len(), n_features));
-    }
-
-    /// Whether it holds `x`, read as rows of `n_features`.
-    fn holds(&self, x: &[f32], n_features: usize) -> bool {
-        self.holds == Some((x.as_ptr() as usize, x.len(), n_features))
     }
 }
 
@@ -572,26 +513,6 @@ impl CompiledHead {
         Ok(())
     }
 
-    /// [`Self::predict`] of a batch `t` holds transposed
-    /// ([`Transposed::fill`] of this `x`): a tree ensemble reads `t`'s
-    /// columns instead of transposing `x` again. A logistic head, or a `t`
-    /// that does not hold this `x`, reads `x`. The same results.
-    ///
-    /// # Errors
-    /// [`NativeError::Shape`] when `x` does not hold `out.len()` rows.
-    pub fn predict_transposed(&self, t: &Transposed, x: &[f32], out: &mut [f32]) -> Result<(), NativeError> {
-        match self {
-            Self::Trees(tr) if t.holds(x, tr.n_features) => {
-                self.check_shape(x, out)?;
-                for (columns, out) in t.blocks.iter().zip(out.chunks_mut(BLOCK)) {
-                    tr.block_out(tr.set, columns, out);
-                }
-                Ok(())
-            }
-            _ => self.predict(x, out),
-        }
-    }
-
     /// [`Self::predict`] with tree ensembles evaluated in `set` (benches and
     /// tests compare them; a logistic head has one form).
     ///
@@ -781,38 +702,6 @@ mod tests {
         assert!(detected.available());
         let widest = InstructionSet::ALL.into_iter().rev().find(|s| s.available());
         assert_eq!(Some(detected), widest);
-    }
-
-    #[test]
-    fn a_batch_transposed_once_scores_as_each_head_transposing_it() {
-        let h = head();
-        let c = CompiledHead::compile(&NativeHead::Trees(h.clone()), 2).unwrap();
-        let x: Vec<f32> = (0..2 * 73).map(|i| (i % 11) as f32 * 0.3 - 1.5).collect();
-        let mut t = Transposed::new(73);
-        for n in [1, 31, 32, 33, 73] {
-            let x = &x[..2 * n];
-            t.fill(x, 2);
-            let (mut want, mut got) = (vec![0.0; n], vec![0.0; n]);
-            c.predict(x, &mut want).unwrap();
-            c.predict_transposed(&t, x, &mut got).unwrap();
-            assert_eq!(got, want, "{n} rows");
-        }
-        // A batch it does not hold (another slice, another shape, or one
-        // larger than it was made for) is read from `x`.
-        let other: Vec<f32> = x.iter().map(|v| -v).collect();
-        let (mut want, mut got) = (vec![0.0; 73], vec![0.0; 73]);
-        c.predict(&other, &mut want).unwrap();
-        c.predict_transposed(&t, &other, &mut got).unwrap();
-        assert_eq!(got, want);
-        let mut small = Transposed::new(32);
-        small.fill(&x, 2);
-        c.predict_transposed(&small, &x, &mut got).unwrap();
-        c.predict(&x, &mut want).unwrap();
-        assert_eq!(got, want);
-        assert!(
-            c.predict_transposed(&t, &x[..2 * 73], &mut got[..3]).is_err(),
-            "shape"
-        );
     }
 
     #[test]
