@@ -15,7 +15,8 @@
 //! acknowledged p50/p99 — the same run with and without changes.
 //!
 //! `mlcore-config-apply-bench [--rate 2000] [--seconds 60] [--every-ms 100]
-//! [--variant full|write-only|poll-only] [--daemon-log FILE] [--contract v2|v3]`
+//! [--variant full|write-only|poll-only] [--daemon-log FILE] [--contract v2|v3]
+//! [--guard-engine function|module]`
 
 #![allow(clippy::print_stdout)] // a benchmark reports on stdout
 
@@ -65,6 +66,11 @@ struct Args {
     /// phase alone is the sustained-rate check of both versions.
     #[arg(long, default_value = "v2")]
     contract: String,
+    /// What runs v3's publish call (`redis.yaml` `guard_engine`):
+    /// `function` or `module` (the Redis at `MLCORE_TEST_REDIS_URL` must
+    /// have loaded the guard module).
+    #[arg(long, default_value = "function")]
+    guard_engine: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -100,14 +106,14 @@ fn now_ms() -> u64 {
 
 /// A project folder: the repository's configs (dev) pointed at a namespace
 /// of its own, free ports, this machine's ONNX Runtime, models under it.
-fn project(root: &Path, ns: &str, contract: &str) -> anyhow::Result<()> {
+fn project(root: &Path, ns: &str, contract: &str, guard_engine: &str) -> anyhow::Result<()> {
     let src = root.join("source");
     testutil::copy_tree(&testutil::workspace_root().join("configs"), &src)?;
     let dev = src.join("envs/dev");
     let redis = std::fs::read_to_string(dev.join("redis.yaml"))?;
     std::fs::write(
         dev.join("redis.yaml"),
-        format!("{redis}namespace: {ns}\ncontract: {contract}\n"),
+        format!("{redis}namespace: {ns}\ncontract: {contract}\nguard_engine: {guard_engine}\n"),
     )?;
     // dev's thread layout (hot threads on core 1, SCHED_FIFO 10), a free port.
     std::fs::write(
@@ -152,6 +158,12 @@ fn main() -> anyhow::Result<()> {
     if a.contract != "v2" && a.contract != "v3" {
         bail!("--contract must be v2 or v3, got {}", a.contract);
     }
+    if a.guard_engine != "function" && a.guard_engine != "module" {
+        bail!(
+            "--guard-engine must be function or module, got {}",
+            a.guard_engine
+        );
+    }
     let daemon_bin = match &a.daemon {
         Some(p) => p.clone(),
         None => std::env::current_exe()?
@@ -168,7 +180,7 @@ fn main() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let root = tmp.path();
     let ns = format!("mlcore-cfgbench-{}", std::process::id());
-    project(root, &ns, &a.contract)?;
+    project(root, &ns, &a.contract, &a.guard_engine)?;
     let live = root.join("live/configs");
     let base = ConfigTree::read(&root.join("source"))?;
     mlcore_config::deploy::write(&live, &base, "bench-0", "bench", now_ms())?;
