@@ -321,41 +321,38 @@ fn value_error(r: &[u8]) -> Option<String> {
 }
 
 /// Decision `d`'s header and records, checked (`header_error`, `records_of`).
-fn decision<'a>(args: &[Option<&'a [u8]>], d: usize, symbols: &[&[u8]]) -> Result<Decision<'a>, String> {
-    let [seq, generated, valid, model_id, version, records] = [0, 1, 2, 3, 4, 5].map(|i| args[i]);
-    let seq_n = match int_arg(seq) {
+/// `args` are all there: [`parse`] counted them first.
+fn decision<'a>(args: [&'a [u8]; PER], d: usize, symbols: &[&[u8]]) -> Result<Decision<'a>, String> {
+    let [seq, generated, valid, model_id, version, records] = args;
+    let seq_n = match int_arg(Some(seq)) {
         Some(n) if n > 0 => n,
         _ => {
             return Err(format!(
                 "decision {d}: seq must be a positive integer, got {}",
-                shown(seq)
+                text(seq)
             ))
         }
     };
-    if int_arg(generated).is_none() {
+    if int_arg(Some(generated)).is_none() {
         return Err(format!("decision {d}: generated_at_ms must be an integer"));
     }
-    let Some(valid_until_ms) = int_arg(valid) else {
+    let Some(valid_until_ms) = int_arg(Some(valid)) else {
         return Err(format!("decision {d}: valid_until_ms must be an integer"));
     };
-    let model_id = match model_id {
-        Some(m) if !m.is_empty() => m,
-        _ => return Err(format!("decision {d}: model_id is missing")),
-    };
-    if int_arg(version).is_none() {
+    if model_id.is_empty() {
+        return Err(format!("decision {d}: model_id is missing"));
+    }
+    if int_arg(Some(version)).is_none() {
         return Err(format!("decision {d}: model_version must be an integer"));
     }
     let n = symbols.len();
-    let records = match records {
-        Some(r) if r.len() == RECORD * n => r,
-        _ => {
-            return Err(format!(
-                "decision {d}: records must be {} bytes for {n} symbols, got {}",
-                RECORD * n,
-                records.map_or("none".to_owned(), |r| r.len().to_string())
-            ))
-        }
-    };
+    if records.len() != RECORD * n {
+        return Err(format!(
+            "decision {d}: records must be {} bytes for {n} symbols, got {}",
+            RECORD * n,
+            records.len()
+        ));
+    }
     for (i, r) in records.chunks_exact(RECORD).enumerate() {
         if let Some(why) = value_error(r) {
             return Err(format!(
@@ -365,12 +362,10 @@ fn decision<'a>(args: &[Option<&'a [u8]>], d: usize, symbols: &[&[u8]]) -> Resul
             ));
         }
     }
-    // Every argument was present: the checks above return otherwise.
-    let [seq, generated, valid, version] = [seq, generated, valid, version].map(|a| a.unwrap_or_default());
     Ok(Decision {
         seq: seq_n,
         valid_until_ms,
-        args: [seq, generated, valid, model_id, version, records],
+        args,
     })
 }
 
@@ -401,10 +396,9 @@ pub fn parse<'a>(keys: Keys<'a>, args: &[&'a [u8]]) -> Result<Request<'a>, Strin
         ));
     }
     let mut decisions = Vec::with_capacity(count);
-    for d in 0..count {
-        let o = HEAD + d * PER;
-        let fields: Vec<Option<&[u8]>> = (o..o + PER).map(arg).collect();
-        decisions.push(decision(&fields, d + 1, &symbols)?);
+    for (d, fields) in args[HEAD..].chunks_exact(PER).enumerate() {
+        let fields: [&[u8]; PER] = [fields[0], fields[1], fields[2], fields[3], fields[4], fields[5]];
+        decisions.push(decision(fields, d + 1, &symbols)?);
     }
     Ok(Request {
         keys,
