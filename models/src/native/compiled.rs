@@ -363,8 +363,8 @@ fn margins_baseline(block: Block<'_>, margin: &mut Lanes<f32>) {
 #[target_feature(enable = "avx2")]
 fn margins_avx2(block: Block<'_>, margin: &mut Lanes<f32>) {
     use std::arch::x86_64::{
-        __m256, __m256i, _mm256_add_ps, _mm256_and_si256, _mm256_castps_si256, _mm256_cmp_ps,
-        _mm256_or_si256, _mm256_set1_epi32, _mm256_set1_ps, _CMP_LT_OQ,
+        __m256, _mm256_add_ps, _mm256_and_si256, _mm256_castps_si256, _mm256_cmp_ps, _mm256_or_si256,
+        _mm256_set1_epi32, _mm256_set1_ps, _CMP_LT_OQ,
     };
     let columns = block.columns;
     let mut sums: [__m256; 4] = cast(*margin);
@@ -381,17 +381,59 @@ fn margins_avx2(block: Block<'_>, margin: &mut Lanes<f32>) {
                 *r = _mm256_and_si256(*r, _mm256_or_si256(pass, keep));
             }
         }
+        let leaves: [__m256; 4] = cast(values.0);
         for (sum, r) in sums.iter_mut().zip(remain) {
-            let exits: [u32; 8] = cast::<__m256i, _>(r);
-            let mut add = [0f32; 8];
-            for (a, exit) in add.iter_mut().zip(exits) {
-                *a = values.0[(exit.trailing_zeros() % MAX_LEAVES as u32) as usize];
-            }
-            // Lane by lane the same f32 addition as the baseline's.
-            *sum = _mm256_add_ps(*sum, cast(add));
+            // Lane by lane the same leaf and the same f32 addition as the
+            // baseline's.
+            *sum = _mm256_add_ps(*sum, exit_values_avx2(r, &leaves));
         }
     }
     *margin = cast(sums);
+}
+
+/// The value of each lane's exit leaf (the lowest set bit of its `r`,
+/// never 0) among a tree's 32 padded `leaves`, in registers: found lane by
+/// lane through memory, each row's store and the vector load over eight of
+/// them stalled store forwarding once per 8 rows and tree.
+///
+/// AVX2 has no `lzcnt` on lanes, so the index comes from the lowest bit
+/// converted to `f32`: a power of two is exact, and its exponent field is
+/// `127 + index` (bit 31 reads as −2^31, whose sign bit lands at bit 8 of
+/// the shifted field and is masked off with the rest: `(e + 1) & 31`).
+/// `vpermps` picks within 8 leaves by the index's low 3 bits; its bits 3
+/// and 4 then choose among the four eights (`blendv` reads a lane's sign,
+/// so each bit is shifted up to bit 31).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn exit_values_avx2(
+    r: std::arch::x86_64::__m256i,
+    leaves: &[std::arch::x86_64::__m256; 4],
+) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::{
+        _mm256_add_epi32, _mm256_and_si256, _mm256_blendv_ps, _mm256_castps_si256, _mm256_castsi256_ps,
+        _mm256_cvtepi32_ps, _mm256_permutevar8x32_ps, _mm256_set1_epi32, _mm256_setzero_si256,
+        _mm256_slli_epi32, _mm256_srli_epi32, _mm256_sub_epi32,
+    };
+    let lowest = _mm256_and_si256(r, _mm256_sub_epi32(_mm256_setzero_si256(), r));
+    let exponent = _mm256_srli_epi32::<23>(_mm256_castps_si256(_mm256_cvtepi32_ps(lowest)));
+    let exit = _mm256_and_si256(
+        _mm256_add_epi32(exponent, _mm256_set1_epi32(1)),
+        _mm256_set1_epi32(31),
+    );
+    let [l0, l1, l2, l3] = *leaves;
+    let bit3 = _mm256_castsi256_ps(_mm256_slli_epi32::<28>(exit));
+    let bit4 = _mm256_castsi256_ps(_mm256_slli_epi32::<27>(exit));
+    let low = _mm256_blendv_ps(
+        _mm256_permutevar8x32_ps(l0, exit),
+        _mm256_permutevar8x32_ps(l1, exit),
+        bit3,
+    );
+    let high = _mm256_blendv_ps(
+        _mm256_permutevar8x32_ps(l2, exit),
+        _mm256_permutevar8x32_ps(l3, exit),
+        bit3,
+    );
+    _mm256_blendv_ps(low, high, bit4)
 }
 
 /// [`margins_baseline`] in AVX-512 (F and CD), 16 lanes per instruction.
@@ -400,7 +442,8 @@ fn margins_avx2(block: Block<'_>, margin: &mut Lanes<f32>) {
 /// AVX2), and a tree's exit leaves are found and looked up in registers:
 /// the lowest set bit's index (31 − leading zeros of `r & -r`) selects
 /// from the 32 padded leaf values held in two registers (`vpermt2ps`),
-/// where the narrower forms go lane by lane. The same bits: the masked AND
+/// where AVX2 needs a float conversion, four permutes and three blends
+/// ([`exit_values_avx2`]) and the baseline goes lane by lane. The same bits: the masked AND
 /// is the baseline's `r & (pass | keep)`, and each lane adds the same leaf
 /// value, tree after tree, in f32.
 #[cfg(target_arch = "x86_64")]
