@@ -10,6 +10,17 @@
 
 pub use mlcore_testkit::CommandStats;
 
+/// The `INFO commandstats` name of the command the daemon publishes with:
+/// `fcall` for the guard's Lua functions; for `guard_engine: module` the
+/// module's own command (`mlcore.publish_v3`), whose calls `fcall`'s line
+/// never counts.
+pub fn guard_command(engine: mlcore_config::GuardEngine) -> &'static str {
+    match engine {
+        mlcore_config::GuardEngine::Function => "fcall",
+        mlcore_config::GuardEngine::Module => mlcore_contract::guard::MODULE_PUBLISH,
+    }
+}
+
 /// One line: `stats`' guard calls for `decisions` over `seconds`, their
 /// mean time in Redis and the share of Redis' core they took.
 pub fn guard_summary(stats: &CommandStats, decisions: u64, seconds: f64) -> String {
@@ -27,6 +38,26 @@ pub fn guard_summary(stats: &CommandStats, decisions: u64, seconds: f64) -> Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_engine_is_counted_on_its_own_commands_line() {
+        // As Redis 7 writes the two lines when a module serves the guard.
+        let info = "# Commandstats\r\n\
+            cmdstat_fcall:calls=3,usec=150,usec_per_call=50.00,rejected_calls=0,failed_calls=0\r\n\
+            cmdstat_mlcore.publish_v3:calls=20000,usec=200000,usec_per_call=10.00,rejected_calls=0,failed_calls=0\r\n";
+        let read = |engine| CommandStats::from_info(info, guard_command(engine)).unwrap();
+        assert_eq!(
+            read(mlcore_config::GuardEngine::Module),
+            CommandStats {
+                calls: 20_000,
+                usec: 200_000
+            }
+        );
+        assert_eq!(
+            read(mlcore_config::GuardEngine::Function),
+            CommandStats { calls: 3, usec: 150 }
+        );
+    }
 
     #[test]
     fn the_summary_says_calls_time_and_busy_share() {
