@@ -12,7 +12,7 @@
 //! latency of the decisions triggered in it, then whether memory and
 //! latency stayed flat from the first half of the swaps to the second
 //! ([`crate::swaps`]; the issue asks it across 1,000 swaps:
-//! `--seconds 60 --swap-every-ms 40`). For each phase
+//! `--seconds 70 --swap-every-ms 40`). For each phase
 //! it reports throughput, decisions dropped, the daemon's trigger →
 //! acknowledged-by-Redis histogram (µs buckets from `/metrics`, differenced
 //! per phase) and the trigger → visible-in-Redis latency: from the
@@ -170,7 +170,8 @@ struct Phase {
     tail: Bursts,
     /// Decisions matched to their trigger in the stream.
     seen: usize,
-    /// Redis' guard calls (`FCALL`) during the phase.
+    /// Redis' guard calls during the phase (`FCALL`, or the module's
+    /// command: [`redis_stats::guard_command`]).
     redis: CommandStats,
     /// What the host took from each core during the phase (or why that
     /// could not be read).
@@ -181,6 +182,23 @@ struct Phase {
     windows: Vec<swaps::Window>,
     /// The swap phase's halves compared.
     flat: Option<Flatness>,
+}
+
+/// Why a swap phase made fewer swaps than asked, and the `--seconds` that
+/// would make them at the rate the daemon took them (a swap verifies the
+/// artifact, builds its sessions and, for native heads, checks them against
+/// ONNX Runtime: it can take longer than `--swap-every-ms`).
+fn fewer_swaps(swaps: u64, seconds: u64) -> String {
+    let per_second = swaps as f64 / seconds.max(1) as f64;
+    let needed = if per_second > 0.0 {
+        format!(
+            "; at that rate --seconds {:.0} makes them",
+            (swaps::SWAPS_ASKED as f64 * 1.1 / per_second).ceil()
+        )
+    } else {
+        String::new()
+    };
+    format!(" (fewer swaps than asked: the daemon took {per_second:.1} a second{needed})")
 }
 
 /// The server's totals so far for the command the daemon publishes with
@@ -289,16 +307,36 @@ fn main() -> anyhow::Result<()> {
         Vec::new()
     };
 
+    // A halted strategy (also what no recorded mode means) makes the
+    // daemon publish nothing: a load with nothing to measure. Said before
+    // the baselines, not as "no decision seen" after the load.
+    let mut conn = redis::Client::open(cfg.redis.url.expose())?.get_connection()?;
+    let ops = mlcore_contract::Guard::new(mlcore_contract::Keys::new(&cfg.redis.namespace), 1000)
+        .read_mode(&mut conn, strat.id.as_ref())?;
+    if ops.mode == mlcore_contract::OpsMode::Halted {
+        let recorded = if ops.version == 0 {
+            "no ops mode recorded, which reads as halted".to_owned()
+        } else {
+            format!("halted since mode version {}", ops.version)
+        };
+        anyhow::bail!(
+            "strategy {id} in namespace {ns}: {recorded}, so the daemon publishes nothing; resume it first: \
+             `mlcore-control ops request --action resume --scope {id} --reason \"load test\"` as an operator, \
+             then `mlcore-control ops approve --id REQUEST_ID` as an approver (scripts/demo.sh does both)",
+            id = strat.id.as_ref(),
+            ns = cfg.redis.namespace,
+        );
+    }
+
     // Baselines: one decision's guarded publishes by a plain client, as the
     // daemon sends it (one call) and as the issue words it (32 single-signal
     // calls, pipelined), one after the other — alternated, the one call
     // read half again slower than alone (p50 545–627 against 368–463 µs),
     // which would loosen the stricter bound; and bare ONNX Runtime for one
     // decision.
-    let conn = redis::Client::open(cfg.redis.url.expose())?.get_connection()?;
     let names: Vec<String> = strat.symbols.iter().map(|s| s.symbol.to_string()).collect();
     let mut base = PublishBaseline::new(
-        conn,
+        redis::Client::open(cfg.redis.url.expose())?.get_connection()?,
         &format!("{}-loadgen-baseline", cfg.redis.namespace),
         &strat.id,
         &names,
@@ -320,22 +358,6 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let mut conn = base.clean()?;
-    // A halted strategy (also what no recorded mode means) makes the
-    // daemon publish nothing: a load with nothing to measure. Said now,
-    // not as "no decision seen" after it.
-    let ops = mlcore_contract::Guard::new(mlcore_contract::Keys::new(&cfg.redis.namespace), 1000)
-        .read_mode(&mut conn, strat.id.as_ref())?;
-    if ops.mode == mlcore_contract::OpsMode::Halted {
-        anyhow::bail!(
-            "strategy {} is halted in namespace {} (mode version {}): the daemon publishes nothing; \
-             resume it first (`mlcore-control ops request --action resume --scope {}`, approved by a second \
-             principal, as scripts/demo.sh does)",
-            strat.id.as_ref(),
-            cfg.redis.namespace,
-            ops.version,
-            strat.id.as_ref()
-        );
-    }
     let (ort, ort_constant, ort_paced) = ort_baselines(&strat, &quotes, period)?;
 
     // Reader: follow the daemon's stream; per phase, the latency from each
@@ -623,9 +645,9 @@ fn main() -> anyhow::Result<()> {
                 if f.latency_flat() { "flat" } else { "CLIMBING" },
                 verdict(f.memory_flat() && f.latency_flat() && f.swaps >= swaps::SWAPS_ASKED),
                 if f.swaps < swaps::SWAPS_ASKED {
-                    " (fewer swaps than asked: a swap takes longer than --swap-every-ms; with native heads, each checked against ONNX Runtime before it serves, --seconds 60 --swap-every-ms 40 makes ≈ 1,050)"
+                    fewer_swaps(f.swaps, a.seconds)
                 } else {
-                    ""
+                    String::new()
                 }
             ),
             None => println!(
@@ -904,6 +926,19 @@ impl Swapper {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn too_few_swaps_say_the_rate_and_the_seconds_that_would_do() {
+        // 860 swaps in 45 s: 19.1 a second; 1,100 of them take 58 s.
+        assert_eq!(
+            fewer_swaps(860, 45),
+            " (fewer swaps than asked: the daemon took 19.1 a second; at that rate --seconds 58 makes them)"
+        );
+        assert_eq!(
+            fewer_swaps(0, 45),
+            " (fewer swaps than asked: the daemon took 0.0 a second)"
+        );
+    }
 
     fn parse(extra: &[&str]) -> Result<Args, String> {
         let base = [

@@ -5,8 +5,8 @@
 //! core it spends in them bounds the decision rate, and a share near 100 %
 //! means decisions queue behind each other: the tail then belongs to Redis'
 //! capacity on this machine, not to the daemon. The load generator prints
-//! it per phase. `INFO` counts the whole server: another client's `FCALL`s
-//! during a run count too.
+//! it per phase. `INFO` counts the whole server: another client's calls of
+//! the same command (`FCALL`, or the module's) during a run count too.
 
 pub use mlcore_testkit::CommandStats;
 

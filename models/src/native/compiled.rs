@@ -355,8 +355,9 @@ fn margins_baseline(block: Block<'_>, margin: &mut Lanes<f32>) {
     }
 }
 
-/// [`margins_baseline`] in AVX2: the same operations in the same order on
-/// 256-bit vectors (`wide` picks its instructions when the crate is
+/// [`margins_baseline`] in AVX2: the same bits, the splits' operations in
+/// the same order on 256-bit vectors, the exit leaves in registers
+/// ([`exit_values_avx2`]) (`wide` picks its instructions when the crate is
 /// compiled, so this form is written with `std::arch`'s intrinsics, which
 /// a `#[target_feature]` function may call safely).
 #[cfg(target_arch = "x86_64")]
@@ -392,17 +393,17 @@ fn margins_avx2(block: Block<'_>, margin: &mut Lanes<f32>) {
 }
 
 /// The value of each lane's exit leaf (the lowest set bit of its `r`,
-/// never 0) among a tree's 32 padded `leaves`, in registers: found lane by
-/// lane through memory, each row's store and the vector load over eight of
-/// them stalled store forwarding once per 8 rows and tree.
+/// never 0) among a tree's 32 padded `leaves`, in registers. The form
+/// before went lane by lane through memory, and the vector load over
+/// eight rows' stores stalled store forwarding once per 8 rows and tree.
 ///
 /// AVX2 has no `lzcnt` on lanes, so the index comes from the lowest bit
 /// converted to `f32`: a power of two is exact, and its exponent field is
-/// `127 + index` (bit 31 reads as −2^31, whose sign bit lands at bit 8 of
-/// the shifted field and is masked off with the rest: `(e + 1) & 31`).
-/// `vpermps` picks within 8 leaves by the index's low 3 bits; its bits 3
-/// and 4 then choose among the four eights (`blendv` reads a lane's sign,
-/// so each bit is shifted up to bit 31).
+/// `127 + index`, so `e + 1` holds the index in its bits 0–4 (bit 31 reads
+/// as −2^31, whose sign bit lands above them, at bit 8). Nothing reads the
+/// bits above: `vpermps` picks within 8 leaves by the index's low 3 bits,
+/// and its bits 3 and 4 choose among the four eights, each shifted up to
+/// bit 31, where `blendv` reads a lane's sign (the shift drops the rest).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn exit_values_avx2(
@@ -416,10 +417,9 @@ fn exit_values_avx2(
     };
     let lowest = _mm256_and_si256(r, _mm256_sub_epi32(_mm256_setzero_si256(), r));
     let exponent = _mm256_srli_epi32::<23>(_mm256_castps_si256(_mm256_cvtepi32_ps(lowest)));
-    let exit = _mm256_and_si256(
-        _mm256_add_epi32(exponent, _mm256_set1_epi32(1)),
-        _mm256_set1_epi32(31),
-    );
+    // The index in bits 0-4 (above them, for bit 31, the sign: nothing
+    // below reads it).
+    let exit = _mm256_add_epi32(exponent, _mm256_set1_epi32(1));
     let [l0, l1, l2, l3] = *leaves;
     let bit3 = _mm256_castsi256_ps(_mm256_slli_epi32::<28>(exit));
     let bit4 = _mm256_castsi256_ps(_mm256_slli_epi32::<27>(exit));
@@ -630,6 +630,30 @@ mod tests {
             base: -0.1,
             platt: Platt { a: 1.5, b: 0.2 },
             n_features: 2,
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_exit_values_pick_the_lowest_set_bit_of_every_position() {
+        if !InstructionSet::Avx2.available() {
+            eprintln!("this CPU has no AVX2: its exit-leaf lookup is not tested here");
+            return;
+        }
+        let leaves: [f32; MAX_LEAVES] = std::array::from_fn(|i| i as f32 + 0.5);
+        let registers: [std::arch::x86_64::__m256; 4] = cast(leaves);
+        // Every lowest bit, alone and under every higher bit set (bit 31,
+        // which converts to -2^31, included), eight lanes at a time.
+        let masks: Vec<u32> = (0..32).flat_map(|k| [1u32 << k, u32::MAX << k]).collect();
+        for lanes in masks.chunks(8) {
+            let mut r = [1u32; 8];
+            r[..lanes.len()].copy_from_slice(lanes);
+            #[allow(unsafe_code)]
+            // SAFETY: AVX2 is available (checked above).
+            let got: [f32; 8] = cast(unsafe { exit_values_avx2(cast(r), &registers) });
+            for (mask, v) in r.iter().zip(got) {
+                assert_eq!(v, leaves[mask.trailing_zeros() as usize], "r = {mask:#034b}");
+            }
         }
     }
 
