@@ -406,12 +406,16 @@ impl ModelScorer {
     /// Holds every native tree head to `cap` at most (`daemon.yaml`
     /// `scoring.max_instruction_set`, which the backtester reads too).
     pub fn cap_kernels(&mut self, cap: InstructionSet) {
-        for h in [Some(&mut self.ai1), Some(&mut self.ai2), self.ai3.as_mut()]
-            .into_iter()
-            .flatten()
-        {
+        for h in self.heads_mut() {
             h.cap_kernel(cap);
         }
+    }
+
+    /// Each head, ai3 when the model has it.
+    fn heads_mut(&mut self) -> impl Iterator<Item = &mut HeadScorer> {
+        [Some(&mut self.ai1), Some(&mut self.ai2), self.ai3.as_mut()]
+            .into_iter()
+            .flatten()
     }
 
     /// Each head's name and backend.
@@ -450,10 +454,7 @@ impl ModelScorer {
         iterations: usize,
         mut pause: impl FnMut(),
     ) -> Result<(), ScoreError> {
-        for h in [Some(&mut self.ai1), Some(&mut self.ai2), self.ai3.as_mut()]
-            .into_iter()
-            .flatten()
-        {
+        for h in self.heads_mut() {
             let mut left = iterations;
             while left > 0 {
                 let runs = left.min(WARM_UP_RUNS_PER_PAUSE);
