@@ -1,7 +1,11 @@
-//! One decision for a 32-symbol universe with the sample model, on a pool
-//! of 256 real market states cycled (`mlcore_benches::engine_pool`):
-//! feature matrix → the three heads → portfolio, with the heads on the
-//! native backend and on ONNX Runtime, and the ONNX Runtime calls alone.
+//! One decision for a 32-symbol universe with the sample model, as the
+//! daemon makes it: one feature engine fed the next minute of the
+//! synthetic market's quotes before each decision (untimed;
+//! `mlcore_benches::MarketReplay`), then feature matrix → the three heads
+//! → portfolio, with the heads on the native backend and on ONNX Runtime,
+//! and the ONNX Runtime calls alone. Also the native decision on 256
+//! engine states cycled (`mlcore_benches::engine_pool`), each read from
+//! cold caches.
 //! Targets: the whole decision's compute under 10 µs p50 with the native
 //! backend; the non-ORT part of an ONNX Runtime decision ≤ 10 %.
 //!
@@ -12,10 +16,10 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // a benchmark binary: fail loudly, print figures
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use mlcore_benches::{bench_model, describe_model, Percentiles, SYMBOLS};
+use mlcore_benches::{bench_model, describe_model, MarketReplay, Percentiles, SYMBOLS};
 use mlcore_config::ScoringBackend;
 use mlcore_daemon::job::Job;
 use mlcore_decision::universe::Strategy;
@@ -76,24 +80,31 @@ fn main() {
         benchmark: 0,
         theta: None,
     };
-    // The daemon's calls: prepare → score → apply_scores → decide, on the
-    // next market state of the pool each time.
-    let decision = |scorer: &mut ModelScorer, k: &mut usize, job: &mut Job| {
-        *k = (*k + 1) % pool.len();
-        let (engine, ts) = &pool[*k];
-        let Job {
-            features,
-            inputs,
-            params,
-            scratch,
-            ..
-        } = job;
-        mlcore_decision::prepare(&strategy, engine, *ts, features, inputs, params);
-        let scores = scorer.score(features, SYMBOLS).unwrap();
-        mlcore_decision::apply_scores(inputs, scores.ai1, scores.ai2, scores.ai3);
-        black_box(mlcore_decision::decide(&policy, params, inputs, scratch));
+    // The daemon's calls: prepare → score → apply_scores → decide, on a
+    // market state.
+    let decision =
+        |scorer: &mut ModelScorer, engine: &mlcore_features::FeatureEngine, ts: i64, job: &mut Job| {
+            let Job {
+                features,
+                inputs,
+                params,
+                scratch,
+                ..
+            } = job;
+            mlcore_decision::prepare(&strategy, engine, ts, features, inputs, params);
+            let scores = scorer.score(features, SYMBOLS).unwrap();
+            mlcore_decision::apply_scores(inputs, scores.ai1, scores.ai2, scores.ai3);
+            black_box(mlcore_decision::decide(&policy, params, inputs, scratch));
+        };
+    // The next minute of quotes fed (untimed), then one decision, timed.
+    let replayed = |replay: &mut MarketReplay, scorer: &mut ModelScorer, job: &mut Job| {
+        let (engine, ts) = replay.advance();
+        let start = Instant::now();
+        decision(scorer, engine, ts, job);
+        start.elapsed()
     };
-    let (mut kn, mut ko, mut kr) = (0usize, 0usize, 0usize);
+    let (mut replay, mut replay2) = (MarketReplay::new(), MarketReplay::new());
+    let (mut kc, mut kr) = (0usize, 0usize);
     let ort_only = |scorer: &mut ModelScorer, k: &mut usize| {
         *k = (*k + 1) % matrices.len();
         black_box(scorer.score(&matrices[*k], SYMBOLS).unwrap().ai1[0]);
@@ -102,11 +113,19 @@ fn main() {
         .configure_from_args()
         .measurement_time(Duration::from_secs(4));
     c.bench_function("decision_32_symbols_native", |b| {
-        b.iter(|| decision(&mut native, &mut kn, &mut job))
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| replayed(&mut replay, &mut native, &mut job))
+                .sum()
+        })
     });
     let mut onnx_decision = scorer(ScoringBackend::Onnx);
     c.bench_function("decision_32_symbols_onnx", |b| {
-        b.iter(|| decision(&mut onnx_decision, &mut ko, &mut job))
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| replayed(&mut replay2, &mut onnx_decision, &mut job))
+                .sum()
+        })
     });
     c.bench_function("decision_32_symbols_ort_only", |b| {
         b.iter(|| ort_only(&mut onnx, &mut kr))
@@ -115,21 +134,31 @@ fn main() {
     // Ratios from calls alternated: criterion's runs above come one after
     // the other, and on this VM they have disagreed by more than what they
     // compare.
-    let (native_p, onnx_p) = Percentiles::measure_alternating(
+    let (native_p, onnx_p) = Percentiles::measure_alternating_timed(
         20_000,
         2_000,
-        || decision(&mut native, &mut kn, &mut job),
-        || decision(&mut onnx_decision, &mut ko, &mut job2),
+        || replayed(&mut replay, &mut native, &mut job),
+        || replayed(&mut replay2, &mut onnx_decision, &mut job2),
     );
-    let (onnx_p2, ort_p) = Percentiles::measure_alternating(
+    let (onnx_p2, ort_p) = Percentiles::measure_alternating_timed(
         20_000,
         2_000,
-        || decision(&mut onnx_decision, &mut ko, &mut job2),
-        || ort_only(&mut onnx, &mut kr),
+        || replayed(&mut replay2, &mut onnx_decision, &mut job2),
+        || {
+            let start = Instant::now();
+            ort_only(&mut onnx, &mut kr);
+            start.elapsed()
+        },
     );
+    // The engine read cold: each decision on another of 256 states.
+    let cold = Percentiles::measure(20_000, 2_000, || {
+        kc = (kc + 1) % pool.len();
+        let (engine, ts) = &pool[kc];
+        decision(&mut native, engine, *ts, &mut job);
+    });
 
     println!(
-        "\n== one 32-symbol decision, 256 market states cycled (native backend: {}) ==",
+        "\n== one 32-symbol decision, the next minute of quotes fed before each (native backend: {}) ==",
         mlcore_models::native::InstructionSet::detected().name()
     );
     native_p.print("full decision, native heads (features + 3 heads + portfolio)");
@@ -139,6 +168,7 @@ fn main() {
         native_p.p50.as_secs_f64() * 1e6,
         onnx_p.p50.as_secs_f64() / native_p.p50.as_secs_f64()
     );
+    cold.print("the native decision on 256 engine states cycled (each read from cold caches)");
     onnx_p2.print("full decision, ONNX Runtime heads");
     ort_p.print("ONNX Runtime calls only (alternated with it)");
     let overhead = 1.0 - ort_p.p50.as_secs_f64() / onnx_p2.p50.as_secs_f64();

@@ -213,10 +213,9 @@ pub fn feature_pool(n: usize) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// The feature engine as `n` decisions a minute apart see it (the same
-/// synthetic day as [`feature_pool`]), with each decision's time: for
-/// benches that run the whole decision, features included.
-pub fn engine_pool(n: usize) -> Vec<(features::FeatureEngine, i64)> {
+/// The synthetic day the pools and the replay read: 32 symbols quoting
+/// every 5 s.
+fn synthetic_day() -> Vec<mlcore_market::Quote> {
     let spec = synth::SynthSpec {
         seed: 11,
         symbols: SYMBOLS,
@@ -225,15 +224,29 @@ pub fn engine_pool(n: usize) -> Vec<(features::FeatureEngine, i64)> {
         interval_ms: 5_000,
         effect: 1.0,
     };
-    let quotes = synth::Generator::new(spec)
+    synth::Generator::new(spec)
         .unwrap_or_else(|e| panic!("synthetic market: {e}"))
-        .day_merged(20_458);
+        .day_merged(20_458)
+}
+
+/// Quotes between two decisions: a minute of 5 s quotes, every symbol.
+const QUOTES_PER_DECISION: usize = SYMBOLS * 12;
+/// Quotes fed before the first decision: the engine's warm-up and more.
+const WARM_UP_QUOTES: usize = SYMBOLS * 300;
+
+/// The feature engine as `n` decisions a minute apart see it (the same
+/// synthetic day as [`feature_pool`]), with each decision's time: for
+/// benches that run the whole decision, features included. Each state is
+/// an engine of its own (≈ 50 KB), so cycling through them reads each
+/// decision's engine from cold caches; [`MarketReplay`] is the daemon's
+/// way.
+pub fn engine_pool(n: usize) -> Vec<(features::FeatureEngine, i64)> {
+    let quotes = synthetic_day();
     let mut engine = features::FeatureEngine::new(SYMBOLS, 0);
     let mut pool = Vec::with_capacity(n);
-    let per_decision = SYMBOLS * 12; // a minute of 5 s quotes
     for (i, q) in quotes.iter().enumerate() {
         engine.update(q);
-        if i >= SYMBOLS * 300 && (i + 1) % per_decision == 0 {
+        if i >= WARM_UP_QUOTES && (i + 1) % QUOTES_PER_DECISION == 0 {
             pool.push((engine.clone(), q.ts_ns));
             if pool.len() == n {
                 break;
@@ -242,6 +255,65 @@ pub fn engine_pool(n: usize) -> Vec<(features::FeatureEngine, i64)> {
     }
     assert_eq!(pool.len(), n, "the synthetic day holds fewer than {n} decisions");
     pool
+}
+
+/// The market as the daemon sees it between two decisions: one feature
+/// engine, fed the next minute of the synthetic day's quotes (every
+/// symbol) before each decision. Each decision reads a new market state,
+/// from an engine the quotes have just touched, as the daemon's ingress
+/// leaves it; after the day's last minute the replay starts again from
+/// the warmed-up engine.
+#[derive(Debug)]
+pub struct MarketReplay {
+    quotes: Vec<mlcore_market::Quote>,
+    /// The engine after the warm-up quotes: where each pass starts.
+    warm: features::FeatureEngine,
+    engine: features::FeatureEngine,
+    /// The next quote to feed.
+    next: usize,
+}
+
+impl Default for MarketReplay {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MarketReplay {
+    /// The synthetic day of [`engine_pool`], warmed up.
+    pub fn new() -> Self {
+        let quotes = synthetic_day();
+        assert!(
+            quotes.len() >= WARM_UP_QUOTES + 2 * QUOTES_PER_DECISION,
+            "the synthetic day holds too few quotes"
+        );
+        let mut warm = features::FeatureEngine::new(SYMBOLS, 0);
+        for q in &quotes[..WARM_UP_QUOTES] {
+            warm.update(q);
+        }
+        Self {
+            engine: warm.clone(),
+            warm,
+            quotes,
+            next: WARM_UP_QUOTES,
+        }
+    }
+
+    /// Feeds the next minute of quotes; returns the engine and the last
+    /// quote's time (the decision's).
+    pub fn advance(&mut self) -> (&features::FeatureEngine, i64) {
+        if self.next + QUOTES_PER_DECISION > self.quotes.len() {
+            self.engine.clone_from(&self.warm);
+            self.next = WARM_UP_QUOTES;
+        }
+        let minute = &self.quotes[self.next..self.next + QUOTES_PER_DECISION];
+        for q in minute {
+            self.engine.update(q);
+        }
+        self.next += QUOTES_PER_DECISION;
+        let ts = minute.last().map_or(0, |q| q.ts_ns);
+        (&self.engine, ts)
+    }
 }
 
 /// Tail latencies of a closure, measured per call.
@@ -294,6 +366,27 @@ impl Percentiles {
             let s = Instant::now();
             g();
             tg.push(s.elapsed());
+        }
+        (Self::of(tf).unwrap_or_default(), Self::of(tg).unwrap_or_default())
+    }
+
+    /// As [`Percentiles::measure_alternating`] for closures that time
+    /// themselves: each returns the part of its call to count (what comes
+    /// before it, feeding a market's quotes say, is left out).
+    pub fn measure_alternating_timed(
+        n: usize,
+        warmup: usize,
+        mut f: impl FnMut() -> Duration,
+        mut g: impl FnMut() -> Duration,
+    ) -> (Self, Self) {
+        for _ in 0..warmup {
+            f();
+            g();
+        }
+        let (mut tf, mut tg) = (Vec::with_capacity(n.max(1)), Vec::with_capacity(n.max(1)));
+        for _ in 0..n.max(1) {
+            tf.push(f());
+            tg.push(g());
         }
         (Self::of(tf).unwrap_or_default(), Self::of(tg).unwrap_or_default())
     }
@@ -354,6 +447,31 @@ impl std::fmt::Display for Percentiles {
 mod tests {
     use super::*;
     use std::cell::RefCell;
+
+    #[test]
+    fn the_replay_feeds_a_minute_per_decision_and_starts_the_day_again_after_its_end() {
+        let mut replay = MarketReplay::new();
+        let decisions = (replay.quotes.len() - WARM_UP_QUOTES) / QUOTES_PER_DECISION;
+        let first = replay.advance().1;
+        let (engine, second) = replay.advance();
+        assert_eq!(second - first, 60_000_000_000, "a minute of 5 s quotes apart");
+        let mut matrix = vec![0f32; SYMBOLS * features::N_FEATURES];
+        engine.write_matrix(second, &mut matrix);
+        assert!(matrix.iter().all(|v| v.is_finite()) && matrix.iter().any(|v| *v != 0.0));
+        // The same states as the pool's, one engine fed instead of cloned.
+        let (pooled, pooled_ts) = &engine_pool(2)[1];
+        let mut from_pool = vec![0f32; matrix.len()];
+        pooled.write_matrix(*pooled_ts, &mut from_pool);
+        assert_eq!((*pooled_ts, &from_pool), (second, &matrix));
+        for _ in 2..decisions {
+            replay.advance();
+        }
+        assert_eq!(
+            replay.advance().1,
+            first,
+            "after the day's last minute, its first again"
+        );
+    }
 
     #[test]
     fn alternating_calls_take_turns_and_are_timed_apart() {
