@@ -7,6 +7,10 @@
 //!   verified; cached under the target dir so repeated runs skip training.
 //!   [`bench_model`] is another signed model when `MLCORE_BENCH_MODEL`
 //!   names one (the demo's), and [`describe_model`] says how big it is.
+//! - [`feature_pool`] and [`engine_pool`]: real market states of the
+//!   synthetic market, cycled by the benches so no input repeats often;
+//!   [`MarketReplay`]: the same market fed to one engine a minute of
+//!   quotes at a time, as the daemon's ingress does (the decision bench).
 //! - [`Percentiles`]: p50/p99/p99.9 of per-iteration timings, printed next to
 //!   criterion's figures (criterion reports means and medians, not tails).
 //! - [`daemon_metrics`]: a running daemon's `/metrics` (the load generator
@@ -354,20 +358,12 @@ impl Percentiles {
         mut f: impl FnMut(),
         mut g: impl FnMut(),
     ) -> (Self, Self) {
-        for _ in 0..warmup {
-            f();
-            g();
-        }
-        let (mut tf, mut tg) = (Vec::with_capacity(n.max(1)), Vec::with_capacity(n.max(1)));
-        for _ in 0..n.max(1) {
+        let timed = |h: &mut dyn FnMut()| {
             let s = Instant::now();
-            f();
-            tf.push(s.elapsed());
-            let s = Instant::now();
-            g();
-            tg.push(s.elapsed());
-        }
-        (Self::of(tf).unwrap_or_default(), Self::of(tg).unwrap_or_default())
+            h();
+            s.elapsed()
+        };
+        Self::measure_alternating_timed(n, warmup, || timed(&mut f), || timed(&mut g))
     }
 
     /// As [`Percentiles::measure_alternating`] for closures that time
@@ -463,12 +459,18 @@ mod tests {
         let mut from_pool = vec![0f32; matrix.len()];
         pooled.write_matrix(*pooled_ts, &mut from_pool);
         assert_eq!((*pooled_ts, &from_pool), (second, &matrix));
+        let mut first_matrix = vec![0f32; matrix.len()];
+        engine_pool(1)[0].0.write_matrix(first, &mut first_matrix);
         for _ in 2..decisions {
             replay.advance();
         }
+        // Its first minute again, from the warmed-up engine (not from the
+        // day's end).
+        let (engine, ts) = replay.advance();
+        engine.write_matrix(ts, &mut matrix);
         assert_eq!(
-            replay.advance().1,
-            first,
+            (ts, &matrix),
+            (first, &first_matrix),
             "after the day's last minute, its first again"
         );
     }
