@@ -217,22 +217,6 @@ pub fn feature_pool(n: usize) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// The synthetic day the pools and the replay read: 32 symbols quoting
-/// every 5 s.
-fn synthetic_day() -> Vec<mlcore_market::Quote> {
-    let spec = synth::SynthSpec {
-        seed: 11,
-        symbols: SYMBOLS,
-        start_day: 20_458,
-        days: 1,
-        interval_ms: 5_000,
-        effect: 1.0,
-    };
-    synth::Generator::new(spec)
-        .unwrap_or_else(|e| panic!("synthetic market: {e}"))
-        .day_merged(20_458)
-}
-
 /// Quotes between two decisions: a minute of 5 s quotes, every symbol.
 const QUOTES_PER_DECISION: usize = SYMBOLS * 12;
 /// Quotes fed before the first decision: the engine's warm-up and more.
@@ -241,24 +225,21 @@ const WARM_UP_QUOTES: usize = SYMBOLS * 300;
 /// The feature engine as `n` decisions a minute apart see it (the same
 /// synthetic day as [`feature_pool`]), with each decision's time: for
 /// benches that run the whole decision, features included. Each state is
-/// an engine of its own (≈ 50 KB), so cycling through them reads each
-/// decision's engine from cold caches; [`MarketReplay`] is the daemon's
-/// way.
+/// an engine of its own (≈ 50 KB), a copy of [`MarketReplay`]'s at that
+/// decision, so cycling through them reads each decision's engine from
+/// cold caches; the replay is the daemon's way.
 pub fn engine_pool(n: usize) -> Vec<(features::FeatureEngine, i64)> {
-    let quotes = synthetic_day();
-    let mut engine = features::FeatureEngine::new(SYMBOLS, 0);
-    let mut pool = Vec::with_capacity(n);
-    for (i, q) in quotes.iter().enumerate() {
-        engine.update(q);
-        if i >= WARM_UP_QUOTES && (i + 1) % QUOTES_PER_DECISION == 0 {
-            pool.push((engine.clone(), q.ts_ns));
-            if pool.len() == n {
-                break;
-            }
-        }
-    }
-    assert_eq!(pool.len(), n, "the synthetic day holds fewer than {n} decisions");
-    pool
+    let mut replay = MarketReplay::new();
+    assert!(
+        n <= replay.decisions(),
+        "the synthetic day holds fewer than {n} decisions"
+    );
+    (0..n)
+        .map(|_| {
+            let (engine, ts) = replay.advance();
+            (engine.clone(), ts)
+        })
+        .collect()
 }
 
 /// The market as the daemon sees it between two decisions: one feature
@@ -286,7 +267,18 @@ impl Default for MarketReplay {
 impl MarketReplay {
     /// The synthetic day of [`engine_pool`], warmed up.
     pub fn new() -> Self {
-        let quotes = synthetic_day();
+        // 32 symbols quoting every 5 s for a day.
+        let spec = synth::SynthSpec {
+            seed: 11,
+            symbols: SYMBOLS,
+            start_day: 20_458,
+            days: 1,
+            interval_ms: 5_000,
+            effect: 1.0,
+        };
+        let quotes = synth::Generator::new(spec)
+            .unwrap_or_else(|e| panic!("synthetic market: {e}"))
+            .day_merged(20_458);
         assert!(
             quotes.len() >= WARM_UP_QUOTES + 2 * QUOTES_PER_DECISION,
             "the synthetic day holds too few quotes"
@@ -301,6 +293,11 @@ impl MarketReplay {
             quotes,
             next: WARM_UP_QUOTES,
         }
+    }
+
+    /// Decisions in one pass over the day.
+    pub fn decisions(&self) -> usize {
+        (self.quotes.len() - WARM_UP_QUOTES) / QUOTES_PER_DECISION
     }
 
     /// Feeds the next minute of quotes; returns the engine and the last
@@ -447,14 +444,14 @@ mod tests {
     #[test]
     fn the_replay_feeds_a_minute_per_decision_and_starts_the_day_again_after_its_end() {
         let mut replay = MarketReplay::new();
-        let decisions = (replay.quotes.len() - WARM_UP_QUOTES) / QUOTES_PER_DECISION;
+        let decisions = replay.decisions();
         let first = replay.advance().1;
         let (engine, second) = replay.advance();
         assert_eq!(second - first, 60_000_000_000, "a minute of 5 s quotes apart");
         let mut matrix = vec![0f32; SYMBOLS * features::N_FEATURES];
         engine.write_matrix(second, &mut matrix);
         assert!(matrix.iter().all(|v| v.is_finite()) && matrix.iter().any(|v| *v != 0.0));
-        // The same states as the pool's, one engine fed instead of cloned.
+        // The same states as the pool's (copies of a replay's).
         let (pooled, pooled_ts) = &engine_pool(2)[1];
         let mut from_pool = vec![0f32; matrix.len()];
         pooled.write_matrix(*pooled_ts, &mut from_pool);
