@@ -28,7 +28,7 @@ use ort::value::{Tensor, TensorRef};
 use mlcore_config::ScoringBackend;
 
 use crate::artifact::{HeadSpec, VerifiedArtifact, VALIDATION_ROWS};
-use crate::native::{self, CompiledHead, InstructionSet, NativeHead, PARITY_TOLERANCE};
+use crate::native::{self, CompiledHead, InstructionSet, NativeHead, Rows, Transposer, PARITY_TOLERANCE};
 use crate::runtime::{self, RuntimeError};
 
 /// Why scoring failed.
@@ -270,6 +270,18 @@ impl HeadScorer {
 
     /// Scores `rows` rows of `x` (row-major); returns one value per row.
     pub fn score(&mut self, x: &[f32], rows: usize) -> Result<&[f32], ScoreError> {
+        self.score_rows(Rows::new(x), rows)
+    }
+
+    /// Whether this head is a native tree ensemble: it reads the rows
+    /// transposed, which [`ModelScorer::score`] then does once for all heads.
+    fn reads_columns(&self) -> bool {
+        matches!(self.native, Some(CompiledHead::Trees(_)))
+    }
+
+    /// [`Self::score`] on rows that may be transposed already.
+    fn score_rows(&mut self, input: Rows<'_>, rows: usize) -> Result<&[f32], ScoreError> {
+        let x = input.x();
         if x.len() != rows * self.n_features || rows > self.out.len() {
             return Err(ScoreError::Shape {
                 got: x.len(),
@@ -279,7 +291,7 @@ impl HeadScorer {
         }
         if let Some(native) = &self.native {
             let out = &mut self.out[..rows];
-            native.predict(x, out).map_err(|e| ScoreError::Head {
+            native.predict_rows(input, out).map_err(|e| ScoreError::Head {
                 head: self.name.clone(),
                 reason: e.to_string(),
             })?;
@@ -342,6 +354,8 @@ pub struct ModelScorer {
     ai1: HeadScorer,
     ai2: HeadScorer,
     ai3: Option<HeadScorer>,
+    /// The rows transposed once per call for every native tree head.
+    transposer: Transposer,
 }
 
 impl ModelScorer {
@@ -400,6 +414,7 @@ impl ModelScorer {
             ai1: head("ai1")?.ok_or_else(|| missing("ai1"))?,
             ai2: head("ai2")?.ok_or_else(|| missing("ai2"))?,
             ai3: head("ai3")?,
+            transposer: Transposer::new(max_rows),
         })
     }
 
@@ -418,20 +433,35 @@ impl ModelScorer {
             .flatten()
     }
 
-    /// Each head's name and backend.
-    pub fn backends(&self) -> impl Iterator<Item = (&str, &HeadBackend)> {
+    /// Each head, ai3 when the model has it.
+    fn heads(&self) -> impl Iterator<Item = &HeadScorer> {
         [Some(&self.ai1), Some(&self.ai2), self.ai3.as_ref()]
             .into_iter()
             .flatten()
-            .map(|h| (h.name.as_str(), &h.backend))
     }
 
-    /// Scores every head on `rows` rows of `x`.
+    /// Each head's name and backend.
+    pub fn backends(&self) -> impl Iterator<Item = (&str, &HeadBackend)> {
+        self.heads().map(|h| (h.name.as_str(), &h.backend))
+    }
+
+    /// Scores every head on `rows` rows of `x`. Every head takes the same
+    /// rows, so native tree heads share one transposition of them.
     pub fn score(&mut self, x: &[f32], rows: usize) -> Result<Scores<'_>, ScoreError> {
-        self.ai1.score(x, rows)?;
-        self.ai2.score(x, rows)?;
+        let shared = self.heads().any(HeadScorer::reads_columns);
+        // Rows of the wrong shape go untransposed: the heads refuse them
+        // with their own error.
+        let input = if shared {
+            self.transposer
+                .transpose(x, self.ai1.n_features)
+                .unwrap_or(Rows::new(x))
+        } else {
+            Rows::new(x)
+        };
+        self.ai1.score_rows(input, rows)?;
+        self.ai2.score_rows(input, rows)?;
         if let Some(h) = self.ai3.as_mut() {
-            h.score(x, rows)?;
+            h.score_rows(input, rows)?;
         }
         Ok(Scores {
             ai1: &self.ai1.out[..rows],

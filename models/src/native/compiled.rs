@@ -177,35 +177,126 @@ impl CompiledTrees {
         })
     }
 
-    /// Calibrated probabilities of `out.len()` rows of `x` (row-major).
-    /// The caller checked `x.len() == out.len() * n_features`.
-    /// `set` is available on this CPU.
-    fn predict(&self, set: InstructionSet, x: &[f32], out: &mut [f32]) {
+    /// Calibrated probabilities of `out.len()` rows (row-major in
+    /// `rows.x`, or already transposed). The caller checked
+    /// `rows.x.len() == out.len() * n_features`. `set` is available on
+    /// this CPU.
+    fn predict(&self, set: InstructionSet, rows: Rows<'_>, out: &mut [f32]) {
         let f = self.n_features;
-        let mut columns: Columns = [Column([0.0; BLOCK]); MAX_FEATURES];
-        for (block, out) in x.chunks(BLOCK * f).zip(out.chunks_mut(BLOCK)) {
-            // Row by row (reads in order, writes within 8 KiB of L1). The
-            // lanes past a short block's end keep what they held (zero, or
-            // an earlier block's rows): computed and never read.
-            for (i, row) in block.chunks_exact(f).enumerate() {
-                for (column, &v) in columns.iter_mut().zip(row) {
-                    column.0[i % BLOCK] = v;
+        match rows.blocks {
+            // Transposed once for every tree head of the model.
+            Some((blocks, n)) if n == f => {
+                for (columns, out) in blocks.iter().zip(out.chunks_mut(BLOCK)) {
+                    self.probabilities(set, columns, out);
                 }
             }
-            let mut margin = [self.base; BLOCK];
-            set.margins(
-                Block {
-                    splits: &self.splits,
-                    trees: &self.trees,
-                    leaves: &self.leaves,
-                    columns: &columns,
-                },
-                &mut margin,
-            );
-            for (o, m) in out.iter_mut().zip(margin) {
-                *o = self.platt.apply(m);
+            _ => {
+                let mut columns: Columns = [Column([0.0; BLOCK]); MAX_FEATURES];
+                for (block, out) in rows.x.chunks(BLOCK * f).zip(out.chunks_mut(BLOCK)) {
+                    transpose(block, f, &mut columns);
+                    self.probabilities(set, &columns, out);
+                }
             }
         }
+    }
+
+    /// The calibrated probabilities of one block's rows (`out.len()` of them).
+    fn probabilities(&self, set: InstructionSet, columns: &Columns, out: &mut [f32]) {
+        let mut margin = [self.base; BLOCK];
+        set.margins(
+            Block {
+                splits: &self.splits,
+                trees: &self.trees,
+                leaves: &self.leaves,
+                columns,
+            },
+            &mut margin,
+        );
+        for (o, m) in out.iter_mut().zip(margin) {
+            *o = self.platt.apply(m);
+        }
+    }
+}
+
+/// One block of rows of `f` features (row-major, up to [`BLOCK`] rows) into
+/// `columns`, row by row (reads in order, writes within 8 KiB of L1). The
+/// lanes past a short block's end keep what they held (zero, or an earlier
+/// block's rows): computed and never read.
+fn transpose(block: &[f32], f: usize, columns: &mut Columns) {
+    for (i, row) in block.chunks_exact(f).enumerate() {
+        for (column, &v) in columns.iter_mut().zip(row) {
+            column.0[i % BLOCK] = v;
+        }
+    }
+}
+
+/// Rows to score: row-major, and transposed into blocks of columns when a
+/// [`Transposer`] did it once for every head that scores them.
+#[derive(Debug, Clone, Copy)]
+pub struct Rows<'a> {
+    x: &'a [f32],
+    /// The blocks of `x` transposed, and the features per row they were
+    /// transposed with.
+    blocks: Option<(&'a [Columns], usize)>,
+}
+
+impl<'a> Rows<'a> {
+    /// Row-major rows, to be transposed by each tree head that scores them.
+    pub fn new(x: &'a [f32]) -> Self {
+        Self { x, blocks: None }
+    }
+
+    /// The rows, row-major.
+    pub fn x(&self) -> &'a [f32] {
+        self.x
+    }
+}
+
+/// Reusable blocks of columns: a model's tree heads all score the same
+/// rows, so the scorer transposes them once per call rather than once per
+/// head (and no head zeroes 8 KiB of stack for it). Allocated once.
+#[derive(Debug, Clone)]
+pub struct Transposer {
+    blocks: Box<[Columns]>,
+}
+
+impl Transposer {
+    /// Blocks for up to `max_rows` rows.
+    pub fn new(max_rows: usize) -> Self {
+        Self {
+            blocks: vec![[Column([0.0; BLOCK]); MAX_FEATURES]; max_rows.div_ceil(BLOCK).max(1)]
+                .into_boxed_slice(),
+        }
+    }
+
+    /// `x` (row-major rows of `n_features`) transposed into these blocks.
+    ///
+    /// # Errors
+    /// [`NativeError::Shape`] when `x` is not whole rows of `n_features`,
+    /// or holds more rows than these blocks; [`NativeError::Invalid`] when
+    /// `n_features` is 0 or over [`MAX_FEATURES`].
+    pub fn transpose<'a>(&'a mut self, x: &'a [f32], n_features: usize) -> Result<Rows<'a>, NativeError> {
+        let f = n_features;
+        if f == 0 || f > MAX_FEATURES {
+            return Err(NativeError::Invalid(format!(
+                "{f} features: the native backend takes 1 to {MAX_FEATURES}"
+            )));
+        }
+        let rows = x.len() / f;
+        if !x.len().is_multiple_of(f) || rows > self.blocks.len() * BLOCK {
+            return Err(NativeError::Shape {
+                got: x.len(),
+                rows: rows.min(self.blocks.len() * BLOCK),
+                features: f,
+            });
+        }
+        for (block, columns) in x.chunks(BLOCK * f).zip(self.blocks.iter_mut()) {
+            transpose(block, f, columns);
+        }
+        Ok(Rows {
+            x,
+            blocks: Some((&self.blocks[..rows.div_ceil(BLOCK)], f)),
+        })
     }
 }
 
@@ -547,12 +638,22 @@ impl CompiledHead {
     /// # Errors
     /// [`NativeError::Shape`] when `x` does not hold `out.len()` rows.
     pub fn predict(&self, x: &[f32], out: &mut [f32]) -> Result<(), NativeError> {
-        self.check_shape(x, out)?;
+        self.predict_rows(Rows::new(x), out)
+    }
+
+    /// [`Self::predict`] on rows a [`Transposer`] may have transposed
+    /// already (a tree ensemble then reads its blocks; a logistic head
+    /// reads the rows).
+    ///
+    /// # Errors
+    /// [`NativeError::Shape`] when the rows are not `out.len()` rows.
+    pub fn predict_rows(&self, rows: Rows<'_>, out: &mut [f32]) -> Result<(), NativeError> {
+        self.check_shape(rows.x, out)?;
         let set = match self {
             Self::Trees(t) => t.set,
             Self::Logistic(_) => InstructionSet::Baseline,
         };
-        self.run(set, x, out);
+        self.run(set, rows, out);
         Ok(())
     }
 
@@ -567,7 +668,7 @@ impl CompiledHead {
         if !set.available() {
             return Err(NativeError::Unavailable(set.name()));
         }
-        self.run(set, x, out);
+        self.run(set, Rows::new(x), out);
         Ok(())
     }
 
@@ -587,11 +688,11 @@ impl CompiledHead {
 
     /// The rows' probabilities, once the shape is checked (`set` falls
     /// back to the baseline where the CPU lacks it: `margins` checks).
-    fn run(&self, set: InstructionSet, x: &[f32], out: &mut [f32]) {
+    fn run(&self, set: InstructionSet, rows: Rows<'_>, out: &mut [f32]) {
         match self {
-            Self::Trees(t) => t.predict(set, x, out),
+            Self::Trees(t) => t.predict(set, rows, out),
             Self::Logistic(l) => {
-                for (row, o) in x.chunks_exact(l.weights.len()).zip(out.iter_mut()) {
+                for (row, o) in rows.x.chunks_exact(l.weights.len()).zip(out.iter_mut()) {
                     *o = l.predict_row(row);
                 }
             }
@@ -687,6 +788,58 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn rows_transposed_once_score_as_rows_transposed_per_head() {
+        let h = head();
+        let trees = CompiledHead::compile(&NativeHead::Trees(h.clone()), 2).unwrap();
+        let logistic = CompiledHead::compile(
+            &NativeHead::Logistic(LogisticHead {
+                weights: vec![0.75, -0.5],
+                intercept: 0.1,
+                platt: Platt::IDENTITY,
+            }),
+            2,
+        )
+        .unwrap();
+        let x: Vec<f32> = (0..73 * 2).map(|i| (i % 11) as f32 * 0.2 - 1.1).collect();
+        // One transposer for every size, largest first: a short block's
+        // lanes past its end hold an earlier call's rows.
+        let mut transposer = Transposer::new(73);
+        for n in [73, 1, 31, 32, 33] {
+            let rows = transposer.transpose(&x[..n * 2], 2).unwrap();
+            for head in [&trees, &logistic] {
+                let (mut once, mut per_head) = (vec![0.0; n], vec![0.0; n]);
+                head.predict_rows(rows, &mut once).unwrap();
+                head.predict(&x[..n * 2], &mut per_head).unwrap();
+                assert_eq!(
+                    once.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    per_head.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{n} rows, {:?}",
+                    head.kernel()
+                );
+            }
+        }
+        // Rows transposed with other features per row are transposed again.
+        let mut t3 = Transposer::new(32);
+        let rows = t3.transpose(&x[..30], 3).unwrap();
+        let mut out = vec![0.0; 15];
+        trees.predict_rows(rows, &mut out).unwrap();
+        let mut expected = vec![0.0; 15];
+        trees.predict(&x[..30], &mut expected).unwrap();
+        assert_eq!(out, expected);
+        // What a transposer cannot hold is refused, with what was wrong.
+        assert!(matches!(
+            Transposer::new(32).transpose(&x[..33 * 2], 2),
+            Err(NativeError::Shape { got: 66, .. })
+        ));
+        assert!(matches!(
+            Transposer::new(32).transpose(&x[..5], 2),
+            Err(NativeError::Shape { .. })
+        ));
+        let err = Transposer::new(32).transpose(&[], 0).unwrap_err();
+        assert!(err.to_string().contains("0 features"), "{err}");
     }
 
     /// Thresholds and values on one coarse grid, so that rows often sit on

@@ -18,7 +18,7 @@
 pub mod compiled;
 pub mod heads;
 
-pub use compiled::{CompiledHead, CompiledTrees, InstructionSet};
+pub use compiled::{CompiledHead, CompiledTrees, InstructionSet, Rows, Transposer};
 pub use heads::{LogisticHead, Platt, TreeEnsembleHead, TreeNode};
 
 /// The largest difference between a native and an ONNX Runtime probability
