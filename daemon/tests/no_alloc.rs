@@ -406,50 +406,63 @@ fn a_full_batch_onnx_runtime_run_allocates_nothing() {
     eprintln!("a plain session.run allocates {plain_per_run} times per 32-row run");
 }
 
+/// `trees` trees of depth 5 over the 15 features, leaves and thresholds
+/// varied by `seed`.
+fn tree_head(trees: usize, seed: usize) -> mlcore_models::native::TreeEnsembleHead {
+    use mlcore_models::native::{Platt, TreeEnsembleHead, TreeNode};
+    let f = mlcore_features::N_FEATURES;
+    fn grow(nodes: &mut Vec<TreeNode>, t: usize, depth: usize, f: usize) -> usize {
+        let me = nodes.len();
+        if depth == 0 {
+            nodes.push(TreeNode::Leaf(((me * 7 + t * 3) % 11) as f32 * 0.01 - 0.05));
+            return me;
+        }
+        nodes.push(TreeNode::Leaf(0.0));
+        let left = grow(nodes, t, depth - 1, f);
+        let right = grow(nodes, t, depth - 1, f);
+        nodes[me] = TreeNode::Split {
+            feature: (me + t) % f,
+            threshold: ((me * 13 + t) % 9) as f32 * 0.1 - 0.4,
+            left,
+            right,
+        };
+        me
+    }
+    TreeEnsembleHead {
+        trees: (0..trees)
+            .map(|t| {
+                let mut nodes = Vec::new();
+                grow(&mut nodes, t + seed, 5, f);
+                nodes
+            })
+            .collect(),
+        base: 0.1,
+        platt: Platt { a: 1.2, b: -0.05 },
+        n_features: f,
+    }
+}
+
+/// 256 varied rows of the feature vector.
+fn varied_rows() -> Vec<f32> {
+    (0..256 * mlcore_features::N_FEATURES)
+        .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * 2.0)
+        .collect()
+}
+
 /// A native tree ensemble scoring 32 rows. Asserted: no allocation, and
 /// the values of the ONNX Runtime session it was checked against.
 #[test]
 fn a_native_tree_head_allocates_nothing() {
-    use mlcore_models::native::{NativeHead, Platt, TreeEnsembleHead, TreeNode};
+    use mlcore_models::native::NativeHead;
     use mlcore_models::runtime;
     use mlcore_models::scoring::{HeadBackend, HeadScorer};
     use mlcore_testkit as testutil;
     runtime::init(&testutil::ort_library()).unwrap();
-    // 40 trees of depth 5 over the 15 features, leaves and thresholds varied.
-    let f = 15usize;
-    let tree = |t: usize| -> Vec<TreeNode> {
-        let mut nodes = Vec::new();
-        fn grow(nodes: &mut Vec<TreeNode>, t: usize, depth: usize, f: usize) -> usize {
-            let me = nodes.len();
-            if depth == 0 {
-                nodes.push(TreeNode::Leaf(((me * 7 + t * 3) % 11) as f32 * 0.01 - 0.05));
-                return me;
-            }
-            nodes.push(TreeNode::Leaf(0.0));
-            let left = grow(nodes, t, depth - 1, f);
-            let right = grow(nodes, t, depth - 1, f);
-            nodes[me] = TreeNode::Split {
-                feature: (me + t) % f,
-                threshold: ((me * 13 + t) % 9) as f32 * 0.1 - 0.4,
-                left,
-                right,
-            };
-            me
-        }
-        grow(&mut nodes, t, 5, f);
-        nodes
-    };
-    let head = TreeEnsembleHead {
-        trees: (0..40).map(tree).collect(),
-        base: 0.1,
-        platt: Platt { a: 1.2, b: -0.05 },
-        n_features: f,
-    };
+    let f = mlcore_features::N_FEATURES;
+    let head = tree_head(40, 0);
     let model = head.to_onnx("ai1").unwrap();
     let spec = testutil::logistic_head_spec("ai1.onnx");
-    let rows: Vec<f32> = (0..256 * f)
-        .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * 2.0)
-        .collect();
+    let rows = varied_rows();
     let mut ort = HeadScorer::new("ai1", &model, &spec, 32).unwrap();
     let mut native = HeadScorer::new("ai1", &model, &spec, 32).unwrap();
     native.try_native(Ok(NativeHead::Trees(head)), Some(&rows), &mut || {});
@@ -471,6 +484,63 @@ fn a_native_tree_head_allocates_nothing() {
         }
     }) / 100;
     assert_eq!(per_run, 0, "a native 32-row run allocated");
+}
+
+/// A model of three native tree heads, as the daemon's worker scores it:
+/// the rows transposed once for the three. Asserted: no allocation, and
+/// each head's probabilities to the bit as that head scores the rows alone.
+#[test]
+fn a_model_of_native_tree_heads_allocates_nothing() {
+    use mlcore_models::native::NativeHead;
+    use mlcore_models::runtime;
+    use mlcore_models::scoring::{HeadBackend, HeadScorer, ModelScorer};
+    use mlcore_testkit as testutil;
+    runtime::init(&testutil::ort_library()).unwrap();
+    let f = mlcore_features::N_FEATURES;
+    let heads = [tree_head(40, 0), tree_head(20, 5), tree_head(30, 9)];
+    let model = testutil::tree_artifact([&heads[0], &heads[1], &heads[2]]);
+    let mut scorer = ModelScorer::new(&model, 32, ScoringBackend::Native).unwrap();
+    for (head, backend) in scorer.backends() {
+        assert!(
+            matches!(backend, HeadBackend::Native { .. }),
+            "{head}: {backend:?}"
+        );
+    }
+    // Each head alone, natively, on the per-head path.
+    let rows = varied_rows();
+    let mut alone: Vec<HeadScorer> = ["ai1", "ai2", "ai3"]
+        .iter()
+        .zip(&heads)
+        .map(|(name, head)| {
+            let spec = &model.manifest.heads[*name];
+            let onnx = &model.files.0[&format!("{name}.onnx")];
+            let mut h = HeadScorer::new(name, onnx, spec, 32).unwrap();
+            h.try_native(Ok(NativeHead::Trees(head.clone())), Some(&rows), &mut || {});
+            h
+        })
+        .collect();
+    // Batches of 32, then shorter ones over the lanes they left behind.
+    for (k, n) in [32, 32, 5, 31, 1, 32].into_iter().enumerate() {
+        let x = &rows[k * 32 * f..(k * 32 + n) * f];
+        let scores = scorer.score(x, n).unwrap();
+        let together = [
+            scores.ai1.to_vec(),
+            scores.ai2.to_vec(),
+            scores.ai3.unwrap().to_vec(),
+        ];
+        for (h, got) in alone.iter_mut().zip(&together) {
+            let want = h.score(x, n).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|p| p.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(got), bits(want), "{n} rows");
+        }
+    }
+    let per_run = measured(|| {
+        for k in 0..100 {
+            let x = &rows[(k % 8) * 32 * f..(k % 8 + 1) * 32 * f];
+            std::hint::black_box(scorer.score(x, 32).unwrap().ai1[0]);
+        }
+    }) / 100;
+    assert_eq!(per_run, 0, "a 32-row run of three native tree heads allocated");
 }
 
 /// Publishing, against the real guard on the test Redis in a fresh

@@ -28,7 +28,8 @@ use ort::value::{Tensor, TensorRef};
 use mlcore_config::ScoringBackend;
 
 use crate::artifact::{HeadSpec, VerifiedArtifact, VALIDATION_ROWS};
-use crate::native::{self, CompiledHead, InstructionSet, NativeHead, Rows, Transposer, PARITY_TOLERANCE};
+use crate::native::compiled::{Rows, Transposer};
+use crate::native::{self, CompiledHead, InstructionSet, NativeHead, PARITY_TOLERANCE};
 use crate::runtime::{self, RuntimeError};
 
 /// Why scoring failed.
@@ -354,8 +355,9 @@ pub struct ModelScorer {
     ai1: HeadScorer,
     ai2: HeadScorer,
     ai3: Option<HeadScorer>,
-    /// The rows transposed once per call for every native tree head.
-    transposer: Transposer,
+    /// The rows transposed once per call for every native tree head; none
+    /// when no head is one.
+    transposer: Option<Transposer>,
 }
 
 impl ModelScorer {
@@ -410,12 +412,16 @@ impl ModelScorer {
             head: name.to_owned(),
             reason: "not in the manifest".into(),
         };
-        Ok(Self {
+        let mut scorer = Self {
             ai1: head("ai1")?.ok_or_else(|| missing("ai1"))?,
             ai2: head("ai2")?.ok_or_else(|| missing("ai2"))?,
             ai3: head("ai3")?,
-            transposer: Transposer::new(max_rows),
-        })
+            transposer: None,
+        };
+        if scorer.heads().any(HeadScorer::reads_columns) {
+            scorer.transposer = Some(Transposer::new(max_rows.max(1)));
+        }
+        Ok(scorer)
     }
 
     /// Holds every native tree head to `cap` at most (`daemon.yaml`
@@ -448,15 +454,11 @@ impl ModelScorer {
     /// Scores every head on `rows` rows of `x`. Every head takes the same
     /// rows, so native tree heads share one transposition of them.
     pub fn score(&mut self, x: &[f32], rows: usize) -> Result<Scores<'_>, ScoreError> {
-        let shared = self.heads().any(HeadScorer::reads_columns);
         // Rows of the wrong shape go untransposed: the heads refuse them
         // with their own error.
-        let input = if shared {
-            self.transposer
-                .transpose(x, self.ai1.n_features)
-                .unwrap_or(Rows::new(x))
-        } else {
-            Rows::new(x)
+        let input = match self.transposer.as_mut() {
+            Some(t) => t.transpose(x, self.ai1.n_features).unwrap_or(Rows::new(x)),
+            None => Rows::new(x),
         };
         self.ai1.score_rows(input, rows)?;
         self.ai2.score_rows(input, rows)?;

@@ -509,6 +509,53 @@ pub fn logistic_head_spec(file: &str) -> mlcore_models::artifact::HeadSpec {
     }
 }
 
+/// A manifest for `strategy` v`version` with `heads` of `learner` (each
+/// shipped natively too), valid for two days from `now_ms`; its files are
+/// filled in by `artifact::seal`.
+fn manifest(
+    strategy: &str,
+    version: u64,
+    now_ms: u64,
+    (heads, learner): (&[&str], &str),
+    auc: f64,
+) -> mlcore_models::artifact::Manifest {
+    use mlcore_models::artifact::{HeadSpec, Manifest, ThetaParams, TrainingWindow};
+    use mlcore_models::native;
+    let spec = |head: &str| HeadSpec {
+        native: Some(native::file_name(head)),
+        learner: learner.into(),
+        ..logistic_head_spec(&format!("{head}.onnx"))
+    };
+    Manifest {
+        format: 1,
+        model_id: format!("{strategy}-v{version}"),
+        strategy: strategy.into(),
+        version,
+        created_at_ms: now_ms,
+        expires_at_ms: now_ms + 2 * 86_400_000,
+        feature_schema_hash: mlcore_features::schema_hash().to_owned(),
+        heads: heads.iter().map(|h| ((*h).to_owned(), spec(h))).collect(),
+        theta: ThetaParams {
+            theta1: 0.505,
+            theta2: 0.9,
+        },
+        training_window: TrainingWindow {
+            start_ms: 1,
+            test_start_ms: 2,
+            end_ms: 3,
+        },
+        metrics: [("ai1_auc_test".to_owned(), auc)].into(),
+        files: std::collections::BTreeMap::new(),
+    }
+}
+
+/// 64 validation rows of the feature vector, different per `seed`.
+fn validation_rows(seed: f32) -> Vec<f32> {
+    (0..64 * mlcore_features::N_FEATURES)
+        .map(|i| ((i as f32 + seed) * 0.61).sin() * 3.0)
+        .collect()
+}
+
 /// A small signed artifact for `strategy` v`version`: logistic heads
 /// (weights from `seed`) exported to ONNX and shipped natively, with 64
 /// validation rows, valid for two days from `now_ms`, sealed with `key`.
@@ -521,34 +568,16 @@ pub fn logistic_artifact(
     now_ms: u64,
 ) -> mlcore_models::artifact::ArtifactFiles {
     use mlcore_features as features;
-    use mlcore_models::artifact::{self, ArtifactFiles, Manifest, ThetaParams, TrainingWindow};
+    use mlcore_models::artifact::{self, ArtifactFiles};
     use mlcore_models::native::{self, NativeHead};
     use mlcore_research::onnx::export::ToOnnx;
-    let spec = |head: &str| mlcore_models::artifact::HeadSpec {
-        native: Some(native::file_name(head)),
-        ..logistic_head_spec(&format!("{head}.onnx"))
-    };
-    let manifest = Manifest {
-        format: 1,
-        model_id: format!("{strategy}-v{version}"),
-        strategy: strategy.into(),
+    let manifest = manifest(
+        strategy,
         version,
-        created_at_ms: now_ms,
-        expires_at_ms: now_ms + 2 * 86_400_000,
-        feature_schema_hash: features::schema_hash().to_owned(),
-        heads: [("ai1".to_owned(), spec("ai1")), ("ai2".to_owned(), spec("ai2"))].into(),
-        theta: ThetaParams {
-            theta1: 0.505,
-            theta2: 0.9,
-        },
-        training_window: TrainingWindow {
-            start_ms: 1,
-            test_start_ms: 2,
-            end_ms: 3,
-        },
-        metrics: [("ai1_auc_test".to_owned(), 0.5 + f64::from(seed) / 100.0)].into(),
-        files: std::collections::BTreeMap::new(),
-    };
+        now_ms,
+        (&["ai1", "ai2"], "logistic"),
+        0.5 + f64::from(seed) / 100.0,
+    );
     let unwrap = |r: Result<Vec<u8>, _>| {
         r.unwrap_or_else(|e: mlcore_research::onnx::export::ExportError| panic!("{e}"))
     };
@@ -557,9 +586,6 @@ pub fn logistic_artifact(
             .to_json()
             .unwrap_or_else(|e| panic!("{e}"))
     };
-    let rows: Vec<f32> = (0..64 * features::N_FEATURES)
-        .map(|i| ((i as f32 + seed) * 0.61).sin() * 3.0)
-        .collect();
     let files = ArtifactFiles(
         [
             ("ai1.onnx".to_owned(), unwrap(logistic_head(seed).to_onnx("ai1"))),
@@ -569,7 +595,10 @@ pub fn logistic_artifact(
             ),
             (native::file_name("ai1"), native_json(logistic_head(seed))),
             (native::file_name("ai2"), native_json(logistic_head(seed + 1.0))),
-            (artifact::VALIDATION_ROWS.to_owned(), native::encode_rows(&rows)),
+            (
+                artifact::VALIDATION_ROWS.to_owned(),
+                native::encode_rows(&validation_rows(seed)),
+            ),
             (
                 artifact::FEATURE_SCHEMA.to_owned(),
                 serde_json::to_vec(&features::schema()).unwrap_or_default(),
@@ -580,6 +609,45 @@ pub fn logistic_artifact(
     artifact::seal(manifest, files, key)
         .unwrap_or_else(|e| panic!("{e}"))
         .1
+}
+
+/// A verified artifact whose three heads are tree ensembles — `heads`,
+/// exported to ONNX and shipped natively, with 64 validation rows — as a
+/// loader hands it to the scorer (sealed with a throwaway key, `dev`).
+pub fn tree_artifact(
+    heads: [&mlcore_models::native::TreeEnsembleHead; 3],
+) -> mlcore_models::artifact::VerifiedArtifact {
+    use mlcore_models::artifact::{self, ArtifactFiles, SecretKeyFile, VerifiedArtifact};
+    use mlcore_models::native::{self, NativeHead};
+    use mlcore_research::onnx::export::ToOnnx;
+    let names = ["ai1", "ai2", "ai3"];
+    let mut files: std::collections::BTreeMap<String, Vec<u8>> = names
+        .iter()
+        .zip(heads)
+        .flat_map(|(name, head)| {
+            let onnx = head.to_onnx(name).unwrap_or_else(|e| panic!("{e}"));
+            let json = NativeHead::Trees(head.clone())
+                .to_json()
+                .unwrap_or_else(|e| panic!("{e}"));
+            [(format!("{name}.onnx"), onnx), (native::file_name(name), json)]
+        })
+        .collect();
+    files.insert(
+        artifact::VALIDATION_ROWS.to_owned(),
+        native::encode_rows(&validation_rows(0.0)),
+    );
+    let key = SecretKeyFile::generate("dev").unwrap_or_else(|e| panic!("{e}"));
+    let (manifest, files) = artifact::seal(
+        manifest("fx_g10", 1, now_ms(), (&names, "lightgbm"), 0.5),
+        ArtifactFiles(files),
+        &key,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    VerifiedArtifact {
+        manifest,
+        files,
+        key_id: "dev".into(),
+    }
 }
 
 /// Sets `strategy`'s mode through the guard, from the version stored now;

@@ -54,8 +54,8 @@ use super::{NativeError, NativeHead};
 /// Rows evaluated together (the lanes of a column): the daemon's universe
 /// of 32 symbols in one block.
 const BLOCK: usize = 32;
-/// The most features a compiled head takes (the transposed block lives on
-/// the stack: 8 KiB).
+/// The most features a compiled head takes: a block of columns has room
+/// for this many (8 KiB, in the scorer's `Transposer` or on a head's stack).
 pub const MAX_FEATURES: usize = 64;
 /// The most leaves a tree of a compiled head has (a leaf set is a `u32`).
 pub const MAX_LEAVES: usize = 32;
@@ -186,6 +186,7 @@ impl CompiledTrees {
         match rows.blocks {
             // Transposed once for every tree head of the model.
             Some((blocks, n)) if n == f => {
+                debug_assert_eq!(blocks.len(), out.len().div_ceil(BLOCK));
                 for (columns, out) in blocks.iter().zip(out.chunks_mut(BLOCK)) {
                     self.probabilities(set, columns, out);
                 }
@@ -231,9 +232,11 @@ fn transpose(block: &[f32], f: usize, columns: &mut Columns) {
 }
 
 /// Rows to score: row-major, and transposed into blocks of columns when a
-/// [`Transposer`] did it once for every head that scores them.
-#[derive(Debug, Clone, Copy)]
-pub struct Rows<'a> {
+/// [`Transposer`] did it once for every head that scores them. Only a
+/// transposer makes the blocks, from these very rows, and the borrow keeps
+/// them from being refilled while a head reads them.
+#[derive(Clone, Copy)]
+pub(crate) struct Rows<'a> {
     x: &'a [f32],
     /// The blocks of `x` transposed, and the features per row they were
     /// transposed with.
@@ -242,53 +245,75 @@ pub struct Rows<'a> {
 
 impl<'a> Rows<'a> {
     /// Row-major rows, to be transposed by each tree head that scores them.
-    pub fn new(x: &'a [f32]) -> Self {
+    pub(crate) fn new(x: &'a [f32]) -> Self {
         Self { x, blocks: None }
     }
 
     /// The rows, row-major.
-    pub fn x(&self) -> &'a [f32] {
+    pub(crate) fn x(&self) -> &'a [f32] {
         self.x
+    }
+}
+
+impl std::fmt::Debug for Rows<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The blocks' 2,048 floats each say nothing a reader needs.
+        f.debug_struct("Rows")
+            .field("values", &self.x.len())
+            .field("blocks", &self.blocks.map(|(b, n)| (b.len(), n)))
+            .finish()
     }
 }
 
 /// Reusable blocks of columns: a model's tree heads all score the same
 /// rows, so the scorer transposes them once per call rather than once per
 /// head (and no head zeroes 8 KiB of stack for it). Allocated once.
-#[derive(Debug, Clone)]
-pub struct Transposer {
+#[derive(Clone)]
+pub(crate) struct Transposer {
     blocks: Box<[Columns]>,
+}
+
+impl std::fmt::Debug for Transposer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transposer")
+            .field("blocks", &self.blocks.len())
+            .finish()
+    }
 }
 
 impl Transposer {
     /// Blocks for up to `max_rows` rows.
-    pub fn new(max_rows: usize) -> Self {
+    pub(crate) fn new(max_rows: usize) -> Self {
         Self {
-            blocks: vec![[Column([0.0; BLOCK]); MAX_FEATURES]; max_rows.div_ceil(BLOCK).max(1)]
-                .into_boxed_slice(),
+            blocks: vec![[Column([0.0; BLOCK]); MAX_FEATURES]; max_rows.div_ceil(BLOCK)].into_boxed_slice(),
         }
     }
 
     /// `x` (row-major rows of `n_features`) transposed into these blocks.
     ///
     /// # Errors
-    /// [`NativeError::Shape`] when `x` is not whole rows of `n_features`,
-    /// or holds more rows than these blocks; [`NativeError::Invalid`] when
-    /// `n_features` is 0 or over [`MAX_FEATURES`].
-    pub fn transpose<'a>(&'a mut self, x: &'a [f32], n_features: usize) -> Result<Rows<'a>, NativeError> {
+    /// [`NativeError::Width`] when `n_features` is 0 or over
+    /// [`MAX_FEATURES`]; [`NativeError::NotWholeRows`] when `x` is not whole
+    /// rows of `n_features`; [`NativeError::Capacity`] when it holds more
+    /// rows than these blocks. None of them allocates.
+    pub(crate) fn transpose<'a>(
+        &'a mut self,
+        x: &'a [f32],
+        n_features: usize,
+    ) -> Result<Rows<'a>, NativeError> {
         let f = n_features;
         if f == 0 || f > MAX_FEATURES {
-            return Err(NativeError::Invalid(format!(
-                "{f} features: the native backend takes 1 to {MAX_FEATURES}"
-            )));
+            return Err(NativeError::Width(f));
         }
-        let rows = x.len() / f;
-        if !x.len().is_multiple_of(f) || rows > self.blocks.len() * BLOCK {
-            return Err(NativeError::Shape {
+        if !x.len().is_multiple_of(f) {
+            return Err(NativeError::NotWholeRows {
                 got: x.len(),
-                rows: rows.min(self.blocks.len() * BLOCK),
                 features: f,
             });
+        }
+        let (rows, max) = (x.len() / f, self.blocks.len() * BLOCK);
+        if rows > max {
+            return Err(NativeError::Capacity { rows, max });
         }
         for (block, columns) in x.chunks(BLOCK * f).zip(self.blocks.iter_mut()) {
             transpose(block, f, columns);
@@ -647,7 +672,7 @@ impl CompiledHead {
     ///
     /// # Errors
     /// [`NativeError::Shape`] when the rows are not `out.len()` rows.
-    pub fn predict_rows(&self, rows: Rows<'_>, out: &mut [f32]) -> Result<(), NativeError> {
+    pub(crate) fn predict_rows(&self, rows: Rows<'_>, out: &mut [f32]) -> Result<(), NativeError> {
         self.check_shape(rows.x, out)?;
         let set = match self {
             Self::Trees(t) => t.set,
@@ -803,43 +828,66 @@ mod tests {
             2,
         )
         .unwrap();
-        let x: Vec<f32> = (0..73 * 2).map(|i| (i % 11) as f32 * 0.2 - 1.1).collect();
+        // Other rows at every call, so blocks an earlier call left behind
+        // would give other probabilities.
+        let rows = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n * 2)
+                .map(|i| ((i * 7 + seed * 5) % 11) as f32 * 0.2 - 1.1)
+                .collect()
+        };
+        let bits = |v: &[f32]| v.iter().map(|p| p.to_bits()).collect::<Vec<_>>();
         // One transposer for every size, largest first: a short block's
         // lanes past its end hold an earlier call's rows.
         let mut transposer = Transposer::new(73);
-        for n in [73, 1, 31, 32, 33] {
-            let rows = transposer.transpose(&x[..n * 2], 2).unwrap();
+        for (seed, n) in [73, 1, 31, 32, 33].into_iter().enumerate() {
+            let x = rows(n, seed);
+            let shared = transposer.transpose(&x, 2).unwrap();
             for head in [&trees, &logistic] {
                 let (mut once, mut per_head) = (vec![0.0; n], vec![0.0; n]);
-                head.predict_rows(rows, &mut once).unwrap();
-                head.predict(&x[..n * 2], &mut per_head).unwrap();
-                assert_eq!(
-                    once.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                    per_head.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                    "{n} rows, {:?}",
-                    head.kernel()
-                );
+                head.predict_rows(shared, &mut once).unwrap();
+                head.predict(&x, &mut per_head).unwrap();
+                assert_eq!(bits(&once), bits(&per_head), "{n} rows, {:?}", head.kernel());
             }
         }
-        // Rows transposed with other features per row are transposed again.
+        // A tree head reads the blocks, not the rows: given blocks of other
+        // rows, it scores those.
+        let (a, b) = (rows(32, 1), rows(32, 2));
+        let mut t = Transposer::new(32);
+        let Rows { blocks, .. } = t.transpose(&b, 2).unwrap();
+        let mut got = vec![0.0; 32];
+        trees.predict_rows(Rows { x: &a, blocks }, &mut got).unwrap();
+        let (mut of_a, mut of_b) = (vec![0.0; 32], vec![0.0; 32]);
+        trees.predict(&a, &mut of_a).unwrap();
+        trees.predict(&b, &mut of_b).unwrap();
+        assert_ne!(bits(&of_a), bits(&of_b), "the test's rows must score apart");
+        assert_eq!(bits(&got), bits(&of_b));
+        // Blocks of another width are not read: the head transposes its own.
+        let x = rows(15, 3);
         let mut t3 = Transposer::new(32);
-        let rows = t3.transpose(&x[..30], 3).unwrap();
-        let mut out = vec![0.0; 15];
-        trees.predict_rows(rows, &mut out).unwrap();
-        let mut expected = vec![0.0; 15];
-        trees.predict(&x[..30], &mut expected).unwrap();
-        assert_eq!(out, expected);
-        // What a transposer cannot hold is refused, with what was wrong.
-        assert!(matches!(
-            Transposer::new(32).transpose(&x[..33 * 2], 2),
-            Err(NativeError::Shape { got: 66, .. })
-        ));
-        assert!(matches!(
-            Transposer::new(32).transpose(&x[..5], 2),
-            Err(NativeError::Shape { .. })
-        ));
-        let err = Transposer::new(32).transpose(&[], 0).unwrap_err();
-        assert!(err.to_string().contains("0 features"), "{err}");
+        let three = t3.transpose(&x[..30], 3).unwrap();
+        let (mut got, mut want) = (vec![0.0; 15], vec![0.0; 15]);
+        trees.predict_rows(three, &mut got).unwrap();
+        trees.predict(&x[..30], &mut want).unwrap();
+        assert_eq!(bits(&got), bits(&want));
+        // What a transposer cannot take is refused, with what was wrong.
+        let x = rows(33, 4);
+        let err = Transposer::new(32).transpose(&x, 2).unwrap_err();
+        assert_eq!(err, NativeError::Capacity { rows: 33, max: 32 });
+        assert_eq!(err.to_string(), "33 rows: room for 32");
+        let err = Transposer::new(32).transpose(&x[..5], 2).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "input has 5 values: not whole rows of 2 features"
+        );
+        let err = Transposer::new(32).transpose(&[], 65).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "65 features a row: the native backend takes 1 to 64"
+        );
+        assert_eq!(
+            Transposer::new(32).transpose(&[], 0).unwrap_err(),
+            NativeError::Width(0)
+        );
     }
 
     /// Thresholds and values on one coarse grid, so that rows often sit on

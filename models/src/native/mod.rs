@@ -18,7 +18,7 @@
 pub mod compiled;
 pub mod heads;
 
-pub use compiled::{CompiledHead, CompiledTrees, InstructionSet, Rows, Transposer};
+pub use compiled::{CompiledHead, CompiledTrees, InstructionSet};
 pub use heads::{LogisticHead, Platt, TreeEnsembleHead, TreeNode};
 
 /// The largest difference between a native and an ONNX Runtime probability
@@ -88,6 +88,25 @@ pub enum NativeError {
         rows: usize,
         /// Features per row.
         features: usize,
+    },
+    /// Rows of a width the native backend does not take.
+    #[error("{0} features a row: the native backend takes 1 to {max}", max = compiled::MAX_FEATURES)]
+    Width(usize),
+    /// Input that is not whole rows.
+    #[error("input has {got} values: not whole rows of {features} features")]
+    NotWholeRows {
+        /// Values given.
+        got: usize,
+        /// Features per row.
+        features: usize,
+    },
+    /// More rows than there is room for.
+    #[error("{rows} rows: room for {max}")]
+    Capacity {
+        /// Rows given.
+        rows: usize,
+        /// Rows there is room for.
+        max: usize,
     },
     /// An instruction set this CPU does not run.
     #[error("this CPU does not run the {0} instruction set")]
