@@ -519,6 +519,7 @@ fn a_model_of_native_tree_heads_allocates_nothing() {
             h
         })
         .collect();
+    let bits = |v: &[f32]| v.iter().map(|p| p.to_bits()).collect::<Vec<_>>();
     // Batches of 32, then shorter ones over the lanes they left behind.
     for (k, n) in [32, 32, 5, 31, 1, 32].into_iter().enumerate() {
         let x = &rows[k * 32 * f..(k * 32 + n) * f];
@@ -530,7 +531,6 @@ fn a_model_of_native_tree_heads_allocates_nothing() {
         ];
         for (h, got) in alone.iter_mut().zip(&together) {
             let want = h.score(x, n).unwrap();
-            let bits = |v: &[f32]| v.iter().map(|p| p.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(got), bits(want), "{n} rows");
         }
     }

@@ -268,7 +268,6 @@ impl std::fmt::Debug for Rows<'_> {
 /// Reusable blocks of columns: a model's tree heads all score the same
 /// rows, so the scorer transposes them once per call rather than once per
 /// head (and no head zeroes 8 KiB of stack for it). Allocated once.
-#[derive(Clone)]
 pub(crate) struct Transposer {
     blocks: Box<[Columns]>,
 }
